@@ -1,0 +1,208 @@
+package encap
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+)
+
+// Reject is why the receiver dropped an encapsulated packet. It is a small
+// integer so the data path can count drops in an array indexed by it without
+// allocating; Accept (0) means the packet passed every check.
+type Reject uint8
+
+// The reasons, in the order the checks run. Their String names are stable:
+// they are counter and metric labels.
+const (
+	// Accept: the inner packet may be delivered.
+	Accept Reject = iota
+	// RejectEmpty: nothing to decapsulate (zero-length packet or UDP payload).
+	RejectEmpty
+	// RejectMalformedOuter: the outer IPv4 or UDP header is truncated,
+	// inconsistent with the packet's length, a fragment, or fails its
+	// header checksum (Packet only).
+	RejectMalformedOuter
+	// RejectNotUDP: the outer protocol is not UDP (Packet only).
+	RejectNotUDP
+	// RejectWrongPort: the outer UDP destination port is not the encap port
+	// (Packet only; a UDP socket has already matched it).
+	RejectWrongPort
+	// RejectSourceNotAllowed: the outer source is not a configured balancer.
+	RejectSourceNotAllowed
+	// RejectInnerMalformed: the inner packet is not IPv4 or IPv6 by its
+	// version nibble, is shorter than its fixed header, or has an IPv4 IHL
+	// below 5 or beyond the bytes that arrived.
+	RejectInnerMalformed
+	// RejectInnerLength: the inner packet's own length field disagrees with
+	// the number of bytes that arrived.
+	RejectInnerLength
+	// RejectInnerChecksum: the inner IPv4 header checksum is wrong. The outer
+	// UDP checksum is 0, so this is the only guard against corruption of the
+	// inner header in transit, and an IP_HDRINCL injection would otherwise
+	// recompute the checksum and hide it.
+	RejectInnerChecksum
+	// RejectInnerNotVIP: the inner destination is not one of the VIPs.
+	RejectInnerNotVIP
+
+	// NumRejects is the number of Reject values, Accept included, for sizing
+	// counter arrays.
+	NumRejects int = iota
+)
+
+var rejectNames = [NumRejects]string{
+	Accept:                 "accept",
+	RejectEmpty:            "empty",
+	RejectMalformedOuter:   "malformed_outer",
+	RejectNotUDP:           "not_udp",
+	RejectWrongPort:        "wrong_port",
+	RejectSourceNotAllowed: "source_not_allowed",
+	RejectInnerMalformed:   "inner_malformed",
+	RejectInnerLength:      "inner_length",
+	RejectInnerChecksum:    "inner_checksum",
+	RejectInnerNotVIP:      "inner_not_vip",
+}
+
+// String returns the reason's stable snake_case name.
+func (r Reject) String() string {
+	if int(r) < NumRejects {
+		return rejectNames[r]
+	}
+	return fmt.Sprintf("reject_%d", uint8(r))
+}
+
+// Decapsulator checks encapsulated packets on the receiver. It is immutable
+// after NewDecapsulator and safe for concurrent use.
+type Decapsulator struct {
+	port uint16
+	// Sets keyed by unmapped, zoneless addresses; netip.Addr keys make
+	// lookups allocation-free.
+	balancers map[netip.Addr]struct{}
+	vips      map[netip.Addr]struct{}
+}
+
+// NewDecapsulator returns a Decapsulator for the encap UDP port that accepts
+// packets only from the balancer addresses and only for inner destinations
+// among vips. Both lists must be non-empty; addresses may be IPv4 or IPv6, and
+// IPv4-mapped IPv6 addresses count as IPv4.
+func NewDecapsulator(port uint16, balancers, vips []netip.Addr) (*Decapsulator, error) {
+	if port == 0 {
+		return nil, fmt.Errorf("encap: receiver port: %w", ErrZeroPort)
+	}
+	b, err := addrSet("balancer", balancers)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) == 0 {
+		return nil, fmt.Errorf("encap: receiver: %w", ErrNoBalancers)
+	}
+	v, err := addrSet("VIP", vips)
+	if err != nil {
+		return nil, err
+	}
+	if len(v) == 0 {
+		return nil, fmt.Errorf("encap: receiver: %w", ErrNoVIPs)
+	}
+	return &Decapsulator{port: port, balancers: b, vips: v}, nil
+}
+
+func addrSet(what string, addrs []netip.Addr) (map[netip.Addr]struct{}, error) {
+	set := make(map[netip.Addr]struct{}, len(addrs))
+	for i, a := range addrs {
+		if !a.IsValid() || a.IsUnspecified() {
+			return nil, fmt.Errorf("encap: receiver %s %d (%v): %w", what, i, a, ErrInvalidAddr)
+		}
+		set[canonical(a)] = struct{}{}
+	}
+	return set, nil
+}
+
+// canonical is the form addresses are stored and looked up in: a UDP socket
+// reports an IPv4 peer as ::ffff:a.b.c.d on a dual-stack socket, and a
+// link-local IPv6 peer with a zone; neither should change whether it matches.
+func canonical(a netip.Addr) netip.Addr {
+	return a.WithZone("").Unmap()
+}
+
+// Payload checks a UDP payload that arrived on the encap port from src (the
+// userspace receiver's UDP socket path: the kernel has already matched the
+// port and the UDP header) and returns the inner packet, a subslice of
+// payload, or the reason to drop it. The source is checked first, so nothing
+// from a stranger is parsed.
+func (d *Decapsulator) Payload(src netip.Addr, payload []byte) ([]byte, Reject) {
+	if _, ok := d.balancers[canonical(src)]; !ok {
+		return nil, RejectSourceNotAllowed
+	}
+	if len(payload) == 0 {
+		return nil, RejectEmpty
+	}
+	inner := payload
+	var dst netip.Addr
+	switch inner[0] >> 4 {
+	case 4:
+		if len(inner) < ipv4HeaderLen {
+			return nil, RejectInnerMalformed
+		}
+		ihl := int(inner[0]&0x0f) * 4
+		if ihl < ipv4HeaderLen || ihl > len(inner) {
+			return nil, RejectInnerMalformed
+		}
+		if int(binary.BigEndian.Uint16(inner[2:4])) != len(inner) {
+			return nil, RejectInnerLength
+		}
+		if fold(sum16(inner[:ihl], 0)) != 0xffff {
+			return nil, RejectInnerChecksum
+		}
+		dst = netip.AddrFrom4([4]byte(inner[16:20]))
+	case 6:
+		if len(inner) < ipv6HeaderLen {
+			return nil, RejectInnerMalformed
+		}
+		if ipv6HeaderLen+int(binary.BigEndian.Uint16(inner[4:6])) != len(inner) {
+			return nil, RejectInnerLength
+		}
+		dst = netip.AddrFrom16([16]byte(inner[24:40]))
+	default:
+		return nil, RejectInnerMalformed
+	}
+	// dst needs no canonical form: AddrFrom4 is already unmapped, and an
+	// IPv4-mapped inner IPv6 destination is not an IPv4 VIP.
+	if _, ok := d.vips[dst]; !ok {
+		return nil, RejectInnerNotVIP
+	}
+	return inner, Accept
+}
+
+// Packet checks a whole outer IPv4 packet (the raw-socket path, and tests):
+// a well-formed, unfragmented IPv4 header (options allowed) with a correct
+// checksum, protocol UDP, a UDP length that matches, and the encap port as
+// destination; then the UDP payload goes through the same checks as Payload,
+// with the outer source address as src. The outer UDP checksum is not
+// verified: balancers send 0, and the inner packet carries its own checksums.
+func (d *Decapsulator) Packet(pkt []byte) ([]byte, Reject) {
+	if len(pkt) == 0 {
+		return nil, RejectEmpty
+	}
+	if len(pkt) < ipv4HeaderLen || pkt[0]>>4 != 4 {
+		return nil, RejectMalformedOuter
+	}
+	ihl := int(pkt[0]&0x0f) * 4
+	if ihl < ipv4HeaderLen || len(pkt) < ihl+udpHeaderLen ||
+		int(binary.BigEndian.Uint16(pkt[2:4])) != len(pkt) ||
+		// More Fragments set or a nonzero offset: the kernel reassembles
+		// before a socket sees the packet, so a fragment here is bogus.
+		binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 ||
+		fold(sum16(pkt[:ihl], 0)) != 0xffff {
+		return nil, RejectMalformedOuter
+	}
+	if pkt[9] != protoUDP {
+		return nil, RejectNotUDP
+	}
+	udp := pkt[ihl:]
+	if int(binary.BigEndian.Uint16(udp[4:6])) != len(udp) {
+		return nil, RejectMalformedOuter
+	}
+	if binary.BigEndian.Uint16(udp[2:4]) != d.port {
+		return nil, RejectWrongPort
+	}
+	return d.Payload(netip.AddrFrom4([4]byte(pkt[12:16])), udp[udpHeaderLen:])
+}

@@ -1,0 +1,325 @@
+package encap_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"sync"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/gopacket"
+	"github.com/google/gopacket/layers"
+
+	"github.com/caplance/caplance/internal/encap"
+)
+
+// rawOuter wraps payload in an outer IPv4+UDP header built by gopacket, not
+// by Encapsulate, so the receiver can be fed inner packets Encapsulate would
+// refuse. gopacket fills in a real UDP checksum, which the receiver ignores.
+func rawOuter(t testing.TB, src netip.Addr, payload []byte) []byte {
+	t.Helper()
+	ip := &layers.IPv4{
+		Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP,
+		SrcIP: net.IP(src.AsSlice()), DstIP: net.IP(backend.AsSlice()),
+	}
+	udp := &layers.UDP{SrcPort: 50000, DstPort: layers.UDPPort(encapPort)}
+	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	return serialize(t, ip, udp, gopacket.Payload(payload))
+}
+
+// withOuterOptions inserts four NOP option bytes into pkt's outer IPv4 header.
+func withOuterOptions(pkt []byte) []byte {
+	p := append(append(append([]byte(nil), pkt[:20]...), 1, 1, 1, 1), pkt[20:]...)
+	p[0] = 0x46
+	binary.BigEndian.PutUint16(p[2:4], uint16(len(p)))
+	fixChecksum(p)
+	return p
+}
+
+type decapCase struct {
+	name      string
+	pkt       []byte
+	want      encap.Reject
+	wantInner []byte // for Accept: the inner packet, at pkt[len(pkt)-len(wantInner):]
+}
+
+// packetCases are whole outer packets for Decapsulator.Packet; the fuzz
+// target is seeded from them.
+func packetCases(t testing.TB) []decapCase {
+	v4 := innerV4(t, vip4, true, false, 50)
+	v4opt := innerV4(t, vip4, true, true, 50)
+	v6 := innerV6(t, vip6, 50)
+	good := encapsulated(t, v4)
+	// outer mutates a copy of good and fixes the outer header checksum.
+	outer := func(f func(p []byte)) []byte {
+		return mutate(good, func(p []byte) { f(p); fixChecksum(p) })
+	}
+	// inner mutates a copy of the v4 inner packet, fixes its header
+	// checksum, and wraps it.
+	inner := func(in []byte, f func(p []byte)) []byte {
+		return rawOuter(t, balancer, mutate(in, func(p []byte) { f(p); fixChecksum(p) }))
+	}
+	return []decapCase{
+		{name: "accept v4 in v4", pkt: good, wantInner: v4},
+		{name: "accept v6 in v4", pkt: encapsulated(t, v6), wantInner: v6},
+		{name: "accept inner with IP options", pkt: encapsulated(t, v4opt), wantInner: v4opt},
+		{name: "accept outer with IP options", pkt: withOuterOptions(good), wantInner: v4},
+		{name: "accept nonzero UDP checksum", pkt: rawOuter(t, balancer, v4), wantInner: v4},
+
+		{name: "empty packet", pkt: []byte{}, want: encap.RejectEmpty},
+		{name: "empty UDP payload", pkt: rawOuter(t, balancer, nil), want: encap.RejectEmpty},
+
+		{name: "shorter than IPv4 header", pkt: good[:19], want: encap.RejectMalformedOuter},
+		{name: "outer version 6", pkt: outer(func(p []byte) { p[0] = 0x65 }), want: encap.RejectMalformedOuter},
+		{name: "outer IHL 4", pkt: outer(func(p []byte) { p[0] = 0x44 }), want: encap.RejectMalformedOuter},
+		{name: "outer IHL beyond packet", pkt: outer(func(p []byte) { p[0] = 0x4f })[:40], want: encap.RejectMalformedOuter},
+		{name: "outer total length short", pkt: outer(func(p []byte) { binary.BigEndian.PutUint16(p[2:4], uint16(len(p)-1)) }), want: encap.RejectMalformedOuter},
+		{name: "outer trailing byte", pkt: append(outer(func([]byte) {}), 0), want: encap.RejectMalformedOuter},
+		{name: "outer more fragments", pkt: outer(func(p []byte) { p[6] |= 0x20 }), want: encap.RejectMalformedOuter},
+		{name: "outer fragment offset", pkt: outer(func(p []byte) { p[7] = 1 }), want: encap.RejectMalformedOuter},
+		{name: "outer bad checksum", pkt: mutate(good, func(p []byte) { p[10] ^= 0xff }), want: encap.RejectMalformedOuter},
+		{name: "no room for UDP header", pkt: mutate(good[:27], func(p []byte) { binary.BigEndian.PutUint16(p[2:4], 27); fixChecksum(p) }), want: encap.RejectMalformedOuter},
+		{name: "UDP length mismatch", pkt: mutate(good, func(p []byte) { binary.BigEndian.PutUint16(p[24:26], uint16(len(p)-21)) }), want: encap.RejectMalformedOuter},
+
+		{name: "outer protocol TCP", pkt: outer(func(p []byte) { p[9] = 6 }), want: encap.RejectNotUDP},
+
+		{name: "wrong port", pkt: mutate(good, func(p []byte) { binary.BigEndian.PutUint16(p[22:24], 4789) }), want: encap.RejectWrongPort},
+
+		{name: "source not a balancer", pkt: outer(func(p []byte) { copy(p[12:16], stranger.AsSlice()) }), want: encap.RejectSourceNotAllowed},
+
+		{name: "inner version 5", pkt: inner(v4, func(p []byte) { p[0] = 0x55 }), want: encap.RejectInnerMalformed},
+		{name: "inner version 0", pkt: rawOuter(t, balancer, make([]byte, 40)), want: encap.RejectInnerMalformed},
+		{name: "inner v4 shorter than 20", pkt: rawOuter(t, balancer, v4[:19]), want: encap.RejectInnerMalformed},
+		{name: "inner v4 IHL 4", pkt: inner(v4, func(p []byte) { p[0] = 0x44 }), want: encap.RejectInnerMalformed},
+		{name: "inner v4 IHL beyond packet", pkt: rawOuter(t, balancer, mutate(v4[:40], func(p []byte) { p[0] = 0x4f; binary.BigEndian.PutUint16(p[2:4], 40) })), want: encap.RejectInnerMalformed},
+		{name: "inner v6 shorter than 40", pkt: rawOuter(t, balancer, v6[:39]), want: encap.RejectInnerMalformed},
+
+		{name: "inner v4 length short", pkt: inner(v4, func(p []byte) { binary.BigEndian.PutUint16(p[2:4], uint16(len(p)-1)) }), want: encap.RejectInnerLength},
+		{name: "inner v4 length long", pkt: inner(v4, func(p []byte) { binary.BigEndian.PutUint16(p[2:4], uint16(len(p)+1)) }), want: encap.RejectInnerLength},
+		{name: "inner v6 payload length", pkt: rawOuter(t, balancer, mutate(v6, func(p []byte) { binary.BigEndian.PutUint16(p[4:6], uint16(len(p)-39)) })), want: encap.RejectInnerLength},
+
+		{name: "inner v4 bad checksum", pkt: rawOuter(t, balancer, mutate(v4, func(p []byte) { p[11] ^= 1 })), want: encap.RejectInnerChecksum},
+
+		{name: "inner v4 not a VIP", pkt: encapsulated(t, innerV4(t, notVIP4, true, false, 50)), want: encap.RejectInnerNotVIP},
+		{name: "inner v6 not a VIP", pkt: encapsulated(t, innerV6(t, notVIP6, 50)), want: encap.RejectInnerNotVIP},
+		{name: "inner v6 to IPv4-mapped VIP", pkt: encapsulated(t, innerV6(t, netip.AddrFrom16(vip4.As16()), 50)), want: encap.RejectInnerNotVIP},
+	}
+}
+
+func checkDecap(t *testing.T, input, got []byte, gotR encap.Reject, want encap.Reject, wantInner []byte) {
+	t.Helper()
+	if gotR != want {
+		t.Fatalf("reject = %v, want %v", gotR, want)
+	}
+	if want != encap.Accept {
+		if got != nil {
+			t.Errorf("rejected, yet returned %d bytes", len(got))
+		}
+		return
+	}
+	if diff := cmp.Diff(wantInner, got); diff != "" {
+		t.Errorf("inner packet (-want +got):\n%s", diff)
+	}
+	if len(got) > 0 && &got[len(got)-1] != &input[len(input)-1] {
+		t.Error("inner packet is not a subslice of the input")
+	}
+}
+
+func TestPacket(t *testing.T) {
+	d := newDecap(t)
+	for _, tt := range packetCases(t) {
+		t.Run(tt.name, func(t *testing.T) {
+			before := append([]byte(nil), tt.pkt...)
+			got, r := d.Packet(tt.pkt)
+			checkDecap(t, tt.pkt, got, r, tt.want, tt.wantInner)
+			if !bytes.Equal(tt.pkt, before) {
+				t.Error("Packet modified its input")
+			}
+		})
+	}
+}
+
+type payloadCase struct {
+	name      string
+	src       netip.Addr
+	payload   []byte
+	want      encap.Reject
+	wantInner []byte
+}
+
+func payloadCases(t testing.TB) []payloadCase {
+	v4 := innerV4(t, vip4, true, false, 50)
+	v6 := innerV6(t, vip6, 50)
+	return []payloadCase{
+		{name: "accept v4 from balancer", src: balancer, payload: v4, wantInner: v4},
+		{name: "accept v6 from balancer", src: balancer, payload: v6, wantInner: v6},
+		{name: "accept IPv4-mapped source", src: netip.AddrFrom16(balancer.As16()), payload: v4, wantInner: v4},
+		{name: "accept IPv6 balancer", src: balancer6, payload: v6, wantInner: v6},
+		{name: "accept zoned IPv6 balancer", src: balancer6.WithZone("eth0"), payload: v4, wantInner: v4},
+		{name: "empty from balancer", src: balancer, payload: nil, want: encap.RejectEmpty},
+		{name: "stranger", src: stranger, payload: v4, want: encap.RejectSourceNotAllowed},
+		{name: "IPv4-mapped stranger", src: netip.AddrFrom16(stranger.As16()), payload: v4, want: encap.RejectSourceNotAllowed},
+		{name: "empty from stranger", src: stranger, payload: nil, want: encap.RejectSourceNotAllowed},
+		{name: "zero source", src: netip.Addr{}, payload: v4, want: encap.RejectSourceNotAllowed},
+		{name: "inner not a VIP", src: balancer, payload: innerV4(t, notVIP4, true, false, 50), want: encap.RejectInnerNotVIP},
+	}
+}
+
+func TestPayload(t *testing.T) {
+	d := newDecap(t)
+	for _, tt := range payloadCases(t) {
+		t.Run(tt.name, func(t *testing.T) {
+			got, r := d.Payload(tt.src, tt.payload)
+			checkDecap(t, tt.payload, got, r, tt.want, tt.wantInner)
+		})
+	}
+}
+
+// TestEveryRejectTested fails when a Reject reason has no case above, so a
+// new reason cannot be added untested.
+func TestEveryRejectTested(t *testing.T) {
+	seen := make(map[encap.Reject]bool)
+	for _, c := range packetCases(t) {
+		seen[c.want] = true
+	}
+	for _, c := range payloadCases(t) {
+		seen[c.want] = true
+	}
+	for r := range encap.Reject(encap.NumRejects) {
+		if !seen[r] {
+			t.Errorf("no test case expects %v", r)
+		}
+	}
+}
+
+func TestRejectString(t *testing.T) {
+	want := []string{
+		"accept", "empty", "malformed_outer", "not_udp", "wrong_port", "source_not_allowed",
+		"inner_malformed", "inner_length", "inner_checksum", "inner_not_vip",
+	}
+	var got []string
+	for r := range encap.Reject(encap.NumRejects) {
+		got = append(got, r.String())
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("Reject names (-want +got):\n%s", diff)
+	}
+	snake := regexp.MustCompile(`^[a-z]+(_[a-z0-9]+)*$`)
+	for _, name := range append(got, encap.Reject(200).String()) {
+		if !snake.MatchString(name) {
+			t.Errorf("name %q is not snake_case", name)
+		}
+	}
+}
+
+func TestNewDecapsulator(t *testing.T) {
+	tests := []struct {
+		name            string
+		port            uint16
+		balancers, vips []netip.Addr
+		want            error
+	}{
+		{name: "ok", port: encapPort, balancers: []netip.Addr{balancer}, vips: []netip.Addr{vip4, vip6}},
+		{name: "duplicates are one", port: encapPort, balancers: []netip.Addr{balancer, netip.AddrFrom16(balancer.As16())}, vips: []netip.Addr{vip4, vip4}},
+		{name: "zero port", port: 0, balancers: []netip.Addr{balancer}, vips: []netip.Addr{vip4}, want: encap.ErrZeroPort},
+		{name: "no balancers", port: encapPort, balancers: nil, vips: []netip.Addr{vip4}, want: encap.ErrNoBalancers},
+		{name: "no VIPs", port: encapPort, balancers: []netip.Addr{balancer}, vips: []netip.Addr{}, want: encap.ErrNoVIPs},
+		{name: "invalid balancer", port: encapPort, balancers: []netip.Addr{balancer, {}}, vips: []netip.Addr{vip4}, want: encap.ErrInvalidAddr},
+		{name: "unspecified VIP", port: encapPort, balancers: []netip.Addr{balancer}, vips: []netip.Addr{netip.IPv6Unspecified()}, want: encap.ErrInvalidAddr},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := encap.NewDecapsulator(tt.port, tt.balancers, tt.vips)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("NewDecapsulator error = %v, want %v", err, tt.want)
+			}
+			if (d == nil) == (err == nil) {
+				t.Errorf("got Decapsulator %v with error %v", d, err)
+			}
+		})
+	}
+}
+
+func TestDecapsulateAllocs(t *testing.T) {
+	d := newDecap(t)
+	inner6 := innerV6(t, vip6, 1000)
+	pkt := encapsulated(t, innerV4(t, vip4, true, false, 1000))
+	mapped := netip.AddrFrom16(balancer.As16())
+	stray := encapsulated(t, innerV4(t, notVIP4, true, false, 1000))
+	for _, c := range []struct {
+		name string
+		f    func()
+	}{
+		{"Packet accept", func() { _, _ = d.Packet(pkt) }},
+		{"Packet reject", func() { _, _ = d.Packet(stray) }},
+		{"Payload accept mapped source", func() { _, _ = d.Payload(mapped, inner6) }},
+		{"Payload reject source", func() { _, _ = d.Payload(stranger, inner6) }},
+	} {
+		if n := testing.AllocsPerRun(100, c.f); n != 0 {
+			t.Errorf("%s: %v allocs per run, want 0", c.name, n)
+		}
+	}
+}
+
+func BenchmarkDecapsulate(b *testing.B) {
+	for _, size := range []int{64, 1500} {
+		inner := innerV4UDP(b, size)
+		d := newDecap(b)
+		pkt := encapsulated(b, inner)
+		b.Run(fmt.Sprintf("%dB/Packet", size), func(b *testing.B) {
+			b.SetBytes(int64(len(inner)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, r := d.Packet(pkt); r != encap.Accept {
+					b.Fatal(r)
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("%dB/Payload", size), func(b *testing.B) {
+			b.SetBytes(int64(len(inner)))
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, r := d.Payload(balancer, inner); r != encap.Accept {
+					b.Fatal(r)
+				}
+			}
+		})
+	}
+}
+
+// TestConcurrentUse shares one Outer and one Decapsulator between
+// goroutines, as the data path's workers do; under -race it proves neither
+// is written after construction.
+func TestConcurrentUse(t *testing.T) {
+	o := newOuter(t)
+	d := newDecap(t)
+	inner := innerV4(t, vip4, true, false, 100)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			pkt := withHeadroom(inner)
+			for i := range 200 {
+				if err := o.Encapsulate(pkt, encap.SourcePort(uint64(w*1000+i))); err != nil {
+					t.Error(err)
+					return
+				}
+				if _, r := d.Packet(pkt); r != encap.Accept {
+					t.Errorf("Packet: %v", r)
+					return
+				}
+				if _, r := d.Payload(balancer, pkt[encap.HeaderLen:]); r != encap.Accept {
+					t.Errorf("Payload: %v", r)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

@@ -1,0 +1,45 @@
+# Caplance. `make help` lists the targets.
+
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= /etc
+DESTDIR    ?=
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.0.0-dev)
+
+GO         ?= go
+LDFLAGS    := -X github.com/caplance/caplance/internal/version.Version=$(VERSION)
+COMMANDS   := caplanced caplancectl caplance-healthd
+BENCHTIME  ?= 1s
+FUZZTIME   ?= 30s
+
+.PHONY: all build test bench fuzz lint clean help
+
+all: build
+
+build: ## Build the three commands into bin/
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ $(addprefix ./,$(COMMANDS))
+
+test: lint ## Lint, then run every test with the race detector (root tests need root)
+	$(GO) test -race -count=1 ./...
+
+bench: ## Run the benchmarks; each prints its ratio to a baseline measured in the same run
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./internal/...
+
+fuzz: ## Run every fuzz target for FUZZTIME each
+	@set -e; for pkg in $$($(GO) list ./internal/...); do \
+		for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$target"; \
+			$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+lint: ## gofmt, go vet and staticcheck must be clean
+	@out=$$(gofmt -l $$(git ls-files '*.go') $$(git ls-files --others --exclude-standard '*.go')); \
+		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	staticcheck ./...
+
+clean: ## Remove build output
+	rm -rf bin/
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'

@@ -1,0 +1,243 @@
+// Package config owns caplanced's configuration: it decodes the TOML file
+// strictly (unknown keys and wrong types are errors with their line), applies
+// CAPLANCED_* environment overrides, and validates everything into typed
+// values, reporting every problem at once with the place it was found.
+//
+// It reads the file it is given and the environment it is handed; it must not
+// touch the network, the kernel or any other file.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where the packaged caplanced looks for its configuration.
+const DefaultPath = "/etc/caplance/caplanced.toml"
+
+// Defaults for keys the operator may leave out.
+const (
+	// DefaultEncapPort is the UDP port of the foo-over-UDP tunnel; 5555 is
+	// the port the Linux fou documentation uses in its examples.
+	DefaultEncapPort = 5555
+	DefaultWeight    = 100
+	// MaxWeight bounds weights so that ratios stay meaningful for a table
+	// of a few hundred thousand slots.
+	MaxWeight = 10000
+)
+
+// Config is a validated configuration. Balancer and Receiver are nil when
+// the host does not play that role.
+type Config struct {
+	Balancer *Balancer
+	Backends []Backend
+	Receiver *Receiver
+}
+
+// Balancer is the [balancer] section: the VIPs this host balances.
+type Balancer struct {
+	VIPs []VIP
+	// Interface is where the VIPs are attached; "" means the one interface
+	// whose subnet contains each VIP.
+	Interface string
+	EncapPort uint16
+	TableSize int
+}
+
+// VIP is one virtual address and the destination ports it accepts.
+type VIP struct {
+	Addr netip.Addr
+	// Ports is the allow-list; nil accepts every port.
+	Ports []uint16
+}
+
+// Backend is one [[backend]] entry.
+type Backend struct {
+	Name    string
+	Address netip.Addr
+	Weight  uint32
+	// Check is the health check spec, "" for none; caplance-healthd parses it.
+	Check string
+}
+
+// Receiver is the [receiver] section: this host is a backend that
+// decapsulates traffic from the listed balancers.
+type Receiver struct {
+	VIPs      []netip.Addr
+	Balancers []netip.Addr
+	EncapPort uint16
+	Mode      Mode
+}
+
+// Mode says who decapsulates on a receiver.
+type Mode string
+
+// Receiver modes.
+const (
+	ModeAuto      Mode = "auto"
+	ModeKernel    Mode = "kernel"
+	ModeUserspace Mode = "userspace"
+)
+
+// The raw structs mirror the file. Pointers tell "absent" (take the default)
+// from "given" (validate it).
+type rawConfig struct {
+	Balancer *rawBalancer `toml:"balancer"`
+	Backends []rawBackend `toml:"backend"`
+	Receiver *rawReceiver `toml:"receiver"`
+}
+
+type rawBalancer struct {
+	VIPs      []string         `toml:"vips"`
+	Interface string           `toml:"interface"`
+	Ports     map[string][]int `toml:"ports"`
+	EncapPort *int             `toml:"encap_port"`
+	TableSize *int             `toml:"table_size"`
+}
+
+type rawBackend struct {
+	Name    string `toml:"name"`
+	Address string `toml:"address"`
+	Weight  *int   `toml:"weight"`
+	Check   string `toml:"check"`
+}
+
+type rawReceiver struct {
+	VIPs      []string `toml:"vips"`
+	Balancers []string `toml:"balancers"`
+	EncapPort *int     `toml:"encap_port"`
+	Mode      string   `toml:"mode"`
+}
+
+// Load reads the file at path and applies the process environment.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(path, data, os.Environ())
+}
+
+// Parse decodes and validates data, named name in errors, with overrides
+// from environ ("KEY=value" strings, as os.Environ returns). Every problem is
+// reported: the error is an errors.Join of one error per problem.
+func Parse(name string, data []byte, environ []string) (*Config, error) {
+	raw, errs := decode(data)
+	if len(errs) > 0 {
+		for i, err := range errs {
+			errs[i] = fmt.Errorf("%s: %w", name, err)
+		}
+		return nil, errors.Join(errs...)
+	}
+	if err := applyEnv(&raw, environ); err != nil {
+		return nil, err
+	}
+	cfg, problems := validate(raw)
+	if len(problems) > 0 {
+		errs := make([]error, len(problems))
+		for i, p := range problems {
+			errs[i] = fmt.Errorf("%s: %s", name, p)
+		}
+		return nil, errors.Join(errs...)
+	}
+	return cfg, nil
+}
+
+// decode reads the file strictly: a syntax error, a wrong type, or every
+// unknown key.
+func decode(data []byte) (rawConfig, []error) {
+	var raw rawConfig
+	md, err := toml.Decode(string(data), &raw)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			err = fmt.Errorf("line %d, column %d: %s", pe.Position.Line, pe.Position.Col, pe.Message)
+		}
+		return raw, []error{err}
+	}
+	undecoded := md.Undecoded()
+	lines := keyLines(string(data))
+	var errs []error
+	seen := map[string]int{}
+	for _, key := range undecoded {
+		if hasReportedParent(key, undecoded) {
+			continue
+		}
+		path := key.String()
+		where := ""
+		if ls := lines[path]; seen[path] < len(ls) {
+			where = fmt.Sprintf("line %d: ", ls[seen[path]])
+		}
+		seen[path]++
+		errs = append(errs, fmt.Errorf("%sunknown key %q", where, path))
+	}
+	return raw, errs
+}
+
+// hasReportedParent reports whether a table above key is itself unknown, so
+// "[balancerz]" yields one error rather than one per key inside it.
+func hasReportedParent(key toml.Key, undecoded []toml.Key) bool {
+	for _, other := range undecoded {
+		if len(other) < len(key) && slices.Equal(other, key[:len(other)]) {
+			return true
+		}
+	}
+	return false
+}
+
+// keyLines maps each dotted key path to the lines that set it, in order.
+// The toml package keeps key positions private, so this finds them again with
+// a line-oriented scan that understands table headers and key = value lines;
+// it only decorates error messages, so a miss costs a line number, nothing else.
+func keyLines(doc string) map[string][]int {
+	lines := map[string][]int{}
+	table := ""
+	for i, line := range strings.Split(doc, "\n") {
+		line = strings.TrimSpace(line)
+		switch {
+		case strings.HasPrefix(line, "[["):
+			table = unquoteKey(strings.TrimSuffix(strings.SplitN(line[2:], "]]", 2)[0], "]]"))
+			lines[table] = append(lines[table], i+1)
+		case strings.HasPrefix(line, "["):
+			table = unquoteKey(strings.SplitN(line[1:], "]", 2)[0])
+			lines[table] = append(lines[table], i+1)
+		case strings.Contains(line, "=") && !strings.HasPrefix(line, "#"):
+			key := unquoteKey(strings.SplitN(line, "=", 2)[0])
+			if table != "" {
+				key = table + "." + key
+			}
+			lines[key] = append(lines[key], i+1)
+		}
+	}
+	return lines
+}
+
+// unquoteKey turns `a . "b.c"` into the form toml.Key.String gives.
+func unquoteKey(s string) string {
+	var parts []string
+	var cur strings.Builder
+	quote := rune(0)
+	for _, r := range s {
+		switch {
+		case quote != 0 && r == quote:
+			quote = 0
+		case quote != 0:
+			cur.WriteRune(r)
+		case r == '"' || r == '\'':
+			quote = r
+		case r == '.':
+			parts = append(parts, strings.TrimSpace(cur.String()))
+			cur.Reset()
+		default:
+			cur.WriteRune(r)
+		}
+	}
+	parts = append(parts, strings.TrimSpace(cur.String()))
+	return toml.Key(parts).String()
+}

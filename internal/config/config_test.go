@@ -1,0 +1,386 @@
+package config
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+)
+
+var addr = netip.MustParseAddr
+
+// cmpConfig compares netip.Addr by value.
+var cmpConfig = cmp.Options{cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmpopts.EquateEmpty()}
+
+func TestParseValid(t *testing.T) {
+	tests := []struct {
+		name    string
+		doc     string
+		environ []string
+		want    *Config
+	}{
+		{
+			name: "balancer defaults",
+			doc: `
+[balancer]
+vips = ["10.0.0.100"]
+[[backend]]
+name = "web1"
+address = "10.0.1.11"
+`,
+			want: &Config{
+				Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537},
+				Backends: []Backend{{Name: "web1", Address: addr("10.0.1.11"), Weight: 100}},
+			},
+		},
+		{
+			name: "balancer every key",
+			doc: `
+[balancer]
+vips = ["10.0.0.100", "10.0.0.101"]
+interface = "eth1"
+encap_port = 6000
+table_size = 101
+[balancer.ports]
+"10.0.0.101" = [443, 80]
+[[backend]]
+name = "web-1.a_b"
+address = "10.0.1.11"
+weight = 0
+check = "tcp://:80"
+[[backend]]
+name = "web2"
+address = "10.0.1.12"
+weight = 10000
+`,
+			want: &Config{
+				Balancer: &Balancer{
+					VIPs:      []VIP{{Addr: addr("10.0.0.100")}, {Addr: addr("10.0.0.101"), Ports: []uint16{80, 443}}},
+					Interface: "eth1", EncapPort: 6000, TableSize: 101,
+				},
+				Backends: []Backend{
+					{Name: "web-1.a_b", Address: addr("10.0.1.11"), Weight: 0, Check: "tcp://:80"},
+					{Name: "web2", Address: addr("10.0.1.12"), Weight: 10000},
+				},
+			},
+		},
+		{
+			name: "balancer without backends is valid (they come at run time)",
+			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\n",
+			want: &Config{Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537}},
+		},
+		{
+			name: "receiver",
+			doc: `
+[receiver]
+vips = ["10.0.0.100"]
+balancers = ["10.0.1.1", "10.0.1.2"]
+mode = "userspace"
+encap_port = 7000
+`,
+			want: &Config{Receiver: &Receiver{
+				VIPs: []netip.Addr{addr("10.0.0.100")}, Balancers: []netip.Addr{addr("10.0.1.1"), addr("10.0.1.2")},
+				EncapPort: 7000, Mode: ModeUserspace,
+			}},
+		},
+		{
+			name: "receiver defaults; mapped IPv4 is IPv4",
+			doc:  "[receiver]\nvips = [\"::ffff:10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n",
+			want: &Config{Receiver: &Receiver{
+				VIPs: []netip.Addr{addr("10.0.0.100")}, Balancers: []netip.Addr{addr("10.0.1.1")},
+				EncapPort: 5555, Mode: ModeAuto,
+			}},
+		},
+		{
+			name: "environment overrides file",
+			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\nencap_port = 6000\n",
+			environ: []string{
+				"CAPLANCED_BALANCER_VIPS=10.0.0.1, 10.0.0.2",
+				"CAPLANCED_BALANCER_ENCAP_PORT=7000",
+				"CAPLANCED_BALANCER_INTERFACE=br0",
+				"PATH=/usr/bin",
+			},
+			want: &Config{Balancer: &Balancer{
+				VIPs:      []VIP{{Addr: addr("10.0.0.1")}, {Addr: addr("10.0.0.2")}},
+				Interface: "br0", EncapPort: 7000, TableSize: 65537,
+			}},
+		},
+		{
+			name:    "environment creates a section",
+			doc:     "",
+			environ: []string{"CAPLANCED_RECEIVER_VIPS=10.0.0.100", "CAPLANCED_RECEIVER_BALANCERS=10.0.1.1", "CAPLANCED_RECEIVER_MODE=kernel"},
+			want: &Config{Receiver: &Receiver{
+				VIPs: []netip.Addr{addr("10.0.0.100")}, Balancers: []netip.Addr{addr("10.0.1.1")},
+				EncapPort: 5555, Mode: ModeKernel,
+			}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse("test.toml", []byte(tt.doc), tt.environ)
+			if err != nil {
+				t.Fatalf("Parse: %v", err)
+			}
+			if diff := cmp.Diff(tt.want, got, cmpConfig); diff != "" {
+				t.Errorf("Parse mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestParseInvalid(t *testing.T) {
+	tests := []struct {
+		name    string
+		doc     string
+		environ []string
+		want    []string // every line of the error, in order
+	}{
+		{
+			name: "syntax error has line and column",
+			doc:  "[balancer]\nvips = [\"10.0.0.1\"\n",
+			want: []string{`test.toml: line 2, column 19: expected a comma (',') or array terminator (']'), but got end of file`},
+		},
+		{
+			name: "unknown keys have path and line",
+			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\nvipz = 1\n\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.1\"\nwieght = 3\n[extra]\nx = 1\n",
+			want: []string{
+				`test.toml: line 3: unknown key "balancer.vipz"`,
+				`test.toml: line 8: unknown key "backend.wieght"`,
+				`test.toml: line 9: unknown key "extra"`,
+			},
+		},
+		{
+			name: "wrong type",
+			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\nencap_port = \"5555\"\n",
+			want: []string{`test.toml: toml: line 3 (last key "balancer.encap_port"): incompatible types: TOML value has type string; destination has type integer`},
+		},
+		{
+			name: "no role",
+			doc:  "# nothing\n",
+			want: []string{`test.toml: neither a [balancer] nor a [receiver] section: caplanced has nothing to do`},
+		},
+		{
+			name: "every balancer and backend problem at once",
+			doc: `
+[balancer]
+vips = ["10.0.0.300", "10.0.0.100", "10.0.0.100", "2001:db8::1", "224.0.0.1", "127.0.0.1", "0.0.0.0", "255.255.255.255"]
+interface = "a/b"
+encap_port = 0
+table_size = 65536
+[balancer.ports]
+"10.0.0.9" = [80]
+"10.0.0.100" = [0, 80, 80, 70000]
+[[backend]]
+name = "web1"
+address = "10.0.0.300"
+[[backend]]
+name = "web1"
+address = "10.0.1.2"
+weight = 10001
+[[backend]]
+name = "bad/name"
+address = "10.0.1.2"
+weight = -1
+check = "ftp://x"
+[[backend]]
+address = "10.0.0.100"
+[[backend]]
+name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
+`,
+			want: []string{
+				`test.toml: balancer: encap_port 0: must be between 1 and 65535`,
+				`test.toml: balancer: vips: "10.0.0.300": not an IPv4 address`,
+				`test.toml: balancer: vips: 10.0.0.100: listed twice`,
+				`test.toml: balancer: vips: "2001:db8::1": IPv6 is not supported yet: give an IPv4 address`,
+				`test.toml: balancer: vips: "224.0.0.1": multicast address, need unicast`,
+				`test.toml: balancer: vips: "127.0.0.1": loopback address, need one reachable from other hosts`,
+				`test.toml: balancer: vips: "0.0.0.0": not a unicast address`,
+				`test.toml: balancer: vips: "255.255.255.255": not a unicast address`,
+				`test.toml: balancer: ports: "10.0.0.100": port 0: must be between 1 and 65535`,
+				`test.toml: balancer: ports: "10.0.0.100": port 80: listed twice`,
+				`test.toml: balancer: ports: "10.0.0.100": port 70000: must be between 1 and 65535`,
+				`test.toml: balancer: ports: "10.0.0.9": not one of balancer.vips`,
+				`test.toml: balancer: interface "a/b": not a valid interface name (1-15 characters, no '/', ':' or white space)`,
+				`test.toml: balancer: table_size 65536: not a prime (Maglev needs a prime table size; the default is 65537)`,
+				`test.toml: backend "web1": address "10.0.0.300": not an IPv4 address`,
+				`test.toml: backend "web1": name: duplicate`,
+				`test.toml: backend "web1": weight 10001: must be between 0 and 10000`,
+				`test.toml: backend "bad/name": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
+				`test.toml: backend "bad/name": address 10.0.1.2: already used by backend "web1"`,
+				`test.toml: backend "bad/name": weight -1: must be between 0 and 10000`,
+				`test.toml: backend "bad/name": check "ftp://x": must start with one of tcp://, http://, https://, udp://, exec://, tunnel://`,
+				`test.toml: backend #4: name: missing`,
+				`test.toml: backend #4: address 10.0.0.100: is a VIP of this balancer (packets would loop)`,
+				`test.toml: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
+				`test.toml: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo": address: missing`,
+			},
+		},
+		{
+			name: "table size bounds",
+			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\ntable_size = 97\n",
+			want: []string{`test.toml: balancer: table_size 97: must be a prime between 101 and 16777213`},
+		},
+		{
+			name: "empty lists",
+			doc:  "[balancer]\nvips = []\n[balancer.ports]\n\"10.0.0.1\" = []\n[receiver]\nvips = []\nbalancers = []\nmode = \"fast\"\nencap_port = 65536\n",
+			want: []string{
+				`test.toml: balancer: vips: at least one VIP is required`,
+				`test.toml: balancer: ports: "10.0.0.1": not one of balancer.vips`,
+				`test.toml: receiver: encap_port 65536: must be between 1 and 65535`,
+				`test.toml: receiver: vips: at least one VIP is required`,
+				`test.toml: receiver: balancers: at least one balancer address is required (the receiver accepts tunnelled packets only from these)`,
+				`test.toml: receiver: mode "fast": must be auto, kernel or userspace`,
+			},
+		},
+		{
+			name: "backends without a balancer",
+			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.2\"\n",
+			want: []string{`test.toml: [[backend]] entries need a [balancer] section`},
+		},
+		{
+			name:    "bad environment",
+			doc:     "[balancer]\nvips = [\"10.0.0.100\"]\n",
+			environ: []string{"CAPLANCED_BALANCER_ENCAP_PORT=abc", "CAPLANCED_BALANCER_VIP=10.0.0.1", "CAPLANCED_BALANCER_PORTS=80"},
+			want: []string{
+				`environment CAPLANCED_BALANCER_ENCAP_PORT="abc": not an integer`,
+				`environment CAPLANCED_BALANCER_PORTS: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
+				`environment CAPLANCED_BALANCER_VIP: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
+			},
+		},
+		{
+			name:    "environment value validated like the file",
+			doc:     "[balancer]\nvips = [\"10.0.0.100\"]\n",
+			environ: []string{"CAPLANCED_BALANCER_TABLE_SIZE=100"},
+			want:    []string{`test.toml: balancer: table_size 100: must be a prime between 101 and 16777213`},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Parse("test.toml", []byte(tt.doc), tt.environ)
+			if err == nil {
+				t.Fatalf("Parse succeeded with %+v, want an error", got)
+			}
+			if got != nil {
+				t.Errorf("Parse returned a config with an error: %+v", got)
+			}
+			if diff := cmp.Diff(tt.want, strings.Split(err.Error(), "\n")); diff != "" {
+				t.Errorf("errors mismatch (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// The shipped configs are what operators copy: they must stay valid.
+func TestShippedConfigs(t *testing.T) {
+	files, err := filepath.Glob("../../contrib/caplanced*.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 3 {
+		t.Fatalf("found %v, want the minimal, receiver and reference configs", files)
+	}
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			cfg, err := Load(f)
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if cfg.Balancer == nil && cfg.Receiver == nil {
+				t.Errorf("no role configured")
+			}
+		})
+	}
+}
+
+// The reference config documents every key: each one must be set in it.
+func TestReferenceConfigSetsEveryKey(t *testing.T) {
+	cfg, err := Load("../../contrib/caplanced.reference.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, r := cfg.Balancer, cfg.Receiver
+	if b == nil || r == nil || len(cfg.Backends) == 0 {
+		t.Fatalf("reference config lacks a section: %+v", cfg)
+	}
+	if b.Interface == "" || b.VIPs[0].Ports == nil || cfg.Backends[0].Check == "" {
+		t.Errorf("reference config leaves out interface, ports or check: %+v", cfg)
+	}
+}
+
+func TestLoadMissingFile(t *testing.T) {
+	_, err := Load(filepath.Join(t.TempDir(), "none.toml"))
+	if err == nil || !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("Load of a missing file: got %v, want a 'no such file' error", err)
+	}
+}
+
+func TestEnvNames(t *testing.T) {
+	want := []string{
+		"CAPLANCED_BALANCER_ENCAP_PORT",
+		"CAPLANCED_BALANCER_INTERFACE",
+		"CAPLANCED_BALANCER_TABLE_SIZE",
+		"CAPLANCED_BALANCER_VIPS",
+		"CAPLANCED_RECEIVER_BALANCERS",
+		"CAPLANCED_RECEIVER_ENCAP_PORT",
+		"CAPLANCED_RECEIVER_MODE",
+		"CAPLANCED_RECEIVER_VIPS",
+	}
+	if diff := cmp.Diff(want, EnvNames()); diff != "" {
+		t.Errorf("EnvNames mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, seed := range []string{
+		"[balancer]\nvips = [\"10.0.0.100\"]\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.1\"\nweight = 5\n",
+		"[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\nmode = \"kernel\"\n",
+		"[balancer]\nvips = [\"10.0.0.1\"]\n[balancer.ports]\n\"10.0.0.1\" = [1, 65535]\n",
+		"[balancer]\nvips = [\"10.0.0.1\"\n",
+		"[x]\ny.z = 1\n\"a.b\" = 2\n",
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, doc string) {
+		cfg, err := Parse("fuzz.toml", []byte(doc), nil)
+		if (cfg == nil) == (err == nil) {
+			t.Fatalf("Parse returned cfg=%v err=%v: want exactly one", cfg, err)
+		}
+		if err != nil {
+			return
+		}
+		for _, b := range cfg.Backends {
+			if !b.Address.Is4() || b.Weight > MaxWeight || !backendName.MatchString(b.Name) {
+				t.Errorf("invalid backend accepted: %+v", b)
+			}
+		}
+	})
+}
+
+// The man page must describe every key and environment variable the code knows.
+func TestManPageDocumentsEveryKey(t *testing.T) {
+	page, err := os.ReadFile("../../man/caplanced.toml.5.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, section := range []any{rawConfig{}, rawBalancer{}, rawBackend{}, rawReceiver{}} {
+		typ := reflect.TypeOf(section)
+		for i := range typ.NumField() {
+			names = append(names, typ.Field(i).Tag.Get("toml"))
+		}
+	}
+	names = append(names, EnvNames()...)
+	for _, name := range names {
+		// A key is documented in bold (**vips**) or as a table ([receiver], [balancer.ports]).
+		documented := regexp.MustCompile(`(\*\*|\[|\.)` + regexp.QuoteMeta(name) + `(\*\*|\])`)
+		if !documented.Match(page) {
+			t.Errorf("caplanced.toml(5) does not document %s", name)
+		}
+	}
+}

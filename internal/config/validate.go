@@ -1,0 +1,247 @@
+package config
+
+import (
+	"fmt"
+	"maps"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/caplance/caplance/internal/maglev"
+)
+
+// backendName is the set of names that are safe in a D-Bus object path
+// (after escaping), a file name and a log line.
+var backendName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
+
+// checkSchemes are the health check kinds caplance-healthd knows.
+var checkSchemes = []string{"tcp", "http", "https", "udp", "exec", "tunnel"}
+
+// problems collects every validation error with the place it names.
+type problems []string
+
+func (p *problems) add(format string, args ...any) {
+	*p = append(*p, fmt.Sprintf(format, args...))
+}
+
+func validate(raw rawConfig) (*Config, problems) {
+	var p problems
+	cfg := &Config{}
+	if raw.Balancer == nil && raw.Receiver == nil {
+		p.add("neither a [balancer] nor a [receiver] section: caplanced has nothing to do")
+	}
+	if raw.Balancer != nil {
+		cfg.Balancer = validateBalancer(*raw.Balancer, &p)
+	}
+	if len(raw.Backends) > 0 && raw.Balancer == nil {
+		p.add("[[backend]] entries need a [balancer] section")
+	}
+	cfg.Backends = validateBackends(raw.Backends, cfg.Balancer, &p)
+	if raw.Receiver != nil {
+		cfg.Receiver = validateReceiver(*raw.Receiver, &p)
+	}
+	return cfg, p
+}
+
+func validateBalancer(raw rawBalancer, p *problems) *Balancer {
+	b := &Balancer{
+		Interface: raw.Interface,
+		EncapPort: port(raw.EncapPort, DefaultEncapPort, "balancer: encap_port", p),
+		TableSize: maglev.DefaultSize,
+	}
+	if len(raw.VIPs) == 0 {
+		p.add("balancer: vips: at least one VIP is required")
+	}
+	addrs := addressList(raw.VIPs, "balancer: vips", p)
+	for _, a := range addrs {
+		b.VIPs = append(b.VIPs, VIP{Addr: a})
+	}
+	for _, key := range slices.Sorted(maps.Keys(raw.Ports)) {
+		ports := raw.Ports[key]
+		place := fmt.Sprintf("balancer: ports: %q", key)
+		a, err := unicastIPv4(key)
+		if err != nil {
+			p.add("%s: %v", place, err)
+			continue
+		}
+		i := slices.IndexFunc(b.VIPs, func(v VIP) bool { return v.Addr == a })
+		if i < 0 {
+			p.add("%s: not one of balancer.vips", place)
+			continue
+		}
+		b.VIPs[i].Ports = portList(ports, place, p)
+	}
+	if raw.Interface != "" && !validInterfaceName(raw.Interface) {
+		p.add("balancer: interface %q: not a valid interface name (1-15 characters, no '/', ':' or white space)", raw.Interface)
+	}
+	if raw.TableSize != nil {
+		m := *raw.TableSize
+		switch {
+		case m < maglev.MinSize || m > maglev.MaxSize:
+			p.add("balancer: table_size %d: must be a prime between %d and %d", m, maglev.MinSize, maglev.MaxSize)
+		case !maglev.IsPrime(m):
+			p.add("balancer: table_size %d: not a prime (Maglev needs a prime table size; the default is %d)", m, maglev.DefaultSize)
+		default:
+			b.TableSize = m
+		}
+	}
+	return b
+}
+
+func validateBackends(raw []rawBackend, bal *Balancer, p *problems) []Backend {
+	var out []Backend
+	names := map[string]bool{}
+	addrs := map[netip.Addr]string{}
+	for i, rb := range raw {
+		place := fmt.Sprintf("backend %q", rb.Name)
+		switch {
+		case rb.Name == "":
+			place = fmt.Sprintf("backend #%d", i+1)
+			p.add("%s: name: missing", place)
+		case !backendName.MatchString(rb.Name):
+			p.add("%s: name: must be 1-64 characters of A-Z a-z 0-9 . _ -", place)
+		case names[rb.Name]:
+			p.add("%s: name: duplicate", place)
+		}
+		names[rb.Name] = true
+		b := Backend{Name: rb.Name, Weight: DefaultWeight, Check: rb.Check}
+		if rb.Address == "" {
+			p.add("%s: address: missing", place)
+		} else if a, err := unicastIPv4(rb.Address); err != nil {
+			p.add("%s: address %q: %v", place, rb.Address, err)
+		} else {
+			if other, dup := addrs[a]; dup {
+				p.add("%s: address %s: already used by backend %q", place, a, other)
+			}
+			if bal != nil && slices.ContainsFunc(bal.VIPs, func(v VIP) bool { return v.Addr == a }) {
+				p.add("%s: address %s: is a VIP of this balancer (packets would loop)", place, a)
+			}
+			addrs[a] = rb.Name
+			b.Address = a
+		}
+		if rb.Weight != nil {
+			if w := *rb.Weight; w < 0 || w > MaxWeight {
+				p.add("%s: weight %d: must be between 0 and %d", place, w, MaxWeight)
+			} else {
+				b.Weight = uint32(w)
+			}
+		}
+		if rb.Check != "" {
+			if err := checkSpec(rb.Check); err != nil {
+				p.add("%s: check %q: %v", place, rb.Check, err)
+			}
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+func validateReceiver(raw rawReceiver, p *problems) *Receiver {
+	r := &Receiver{
+		EncapPort: port(raw.EncapPort, DefaultEncapPort, "receiver: encap_port", p),
+		Mode:      ModeAuto,
+	}
+	if len(raw.VIPs) == 0 {
+		p.add("receiver: vips: at least one VIP is required")
+	}
+	r.VIPs = addressList(raw.VIPs, "receiver: vips", p)
+	// Without balancers the receiver would relay packets from anyone.
+	if len(raw.Balancers) == 0 {
+		p.add("receiver: balancers: at least one balancer address is required (the receiver accepts tunnelled packets only from these)")
+	}
+	r.Balancers = addressList(raw.Balancers, "receiver: balancers", p)
+	switch Mode(raw.Mode) {
+	case "":
+	case ModeAuto, ModeKernel, ModeUserspace:
+		r.Mode = Mode(raw.Mode)
+	default:
+		p.add("receiver: mode %q: must be auto, kernel or userspace", raw.Mode)
+	}
+	return r
+}
+
+// addressList parses a list of unicast IPv4 addresses and rejects repeats.
+func addressList(raw []string, place string, p *problems) []netip.Addr {
+	var out []netip.Addr
+	for _, s := range raw {
+		a, err := unicastIPv4(s)
+		if err != nil {
+			p.add("%s: %q: %v", place, s, err)
+			continue
+		}
+		if slices.Contains(out, a) {
+			p.add("%s: %s: listed twice", place, a)
+			continue
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+// unicastIPv4 accepts the addresses a VIP, backend or balancer can have.
+// IPv6 is planned (DESIGN.md) but not carried by the data path yet.
+func unicastIPv4(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	switch {
+	case err != nil:
+		return a, fmt.Errorf("not an IPv4 address")
+	case a.Is6() && !a.Is4In6():
+		return a, fmt.Errorf("IPv6 is not supported yet: give an IPv4 address")
+	}
+	a = a.Unmap()
+	switch {
+	case a.IsUnspecified(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return a, fmt.Errorf("not a unicast address")
+	case a.IsMulticast():
+		return a, fmt.Errorf("multicast address, need unicast")
+	case a.IsLoopback():
+		return a, fmt.Errorf("loopback address, need one reachable from other hosts")
+	}
+	return a, nil
+}
+
+func port(raw *int, def int, place string, p *problems) uint16 {
+	if raw == nil {
+		return uint16(def)
+	}
+	if *raw < 1 || *raw > 65535 {
+		p.add("%s %d: must be between 1 and 65535", place, *raw)
+		return uint16(def)
+	}
+	return uint16(*raw)
+}
+
+func portList(raw []int, place string, p *problems) []uint16 {
+	if len(raw) == 0 {
+		p.add("%s: empty list would drop every packet; leave the VIP out of [balancer.ports] to accept all ports", place)
+		return nil
+	}
+	out := make([]uint16, 0, len(raw))
+	for _, n := range raw {
+		switch {
+		case n < 1 || n > 65535:
+			p.add("%s: port %d: must be between 1 and 65535", place, n)
+		case slices.Contains(out, uint16(n)):
+			p.add("%s: port %d: listed twice", place, n)
+		default:
+			out = append(out, uint16(n))
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func validInterfaceName(s string) bool {
+	return len(s) <= 15 && !strings.ContainsAny(s, "/: \t\n") && s != "." && s != ".."
+}
+
+// checkSpec rejects what is certainly not a check; caplance-healthd owns the
+// full syntax and reports the finer errors.
+func checkSpec(spec string) error {
+	scheme, _, ok := strings.Cut(spec, "://")
+	if !ok || !slices.Contains(checkSchemes, scheme) {
+		return fmt.Errorf("must start with one of %s://", strings.Join(checkSchemes, "://, "))
+	}
+	return nil
+}

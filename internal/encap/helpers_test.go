@@ -170,3 +170,17 @@ func mutate(pkt []byte, f func(p []byte)) []byte {
 	f(p)
 	return p
 }
+
+// nsPerOp is b's time per iteration, once its b.Loop loop has ended.
+func nsPerOp(b *testing.B) float64 {
+	return float64(b.Elapsed().Nanoseconds()) / float64(b.N)
+}
+
+// reportRatio reports b's time per iteration as a multiple of base, the
+// nsPerOp of a baseline sub-benchmark run just before it; nothing when -bench
+// skipped the baseline (base 0).
+func reportRatio(b *testing.B, base float64, unit string) {
+	if base > 0 {
+		b.ReportMetric(nsPerOp(b)/base, unit)
+	}
+}

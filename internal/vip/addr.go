@@ -1,0 +1,171 @@
+package vip
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// AttachVIP adds addr/32 to iface and returns the interface used. With
+// iface "", it picks the one interface other than lo with an IPv4 address
+// whose prefix contains addr, and fails naming the candidates when there
+// are none or several. An address already on the interface (with any
+// prefix length) is left as it is and not recorded.
+func (h *Host) AttachVIP(addr netip.Addr, iface string) (string, error) {
+	addr = addr.Unmap()
+	if !addr.Is4() {
+		return "", fmt.Errorf("VIP %s: not an IPv4 address", addr)
+	}
+	var link netlink.Link
+	var err error
+	if iface == "" {
+		link, err = linkForSubnet(addr)
+	} else {
+		link, err = netlink.LinkByName(iface)
+		if err != nil {
+			err = fmt.Errorf("interface %q: %w", iface, err)
+		}
+	}
+	if err != nil {
+		return "", fmt.Errorf("VIP %s: %w", addr, err)
+	}
+	if err := h.addAddress(link, addr); err != nil {
+		return "", fmt.Errorf("VIP %s: %w", addr, err)
+	}
+	return link.Attrs().Name, nil
+}
+
+// AttachLoopback adds addr/32 to lo, where a receiver accepts the VIP's
+// packets without answering ARP for it.
+func (h *Host) AttachLoopback(addr netip.Addr) error {
+	addr = addr.Unmap()
+	if !addr.Is4() {
+		return fmt.Errorf("VIP %s: not an IPv4 address", addr)
+	}
+	link, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = h.addAddress(link, addr)
+	}
+	if err != nil {
+		return fmt.Errorf("VIP %s: %w", addr, err)
+	}
+	return nil
+}
+
+// addAddress adds addr/32 to link unless addr is already there.
+func (h *Host) addAddress(link netlink.Link, addr netip.Addr) error {
+	name := link.Attrs().Name
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", name, err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); ok && ip.Unmap() == addr {
+			return nil // someone else's: not ours to remove
+		}
+	}
+	p := netip.PrefixFrom(addr, addr.BitLen())
+	if err := h.record(Change{Kind: KindAddress, Link: name, Address: p}); err != nil {
+		return err
+	}
+	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: prefixIPNet(p)}); err != nil {
+		return h.forget(fmt.Errorf("add %s to %s: %w", p, name, err))
+	}
+	return nil
+}
+
+// linkForSubnet finds the one interface, not a loopback one, with an IPv4
+// address whose prefix contains addr.
+func linkForSubnet(addr netip.Addr) (netlink.Link, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list interfaces: %w", err)
+	}
+	var all, matching []string // "eth0 192.168.1.2/24 …"
+	var found netlink.Link
+	for _, link := range links {
+		if link.Attrs().Flags&net.FlagLoopback != 0 {
+			continue
+		}
+		addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+		if err != nil {
+			return nil, fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
+		}
+		desc := []string{link.Attrs().Name}
+		match := false
+		for _, a := range addrs {
+			p, ok := ipNetPrefix(a.IPNet)
+			if !ok {
+				continue
+			}
+			desc = append(desc, p.String())
+			match = match || p.Masked().Contains(addr)
+		}
+		if len(desc) == 1 {
+			continue // no IPv4 address
+		}
+		all = append(all, strings.Join(desc, " "))
+		if match {
+			matching = append(matching, strings.Join(desc, " "))
+			found = link
+		}
+	}
+	switch {
+	case len(matching) == 1:
+		return found, nil
+	case len(matching) > 1:
+		return nil, fmt.Errorf("several interfaces have an address in its subnet (%s); set balancer.interface",
+			strings.Join(matching, ", "))
+	case len(all) == 0:
+		return nil, errors.New("no interface has an address in its subnet (interfaces: none has an IPv4 address); set balancer.interface")
+	}
+	return nil, fmt.Errorf("no interface has an address in its subnet (interfaces: %s); set balancer.interface",
+		strings.Join(all, ", "))
+}
+
+// delAddress removes prefix from the link named name; a missing link or
+// address is fine.
+func delAddress(name string, p netip.Prefix) error {
+	link, err := netlink.LinkByName(name)
+	if isLinkNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	err = netlink.AddrDel(link, &netlink.Addr{IPNet: prefixIPNet(p)})
+	if errors.Is(err, unix.EADDRNOTAVAIL) || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	return err
+}
+
+func prefixIPNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
+	if n == nil {
+		return netip.Prefix{}, false
+	}
+	ip, ok := netip.AddrFromSlice(n.IP)
+	if !ok {
+		return netip.Prefix{}, false
+	}
+	ip = ip.Unmap()
+	ones, bits := n.Mask.Size()
+	if bits != ip.BitLen() {
+		return netip.Prefix{}, false
+	}
+	return netip.PrefixFrom(ip, ones), true
+}
+
+func isLinkNotFound(err error) bool {
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
+}

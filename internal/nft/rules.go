@@ -1,0 +1,264 @@
+package nft
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	"golang.org/x/sys/unix"
+)
+
+// Rules is everything the table holds. The zero value has no rules and is
+// rejected by Apply (ErrNoRules): a caller with nothing to filter calls Remove.
+type Rules struct {
+	// SilenceVIPs are the balancer's VIPs. In an output hook the table drops
+	// locally generated IPv4 packets with a source address in this set that
+	// are TCP with RST set, ICMP port unreachable (type 3 code 3) or ICMP
+	// echo reply (type 0): the kernel's answers to traffic that caplanced
+	// forwards. Everything else from a VIP passes, e.g. the ICMP
+	// fragmentation-needed (type 3 code 4) that caplanced itself sends, and
+	// TCP to a port with a real listener.
+	SilenceVIPs []netip.Addr
+
+	// Tunnel filters what a receiver decapsulates in the kernel (FOU); nil
+	// for none (balancer role, or receiver in user-space mode).
+	Tunnel *Tunnel
+}
+
+// Tunnel filters a receiver's kernel foo-over-UDP decapsulation so that the
+// receiver is not an open relay.
+type Tunnel struct {
+	// Port is the encapsulation UDP port. In an input hook, IPv4 UDP to Port
+	// from a source not in Balancers is dropped. IPv6 to Port passes: the
+	// FOU socket (`ip fou add port P ipproto 4`) is IPv4 only.
+	Port uint16
+	// Balancers are the addresses encapsulated packets may come from.
+	Balancers []netip.Addr
+	// Device is the decapsulating interface (the ipip device FOU feeds).
+	// In a prerouting hook — so that it also covers packets the kernel would
+	// forward, which an input hook never sees — every IPv4 packet arriving
+	// on Device whose destination is not in VIPs is dropped.
+	Device string
+	// VIPs are the receiver's VIPs, the only valid inner destinations.
+	VIPs []netip.Addr
+}
+
+// ErrNoRules is returned by Apply (and Rules.Validate) for Rules with no
+// SilenceVIPs and no Tunnel: there would be nothing in the table.
+var ErrNoRules = errors.New("no rules: SilenceVIPs is empty and Tunnel is nil (use Remove)")
+
+// Names of the table's drop rules, stored as each rule's comment (so that
+// `nft list table inet caplance` explains itself) and used as the keys of
+// Counters.
+const (
+	RuleSilenceTCPReset          = "silence-tcp-rst"
+	RuleSilencePortUnreachable   = "silence-icmp-port-unreachable"
+	RuleSilenceEchoReply         = "silence-icmp-echo-reply"
+	RuleTunnelForeignSource      = "tunnel-foreign-source"
+	RuleTunnelForeignDestination = "tunnel-foreign-destination"
+)
+
+// Chain and set names inside the table; a chain is named for its hook.
+const (
+	chainOutput     = "output"
+	chainInput      = "input"
+	chainPrerouting = "prerouting"
+	setSilenceVIPs  = "silence_vips"
+	setBalancers    = "balancers"
+	setTunnelVIPs   = "tunnel_vips"
+)
+
+// Validate reports the first problem with r, naming the field. It does not
+// touch the kernel, so a configuration loader can call it.
+func (r Rules) Validate() error {
+	if len(r.SilenceVIPs) == 0 && r.Tunnel == nil {
+		return ErrNoRules
+	}
+	if err := validAddrs("SilenceVIPs", r.SilenceVIPs); err != nil {
+		return err
+	}
+	if t := r.Tunnel; t != nil {
+		if t.Port == 0 {
+			return errors.New("Tunnel.Port: must not be 0")
+		}
+		if len(t.Balancers) == 0 {
+			return errors.New("Tunnel.Balancers: empty: every encapsulated packet would be dropped")
+		}
+		if err := validAddrs("Tunnel.Balancers", t.Balancers); err != nil {
+			return err
+		}
+		if t.Device == "" {
+			return errors.New("Tunnel.Device: empty")
+		}
+		if len(t.Device) >= unix.IFNAMSIZ {
+			return fmt.Errorf("Tunnel.Device: %q is longer than %d bytes", t.Device, unix.IFNAMSIZ-1)
+		}
+		if len(t.VIPs) == 0 {
+			return errors.New("Tunnel.VIPs: empty: every decapsulated packet would be dropped")
+		}
+		if err := validAddrs("Tunnel.VIPs", t.VIPs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func validAddrs(field string, addrs []netip.Addr) error {
+	for i, a := range addrs {
+		switch {
+		case !a.IsValid():
+			return fmt.Errorf("%s[%d]: invalid (zero) address", field, i)
+		case !a.Is4():
+			return fmt.Errorf("%s[%d]: %s is IPv6; only IPv4 is supported", field, i, a)
+		}
+	}
+	return nil
+}
+
+// build queues the whole table on c, after Validate has passed. The caller
+// has already queued the deletion of any previous table.
+func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
+	// Set IDs are per batch; setting them here keeps google/nftables from
+	// using its package-global counter.
+	var nextSetID uint32
+	addSet := func(name string, addrs []netip.Addr) (*nftables.Set, error) {
+		nextSetID++
+		s := &nftables.Set{Table: t, ID: nextSetID, Name: name, KeyType: nftables.TypeIPAddr}
+		if err := c.AddSet(s, elements(addrs)); err != nil {
+			return nil, fmt.Errorf("set %s: %w", name, err)
+		}
+		return s, nil
+	}
+	addChain := func(name string, hook *nftables.ChainHook) *nftables.Chain {
+		return c.AddChain(&nftables.Chain{
+			Name:     name,
+			Table:    t,
+			Type:     nftables.ChainTypeFilter,
+			Hooknum:  hook,
+			Priority: nftables.ChainPriorityFilter,
+			Policy:   ref(nftables.ChainPolicyAccept),
+		})
+	}
+	addDrop := func(ch *nftables.Chain, name string, match ...[]expr.Any) {
+		var exprs []expr.Any
+		for _, m := range match {
+			exprs = append(exprs, m...)
+		}
+		exprs = append(exprs, &expr.Counter{}, &expr.Verdict{Kind: expr.VerdictDrop})
+		c.AddRule(&nftables.Rule{
+			Table:    t,
+			Chain:    ch,
+			Exprs:    exprs,
+			UserData: userdata.AppendString(nil, userdata.TypeComment, name),
+		})
+	}
+
+	if len(r.SilenceVIPs) > 0 {
+		vips, err := addSet(setSilenceVIPs, r.SilenceVIPs)
+		if err != nil {
+			return err
+		}
+		out := addChain(chainOutput, nftables.ChainHookOutput)
+		fromVIP := ipAddrIn(ipSaddrOffset, vips, false)
+		// tcp flags rst: (flags & RST) != 0.
+		addDrop(out, RuleSilenceTCPReset, fromVIP, l4proto(unix.IPPROTO_TCP),
+			[]expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpFlagRST}, Xor: []byte{0}},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: []byte{0}},
+			})
+		// icmp type destination-unreachable icmp code port-unreachable, as
+		// one two-byte load the way nft itself compiles it.
+		addDrop(out, RuleSilencePortUnreachable, fromVIP, l4proto(unix.IPPROTO_ICMP),
+			[]expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{icmpDestUnreachable, icmpCodePortUnreachable}},
+			})
+		addDrop(out, RuleSilenceEchoReply, fromVIP, l4proto(unix.IPPROTO_ICMP),
+			[]expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{icmpEchoReply}},
+			})
+	}
+
+	if tun := r.Tunnel; tun != nil {
+		balancers, err := addSet(setBalancers, tun.Balancers)
+		if err != nil {
+			return err
+		}
+		vips, err := addSet(setTunnelVIPs, tun.VIPs)
+		if err != nil {
+			return err
+		}
+		in := addChain(chainInput, nftables.ChainHookInput)
+		// udp dport PORT ip saddr != @balancers
+		addDrop(in, RuleTunnelForeignSource, l4proto(unix.IPPROTO_UDP),
+			[]expr.Any{
+				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, tun.Port)},
+			},
+			ipAddrIn(ipSaddrOffset, balancers, true))
+		pre := addChain(chainPrerouting, nftables.ChainHookPrerouting)
+		// iifname DEVICE ip daddr != @tunnel_vips
+		ifname := make([]byte, unix.IFNAMSIZ)
+		copy(ifname, tun.Device)
+		addDrop(pre, RuleTunnelForeignDestination,
+			[]expr.Any{
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname},
+			},
+			ipAddrIn(ipDaddrOffset, vips, true))
+	}
+	return nil
+}
+
+const (
+	ipSaddrOffset           = 12
+	ipDaddrOffset           = 16
+	tcpFlagRST              = 0x04
+	icmpEchoReply           = 0
+	icmpDestUnreachable     = 3
+	icmpCodePortUnreachable = 3
+)
+
+// ipAddrIn matches IPv4 packets whose address at offset (source or
+// destination) is in s, or not in s if invert. The nfproto test is what nft
+// adds for "ip saddr" in an inet table.
+func ipAddrIn(offset uint32, s *nftables.Set, invert bool) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
+		&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID, Invert: invert},
+	}
+}
+
+// l4proto matches the transport protocol; a transport-header load after it
+// does not match non-first fragments.
+func l4proto(proto byte) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+	}
+}
+
+// elements returns the set elements for addrs, sorted and without
+// duplicates (a duplicate in one batch would fail it).
+func elements(addrs []netip.Addr) []nftables.SetElement {
+	sorted := slices.Clone(addrs)
+	slices.SortFunc(sorted, netip.Addr.Compare)
+	sorted = slices.Compact(sorted)
+	els := make([]nftables.SetElement, len(sorted))
+	for i, a := range sorted {
+		b := a.As4()
+		els[i] = nftables.SetElement{Key: b[:]}
+	}
+	return els
+}
+
+func ref[T any](v T) *T { return &v }

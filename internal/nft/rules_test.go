@@ -1,0 +1,76 @@
+package nft
+
+import (
+	"errors"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestValidate(t *testing.T) {
+	v4 := []netip.Addr{netip.MustParseAddr("192.0.2.1")}
+	tunnel := func(edit func(*Tunnel)) Rules {
+		tun := &Tunnel{Port: 5555, Balancers: v4, Device: "caplance0", VIPs: v4}
+		edit(tun)
+		return Rules{Tunnel: tun}
+	}
+	tests := []struct {
+		name    string
+		rules   Rules
+		wantErr string // substring; "" = valid
+	}{
+		{"silence only", Rules{SilenceVIPs: v4}, ""},
+		{"tunnel only", tunnel(func(*Tunnel) {}), ""},
+		{"both", Rules{SilenceVIPs: v4, Tunnel: tunnel(func(*Tunnel) {}).Tunnel}, ""},
+		{"nothing", Rules{}, "no rules"},
+		{"empty slice", Rules{SilenceVIPs: []netip.Addr{}}, "no rules"},
+		{"ipv6 vip", Rules{SilenceVIPs: []netip.Addr{v4[0], netip.MustParseAddr("2001:db8::1")}},
+			"SilenceVIPs[1]: 2001:db8::1 is IPv6"},
+		{"4in6 vip", Rules{SilenceVIPs: []netip.Addr{netip.MustParseAddr("::ffff:192.0.2.1")}},
+			"SilenceVIPs[0]: ::ffff:192.0.2.1 is IPv6"},
+		{"zero vip", Rules{SilenceVIPs: []netip.Addr{{}}}, "SilenceVIPs[0]: invalid"},
+		{"port 0", tunnel(func(tun *Tunnel) { tun.Port = 0 }), "Tunnel.Port"},
+		{"no balancers", tunnel(func(tun *Tunnel) { tun.Balancers = nil }), "Tunnel.Balancers: empty"},
+		{"ipv6 balancer", tunnel(func(tun *Tunnel) { tun.Balancers = []netip.Addr{netip.MustParseAddr("fe80::1")} }),
+			"Tunnel.Balancers[0]: fe80::1 is IPv6"},
+		{"no device", tunnel(func(tun *Tunnel) { tun.Device = "" }), "Tunnel.Device: empty"},
+		{"long device", tunnel(func(tun *Tunnel) { tun.Device = "sixteen-chars-xx" }), "Tunnel.Device"},
+		{"15-byte device", tunnel(func(tun *Tunnel) { tun.Device = "fifteen-chars-x" }), ""},
+		{"no vips", tunnel(func(tun *Tunnel) { tun.VIPs = nil }), "Tunnel.VIPs: empty"},
+		{"ipv6 tunnel vip", tunnel(func(tun *Tunnel) { tun.VIPs = []netip.Addr{v4[0], netip.MustParseAddr("::1")} }),
+			"Tunnel.VIPs[1]: ::1 is IPv6"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.rules.Validate()
+			switch {
+			case tt.wantErr == "" && err != nil:
+				t.Errorf("Validate() = %v, want nil", err)
+			case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+				t.Errorf("Validate() = %v, want an error containing %q", err, tt.wantErr)
+			}
+		})
+	}
+	if err := (Rules{}).Validate(); !errors.Is(err, ErrNoRules) {
+		t.Errorf("Rules{}.Validate() = %v, want ErrNoRules", err)
+	}
+}
+
+func TestElements(t *testing.T) {
+	in := []netip.Addr{
+		netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"),
+	}
+	var got [][]byte
+	for _, e := range elements(in) {
+		got = append(got, e.Key)
+	}
+	want := [][]byte{{10, 0, 0, 1}, {10, 0, 0, 2}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("elements (-want +got):\n%s", diff)
+	}
+	if in[0] != netip.MustParseAddr("10.0.0.2") {
+		t.Error("elements sorted its argument in place")
+	}
+}

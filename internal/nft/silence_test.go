@@ -1,0 +1,285 @@
+package nft_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caplance/caplance/internal/nft"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+)
+
+// wait is how long a probe waits for an answer that the table should stop.
+const wait = 300 * time.Millisecond
+
+const (
+	addrA  = "10.99.0.1"   // side A's own address: never silenced
+	vip    = "10.99.0.100" // the VIP, on side A
+	addrB  = "10.99.0.2"   // the client, side B
+	closed = 81            // a port with no listener on A
+	open   = 80            // a port with a listener on A
+)
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestSilence sends the kernel's favourite questions from B to the VIP on A,
+// first without the table, then with it, then after Remove.
+func TestSilence(t *testing.T) {
+	requireRoot(t)
+	t.Parallel()
+	l := newLink(t, []string{addrA + "/24", vip + "/32"}, []string{addrB + "/24"})
+	rules := nft.Rules{SilenceVIPs: addrs(vip)}
+
+	probes := []struct {
+		name string
+		fn   func(t *testing.T, l link, silenced bool)
+	}{
+		{"tcp closed port", probeTCPClosed},
+		{"tcp closed port on own address", probeTCPOwnAddress},
+		{"tcp open port", probeTCPOpen},
+		{"udp closed port", probeUDPClosed},
+		{"icmp echo", probeEcho},
+		{"raw icmp from vip", probeRawICMP},
+	}
+	for _, phase := range []struct {
+		name     string
+		setup    func() error
+		silenced bool
+	}{
+		{"without table", func() error { return nil }, false},
+		{"with table", func() error { return nft.Apply(int(l.a), rules) }, true},
+		{"after Remove", func() error { _, err := nft.Remove(int(l.a)); return err }, false},
+	} {
+		if err := phase.setup(); err != nil {
+			t.Fatalf("%s: %v", phase.name, err)
+		}
+		t.Run(phase.name, func(t *testing.T) {
+			for _, p := range probes {
+				t.Run(p.name, func(t *testing.T) {
+					t.Parallel()
+					p.fn(t, l, phase.silenced)
+				})
+			}
+		})
+		if phase.silenced {
+			ctrs, err := nft.Counters(int(l.a))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, name := range []string{nft.RuleSilenceTCPReset, nft.RuleSilencePortUnreachable, nft.RuleSilenceEchoReply} {
+				if ctrs[name].Packets == 0 {
+					t.Errorf("counter %s = 0, want > 0 (all: %v)", name, ctrs)
+				}
+			}
+		}
+	}
+}
+
+// probeTCPClosed: a SYN to a closed VIP port is answered with RST, unless
+// silenced. Either way a raw socket on A gets its copy of the SYN: the
+// output hook does not starve caplanced's ingest.
+func probeTCPClosed(t *testing.T, l link, silenced bool) {
+	raw := mustInNetNS(t, l.a, func() (*net.IPConn, error) {
+		return net.ListenIP("ip4:tcp", &net.IPAddr{IP: net.ParseIP(vip)})
+	})
+
+	_, err := inNetNS(t, l.b, func() (net.Conn, error) {
+		return net.DialTimeout("tcp", net.JoinHostPort(vip, "81"), wait)
+	})
+	switch {
+	case silenced && !isTimeout(err):
+		t.Errorf("connect to %s:%d with the table: %v, want a timeout", vip, closed, err)
+	case !silenced && !errors.Is(err, syscall.ECONNREFUSED):
+		t.Errorf("connect to %s:%d without the table: %v, want connection refused", vip, closed, err)
+	}
+
+	raw.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 1500)
+	for {
+		n, from, err := raw.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("raw socket on %s got no SYN to port %d: %v", vip, closed, err)
+		}
+		tcp := buf[:n]
+		if n >= 20 && from.String() == addrB && binary.BigEndian.Uint16(tcp[2:]) == closed && tcp[13]&0x02 != 0 {
+			return
+		}
+	}
+}
+
+// probeTCPOwnAddress: A's own address is not a VIP, so its RST always goes
+// out.
+func probeTCPOwnAddress(t *testing.T, l link, _ bool) {
+	_, err := inNetNS(t, l.b, func() (net.Conn, error) {
+		return net.DialTimeout("tcp", net.JoinHostPort(addrA, "81"), wait)
+	})
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("connect to %s:%d: %v, want connection refused", addrA, closed, err)
+	}
+}
+
+// probeTCPOpen: a connection to a VIP port with a listener works with or
+// without the table.
+func probeTCPOpen(t *testing.T, l link, _ bool) {
+	ln := mustInNetNS(t, l.a, func() (net.Listener, error) {
+		return net.Listen("tcp", net.JoinHostPort(vip, "80"))
+	})
+	served := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			served <- err
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 4)
+		if _, err := c.Read(buf); err != nil {
+			served <- err
+			return
+		}
+		_, err = c.Write(append([]byte("re:"), buf...))
+		served <- err
+	}()
+
+	c, err := inNetNS(t, l.b, func() (net.Conn, error) {
+		return net.DialTimeout("tcp", net.JoinHostPort(vip, "80"), time.Second)
+	})
+	if err != nil {
+		t.Fatalf("connect to %s:%d: %v", vip, open, err)
+	}
+	c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	n, err := c.Read(buf)
+	if err != nil || string(buf[:n]) != "re:ping" {
+		t.Errorf("read from %s:%d = %q, %v; want \"re:ping\"", vip, open, buf[:n], err)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("server: %v", err)
+	}
+}
+
+// probeUDPClosed: a datagram to a closed VIP port is answered with ICMP port
+// unreachable (ECONNREFUSED on a connected socket), unless silenced.
+func probeUDPClosed(t *testing.T, l link, silenced bool) {
+	c := mustInNetNS(t, l.b, func() (*net.UDPConn, error) {
+		return net.DialUDP("udp4", nil, udpAddr(vip, 9))
+	})
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	_, err := c.Read(make([]byte, 16))
+	switch {
+	case silenced && !isTimeout(err):
+		t.Errorf("read after a datagram to %s:9 with the table: %v, want a timeout", vip, err)
+	case !silenced && !errors.Is(err, syscall.ECONNREFUSED):
+		t.Errorf("read after a datagram to %s:9 without the table: %v, want connection refused", vip, err)
+	}
+}
+
+// probeEcho: a ping to the VIP is answered, unless silenced.
+func probeEcho(t *testing.T, l link, silenced bool) {
+	c := mustInNetNS(t, l.b, func() (*icmp.PacketConn, error) { return icmp.ListenPacket("ip4:icmp", addrB) })
+	const id = 0xcafe
+	req := icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: id, Seq: 1, Data: []byte("caplance")}}
+	b, err := req.Marshal(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteTo(b, &net.IPAddr{IP: net.ParseIP(vip)}); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			if !silenced || !isTimeout(err) {
+				t.Errorf("echo reply from %s: %v (silenced: %v)", vip, err, silenced)
+			}
+			return
+		}
+		m, err := icmp.ParseMessage(1, buf[:n])
+		if err != nil || m.Type != ipv4.ICMPTypeEchoReply {
+			continue
+		}
+		if e, ok := m.Body.(*icmp.Echo); ok && e.ID == id {
+			if silenced {
+				t.Errorf("echo reply from %s with the table", vip)
+			}
+			return
+		}
+	}
+}
+
+// probeRawICMP: caplanced's own ICMP from the VIP (fragmentation needed,
+// type 3 code 4) always passes; a port unreachable (type 3 code 3) sent the
+// same way is dropped by the table, which the sender sees as EPERM.
+func probeRawICMP(t *testing.T, l link, silenced bool) {
+	recv := mustInNetNS(t, l.b, func() (*icmp.PacketConn, error) { return icmp.ListenPacket("ip4:icmp", addrB) })
+	send := mustInNetNS(t, l.a, func() (*net.IPConn, error) {
+		return net.ListenIP("ip4:icmp", &net.IPAddr{IP: net.ParseIP(vip)})
+	})
+	to := &net.IPAddr{IP: net.ParseIP(addrB)}
+
+	// The body: unused, next-hop MTU, then the "original" header: UDP from
+	// B to A whose source port marks the message.
+	message := func(code int, mark uint16) []byte {
+		body := []byte{0, 0, 0x05, 0x78} // MTU 1400
+		orig := []byte{0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0}
+		orig = append(orig, netip.MustParseAddr(addrB).AsSlice()...)
+		orig = append(orig, netip.MustParseAddr(addrA).AsSlice()...)
+		orig = binary.BigEndian.AppendUint16(orig, mark)
+		orig = append(orig, 0, 9, 0, 8, 0, 0)
+		m := icmp.Message{Type: ipv4.ICMPTypeDestinationUnreachable, Code: code, Body: &icmp.RawBody{Data: append(body, orig...)}}
+		b, err := m.Marshal(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	const fragNeeded, portUnreachable = 44444, 33333
+	if _, err := send.WriteTo(message(4, fragNeeded), to); err != nil {
+		t.Fatalf("send frag-needed from %s: %v", vip, err)
+	}
+	want := map[uint16]bool{fragNeeded: true}
+	_, err := send.WriteTo(message(3, portUnreachable), to)
+	switch {
+	case silenced && !errors.Is(err, syscall.EPERM):
+		t.Errorf("send port-unreachable from %s with the table: %v, want EPERM (dropped in output)", vip, err)
+	case !silenced && err != nil:
+		t.Errorf("send port-unreachable from %s: %v", vip, err)
+	case !silenced:
+		want[portUnreachable] = true
+	}
+
+	recv.SetReadDeadline(time.Now().Add(time.Second))
+	buf := make([]byte, 1500)
+	for len(want) > 0 {
+		n, from, err := recv.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("B did not get ICMP from %s marked %v: %v", vip, want, err)
+		}
+		m, err := icmp.ParseMessage(1, buf[:n])
+		if err != nil || from.String() != vip || m.Type != ipv4.ICMPTypeDestinationUnreachable {
+			continue
+		}
+		du, ok := m.Body.(*icmp.DstUnreach)
+		if !ok || len(du.Data) < 22 || !bytes.Equal(du.Data[12:16], netip.MustParseAddr(addrB).AsSlice()) {
+			continue
+		}
+		delete(want, binary.BigEndian.Uint16(du.Data[20:]))
+	}
+}

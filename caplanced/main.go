@@ -4,40 +4,70 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
+	"time"
 
 	"github.com/caplance/caplance/internal/cli"
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/daemon"
 )
 
 func main() {
 	fs := flag.NewFlagSet("caplanced", flag.ContinueOnError)
 	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
 	checkConfig := fs.Bool("check-config", false, "validate the configuration (file and CAPLANCED_* environment), print ok or every error, and exit")
+	cleanup := fs.Bool("cleanup", false, "undo what a caplanced that did not stop cleanly left behind (VIPs, sysctls, nftables table) and exit")
+	runtimeDir := fs.String("runtime-dir", defaultRuntimeDir(), "`directory` for the host-change journal and stats.json")
+	stopTimeout := fs.Duration("stop-timeout", 5*time.Second, "how long the cleanup after SIGTERM may take")
 	cli.Main(cli.Command{
 		Name:        "caplanced",
-		Synopsis:    "[--config FILE] [--check-config]",
+		Synopsis:    "[--config FILE] [--check-config | --cleanup] [--runtime-dir DIR] [--stop-timeout D]",
 		Description: "Caplance load balancer daemon (Maglev hashing, IP-in-UDP to backends, direct server return).",
 		Flags:       fs,
 		Run: func(args []string, stdout io.Writer) error {
 			if len(args) > 0 {
 				return cli.UsageError{Msg: fmt.Sprintf("unexpected argument %q", args[0])}
 			}
-			return run(*configPath, *checkConfig, stdout)
+			log := newLogger()
+			if *cleanup {
+				return daemon.Cleanup(*runtimeDir, log)
+			}
+			cfg, err := config.Load(*configPath)
+			if err != nil {
+				return err
+			}
+			if *checkConfig {
+				fmt.Fprintln(stdout, "ok")
+				return nil
+			}
+			return daemon.Run(daemon.Options{Config: cfg, ConfigPath: *configPath, RuntimeDir: *runtimeDir, StopTimeout: *stopTimeout, Logger: log})
 		},
 	})
 }
 
-func run(configPath string, checkOnly bool, stdout io.Writer) error {
-	if _, err := config.Load(configPath); err != nil {
-		return err
+// defaultRuntimeDir is systemd's RuntimeDirectory= when set, else /run/caplance.
+func defaultRuntimeDir() string {
+	if d := os.Getenv("RUNTIME_DIRECTORY"); d != "" {
+		return d
 	}
-	if checkOnly {
-		fmt.Fprintln(stdout, "ok")
-		return nil
+	return "/run/caplance"
+}
+
+// newLogger logs to stderr; under systemd (JOURNAL_STREAM set) without
+// timestamps, which the journal adds.
+func newLogger() *slog.Logger {
+	opts := &slog.HandlerOptions{}
+	if os.Getenv("JOURNAL_STREAM") != "" {
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
 	}
-	return errors.New("the data path is not built yet: this version only validates configurations (--check-config)")
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }

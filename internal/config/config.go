@@ -14,6 +14,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -27,6 +28,14 @@ const (
 	// the port the Linux fou documentation uses in its examples.
 	DefaultEncapPort = 5555
 	DefaultWeight    = 100
+	DefaultConntrackSize = 1 << 20
+	DefaultTCPTimeout    = 15 * time.Minute
+	DefaultUDPTimeout    = 5 * time.Minute
+	// MaxWorkers bounds the workers per role: each has its own sockets and
+	// a few MiB of buffers.
+	MaxWorkers = 64
+	// MaxConntrackSize keeps connection tracking under about 2.5 GiB.
+	MaxConntrackSize = 1 << 24
 	// MaxWeight bounds weights so that ratios stay meaningful for a table
 	// of a few hundred thousand slots.
 	MaxWeight = 10000
@@ -48,6 +57,12 @@ type Balancer struct {
 	Interface string
 	EncapPort uint16
 	TableSize int
+	// Workers is the number of packet workers; 0 means one per CPU.
+	Workers int
+	// ConntrackSize is how many flows connection tracking remembers.
+	ConntrackSize int
+	// TCPTimeout and UDPTimeout are the idle timeouts of tracked flows.
+	TCPTimeout, UDPTimeout time.Duration
 }
 
 // VIP is one virtual address and the destination ports it accepts.
@@ -73,6 +88,8 @@ type Receiver struct {
 	Balancers []netip.Addr
 	EncapPort uint16
 	Mode      Mode
+	// Workers is the number of decapsulation workers; 0 means one per CPU.
+	Workers int
 }
 
 // Mode says who decapsulates on a receiver.
@@ -97,8 +114,12 @@ type rawBalancer struct {
 	VIPs      []string         `toml:"vips"`
 	Interface string           `toml:"interface"`
 	Ports     map[string][]int `toml:"ports"`
-	EncapPort *int             `toml:"encap_port"`
-	TableSize *int             `toml:"table_size"`
+	EncapPort     *int             `toml:"encap_port"`
+	TableSize     *int             `toml:"table_size"`
+	Workers       *int             `toml:"workers"`
+	ConntrackSize *int             `toml:"conntrack_size"`
+	TCPTimeout    string           `toml:"tcp_timeout"`
+	UDPTimeout    string           `toml:"udp_timeout"`
 }
 
 type rawBackend struct {
@@ -113,6 +134,7 @@ type rawReceiver struct {
 	Balancers []string `toml:"balancers"`
 	EncapPort *int     `toml:"encap_port"`
 	Mode      string   `toml:"mode"`
+	Workers   *int     `toml:"workers"`
 }
 
 // Load reads the file at path and applies the process environment.

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -35,7 +36,7 @@ name = "web1"
 address = "10.0.1.11"
 `,
 			want: &Config{
-				Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537},
+				Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute},
 				Backends: []Backend{{Name: "web1", Address: addr("10.0.1.11"), Weight: 100}},
 			},
 		},
@@ -47,6 +48,10 @@ vips = ["10.0.0.100", "10.0.0.101"]
 interface = "eth1"
 encap_port = 6000
 table_size = 101
+workers = 2
+conntrack_size = 4096
+tcp_timeout = "1h"
+udp_timeout = "90s"
 [balancer.ports]
 "10.0.0.101" = [443, 80]
 [[backend]]
@@ -63,6 +68,7 @@ weight = 10000
 				Balancer: &Balancer{
 					VIPs:      []VIP{{Addr: addr("10.0.0.100")}, {Addr: addr("10.0.0.101"), Ports: []uint16{80, 443}}},
 					Interface: "eth1", EncapPort: 6000, TableSize: 101,
+					Workers: 2, ConntrackSize: 4096, TCPTimeout: time.Hour, UDPTimeout: 90 * time.Second,
 				},
 				Backends: []Backend{
 					{Name: "web-1.a_b", Address: addr("10.0.1.11"), Weight: 0, Check: "tcp://:80"},
@@ -73,7 +79,7 @@ weight = 10000
 		{
 			name: "balancer without backends is valid (they come at run time)",
 			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\n",
-			want: &Config{Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537}},
+			want: &Config{Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute}},
 		},
 		{
 			name: "receiver",
@@ -83,10 +89,11 @@ vips = ["10.0.0.100"]
 balancers = ["10.0.1.1", "10.0.1.2"]
 mode = "userspace"
 encap_port = 7000
+workers = 3
 `,
 			want: &Config{Receiver: &Receiver{
 				VIPs: []netip.Addr{addr("10.0.0.100")}, Balancers: []netip.Addr{addr("10.0.1.1"), addr("10.0.1.2")},
-				EncapPort: 7000, Mode: ModeUserspace,
+				EncapPort: 7000, Mode: ModeUserspace, Workers: 3,
 			}},
 		},
 		{
@@ -109,6 +116,7 @@ encap_port = 7000
 			want: &Config{Balancer: &Balancer{
 				VIPs:      []VIP{{Addr: addr("10.0.0.1")}, {Addr: addr("10.0.0.2")}},
 				Interface: "br0", EncapPort: 7000, TableSize: 65537,
+				ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute,
 			}},
 		},
 		{
@@ -222,9 +230,16 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 			},
 		},
 		{
-			name: "table size bounds",
-			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\ntable_size = 97\n",
-			want: []string{`test.toml: balancer: table_size 97: must be a prime between 101 and 16777213`},
+			name: "numeric bounds",
+			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\ntable_size = 97\nworkers = 65\nconntrack_size = 10\ntcp_timeout = \"15\"\nudp_timeout = \"25h\"\n[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\nworkers = -1\n",
+			want: []string{
+				`test.toml: balancer: workers 65: must be between 0 and 64`,
+				`test.toml: balancer: conntrack_size 10: must be between 1024 and 16777216`,
+				`test.toml: balancer: tcp_timeout "15": not a duration (write e.g. "90s", "15m" or "1h")`,
+				`test.toml: balancer: udp_timeout "25h": must be between 1s and 24h`,
+				`test.toml: balancer: table_size 97: must be a prime between 101 and 16777213`,
+				`test.toml: receiver: workers -1: must be between 0 and 64`,
+			},
 		},
 		{
 			name: "empty lists",
@@ -322,14 +337,19 @@ func TestLoadMissingFile(t *testing.T) {
 
 func TestEnvNames(t *testing.T) {
 	want := []string{
+		"CAPLANCED_BALANCER_CONNTRACK_SIZE",
 		"CAPLANCED_BALANCER_ENCAP_PORT",
 		"CAPLANCED_BALANCER_INTERFACE",
 		"CAPLANCED_BALANCER_TABLE_SIZE",
+		"CAPLANCED_BALANCER_TCP_TIMEOUT",
+		"CAPLANCED_BALANCER_UDP_TIMEOUT",
 		"CAPLANCED_BALANCER_VIPS",
+		"CAPLANCED_BALANCER_WORKERS",
 		"CAPLANCED_RECEIVER_BALANCERS",
 		"CAPLANCED_RECEIVER_ENCAP_PORT",
 		"CAPLANCED_RECEIVER_MODE",
 		"CAPLANCED_RECEIVER_VIPS",
+		"CAPLANCED_RECEIVER_WORKERS",
 	}
 	if diff := cmp.Diff(want, EnvNames()); diff != "" {
 		t.Errorf("EnvNames mismatch (-want +got):\n%s", diff)

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/caplance/caplance/internal/maglev"
 )
@@ -46,9 +47,13 @@ func validate(raw rawConfig) (*Config, problems) {
 
 func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 	b := &Balancer{
-		Interface: raw.Interface,
-		EncapPort: port(raw.EncapPort, DefaultEncapPort, "balancer: encap_port", p),
-		TableSize: maglev.DefaultSize,
+		Interface:     raw.Interface,
+		EncapPort:     port(raw.EncapPort, DefaultEncapPort, "balancer: encap_port", p),
+		TableSize:     maglev.DefaultSize,
+		Workers:       intIn(raw.Workers, 0, 0, MaxWorkers, "balancer: workers", p),
+		ConntrackSize: intIn(raw.ConntrackSize, DefaultConntrackSize, 1024, MaxConntrackSize, "balancer: conntrack_size", p),
+		TCPTimeout:    timeout(raw.TCPTimeout, DefaultTCPTimeout, "balancer: tcp_timeout", p),
+		UDPTimeout:    timeout(raw.UDPTimeout, DefaultUDPTimeout, "balancer: udp_timeout", p),
 	}
 	if len(raw.VIPs) == 0 {
 		p.add("balancer: vips: at least one VIP is required")
@@ -141,6 +146,7 @@ func validateReceiver(raw rawReceiver, p *problems) *Receiver {
 	r := &Receiver{
 		EncapPort: port(raw.EncapPort, DefaultEncapPort, "receiver: encap_port", p),
 		Mode:      ModeAuto,
+		Workers:   intIn(raw.Workers, 0, 0, MaxWorkers, "receiver: workers", p),
 	}
 	if len(raw.VIPs) == 0 {
 		p.add("receiver: vips: at least one VIP is required")
@@ -210,6 +216,35 @@ func port(raw *int, def int, place string, p *problems) uint16 {
 		return uint16(def)
 	}
 	return uint16(*raw)
+}
+
+// intIn returns def when raw is absent, else *raw if it is in [lo, hi].
+func intIn(raw *int, def, lo, hi int, place string, p *problems) int {
+	if raw == nil {
+		return def
+	}
+	if *raw < lo || *raw > hi {
+		p.add("%s %d: must be between %d and %d", place, *raw, lo, hi)
+		return def
+	}
+	return *raw
+}
+
+// timeout parses a Go duration ("90s", "15m") of at least a second.
+func timeout(raw string, def time.Duration, place string, p *problems) time.Duration {
+	if raw == "" {
+		return def
+	}
+	d, err := time.ParseDuration(raw)
+	switch {
+	case err != nil:
+		p.add("%s %q: not a duration (write e.g. \"90s\", \"15m\" or \"1h\")", place, raw)
+	case d < time.Second || d > 24*time.Hour:
+		p.add("%s %q: must be between 1s and 24h", place, raw)
+	default:
+		return d
+	}
+	return def
 }
 
 func portList(raw []int, place string, p *problems) []uint16 {

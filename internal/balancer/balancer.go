@@ -1,0 +1,296 @@
+// Package balancer is the balancer's data path: it reads every packet sent to
+// the VIPs from raw IP sockets, keys it by flow, picks a backend (connection
+// tracking first, then the Maglev table), encapsulates it in place and sends
+// it to the backend with sendmmsg on an IP_HDRINCL socket.
+//
+// It owns the sockets, the workers and their counters. It must not attach
+// addresses, change nft rules or sysctls (the daemon does that before it
+// opens the balancer), and it never logs per packet.
+package balancer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/net/bpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/conntrack"
+)
+
+// Config is what a balancer needs; the daemon fills it from config.Balancer.
+type Config struct {
+	VIPs      []config.VIP
+	EncapPort uint16
+	TableSize int
+	// Workers is the number of packet workers, each on its own OS thread;
+	// 0 means GOMAXPROCS.
+	Workers   int
+	Conntrack *conntrack.Table
+	Logger    *slog.Logger
+}
+
+// Balancer forwards packets for the VIPs. Open it, SetBackends, then Run.
+type Balancer struct {
+	cfg     Config
+	log     *slog.Logger
+	route   route
+	workers []*worker
+	snap    atomic.Pointer[snapshot]
+
+	mu    sync.Mutex // serialises SetBackends; guards stats
+	stats map[uint32]*backendStats
+}
+
+// batchSize is how many packets one recvmmsg or sendmmsg moves at most.
+const batchSize = 32
+
+// maxPacket is the largest IPv4 datagram; the kernel hands raw sockets
+// reassembled datagrams, so a buffer must hold any of them.
+const maxPacket = 65535
+
+// socketBuffer is the receive and send buffer asked of the kernel for every
+// socket, to ride out bursts while a worker is busy (capped by rmem_max and
+// wmem_max).
+const socketBuffer = 4 << 20
+
+// Open creates the workers and their sockets. It needs CAP_NET_RAW. The
+// sockets start receiving at once; nothing is forwarded until Run.
+func Open(cfg Config) (*Balancer, error) {
+	if len(cfg.VIPs) == 0 {
+		return nil, errors.New("balancer: no VIPs")
+	}
+	if cfg.Conntrack == nil {
+		return nil, errors.New("balancer: no connection tracking table")
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	b := &Balancer{cfg: cfg, log: cfg.Logger, route: kernelRoute, stats: map[uint32]*backendStats{}}
+	empty, err := b.buildSnapshot(nil)
+	if err != nil {
+		return nil, err
+	}
+	b.snap.Store(empty)
+	for i := range cfg.Workers {
+		w, err := b.openWorker(i)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		b.workers = append(b.workers, w)
+	}
+	return b, nil
+}
+
+// openWorker opens worker i's sockets: for each VIP a raw TCP and UDP socket
+// whose BPF filter keeps only this worker's share of flows, so no two workers
+// receive the same packet; worker 0 also takes ICMP, which is rare and whose
+// errors are keyed by the quoted packet, beyond a simple filter's reach.
+func (b *Balancer) openWorker(i int) (*worker, error) {
+	w := newWorker(b, i)
+	var filter []bpf.RawInstruction
+	if b.cfg.Workers > 1 {
+		var err error
+		filter, err = shareFilter(uint32(i), uint32(b.cfg.Workers))
+		if err != nil {
+			return nil, fmt.Errorf("balancer: BPF filter: %w", err)
+		}
+	}
+	for _, vip := range b.cfg.VIPs {
+		protos := []string{"ip4:tcp", "ip4:udp"}
+		if i == 0 {
+			protos = append(protos, "ip4:icmp")
+		}
+		for _, proto := range protos {
+			var f []bpf.RawInstruction
+			if proto != "ip4:icmp" {
+				f = filter
+			}
+			if err := w.listen(proto, vip.Addr, f); err != nil {
+				w.close()
+				return nil, err
+			}
+		}
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err != nil {
+		w.close()
+		return nil, fmt.Errorf("balancer: raw send socket: %w", err)
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, socketBuffer)
+	w.sendFD = fd
+	return w, nil
+}
+
+// listen opens one raw socket bound to vip with net.ListenIP (so the runtime
+// owns it and `ss -w` shows it), attaches filter, and keeps its descriptor
+// for the worker's own recvmmsg loop.
+func (w *worker) listen(proto string, vip netip.Addr, filter []bpf.RawInstruction) error {
+	conn, err := net.ListenIP(proto, &net.IPAddr{IP: vip.AsSlice()})
+	if err != nil {
+		return fmt.Errorf("balancer: listen %s on %s: %w", proto, vip, err)
+	}
+	w.conns = append(w.conns, conn)
+	_ = conn.SetReadBuffer(socketBuffer)
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("balancer: %s on %s: %w", proto, vip, err)
+	}
+	var sockErr error
+	err = raw.Control(func(fd uintptr) {
+		w.fds = append(w.fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+		if filter != nil {
+			sockErr = attachFilter(int(fd), filter)
+		}
+	})
+	if err == nil {
+		err = sockErr
+	}
+	if err != nil {
+		return fmt.Errorf("balancer: %s on %s: %w", proto, vip, err)
+	}
+	return nil
+}
+
+// shareFilter keeps the TCP and UDP packets whose (source address ^ source
+// port ^ destination port) mod n is i: every packet of a flow lands on the
+// same worker, and the n workers' filters partition the traffic. Fragments
+// never reach raw sockets (the kernel reassembles first), so the ports are
+// always there.
+func shareFilter(i, n uint32) ([]bpf.RawInstruction, error) {
+	return bpf.Assemble([]bpf.Instruction{
+		bpf.LoadMemShift{Off: 0},                    // X = IP header length
+		bpf.LoadIndirect{Off: 0, Size: 2},           // A = source port
+		bpf.StoreScratch{Src: bpf.RegA, N: 0},       //
+		bpf.LoadIndirect{Off: 2, Size: 2},           // A = destination port
+		bpf.LoadScratch{Dst: bpf.RegX, N: 0},        //
+		bpf.ALUOpX{Op: bpf.ALUOpXor},                // A ^= source port
+		bpf.StoreScratch{Src: bpf.RegA, N: 0},       //
+		bpf.LoadAbsolute{Off: 12, Size: 4},          // A = source address
+		bpf.LoadScratch{Dst: bpf.RegX, N: 0},        //
+		bpf.ALUOpX{Op: bpf.ALUOpXor},                //
+		bpf.ALUOpConstant{Op: bpf.ALUOpMod, Val: n}, //
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: i, SkipFalse: 1},
+		bpf.RetConstant{Val: 1 << 18}, // keep the whole packet
+		bpf.RetConstant{Val: 0},
+	})
+}
+
+func attachFilter(fd int, filter []bpf.RawInstruction) error {
+	prog := make([]unix.SockFilter, len(filter))
+	for i, ins := range filter {
+		prog[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
+	}
+	return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
+		&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
+}
+
+// Run forwards packets until ctx is done, then lets every worker finish the
+// batch it holds (so nothing received is lost) and returns.
+func (b *Balancer) Run(ctx context.Context) error {
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for _, w := range b.workers {
+		wg.Go(func() { w.run(&stop) })
+	}
+	sweep := time.NewTicker(time.Second)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-sweep.C:
+			b.cfg.Conntrack.Sweep(int64(time.Since(epoch)))
+		case <-ctx.Done():
+			stop.Store(true)
+			wg.Wait()
+			return nil
+		}
+	}
+}
+
+// Alive reports whether every worker has finished a loop iteration since the
+// last call (for the watchdog): a wedged worker stops answering.
+func (b *Balancer) Alive() bool {
+	alive := true
+	for _, w := range b.workers {
+		if !w.heartbeat.Swap(false) {
+			alive = false
+		}
+	}
+	return alive
+}
+
+// Close closes every socket. Call it after Run returns.
+func (b *Balancer) Close() {
+	for _, w := range b.workers {
+		w.close()
+	}
+}
+
+// Stats is a point-in-time copy of the counters.
+type Stats struct {
+	Backends []BackendStats
+	// Received counts packets read from the VIP sockets.
+	Received uint64
+	// Forwarded counts packets (or whole fragmented datagrams) sent to a backend.
+	Forwarded uint64
+	// Drops counts dropped packets by reason (see DropReasons).
+	Drops              map[string]uint64
+	ConntrackSize      int
+	ConntrackEvictions uint64
+}
+
+// BackendStats are one backend's counters.
+type BackendStats struct {
+	Name     string
+	State    string
+	Packets  uint64
+	Bytes    uint64
+	NewFlows uint64
+}
+
+// Stats sums the per-worker counters.
+func (b *Balancer) Stats() Stats {
+	st := Stats{Drops: map[string]uint64{}}
+	for _, w := range b.workers {
+		st.Received += w.received.Load()
+		st.Forwarded += w.forwarded.Load()
+		for r := range w.drops {
+			st.Drops[dropReason(r).String()] += w.drops[r].Load()
+		}
+	}
+	for _, t := range b.snap.Load().byIndex {
+		bs := BackendStats{Name: t.Name, State: t.State.String()}
+		for i := range t.stats.perWorker {
+			c := &t.stats.perWorker[i]
+			bs.Packets += c.packets.Load()
+			bs.Bytes += c.bytes.Load()
+			bs.NewFlows += c.newFlows.Load()
+		}
+		st.Backends = append(st.Backends, bs)
+	}
+	st.ConntrackSize = b.cfg.Conntrack.Len()
+	st.ConntrackEvictions = b.cfg.Conntrack.Evictions()
+	return st
+}
+
+// DropReasons lists every drop counter name, for documentation and tests.
+func DropReasons() []string {
+	names := make([]string, numDropReasons)
+	for r := range names {
+		names[r] = dropReason(r).String()
+	}
+	return names
+}

@@ -1,0 +1,249 @@
+package balancer
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/encap"
+	"github.com/caplance/caplance/internal/flow"
+	"github.com/caplance/caplance/internal/rawio"
+)
+
+// dropReason indexes the per-worker drop counters: first one per
+// flow.Malformed reason, then the data path's own.
+type dropReason int
+
+const (
+	dropTruncated dropReason = iota + dropReason(flow.NumMalformed)
+	dropPortNotAllowed
+	dropNoBackend
+	dropTooBig
+	dropSendError
+	dropEncapError
+	numDropReasons
+)
+
+func (r dropReason) String() string {
+	if r < dropReason(flow.NumMalformed) {
+		return "malformed_" + flow.Malformed(r).String()
+	}
+	return [...]string{"truncated", "port_not_allowed", "no_backend", "too_big", "send_error", "encap_error"}[r-dropTruncated]
+}
+
+// maxFragments bounds how many fragments one datagram may become: enough
+// for a maximal datagram at a 576-byte MTU, the least every IPv4 path carries.
+const maxFragments = maxPacket/(576-20) + 1
+
+// fragNeededPerSecond caps the ICMP "fragmentation needed" messages a worker
+// sends, as the kernel rate-limits its own ICMP errors.
+const fragNeededPerSecond = 1000
+
+// worker owns its sockets and buffers; only its own goroutine touches them
+// while it runs.
+type worker struct {
+	b      *Balancer
+	index  int
+	conns  []*net.IPConn
+	fds    []unix.PollFd
+	sendFD int
+
+	batch *rawio.Batch
+	queue *rawio.Queue
+
+	// The rare path: fragments and ICMP messages are built in scratch and
+	// sent through fragQueue, so it allocates nothing either.
+	scratch    []byte
+	fragQueue  *rawio.Queue
+	fragTarget *target
+	fragLost   bool
+	fragID     uint16
+
+	fragNeededBudget int
+	fragNeededSecond int64
+
+	heartbeat atomic.Bool
+	received  atomic.Uint64
+	forwarded atomic.Uint64
+	drops     [numDropReasons]atomic.Uint64
+}
+
+var epoch = time.Now()
+
+func newWorker(b *Balancer, i int) *worker {
+	return &worker{
+		b:      b,
+		index:  i,
+		sendFD: -1,
+		batch:  rawio.NewBatch(batchSize, encap.HeaderLen, maxPacket),
+		queue:  rawio.NewQueue(batchSize),
+		// Room for a maximal datagram cut into maxFragments fragments.
+		scratch:   make([]byte, encap.HeaderLen+maxPacket+maxFragments*20),
+		fragQueue: rawio.NewQueue(maxFragments),
+		// Workers draw IDs from separate ranges so that two workers do not
+		// send fragments with the same ID to the same backend at once.
+		fragID: uint16(i) << 12,
+	}
+}
+
+func (w *worker) close() {
+	for _, c := range w.conns {
+		c.Close()
+	}
+	w.conns, w.fds = nil, nil
+	if w.sendFD >= 0 {
+		unix.Close(w.sendFD)
+		w.sendFD = -1
+	}
+}
+
+func (w *worker) run(stop *atomic.Bool) {
+	rawio.Loop(w.fds, w.batch, stop, &w.heartbeat, w.forward)
+}
+
+// forward handles the n packets of the last Recv and flushes them.
+func (w *worker) forward(n int) {
+	s := w.b.snap.Load()
+	ct := w.b.cfg.Conntrack
+	now := int64(time.Since(epoch))
+	w.received.Add(uint64(n))
+	for i := range n {
+		if w.batch.Truncated(i) {
+			w.drop(dropTruncated)
+			continue
+		}
+		pkt := w.batch.Packet(i)
+		key, err := flow.Parse(pkt)
+		if err != nil {
+			w.drop(dropReason(err.(flow.Malformed))) // Parse's only error type
+			continue
+		}
+		if !w.b.portAllowed(key) {
+			w.drop(dropPortNotAllowed)
+			continue
+		}
+		h := key.Hash()
+		var t *target
+		if id, ok := ct.Lookup(key, now, s.valid); ok {
+			t = s.byID[id]
+		} else {
+			idx := s.table.Lookup(h)
+			if idx < 0 {
+				w.drop(dropNoBackend)
+				continue
+			}
+			t = s.byIndex[idx]
+			ct.Insert(key, t.ID, now)
+			t.stats.perWorker[w.index].newFlows.Add(1)
+		}
+		frame := w.batch.Framed(i)
+		if err := t.outer.Encapsulate(frame, encap.SourcePort(h)); err != nil {
+			w.drop(dropEncapError)
+			continue
+		}
+		c := &t.stats.perWorker[w.index]
+		c.packets.Add(1)
+		c.bytes.Add(uint64(len(pkt)))
+		if len(frame) > t.mtu {
+			w.tooBig(frame, t)
+			continue
+		}
+		w.queue.Add(frame, t.dst, 0)
+	}
+	w.flush()
+}
+
+func (w *worker) flush() {
+	sent := w.queue.Flush(w.sendFD, w.sendFailed)
+	w.forwarded.Add(uint64(sent))
+}
+
+func (w *worker) sendFailed(int, error) { w.drop(dropSendError) }
+
+func (w *worker) drop(r dropReason) { w.drops[r].Add(1) }
+
+// tooBig handles an encapsulated packet larger than the path MTU: see the
+// policy in package encap (mtu.go). frame holds the outer header and the
+// inner packet.
+func (w *worker) tooBig(frame []byte, t *target) {
+	inner := frame[encap.HeaderLen:]
+	if inner[0]>>4 == 4 && binary.BigEndian.Uint16(inner[6:8])&0x4000 != 0 {
+		w.drop(dropTooBig)
+		w.fragNeeded(inner, t.mtu-encap.HeaderLen)
+		return
+	}
+	w.fragID++
+	if w.fragID == 0 {
+		w.fragID++
+	}
+	if encap.FragmentCount(len(frame), t.mtu) > w.fragQueue.Cap() {
+		w.drop(dropTooBig)
+		return
+	}
+	w.fragTarget = t
+	if err := encap.Fragment(frame, t.mtu, w.fragID, w.scratch, w.queueFragment); err != nil {
+		w.drop(dropTooBig)
+		return
+	}
+	if w.fragQueue.Flush(w.sendFD, w.fragFailed) > 0 && !w.fragLost {
+		w.forwarded.Add(1)
+	}
+	w.fragLost = false
+}
+
+func (w *worker) queueFragment(frag []byte) { w.fragQueue.Add(frag, w.fragTarget.dst, 0) }
+
+// fragFailed counts a datagram once however many of its fragments failed.
+func (w *worker) fragFailed(int, error) {
+	if !w.fragLost {
+		w.drop(dropSendError)
+	}
+	w.fragLost = true
+}
+
+// fragNeeded tells the client of inner to send packets of at most mtu bytes.
+func (w *worker) fragNeeded(inner []byte, mtu int) {
+	ihl := int(inner[0]&0x0f) * 4
+	if len(inner) < ihl+8 {
+		return
+	}
+	if sec := int64(time.Since(epoch) / time.Second); sec != w.fragNeededSecond {
+		w.fragNeededSecond, w.fragNeededBudget = sec, fragNeededPerSecond
+	}
+	if w.fragNeededBudget == 0 {
+		return
+	}
+	w.fragNeededBudget--
+	var vip, client [4]byte
+	copy(vip[:], inner[16:20])
+	copy(client[:], inner[12:16])
+	msg := encap.FragNeeded(w.scratch, vip, inner, uint16(mtu))
+	w.fragQueue.Add(msg, client, 0)
+	w.fragQueue.Flush(w.sendFD, func(int, error) {})
+}
+
+// portAllowed applies the VIP's port allow-list to TCP and UDP flows.
+func (b *Balancer) portAllowed(k flow.Key) bool {
+	if k.Proto != unix.IPPROTO_TCP && k.Proto != unix.IPPROTO_UDP {
+		return true
+	}
+	dst := netip.AddrFrom16(k.Dst).Unmap()
+	for _, v := range b.cfg.VIPs {
+		if v.Addr == dst {
+			if v.Ports == nil {
+				return true
+			}
+			for _, p := range v.Ports {
+				if p == k.DstPort {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	return false
+}

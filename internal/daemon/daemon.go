@@ -1,0 +1,380 @@
+// Package daemon is caplanced's lifecycle: it turns a configuration into a
+// running balancer and/or receiver, tells systemd how far it got, and on
+// SIGTERM or SIGINT takes everything down again in bounded time, leaving the
+// host as it found it. It also cleans what a crashed run left behind.
+//
+// It wires the other packages together and owns the order of the steps; the
+// packets, the kernel state and the rules are theirs.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"reflect"
+	"strings"
+	"syscall"
+	"time"
+
+	sd "github.com/coreos/go-systemd/v22/daemon"
+	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/balancer"
+	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/conntrack"
+	"github.com/caplance/caplance/internal/nft"
+	"github.com/caplance/caplance/internal/receiver"
+	"github.com/caplance/caplance/internal/vip"
+)
+
+// Options are caplanced's command-line settings.
+type Options struct {
+	Config *config.Config
+	// ConfigPath is re-read on SIGHUP.
+	ConfigPath string
+	// RuntimeDir holds the host-change journal and the stats file.
+	RuntimeDir string
+	// StopTimeout bounds the shutdown after SIGTERM.
+	StopTimeout time.Duration
+	Logger      *slog.Logger
+}
+
+// StatsFile is the name, in the runtime directory, of the counters file
+// written every StatsInterval.
+const StatsFile = "stats.json"
+
+// StatsInterval is how often the stats file is rewritten.
+const StatsInterval = time.Second
+
+// ErrForced is returned when a second signal cut the shutdown short.
+var ErrForced = errors.New("stopped by a second signal before cleanup finished")
+
+// running is what Run has set up, in the order it must come down.
+type running struct {
+	log      *slog.Logger
+	cfg      *config.Config
+	ids      map[string]uint32 // backend name → stable ID
+	nextID   uint32
+	host     *vip.Host
+	nftOwned bool
+	bal      *balancer.Balancer
+	rcv      *receiver.Receiver
+	userMode bool
+}
+
+// Run starts the configured roles, reports READY=1, serves until SIGTERM or
+// SIGINT and then cleans up. A second signal during the cleanup makes it
+// return ErrForced at once.
+func Run(opts Options) error {
+	log := opts.Logger
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
+
+	r := &running{log: log, cfg: opts.Config, ids: map[string]uint32{}}
+	if err := r.start(opts); err != nil {
+		r.stop()
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	if r.bal != nil {
+		go func() { done <- r.bal.Run(ctx) }()
+	}
+	if r.rcv != nil {
+		go func() { done <- r.rcv.Run(ctx) }()
+	}
+	statsDone := make(chan struct{})
+	go func() { r.writeStatsEvery(ctx, opts.RuntimeDir); close(statsDone) }()
+
+	status := r.statusLine(opts.Config)
+	notify(log, "READY=1\nSTATUS="+status)
+	log.Info("ready", "status", status)
+
+	var sig os.Signal
+	for sig == nil {
+		select {
+		case sig = <-sigs:
+		case <-hups:
+			r.reload(opts.ConfigPath)
+		}
+	}
+	log.Info("stopping", "signal", sig.String(), "timeout", opts.StopTimeout)
+	notify(log, "STOPPING=1\nSTATUS=stopping")
+
+	finished := make(chan struct{})
+	go func() {
+		cancel()
+		for range boolCount(r.bal != nil, r.rcv != nil) {
+			<-done
+		}
+		<-statsDone
+		r.stop()
+		removeStats(opts.RuntimeDir)
+		close(finished)
+	}()
+	select {
+	case <-finished:
+		log.Info("stopped cleanly")
+		return nil
+	case <-time.After(opts.StopTimeout):
+		return fmt.Errorf("cleanup did not finish within %s; run caplanced --cleanup", opts.StopTimeout)
+	case sig := <-sigs:
+		log.Warn("second signal: exiting before cleanup finished", "signal", sig.String())
+		return ErrForced
+	}
+}
+
+func boolCount(bs ...bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
+}
+
+// start performs every step up to READY, each announced in STATUS=, in an
+// order that keeps the host's stack silent: the nft table before the VIPs,
+// the VIPs before the sockets that bind to them.
+func (r *running) start(opts Options) error {
+	cfg := opts.Config
+	step := func(s string) { notify(r.log, "STATUS="+s); r.log.Info(s) }
+
+	step("cleaning up after earlier runs")
+	host, err := cleanup(opts.RuntimeDir, r.log)
+	if err != nil {
+		return err
+	}
+	r.host = host
+
+	rules := nft.Rules{}
+	if cfg.Balancer != nil {
+		for _, v := range cfg.Balancer.VIPs {
+			rules.SilenceVIPs = append(rules.SilenceVIPs, v.Addr)
+		}
+	}
+	if cfg.Receiver != nil {
+		step("attaching receiver VIPs to lo")
+		for _, a := range cfg.Receiver.VIPs {
+			if err := host.AttachLoopback(a); err != nil {
+				return err
+			}
+		}
+		if err := host.ReceiverSysctls(); err != nil {
+			return err
+		}
+		tunnel, err := r.startDecapsulation(cfg.Receiver)
+		if err != nil {
+			return err
+		}
+		rules.Tunnel = tunnel
+	}
+	if len(rules.SilenceVIPs) > 0 || rules.Tunnel != nil {
+		step("installing nftables table " + nft.TableName)
+		if err := nft.Apply(nft.CurrentNetNS, rules); err != nil {
+			return fmt.Errorf("nftables: %w", err)
+		}
+		r.nftOwned = true
+	}
+	if cfg.Balancer != nil {
+		if err := r.startBalancer(cfg, step); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *running) startBalancer(cfg *config.Config, step func(string)) error {
+	b := cfg.Balancer
+	step("attaching VIPs")
+	for _, v := range b.VIPs {
+		iface, err := r.host.AttachVIP(v.Addr, b.Interface)
+		if err != nil {
+			return err
+		}
+		r.log.Info("VIP attached", "vip", v.Addr, "interface", iface)
+	}
+	step("opening raw sockets")
+	ct, err := conntrack.New(b.ConntrackSize, conntrack.Timeouts{
+		TCP: b.TCPTimeout, UDP: b.UDPTimeout, Other: conntrack.DefaultTimeouts.Other,
+	})
+	if err != nil {
+		return fmt.Errorf("connection tracking: %w", err)
+	}
+	bal, err := balancer.Open(balancer.Config{
+		VIPs: b.VIPs, EncapPort: b.EncapPort, TableSize: b.TableSize,
+		Workers: b.Workers, Conntrack: ct, Logger: r.log,
+	})
+	if err != nil {
+		return err
+	}
+	r.bal = bal
+	step("building the Maglev table")
+	return bal.SetBackends(r.backends(cfg.Backends))
+}
+
+// backends converts configured backends, giving each name an ID that stays
+// the same across reloads, so connection tracking keeps its flows.
+func (r *running) backends(cfg []config.Backend) []balancer.Backend {
+	var out []balancer.Backend
+	for _, be := range cfg {
+		id, ok := r.ids[be.Name]
+		if !ok {
+			r.nextID++
+			id = r.nextID
+			r.ids[be.Name] = id
+		}
+		out = append(out, balancer.Backend{ID: id, Name: be.Name, Address: be.Address, Weight: be.Weight})
+	}
+	return out
+}
+
+// reload re-reads the configuration (SIGHUP) and applies a new backend set
+// without a restart; established flows of backends that stay keep their
+// backend. Anything else that changed needs a restart and is refused, as is
+// an invalid file: the running configuration stays.
+func (r *running) reload(path string) {
+	notify(r.log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
+	defer notify(r.log, "READY=1\nSTATUS="+r.statusLine(r.cfg))
+	cfg, err := config.Load(path)
+	if err == nil {
+		err = r.applyReload(cfg)
+	}
+	if err != nil {
+		r.log.Error("reload refused; the running configuration stays", "err", err)
+		return
+	}
+	r.cfg = cfg
+	r.log.Info("reloaded", "backends", len(cfg.Backends))
+}
+
+func (r *running) applyReload(cfg *config.Config) error {
+	old, next := *r.cfg, *cfg
+	old.Backends, next.Backends = nil, nil
+	if !reflect.DeepEqual(old, next) {
+		return errors.New("only [[backend]] entries can change without a restart")
+	}
+	if r.bal == nil {
+		return nil
+	}
+	return r.bal.SetBackends(r.backends(cfg.Backends))
+}
+
+func monotonicUsec() int64 {
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano() / 1000
+}
+
+// startDecapsulation sets up kernel or user-space decapsulation as the mode
+// says, and returns the nft filter kernel mode needs (nil in user space,
+// where the decapsulator does the filtering).
+func (r *running) startDecapsulation(rc *config.Receiver) (*nft.Tunnel, error) {
+	if rc.Mode != config.ModeUserspace {
+		dev, err := r.host.SetupFOU(rc.EncapPort)
+		switch {
+		case err == nil:
+			r.log.Info("decapsulating in the kernel (fou)", "port", rc.EncapPort, "device", dev)
+			return &nft.Tunnel{Port: rc.EncapPort, Balancers: rc.Balancers, Device: dev, VIPs: rc.VIPs}, nil
+		case rc.Mode == config.ModeAuto && errors.Is(err, vip.ErrNoKernelFOU):
+			r.log.Info("the kernel has no foo-over-UDP: decapsulating in user space", "reason", err)
+		default:
+			return nil, fmt.Errorf("receiver mode %s: %w", rc.Mode, err)
+		}
+	}
+	rcv, err := receiver.Open(receiver.Config{
+		VIPs: rc.VIPs, Balancers: rc.Balancers, Port: rc.EncapPort, Workers: rc.Workers,
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.rcv, r.userMode = rcv, true
+	return nil, nil
+}
+
+func (r *running) statusLine(cfg *config.Config) string {
+	var parts []string
+	if b := cfg.Balancer; b != nil {
+		parts = append(parts, fmt.Sprintf("balancing %d VIP(s) over %d backend(s)", len(b.VIPs), len(cfg.Backends)))
+	}
+	if rc := cfg.Receiver; rc != nil {
+		mode := "kernel"
+		if r.userMode {
+			mode = "userspace"
+		}
+		parts = append(parts, fmt.Sprintf("receiving for %d VIP(s), decapsulation: %s", len(rc.VIPs), mode))
+	}
+	return strings.Join(parts, "; ")
+}
+
+// stop closes the sockets and undoes every host change, newest first. It is
+// safe on a partly started daemon.
+func (r *running) stop() {
+	if r.bal != nil {
+		r.bal.Close()
+	}
+	if r.rcv != nil {
+		r.rcv.Close()
+	}
+	if r.nftOwned {
+		if _, err := nft.Remove(nft.CurrentNetNS); err != nil {
+			r.log.Error("removing the nftables table", "err", err)
+		}
+	}
+	if r.host != nil {
+		if err := r.host.Undo(); err != nil {
+			r.log.Error("undoing host changes; run caplanced --cleanup", "err", err)
+		}
+		r.host.Close()
+	}
+}
+
+// cleanup undoes what an earlier run left (host changes recorded in the
+// journal, the nft table) and returns the journal, ready for this run.
+func cleanup(runtimeDir string, log *slog.Logger) (*vip.Host, error) {
+	host, err := vip.Open(runtimeDir)
+	if err != nil {
+		return nil, err
+	}
+	if left := host.Leftovers(); len(left) > 0 {
+		for _, c := range left {
+			log.Warn("undoing a change left by an earlier run that did not stop cleanly", "change", c.String())
+		}
+		if err := host.Undo(); err != nil {
+			host.Close()
+			return nil, fmt.Errorf("cleaning up an earlier run: %w", err)
+		}
+	}
+	existed, err := nft.Remove(nft.CurrentNetNS)
+	if err != nil {
+		host.Close()
+		return nil, fmt.Errorf("removing a leftover nftables table: %w", err)
+	}
+	if existed {
+		log.Warn("removed the nftables table left by an earlier run", "table", "inet "+nft.TableName)
+	}
+	return host, nil
+}
+
+// Cleanup is `caplanced --cleanup`: undo what a run left behind, nothing else.
+func Cleanup(runtimeDir string, log *slog.Logger) error {
+	host, err := cleanup(runtimeDir, log)
+	if err != nil {
+		return err
+	}
+	return host.Close()
+}
+
+func notify(log *slog.Logger, state string) {
+	if _, err := sd.SdNotify(false, state); err != nil {
+		log.Warn("sd_notify failed", "err", err)
+	}
+}

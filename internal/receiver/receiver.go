@@ -1,0 +1,214 @@
+// Package receiver is the backend side's user-space data path: it reads
+// foo-over-UDP datagrams on the encap port, lets encap.Decapsulator decide
+// whether each may pass (only from the balancers, only to the VIPs, only
+// well-formed), and injects the inner packet, unchanged, into the local stack
+// through an IP_HDRINCL raw socket, which routes it to the VIP on lo.
+//
+// It owns its sockets, workers and counters. It must not attach the VIPs or
+// change sysctls (the daemon does that through package vip first), and it
+// never logs per packet.
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/encap"
+	"github.com/caplance/caplance/internal/rawio"
+)
+
+// Config is what a receiver needs; the daemon fills it from config.Receiver.
+type Config struct {
+	VIPs      []netip.Addr
+	Balancers []netip.Addr
+	Port      uint16
+	// Workers is the number of workers, each with its own SO_REUSEPORT
+	// socket; 0 means GOMAXPROCS.
+	Workers int
+}
+
+const (
+	batchSize     = 32
+	maxDatagram   = 65535
+	socketBuffer  = 4 << 20
+	injectFailure = encap.NumRejects // counter index after the reject reasons
+)
+
+// Receiver decapsulates and delivers. Open it, then Run.
+type Receiver struct {
+	dec     *encap.Decapsulator
+	workers []*worker
+}
+
+type worker struct {
+	r        *Receiver
+	conn     *net.UDPConn
+	fds      []unix.PollFd
+	injectFD int
+	batch    *rawio.Batch
+	queue    *rawio.Queue
+
+	heartbeat atomic.Bool
+	received  atomic.Uint64
+	delivered atomic.Uint64
+	// counts[reason] for every encap.Reject (Accept unused) plus inject failures.
+	counts [encap.NumRejects + 1]atomic.Uint64
+}
+
+// Open binds the encap port (one SO_REUSEPORT socket per worker, so the
+// kernel spreads datagrams by flow without copies) and the raw injection
+// sockets. It needs CAP_NET_RAW.
+func Open(cfg Config) (*Receiver, error) {
+	dec, err := encap.NewDecapsulator(cfg.Port, cfg.Balancers, cfg.VIPs)
+	if err != nil {
+		return nil, fmt.Errorf("receiver: %w", err)
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = runtime.GOMAXPROCS(0)
+	}
+	r := &Receiver{dec: dec}
+	for range cfg.Workers {
+		w, err := r.openWorker(cfg.Port)
+		if err != nil {
+			r.Close()
+			return nil, err
+		}
+		r.workers = append(r.workers, w)
+	}
+	return r, nil
+}
+
+func (r *Receiver) openWorker(port uint16) (*worker, error) {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var sockErr error
+		err := c.Control(func(fd uintptr) {
+			sockErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
+		})
+		return errors.Join(err, sockErr)
+	}}
+	pc, err := lc.ListenPacket(context.Background(), "udp4", ":"+strconv.Itoa(int(port)))
+	if err != nil {
+		return nil, fmt.Errorf("receiver: listen on UDP port %d: %w", port, err)
+	}
+	w := &worker{
+		r:        r,
+		conn:     pc.(*net.UDPConn),
+		injectFD: -1,
+		batch:    rawio.NewBatch(batchSize, 0, maxDatagram),
+		queue:    rawio.NewQueue(batchSize),
+	}
+	_ = w.conn.SetReadBuffer(socketBuffer)
+	raw, err := w.conn.SyscallConn()
+	if err == nil {
+		err = raw.Control(func(fd uintptr) {
+			w.fds = []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		})
+	}
+	if err != nil {
+		w.close()
+		return nil, fmt.Errorf("receiver: UDP port %d: %w", port, err)
+	}
+	w.injectFD, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	if err != nil {
+		w.close()
+		return nil, fmt.Errorf("receiver: raw injection socket: %w", err)
+	}
+	return w, nil
+}
+
+func (w *worker) close() {
+	if w.conn != nil {
+		w.conn.Close()
+	}
+	if w.injectFD >= 0 {
+		unix.Close(w.injectFD)
+	}
+}
+
+// Run delivers packets until ctx is done; every worker finishes the batch it
+// holds before Run returns.
+func (r *Receiver) Run(ctx context.Context) error {
+	var stop atomic.Bool
+	var wg sync.WaitGroup
+	for _, w := range r.workers {
+		wg.Go(func() { rawio.Loop(w.fds, w.batch, &stop, &w.heartbeat, w.deliver) })
+	}
+	<-ctx.Done()
+	stop.Store(true)
+	wg.Wait()
+	return nil
+}
+
+func (w *worker) deliver(n int) {
+	w.received.Add(uint64(n))
+	for i := range n {
+		if w.batch.Truncated(i) {
+			w.counts[encap.RejectMalformedOuter].Add(1)
+			continue
+		}
+		inner, reject := w.r.dec.Payload(w.batch.Source(i).Addr(), w.batch.Packet(i))
+		if reject != encap.Accept {
+			w.counts[reject].Add(1)
+			continue
+		}
+		var dst [4]byte
+		copy(dst[:], inner[16:20]) // the decapsulator accepts only IPv4 VIPs here
+		w.queue.Add(inner, dst, 0)
+	}
+	w.delivered.Add(uint64(w.queue.Flush(w.injectFD, w.injectFailed)))
+}
+
+func (w *worker) injectFailed(int, error) { w.counts[injectFailure].Add(1) }
+
+// Alive reports whether every worker has gone round its loop since the last
+// call.
+func (r *Receiver) Alive() bool {
+	alive := true
+	for _, w := range r.workers {
+		if !w.heartbeat.Swap(false) {
+			alive = false
+		}
+	}
+	return alive
+}
+
+// Close closes every socket; call it after Run returns.
+func (r *Receiver) Close() {
+	for _, w := range r.workers {
+		w.close()
+	}
+}
+
+// Stats is a point-in-time copy of the counters.
+type Stats struct {
+	Received  uint64
+	Delivered uint64
+	// Drops by reason: the encap.Reject names and "inject_error".
+	Drops map[string]uint64
+}
+
+// Stats sums the per-worker counters.
+func (r *Receiver) Stats() Stats {
+	st := Stats{Drops: map[string]uint64{}}
+	for _, w := range r.workers {
+		st.Received += w.received.Load()
+		st.Delivered += w.delivered.Load()
+		for reason := range encap.NumRejects {
+			if reason != int(encap.Accept) {
+				st.Drops[encap.Reject(reason).String()] += w.counts[reason].Load()
+			}
+		}
+		st.Drops["inject_error"] += w.counts[injectFailure].Load()
+	}
+	return st
+}

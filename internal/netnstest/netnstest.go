@@ -1,0 +1,293 @@
+package netnstest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+var (
+	prefixRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,5}$`)
+	// A host name is the switch side's link name, so at most 15 characters.
+	hostRE = regexp.MustCompile(`^[a-z][a-z0-9]{0,14}$`)
+)
+
+// Lab is a set of network namespaces ("hosts") joined by veth pairs to one
+// bridge that lives in a namespace of its own. Its methods are safe for
+// concurrent use.
+type Lab struct {
+	id       string
+	registry *os.File
+
+	mu     sync.Mutex
+	closed bool
+	sw     *Host
+	names  []string // every namespace created or being created, as recorded
+	procs  []*os.Process
+}
+
+// Host is one network namespace of a Lab.
+type Host struct {
+	lab  *Lab
+	name string
+}
+
+// New creates a lab whose namespaces are named prefix (a lowercase letter,
+// then at most five lowercase letters or digits), four random characters and
+// "sw" or a host name. It first deletes the labs of runs that died.
+func New(prefix string) (*Lab, error) {
+	if !prefixRE.MatchString(prefix) {
+		return nil, fmt.Errorf("netnstest: prefix %q: want a lowercase letter then up to 5 lowercase letters or digits", prefix)
+	}
+	if err := os.MkdirAll(registryDir, 0o755); err != nil {
+		return nil, fmt.Errorf("netnstest: %w", err)
+	}
+	if err := reapStale(); err != nil {
+		return nil, fmt.Errorf("netnstest: clean up dead runs: %w", err)
+	}
+	id, registry, err := reserve(prefix)
+	if err != nil {
+		return nil, fmt.Errorf("netnstest: %w", err)
+	}
+	l := &Lab{id: id, registry: registry}
+	l.sw, err = l.addNamespace(id + "sw")
+	if err == nil {
+		err = l.sw.Do(func() error {
+			return netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", Flags: net.FlagUp}})
+		})
+	}
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("netnstest: lab %s: switch: %w", id, err), l.Close())
+	}
+	return l, nil
+}
+
+// addNamespace records the name before creating the namespace, so a run that
+// dies in between leaves nothing unlisted for the next New to miss.
+func (l *Lab) addNamespace(name string) (*Host, error) {
+	if err := record(l.registry, append(l.names, name)); err != nil {
+		return nil, err
+	}
+	l.names = append(l.names, name)
+	// `ip netns add` rather than unshare here: it also makes /run/netns a
+	// shared mount, so deleting a name reaches copies made by `ip netns exec`.
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		// The name may belong to someone else: forget it rather than delete it.
+		l.names = l.names[:len(l.names)-1]
+		return nil, errors.Join(fmt.Errorf("ip netns add %s: %w: %s", name, err, strings.TrimSpace(string(out))),
+			record(l.registry, l.names))
+	}
+	return &Host{lab: l, name: name}, nil
+}
+
+// AddHost creates a host: a namespace with lo up and eth0 up, carrying addrs,
+// whose veth peer, named after the host, is attached to the lab's bridge.
+// IPv6 addresses skip duplicate address detection, so they are usable at once.
+func (l *Lab) AddHost(name string, addrs ...netip.Prefix) (*Host, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.closed:
+		return nil, fmt.Errorf("netnstest: add host %s: lab %s is closed", name, l.id)
+	case !hostRE.MatchString(name) || name == "sw":
+		return nil, fmt.Errorf("netnstest: host name %q: want a lowercase letter then up to 14 lowercase letters or digits, not \"sw\"", name)
+	case slices.Contains(l.names, l.id+name):
+		return nil, fmt.Errorf("netnstest: host %s already exists in lab %s", name, l.id)
+	}
+	h, err := l.addNamespace(l.id + name)
+	if err != nil {
+		return nil, fmt.Errorf("netnstest: host %s: %w", name, err)
+	}
+	ns, err := netns.GetFromName(h.name)
+	if err != nil {
+		return nil, fmt.Errorf("netnstest: host %s: %w", name, err)
+	}
+	defer ns.Close()
+	err = l.sw.Do(func() error {
+		br, err := netlink.LinkByName("br0")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkAdd(&netlink.Veth{
+			LinkAttrs:     netlink.LinkAttrs{Name: name, MasterIndex: br.Attrs().Index, Flags: net.FlagUp},
+			PeerName:      "eth0",
+			PeerNamespace: netlink.NsFd(ns),
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netnstest: host %s: add veth: %w", name, err)
+	}
+	err = h.Do(func() error {
+		for _, ifname := range []string{"lo", "eth0"} {
+			link, err := netlink.LinkByName(ifname)
+			if err != nil {
+				return err
+			}
+			if ifname == "eth0" {
+				for _, a := range addrs {
+					if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: ipNet(a), Flags: unix.IFA_F_NODAD}); err != nil {
+						return fmt.Errorf("add address %v: %w", a, err)
+					}
+				}
+			}
+			if err := netlink.LinkSetUp(link); err != nil {
+				return fmt.Errorf("set %s up: %w", ifname, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("netnstest: host %s: %w", name, err)
+	}
+	return h, nil
+}
+
+// Close kills every process in the lab's namespaces and deletes them, and so
+// their links. It is safe to call more than once; later calls do nothing.
+func (l *Lab) Close() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil
+	}
+	l.closed = true
+	for _, p := range l.procs {
+		_ = p.Kill() // fails only if it has already exited
+	}
+	var errs []error
+	for _, name := range l.names {
+		errs = append(errs, deleteNamespace(name))
+	}
+	err := errors.Join(errs...)
+	if err == nil {
+		// On failure the file stays, and once its lock is gone the next New
+		// retries the deletion.
+		err = os.Remove(filepath.Join(registryDir, l.id))
+	}
+	if err := errors.Join(err, l.registry.Close()); err != nil {
+		return fmt.Errorf("netnstest: close lab %s: %w", l.id, err)
+	}
+	return nil
+}
+
+// Name returns the namespace's name, as `ip netns exec` wants it.
+func (h *Host) Name() string { return h.name }
+
+// Do runs fn on an OS thread switched into the host's namespace. Sockets fn
+// opens stay in the namespace after Do returns. fn runs on a goroutine of its
+// own, so it must return an error instead of calling t.FailNow, and goroutines
+// it starts, and paths under /sys, see the root namespace.
+func (h *Host) Do(fn func() error) error {
+	ns, err := netns.GetFromName(h.name)
+	if err != nil {
+		return fmt.Errorf("netnstest: open namespace %s: %w", h.name, err)
+	}
+	defer ns.Close()
+	err = fmt.Errorf("netnstest: %s: Do's function exited without returning (runtime.Goexit)", h.name)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// Never unlocked: Go ends the thread with this goroutine instead of
+		// reusing it, so no goroutine ever inherits the namespace, whatever fn
+		// did to the thread, and no fallible switch back is needed.
+		runtime.LockOSThread()
+		if serr := netns.Set(ns); serr != nil {
+			err = fmt.Errorf("netnstest: enter namespace %s: %w", h.name, serr)
+			return
+		}
+		err = fn()
+	}()
+	<-done
+	return err
+}
+
+// Command returns a command that runs name with args inside the host's
+// namespace via `ip netns exec`, which also mounts the namespace's /sys.
+func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return exec.CommandContext(ctx, "ip", slices.Concat([]string{"netns", "exec", h.name, name}, args)...)
+}
+
+// Start starts cmd and has Close kill it if it still runs; waiting for it
+// stays the caller's job. Close also kills every other process it finds in
+// the lab's namespaces, but one started with cmd.Start that is still on its
+// way in, between exec and setns, escapes that search.
+func (h *Host) Start(cmd *exec.Cmd) error {
+	h.lab.mu.Lock()
+	defer h.lab.mu.Unlock()
+	if h.lab.closed {
+		return fmt.Errorf("netnstest: %s: start %s: lab is closed", h.name, cmd.Path)
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("netnstest: %s: %w", h.name, err)
+	}
+	h.lab.procs = append(h.lab.procs, cmd.Process)
+	return nil
+}
+
+// AddRoute routes dst via the gateway via on eth0.
+func (h *Host) AddRoute(dst netip.Prefix, via netip.Addr) error {
+	err := h.Do(func() error {
+		eth0, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return netlink.RouteAdd(&netlink.Route{LinkIndex: eth0.Attrs().Index, Dst: ipNet(dst.Masked()), Gw: via.AsSlice()})
+	})
+	if err != nil {
+		return fmt.Errorf("netnstest: %s: route %v via %v: %w", h.name, dst, via, err)
+	}
+	return nil
+}
+
+// SetSysctl writes value to /proc/sys/path inside the host's namespace, for
+// example SetSysctl("net/ipv4/ip_forward", "1"). Only paths under net/ are
+// accepted: the others are not per namespace, so writing one would change
+// the whole machine.
+func (h *Host) SetSysctl(path, value string) error {
+	if !strings.HasPrefix(path, "net/") || filepath.Clean(path) != path {
+		return fmt.Errorf("netnstest: %s: sysctl %q: want a clean path under net/", h.name, path)
+	}
+	err := h.Do(func() error { return os.WriteFile(filepath.Join("/proc/sys", path), []byte(value), 0) })
+	if err != nil {
+		return fmt.Errorf("netnstest: %s: sysctl: %w", h.name, err)
+	}
+	return nil
+}
+
+// NewForTest is New for tests: it skips the test unless run as root, fails it
+// if the lab cannot be built, and closes the lab when the test ends.
+func NewForTest(tb testing.TB, prefix string) *Lab {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		tb.Skip("netnstest: network namespaces need root")
+	}
+	l, err := New(prefix)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			tb.Error(err)
+		}
+	})
+	return l
+}
+
+func ipNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}

@@ -1,0 +1,464 @@
+package rawio_test
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/rawio"
+)
+
+var loopback = [4]byte{127, 0, 0, 1}
+
+// listen opens a UDP socket on 127.0.0.1 and returns it, its descriptor
+// (valid until the test ends, when the socket is closed) and its address.
+func listen(t testing.TB) (*net.UDPConn, int, netip.AddrPort) {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatalf("SyscallConn: %v", err)
+	}
+	var fd int
+	if err := rc.Control(func(s uintptr) { fd = int(s) }); err != nil {
+		t.Fatalf("Control: %v", err)
+	}
+	return c, fd, c.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// socket is a blocking UDP socket made without the Go runtime, as the data
+// path's send sockets are, bound to an ephemeral port on 127.0.0.1; with
+// connect non-zero it is connected to that port. It returns the descriptor
+// and the bound address.
+func socket(t testing.TB, connect uint16) (int, netip.AddrPort) {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("socket: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: loopback}); err != nil {
+		t.Fatalf("bind: %v", err)
+	}
+	if connect != 0 {
+		if err := unix.Connect(fd, &unix.SockaddrInet4{Addr: loopback, Port: int(connect)}); err != nil {
+			t.Fatalf("connect: %v", err)
+		}
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatalf("getsockname: %v", err)
+	}
+	s4 := sa.(*unix.SockaddrInet4)
+	return fd, netip.AddrPortFrom(netip.AddrFrom4(s4.Addr), uint16(s4.Port))
+}
+
+// send writes each datagram to the connected socket fd.
+func send(t testing.TB, fd int, dgrams ...[]byte) {
+	t.Helper()
+	for i, d := range dgrams {
+		if _, err := unix.Write(fd, d); err != nil {
+			t.Fatalf("send datagram %d (%d bytes): %v", i, len(d), err)
+		}
+	}
+}
+
+// dgram is a recognisable datagram of n bytes, numbered i.
+func dgram(i, n int) []byte {
+	b := make([]byte, n)
+	for j := range b {
+		b[j] = byte(i*31 + j)
+	}
+	return b
+}
+
+// received is one datagram as a Batch reports it.
+type received struct {
+	Data   []byte
+	Source netip.AddrPort
+	Trunc  bool
+}
+
+func collect(b *rawio.Batch, n int) []received {
+	var got []received
+	for i := range n {
+		got = append(got, received{bytes.Clone(b.Packet(i)), b.Source(i), b.Truncated(i)})
+	}
+	return got
+}
+
+var equateAddrPort = cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })
+
+func TestBatchRecv(t *testing.T) {
+	const headroom, size, capacity = 28, 512, 4
+	_, fd, addr := listen(t)
+	sfd, from := socket(t, addr.Port())
+	b := rawio.NewBatch(capacity, headroom, size)
+	if b.Cap() != capacity {
+		t.Errorf("Cap() = %d, want %d", b.Cap(), capacity)
+	}
+
+	// Before any Recv, Framed(i) is the headroom alone: fill it with a
+	// canary that receiving must leave in place.
+	canary := bytes.Repeat([]byte{0xa5}, headroom)
+	for i := range capacity {
+		if n := len(b.Framed(i)); n != headroom {
+			t.Fatalf("Framed(%d) before Recv: %d bytes, want the %d of headroom", i, n, headroom)
+		}
+		copy(b.Framed(i), canary)
+	}
+
+	if n, err := b.Recv(fd); n != 0 || err != nil {
+		t.Fatalf("Recv with nothing waiting = %d, %v; want 0, nil", n, err)
+	}
+
+	tests := []struct {
+		name string
+		sent [][]byte
+		want []received // over as many Recv calls as it takes
+	}{
+		{
+			name: "three datagrams",
+			sent: [][]byte{dgram(0, 1), dgram(1, 100), dgram(2, size)},
+			want: []received{{dgram(0, 1), from, false}, {dgram(1, 100), from, false}, {dgram(2, size), from, false}},
+		},
+		{
+			name: "more than Cap, over two calls",
+			sent: [][]byte{dgram(0, 10), dgram(1, 11), dgram(2, 12), dgram(3, 13), dgram(4, 14), dgram(5, 15)},
+			want: []received{
+				{dgram(0, 10), from, false}, {dgram(1, 11), from, false}, {dgram(2, 12), from, false},
+				{dgram(3, 13), from, false}, {dgram(4, 14), from, false}, {dgram(5, 15), from, false},
+			},
+		},
+		{
+			// The truncated datagram is cut to the buffer; the flag is
+			// per datagram, and cleared for the next Recv.
+			name: "truncated",
+			sent: [][]byte{dgram(0, size+1), dgram(1, 20), dgram(2, 65000)},
+			want: []received{{dgram(0, size), from, true}, {dgram(1, 20), from, false}, {dgram(2, 65000)[:size], from, true}},
+		},
+		{
+			name: "after truncation",
+			sent: [][]byte{dgram(7, 30), dgram(8, 31), dgram(9, 32)},
+			want: []received{{dgram(7, 30), from, false}, {dgram(8, 31), from, false}, {dgram(9, 32), from, false}},
+		},
+		{
+			name: "empty datagram",
+			sent: [][]byte{{}},
+			want: []received{{[]byte{}, from, false}},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			send(t, sfd, tt.sent...)
+			var got []received
+			for call := 0; len(got) < len(tt.want); call++ {
+				n, err := recvSoon(b, fd)
+				if err != nil || n == 0 || n > capacity {
+					t.Fatalf("Recv call %d = %d, %v; want 1 to %d datagrams (have %d of %d)", call, n, err, capacity, len(got), len(tt.want))
+				}
+				got = append(got, collect(b, n)...)
+				for i := range n {
+					f := b.Framed(i)
+					if diff := cmp.Diff(canary, f[:headroom]); diff != "" {
+						t.Errorf("call %d, datagram %d: headroom changed (-want +got):\n%s", call, i, diff)
+					}
+					if p := b.Packet(i); len(f) != headroom+len(p) || (len(p) > 0 && &f[headroom] != &p[0]) {
+						t.Errorf("call %d: Framed(%d) is not the headroom followed by Packet(%d)", call, i, i)
+					}
+				}
+			}
+			if n, err := b.Recv(fd); n != 0 || err != nil {
+				t.Errorf("Recv after the last datagram = %d, %v; want 0, nil", n, err)
+			}
+			if diff := cmp.Diff(tt.want, got, equateAddrPort); diff != "" {
+				t.Errorf("received (-want +got):\n%s", diff)
+			}
+		})
+	}
+
+	t.Run("bad descriptor", func(t *testing.T) {
+		if n, err := b.Recv(-1); n != 0 || !errors.Is(err, unix.EBADF) {
+			t.Errorf("Recv(-1) = %d, %v; want 0, EBADF", n, err)
+		}
+	})
+}
+
+// recvSoon calls Recv until it returns datagrams or an error, for up to a
+// second: loopback delivery normally completes within the sending call, but
+// nothing promises it.
+func recvSoon(b *rawio.Batch, fd int) (int, error) {
+	deadline := time.Now().Add(time.Second)
+	for {
+		n, err := b.Recv(fd)
+		if err != nil || n > 0 || time.Now().After(deadline) {
+			return n, err
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// readAll reads n datagrams from c, then checks that no further one arrives
+// within a short wait.
+func readAll(t *testing.T, c *net.UDPConn, n int) [][]byte {
+	t.Helper()
+	var got [][]byte
+	buf := make([]byte, 1<<16)
+	for len(got) < n {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		m, _, err := c.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("read datagram %d of %d: %v", len(got), n, err)
+		}
+		got = append(got, append([]byte(nil), buf[:m]...))
+	}
+	c.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
+	if m, _, err := c.ReadFromUDP(buf); err == nil {
+		t.Errorf("datagram of %d bytes after the %d expected", m, n)
+	}
+	return got
+}
+
+func TestQueueFlush(t *testing.T) {
+	recv, _, addr := listen(t)
+	fd, _ := socket(t, 0)
+	dst, port := addr.Addr().As4(), addr.Port()
+
+	q := rawio.NewQueue(5)
+	if q.Cap() != 5 || q.Len() != 0 || q.Full() {
+		t.Fatalf("new queue: Cap %d, Len %d, Full %v; want 5, 0, false", q.Cap(), q.Len(), q.Full())
+	}
+
+	t.Run("empty", func(t *testing.T) {
+		calls := 0
+		if n := q.Flush(fd, func(int, error) { calls++ }); n != 0 || calls != 0 {
+			t.Errorf("Flush of an empty queue = %d with %d errors, want 0 with none", n, calls)
+		}
+	})
+
+	// The third datagram is above the 65507-byte UDP maximum, so the kernel
+	// refuses it (EMSGSIZE) in the middle of the sendmmsg batch.
+	dgrams := [][]byte{dgram(1, 100), dgram(2, 200), dgram(3, 70000), dgram(4, 400), dgram(5, 500)}
+
+	t.Run("a failure in the middle loses only that datagram", func(t *testing.T) {
+		for i, d := range dgrams {
+			if q.Full() {
+				t.Fatalf("Full before Add %d", i)
+			}
+			q.Add(d, dst, port)
+			if q.Len() != i+1 {
+				t.Fatalf("Len after %d Adds = %d", i+1, q.Len())
+			}
+		}
+		if !q.Full() {
+			t.Error("not Full after Cap Adds")
+		}
+		type failure struct {
+			Index int
+			Err   error
+		}
+		var failures []failure
+		n := q.Flush(fd, func(i int, err error) { failures = append(failures, failure{i, err}) })
+		if n != 4 {
+			t.Errorf("Flush = %d, want 4", n)
+		}
+		if diff := cmp.Diff([]failure{{2, unix.EMSGSIZE}}, failures, cmp.Comparer(func(a, b error) bool { return errors.Is(a, b) })); diff != "" {
+			t.Errorf("onError calls (-want +got):\n%s", diff)
+		}
+		if q.Len() != 0 || q.Full() {
+			t.Errorf("after Flush: Len %d, Full %v; want 0, false", q.Len(), q.Full())
+		}
+		want := [][]byte{dgrams[0], dgrams[1], dgrams[3], dgrams[4]}
+		if diff := cmp.Diff(want, readAll(t, recv, len(want))); diff != "" {
+			t.Errorf("received (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("reusable after Flush", func(t *testing.T) {
+		q.Add(dgrams[4], dst, port)
+		q.Add(dgrams[0], dst, port)
+		if n := q.Flush(fd, func(i int, err error) { t.Errorf("onError(%d, %v)", i, err) }); n != 2 {
+			t.Errorf("Flush = %d, want 2", n)
+		}
+		if diff := cmp.Diff([][]byte{dgrams[4], dgrams[0]}, readAll(t, recv, 2)); diff != "" {
+			t.Errorf("received (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("every datagram failing", func(t *testing.T) {
+		q.Add(dgrams[2], dst, port)
+		q.Add(dgrams[2], dst, port)
+		var idx []int
+		if n := q.Flush(fd, func(i int, err error) { idx = append(idx, i) }); n != 0 {
+			t.Errorf("Flush = %d, want 0", n)
+		}
+		if diff := cmp.Diff([]int{0, 1}, idx); diff != "" {
+			t.Errorf("onError indices (-want +got):\n%s", diff)
+		}
+		readAll(t, recv, 0)
+	})
+}
+
+func TestLoop(t *testing.T) {
+	_, fdA, addrA := listen(t)
+	_, fdB, addrB := listen(t)
+	sA, fromA := socket(t, addrA.Port())
+	sB, fromB := socket(t, addrB.Port())
+
+	// Waiting before Loop starts: its first round reads them, A then B.
+	send(t, sA, dgram(1, 10), dgram(2, 20), dgram(3, 30))
+	send(t, sB, dgram(4, 40), dgram(5, 50))
+
+	type call struct {
+		N    int
+		Got  []received
+		Time time.Time
+	}
+	calls := make(chan call, 16)
+	batch := rawio.NewBatch(8, 0, 256)
+	var stop, alive atomic.Bool
+	done := make(chan struct{})
+	fds := []unix.PollFd{{Fd: int32(fdA), Events: unix.POLLIN}, {Fd: int32(fdB), Events: unix.POLLIN}}
+	go func() {
+		defer close(done)
+		rawio.Loop(fds, batch, &stop, &alive, func(n int) {
+			calls <- call{N: n, Got: collect(batch, n), Time: time.Now()}
+		})
+	}()
+	t.Cleanup(func() {
+		stop.Store(true)
+		<-done
+	})
+
+	next := func() call {
+		t.Helper()
+		select {
+		case c := <-calls:
+			return c
+		case <-time.After(2 * time.Second):
+			t.Fatal("handle not called within 2s")
+			return call{}
+		}
+	}
+	opt := cmp.Options{equateAddrPort, cmp.FilterPath(func(p cmp.Path) bool { return p.Last().String() == ".Time" }, cmp.Ignore())}
+	want := []call{
+		{N: 3, Got: []received{{dgram(1, 10), fromA, false}, {dgram(2, 20), fromA, false}, {dgram(3, 30), fromA, false}}},
+		{N: 2, Got: []received{{dgram(4, 40), fromB, false}, {dgram(5, 50), fromB, false}}},
+	}
+	if diff := cmp.Diff(want, []call{next(), next()}, opt); diff != "" {
+		t.Errorf("handle calls (-want +got):\n%s", diff)
+	}
+	if !alive.Load() {
+		t.Error("alive not set after a round")
+	}
+
+	// Idle now, blocked in poll: a datagram must wake it at once, not at
+	// the end of the poll timeout.
+	time.Sleep(20 * time.Millisecond)
+	sent := time.Now()
+	send(t, sB, dgram(6, 60))
+	c := next()
+	if diff := cmp.Diff(call{N: 1, Got: []received{{dgram(6, 60), fromB, false}}}, c, opt); diff != "" {
+		t.Errorf("handle call (-want +got):\n%s", diff)
+	}
+	if d := c.Time.Sub(sent); d > 50*time.Millisecond {
+		t.Errorf("an idle Loop took %v to handle a datagram", d)
+	}
+
+	// Every round sets alive, idle ones included.
+	alive.Store(false)
+	deadline := time.Now().Add(time.Second)
+	for !alive.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("an idle Loop did not set alive within 1s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	// Stopping an idle Loop waits at most for its poll timeout (100 ms).
+	time.Sleep(20 * time.Millisecond)
+	stopped := time.Now()
+	stop.Store(true)
+	select {
+	case <-done:
+		if d := time.Since(stopped); d > 200*time.Millisecond {
+			t.Errorf("idle Loop took %v to stop, want at most 200ms", d)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("idle Loop did not stop within 2s")
+	}
+	select {
+	case c := <-calls:
+		t.Errorf("unexpected handle(%d)", c.N)
+	default:
+	}
+}
+
+func TestAllocs(t *testing.T) {
+	_, fd, addr := listen(t)
+	sfd, _ := socket(t, addr.Port())
+	b := rawio.NewBatch(8, 28, 2048)
+	msg := dgram(0, 1000)
+
+	if n := testing.AllocsPerRun(100, func() {
+		if n, err := b.Recv(fd); n != 0 || err != nil {
+			t.Fatalf("Recv = %d, %v; want 0, nil", n, err)
+		}
+	}); n != 0 {
+		t.Errorf("Recv with nothing waiting: %v allocs per run, want 0", n)
+	}
+
+	// The datagrams are sent inside the measured function too, with a
+	// plain write(2), which allocates nothing itself.
+	if n := testing.AllocsPerRun(100, func() {
+		for range 4 {
+			if _, err := unix.Write(sfd, msg); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := 0
+		for got < 4 {
+			n, err := b.Recv(fd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += n
+		}
+	}); n != 0 {
+		t.Errorf("Recv with data waiting: %v allocs per run, want 0", n)
+	}
+
+	q := rawio.NewQueue(4)
+	qfd, _ := socket(t, 0)
+	dst, port := addr.Addr().As4(), addr.Port()
+	onError := func(i int, err error) { t.Errorf("onError(%d, %v)", i, err) }
+	if n := testing.AllocsPerRun(100, func() {
+		for !q.Full() {
+			q.Add(msg, dst, port)
+		}
+		if n := q.Flush(qfd, onError); n != 4 {
+			t.Fatalf("Flush = %d, want 4", n)
+		}
+		// Drain, so the receive buffer never overflows.
+		for got := 0; got < 4; {
+			n, err := b.Recv(fd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += n
+		}
+	}); n != 0 {
+		t.Errorf("Add+Flush: %v allocs per run, want 0", n)
+	}
+}

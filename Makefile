@@ -11,7 +11,7 @@ COMMANDS   := caplanced caplancectl caplance-healthd
 BENCHTIME  ?= 1s
 FUZZTIME   ?= 30s
 
-.PHONY: all build test bench fuzz lint clean help
+.PHONY: all build test bench fuzz lint demo clean help
 
 all: build
 
@@ -37,6 +37,9 @@ lint: ## gofmt, go vet and staticcheck must be clean
 		if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	staticcheck ./...
+
+demo: build ## As root: balancer + 3 backends in namespaces, 30 requests, a table of who served what
+	$(GO) run ./contrib/demo --caplanced bin/caplanced
 
 clean: ## Remove build output
 	rm -rf bin/

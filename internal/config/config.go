@@ -26,8 +26,8 @@ const DefaultPath = "/etc/caplance/caplanced.toml"
 const (
 	// DefaultEncapPort is the UDP port of the foo-over-UDP tunnel; 5555 is
 	// the port the Linux fou documentation uses in its examples.
-	DefaultEncapPort = 5555
-	DefaultWeight    = 100
+	DefaultEncapPort     = 5555
+	DefaultWeight        = 100
 	DefaultConntrackSize = 1 << 20
 	DefaultTCPTimeout    = 15 * time.Minute
 	DefaultUDPTimeout    = 5 * time.Minute
@@ -111,9 +111,9 @@ type rawConfig struct {
 }
 
 type rawBalancer struct {
-	VIPs      []string         `toml:"vips"`
-	Interface string           `toml:"interface"`
-	Ports     map[string][]int `toml:"ports"`
+	VIPs          []string         `toml:"vips"`
+	Interface     string           `toml:"interface"`
+	Ports         map[string][]int `toml:"ports"`
 	EncapPort     *int             `toml:"encap_port"`
 	TableSize     *int             `toml:"table_size"`
 	Workers       *int             `toml:"workers"`

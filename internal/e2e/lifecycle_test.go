@@ -1,0 +1,134 @@
+package e2e
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/caplance/caplance/internal/nft"
+	"github.com/caplance/caplance/internal/testbed"
+)
+
+// hostState is what caplanced may change on a host.
+type hostState struct {
+	vipOn       string // interface holding the VIP, "" for none
+	nftTable    bool
+	arpIgnore   string
+	arpAnnounce string
+	journal     bool
+}
+
+func readHostState(h testbedHost, runtimeDir string) (hostState, error) {
+	var st hostState
+	err := h.Do(func() error {
+		addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+		if err != nil {
+			return err
+		}
+		for _, a := range addrs {
+			if a.IP.Equal(testbed.VIP.AsSlice()) {
+				l, err := netlink.LinkByIndex(a.LinkIndex)
+				if err != nil {
+					return err
+				}
+				st.vipOn = l.Attrs().Name
+			}
+		}
+		_, err = nft.Counters(nft.CurrentNetNS)
+		st.nftTable = !errors.Is(err, nft.ErrNoTable)
+		ignore, err1 := os.ReadFile("/proc/sys/net/ipv4/conf/all/arp_ignore")
+		announce, err2 := os.ReadFile("/proc/sys/net/ipv4/conf/all/arp_announce")
+		st.arpIgnore, st.arpAnnounce = strings.TrimSpace(string(ignore)), strings.TrimSpace(string(announce))
+		return errors.Join(err1, err2)
+	})
+	_, jerr := os.Stat(filepath.Join(runtimeDir, "host-changes.json"))
+	st.journal = jerr == nil
+	return st, err
+}
+
+func TestLifecycle(t *testing.T) {
+	tb := newTestbed(t)
+	lb, be := tb.Balancer, tb.Backends[0]
+	pristine := hostState{arpIgnore: "0", arpAnnounce: "0"}
+
+	check := func(t *testing.T, what string, h testbedHost, dir string, want hostState) {
+		t.Helper()
+		got, err := readHostState(h, dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != want {
+			t.Errorf("%s: host state %+v, want %+v", what, got, want)
+		}
+	}
+
+	t.Run("running", func(t *testing.T) {
+		check(t, "balancer", tb.LB, lb.RuntimeDir, hostState{vipOn: "eth0", nftTable: true, arpIgnore: "0", arpAnnounce: "0", journal: true})
+		check(t, "backend", be.Host, be.Receiver.RuntimeDir, hostState{vipOn: "lo", arpIgnore: "1", arpAnnounce: "2", journal: true})
+		for _, m := range []string{"STATUS=balancing 1 VIP(s) over 3 backend(s)", "READY=1"} {
+			if !strings.Contains(strings.Join(lb.Messages(), "\n"), m) {
+				t.Errorf("balancer never sent %q; sent %q", m, lb.Messages())
+			}
+		}
+		if !strings.Contains(strings.Join(be.Receiver.Messages(), "\n"), "decapsulation: userspace") {
+			t.Errorf("receiver status does not say user-space decapsulation: %q", be.Receiver.Messages())
+		}
+	})
+
+	t.Run("SIGTERM leaves nothing behind", func(t *testing.T) {
+		if err := errors.Join(lb.Stop(), be.Receiver.Stop()); err != nil {
+			t.Fatal(err)
+		}
+		check(t, "balancer", tb.LB, lb.RuntimeDir, pristine)
+		check(t, "backend", be.Host, be.Receiver.RuntimeDir, pristine)
+		if !strings.Contains(strings.Join(lb.Messages(), "\n"), "STOPPING=1") {
+			t.Errorf("no STOPPING=1 sent: %q", lb.Messages())
+		}
+	})
+
+	t.Run("kill -9, then a restart cleans up and serves", func(t *testing.T) {
+		if err := errors.Join(lb.Restart(tb.LB, caplancedBin), be.Receiver.Restart(be.Host, caplancedBin)); err != nil {
+			t.Fatal(err)
+		}
+		if err := errors.Join(lb.Kill(), be.Receiver.Kill()); err != nil {
+			t.Fatal(err)
+		}
+		check(t, "balancer after kill -9", tb.LB, lb.RuntimeDir, hostState{vipOn: "eth0", nftTable: true, arpIgnore: "0", arpAnnounce: "0", journal: true})
+		check(t, "backend after kill -9", be.Host, be.Receiver.RuntimeDir, hostState{vipOn: "lo", arpIgnore: "1", arpAnnounce: "2", journal: true})
+		if err := errors.Join(lb.Restart(tb.LB, caplancedBin), be.Receiver.Restart(be.Host, caplancedBin)); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []*testbed.Daemon{lb, be.Receiver} {
+			if !strings.Contains(d.Log(), "undoing a change left by an earlier run") {
+				t.Errorf("%s did not log the cleanup of its leftovers:\n%s", d.Name, d.Log())
+			}
+		}
+		client := tb.HTTPClient(false)
+		served := map[string]bool{}
+		for i := range 30 {
+			name, err := testbed.Get(client, "/")
+			if err != nil {
+				t.Fatalf("request %d after the restart: %v", i, err)
+			}
+			served[name] = true
+		}
+		if !served[be.Name] {
+			t.Errorf("the restarted receiver %s served none of 30 requests: %v", be.Name, served)
+		}
+	})
+
+	t.Run("caplanced --cleanup after kill -9", func(t *testing.T) {
+		if err := lb.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		out, err := tb.LB.Command(t.Context(), caplancedBin, "--cleanup", "--runtime-dir", lb.RuntimeDir).CombinedOutput()
+		if err != nil {
+			t.Fatalf("--cleanup: %v\n%s", err, out)
+		}
+		check(t, "balancer after --cleanup", tb.LB, lb.RuntimeDir, pristine)
+	})
+}

@@ -1,0 +1,244 @@
+package testbed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/daemon"
+	"github.com/caplance/caplance/internal/netnstest"
+)
+
+// readyTimeout bounds how long a daemon may take to report READY=1.
+const readyTimeout = 15 * time.Second
+
+// Daemon is one caplanced process.
+type Daemon struct {
+	Name       string
+	ConfigPath string
+	RuntimeDir string
+	LogPath    string
+	cmd        *exec.Cmd
+	exited     chan struct{}
+	notify     *net.UnixConn
+
+	mu       sync.Mutex
+	messages []string // sd_notify datagrams, in order
+	changed  chan struct{}
+}
+
+// StartDaemon writes cfg and starts caplanced on host, waiting for READY=1.
+func (tb *Testbed) StartDaemon(host *netnstest.Host, name, cfg string) (*Daemon, error) {
+	dir, err := tb.dir(name)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{
+		Name:       name,
+		ConfigPath: filepath.Join(dir, "caplanced.toml"),
+		RuntimeDir: filepath.Join(dir, "run"),
+		LogPath:    filepath.Join(dir, "caplanced.log"),
+		exited:     make(chan struct{}),
+		changed:    make(chan struct{}, 1),
+	}
+	if err := os.WriteFile(d.ConfigPath, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(d.RuntimeDir, 0o755); err != nil {
+		return nil, err
+	}
+	return d, d.start(host, tb.opts.Binary)
+}
+
+// Restart starts a stopped or killed daemon again with the same files.
+func (d *Daemon) Restart(host *netnstest.Host, binary string) error {
+	d.exited = make(chan struct{})
+	d.mu.Lock()
+	d.messages = nil
+	d.mu.Unlock()
+	return d.start(host, binary)
+}
+
+func (d *Daemon) start(host *netnstest.Host, binary string) error {
+	sock := filepath.Join(filepath.Dir(d.ConfigPath), "notify.sock")
+	os.Remove(sock)
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		return err
+	}
+	d.notify = conn
+	go d.readNotify(conn)
+	logf, err := os.OpenFile(d.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	d.cmd = host.Command(context.Background(), binary, "--config", d.ConfigPath, "--runtime-dir", d.RuntimeDir)
+	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
+	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	if err := host.Start(d.cmd); err != nil {
+		return err
+	}
+	exited := d.exited
+	go func() { d.cmd.Wait(); conn.Close(); close(exited) }()
+	if err := d.waitFor("READY=1", 0); err != nil {
+		return fmt.Errorf("caplanced %s: %w\n%s", d.Name, err, d.Log())
+	}
+	return nil
+}
+
+func (d *Daemon) readNotify(conn *net.UnixConn) {
+	buf := make([]byte, 4096)
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			return
+		}
+		d.mu.Lock()
+		d.messages = append(d.messages, string(buf[:n]))
+		d.mu.Unlock()
+		select {
+		case d.changed <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// waitFor waits until a notify message after the first skip ones contains
+// state, the process exits, or readyTimeout passes.
+func (d *Daemon) waitFor(state string, skip int) error {
+	deadline := time.After(readyTimeout)
+	for {
+		d.mu.Lock()
+		for _, m := range d.messages[min(skip, len(d.messages)):] {
+			if strings.Contains(m, state) {
+				d.mu.Unlock()
+				return nil
+			}
+		}
+		d.mu.Unlock()
+		select {
+		case <-d.changed:
+		case <-d.exited:
+			return fmt.Errorf("exited (%v) before sending %s", d.cmd.ProcessState, state)
+		case <-deadline:
+			return fmt.Errorf("no %s within %s", state, readyTimeout)
+		}
+	}
+}
+
+// Messages returns the sd_notify datagrams received so far.
+func (d *Daemon) Messages() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.messages...)
+}
+
+// Log returns what the daemon has logged.
+func (d *Daemon) Log() string {
+	data, _ := os.ReadFile(d.LogPath)
+	return string(data)
+}
+
+// Reload writes cfg and sends SIGHUP, then waits for the READY=1 that ends
+// the reload.
+func (d *Daemon) Reload(cfg string) error {
+	if err := os.WriteFile(d.ConfigPath, []byte(cfg), 0o644); err != nil {
+		return err
+	}
+	seen := len(d.Messages())
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		return err
+	}
+	if err := d.waitFor("RELOADING=1", seen); err != nil {
+		return err
+	}
+	return d.waitFor("READY=1", seen)
+}
+
+// Stop sends SIGTERM and waits for a clean exit.
+func (d *Daemon) Stop() error {
+	select {
+	case <-d.exited:
+		return nil
+	default:
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return err
+	}
+	select {
+	case <-d.exited:
+	case <-time.After(10 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.exited
+		return fmt.Errorf("caplanced %s: no exit within 10s of SIGTERM", d.Name)
+	}
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 {
+		return fmt.Errorf("caplanced %s: exit code %d after SIGTERM\n%s", d.Name, code, d.Log())
+	}
+	return nil
+}
+
+// Kill sends SIGKILL, as a crash would, and waits for the process to go.
+func (d *Daemon) Kill() error {
+	if err := d.cmd.Process.Kill(); err != nil {
+		return err
+	}
+	<-d.exited
+	return nil
+}
+
+// Stats returns counters written after since (the stats file is rewritten
+// every second).
+func (d *Daemon) Stats(since time.Time) (daemon.Stats, error) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st, err := daemon.ReadStats(d.RuntimeDir)
+		if err == nil && st.Written.After(since) {
+			return st, nil
+		}
+		if time.Now().After(deadline) {
+			return st, errors.Join(errors.New("no fresh stats within 5s"), err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// DisableTxChecksum turns off transmit checksum offload on the interface of
+// the calling thread's namespace: between veths of one machine no NIC ever
+// fills in the checksums, and a packet the balancer forwards as it is would
+// arrive with a bad one.
+func DisableTxChecksum(iface string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	const ethtoolSTXCSUM = 0x17
+	value := struct{ cmd, data uint32 }{cmd: ethtoolSTXCSUM}
+	var ifr struct {
+		name [unix.IFNAMSIZ]byte
+		data uintptr
+		_    [16]byte
+	}
+	copy(ifr.name[:], iface)
+	ifr.data = uintptr(unsafe.Pointer(&value))
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCETHTOOL, uintptr(unsafe.Pointer(&ifr)))
+	runtime.KeepAlive(&value)
+	if errno != 0 {
+		return fmt.Errorf("disable tx checksum offload on %s: %w", iface, errno)
+	}
+	return nil
+}

@@ -1,0 +1,304 @@
+// Package testbed builds a whole Caplance deployment in a netnstest lab: a
+// client, a balancer and backends on one bridge. Every caplanced is a real
+// process of the built binary, started inside its host's namespace and
+// followed through a real sd_notify socket; every backend runs a receiver,
+// an HTTP server and a UDP echo server on the VIP that answer with the
+// backend's name. The end-to-end tests, `make demo` and the data-path
+// benchmark share it.
+//
+// It owns the lab it builds and the processes and files it starts; it must
+// not touch the root network namespace (netnstest guarantees that).
+package testbed
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/caplance/caplance/internal/netnstest"
+)
+
+// The lab's addresses: RFC 2544's benchmarking range, inside the lab only.
+var (
+	Subnet     = netip.MustParsePrefix("198.18.0.0/24")
+	VIP        = netip.MustParseAddr("198.18.0.100")
+	ClientAddr = netip.MustParseAddr("198.18.0.10")
+	LBAddr     = netip.MustParseAddr("198.18.0.2")
+)
+
+// Service ports on the VIP.
+const (
+	HTTPPort = 80
+	EchoPort = 7
+)
+
+// BackendAddr is the address of backend i (0-based).
+func BackendAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 0, byte(11 + i)}) }
+
+// BackendName is the name of backend i (0-based): be1, be2, …
+func BackendName(i int) string { return fmt.Sprintf("be%d", i+1) }
+
+// Options shape a testbed.
+type Options struct {
+	// Binary is the caplanced to run.
+	Binary string
+	// Prefix names the lab's namespaces (see netnstest.New).
+	Prefix string
+	// Backends is how many backends to build.
+	Backends int
+	// Workers is the balancer's and receivers' worker count; 0: caplanced's default.
+	Workers int
+	// Dir holds configs, runtime directories and logs.
+	Dir string
+}
+
+// Testbed is a running deployment.
+type Testbed struct {
+	Lab      *netnstest.Lab
+	Client   *netnstest.Host
+	LB       *netnstest.Host
+	Backends []*Backend
+	// Balancer is the balancer's caplanced, nil until StartBalancer.
+	Balancer *Daemon
+	opts     Options
+}
+
+// Backend is one backend host with its receiver and servers.
+type Backend struct {
+	Name     string
+	Addr     netip.Addr
+	Host     *netnstest.Host
+	Receiver *Daemon
+	servers  []io.Closer
+}
+
+// New builds the lab and starts every backend's receiver and servers. The
+// balancer is started separately (StartBalancer), so tests can vary it.
+func New(opts Options) (tb *Testbed, err error) {
+	lab, err := netnstest.New(opts.Prefix)
+	if err != nil {
+		return nil, err
+	}
+	tb = &Testbed{Lab: lab, opts: opts}
+	defer func() {
+		if err != nil {
+			tb.Close()
+			tb = nil
+		}
+	}()
+	bits := Subnet.Bits()
+	if tb.Client, err = lab.AddHost("client", netip.PrefixFrom(ClientAddr, bits)); err != nil {
+		return nil, err
+	}
+	// Traffic between namespaces of one machine never gets its checksums
+	// filled in by a NIC; the balancer forwards packets as they are, so the
+	// client must compute them itself.
+	if err := tb.Client.Do(func() error { return DisableTxChecksum("eth0") }); err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	if tb.LB, err = lab.AddHost("lb", netip.PrefixFrom(LBAddr, bits)); err != nil {
+		return nil, err
+	}
+	for i := range opts.Backends {
+		b := &Backend{Name: BackendName(i), Addr: BackendAddr(i)}
+		if b.Host, err = lab.AddHost(b.Name, netip.PrefixFrom(b.Addr, bits)); err != nil {
+			return nil, err
+		}
+		tb.Backends = append(tb.Backends, b)
+		if err := tb.startBackend(b); err != nil {
+			return nil, fmt.Errorf("backend %s: %w", b.Name, err)
+		}
+	}
+	return tb, nil
+}
+
+func (tb *Testbed) startBackend(b *Backend) error {
+	cfg := fmt.Sprintf("[receiver]\nvips = [%q]\nbalancers = [%q]\nworkers = %d\n", VIP, LBAddr, tb.opts.Workers)
+	d, err := tb.StartDaemon(b.Host, b.Name, cfg)
+	if err != nil {
+		return err
+	}
+	b.Receiver = d
+	// The VIP is on lo now, so the servers can bind to it.
+	return b.Host.Do(func() error {
+		ln, err := net.Listen("tcp", netip.AddrPortFrom(VIP, HTTPPort).String())
+		if err != nil {
+			return err
+		}
+		srv := &http.Server{Handler: nameHandler(b.Name), ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(ln)
+		pc, err := net.ListenPacket("udp4", netip.AddrPortFrom(VIP, EchoPort).String())
+		if err != nil {
+			srv.Close()
+			return err
+		}
+		go echo(pc, b.Name)
+		b.servers = append(b.servers, srv, pc)
+		return nil
+	})
+}
+
+// nameHandler answers every request with the backend's name, after reading
+// the whole request body (so large uploads are really transferred).
+func nameHandler(name string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, _ := io.Copy(io.Discard, r.Body)
+		fmt.Fprintf(w, "%s %d\n", name, n)
+	})
+}
+
+// echo answers each datagram with "<name> " followed by the datagram.
+func echo(pc net.PacketConn, name string) {
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		pc.WriteTo(append([]byte(name+" "), buf[:n]...), from)
+	}
+}
+
+// BalancerConfig is the balancer's configuration for the named backends.
+func (tb *Testbed) BalancerConfig(backends []*Backend) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[balancer]\nvips = [%q]\nworkers = %d\n", VIP, tb.opts.Workers)
+	for _, be := range backends {
+		fmt.Fprintf(&b, "\n[[backend]]\nname = %q\naddress = %q\n", be.Name, be.Addr)
+	}
+	return b.String()
+}
+
+// StartBalancer starts the balancer's caplanced with every backend.
+func (tb *Testbed) StartBalancer() error {
+	d, err := tb.StartDaemon(tb.LB, "lb", tb.BalancerConfig(tb.Backends))
+	if err != nil {
+		return err
+	}
+	tb.Balancer = d
+	return nil
+}
+
+// Close stops every daemon (SIGTERM, so they clean up) and removes the lab.
+func (tb *Testbed) Close() error {
+	var errs []error
+	if tb.Balancer != nil {
+		errs = append(errs, tb.Balancer.Stop())
+	}
+	for _, b := range tb.Backends {
+		for _, s := range b.servers {
+			s.Close()
+		}
+		if b.Receiver != nil {
+			errs = append(errs, b.Receiver.Stop())
+		}
+	}
+	errs = append(errs, tb.Lab.Close())
+	return errors.Join(errs...)
+}
+
+// HTTPClient makes HTTP requests from the client host; keepAlive false
+// opens a new connection (a new flow) per request.
+func (tb *Testbed) HTTPClient(keepAlive bool) *http.Client {
+	return &http.Client{
+		Timeout: 10 * time.Second,
+		Transport: &http.Transport{
+			DisableKeepAlives: !keepAlive,
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				var c net.Conn
+				err := tb.Client.Do(func() (err error) {
+					c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+					return err
+				})
+				return c, err
+			},
+		},
+	}
+}
+
+// Get fetches path from the VIP with client and returns the backend's name.
+func Get(client *http.Client, path string) (string, error) {
+	req, err := http.NewRequest(http.MethodGet, vipURL(path), nil)
+	if err != nil {
+		return "", err
+	}
+	return Do(client, req)
+}
+
+// Post uploads body to the VIP and returns the backend's name.
+func Post(client *http.Client, body []byte) (string, error) {
+	req, err := http.NewRequest(http.MethodPost, vipURL("/upload"), bytes.NewReader(body))
+	if err != nil {
+		return "", err
+	}
+	return Do(client, req)
+}
+
+func vipURL(path string) string {
+	return "http://" + netip.AddrPortFrom(VIP, HTTPPort).String() + path
+}
+
+// Do sends req to a backend's HTTP server and returns the backend's name,
+// checking that the backend received the whole request body.
+func Do(client *http.Client, req *http.Request) (string, error) {
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	var name string
+	var n int64
+	if _, err := fmt.Sscanf(string(data), "%s %d", &name, &n); err != nil || n != max(req.ContentLength, 0) {
+		return "", fmt.Errorf("unexpected answer %q to a %d-byte body", data, req.ContentLength)
+	}
+	return name, nil
+}
+
+// DialEcho opens a UDP socket on the client, connected to the VIP's echo
+// port: one flow.
+func (tb *Testbed) DialEcho() (*net.UDPConn, error) {
+	var c *net.UDPConn
+	err := tb.Client.Do(func() (err error) {
+		c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(VIP, EchoPort)))
+		return err
+	})
+	return c, err
+}
+
+// Echo sends payload on c and returns the name of the backend that echoed
+// it, checking the echo.
+func Echo(c *net.UDPConn, payload []byte) (string, error) {
+	if _, err := c.Write(payload); err != nil {
+		return "", err
+	}
+	buf := make([]byte, 65536)
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil {
+		return "", err
+	}
+	name, rest, ok := bytes.Cut(buf[:n], []byte(" "))
+	if !ok || !bytes.Equal(rest, payload) {
+		return "", fmt.Errorf("bad echo of a %d-byte datagram: %d bytes", len(payload), n)
+	}
+	return string(name), nil
+}
+
+// dir returns a per-daemon directory under the testbed's Dir.
+func (tb *Testbed) dir(name string) (string, error) {
+	d := filepath.Join(tb.opts.Dir, name)
+	return d, os.MkdirAll(d, 0o755)
+}

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -118,6 +119,31 @@ func TestLifecycle(t *testing.T) {
 		}
 		if !served[be.Name] {
 			t.Errorf("the restarted receiver %s served none of 30 requests: %v", be.Name, served)
+		}
+	})
+
+	t.Run("a second signal cuts the stop short", func(t *testing.T) {
+		logBefore := len(lb.Log())
+		// Idle workers notice a stop within their 100 ms poll, so a second
+		// SIGTERM sent once the first is being handled arrives in time.
+		if err := lb.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the first SIGTERM handled", func() error {
+			if !strings.Contains(lb.Log()[logBefore:], "msg=stopping") {
+				return errors.New("not stopping yet")
+			}
+			return nil
+		})
+		if err := lb.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		code, err := lb.Wait()
+		if err != nil || code != 1 || !strings.Contains(lb.Log(), "second signal") {
+			t.Errorf("exit code %d (%v) after two SIGTERMs, want 1 and a log line:\n%s", code, err, lb.Log())
+		}
+		if err := lb.Restart(tb.LB, caplancedBin); err != nil {
+			t.Fatal(err)
 		}
 	})
 

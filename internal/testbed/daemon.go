@@ -191,6 +191,19 @@ func (d *Daemon) Stop() error {
 	return nil
 }
 
+// Signal sends sig to the daemon.
+func (d *Daemon) Signal(sig os.Signal) error { return d.cmd.Process.Signal(sig) }
+
+// Wait waits up to 10 s for the daemon to exit and returns its exit code.
+func (d *Daemon) Wait() (int, error) {
+	select {
+	case <-d.exited:
+		return d.cmd.ProcessState.ExitCode(), nil
+	case <-time.After(10 * time.Second):
+		return 0, fmt.Errorf("caplanced %s still runs after 10s", d.Name)
+	}
+}
+
 // Kill sends SIGKILL, as a crash would, and waits for the process to go.
 func (d *Daemon) Kill() error {
 	if err := d.cmd.Process.Kill(); err != nil {

@@ -11,7 +11,7 @@ COMMANDS   := caplanced caplancectl caplance-healthd
 BENCHTIME  ?= 1s
 FUZZTIME   ?= 30s
 
-.PHONY: all build test bench fuzz lint demo clean help
+.PHONY: all build test bench bench-dataplane fuzz lint demo clean help
 
 all: build
 
@@ -21,8 +21,11 @@ build: ## Build the three commands into bin/
 test: lint ## Lint, then run every test with the race detector (root tests need root)
 	$(GO) test -race -count=1 ./...
 
-bench: ## Run the benchmarks; each prints its ratio to a baseline measured in the same run
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./internal/...
+bench: ## Run the micro-benchmarks (root for the hot path); each prints its ratio to a same-run baseline
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $$($(GO) list ./internal/... | grep -v /e2e)
+
+bench-dataplane: ## As root: UDP through caplanced vs kernel IP forwarding, same generator, same run
+	$(GO) test -run '^$$' -bench Dataplane -benchtime 1x -count 1 ./internal/e2e/
 
 fuzz: ## Run every fuzz target for FUZZTIME each
 	@set -e; for pkg in $$($(GO) list ./internal/...); do \
@@ -45,4 +48,4 @@ clean: ## Remove build output
 	rm -rf bin/
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'

@@ -199,16 +199,27 @@ type Stats struct {
 
 // Stats sums the per-worker counters.
 func (r *Receiver) Stats() Stats {
-	st := Stats{Drops: map[string]uint64{}}
+	names := DropReasons()
+	st := Stats{Drops: make(map[string]uint64, len(names))}
+	for _, name := range names {
+		st.Drops[name] = 0
+	}
 	for _, w := range r.workers {
 		st.Received += w.received.Load()
 		st.Delivered += w.delivered.Load()
-		for reason := range encap.NumRejects {
-			if reason != int(encap.Accept) {
-				st.Drops[encap.Reject(reason).String()] += w.counts[reason].Load()
-			}
+		for i, name := range names {
+			st.Drops[name] += w.counts[i+1].Load() // counts[0] is Accept
 		}
-		st.Drops["inject_error"] += w.counts[injectFailure].Load()
 	}
 	return st
+}
+
+// DropReasons lists every drop counter name: the encap.Reject reasons, then
+// inject_error.
+func DropReasons() []string {
+	var names []string
+	for reason := 1; reason < encap.NumRejects; reason++ {
+		names = append(names, encap.Reject(reason).String())
+	}
+	return append(names, "inject_error")
 }

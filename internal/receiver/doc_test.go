@@ -1,0 +1,20 @@
+package receiver
+
+import (
+	"os"
+	"strings"
+	"testing"
+)
+
+// Every drop counter is public behaviour (stats.json): caplanced(8) names it.
+func TestManPageDocumentsDropReasons(t *testing.T) {
+	page, err := os.ReadFile("../../man/caplanced.8.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, reason := range DropReasons() {
+		if !strings.Contains(string(page), "**"+reason+"**") {
+			t.Errorf("caplanced(8) does not document the drop counter %s", reason)
+		}
+	}
+}

@@ -192,3 +192,23 @@ func BenchmarkHotPath(b *testing.B) {
 func nsPerPacket(b *testing.B) float64 {
 	return float64(b.Elapsed().Nanoseconds()) / float64(b.N) / batchSize
 }
+
+// TestPortAllowList: packets to a port outside the VIP's allow-list are
+// dropped and counted; allowed ones are forwarded.
+func TestPortAllowList(t *testing.T) {
+	h := newHotPath(t)
+	h.b.cfg.VIPs[0].Ports = []uint16{443} // the client packets go to port 80
+	h.sendBatch(t)
+	h.forwardBatch(t)
+	st := h.b.Stats()
+	if st.Drops["port_not_allowed"] != batchSize || st.Forwarded != 0 {
+		t.Errorf("to a port outside the allow-list: %d dropped as port_not_allowed, %d forwarded; want %d and 0",
+			st.Drops["port_not_allowed"], st.Forwarded, batchSize)
+	}
+	h.b.cfg.VIPs[0].Ports = []uint16{80, 443}
+	h.sendBatch(t)
+	h.forwardBatch(t)
+	if st := h.b.Stats(); st.Forwarded != batchSize {
+		t.Errorf("to an allowed port: %d forwarded, want %d", st.Forwarded, batchSize)
+	}
+}

@@ -91,6 +91,36 @@ func TestForwarding(t *testing.T) {
 		}
 	})
 
+	t.Run("each packet is read by exactly one worker", func(t *testing.T) {
+		before, err := tb.Balancer.Stats(time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		const flows, each = 20, 5
+		for range flows {
+			c, err := tb.DialEcho()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range each {
+				if _, err := testbed.Echo(c, []byte{byte(i)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c.Close()
+		}
+		eventually(t, "balancer counters", func() error {
+			st, err := tb.Balancer.Stats(time.Now())
+			if err != nil {
+				return err
+			}
+			if got := st.Balancer.Received - before.Balancer.Received; got != flows*each {
+				return fmt.Errorf("%d datagrams sent, the workers read %d", flows*each, got)
+			}
+			return nil
+		})
+	})
+
 	t.Run("300 connections spread evenly", func(t *testing.T) {
 		client := tb.HTTPClient(false)
 		count := map[string]int{}

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"errors"
+	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -157,4 +159,27 @@ func TestLifecycle(t *testing.T) {
 		}
 		check(t, "balancer after --cleanup", tb.LB, lb.RuntimeDir, pristine)
 	})
+}
+
+// This kernel has no foo-over-UDP: mode = "kernel" must fail with a clear
+// error and change nothing, while "auto" falls back to user space (every
+// testbed receiver runs in auto mode and says so in its status).
+func TestKernelModeWithoutFOU(t *testing.T) {
+	tb := newTestbed(t)
+	host, err := tb.Lab.AddHost("kern", netip.MustParsePrefix("198.18.0.50/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("[receiver]\nvips = [%q]\nbalancers = [%q]\nmode = \"kernel\"\n", testbed.VIP, testbed.LBAddr)
+	_, err = tb.StartDaemon(host, "kern", cfg)
+	if err == nil || !strings.Contains(err.Error(), "receiver mode kernel: foo-over-UDP port 5555: kernel has no foo-over-UDP") {
+		t.Fatalf("mode kernel on a kernel without fou: got %v, want a clear error", err)
+	}
+	got, err := readHostState(host, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (hostState{arpIgnore: "0", arpAnnounce: "0"}); got != want {
+		t.Errorf("a failed start left %+v, want %+v", got, want)
+	}
 }

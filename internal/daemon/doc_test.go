@@ -1,9 +1,12 @@
-package receiver
+package daemon
 
 import (
 	"os"
 	"strings"
 	"testing"
+
+	"github.com/caplance/caplance/internal/balancer"
+	"github.com/caplance/caplance/internal/receiver"
 )
 
 // Every drop counter is public behaviour (stats.json): caplanced(8) names it.
@@ -12,7 +15,7 @@ func TestManPageDocumentsDropReasons(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, reason := range DropReasons() {
+	for _, reason := range append(balancer.DropReasons(), receiver.DropReasons()...) {
 		if !strings.Contains(string(page), "**"+reason+"**") {
 			t.Errorf("caplanced(8) does not document the drop counter %s", reason)
 		}

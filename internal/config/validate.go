@@ -12,8 +12,6 @@ import (
 	"github.com/caplance/caplance/internal/maglev"
 )
 
-// backendName is the set of names that are safe in a D-Bus object path
-// (after escaping), a file name and a log line.
 var backendName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 // checkSchemes are the health check kinds caplance-healthd knows.
@@ -65,7 +63,7 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 	for _, key := range slices.Sorted(maps.Keys(raw.Ports)) {
 		ports := raw.Ports[key]
 		place := fmt.Sprintf("balancer: ports: %q", key)
-		a, err := unicastIPv4(key)
+		a, err := ParseAddress(key)
 		if err != nil {
 			p.add("%s: %v", place, err)
 			continue
@@ -104,8 +102,8 @@ func validateBackends(raw []rawBackend, bal *Balancer, p *problems) []Backend {
 		case rb.Name == "":
 			place = fmt.Sprintf("backend #%d", i+1)
 			p.add("%s: name: missing", place)
-		case !backendName.MatchString(rb.Name):
-			p.add("%s: name: must be 1-64 characters of A-Z a-z 0-9 . _ -", place)
+		case CheckBackendName(rb.Name) != nil:
+			p.add("%s: name: %v", place, CheckBackendName(rb.Name))
 		case names[rb.Name]:
 			p.add("%s: name: duplicate", place)
 		}
@@ -113,7 +111,7 @@ func validateBackends(raw []rawBackend, bal *Balancer, p *problems) []Backend {
 		b := Backend{Name: rb.Name, Weight: DefaultWeight, Check: rb.Check}
 		if rb.Address == "" {
 			p.add("%s: address: missing", place)
-		} else if a, err := unicastIPv4(rb.Address); err != nil {
+		} else if a, err := ParseAddress(rb.Address); err != nil {
 			p.add("%s: address %q: %v", place, rb.Address, err)
 		} else {
 			if other, dup := addrs[a]; dup {
@@ -126,14 +124,14 @@ func validateBackends(raw []rawBackend, bal *Balancer, p *problems) []Backend {
 			b.Address = a
 		}
 		if rb.Weight != nil {
-			if w := *rb.Weight; w < 0 || w > MaxWeight {
-				p.add("%s: weight %d: must be between 0 and %d", place, w, MaxWeight)
+			if err := CheckWeight(int64(*rb.Weight)); err != nil {
+				p.add("%s: %v", place, err)
 			} else {
-				b.Weight = uint32(w)
+				b.Weight = uint32(*rb.Weight)
 			}
 		}
 		if rb.Check != "" {
-			if err := checkSpec(rb.Check); err != nil {
+			if err := CheckSpec(rb.Check); err != nil {
 				p.add("%s: check %q: %v", place, rb.Check, err)
 			}
 		}
@@ -171,7 +169,7 @@ func validateReceiver(raw rawReceiver, p *problems) *Receiver {
 func addressList(raw []string, place string, p *problems) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range raw {
-		a, err := unicastIPv4(s)
+		a, err := ParseAddress(s)
 		if err != nil {
 			p.add("%s: %q: %v", place, s, err)
 			continue
@@ -185,9 +183,27 @@ func addressList(raw []string, place string, p *problems) []netip.Addr {
 	return out
 }
 
-// unicastIPv4 accepts the addresses a VIP, backend or balancer can have.
-// IPv6 is planned (DESIGN.md) but not carried by the data path yet.
-func unicastIPv4(s string) (netip.Addr, error) {
+// CheckBackendName accepts the names that are safe in a D-Bus object path
+// (after escaping), a file name and a log line.
+func CheckBackendName(name string) error {
+	if !backendName.MatchString(name) {
+		return fmt.Errorf("must be 1-64 characters of A-Z a-z 0-9 . _ -")
+	}
+	return nil
+}
+
+// CheckWeight accepts the weights a backend can have.
+func CheckWeight(w int64) error {
+	if w < 0 || w > MaxWeight {
+		return fmt.Errorf("weight %d: must be between 0 and %d", w, MaxWeight)
+	}
+	return nil
+}
+
+// ParseAddress accepts the addresses a VIP, backend or balancer can have:
+// unicast IPv4, reachable from other hosts. IPv6 is planned (DESIGN.md) but
+// not carried by the data path yet.
+func ParseAddress(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	switch {
 	case err != nil:
@@ -271,9 +287,9 @@ func validInterfaceName(s string) bool {
 	return len(s) <= 15 && !strings.ContainsAny(s, "/: \t\n") && s != "." && s != ".."
 }
 
-// checkSpec rejects what is certainly not a check; caplance-healthd owns the
-// full syntax and reports the finer errors.
-func checkSpec(spec string) error {
+// CheckSpec rejects what is certainly not a health check spec;
+// caplance-healthd owns the full syntax and reports the finer errors.
+func CheckSpec(spec string) error {
 	scheme, _, ok := strings.Cut(spec, "://")
 	if !ok || !slices.Contains(checkSchemes, scheme) {
 		return fmt.Errorf("must start with one of %s://", strings.Join(checkSchemes, "://, "))

@@ -191,15 +191,29 @@ func Wait(fds []unix.PollFd, timeoutMs int) error {
 // stop flag again; it bounds how long stopping waits for an idle loop.
 const idlePoll = 100 * time.Millisecond
 
+// Under load, a loop that finds its sockets empty sleeps briefly instead of
+// blocking in poll: the next read then finds a batch rather than one or two
+// packets, and a wake-up from poll (which costs several µs on a VM) is
+// saved. Measured with make bench-dataplane on 2 vCPUs: blocking in poll at
+// once handled 1.3-2.5 packets per wake-up; the short sleeps raised the
+// forwarding rate by a fifth. After busyRounds empty rounds in a row the
+// loop blocks in poll, so an idle worker costs nothing and the first packet
+// after a pause is handled at once.
+const (
+	busySleep  = 100 * time.Microsecond
+	busyRounds = 20
+)
+
 // Loop reads batches from fds into batch and calls handle with the number of
-// datagrams after each non-empty read, until stop is set; it blocks in poll
-// only when every descriptor is empty, and sets alive on every round so a
-// watchdog can tell a wedged loop. It runs on a locked OS thread: a thread
-// polling its own descriptors measured ~24% cheaper per packet here than
-// parking goroutines on the Go netpoller.
+// datagrams after each non-empty read, until stop is set; it sets alive on
+// every round so a watchdog can tell a wedged loop. It runs on a locked OS
+// thread and polls its own descriptors: measured ~24% cheaper per packet
+// here than parking goroutines on the Go netpoller.
 func Loop(fds []unix.PollFd, batch *Batch, stop, alive *atomic.Bool, handle func(n int)) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	sleep := unix.NsecToTimespec(int64(busySleep))
+	empty := 0
 	for !stop.Load() {
 		alive.Store(true)
 		busy := false
@@ -211,7 +225,13 @@ func Loop(fds []unix.PollFd, batch *Batch, stop, alive *atomic.Bool, handle func
 			busy = true
 			handle(n)
 		}
-		if !busy {
+		switch {
+		case busy:
+			empty = 0
+		case empty < busyRounds:
+			empty++
+			_ = unix.Nanosleep(&sleep, nil)
+		default:
 			_ = Wait(fds, int(idlePoll/time.Millisecond))
 		}
 	}

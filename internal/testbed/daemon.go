@@ -213,6 +213,11 @@ func (d *Daemon) Kill() error {
 	return nil
 }
 
+// PID is the caplanced process's id, for reading its CPU time under /proc
+// (the data-path benchmark does): `ip netns exec` execs caplanced in place,
+// so the process started is caplanced itself.
+func (d *Daemon) PID() int { return d.cmd.Process.Pid }
+
 // Stats returns counters written after since (the stats file is rewritten
 // every second).
 func (d *Daemon) Stats(since time.Time) (daemon.Stats, error) {

@@ -1,0 +1,806 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/balancer"
+	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/netnstest"
+	"github.com/caplance/caplance/internal/rawio"
+	"github.com/caplance/caplance/internal/testbed"
+)
+
+// The data-path benchmark's load: benchFlows UDP flows (source ports
+// benchSrcPort…) to benchDstPort, datagrams of benchPayload bytes, sent in
+// sendmmsg batches of benchBatch; benchWarmup of traffic that is not
+// counted, benchMeasure that is, then benchDrain for what is in flight.
+const (
+	benchFlows   = 256
+	benchPayload = 64
+	benchBatch   = 32
+	benchSrcPort = 20000
+	benchDstPort = 9000
+	benchWarmup  = 300 * time.Millisecond
+	benchMeasure = 2 * time.Second
+	benchDrain   = 200 * time.Millisecond
+	// benchMaxLag bounds how far a paced generator may fall behind its
+	// schedule (after a late wake-up) before it gives up catching up, so a
+	// hiccup costs rate rather than a long burst.
+	benchMaxLag = 5 * time.Millisecond
+	// benchSinkNap is how long a sink sleeps when its socket is empty. It
+	// sleeps on a timer rather than in poll: a sleeper in poll must be woken
+	// by whoever queues the next datagram (the generator's softirq, or
+	// caplanced's sendmmsg), an inter-processor wake-up per burst that would
+	// be charged to the path being measured. 4 MiB of socket buffer holds
+	// far more than a millisecond of traffic.
+	benchSinkNap = time.Millisecond
+)
+
+// The benchmark's addresses besides the testbed's: the sink is backend 0's
+// address, and for kernel forwarding it also holds routedAddr, reached from
+// the client through the balancer host.
+var (
+	sinkAddr   = testbed.BackendAddr(0)
+	routedNet  = netip.MustParsePrefix("198.19.0.0/24")
+	routedAddr = netip.MustParseAddr("198.19.0.1")
+)
+
+// benchMagic starts every payload; the next byte is the phase (warm-up or
+// measured) and the one after the flow's index.
+var benchMagic = []byte("caplbnch")
+
+const (
+	phaseWarm     = 1
+	phaseMeasured = 2
+)
+
+// BenchmarkDataplane sends UDP load from the client through the balancer
+// host to a counting sink, once forwarded by the kernel (IP forwarding in the
+// balancer's namespace) and then by caplanced (raw sockets, encapsulated to
+// the sink's encap port, where a plain UDP socket counts them: no receiver,
+// so only the balancer is measured). Same lab, generator and sink socket code
+// in both, in the same run. It reports delivered packets per second, loss,
+// CPU per delivered packet for the whole machine and for caplanced alone,
+// and caplanced's rate as a fraction of the kernel's. It asserts nothing
+// about speed. Run it with `make bench-dataplane`, or
+//
+//	go test -run '^$' -bench Dataplane -benchtime 1x ./internal/e2e/
+//
+// The sub-benchmarks run in order and depend on the first: kernel
+// forwarding unpaced; caplanced with its default worker count (one per
+// CPU) unpaced, then paced at half the kernel's delivered rate, where
+// nothing should be lost; and caplanced with one worker unpaced, which
+// leaves the other CPU to the generator on a two-CPU machine.
+func BenchmarkDataplane(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("the data-path benchmark needs root (network namespaces)")
+	}
+	dp := newDataplane(b)
+	var kernel *benchResult
+	b.Run("kernel-forwarding/max", func(b *testing.B) {
+		if err := dp.setForwarding(true); err != nil {
+			b.Fatal(err)
+		}
+		defer func() {
+			if err := dp.setForwarding(false); err != nil {
+				b.Error(err)
+			}
+		}()
+		r := dp.run(b, routedAddr, 0)
+		r.report(b, "kernel forwarding, unpaced", nil)
+		kernel = r
+	})
+	b.Run("caplanced/max", func(b *testing.B) {
+		dp.startBalancer(b, 0)
+		dp.run(b, testbed.VIP, 0).report(b, "caplanced, default workers, unpaced", kernel)
+	})
+	b.Run("caplanced/half-kernel-rate", func(b *testing.B) {
+		if kernel == nil {
+			b.Skip("paced at half of kernel-forwarding/max's rate, which did not run")
+		}
+		dp.startBalancer(b, 0)
+		rate := kernel.pps / 2
+		dp.run(b, testbed.VIP, rate).report(b, fmt.Sprintf("caplanced, default workers, paced at %.0f pps", rate), kernel)
+	})
+	b.Run("caplanced-1-worker/max", func(b *testing.B) {
+		dp.startBalancer(b, 1)
+		dp.run(b, testbed.VIP, 0).report(b, "caplanced, 1 worker, unpaced", kernel)
+	})
+}
+
+// dataplane is the benchmark's lab: the testbed's client and balancer host,
+// and a sink host with two counting sockets.
+type dataplane struct {
+	tb        *testbed.Testbed
+	sink      *netnstest.Host
+	balancer  *testbed.Daemon
+	workers   int            // the running balancer's configured workers
+	lbStats   balancer.Stats // the balancer's counters after the last run
+	genFD     int            // the client's IP_HDRINCL socket
+	encapFD   int            // the sink's socket on the encap port
+	routedFD  int            // the sink's socket on routedAddr
+	ksoftirqd []int          // PIDs of the kernel's softirq threads
+}
+
+func newDataplane(b *testing.B) *dataplane {
+	b.Helper()
+	tb, err := testbed.New(testbed.Options{Binary: caplancedBin, Prefix: "dpb", Dir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	dp := &dataplane{tb: tb, genFD: -1, encapFD: -1, routedFD: -1}
+	b.Cleanup(func() {
+		for _, fd := range []int{dp.genFD, dp.encapFD, dp.routedFD} {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+		if dp.balancer != nil {
+			if err := dp.balancer.Stop(); err != nil {
+				b.Error(err)
+			}
+		}
+		if err := tb.Close(); err != nil {
+			b.Error(err)
+		}
+	})
+	if err := dp.setUp(); err != nil {
+		b.Fatal(err)
+	}
+	return dp
+}
+
+// setUp adds the sink, the routes and redirect settings kernel forwarding
+// needs, and opens the generator's and the sinks' sockets.
+func (dp *dataplane) setUp() error {
+	bits := testbed.Subnet.Bits()
+	var err error
+	dp.sink, err = dp.tb.Lab.AddHost("sink", netip.PrefixFrom(sinkAddr, bits), netip.PrefixFrom(routedAddr, 32))
+	if err != nil {
+		return err
+	}
+	client, lb := dp.tb.Client, dp.tb.LB
+	if err := client.AddRoute(routedNet, testbed.LBAddr); err != nil {
+		return err
+	}
+	if err := lb.AddRoute(routedNet, sinkAddr); err != nil {
+		return err
+	}
+	// The balancer host forwards out of the interface a packet came in on,
+	// towards a neighbour of the client: it would send the client ICMP
+	// redirects, and the client would then bypass it.
+	for _, s := range []struct {
+		host       *netnstest.Host
+		path, want string
+	}{
+		{lb, "net/ipv4/conf/all/send_redirects", "0"},
+		{lb, "net/ipv4/conf/eth0/send_redirects", "0"},
+		{client, "net/ipv4/conf/all/accept_redirects", "0"},
+		{client, "net/ipv4/conf/eth0/accept_redirects", "0"},
+	} {
+		if err := s.host.SetSysctl(s.path, s.want); err != nil {
+			return err
+		}
+	}
+	err = client.Do(func() (err error) {
+		dp.genFD, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("client: generator socket: %w", err)
+	}
+	err = dp.sink.Do(func() error {
+		var err error
+		if dp.encapFD, err = countingSocket(netip.AddrPortFrom(sinkAddr, config.DefaultEncapPort)); err != nil {
+			return err
+		}
+		dp.routedFD, err = countingSocket(netip.AddrPortFrom(routedAddr, benchDstPort))
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("sink: %w", err)
+	}
+	dp.ksoftirqd, err = kernelThreads("ksoftirqd/")
+	return err
+}
+
+// countingSocket opens a UDP socket bound to addr with a 4 MiB receive
+// buffer (forced, so whatever the namespace's rmem_max).
+func countingSocket(addr netip.AddrPort) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	err = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20)
+	if err == nil {
+		err = unix.Bind(fd, &unix.SockaddrInet4{Addr: addr.Addr().As4(), Port: int(addr.Port())})
+	}
+	if err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("counting socket on %v: %w", addr, err)
+	}
+	return fd, nil
+}
+
+// setForwarding turns IP forwarding in the balancer host on or off.
+func (dp *dataplane) setForwarding(on bool) error {
+	v := "0"
+	if on {
+		v = "1"
+	}
+	return dp.tb.LB.SetSysctl("net/ipv4/ip_forward", v)
+}
+
+// startBalancer makes caplanced run on the balancer host with workers
+// workers (0: its default), the sink as its one backend, restarting it if it
+// runs with another count.
+func (dp *dataplane) startBalancer(b *testing.B, workers int) {
+	b.Helper()
+	if dp.balancer != nil {
+		if dp.workers == workers {
+			return
+		}
+		err := dp.balancer.Stop()
+		dp.balancer, dp.lbStats = nil, balancer.Stats{}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	cfg := fmt.Sprintf("[balancer]\nvips = [%q]\n", testbed.VIP)
+	if workers > 0 {
+		cfg += fmt.Sprintf("workers = %d\n", workers)
+	}
+	cfg += fmt.Sprintf("\n[[backend]]\nname = \"sink\"\naddress = %q\n", sinkAddr)
+	d, err := dp.tb.StartDaemon(dp.tb.LB, fmt.Sprintf("lb-w%d", workers), cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	dp.balancer, dp.workers = d, workers
+	// The CPU figures read /proc/<pid>: make sure it is caplanced's.
+	if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d.PID())); err != nil || string(comm) != "caplanced\n" {
+		b.Fatalf("process %d is %q (%v), not caplanced", d.PID(), comm, err)
+	}
+}
+
+// benchResult is one run's numbers.
+type benchResult struct {
+	sent, delivered   uint64 // measured phase only
+	offered, pps      float64
+	lossPct           float64
+	machineNsPerPkt   float64
+	caplancedNsPerPkt float64 // 0 for kernel forwarding
+	split             string  // where the machine's CPU went
+	losses            string  // where packets were lost, from counters
+}
+
+// run sends the load to dst, paced at rate packets per second (0: as fast as
+// the generator goes), and counts what reaches the sink.
+func (dp *dataplane) run(b *testing.B, dst netip.Addr, rate float64) *benchResult {
+	b.Helper()
+	viaBalancer := dst == testbed.VIP
+	sinkFD, check := dp.routedFD, checkRouted
+	lbPID := 0
+	if viaBalancer {
+		sinkFD, check = dp.encapFD, checkEncapsulated
+		lbPID = dp.balancer.PID()
+	}
+	before, err := dp.counters()
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	var stop atomic.Bool
+	sinkTID := make(chan int, 1)
+	sunk := make(chan sinkCounts, 1)
+	go func() { sunk <- benchSink(sinkFD, check, &stop, sinkTID) }()
+	probe := cpuProbe{sinkTID: <-sinkTID, lbPID: lbPID, ksoftirqd: dp.ksoftirqd}
+	runStart := probe.sample()
+	gen := benchGenerate(dp.genFD, dst, rate, &probe)
+	time.Sleep(benchDrain)
+	stop.Store(true)
+	counts := <-sunk
+	runEnd := probe.sample()
+	if gen.err != nil {
+		b.Fatalf("generator: %v", gen.err)
+	}
+	after, err := dp.counters()
+	if err != nil {
+		b.Fatal(err)
+	}
+
+	r := &benchResult{
+		sent:      gen.sent,
+		delivered: counts.measured,
+		offered:   float64(gen.sent) / gen.elapsed.Seconds(),
+		pps:       float64(counts.measured) / gen.elapsed.Seconds(),
+	}
+	if counts.measured > gen.sent {
+		b.Errorf("the sink counted %d packets of the measured phase, %d were sent: duplicates", counts.measured, gen.sent)
+	}
+	if gen.sent > 0 {
+		r.lossPct = 100 * (float64(gen.sent) - float64(counts.measured)) / float64(gen.sent)
+	}
+	cpu := gen.end.minus(gen.start)
+	if counts.measured > 0 {
+		r.machineNsPerPkt = float64(cpu.busy) / float64(counts.measured)
+	}
+	r.split = cpu.split(gen.elapsed, counts.measured)
+	totalSent, totalSunk := gen.warmSent+gen.sent, counts.warm+counts.measured
+	losses := []string{
+		fmt.Sprintf("sent %d (send errors %d), sink got %d well-formed (malformed %d)", totalSent, gen.sendErrors, totalSunk, counts.malformed),
+		after.minus(before).String(),
+	}
+	if viaBalancer {
+		st, err := dp.balancer.Stats(time.Now())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if st.Balancer == nil {
+			b.Fatal("the balancer's stats file has no balancer section")
+		}
+		prev := dp.lbStats
+		dp.lbStats = *st.Balancer
+		received, forwarded := st.Balancer.Received-prev.Received, st.Balancer.Forwarded-prev.Forwarded
+		if forwarded > 0 {
+			r.caplancedNsPerPkt = float64(runEnd.lb-runStart.lb) / float64(forwarded)
+		}
+		losses = append(losses, fmt.Sprintf("caplanced received %d forwarded %d", received, forwarded))
+		for reason, n := range st.Balancer.Drops {
+			if d := n - prev.Drops[reason]; d > 0 {
+				losses = append(losses, fmt.Sprintf("caplanced drop %s %d", reason, d))
+			}
+		}
+	}
+	r.losses = strings.Join(losses, "; ")
+	return r
+}
+
+// report reports r's metrics and logs a summary; kernel, when known, is the
+// kernel-forwarding result it is compared with.
+func (r *benchResult) report(b *testing.B, what string, kernel *benchResult) {
+	b.ReportMetric(r.pps, "pps")
+	b.ReportMetric(r.lossPct, "loss-%")
+	b.ReportMetric(r.machineNsPerPkt, "machine-cpu-ns/pkt")
+	var ratio, own string
+	if kernel != nil && kernel.pps > 0 {
+		b.ReportMetric(r.pps/kernel.pps, "x-kernel")
+		ratio = fmt.Sprintf(" = %.2f× kernel forwarding", r.pps/kernel.pps)
+	}
+	if r.caplancedNsPerPkt > 0 {
+		b.ReportMetric(r.caplancedNsPerPkt, "caplanced-cpu-ns/pkt")
+		own = fmt.Sprintf(", caplanced %.0f", r.caplancedNsPerPkt)
+	}
+	b.Logf("%s: offered %.0f pps, delivered %.0f pps%s, loss %.2f%%; CPU per packet: machine %.0f ns%s",
+		what, r.offered, r.pps, ratio, r.lossPct, r.machineNsPerPkt, own)
+	b.Logf("  cpu: %s", r.split)
+	b.Logf("  counters: %s", r.losses)
+}
+
+// genResult is what the generator did.
+type genResult struct {
+	warmSent, sent uint64 // packets of the warm-up and of the measured phase
+	sendErrors     uint64
+	elapsed        time.Duration // of the measured phase
+	start, end     cpuSample     // around the measured phase
+	err            error
+}
+
+// benchGenerate sends benchWarmup of warm-up packets then benchMeasure of
+// measured ones to dst from fd, an IP_HDRINCL socket in the client, on a
+// locked OS thread; it samples the CPU around the measured phase.
+func benchGenerate(fd int, dst netip.Addr, rate float64, probe *cpuProbe) genResult {
+	done := make(chan genResult, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		probe.genTID = unix.Gettid()
+		var g genResult
+		warm, measured := benchPackets(dst, phaseWarm), benchPackets(dst, phaseMeasured)
+		q := rawio.NewQueue(benchBatch)
+		to := dst.As4()
+		onError := func(int, error) { g.sendErrors++ }
+		next := 0
+		// send sends pkts for d, paced at rate, and returns how many went.
+		send := func(pkts [][]byte, d time.Duration) uint64 {
+			var sent uint64
+			start := time.Now()
+			end := start.Add(d)
+			due := start
+			interval := time.Duration(0)
+			if rate > 0 {
+				interval = time.Duration(float64(benchBatch) / rate * float64(time.Second))
+			}
+			for {
+				now := time.Now()
+				if !now.Before(end) {
+					return sent
+				}
+				if interval > 0 {
+					if wait := due.Sub(now); wait > 0 {
+						nap(wait)
+					} else if -wait > benchMaxLag {
+						due = now
+					}
+					due = due.Add(interval)
+				}
+				for range benchBatch {
+					q.Add(pkts[next], to, 0)
+					next = (next + 1) % len(pkts)
+				}
+				sent += uint64(q.Flush(fd, onError))
+			}
+		}
+		g.warmSent = send(warm, benchWarmup)
+		g.start = probe.sample()
+		t0 := time.Now()
+		g.sent = send(measured, benchMeasure)
+		g.elapsed = time.Since(t0)
+		g.end = probe.sample()
+		done <- g
+	}()
+	return <-done
+}
+
+// benchPackets builds one IPv4/UDP packet per flow from the client to dst,
+// with correct header and UDP checksums (IP_HDRINCL sends them as they are;
+// the kernel only fills in the IP ID and header checksum).
+func benchPackets(dst netip.Addr, phase byte) [][]byte {
+	src, to := testbed.ClientAddr.As4(), dst.As4()
+	pkts := make([][]byte, benchFlows)
+	for f := range pkts {
+		p := make([]byte, 20+8+benchPayload)
+		p[0] = 0x45
+		binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+		p[8] = 64
+		p[9] = unix.IPPROTO_UDP
+		copy(p[12:16], src[:])
+		copy(p[16:20], to[:])
+		binary.BigEndian.PutUint16(p[10:], ^benchSum(p[:20], 0))
+		u := p[20:]
+		binary.BigEndian.PutUint16(u[0:], uint16(benchSrcPort+f))
+		binary.BigEndian.PutUint16(u[2:], benchDstPort)
+		binary.BigEndian.PutUint16(u[4:], uint16(len(u)))
+		copy(u[8:], benchMagic)
+		u[8+len(benchMagic)] = phase
+		u[9+len(benchMagic)] = byte(f)
+		binary.BigEndian.PutUint16(u[6:], ^benchSum(u, benchPseudoHeader(p)))
+		pkts[f] = p
+	}
+	return pkts
+}
+
+// benchPseudoHeader is the partial sum of the UDP pseudo-header of the IPv4
+// packet p.
+func benchPseudoHeader(p []byte) uint32 {
+	s := benchSumAdd(p[12:20], 0)
+	return s + unix.IPPROTO_UDP + uint32(len(p)-int(p[0]&0xf)*4)
+}
+
+func benchSumAdd(b []byte, s uint32) uint32 {
+	for ; len(b) >= 2; b = b[2:] {
+		s += uint32(b[0])<<8 | uint32(b[1])
+	}
+	if len(b) == 1 {
+		s += uint32(b[0]) << 8
+	}
+	return s
+}
+
+// benchSum is the folded one's-complement sum of b plus s (not inverted).
+func benchSum(b []byte, s uint32) uint16 {
+	s = benchSumAdd(b, s)
+	for s > 0xffff {
+		s = s&0xffff + s>>16
+	}
+	return uint16(s)
+}
+
+// sinkCounts is what a sink counted.
+type sinkCounts struct {
+	warm, measured uint64 // well-formed datagrams of each phase
+	malformed      uint64
+}
+
+// benchSink counts the datagrams on fd, on a locked OS thread whose thread id
+// it sends on tid, until stop is set and the socket is empty. check returns
+// a well-formed datagram's phase, or 0.
+func benchSink(fd int, check func(b *rawio.Batch, i int) byte, stop *atomic.Bool, tid chan<- int) sinkCounts {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	tid <- unix.Gettid()
+	var c sinkCounts
+	batch := rawio.NewBatch(64, 0, 2048)
+	for {
+		n, err := batch.Recv(fd)
+		if err != nil || n == 0 {
+			if stop.Load() {
+				return c
+			}
+			nap(benchSinkNap)
+			continue
+		}
+		for i := range n {
+			switch check(batch, i) {
+			case phaseWarm:
+				c.warm++
+			case phaseMeasured:
+				c.measured++
+			default:
+				c.malformed++
+			}
+		}
+	}
+}
+
+// nap sleeps d on the calling thread, in nanosleep: its own timer wakes it,
+// with no help from the Go scheduler's.
+func nap(d time.Duration) {
+	ts := unix.NsecToTimespec(int64(d))
+	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
+	}
+}
+
+// checkRouted checks a datagram that kernel forwarding delivered (the
+// kernel has verified its checksums) and returns its phase.
+func checkRouted(b *rawio.Batch, i int) byte {
+	if b.Truncated(i) || b.Source(i).Addr() != testbed.ClientAddr {
+		return 0
+	}
+	return checkPayload(b.Packet(i), b.Source(i).Port())
+}
+
+// checkEncapsulated checks a datagram caplanced sent to the encap port: it
+// comes from the balancer and carries the client's packet, whose IP and UDP
+// checksums nobody has verified yet, so they are verified here.
+func checkEncapsulated(b *rawio.Batch, i int) byte {
+	p := b.Packet(i)
+	if b.Truncated(i) || b.Source(i).Addr() != testbed.LBAddr || len(p) != 20+8+benchPayload ||
+		p[0] != 0x45 || int(binary.BigEndian.Uint16(p[2:])) != len(p) || p[9] != unix.IPPROTO_UDP ||
+		binary.BigEndian.Uint16(p[6:])&0x3fff != 0 || benchSum(p[:20], 0) != 0xffff ||
+		netip.AddrFrom4([4]byte(p[12:16])) != testbed.ClientAddr || netip.AddrFrom4([4]byte(p[16:20])) != testbed.VIP {
+		return 0
+	}
+	u := p[20:]
+	if binary.BigEndian.Uint16(u[2:]) != benchDstPort || int(binary.BigEndian.Uint16(u[4:])) != len(u) ||
+		binary.BigEndian.Uint16(u[6:]) == 0 || benchSum(u, benchPseudoHeader(p)) != 0xffff {
+		return 0
+	}
+	return checkPayload(u[8:], binary.BigEndian.Uint16(u[0:]))
+}
+
+// checkPayload checks the payload of a datagram from source port sport.
+func checkPayload(p []byte, sport uint16) byte {
+	m := len(benchMagic)
+	if len(p) != benchPayload || !bytes.Equal(p[:m], benchMagic) || int(sport)-benchSrcPort != int(p[m+1]) {
+		return 0
+	}
+	return p[m]
+}
+
+// cpuProbe samples where CPU time goes: the whole machine, the generator's
+// and the sink's threads, caplanced and the kernel's softirq threads.
+type cpuProbe struct {
+	genTID, sinkTID int
+	lbPID           int // 0: no caplanced
+	ksoftirqd       []int
+}
+
+// cpuSample is a cpuProbe's reading; the machine's figures are all CPUs'.
+type cpuSample struct {
+	busy, softirq            time.Duration // /proc/stat: busy excludes idle, iowait and steal
+	gen, sink, lb, ksoftirqd time.Duration
+	// caplanced's user and system time (/proc/<pid>/stat, all threads) and
+	// how many times its threads were scheduled in.
+	lbUser, lbSys time.Duration
+	lbRuns        uint64
+}
+
+func (s cpuSample) minus(o cpuSample) cpuSample {
+	return cpuSample{
+		busy: s.busy - o.busy, softirq: s.softirq - o.softirq,
+		gen: s.gen - o.gen, sink: s.sink - o.sink, lb: s.lb - o.lb, ksoftirqd: s.ksoftirqd - o.ksoftirqd,
+		lbUser: s.lbUser - o.lbUser, lbSys: s.lbSys - o.lbSys, lbRuns: s.lbRuns - o.lbRuns,
+	}
+}
+
+// split describes a difference of samples over wall time d, which moved
+// pkts packets, in shares of one CPU.
+func (s cpuSample) split(d time.Duration, pkts uint64) string {
+	pct := func(t time.Duration) string { return fmt.Sprintf("%.0f%%", 100*t.Seconds()/d.Seconds()) }
+	other := s.busy - s.gen - s.sink - s.lb - s.ksoftirqd
+	out := fmt.Sprintf("machine busy %s of %d00%% (softirq %s): generator %s, sink %s, caplanced %s, ksoftirqd %s, rest %s",
+		pct(s.busy), runtime.NumCPU(), pct(s.softirq), pct(s.gen), pct(s.sink), pct(s.lb), pct(s.ksoftirqd), pct(other))
+	if s.lbRuns > 0 {
+		out += fmt.Sprintf("; caplanced user %s system %s, %.1f packets per time scheduled", pct(s.lbUser), pct(s.lbSys), float64(pkts)/float64(s.lbRuns))
+	}
+	return out
+}
+
+// sample reads the counters; a figure it cannot read stays 0.
+func (p *cpuProbe) sample() cpuSample {
+	var s cpuSample
+	if data, err := os.ReadFile("/proc/stat"); err == nil {
+		line, _, _ := strings.Cut(string(data), "\n")
+		// cpu user nice system idle iowait irq softirq steal guest guest_nice,
+		// in USER_HZ (1/100 s); guest time is already in user.
+		f := strings.Fields(line)
+		tick := func(i int) time.Duration {
+			if i >= len(f) {
+				return 0
+			}
+			v, _ := strconv.ParseUint(f[i], 10, 64)
+			return time.Duration(v) * 10 * time.Millisecond
+		}
+		s.busy = tick(1) + tick(2) + tick(3) + tick(6) + tick(7)
+		s.softirq = tick(7)
+	}
+	s.gen, _ = readSchedstat(fmt.Sprintf("/proc/self/task/%d/schedstat", p.genTID))
+	s.sink, _ = readSchedstat(fmt.Sprintf("/proc/self/task/%d/schedstat", p.sinkTID))
+	if p.lbPID != 0 {
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", p.lbPID))
+		for _, t := range tasks {
+			run, runs := readSchedstat(t)
+			s.lb += run
+			s.lbRuns += runs
+		}
+		if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.lbPID)); err == nil {
+			// Fields 14 and 15, utime and stime in USER_HZ, counted from
+			// the one after the state (field 3), which follows the name.
+			st := string(data)
+			f := strings.Fields(st[strings.LastIndexByte(st, ')')+1:])
+			if len(f) > 12 {
+				u, _ := strconv.ParseUint(f[11], 10, 64)
+				k, _ := strconv.ParseUint(f[12], 10, 64)
+				s.lbUser, s.lbSys = time.Duration(u)*10*time.Millisecond, time.Duration(k)*10*time.Millisecond
+			}
+		}
+	}
+	for _, pid := range p.ksoftirqd {
+		run, _ := readSchedstat(fmt.Sprintf("/proc/%d/schedstat", pid))
+		s.ksoftirqd += run
+	}
+	return s
+}
+
+// readSchedstat returns the CPU time a task has run and how many times it
+// was scheduled in, from its schedstat file (softirq work done on the
+// task's time is included: this kernel does not account IRQ time apart).
+func readSchedstat(path string) (time.Duration, uint64) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, 0
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return 0, 0
+	}
+	run, _ := strconv.ParseInt(f[0], 10, 64)
+	runs, _ := strconv.ParseUint(f[2], 10, 64)
+	return time.Duration(run), runs
+}
+
+// kernelThreads returns the PIDs of the kernel threads whose name starts
+// with prefix.
+func kernelThreads(prefix string) ([]int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		comm, err := os.ReadFile(filepath.Join("/proc", e.Name(), "comm"))
+		if err == nil && strings.HasPrefix(string(comm), prefix) {
+			pids = append(pids, pid)
+		}
+	}
+	if len(pids) == 0 {
+		return nil, errors.New("no " + prefix + " kernel threads found")
+	}
+	return pids, nil
+}
+
+// dropCounters are the kernel's loss counters along the path: the
+// balancer host's raw sockets and forwarding, the sink's UDP receive
+// errors, and the machine's per-CPU input backlogs (veth delivers into them).
+type dropCounters struct {
+	lbRawDrops, lbForwarded          uint64
+	sinkRcvbufErrors, sinkCsumErrors uint64
+	backlogDrops                     uint64
+}
+
+func (c dropCounters) minus(o dropCounters) dropCounters {
+	return dropCounters{
+		lbRawDrops: c.lbRawDrops - o.lbRawDrops, lbForwarded: c.lbForwarded - o.lbForwarded,
+		sinkRcvbufErrors: c.sinkRcvbufErrors - o.sinkRcvbufErrors, sinkCsumErrors: c.sinkCsumErrors - o.sinkCsumErrors,
+		backlogDrops: c.backlogDrops - o.backlogDrops,
+	}
+}
+
+func (c dropCounters) String() string {
+	return fmt.Sprintf("balancer host: kernel forwarded %d, raw socket drops %d; sink: rcvbuf errors %d, checksum errors %d; input backlog drops %d",
+		c.lbForwarded, c.lbRawDrops, c.sinkRcvbufErrors, c.sinkCsumErrors, c.backlogDrops)
+}
+
+// counters reads the dropCounters (each host's /proc/net inside its
+// namespace: /proc/thread-self/net is the calling thread's).
+func (dp *dataplane) counters() (dropCounters, error) {
+	var c dropCounters
+	err := dp.tb.LB.Do(func() error {
+		raw, err := os.ReadFile("/proc/thread-self/net/raw")
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n")[1:] {
+			f := strings.Fields(line)
+			v, _ := strconv.ParseUint(f[len(f)-1], 10, 64)
+			c.lbRawDrops += v
+		}
+		c.lbForwarded, err = readSNMP("Ip", "ForwDatagrams")
+		return err
+	})
+	if err != nil {
+		return c, fmt.Errorf("balancer host counters: %w", err)
+	}
+	err = dp.sink.Do(func() (err error) {
+		if c.sinkRcvbufErrors, err = readSNMP("Udp", "RcvbufErrors"); err != nil {
+			return err
+		}
+		c.sinkCsumErrors, err = readSNMP("Udp", "InCsumErrors")
+		return err
+	})
+	if err != nil {
+		return c, fmt.Errorf("sink counters: %w", err)
+	}
+	// Second column of each CPU's line, in hex.
+	data, err := os.ReadFile("/proc/net/softnet_stat")
+	if err != nil {
+		return c, err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		if f := strings.Fields(line); len(f) > 1 {
+			v, _ := strconv.ParseUint(f[1], 16, 64)
+			c.backlogDrops += v
+		}
+	}
+	return c, nil
+}
+
+// readSNMP reads one counter of the calling thread's namespace from
+// /proc/net/snmp, whose sections are a line of names then a line of values.
+func readSNMP(section, name string) (uint64, error) {
+	data, err := os.ReadFile("/proc/thread-self/net/snmp")
+	if err != nil {
+		return 0, err
+	}
+	lines := strings.Split(string(data), "\n")
+	for i := 0; i+1 < len(lines); i++ {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != section+":" || len(values) != len(names) || values[0] != section+":" {
+			continue
+		}
+		for j, n := range names {
+			if n == name {
+				return strconv.ParseUint(values[j], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("/proc/net/snmp: no %s %s", section, name)
+}

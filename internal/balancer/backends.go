@@ -37,8 +37,9 @@ func (s State) String() string {
 
 // Backend is one backend as the data path needs it.
 type Backend struct {
-	// ID is stable for the backend's whole life and never reused, so that
-	// connection tracking can tell a returning name from the old backend.
+	// ID identifies the backend in connection tracking. The daemon keeps it
+	// stable for a name, so flows keep their backend across table changes;
+	// it is never given to another name.
 	ID      uint32
 	Name    string
 	Address netip.Addr

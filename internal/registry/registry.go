@@ -1,0 +1,928 @@
+// Package registry owns the live backend set of a balancer: the backends of
+// the configuration file and those added at run time over D-Bus, each with
+// its weight, admin state (active or drained), health (unknown, up or down,
+// with a detail), health check spec and origin, and the state file that
+// makes run-time changes survive a restart.
+//
+// Every change is validated, then applied to the data path through the
+// apply callback given to Open, then written to the state file if it
+// touches what the file keeps, and only then committed and announced to the
+// watchers. A refused or failed change leaves the backend set, the data
+// path and the state file exactly as they were.
+//
+// It must not touch D-Bus, sockets or the kernel: the apply callback and
+// the watchers do that. The only file it touches is the state file.
+//
+// # What survives a restart
+//
+//   - Backends of the configuration file come from the file at every start
+//     and reload; the registry never writes the configuration file.
+//   - A backend added at run time without the runtime option is written to
+//     the state file and restored at start; with the runtime option it lasts
+//     until caplanced stops, and so does everything about it.
+//   - Weight and drain changes (SetWeight, Drain, Undrain) are overrides, to
+//     backends of the configuration file and run-time ones alike. Overrides
+//     of backends that survive a restart are written to the state file and
+//     re-applied at start and at every reload, over the configuration file's
+//     weight. Setting a weight back to the backend's own (configured or
+//     registered) weight removes the weight override, so the configuration
+//     file governs it again; Undrain removes the drain override. An override
+//     goes away with its backend: when the backend is removed, or when a
+//     reload or start no longer has it.
+//   - Health is never written: caplance-healthd reports it again. It starts
+//     as unknown, which counts as up (a backend without a health checker is
+//     in rotation), and goes back to unknown when the backend's address or
+//     check changes.
+//
+// # Precedence
+//
+// A backend of the configuration file wins over a run-time registration of
+// the same name or the same address: the run-time one is dropped, with a
+// warning, at start or at the reload that brings the configuration file's
+// backend, and the state file is rewritten without it. Overrides are kept by
+// name, so a drained run-time backend that moves into the configuration file
+// stays drained.
+//
+// Remove refuses backends of the configuration file (remove them there and
+// reload, or drain them, or set their weight to 0): a removal that the next
+// reload or restart silently undid would surprise.
+//
+// # IDs
+//
+// Each backend name gets a data-path ID the first time the registry sees it
+// and keeps it for the registry's life, across weight, drain, health and
+// address changes and across removal and re-adding, so that connection
+// tracking keeps established flows; an ID is never given to another name.
+//
+// # State file
+//
+// JSON, written atomically (a temporary file in the same directory, fsync,
+// rename, fsync of the directory) and decoded strictly:
+//
+//	{
+//	  "version": 1,
+//	  "backends": [
+//	    {"name": "web9", "address": "10.0.1.19", "weight": 100, "check": "tcp://:80"}
+//	  ],
+//	  "overrides": {
+//	    "web1": {"weight": 50, "drained": true}
+//	  }
+//	}
+//
+// It is created by the first change that needs it; a missing file is an
+// empty one. A file that cannot be read, decoded or validated (unknown
+// fields, a missing version or one other than 1, a malformed name, address,
+// weight or check, a name or address listed twice) makes Open fail with an
+// error naming the file: fix it, or move it away to start without it.
+//
+// # Concurrency
+//
+// A Registry is safe for concurrent use. Changes are serialized: the apply
+// callback is never called concurrently, and whenever no change is under
+// way, the set it last installed is the set List returns. Watchers are
+// called in commit order, one at a time, without the registry's locks held.
+package registry
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/caplance/caplance/internal/balancer"
+	"github.com/caplance/caplance/internal/config"
+)
+
+// AdminState is what the operator asked of a backend.
+type AdminState string
+
+// Admin states.
+const (
+	AdminActive  AdminState = "active"
+	AdminDrained AdminState = "drained"
+)
+
+// Health is what caplance-healthd last reported of a backend.
+type Health string
+
+// Health values. HealthUnknown (nothing reported yet) counts as up.
+const (
+	HealthUnknown Health = "unknown"
+	HealthUp      Health = "up"
+	HealthDown    Health = "down"
+)
+
+// Source says where a backend was defined.
+type Source string
+
+// Sources.
+const (
+	SourceConfig  Source = "config"
+	SourceRuntime Source = "runtime"
+)
+
+// Backend is one backend as the registry knows it.
+type Backend struct {
+	// ID is the data path's ID of the name: see the package comment.
+	ID           uint32
+	Name         string
+	Address      netip.Addr
+	Weight       uint32
+	Admin        AdminState
+	Health       Health
+	HealthDetail string
+	// Check is the health check spec, "" for none.
+	Check  string
+	Source Source
+	// Persistent says whether the backend survives a restart of caplanced:
+	// true for the configuration file's backends and for run-time ones
+	// added without the runtime option.
+	Persistent bool
+}
+
+// AddOptions are Add's optional settings.
+type AddOptions struct {
+	// Weight is nil for config.DefaultWeight.
+	Weight *uint32
+	// Check is a health check spec, "" for none.
+	Check string
+	// Runtime keeps the backend out of the state file: it lasts until
+	// caplanced stops.
+	Runtime bool
+}
+
+// The kinds of error. Every error the registry returns wraps exactly one of
+// them (test with errors.Is); its message says what was wrong.
+var (
+	// ErrInvalidArgument: a malformed argument, or a change that makes no
+	// sense in the backend's state.
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrNotFound: no backend of that name.
+	ErrNotFound = errors.New("no such backend")
+	// ErrAlreadyExists: a backend of that name or address exists already.
+	ErrAlreadyExists = errors.New("already exists")
+	// ErrFailed: the change was valid but could not be made (the data path
+	// refused it, or the state file could not be written); nothing changed.
+	// It wraps the cause as well.
+	ErrFailed = errors.New("failed")
+)
+
+// regError is the registry's error: a kind (one of the Err* sentinels), a
+// message for a person, and for ErrFailed the cause.
+type regError struct {
+	kind  error
+	msg   string
+	cause error
+}
+
+func (e *regError) Error() string { return e.msg }
+
+// Unwrap gives the kind and the cause, for errors.Is and errors.As.
+func (e *regError) Unwrap() []error {
+	if e.cause != nil {
+		return []error{e.kind, e.cause}
+	}
+	return []error{e.kind}
+}
+
+func errorf(kind error, format string, args ...any) error {
+	return &regError{kind: kind, msg: fmt.Sprintf(format, args...)}
+}
+
+func failed(cause error, format string, args ...any) error {
+	return &regError{kind: ErrFailed, msg: fmt.Sprintf(format, args...), cause: cause}
+}
+
+// ChangeKind says what happened to a backend.
+type ChangeKind int
+
+// Change kinds.
+const (
+	Added ChangeKind = iota + 1
+	Removed
+	Updated
+)
+
+func (k ChangeKind) String() string {
+	switch k {
+	case Added:
+		return "added"
+	case Removed:
+		return "removed"
+	case Updated:
+		return "updated"
+	}
+	return fmt.Sprintf("ChangeKind(%d)", int(k))
+}
+
+// Change is one committed change of one backend.
+type Change struct {
+	Kind ChangeKind
+	// Backend is the backend after the change; for Removed, before it.
+	Backend Backend
+	// Fields are, for Updated, the names of the properties that changed,
+	// as D-Bus calls them, in this order: Address, Weight, AdminState,
+	// Health, HealthDetail, Check, Source, Persistent.
+	Fields []string
+}
+
+// registration is a backend as defined, before overrides and health.
+type registration struct {
+	address netip.Addr
+	weight  uint32
+	check   string
+	// persistent is only read for run-time backends.
+	persistent bool
+}
+
+// override is a weight or drain change made at run time.
+type override struct {
+	weight    uint32
+	hasWeight bool
+	drained   bool
+}
+
+func (o override) empty() bool { return !o.hasWeight && !o.drained }
+
+type healthReport struct {
+	health Health
+	detail string
+}
+
+// state is one version of everything the registry holds. A committed state
+// is never modified: a change works on a clone.
+type state struct {
+	config    map[string]registration
+	runtime   map[string]registration
+	overrides map[string]override
+	health    map[string]healthReport // absent: unknown
+	// list is derived from the rest by (*Registry).derive: every backend,
+	// sorted by name. In a clone being changed it is still the original's
+	// until derive runs.
+	list []Backend
+}
+
+func newState() *state {
+	return &state{
+		config:    map[string]registration{},
+		runtime:   map[string]registration{},
+		overrides: map[string]override{},
+		health:    map[string]healthReport{},
+	}
+}
+
+func (s *state) clone() *state {
+	return &state{
+		config:    maps.Clone(s.config),
+		runtime:   maps.Clone(s.runtime),
+		overrides: maps.Clone(s.overrides),
+		health:    maps.Clone(s.health),
+		// Shared, never modified: derive replaces it.
+		list: s.list,
+	}
+}
+
+// lookup returns a backend's registration and whether it comes from the
+// configuration file.
+func (s *state) lookup(name string) (reg registration, fromConfig, ok bool) {
+	if reg, ok := s.config[name]; ok {
+		return reg, true, true
+	}
+	reg, ok = s.runtime[name]
+	return reg, false, ok
+}
+
+// get returns the derived backend of that name.
+func (s *state) get(name string) (Backend, bool) {
+	i, ok := slices.BinarySearchFunc(s.list, name, func(b Backend, n string) int { return strings.Compare(b.Name, n) })
+	if !ok {
+		return Backend{}, false
+	}
+	return s.list[i], true
+}
+
+// owner returns the backend using addr, if any.
+func (s *state) owner(addr netip.Addr) (string, bool) {
+	for _, b := range s.list {
+		if b.Address == addr {
+			return b.Name, true
+		}
+	}
+	return "", false
+}
+
+// event is a change waiting for delivery, with the watchers registered when
+// it was committed.
+type event struct {
+	change   Change
+	watchers []func(Change)
+}
+
+// Registry is the live backend set. It is safe for concurrent use.
+type Registry struct {
+	statePath string
+	vips      []netip.Addr
+	apply     func([]balancer.Backend) error
+
+	// opMu serializes changes: validation, apply, the state file and the
+	// commit. The fields below it are only used with it held.
+	opMu   sync.Mutex
+	ids    map[string]uint32
+	nextID uint32
+	// applied is the set the data path has; nil when unknown (a failed
+	// rollback), which makes the next change apply unconditionally.
+	applied []balancer.Backend
+	// onDisk is the state file's content (canonical encoding), nil when the
+	// file does not exist; diskUnknown is set when a failed rollback left it
+	// unknown, which makes the next change write it unconditionally.
+	onDisk      []byte
+	diskUnknown bool
+
+	// mu guards cur, pending and watchers; it is held only briefly, never
+	// across apply, the state file or a watcher.
+	mu       sync.Mutex
+	cur      *state
+	pending  []event
+	watchers []func(Change)
+
+	// notifyMu makes one goroutine at a time deliver pending events.
+	notifyMu sync.Mutex
+}
+
+// Open builds the registry from the configuration file's backends and the
+// state file at statePath, applies the set once through apply, and returns
+// it with warnings for the log (run-time registrations or overrides in the
+// state file that no longer fit and were dropped).
+//
+// vips are the balancer's VIPs: no backend may have one as its address.
+// apply must install the set it is given in the data path, all or nothing:
+// when it returns an error the data path must still have the previous set.
+// It is called with the registry's change lock held, never concurrently; it
+// may call List and Get (which return the previous set) but must not change
+// the registry.
+func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func([]balancer.Backend) error) (*Registry, []string, error) {
+	if statePath == "" {
+		return nil, nil, errorf(ErrInvalidArgument, "no state file path given")
+	}
+	r := &Registry{
+		statePath: statePath,
+		vips:      slices.Clone(vips),
+		apply:     apply,
+		ids:       map[string]uint32{},
+		cur:       newState(),
+	}
+	r.cur.list = []Backend{}
+	next := newState()
+	if err := r.setConfig(next, cfg); err != nil {
+		return nil, nil, err
+	}
+	file, onDisk, err := readStateFile(statePath)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.onDisk = onDisk
+	warnings := r.restore(next, file)
+	r.derive(next)
+	dp := dataPath(next.list)
+	if err := apply(dp); err != nil {
+		return nil, nil, failed(err, "applying the backend set to the data path: %v", err)
+	}
+	r.applied = dp
+	if enc := encodeState(next); r.needWrite(enc) {
+		if err := writeFileAtomic(statePath, enc); err != nil {
+			warnings = append(warnings, fmt.Sprintf("state file %s: rewriting it without the dropped entries: %v (it will be rewritten at the next change)", statePath, err))
+		} else {
+			r.onDisk = enc
+		}
+	}
+	r.cur = next
+	return r, warnings, nil
+}
+
+// setConfig validates the configuration file's backends and puts them in s.
+func (r *Registry) setConfig(s *state, cfg []config.Backend) error {
+	var problems []string
+	s.config = make(map[string]registration, len(cfg))
+	addrs := map[netip.Addr]string{}
+	for _, b := range cfg {
+		place := fmt.Sprintf("backend %q", b.Name)
+		if err := config.CheckBackendName(b.Name); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: name: %v", place, err))
+		} else if _, dup := s.config[b.Name]; dup {
+			problems = append(problems, fmt.Sprintf("%s: defined twice", place))
+			continue
+		}
+		if a, err := config.ParseAddress(b.Address.String()); err != nil || a != b.Address {
+			problems = append(problems, fmt.Sprintf("%s: address %s: not a unicast IPv4 address", place, b.Address))
+		} else if other, dup := addrs[b.Address]; dup {
+			problems = append(problems, fmt.Sprintf("%s: address %s is already used by backend %q", place, b.Address, other))
+		} else if slices.Contains(r.vips, b.Address) {
+			problems = append(problems, fmt.Sprintf("%s: address %s is a VIP of this balancer (packets would loop)", place, b.Address))
+		}
+		if err := config.CheckWeight(int64(b.Weight)); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", place, err))
+		}
+		if b.Check != "" {
+			if err := config.CheckSpec(b.Check); err != nil {
+				problems = append(problems, fmt.Sprintf("%s: check %q: %v", place, b.Check, err))
+			}
+		}
+		addrs[b.Address] = b.Name
+		s.config[b.Name] = registration{address: b.Address, weight: b.Weight, check: b.Check, persistent: true}
+	}
+	if len(problems) > 0 {
+		return errorf(ErrInvalidArgument, "configuration: %s", strings.Join(problems, "; "))
+	}
+	return nil
+}
+
+// dropConflicts removes the run-time backends that the configuration file's
+// backends (already in s) or the VIPs leave no room for, and says why.
+func (r *Registry) dropConflicts(s *state) []string {
+	var warnings []string
+	cfgAddr := map[netip.Addr]string{}
+	for name, reg := range s.config {
+		cfgAddr[reg.address] = name
+	}
+	for _, name := range slices.Sorted(maps.Keys(s.runtime)) {
+		reg := s.runtime[name]
+		var why string
+		if _, ok := s.config[name]; ok {
+			why = "the configuration file defines a backend of that name, which wins"
+		} else if other, ok := cfgAddr[reg.address]; ok {
+			why = fmt.Sprintf("the configuration file gives its address to backend %q, which wins", other)
+		} else if slices.Contains(r.vips, reg.address) {
+			why = "its address is a VIP of this balancer"
+		} else {
+			continue
+		}
+		delete(s.runtime, name)
+		warnings = append(warnings, fmt.Sprintf("run-time backend %q (%s) dropped: %s", name, reg.address, why))
+	}
+	return warnings
+}
+
+// dropOrphans removes the overrides and health of backends that s no longer
+// has, and names the dropped overrides.
+func dropOrphans(s *state) []string {
+	var warnings []string
+	for _, name := range slices.Sorted(maps.Keys(s.overrides)) {
+		if _, _, ok := s.lookup(name); !ok {
+			warnings = append(warnings, fmt.Sprintf("override of backend %q (%s) dropped: no such backend any more", name, describe(s.overrides[name])))
+			delete(s.overrides, name)
+		}
+	}
+	for name := range s.health {
+		if _, _, ok := s.lookup(name); !ok {
+			delete(s.health, name)
+		}
+	}
+	return warnings
+}
+
+func describe(o override) string {
+	var parts []string
+	if o.hasWeight {
+		parts = append(parts, fmt.Sprintf("weight %d", o.weight))
+	}
+	if o.drained {
+		parts = append(parts, "drained")
+	}
+	return strings.Join(parts, ", ")
+}
+
+// derive fills s.list, giving new names their IDs.
+func (r *Registry) derive(s *state) {
+	list := make([]Backend, 0, len(s.config)+len(s.runtime))
+	add := func(name string, reg registration, src Source, persistent bool) {
+		b := Backend{
+			Name: name, Address: reg.address, Weight: reg.weight,
+			Admin: AdminActive, Health: HealthUnknown, Check: reg.check,
+			Source: src, Persistent: persistent,
+		}
+		if o, ok := s.overrides[name]; ok {
+			if o.hasWeight {
+				b.Weight = o.weight
+			}
+			if o.drained {
+				b.Admin = AdminDrained
+			}
+		}
+		if h, ok := s.health[name]; ok {
+			b.Health, b.HealthDetail = h.health, h.detail
+		}
+		list = append(list, b)
+	}
+	for name, reg := range s.config {
+		add(name, reg, SourceConfig, true)
+	}
+	for name, reg := range s.runtime {
+		add(name, reg, SourceRuntime, reg.persistent)
+	}
+	slices.SortFunc(list, func(a, b Backend) int { return strings.Compare(a.Name, b.Name) })
+	for i := range list {
+		id, ok := r.ids[list[i].Name]
+		if !ok {
+			r.nextID++
+			id = r.nextID
+			r.ids[list[i].Name] = id
+		}
+		list[i].ID = id
+	}
+	s.list = list
+}
+
+// dataPath is the set the balancer gets: Down when reported down, else
+// Draining when drained, else Active; weights as they are (Maglev gives
+// weight 0 no slot).
+func dataPath(list []Backend) []balancer.Backend {
+	out := make([]balancer.Backend, len(list))
+	for i, b := range list {
+		st := balancer.Active
+		switch {
+		case b.Health == HealthDown:
+			st = balancer.Down
+		case b.Admin == AdminDrained:
+			st = balancer.Draining
+		}
+		out[i] = balancer.Backend{ID: b.ID, Name: b.Name, Address: b.Address, Weight: b.Weight, State: st}
+	}
+	return out
+}
+
+// diff lists the changes from old to next: removals, then updates, then
+// additions, each by name.
+func diff(old, next []Backend) []Change {
+	var removed, updated, added []Change
+	i, j := 0, 0
+	for i < len(old) || j < len(next) {
+		switch {
+		case j == len(next) || (i < len(old) && old[i].Name < next[j].Name):
+			removed = append(removed, Change{Kind: Removed, Backend: old[i]})
+			i++
+		case i == len(old) || next[j].Name < old[i].Name:
+			added = append(added, Change{Kind: Added, Backend: next[j]})
+			j++
+		default:
+			if f := changedFields(old[i], next[j]); len(f) > 0 {
+				updated = append(updated, Change{Kind: Updated, Backend: next[j], Fields: f})
+			}
+			i++
+			j++
+		}
+	}
+	return slices.Concat(removed, updated, added)
+}
+
+func changedFields(a, b Backend) []string {
+	var f []string
+	add := func(differ bool, name string) {
+		if differ {
+			f = append(f, name)
+		}
+	}
+	add(a.Address != b.Address, "Address")
+	add(a.Weight != b.Weight, "Weight")
+	add(a.Admin != b.Admin, "AdminState")
+	add(a.Health != b.Health, "Health")
+	add(a.HealthDetail != b.HealthDetail, "HealthDetail")
+	add(a.Check != b.Check, "Check")
+	add(a.Source != b.Source, "Source")
+	add(a.Persistent != b.Persistent, "Persistent")
+	return f
+}
+
+// change runs f on a clone of the current state and makes the result
+// current: apply, state file, commit. f returns an error to refuse the
+// change. what names the change in ErrFailed messages. It returns the
+// committed state (the current one when refused or failed).
+func (r *Registry) change(what string, f func(next *state) error) (*state, error) {
+	r.opMu.Lock()
+	s, err := r.changeLocked(what, f)
+	r.opMu.Unlock()
+	r.deliver()
+	return s, err
+}
+
+func (r *Registry) changeLocked(what string, f func(next *state) error) (*state, error) {
+	cur := r.cur
+	next := cur.clone()
+	if err := f(next); err != nil {
+		return cur, err
+	}
+	dropOrphans(next)
+	// A health result is about an address and a check: it does not carry
+	// over to new ones.
+	for name := range next.health {
+		o, _, _ := cur.lookup(name)
+		n, _, _ := next.lookup(name)
+		if o.address != n.address || o.check != n.check {
+			delete(next.health, name)
+		}
+	}
+	r.derive(next)
+	changes := diff(cur.list, next.list)
+
+	oldDP := dataPath(cur.list)
+	dp := dataPath(next.list)
+	applied := false
+	if r.applied == nil || !slices.Equal(dp, r.applied) {
+		if err := r.apply(dp); err != nil {
+			return cur, failed(err, "%s: the data path refused the change: %v; nothing changed", what, err)
+		}
+		applied = true
+		r.applied = dp
+	}
+	if enc := encodeState(next); r.needWrite(enc) {
+		if err := r.writeState(enc); err != nil {
+			msg := fmt.Sprintf("%s: writing the state file %s: %v; nothing changed", what, r.statePath, err)
+			if r.diskUnknown {
+				msg = fmt.Sprintf("%s: writing the state file %s: %v; the file may hold the change or not, the next change rewrites it", what, r.statePath, err)
+			}
+			if applied {
+				if rerr := r.apply(oldDP); rerr != nil {
+					r.applied = nil
+					msg = fmt.Sprintf("%s: writing the state file %s: %v; then restoring the previous backend set in the data path failed too: %v (the next change retries)", what, r.statePath, err, rerr)
+					err = errors.Join(err, rerr)
+				} else {
+					r.applied = oldDP
+				}
+			}
+			return cur, &regError{kind: ErrFailed, msg: msg, cause: err}
+		}
+	}
+
+	r.mu.Lock()
+	r.cur = next
+	if len(r.watchers) > 0 {
+		for _, c := range changes {
+			r.pending = append(r.pending, event{change: c, watchers: r.watchers})
+		}
+	}
+	r.mu.Unlock()
+	return next, nil
+}
+
+// needWrite says whether the state file must be written to hold enc.
+func (r *Registry) needWrite(enc []byte) bool {
+	if r.diskUnknown {
+		return true
+	}
+	if r.onDisk == nil {
+		return !bytes.Equal(enc, emptyEncoding)
+	}
+	return !bytes.Equal(enc, r.onDisk)
+}
+
+// writeState writes enc to the state file; when it fails after the rename
+// it puts the previous content back, so a failed write changes nothing.
+func (r *Registry) writeState(enc []byte) error {
+	renamed, err := writeFile(r.statePath, enc)
+	if err == nil {
+		r.onDisk, r.diskUnknown = enc, false
+		return nil
+	}
+	if renamed {
+		var rerr error
+		if r.onDisk == nil {
+			rerr = removeFile(r.statePath)
+		} else {
+			rerr = writeFileAtomic(r.statePath, r.onDisk)
+		}
+		if rerr != nil {
+			r.diskUnknown = true
+			err = fmt.Errorf("%w; putting the previous content back: %w", err, rerr)
+		}
+	}
+	return err
+}
+
+// deliver hands pending events to their watchers, in commit order, one
+// goroutine at a time. Every change method calls it after releasing opMu,
+// so its own events have been delivered (by it or by another goroutine)
+// when it returns.
+func (r *Registry) deliver() {
+	r.notifyMu.Lock()
+	defer r.notifyMu.Unlock()
+	for {
+		r.mu.Lock()
+		q := r.pending
+		r.pending = nil
+		r.mu.Unlock()
+		if len(q) == 0 {
+			return
+		}
+		for _, e := range q {
+			for _, fn := range e.watchers {
+				fn(e.change)
+			}
+		}
+	}
+}
+
+// Watch registers fn to be called with every change committed from now on
+// (by every method, including Reload and ReportHealth), in commit order,
+// never concurrently, and never with the registry's locks held, so fn may
+// call List and Get. fn must not change the registry (that would
+// deadlock). A change method returns only after fn has seen its changes.
+// Open announces nothing: read the initial set with List.
+func (r *Registry) Watch(fn func(Change)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	// A new slice each time: queued events keep the watchers they had.
+	r.watchers = append(slices.Clip(r.watchers), fn)
+}
+
+// List returns every backend, sorted by name.
+func (r *Registry) List() []Backend {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.cur.list)
+}
+
+// Get returns the backend of that name.
+func (r *Registry) Get(name string) (Backend, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur.get(name)
+}
+
+// Add registers a run-time backend and puts it in rotation. Without
+// opts.Runtime it is written to the state file and restored at start.
+func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
+	if err := config.CheckBackendName(name); err != nil {
+		return Backend{}, errorf(ErrInvalidArgument, "backend name %q: %v", name, err)
+	}
+	addr, err := config.ParseAddress(address)
+	if err != nil {
+		return Backend{}, errorf(ErrInvalidArgument, "address %q: %v", address, err)
+	}
+	weight := uint32(config.DefaultWeight)
+	if opts.Weight != nil {
+		if err := config.CheckWeight(int64(*opts.Weight)); err != nil {
+			return Backend{}, errorf(ErrInvalidArgument, "%v", err)
+		}
+		weight = *opts.Weight
+	}
+	if opts.Check != "" {
+		if err := config.CheckSpec(opts.Check); err != nil {
+			return Backend{}, errorf(ErrInvalidArgument, "check %q: %v", opts.Check, err)
+		}
+	}
+	if slices.Contains(r.vips, addr) {
+		return Backend{}, errorf(ErrInvalidArgument, "address %s is a VIP of this balancer (packets would loop)", addr)
+	}
+	s, err := r.change(fmt.Sprintf("adding backend %q", name), func(next *state) error {
+		if _, fromConfig, ok := next.lookup(name); ok {
+			if fromConfig {
+				return errorf(ErrAlreadyExists, "backend %q already exists (in the configuration file)", name)
+			}
+			return errorf(ErrAlreadyExists, "backend %q already exists", name)
+		}
+		if other, ok := next.owner(addr); ok {
+			return errorf(ErrAlreadyExists, "address %s is already used by backend %q", addr, other)
+		}
+		next.runtime[name] = registration{address: addr, weight: weight, check: opts.Check, persistent: !opts.Runtime}
+		return nil
+	})
+	if err != nil {
+		return Backend{}, err
+	}
+	b, _ := s.get(name)
+	return b, nil
+}
+
+// Remove takes a run-time backend out, with its overrides. Backends of the
+// configuration file are refused with ErrInvalidArgument.
+func (r *Registry) Remove(name string) error {
+	_, err := r.change(fmt.Sprintf("removing backend %q", name), func(next *state) error {
+		_, fromConfig, ok := next.lookup(name)
+		switch {
+		case !ok:
+			return notFound(name)
+		case fromConfig:
+			return errorf(ErrInvalidArgument, "backend %q is defined in the configuration file: remove it there and reload (or drain it, or set its weight to 0)", name)
+		}
+		delete(next.runtime, name)
+		delete(next.overrides, name)
+		return nil
+	})
+	return err
+}
+
+func notFound(name string) error {
+	return errorf(ErrNotFound, "backend %q: no such backend", name)
+}
+
+// SetWeight changes a backend's weight (0-10000; 0 behaves like drain).
+// The change is an override: see the package comment.
+func (r *Registry) SetWeight(name string, weight int64) error {
+	if err := config.CheckWeight(weight); err != nil {
+		return errorf(ErrInvalidArgument, "backend %q: %v", name, err)
+	}
+	_, err := r.change(fmt.Sprintf("setting the weight of backend %q", name), func(next *state) error {
+		reg, _, ok := next.lookup(name)
+		if !ok {
+			return notFound(name)
+		}
+		o := next.overrides[name]
+		o.weight, o.hasWeight = uint32(weight), uint32(weight) != reg.weight
+		if !o.hasWeight {
+			o.weight = 0
+		}
+		setOverride(next, name, o)
+		return nil
+	})
+	return err
+}
+
+func setOverride(s *state, name string, o override) {
+	if o.empty() {
+		delete(s.overrides, name)
+	} else {
+		s.overrides[name] = o
+	}
+}
+
+// Drain stops new flows to a backend; its established flows continue.
+// Draining a drained backend is refused with ErrInvalidArgument.
+func (r *Registry) Drain(name string) error {
+	return r.setDrained(name, true)
+}
+
+// Undrain puts a drained backend back in rotation. Undraining one that is
+// not drained is refused with ErrInvalidArgument.
+func (r *Registry) Undrain(name string) error {
+	return r.setDrained(name, false)
+}
+
+func (r *Registry) setDrained(name string, drained bool) error {
+	verb := "draining"
+	if !drained {
+		verb = "undraining"
+	}
+	_, err := r.change(fmt.Sprintf("%s backend %q", verb, name), func(next *state) error {
+		if _, _, ok := next.lookup(name); !ok {
+			return notFound(name)
+		}
+		o := next.overrides[name]
+		switch {
+		case drained && o.drained:
+			return errorf(ErrInvalidArgument, "backend %q: already drained", name)
+		case !drained && !o.drained:
+			return errorf(ErrInvalidArgument, "backend %q: not drained", name)
+		}
+		o.drained = drained
+		setOverride(next, name, o)
+		return nil
+	})
+	return err
+}
+
+// ReportHealth records caplance-healthd's verdict on a backend. changed is
+// false when the backend already had that health and detail; then nothing
+// is applied or announced.
+func (r *Registry) ReportHealth(name string, healthy bool, detail string) (changed bool, err error) {
+	h := healthReport{health: HealthDown, detail: detail}
+	word := "down"
+	if healthy {
+		h.health, word = HealthUp, "up"
+	}
+	_, err = r.change(fmt.Sprintf("marking backend %q %s", name, word), func(next *state) error {
+		if _, _, ok := next.lookup(name); !ok {
+			return notFound(name)
+		}
+		if old, ok := next.health[name]; ok && old == h {
+			return nil
+		}
+		next.health[name] = h
+		changed = true
+		return nil
+	})
+	return changed && err == nil, err
+}
+
+// Reload replaces the configuration file's backends with cfg (validated
+// again here). Run-time backends stay, except those that cfg now takes the
+// name or address of; overrides stay for the names that still exist; IDs
+// and health stay for the names that stay (health is reset when the address
+// or check changed). It returns warnings for what was dropped.
+func (r *Registry) Reload(cfg []config.Backend) ([]string, error) {
+	var warnings []string
+	_, err := r.change("reloading the configuration", func(next *state) error {
+		if err := r.setConfig(next, cfg); err != nil {
+			return err
+		}
+		warnings = r.dropConflicts(next)
+		warnings = append(warnings, dropOrphans(next)...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return warnings, nil
+}

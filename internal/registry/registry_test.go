@@ -1,0 +1,506 @@
+package registry
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/caplance/caplance/internal/balancer"
+	"github.com/caplance/caplance/internal/config"
+)
+
+func TestOpen(t *testing.T) {
+	f := newFixture(t, baseConfig())
+	if diff := cmp.Diff(base(), f.r.List(), cmpOpts); diff != "" {
+		t.Errorf("List (-want +got):\n%s", diff)
+	}
+	want := []applyCall{{Set: []balancer.Backend{
+		{ID: 1, Name: "web1", Address: addr("10.0.1.11"), Weight: 100, State: balancer.Active},
+		{ID: 2, Name: "web2", Address: addr("10.0.1.12"), Weight: 200, State: balancer.Active},
+	}, OK: true}}
+	if diff := cmp.Diff(want, f.dp.log(), cmpOpts); diff != "" {
+		t.Errorf("apply calls (-want +got):\n%s", diff)
+	}
+	if got := readState(t, f.path); got != "(missing)" {
+		t.Errorf("Open with nothing to keep wrote the state file:\n%s", got)
+	}
+	if b, ok := f.r.Get("web2"); !ok || b.Name != "web2" {
+		t.Errorf("Get(web2) = %+v, %v", b, ok)
+	}
+	if _, ok := f.r.Get("web9"); ok {
+		t.Errorf("Get(web9) found a backend")
+	}
+}
+
+// TestChanges runs every change method that succeeds and checks the
+// backend set, the announced changes, the state file and the data path.
+func TestChanges(t *testing.T) {
+	web8 := be(3, "web8", "10.0.1.18", 300, fromRuntime(true), check("http://10.0.1.18/health"))
+	web8File := `{"name":"web8","address":"10.0.1.18","weight":300,"check":"http://10.0.1.18/health"}`
+	addWeb8 := func(r *Registry) error {
+		_, err := r.Add("web8", "10.0.1.18", AddOptions{Weight: ptr[uint32](300), Check: "http://10.0.1.18/health"})
+		return err
+	}
+	tests := []struct {
+		name  string
+		setup []func(*Registry) error
+		op    func(*Registry) error
+		want  []Backend
+		// changes are the changes of op alone.
+		changes []Change
+		file    string
+		// applied says whether op called apply.
+		applied bool
+	}{{
+		name:    "add persistent",
+		op:      addWeb8,
+		want:    append(base(), web8),
+		changes: []Change{{Kind: Added, Backend: web8}},
+		file:    file(web8File, ""),
+		applied: true,
+	}, {
+		name: "add runtime with defaults",
+		op: func(r *Registry) error {
+			_, err := r.Add("web9", "10.0.1.19", AddOptions{Runtime: true})
+			return err
+		},
+		want:    append(base(), be(3, "web9", "10.0.1.19", 100, fromRuntime(false))),
+		changes: []Change{{Kind: Added, Backend: be(3, "web9", "10.0.1.19", 100, fromRuntime(false))}},
+		file:    "(missing)",
+		applied: true,
+	}, {
+		name: "add weight 0, IPv4-mapped address",
+		op: func(r *Registry) error {
+			_, err := r.Add("a.b_c-d", "::ffff:10.0.1.20", AddOptions{Weight: ptr[uint32](0)})
+			return err
+		},
+		want:    append([]Backend{be(3, "a.b_c-d", "10.0.1.20", 0, fromRuntime(true))}, base()...),
+		changes: []Change{{Kind: Added, Backend: be(3, "a.b_c-d", "10.0.1.20", 0, fromRuntime(true))}},
+		file:    file(`{"name":"a.b_c-d","address":"10.0.1.20","weight":0}`, ""),
+		applied: true,
+	}, {
+		name:    "remove a drained persistent run-time backend, with its override",
+		setup:   []func(*Registry) error{addWeb8, func(r *Registry) error { return r.Drain("web8") }},
+		op:      func(r *Registry) error { return r.Remove("web8") },
+		want:    base(),
+		changes: []Change{{Kind: Removed, Backend: be(3, "web8", "10.0.1.18", 300, fromRuntime(true), check("http://10.0.1.18/health"), drained)}},
+		file:    file("", ""),
+		applied: true,
+	}, {
+		name: "remove a run-time-only backend",
+		setup: []func(*Registry) error{func(r *Registry) error {
+			_, err := r.Add("web9", "10.0.1.19", AddOptions{Runtime: true})
+			return err
+		}},
+		op:      func(r *Registry) error { return r.Remove("web9") },
+		want:    base(),
+		changes: []Change{{Kind: Removed, Backend: be(3, "web9", "10.0.1.19", 100, fromRuntime(false))}},
+		file:    "(missing)",
+		applied: true,
+	}, {
+		name:    "set weight of a config backend",
+		op:      func(r *Registry) error { return r.SetWeight("web1", 50) },
+		want:    []Backend{be(1, "web1", "10.0.1.11", 50, check("tcp://10.0.1.11:80")), base()[1]},
+		changes: []Change{{Kind: Updated, Backend: be(1, "web1", "10.0.1.11", 50, check("tcp://10.0.1.11:80")), Fields: []string{"Weight"}}},
+		file:    file("", `"web1":{"weight":50}`),
+		applied: true,
+	}, {
+		name:    "set weight 0",
+		op:      func(r *Registry) error { return r.SetWeight("web2", 0) },
+		want:    []Backend{base()[0], be(2, "web2", "10.0.1.12", 0)},
+		changes: []Change{{Kind: Updated, Backend: be(2, "web2", "10.0.1.12", 0), Fields: []string{"Weight"}}},
+		file:    file("", `"web2":{"weight":0}`),
+		applied: true,
+	}, {
+		name:    "set weight back to the configured one drops the override",
+		setup:   []func(*Registry) error{func(r *Registry) error { return r.SetWeight("web1", 50) }},
+		op:      func(r *Registry) error { return r.SetWeight("web1", 100) },
+		want:    base(),
+		changes: []Change{{Kind: Updated, Backend: base()[0], Fields: []string{"Weight"}}},
+		file:    file("", ""),
+		applied: true,
+	}, {
+		name: "set weight to the weight it has: nothing happens",
+		op:   func(r *Registry) error { return r.SetWeight("web2", 200) },
+		want: base(),
+		file: "(missing)",
+	}, {
+		name: "set weight of a run-time-only backend is not written",
+		setup: []func(*Registry) error{func(r *Registry) error {
+			_, err := r.Add("web9", "10.0.1.19", AddOptions{Runtime: true})
+			return err
+		}},
+		op:      func(r *Registry) error { return r.SetWeight("web9", 7) },
+		want:    append(base(), be(3, "web9", "10.0.1.19", 7, fromRuntime(false))),
+		changes: []Change{{Kind: Updated, Backend: be(3, "web9", "10.0.1.19", 7, fromRuntime(false)), Fields: []string{"Weight"}}},
+		file:    "(missing)",
+		applied: true,
+	}, {
+		name:    "drain",
+		op:      func(r *Registry) error { return r.Drain("web2") },
+		want:    []Backend{base()[0], be(2, "web2", "10.0.1.12", 200, drained)},
+		changes: []Change{{Kind: Updated, Backend: be(2, "web2", "10.0.1.12", 200, drained), Fields: []string{"AdminState"}}},
+		file:    file("", `"web2":{"drained":true}`),
+		applied: true,
+	}, {
+		name:    "undrain keeps a weight override",
+		setup:   []func(*Registry) error{func(r *Registry) error { return r.SetWeight("web2", 5) }, func(r *Registry) error { return r.Drain("web2") }},
+		op:      func(r *Registry) error { return r.Undrain("web2") },
+		want:    []Backend{base()[0], be(2, "web2", "10.0.1.12", 5)},
+		changes: []Change{{Kind: Updated, Backend: be(2, "web2", "10.0.1.12", 5), Fields: []string{"AdminState"}}},
+		file:    file("", `"web2":{"weight":5}`),
+		applied: true,
+	}, {
+		name:    "undrain",
+		setup:   []func(*Registry) error{func(r *Registry) error { return r.Drain("web2") }},
+		op:      func(r *Registry) error { return r.Undrain("web2") },
+		want:    base(),
+		changes: []Change{{Kind: Updated, Backend: base()[1], Fields: []string{"AdminState"}}},
+		file:    file("", ""),
+		applied: true,
+	}, {
+		name:    "report down",
+		op:      func(r *Registry) error { _, err := r.ReportHealth("web1", false, "connection refused"); return err },
+		want:    []Backend{be(1, "web1", "10.0.1.11", 100, check("tcp://10.0.1.11:80"), health(HealthDown, "connection refused")), base()[1]},
+		changes: []Change{{Kind: Updated, Backend: be(1, "web1", "10.0.1.11", 100, check("tcp://10.0.1.11:80"), health(HealthDown, "connection refused")), Fields: []string{"Health", "HealthDetail"}}},
+		file:    "(missing)",
+		applied: true,
+	}, {
+		// Unknown counts as up: the data path does not change.
+		name:    "report up from unknown",
+		op:      func(r *Registry) error { _, err := r.ReportHealth("web2", true, ""); return err },
+		want:    []Backend{base()[0], be(2, "web2", "10.0.1.12", 200, health(HealthUp, ""))},
+		changes: []Change{{Kind: Updated, Backend: be(2, "web2", "10.0.1.12", 200, health(HealthUp, "")), Fields: []string{"Health"}}},
+		file:    "(missing)",
+	}}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, baseConfig())
+			for i, s := range tt.setup {
+				if err := s(f.r); err != nil {
+					t.Fatalf("setup %d: %v", i, err)
+				}
+			}
+			f.w.take()
+			calls := len(f.dp.log())
+			if err := tt.op(f.r); err != nil {
+				t.Fatalf("got %v", err)
+			}
+			if diff := cmp.Diff(tt.want, f.r.List(), cmpOpts); diff != "" {
+				t.Errorf("List (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.changes, f.w.take(), cmpOpts); diff != "" {
+				t.Errorf("changes (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.file, compactState(t, f.path)); diff != "" {
+				t.Errorf("state file (-want +got):\n%s", diff)
+			}
+			if got := len(f.dp.log()) - calls; got != map[bool]int{false: 0, true: 1}[tt.applied] {
+				t.Errorf("op called apply %d times, want applied=%v", got, tt.applied)
+			}
+			if diff := cmp.Diff(dataPath(tt.want), f.dp.installed(), cmpOpts); diff != "" {
+				t.Errorf("data path (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestAddReturnsBackend(t *testing.T) {
+	f := newFixture(t, baseConfig())
+	got, err := f.r.Add("web8", "10.0.1.18", AddOptions{Check: "tcp://10.0.1.18:80"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := be(3, "web8", "10.0.1.18", config.DefaultWeight, fromRuntime(true), check("tcp://10.0.1.18:80"))
+	if diff := cmp.Diff(want, got, cmpOpts); diff != "" {
+		t.Errorf("Add (-want +got):\n%s", diff)
+	}
+}
+
+// TestRefused checks that every bad input is refused with the right kind
+// and a message naming the problem, and changes nothing: not the backend
+// set, not the state file, not the data path, and announces nothing.
+func TestRefused(t *testing.T) {
+	add := func(name, address string, opts AddOptions) func(*Registry) error {
+		return func(r *Registry) error { _, err := r.Add(name, address, opts); return err }
+	}
+	health := func(name string) func(*Registry) error {
+		return func(r *Registry) error { _, err := r.ReportHealth(name, false, "x"); return err }
+	}
+	reload := func(cfg []config.Backend) func(*Registry) error {
+		return func(r *Registry) error { _, err := r.Reload(cfg); return err }
+	}
+	long := strings.Repeat("a", 65)
+	tests := []struct {
+		name  string
+		op    func(*Registry) error
+		kind  error
+		frags []string
+	}{
+		{"malformed address", add("web9", "10.0.0.300", AddOptions{}), ErrInvalidArgument, []string{`address "10.0.0.300": not an IPv4 address`}},
+		{"IPv6 address", add("web9", "2001:db8::1", AddOptions{}), ErrInvalidArgument, []string{`address "2001:db8::1": IPv6 is not supported`}},
+		{"empty address", add("web9", "", AddOptions{}), ErrInvalidArgument, []string{`address "": not an IPv4 address`}},
+		{"loopback address", add("web9", "127.0.0.2", AddOptions{}), ErrInvalidArgument, []string{`address "127.0.0.2": loopback`}},
+		{"multicast address", add("web9", "224.0.0.1", AddOptions{}), ErrInvalidArgument, []string{`address "224.0.0.1": multicast`}},
+		{"VIP as address", add("web9", "10.0.0.100", AddOptions{}), ErrInvalidArgument, []string{"address 10.0.0.100 is a VIP"}},
+		{"name too long", add(long, "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{`backend name "` + long + `"`, "1-64 characters"}},
+		{"name with slash", add("web/9", "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{`backend name "web/9": must be 1-64 characters of A-Z a-z 0-9 . _ -`}},
+		{"empty name", add("", "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{`backend name ""`}},
+		{"add weight too big", add("web9", "10.0.1.19", AddOptions{Weight: ptr[uint32](10001)}), ErrInvalidArgument, []string{"weight 10001: must be between 0 and 10000"}},
+		{"invalid check", add("web9", "10.0.1.19", AddOptions{Check: "ping 10.0.1.19"}), ErrInvalidArgument, []string{`check "ping 10.0.1.19": must start with one of tcp://`}},
+		{"duplicate name of a config backend", add("web1", "10.0.1.19", AddOptions{}), ErrAlreadyExists, []string{`backend "web1" already exists (in the configuration file)`}},
+		{"duplicate name of a run-time backend", add("web8", "10.0.1.19", AddOptions{}), ErrAlreadyExists, []string{`backend "web8" already exists`}},
+		{"duplicate address", add("web9", "10.0.1.11", AddOptions{}), ErrAlreadyExists, []string{`address 10.0.1.11 is already used by backend "web1"`}},
+		{"duplicate address of a run-time-only backend", add("web9", "10.0.1.17", AddOptions{Runtime: true}), ErrAlreadyExists, []string{`address 10.0.1.17 is already used by backend "web7"`}},
+		{"remove unknown", func(r *Registry) error { return r.Remove("web9") }, ErrNotFound, []string{`backend "web9": no such backend`}},
+		{"remove config backend", func(r *Registry) error { return r.Remove("web1") }, ErrInvalidArgument, []string{`backend "web1" is defined in the configuration file: remove it there and reload`}},
+		{"set weight unknown", func(r *Registry) error { return r.SetWeight("web9", 5) }, ErrNotFound, []string{`backend "web9": no such backend`}},
+		{"set weight too big", func(r *Registry) error { return r.SetWeight("web1", 10001) }, ErrInvalidArgument, []string{`backend "web1": weight 10001: must be between 0 and 10000`}},
+		{"set weight negative", func(r *Registry) error { return r.SetWeight("web1", -1) }, ErrInvalidArgument, []string{"weight -1: must be between 0 and 10000"}},
+		{"set weight beyond uint32", func(r *Registry) error { return r.SetWeight("web1", 1<<32+5) }, ErrInvalidArgument, []string{"weight 4294967301: must be between"}},
+		{"drain unknown", func(r *Registry) error { return r.Drain("web9") }, ErrNotFound, []string{`backend "web9": no such backend`}},
+		{"drain twice", func(r *Registry) error { return r.Drain("web2") }, ErrInvalidArgument, []string{`backend "web2": already drained`}},
+		{"undrain active", func(r *Registry) error { return r.Undrain("web1") }, ErrInvalidArgument, []string{`backend "web1": not drained`}},
+		{"undrain unknown", func(r *Registry) error { return r.Undrain("web9") }, ErrNotFound, []string{`backend "web9": no such backend`}},
+		{"report health unknown", health("web9"), ErrNotFound, []string{`backend "web9": no such backend`}},
+		{"reload: duplicate names", reload(append(baseConfig(), config.Backend{Name: "web1", Address: addr("10.0.1.31"), Weight: 1})), ErrInvalidArgument, []string{`backend "web1": defined twice`}},
+		{"reload: duplicate addresses", reload(append(baseConfig(), config.Backend{Name: "web3", Address: addr("10.0.1.12"), Weight: 1})), ErrInvalidArgument, []string{`backend "web3": address 10.0.1.12 is already used by backend "web2"`}},
+		{"reload: VIP, weight, check and name, all named", reload([]config.Backend{
+			{Name: "web3", Address: theVIP, Weight: 10001, Check: "nope"},
+			{Name: "a/b", Address: addr("10.0.1.40"), Weight: 1},
+		}), ErrInvalidArgument, []string{"address 10.0.0.100 is a VIP", "weight 10001", `check "nope"`, `backend "a/b": name`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, baseConfig())
+			// Something in every part: a persistent and a run-time-only
+			// backend, a drained one, an override, a health report.
+			if _, err := f.r.Add("web8", "10.0.1.18", AddOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.r.Add("web7", "10.0.1.17", AddOptions{Runtime: true}); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.r.Drain("web2"); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.r.SetWeight("web8", 7); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.r.ReportHealth("web1", true, "ok"); err != nil {
+				t.Fatal(err)
+			}
+			f.w.take()
+			before := f.snapshot(t)
+			calls := len(f.dp.log())
+			checkErr(t, tt.op(f.r), tt.kind, tt.frags...)
+			if diff := cmp.Diff(before, f.snapshot(t), cmpOpts); diff != "" {
+				t.Errorf("a refused change changed something (-want +got):\n%s", diff)
+			}
+			if got := len(f.dp.log()); got != calls {
+				t.Errorf("a refused change called apply")
+			}
+		})
+	}
+}
+
+// TestApplyFailure makes the data path refuse every kind of change: the
+// error is ErrFailed wrapping the cause, and nothing changed.
+func TestApplyFailure(t *testing.T) {
+	cause := errors.New("no route to 10.0.1.18")
+	tests := []struct {
+		name string
+		op   func(*Registry) error
+	}{
+		{"add", func(r *Registry) error { _, err := r.Add("web9", "10.0.1.19", AddOptions{}); return err }},
+		{"remove", func(r *Registry) error { return r.Remove("web8") }},
+		{"set weight", func(r *Registry) error { return r.SetWeight("web1", 1) }},
+		{"drain", func(r *Registry) error { return r.Drain("web1") }},
+		{"undrain", func(r *Registry) error { return r.Undrain("web2") }},
+		{"report health", func(r *Registry) error { _, err := r.ReportHealth("web1", false, "timeout"); return err }},
+		{"reload", func(r *Registry) error { _, err := r.Reload(baseConfig()[:1]); return err }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f := newFixture(t, baseConfig())
+			if _, err := f.r.Add("web8", "10.0.1.18", AddOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			if err := f.r.Drain("web2"); err != nil {
+				t.Fatal(err)
+			}
+			f.w.take()
+			before := f.snapshot(t)
+			f.dp.setFail(cause)
+			err := tt.op(f.r)
+			checkErr(t, err, ErrFailed, "the data path refused the change", cause.Error(), "nothing changed")
+			if !errors.Is(err, cause) {
+				t.Errorf("error %q does not wrap the cause", err)
+			}
+			if diff := cmp.Diff(before, f.snapshot(t), cmpOpts); diff != "" {
+				t.Errorf("a failed change changed something (-want +got):\n%s", diff)
+			}
+			// The next change works and is applied.
+			f.dp.setFail(nil)
+			if err := tt.op(f.r); err != nil {
+				t.Fatalf("after the data path recovered: %v", err)
+			}
+			if diff := cmp.Diff(dataPath(f.r.List()), f.dp.installed(), cmpOpts); diff != "" {
+				t.Errorf("data path (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestReportHealthChanged(t *testing.T) {
+	f := newFixture(t, baseConfig())
+	web1 := func(mods ...func(*Backend)) Backend {
+		return be(1, "web1", "10.0.1.11", 100, append([]func(*Backend){check("tcp://10.0.1.11:80")}, mods...)...)
+	}
+	steps := []struct {
+		healthy bool
+		detail  string
+		changed bool
+		changes []Change
+		state   balancer.State
+	}{
+		{true, "", true, []Change{{Kind: Updated, Backend: web1(health(HealthUp, "")), Fields: []string{"Health"}}}, balancer.Active},
+		{true, "", false, nil, balancer.Active},
+		{false, "refused", true, []Change{{Kind: Updated, Backend: web1(health(HealthDown, "refused")), Fields: []string{"Health", "HealthDetail"}}}, balancer.Down},
+		{false, "refused", false, nil, balancer.Down},
+		{false, "timeout", true, []Change{{Kind: Updated, Backend: web1(health(HealthDown, "timeout")), Fields: []string{"HealthDetail"}}}, balancer.Down},
+		{true, "", true, []Change{{Kind: Updated, Backend: web1(health(HealthUp, "")), Fields: []string{"Health", "HealthDetail"}}}, balancer.Active},
+	}
+	for i, s := range steps {
+		calls := len(f.dp.log())
+		changed, err := f.r.ReportHealth("web1", s.healthy, s.detail)
+		if err != nil || changed != s.changed {
+			t.Errorf("step %d: ReportHealth = %v, %v; want %v, nil", i, changed, err, s.changed)
+		}
+		if diff := cmp.Diff(s.changes, f.w.take(), cmpOpts); diff != "" {
+			t.Errorf("step %d: changes (-want +got):\n%s", i, diff)
+		}
+		if !s.changed && len(f.dp.log()) != calls {
+			t.Errorf("step %d: a report without a transition called apply", i)
+		}
+		if got := f.dp.installed()[0].State; got != s.state {
+			t.Errorf("step %d: data path state %v, want %v", i, got, s.state)
+		}
+	}
+	if got := readState(t, f.path); got != "(missing)" {
+		t.Errorf("health was written to the state file:\n%s", got)
+	}
+}
+
+// TestDataPathMapping: what the balancer gets for each admin state, health
+// and weight.
+func TestDataPathMapping(t *testing.T) {
+	tests := []struct {
+		drain   bool
+		health  string // "", "up", "down"
+		weight  uint32
+		want    balancer.State
+		wantWgt uint32
+	}{
+		{false, "", 100, balancer.Active, 100},
+		{false, "up", 100, balancer.Active, 100},
+		{false, "down", 100, balancer.Down, 100},
+		{true, "", 100, balancer.Draining, 100},
+		{true, "up", 100, balancer.Draining, 100},
+		{true, "down", 100, balancer.Down, 100},
+		{false, "", 0, balancer.Active, 0},
+		{true, "", 0, balancer.Draining, 0},
+		{false, "down", 0, balancer.Down, 0},
+		{false, "up", 10000, balancer.Active, 10000},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("drain=%v,health=%q,weight=%d", tt.drain, tt.health, tt.weight), func(t *testing.T) {
+			f := newFixture(t, nil)
+			b, err := f.r.Add("web9", "10.0.1.19", AddOptions{Weight: ptr(tt.weight), Runtime: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.drain {
+				if err := f.r.Drain("web9"); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tt.health != "" {
+				if _, err := f.r.ReportHealth("web9", tt.health == "up", ""); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := []balancer.Backend{{ID: b.ID, Name: "web9", Address: addr("10.0.1.19"), Weight: tt.wantWgt, State: tt.want}}
+			if diff := cmp.Diff(want, f.dp.installed(), cmpOpts); diff != "" {
+				t.Errorf("data path (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// TestWatch checks order and content of the changes and that watchers may
+// read the registry.
+func TestWatch(t *testing.T) {
+	f := newFixture(t, baseConfig())
+	var seen []string
+	f.r.Watch(func(c Change) {
+		// A watcher may read, and sees the change committed.
+		b, ok := f.r.Get(c.Backend.Name)
+		seen = append(seen, fmt.Sprintf("%v %s present=%v weight=%d", c.Kind, c.Backend.Name, ok, b.Weight))
+	})
+	web8 := be(3, "web8", "10.0.1.18", 100, fromRuntime(true))
+	steps := []struct {
+		op   func() error
+		want []Change
+	}{
+		{func() error { _, err := f.r.Add("web8", "10.0.1.18", AddOptions{}); return err },
+			[]Change{{Kind: Added, Backend: web8}}},
+		{func() error { return f.r.SetWeight("web8", 3) },
+			[]Change{{Kind: Updated, Backend: be(3, "web8", "10.0.1.18", 3, fromRuntime(true)), Fields: []string{"Weight"}}}},
+		{func() error { return f.r.Drain("web8") },
+			[]Change{{Kind: Updated, Backend: be(3, "web8", "10.0.1.18", 3, fromRuntime(true), drained), Fields: []string{"AdminState"}}}},
+		{func() error { return f.r.Undrain("web8") },
+			[]Change{{Kind: Updated, Backend: be(3, "web8", "10.0.1.18", 3, fromRuntime(true)), Fields: []string{"AdminState"}}}},
+		{func() error { _, err := f.r.ReportHealth("web8", false, "boom"); return err },
+			[]Change{{Kind: Updated, Backend: be(3, "web8", "10.0.1.18", 3, fromRuntime(true), health(HealthDown, "boom")), Fields: []string{"Health", "HealthDetail"}}}},
+		{func() error { return f.r.Remove("web8") },
+			[]Change{{Kind: Removed, Backend: be(3, "web8", "10.0.1.18", 3, fromRuntime(true), health(HealthDown, "boom"))}}},
+		// A reload: removals, then updates, then additions.
+		{func() error {
+			_, err := f.r.Reload([]config.Backend{
+				{Name: "web0", Address: addr("10.0.1.10"), Weight: 1},
+				{Name: "web2", Address: addr("10.0.1.22"), Weight: 200, Check: "tcp://10.0.1.22:80"},
+			})
+			return err
+		}, []Change{
+			{Kind: Removed, Backend: base()[0]},
+			{Kind: Updated, Backend: be(2, "web2", "10.0.1.22", 200, check("tcp://10.0.1.22:80")), Fields: []string{"Address", "Check"}},
+			{Kind: Added, Backend: be(4, "web0", "10.0.1.10", 1)},
+		}},
+	}
+	for i, s := range steps {
+		if err := s.op(); err != nil {
+			t.Fatalf("step %d: %v", i, err)
+		}
+		if diff := cmp.Diff(s.want, f.w.take(), cmpOpts); diff != "" {
+			t.Errorf("step %d: changes (-want +got):\n%s", i, diff)
+		}
+	}
+	want := []string{
+		"added web8 present=true weight=100",
+		"updated web8 present=true weight=3",
+		"updated web8 present=true weight=3",
+		"updated web8 present=true weight=3",
+		"updated web8 present=true weight=3",
+		"removed web8 present=false weight=0",
+		"removed web1 present=false weight=0",
+		"updated web2 present=true weight=200",
+		"added web0 present=true weight=1",
+	}
+	if diff := cmp.Diff(want, seen); diff != "" {
+		t.Errorf("what the watcher read (-want +got):\n%s", diff)
+	}
+}

@@ -1,0 +1,281 @@
+package registry
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/caplance/caplance/internal/config"
+)
+
+// stateVersion is the version of the state file this code writes and reads.
+const stateVersion = 1
+
+type stateFile struct {
+	Version   int                     `json:"version"`
+	Backends  []fileBackend           `json:"backends"`
+	Overrides map[string]fileOverride `json:"overrides"`
+}
+
+type fileBackend struct {
+	Name    string  `json:"name"`
+	Address string  `json:"address"`
+	Weight  *uint32 `json:"weight"`
+	Check   string  `json:"check,omitempty"`
+}
+
+type fileOverride struct {
+	Weight  *uint32 `json:"weight,omitempty"`
+	Drained bool    `json:"drained,omitempty"`
+}
+
+// emptyEncoding is the state file of a registry with nothing to keep; a
+// missing file means the same, so it is not written.
+var emptyEncoding = encodeState(newState())
+
+// encodeState is the state file for s: its persistent run-time backends and
+// the overrides of the backends that survive a restart. The encoding is
+// canonical, so equal contents give equal bytes.
+func encodeState(s *state) []byte {
+	f := stateFile{Version: stateVersion, Backends: []fileBackend{}, Overrides: map[string]fileOverride{}}
+	for _, name := range slices.Sorted(maps.Keys(s.runtime)) {
+		reg := s.runtime[name]
+		if !reg.persistent {
+			continue
+		}
+		f.Backends = append(f.Backends, fileBackend{Name: name, Address: reg.address.String(), Weight: &reg.weight, Check: reg.check})
+	}
+	for name, o := range s.overrides {
+		if reg, fromConfig, ok := s.lookup(name); !ok || !(fromConfig || reg.persistent) || o.empty() {
+			continue
+		}
+		fo := fileOverride{Drained: o.drained}
+		if o.hasWeight {
+			fo.Weight = &o.weight
+		}
+		f.Overrides[name] = fo
+	}
+	b, err := json.MarshalIndent(f, "", "  ")
+	if err != nil {
+		panic(fmt.Sprintf("registry: encoding the state file: %v", err)) // plain data: cannot happen
+	}
+	return append(b, '\n')
+}
+
+// readStateFile reads and validates the state file. A missing file is an
+// empty one (and onDisk is nil). onDisk is the canonical encoding of what
+// the file holds.
+func readStateFile(path string) (f *stateFile, onDisk []byte, err error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return &stateFile{}, nil, nil
+	}
+	if err != nil {
+		return nil, nil, failed(err, "state file %s: %v", path, err)
+	}
+	f, err = decodeStateFile(data)
+	if err != nil {
+		return nil, nil, failed(err, "state file %s: %v: fix it, or move it away to start without the run-time backends and overrides it holds", path, err)
+	}
+	s := newState()
+	for _, b := range f.Backends {
+		a, _ := config.ParseAddress(b.Address)
+		s.runtime[b.Name] = registration{address: a, weight: *b.Weight, check: b.Check, persistent: true}
+	}
+	for name, o := range f.Overrides {
+		s.overrides[name] = toOverride(o)
+		if _, ok := s.runtime[name]; !ok {
+			// An override of a configuration file backend: stand in for it
+			// so that the encoding keeps the override.
+			s.config[name] = registration{}
+		}
+	}
+	return f, encodeState(s), nil
+}
+
+func toOverride(o fileOverride) override {
+	out := override{drained: o.Drained}
+	if o.Weight != nil {
+		out.weight, out.hasWeight = *o.Weight, true
+	}
+	return out
+}
+
+// decodeStateFile decodes strictly: unknown fields, trailing data, a
+// version other than stateVersion and invalid values are errors.
+func decodeStateFile(data []byte) (*stateFile, error) {
+	var v struct {
+		Version *int `json:"version"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return nil, fmt.Errorf("not valid JSON: %v", err)
+	}
+	switch {
+	case v.Version == nil:
+		return nil, fmt.Errorf("no \"version\" field")
+	case *v.Version != stateVersion:
+		return nil, fmt.Errorf("version %d is not supported (this caplanced reads version %d; was the file written by a newer one?)", *v.Version, stateVersion)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	var f stateFile
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("not a valid state file: %v", err)
+	}
+	var problems []string
+	names := map[string]bool{}
+	addrs := map[netip.Addr]string{}
+	for i, b := range f.Backends {
+		place := fmt.Sprintf("backends[%d] %q", i, b.Name)
+		if err := config.CheckBackendName(b.Name); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: name: %v", place, err))
+		} else if names[b.Name] {
+			problems = append(problems, fmt.Sprintf("%s: listed twice", place))
+		}
+		names[b.Name] = true
+		if a, err := config.ParseAddress(b.Address); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: address %q: %v", place, b.Address, err))
+		} else if other, dup := addrs[a]; dup {
+			problems = append(problems, fmt.Sprintf("%s: address %s is also that of %q", place, a, other))
+		} else {
+			addrs[a] = b.Name
+		}
+		if b.Weight == nil {
+			problems = append(problems, fmt.Sprintf("%s: no weight", place))
+		} else if err := config.CheckWeight(int64(*b.Weight)); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", place, err))
+		}
+		if b.Check != "" {
+			if err := config.CheckSpec(b.Check); err != nil {
+				problems = append(problems, fmt.Sprintf("%s: check %q: %v", place, b.Check, err))
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(f.Overrides)) {
+		place := fmt.Sprintf("overrides %q", name)
+		if err := config.CheckBackendName(name); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: name: %v", place, err))
+		}
+		if w := f.Overrides[name].Weight; w != nil {
+			if err := config.CheckWeight(int64(*w)); err != nil {
+				problems = append(problems, fmt.Sprintf("%s: %v", place, err))
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return nil, errors.New(strings.Join(problems, "; "))
+	}
+	return &f, nil
+}
+
+// restore puts the state file's run-time backends and overrides into s,
+// which holds the configuration file's backends, and drops (with a
+// warning) what no longer fits.
+func (r *Registry) restore(s *state, f *stateFile) []string {
+	for _, b := range f.Backends {
+		a, _ := config.ParseAddress(b.Address)
+		s.runtime[b.Name] = registration{address: a, weight: *b.Weight, check: b.Check, persistent: true}
+	}
+	warnings := r.dropConflicts(s)
+	for name, o := range f.Overrides {
+		if o := toOverride(o); !o.empty() {
+			s.overrides[name] = o
+		}
+	}
+	warnings = append(warnings, dropOrphans(s)...)
+	for i, w := range warnings {
+		warnings[i] = fmt.Sprintf("state file %s: %s", r.statePath, w)
+	}
+	return warnings
+}
+
+// writeFile replaces path with data atomically and durably: a temporary
+// file in the same directory, fsync, rename, fsync of the directory.
+// renamed says whether path was replaced, even if the final fsync failed.
+func writeFile(path string, data []byte) (renamed bool, err error) {
+	dir, base := filepath.Split(path)
+	if dir == "" {
+		dir = "."
+	}
+	dir = filepath.Clean(dir)
+	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
+	if err != nil {
+		return false, fmt.Errorf("creating a temporary file in %s: %w", dir, bare(err))
+	}
+	defer func() {
+		if !renamed {
+			os.Remove(tmp.Name())
+		}
+	}()
+	_, err = tmp.Write(data)
+	if err == nil {
+		// Everyone may read the backend set over D-Bus anyway.
+		err = tmp.Chmod(0o644)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return false, fmt.Errorf("writing %s: %w", tmp.Name(), bare(err))
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return false, fmt.Errorf("renaming %s: %w", tmp.Name(), bare(err))
+	}
+	if err := syncDir(dir); err != nil {
+		return true, fmt.Errorf("syncing directory %s: %w", dir, bare(err))
+	}
+	return true, nil
+}
+
+// bare strips the operation and path from a file error, which the caller
+// words better.
+func bare(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	var le *os.LinkError
+	if errors.As(err, &le) {
+		return le.Err
+	}
+	return err
+}
+
+func writeFileAtomic(path string, data []byte) error {
+	_, err := writeFile(path, data)
+	return err
+}
+
+// removeFile removes path durably.
+func removeFile(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	dir := filepath.Dir(path)
+	return syncDir(dir)
+}
+
+// syncDir makes a rename or removal in dir durable. A variable, so that a
+// test can make it fail.
+var syncDir = func(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -21,11 +21,12 @@ func main() {
 	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
 	checkConfig := fs.Bool("check-config", false, "validate the configuration (file and CAPLANCED_* environment), print ok or every error, and exit")
 	cleanup := fs.Bool("cleanup", false, "undo what a caplanced that did not stop cleanly left behind (VIPs, sysctls, nftables table) and exit")
-	runtimeDir := fs.String("runtime-dir", defaultRuntimeDir(), "`directory` for the host-change journal and stats.json")
+	runtimeDir := fs.String("runtime-dir", envOr("RUNTIME_DIRECTORY", "/run/caplance"), "`directory` for the host-change journal and stats.json")
+	stateDir := fs.String("state-dir", envOr("STATE_DIRECTORY", "/var/lib/caplance"), "`directory` for backends added at run time (backends.json)")
 	stopTimeout := fs.Duration("stop-timeout", 5*time.Second, "how long the cleanup after SIGTERM may take")
 	cli.Main(cli.Command{
 		Name:        "caplanced",
-		Synopsis:    "[--config FILE] [--check-config | --cleanup] [--runtime-dir DIR] [--stop-timeout D]",
+		Synopsis:    "[--config FILE] [--check-config | --cleanup] [--runtime-dir DIR] [--state-dir DIR] [--stop-timeout D]",
 		Description: "Caplance load balancer daemon (Maglev hashing, IP-in-UDP to backends, direct server return).",
 		Flags:       fs,
 		Run: func(args []string, stdout io.Writer) error {
@@ -44,17 +45,18 @@ func main() {
 				fmt.Fprintln(stdout, "ok")
 				return nil
 			}
-			return daemon.Run(daemon.Options{Config: cfg, ConfigPath: *configPath, RuntimeDir: *runtimeDir, StopTimeout: *stopTimeout, Logger: log})
+			return daemon.Run(daemon.Options{Config: cfg, ConfigPath: *configPath, RuntimeDir: *runtimeDir, StateDir: *stateDir, StopTimeout: *stopTimeout, Logger: log})
 		},
 	})
 }
 
-// defaultRuntimeDir is systemd's RuntimeDirectory= when set, else /run/caplance.
-func defaultRuntimeDir() string {
-	if d := os.Getenv("RUNTIME_DIRECTORY"); d != "" {
+// envOr is the environment variable (set by systemd's RuntimeDirectory= and
+// StateDirectory=) when set, else def.
+func envOr(name, def string) string {
+	if d := os.Getenv(name); d != "" {
 		return d
 	}
-	return "/run/caplance"
+	return def
 }
 
 // newLogger logs to stderr; under systemd (JOURNAL_STREAM set) without

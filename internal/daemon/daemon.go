@@ -12,8 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"syscall"
@@ -27,6 +29,7 @@ import (
 	"github.com/caplance/caplance/internal/conntrack"
 	"github.com/caplance/caplance/internal/nft"
 	"github.com/caplance/caplance/internal/receiver"
+	"github.com/caplance/caplance/internal/registry"
 	"github.com/caplance/caplance/internal/vip"
 )
 
@@ -35,6 +38,8 @@ type Options struct {
 	Config *config.Config
 	// ConfigPath is re-read on SIGHUP.
 	ConfigPath string
+	// StateDir holds what must survive a restart: backends.json.
+	StateDir string
 	// RuntimeDir holds the host-change journal and the stats file.
 	RuntimeDir string
 	// StopTimeout bounds the shutdown after SIGTERM.
@@ -46,6 +51,10 @@ type Options struct {
 // written every StatsInterval.
 const StatsFile = "stats.json"
 
+// BackendsFile is the name, in the state directory, of the run-time backend
+// registrations and overrides (see package registry).
+const BackendsFile = "backends.json"
+
 // StatsInterval is how often the stats file is rewritten.
 const StatsInterval = time.Second
 
@@ -56,8 +65,7 @@ var ErrForced = errors.New("stopped by a second signal before cleanup finished")
 type running struct {
 	log      *slog.Logger
 	cfg      *config.Config
-	ids      map[string]uint32 // backend name → stable ID
-	nextID   uint32
+	reg      *registry.Registry
 	host     *vip.Host
 	nftOwned bool
 	bal      *balancer.Balancer
@@ -77,7 +85,7 @@ func Run(opts Options) error {
 	signal.Notify(hups, syscall.SIGHUP)
 	defer signal.Stop(hups)
 
-	r := &running{log: log, cfg: opts.Config, ids: map[string]uint32{}}
+	r := &running{log: log, cfg: opts.Config}
 	if err := r.start(opts); err != nil {
 		r.stop()
 		return err
@@ -185,14 +193,14 @@ func (r *running) start(opts Options) error {
 		r.nftOwned = true
 	}
 	if cfg.Balancer != nil {
-		if err := r.startBalancer(cfg, step); err != nil {
+		if err := r.startBalancer(cfg, opts.StateDir, step); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (r *running) startBalancer(cfg *config.Config, step func(string)) error {
+func (r *running) startBalancer(cfg *config.Config, stateDir string, step func(string)) error {
 	b := cfg.Balancer
 	step("attaching VIPs")
 	for _, v := range b.VIPs {
@@ -218,23 +226,22 @@ func (r *running) startBalancer(cfg *config.Config, step func(string)) error {
 	}
 	r.bal = bal
 	step("building the Maglev table")
-	return bal.SetBackends(r.backends(cfg.Backends))
-}
-
-// backends converts configured backends, giving each name an ID that stays
-// the same across reloads, so connection tracking keeps its flows.
-func (r *running) backends(cfg []config.Backend) []balancer.Backend {
-	var out []balancer.Backend
-	for _, be := range cfg {
-		id, ok := r.ids[be.Name]
-		if !ok {
-			r.nextID++
-			id = r.nextID
-			r.ids[be.Name] = id
-		}
-		out = append(out, balancer.Backend{ID: id, Name: be.Name, Address: be.Address, Weight: be.Weight})
+	var vips []netip.Addr
+	for _, v := range b.VIPs {
+		vips = append(vips, v.Addr)
 	}
-	return out
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	reg, warnings, err := registry.Open(filepath.Join(stateDir, BackendsFile), cfg.Backends, vips, bal.SetBackends)
+	for _, w := range warnings {
+		r.log.Warn(w)
+	}
+	if err != nil {
+		return err
+	}
+	r.reg = reg
+	return nil
 }
 
 // reload re-reads the configuration (SIGHUP) and applies a new backend set
@@ -262,10 +269,14 @@ func (r *running) applyReload(cfg *config.Config) error {
 	if !reflect.DeepEqual(old, next) {
 		return errors.New("only [[backend]] entries can change without a restart")
 	}
-	if r.bal == nil {
+	if r.reg == nil {
 		return nil
 	}
-	return r.bal.SetBackends(r.backends(cfg.Backends))
+	warnings, err := r.reg.Reload(cfg.Backends)
+	for _, w := range warnings {
+		r.log.Warn(w)
+	}
+	return err
 }
 
 func monotonicUsec() int64 {

@@ -85,7 +85,8 @@ func (d *Daemon) start(host *netnstest.Host, binary string) error {
 		return err
 	}
 	defer logf.Close()
-	d.cmd = host.Command(context.Background(), binary, "--config", d.ConfigPath, "--runtime-dir", d.RuntimeDir)
+	d.cmd = host.Command(context.Background(), binary, "--config", d.ConfigPath,
+		"--runtime-dir", d.RuntimeDir, "--state-dir", filepath.Join(filepath.Dir(d.ConfigPath), "state"))
 	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := host.Start(d.cmd); err != nil {

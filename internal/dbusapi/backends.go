@@ -1,0 +1,246 @@
+package dbusapi
+
+import (
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/godbus/dbus/v5"
+	"github.com/godbus/dbus/v5/prop"
+
+	"github.com/caplance/caplance/internal/registry"
+)
+
+const backendParent = dbus.ObjectPath("/org/caplance/Caplance1/backend")
+
+// The counter properties: read live, announced as invalidated.
+var counterProps = []string{"ActiveFlows", "Packets", "Bytes"}
+
+// backendInterfaces are the interfaces of a backend object, as
+// GetManagedObjects and InterfacesAdded/Removed list them.
+var backendInterfaces = []string{BackendIface, PropertiesIface, IntrospectableIface, PeerIface}
+
+// backendObject is one exported backend.
+type backendObject struct {
+	path  dbus.ObjectPath
+	b     registry.Backend
+	props *prop.Properties
+	// announced are the counters last announced as invalidated.
+	announced Counters
+}
+
+// backendProps returns the properties of b (counters c) and how each is
+// announced.
+func backendProps(b registry.Backend, c Counters) map[string]*prop.Prop {
+	p := func(v any, e prop.EmitType) *prop.Prop { return &prop.Prop{Value: v, Emit: e} }
+	return map[string]*prop.Prop{
+		"Name":         p(b.Name, prop.EmitConst),
+		"Address":      p(b.Address.String(), prop.EmitTrue),
+		"Weight":       p(b.Weight, prop.EmitTrue),
+		"AdminState":   p(string(b.Admin), prop.EmitTrue),
+		"Health":       p(string(b.Health), prop.EmitTrue),
+		"HealthDetail": p(b.HealthDetail, prop.EmitTrue),
+		"Check":        p(b.Check, prop.EmitTrue),
+		"Source":       p(string(b.Source), prop.EmitTrue),
+		"Persistent":   p(b.Persistent, prop.EmitTrue),
+		"ActiveFlows":  p(c.ActiveFlows, prop.EmitInvalidates),
+		"Packets":      p(c.Packets, prop.EmitInvalidates),
+		"Bytes":        p(c.Bytes, prop.EmitInvalidates),
+	}
+}
+
+// propValues are the values of backendProps, as GetAll returns them.
+func propValues(b registry.Backend, c Counters) map[string]dbus.Variant {
+	out := map[string]dbus.Variant{}
+	for name, p := range backendProps(b, c) {
+		out[name] = dbus.MakeVariant(p.Value)
+	}
+	return out
+}
+
+// interfacesOf is a backend object's entry of GetManagedObjects.
+func interfacesOf(b registry.Backend, c Counters) map[string]map[string]dbus.Variant {
+	out := map[string]map[string]dbus.Variant{}
+	for _, iface := range backendInterfaces {
+		out[iface] = map[string]dbus.Variant{}
+	}
+	out[BackendIface] = propValues(b, c)
+	return out
+}
+
+// liveProperties is org.freedesktop.DBus.Properties of a backend: prop's,
+// with the counters read when asked.
+type liveProperties struct {
+	*prop.Properties
+	s    *Server
+	name string
+}
+
+func (p liveProperties) Get(iface, name string) (dbus.Variant, *dbus.Error) {
+	v, err := p.Properties.Get(iface, name)
+	if err != nil || iface != BackendIface || !slices.Contains(counterProps, name) {
+		return v, err
+	}
+	return propValues(registry.Backend{}, p.s.counters()[p.name])[name], nil
+}
+
+func (p liveProperties) GetAll(iface string) (map[string]dbus.Variant, *dbus.Error) {
+	all, err := p.Properties.GetAll(iface)
+	if err != nil || iface != BackendIface {
+		return all, err
+	}
+	live := propValues(registry.Backend{}, p.s.counters()[p.name])
+	for _, name := range counterProps {
+		all[name] = live[name]
+	}
+	return all, nil
+}
+
+// onChange is the registry's watcher.
+func (s *Server) onChange(c registry.Change) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+	case !s.ready:
+		s.queued = append(s.queued, c)
+	default:
+		s.apply(c, true)
+	}
+}
+
+// apply makes the objects follow c; announce sends the signals. s.mu is
+// held.
+func (s *Server) apply(c registry.Change, announce bool) {
+	if c.Kind == registry.Removed {
+		s.remove(c.Backend.Name, announce)
+		return
+	}
+	s.upsert(c.Backend, announce)
+}
+
+// upsert exports b's object or brings it up to date. s.mu is held.
+func (s *Server) upsert(b registry.Backend, announce bool) {
+	obj, ok := s.objects[b.Name]
+	if !ok {
+		obj, err := s.exportBackend(b)
+		if err != nil {
+			s.log.Error("exporting a backend object", "backend", b.Name, "err", err)
+			return
+		}
+		s.objects[b.Name] = obj
+		if announce {
+			s.emit(ManagerPath, ObjectManagerIface+".InterfacesAdded", obj.path, interfacesOf(b, s.counters()[b.Name]))
+			s.emit(ManagerPath, ManagerIface+".BackendAdded", b.Name, obj.path)
+		}
+		return
+	}
+	old := obj.b
+	obj.b = b
+	next := backendProps(b, Counters{})
+	for _, name := range slices.Sorted(maps.Keys(next)) {
+		if slices.Contains(counterProps, name) {
+			continue
+		}
+		if v := next[name].Value; obj.props.GetMust(BackendIface, name) != v {
+			obj.props.SetMust(BackendIface, name, v) // PropertiesChanged
+		}
+	}
+	// healthy is false only for down: unknown (nothing reported, or the
+	// address or check changed) counts as up, as in the data path.
+	if announce && old.Health != b.Health {
+		s.emit(ManagerPath, ManagerIface+".BackendHealthChanged", b.Name, b.Health != registry.HealthDown, b.HealthDetail)
+	}
+}
+
+// remove unexports the object of the backend name. s.mu is held.
+func (s *Server) remove(name string, announce bool) {
+	obj, ok := s.objects[name]
+	if !ok {
+		return
+	}
+	delete(s.objects, name)
+	s.unexportBackend(obj)
+	if announce {
+		s.emit(ManagerPath, ObjectManagerIface+".InterfacesRemoved", obj.path, backendInterfaces)
+		s.emit(ManagerPath, ManagerIface+".BackendRemoved", name, obj.path)
+	}
+}
+
+func (s *Server) exportBackend(b registry.Backend) (*backendObject, error) {
+	obj := &backendObject{path: BackendPath(b.Name), b: b}
+	m := prop.Map{BackendIface: backendProps(b, Counters{})}
+	for _, iface := range backendInterfaces[1:] {
+		m[iface] = map[string]*prop.Prop{}
+	}
+	p, err := prop.Export(s.conn, obj.path, m)
+	if err != nil {
+		return nil, err
+	}
+	obj.props = p
+	// Replace prop's own export with the one that reads counters live.
+	err = s.conn.Export(liveProperties{Properties: p, s: s, name: b.Name}, obj.path, PropertiesIface)
+	if err == nil {
+		err = s.conn.Export(introspector{s}, obj.path, IntrospectableIface)
+	}
+	if err != nil {
+		s.unexportBackend(obj)
+		return nil, err
+	}
+	if s.info.Counters != nil {
+		obj.announced = s.info.Counters()[b.Name]
+	}
+	return obj, nil
+}
+
+func (s *Server) unexportBackend(obj *backendObject) {
+	_ = s.conn.Export(nil, obj.path, PropertiesIface)
+	_ = s.conn.Export(nil, obj.path, IntrospectableIface)
+}
+
+// emit sends a signal; a failure (the connection is gone) is logged.
+func (s *Server) emit(path dbus.ObjectPath, name string, args ...any) {
+	if err := s.conn.Emit(path, name, args...); err != nil {
+		s.log.Warn("sending a D-Bus signal", "signal", name, "err", err)
+	}
+}
+
+// announceCounters announces, every CounterInterval, the counters that
+// changed as invalidated, until s is closed.
+func (s *Server) announceCounters() {
+	defer close(s.done)
+	if s.info.Counters == nil {
+		<-s.stop
+		return
+	}
+	tick := time.NewTicker(s.info.CounterInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-tick.C:
+		}
+		counters := s.info.Counters()
+		s.mu.Lock()
+		for _, name := range slices.Sorted(maps.Keys(s.objects)) {
+			obj := s.objects[name]
+			c := counters[name]
+			var changed []string
+			if c.ActiveFlows != obj.announced.ActiveFlows {
+				changed = append(changed, "ActiveFlows")
+			}
+			if c.Packets != obj.announced.Packets {
+				changed = append(changed, "Packets")
+			}
+			if c.Bytes != obj.announced.Bytes {
+				changed = append(changed, "Bytes")
+			}
+			if len(changed) > 0 && !s.closed {
+				obj.announced = c
+				s.emit(obj.path, PropertiesIface+".PropertiesChanged", BackendIface, map[string]dbus.Variant{}, changed)
+			}
+		}
+		s.mu.Unlock()
+	}
+}

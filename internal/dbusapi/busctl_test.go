@@ -1,0 +1,43 @@
+package dbusapi_test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestBusctl: the API as systemd's busctl(1) sees it, as caplanced.dbus(7)
+// promises (anything caplancectl does can be done with busctl).
+func TestBusctl(t *testing.T) {
+	busctl, err := exec.LookPath("busctl")
+	if err != nil {
+		t.Skip("busctl is not installed")
+	}
+	e := newEnv(t, envOptions{})
+	run := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(busctl, append([]string{"--address=" + e.bus.Address}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("busctl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	const dest, mgr, iface = "org.caplance.Caplance1", "/org/caplance/Caplance1", "org.caplance.Caplance1.Manager"
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"call", dest, mgr, iface, "AddBackend", "ssa{sv}", "web-4", "10.0.1.14", "1", "weight", "u", "5"}, `o "/org/caplance/Caplance1/backend/web_2d4"`},
+		{[]string{"get-property", dest, "/org/caplance/Caplance1/backend/web_2d4", "org.caplance.Caplance1.Backend", "Weight"}, "u 5"},
+		{[]string{"call", dest, mgr, iface, "Drain", "s", "web-4"}, ""},
+		{[]string{"tree", dest}, "/org/caplance/Caplance1/backend/web_2d4"},
+		{[]string{"introspect", dest, "/org/caplance/Caplance1/backend/web_2d4"}, ".AdminState property s \"drained\""},
+		{[]string{"introspect", dest, mgr}, ".AddBackend method ssa{sv} o"},
+		{[]string{"call", dest, mgr, iface, "ListBackends"}, `a(ssusssttt) 3 "web-4" "10.0.1.14" 5 "drained"`},
+	} {
+		// Columns are aligned with runs of spaces.
+		if got := strings.Join(strings.Fields(run(tt.args...)), " "); !strings.Contains(got, tt.want) {
+			t.Errorf("busctl %s:\n%s\nwant it to contain %q", strings.Join(tt.args, " "), got, tt.want)
+		}
+	}
+}

@@ -1,0 +1,175 @@
+package dbusapi
+
+import (
+	"encoding/xml"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/godbus/dbus/v5"
+	"github.com/godbus/dbus/v5/introspect"
+	"github.com/godbus/dbus/v5/prop"
+
+	"github.com/caplance/caplance/internal/registry"
+)
+
+// introspector is org.freedesktop.DBus.Introspectable of every node of the
+// package: it answers by the path called.
+type introspector struct{ s *Server }
+
+func (in introspector) Introspect(msg dbus.Message) (string, *dbus.Error) {
+	path, _ := msg.Headers[dbus.FieldPath].Value().(dbus.ObjectPath)
+	s := in.s
+	var node introspect.Node
+	switch {
+	case path == "/":
+		node.Children = []introspect.Node{{Name: "org"}}
+	case path == "/org":
+		node.Children = []introspect.Node{{Name: "caplance"}}
+	case path == "/org/caplance":
+		node.Children = []introspect.Node{{Name: "Caplance1"}}
+	case path == ManagerPath:
+		node.Interfaces = managerInterfaces(s.mgrProps)
+		s.mu.Lock()
+		if len(s.objects) > 0 {
+			node.Children = []introspect.Node{{Name: "backend"}}
+		}
+		s.mu.Unlock()
+	case path == backendParent:
+		s.mu.Lock()
+		for _, obj := range s.objects {
+			node.Children = append(node.Children, introspect.Node{Name: strings.TrimPrefix(string(obj.path), BackendPathPrefix)})
+		}
+		s.mu.Unlock()
+		slices.SortFunc(node.Children, func(a, b introspect.Node) int { return strings.Compare(a.Name, b.Name) })
+	case strings.HasPrefix(string(path), BackendPathPrefix):
+		s.mu.Lock()
+		exists := false
+		for _, obj := range s.objects {
+			exists = exists || obj.path == path
+		}
+		s.mu.Unlock()
+		if exists {
+			node.Interfaces = backendInterfaceData()
+		}
+	}
+	return render(node), nil
+}
+
+// render is the XML of node, with the DOCTYPE of the introspection format.
+func render(node introspect.Node) string {
+	out, err := xml.MarshalIndent(node, "", "  ")
+	if err != nil {
+		panic(err) // the types are fixed: a bug
+	}
+	return strings.TrimSpace(introspect.IntrospectDeclarationString) + "\n" + string(out) + "\n"
+}
+
+// managerInterfaces are the manager's interfaces, as introspection
+// describes them.
+func managerInterfaces(props *prop.Properties) []introspect.Interface {
+	return []introspect.Interface{
+		{
+			Name:       ManagerIface,
+			Methods:    namedMethods(manager{}, argNames),
+			Signals:    managerSignals,
+			Properties: sortedProps(props.Introspection(ManagerIface)),
+		},
+		objectManagerData,
+		prop.IntrospectData,
+		introspect.IntrospectData,
+		introspect.PeerData,
+	}
+}
+
+// backendInterfaceData are a backend's interfaces, as introspection
+// describes them (the same for every backend).
+func backendInterfaceData() []introspect.Interface {
+	var props []introspect.Property
+	for name, p := range backendProps(registry.Backend{}, Counters{}) {
+		props = append(props, p.Introspection(name))
+	}
+	return []introspect.Interface{
+		{Name: BackendIface, Properties: sortedProps(props)},
+		prop.IntrospectData,
+		introspect.IntrospectData,
+		introspect.PeerData,
+	}
+}
+
+func sortedProps(props []introspect.Property) []introspect.Property {
+	slices.SortFunc(props, func(a, b introspect.Property) int { return strings.Compare(a.Name, b.Name) })
+	return props
+}
+
+// namedMethods is introspect.Methods(v) with the arguments named from
+// names. It panics when a method or an argument has no name: a bug the
+// tests catch.
+func namedMethods(v any, names map[string][]string) []introspect.Method {
+	methods := introspect.Methods(v)
+	for i := range methods {
+		m := &methods[i]
+		n, ok := names[m.Name]
+		if !ok || len(n) != len(m.Args) {
+			panic(fmt.Sprintf("dbusapi: argNames of %s: %v for %d arguments", m.Name, n, len(m.Args)))
+		}
+		for j := range m.Args {
+			m.Args[j].Name = n[j]
+		}
+		m.Annotations = nil
+	}
+	if len(methods) != len(names) {
+		panic(fmt.Sprintf("dbusapi: argNames has %v, the methods are %v", slices.Sorted(maps.Keys(names)), methods))
+	}
+	return methods
+}
+
+// inSignatures are the signatures of the manager's methods' arguments.
+var inSignatures = func() map[string]string {
+	out := map[string]string{}
+	for _, m := range namedMethods(manager{}, argNames) {
+		var sig strings.Builder
+		for _, a := range m.Args {
+			if a.Direction == "in" {
+				sig.WriteString(a.Type)
+			}
+		}
+		out[m.Name] = sig.String()
+	}
+	return out
+}()
+
+// checkSignature refuses a call of method whose arguments do not have the
+// signature of its introspection.
+func checkSignature(msg dbus.Message, method string) error {
+	got, _ := msg.Headers[dbus.FieldSignature].Value().(dbus.Signature)
+	if want := inSignatures[method]; got.String() != want {
+		return errorf(errInvalidArgs, "%s takes arguments of type %q, not %q", method, want, got.String())
+	}
+	return nil
+}
+
+var managerSignals = []introspect.Signal{
+	{Name: "BackendAdded", Args: []introspect.Arg{{Name: "name", Type: "s"}, {Name: "path", Type: "o"}}},
+	{Name: "BackendRemoved", Args: []introspect.Arg{{Name: "name", Type: "s"}, {Name: "path", Type: "o"}}},
+	{Name: "BackendHealthChanged", Args: []introspect.Arg{{Name: "name", Type: "s"}, {Name: "healthy", Type: "b"}, {Name: "detail", Type: "s"}}},
+}
+
+// objectManagerData is org.freedesktop.DBus.ObjectManager as the D-Bus
+// specification describes it.
+var objectManagerData = introspect.Interface{
+	Name: ObjectManagerIface,
+	Methods: []introspect.Method{{
+		Name: "GetManagedObjects",
+		Args: []introspect.Arg{{Name: "object_paths_interfaces_and_properties", Type: "a{oa{sa{sv}}}", Direction: "out"}},
+	}},
+	Signals: []introspect.Signal{
+		{Name: "InterfacesAdded", Args: []introspect.Arg{
+			{Name: "object_path", Type: "o"}, {Name: "interfaces_and_properties", Type: "a{sa{sv}}"},
+		}},
+		{Name: "InterfacesRemoved", Args: []introspect.Arg{
+			{Name: "object_path", Type: "o"}, {Name: "interfaces", Type: "as"},
+		}},
+	},
+}

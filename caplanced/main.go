@@ -23,10 +23,11 @@ func main() {
 	cleanup := fs.Bool("cleanup", false, "undo what a caplanced that did not stop cleanly left behind (VIPs, sysctls, nftables table) and exit")
 	runtimeDir := fs.String("runtime-dir", envOr("RUNTIME_DIRECTORY", "/run/caplance"), "`directory` for the host-change journal and stats.json")
 	stateDir := fs.String("state-dir", envOr("STATE_DIRECTORY", "/var/lib/caplance"), "`directory` for backends added at run time (backends.json)")
+	bus := fs.String("bus", "system", "where to serve the D-Bus API: system, session, none, or a bus `address`")
 	stopTimeout := fs.Duration("stop-timeout", 5*time.Second, "how long the cleanup after SIGTERM may take")
 	cli.Main(cli.Command{
 		Name:        "caplanced",
-		Synopsis:    "[--config FILE] [--check-config | --cleanup] [--runtime-dir DIR] [--state-dir DIR] [--stop-timeout D]",
+		Synopsis:    "[--config FILE] [--check-config | --cleanup] [--runtime-dir DIR] [--state-dir DIR] [--bus BUS] [--stop-timeout D]",
 		Description: "Caplance load balancer daemon (Maglev hashing, IP-in-UDP to backends, direct server return).",
 		Flags:       fs,
 		Run: func(args []string, stdout io.Writer) error {
@@ -45,7 +46,7 @@ func main() {
 				fmt.Fprintln(stdout, "ok")
 				return nil
 			}
-			return daemon.Run(daemon.Options{Config: cfg, ConfigPath: *configPath, RuntimeDir: *runtimeDir, StateDir: *stateDir, StopTimeout: *stopTimeout, Logger: log})
+			return daemon.Run(daemon.Options{Config: cfg, ConfigPath: *configPath, RuntimeDir: *runtimeDir, StateDir: *stateDir, Bus: *bus, StopTimeout: *stopTimeout, Logger: log})
 		},
 	})
 }

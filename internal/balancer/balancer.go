@@ -259,6 +259,8 @@ type BackendStats struct {
 	Packets  uint64
 	Bytes    uint64
 	NewFlows uint64
+	// ActiveFlows is how many tracked flows point at the backend.
+	ActiveFlows uint64
 }
 
 // Stats sums the per-worker counters.
@@ -271,8 +273,9 @@ func (b *Balancer) Stats() Stats {
 			st.Drops[dropReason(r).String()] += w.drops[r].Load()
 		}
 	}
+	flows := b.cfg.Conntrack.CountByBackend()
 	for _, t := range b.snap.Load().byIndex {
-		bs := BackendStats{Name: t.Name, State: t.State.String()}
+		bs := BackendStats{Name: t.Name, State: t.State.String(), ActiveFlows: uint64(flows[t.ID])}
 		for i := range t.stats.perWorker {
 			c := &t.stats.perWorker[i]
 			bs.Packets += c.packets.Load()

@@ -22,14 +22,17 @@ import (
 	"time"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/godbus/dbus/v5"
 	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/conntrack"
+	"github.com/caplance/caplance/internal/dbusapi"
 	"github.com/caplance/caplance/internal/nft"
 	"github.com/caplance/caplance/internal/receiver"
 	"github.com/caplance/caplance/internal/registry"
+	"github.com/caplance/caplance/internal/version"
 	"github.com/caplance/caplance/internal/vip"
 )
 
@@ -42,6 +45,9 @@ type Options struct {
 	StateDir string
 	// RuntimeDir holds the host-change journal and the stats file.
 	RuntimeDir string
+	// Bus is where the D-Bus API is served: "system", "session", "none" or
+	// a bus address.
+	Bus string
 	// StopTimeout bounds the shutdown after SIGTERM.
 	StopTimeout time.Duration
 	Logger      *slog.Logger
@@ -63,9 +69,14 @@ var ErrForced = errors.New("stopped by a second signal before cleanup finished")
 
 // running is what Run has set up, in the order it must come down.
 type running struct {
-	log      *slog.Logger
-	cfg      *config.Config
-	reg      *registry.Registry
+	log *slog.Logger
+	cfg *config.Config
+	reg *registry.Registry
+	bus *dbus.Conn
+	api *dbusapi.Server
+	// reloads carries Reload calls from the D-Bus API to the main loop,
+	// which serialises them with SIGHUP.
+	reloads  chan chan error
 	host     *vip.Host
 	nftOwned bool
 	bal      *balancer.Balancer
@@ -85,7 +96,7 @@ func Run(opts Options) error {
 	signal.Notify(hups, syscall.SIGHUP)
 	defer signal.Stop(hups)
 
-	r := &running{log: log, cfg: opts.Config}
+	r := &running{log: log, cfg: opts.Config, reloads: make(chan chan error)}
 	if err := r.start(opts); err != nil {
 		r.stop()
 		return err
@@ -110,11 +121,14 @@ func Run(opts Options) error {
 		select {
 		case sig = <-sigs:
 		case <-hups:
-			r.reload(opts.ConfigPath)
+			_ = r.reload(opts.ConfigPath)
+		case reply := <-r.reloads:
+			reply <- r.reload(opts.ConfigPath)
 		}
 	}
 	log.Info("stopping", "signal", sig.String(), "timeout", opts.StopTimeout)
 	notify(log, "STOPPING=1\nSTATUS=stopping")
+	r.setState("stopping")
 
 	finished := make(chan struct{})
 	go func() {
@@ -197,7 +211,89 @@ func (r *running) start(opts Options) error {
 			return err
 		}
 	}
+	if opts.Bus != "none" {
+		step("taking the bus name " + dbusapi.BusName)
+		if err := r.startAPI(opts.Bus); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// startAPI serves the D-Bus API; the objects are exported before the name
+// is taken, so a client that sees the name finds them.
+func (r *running) startAPI(bus string) error {
+	var err error
+	switch bus {
+	case "system":
+		r.bus, err = dbus.ConnectSystemBus()
+	case "session":
+		r.bus, err = dbus.ConnectSessionBus()
+	default:
+		r.bus, err = dbus.Connect(bus)
+	}
+	if err != nil {
+		return fmt.Errorf("D-Bus: connect to the %s bus: %w (--bus=none runs without the API)", bus, err)
+	}
+	info := dbusapi.Info{
+		Version: version.Version,
+		Stats:   r.apiStats,
+		Reload: func() error {
+			reply := make(chan error)
+			r.reloads <- reply
+			return <-reply
+		},
+		Logger: r.log,
+	}
+	if b := r.cfg.Balancer; b != nil {
+		info.Roles = append(info.Roles, "balancer")
+		for _, v := range b.VIPs {
+			info.VIPs = append(info.VIPs, v.Addr.String())
+		}
+		info.EncapPort, info.TableSize = b.EncapPort, uint32(b.TableSize)
+		info.Counters = r.apiCounters
+	}
+	if rc := r.cfg.Receiver; rc != nil {
+		info.Roles = append(info.Roles, "receiver")
+		if info.EncapPort == 0 {
+			info.EncapPort = rc.EncapPort
+		}
+	}
+	r.api, err = dbusapi.Export(r.bus, r.reg, info)
+	if err != nil {
+		return fmt.Errorf("D-Bus: %w", err)
+	}
+	return nil
+}
+
+// apiStats is GetStats: the balancer's counters, flat.
+func (r *running) apiStats() map[string]uint64 {
+	out := map[string]uint64{}
+	if r.bal == nil {
+		return out
+	}
+	st := r.bal.Stats()
+	out["received"], out["forwarded"] = st.Received, st.Forwarded
+	out["conntrack_size"], out["conntrack_evictions"] = uint64(st.ConntrackSize), st.ConntrackEvictions
+	for reason, n := range st.Drops {
+		out["drop."+reason] = n
+	}
+	return out
+}
+
+// apiCounters are the backends' counters for their D-Bus properties.
+func (r *running) apiCounters() map[string]dbusapi.Counters {
+	out := map[string]dbusapi.Counters{}
+	for _, b := range r.bal.Stats().Backends {
+		out[b.Name] = dbusapi.Counters{ActiveFlows: b.ActiveFlows, Packets: b.Packets, Bytes: b.Bytes}
+	}
+	return out
+}
+
+func (r *running) setState(state string) {
+	if r.api != nil {
+		r.api.SetState(state)
+	}
 }
 
 func (r *running) startBalancer(cfg *config.Config, stateDir string, step func(string)) error {
@@ -248,19 +344,24 @@ func (r *running) startBalancer(cfg *config.Config, stateDir string, step func(s
 // without a restart; established flows of backends that stay keep their
 // backend. Anything else that changed needs a restart and is refused, as is
 // an invalid file: the running configuration stays.
-func (r *running) reload(path string) {
+func (r *running) reload(path string) error {
 	notify(r.log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
-	defer notify(r.log, "READY=1\nSTATUS="+r.statusLine(r.cfg))
+	r.setState("reloading")
+	defer func() {
+		r.setState("running")
+		notify(r.log, "READY=1\nSTATUS="+r.statusLine(r.cfg))
+	}()
 	cfg, err := config.Load(path)
 	if err == nil {
 		err = r.applyReload(cfg)
 	}
 	if err != nil {
 		r.log.Error("reload refused; the running configuration stays", "err", err)
-		return
+		return fmt.Errorf("reload refused, the running configuration stays: %w", err)
 	}
 	r.cfg = cfg
 	r.log.Info("reloaded", "backends", len(cfg.Backends))
+	return nil
 }
 
 func (r *running) applyReload(cfg *config.Config) error {
@@ -329,6 +430,12 @@ func (r *running) statusLine(cfg *config.Config) string {
 // stop closes the sockets and undoes every host change, newest first. It is
 // safe on a partly started daemon.
 func (r *running) stop() {
+	if r.api != nil {
+		r.api.Close()
+	}
+	if r.bus != nil {
+		r.bus.Close()
+	}
 	if r.bal != nil {
 		r.bal.Close()
 	}

@@ -265,7 +265,7 @@ func (dp *dataplane) startBalancer(b *testing.B, workers int) {
 		cfg += fmt.Sprintf("workers = %d\n", workers)
 	}
 	cfg += fmt.Sprintf("\n[[backend]]\nname = \"sink\"\naddress = %q\n", sinkAddr)
-	d, err := dp.tb.StartDaemon(dp.tb.LB, fmt.Sprintf("lb-w%d", workers), cfg)
+	d, err := dp.tb.StartDaemon(dp.tb.LB, fmt.Sprintf("lb-w%d", workers), cfg, "none")
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -171,7 +171,7 @@ func TestKernelModeWithoutFOU(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf("[receiver]\nvips = [%q]\nbalancers = [%q]\nmode = \"kernel\"\n", testbed.VIP, testbed.LBAddr)
-	_, err = tb.StartDaemon(host, "kern", cfg)
+	_, err = tb.StartDaemon(host, "kern", cfg, "none")
 	if err == nil || !strings.Contains(err.Error(), "receiver mode kernel: foo-over-UDP port 5555: kernel has no foo-over-UDP") {
 		t.Fatalf("mode kernel on a kernel without fou: got %v, want a clear error", err)
 	}

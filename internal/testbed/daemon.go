@@ -29,6 +29,7 @@ type Daemon struct {
 	Name       string
 	ConfigPath string
 	RuntimeDir string
+	bus        string
 	LogPath    string
 	cmd        *exec.Cmd
 	exited     chan struct{}
@@ -39,8 +40,9 @@ type Daemon struct {
 	changed  chan struct{}
 }
 
-// StartDaemon writes cfg and starts caplanced on host, waiting for READY=1.
-func (tb *Testbed) StartDaemon(host *netnstest.Host, name, cfg string) (*Daemon, error) {
+// StartDaemon writes cfg and starts caplanced on host, serving its D-Bus API
+// on bus ("none" for none), and waits for READY=1.
+func (tb *Testbed) StartDaemon(host *netnstest.Host, name, cfg, bus string) (*Daemon, error) {
 	dir, err := tb.dir(name)
 	if err != nil {
 		return nil, err
@@ -48,6 +50,7 @@ func (tb *Testbed) StartDaemon(host *netnstest.Host, name, cfg string) (*Daemon,
 	d := &Daemon{
 		Name:       name,
 		ConfigPath: filepath.Join(dir, "caplanced.toml"),
+		bus:        bus,
 		RuntimeDir: filepath.Join(dir, "run"),
 		LogPath:    filepath.Join(dir, "caplanced.log"),
 		exited:     make(chan struct{}),
@@ -86,7 +89,7 @@ func (d *Daemon) start(host *netnstest.Host, binary string) error {
 	}
 	defer logf.Close()
 	d.cmd = host.Command(context.Background(), binary, "--config", d.ConfigPath,
-		"--runtime-dir", d.RuntimeDir, "--state-dir", filepath.Join(filepath.Dir(d.ConfigPath), "state"))
+		"--runtime-dir", d.RuntimeDir, "--state-dir", filepath.Join(filepath.Dir(d.ConfigPath), "state"), "--bus", d.bus)
 	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := host.Start(d.cmd); err != nil {

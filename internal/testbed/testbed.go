@@ -12,6 +12,7 @@ package testbed
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -59,6 +60,9 @@ type Options struct {
 	Workers int
 	// Dir holds configs, runtime directories and logs.
 	Dir string
+	// BalancerBus is the bus address the balancer serves its D-Bus API on;
+	// "" for none. Receivers never serve it.
+	BalancerBus string
 }
 
 // Testbed is a running deployment.
@@ -123,7 +127,7 @@ func New(opts Options) (tb *Testbed, err error) {
 
 func (tb *Testbed) startBackend(b *Backend) error {
 	cfg := fmt.Sprintf("[receiver]\nvips = [%q]\nbalancers = [%q]\nworkers = %d\n", VIP, LBAddr, tb.opts.Workers)
-	d, err := tb.StartDaemon(b.Host, b.Name, cfg)
+	d, err := tb.StartDaemon(b.Host, b.Name, cfg, "none")
 	if err != nil {
 		return err
 	}
@@ -180,7 +184,7 @@ func (tb *Testbed) BalancerConfig(backends []*Backend) string {
 
 // StartBalancer starts the balancer's caplanced with every backend.
 func (tb *Testbed) StartBalancer() error {
-	d, err := tb.StartDaemon(tb.LB, "lb", tb.BalancerConfig(tb.Backends))
+	d, err := tb.StartDaemon(tb.LB, "lb", tb.BalancerConfig(tb.Backends), cmp.Or(tb.opts.BalancerBus, "none"))
 	if err != nil {
 		return err
 	}

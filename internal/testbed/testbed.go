@@ -183,8 +183,12 @@ func (tb *Testbed) BalancerConfig(backends []*Backend) string {
 }
 
 // StartBalancer starts the balancer's caplanced with every backend.
-func (tb *Testbed) StartBalancer() error {
-	d, err := tb.StartDaemon(tb.LB, "lb", tb.BalancerConfig(tb.Backends), cmp.Or(tb.opts.BalancerBus, "none"))
+func (tb *Testbed) StartBalancer() error { return tb.StartBalancerWith(tb.Backends) }
+
+// StartBalancerWith starts the balancer's caplanced with backends in its
+// configuration file.
+func (tb *Testbed) StartBalancerWith(backends []*Backend) error {
+	d, err := tb.StartDaemon(tb.LB, "lb", tb.BalancerConfig(backends), cmp.Or(tb.opts.BalancerBus, "none"))
 	if err != nil {
 		return err
 	}

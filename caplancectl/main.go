@@ -2,22 +2,12 @@
 package main
 
 import (
-	"fmt"
-	"io"
+	"os"
 
-	"github.com/caplance/caplance/internal/cli"
+	"github.com/caplance/caplance/internal/ctl"
 )
 
 func main() {
-	cli.Main(cli.Command{
-		Name:        "caplancectl",
-		Synopsis:    "COMMAND [ARGS]",
-		Description: "Control the Caplance load balancer daemon (caplanced) over D-Bus.",
-		Run: func(args []string, _ io.Writer) error {
-			if len(args) == 0 {
-				return cli.UsageError{Msg: "missing command"}
-			}
-			return cli.UsageError{Msg: fmt.Sprintf("unknown command %q", args[0])}
-		},
-	})
+	app := &ctl.App{Dial: ctl.DialBus}
+	os.Exit(app.Execute(os.Args[1:], os.Stdout, os.Stderr))
 }

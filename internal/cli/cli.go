@@ -55,20 +55,24 @@ func (c Command) Execute(args []string, stdout, stderr io.Writer) int {
 		fs = flag.NewFlagSet(c.Name, flag.ContinueOnError)
 	}
 	showVersion := fs.Bool("version", false, "print the version and exit")
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		out := fs.Output()
+	printUsage := func(out io.Writer) {
 		fmt.Fprintf(out, "Usage: %s %s\n\n%s\n\nFlags:\n", c.Name, c.Synopsis, c.Description)
+		fs.SetOutput(out)
 		fs.PrintDefaults()
 		fmt.Fprintf(out, "\nSee %s(8).\n", c.Name)
 	}
+	// The flag package writes a parse error to the output, then calls
+	// Usage (also for -h, before returning ErrHelp); the usage is printed
+	// after Parse instead, so that help goes to stdout, once.
+	fs.SetOutput(stderr)
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fs.SetOutput(stdout)
-			fs.Usage()
+			printUsage(stdout)
 			return ExitOK
 		}
-		return ExitUsage // flag has printed the error and the usage
+		printUsage(stderr)
+		return ExitUsage
 	}
 	if *showVersion {
 		fmt.Fprintf(stdout, "%s %s\n", c.Name, version.Version)

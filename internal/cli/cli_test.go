@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -46,8 +47,11 @@ func TestExecute(t *testing.T) {
 
 func TestExecuteHelpAndBadFlag(t *testing.T) {
 	var stdout, stderr bytes.Buffer
-	if code := testCommand(nil).Execute([]string{"--help"}, &stdout, &stderr); code != ExitOK {
+	if code := testCommand(nil).Execute([]string{"-n", "1", "--help"}, &stdout, &stderr); code != ExitOK {
 		t.Errorf("--help exit code %d, want 0", code)
+	}
+	if stderr.Len() != 0 || strings.Count(stdout.String(), "Usage:") != 1 {
+		t.Errorf("--help: want the usage once, on stdout; stdout %q, stderr %q", stdout.String(), stderr.String())
 	}
 	for _, want := range []string{"Usage: prog [-n N]", "A test command.", "-version", "-n int", "See prog(8)."} {
 		if !bytes.Contains(stdout.Bytes(), []byte(want)) {

@@ -1,0 +1,235 @@
+package ctl
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/godbus/dbus/v5"
+)
+
+// The names of caplanced.dbus(7).
+const (
+	BusName           = "org.caplance.Caplance1"
+	ManagerPath       = dbus.ObjectPath("/org/caplance/Caplance1")
+	ManagerIface      = BusName + ".Manager"
+	BackendIface      = BusName + ".Backend"
+	BackendPathPrefix = "/org/caplance/Caplance1/backend/"
+	ErrorPrefix       = BusName + ".Error."
+	// HealthBusName is owned by caplance-healthd while it runs.
+	HealthBusName = "org.caplance.Health1"
+)
+
+// Names of the bus itself and of the standard interfaces.
+const (
+	busDaemonName   = "org.freedesktop.DBus"
+	busDaemonPath   = dbus.ObjectPath("/org/freedesktop/DBus")
+	propertiesIface = "org.freedesktop.DBus.Properties"
+)
+
+// Conn is the part of a bus connection caplancectl uses: method calls and
+// signals. DialBus gives the real one; tests give a fake.
+type Conn interface {
+	// Call calls method ("interface.Member") on the object at path of dest
+	// and returns the reply's body. A refusal is a dbus.Error.
+	Call(ctx context.Context, dest string, path dbus.ObjectPath, method string, args ...any) ([]any, error)
+	// Subscribe adds one match rule per element of rules (type=signal is
+	// implied) and returns the channel the signals arrive on; it is closed
+	// when the connection is.
+	Subscribe(ctx context.Context, rules ...[]dbus.MatchOption) (<-chan *dbus.Signal, error)
+	Close() error
+}
+
+// DialBus connects to the bus of --bus: "system" (DBUS_SYSTEM_BUS_ADDRESS
+// or the system's socket), "session" (DBUS_SESSION_BUS_ADDRESS, never
+// launching a new bus) or a D-Bus address. A failure is a *NotRunningError.
+func DialBus(bus string) (Conn, error) {
+	var (
+		c   *dbus.Conn
+		err error
+	)
+	switch bus {
+	case "system":
+		c, err = dbus.ConnectSystemBus()
+	case "session":
+		c, err = dbus.SessionBusPrivateNoAutoStartup()
+		if err == nil {
+			if err = c.Auth(nil); err == nil {
+				err = c.Hello()
+			}
+			if err != nil {
+				_ = c.Close()
+			}
+		}
+	default:
+		c, err = dbus.Connect(bus)
+	}
+	if err != nil {
+		return nil, &NotRunningError{Msg: fmt.Sprintf("cannot connect to the %s: %v", busLabel(bus), err)}
+	}
+	return &busConn{c: c}, nil
+}
+
+func busLabel(bus string) string {
+	switch bus {
+	case "system", "session":
+		return bus + " bus"
+	}
+	return "bus " + bus
+}
+
+// busConn is Conn over a godbus connection.
+type busConn struct{ c *dbus.Conn }
+
+func (b *busConn) Call(ctx context.Context, dest string, path dbus.ObjectPath, method string, args ...any) ([]any, error) {
+	// NoAutoStart: caplancectl reports a stopped daemon, it never starts
+	// one through bus activation.
+	call := b.c.Object(dest, path).CallWithContext(ctx, method, dbus.FlagNoAutoStart, args...)
+	return call.Body, call.Err
+}
+
+func (b *busConn) Subscribe(ctx context.Context, rules ...[]dbus.MatchOption) (<-chan *dbus.Signal, error) {
+	for _, rule := range rules {
+		if err := b.c.AddMatchSignalContext(ctx, rule...); err != nil {
+			return nil, err
+		}
+	}
+	ch := make(chan *dbus.Signal, 64)
+	b.c.Signal(ch)
+	return ch, nil
+}
+
+func (b *busConn) Close() error { return b.c.Close() }
+
+// NotRunningError means caplanced cannot be reached: its name has no owner
+// or the bus cannot be connected to. caplancectl exits with ExitNotRunning.
+type NotRunningError struct{ Msg string }
+
+func (e *NotRunningError) Error() string {
+	return e.Msg + " (is caplanced running? systemctl start caplanced)"
+}
+
+// callError turns the error of a call of method into what the user reads:
+// the D-Bus error's message, with a hint where one helps; the result still
+// tells its D-Bus name to errorName. It is the one place D-Bus errors
+// become messages.
+func callError(method string, err error) error {
+	if err == nil {
+		return nil
+	}
+	dbusErr, ok := asDBusError(err)
+	if !ok {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("%s: no reply from caplanced within %v", method, callTimeout)
+		}
+		return fmt.Errorf("%s: %w", method, err)
+	}
+	var user error
+	switch dbusErr.Name {
+	case "org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner":
+		user = &NotRunningError{Msg: "caplanced is not running: " + dbusErr.Error()}
+	case ErrorPrefix + "AccessDenied":
+		user = errors.New(dbusErr.Error() + accessHint)
+	case "org.freedesktop.DBus.Error.AccessDenied":
+		// The bus's message is a dump of the message's header fields.
+		user = errors.New(method + ": refused by the D-Bus policy" + accessHint)
+	default:
+		user = errors.New(dbusErr.Error()) // the message, or the name without one
+	}
+	return &namedError{name: dbusErr.Name, err: user}
+}
+
+const accessHint = " (run as root or a member of caplance-admin)"
+
+// namedError is a message for the user that remembers the name of the
+// D-Bus error it came from.
+type namedError struct {
+	name string
+	err  error
+}
+
+func (e *namedError) Error() string { return e.err.Error() }
+func (e *namedError) Unwrap() error { return e.err }
+
+// errorName returns the D-Bus error name of err, or "".
+func errorName(err error) string {
+	var named *namedError
+	if errors.As(err, &named) {
+		return named.name
+	}
+	if e, ok := asDBusError(err); ok {
+		return e.Name
+	}
+	return ""
+}
+
+func asDBusError(err error) (dbus.Error, bool) {
+	var e dbus.Error
+	if errors.As(err, &e) {
+		return e, true
+	}
+	var p *dbus.Error
+	if errors.As(err, &p) && p != nil {
+		return *p, true
+	}
+	return dbus.Error{}, false
+}
+
+// Error names of a call to an object that is not there.
+var noObjectNames = map[string]bool{
+	"org.freedesktop.DBus.Error.UnknownObject":    true,
+	"org.freedesktop.DBus.Error.NoSuchObject":     true,
+	"org.freedesktop.DBus.Error.UnknownInterface": true,
+	"org.freedesktop.DBus.Error.UnknownMethod":    true,
+}
+
+// BackendPath is the object path of the backend called name: every byte
+// other than A-Z, a-z and 0-9 is written as "_" and two lower-case hex
+// digits, as systemd escapes unit names; the empty name is "_".
+func BackendPath(name string) dbus.ObjectPath {
+	if name == "" {
+		return dbus.ObjectPath(BackendPathPrefix + "_")
+	}
+	var b strings.Builder
+	b.WriteString(BackendPathPrefix)
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "_%02x", c)
+	}
+	return dbus.ObjectPath(b.String())
+}
+
+// backendName undoes BackendPath; ok is false when path is not a
+// backend's or is not escaped as BackendPath escapes.
+func backendName(path dbus.ObjectPath) (name string, ok bool) {
+	s, ok := strings.CutPrefix(string(path), BackendPathPrefix)
+	if !ok || s == "" || strings.Contains(s, "/") {
+		return "", false
+	}
+	if s == "_" {
+		return "", true
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '_' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+3 > len(s) {
+			return "", false
+		}
+		c, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
+		if err != nil {
+			return "", false
+		}
+		b.WriteByte(byte(c))
+		i += 2
+	}
+	return b.String(), true
+}

@@ -1,0 +1,248 @@
+package ctl
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caplance/caplance/internal/cli"
+	"github.com/caplance/caplance/internal/dbustest"
+	"github.com/godbus/dbus/v5"
+	"github.com/google/go-cmp/cmp"
+)
+
+// Backend must stay the element of ListBackends' a(ssusssttt).
+func TestBackendSignature(t *testing.T) {
+	if got := dbus.SignatureOf([]Backend{}).String(); got != "a(ssusssttt)" {
+		t.Errorf("signature of []Backend = %s, want a(ssusssttt)", got)
+	}
+}
+
+// stubDaemon owns BusName and answers like caplanced with fixed data: just
+// enough to check the wire types and the match rules, not caplanced.
+type stubDaemon struct {
+	conn *dbus.Conn
+	mu   sync.Mutex
+	got  []string
+}
+
+func (s *stubDaemon) record(format string, args ...any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.got = append(s.got, fmt.Sprintf(format, args...))
+}
+
+func (s *stubDaemon) AddBackend(name, address string, opts map[string]dbus.Variant) (dbus.ObjectPath, *dbus.Error) {
+	s.record("AddBackend %s %s %s", name, address, describeValue(opts))
+	return BackendPath(name), nil
+}
+
+func (s *stubDaemon) Drain(name string) *dbus.Error {
+	return dbus.NewError(ErrorPrefix+"NotFound", []any{fmt.Sprintf("backend %q: no such backend", name)})
+}
+
+func (s *stubDaemon) SetWeight(name string, weight uint32) *dbus.Error {
+	s.record("SetWeight %s %d", name, weight)
+	return nil
+}
+
+func (s *stubDaemon) ListBackends() ([]Backend, *dbus.Error) {
+	return []Backend{{"web-1", "10.0.1.1", 100, "active", "up", "", 12, 3400, 567890}}, nil
+}
+
+func (s *stubDaemon) GetStats() (map[string]uint64, *dbus.Error) {
+	return map[string]uint64{"received": 7, "drop.no_backend": 1}, nil
+}
+
+// stubProperties is org.freedesktop.DBus.Properties of one object.
+type stubProperties map[string]dbus.Variant
+
+func (p stubProperties) GetAll(string) (map[string]dbus.Variant, *dbus.Error) { return p, nil }
+
+func startStub(t *testing.T, bus *dbustest.Bus) *stubDaemon {
+	t.Helper()
+	conn := bus.Connect(t)
+	s := &stubDaemon{conn: conn}
+	for _, export := range []struct {
+		v     any
+		path  dbus.ObjectPath
+		iface string
+	}{
+		{s, ManagerPath, ManagerIface},
+		{stubProperties(managerProps), ManagerPath, propertiesIface},
+		{stubProperties(web1Props), BackendPath("web-1"), propertiesIface},
+	} {
+		if err := conn.Export(export.v, export.path, export.iface); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if reply, err := conn.RequestName(BusName, dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
+		t.Fatalf("RequestName: %v %v", reply, err)
+	}
+	return s
+}
+
+// syncBuffer is a bytes.Buffer for a writer and a reader in two goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestOverBus runs caplancectl over a private system bus with the shipped
+// policy against a stub daemon: the real DialBus, wire types, errors, the
+// policy's refusal and the match rules.
+func TestOverBus(t *testing.T) {
+	bus := dbustest.Start(t)
+	addr := bus.Address
+	ctl := func(args ...string) (int, string, string) {
+		var stdout, stderr syncBuffer
+		code := (&App{}).Execute(append([]string{"--bus", addr}, args...), &stdout, &stderr)
+		return code, stdout.String(), stderr.String()
+	}
+
+	// Nobody owns the name yet.
+	for _, args := range [][]string{{"status"}, {"list"}, {"show", "web-1"}, {"drain", "web1"}, {"watch"}} {
+		code, _, stderr := ctl(args...)
+		if code != ExitNotRunning || !strings.Contains(stderr, "systemctl start caplanced") {
+			t.Errorf("%v without caplanced: exit code %d, stderr %q", args, code, stderr)
+		}
+	}
+
+	stub := startStub(t, bus)
+	tests := []struct {
+		args       []string
+		wantCode   int
+		wantStdout string
+		wantStderr string
+	}{
+		{args: []string{"list"}, wantStdout: "NAME   ADDRESS   WEIGHT  ADMIN   HEALTH  FLOWS  PACKETS\nweb-1  10.0.1.1  100     active  up      12     3400\n"},
+		{args: []string{"stats"}, wantStdout: "drop.no_backend 1\nreceived 7\n"},
+		{args: []string{"show", "web-1"}, wantStdout: "Name:         web-1\n"},
+		{args: []string{"show", "web9"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: backend \"web9\": no such backend\n"},
+		{args: []string{"status"}, wantStdout: "Version:   1.2.3\n"},
+		{args: []string{"add-backend", "web2", "10.0.1.2", "--weight", "5", "--runtime"}},
+		{args: []string{"set-weight", "web2", "7"}},
+		{args: []string{"drain", "web9"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: backend \"web9\": no such backend\n"},
+		{args: []string{"reload"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: Unknown / invalid method 'Reload'\n"},
+	}
+	for _, tt := range tests {
+		code, stdout, stderr := ctl(tt.args...)
+		if code != tt.wantCode || !strings.HasPrefix(stdout, tt.wantStdout) || (tt.wantStdout == "") != (stdout == "") || stderr != tt.wantStderr {
+			t.Errorf("%v: exit code %d, stdout %q, stderr %q; want %d, %q…, %q", tt.args, code, stdout, stderr, tt.wantCode, tt.wantStdout, tt.wantStderr)
+		}
+	}
+	// Reading is for everyone, changing is not.
+	nobody := &App{Dial: func(string) (Conn, error) {
+		c, err := bus.DialAs(dbustest.Nobody(t))
+		if err != nil {
+			return nil, err
+		}
+		return &busConn{c: c}, nil
+	}}
+	var stdout, stderr syncBuffer
+	if code := nobody.Execute([]string{"list"}, &stdout, &stderr); code != 0 || stderr.String() != "" {
+		t.Errorf("list as nobody: exit code %d, stderr %q", code, stderr.String())
+	}
+	code := nobody.Execute([]string{"set-weight", "web1", "3"}, &stdout, &stderr)
+	wantDenied := "caplancectl: SetWeight: refused by the D-Bus policy (run as root or a member of caplance-admin)\n"
+	if code != cli.ExitFailed || stderr.String() != wantDenied {
+		t.Errorf("set-weight as nobody: exit code %d, stderr %q; want %d, %q", code, stderr.String(), cli.ExitFailed, wantDenied)
+	}
+
+	want := []string{"AddBackend web2 10.0.1.2 a{sv}{runtime:b=true,weight:u=5}", "SetWeight web2 7"}
+	if diff := cmp.Diff(want, stub.got); diff != "" {
+		t.Errorf("calls received (-want +got):\n%s", diff)
+	}
+
+	// watch, ended by closing its connection.
+	var (
+		wout, werr syncBuffer
+		mu         sync.Mutex
+		watchConn  Conn
+		done       = make(chan int, 1)
+	)
+	app := &App{Dial: func(bus string) (Conn, error) {
+		c, err := DialBus(bus)
+		mu.Lock()
+		defer mu.Unlock()
+		watchConn = c
+		return c, err
+	}}
+	go func() { done <- app.Execute([]string{"--bus", addr, "watch"}, &wout, &werr) }()
+	waitFor := func(what string, emit func()) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); !strings.Contains(wout.String(), what); {
+			if time.Now().After(deadline) {
+				t.Fatalf("watch did not print %q; stdout %q, stderr %q", what, wout.String(), werr.String())
+			}
+			if emit != nil {
+				emit()
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	emit := func(path dbus.ObjectPath, name string, body ...any) {
+		if err := stub.conn.Emit(path, name, body...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Until watch has subscribed, signals are lost: repeat the first.
+	waitFor("BackendAdded probe", func() { emit(ManagerPath, ManagerIface+".BackendAdded", "probe", BackendPath("probe")) })
+	emit(ManagerPath, propertiesIface+".PropertiesChanged", ManagerIface, map[string]dbus.Variant{"State": variant("reloading")}, []string{})
+	emit(BackendPath("web-1"), propertiesIface+".PropertiesChanged", BackendIface,
+		map[string]dbus.Variant{"Weight": variant(uint32(3))}, []string{"Packets"})
+	emit(ManagerPath, ManagerIface+".BackendHealthChanged", "web-1", false, "timeout")
+	waitFor("BackendHealthChanged", nil)
+	if _, err := stub.conn.ReleaseName(BusName); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("caplanced stopped", nil)
+	// A restarted caplanced is watched too.
+	if reply, err := stub.conn.RequestName(BusName, dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
+		t.Fatalf("RequestName: %v %v", reply, err)
+	}
+	waitFor("caplanced started", nil)
+	emit(ManagerPath, ManagerIface+".BackendRemoved", "web-1", BackendPath("web-1"))
+	waitFor("BackendRemoved", nil)
+	mu.Lock()
+	watchConn.Close()
+	mu.Unlock()
+	select {
+	case code := <-done:
+		if code != cli.ExitFailed {
+			t.Errorf("watch exit code %d after the connection closed, want %d", code, cli.ExitFailed)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("watch did not end when its connection closed")
+	}
+	lines := strings.Split(strings.TrimSpace(wout.String()), "\n")
+	for len(lines) > 1 && lines[1] == lines[0] { // repeated probes
+		lines = lines[1:]
+	}
+	wantLines := []string{
+		"BackendAdded probe /org/caplance/Caplance1/backend/probe",
+		`PropertiesChanged web-1 Weight=3 invalidated=Packets`,
+		`BackendHealthChanged web-1 down "timeout"`,
+		"caplanced stopped",
+		"caplanced started",
+		"BackendRemoved web-1 /org/caplance/Caplance1/backend/web_2d1",
+	}
+	if diff := cmp.Diff(wantLines, lines); diff != "" {
+		t.Errorf("watch output (-want +got):\n%s", diff)
+	}
+}

@@ -1,0 +1,92 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/caplance/caplance/internal/cli"
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestErrors(t *testing.T) {
+	const hint = " (is caplanced running? systemctl start caplanced)\n"
+	tests := []struct {
+		name     string
+		args     []string
+		err      error // of every call
+		dialErr  error
+		wantCode int
+		want     string
+	}{
+		{name: "NotFound", args: []string{"drain", "web9"}, err: dbusError(ErrorPrefix+"NotFound", `backend "web9": no such backend`),
+			wantCode: cli.ExitFailed, want: "caplancectl: backend \"web9\": no such backend\n"},
+		{name: "InvalidArgument", args: []string{"set-weight", "web1", "20000"}, err: dbusError(ErrorPrefix+"InvalidArgument", "weight 20000: must be between 0 and 10000"),
+			wantCode: cli.ExitFailed, want: "caplancectl: weight 20000: must be between 0 and 10000\n"},
+		{name: "AlreadyExists", args: []string{"add-backend", "web1", "10.0.1.1"}, err: dbusError(ErrorPrefix+"AlreadyExists", `backend "web1": exists already`),
+			wantCode: cli.ExitFailed, want: "caplancectl: backend \"web1\": exists already\n"},
+		{name: "Failed", args: []string{"remove-backend", "web1"}, err: dbusError(ErrorPrefix+"Failed", "state: write /var/lib/caplance/backends.json: no space left on device"),
+			wantCode: cli.ExitFailed, want: "caplancectl: state: write /var/lib/caplance/backends.json: no space left on device\n"},
+		{name: "NotSupported", args: []string{"list"}, err: dbusError(ErrorPrefix+"NotSupported", "this caplanced has no balancer role"),
+			wantCode: cli.ExitFailed, want: "caplancectl: this caplanced has no balancer role\n"},
+		{name: "a reload refused names every problem", args: []string{"reload"},
+			err:      dbusError(ErrorPrefix+"InvalidArgument", "/etc/caplance/caplanced.toml: a: bad\n/etc/caplance/caplanced.toml: b: worse"),
+			wantCode: cli.ExitFailed, want: "caplancectl: /etc/caplance/caplanced.toml: a: bad\ncaplancectl: /etc/caplance/caplanced.toml: b: worse\n"},
+		{name: "AccessDenied by caplanced", args: []string{"undrain", "web1"}, err: dbusError(ErrorPrefix+"AccessDenied", "uid 1000 may not call Undrain"),
+			wantCode: cli.ExitFailed, want: "caplancectl: uid 1000 may not call Undrain (run as root or a member of caplance-admin)\n"},
+		{name: "AccessDenied by the bus policy", args: []string{"reload"}, err: dbusError("org.freedesktop.DBus.Error.AccessDenied", `Rejected send message, 2 matched rules; type="method_call", sender=":1.23" (uid=65534 …)`),
+			wantCode: cli.ExitFailed, want: "caplancectl: Reload: refused by the D-Bus policy (run as root or a member of caplance-admin)\n"},
+		{name: "error without a message", args: []string{"reload"}, err: errorWithoutMessage("org.caplance.Caplance1.Error.Failed"),
+			wantCode: cli.ExitFailed, want: "caplancectl: org.caplance.Caplance1.Error.Failed\n"},
+		{name: "show of no backend", args: []string{"show", "web9"}, err: dbusError("org.freedesktop.DBus.Error.UnknownObject", "Unknown object '/org/caplance/Caplance1/backend/web9'."),
+			wantCode: cli.ExitFailed, want: "caplancectl: backend \"web9\": no such backend\n"},
+		{name: "no reply in time", args: []string{"reload"}, err: fmt.Errorf("call: %w", context.DeadlineExceeded),
+			wantCode: cli.ExitFailed, want: "caplancectl: Reload: no reply from caplanced within 30s\n"},
+		{name: "ServiceUnknown", args: []string{"reload"}, err: dbusError("org.freedesktop.DBus.Error.ServiceUnknown", "The name org.caplance.Caplance1 was not provided by any .service files"),
+			wantCode: ExitNotRunning, want: "caplancectl: caplanced is not running: The name org.caplance.Caplance1 was not provided by any .service files" + hint},
+		{name: "NameHasNoOwner", args: []string{"status"}, err: dbusError("org.freedesktop.DBus.Error.NameHasNoOwner", "Could not get owner of name 'org.caplance.Caplance1': no such name"),
+			wantCode: ExitNotRunning, want: "caplancectl: caplanced is not running: Could not get owner of name 'org.caplance.Caplance1': no such name" + hint},
+		{name: "ServiceUnknown of show", args: []string{"show", "web1"}, err: dbusError("org.freedesktop.DBus.Error.ServiceUnknown", "The name is not activatable"),
+			wantCode: ExitNotRunning, want: "caplancectl: caplanced is not running: The name is not activatable" + hint},
+		{name: "no bus", args: []string{"list"}, dialErr: errors.New("dial unix /run/dbus/system_bus_socket: connect: no such file or directory"),
+			wantCode: ExitNotRunning, want: "caplancectl: cannot connect to the system bus: dial unix /run/dbus/system_bus_socket: connect: no such file or directory" + hint},
+		{name: "no such session bus", args: []string{"--bus", "session", "list"}, dialErr: errors.New("dbus: couldn't determine address of session bus"),
+			wantCode: ExitNotRunning, want: "caplancectl: cannot connect to the session bus: dbus: couldn't determine address of session bus" + hint},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			app := &App{Dial: func(string) (Conn, error) {
+				if tt.dialErr != nil {
+					return nil, tt.dialErr
+				}
+				return &failingConn{err: tt.err}, nil
+			}}
+			var stdout, stderr bytes.Buffer
+			code := app.Execute(tt.args, &stdout, &stderr)
+			if code != tt.wantCode {
+				t.Errorf("exit code %d, want %d", code, tt.wantCode)
+			}
+			if diff := cmp.Diff(tt.want, stderr.String()); diff != "" {
+				t.Errorf("stderr (-want +got):\n%s", diff)
+			}
+			if stdout.String() != "" {
+				t.Errorf("stdout %q, want nothing", stdout.String())
+			}
+		})
+	}
+}
+
+// DialBus turns a bus that cannot be reached into a NotRunningError.
+func TestDialBusFailure(t *testing.T) {
+	_, err := DialBus("unix:path=" + t.TempDir() + "/none")
+	var nr *NotRunningError
+	if !errors.As(err, &nr) {
+		t.Fatalf("DialBus of a missing socket: %v, want a *NotRunningError", err)
+	}
+	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+t.TempDir()+"/none")
+	if _, err := DialBus("system"); !errors.As(err, &nr) {
+		t.Fatalf("DialBus(system) with DBUS_SYSTEM_BUS_ADDRESS of a missing socket: %v", err)
+	}
+}

@@ -20,8 +20,9 @@ import (
 	"github.com/caplance/caplance/internal/testbed"
 )
 
-// caplancedBin is the caplanced under test, built once by TestMain.
-var caplancedBin string
+// caplancedBin and caplancectlBin are the commands under test, built once
+// by TestMain.
+var caplancedBin, caplancectlBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -37,9 +38,14 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	caplancedBin = filepath.Join(dir, "caplanced")
-	if out, err := exec.Command("go", "build", "-o", caplancedBin, "../../caplanced").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build caplanced: %v\n%s", err, out)
+	caplancedBin, caplancectlBin = filepath.Join(dir, "caplanced"), filepath.Join(dir, "caplancectl")
+	if out, err := exec.Command("go", "build", "-o", dir, "../../caplanced", "../../caplancectl").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
+		return 1
+	}
+	// Other users run caplancectl in the tests.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()

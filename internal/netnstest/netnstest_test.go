@@ -404,7 +404,7 @@ func TestStaleRunIsReaped(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("netnstest: network namespaces need root")
 	}
-	child := exec.Command(os.Args[0], "-test.run=^TestHelperDeadRun$")
+	child := exec.Command(os.Args[0])
 	child.Env = append(os.Environ(), "NETNSTEST_HELPER=1")
 	child.Stderr = os.Stderr
 	stdout, err := child.StdoutPipe()
@@ -452,32 +452,41 @@ func TestStaleRunIsReaped(t *testing.T) {
 	}
 }
 
-// TestHelperDeadRun is the process TestStaleRunIsReaped kills: it builds a
-// lab, starts a process inside, reports both and waits to be killed.
-func TestHelperDeadRun(t *testing.T) {
-	if os.Getenv("NETNSTEST_HELPER") != "1" {
-		t.Skip("helper process for TestStaleRunIsReaped")
+// TestMain turns the test binary into the process TestStaleRunIsReaped kills
+// when NETNSTEST_HELPER=1, rather than running the tests.
+func TestMain(m *testing.M) {
+	if os.Getenv("NETNSTEST_HELPER") == "1" {
+		if err := deadRun(); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
 	}
+	os.Exit(m.Run())
+}
+
+// deadRun builds a lab, starts a process inside, reports both and waits to
+// be killed.
+func deadRun() error {
 	lab, err := netnstest.New("cplt")
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	h, err := lab.AddHost("a")
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	// The shell says "ready" only once `ip netns exec` has moved it into the
 	// namespace, so the parent never kills us before it is there.
 	sleep := h.Command(context.Background(), "sh", "-c", "echo ready; exec sleep 1000")
 	out, err := sleep.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if err := h.Start(sleep); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
-		t.Fatal(err)
+		return err
 	}
 	fmt.Printf("%s %d\n", labID(h, "a"), sleep.Process.Pid)
 	select {}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/caplance/caplance/internal/cli"
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/godbus/dbus/v5"
 	"github.com/google/go-cmp/cmp"
@@ -37,11 +38,11 @@ func (s *stubDaemon) record(format string, args ...any) {
 
 func (s *stubDaemon) AddBackend(name, address string, opts map[string]dbus.Variant) (dbus.ObjectPath, *dbus.Error) {
 	s.record("AddBackend %s %s %s", name, address, describeValue(opts))
-	return BackendPath(name), nil
+	return dbusname.BackendPath(name), nil
 }
 
 func (s *stubDaemon) Drain(name string) *dbus.Error {
-	return dbus.NewError(ErrorPrefix+"NotFound", []any{fmt.Sprintf("backend %q: no such backend", name)})
+	return dbus.NewError(dbusname.ErrorPrefix+"NotFound", []any{fmt.Sprintf("backend %q: no such backend", name)})
 }
 
 func (s *stubDaemon) SetWeight(name string, weight uint32) *dbus.Error {
@@ -71,15 +72,15 @@ func startStub(t *testing.T, bus *dbustest.Bus) *stubDaemon {
 		path  dbus.ObjectPath
 		iface string
 	}{
-		{s, ManagerPath, ManagerIface},
-		{stubProperties(managerProps), ManagerPath, propertiesIface},
-		{stubProperties(web1Props), BackendPath("web-1"), propertiesIface},
+		{s, dbusname.ManagerPath, dbusname.ManagerIface},
+		{stubProperties(managerProps), dbusname.ManagerPath, propertiesIface},
+		{stubProperties(web1Props), dbusname.BackendPath("web-1"), propertiesIface},
 	} {
 		if err := conn.Export(export.v, export.path, export.iface); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if reply, err := conn.RequestName(BusName, dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
+	if reply, err := conn.RequestName(dbusname.BusName, dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
 		t.Fatalf("RequestName: %v %v", reply, err)
 	}
 	return s
@@ -202,22 +203,24 @@ func TestOverBus(t *testing.T) {
 		}
 	}
 	// Until watch has subscribed, signals are lost: repeat the first.
-	waitFor("BackendAdded probe", func() { emit(ManagerPath, ManagerIface+".BackendAdded", "probe", BackendPath("probe")) })
-	emit(ManagerPath, propertiesIface+".PropertiesChanged", ManagerIface, map[string]dbus.Variant{"State": variant("reloading")}, []string{})
-	emit(BackendPath("web-1"), propertiesIface+".PropertiesChanged", BackendIface,
+	waitFor("BackendAdded probe", func() {
+		emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendAdded", "probe", dbusname.BackendPath("probe"))
+	})
+	emit(dbusname.ManagerPath, propertiesIface+".PropertiesChanged", dbusname.ManagerIface, map[string]dbus.Variant{"State": variant("reloading")}, []string{})
+	emit(dbusname.BackendPath("web-1"), propertiesIface+".PropertiesChanged", dbusname.BackendIface,
 		map[string]dbus.Variant{"Weight": variant(uint32(3))}, []string{"Packets"})
-	emit(ManagerPath, ManagerIface+".BackendHealthChanged", "web-1", false, "timeout")
+	emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendHealthChanged", "web-1", false, "timeout")
 	waitFor("BackendHealthChanged", nil)
-	if _, err := stub.conn.ReleaseName(BusName); err != nil {
+	if _, err := stub.conn.ReleaseName(dbusname.BusName); err != nil {
 		t.Fatal(err)
 	}
 	waitFor("caplanced stopped", nil)
 	// A restarted caplanced is watched too.
-	if reply, err := stub.conn.RequestName(BusName, dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
+	if reply, err := stub.conn.RequestName(dbusname.BusName, dbus.NameFlagDoNotQueue); err != nil || reply != dbus.RequestNameReplyPrimaryOwner {
 		t.Fatalf("RequestName: %v %v", reply, err)
 	}
 	waitFor("caplanced started", nil)
-	emit(ManagerPath, ManagerIface+".BackendRemoved", "web-1", BackendPath("web-1"))
+	emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendRemoved", "web-1", dbusname.BackendPath("web-1"))
 	waitFor("BackendRemoved", nil)
 	mu.Lock()
 	watchConn.Close()

@@ -7,6 +7,8 @@ import (
 	"io"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/caplance/caplance/internal/dbusname"
 )
 
 // commands is caplancectl's command table, in the order of --help and
@@ -77,7 +79,7 @@ func setupShow(*flag.FlagSet) func([]string) (action, error) {
 		}
 		name := args[0]
 		return func(ctx context.Context, c Conn, out io.Writer) error {
-			props, err := getAll(ctx, c, BackendPath(name), BackendIface)
+			props, err := getAll(ctx, c, dbusname.BackendPath(name), dbusname.BackendIface)
 			if noObjectNames[errorName(err)] {
 				return fmt.Errorf("backend %q: no such backend", name)
 			}
@@ -148,7 +150,7 @@ func setupStats(fs *flag.FlagSet) func([]string) (action, error) {
 			return nil, err
 		}
 		return func(ctx context.Context, c Conn, out io.Writer) error {
-			body, err := c.Call(ctx, BusName, ManagerPath, ManagerIface+".GetStats")
+			body, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+".GetStats")
 			if err != nil {
 				return callError("GetStats", err)
 			}
@@ -166,7 +168,7 @@ func setupStats(fs *flag.FlagSet) func([]string) (action, error) {
 }
 
 func statusAction(ctx context.Context, c Conn, out io.Writer) error {
-	props, err := getAll(ctx, c, ManagerPath, ManagerIface)
+	props, err := getAll(ctx, c, dbusname.ManagerPath, dbusname.ManagerIface)
 	if err != nil {
 		return err
 	}
@@ -175,10 +177,10 @@ func statusAction(ctx context.Context, c Conn, out io.Writer) error {
 	switch {
 	case err == nil:
 		count = len(rows)
-	case errorName(err) != ErrorPrefix+"NotSupported":
+	case errorName(err) != dbusname.ErrorPrefix+"NotSupported":
 		return err
 	}
-	healthd, err := nameHasOwner(ctx, c, HealthBusName)
+	healthd, err := nameHasOwner(ctx, c, dbusname.HealthBusName)
 	if err != nil {
 		return err
 	}
@@ -190,13 +192,13 @@ func statusAction(ctx context.Context, c Conn, out io.Writer) error {
 // not shown.
 func managerCall(method string, args ...any) action {
 	return func(ctx context.Context, c Conn, _ io.Writer) error {
-		_, err := c.Call(ctx, BusName, ManagerPath, ManagerIface+"."+method, args...)
+		_, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+"."+method, args...)
 		return callError(method, err)
 	}
 }
 
 func listBackends(ctx context.Context, c Conn) ([]Backend, error) {
-	body, err := c.Call(ctx, BusName, ManagerPath, ManagerIface+".ListBackends")
+	body, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+".ListBackends")
 	if err != nil {
 		return nil, callError("ListBackends", err)
 	}
@@ -208,7 +210,7 @@ func listBackends(ctx context.Context, c Conn) ([]Backend, error) {
 }
 
 func getAll(ctx context.Context, c Conn, path dbus.ObjectPath, iface string) (map[string]dbus.Variant, error) {
-	body, err := c.Call(ctx, BusName, path, propertiesIface+".GetAll", iface)
+	body, err := c.Call(ctx, dbusname.BusName, path, propertiesIface+".GetAll", iface)
 	if err != nil {
 		return nil, callError("GetAll", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/caplance/caplance/internal/cli"
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/godbus/dbus/v5"
 	"github.com/google/go-cmp/cmp"
 )
@@ -135,7 +136,7 @@ func TestCalls(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			f := &fakeConn{replies: map[string]fakeReply{
-				"org.caplance.Caplance1.Manager.AddBackend":    {body: []any{BackendPath("web1")}},
+				"org.caplance.Caplance1.Manager.AddBackend":    {body: []any{dbusname.BackendPath("web1")}},
 				"org.caplance.Caplance1.Manager.SetWeight":     {},
 				"org.caplance.Caplance1.Manager.Drain":         {},
 				"org.caplance.Caplance1.Manager.Undrain":       {},
@@ -184,15 +185,15 @@ func TestBackendPath(t *testing.T) {
 		{"", "/org/caplance/Caplance1/backend/_"},
 	}
 	for _, tt := range tests {
-		if got := BackendPath(tt.name); got != tt.path || !got.IsValid() {
+		if got := dbusname.BackendPath(tt.name); got != tt.path || !got.IsValid() {
 			t.Errorf("BackendPath(%q) = %q, want %q", tt.name, got, tt.path)
 		}
-		if got, ok := backendName(tt.path); !ok || got != tt.name {
+		if got, ok := dbusname.BackendName(tt.path); !ok || got != tt.name {
 			t.Errorf("backendName(%q) = %q, %v, want %q", tt.path, got, ok, tt.name)
 		}
 	}
 	for _, bad := range []dbus.ObjectPath{"/org/caplance/Caplance1", "/org/caplance/Caplance1/backend/", "/org/caplance/Caplance1/backend/a_2", "/org/caplance/Caplance1/backend/a_zz", "/org/caplance/Caplance1/backend/a/b"} {
-		if got, ok := backendName(bad); ok {
+		if got, ok := dbusname.BackendName(bad); ok {
 			t.Errorf("backendName(%q) = %q, true; want false", bad, got)
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/caplance/caplance/internal/cli"
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -21,20 +22,20 @@ func TestErrors(t *testing.T) {
 		wantCode int
 		want     string
 	}{
-		{name: "NotFound", args: []string{"drain", "web9"}, err: dbusError(ErrorPrefix+"NotFound", `backend "web9": no such backend`),
+		{name: "NotFound", args: []string{"drain", "web9"}, err: dbusError(dbusname.ErrorPrefix+"NotFound", `backend "web9": no such backend`),
 			wantCode: cli.ExitFailed, want: "caplancectl: backend \"web9\": no such backend\n"},
-		{name: "InvalidArgument", args: []string{"set-weight", "web1", "20000"}, err: dbusError(ErrorPrefix+"InvalidArgument", "weight 20000: must be between 0 and 10000"),
+		{name: "InvalidArgument", args: []string{"set-weight", "web1", "20000"}, err: dbusError(dbusname.ErrorPrefix+"InvalidArgument", "weight 20000: must be between 0 and 10000"),
 			wantCode: cli.ExitFailed, want: "caplancectl: weight 20000: must be between 0 and 10000\n"},
-		{name: "AlreadyExists", args: []string{"add-backend", "web1", "10.0.1.1"}, err: dbusError(ErrorPrefix+"AlreadyExists", `backend "web1": exists already`),
+		{name: "AlreadyExists", args: []string{"add-backend", "web1", "10.0.1.1"}, err: dbusError(dbusname.ErrorPrefix+"AlreadyExists", `backend "web1": exists already`),
 			wantCode: cli.ExitFailed, want: "caplancectl: backend \"web1\": exists already\n"},
-		{name: "Failed", args: []string{"remove-backend", "web1"}, err: dbusError(ErrorPrefix+"Failed", "state: write /var/lib/caplance/backends.json: no space left on device"),
+		{name: "Failed", args: []string{"remove-backend", "web1"}, err: dbusError(dbusname.ErrorPrefix+"Failed", "state: write /var/lib/caplance/backends.json: no space left on device"),
 			wantCode: cli.ExitFailed, want: "caplancectl: state: write /var/lib/caplance/backends.json: no space left on device\n"},
-		{name: "NotSupported", args: []string{"list"}, err: dbusError(ErrorPrefix+"NotSupported", "this caplanced has no balancer role"),
+		{name: "NotSupported", args: []string{"list"}, err: dbusError(dbusname.ErrorPrefix+"NotSupported", "this caplanced has no balancer role"),
 			wantCode: cli.ExitFailed, want: "caplancectl: this caplanced has no balancer role\n"},
 		{name: "a reload refused names every problem", args: []string{"reload"},
-			err:      dbusError(ErrorPrefix+"InvalidArgument", "/etc/caplance/caplanced.toml: a: bad\n/etc/caplance/caplanced.toml: b: worse"),
+			err:      dbusError(dbusname.ErrorPrefix+"InvalidArgument", "/etc/caplance/caplanced.toml: a: bad\n/etc/caplance/caplanced.toml: b: worse"),
 			wantCode: cli.ExitFailed, want: "caplancectl: /etc/caplance/caplanced.toml: a: bad\ncaplancectl: /etc/caplance/caplanced.toml: b: worse\n"},
-		{name: "AccessDenied by caplanced", args: []string{"undrain", "web1"}, err: dbusError(ErrorPrefix+"AccessDenied", "uid 1000 may not call Undrain"),
+		{name: "AccessDenied by caplanced", args: []string{"undrain", "web1"}, err: dbusError(dbusname.ErrorPrefix+"AccessDenied", "uid 1000 may not call Undrain"),
 			wantCode: cli.ExitFailed, want: "caplancectl: uid 1000 may not call Undrain (run as root or a member of caplance-admin)\n"},
 		{name: "AccessDenied by the bus policy", args: []string{"reload"}, err: dbusError("org.freedesktop.DBus.Error.AccessDenied", `Rejected send message, 2 matched rules; type="method_call", sender=":1.23" (uid=65534 …)`),
 			wantCode: cli.ExitFailed, want: "caplancectl: Reload: refused by the D-Bus policy (run as root or a member of caplance-admin)\n"},

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/caplance/caplance/internal/cli"
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/godbus/dbus/v5"
 	"github.com/google/go-cmp/cmp"
 )
@@ -47,7 +48,7 @@ caplance-healthd is running
 					"Version": variant("1.2.3"), "Roles": variant([]string{"receiver"}), "State": variant("reloading"),
 					"VIPs": variant([]string{}), "EncapPort": variant(uint16(5555)), "TableSize": variant(uint32(0)),
 					"Future": variant("x")}}},
-				"org.caplance.Caplance1.Manager.ListBackends": {err: dbusError(ErrorPrefix+"NotSupported", "this caplanced has no balancer role")},
+				"org.caplance.Caplance1.Manager.ListBackends": {err: dbusError(dbusname.ErrorPrefix+"NotSupported", "this caplanced has no balancer role")},
 				"org.freedesktop.DBus.NameHasOwner":           {body: []any{false}},
 			}, want: `Version:   1.2.3
 Roles:     receiver

@@ -10,16 +10,18 @@ import (
 	"strings"
 
 	"github.com/godbus/dbus/v5"
+
+	"github.com/caplance/caplance/internal/dbusname"
 )
 
 // watchRules are the match rules of watch: the manager's signals, the
 // backends' PropertiesChanged and caplanced's coming and going.
 var watchRules = [][]dbus.MatchOption{
-	{dbus.WithMatchSender(BusName), dbus.WithMatchObjectPath(ManagerPath), dbus.WithMatchInterface(ManagerIface)},
-	{dbus.WithMatchSender(BusName), dbus.WithMatchPathNamespace(dbus.ObjectPath(strings.TrimSuffix(BackendPathPrefix, "/"))),
-		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, BackendIface)},
+	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath), dbus.WithMatchInterface(dbusname.ManagerIface)},
+	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchPathNamespace(dbus.ObjectPath(strings.TrimSuffix(dbusname.BackendPathPrefix, "/"))),
+		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, dbusname.BackendIface)},
 	{dbus.WithMatchSender(busDaemonName), dbus.WithMatchInterface(busDaemonName), dbus.WithMatchMember("NameOwnerChanged"),
-		dbus.WithMatchArg(0, BusName)},
+		dbus.WithMatchArg(0, dbusname.BusName)},
 }
 
 func watchAction(ctx context.Context, c Conn, out io.Writer) error {
@@ -28,12 +30,12 @@ func watchAction(ctx context.Context, c Conn, out io.Writer) error {
 		return callError("AddMatch", err)
 	}
 	// Subscribed first, so that nothing is missed between the two.
-	running, err := nameHasOwner(ctx, c, BusName)
+	running, err := nameHasOwner(ctx, c, dbusname.BusName)
 	if err != nil {
 		return err
 	}
 	if !running {
-		return &NotRunningError{Msg: "caplanced is not running: " + BusName + " has no owner"}
+		return &NotRunningError{Msg: "caplanced is not running: " + dbusname.BusName + " has no owner"}
 	}
 	return watchLoop(ctx, signals, out)
 }
@@ -62,14 +64,14 @@ func watchLoop(ctx context.Context, signals <-chan *dbus.Signal, out io.Writer) 
 // does not show.
 func formatSignal(sig *dbus.Signal) (line string, ok bool) {
 	switch sig.Name {
-	case ManagerIface + ".BackendAdded", ManagerIface + ".BackendRemoved":
+	case dbusname.ManagerIface + ".BackendAdded", dbusname.ManagerIface + ".BackendRemoved":
 		var name string
 		var path dbus.ObjectPath
 		if dbus.Store(sig.Body, &name, &path) != nil {
 			return "", false
 		}
-		return fmt.Sprintf("%s %s %s", strings.TrimPrefix(sig.Name, ManagerIface+"."), name, path), true
-	case ManagerIface + ".BackendHealthChanged":
+		return fmt.Sprintf("%s %s %s", strings.TrimPrefix(sig.Name, dbusname.ManagerIface+"."), name, path), true
+	case dbusname.ManagerIface + ".BackendHealthChanged":
 		var name, detail string
 		var healthy bool
 		if dbus.Store(sig.Body, &name, &healthy, &detail) != nil {
@@ -84,17 +86,17 @@ func formatSignal(sig *dbus.Signal) (line string, ok bool) {
 		var iface string
 		var changed map[string]dbus.Variant
 		var invalidated []string
-		if dbus.Store(sig.Body, &iface, &changed, &invalidated) != nil || iface != BackendIface {
+		if dbus.Store(sig.Body, &iface, &changed, &invalidated) != nil || iface != dbusname.BackendIface {
 			return "", false
 		}
-		name, ok := backendName(sig.Path)
+		name, ok := dbusname.BackendName(sig.Path)
 		if !ok {
 			return "", false
 		}
 		return "PropertiesChanged " + name + formatChanged(changed, invalidated), true
 	case busDaemonName + ".NameOwnerChanged":
 		var name, oldOwner, newOwner string
-		if dbus.Store(sig.Body, &name, &oldOwner, &newOwner) != nil || name != BusName {
+		if dbus.Store(sig.Body, &name, &oldOwner, &newOwner) != nil || name != dbusname.BusName {
 			return "", false
 		}
 		if newOwner == "" {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/caplance/caplance/internal/cli"
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/godbus/dbus/v5"
 	"github.com/google/go-cmp/cmp"
 )
@@ -19,7 +20,7 @@ func propertiesChanged(path dbus.ObjectPath, iface string, changed map[string]db
 }
 
 func managerSignal(member string, body ...any) *dbus.Signal {
-	return &dbus.Signal{Sender: ":1.5", Path: ManagerPath, Name: ManagerIface + "." + member, Body: body}
+	return &dbus.Signal{Sender: ":1.5", Path: dbusname.ManagerPath, Name: dbusname.ManagerIface + "." + member, Body: body}
 }
 
 func TestFormatSignal(t *testing.T) {
@@ -33,27 +34,27 @@ func TestFormatSignal(t *testing.T) {
 		{"health down", managerSignal("BackendHealthChanged", "web-1", false, "connect: connection refused"),
 			`BackendHealthChanged web-1 down "connect: connection refused"`},
 		{"health up", managerSignal("BackendHealthChanged", "web-1", true, ""), `BackendHealthChanged web-1 up ""`},
-		{"weight and state", propertiesChanged(web1Path, BackendIface,
+		{"weight and state", propertiesChanged(web1Path, dbusname.BackendIface,
 			map[string]dbus.Variant{"Weight": variant(uint32(0)), "AdminState": variant("drained")}, nil),
 			`PropertiesChanged web-1 AdminState="drained" Weight=0`},
-		{"health with detail", propertiesChanged(web1Path, BackendIface,
+		{"health with detail", propertiesChanged(web1Path, dbusname.BackendIface,
 			map[string]dbus.Variant{"Health": variant("down"), "HealthDetail": variant("timeout after 2s")}, []string{}),
 			`PropertiesChanged web-1 Health="down" HealthDetail="timeout after 2s"`},
-		{"counters invalidated", propertiesChanged(web1Path, BackendIface,
+		{"counters invalidated", propertiesChanged(web1Path, dbusname.BackendIface,
 			map[string]dbus.Variant{}, []string{"Packets", "ActiveFlows", "Bytes"}),
 			`PropertiesChanged web-1 invalidated=ActiveFlows,Bytes,Packets`},
-		{"both", propertiesChanged(web1Path, BackendIface,
+		{"both", propertiesChanged(web1Path, dbusname.BackendIface,
 			map[string]dbus.Variant{"Weight": variant(uint32(5))}, []string{"Packets"}),
 			`PropertiesChanged web-1 Weight=5 invalidated=Packets`},
-		{"daemon stopped", &dbus.Signal{Name: "org.freedesktop.DBus.NameOwnerChanged", Body: []any{BusName, ":1.5", ""}}, "caplanced stopped"},
-		{"daemon started", &dbus.Signal{Name: "org.freedesktop.DBus.NameOwnerChanged", Body: []any{BusName, "", ":1.9"}}, "caplanced started"},
+		{"daemon stopped", &dbus.Signal{Name: "org.freedesktop.DBus.NameOwnerChanged", Body: []any{dbusname.BusName, ":1.5", ""}}, "caplanced stopped"},
+		{"daemon started", &dbus.Signal{Name: "org.freedesktop.DBus.NameOwnerChanged", Body: []any{dbusname.BusName, "", ":1.9"}}, "caplanced started"},
 		{"other name", &dbus.Signal{Name: "org.freedesktop.DBus.NameOwnerChanged", Body: []any{"org.other", "", ":1.9"}}, ""},
-		{"manager properties", propertiesChanged(ManagerPath, ManagerIface, map[string]dbus.Variant{"State": variant("reloading")}, nil), ""},
+		{"manager properties", propertiesChanged(dbusname.ManagerPath, dbusname.ManagerIface, map[string]dbus.Variant{"State": variant("reloading")}, nil), ""},
 		{"other interface of a backend", propertiesChanged(web1Path, "org.other", map[string]dbus.Variant{"X": variant("y")}, nil), ""},
-		{"badly escaped path", propertiesChanged("/org/caplance/Caplance1/backend/web_2", BackendIface, map[string]dbus.Variant{"Weight": variant(uint32(5))}, nil), ""},
+		{"badly escaped path", propertiesChanged("/org/caplance/Caplance1/backend/web_2", dbusname.BackendIface, map[string]dbus.Variant{"Weight": variant(uint32(5))}, nil), ""},
 		{"malformed body", managerSignal("BackendAdded", uint32(1)), ""},
 		{"NameAcquired", &dbus.Signal{Name: "org.freedesktop.DBus.NameAcquired", Body: []any{":1.7"}}, ""},
-		{"InterfacesAdded", &dbus.Signal{Name: "org.freedesktop.DBus.ObjectManager.InterfacesAdded", Path: ManagerPath}, ""},
+		{"InterfacesAdded", &dbus.Signal{Name: "org.freedesktop.DBus.ObjectManager.InterfacesAdded", Path: dbusname.ManagerPath}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

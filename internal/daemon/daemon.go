@@ -29,6 +29,7 @@ import (
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/conntrack"
 	"github.com/caplance/caplance/internal/dbusapi"
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/nft"
 	"github.com/caplance/caplance/internal/receiver"
 	"github.com/caplance/caplance/internal/registry"
@@ -212,7 +213,7 @@ func (r *running) start(opts Options) error {
 		}
 	}
 	if opts.Bus != "none" {
-		step("taking the bus name " + dbusapi.BusName)
+		step("taking the bus name " + dbusname.BusName)
 		if err := r.startAPI(opts.Bus); err != nil {
 			return err
 		}

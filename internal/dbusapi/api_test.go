@@ -13,24 +13,11 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/caplance/caplance/internal/dbusapi"
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/registry"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/")
-
-func TestBackendPath(t *testing.T) {
-	for name, want := range map[string]string{
-		"web1":    "web1",
-		"web-1.a": "web_2d1_2ea",
-		"a_b":     "a_5fb",
-		"":        "_",
-		"Z9":      "Z9",
-	} {
-		if got := dbusapi.BackendPath(name); string(got) != dbusapi.BackendPathPrefix+want {
-			t.Errorf("BackendPath(%q) = %s, want …%s", name, got, want)
-		}
-	}
-}
 
 // TestRoot: every method works for root, and its effect is visible in the
 // registry, the properties and ListBackends.
@@ -45,7 +32,7 @@ func TestRoot(t *testing.T) {
 	if err := call(conn, "", "AddBackend", "web-4", "10.0.1.14", opts).Store(&path); err != nil {
 		t.Fatal(err)
 	}
-	if want := dbusapi.BackendPath("web-4"); path != want {
+	if want := dbusname.BackendPath("web-4"); path != want {
 		t.Errorf("AddBackend returned %s, want %s", path, want)
 	}
 	b, ok := e.reg.Get("web-4")
@@ -57,7 +44,7 @@ func TestRoot(t *testing.T) {
 	mustCall(t, conn, "", "ReportHealth", "web-4", false, "connection refused")
 
 	props := map[string]dbus.Variant{}
-	if err := call(conn, path, "org.freedesktop.DBus.Properties.GetAll", dbusapi.BackendIface).Store(&props); err != nil {
+	if err := call(conn, path, "org.freedesktop.DBus.Properties.GetAll", dbusname.BackendIface).Store(&props); err != nil {
 		t.Fatal(err)
 	}
 	got := map[string]any{}
@@ -87,7 +74,7 @@ func TestRoot(t *testing.T) {
 		t.Errorf("ListBackends (-want +got):\n%s", diff)
 	}
 	var packets uint64
-	if err := call(conn, path, "org.freedesktop.DBus.Properties.Get", dbusapi.BackendIface, "Packets").Store(&packets); err != nil || packets != 40 {
+	if err := call(conn, path, "org.freedesktop.DBus.Properties.Get", dbusname.BackendIface, "Packets").Store(&packets); err != nil || packets != 40 {
 		t.Errorf("Get Packets = %d, %v; want the live 40", packets, err)
 	}
 
@@ -121,7 +108,7 @@ func TestManagerProperties(t *testing.T) {
 	sigs := subscribe(t, e.conn)
 	get := func() map[string]string {
 		props := map[string]dbus.Variant{}
-		if err := call(e.conn, "", "org.freedesktop.DBus.Properties.GetAll", dbusapi.ManagerIface).Store(&props); err != nil {
+		if err := call(e.conn, "", "org.freedesktop.DBus.Properties.GetAll", dbusname.ManagerIface).Store(&props); err != nil {
 			t.Fatal(err)
 		}
 		out := map[string]string{}
@@ -152,7 +139,7 @@ func TestManagerProperties(t *testing.T) {
 	if err := call(e.conn, "", "org.freedesktop.DBus.Properties.GetAll", dbusapi.ObjectManagerIface).Store(&props); err != nil || len(props) != 0 {
 		t.Errorf("GetAll(ObjectManager) = %v, %v", props, err)
 	}
-	err := call(e.conn, "", "org.freedesktop.DBus.Properties.Set", dbusapi.ManagerIface, "State", dbus.MakeVariant("x")).Err
+	err := call(e.conn, "", "org.freedesktop.DBus.Properties.Set", dbusname.ManagerIface, "State", dbus.MakeVariant("x")).Err
 	checkError(t, "Set", err, "org.freedesktop.DBus.Properties.Error.ReadOnly")
 }
 
@@ -164,9 +151,9 @@ func TestIntrospection(t *testing.T) {
 		file string
 		path dbus.ObjectPath
 	}{
-		{"manager.xml", dbusapi.ManagerPath},
-		{"backend.xml", dbusapi.BackendPath("web1")},
-		{"backend-parent.xml", dbusapi.ManagerPath + "/backend"},
+		{"manager.xml", dbusname.ManagerPath},
+		{"backend.xml", dbusname.BackendPath("web1")},
+		{"backend-parent.xml", dbusname.ManagerPath + "/backend"},
 		{"root.xml", "/"},
 	} {
 		var xml string
@@ -210,8 +197,8 @@ func TestObjectManager(t *testing.T) {
 	if len(objs) != 2 {
 		t.Fatalf("GetManagedObjects: %v, want web1 and web2", objs)
 	}
-	web1 := objs[dbusapi.BackendPath("web1")]
-	if got := web1[dbusapi.BackendIface]["Source"].Value(); got != "config" {
+	web1 := objs[dbusname.BackendPath("web1")]
+	if got := web1[dbusname.BackendIface]["Source"].Value(); got != "config" {
 		t.Errorf("web1 Source = %v", got)
 	}
 	for _, iface := range []string{dbusapi.PropertiesIface, dbusapi.IntrospectableIface, dbusapi.PeerIface} {
@@ -221,7 +208,7 @@ func TestObjectManager(t *testing.T) {
 	}
 
 	mustCall(t, e.conn, "", "AddBackend", "web3", "10.0.1.13", map[string]dbus.Variant{})
-	path := dbusapi.BackendPath("web3")
+	path := dbusname.BackendPath("web3")
 	got := sigs.take(t, 2)
 	if !strings.HasPrefix(got[0], "/org/caplance/Caplance1 org.freedesktop.DBus.ObjectManager.InterfacesAdded(/org/caplance/Caplance1/backend/web3, map[") ||
 		!strings.Contains(got[0], `org.caplance.Caplance1.Backend:map[ActiveFlows:@t 0 Address:"10.0.1.13" AdminState:"active" Bytes:@t 0 Check:"" Health:"unknown" HealthDetail:"" Name:"web3" Packets:@t 0 Persistent:true Source:"runtime" Weight:@u 100]`) ||
@@ -246,7 +233,7 @@ func TestObjectManager(t *testing.T) {
 	if diff := cmp.Diff(want, sigs.take(t, 2)); diff != "" {
 		t.Errorf("signals (-want +got):\n%s", diff)
 	}
-	err := call(e.conn, path, "org.freedesktop.DBus.Properties.Get", dbusapi.BackendIface, "Name").Err
+	err := call(e.conn, path, "org.freedesktop.DBus.Properties.Get", dbusname.BackendIface, "Name").Err
 	if err == nil {
 		t.Error("the removed backend's object still answers")
 	}
@@ -391,7 +378,7 @@ func TestNameTaken(t *testing.T) {
 		t.Fatalf("second Export: %v", err)
 	}
 	// Nothing stays exported on the other connection.
-	err = e.conn.Object(other.Names()[0], dbusapi.ManagerPath).Call(manager+"ListBackends", 0).Err
+	err = e.conn.Object(other.Names()[0], dbusname.ManagerPath).Call(manager+"ListBackends", 0).Err
 	if err == nil {
 		t.Error("the failed Export left the manager exported")
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/caplance/caplance/internal/dbusapi"
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/dbustest"
 )
 
@@ -32,13 +33,13 @@ var authCalls = []authCall{
 	{"", "Reload", nil, "admin"},
 	{"", "ListBackends", nil, ""},
 	{"", "GetStats", nil, ""},
-	{"", "org.freedesktop.DBus.Properties.Get", []any{dbusapi.ManagerIface, "Version"}, ""},
-	{"", "org.freedesktop.DBus.Properties.GetAll", []any{dbusapi.ManagerIface}, ""},
+	{"", "org.freedesktop.DBus.Properties.Get", []any{dbusname.ManagerIface, "Version"}, ""},
+	{"", "org.freedesktop.DBus.Properties.GetAll", []any{dbusname.ManagerIface}, ""},
 	{"", "org.freedesktop.DBus.ObjectManager.GetManagedObjects", nil, ""},
 	{"", "org.freedesktop.DBus.Introspectable.Introspect", nil, ""},
 	{"", "org.freedesktop.DBus.Peer.Ping", nil, ""},
-	{"/org/caplance/Caplance1/backend/web2", "org.freedesktop.DBus.Properties.Get", []any{dbusapi.BackendIface, "Weight"}, ""},
-	{"/org/caplance/Caplance1/backend/web2", "org.freedesktop.DBus.Properties.GetAll", []any{dbusapi.BackendIface}, ""},
+	{"/org/caplance/Caplance1/backend/web2", "org.freedesktop.DBus.Properties.Get", []any{dbusname.BackendIface, "Weight"}, ""},
+	{"/org/caplance/Caplance1/backend/web2", "org.freedesktop.DBus.Properties.GetAll", []any{dbusname.BackendIface}, ""},
 	{"/org/caplance/Caplance1/backend/web2", "org.freedesktop.DBus.Introspectable.Introspect", nil, ""},
 }
 

@@ -8,6 +8,7 @@ import (
 	"github.com/godbus/dbus/v5"
 	"github.com/godbus/dbus/v5/prop"
 
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/registry"
 )
 
@@ -18,7 +19,7 @@ var counterProps = []string{"ActiveFlows", "Packets", "Bytes"}
 
 // backendInterfaces are the interfaces of a backend object, as
 // GetManagedObjects and InterfacesAdded/Removed list them.
-var backendInterfaces = []string{BackendIface, PropertiesIface, IntrospectableIface, PeerIface}
+var backendInterfaces = []string{dbusname.BackendIface, PropertiesIface, IntrospectableIface, PeerIface}
 
 // backendObject is one exported backend.
 type backendObject struct {
@@ -64,7 +65,7 @@ func interfacesOf(b registry.Backend, c Counters) map[string]map[string]dbus.Var
 	for _, iface := range backendInterfaces {
 		out[iface] = map[string]dbus.Variant{}
 	}
-	out[BackendIface] = propValues(b, c)
+	out[dbusname.BackendIface] = propValues(b, c)
 	return out
 }
 
@@ -78,7 +79,7 @@ type liveProperties struct {
 
 func (p liveProperties) Get(iface, name string) (dbus.Variant, *dbus.Error) {
 	v, err := p.Properties.Get(iface, name)
-	if err != nil || iface != BackendIface || !slices.Contains(counterProps, name) {
+	if err != nil || iface != dbusname.BackendIface || !slices.Contains(counterProps, name) {
 		return v, err
 	}
 	return propValues(registry.Backend{}, p.s.counters()[p.name])[name], nil
@@ -86,7 +87,7 @@ func (p liveProperties) Get(iface, name string) (dbus.Variant, *dbus.Error) {
 
 func (p liveProperties) GetAll(iface string) (map[string]dbus.Variant, *dbus.Error) {
 	all, err := p.Properties.GetAll(iface)
-	if err != nil || iface != BackendIface {
+	if err != nil || iface != dbusname.BackendIface {
 		return all, err
 	}
 	live := propValues(registry.Backend{}, p.s.counters()[p.name])
@@ -130,8 +131,8 @@ func (s *Server) upsert(b registry.Backend, announce bool) {
 		}
 		s.objects[b.Name] = obj
 		if announce {
-			s.emit(ManagerPath, ObjectManagerIface+".InterfacesAdded", obj.path, interfacesOf(b, s.counters()[b.Name]))
-			s.emit(ManagerPath, ManagerIface+".BackendAdded", b.Name, obj.path)
+			s.emit(dbusname.ManagerPath, ObjectManagerIface+".InterfacesAdded", obj.path, interfacesOf(b, s.counters()[b.Name]))
+			s.emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendAdded", b.Name, obj.path)
 		}
 		return
 	}
@@ -142,14 +143,14 @@ func (s *Server) upsert(b registry.Backend, announce bool) {
 		if slices.Contains(counterProps, name) {
 			continue
 		}
-		if v := next[name].Value; obj.props.GetMust(BackendIface, name) != v {
-			obj.props.SetMust(BackendIface, name, v) // PropertiesChanged
+		if v := next[name].Value; obj.props.GetMust(dbusname.BackendIface, name) != v {
+			obj.props.SetMust(dbusname.BackendIface, name, v) // PropertiesChanged
 		}
 	}
 	// healthy is false only for down: unknown (nothing reported, or the
 	// address or check changed) counts as up, as in the data path.
 	if announce && old.Health != b.Health {
-		s.emit(ManagerPath, ManagerIface+".BackendHealthChanged", b.Name, b.Health != registry.HealthDown, b.HealthDetail)
+		s.emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendHealthChanged", b.Name, b.Health != registry.HealthDown, b.HealthDetail)
 	}
 }
 
@@ -162,14 +163,14 @@ func (s *Server) remove(name string, announce bool) {
 	delete(s.objects, name)
 	s.unexportBackend(obj)
 	if announce {
-		s.emit(ManagerPath, ObjectManagerIface+".InterfacesRemoved", obj.path, backendInterfaces)
-		s.emit(ManagerPath, ManagerIface+".BackendRemoved", name, obj.path)
+		s.emit(dbusname.ManagerPath, ObjectManagerIface+".InterfacesRemoved", obj.path, backendInterfaces)
+		s.emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendRemoved", name, obj.path)
 	}
 }
 
 func (s *Server) exportBackend(b registry.Backend) (*backendObject, error) {
-	obj := &backendObject{path: BackendPath(b.Name), b: b}
-	m := prop.Map{BackendIface: backendProps(b, Counters{})}
+	obj := &backendObject{path: dbusname.BackendPath(b.Name), b: b}
+	m := prop.Map{dbusname.BackendIface: backendProps(b, Counters{})}
 	for _, iface := range backendInterfaces[1:] {
 		m[iface] = map[string]*prop.Prop{}
 	}
@@ -238,7 +239,7 @@ func (s *Server) announceCounters() {
 			}
 			if len(changed) > 0 && !s.closed {
 				obj.announced = c
-				s.emit(obj.path, PropertiesIface+".PropertiesChanged", BackendIface, map[string]dbus.Variant{}, changed)
+				s.emit(obj.path, PropertiesIface+".PropertiesChanged", dbusname.BackendIface, map[string]dbus.Variant{}, changed)
 			}
 		}
 		s.mu.Unlock()

@@ -36,25 +36,14 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/godbus/dbus/v5"
 	"github.com/godbus/dbus/v5/prop"
 
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/registry"
-)
-
-// The names of caplanced.dbus(7).
-const (
-	BusName           = "org.caplance.Caplance1"
-	ManagerPath       = dbus.ObjectPath("/org/caplance/Caplance1")
-	ManagerIface      = BusName + ".Manager"
-	BackendIface      = BusName + ".Backend"
-	BackendPathPrefix = "/org/caplance/Caplance1/backend/"
-	// ErrorPrefix starts the name of every error of the API.
-	ErrorPrefix = BusName + ".Error."
 )
 
 // The standard interfaces.
@@ -186,13 +175,13 @@ func Export(conn *dbus.Conn, reg *registry.Registry, info Info) (*Server, error)
 	}
 	go s.announceCounters()
 
-	reply, err := conn.RequestName(BusName, dbus.NameFlagDoNotQueue)
+	reply, err := conn.RequestName(dbusname.BusName, dbus.NameFlagDoNotQueue)
 	if err == nil && reply != dbus.RequestNameReplyPrimaryOwner {
 		err = fmt.Errorf("the name is owned by another connection (%v): is another caplanced running?", reply)
 	}
 	if err != nil {
 		s.shutdown()
-		return nil, fmt.Errorf("requesting the bus name %s: %w", BusName, err)
+		return nil, fmt.Errorf("requesting the bus name %s: %w", dbusname.BusName, err)
 	}
 	return s, nil
 }
@@ -200,7 +189,7 @@ func Export(conn *dbus.Conn, reg *registry.Registry, info Info) (*Server, error)
 // Close releases the bus name and unexports everything. Changes of the
 // registry after Close are ignored.
 func (s *Server) Close() error {
-	_, err := s.conn.ReleaseName(BusName)
+	_, err := s.conn.ReleaseName(dbusname.BusName)
 	s.shutdown()
 	return err
 }
@@ -230,30 +219,10 @@ func (s *Server) SetConfig(vips []string, encapPort uint16, tableSize uint32) {
 
 // setManagerProp sets a property and announces it only when it changed.
 func (s *Server) setManagerProp(name string, v any) {
-	if reflect.DeepEqual(s.mgrProps.GetMust(ManagerIface, name), v) {
+	if reflect.DeepEqual(s.mgrProps.GetMust(dbusname.ManagerIface, name), v) {
 		return
 	}
-	s.mgrProps.SetMust(ManagerIface, name, v)
-}
-
-// BackendPath is the object path of the backend called name: every byte
-// other than A-Z, a-z and 0-9 is written as "_" and two lower-case hex
-// digits, as systemd escapes unit names; the empty name is "_".
-func BackendPath(name string) dbus.ObjectPath {
-	if name == "" {
-		return BackendPathPrefix + "_"
-	}
-	var b strings.Builder
-	b.WriteString(BackendPathPrefix)
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' {
-			b.WriteByte(c)
-			continue
-		}
-		fmt.Fprintf(&b, "_%02x", c)
-	}
-	return dbus.ObjectPath(b.String())
+	s.mgrProps.SetMust(dbusname.ManagerIface, name, v)
 }
 
 // authorizer knows who may do what.

@@ -6,17 +6,18 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/registry"
 )
 
 // The error names of caplanced.dbus(7), ERRORS.
 const (
-	ErrorInvalidArgument = ErrorPrefix + "InvalidArgument"
-	ErrorNotFound        = ErrorPrefix + "NotFound"
-	ErrorAlreadyExists   = ErrorPrefix + "AlreadyExists"
-	ErrorAccessDenied    = ErrorPrefix + "AccessDenied"
-	ErrorNotSupported    = ErrorPrefix + "NotSupported"
-	ErrorFailed          = ErrorPrefix + "Failed"
+	ErrorInvalidArgument = dbusname.ErrorPrefix + "InvalidArgument"
+	ErrorNotFound        = dbusname.ErrorPrefix + "NotFound"
+	ErrorAlreadyExists   = dbusname.ErrorPrefix + "AlreadyExists"
+	ErrorAccessDenied    = dbusname.ErrorPrefix + "AccessDenied"
+	ErrorNotSupported    = dbusname.ErrorPrefix + "NotSupported"
+	ErrorFailed          = dbusname.ErrorPrefix + "Failed"
 )
 
 // The kinds of refusal of this package; the others are the registry's.

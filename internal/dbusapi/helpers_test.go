@@ -20,12 +20,13 @@ import (
 	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/dbusapi"
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/registry"
 )
 
 const (
-	manager = dbusapi.ManagerIface + "."
+	manager = dbusname.ManagerIface + "."
 	vip     = "10.0.0.100"
 )
 
@@ -152,12 +153,12 @@ func (e *env) as(t *testing.T, cred dbustest.Credential) *dbus.Conn {
 // "interface.Member") on path ("" for the manager).
 func call(conn *dbus.Conn, path dbus.ObjectPath, method string, args ...any) *dbus.Call {
 	if path == "" {
-		path = dbusapi.ManagerPath
+		path = dbusname.ManagerPath
 	}
 	if !strings.Contains(method, ".") {
 		method = manager + method
 	}
-	return conn.Object(dbusapi.BusName, path).Call(method, 0, args...)
+	return conn.Object(dbusname.BusName, path).Call(method, 0, args...)
 }
 
 // mustCall fails t when the call fails.
@@ -231,7 +232,7 @@ type signals struct{ ch chan *dbus.Signal }
 
 func subscribe(t *testing.T, conn *dbus.Conn) *signals {
 	t.Helper()
-	if err := conn.AddMatchSignal(dbus.WithMatchSender(dbusapi.BusName)); err != nil {
+	if err := conn.AddMatchSignal(dbus.WithMatchSender(dbusname.BusName)); err != nil {
 		t.Fatal(err)
 	}
 	s := &signals{ch: make(chan *dbus.Signal, 1024)}
@@ -248,7 +249,7 @@ func (s *signals) take(t *testing.T, n int) []string {
 	for len(got) < n {
 		select {
 		case sig := <-s.ch:
-			if strings.HasPrefix(string(sig.Path), string(dbusapi.ManagerPath)) {
+			if strings.HasPrefix(string(sig.Path), string(dbusname.ManagerPath)) {
 				got = append(got, formatSignal(sig))
 			}
 		case <-timeout:

@@ -11,6 +11,7 @@ import (
 	"github.com/godbus/dbus/v5/introspect"
 	"github.com/godbus/dbus/v5/prop"
 
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/registry"
 )
 
@@ -29,7 +30,7 @@ func (in introspector) Introspect(msg dbus.Message) (string, *dbus.Error) {
 		node.Children = []introspect.Node{{Name: "caplance"}}
 	case path == "/org/caplance":
 		node.Children = []introspect.Node{{Name: "Caplance1"}}
-	case path == ManagerPath:
+	case path == dbusname.ManagerPath:
 		node.Interfaces = managerInterfaces(s.mgrProps)
 		s.mu.Lock()
 		if len(s.objects) > 0 {
@@ -39,11 +40,11 @@ func (in introspector) Introspect(msg dbus.Message) (string, *dbus.Error) {
 	case path == backendParent:
 		s.mu.Lock()
 		for _, obj := range s.objects {
-			node.Children = append(node.Children, introspect.Node{Name: strings.TrimPrefix(string(obj.path), BackendPathPrefix)})
+			node.Children = append(node.Children, introspect.Node{Name: strings.TrimPrefix(string(obj.path), dbusname.BackendPathPrefix)})
 		}
 		s.mu.Unlock()
 		slices.SortFunc(node.Children, func(a, b introspect.Node) int { return strings.Compare(a.Name, b.Name) })
-	case strings.HasPrefix(string(path), BackendPathPrefix):
+	case strings.HasPrefix(string(path), dbusname.BackendPathPrefix):
 		s.mu.Lock()
 		exists := false
 		for _, obj := range s.objects {
@@ -71,10 +72,10 @@ func render(node introspect.Node) string {
 func managerInterfaces(props *prop.Properties) []introspect.Interface {
 	return []introspect.Interface{
 		{
-			Name:       ManagerIface,
+			Name:       dbusname.ManagerIface,
 			Methods:    namedMethods(manager{}, argNames),
 			Signals:    managerSignals,
-			Properties: sortedProps(props.Introspection(ManagerIface)),
+			Properties: sortedProps(props.Introspection(dbusname.ManagerIface)),
 		},
 		objectManagerData,
 		prop.IntrospectData,
@@ -91,7 +92,7 @@ func backendInterfaceData() []introspect.Interface {
 		props = append(props, p.Introspection(name))
 	}
 	return []introspect.Interface{
-		{Name: BackendIface, Properties: sortedProps(props)},
+		{Name: dbusname.BackendIface, Properties: sortedProps(props)},
 		prop.IntrospectData,
 		introspect.IntrospectData,
 		introspect.PeerData,

@@ -7,6 +7,7 @@ import (
 	"github.com/godbus/dbus/v5"
 	"github.com/godbus/dbus/v5/prop"
 
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/registry"
 )
 
@@ -57,7 +58,7 @@ func (m manager) AddBackend(msg dbus.Message, name, address string, options map[
 	if err != nil {
 		return "", dbusError(err)
 	}
-	return BackendPath(b.Name), nil
+	return dbusname.BackendPath(b.Name), nil
 }
 
 // parseAddOptions checks AddBackend's options: known keys with values of
@@ -215,7 +216,7 @@ func (s *Server) exportManager() error {
 		roles = []string{}
 	}
 	props := prop.Map{
-		ManagerIface: {
+		dbusname.ManagerIface: {
 			"Version":   {Value: s.info.Version, Emit: prop.EmitConst},
 			"Roles":     {Value: slices.Clone(roles), Emit: prop.EmitConst},
 			"State":     {Value: s.info.State, Emit: prop.EmitTrue},
@@ -226,15 +227,15 @@ func (s *Server) exportManager() error {
 		// GetAll of an interface without properties is an empty dict.
 		ObjectManagerIface: {}, PropertiesIface: {}, IntrospectableIface: {}, PeerIface: {},
 	}
-	p, err := prop.Export(s.conn, ManagerPath, props)
+	p, err := prop.Export(s.conn, dbusname.ManagerPath, props)
 	if err != nil {
 		return err
 	}
 	s.mgrProps = p
-	if err := s.conn.Export(manager{s}, ManagerPath, ManagerIface); err != nil {
+	if err := s.conn.Export(manager{s}, dbusname.ManagerPath, dbusname.ManagerIface); err != nil {
 		return err
 	}
-	if err := s.conn.Export(objectManager{s}, ManagerPath, ObjectManagerIface); err != nil {
+	if err := s.conn.Export(objectManager{s}, dbusname.ManagerPath, ObjectManagerIface); err != nil {
 		return err
 	}
 	// Every node from / to the backends' parent introspects as this
@@ -244,7 +245,7 @@ func (s *Server) exportManager() error {
 	if err := s.conn.Export(in, "/", IntrospectableIface); err != nil {
 		return err
 	}
-	for _, path := range []dbus.ObjectPath{"/org", "/org/caplance", ManagerPath, backendParent} {
+	for _, path := range []dbus.ObjectPath{"/org", "/org/caplance", dbusname.ManagerPath, backendParent} {
 		if err := s.conn.ExportSubtree(in, path, IntrospectableIface); err != nil {
 			return err
 		}
@@ -260,8 +261,8 @@ func (s *Server) unexportAll() {
 		s.unexportBackend(obj)
 		delete(s.objects, name)
 	}
-	for _, iface := range []string{ManagerIface, ObjectManagerIface, PropertiesIface, IntrospectableIface} {
-		_ = s.conn.Export(nil, ManagerPath, iface)
+	for _, iface := range []string{dbusname.ManagerIface, ObjectManagerIface, PropertiesIface, IntrospectableIface} {
+		_ = s.conn.Export(nil, dbusname.ManagerPath, iface)
 	}
 	for _, path := range []dbus.ObjectPath{"/", "/org", "/org/caplance", backendParent} {
 		_ = s.conn.Export(nil, path, IntrospectableIface)

@@ -14,6 +14,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/caplance/caplance/internal/dbusapi"
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/registry"
 )
@@ -87,27 +88,27 @@ func TestStorm(t *testing.T) {
 		t.Fatal(err)
 	}
 	var xml string
-	if err := call(clients[0], dbusapi.ManagerPath+"/backend", "org.freedesktop.DBus.Introspectable.Introspect").Store(&xml); err != nil {
+	if err := call(clients[0], dbusname.ManagerPath+"/backend", "org.freedesktop.DBus.Introspectable.Introspect").Store(&xml); err != nil {
 		t.Fatal(err)
 	}
 	if len(objs) != len(list) || strings.Count(xml, "<node name=") != len(list) {
 		t.Errorf("the registry has %d backends, GetManagedObjects %d, the tree %d", len(list), len(objs), strings.Count(xml, "<node name="))
 	}
 	for _, b := range list {
-		path := dbusapi.BackendPath(b.Name)
+		path := dbusname.BackendPath(b.Name)
 		props, ok := objs[path]
 		if !ok {
 			t.Errorf("GetManagedObjects lacks %s", path)
 			continue
 		}
-		if w := props[dbusapi.BackendIface]["Weight"].Value(); w != b.Weight {
+		if w := props[dbusname.BackendIface]["Weight"].Value(); w != b.Weight {
 			t.Errorf("%s: GetManagedObjects has weight %v, the registry %d", b.Name, w, b.Weight)
 		}
 		var w uint32
-		if err := call(clients[0], path, "org.freedesktop.DBus.Properties.Get", dbusapi.BackendIface, "Weight").Store(&w); err != nil || w != b.Weight {
+		if err := call(clients[0], path, "org.freedesktop.DBus.Properties.Get", dbusname.BackendIface, "Weight").Store(&w); err != nil || w != b.Weight {
 			t.Errorf("%s: Weight property %d, %v; the registry has %d", b.Name, w, err, b.Weight)
 		}
-		if !strings.Contains(xml, fmt.Sprintf(`<node name="%s">`, strings.TrimPrefix(string(path), dbusapi.BackendPathPrefix))) {
+		if !strings.Contains(xml, fmt.Sprintf(`<node name="%s">`, strings.TrimPrefix(string(path), dbusname.BackendPathPrefix))) {
 			t.Errorf("the tree lacks %s", b.Name)
 		}
 	}

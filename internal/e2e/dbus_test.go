@@ -11,6 +11,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/caplance/caplance/internal/dbusapi"
+	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/testbed"
 )
@@ -37,13 +38,13 @@ func newBusTestbed(t *testing.T) (*testbed.Testbed, *dbustest.Bus, dbus.BusObjec
 	if err := tb.StartBalancerWith(tb.Backends[:2]); err != nil {
 		t.Fatal(err)
 	}
-	return tb, bus, bus.Connect(t).Object(dbusapi.BusName, dbusapi.ManagerPath)
+	return tb, bus, bus.Connect(t).Object(dbusname.BusName, dbusname.ManagerPath)
 }
 
 func listBackends(t *testing.T, mgr dbus.BusObject) map[string]dbusapi.BackendRow {
 	t.Helper()
 	var rows []dbusapi.BackendRow
-	if err := mgr.Call(dbusapi.ManagerIface+".ListBackends", 0).Store(&rows); err != nil {
+	if err := mgr.Call(dbusname.ManagerIface+".ListBackends", 0).Store(&rows); err != nil {
 		t.Fatal(err)
 	}
 	out := map[string]dbusapi.BackendRow{}
@@ -55,7 +56,7 @@ func listBackends(t *testing.T, mgr dbus.BusObject) map[string]dbusapi.BackendRo
 
 func call(t *testing.T, mgr dbus.BusObject, method string, args ...any) {
 	t.Helper()
-	if err := mgr.Call(dbusapi.ManagerIface+"."+method, 0, args...).Err; err != nil {
+	if err := mgr.Call(dbusname.ManagerIface+"."+method, 0, args...).Err; err != nil {
 		t.Fatalf("%s%v: %v", method, args, err)
 	}
 }
@@ -115,9 +116,9 @@ func TestLiveRegistration(t *testing.T) {
 	t.Run("AddBackend puts a backend in rotation, established flows stay", func(t *testing.T) {
 		conns, before := udpFlows(t, tb, 30)
 		var path dbus.ObjectPath
-		err := mgr.Call(dbusapi.ManagerIface+".AddBackend", 0, be3, testbed.BackendAddr(2).String(),
+		err := mgr.Call(dbusname.ManagerIface+".AddBackend", 0, be3, testbed.BackendAddr(2).String(),
 			map[string]dbus.Variant{}).Store(&path)
-		if err != nil || path != dbusapi.BackendPath(be3) {
+		if err != nil || path != dbusname.BackendPath(be3) {
 			t.Fatalf("AddBackend: %v, path %q", err, path)
 		}
 		checkFlowsStay(t, conns, before)
@@ -182,7 +183,7 @@ func TestLiveRegistration(t *testing.T) {
 		if err := os.WriteFile(tb.Balancer.ConfigPath, []byte(bad), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		err := mgr.Call(dbusapi.ManagerIface+".Reload", 0).Err
+		err := mgr.Call(dbusname.ManagerIface+".Reload", 0).Err
 		for _, want := range []string{`address "1.2.3.400": not an IPv4 address`, "weight 99999"} {
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Errorf("Reload of an invalid file: %v, want it to name %q", err, want)

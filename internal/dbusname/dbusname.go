@@ -1,0 +1,75 @@
+// Package dbusname holds the names of caplanced's D-Bus API
+// (caplanced.dbus(7)), shared by the server (package dbusapi) and its
+// clients (caplancectl, caplance-healthd), and the escaping of backend names
+// into object paths. It must hold nothing else.
+package dbusname
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/godbus/dbus/v5"
+)
+
+// The names of caplanced.dbus(7).
+const (
+	BusName           = "org.caplance.Caplance1"
+	ManagerPath       = dbus.ObjectPath("/org/caplance/Caplance1")
+	ManagerIface      = BusName + ".Manager"
+	BackendIface      = BusName + ".Backend"
+	BackendPathPrefix = "/org/caplance/Caplance1/backend/"
+	// ErrorPrefix starts the name of every error of the API.
+	ErrorPrefix = BusName + ".Error."
+	// HealthBusName is owned by caplance-healthd while it runs.
+	HealthBusName = "org.caplance.Health1"
+)
+
+// BackendPath is the object path of the backend called name: every byte
+// other than A-Z, a-z and 0-9 is written as "_" and two lower-case hex
+// digits, as systemd escapes unit names; the empty name is "_".
+func BackendPath(name string) dbus.ObjectPath {
+	if name == "" {
+		return dbus.ObjectPath(BackendPathPrefix + "_")
+	}
+	var b strings.Builder
+	b.WriteString(BackendPathPrefix)
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' {
+			b.WriteByte(c)
+			continue
+		}
+		fmt.Fprintf(&b, "_%02x", c)
+	}
+	return dbus.ObjectPath(b.String())
+}
+
+// BackendName undoes BackendPath; ok is false when path is not a
+// backend's or is not escaped as BackendPath escapes.
+func BackendName(path dbus.ObjectPath) (name string, ok bool) {
+	s, ok := strings.CutPrefix(string(path), BackendPathPrefix)
+	if !ok || s == "" || strings.Contains(s, "/") {
+		return "", false
+	}
+	if s == "_" {
+		return "", true
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '_' {
+			b.WriteByte(s[i])
+			continue
+		}
+		if i+3 > len(s) {
+			return "", false
+		}
+		c, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
+		if err != nil {
+			return "", false
+		}
+		b.WriteByte(byte(c))
+		i += 2
+	}
+	return b.String(), true
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -107,24 +108,60 @@ func checkFlowsStay(t *testing.T, conns []*net.UDPConn, before []string, except 
 	}
 }
 
+// backgroundTraffic makes new HTTP connections until the returned function
+// is called, which fails the test if any of them failed.
+func backgroundTraffic(t *testing.T, tb *testbed.Testbed) (stop func()) {
+	t.Helper()
+	done := make(chan struct{})
+	result := make(chan string)
+	go func() {
+		client := tb.HTTPClient(false)
+		n, failed := 0, ""
+		for {
+			select {
+			case <-done:
+				if n == 0 {
+					failed = "no request was made"
+				}
+				result <- failed
+				return
+			default:
+			}
+			if _, err := testbed.Get(client, "/"); err != nil && failed == "" {
+				failed = err.Error()
+			}
+			n++
+		}
+	}()
+	return func() {
+		close(done)
+		if failed := <-result; failed != "" {
+			t.Errorf("background traffic: %s", failed)
+		}
+	}
+}
+
 // TestLiveRegistration changes the backend set over D-Bus while traffic
 // flows, and checks the data path follows without a restart.
 func TestLiveRegistration(t *testing.T) {
-	tb, _, mgr := newBusTestbed(t)
+	tb, bus, mgr := newBusTestbed(t)
 	be1, be3 := tb.Backends[0].Name, tb.Backends[2].Name
 
-	t.Run("AddBackend puts a backend in rotation, established flows stay", func(t *testing.T) {
+	t.Run("caplancectl add-backend under load: new connections reach it, established flows stay", func(t *testing.T) {
 		conns, before := udpFlows(t, tb, 30)
-		var path dbus.ObjectPath
-		err := mgr.Call(dbusname.ManagerIface+".AddBackend", 0, be3, testbed.BackendAddr(2).String(),
-			map[string]dbus.Variant{}).Store(&path)
-		if err != nil || path != dbusname.BackendPath(be3) {
-			t.Fatalf("AddBackend: %v, path %q", err, path)
+		stop := backgroundTraffic(t, tb)
+		out, err := exec.Command(caplancectlBin, "--bus", bus.Address, "add-backend", be3, testbed.BackendAddr(2).String()).CombinedOutput()
+		if err != nil {
+			t.Fatalf("caplancectl add-backend: %v\n%s", err, out)
+		}
+		if rows := listBackends(t, mgr); rows[be3].Address != testbed.BackendAddr(2).String() {
+			t.Fatalf("after add-backend: %v", rows)
 		}
 		checkFlowsStay(t, conns, before)
 		if n := servedBy(t, tb, 90)[be3]; n < 15 {
 			t.Errorf("the added backend served %d of 90 new connections, want about 30", n)
 		}
+		stop()
 	})
 
 	t.Run("Drain: no new flows, established ones continue", func(t *testing.T) {
@@ -152,6 +189,26 @@ func TestLiveRegistration(t *testing.T) {
 			t.Errorf("a weight-0 backend served %d new connections", n)
 		}
 		call(t, mgr, "SetWeight", be1, uint32(100))
+	})
+
+	t.Run("RemoveBackend moves its flows, and only its", func(t *testing.T) {
+		call(t, mgr, "AddBackend", "be3b", testbed.BackendAddr(2).String()+"0", map[string]dbus.Variant{})
+		call(t, mgr, "RemoveBackend", "be3b") // an address nobody has: only checks the round trip
+		conns, before := udpFlows(t, tb, 40)
+		if !slices.Contains(before, be3) {
+			t.Fatalf("no flow on %s: the test proves nothing", be3)
+		}
+		call(t, mgr, "RemoveBackend", be3)
+		checkFlowsStay(t, conns, before, be3)
+		for i, c := range conns {
+			if before[i] != be3 {
+				continue
+			}
+			if after, err := testbed.Echo(c, []byte("moved")); err != nil || after == be3 {
+				t.Errorf("flow %d of the removed backend: %q, %v", i, after, err)
+			}
+		}
+		call(t, mgr, "AddBackend", be3, testbed.BackendAddr(2).String(), map[string]dbus.Variant{})
 	})
 
 	t.Run("registrations survive a restart, --runtime ones do not", func(t *testing.T) {

@@ -41,8 +41,8 @@ lint: ## gofmt, go vet and staticcheck must be clean
 	$(GO) vet ./...
 	staticcheck ./...
 
-demo: build ## As root: balancer + 3 backends in namespaces, 30 requests, a table of who served what
-	$(GO) run ./contrib/demo --caplanced bin/caplanced
+demo: build ## As root: balancer + backends in namespaces, requests, a live add-backend, who served what
+	$(GO) run ./contrib/demo --caplanced bin/caplanced --caplancectl bin/caplancectl
 
 clean: ## Remove build output
 	rm -rf bin/

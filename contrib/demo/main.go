@@ -1,8 +1,10 @@
 // Command demo shows Caplance at work (`make demo`, as root): it builds a
-// client, a balancer and three backends in network namespaces, runs the real
-// caplanced as balancer and receivers, sends 30 HTTP requests through the
-// VIP, prints which backend served each flow and the counters, and removes
-// every namespace and process on exit, Ctrl-C or failure.
+// client, a balancer and four backends in network namespaces, runs the real
+// caplanced as balancer (three backends configured, its D-Bus API on a
+// private bus) and receivers, sends HTTP requests through the VIP, adds the
+// fourth backend live with caplancectl, sends more, prints which backend
+// served each flow and the counters, and removes every namespace and process
+// on exit, Ctrl-C or failure.
 package main
 
 import (
@@ -12,25 +14,29 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"text/tabwriter"
 	"time"
 
+	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/testbed"
 )
 
 func main() {
 	caplanced := flag.String("caplanced", "bin/caplanced", "the caplanced `binary` to run")
-	requests := flag.Int("requests", 30, "how many HTTP requests to send")
+	caplancectl := flag.String("caplancectl", "bin/caplancectl", "the caplancectl `binary` to run")
+	requests := flag.Int("requests", 30, "how many HTTP requests to send, half before and half after the live change")
 	flag.Parse()
-	if err := run(*caplanced, *requests); err != nil {
+	if err := run(*caplanced, *caplancectl, *requests); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
 }
 
-func run(caplanced string, requests int) error {
+func run(caplanced, caplancectl string, requests int) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("run as root: the demo creates network namespaces")
 	}
@@ -40,8 +46,19 @@ func run(caplanced string, requests int) error {
 	}
 	defer os.RemoveAll(dir)
 
-	fmt.Println("Building the lab: client, balancer, 3 backends (receiver + HTTP server each)…")
-	tb, err := testbed.New(testbed.Options{Binary: caplanced, Prefix: "demo", Backends: 3, Dir: dir})
+	// The balancer's D-Bus API, on a private bus with the shipped policy.
+	policy, err := filepath.Abs(dbustest.PolicyPath) // make demo runs in the repository's root
+	if err != nil {
+		return err
+	}
+	bus, stopBus, err := dbustest.Run(dir, policy, false)
+	if err != nil {
+		return err
+	}
+	defer stopBus()
+
+	fmt.Println("Building the lab: client, balancer, 4 backends (receiver + HTTP server each)…")
+	tb, err := testbed.New(testbed.Options{Binary: caplanced, Prefix: "demo", Backends: 4, Dir: dir, BalancerBus: bus.Address})
 	if err != nil {
 		return err
 	}
@@ -58,10 +75,10 @@ func run(caplanced string, requests int) error {
 		}
 		fmt.Println("Removed every namespace and process.")
 	}()
-	if err := tb.StartBalancer(); err != nil {
+	if err := tb.StartBalancerWith(tb.Backends[:3]); err != nil {
 		return err
 	}
-	fmt.Printf("caplanced balances VIP %s over %d backends.\n\n", testbed.VIP, len(tb.Backends))
+	fmt.Printf("caplanced balances VIP %s over 3 backends; %s waits.\n\n", testbed.VIP, tb.Backends[3].Name)
 
 	start := time.Now()
 	client := tb.HTTPClient(false)
@@ -70,6 +87,18 @@ func run(caplanced string, requests int) error {
 	for i := range requests {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if i == requests/2 {
+			w.Flush()
+			be := tb.Backends[3]
+			args := []string{"--bus", bus.Address, "add-backend", be.Name, be.Addr.String()}
+			fmt.Printf("\n$ caplancectl add-backend %s %s   # live, no restart\n", be.Name, be.Addr)
+			if out, err := exec.Command(caplancectl, args...).CombinedOutput(); err != nil {
+				return fmt.Errorf("caplancectl: %v: %s", err, out)
+			}
+			out, _ := exec.Command(caplancectl, "--bus", bus.Address, "list").CombinedOutput()
+			fmt.Printf("$ caplancectl list\n%s\n", out)
+			fmt.Fprintln(w, "request\tclient flow\tserved by")
 		}
 		var local string
 		trace := &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) { local = ci.Conn.LocalAddr().String() }}

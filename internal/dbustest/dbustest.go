@@ -57,6 +57,7 @@ type Bus struct {
 	Address string
 	// Socket is the path of the bus's socket.
 	Socket string
+	stderr *lockedBuffer
 }
 
 type options struct {
@@ -128,10 +129,6 @@ func Start(t testing.TB, opts ...Option) *Bus {
 	if os.Geteuid() != 0 {
 		t.Skip("dbustest: needs root (to connect as other users)")
 	}
-	daemon, err := exec.LookPath("dbus-daemon")
-	if err != nil {
-		t.Fatalf("dbustest: dbus-daemon is not installed (Debian package dbus-daemon): %v", err)
-	}
 	o := options{}
 	for _, opt := range opts {
 		opt(&o)
@@ -149,32 +146,54 @@ func Start(t testing.TB, opts ...Option) *Bus {
 			t.Fatal(err)
 		}
 	}
-	b := &Bus{Socket: filepath.Join(dir, "system_bus_socket")}
-	var cfg bytes.Buffer
-	err = busConfig.Execute(&cfg, map[string]any{"Socket": b.Socket, "Policy": o.policy, "Permissive": o.permissive})
+	b, stop, err := Run(dir, o.policy, o.permissive)
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stop()
+		// What dbus-daemon said (config warnings name ignored rules) helps
+		// when the test failed.
+		if s := b.stderr.String(); t.Failed() && s != "" {
+			t.Logf("dbus-daemon stderr:\n%s", s)
+		}
+	})
+	return b
+}
+
+// Run starts a private system bus with its socket and configuration in dir,
+// including the policy file at policy (or, if permissive, allowing
+// everything), and returns it with the function that stops it. Start is
+// Run for tests; the demo uses Run directly.
+func Run(dir, policy string, permissive bool) (*Bus, func(), error) {
+	daemon, err := exec.LookPath("dbus-daemon")
+	if err != nil {
+		return nil, nil, fmt.Errorf("dbustest: dbus-daemon is not installed (Debian package dbus-daemon): %w", err)
+	}
+	b := &Bus{Socket: filepath.Join(dir, "system_bus_socket"), stderr: &lockedBuffer{}}
+	var cfg bytes.Buffer
+	err = busConfig.Execute(&cfg, map[string]any{"Socket": b.Socket, "Policy": policy, "Permissive": permissive})
+	if err != nil {
+		return nil, nil, err
 	}
 	cfgPath := filepath.Join(dir, "bus.conf")
 	if err := os.WriteFile(cfgPath, cfg.Bytes(), 0o644); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
-
 	cmd := exec.Command(daemon, "--config-file="+cfgPath, "--nofork", "--print-address")
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
+	cmd.Stderr = b.stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		t.Fatalf("dbustest: starting dbus-daemon: %v", err)
+		return nil, nil, fmt.Errorf("dbustest: starting dbus-daemon: %w", err)
 	}
 	exited := make(chan struct{})
-	t.Cleanup(func() {
+	stop := func() {
 		_ = cmd.Process.Kill()
 		<-exited
-	})
+	}
 	addr := make(chan string, 1)
 	go func() {
 		line, _ := bufio.NewReader(out).ReadString('\n')
@@ -186,22 +205,14 @@ func Start(t testing.TB, opts ...Option) *Bus {
 	select {
 	case b.Address = <-addr:
 	case <-time.After(10 * time.Second):
-		t.Fatalf("dbustest: dbus-daemon printed no address within 10s; stderr:\n%s", stderr.String())
+		stop()
+		return nil, nil, fmt.Errorf("dbustest: dbus-daemon printed no address within 10s; stderr:\n%s", b.stderr.String())
 	}
 	if b.Address == "" {
 		<-exited
-		t.Fatalf("dbustest: dbus-daemon exited: %v; stderr:\n%s", cmd.ProcessState, stderr.String())
+		return nil, nil, fmt.Errorf("dbustest: dbus-daemon exited: %v; stderr:\n%s", cmd.ProcessState, b.stderr.String())
 	}
-	// Log what dbus-daemon said (config warnings name ignored rules) when
-	// the test fails.
-	t.Cleanup(func() {
-		if t.Failed() {
-			if s := stderr.String(); s != "" {
-				t.Logf("dbus-daemon stderr:\n%s", s)
-			}
-		}
-	})
-	return b
+	return b, stop, nil
 }
 
 // Connect connects to the bus as the test process and closes the

@@ -1,7 +1,9 @@
 package dbusapi_test
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -11,7 +13,7 @@ import (
 func TestBusctl(t *testing.T) {
 	busctl, err := exec.LookPath("busctl")
 	if err != nil {
-		t.Skip("busctl is not installed")
+		t.Fatal("busctl is not installed (Debian package systemd; .ci/setup installs it)")
 	}
 	e := newEnv(t, envOptions{})
 	run := func(args ...string) string {
@@ -38,6 +40,16 @@ func TestBusctl(t *testing.T) {
 		// Columns are aligned with runs of spaces.
 		if got := strings.Join(strings.Fields(run(tt.args...)), " "); !strings.Contains(got, tt.want) {
 			t.Errorf("busctl %s:\n%s\nwant it to contain %q", strings.Join(tt.args, " "), got, tt.want)
+		}
+	}
+	// busctl shows the introspection data the daemon serves: the golden files.
+	for path, golden := range map[string]string{mgr: "manager.xml", "/org/caplance/Caplance1/backend/web_2d4": "backend.xml"} {
+		want, err := os.ReadFile(filepath.Join("testdata", golden))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := run("introspect", "--xml-interface", dest, path); strings.TrimSpace(got) != strings.TrimSpace(string(want)) {
+			t.Errorf("busctl introspect --xml-interface %s differs from testdata/%s:\n%s", path, golden, got)
 		}
 	}
 }

@@ -11,7 +11,7 @@ COMMANDS   := caplanced caplancectl caplance-healthd
 BENCHTIME  ?= 1s
 FUZZTIME   ?= 30s
 
-.PHONY: all build test bench bench-dataplane fuzz lint demo clean help
+.PHONY: all build test bench bench-dataplane fuzz lint demo completions clean help
 
 all: build
 
@@ -43,6 +43,11 @@ lint: ## gofmt, go vet and staticcheck must be clean
 
 demo: build ## As root: balancer + backends in namespaces, requests, a live add-backend, who served what
 	$(GO) run ./contrib/demo --caplanced bin/caplanced --caplancectl bin/caplancectl
+
+completions: ## Regenerate contrib/completions from caplancectl's command table (a test checks they are current)
+	$(GO) run ./caplancectl completion bash > contrib/completions/caplancectl.bash
+	$(GO) run ./caplancectl completion zsh > contrib/completions/_caplancectl
+	$(GO) run ./caplancectl completion fish > contrib/completions/caplancectl.fish
 
 clean: ## Remove build output
 	rm -rf bin/

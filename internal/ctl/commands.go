@@ -17,7 +17,7 @@ var commands = []command{
 	{name: "status", summary: "show caplanced's state, roles, VIPs and backend count", setup: noFlags(statusAction)},
 	{name: "list", synopsis: "[--json]", summary: "list the backends with their state and counters", setup: setupList},
 	{name: "show", synopsis: "NAME", summary: "show every property of a backend", setup: setupShow},
-	{name: "add-backend", synopsis: "NAME ADDRESS [--weight N] [--check SPEC] [--runtime]", summary: "add a backend and put it in rotation", setup: setupAdd},
+	{name: "add-backend", synopsis: "NAME ADDRESS [--weight N] [--check SPEC] [--runtime]", summary: "add a backend and put it in rotation", setup: setupAdd, newName: true},
 	{name: "remove-backend", synopsis: "NAME", summary: "take a backend out", setup: nameMethod("RemoveBackend")},
 	{name: "set-weight", synopsis: "NAME WEIGHT", summary: "change a backend's share of new flows", setup: setupSetWeight},
 	{name: "drain", synopsis: "NAME", summary: "send a backend no new flows", setup: nameMethod("Drain")},

@@ -69,7 +69,7 @@ func description() string {
 	b.WriteString("Control the Caplance load balancer daemon (caplanced) over D-Bus.\n\nCommands:\n")
 	for _, c := range commands {
 		use := strings.TrimSpace(c.name + " " + c.synopsis)
-		if len(use) > 24 {
+		if len(use) > 23 { // two spaces at least before the summary
 			fmt.Fprintf(&b, "  %s\n  %-24s %s\n", use, "", c.summary)
 			continue
 		}
@@ -91,6 +91,11 @@ type command struct {
 	setup    setupFunc
 	// endless commands run until interrupted, without callTimeout.
 	endless bool
+	// local commands run without caplanced: their action gets no Conn.
+	local bool
+	// newName: the command's NAME is a backend still to be made, so the
+	// shell completions offer no existing names for it.
+	newName bool
 }
 
 // setupFunc defines a command's flags on fs and returns the function that
@@ -118,6 +123,9 @@ func (a *App) run(args []string, stdout io.Writer) error {
 	act, err := c.parse(args[1:], stdout)
 	if err != nil || act == nil { // act is nil after --help
 		return err
+	}
+	if c.local {
+		return act(context.Background(), nil, stdout)
 	}
 
 	dial := a.Dial

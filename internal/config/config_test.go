@@ -222,7 +222,7 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 				`test.toml: backend "bad/name": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
 				`test.toml: backend "bad/name": address 10.0.1.2: already used by backend "web1"`,
 				`test.toml: backend "bad/name": weight -1: must be between 0 and 10000`,
-				`test.toml: backend "bad/name": check "ftp://x": must start with one of tcp://, http://, https://, udp://, exec://, tunnel://`,
+				`test.toml: backend "bad/name": check "ftp://x": unknown kind "ftp" (want tcp, http, https, udp, exec or tunnel)`,
 				`test.toml: backend #4: name: missing`,
 				`test.toml: backend #4: address 10.0.0.100: is a VIP of this balancer (packets would loop)`,
 				`test.toml: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,

@@ -9,13 +9,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caplance/caplance/internal/check"
 	"github.com/caplance/caplance/internal/maglev"
 )
 
 var backendName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
-
-// checkSchemes are the health check kinds caplance-healthd knows.
-var checkSchemes = []string{"tcp", "http", "https", "udp", "exec", "tunnel"}
 
 // problems collects every validation error with the place it names.
 type problems []string
@@ -132,7 +130,7 @@ func validateBackends(raw []rawBackend, bal *Balancer, p *problems) []Backend {
 		}
 		if rb.Check != "" {
 			if err := CheckSpec(rb.Check); err != nil {
-				p.add("%s: check %q: %v", place, rb.Check, err)
+				p.add("%s: %v", place, err)
 			}
 		}
 		out = append(out, b)
@@ -287,12 +285,9 @@ func validInterfaceName(s string) bool {
 	return len(s) <= 15 && !strings.ContainsAny(s, "/: \t\n") && s != "." && s != ".."
 }
 
-// CheckSpec rejects what is certainly not a health check spec;
-// caplance-healthd owns the full syntax and reports the finer errors.
+// CheckSpec validates a health check spec (see package check); the error
+// quotes the spec and names the bad part.
 func CheckSpec(spec string) error {
-	scheme, _, ok := strings.Cut(spec, "://")
-	if !ok || !slices.Contains(checkSchemes, scheme) {
-		return fmt.Errorf("must start with one of %s://", strings.Join(checkSchemes, "://, "))
-	}
-	return nil
+	_, err := check.Parse(spec)
+	return err
 }

@@ -1,0 +1,159 @@
+// Package check owns what a health check is and how one probe of a backend
+// runs: the spec syntax (Parse, String), the probes themselves (Probe) and
+// the key that tells two identical probes apart from different ones (Key).
+//
+// It must not keep state between probes: rise and fall counting, the initial
+// state, scheduling, start-up jitter and reporting belong to caplance-healthd,
+// which reads the tunables from the Spec. It never touches D-Bus, netlink or
+// systemd, and it changes nothing on the host: no sysctls, routes or
+// firewall rules.
+//
+// # Spec syntax
+//
+// A check is written as a URL whose scheme is the kind of check:
+//
+//	tcp://[HOST]:PORT[?TUNABLES]
+//	http://[HOST][:PORT][/PATH][?method=M&host=H&expect=RANGES&body=TEXT&TUNABLES]
+//	https://[HOST][:PORT][/PATH][?…http parameters…&sni=NAME&insecure=true&ca=/PEM&TUNABLES]
+//	udp://[HOST]:PORT?send=PAYLOAD[&expect=PAYLOAD&TUNABLES]
+//	exec:///ABSOLUTE/PATH[?arg=A&arg=B&TUNABLES]
+//	tunnel://:PORT[?vip=VIP&TUNABLES]
+//	tunnel://icmp[?vip=VIP&TUNABLES]
+//
+// HOST is an IP literal ("10.0.0.5", "[2001:db8::5]"); left empty, as it
+// usually is, the probe goes to the backend's own address. Host names are not
+// resolved. Parameter values are percent-encoded as in any URL (%20 or + for
+// a space, %2B for +, %26 for &). A parameter a kind does not take, a
+// repeated parameter (except arg) or a bad value is refused with an error
+// that names it, for example:
+//
+//	http check "http://:80/?expect=20x": expect "20x": not a status range (write e.g. 200, 200-299 or 200-299,304)
+//
+// String gives the canonical form: lower-case kind, explicit port, parameters
+// in a fixed order and only those that differ from their defaults.
+//
+// # Kinds
+//
+// tcp: the backend is up when a TCP connection to HOST:PORT is established
+// within the timeout; the connection is then closed normally.
+//
+// http, https: one HTTP/1.1 request on a fresh connection ("Connection:
+// close"; redirects are not followed; the request has no query string, since
+// the URL's query holds the check's parameters). PORT defaults to 80 and 443.
+//
+//   - method: the request method, upper case (default GET).
+//   - host: the Host header, "name" or "name:port" (default: the address and
+//     port connected to, the port left out when it is the scheme's default).
+//   - expect: the status codes that mean up, a comma-separated list of codes
+//     and ranges, e.g. 200, 200-299 or 200-299,304 (default 200-299: a
+//     health endpoint that redirects usually names the wrong virtual host or
+//     a login page, and keepalived's HTTP_GET accepts only 2xx by default too).
+//   - body: a text that must appear in the first 64 KiB of the response body
+//     (not with method HEAD).
+//
+// https adds TLS, with certificate verification on by default:
+//
+//   - sni: the TLS server name sent and verified (default: the host
+//     parameter's name; without either, the certificate must carry the
+//     address as an IP SAN and no SNI is sent).
+//   - insecure=true: do not verify the certificate (default false).
+//   - ca: an absolute path to a PEM file of CA certificates to trust instead
+//     of the system's; read at each probe, so a renewed CA needs no reload.
+//     Not together with insecure=true.
+//
+// udp: send PAYLOAD in one datagram from a fresh socket to HOST:PORT and wait
+// for one reply; the first reply decides. An ICMP port unreachable counts as
+// down at once ("connection refused").
+//
+//   - send (required): the payload, "text:…" or "hex:…", e.g. text:ping or
+//     hex:00ff10.
+//   - expect: a payload the reply must contain, in the same notation
+//     (default: any reply).
+//
+// exec: run the program at the absolute PATH, without a shell, with the
+// arg parameters as its arguments, in order; exit status 0 means up. It
+// runs in / with standard input from /dev/null, in a process group of its
+// own, and with an environment of exactly
+//
+//	PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+//	CAPLANCE_BACKEND_NAME=<the backend's name>
+//	CAPLANCE_BACKEND_ADDRESS=<the backend's address>
+//
+// Its standard output and error go to one pipe; the first 4 KiB become part
+// of the result's detail and the rest is read and discarded, so a chatty
+// program is never blocked on a full pipe. When the timeout expires the whole
+// process group is killed with SIGKILL; it is killed as well when the program
+// exits, so a check leaves no processes behind (one that calls setsid(2)
+// escapes this). The program runs as caplance-healthd's user.
+//
+// tunnel: a probe sent through the data path, the way GLB's healthcheck does
+// it, so the encapsulation, the backend's receiver, the VIP on the backend's
+// loopback and the service are checked together. It needs CAP_NET_RAW and is
+// IPv4 only. With tunnel://:PORT the probe is a TCP SYN to VIP:PORT, with
+// tunnel://icmp an ICMP echo request to the VIP. vip picks the VIP (default:
+// the one in the Target). What is sent and matched:
+//
+//  1. An inner IPv4 packet from Target.Source (the balancer host's own
+//     address; if unset, the address the kernel would use towards the
+//     backend) to the VIP: TTL 64, DF, a random ID, and either a TCP SYN
+//     (source port reserved for the probe by binding a TCP socket to
+//     Source:0, a random initial sequence number, window 65535, one MSS
+//     option of 1460) or an ICMP echo request (random identifier, sequence
+//     1, 16 bytes of data: "caplance" and 8 random bytes).
+//  2. It is encapsulated exactly as the data path does it,
+//     encap.NewOuter(Source, backend, EncapPort) with a random outer UDP
+//     source port in 49152-65535, and sent to the backend's address on a raw
+//     IP_HDRINCL socket.
+//  3. The backend decapsulates it and delivers it to the VIP on its
+//     loopback; its stack answers Source directly (direct server return).
+//  4. The probe listens on raw sockets bound to Source (ip4:tcp for the SYN,
+//     ip4:icmp always) with a socket filter, and accepts only: a TCP segment
+//     from VIP:PORT to its reserved port acknowledging its sequence number
+//     plus one (SYN-ACK: up; RST: down, "connection refused": the tunnel
+//     works but nothing listens), or an ICMP echo reply from the VIP with its
+//     identifier, sequence and data (up), or an ICMP destination unreachable
+//     from anyone that quotes its outer packet (down: for example "port
+//     unreachable" when nothing receives on the backend's encap port).
+//  5. After a SYN-ACK it sends, through the tunnel the same way, a TCP RST
+//     with the sequence number the backend expects, so the backend does not
+//     keep a half-open connection.
+//
+// The balancer host's own kernel, which has no socket for the probe's port,
+// also answers the SYN-ACK with a RST of its own, addressed to the VIP; that
+// is harmless. On a balancer host where the VIP is a local address (as
+// caplanced attaches it), the kernel drops packets arriving with a local
+// source address as martians before any raw socket sees them, so the reply
+// from the VIP is lost unless net.ipv4.conf.<interface>.accept_local=1 is set
+// on the interface the replies arrive on.
+//
+// # Tunables
+//
+// Every kind takes these, with defaults close to GLB's healthcheck
+// (interval 2s, timeout 1s) and HAProxy's (rise 2, fall 3):
+//
+//   - interval: time between the starts of two probes, 100ms to 1h
+//     (default 2s).
+//   - timeout: how long one probe may take, 10ms up to the interval
+//     (default 1s, or the interval when that is shorter).
+//   - rise: consecutive successes that turn a backend up, 1 to 100 (default 2).
+//   - fall: consecutive failures that turn a backend down, 1 to 100
+//     (default 3).
+//   - initial: the state assumed before the probes decide: unknown (default;
+//     nothing is reported until rise successes or fall failures in a row),
+//     up (as keepalived assumes: reported up at once, down after fall
+//     failures) or down (keepalived's "alpha": reported down at once, up
+//     after rise successes).
+//   - jitter: the first probe waits a random delay in [0, jitter), so checks
+//     that start together (at start-up, after a reload) spread out, like
+//     keepalived's warmup; 0 to 1h (default: the interval).
+//
+// Durations are Go durations: 500ms, 2s, 1m30s.
+//
+// # Results
+//
+// A Result's Detail is one line a person can act on, starting with the kind:
+// "tcp: 10.0.0.5:443: connection refused", "http: status 503 (want
+// 200-299)", "exec: exit status 1: disk full", "udp: 10.0.0.5:53: timeout
+// after 1s". It is valid UTF-8 without control characters, so it can go into
+// a D-Bus property and a terminal as it is.
+package check

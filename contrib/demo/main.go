@@ -47,7 +47,7 @@ func run(caplanced, caplancectl string, requests int) error {
 	defer os.RemoveAll(dir)
 
 	// The balancer's D-Bus API, on a private bus with the shipped policy.
-	policy, err := filepath.Abs(dbustest.PolicyPath) // make demo runs in the repository's root
+	policy, err := filepath.Abs(dbustest.PolicyDir) // make demo runs in the repository's root
 	if err != nil {
 		return err
 	}

@@ -48,8 +48,9 @@ import (
 	"github.com/godbus/dbus/v5"
 )
 
-// PolicyPath is the shipped policy file, relative to the module's root.
-const PolicyPath = "packaging/dbus/org.caplance.Caplance1.conf"
+// PolicyDir holds the shipped policy files (caplanced's and
+// caplance-healthd's), relative to the module's root.
+const PolicyDir = "packaging/dbus"
 
 // Bus is a running private system bus.
 type Bus struct {
@@ -68,7 +69,8 @@ type options struct {
 // Option changes the bus Start starts.
 type Option func(*options)
 
-// WithPolicy includes the policy file at path instead of the shipped one.
+// WithPolicy includes the policy file (or directory) at path instead of the
+// shipped ones.
 func WithPolicy(path string) Option {
 	return func(o *options) { o.policy = path }
 }
@@ -113,6 +115,8 @@ var busConfig = template.Must(template.New("bus").Parse(`<!DOCTYPE busconfig PUB
     <allow own="*"/>
     <allow send_type="method_call"/>
   </policy>
+{{- else if .PolicyIsDir}}
+  <includedir>{{.Policy}}</includedir>
 {{- else}}
   <include>{{.Policy}}</include>
 {{- end}}
@@ -162,8 +166,8 @@ func Start(t testing.TB, opts ...Option) *Bus {
 }
 
 // Run starts a private system bus with its socket and configuration in dir,
-// including the policy file at policy (or, if permissive, allowing
-// everything), and returns it with the function that stops it. Start is
+// including the policy at policy, a file or a directory of *.conf files (or,
+// if permissive, allowing everything), and returns it with the function that stops it. Start is
 // Run for tests; the demo uses Run directly.
 func Run(dir, policy string, permissive bool) (*Bus, func(), error) {
 	daemon, err := exec.LookPath("dbus-daemon")
@@ -172,7 +176,12 @@ func Run(dir, policy string, permissive bool) (*Bus, func(), error) {
 	}
 	b := &Bus{Socket: filepath.Join(dir, "system_bus_socket"), stderr: &lockedBuffer{}}
 	var cfg bytes.Buffer
-	err = busConfig.Execute(&cfg, map[string]any{"Socket": b.Socket, "Policy": policy, "Permissive": permissive})
+	fi, err := os.Stat(policy)
+	if !permissive && err != nil {
+		return nil, nil, fmt.Errorf("dbustest: policy: %w", err)
+	}
+	err = busConfig.Execute(&cfg, map[string]any{"Socket": b.Socket, "Policy": policy,
+		"PolicyIsDir": fi != nil && fi.IsDir(), "Permissive": permissive})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -261,8 +270,8 @@ func (b *Bus) DialAs(cred Credential) (*dbus.Conn, error) {
 	return conn, nil
 }
 
-// ShippedPolicy returns the absolute path of the shipped policy file,
-// found from the working directory up to the module's root.
+// ShippedPolicy returns the absolute path of the directory of shipped policy
+// files, found from the working directory up to the module's root.
 func ShippedPolicy(t testing.TB) string {
 	t.Helper()
 	dir, err := os.Getwd()
@@ -271,7 +280,7 @@ func ShippedPolicy(t testing.TB) string {
 	}
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			p := filepath.Join(dir, PolicyPath)
+			p := filepath.Join(dir, PolicyDir)
 			if _, err := os.Stat(p); err != nil {
 				t.Fatalf("dbustest: %v", err)
 			}

@@ -1,0 +1,650 @@
+package healthd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	sd "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/godbus/dbus/v5"
+
+	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/dbusname"
+	"github.com/caplance/caplance/internal/version"
+)
+
+// Options are what Run needs besides the configuration.
+type Options struct {
+	Config *Config
+	// Conn is the bus connection to serve on and talk to caplanced
+	// through; nil dials Config.Bus. Run closes only a connection it
+	// dialed.
+	Conn *dbus.Conn
+	// Logger gets the log; nil discards it.
+	Logger *slog.Logger
+	// Notify sends one sd_notify(3) message; nil sends it to
+	// $NOTIFY_SOCKET.
+	Notify func(state string)
+	// Source returns this host's address towards a backend, for tunnel
+	// checks; nil asks the kernel (netlink RTM_GETROUTE).
+	Source func(backend netip.Addr) (netip.Addr, error)
+	// StopTimeout bounds the stop after the context ends; 0 is
+	// DefaultStopTimeout.
+	StopTimeout time.Duration
+	// SyncRetry is the delay before trying again a sync with caplanced
+	// that failed; 0 is one second.
+	SyncRetry time.Duration
+}
+
+// DefaultStopTimeout bounds the stop: probes under way are canceled.
+const DefaultStopTimeout = 5 * time.Second
+
+// callTimeout bounds each call to caplanced while syncing.
+const callTimeout = 5 * time.Second
+
+// Daemon is a running caplance-healthd. Its state belongs to the goroutine
+// of Run; the other methods talk to it through channels.
+type Daemon struct {
+	opts Options
+	cfg  *Config
+	log  *slog.Logger
+	// calls carries functions to run on Run's goroutine (Alive, tests).
+	calls chan func()
+
+	// Set up by Run.
+	conn     *dbus.Conn
+	signals  chan *dbus.Signal
+	results  chan probeResult
+	sched    *scheduler
+	reporter *reporter
+	health   *health1
+	jobCtx   context.Context
+
+	// Owned by Run's goroutine.
+	present   bool // caplanced owns its name
+	synced    bool // the last sync with caplanced succeeded
+	vip       netip.Addr
+	encapPort uint16
+	backends  map[string]*backend
+	jobs      map[string]*jobEntry
+	status    string
+}
+
+// backend is what healthd knows of one of caplanced's backends.
+type backend struct {
+	name    string
+	address netip.Addr
+	spec    string // as caplanced has it, "" for none
+	// The check, when spec is not "": parsed is nil when it cannot run
+	// (info.Detail says why).
+	parsed  *check.Spec
+	target  check.Target
+	key     string
+	machine Machine
+	info    checkInfo
+}
+
+// jobEntry is one running probe and the backends that take its results.
+type jobEntry struct {
+	job   *probeJob
+	names map[string]bool
+}
+
+// New returns a daemon for opts; Run starts it.
+func New(opts Options) *Daemon {
+	if opts.Config == nil {
+		opts.Config = DefaultConfig()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Notify == nil {
+		log := opts.Logger
+		opts.Notify = func(state string) {
+			if _, err := sd.SdNotify(false, state); err != nil {
+				log.Warn("sd_notify failed", "err", err)
+			}
+		}
+	}
+	if opts.Source == nil {
+		opts.Source = kernelSource
+	}
+	if opts.StopTimeout <= 0 {
+		opts.StopTimeout = DefaultStopTimeout
+	}
+	if opts.SyncRetry <= 0 {
+		opts.SyncRetry = time.Second
+	}
+	return &Daemon{
+		opts:     opts,
+		cfg:      opts.Config,
+		log:      opts.Logger,
+		calls:    make(chan func()),
+		backends: map[string]*backend{},
+		jobs:     map[string]*jobEntry{},
+	}
+}
+
+// Alive is the liveness hook for the watchdog: it returns nil when Run's
+// loop has answered within ctx, which it does only between two events
+// (a sync with caplanced, a probe result, a signal).
+func (d *Daemon) Alive(ctx context.Context) error {
+	if err := d.inLoop(ctx, func() {}); err != nil {
+		return fmt.Errorf("the main loop did not answer: %w", err)
+	}
+	return nil
+}
+
+// inLoop runs f on Run's goroutine and waits for it, or for ctx.
+func (d *Daemon) inLoop(ctx context.Context, f func()) error {
+	done := make(chan struct{})
+	select {
+	case d.calls <- func() { f(); close(done) }:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Serve is caplance-healthd: Run until SIGTERM or SIGINT. A second signal
+// during the stop kills the process (the default action is restored).
+func Serve(opts Options) error {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	go func() {
+		<-ctx.Done()
+		stop()
+	}()
+	return New(opts).Run(ctx)
+}
+
+// Run serves until ctx ends, then stops within StopTimeout and returns nil;
+// it returns an error when it cannot start (no bus, the name
+// org.caplance.Health1 taken) or when the bus connection is lost.
+func (d *Daemon) Run(ctx context.Context) error {
+	notify := d.opts.Notify
+	conn := d.opts.Conn
+	if conn == nil {
+		var err error
+		conn, err = dial(d.cfg.Bus)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+	}
+	d.conn = conn
+	// The signals are ordered only as long as this buffer does not fill
+	// (godbus delivers the overflow from goroutines).
+	d.signals = make(chan *dbus.Signal, 4096)
+	conn.Signal(d.signals)
+	defer conn.RemoveSignal(d.signals)
+	for _, rule := range matchRules {
+		if err := conn.AddMatchSignal(rule...); err != nil {
+			return fmt.Errorf("D-Bus: subscribing to caplanced's signals: %w", err)
+		}
+		defer func() { _ = conn.RemoveMatchSignal(rule...) }()
+	}
+
+	health, err := exportHealth1(conn, managerInfo{Version: version.Version, Caplanced: "away", Status: "starting"})
+	if err != nil {
+		return fmt.Errorf("D-Bus: exporting %s: %w", HealthPath, err)
+	}
+	d.health = health
+	defer health.unexport()
+	reply, err := conn.RequestName(dbusname.HealthBusName, dbus.NameFlagDoNotQueue)
+	if err == nil && reply != dbus.RequestNameReplyPrimaryOwner {
+		err = fmt.Errorf("the name is owned by another connection (%v): is another caplance-healthd running?", reply)
+	}
+	if err != nil {
+		return fmt.Errorf("D-Bus: requesting the bus name %s: %w", dbusname.HealthBusName, err)
+	}
+	defer func() { _, _ = conn.ReleaseName(dbusname.HealthBusName) }()
+
+	jobCtx, stopJobs := context.WithCancel(context.Background())
+	defer stopJobs()
+	d.jobCtx = jobCtx
+	d.results = make(chan probeResult, 64)
+	d.sched = newScheduler(d.cfg.MaxConcurrentProbes, d.results)
+	d.reporter = newReporter(dbusReporter(conn, d.cfg.ReportTimeout), d.cfg.RetryMin, d.cfg.RetryMax, d.log)
+	repCtx, stopReporter := context.WithCancel(context.Background())
+	reporterDone := make(chan struct{})
+	go func() { d.reporter.run(repCtx); close(reporterDone) }()
+	defer func() { stopReporter(); <-reporterDone }()
+
+	syncRetry := time.NewTimer(time.Hour)
+	syncRetry.Stop()
+	defer syncRetry.Stop()
+	d.present, err = d.nameHasOwner(ctx)
+	if err != nil {
+		d.log.Warn("asking the bus whether caplanced runs", "err", err)
+	}
+	if d.present && !d.sync(ctx) {
+		syncRetry.Reset(d.opts.SyncRetry)
+	}
+	d.refreshStatus()
+	notify("READY=1\nSTATUS=" + d.status)
+	d.log.Info("ready", "status", d.status)
+
+	var loopErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case sig, ok := <-d.signals:
+			if !ok {
+				loopErr = errors.New("D-Bus: the connection to the bus was closed")
+				break loop
+			}
+			if d.onSignal(sig) {
+				syncRetry.Stop()
+				if !d.sync(ctx) {
+					syncRetry.Reset(d.opts.SyncRetry)
+				}
+			}
+		case <-syncRetry.C:
+			if d.present && !d.sync(ctx) {
+				syncRetry.Reset(d.opts.SyncRetry)
+			}
+		case r := <-d.results:
+			d.onResult(r)
+		case f := <-d.calls:
+			f()
+		}
+		if d.refreshStatus() {
+			notify("STATUS=" + d.status)
+		}
+	}
+
+	notify("STOPPING=1\nSTATUS=stopping")
+	d.log.Info("stopping")
+	stopJobs()
+	if !d.sched.wait(d.opts.StopTimeout) {
+		d.log.Warn("probes did not end within the stop timeout", "timeout", d.opts.StopTimeout)
+	}
+	return loopErr
+}
+
+// dial connects to the bus of --bus/bus=, with signals delivered in order.
+func dial(bus string) (*dbus.Conn, error) {
+	var (
+		c   *dbus.Conn
+		err error
+	)
+	opt := dbus.WithSignalHandler(dbus.NewSequentialSignalHandler())
+	switch bus {
+	case "system":
+		c, err = dbus.ConnectSystemBus(opt)
+	case "session":
+		c, err = dbus.ConnectSessionBus(opt)
+	default:
+		c, err = dbus.Connect(bus, opt)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("D-Bus: connecting to the %s bus: %w", bus, err)
+	}
+	return c, nil
+}
+
+// matchRules are the signals healthd follows: caplanced's coming and
+// going, its backends being added and removed, their Address and Check,
+// and the manager's VIPs and EncapPort.
+var matchRules = [][]dbus.MatchOption{
+	{dbus.WithMatchSender("org.freedesktop.DBus"), dbus.WithMatchInterface("org.freedesktop.DBus"),
+		dbus.WithMatchMember("NameOwnerChanged"), dbus.WithMatchArg(0, dbusname.BusName)},
+	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath), dbus.WithMatchInterface(objectManagerIface)},
+	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchPathNamespace(dbus.ObjectPath(strings.TrimSuffix(dbusname.BackendPathPrefix, "/"))),
+		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, dbusname.BackendIface)},
+	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath),
+		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, dbusname.ManagerIface)},
+}
+
+func (d *Daemon) nameHasOwner(ctx context.Context) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	var has bool
+	err := d.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.NameHasOwner", 0, dbusname.BusName).Store(&has)
+	return has, err
+}
+
+// onSignal follows one signal; it returns true when caplanced has
+// (re)appeared and a sync is due.
+func (d *Daemon) onSignal(sig *dbus.Signal) (resync bool) {
+	d.log.Debug("signal", "sender", sig.Sender, "path", sig.Path, "name", sig.Name)
+	switch sig.Name {
+	case "org.freedesktop.DBus.NameOwnerChanged":
+		var name, oldOwner, newOwner string
+		if dbus.Store(sig.Body, &name, &oldOwner, &newOwner) != nil || name != dbusname.BusName {
+			return false
+		}
+		switch {
+		case newOwner == "":
+			d.present, d.synced = false, false
+			d.log.Warn("caplanced left the bus: probing on, reports wait until it returns", "backends", len(d.backends))
+			return false
+		default:
+			d.present = true
+			d.log.Info("caplanced is on the bus: syncing", "owner", newOwner)
+			return true
+		}
+	case objectManagerIface + ".InterfacesAdded":
+		var path dbus.ObjectPath
+		var ifaces map[string]map[string]dbus.Variant
+		if dbus.Store(sig.Body, &path, &ifaces) != nil {
+			return false
+		}
+		if props, ok := ifaces[dbusname.BackendIface]; ok {
+			d.upsertFromProps(path, props)
+		}
+	case objectManagerIface + ".InterfacesRemoved":
+		var path dbus.ObjectPath
+		var ifaces []string
+		if dbus.Store(sig.Body, &path, &ifaces) != nil || !slices.Contains(ifaces, dbusname.BackendIface) {
+			return false
+		}
+		if name, ok := dbusname.BackendName(path); ok {
+			d.remove(name)
+		}
+	case propertiesIface + ".PropertiesChanged":
+		var iface string
+		var changed map[string]dbus.Variant
+		var invalidated []string
+		if dbus.Store(sig.Body, &iface, &changed, &invalidated) != nil {
+			return false
+		}
+		switch {
+		case sig.Path == dbusname.ManagerPath && iface == dbusname.ManagerIface:
+			vip, port := d.vip, d.encapPort
+			if v, ok := changed["VIPs"]; ok {
+				vip = firstVIP(v)
+			}
+			if v, ok := changed["EncapPort"].Value().(uint16); ok {
+				port = v
+			}
+			d.setTunnel(vip, port)
+		case iface == dbusname.BackendIface:
+			name, ok := dbusname.BackendName(sig.Path)
+			b := d.backends[name]
+			if !ok || b == nil {
+				return false
+			}
+			addr, spec := b.address, b.spec
+			if v, ok := changed["Address"].Value().(string); ok {
+				addr, _ = netip.ParseAddr(v)
+			}
+			if v, ok := changed["Check"].Value().(string); ok {
+				spec = v
+			}
+			d.upsert(name, addr, spec)
+		}
+	}
+	return false
+}
+
+// firstVIP is the first of the manager's VIPs: the VIP of tunnel checks
+// that do not name one.
+func firstVIP(v dbus.Variant) netip.Addr {
+	vips, _ := v.Value().([]string)
+	if len(vips) == 0 {
+		return netip.Addr{}
+	}
+	a, _ := netip.ParseAddr(vips[0])
+	return a
+}
+
+// sync reads caplanced's VIPs, encap port and backends and makes the checks
+// follow them; then everything decided is reported again. It reports
+// whether it succeeded.
+func (d *Daemon) sync(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	obj := d.conn.Object(dbusname.BusName, dbusname.ManagerPath)
+	var props map[string]dbus.Variant
+	err := obj.CallWithContext(ctx, propertiesIface+".GetAll", dbus.FlagNoAutoStart, dbusname.ManagerIface).Store(&props)
+	var objects map[dbus.ObjectPath]map[string]map[string]dbus.Variant
+	if err == nil {
+		err = obj.CallWithContext(ctx, objectManagerIface+".GetManagedObjects", dbus.FlagNoAutoStart).Store(&objects)
+	}
+	if err != nil {
+		d.synced = false
+		d.log.Warn("reading caplanced's backends failed; will try again", "err", err, "retry_in", d.opts.SyncRetry)
+		return false
+	}
+	port, _ := props["EncapPort"].Value().(uint16)
+	d.setTunnel(firstVIP(props["VIPs"]), port)
+	seen := map[string]bool{}
+	for _, path := range slices.Sorted(maps.Keys(objects)) {
+		if p, ok := objects[path][dbusname.BackendIface]; ok {
+			if name := d.upsertFromProps(path, p); name != "" {
+				seen[name] = true
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(d.backends)) {
+		if !seen[name] {
+			d.remove(name)
+		}
+	}
+	d.synced = true
+	all := map[string]report{}
+	for name, b := range d.backends {
+		if r, ok := b.current(); ok {
+			all[name] = r
+		}
+	}
+	d.reporter.replaceAll(all)
+	d.log.Info("synced with caplanced", "backends", len(d.backends), "reporting", len(all))
+	return true
+}
+
+// current is the report of b's state, false while it is unknown.
+func (b *backend) current() (report, bool) {
+	if b.parsed == nil || b.machine.State() == check.StateUnknown {
+		return report{}, false
+	}
+	return report{healthy: b.machine.State() == check.StateUp, detail: b.info.Reason}, true
+}
+
+// upsertFromProps applies a backend object's properties; it returns the
+// backend's name, "" when they are not a backend's.
+func (d *Daemon) upsertFromProps(path dbus.ObjectPath, props map[string]dbus.Variant) string {
+	name, ok := props["Name"].Value().(string)
+	if !ok {
+		if name, ok = dbusname.BackendName(path); !ok {
+			return ""
+		}
+	}
+	addrText, _ := props["Address"].Value().(string)
+	addr, _ := netip.ParseAddr(addrText)
+	spec, _ := props["Check"].Value().(string)
+	d.upsert(name, addr, spec)
+	return name
+}
+
+// upsert makes the backend name have this address and check spec. A change
+// of either starts its check afresh, as caplanced resets its health.
+func (d *Daemon) upsert(name string, addr netip.Addr, spec string) {
+	if b, ok := d.backends[name]; ok {
+		if b.address == addr && b.spec == spec {
+			return
+		}
+		d.detach(b)
+	}
+	b := &backend{name: name, address: addr, spec: spec}
+	d.backends[name] = b
+	if spec == "" {
+		d.health.removeCheck(name)
+		d.reporter.forget(name)
+		return
+	}
+	b.info = checkInfo{Name: name, Address: addr.String(), Check: spec, State: "unknown"}
+	parsed, err := d.cfg.Defaults.ParseSpec(spec)
+	if err != nil {
+		b.info.State, b.info.Detail = "invalid", err.Error()
+		d.log.Error("cannot run the check of a backend", "backend", name, "err", err)
+		d.health.setCheck(b.info)
+		d.reporter.forget(name)
+		return
+	}
+	b.parsed = parsed
+	var initial *Transition
+	b.machine, initial = NewMachine(Thresholds{Rise: parsed.Rise, Fall: parsed.Fall, Initial: parsed.Initial})
+	b.info.State = b.machine.State().String()
+	d.reporter.forget(name)
+	if initial != nil {
+		b.info.Reason = initial.Reason
+		if d.synced {
+			r, _ := b.current()
+			d.reporter.enqueue(name, r)
+		}
+	}
+	d.health.setCheck(b.info)
+	d.attach(b)
+	d.log.Info("checking backend", "backend", name, "address", addr, "check", parsed.String())
+}
+
+// remove forgets the backend name.
+func (d *Daemon) remove(name string) {
+	b, ok := d.backends[name]
+	if !ok {
+		return
+	}
+	d.detach(b)
+	delete(d.backends, name)
+	d.health.removeCheck(name)
+	d.reporter.forget(name)
+	d.log.Info("backend removed", "backend", name)
+}
+
+// target is what b's probe is aimed at.
+func (d *Daemon) target(b *backend) check.Target {
+	t := check.Target{Name: b.name, Address: b.address}
+	if b.parsed.Kind == check.KindTunnel {
+		t.VIP, t.EncapPort = d.vip, d.encapPort
+		src, err := d.opts.Source(b.address)
+		if err != nil {
+			d.log.Warn("no source address towards the backend: the probe asks the kernel itself", "backend", b.name, "err", err)
+		}
+		t.Source = src
+	}
+	return t
+}
+
+// attach subscribes b to the job of its probe, starting it if needed.
+func (d *Daemon) attach(b *backend) {
+	b.target = d.target(b)
+	b.key = b.parsed.Key(b.target)
+	e, ok := d.jobs[b.key]
+	if !ok {
+		spec, t := b.parsed, b.target
+		j := &probeJob{
+			key: b.key, interval: spec.Interval, jitter: spec.Jitter,
+			probe: func(ctx context.Context) check.Result { return spec.Probe(ctx, t) },
+		}
+		d.sched.start(d.jobCtx, j)
+		e = &jobEntry{job: j, names: map[string]bool{}}
+		d.jobs[b.key] = e
+	}
+	e.names[b.name] = true
+}
+
+// detach unsubscribes b from its job, stopping it when b was its last.
+func (d *Daemon) detach(b *backend) {
+	e, ok := d.jobs[b.key]
+	if !ok || b.parsed == nil {
+		return
+	}
+	delete(e.names, b.name)
+	if len(e.names) == 0 {
+		d.sched.stop(e.job)
+		delete(d.jobs, b.key)
+	}
+}
+
+// setTunnel changes the VIP and encap port of tunnel checks and re-aims
+// them.
+func (d *Daemon) setTunnel(vip netip.Addr, port uint16) {
+	if vip == d.vip && port == d.encapPort {
+		return
+	}
+	d.vip, d.encapPort = vip, port
+	for _, name := range slices.Sorted(maps.Keys(d.backends)) {
+		b := d.backends[name]
+		if b.parsed != nil && b.parsed.Kind == check.KindTunnel {
+			d.detach(b)
+			d.attach(b)
+		}
+	}
+}
+
+// onResult feeds a probe's result to the checks that share it.
+func (d *Daemon) onResult(r probeResult) {
+	e, ok := d.jobs[r.job.key]
+	if !ok || e.job != r.job {
+		return // a job stopped since
+	}
+	for _, name := range slices.Sorted(maps.Keys(e.names)) {
+		b := d.backends[name]
+		tr, moved := b.machine.Observe(r.result.Up, r.result.Detail)
+		b.info.State = b.machine.State().String()
+		b.info.Detail = r.result.Detail
+		b.info.LatencyUSec = uint64(r.result.Latency.Microseconds())
+		b.info.Successes, b.info.Failures = uint32(b.machine.Successes()), uint32(b.machine.Failures())
+		b.info.LastProbeUSec = uint64(r.start.Add(r.result.Latency).UnixMicro())
+		if moved {
+			b.info.Reason = tr.Reason
+			d.log.Info("backend health changed", "backend", name, "from", tr.From, "to", tr.To, "reason", tr.Reason)
+			rep, _ := b.current()
+			d.reporter.enqueue(name, rep)
+		}
+		d.health.setCheck(b.info)
+	}
+}
+
+// refreshStatus sets the status line (and the manager's properties); it
+// reports whether it changed.
+func (d *Daemon) refreshStatus() bool {
+	checked := 0
+	for _, b := range d.backends {
+		if b.parsed != nil {
+			checked++
+		}
+	}
+	s := fmt.Sprintf("checking %d backend%s", checked, plural(checked))
+	switch {
+	case !d.present:
+		s = fmt.Sprintf("caplanced not running: probing %d backend%s, will report when it returns", checked, plural(checked))
+	case !d.synced:
+		s = fmt.Sprintf("caplanced not answering: probing %d backend%s, will report when it answers", checked, plural(checked))
+	}
+	if s == d.status {
+		return false
+	}
+	d.status = s
+	caplanced := "away"
+	if d.present {
+		caplanced = "running"
+	}
+	d.health.setManager(managerInfo{Version: version.Version, Caplanced: caplanced, Status: s})
+	return true
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}

@@ -306,6 +306,12 @@ func (r *running) startBalancer(cfg *config.Config, stateDir string, step func(s
 			return err
 		}
 		r.log.Info("VIP attached", "vip", v.Addr, "interface", iface)
+		// Tunnel health probes (caplance-healthd) get their answers from the
+		// VIP, a local address here, which the kernel drops as a martian
+		// unless the interface accepts local sources.
+		if err := r.host.SetSysctl("net.ipv4.conf."+iface+".accept_local", "1"); err != nil {
+			return err
+		}
 	}
 	step("opening raw sockets")
 	ct, err := conntrack.New(b.ConntrackSize, conntrack.Timeouts{

@@ -22,6 +22,7 @@ type hostState struct {
 	nftTable    bool
 	arpIgnore   string
 	arpAnnounce string
+	acceptLocal string // on eth0
 	journal     bool
 }
 
@@ -45,8 +46,10 @@ func readHostState(h testbedHost, runtimeDir string) (hostState, error) {
 		st.nftTable = !errors.Is(err, nft.ErrNoTable)
 		ignore, err1 := os.ReadFile("/proc/sys/net/ipv4/conf/all/arp_ignore")
 		announce, err2 := os.ReadFile("/proc/sys/net/ipv4/conf/all/arp_announce")
+		local, err3 := os.ReadFile("/proc/sys/net/ipv4/conf/eth0/accept_local")
 		st.arpIgnore, st.arpAnnounce = strings.TrimSpace(string(ignore)), strings.TrimSpace(string(announce))
-		return errors.Join(err1, err2)
+		st.acceptLocal = strings.TrimSpace(string(local))
+		return errors.Join(err1, err2, err3)
 	})
 	_, jerr := os.Stat(filepath.Join(runtimeDir, "host-changes.json"))
 	st.journal = jerr == nil
@@ -56,7 +59,7 @@ func readHostState(h testbedHost, runtimeDir string) (hostState, error) {
 func TestLifecycle(t *testing.T) {
 	tb := newTestbed(t)
 	lb, be := tb.Balancer, tb.Backends[0]
-	pristine := hostState{arpIgnore: "0", arpAnnounce: "0"}
+	pristine := hostState{arpIgnore: "0", arpAnnounce: "0", acceptLocal: "0"}
 
 	check := func(t *testing.T, what string, h testbedHost, dir string, want hostState) {
 		t.Helper()
@@ -70,8 +73,8 @@ func TestLifecycle(t *testing.T) {
 	}
 
 	t.Run("running", func(t *testing.T) {
-		check(t, "balancer", tb.LB, lb.RuntimeDir, hostState{vipOn: "eth0", nftTable: true, arpIgnore: "0", arpAnnounce: "0", journal: true})
-		check(t, "backend", be.Host, be.Receiver.RuntimeDir, hostState{vipOn: "lo", arpIgnore: "1", arpAnnounce: "2", journal: true})
+		check(t, "balancer", tb.LB, lb.RuntimeDir, hostState{vipOn: "eth0", nftTable: true, arpIgnore: "0", arpAnnounce: "0", acceptLocal: "1", journal: true})
+		check(t, "backend", be.Host, be.Receiver.RuntimeDir, hostState{vipOn: "lo", arpIgnore: "1", arpAnnounce: "2", acceptLocal: "0", journal: true})
 		for _, m := range []string{"STATUS=balancing 1 VIP(s) over 3 backend(s)", "READY=1"} {
 			if !strings.Contains(strings.Join(lb.Messages(), "\n"), m) {
 				t.Errorf("balancer never sent %q; sent %q", m, lb.Messages())
@@ -100,8 +103,8 @@ func TestLifecycle(t *testing.T) {
 		if err := errors.Join(lb.Kill(), be.Receiver.Kill()); err != nil {
 			t.Fatal(err)
 		}
-		check(t, "balancer after kill -9", tb.LB, lb.RuntimeDir, hostState{vipOn: "eth0", nftTable: true, arpIgnore: "0", arpAnnounce: "0", journal: true})
-		check(t, "backend after kill -9", be.Host, be.Receiver.RuntimeDir, hostState{vipOn: "lo", arpIgnore: "1", arpAnnounce: "2", journal: true})
+		check(t, "balancer after kill -9", tb.LB, lb.RuntimeDir, hostState{vipOn: "eth0", nftTable: true, arpIgnore: "0", arpAnnounce: "0", acceptLocal: "1", journal: true})
+		check(t, "backend after kill -9", be.Host, be.Receiver.RuntimeDir, hostState{vipOn: "lo", arpIgnore: "1", arpAnnounce: "2", acceptLocal: "0", journal: true})
 		if err := errors.Join(lb.Restart(tb.LB, caplancedBin), be.Receiver.Restart(be.Host, caplancedBin)); err != nil {
 			t.Fatal(err)
 		}
@@ -179,7 +182,7 @@ func TestKernelModeWithoutFOU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (hostState{arpIgnore: "0", arpAnnounce: "0"}); got != want {
+	if want := (hostState{arpIgnore: "0", arpAnnounce: "0", acceptLocal: "0"}); got != want {
 		t.Errorf("a failed start left %+v, want %+v", got, want)
 	}
 }

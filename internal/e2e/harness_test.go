@@ -20,9 +20,8 @@ import (
 	"github.com/caplance/caplance/internal/testbed"
 )
 
-// caplancedBin and caplancectlBin are the commands under test, built once
-// by TestMain.
-var caplancedBin, caplancectlBin string
+// The commands under test, built once by TestMain.
+var caplancedBin, caplancectlBin, healthdBin string
 
 func TestMain(m *testing.M) {
 	os.Exit(run(m))
@@ -39,7 +38,8 @@ func run(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	caplancedBin, caplancectlBin = filepath.Join(dir, "caplanced"), filepath.Join(dir, "caplancectl")
-	if out, err := exec.Command("go", "build", "-o", dir, "../../caplanced", "../../caplancectl").CombinedOutput(); err != nil {
+	healthdBin = filepath.Join(dir, "caplance-healthd")
+	if out, err := exec.Command("go", "build", "-o", dir, "../../caplanced", "../../caplancectl", "../../caplance-healthd").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
 		return 1
 	}

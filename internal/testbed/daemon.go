@@ -24,16 +24,17 @@ import (
 // readyTimeout bounds how long a daemon may take to report READY=1.
 const readyTimeout = 15 * time.Second
 
-// Daemon is one caplanced process.
+// Daemon is one caplanced (or caplance-healthd) process.
 type Daemon struct {
 	Name       string
 	ConfigPath string
 	RuntimeDir string
-	bus        string
-	LogPath    string
-	cmd        *exec.Cmd
-	exited     chan struct{}
-	notify     *net.UnixConn
+	// args are the command-line arguments after the binary.
+	args    []string
+	LogPath string
+	cmd     *exec.Cmd
+	exited  chan struct{}
+	notify  *net.UnixConn
 
 	mu       sync.Mutex
 	messages []string // sd_notify datagrams, in order
@@ -50,7 +51,6 @@ func (tb *Testbed) StartDaemon(host *netnstest.Host, name, cfg, bus string) (*Da
 	d := &Daemon{
 		Name:       name,
 		ConfigPath: filepath.Join(dir, "caplanced.toml"),
-		bus:        bus,
 		RuntimeDir: filepath.Join(dir, "run"),
 		LogPath:    filepath.Join(dir, "caplanced.log"),
 		exited:     make(chan struct{}),
@@ -62,7 +62,30 @@ func (tb *Testbed) StartDaemon(host *netnstest.Host, name, cfg, bus string) (*Da
 	if err := os.MkdirAll(d.RuntimeDir, 0o755); err != nil {
 		return nil, err
 	}
+	d.args = []string{"--config", d.ConfigPath, "--runtime-dir", d.RuntimeDir,
+		"--state-dir", filepath.Join(dir, "state"), "--bus", bus}
 	return d, d.start(host, tb.opts.Binary)
+}
+
+// StartHealthd starts caplance-healthd (binary) on host with an empty
+// configuration, on bus, and waits for READY=1.
+func (tb *Testbed) StartHealthd(host *netnstest.Host, binary, bus string) (*Daemon, error) {
+	dir, err := tb.dir("healthd")
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{
+		Name:       "healthd",
+		ConfigPath: filepath.Join(dir, "caplance-healthd.toml"),
+		LogPath:    filepath.Join(dir, "caplance-healthd.log"),
+		exited:     make(chan struct{}),
+		changed:    make(chan struct{}, 1),
+	}
+	if err := os.WriteFile(d.ConfigPath, nil, 0o644); err != nil {
+		return nil, err
+	}
+	d.args = []string{"--config", d.ConfigPath, "--bus", bus}
+	return d, d.start(host, binary)
 }
 
 // Restart starts a stopped or killed daemon again with the same files.
@@ -88,8 +111,7 @@ func (d *Daemon) start(host *netnstest.Host, binary string) error {
 		return err
 	}
 	defer logf.Close()
-	d.cmd = host.Command(context.Background(), binary, "--config", d.ConfigPath,
-		"--runtime-dir", d.RuntimeDir, "--state-dir", filepath.Join(filepath.Dir(d.ConfigPath), "state"), "--bus", d.bus)
+	d.cmd = host.Command(context.Background(), binary, d.args...)
 	d.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+sock)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := host.Start(d.cmd); err != nil {
@@ -98,7 +120,7 @@ func (d *Daemon) start(host *netnstest.Host, binary string) error {
 	exited := d.exited
 	go func() { d.cmd.Wait(); conn.Close(); close(exited) }()
 	if err := d.waitFor("READY=1", 0); err != nil {
-		return fmt.Errorf("caplanced %s: %w\n%s", d.Name, err, d.Log())
+		return fmt.Errorf("%s %s: %w\n%s", filepath.Base(binary), d.Name, err, d.Log())
 	}
 	return nil
 }

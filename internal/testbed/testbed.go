@@ -82,7 +82,8 @@ type Backend struct {
 	Addr     netip.Addr
 	Host     *netnstest.Host
 	Receiver *Daemon
-	servers  []io.Closer
+	http     *http.Server
+	echo     net.PacketConn
 }
 
 // New builds the lab and starts every backend's receiver and servers. The
@@ -132,23 +133,44 @@ func (tb *Testbed) startBackend(b *Backend) error {
 		return err
 	}
 	b.Receiver = d
-	// The VIP is on lo now, so the servers can bind to it.
+	if err := b.StartHTTP(); err != nil {
+		return err
+	}
+	// The VIP is on lo now, so the echo server can bind to it.
 	return b.Host.Do(func() error {
-		ln, err := net.Listen("tcp", netip.AddrPortFrom(VIP, HTTPPort).String())
-		if err != nil {
-			return err
-		}
-		srv := &http.Server{Handler: nameHandler(b.Name), ReadHeaderTimeout: 5 * time.Second}
-		go srv.Serve(ln)
 		pc, err := net.ListenPacket("udp4", netip.AddrPortFrom(VIP, EchoPort).String())
 		if err != nil {
-			srv.Close()
 			return err
 		}
 		go echo(pc, b.Name)
-		b.servers = append(b.servers, srv, pc)
+		b.echo = pc
 		return nil
 	})
+}
+
+// StartHTTP starts the backend's HTTP server on port 80 of every address
+// (the VIP for clients, the backend's own for health checks).
+func (b *Backend) StartHTTP() error {
+	return b.Host.Do(func() error {
+		ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", HTTPPort))
+		if err != nil {
+			return err
+		}
+		b.http = &http.Server{Handler: nameHandler(b.Name), ReadHeaderTimeout: 5 * time.Second}
+		go b.http.Serve(ln)
+		return nil
+	})
+}
+
+// StopHTTP stops the backend's HTTP server: connections to port 80 are
+// refused from now on.
+func (b *Backend) StopHTTP() error {
+	if b.http == nil {
+		return nil
+	}
+	err := b.http.Close()
+	b.http = nil
+	return err
 }
 
 // nameHandler answers every request with the backend's name, after reading
@@ -203,8 +225,9 @@ func (tb *Testbed) Close() error {
 		errs = append(errs, tb.Balancer.Stop())
 	}
 	for _, b := range tb.Backends {
-		for _, s := range b.servers {
-			s.Close()
+		errs = append(errs, b.StopHTTP())
+		if b.echo != nil {
+			b.echo.Close()
 		}
 		if b.Receiver != nil {
 			errs = append(errs, b.Receiver.Stop())

@@ -131,7 +131,7 @@ func TestOverBus(t *testing.T) {
 		wantStdout string
 		wantStderr string
 	}{
-		{args: []string{"list"}, wantStdout: "NAME   ADDRESS   WEIGHT  ADMIN   HEALTH  FLOWS  PACKETS\nweb-1  10.0.1.1  100     active  up      12     3400\n"},
+		{args: []string{"list"}, wantStdout: "NAME   ADDRESS   WEIGHT  ADMIN   HEALTH  FLOWS  PACKETS  REASON\nweb-1  10.0.1.1  100     active  up      12     3400     -\n"},
 		{args: []string{"stats"}, wantStdout: "drop.no_backend 1\nreceived 7\n"},
 		{args: []string{"show", "web-1"}, wantStdout: "Name:         web-1\n"},
 		{args: []string{"show", "web9"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: backend \"web9\": no such backend\n"},

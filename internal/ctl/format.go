@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -37,10 +38,10 @@ var (
 func formatList(rows []Backend) string {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tADDRESS\tWEIGHT\tADMIN\tHEALTH\tFLOWS\tPACKETS")
+	fmt.Fprintln(tw, "NAME\tADDRESS\tWEIGHT\tADMIN\tHEALTH\tFLOWS\tPACKETS\tREASON")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\n",
-			r.Name, r.Address, r.Weight, r.AdminState, r.Health, r.ActiveFlows, r.Packets)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\n",
+			r.Name, r.Address, r.Weight, r.AdminState, r.Health, r.ActiveFlows, r.Packets, cmp.Or(r.HealthDetail, "-"))
 	}
 	tw.Flush()
 	return b.String()

@@ -58,12 +58,12 @@ EncapPort: 5555
 TableSize: 0
 Future:    x
 `},
-		{name: "list", args: []string{"list"}, replies: running, want: `NAME   ADDRESS   WEIGHT  ADMIN    HEALTH  FLOWS  PACKETS
-web-1  10.0.1.1  100     active   up      12     3400
-web2   10.0.1.2  0       drained  down    0      17
+		{name: "list", args: []string{"list"}, replies: running, want: `NAME   ADDRESS   WEIGHT  ADMIN    HEALTH  FLOWS  PACKETS  REASON
+web-1  10.0.1.1  100     active   up      12     3400     -
+web2   10.0.1.2  0       drained  down    0      17       connect: connection refused
 `},
 		{name: "list of none", args: []string{"list"}, replies: with("org.caplance.Caplance1.Manager.ListBackends", fakeReply{body: []any{[][]any{}}}),
-			want: "NAME  ADDRESS  WEIGHT  ADMIN  HEALTH  FLOWS  PACKETS\n"},
+			want: "NAME  ADDRESS  WEIGHT  ADMIN  HEALTH  FLOWS  PACKETS  REASON\n"},
 		{name: "list --json", args: []string{"list", "--json"}, replies: running, want: `[
   {
     "name": "web-1",

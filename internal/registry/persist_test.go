@@ -98,7 +98,7 @@ func TestPrecedence(t *testing.T) {
 	    {"name": "web3", "address": "10.0.1.13", "weight": 10},
 	    {"name": "web4", "address": "10.0.1.12", "weight": 10},
 	    {"name": "web5", "address": "10.0.0.100", "weight": 10},
-	    {"name": "web6", "address": "10.0.1.16", "weight": 10, "check": "udp://10.0.1.16:53"}
+	    {"name": "web6", "address": "10.0.1.16", "weight": 10, "check": "udp://10.0.1.16:53?send=text:ping"}
 	  ],
 	  "overrides": {"web3": {"drained": true}, "web4": {"weight": 1}, "gone": {"weight": 2}, "web6": {"weight": 3}, "web2": {}}
 	}`)
@@ -116,11 +116,11 @@ func TestPrecedence(t *testing.T) {
 	}
 	want := append(base(),
 		be(3, "web3", "10.0.1.23", 100, drained),
-		be(4, "web6", "10.0.1.16", 3, fromRuntime(true), check("udp://10.0.1.16:53")))
+		be(4, "web6", "10.0.1.16", 3, fromRuntime(true), check("udp://10.0.1.16:53?send=text:ping")))
 	if diff := cmp.Diff(want, f.r.List(), cmpOpts); diff != "" {
 		t.Errorf("List (-want +got):\n%s", diff)
 	}
-	wantFile := file(`{"name":"web6","address":"10.0.1.16","weight":10,"check":"udp://10.0.1.16:53"}`, `"web3":{"drained":true},"web6":{"weight":3}`)
+	wantFile := file(`{"name":"web6","address":"10.0.1.16","weight":10,"check":"udp://10.0.1.16:53?send=text:ping"}`, `"web3":{"drained":true},"web6":{"weight":3}`)
 	if diff := cmp.Diff(wantFile, compactState(t, f.path)); diff != "" {
 		t.Errorf("state file (-want +got):\n%s", diff)
 	}
@@ -153,7 +153,7 @@ func TestCorruptStateFile(t *testing.T) {
 		{"bad name", `{"version": 1, "backends": [{"name": "a/b", "address": "10.0.1.1", "weight": 1}]}`, `backends[0] "a/b": name: must be`},
 		{"no weight", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1"}]}`, `backends[0] "a": no weight`},
 		{"weight too big", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 10001}]}`, "weight 10001: must be between 0 and 10000"},
-		{"bad check", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1, "check": "x"}]}`, `check "x": must start with`},
+		{"bad check", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1, "check": "x"}]}`, `check "x": not a check spec`},
 		{"name twice", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1}, {"name": "a", "address": "10.0.1.2", "weight": 1}]}`, `backends[1] "a": listed twice`},
 		{"address twice", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1}, {"name": "b", "address": "10.0.1.1", "weight": 1}]}`, `address 10.0.1.1 is also that of "a"`},
 		{"bad override", `{"version": 1, "overrides": {"a b": {"weight": 20000}}}`, `overrides "a b": name: must be`},

@@ -428,7 +428,7 @@ func (r *Registry) setConfig(s *state, cfg []config.Backend) error {
 		}
 		if b.Check != "" {
 			if err := config.CheckSpec(b.Check); err != nil {
-				problems = append(problems, fmt.Sprintf("%s: check %q: %v", place, b.Check, err))
+				problems = append(problems, fmt.Sprintf("%s: %v", place, err)) // the error quotes the spec
 			}
 		}
 		addrs[b.Address] = b.Name
@@ -770,7 +770,7 @@ func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 	}
 	if opts.Check != "" {
 		if err := config.CheckSpec(opts.Check); err != nil {
-			return Backend{}, errorf(ErrInvalidArgument, "check %q: %v", opts.Check, err)
+			return Backend{}, errorf(ErrInvalidArgument, "%v", err) // the error quotes the spec
 		}
 	}
 	if slices.Contains(r.vips, addr) {

@@ -250,7 +250,7 @@ func TestRefused(t *testing.T) {
 		{"name with slash", add("web/9", "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{`backend name "web/9": must be 1-64 characters of A-Z a-z 0-9 . _ -`}},
 		{"empty name", add("", "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{`backend name ""`}},
 		{"add weight too big", add("web9", "10.0.1.19", AddOptions{Weight: ptr[uint32](10001)}), ErrInvalidArgument, []string{"weight 10001: must be between 0 and 10000"}},
-		{"invalid check", add("web9", "10.0.1.19", AddOptions{Check: "ping 10.0.1.19"}), ErrInvalidArgument, []string{`check "ping 10.0.1.19": must start with one of tcp://`}},
+		{"invalid check", add("web9", "10.0.1.19", AddOptions{Check: "ping 10.0.1.19"}), ErrInvalidArgument, []string{`check "ping 10.0.1.19": not a check spec`}},
 		{"duplicate name of a config backend", add("web1", "10.0.1.19", AddOptions{}), ErrAlreadyExists, []string{`backend "web1" already exists (in the configuration file)`}},
 		{"duplicate name of a run-time backend", add("web8", "10.0.1.19", AddOptions{}), ErrAlreadyExists, []string{`backend "web8" already exists`}},
 		{"duplicate address", add("web9", "10.0.1.11", AddOptions{}), ErrAlreadyExists, []string{`address 10.0.1.11 is already used by backend "web1"`}},

@@ -155,7 +155,7 @@ func decodeStateFile(data []byte) (*stateFile, error) {
 		}
 		if b.Check != "" {
 			if err := config.CheckSpec(b.Check); err != nil {
-				problems = append(problems, fmt.Sprintf("%s: check %q: %v", place, b.Check, err))
+				problems = append(problems, fmt.Sprintf("%s: %v", place, err)) // the error quotes the spec
 			}
 		}
 	}

@@ -8,10 +8,12 @@ VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo 0
 GO         ?= go
 LDFLAGS    := -X github.com/caplance/caplance/internal/version.Version=$(VERSION)
 COMMANDS   := caplanced caplancectl caplance-healthd
+GO_MD2MAN  ?= go-md2man
+MANPAGES   := $(patsubst man/%.md,build/man/%,$(wildcard man/*.md))
 BENCHTIME  ?= 1s
 FUZZTIME   ?= 30s
 
-.PHONY: all build test bench bench-dataplane fuzz lint demo completions clean help
+.PHONY: all build test bench bench-dataplane fuzz lint demo completions man clean help
 
 all: build
 
@@ -49,8 +51,14 @@ completions: ## Regenerate contrib/completions from caplancectl's command table 
 	$(GO) run ./caplancectl completion zsh > contrib/completions/_caplancectl
 	$(GO) run ./caplancectl completion fish > contrib/completions/caplancectl.fish
 
+man: $(MANPAGES) ## Render man/*.md to roff in build/man/ (go test ./man lints them with mandoc)
+
+build/man/%: man/%.md
+	@mkdir -p $(@D)
+	$(GO_MD2MAN) -in $< -out $@
+
 clean: ## Remove build output
-	rm -rf bin/
+	rm -rf bin/ build/
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'

@@ -46,7 +46,8 @@ func main() {
 				fmt.Fprintln(stdout, "ok")
 				return nil
 			}
-			return daemon.Run(daemon.Options{Config: cfg, ConfigPath: *configPath, RuntimeDir: *runtimeDir, StateDir: *stateDir, Bus: *bus, StopTimeout: *stopTimeout, Logger: log})
+			return daemon.Run(daemon.Options{Config: cfg, ConfigPath: *configPath, RuntimeDir: *runtimeDir, StateDir: *stateDir, Bus: *bus, StopTimeout: *stopTimeout, Logger: log,
+				TestWedge: os.Getenv(daemon.TestWedgeEnv)})
 		},
 	})
 }

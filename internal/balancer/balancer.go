@@ -201,10 +201,10 @@ func attachFilter(fd int, filter []bpf.RawInstruction) error {
 // Run forwards packets until ctx is done, then lets every worker finish the
 // batch it holds (so nothing received is lost) and returns.
 func (b *Balancer) Run(ctx context.Context) error {
-	var stop atomic.Bool
+	stopped := make(chan struct{})
 	var wg sync.WaitGroup
 	for _, w := range b.workers {
-		wg.Go(func() { w.run(&stop) })
+		wg.Go(func() { w.run(stopped) })
 	}
 	sweep := time.NewTicker(time.Second)
 	defer sweep.Stop()
@@ -213,15 +213,19 @@ func (b *Balancer) Run(ctx context.Context) error {
 		case <-sweep.C:
 			b.cfg.Conntrack.Sweep(int64(time.Since(epoch)))
 		case <-ctx.Done():
-			stop.Store(true)
+			close(stopped)
+			for _, w := range b.workers {
+				w.halt.Store(true)
+			}
 			wg.Wait()
 			return nil
 		}
 	}
 }
 
-// Alive reports whether every worker has finished a loop iteration since the
-// last call (for the watchdog): a wedged worker stops answering.
+// Alive reports whether every worker has gone round its loop since the last
+// call, for the watchdog: a wedged worker stops answering. A worker goes
+// round at least every 100 ms when idle (rawio.Loop), more often under load.
 func (b *Balancer) Alive() bool {
 	alive := true
 	for _, w := range b.workers {
@@ -230,6 +234,17 @@ func (b *Balancer) Alive() bool {
 		}
 	}
 	return alive
+}
+
+// Wedge is a test hook for the watchdog (CAPLANCE_TEST_WEDGE in
+// caplanced(8)): the first worker leaves its loop as if it hung, reads and
+// sends nothing more and stops answering Alive, until Run returns.
+func (b *Balancer) Wedge() {
+	if len(b.workers) > 0 {
+		w := b.workers[0]
+		w.wedged.Store(true)
+		w.halt.Store(true)
+	}
 }
 
 // Close closes every socket. Call it after Run returns.

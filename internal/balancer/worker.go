@@ -66,6 +66,9 @@ type worker struct {
 	fragNeededBudget int
 	fragNeededSecond int64
 
+	// halt ends the worker's loop: Run sets it to stop, Wedge to hang.
+	halt      atomic.Bool
+	wedged    atomic.Bool
 	heartbeat atomic.Bool
 	received  atomic.Uint64
 	forwarded atomic.Uint64
@@ -101,8 +104,13 @@ func (w *worker) close() {
 	}
 }
 
-func (w *worker) run(stop *atomic.Bool) {
-	rawio.Loop(w.fds, w.batch, stop, &w.heartbeat, w.forward)
+// run forwards until Run halts the worker; a wedged worker (Wedge) then
+// hangs until Run closes stopped.
+func (w *worker) run(stopped <-chan struct{}) {
+	rawio.Loop(w.fds, w.batch, &w.halt, &w.heartbeat, w.forward)
+	if w.wedged.Load() {
+		<-stopped
+	}
 }
 
 // forward handles the n packets of the last Recv and flushes them.

@@ -52,6 +52,8 @@ type Options struct {
 	// StopTimeout bounds the shutdown after SIGTERM.
 	StopTimeout time.Duration
 	Logger      *slog.Logger
+	// TestWedge is the value of the test hook TestWedgeEnv, "" for none.
+	TestWedge string
 }
 
 // StatsFile is the name, in the runtime directory, of the counters file
@@ -77,12 +79,18 @@ type running struct {
 	api *dbusapi.Server
 	// reloads carries Reload calls from the D-Bus API to the main loop,
 	// which serialises them with SIGHUP.
-	reloads  chan chan error
-	host     *vip.Host
-	nftOwned bool
-	bal      *balancer.Balancer
-	rcv      *receiver.Receiver
-	userMode bool
+	reloads chan chan error
+	// loopChecks carries the watchdog's liveness checks to the main loop,
+	// which answers by closing the channel.
+	loopChecks chan chan struct{}
+	// reloadErr is why the last reload was refused, nil after a successful
+	// one; STATUS= shows it.
+	reloadErr error
+	host      *vip.Host
+	nftOwned  bool
+	bal       *balancer.Balancer
+	rcv       *receiver.Receiver
+	userMode  bool
 }
 
 // Run starts the configured roles, reports READY=1, serves until SIGTERM or
@@ -97,7 +105,11 @@ func Run(opts Options) error {
 	signal.Notify(hups, syscall.SIGHUP)
 	defer signal.Stop(hups)
 
-	r := &running{log: log, cfg: opts.Config, reloads: make(chan chan error)}
+	wedge, wedgeAfter, err := parseTestWedge(opts.TestWedge)
+	if err != nil {
+		return err
+	}
+	r := &running{log: log, cfg: opts.Config, reloads: make(chan chan error), loopChecks: make(chan chan struct{})}
 	if err := r.start(opts); err != nil {
 		r.stop()
 		return err
@@ -113,9 +125,19 @@ func Run(opts Options) error {
 	statsDone := make(chan struct{})
 	go func() { r.writeStatsEvery(ctx, opts.RuntimeDir); close(statsDone) }()
 
-	status := r.statusLine(opts.Config)
+	status := r.status()
 	notify(log, "READY=1\nSTATUS="+status)
 	log.Info("ready", "status", status)
+	watchdogDone := make(chan struct{})
+	if interval := watchdogInterval(log); interval > 0 {
+		log.Info("watchdog on", "ping_every", interval)
+		go func() { r.startWatchdog(ctx, interval); close(watchdogDone) }()
+	} else {
+		close(watchdogDone)
+	}
+	if wedge {
+		go r.wedgeAfter(ctx, wedgeAfter)
+	}
 
 	var sig os.Signal
 	for sig == nil {
@@ -125,6 +147,8 @@ func Run(opts Options) error {
 			_ = r.reload(opts.ConfigPath)
 		case reply := <-r.reloads:
 			reply <- r.reload(opts.ConfigPath)
+		case answered := <-r.loopChecks:
+			close(answered)
 		}
 	}
 	log.Info("stopping", "signal", sig.String(), "timeout", opts.StopTimeout)
@@ -138,6 +162,7 @@ func Run(opts Options) error {
 			<-done
 		}
 		<-statsDone
+		<-watchdogDone
 		r.stop()
 		removeStats(opts.RuntimeDir)
 		close(finished)
@@ -356,12 +381,13 @@ func (r *running) reload(path string) error {
 	r.setState("reloading")
 	defer func() {
 		r.setState("running")
-		notify(r.log, "READY=1\nSTATUS="+r.statusLine(r.cfg))
+		notify(r.log, "READY=1\nSTATUS="+r.status())
 	}()
 	cfg, err := config.Load(path)
 	if err == nil {
 		err = r.applyReload(cfg)
 	}
+	r.reloadErr = err
 	if err != nil {
 		r.log.Error("reload refused; the running configuration stays", "err", err)
 		return fmt.Errorf("reload refused, the running configuration stays: %w", err)
@@ -417,6 +443,16 @@ func (r *running) startDecapsulation(rc *config.Receiver) (*nft.Tunnel, error) {
 	}
 	r.rcv, r.userMode = rcv, true
 	return nil, nil
+}
+
+// status is the STATUS= line: what runs, after why the last reload was
+// refused until a reload succeeds.
+func (r *running) status() string {
+	s := r.statusLine(r.cfg)
+	if r.reloadErr != nil {
+		s = "reload refused: " + oneLine(r.reloadErr) + " (the running configuration stays); " + s
+	}
+	return s
 }
 
 func (r *running) statusLine(cfg *config.Config) string {

@@ -36,7 +36,7 @@ func Command() cli.Command {
 				fmt.Fprintln(stdout, "ok")
 				return nil
 			}
-			return Serve(Options{Config: cfg, Logger: newLogger()})
+			return Serve(Options{Config: cfg, Logger: newLogger(), TestWedge: os.Getenv(TestWedgeEnv)})
 		},
 	}
 }

@@ -21,6 +21,8 @@
 //   - health1.go: the org.caplance.Health1 objects.
 //   - config.go: caplance-healthd.toml(5), read strictly; cmd.go: the
 //     command line.
+//   - watchdog.go: WATCHDOG=1 while the loop answers Alive, and the
+//     watchdog's test hook.
 //
 // It talks to caplanced only over D-Bus and changes nothing on the host; the
 // probes themselves are package check's. It must not decide health

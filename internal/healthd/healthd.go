@@ -42,6 +42,11 @@ type Options struct {
 	// SyncRetry is the delay before trying again a sync with caplanced
 	// that failed; 0 is one second.
 	SyncRetry time.Duration
+	// Watchdog is how often WATCHDOG=1 is due while the main loop answers;
+	// 0 sends none. Serve sets it from WATCHDOG_USEC.
+	Watchdog time.Duration
+	// TestWedge is the value of the test hook TestWedgeEnv, "" for none.
+	TestWedge string
 }
 
 // DefaultStopTimeout bounds the stop: probes under way are canceled.
@@ -168,7 +173,11 @@ func Serve(opts Options) error {
 		<-ctx.Done()
 		stop()
 	}()
-	return New(opts).Run(ctx)
+	d := New(opts)
+	if d.opts.Watchdog == 0 {
+		d.opts.Watchdog = watchdogInterval(d.log)
+	}
+	return d.Run(ctx)
 }
 
 // Run serves until ctx ends, then stops within StopTimeout and returns nil;
@@ -176,6 +185,10 @@ func Serve(opts Options) error {
 // org.caplance.Health1 taken) or when the bus connection is lost.
 func (d *Daemon) Run(ctx context.Context) error {
 	notify := d.opts.Notify
+	wedge, wedgeAfter, err := parseTestWedge(d.opts.TestWedge)
+	if err != nil {
+		return err
+	}
 	conn := d.opts.Conn
 	if conn == nil {
 		var err error
@@ -237,6 +250,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.refreshStatus()
 	notify("READY=1\nSTATUS=" + d.status)
 	d.log.Info("ready", "status", d.status)
+	loopCtx, endLoop := context.WithCancel(ctx)
+	defer endLoop()
+	if d.opts.Watchdog > 0 {
+		d.log.Info("watchdog on", "ping_every", d.opts.Watchdog)
+		watchdogDone := make(chan struct{})
+		go func() { d.watchdog(loopCtx, d.opts.Watchdog); close(watchdogDone) }()
+		defer func() { endLoop(); <-watchdogDone }()
+	}
+	if wedge {
+		go d.wedgeAfter(loopCtx, wedgeAfter)
+	}
 
 	var loopErr error
 loop:
@@ -269,6 +293,7 @@ loop:
 		}
 	}
 
+	endLoop() // the watchdog and the test hook
 	notify("STOPPING=1\nSTATUS=stopping")
 	d.log.Info("stopping")
 	stopJobs()

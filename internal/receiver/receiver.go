@@ -58,6 +58,9 @@ type worker struct {
 	batch    *rawio.Batch
 	queue    *rawio.Queue
 
+	// halt ends the worker's loop: Run sets it to stop, Wedge to hang.
+	halt      atomic.Bool
+	wedged    atomic.Bool
 	heartbeat atomic.Bool
 	received  atomic.Uint64
 	delivered atomic.Uint64
@@ -138,13 +141,21 @@ func (w *worker) close() {
 // Run delivers packets until ctx is done; every worker finishes the batch it
 // holds before Run returns.
 func (r *Receiver) Run(ctx context.Context) error {
-	var stop atomic.Bool
+	stopped := make(chan struct{})
 	var wg sync.WaitGroup
 	for _, w := range r.workers {
-		wg.Go(func() { rawio.Loop(w.fds, w.batch, &stop, &w.heartbeat, w.deliver) })
+		wg.Go(func() {
+			rawio.Loop(w.fds, w.batch, &w.halt, &w.heartbeat, w.deliver)
+			if w.wedged.Load() {
+				<-stopped
+			}
+		})
 	}
 	<-ctx.Done()
-	stop.Store(true)
+	close(stopped)
+	for _, w := range r.workers {
+		w.halt.Store(true)
+	}
 	wg.Wait()
 	return nil
 }
@@ -171,7 +182,8 @@ func (w *worker) deliver(n int) {
 func (w *worker) injectFailed(int, error) { w.counts[injectFailure].Add(1) }
 
 // Alive reports whether every worker has gone round its loop since the last
-// call.
+// call, for the watchdog: a wedged worker stops answering. A worker goes
+// round at least every 100 ms when idle (rawio.Loop), more often under load.
 func (r *Receiver) Alive() bool {
 	alive := true
 	for _, w := range r.workers {
@@ -180,6 +192,17 @@ func (r *Receiver) Alive() bool {
 		}
 	}
 	return alive
+}
+
+// Wedge is a test hook for the watchdog (CAPLANCE_TEST_WEDGE in
+// caplanced(8)): the first worker leaves its loop as if it hung, delivers
+// nothing more and stops answering Alive, until Run returns.
+func (r *Receiver) Wedge() {
+	if len(r.workers) > 0 {
+		w := r.workers[0]
+		w.wedged.Store(true)
+		w.halt.Store(true)
+	}
 }
 
 // Close closes every socket; call it after Run returns.

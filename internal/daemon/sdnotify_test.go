@@ -1,0 +1,341 @@
+package daemon_test
+
+// The systemd contract of the real caplanced binary, spoken over a real
+// sd_notify socket (as go-systemd's sdnotify_test does): the watchdog pings
+// at half of WATCHDOG_USEC only while the data path answers, and a refused
+// reload shows in STATUS=. It runs as root in a network namespace
+// (netnstest), with the D-Bus API on a private system bus (dbustest).
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caplance/caplance/internal/daemon"
+	"github.com/caplance/caplance/internal/dbustest"
+	"github.com/caplance/caplance/internal/netnstest"
+)
+
+// watchdogUsec is the WATCHDOG_USEC the tests pass (WatchdogSec=400ms):
+// pings are due every 200 ms.
+const (
+	watchdogUsec = 400000
+	pingEvery    = 200 * time.Millisecond
+)
+
+// notification is one sd_notify datagram and when it arrived.
+type notification struct {
+	at   time.Time
+	text string
+}
+
+// notifySocket is the service manager's end of NOTIFY_SOCKET.
+type notifySocket struct {
+	path    string
+	mu      sync.Mutex
+	msgs    []notification
+	changed chan struct{}
+}
+
+func listenNotify(t *testing.T) *notifySocket {
+	t.Helper()
+	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify.sock"), changed: make(chan struct{}, 1)}
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := conn.Read(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.msgs = append(n.msgs, notification{at: time.Now(), text: string(buf[:k])})
+			n.mu.Unlock()
+			select {
+			case n.changed <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return n
+}
+
+func (n *notifySocket) all() []notification {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return slices.Clone(n.msgs)
+}
+
+// waitFor returns the index of the first message from index from on that
+// has the line want (or a line starting with want, if want ends in "="),
+// failing t after timeout or when exited is closed.
+func (n *notifySocket) waitFor(t *testing.T, from int, want string, exited <-chan struct{}) int {
+	t.Helper()
+	deadline := time.After(15 * time.Second)
+	for {
+		msgs := n.all()
+		for i := from; i < len(msgs); i++ {
+			for line := range strings.SplitSeq(msgs[i].text, "\n") {
+				if line == want || strings.HasSuffix(want, "=") && strings.HasPrefix(line, want) {
+					return i
+				}
+			}
+		}
+		select {
+		case <-n.changed:
+		case <-exited:
+			t.Fatalf("the daemon exited before sending %s", want)
+		case <-deadline:
+			t.Fatalf("no %s within 15s; got %q", want, texts(msgs[from:]))
+		}
+	}
+}
+
+// pings returns when each WATCHDOG=1 arrived within [from, to).
+func (n *notifySocket) pings(from, to time.Time) []time.Time {
+	var at []time.Time
+	for _, m := range n.all() {
+		if m.text == "WATCHDOG=1" && !m.at.Before(from) && m.at.Before(to) {
+			at = append(at, m.at)
+		}
+	}
+	return at
+}
+
+func texts(msgs []notification) []string {
+	var out []string
+	for _, m := range msgs {
+		out = append(out, m.text)
+	}
+	return out
+}
+
+// statusOf is the STATUS= value of msg, "" for none.
+func statusOf(msg string) string {
+	for line := range strings.SplitSeq(msg, "\n") {
+		if s, ok := strings.CutPrefix(line, "STATUS="); ok {
+			return s
+		}
+	}
+	return ""
+}
+
+// checkPingRate fails t unless the pings within window come about every
+// pingEvery: a loaded machine may delay or drop a few, never add any.
+func checkPingRate(t *testing.T, at []time.Time, window time.Duration) {
+	t.Helper()
+	want := int(window / pingEvery)
+	t.Logf("%d WATCHDOG=1 within %s", len(at), window)
+	if len(at) < want/2 || len(at) > want+1 {
+		t.Errorf("%d WATCHDOG=1 within %s, want about %d (one every %s)", len(at), window, want, pingEvery)
+	}
+	for i := 1; i < len(at); i++ {
+		if gap := at[i].Sub(at[i-1]); gap < pingEvery/2 {
+			t.Errorf("WATCHDOG=1 only %s after the previous one, want about %s", gap, pingEvery)
+		}
+	}
+}
+
+var (
+	buildOnce sync.Once
+	buildDir  string
+	binary    string
+	buildErr  error
+)
+
+// TestMain removes the binary built for the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
+
+// caplancedBinary builds caplanced once per test binary.
+func caplancedBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		var err error
+		if buildDir, err = os.MkdirTemp("", "caplanced-sdnotify-"); err != nil {
+			buildErr = err
+			return
+		}
+		binary = filepath.Join(buildDir, "caplanced")
+		if out, err := exec.Command("go", "build", "-o", binary, "../../caplanced").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binary
+}
+
+// process is a caplanced under test.
+type process struct {
+	cmd    *exec.Cmd
+	config string
+	log    string
+	exited chan struct{}
+}
+
+func (p *process) logText() string {
+	data, _ := os.ReadFile(p.log)
+	return string(data)
+}
+
+// stop sends SIGTERM and fails t unless caplanced exits 0 within 10 s.
+func (p *process) stop(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+		t.Errorf("caplanced did not exit within 10s of SIGTERM\n%s", p.logText())
+		return
+	}
+	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
+		t.Errorf("caplanced exited %d after SIGTERM\n%s", code, p.logText())
+	}
+}
+
+// The lab: one host, a balancer VIP on its eth0 subnet and a user-space
+// receiver VIP, so that both kinds of data-path worker run.
+const (
+	hostAddr    = "198.18.0.2/24"
+	balancerVIP = "198.18.0.100"
+	receiverVIP = "198.18.0.200"
+)
+
+func configText(backends ...string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "[balancer]\nvips = [%q]\nworkers = 2\n\n", balancerVIP)
+	fmt.Fprintf(&b, "[receiver]\nvips = [%q]\nbalancers = [%q]\nmode = \"userspace\"\nworkers = 2\n", receiverVIP, "198.18.0.3")
+	for i, addr := range backends {
+		fmt.Fprintf(&b, "\n[[backend]]\nname = \"be%d\"\naddress = %q\n", i+1, addr)
+	}
+	return b.String()
+}
+
+// start runs caplanced on host with the D-Bus API on busAddr, under the
+// watchdog, plus the environment extra, and waits for READY=1.
+func start(t *testing.T, host *netnstest.Host, busAddr string, n *notifySocket, extra ...string) *process {
+	t.Helper()
+	dir := t.TempDir()
+	p := &process{config: filepath.Join(dir, "caplanced.toml"), log: filepath.Join(dir, "caplanced.log"), exited: make(chan struct{})}
+	if err := os.WriteFile(p.config, []byte(configText("198.18.0.11")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	logf, err := os.Create(p.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	p.cmd = host.Command(context.Background(), caplancedBinary(t), "--config", p.config,
+		"--runtime-dir", filepath.Join(dir, "run"), "--state-dir", filepath.Join(dir, "state"), "--bus", busAddr)
+	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.path, fmt.Sprintf("WATCHDOG_USEC=%d", watchdogUsec))
+	p.cmd.Env = append(p.cmd.Env, extra...)
+	p.cmd.Stdout, p.cmd.Stderr = logf, logf
+	if err := host.Start(p.cmd); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = p.cmd.Wait(); close(p.exited) }()
+	t.Cleanup(func() { p.stop(t) })
+	n.waitFor(t, 0, "READY=1", p.exited)
+	return p
+}
+
+func TestSystemdContract(t *testing.T) {
+	lab := netnstest.NewForTest(t, "sdn")
+	host, err := lab.AddHost("lb", netip.MustParsePrefix(hostAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	bus := dbustest.Start(t)
+
+	t.Run("the watchdog pings at half of WATCHDOG_USEC, reloads follow sd_notify", func(t *testing.T) {
+		n := listenNotify(t)
+		p := start(t, host, bus.Address, n)
+		defer p.stop(t)
+
+		ready := time.Now()
+		time.Sleep(2 * time.Second)
+		checkPingRate(t, n.pings(ready, time.Now()), 2*time.Second)
+
+		// A refused reload: the VIPs cannot change without a restart.
+		bad := strings.Replace(configText("198.18.0.11", "198.18.0.12"), balancerVIP, "198.18.0.101", 1)
+		if err := os.WriteFile(p.config, []byte(bad), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		seen := len(n.all())
+		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		i := n.waitFor(t, seen, "RELOADING=1", p.exited)
+		if msg := n.all()[i].text; !strings.Contains(msg, "\nMONOTONIC_USEC=") {
+			t.Errorf("RELOADING=1 without MONOTONIC_USEC (Type=notify-reload needs it): %q", msg)
+		}
+		i = n.waitFor(t, i+1, "READY=1", p.exited)
+		status := statusOf(n.all()[i].text)
+		if !strings.HasPrefix(status, "reload refused: ") || !strings.Contains(status, "over 1 backend(s)") {
+			t.Errorf("STATUS after a refused reload = %q, want \"reload refused: …\" and the running state (1 backend)", status)
+		}
+		// The watchdog is not disturbed.
+		after := time.Now()
+		time.Sleep(time.Second)
+		checkPingRate(t, n.pings(after, time.Now()), time.Second)
+
+		// A good reload clears it.
+		if err := os.WriteFile(p.config, []byte(configText("198.18.0.11", "198.18.0.12")), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		seen = len(n.all())
+		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+		i = n.waitFor(t, seen, "RELOADING=1", p.exited)
+		i = n.waitFor(t, i+1, "READY=1", p.exited)
+		if status := statusOf(n.all()[i].text); strings.Contains(status, "refused") || !strings.Contains(status, "over 2 backend(s)") {
+			t.Errorf("STATUS after a good reload = %q, want 2 backends and no refusal", status)
+		}
+	})
+
+	t.Run("a wedged worker stops the pings", func(t *testing.T) {
+		n := listenNotify(t)
+		p := start(t, host, bus.Address, n, daemon.TestWedgeEnv+"=worker:1s")
+		ready := time.Now()
+		time.Sleep(3 * time.Second)
+		// Pings until the worker hangs; none once the check after it failed.
+		checkPingRate(t, n.pings(ready, ready.Add(time.Second)), time.Second)
+		if late := n.pings(ready.Add(1800*time.Millisecond), time.Now()); len(late) > 0 {
+			t.Errorf("%d WATCHDOG=1 after the worker hung (first %s after READY=1), want none",
+				len(late), late[0].Sub(ready).Round(time.Millisecond))
+		}
+		if log := p.logText(); !strings.Contains(log, "a balancer worker is stuck") {
+			t.Errorf("the log does not say why the pings stopped:\n%s", log)
+		}
+		p.stop(t) // a wedged worker does not hold up the stop
+	})
+}

@@ -13,7 +13,7 @@ MANPAGES   := $(patsubst man/%.md,build/man/%,$(wildcard man/*.md))
 BENCHTIME  ?= 1s
 FUZZTIME   ?= 30s
 
-.PHONY: all build test bench bench-dataplane fuzz lint demo completions man clean help
+.PHONY: all build test bench bench-dataplane fuzz lint demo completions man deb rpm security-doc clean help
 
 all: build
 
@@ -56,6 +56,25 @@ man: $(MANPAGES) ## Render man/*.md to roff in build/man/ (go test ./man lints t
 build/man/%: man/%.md
 	@mkdir -p $(@D)
 	$(GO_MD2MAN) -in $< -out $@
+
+deb: man ## Build build/caplance_<version>-1_amd64.deb with nfpm (packaging/build.sh)
+	VERSION='$(VERSION)' GO='$(GO)' MAN_DIR=build/man packaging/build.sh deb
+
+rpm: man ## Build build/caplance-<version>-1.x86_64.rpm with nfpm (packaging/build.sh)
+	VERSION='$(VERSION)' GO='$(GO)' MAN_DIR=build/man packaging/build.sh rpm
+
+SECURITY_UNITS := caplanced.service caplance-healthd.service
+
+security-doc: ## Write the units' systemd-analyze security exposure into docs/security.md (a test checks it is current)
+	@{ sed '/^<!-- begin: make security-doc -->$$/q' docs/security.md; \
+	  printf '\nMeasured with %s, `systemd-analyze security --offline=true`:\n\n| unit | exposure |\n|---|---|\n' \
+	    "$$(systemd-analyze --version | head -n 1)"; \
+	  for u in $(SECURITY_UNITS); do systemd-analyze security --offline=true packaging/systemd/$$u | \
+	    sed -n 's/.*Overall exposure level for \([^:]*\): \([0-9.]*\).*/| \1 | \2 |/p'; done; \
+	  for u in $(SECURITY_UNITS); do printf '\nWhat %s still exposes:\n\n```\n' $$u; \
+	    systemd-analyze security --offline=true packaging/systemd/$$u | grep '^✗' | sed 's/ *$$//'; printf '```\n'; done; \
+	  echo; sed -n '/^<!-- end: make security-doc -->$$/,$$p' docs/security.md; \
+	} > docs/security.md.new && mv docs/security.md.new docs/security.md
 
 clean: ## Remove build output
 	rm -rf bin/ build/

@@ -1,0 +1,390 @@
+// Package packaging holds no code, only the test of the .deb and .rpm that
+// build.sh makes with nfpm: what each package holds and with which modes, the
+// conffiles, the maintainer scripts, and what lintian and rpmlint say.
+package packaging
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+// tools the test runs, and how to get each.
+var tools = []struct{ name, install string }{
+	{"nfpm", "go install github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2"},
+	{"go-md2man", "go install github.com/cpuguy83/go-md2man/v2@v2.0.7"},
+	{"dpkg-deb", "apt-get install dpkg"},
+	{"rpm", "apt-get install --no-install-recommends rpm"},
+	{"lintian", "apt-get install --no-install-recommends lintian"},
+	{"rpmlint", "apt-get install --no-install-recommends rpmlint"},
+	{"rpm2cpio", "apt-get install --no-install-recommends rpmlint"},
+	{"cpio", "apt-get install --no-install-recommends rpmlint"},
+}
+
+func requireTools(t *testing.T) {
+	t.Helper()
+	var missing []string
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool.name); err != nil {
+			missing = append(missing, fmt.Sprintf("  %s: %s", tool.name, tool.install))
+		}
+	}
+	if len(missing) > 0 {
+		t.Fatalf("tools missing (.ci/setup installs them all):\n%s", strings.Join(missing, "\n"))
+	}
+}
+
+// run runs a command and returns its standard output; it fails the test,
+// with both outputs, if the command fails.
+func run(t *testing.T, env []string, name string, args ...string) string {
+	t.Helper()
+	out, err := runErr(env, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// runErr runs a command and returns its combined output.
+func runErr(env []string, name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// top is the repository's top directory, seen from this package's directory.
+const top = ".."
+
+func glob(t *testing.T, pattern string) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(top, pattern))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no file matches %s (%v)", pattern, err)
+	}
+	return files
+}
+
+// entry is one file of a package: its mode string ("-rw-r--r--") and owner.
+type entry struct {
+	Mode, Owner string
+}
+
+// wantFiles lists the regular files both packages must hold (and no other),
+// from the repository: every unit, policy, sysusers/tmpfiles entry and man
+// page there must be in the packages.
+func wantFiles(t *testing.T, packager string) map[string]entry {
+	t.Helper()
+	exe := entry{"-rwxr-xr-x", "root/root"}
+	file := entry{"-rw-r--r--", "root/root"}
+	want := map[string]entry{
+		"/usr/sbin/caplanced":                                   exe,
+		"/usr/sbin/caplance-healthd":                            exe,
+		"/usr/bin/caplancectl":                                  exe,
+		"/etc/caplance/caplanced.toml":                          file,
+		"/etc/caplance/caplance-healthd.toml":                   file,
+		"/usr/share/bash-completion/completions/caplancectl":    file,
+		"/usr/share/fish/vendor_completions.d/caplancectl.fish": file,
+	}
+	dirs := map[string]string{
+		"packaging/systemd/*.service": "/usr/lib/systemd/system/",
+		"packaging/dbus/*.conf":       "/usr/share/dbus-1/system.d/",
+		"packaging/sysusers.d/*.conf": "/usr/lib/sysusers.d/",
+		"packaging/tmpfiles.d/*.conf": "/usr/lib/tmpfiles.d/",
+	}
+	for pattern, dir := range dirs {
+		for _, f := range glob(t, pattern) {
+			want[dir+filepath.Base(f)] = file
+		}
+	}
+	for _, md := range glob(t, "man/*.md") {
+		page := strings.TrimSuffix(filepath.Base(md), ".md") // caplanced.8
+		section := page[strings.LastIndexByte(page, '.')+1:]
+		want["/usr/share/man/man"+section+"/"+page+".gz"] = file
+	}
+	switch packager {
+	case "deb":
+		want["/usr/share/zsh/vendor-completions/_caplancectl"] = file
+		want["/usr/share/doc/caplance/copyright"] = file
+		want["/usr/share/doc/caplance/changelog.Debian.gz"] = file
+		want["/usr/share/lintian/overrides/caplance"] = file
+	case "rpm":
+		want["/usr/share/zsh/site-functions/_caplancectl"] = file
+		want["/usr/share/licenses/caplance/copyright"] = file
+	}
+	return want
+}
+
+var conffiles = []string{"/etc/caplance/caplance-healthd.toml", "/etc/caplance/caplanced.toml"}
+
+func TestPackages(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the programs and both packages; not with -short")
+	}
+	requireTools(t)
+
+	out := t.TempDir()
+	version := strings.TrimSpace(run(t, nil, "./build.sh", "version"))
+	built := strings.Fields(run(t, []string{"OUT=" + out}, "./build.sh", "deb", "rpm"))
+	deb := filepath.Join(out, "caplance_"+version+"-1_amd64.deb")
+	rpm := filepath.Join(out, "caplance-"+version+"-1.x86_64.rpm")
+	for _, f := range []string{deb, rpm} {
+		if !slices.Contains(built, f) {
+			t.Fatalf("build.sh printed %q, want %s among them", built, f)
+		}
+	}
+
+	t.Run("deb/files", func(t *testing.T) {
+		got := map[string]entry{}
+		for _, line := range lines(run(t, nil, "dpkg-deb", "--contents", deb)) {
+			// -rw-r--r-- root/root 1940 2026-11-26 16:00 ./etc/caplance/caplanced.toml
+			f := strings.Fields(line)
+			if len(f) < 6 || !strings.HasPrefix(f[0], "-") {
+				continue // directories
+			}
+			if f[1] == "0/0" {
+				f[1] = "root/root" // nfpm writes the changelog it makes with numeric ids only
+			}
+			got[strings.TrimPrefix(f[5], ".")] = entry{f[0], f[1]}
+		}
+		if diff := cmp.Diff(wantFiles(t, "deb"), got); diff != "" {
+			t.Errorf("files of the .deb (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("rpm/files", func(t *testing.T) {
+		got := map[string]entry{}
+		qf := "[%{FILEMODES:perms}|%{FILEUSERNAME}/%{FILEGROUPNAME}|%{FILENAMES}\n]"
+		for _, line := range lines(run(t, nil, "rpm", "-qp", "--qf", qf, rpm)) {
+			f := strings.Split(line, "|")
+			if len(f) != 3 || !strings.HasPrefix(f[0], "-") {
+				continue
+			}
+			got[f[2]] = entry{f[0], f[1]}
+		}
+		if diff := cmp.Diff(wantFiles(t, "rpm"), got); diff != "" {
+			t.Errorf("files of the .rpm (-want +got):\n%s", diff)
+		}
+		if list := lines(run(t, nil, "rpm", "-qlp", rpm)); !slices.Contains(list, "/etc/caplance") {
+			t.Errorf("rpm -qlp: the rpm does not own /etc/caplance:\n%s", strings.Join(list, "\n"))
+		}
+	})
+
+	t.Run("deb/conffiles", func(t *testing.T) {
+		got := lines(run(t, nil, "dpkg-deb", "--info", deb, "conffiles"))
+		slices.Sort(got)
+		if diff := cmp.Diff(conffiles, got); diff != "" {
+			t.Errorf("conffiles of the .deb (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("rpm/config", func(t *testing.T) {
+		// c = %config, n = noreplace (an edited file stays; the new one is .rpmnew).
+		var got []string
+		for _, line := range lines(run(t, nil, "rpm", "-qp", "--qf", "[%{FILEFLAGS:fflags} %{FILENAMES}\n]", rpm)) {
+			if flags, name, ok := strings.Cut(line, " "); ok && strings.Contains(flags, "c") {
+				if !strings.Contains(flags, "n") {
+					t.Errorf("%s is %%config without noreplace (flags %q)", name, flags)
+				}
+				got = append(got, name)
+			}
+		}
+		slices.Sort(got)
+		if diff := cmp.Diff(conffiles, got); diff != "" {
+			t.Errorf("%%config files of the .rpm (-want +got):\n%s", diff)
+		}
+	})
+
+	t.Run("deb/scripts", func(t *testing.T) {
+		info := run(t, nil, "dpkg-deb", "--info", deb)
+		for _, script := range []string{"postinst", "prerm", "postrm"} {
+			// " 2680 bytes,    65 lines   *  postinst   #!/bin/sh": * = executable
+			if !regexp.MustCompile(`\*\s+` + script + `\s+#!/bin/sh`).MatchString(info) {
+				t.Errorf("the .deb has no executable /bin/sh %s:\n%s", script, info)
+			}
+		}
+	})
+
+	t.Run("rpm/scripts", func(t *testing.T) {
+		scripts := run(t, nil, "rpm", "-qp", "--scripts", rpm)
+		for _, s := range []string{"postinstall", "preuninstall", "postuninstall"} {
+			if !strings.Contains(scripts, s+" scriptlet (using /bin/sh)") {
+				t.Errorf("the .rpm has no %s scriptlet:\n%s", s, scripts)
+			}
+		}
+	})
+
+	t.Run("lintian", func(t *testing.T) {
+		// Overrides come from the package (/usr/share/lintian/overrides).
+		out, err := runErr(nil, "lintian", "--fail-on", "error,warning", deb)
+		t.Logf("lintian:\n%s", out)
+		if err != nil {
+			t.Errorf("lintian failed: %v", err)
+		}
+		for _, line := range lines(out) {
+			if strings.HasPrefix(line, "E: ") || strings.HasPrefix(line, "W: ") {
+				t.Errorf("lintian: %s", line)
+			}
+		}
+	})
+
+	t.Run("rpmlint", func(t *testing.T) {
+		// nfpm writes the rpm's cpio payload with absolute names
+		// (/usr/sbin/caplanced, not ./usr/sbin/caplanced), and rpmlint
+		// unpacks it with a bare `cpio -id`, which would write into / and
+		// leave rpmlint's directory empty. A cpio first in PATH adds
+		// --no-absolute-filenames.
+		real, err := exec.LookPath("cpio")
+		if err != nil {
+			t.Fatal(err)
+		}
+		bin := t.TempDir()
+		wrapper := filepath.Join(bin, "cpio")
+		script := fmt.Sprintf("#!/bin/sh\nexec %s --no-absolute-filenames \"$@\"\n", real)
+		if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+		if got, _ := exec.LookPath("cpio"); got != wrapper {
+			t.Fatalf("cpio resolves to %s, not the wrapper %s: not running rpmlint", got, wrapper)
+		}
+		out, err := runErr(nil, "rpmlint", "--config", filepath.Join("lintian", "rpmlint.toml"), rpm)
+		t.Logf("rpmlint:\n%s", out)
+		if err != nil {
+			t.Errorf("rpmlint failed: %v", err)
+		}
+		if !strings.Contains(out, "1 packages and 0 specfiles checked; 0 errors") {
+			t.Errorf("rpmlint did not check the package, or found errors")
+		}
+		// A check that reads the files (no-binary, dbus-parsing-exception)
+		// shows whether the payload was unpacked where rpmlint looks.
+		if strings.Contains(out, "no-binary") || strings.Contains(out, "parsing-exception") {
+			t.Errorf("rpmlint did not see the package's files")
+		}
+	})
+}
+
+// TestVersion checks how build.sh maps the build's VERSION (git describe) to
+// a version both dpkg and rpm accept and order correctly.
+func TestVersion(t *testing.T) {
+	head := strings.TrimSpace(run(t, nil, "git", "rev-parse", "--short", "HEAD"))
+	count := strings.TrimSpace(run(t, nil, "git", "rev-list", "--count", "HEAD"))
+	tests := []struct{ in, want string }{
+		{"v1.2.3", "1.2.3"},
+		{"1.2.3", "1.2.3"},
+		{"v1.2.3-rc1", "1.2.3~rc1"},
+		{"v1.2.3-4-gabc1234", "1.2.3+git4.abc1234"},
+		{"v1.2.3-4-gabc1234-dirty", "1.2.3+git4.abc1234.dirty"},
+		{"v1.2.3-rc1-4-gabc1234", "1.2.3~rc1+git4.abc1234"},
+		{head, "0.0.0~git" + count + "." + head},
+		{head + "-dirty", "0.0.0~git" + count + "." + head + ".dirty"},
+		{"0.0.0-dev", "0.0.0~dev"},
+	}
+	for _, tt := range tests {
+		got := strings.TrimSpace(run(t, []string{"VERSION=" + tt.in}, "./build.sh", "version"))
+		if got != tt.want {
+			t.Errorf("VERSION=%s: build.sh version = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+	for _, bad := range []string{"v1.2.3 beta", "release_1", "v1.2.3/x"} {
+		if out, err := runErr([]string{"VERSION=" + bad}, "./build.sh", "version"); err == nil {
+			t.Errorf("VERSION=%q: build.sh version = %q, want an error", bad, out)
+		}
+	}
+}
+
+// TestPurgeAccounts checks that the .deb's postrm removes on purge exactly
+// the accounts that sysusers.d creates (a user's own group included).
+func TestPurgeAccounts(t *testing.T) {
+	var users, groups []string
+	for _, f := range glob(t, "packaging/sysusers.d/*.conf") {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range lines(string(data)) {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			switch f[0] {
+			case "u", "u!":
+				users = append(users, f[1])
+				groups = append(groups, f[1])
+			case "g":
+				groups = append(groups, f[1])
+			}
+		}
+	}
+	data, err := os.ReadFile(filepath.Join("scripts", "deb", "postrm"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := func(kind string) []string {
+		m := regexp.MustCompile(`(?m)^\s*for ` + kind + ` in ([^;]+);`).FindStringSubmatch(string(data))
+		if m == nil {
+			t.Fatalf("postrm has no `for %s in …;` loop", kind)
+		}
+		return strings.Fields(m[1])
+	}
+	sorted := func(s []string) []string { s = slices.Clone(s); slices.Sort(s); return slices.Compact(s) }
+	if diff := cmp.Diff(sorted(users), sorted(list("user"))); diff != "" {
+		t.Errorf("users: sysusers.d vs packaging/scripts/deb/postrm (-sysusers +postrm):\n%s", diff)
+	}
+	if diff := cmp.Diff(sorted(groups), sorted(list("group"))); diff != "" {
+		t.Errorf("groups: sysusers.d vs packaging/scripts/deb/postrm (-sysusers +postrm):\n%s", diff)
+	}
+}
+
+// TestScripts checks the maintainer scripts' syntax, and that every lintian
+// override and rpmlint filter has a comment saying why.
+func TestScripts(t *testing.T) {
+	for _, f := range glob(t, "packaging/scripts/*/*") {
+		if out, err := runErr(nil, "sh", "-n", f); err != nil {
+			t.Errorf("sh -n %s: %v\n%s", f, err, out)
+		}
+	}
+	justified := func(file string, isRule func(string) bool) {
+		data, err := os.ReadFile(filepath.Join("lintian", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		commented := false
+		for i, line := range strings.Split(string(data), "\n") {
+			line = strings.TrimSpace(line)
+			switch {
+			case line == "":
+				commented = false
+			case strings.HasPrefix(line, "#"):
+				commented = true
+			case isRule(line) && !commented:
+				t.Errorf("packaging/lintian/%s:%d: %q has no comment above it saying why", file, i+1, line)
+			}
+		}
+	}
+	justified("caplance", func(string) bool { return true })
+	justified("rpmlint.toml", func(line string) bool { return strings.HasPrefix(line, "'") || strings.HasPrefix(line, `"`) })
+}
+
+func lines(s string) []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		if line := strings.TrimRight(sc.Text(), " \t"); line != "" {
+			out = append(out, line)
+		}
+	}
+	return out
+}

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"time"
 
@@ -34,7 +33,7 @@ func main() {
 			if len(args) > 0 {
 				return cli.UsageError{Msg: fmt.Sprintf("unexpected argument %q", args[0])}
 			}
-			log := newLogger()
+			log := cli.NewLogger()
 			if *cleanup {
 				return daemon.Cleanup(*runtimeDir, log)
 			}
@@ -59,19 +58,4 @@ func envOr(name, def string) string {
 		return d
 	}
 	return def
-}
-
-// newLogger logs to stderr; under systemd (JOURNAL_STREAM set) without
-// timestamps, which the journal adds.
-func newLogger() *slog.Logger {
-	opts := &slog.HandlerOptions{}
-	if os.Getenv("JOURNAL_STREAM") != "" {
-		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
-			if len(groups) == 0 && a.Key == slog.TimeKey {
-				return slog.Attr{}
-			}
-			return a
-		}
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }

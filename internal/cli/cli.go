@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -92,4 +93,19 @@ func (c Command) Execute(args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	return ExitFailed
+}
+
+// NewLogger logs to stderr; under systemd (JOURNAL_STREAM set) without
+// timestamps, which the journal adds.
+func NewLogger() *slog.Logger {
+	opts := &slog.HandlerOptions{}
+	if os.Getenv("JOURNAL_STREAM") != "" {
+		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
+			if len(groups) == 0 && a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }

@@ -150,7 +150,11 @@ func Load(path string) (*Config, error) {
 // from environ ("KEY=value" strings, as os.Environ returns). Every problem is
 // reported: the error is an errors.Join of one error per problem.
 func Parse(name string, data []byte, environ []string) (*Config, error) {
-	raw, errs := decode(data)
+	var raw rawConfig
+	errs, err := DecodeStrict(data, &raw)
+	if err != nil {
+		errs = []error{err}
+	}
 	if len(errs) > 0 {
 		for i, err := range errs {
 			errs[i] = fmt.Errorf("%s: %w", name, err)
@@ -171,21 +175,21 @@ func Parse(name string, data []byte, environ []string) (*Config, error) {
 	return cfg, nil
 }
 
-// decode reads the file strictly: a syntax error, a wrong type, or every
-// unknown key.
-func decode(data []byte) (rawConfig, []error) {
-	var raw rawConfig
-	md, err := toml.Decode(string(data), &raw)
+// DecodeStrict decodes the TOML document data into v strictly: err is a
+// syntax error or a wrong type (v is then unusable), unknown has one error
+// per unknown key, each with its line. caplance-healthd's configuration is
+// read with it too.
+func DecodeStrict(data []byte, v any) (unknown []error, err error) {
+	md, err := toml.Decode(string(data), v)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			err = fmt.Errorf("line %d, column %d: %s", pe.Position.Line, pe.Position.Col, pe.Message)
 		}
-		return raw, []error{err}
+		return nil, err
 	}
 	undecoded := md.Undecoded()
 	lines := keyLines(string(data))
-	var errs []error
 	seen := map[string]int{}
 	for _, key := range undecoded {
 		if hasReportedParent(key, undecoded) {
@@ -197,9 +201,9 @@ func decode(data []byte) (rawConfig, []error) {
 			where = fmt.Sprintf("line %d: ", ls[seen[path]])
 		}
 		seen[path]++
-		errs = append(errs, fmt.Errorf("%sunknown key %q", where, path))
+		unknown = append(unknown, fmt.Errorf("%sunknown key %q", where, path))
 	}
-	return raw, errs
+	return unknown, nil
 }
 
 // hasReportedParent reports whether a table above key is itself unknown, so

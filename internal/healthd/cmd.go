@@ -4,7 +4,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 
 	"github.com/caplance/caplance/internal/cli"
@@ -36,22 +35,7 @@ func Command() cli.Command {
 				fmt.Fprintln(stdout, "ok")
 				return nil
 			}
-			return Serve(Options{Config: cfg, Logger: newLogger(), TestWedge: os.Getenv(TestWedgeEnv)})
+			return Serve(Options{Config: cfg, Logger: cli.NewLogger(), TestWedge: os.Getenv(TestWedgeEnv)})
 		},
 	}
-}
-
-// newLogger logs to stderr; under systemd (JOURNAL_STREAM set) without
-// timestamps, which the journal adds.
-func newLogger() *slog.Logger {
-	opts := &slog.HandlerOptions{}
-	if os.Getenv("JOURNAL_STREAM") != "" {
-		opts.ReplaceAttr = func(groups []string, a slog.Attr) slog.Attr {
-			if len(groups) == 0 && a.Key == slog.TimeKey {
-				return slog.Attr{}
-			}
-			return a
-		}
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }

@@ -5,14 +5,12 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
 	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/config"
 )
 
 // DefaultConfigPath is where the packaged caplance-healthd looks for its
@@ -101,32 +99,15 @@ func LoadConfig(path string) (*Config, error) {
 // problem, each starting with name.
 func ParseConfig(name string, data []byte) (*Config, error) {
 	var raw rawConfig
-	md, err := toml.Decode(string(data), &raw)
-	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			err = fmt.Errorf("line %d, column %d: %s", pe.Position.Line, pe.Position.Col, pe.Message)
-		}
-		return nil, fmt.Errorf("%s: %w", name, err)
-	}
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
-	lines := keyLines(string(data))
-	seen := map[string]int{}
-	undecoded := md.Undecoded()
-	for _, key := range undecoded {
-		if slices.ContainsFunc(undecoded, func(other toml.Key) bool {
-			return len(other) < len(key) && slices.Equal(other, key[:len(other)])
-		}) {
-			continue // an unknown table: reported once
-		}
-		path := key.String()
-		if ls := lines[path]; seen[path] < len(ls) {
-			add("line %d: unknown key %q", ls[seen[path]], path)
-		} else {
-			add("unknown key %q", path)
-		}
-		seen[path]++
+	unknown, err := config.DecodeStrict(data, &raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	// Unknown keys are reported with the problems of the known ones.
+	for _, err := range unknown {
+		add("%v", err)
 	}
 
 	cfg := DefaultConfig()
@@ -286,28 +267,4 @@ func (d Defaults) ParseSpec(spec string) (*check.Spec, error) {
 		}
 	}
 	return check.Parse(spec + sep + strings.Join(add, "&"))
-}
-
-// keyLines maps each dotted key path to the lines that set it, in order: a
-// line-oriented scan of table headers and key = value lines, good enough
-// for the error messages of a file this small.
-func keyLines(doc string) map[string][]int {
-	lines := map[string][]int{}
-	table := ""
-	for i, line := range strings.Split(doc, "\n") {
-		line = strings.TrimSpace(line)
-		switch {
-		case strings.HasPrefix(line, "#"):
-		case strings.HasPrefix(line, "["):
-			table = strings.TrimSpace(strings.Trim(strings.SplitN(line, "]", 2)[0], "[]"))
-			lines[table] = append(lines[table], i+1)
-		case strings.Contains(line, "="):
-			key := strings.Trim(strings.TrimSpace(strings.SplitN(line, "=", 2)[0]), `"'`)
-			if table != "" {
-				key = table + "." + key
-			}
-			lines[key] = append(lines[key], i+1)
-		}
-	}
-	return lines
 }

@@ -13,7 +13,7 @@ MANPAGES   := $(patsubst man/%.md,build/man/%,$(wildcard man/*.md))
 BENCHTIME  ?= 1s
 FUZZTIME   ?= 30s
 
-.PHONY: all build test bench bench-dataplane fuzz lint demo completions man deb rpm security-doc clean help
+.PHONY: all build test bench bench-dataplane fuzz lint demo completions man deb rpm vm-test security-doc clean help
 
 all: build
 
@@ -62,6 +62,10 @@ deb: man ## Build build/caplance_<version>-1_amd64.deb with nfpm (packaging/buil
 
 rpm: man ## Build build/caplance-<version>-1.x86_64.rpm with nfpm (packaging/build.sh)
 	VERSION='$(VERSION)' GO='$(GO)' MAN_DIR=build/man packaging/build.sh rpm
+
+vm-test: man ## As root: install the .deb on Debian 12 under qemu (systemd, system bus, kernel fou) and test it; see packaging/vm/README.md
+	deb=$$(VERSION='$(VERSION)' GO='$(GO)' MAN_DIR=build/man packaging/build.sh deb) && \
+		packaging/vm/vm-test.sh run "$$deb"
 
 SECURITY_UNITS := caplanced.service caplance-healthd.service
 

@@ -1,0 +1,393 @@
+#!/bin/bash
+# guest-test.sh - the Caplance package on a real Debian 12, inside the VM of vm-test.sh: systemd is
+# PID 1, the system bus runs, the kernel is Debian's (fou, ipip). Runs as root from the host's share
+# (/mnt/test/run.sh); the package is /mnt/test/deb/caplance_*.deb. Every step prints one
+# PASS or FAIL line; the exit code is 0 only if every step passed.
+#
+# The lab: the VM's root namespace is the balancer host. It has a bridge br0 (198.18.0.2/24, the
+# address the tunnel leaves from); the packaged caplanced.service attaches the VIP 198.18.0.100 to
+# it. The namespaces client (.10) and be1..be4 (.11-.14) hang off br0 by veth pairs. Each backend
+# runs caplanced as a receiver in kernel FOU mode (mode = "kernel", started directly with
+# `ip netns exec`, --bus=none) and busybox httpd, which answers with the backend's name.
+set -u
+export LC_ALL=C PATH=/usr/sbin:/usr/bin:/sbin:/bin
+S=${VMTEST_SHARE:-/mnt/test}
+W=/tmp/vmt
+VIP=198.18.0.100
+LB=198.18.0.2
+CLIENT=198.18.0.10
+CONF=/etc/caplance/caplanced.toml
+mkdir -p $W
+# In systemd-nspawn (vm-test.sh nspawn) the kernel is the host's, which may have no fou: there the
+# receivers decapsulate in user space.
+MODE=kernel
+systemd-detect-virt --container --quiet && MODE=userspace
+
+passed=0 failed=0 skipped=0
+log() { printf '%s %s\n' "$(date +%T)" "$*"; }
+be_addr() { echo "198.18.0.$((10 + $1))"; }
+
+# step NAME FUNC [ARGS]: runs FUNC with its output indented, then one PASS or FAIL line.
+step() {
+	local name=$1 rc
+	shift
+	log "-- $name"
+	"$@" > $W/step.out 2>&1
+	rc=$?
+	sed 's/^/   | /' $W/step.out
+	if [ $rc = 0 ]; then
+		passed=$((passed + 1))
+		echo "PASS: $name"
+	else
+		failed=$((failed + 1))
+		echo "FAIL: $name"
+	fi
+	return $rc
+}
+skip() { skipped=$((skipped + 1)); echo "SKIP: $1 ($2)"; }
+finish() {
+	echo
+	echo "guest: $passed passed, $failed failed, $skipped skipped"
+	[ $failed = 0 ] && [ $skipped = 0 ]
+	exit $?
+}
+# must CMD...: run CMD, print it and its output; fail (return 1) if it fails
+must() {
+	echo "\$ $*"
+	"$@" || { echo "   -> exit $?"; return 1; }
+}
+# expect_fail CMD...: CMD must fail
+expect_fail() {
+	echo "\$ $* (must fail)"
+	if "$@"; then echo "   -> it succeeded"; return 1; fi
+}
+# wait_until SECONDS CMD...: poll CMD every 0.2 s
+wait_until() {
+	local end=$(($(date +%s%N) / 1000000 + $1 * 1000))
+	shift
+	until "$@" > /dev/null 2>&1; do
+		[ $(($(date +%s%N) / 1000000)) -lt $end ] || return 1
+		sleep 0.2
+	done
+}
+prop() { systemctl show -p "$2" --value "$1"; }
+mainpid() { prop caplanced MainPID; }
+usec() { systemd-analyze timespan "$1" | awk '$1 == "us:" || $1 == "μs:" { print $2 }'; }
+
+# ---- the lab -----------------------------------------------------------------------------------
+
+net_up() {
+	if [ $MODE = kernel ]; then must modprobe -a fou ipip veth bridge || return 1; fi
+	ip link add br0 type bridge &&
+		ip link set br0 type bridge stp_state 0 forward_delay 0 &&
+		ip addr add $LB/24 dev br0 &&
+		ip link set br0 up || return 1
+	local ns addr i
+	for i in 0 1 2 3 4; do
+		if [ $i = 0 ]; then ns=client addr=$CLIENT; else ns=be$i addr=$(be_addr $i); fi
+		ip netns add $ns &&
+			ip link add v-$ns type veth peer name eth0 netns $ns &&
+			ip link set v-$ns master br0 up &&
+			ip -n $ns addr add $addr/24 dev eth0 &&
+			ip -n $ns link set lo up &&
+			ip -n $ns link set eth0 up || return 1
+	done
+	# Between namespaces of one machine no NIC fills in checksums, and the balancer forwards the
+	# client's packets as they are: the client computes them itself.
+	must ip netns exec client ethtool -K eth0 tx off || return 1
+	for i in 1 2 3 4; do
+		must ip netns exec client busybox ping -q -c1 -W5 "$(be_addr $i)" > /dev/null || return 1
+	done
+	must ip netns exec client busybox ping -q -c1 -W5 $LB > /dev/null
+}
+
+# The root namespace's sysctls caplanced may change, before it first runs.
+sysctls() { sysctl -a 2>/dev/null | grep -E '^net\.ipv4\.(conf\.|ip_forward)|^net\.ipv6\.conf\.' | sort; }
+
+backends_up() {
+	local i d
+	for i in 1 2 3 4; do
+		d=$W/be$i
+		mkdir -p $d/www $d/run $d/state
+		echo be$i > $d/www/index.html
+		cat > $d/caplanced.toml <<-EOF
+			[receiver]
+			vips = ["$VIP"]
+			balancers = ["$LB"]
+			mode = "$MODE"
+		EOF
+		# Type=notify: systemd-run returns once caplanced has sent READY=1; `ip netns exec` execs
+		# caplanced in place, so the main PID is caplanced's.
+		must systemd-run --quiet --unit=vmt-rx-be$i -p Type=notify \
+			ip netns exec be$i "$CAPLANCED" --config $d/caplanced.toml --bus=none \
+			--runtime-dir $d/run --state-dir $d/state || return 1
+		must systemd-run --quiet --unit=vmt-http-be$i \
+			ip netns exec be$i busybox httpd -f -p 80 -h $d/www || return 1
+		echo "be$i: $(prop vmt-rx-be$i StatusText)"
+		prop vmt-rx-be$i StatusText | grep -q "decapsulation: $MODE" || { echo "be$i: not $MODE"; return 1; }
+	done
+	if [ $MODE = kernel ]; then
+		echo "fou ports in be1:"
+		ip netns exec be1 ip fou show
+		ip netns exec be1 ip fou show | grep -q . || return 1
+	fi
+	wait_until 5 ip netns exec be1 busybox wget -q -O /dev/null http://127.0.0.1/ || { echo "httpd does not answer"; return 1; }
+}
+
+# http_spread N BACKEND...: N requests from the client to the VIP; every one answered, and every
+# BACKEND among those that answered.
+http_spread() {
+	local n=$1 k r fails=0 be
+	shift
+	: > $W/served
+	for k in $(seq "$n"); do
+		if r=$(ip netns exec client curl -sS --max-time 5 http://$VIP/ 2>&1); then
+			echo "$r" >> $W/served
+		else
+			fails=$((fails + 1))
+			echo "request $k: $r"
+		fi
+	done
+	echo "$n requests, $fails failed; served by: $(sort $W/served | uniq -c | awk '{printf "%s=%s ", $2, $1}')"
+	[ $fails = 0 ] || return 1
+	for be in "$@"; do
+		grep -qx "$be" $W/served || { echo "$be served none"; return 1; }
+	done
+}
+
+# ---- the package ------------------------------------------------------------------------------
+
+install_deb() {
+	local debs
+	debs=$(ls $S/deb/caplance_*.deb 2> /dev/null) || { echo "no caplance_*.deb in $S/deb"; return 1; }
+	cp $debs /tmp/ && chmod 644 /tmp/caplance_*.deb
+	# no network: every dependency must be in the image
+	cd /tmp || return 1
+	must env DEBIAN_FRONTEND=noninteractive apt-get install -y -o Dpkg::Use-Pty=0 ./caplance_*.deb || { cd /; return 1; }
+	cd /
+	dpkg -L caplance | grep -v '^/\.$' | sort > $W/files
+	grep -vE '^/usr/share/man/|^/usr/share/(bash-completion|zsh|fish)/' $W/files | while read -r f; do
+		[ -d "$f" ] || echo "$f"
+	done
+	CAPLANCED=$(command -v caplanced) || { echo "no caplanced in PATH"; return 1; }
+	echo "after install: caplanced $(systemctl is-active caplanced), caplance-healthd $(systemctl is-active caplance-healthd), enabled: $(systemctl is-enabled caplanced 2>&1)"
+}
+
+write_config() { # BACKEND... (numbers)
+	local i
+	{
+		cat <<-EOF
+			# written by the VM test
+			[balancer]
+			vips = ["$VIP"]
+			interface = "br0"
+		EOF
+		for i in "$@"; do
+			printf '\n[[backend]]\nname = "be%s"\naddress = "%s"\ncheck = "http://:80/"\n' "$i" "$(be_addr "$i")"
+		done
+	} > $CONF
+}
+
+start_services() {
+	write_config 1 2
+	must caplanced --check-config --config $CONF || return 1
+	must systemctl start caplanced caplance-healthd || { systemctl status --no-pager caplanced caplance-healthd; return 1; }
+	must systemctl is-active caplanced caplance-healthd
+}
+
+status_line() {
+	systemctl status --no-pager caplanced | head -n 12
+	local st
+	st=$(prop caplanced StatusText)
+	echo "StatusText: $st"
+	[ -n "$st" ] && systemctl status --no-pager caplanced | grep -qF "Status: \"$st\""
+}
+
+vip_attached() {
+	must ip -4 addr show dev br0 | grep -w "$VIP"
+	must nft list table inet caplance > /dev/null
+}
+
+healthd_reports() {
+	# caplance-healthd probes each backend's check and reports to caplanced over the system bus
+	wait_until 30 sh -c "caplancectl list | awk 'NR > 1 && \$5 != \"up\" { bad = 1 } END { exit bad }' && test \$(caplancectl list | wc -l) -ge 3"
+	local rc=$?
+	caplancectl list
+	return $rc
+}
+
+add_backend_root() {
+	must caplancectl add-backend be3 "$(be_addr 3)" --check http://:80/ || return 1
+	caplancectl list
+	caplancectl list | grep -qw be3
+}
+
+add_backend_unprivileged() {
+	local out rc
+	echo "\$ setpriv --reuid=nobody --regid=nogroup --clear-groups caplancectl add-backend be9 198.18.0.99"
+	out=$(setpriv --reuid=nobody --regid=nogroup --clear-groups caplancectl add-backend be9 198.18.0.99 2>&1)
+	rc=$?
+	echo "$out"
+	echo "   -> exit $rc"
+	[ $rc = 1 ] && echo "$out" | grep -q caplance-admin || return 1
+	caplancectl list | grep -qw be9 && { echo "be9 was added"; return 1; }
+	# reading is for everyone
+	must setpriv --reuid=nobody --regid=nogroup --clear-groups caplancectl list > /dev/null
+}
+
+admin_group() {
+	must getent group caplance-admin || return 1
+	useradd --system --no-create-home --groups caplance-admin vmtop 2> /dev/null || true
+	must setpriv --reuid=vmtop --regid=vmtop --init-groups caplancectl set-weight be3 150 || return 1
+	caplancectl list | awk '$1 == "be3" { print; exit $3 != 150 }'
+}
+
+watchdog_pings() {
+	local wd since now
+	wd=$(prop caplanced WatchdogUSec)
+	echo "WatchdogSec: $wd"
+	[ "$(usec "$wd")" -gt 0 ] 2>/dev/null || { echo "caplanced.service has no WatchdogSec"; return 1; }
+	# alive past WatchdogSec + 2 s since it started, without a restart: the pings arrive
+	since=$(prop caplanced ActiveEnterTimestampMonotonic)
+	now=$(($(cut -d' ' -f1 /proc/uptime | tr -d .) * 10000))
+	local left=$(((since + $(usec "$wd") + 2000000 - now) / 1000000))
+	[ $left -gt 0 ] && { echo "waiting ${left}s"; sleep $left; }
+	echo "NRestarts: $(prop caplanced NRestarts), MainPID $(mainpid)"
+	[ "$(prop caplanced NRestarts)" = 0 ] && [ "$(prop caplanced ActiveState)" = active ]
+}
+
+watchdog_restart() {
+	local wd pid t0 t1 limit
+	wd=$(usec "$(prop caplanced WatchdogUSec)")
+	[ "${wd:-0}" -gt 0 ] || { echo "no WatchdogSec"; return 1; }
+	pid=$(mainpid)
+	limit=$((wd / 1000 + 5000))
+	echo "\$ kill -STOP $pid   (WatchdogSec $((wd / 1000)) ms: restart due within $limit ms)"
+	t0=$(($(date +%s%N) / 1000000))
+	kill -STOP "$pid" || return 1
+	restarted() { local p; p=$(mainpid); [ "$p" != 0 ] && [ "$p" != "$pid" ] && [ "$(prop caplanced ActiveState)" = active ]; }
+	wait_until $((limit / 1000 + 30)) restarted
+	t1=$(($(date +%s%N) / 1000000))
+	echo "MainPID $pid -> $(mainpid) after $((t1 - t0)) ms, NRestarts $(prop caplanced NRestarts), Result $(prop caplanced Result)"
+	journalctl -u caplanced --no-pager -n 200 | grep -iE 'watchdog' | tail -n 3
+	[ "$(mainpid)" != "$pid" ] && [ $((t1 - t0)) -le $limit ]
+}
+
+reload_good() {
+	local pid
+	pid=$(mainpid)
+	write_config 1 2 4
+	must systemctl reload caplanced || return 1
+	caplancectl list
+	echo "StatusText: $(prop caplanced StatusText)"
+	caplancectl list | grep -qw be4 && [ "$(mainpid)" = "$pid" ] && [ "$(prop caplanced ActiveState)" = active ]
+}
+
+reload_bad() {
+	local pid before
+	pid=$(mainpid)
+	before=$(caplancectl list | awk 'NR > 1 { print $1, $2 }')
+	cp $CONF $W/good.toml
+	sed -i 's/^interface = "br0"/&\nbogus_key = 1/' $CONF
+	date +%s > $W/bad-reload-time
+	echo "\$ systemctl reload caplanced   (config with an unknown key bogus_key)"
+	systemctl reload caplanced
+	echo "   -> exit $?"
+	sleep 1
+	echo "ActiveState $(prop caplanced ActiveState), MainPID $pid -> $(mainpid)"
+	caplancectl list
+	[ "$(prop caplanced ActiveState)" = active ] && [ "$(mainpid)" = "$pid" ] &&
+		[ "$(caplancectl list | awk 'NR > 1 { print $1, $2 }')" = "$before" ]
+}
+
+bad_reload_journal() {
+	journalctl -u caplanced --no-pager --since "@$(cat $W/bad-reload-time)" | tail -n 8
+	journalctl -u caplanced --no-pager --since "@$(cat $W/bad-reload-time)" | grep -q bogus_key
+}
+
+bad_reload_status() {
+	local st
+	st=$(prop caplanced StatusText)
+	echo "StatusText: $st"
+	echo "$st" | grep -q bogus_key
+}
+
+reload_restore() {
+	cp $W/good.toml $CONF
+	must systemctl reload caplanced || return 1
+	echo "StatusText: $(prop caplanced StatusText)"
+	! prop caplanced StatusText | grep -q bogus_key
+}
+
+stop_clean() {
+	must systemctl stop caplanced || return 1
+	echo "caplanced $(systemctl is-active caplanced), caplance-healthd $(systemctl is-active caplance-healthd)"
+	local ok=0
+	if ip -4 -o addr show | grep -w "$VIP"; then echo "the VIP is still attached"; ok=1; fi
+	nft list tables
+	if nft list tables | grep -q 'inet caplance'; then echo "the nft table is still there"; ok=1; fi
+	sysctls > $W/sysctls.after
+	if ! diff -u $W/sysctls.before $W/sysctls.after; then echo "sysctls differ from before the first start"; ok=1; fi
+	return $ok
+}
+
+purge() {
+	systemctl stop caplance-healthd
+	systemctl stop 'vmt-*' 2> /dev/null
+	must env DEBIAN_FRONTEND=noninteractive apt-get purge -y -o Dpkg::Use-Pty=0 caplance || return 1
+	local ok=0 f
+	dpkg -s caplance > /dev/null 2>&1 && { echo "caplance is still installed"; ok=1; }
+	# every file the package had, and what it made at run time
+	for f in $(cat $W/files) /var/lib/caplance /run/caplance; do
+		case $f in
+		*caplance*) ;;            # the package's own files and directories
+		*) [ -d $f ] && continue ;; # /usr, /usr/share/man/man8, ...: shared
+		esac
+		[ -e $f ] && { echo "left behind: $f"; ok=1; }
+	done
+	echo "$(wc -l < $W/files) paths of the package checked"
+	systemctl daemon-reload
+	if [ "$(prop caplanced LoadState)" != not-found ]; then echo "caplanced.service still loads"; ok=1; fi
+	for u in caplance caplance-health; do
+		getent passwd $u && { echo "user $u left behind"; ok=1; }
+	done
+	getent group caplance-admin && { echo "group caplance-admin left behind"; ok=1; }
+	return $ok
+}
+
+# ---- the run ----------------------------------------------------------------------------------
+
+log "guest: $(systemd-detect-virt), $(uname -r), systemd $(systemctl --version | head -n1 | cut -d' ' -f2), boot $(cat $S/boot-state 2>/dev/null)"
+step "network namespaces: client and be1..be4 on br0 (198.18.0.2)" net_up || finish
+sysctls > $W/sysctls.before
+step "apt install ./caplance_*.deb (no network: dependencies from the image)" install_deb || finish
+step "backends: caplanced --bus=none, receiver mode $MODE$([ $MODE = kernel ] && echo ' (fou)') + httpd in be1..be4" backends_up || finish
+if step "systemctl start caplanced caplance-healthd -> both active" start_services; then
+	step "systemctl status caplanced shows the STATUS line" status_line
+	step "the VIP on br0 and the nft table inet caplance" vip_attached
+	step "HTTP through the VIP from the client, served by be1 and be2" http_spread 30 be1 be2
+	step "caplance-healthd reports every backend up (caplancectl list, HEALTH)" healthd_reports
+	step "caplancectl add-backend as root" add_backend_root
+	step "HTTP through the VIP served by be1, be2 and the added be3" http_spread 40 be1 be2 be3
+	step "caplancectl add-backend as nobody: denied by the bus policy (exit 1, names caplance-admin)" add_backend_unprivileged
+	step "a member of caplance-admin may change backends (set-weight)" admin_group
+	if step "watchdog: pings keep caplanced alive past WatchdogSec" watchdog_pings; then :; fi
+	if step "watchdog: kill -STOP the main PID -> restarted within WatchdogSec + 5 s" watchdog_restart; then
+		step "after the restart: HTTP through the VIP, be3 kept (backends.json)" http_spread 40 be1 be2 be3
+	else
+		skip "after the restart: HTTP through the VIP" "no watchdog restart"
+		systemctl kill -s CONT caplanced 2>/dev/null
+		systemctl restart caplanced
+	fi
+	step "systemctl reload, good config (+be4): caplancectl list shows be4, same PID" reload_good
+	step "HTTP through the VIP served by be1..be4" http_spread 40 be1 be2 be3 be4
+	step "systemctl reload, bad config: stays active, same PID, old backends" reload_bad
+	step "bad config: the error in journalctl -u caplanced" bad_reload_journal
+	step "bad config: the error in the STATUS line" bad_reload_status
+	step "systemctl reload with the good config again clears the error" reload_restore
+	step "systemctl stop caplanced: no VIP, no nft table, sysctls restored" stop_clean
+else
+	skip "the service steps" "caplanced did not start"
+fi
+step "apt purge caplance: binaries, units, policy, state, config and users gone" purge
+finish

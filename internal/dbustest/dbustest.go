@@ -37,10 +37,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"text/template"
 	"time"
@@ -254,7 +256,11 @@ func (b *Bus) DialAs(cred Credential) (*dbus.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	conn, err := dbus.NewConn(sock)
+	// NewConn reads through godbus's generic transport, which panics,
+	// outside any recover, when the socket is closed in the middle of a
+	// message (decoder.align in DecodeMessage); graceful closes only once
+	// the bus has hung up, between messages.
+	conn, err := dbus.NewConn(&graceful{UnixConn: sock.(*net.UnixConn), eof: make(chan struct{})})
 	if err != nil {
 		sock.Close()
 		return nil, err
@@ -268,6 +274,36 @@ func (b *Bus) DialAs(cred Credential) (*dbus.Conn, error) {
 		return nil, fmt.Errorf("hello: %w", err)
 	}
 	return conn, nil
+}
+
+// hangUpWait bounds how long graceful.Close waits for the bus to hang up.
+const hangUpWait = time.Second
+
+// graceful is the socket under a connection made by DialAs: its Close
+// shuts down the writing side first and lets the bus end the stream at a
+// message boundary before closing.
+type graceful struct {
+	*net.UnixConn
+	eof  chan struct{} // closed once a Read fails: the stream has ended
+	once sync.Once
+}
+
+func (g *graceful) Read(p []byte) (int, error) {
+	n, err := g.UnixConn.Read(p)
+	if err != nil {
+		g.once.Do(func() { close(g.eof) })
+	}
+	return n, err
+}
+
+func (g *graceful) Close() error {
+	if err := g.UnixConn.CloseWrite(); err == nil {
+		select {
+		case <-g.eof:
+		case <-time.After(hangUpWait):
+		}
+	}
+	return g.UnixConn.Close()
 }
 
 // ShippedPolicy returns the absolute path of the directory of shipped policy

@@ -4,6 +4,7 @@ import (
 	osuser "os/user"
 	"slices"
 	"strconv"
+	"sync/atomic"
 	"testing"
 
 	"github.com/godbus/dbus/v5"
@@ -224,4 +225,37 @@ func TestUnknownUID(t *testing.T) {
 		conn.Close()
 		t.Errorf("uid %d without a passwd entry was accepted; update the package comment", uid)
 	}
+}
+
+// Connections made by DialAs may be closed while the bus floods them: their
+// close must never reach godbus's unrecovered panic on a message cut in
+// half (which, without graceful, took down a test binary about once in
+// three runs of this test).
+func TestDialAsCloseUnderLoad(t *testing.T) {
+	bus := dbustest.Start(t, dbustest.Permissive())
+	emitter := bus.Connect(t)
+	var stop atomic.Bool
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		payload := make([]byte, 16<<10) // spans several reads
+		for !stop.Load() {
+			_ = emitter.Emit("/test", "org.caplance.Test.Flood", payload)
+		}
+	}()
+	for i := range 100 {
+		conn, err := bus.DialAs(dbustest.Root())
+		if err != nil {
+			t.Fatalf("dial %d: %v", i, err)
+		}
+		if err := conn.AddMatchSignal(dbus.WithMatchInterface("org.caplance.Test")); err != nil {
+			t.Fatalf("match %d: %v", i, err)
+		}
+		signals := make(chan *dbus.Signal, 1)
+		conn.Signal(signals)
+		<-signals // the flood reaches this connection
+		conn.Close()
+	}
+	stop.Store(true)
+	<-done
 }

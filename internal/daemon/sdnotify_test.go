@@ -9,12 +9,10 @@ package daemon_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -24,6 +22,7 @@ import (
 	"github.com/caplance/caplance/internal/daemon"
 	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/netnstest"
+	"github.com/caplance/caplance/internal/notifysock"
 )
 
 // watchdogUsec is the WATCHDOG_USEC the tests pass (WatchdogSec=400ms):
@@ -33,95 +32,26 @@ const (
 	pingEvery    = 200 * time.Millisecond
 )
 
-// notification is one sd_notify datagram and when it arrived.
-type notification struct {
-	at   time.Time
-	text string
-}
-
-// notifySocket is the service manager's end of NOTIFY_SOCKET.
-type notifySocket struct {
-	path    string
-	mu      sync.Mutex
-	msgs    []notification
-	changed chan struct{}
-}
-
-func listenNotify(t *testing.T) *notifySocket {
+func listenNotify(t *testing.T) *notifysock.Socket {
 	t.Helper()
-	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify.sock"), changed: make(chan struct{}, 1)}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	n, err := notifysock.Listen(filepath.Join(t.TempDir(), "notify.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, notification{at: time.Now(), text: string(buf[:k])})
-			n.mu.Unlock()
-			select {
-			case n.changed <- struct{}{}:
-			default:
-			}
-		}
-	}()
+	t.Cleanup(func() { n.Close() })
 	return n
-}
-
-func (n *notifySocket) all() []notification {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return slices.Clone(n.msgs)
 }
 
 // waitFor returns the index of the first message from index from on that
 // has the line want (or a line starting with want, if want ends in "="),
-// failing t after timeout or when exited is closed.
-func (n *notifySocket) waitFor(t *testing.T, from int, want string, exited <-chan struct{}) int {
+// failing t after 15 s or when exited is closed.
+func waitFor(t *testing.T, n *notifysock.Socket, from int, want string, exited <-chan struct{}) int {
 	t.Helper()
-	deadline := time.After(15 * time.Second)
-	for {
-		msgs := n.all()
-		for i := from; i < len(msgs); i++ {
-			for line := range strings.SplitSeq(msgs[i].text, "\n") {
-				if line == want || strings.HasSuffix(want, "=") && strings.HasPrefix(line, want) {
-					return i
-				}
-			}
-		}
-		select {
-		case <-n.changed:
-		case <-exited:
-			t.Fatalf("the daemon exited before sending %s", want)
-		case <-deadline:
-			t.Fatalf("no %s within 15s; got %q", want, texts(msgs[from:]))
-		}
+	i, err := n.WaitFor(want, from, 15*time.Second, exited)
+	if err != nil {
+		t.Fatalf("caplanced: %v", err)
 	}
-}
-
-// pings returns when each WATCHDOG=1 arrived within [from, to).
-func (n *notifySocket) pings(from, to time.Time) []time.Time {
-	var at []time.Time
-	for _, m := range n.all() {
-		if m.text == "WATCHDOG=1" && !m.at.Before(from) && m.at.Before(to) {
-			at = append(at, m.at)
-		}
-	}
-	return at
-}
-
-func texts(msgs []notification) []string {
-	var out []string
-	for _, m := range msgs {
-		out = append(out, m.text)
-	}
-	return out
+	return i
 }
 
 // statusOf is the STATUS= value of msg, "" for none.
@@ -132,22 +62,6 @@ func statusOf(msg string) string {
 		}
 	}
 	return ""
-}
-
-// checkPingRate fails t unless the pings within window come about every
-// pingEvery: a loaded machine may delay or drop a few, never add any.
-func checkPingRate(t *testing.T, at []time.Time, window time.Duration) {
-	t.Helper()
-	want := int(window / pingEvery)
-	t.Logf("%d WATCHDOG=1 within %s", len(at), window)
-	if len(at) < want/2 || len(at) > want+1 {
-		t.Errorf("%d WATCHDOG=1 within %s, want about %d (one every %s)", len(at), window, want, pingEvery)
-	}
-	for i := 1; i < len(at); i++ {
-		if gap := at[i].Sub(at[i-1]); gap < pingEvery/2 {
-			t.Errorf("WATCHDOG=1 only %s after the previous one, want about %s", gap, pingEvery)
-		}
-	}
 }
 
 var (
@@ -241,7 +155,7 @@ func configText(backends ...string) string {
 
 // start runs caplanced on host with the D-Bus API on busAddr, under the
 // watchdog, plus the environment extra, and waits for READY=1.
-func start(t *testing.T, host *netnstest.Host, busAddr string, n *notifySocket, extra ...string) *process {
+func start(t *testing.T, host *netnstest.Host, busAddr string, n *notifysock.Socket, extra ...string) *process {
 	t.Helper()
 	dir := t.TempDir()
 	p := &process{config: filepath.Join(dir, "caplanced.toml"), log: filepath.Join(dir, "caplanced.log"), exited: make(chan struct{})}
@@ -255,7 +169,7 @@ func start(t *testing.T, host *netnstest.Host, busAddr string, n *notifySocket, 
 	defer logf.Close()
 	p.cmd = host.Command(context.Background(), caplancedBinary(t), "--config", p.config,
 		"--runtime-dir", filepath.Join(dir, "run"), "--state-dir", filepath.Join(dir, "state"), "--bus", busAddr)
-	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.path, fmt.Sprintf("WATCHDOG_USEC=%d", watchdogUsec))
+	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.Path(), fmt.Sprintf("WATCHDOG_USEC=%d", watchdogUsec))
 	p.cmd.Env = append(p.cmd.Env, extra...)
 	p.cmd.Stdout, p.cmd.Stderr = logf, logf
 	if err := host.Start(p.cmd); err != nil {
@@ -263,7 +177,7 @@ func start(t *testing.T, host *netnstest.Host, busAddr string, n *notifySocket, 
 	}
 	go func() { _ = p.cmd.Wait(); close(p.exited) }()
 	t.Cleanup(func() { p.stop(t) })
-	n.waitFor(t, 0, "READY=1", p.exited)
+	waitFor(t, n, 0, "READY=1", p.exited)
 	return p
 }
 
@@ -282,42 +196,42 @@ func TestSystemdContract(t *testing.T) {
 
 		ready := time.Now()
 		time.Sleep(2 * time.Second)
-		checkPingRate(t, n.pings(ready, time.Now()), 2*time.Second)
+		notifysock.CheckPingRate(t, n.Pings(ready, time.Now()), 2*time.Second, pingEvery)
 
 		// A refused reload: the VIPs cannot change without a restart.
 		bad := strings.Replace(configText("198.18.0.11", "198.18.0.12"), balancerVIP, "198.18.0.101", 1)
 		if err := os.WriteFile(p.config, []byte(bad), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		seen := len(n.all())
+		seen := len(n.Messages())
 		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
-		i := n.waitFor(t, seen, "RELOADING=1", p.exited)
-		if msg := n.all()[i].text; !strings.Contains(msg, "\nMONOTONIC_USEC=") {
+		i := waitFor(t, n, seen, "RELOADING=1", p.exited)
+		if msg := n.Messages()[i].Text; !strings.Contains(msg, "\nMONOTONIC_USEC=") {
 			t.Errorf("RELOADING=1 without MONOTONIC_USEC (Type=notify-reload needs it): %q", msg)
 		}
-		i = n.waitFor(t, i+1, "READY=1", p.exited)
-		status := statusOf(n.all()[i].text)
+		i = waitFor(t, n, i+1, "READY=1", p.exited)
+		status := statusOf(n.Messages()[i].Text)
 		if !strings.HasPrefix(status, "reload refused: ") || !strings.Contains(status, "over 1 backend(s)") {
 			t.Errorf("STATUS after a refused reload = %q, want \"reload refused: …\" and the running state (1 backend)", status)
 		}
 		// The watchdog is not disturbed.
 		after := time.Now()
 		time.Sleep(time.Second)
-		checkPingRate(t, n.pings(after, time.Now()), time.Second)
+		notifysock.CheckPingRate(t, n.Pings(after, time.Now()), time.Second, pingEvery)
 
 		// A good reload clears it.
 		if err := os.WriteFile(p.config, []byte(configText("198.18.0.11", "198.18.0.12")), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		seen = len(n.all())
+		seen = len(n.Messages())
 		if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
 			t.Fatal(err)
 		}
-		i = n.waitFor(t, seen, "RELOADING=1", p.exited)
-		i = n.waitFor(t, i+1, "READY=1", p.exited)
-		if status := statusOf(n.all()[i].text); strings.Contains(status, "refused") || !strings.Contains(status, "over 2 backend(s)") {
+		i = waitFor(t, n, seen, "RELOADING=1", p.exited)
+		i = waitFor(t, n, i+1, "READY=1", p.exited)
+		if status := statusOf(n.Messages()[i].Text); strings.Contains(status, "refused") || !strings.Contains(status, "over 2 backend(s)") {
 			t.Errorf("STATUS after a good reload = %q, want 2 backends and no refusal", status)
 		}
 	})
@@ -328,8 +242,8 @@ func TestSystemdContract(t *testing.T) {
 		ready := time.Now()
 		time.Sleep(3 * time.Second)
 		// Pings until the worker hangs; none once the check after it failed.
-		checkPingRate(t, n.pings(ready, ready.Add(time.Second)), time.Second)
-		if late := n.pings(ready.Add(1800*time.Millisecond), time.Now()); len(late) > 0 {
+		notifysock.CheckPingRate(t, n.Pings(ready, ready.Add(time.Second)), time.Second, pingEvery)
+		if late := n.Pings(ready.Add(1800*time.Millisecond), time.Now()); len(late) > 0 {
 			t.Errorf("%d WATCHDOG=1 after the worker hung (first %s after READY=1), want none",
 				len(late), late[0].Sub(ready).Round(time.Millisecond))
 		}

@@ -8,11 +8,9 @@ package healthd_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -21,6 +19,7 @@ import (
 
 	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/healthd"
+	"github.com/caplance/caplance/internal/notifysock"
 )
 
 const (
@@ -28,95 +27,14 @@ const (
 	pingEvery    = 200 * time.Millisecond
 )
 
-type notification struct {
-	at   time.Time
-	text string
-}
-
-// notifySocket is the service manager's end of NOTIFY_SOCKET.
-type notifySocket struct {
-	path    string
-	mu      sync.Mutex
-	msgs    []notification
-	changed chan struct{}
-}
-
-func listenNotify(t *testing.T) *notifySocket {
+func listenNotify(t *testing.T) *notifysock.Socket {
 	t.Helper()
-	n := &notifySocket{path: filepath.Join(t.TempDir(), "notify.sock"), changed: make(chan struct{}, 1)}
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: n.path, Net: "unixgram"})
+	n, err := notifysock.Listen(filepath.Join(t.TempDir(), "notify.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			k, err := conn.Read(buf)
-			if err != nil {
-				return
-			}
-			n.mu.Lock()
-			n.msgs = append(n.msgs, notification{at: time.Now(), text: string(buf[:k])})
-			n.mu.Unlock()
-			select {
-			case n.changed <- struct{}{}:
-			default:
-			}
-		}
-	}()
+	t.Cleanup(func() { n.Close() })
 	return n
-}
-
-func (n *notifySocket) all() []notification {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return slices.Clone(n.msgs)
-}
-
-func (n *notifySocket) waitForReady(t *testing.T, exited <-chan struct{}) {
-	t.Helper()
-	deadline := time.After(15 * time.Second)
-	for {
-		for _, m := range n.all() {
-			if slices.Contains(strings.Split(m.text, "\n"), "READY=1") {
-				return
-			}
-		}
-		select {
-		case <-n.changed:
-		case <-exited:
-			t.Fatal("caplance-healthd exited before READY=1")
-		case <-deadline:
-			t.Fatal("no READY=1 within 15s")
-		}
-	}
-}
-
-func (n *notifySocket) pings(from, to time.Time) []time.Time {
-	var at []time.Time
-	for _, m := range n.all() {
-		if m.text == "WATCHDOG=1" && !m.at.Before(from) && m.at.Before(to) {
-			at = append(at, m.at)
-		}
-	}
-	return at
-}
-
-// checkPingRate fails t unless the pings within window come about every
-// pingEvery: a loaded machine may delay or drop a few, never add any.
-func checkPingRate(t *testing.T, at []time.Time, window time.Duration) {
-	t.Helper()
-	want := int(window / pingEvery)
-	t.Logf("%d WATCHDOG=1 within %s", len(at), window)
-	if len(at) < want/2 || len(at) > want+1 {
-		t.Errorf("%d WATCHDOG=1 within %s, want about %d (one every %s)", len(at), window, want, pingEvery)
-	}
-	for i := 1; i < len(at); i++ {
-		if gap := at[i].Sub(at[i-1]); gap < pingEvery/2 {
-			t.Errorf("WATCHDOG=1 only %s after the previous one, want about %s", gap, pingEvery)
-		}
-	}
 }
 
 var (
@@ -158,7 +76,7 @@ func healthdBinary(t *testing.T) string {
 // watchdog, plus the environment extra, and waits for READY=1; it returns
 // the log's path and a function that stops it (SIGTERM) and fails t unless
 // it exits 0.
-func startHealthd(t *testing.T, n *notifySocket, extra ...string) (string, func()) {
+func startHealthd(t *testing.T, n *notifysock.Socket, extra ...string) (string, func()) {
 	t.Helper()
 	bus := dbustest.Start(t)
 	dir := t.TempDir()
@@ -172,7 +90,7 @@ func startHealthd(t *testing.T, n *notifySocket, extra ...string) (string, func(
 	}
 	defer logf.Close()
 	cmd := exec.CommandContext(context.Background(), healthdBinary(t), "--config", config, "--bus", bus.Address)
-	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.path, fmt.Sprintf("WATCHDOG_USEC=%d", watchdogUsec))
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.Path(), fmt.Sprintf("WATCHDOG_USEC=%d", watchdogUsec))
 	cmd.Env = append(cmd.Env, extra...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -199,7 +117,9 @@ func startHealthd(t *testing.T, n *notifySocket, extra ...string) (string, func(
 		})
 	}
 	t.Cleanup(stop)
-	n.waitForReady(t, exited)
+	if _, err := n.WaitFor("READY=1", 0, 15*time.Second, exited); err != nil {
+		t.Fatalf("caplance-healthd: %v", err)
+	}
 	return logPath, stop
 }
 
@@ -212,7 +132,7 @@ func TestWatchdogBinary(t *testing.T) {
 		_, stop := startHealthd(t, n)
 		ready := time.Now()
 		time.Sleep(2 * time.Second)
-		checkPingRate(t, n.pings(ready, time.Now()), 2*time.Second)
+		notifysock.CheckPingRate(t, n.Pings(ready, time.Now()), 2*time.Second, pingEvery)
 		stop()
 	})
 	t.Run("a hung main loop stops the pings", func(t *testing.T) {
@@ -220,8 +140,8 @@ func TestWatchdogBinary(t *testing.T) {
 		logPath, stop := startHealthd(t, n, healthd.TestWedgeEnv+"=loop:1s")
 		ready := time.Now()
 		time.Sleep(3 * time.Second)
-		checkPingRate(t, n.pings(ready, ready.Add(time.Second)), time.Second)
-		if late := n.pings(ready.Add(1800*time.Millisecond), time.Now()); len(late) > 0 {
+		notifysock.CheckPingRate(t, n.Pings(ready, ready.Add(time.Second)), time.Second, pingEvery)
+		if late := n.Pings(ready.Add(1800*time.Millisecond), time.Now()); len(late) > 0 {
 			t.Errorf("%d WATCHDOG=1 after the main loop hung, want none", len(late))
 		}
 		if log, _ := os.ReadFile(logPath); !strings.Contains(string(log), "the main loop has not answered") {

@@ -4,13 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"strings"
-	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -19,6 +16,7 @@ import (
 
 	"github.com/caplance/caplance/internal/daemon"
 	"github.com/caplance/caplance/internal/netnstest"
+	"github.com/caplance/caplance/internal/notifysock"
 )
 
 // readyTimeout bounds how long a daemon may take to report READY=1.
@@ -34,11 +32,7 @@ type Daemon struct {
 	LogPath string
 	cmd     *exec.Cmd
 	exited  chan struct{}
-	notify  *net.UnixConn
-
-	mu       sync.Mutex
-	messages []string // sd_notify datagrams, in order
-	changed  chan struct{}
+	notify  *notifysock.Socket
 }
 
 // StartDaemon writes cfg and starts caplanced on host, serving its D-Bus API
@@ -54,7 +48,6 @@ func (tb *Testbed) StartDaemon(host *netnstest.Host, name, cfg, bus string) (*Da
 		RuntimeDir: filepath.Join(dir, "run"),
 		LogPath:    filepath.Join(dir, "caplanced.log"),
 		exited:     make(chan struct{}),
-		changed:    make(chan struct{}, 1),
 	}
 	if err := os.WriteFile(d.ConfigPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -79,7 +72,6 @@ func (tb *Testbed) StartHealthd(host *netnstest.Host, binary, bus string) (*Daem
 		ConfigPath: filepath.Join(dir, "caplance-healthd.toml"),
 		LogPath:    filepath.Join(dir, "caplance-healthd.log"),
 		exited:     make(chan struct{}),
-		changed:    make(chan struct{}, 1),
 	}
 	if err := os.WriteFile(d.ConfigPath, nil, 0o644); err != nil {
 		return nil, err
@@ -91,21 +83,17 @@ func (tb *Testbed) StartHealthd(host *netnstest.Host, binary, bus string) (*Daem
 // Restart starts a stopped or killed daemon again with the same files.
 func (d *Daemon) Restart(host *netnstest.Host, binary string) error {
 	d.exited = make(chan struct{})
-	d.mu.Lock()
-	d.messages = nil
-	d.mu.Unlock()
 	return d.start(host, binary)
 }
 
 func (d *Daemon) start(host *netnstest.Host, binary string) error {
 	sock := filepath.Join(filepath.Dir(d.ConfigPath), "notify.sock")
 	os.Remove(sock)
-	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	notify, err := notifysock.Listen(sock)
 	if err != nil {
 		return err
 	}
-	d.notify = conn
-	go d.readNotify(conn)
+	d.notify = notify
 	logf, err := os.OpenFile(d.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
@@ -118,58 +106,30 @@ func (d *Daemon) start(host *netnstest.Host, binary string) error {
 		return err
 	}
 	exited := d.exited
-	go func() { d.cmd.Wait(); conn.Close(); close(exited) }()
+	go func() { d.cmd.Wait(); notify.Close(); close(exited) }()
 	if err := d.waitFor("READY=1", 0); err != nil {
 		return fmt.Errorf("%s %s: %w\n%s", filepath.Base(binary), d.Name, err, d.Log())
 	}
 	return nil
 }
 
-func (d *Daemon) readNotify(conn *net.UnixConn) {
-	buf := make([]byte, 4096)
-	for {
-		n, err := conn.Read(buf)
-		if err != nil {
-			return
-		}
-		d.mu.Lock()
-		d.messages = append(d.messages, string(buf[:n]))
-		d.mu.Unlock()
-		select {
-		case d.changed <- struct{}{}:
-		default:
-		}
-	}
-}
-
-// waitFor waits until a notify message after the first skip ones contains
-// state, the process exits, or readyTimeout passes.
+// waitFor waits until a notify message after the first skip ones has the
+// line state, the process exits, or readyTimeout passes.
 func (d *Daemon) waitFor(state string, skip int) error {
-	deadline := time.After(readyTimeout)
-	for {
-		d.mu.Lock()
-		for _, m := range d.messages[min(skip, len(d.messages)):] {
-			if strings.Contains(m, state) {
-				d.mu.Unlock()
-				return nil
-			}
-		}
-		d.mu.Unlock()
-		select {
-		case <-d.changed:
-		case <-d.exited:
-			return fmt.Errorf("exited (%v) before sending %s", d.cmd.ProcessState, state)
-		case <-deadline:
-			return fmt.Errorf("no %s within %s", state, readyTimeout)
-		}
+	_, err := d.notify.WaitFor(state, skip, readyTimeout, d.exited)
+	if errors.Is(err, notifysock.ErrExited) {
+		return fmt.Errorf("%w (%v)", err, d.cmd.ProcessState)
 	}
+	return err
 }
 
 // Messages returns the sd_notify datagrams received so far.
 func (d *Daemon) Messages() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return append([]string(nil), d.messages...)
+	var texts []string
+	for _, m := range d.notify.Messages() {
+		texts = append(texts, m.Text)
+	}
+	return texts
 }
 
 // Log returns what the daemon has logged.

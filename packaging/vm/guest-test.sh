@@ -273,6 +273,33 @@ watchdog_restart() {
 	[ "$(mainpid)" != "$pid" ] && [ $((t1 - t0)) -le $limit ]
 }
 
+# A data-path worker that stops answering (the test hook wedges one after
+# 2 s) must stop the pings, and systemd must restart caplanced.
+watchdog_wedge() {
+	local wd pid t0 t1 limit drop=/run/systemd/system/caplanced.service.d
+	wd=$(usec "$(prop caplanced WatchdogUSec)")
+	[ "${wd:-0}" -gt 0 ] || { echo "no WatchdogSec"; return 1; }
+	mkdir -p $drop
+	printf '[Service]\nEnvironment=CAPLANCE_TEST_WEDGE=worker:2s\n' > $drop/wedge.conf
+	must systemctl daemon-reload || return 1
+	must systemctl restart caplanced || return 1
+	pid=$(mainpid)
+	# 2 s to the wedge, WatchdogSec after the last ping at most, the stack
+	# dump of SIGABRT, RestartSec=2s, and slack
+	limit=$((2000 + wd / 1000 + 12000))
+	echo "wedging a worker of PID $pid after 2 s (restart due within $limit ms)"
+	t0=$(($(date +%s%N) / 1000000))
+	rm -f $drop/wedge.conf
+	must systemctl daemon-reload || return 1 # the restart runs without the hook
+	restarted() { local p; p=$(mainpid); [ "$p" != 0 ] && [ "$p" != "$pid" ] && [ "$(prop caplanced ActiveState)" = active ]; }
+	wait_until $((limit / 1000 + 30)) restarted
+	t1=$(($(date +%s%N) / 1000000))
+	echo "MainPID $pid -> $(mainpid) after $((t1 - t0)) ms, Result $(prop caplanced Result)"
+	journalctl -u caplanced --no-pager -n 400 | grep -iE "Failed with result|wedg" | tail -n 3
+	[ "$(mainpid)" != "$pid" ] && [ $((t1 - t0)) -le $limit ] &&
+		journalctl -u caplanced --no-pager _PID=1 -n 50 | grep -q "Failed with result 'watchdog'"
+}
+
 reload_good() {
 	local pid
 	pid=$(mainpid)
@@ -374,6 +401,8 @@ if step "systemctl start caplanced caplance-healthd -> both active" start_servic
 	if step "watchdog: pings keep caplanced alive past WatchdogSec" watchdog_pings; then :; fi
 	if step "watchdog: kill -STOP the main PID -> restarted within WatchdogSec + 5 s" watchdog_restart; then
 		step "after the restart: HTTP through the VIP, be3 kept (backends.json)" http_spread 40 be1 be2 be3
+		step "watchdog: a wedged worker (CAPLANCE_TEST_WEDGE) -> restarted by systemd" watchdog_wedge
+		step "after the wedge restart: HTTP through the VIP" http_spread 40 be1 be2 be3
 	else
 		skip "after the restart: HTTP through the VIP" "no watchdog restart"
 		systemctl kill -s CONT caplanced 2>/dev/null

@@ -136,7 +136,7 @@ func TestManagerProperties(t *testing.T) {
 	}
 	// Interfaces without properties have an empty dict.
 	props := map[string]dbus.Variant{}
-	if err := call(e.conn, "", "org.freedesktop.DBus.Properties.GetAll", dbusapi.ObjectManagerIface).Store(&props); err != nil || len(props) != 0 {
+	if err := call(e.conn, "", "org.freedesktop.DBus.Properties.GetAll", dbusname.ObjectManagerIface).Store(&props); err != nil || len(props) != 0 {
 		t.Errorf("GetAll(ObjectManager) = %v, %v", props, err)
 	}
 	err := call(e.conn, "", "org.freedesktop.DBus.Properties.Set", dbusname.ManagerIface, "State", dbus.MakeVariant("x")).Err

@@ -131,7 +131,7 @@ func (s *Server) upsert(b registry.Backend, announce bool) {
 		}
 		s.objects[b.Name] = obj
 		if announce {
-			s.emit(dbusname.ManagerPath, ObjectManagerIface+".InterfacesAdded", obj.path, interfacesOf(b, s.counters()[b.Name]))
+			s.emit(dbusname.ManagerPath, dbusname.ObjectManagerIface+".InterfacesAdded", obj.path, interfacesOf(b, s.counters()[b.Name]))
 			s.emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendAdded", b.Name, obj.path)
 		}
 		return
@@ -163,7 +163,7 @@ func (s *Server) remove(name string, announce bool) {
 	delete(s.objects, name)
 	s.unexportBackend(obj)
 	if announce {
-		s.emit(dbusname.ManagerPath, ObjectManagerIface+".InterfacesRemoved", obj.path, backendInterfaces)
+		s.emit(dbusname.ManagerPath, dbusname.ObjectManagerIface+".InterfacesRemoved", obj.path, backendInterfaces)
 		s.emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendRemoved", name, obj.path)
 	}
 }

@@ -51,7 +51,6 @@ const (
 	PropertiesIface     = "org.freedesktop.DBus.Properties"
 	IntrospectableIface = "org.freedesktop.DBus.Introspectable"
 	PeerIface           = "org.freedesktop.DBus.Peer"
-	ObjectManagerIface  = "org.freedesktop.DBus.ObjectManager"
 )
 
 // The default accounts of caplanced.dbus(7), AUTHORIZATION.

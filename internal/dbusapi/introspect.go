@@ -77,7 +77,7 @@ func managerInterfaces(props *prop.Properties) []introspect.Interface {
 			Signals:    managerSignals,
 			Properties: sortedProps(props.Introspection(dbusname.ManagerIface)),
 		},
-		objectManagerData,
+		dbusname.ObjectManagerIntrospection,
 		prop.IntrospectData,
 		introspect.IntrospectData,
 		introspect.PeerData,
@@ -155,22 +155,4 @@ var managerSignals = []introspect.Signal{
 	{Name: "BackendAdded", Args: []introspect.Arg{{Name: "name", Type: "s"}, {Name: "path", Type: "o"}}},
 	{Name: "BackendRemoved", Args: []introspect.Arg{{Name: "name", Type: "s"}, {Name: "path", Type: "o"}}},
 	{Name: "BackendHealthChanged", Args: []introspect.Arg{{Name: "name", Type: "s"}, {Name: "healthy", Type: "b"}, {Name: "detail", Type: "s"}}},
-}
-
-// objectManagerData is org.freedesktop.DBus.ObjectManager as the D-Bus
-// specification describes it.
-var objectManagerData = introspect.Interface{
-	Name: ObjectManagerIface,
-	Methods: []introspect.Method{{
-		Name: "GetManagedObjects",
-		Args: []introspect.Arg{{Name: "object_paths_interfaces_and_properties", Type: "a{oa{sa{sv}}}", Direction: "out"}},
-	}},
-	Signals: []introspect.Signal{
-		{Name: "InterfacesAdded", Args: []introspect.Arg{
-			{Name: "object_path", Type: "o"}, {Name: "interfaces_and_properties", Type: "a{sa{sv}}"},
-		}},
-		{Name: "InterfacesRemoved", Args: []introspect.Arg{
-			{Name: "object_path", Type: "o"}, {Name: "interfaces", Type: "as"},
-		}},
-	},
 }

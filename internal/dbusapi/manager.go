@@ -225,7 +225,7 @@ func (s *Server) exportManager() error {
 			"TableSize": {Value: s.info.TableSize, Emit: prop.EmitTrue},
 		},
 		// GetAll of an interface without properties is an empty dict.
-		ObjectManagerIface: {}, PropertiesIface: {}, IntrospectableIface: {}, PeerIface: {},
+		dbusname.ObjectManagerIface: {}, PropertiesIface: {}, IntrospectableIface: {}, PeerIface: {},
 	}
 	p, err := prop.Export(s.conn, dbusname.ManagerPath, props)
 	if err != nil {
@@ -235,7 +235,7 @@ func (s *Server) exportManager() error {
 	if err := s.conn.Export(manager{s}, dbusname.ManagerPath, dbusname.ManagerIface); err != nil {
 		return err
 	}
-	if err := s.conn.Export(objectManager{s}, dbusname.ManagerPath, ObjectManagerIface); err != nil {
+	if err := s.conn.Export(objectManager{s}, dbusname.ManagerPath, dbusname.ObjectManagerIface); err != nil {
 		return err
 	}
 	// Every node from / to the backends' parent introspects as this
@@ -261,7 +261,7 @@ func (s *Server) unexportAll() {
 		s.unexportBackend(obj)
 		delete(s.objects, name)
 	}
-	for _, iface := range []string{dbusname.ManagerIface, ObjectManagerIface, PropertiesIface, IntrospectableIface} {
+	for _, iface := range []string{dbusname.ManagerIface, dbusname.ObjectManagerIface, PropertiesIface, IntrospectableIface} {
 		_ = s.conn.Export(nil, dbusname.ManagerPath, iface)
 	}
 	for _, path := range []dbus.ObjectPath{"/", "/org", "/org/caplance", backendParent} {

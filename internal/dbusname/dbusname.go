@@ -1,7 +1,8 @@
 // Package dbusname holds the names of caplanced's D-Bus API
 // (caplanced.dbus(7)), shared by the server (package dbusapi) and its
-// clients (caplancectl, caplance-healthd), and the escaping of backend names
-// into object paths. It must hold nothing else.
+// clients (caplancectl, caplance-healthd), the escaping of backend names
+// into object paths, and the introspection data of the standard
+// ObjectManager interface both daemons serve. It must hold nothing else.
 package dbusname
 
 import (
@@ -10,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/godbus/dbus/v5"
+	"github.com/godbus/dbus/v5/introspect"
 )
 
 // The names of caplanced.dbus(7).
@@ -72,4 +74,25 @@ func BackendName(path dbus.ObjectPath) (name string, ok bool) {
 		i += 2
 	}
 	return b.String(), true
+}
+
+// ObjectManagerIface is the standard interface of an object tree's root.
+const ObjectManagerIface = "org.freedesktop.DBus.ObjectManager"
+
+// ObjectManagerIntrospection is org.freedesktop.DBus.ObjectManager as the
+// D-Bus specification describes it.
+var ObjectManagerIntrospection = introspect.Interface{
+	Name: ObjectManagerIface,
+	Methods: []introspect.Method{{
+		Name: "GetManagedObjects",
+		Args: []introspect.Arg{{Name: "object_paths_interfaces_and_properties", Type: "a{oa{sa{sv}}}", Direction: "out"}},
+	}},
+	Signals: []introspect.Signal{
+		{Name: "InterfacesAdded", Args: []introspect.Arg{
+			{Name: "object_path", Type: "o"}, {Name: "interfaces_and_properties", Type: "a{sa{sv}}"},
+		}},
+		{Name: "InterfacesRemoved", Args: []introspect.Arg{
+			{Name: "object_path", Type: "o"}, {Name: "interfaces", Type: "as"},
+		}},
+	},
 }

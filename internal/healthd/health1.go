@@ -28,7 +28,6 @@ const (
 	propertiesIface     = "org.freedesktop.DBus.Properties"
 	introspectableIface = "org.freedesktop.DBus.Introspectable"
 	peerIface           = "org.freedesktop.DBus.Peer"
-	objectManagerIface  = "org.freedesktop.DBus.ObjectManager"
 )
 
 const checkParent = dbus.ObjectPath("/org/caplance/Health1/backend")
@@ -122,7 +121,7 @@ func exportHealth1(conn *dbus.Conn, mgr managerInfo) (*health1, error) {
 	if err := conn.ExportSubtree(health1Props{h}, HealthPath, propertiesIface); err != nil {
 		return nil, err
 	}
-	if err := conn.Export(health1ObjectManager{h}, HealthPath, objectManagerIface); err != nil {
+	if err := conn.Export(health1ObjectManager{h}, HealthPath, dbusname.ObjectManagerIface); err != nil {
 		return nil, err
 	}
 	return h, nil
@@ -138,7 +137,7 @@ func (h *health1) unexport() {
 	}
 	_ = h.conn.Export(nil, HealthPath, introspectableIface)
 	_ = h.conn.Export(nil, HealthPath, propertiesIface)
-	_ = h.conn.Export(nil, HealthPath, objectManagerIface)
+	_ = h.conn.Export(nil, HealthPath, dbusname.ObjectManagerIface)
 }
 
 // setManager changes the manager's properties and announces those that
@@ -174,7 +173,7 @@ func (h *health1) setCheck(c checkInfo) {
 	h.checks[c.Name] = c
 	path := CheckPath(c.Name)
 	if !ok {
-		_ = h.conn.Emit(HealthPath, objectManagerIface+".InterfacesAdded", path, checkInterfaces(c))
+		_ = h.conn.Emit(HealthPath, dbusname.ObjectManagerIface+".InterfacesAdded", path, checkInterfaces(c))
 		return
 	}
 	nv, ov := c.values(), old.values()
@@ -197,7 +196,7 @@ func (h *health1) removeCheck(name string) {
 		return
 	}
 	delete(h.checks, name)
-	_ = h.conn.Emit(HealthPath, objectManagerIface+".InterfacesRemoved", CheckPath(name), checkInterfaceNames)
+	_ = h.conn.Emit(HealthPath, dbusname.ObjectManagerIface+".InterfacesRemoved", CheckPath(name), checkInterfaceNames)
 }
 
 var checkInterfaceNames = []string{CheckIface, propertiesIface, introspectableIface, peerIface}
@@ -220,7 +219,7 @@ func (h *health1) lookup(path dbus.ObjectPath, iface string) (map[string]dbus.Va
 		switch iface {
 		case HealthManagerIface:
 			return h.mgr.values(), nil
-		case objectManagerIface, propertiesIface, introspectableIface, peerIface:
+		case dbusname.ObjectManagerIface, propertiesIface, introspectableIface, peerIface:
 			return map[string]dbus.Variant{}, nil
 		}
 		return nil, prop.ErrIfaceNotFound
@@ -319,7 +318,7 @@ func (in health1Introspector) Introspect(msg dbus.Message) (string, *dbus.Error)
 	case path == HealthPath:
 		node.Interfaces = []introspect.Interface{
 			{Name: HealthManagerIface, Properties: managerPropData},
-			objectManagerData, prop.IntrospectData, introspect.IntrospectData, introspect.PeerData,
+			dbusname.ObjectManagerIntrospection, prop.IntrospectData, introspect.IntrospectData, introspect.PeerData,
 		}
 		if len(h.checks) > 0 {
 			node.Children = []introspect.Node{{Name: "backend"}}
@@ -364,20 +363,4 @@ var checkPropData = []introspect.Property{
 	{Name: "Reason", Type: "s", Access: "read"},
 	{Name: "State", Type: "s", Access: "read"},
 	{Name: "Successes", Type: "u", Access: "read", Annotations: noSignal},
-}
-
-var objectManagerData = introspect.Interface{
-	Name: objectManagerIface,
-	Methods: []introspect.Method{{
-		Name: "GetManagedObjects",
-		Args: []introspect.Arg{{Name: "object_paths_interfaces_and_properties", Type: "a{oa{sa{sv}}}", Direction: "out"}},
-	}},
-	Signals: []introspect.Signal{
-		{Name: "InterfacesAdded", Args: []introspect.Arg{
-			{Name: "object_path", Type: "o"}, {Name: "interfaces_and_properties", Type: "a{sa{sv}}"},
-		}},
-		{Name: "InterfacesRemoved", Args: []introspect.Arg{
-			{Name: "object_path", Type: "o"}, {Name: "interfaces", Type: "as"},
-		}},
-	},
 }

@@ -330,7 +330,7 @@ func dial(bus string) (*dbus.Conn, error) {
 var matchRules = [][]dbus.MatchOption{
 	{dbus.WithMatchSender("org.freedesktop.DBus"), dbus.WithMatchInterface("org.freedesktop.DBus"),
 		dbus.WithMatchMember("NameOwnerChanged"), dbus.WithMatchArg(0, dbusname.BusName)},
-	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath), dbus.WithMatchInterface(objectManagerIface)},
+	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath), dbus.WithMatchInterface(dbusname.ObjectManagerIface)},
 	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchPathNamespace(dbus.ObjectPath(strings.TrimSuffix(dbusname.BackendPathPrefix, "/"))),
 		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, dbusname.BackendIface)},
 	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath),
@@ -365,7 +365,7 @@ func (d *Daemon) onSignal(sig *dbus.Signal) (resync bool) {
 			d.log.Info("caplanced is on the bus: syncing", "owner", newOwner)
 			return true
 		}
-	case objectManagerIface + ".InterfacesAdded":
+	case dbusname.ObjectManagerIface + ".InterfacesAdded":
 		var path dbus.ObjectPath
 		var ifaces map[string]map[string]dbus.Variant
 		if dbus.Store(sig.Body, &path, &ifaces) != nil {
@@ -374,7 +374,7 @@ func (d *Daemon) onSignal(sig *dbus.Signal) (resync bool) {
 		if props, ok := ifaces[dbusname.BackendIface]; ok {
 			d.upsertFromProps(path, props)
 		}
-	case objectManagerIface + ".InterfacesRemoved":
+	case dbusname.ObjectManagerIface + ".InterfacesRemoved":
 		var path dbus.ObjectPath
 		var ifaces []string
 		if dbus.Store(sig.Body, &path, &ifaces) != nil || !slices.Contains(ifaces, dbusname.BackendIface) {
@@ -441,7 +441,7 @@ func (d *Daemon) sync(ctx context.Context) bool {
 	err := obj.CallWithContext(ctx, propertiesIface+".GetAll", dbus.FlagNoAutoStart, dbusname.ManagerIface).Store(&props)
 	var objects map[dbus.ObjectPath]map[string]map[string]dbus.Variant
 	if err == nil {
-		err = obj.CallWithContext(ctx, objectManagerIface+".GetManagedObjects", dbus.FlagNoAutoStart).Store(&objects)
+		err = obj.CallWithContext(ctx, dbusname.ObjectManagerIface+".GetManagedObjects", dbus.FlagNoAutoStart).Store(&objects)
 	}
 	if err != nil {
 		d.synced = false

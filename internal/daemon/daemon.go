@@ -80,6 +80,9 @@ type running struct {
 	// reloads carries Reload calls from the D-Bus API to the main loop,
 	// which serialises them with SIGHUP.
 	reloads chan chan error
+	// backendsChanged tells the main loop that the registry changed, so
+	// that it re-sends STATUS (which counts the backends).
+	backendsChanged chan struct{}
 	// loopChecks carries the watchdog's liveness checks to the main loop,
 	// which answers by closing the channel.
 	loopChecks chan chan struct{}
@@ -109,7 +112,8 @@ func Run(opts Options) error {
 	if err != nil {
 		return err
 	}
-	r := &running{log: log, cfg: opts.Config, reloads: make(chan chan error), loopChecks: make(chan chan struct{})}
+	r := &running{log: log, cfg: opts.Config, reloads: make(chan chan error), loopChecks: make(chan chan struct{}),
+		backendsChanged: make(chan struct{}, 1)}
 	if err := r.start(opts); err != nil {
 		r.stop()
 		return err
@@ -149,6 +153,8 @@ func Run(opts Options) error {
 			reply <- r.reload(opts.ConfigPath)
 		case answered := <-r.loopChecks:
 			close(answered)
+		case <-r.backendsChanged:
+			notify(log, "STATUS="+r.status())
 		}
 	}
 	log.Info("stopping", "signal", sig.String(), "timeout", opts.StopTimeout)
@@ -369,6 +375,12 @@ func (r *running) startBalancer(cfg *config.Config, stateDir string, step func(s
 		return err
 	}
 	r.reg = reg
+	reg.Watch(func(registry.Change) {
+		select {
+		case r.backendsChanged <- struct{}{}:
+		default: // one pending update covers any number of changes
+		}
+	})
 	return nil
 }
 
@@ -448,19 +460,21 @@ func (r *running) startDecapsulation(rc *config.Receiver) (*nft.Tunnel, error) {
 // status is the STATUS= line: what runs, after why the last reload was
 // refused until a reload succeeds.
 func (r *running) status() string {
-	s := r.statusLine(r.cfg)
+	s := r.statusLine()
 	if r.reloadErr != nil {
 		s = "reload refused: " + oneLine(r.reloadErr) + " (the running configuration stays); " + s
 	}
 	return s
 }
 
-func (r *running) statusLine(cfg *config.Config) string {
+// statusLine says what runs; the backends counted are the registry's (the
+// configuration file's and those added at run time).
+func (r *running) statusLine() string {
 	var parts []string
-	if b := cfg.Balancer; b != nil {
-		parts = append(parts, fmt.Sprintf("balancing %d VIP(s) over %d backend(s)", len(b.VIPs), len(cfg.Backends)))
+	if b := r.cfg.Balancer; b != nil && r.reg != nil {
+		parts = append(parts, fmt.Sprintf("balancing %d VIP(s) over %d backend(s)", len(b.VIPs), len(r.reg.List())))
 	}
-	if rc := cfg.Receiver; rc != nil {
+	if rc := r.cfg.Receiver; rc != nil {
 		mode := "kernel"
 		if r.userMode {
 			mode = "userspace"

@@ -157,6 +157,12 @@ func TestLiveRegistration(t *testing.T) {
 		if rows := listBackends(t, mgr); rows[be3].Address != testbed.BackendAddr(2).String() {
 			t.Fatalf("after add-backend: %v", rows)
 		}
+		eventually(t, "STATUS counts the added backend", func() error {
+			if msgs := strings.Join(tb.Balancer.Messages(), "\n"); !strings.Contains(msgs, "STATUS=balancing 1 VIP(s) over 3 backend(s)") {
+				return fmt.Errorf("sd_notify messages: %q", msgs)
+			}
+			return nil
+		})
 		checkFlowsStay(t, conns, before)
 		if n := servedBy(t, tb, 90)[be3]; n < 15 {
 			t.Errorf("the added backend served %d of 90 new connections, want about 30", n)

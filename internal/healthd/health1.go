@@ -150,14 +150,7 @@ func (h *health1) setManager(m managerInfo) {
 	}
 	old := h.mgr
 	h.mgr = m
-	changed := map[string]dbus.Variant{}
-	nv, ov := m.values(), old.values()
-	for _, name := range []string{"Caplanced", "Status"} {
-		if nv[name].String() != ov[name].String() {
-			changed[name] = nv[name]
-		}
-	}
-	if len(changed) > 0 {
+	if changed := changedValues(m.values(), old.values(), "Caplanced", "Status"); len(changed) > 0 {
 		_ = h.conn.Emit(HealthPath, propertiesIface+".PropertiesChanged", HealthManagerIface, changed, []string{})
 	}
 }
@@ -176,16 +169,21 @@ func (h *health1) setCheck(c checkInfo) {
 		_ = h.conn.Emit(HealthPath, dbusname.ObjectManagerIface+".InterfacesAdded", path, checkInterfaces(c))
 		return
 	}
-	nv, ov := c.values(), old.values()
-	changed := map[string]dbus.Variant{}
-	for _, name := range announcedCheckProps {
-		if nv[name].String() != ov[name].String() {
-			changed[name] = nv[name]
-		}
-	}
-	if len(changed) > 0 {
+	if changed := changedValues(c.values(), old.values(), announcedCheckProps...); len(changed) > 0 {
 		_ = h.conn.Emit(path, propertiesIface+".PropertiesChanged", CheckIface, changed, []string{})
 	}
+}
+
+// changedValues are the properties among names whose value differs
+// between now and before, as PropertiesChanged carries them.
+func changedValues(now, before map[string]dbus.Variant, names ...string) map[string]dbus.Variant {
+	changed := map[string]dbus.Variant{}
+	for _, name := range names {
+		if now[name].String() != before[name].String() {
+			changed[name] = now[name]
+		}
+	}
+	return changed
 }
 
 // removeCheck removes the object of name.

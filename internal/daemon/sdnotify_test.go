@@ -14,11 +14,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/caplance/caplance/internal/cmdtest"
 	"github.com/caplance/caplance/internal/daemon"
 	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/netnstest"
@@ -64,40 +64,11 @@ func statusOf(msg string) string {
 	return ""
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	binary    string
-	buildErr  error
-)
-
-// TestMain removes the binary built for the tests.
+// TestMain removes the binaries built for the tests.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	cmdtest.Cleanup()
 	os.Exit(code)
-}
-
-// caplancedBinary builds caplanced once per test binary.
-func caplancedBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		var err error
-		if buildDir, err = os.MkdirTemp("", "caplanced-sdnotify-"); err != nil {
-			buildErr = err
-			return
-		}
-		binary = filepath.Join(buildDir, "caplanced")
-		if out, err := exec.Command("go", "build", "-o", binary, "../../caplanced").CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binary
 }
 
 // process is a caplanced under test.
@@ -167,7 +138,7 @@ func start(t *testing.T, host *netnstest.Host, busAddr string, n *notifysock.Soc
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	p.cmd = host.Command(context.Background(), caplancedBinary(t), "--config", p.config,
+	p.cmd = host.Command(context.Background(), cmdtest.Binary(t, "caplanced"), "--config", p.config,
 		"--runtime-dir", filepath.Join(dir, "run"), "--state-dir", filepath.Join(dir, "state"), "--bus", busAddr)
 	p.cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.Path(), fmt.Sprintf("WATCHDOG_USEC=%d", watchdogUsec))
 	p.cmd.Env = append(p.cmd.Env, extra...)

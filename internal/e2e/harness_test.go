@@ -9,14 +9,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/caplance/caplance/internal/cmdtest"
 	"github.com/caplance/caplance/internal/testbed"
 )
 
@@ -31,22 +30,17 @@ func run(m *testing.M) int {
 	if os.Geteuid() != 0 {
 		return m.Run() // every test skips
 	}
-	dir, err := os.MkdirTemp("", "caplance-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	caplancedBin, caplancectlBin = filepath.Join(dir, "caplanced"), filepath.Join(dir, "caplancectl")
-	healthdBin = filepath.Join(dir, "caplance-healthd")
-	if out, err := exec.Command("go", "build", "-o", dir, "../../caplanced", "../../caplancectl", "../../caplance-healthd").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
-		return 1
-	}
-	// Other users run caplancectl in the tests.
-	if err := os.Chmod(dir, 0o755); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+	defer cmdtest.Cleanup()
+	for _, b := range []struct {
+		path *string
+		name string
+	}{{&caplancedBin, "caplanced"}, {&caplancectlBin, "caplancectl"}, {&healthdBin, "caplance-healthd"}} {
+		path, err := cmdtest.Build(b.name)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		*b.path = path
 	}
 	return m.Run()
 }

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caplance/caplance/internal/cmdtest"
 	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/healthd"
 	"github.com/caplance/caplance/internal/notifysock"
@@ -37,39 +38,11 @@ func listenNotify(t *testing.T) *notifysock.Socket {
 	return n
 }
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	binary    string
-	buildErr  error
-)
-
-// TestMain removes the binary built for the tests.
+// TestMain removes the binaries built for the tests.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if buildDir != "" {
-		os.RemoveAll(buildDir)
-	}
+	cmdtest.Cleanup()
 	os.Exit(code)
-}
-
-func healthdBinary(t *testing.T) string {
-	t.Helper()
-	buildOnce.Do(func() {
-		var err error
-		if buildDir, err = os.MkdirTemp("", "healthd-sdnotify-"); err != nil {
-			buildErr = err
-			return
-		}
-		binary = filepath.Join(buildDir, "caplance-healthd")
-		if out, err := exec.Command("go", "build", "-o", binary, "../../caplance-healthd").CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binary
 }
 
 // startHealthd runs caplance-healthd on a private system bus under the
@@ -89,7 +62,7 @@ func startHealthd(t *testing.T, n *notifysock.Socket, extra ...string) (string, 
 		t.Fatal(err)
 	}
 	defer logf.Close()
-	cmd := exec.CommandContext(context.Background(), healthdBinary(t), "--config", config, "--bus", bus.Address)
+	cmd := exec.CommandContext(context.Background(), cmdtest.Binary(t, "caplance-healthd"), "--config", config, "--bus", bus.Address)
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.Path(), fmt.Sprintf("WATCHDOG_USEC=%d", watchdogUsec))
 	cmd.Env = append(cmd.Env, extra...)
 	cmd.Stdout, cmd.Stderr = logf, logf

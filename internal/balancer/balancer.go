@@ -25,6 +25,7 @@ import (
 
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/conntrack"
+	"github.com/caplance/caplance/internal/rawio"
 )
 
 // Config is what a balancer needs; the daemon fills it from config.Balancer.
@@ -45,6 +46,7 @@ type Balancer struct {
 	log     *slog.Logger
 	route   route
 	workers []*worker
+	loops   rawio.Loops
 	snap    atomic.Pointer[snapshot]
 
 	mu    sync.Mutex // serialises SetBackends; guards stats
@@ -91,6 +93,7 @@ func Open(cfg Config) (*Balancer, error) {
 			return nil, err
 		}
 		b.workers = append(b.workers, w)
+		b.loops.Add(w.fds, w.batch, w.forward)
 	}
 	return b, nil
 }
@@ -201,51 +204,28 @@ func attachFilter(fd int, filter []bpf.RawInstruction) error {
 // Run forwards packets until ctx is done, then lets every worker finish the
 // batch it holds (so nothing received is lost) and returns.
 func (b *Balancer) Run(ctx context.Context) error {
-	stopped := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, w := range b.workers {
-		wg.Go(func() { w.run(stopped) })
-	}
+	done := make(chan struct{})
+	go func() { b.loops.Run(ctx); close(done) }()
 	sweep := time.NewTicker(time.Second)
 	defer sweep.Stop()
 	for {
 		select {
 		case <-sweep.C:
 			b.cfg.Conntrack.Sweep(int64(time.Since(epoch)))
-		case <-ctx.Done():
-			close(stopped)
-			for _, w := range b.workers {
-				w.halt.Store(true)
-			}
-			wg.Wait()
+		case <-done:
 			return nil
 		}
 	}
 }
 
 // Alive reports whether every worker has gone round its loop since the last
-// call, for the watchdog: a wedged worker stops answering. A worker goes
-// round at least every 100 ms when idle (rawio.Loop), more often under load.
-func (b *Balancer) Alive() bool {
-	alive := true
-	for _, w := range b.workers {
-		if !w.heartbeat.Swap(false) {
-			alive = false
-		}
-	}
-	return alive
-}
+// call, for the watchdog: a wedged worker stops answering.
+func (b *Balancer) Alive() bool { return b.loops.Alive() }
 
 // Wedge is a test hook for the watchdog (CAPLANCE_TEST_WEDGE in
 // caplanced(8)): the first worker leaves its loop as if it hung, reads and
 // sends nothing more and stops answering Alive, until Run returns.
-func (b *Balancer) Wedge() {
-	if len(b.workers) > 0 {
-		w := b.workers[0]
-		w.wedged.Store(true)
-		w.halt.Store(true)
-	}
-}
+func (b *Balancer) Wedge() { b.loops.Wedge() }
 
 // Close closes every socket. Call it after Run returns.
 func (b *Balancer) Close() {

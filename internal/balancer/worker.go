@@ -66,10 +66,6 @@ type worker struct {
 	fragNeededBudget int
 	fragNeededSecond int64
 
-	// halt ends the worker's loop: Run sets it to stop, Wedge to hang.
-	halt      atomic.Bool
-	wedged    atomic.Bool
-	heartbeat atomic.Bool
 	received  atomic.Uint64
 	forwarded atomic.Uint64
 	drops     [numDropReasons]atomic.Uint64
@@ -101,15 +97,6 @@ func (w *worker) close() {
 	if w.sendFD >= 0 {
 		unix.Close(w.sendFD)
 		w.sendFD = -1
-	}
-}
-
-// run forwards until Run halts the worker; a wedged worker (Wedge) then
-// hangs until Run closes stopped.
-func (w *worker) run(stopped <-chan struct{}) {
-	rawio.Loop(w.fds, w.batch, &w.halt, &w.heartbeat, w.forward)
-	if w.wedged.Load() {
-		<-stopped
 	}
 }
 

@@ -8,9 +8,11 @@
 package rawio
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -234,5 +236,67 @@ func Loop(fds []unix.PollFd, batch *Batch, stop, alive *atomic.Bool, handle func
 		default:
 			_ = Wait(fds, int(idlePoll/time.Millisecond))
 		}
+	}
+}
+
+// Loops runs a role's worker loops (one Loop each) and answers for them:
+// whether every one went round since the last look, and, as a test hook for
+// the watchdog, making the first one hang.
+type Loops struct {
+	loops []*loopState
+}
+
+type loopState struct {
+	fds    []unix.PollFd
+	batch  *Batch
+	handle func(n int)
+	// halt ends the loop: Run sets it to stop, Wedge to hang.
+	halt, wedged, alive atomic.Bool
+}
+
+// Add registers a loop reading fds into batch and handing batches to handle.
+func (l *Loops) Add(fds []unix.PollFd, batch *Batch, handle func(n int)) {
+	l.loops = append(l.loops, &loopState{fds: fds, batch: batch, handle: handle})
+}
+
+// Run runs every loop until ctx is done, then halts them, each after the
+// batch it holds, and returns when all have ended; a wedged loop ends only
+// then.
+func (l *Loops) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, s := range l.loops {
+		wg.Go(func() {
+			Loop(s.fds, s.batch, &s.halt, &s.alive, s.handle)
+			if s.wedged.Load() {
+				<-ctx.Done()
+			}
+		})
+	}
+	<-ctx.Done()
+	for _, s := range l.loops {
+		s.halt.Store(true)
+	}
+	wg.Wait()
+}
+
+// Alive reports whether every loop has gone round since the last call, for
+// the watchdog: a loop goes round at least every idlePoll when idle.
+func (l *Loops) Alive() bool {
+	alive := true
+	for _, s := range l.loops {
+		if !s.alive.Swap(false) {
+			alive = false
+		}
+	}
+	return alive
+}
+
+// Wedge is a test hook for the watchdog (CAPLANCE_TEST_WEDGE in
+// caplanced(8)): the first loop leaves as if it hung, handles nothing more
+// and stops answering Alive, until Run's ctx is done.
+func (l *Loops) Wedge() {
+	if len(l.loops) > 0 {
+		l.loops[0].wedged.Store(true)
+		l.loops[0].halt.Store(true)
 	}
 }

@@ -17,7 +17,6 @@ import (
 	"net/netip"
 	"runtime"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"syscall"
 
@@ -48,6 +47,7 @@ const (
 type Receiver struct {
 	dec     *encap.Decapsulator
 	workers []*worker
+	loops   rawio.Loops
 }
 
 type worker struct {
@@ -58,10 +58,6 @@ type worker struct {
 	batch    *rawio.Batch
 	queue    *rawio.Queue
 
-	// halt ends the worker's loop: Run sets it to stop, Wedge to hang.
-	halt      atomic.Bool
-	wedged    atomic.Bool
-	heartbeat atomic.Bool
 	received  atomic.Uint64
 	delivered atomic.Uint64
 	// counts[reason] for every encap.Reject (Accept unused) plus inject failures.
@@ -87,6 +83,7 @@ func Open(cfg Config) (*Receiver, error) {
 			return nil, err
 		}
 		r.workers = append(r.workers, w)
+		r.loops.Add(w.fds, w.batch, w.deliver)
 	}
 	return r, nil
 }
@@ -141,22 +138,7 @@ func (w *worker) close() {
 // Run delivers packets until ctx is done; every worker finishes the batch it
 // holds before Run returns.
 func (r *Receiver) Run(ctx context.Context) error {
-	stopped := make(chan struct{})
-	var wg sync.WaitGroup
-	for _, w := range r.workers {
-		wg.Go(func() {
-			rawio.Loop(w.fds, w.batch, &w.halt, &w.heartbeat, w.deliver)
-			if w.wedged.Load() {
-				<-stopped
-			}
-		})
-	}
-	<-ctx.Done()
-	close(stopped)
-	for _, w := range r.workers {
-		w.halt.Store(true)
-	}
-	wg.Wait()
+	r.loops.Run(ctx)
 	return nil
 }
 
@@ -182,28 +164,13 @@ func (w *worker) deliver(n int) {
 func (w *worker) injectFailed(int, error) { w.counts[injectFailure].Add(1) }
 
 // Alive reports whether every worker has gone round its loop since the last
-// call, for the watchdog: a wedged worker stops answering. A worker goes
-// round at least every 100 ms when idle (rawio.Loop), more often under load.
-func (r *Receiver) Alive() bool {
-	alive := true
-	for _, w := range r.workers {
-		if !w.heartbeat.Swap(false) {
-			alive = false
-		}
-	}
-	return alive
-}
+// call, for the watchdog: a wedged worker stops answering.
+func (r *Receiver) Alive() bool { return r.loops.Alive() }
 
 // Wedge is a test hook for the watchdog (CAPLANCE_TEST_WEDGE in
 // caplanced(8)): the first worker leaves its loop as if it hung, delivers
 // nothing more and stops answering Alive, until Run returns.
-func (r *Receiver) Wedge() {
-	if len(r.workers) > 0 {
-		w := r.workers[0]
-		w.wedged.Store(true)
-		w.halt.Store(true)
-	}
-}
+func (r *Receiver) Wedge() { r.loops.Wedge() }
 
 // Close closes every socket; call it after Run returns.
 func (r *Receiver) Close() {

@@ -180,9 +180,22 @@ func statusAction(ctx context.Context, c Conn, out io.Writer) error {
 	case errorName(err) != dbusname.ErrorPrefix+"NotSupported":
 		return err
 	}
-	healthd, err := nameHasOwner(ctx, c, dbusname.HealthBusName)
+	running, err := nameHasOwner(ctx, c, dbusname.HealthBusName)
 	if err != nil {
 		return err
+	}
+	healthd := ""
+	if running {
+		healthd = "running"
+		// Its own status line, when it answers (it may be starting).
+		body, err := c.Call(ctx, dbusname.HealthBusName, dbusname.HealthPath, propertiesIface+".Get",
+			dbusname.HealthManagerIface, "Status")
+		var v dbus.Variant
+		if err == nil && dbus.Store(body, &v) == nil {
+			if s, ok := v.Value().(string); ok && s != "" {
+				healthd = s
+			}
+		}
 	}
 	_, err = io.WriteString(out, formatStatus(props, count, healthd))
 	return err

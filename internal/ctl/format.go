@@ -76,8 +76,9 @@ func propertyOrder(props map[string]dbus.Variant, order []string) []string {
 }
 
 // formatStatus is status's output: the manager's properties, the number
-// of backends (none when count < 0) and whether caplance-healthd runs.
-func formatStatus(props map[string]dbus.Variant, count int, healthd bool) string {
+// of backends (none when count < 0) and caplance-healthd's status ("" when
+// it does not run).
+func formatStatus(props map[string]dbus.Variant, count int, healthd string) string {
 	all := make(map[string]dbus.Variant, len(props)+1)
 	for k, v := range props {
 		all[k] = v
@@ -88,8 +89,8 @@ func formatStatus(props map[string]dbus.Variant, count int, healthd bool) string
 		order = append(slices.Clip(order), "Backends")
 	}
 	s := formatProperties(all, order)
-	if healthd {
-		s += "caplance-healthd is running\n"
+	if healthd != "" {
+		s += "caplance-healthd: " + healthd + "\n"
 	}
 	return s
 }

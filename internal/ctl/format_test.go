@@ -16,6 +16,7 @@ func TestOutput(t *testing.T) {
 		"org.caplance.Caplance1.Manager.ListBackends":                                    {body: []any{backendRows}},
 		"org.caplance.Caplance1.Manager.GetStats":                                        {body: []any{stats}},
 		"org.freedesktop.DBus.NameHasOwner":                                              {body: []any{true}},
+		"org.freedesktop.DBus.Properties.Get":                                            {body: []any{dbus.MakeVariant("checking 2 backends")}},
 		"/org/caplance/Caplance1/backend/web_2d1 org.freedesktop.DBus.Properties.GetAll": {body: []any{web1Props}},
 	}
 	with := func(key string, r fakeReply) map[string]fakeReply {
@@ -40,7 +41,7 @@ VIPs:      10.0.0.100, 10.0.0.101
 EncapPort: 5555
 TableSize: 65537
 Backends:  2
-caplance-healthd is running
+caplance-healthd: checking 2 backends
 `},
 		{name: "status of a receiver without healthd", args: []string{"status"},
 			replies: map[string]fakeReply{

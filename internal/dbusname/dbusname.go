@@ -23,8 +23,11 @@ const (
 	BackendPathPrefix = "/org/caplance/Caplance1/backend/"
 	// ErrorPrefix starts the name of every error of the API.
 	ErrorPrefix = BusName + ".Error."
-	// HealthBusName is owned by caplance-healthd while it runs.
-	HealthBusName = "org.caplance.Health1"
+	// HealthBusName is owned by caplance-healthd while it runs; its root
+	// object HealthPath has the HealthManagerIface interface.
+	HealthBusName      = "org.caplance.Health1"
+	HealthPath         = dbus.ObjectPath("/org/caplance/Health1")
+	HealthManagerIface = HealthBusName + ".Manager"
 )
 
 // BackendPath is the object path of the backend called name: every byte

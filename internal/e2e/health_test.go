@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -38,6 +39,10 @@ func TestHealth(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitHealth(t, mgr, map[string]string{be1.Name: "up", be2.Name: "up", be3.Name: "up"}, 5*time.Second)
+	out, err := exec.Command(caplancectlBin, "--bus", bus.Address, "status").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "Backends:  3") || !strings.Contains(string(out), "caplance-healthd: checking 3 backends") {
+		t.Errorf("caplancectl status shows both daemons? %v\n%s", err, out)
+	}
 
 	t.Run("a stopped service is taken out in time, with no failed connection", func(t *testing.T) {
 		if err := be1.StopHTTP(); err != nil {

@@ -116,13 +116,13 @@ func TestHealth1(t *testing.T) {
 		t.Errorf("nocheck: %v (%s), want NoSuchObject", err, errorName(err))
 	}
 	var objs map[dbus.ObjectPath]map[string]map[string]dbus.Variant
-	if err := nobody.Object(dbusname.HealthBusName, HealthPath).Call(dbusname.ObjectManagerIface+".GetManagedObjects", 0).Store(&objs); err != nil {
+	if err := nobody.Object(dbusname.HealthBusName, dbusname.HealthPath).Call(dbusname.ObjectManagerIface+".GetManagedObjects", 0).Store(&objs); err != nil {
 		t.Fatal(err)
 	}
 	if len(objs) != 2 || objs[path] == nil || objs[CheckPath("bad")] == nil {
 		t.Errorf("GetManagedObjects: %v", objs)
 	}
-	mgr, err := getAll(nobody, HealthPath, HealthManagerIface)
+	mgr, err := getAll(nobody, dbusname.HealthPath, dbusname.HealthManagerIface)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,10 +17,8 @@ import (
 // The names of caplance-healthd's own D-Bus objects (caplance-healthd(8),
 // D-BUS INTERFACE). The bus name is dbusname.HealthBusName.
 const (
-	HealthPath         = dbus.ObjectPath("/org/caplance/Health1")
-	HealthManagerIface = dbusname.HealthBusName + ".Manager"
-	CheckIface         = dbusname.HealthBusName + ".Check"
-	CheckPathPrefix    = "/org/caplance/Health1/backend/"
+	CheckIface      = dbusname.HealthBusName + ".Check"
+	CheckPathPrefix = "/org/caplance/Health1/backend/"
 )
 
 // The standard interfaces.
@@ -115,13 +113,13 @@ func exportHealth1(conn *dbus.Conn, mgr managerInfo) (*health1, error) {
 			return nil, err
 		}
 	}
-	if err := conn.ExportSubtree(in, HealthPath, introspectableIface); err != nil {
+	if err := conn.ExportSubtree(in, dbusname.HealthPath, introspectableIface); err != nil {
 		return nil, err
 	}
-	if err := conn.ExportSubtree(health1Props{h}, HealthPath, propertiesIface); err != nil {
+	if err := conn.ExportSubtree(health1Props{h}, dbusname.HealthPath, propertiesIface); err != nil {
 		return nil, err
 	}
-	if err := conn.Export(health1ObjectManager{h}, HealthPath, dbusname.ObjectManagerIface); err != nil {
+	if err := conn.Export(health1ObjectManager{h}, dbusname.HealthPath, dbusname.ObjectManagerIface); err != nil {
 		return nil, err
 	}
 	return h, nil
@@ -135,9 +133,9 @@ func (h *health1) unexport() {
 	for _, p := range []dbus.ObjectPath{"/", "/org", "/org/caplance"} {
 		_ = h.conn.Export(nil, p, introspectableIface)
 	}
-	_ = h.conn.Export(nil, HealthPath, introspectableIface)
-	_ = h.conn.Export(nil, HealthPath, propertiesIface)
-	_ = h.conn.Export(nil, HealthPath, dbusname.ObjectManagerIface)
+	_ = h.conn.Export(nil, dbusname.HealthPath, introspectableIface)
+	_ = h.conn.Export(nil, dbusname.HealthPath, propertiesIface)
+	_ = h.conn.Export(nil, dbusname.HealthPath, dbusname.ObjectManagerIface)
 }
 
 // setManager changes the manager's properties and announces those that
@@ -151,7 +149,7 @@ func (h *health1) setManager(m managerInfo) {
 	old := h.mgr
 	h.mgr = m
 	if changed := changedValues(m.values(), old.values(), "Caplanced", "Status"); len(changed) > 0 {
-		_ = h.conn.Emit(HealthPath, propertiesIface+".PropertiesChanged", HealthManagerIface, changed, []string{})
+		_ = h.conn.Emit(dbusname.HealthPath, propertiesIface+".PropertiesChanged", dbusname.HealthManagerIface, changed, []string{})
 	}
 }
 
@@ -166,7 +164,7 @@ func (h *health1) setCheck(c checkInfo) {
 	h.checks[c.Name] = c
 	path := CheckPath(c.Name)
 	if !ok {
-		_ = h.conn.Emit(HealthPath, dbusname.ObjectManagerIface+".InterfacesAdded", path, checkInterfaces(c))
+		_ = h.conn.Emit(dbusname.HealthPath, dbusname.ObjectManagerIface+".InterfacesAdded", path, checkInterfaces(c))
 		return
 	}
 	if changed := changedValues(c.values(), old.values(), announcedCheckProps...); len(changed) > 0 {
@@ -194,7 +192,7 @@ func (h *health1) removeCheck(name string) {
 		return
 	}
 	delete(h.checks, name)
-	_ = h.conn.Emit(HealthPath, dbusname.ObjectManagerIface+".InterfacesRemoved", CheckPath(name), checkInterfaceNames)
+	_ = h.conn.Emit(dbusname.HealthPath, dbusname.ObjectManagerIface+".InterfacesRemoved", CheckPath(name), checkInterfaceNames)
 }
 
 var checkInterfaceNames = []string{CheckIface, propertiesIface, introspectableIface, peerIface}
@@ -213,9 +211,9 @@ func checkInterfaces(c checkInfo) map[string]map[string]dbus.Variant {
 // h.mu is held.
 func (h *health1) lookup(path dbus.ObjectPath, iface string) (map[string]dbus.Variant, *dbus.Error) {
 	switch {
-	case path == HealthPath:
+	case path == dbusname.HealthPath:
 		switch iface {
-		case HealthManagerIface:
+		case dbusname.HealthManagerIface:
 			return h.mgr.values(), nil
 		case dbusname.ObjectManagerIface, propertiesIface, introspectableIface, peerIface:
 			return map[string]dbus.Variant{}, nil
@@ -313,9 +311,9 @@ func (in health1Introspector) Introspect(msg dbus.Message) (string, *dbus.Error)
 		node.Children = []introspect.Node{{Name: "caplance"}}
 	case path == "/org/caplance":
 		node.Children = []introspect.Node{{Name: "Health1"}}
-	case path == HealthPath:
+	case path == dbusname.HealthPath:
 		node.Interfaces = []introspect.Interface{
-			{Name: HealthManagerIface, Properties: managerPropData},
+			{Name: dbusname.HealthManagerIface, Properties: managerPropData},
 			dbusname.ObjectManagerIntrospection, prop.IntrospectData, introspect.IntrospectData, introspect.PeerData,
 		}
 		if len(h.checks) > 0 {

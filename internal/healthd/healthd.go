@@ -213,7 +213,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	health, err := exportHealth1(conn, managerInfo{Version: version.Version, Caplanced: "away", Status: "starting"})
 	if err != nil {
-		return fmt.Errorf("D-Bus: exporting %s: %w", HealthPath, err)
+		return fmt.Errorf("D-Bus: exporting %s: %w", dbusname.HealthPath, err)
 	}
 	d.health = health
 	defer health.unexport()

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -229,15 +230,9 @@ func (b *Balancer) portAllowed(k flow.Key) bool {
 	dst := netip.AddrFrom16(k.Dst).Unmap()
 	for _, v := range b.cfg.VIPs {
 		if v.Addr == dst {
-			if v.Ports == nil {
-				return true
-			}
-			for _, p := range v.Ports {
-				if p == k.DstPort {
-					return true
-				}
-			}
-			return false
+			// Ports is sorted (config sorts it); nil allows every port.
+			_, listed := slices.BinarySearch(v.Ports, k.DstPort)
+			return v.Ports == nil || listed
 		}
 	}
 	return false

@@ -68,7 +68,7 @@ type Balancer struct {
 // VIP is one virtual address and the destination ports it accepts.
 type VIP struct {
 	Addr netip.Addr
-	// Ports is the allow-list; nil accepts every port.
+	// Ports is the allow-list, sorted; nil accepts every port.
 	Ports []uint16
 }
 

@@ -34,7 +34,7 @@ const (
 	// MaxWorkers bounds the workers per role: each has its own sockets and
 	// a few MiB of buffers.
 	MaxWorkers = 64
-	// MaxConntrackSize keeps connection tracking under about 2.5 GiB.
+	// MaxConntrackSize keeps connection tracking under about 1.5 GiB.
 	MaxConntrackSize = 1 << 24
 	// MaxWeight bounds weights so that ratios stay meaningful for a table
 	// of a few hundred thousand slots.

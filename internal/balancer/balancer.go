@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"runtime"
 	"sync"
@@ -113,13 +112,13 @@ func (b *Balancer) openWorker(i int) (*worker, error) {
 		}
 	}
 	for _, vip := range b.cfg.VIPs {
-		protos := []string{"ip4:tcp", "ip4:udp"}
+		protos := []int{unix.IPPROTO_TCP, unix.IPPROTO_UDP}
 		if i == 0 {
-			protos = append(protos, "ip4:icmp")
+			protos = append(protos, unix.IPPROTO_ICMP)
 		}
 		for _, proto := range protos {
 			var f []bpf.RawInstruction
-			if proto != "ip4:icmp" {
+			if proto != unix.IPPROTO_ICMP {
 				f = filter
 			}
 			if err := w.listen(proto, vip.Addr, f); err != nil {
@@ -138,35 +137,36 @@ func (b *Balancer) openWorker(i int) (*worker, error) {
 	return w, nil
 }
 
-// listen opens one raw socket bound to vip with net.ListenIP (so the runtime
-// owns it and `ss -w` shows it), attaches filter, and keeps its descriptor
-// for the worker's own recvmmsg loop.
-func (w *worker) listen(proto string, vip netip.Addr, filter []bpf.RawInstruction) error {
-	conn, err := net.ListenIP(proto, &net.IPAddr{IP: vip.AsSlice()})
+// listen opens one raw socket of protocol proto bound to vip, attaches
+// filter, and adds it to the worker's descriptors.
+//
+// The socket is a plain descriptor, not a net.IPConn: net.IPConn registers
+// its socket with the Go runtime's epoll, and then every arriving packet woke
+// an idle runtime thread that found nothing to do (measured with make
+// bench-dataplane: ~40,000 wake-ups a second, a third of caplanced's CPU, and
+// 0.70× kernel forwarding instead of 0.88–0.94×). The worker reads it in its
+// own loop and never needs the runtime's poller.
+func (w *worker) listen(proto int, vip netip.Addr, filter []bpf.RawInstruction) error {
+	name := protoNames[proto]
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
-		return fmt.Errorf("balancer: listen %s on %s: %w", proto, vip, err)
+		return fmt.Errorf("balancer: raw %s socket: %w", name, err)
 	}
-	w.conns = append(w.conns, conn)
-	_ = conn.SetReadBuffer(socketBuffer)
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return fmt.Errorf("balancer: %s on %s: %w", proto, vip, err)
+	w.fds = append(w.fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: vip.As4()}); err != nil {
+		return fmt.Errorf("balancer: bind raw %s socket to %s: %w", name, vip, err)
 	}
-	var sockErr error
-	err = raw.Control(func(fd uintptr) {
-		w.fds = append(w.fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
-		if filter != nil {
-			sockErr = attachFilter(int(fd), filter)
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
+	if filter != nil {
+		if err := attachFilter(fd, filter); err != nil {
+			return fmt.Errorf("balancer: raw %s socket on %s: BPF filter: %w", name, vip, err)
 		}
-	})
-	if err == nil {
-		err = sockErr
-	}
-	if err != nil {
-		return fmt.Errorf("balancer: %s on %s: %w", proto, vip, err)
 	}
 	return nil
 }
+
+// protoNames names the protocols of the listening sockets in errors.
+var protoNames = map[int]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp", unix.IPPROTO_ICMP: "icmp"}
 
 // shareFilter keeps the TCP and UDP packets whose (source address ^ source
 // port ^ destination port) mod n is i: every packet of a flow lands on the

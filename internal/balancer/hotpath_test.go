@@ -15,6 +15,7 @@ import (
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/conntrack"
 	"github.com/caplance/caplance/internal/rawio"
+	"github.com/caplance/caplance/internal/rawio/rawiotest"
 )
 
 var (
@@ -145,12 +146,11 @@ func TestHotPathAllocatesNothing(t *testing.T) {
 
 // BenchmarkHotPath measures one batch of 32 packets through the worker's
 // path, and in the same run the naive way (one read and one send syscall per
-// packet, through net.IPConn) as the baseline: x-naive is the ratio.
+// packet) as the baseline: x-naive is the ratio.
 func BenchmarkHotPath(b *testing.B) {
 	h := newHotPath(b)
 	var naive float64
 	b.Run("naive", func(b *testing.B) {
-		conn := h.w.conns[1] // the UDP socket, read through the netpoller
 		outer := h.b.snap.Load().byIndex[0].outer
 		buf := make([]byte, 65536)
 		dst := &unix.SockaddrInet4{Addr: benchBackend.As4()}
@@ -158,7 +158,7 @@ func BenchmarkHotPath(b *testing.B) {
 		for b.Loop() {
 			h.sendBatch(b)
 			for range batchSize {
-				n, err := conn.Read(buf[28:])
+				n, err := unix.Read(h.udpFD, buf[28:])
 				if err == nil {
 					err = outer.Encapsulate(buf[:28+n], 50000)
 				}
@@ -210,5 +210,28 @@ func TestPortAllowList(t *testing.T) {
 	h.forwardBatch(t)
 	if st := h.b.Stats(); st.Forwarded != batchSize {
 		t.Errorf("to an allowed port: %d forwarded, want %d", st.Forwarded, batchSize)
+	}
+}
+
+// TestSocketsBypassTheRuntimePoller: no socket of a worker is in the Go
+// runtime's epoll, which every arriving packet would wake for nothing (see
+// listen).
+func TestSocketsBypassTheRuntimePoller(t *testing.T) {
+	h := newHotPath(t)
+	fds := []int{h.w.sendFD}
+	for _, p := range h.w.fds {
+		fds = append(fds, int(p.Fd))
+	}
+	if len(fds) != 4 { // send, and tcp, udp, icmp on the VIP
+		t.Fatalf("worker has descriptors %v, want 4", fds)
+	}
+	for _, fd := range fds {
+		polled, err := rawiotest.Polled(fd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if polled {
+			t.Errorf("descriptor %d is in the runtime's epoll", fd)
+		}
 	}
 }

@@ -2,7 +2,6 @@ package balancer
 
 import (
 	"encoding/binary"
-	"net"
 	"net/netip"
 	"slices"
 	"sync/atomic"
@@ -49,8 +48,7 @@ const fragNeededPerSecond = 1000
 type worker struct {
 	b      *Balancer
 	index  int
-	conns  []*net.IPConn
-	fds    []unix.PollFd
+	fds    []unix.PollFd // the raw sockets on the VIPs
 	sendFD int
 
 	batch *rawio.Batch
@@ -91,10 +89,10 @@ func newWorker(b *Balancer, i int) *worker {
 }
 
 func (w *worker) close() {
-	for _, c := range w.conns {
-		c.Close()
+	for _, p := range w.fds {
+		unix.Close(int(p.Fd))
 	}
-	w.conns, w.fds = nil, nil
+	w.fds = nil
 	if w.sendFD >= 0 {
 		unix.Close(w.sendFD)
 		w.sendFD = -1

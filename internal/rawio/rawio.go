@@ -210,7 +210,9 @@ const (
 // datagrams after each non-empty read, until stop is set; it sets alive on
 // every round so a watchdog can tell a wedged loop. It runs on a locked OS
 // thread and polls its own descriptors: measured ~24% cheaper per packet
-// here than parking goroutines on the Go netpoller.
+// here than parking goroutines on the Go netpoller. The descriptors must not
+// be in the runtime's epoll at all (no net.Conn), or every arriving packet
+// wakes an idle runtime thread for nothing.
 func Loop(fds []unix.PollFd, batch *Batch, stop, alive *atomic.Bool, handle func(n int)) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()

@@ -11,14 +11,10 @@ package receiver
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"runtime"
-	"strconv"
 	"sync/atomic"
-	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -52,8 +48,8 @@ type Receiver struct {
 
 type worker struct {
 	r        *Receiver
-	conn     *net.UDPConn
-	fds      []unix.PollFd
+	encapFD  int
+	fds      []unix.PollFd // encapFD, for the loop
 	injectFD int
 	batch    *rawio.Batch
 	queue    *rawio.Queue
@@ -88,36 +84,23 @@ func Open(cfg Config) (*Receiver, error) {
 	return r, nil
 }
 
+// openWorker opens a worker's sockets. The encap socket is a plain
+// descriptor rather than a net.UDPConn for the reason the balancer's are
+// (package balancer, listen): a socket in the Go runtime's epoll wakes an
+// idle runtime thread for every datagram, and the worker reads it itself.
 func (r *Receiver) openWorker(port uint16) (*worker, error) {
-	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-		var sockErr error
-		err := c.Control(func(fd uintptr) {
-			sockErr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1)
-		})
-		return errors.Join(err, sockErr)
-	}}
-	pc, err := lc.ListenPacket(context.Background(), "udp4", ":"+strconv.Itoa(int(port)))
-	if err != nil {
-		return nil, fmt.Errorf("receiver: listen on UDP port %d: %w", port, err)
-	}
 	w := &worker{
 		r:        r,
-		conn:     pc.(*net.UDPConn),
+		encapFD:  -1,
 		injectFD: -1,
 		batch:    rawio.NewBatch(batchSize, 0, maxDatagram),
 		queue:    rawio.NewQueue(batchSize),
 	}
-	_ = w.conn.SetReadBuffer(socketBuffer)
-	raw, err := w.conn.SyscallConn()
-	if err == nil {
-		err = raw.Control(func(fd uintptr) {
-			w.fds = []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-		})
+	var err error
+	if w.encapFD, err = listenEncap(port); err != nil {
+		return nil, err
 	}
-	if err != nil {
-		w.close()
-		return nil, fmt.Errorf("receiver: UDP port %d: %w", port, err)
-	}
+	w.fds = []unix.PollFd{{Fd: int32(w.encapFD), Events: unix.POLLIN}}
 	w.injectFD, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 	if err != nil {
 		w.close()
@@ -126,9 +109,28 @@ func (r *Receiver) openWorker(port uint16) (*worker, error) {
 	return w, nil
 }
 
+// listenEncap opens a UDP socket on port (all addresses) that shares the port
+// with the other workers' through SO_REUSEPORT.
+func listenEncap(port uint16) (int, error) {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, unix.IPPROTO_UDP)
+	if err != nil {
+		return -1, fmt.Errorf("receiver: UDP socket: %w", err)
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("receiver: UDP socket: SO_REUSEPORT: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Port: int(port)}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("receiver: listen on UDP port %d: %w", port, err)
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
+	return fd, nil
+}
+
 func (w *worker) close() {
-	if w.conn != nil {
-		w.conn.Close()
+	if w.encapFD >= 0 {
+		unix.Close(w.encapFD)
 	}
 	if w.injectFD >= 0 {
 		unix.Close(w.injectFD)

@@ -213,6 +213,7 @@ func (r *running) start(opts Options) error {
 	if cfg.Balancer != nil {
 		for _, v := range cfg.Balancer.VIPs {
 			rules.SilenceVIPs = append(rules.SilenceVIPs, v.Addr)
+			rules.Forward = append(rules.Forward, nft.Forward{VIP: v.Addr, Ports: v.Ports})
 		}
 	}
 	if cfg.Receiver != nil {

@@ -8,7 +8,10 @@
 // answers a SYN with RST, a datagram with ICMP port unreachable and a ping
 // with an echo reply. Those answers are dropped in an output hook, matched by
 // their VIP source address; a drop in the input hook would starve the raw
-// sockets too. On a receiver in kernel (FOU) mode the table drops
+// sockets too. So that the kernel does not build those answers in the first
+// place, a prerouting hook marks the TCP and UDP that caplanced forwards as
+// addressed to another host: TCP and UDP discard such packets at once, raw
+// sockets still receive them. On a receiver in kernel (FOU) mode the table drops
 // encapsulated packets from anyone but the balancers and decapsulated packets
 // for anything but the VIPs, so the receiver is not an open relay.
 //
@@ -23,7 +26,9 @@
 // left out):
 //
 //	table inet caplance {
-//		set silence_vips { type ipv4_addr; elements = { 10.0.0.100 } }
+//		set silence_vips { type ipv4_addr; elements = { 10.0.0.100, 10.0.0.101 } }
+//		set forward_vips { type ipv4_addr; elements = { 10.0.0.100 } }
+//		set forward_vip_ports { type ipv4_addr . inet_service; elements = { 10.0.0.101 . 80, 10.0.0.101 . 443 } }
 //		set balancers { type ipv4_addr; elements = { 10.0.1.1, 10.0.1.2 } }
 //		set tunnel_vips { type ipv4_addr; elements = { 10.0.0.100 } }
 //		chain output {
@@ -38,6 +43,10 @@
 //		}
 //		chain prerouting {
 //			type filter hook prerouting priority filter; policy accept;
+//			meta l4proto tcp ip daddr @forward_vips counter meta pkttype set other comment "forward-tcp"
+//			meta l4proto udp ip daddr @forward_vips counter meta pkttype set other comment "forward-udp"
+//			ip daddr . tcp dport @forward_vip_ports counter meta pkttype set other comment "forward-tcp-ports"
+//			ip daddr . udp dport @forward_vip_ports counter meta pkttype set other comment "forward-udp-ports"
 //			iifname "caplance0" ip daddr != @tunnel_vips counter drop comment "tunnel-foreign-destination"
 //		}
 //	}

@@ -129,9 +129,13 @@ func probeTCPOwnAddress(t *testing.T, l link, _ bool) {
 
 // probeTCPOpen: a connection to a VIP port with a listener works with or
 // without the table.
-func probeTCPOpen(t *testing.T, l link, _ bool) {
+func probeTCPOpen(t *testing.T, l link, _ bool) { probeTCPOpenOn(t, l, vip) }
+
+// probeTCPOpenOn: a connection to port 80 of addr on A, with a listener,
+// works.
+func probeTCPOpenOn(t *testing.T, l link, addr string) {
 	ln := mustInNetNS(t, l.a, func() (net.Listener, error) {
-		return net.Listen("tcp", net.JoinHostPort(vip, "80"))
+		return net.Listen("tcp", net.JoinHostPort(addr, "80"))
 	})
 	served := make(chan error, 1)
 	go func() {
@@ -151,10 +155,10 @@ func probeTCPOpen(t *testing.T, l link, _ bool) {
 	}()
 
 	c, err := inNetNS(t, l.b, func() (net.Conn, error) {
-		return net.DialTimeout("tcp", net.JoinHostPort(vip, "80"), time.Second)
+		return net.DialTimeout("tcp", net.JoinHostPort(addr, "80"), time.Second)
 	})
 	if err != nil {
-		t.Fatalf("connect to %s:%d: %v", vip, open, err)
+		t.Fatalf("connect to %s:%d: %v", addr, open, err)
 	}
 	c.SetDeadline(time.Now().Add(time.Second))
 	if _, err := c.Write([]byte("ping")); err != nil {
@@ -163,7 +167,7 @@ func probeTCPOpen(t *testing.T, l link, _ bool) {
 	buf := make([]byte, 16)
 	n, err := c.Read(buf)
 	if err != nil || string(buf[:n]) != "re:ping" {
-		t.Errorf("read from %s:%d = %q, %v; want \"re:ping\"", vip, open, buf[:n], err)
+		t.Errorf("read from %s:%d = %q, %v; want \"re:ping\"", addr, open, buf[:n], err)
 	}
 	if err := <-served; err != nil {
 		t.Errorf("server: %v", err)

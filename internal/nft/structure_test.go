@@ -1,7 +1,9 @@
 package nft_test
 
 import (
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"testing"
@@ -26,7 +28,7 @@ type chainView struct {
 
 type tableView struct {
 	Chains map[string]chainView
-	Sets   map[string][]netip.Addr
+	Sets   map[string][]string // elements as nft prints them, sorted
 }
 
 // view lists table inet caplance in ns through a connection of its own;
@@ -47,7 +49,7 @@ func view(t *testing.T, ns netns.NsHandle) (v tableView, ok bool) {
 	}
 	table := tables[i]
 
-	v = tableView{Chains: map[string]chainView{}, Sets: map[string][]netip.Addr{}}
+	v = tableView{Chains: map[string]chainView{}, Sets: map[string][]string{}}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		t.Fatalf("list chains: %v", err)
@@ -82,25 +84,36 @@ func view(t *testing.T, ns netns.NsHandle) (v tableView, ok bool) {
 		t.Fatalf("list sets: %v", err)
 	}
 	for _, s := range sets {
-		if s.KeyType.Name != nftables.TypeIPAddr.Name {
-			t.Errorf("set %s has key type %s, want ipv4_addr", s.Name, s.KeyType.Name)
-		}
 		els, err := c.GetSetElements(s)
 		if err != nil {
 			t.Fatalf("elements of %s: %v", s.Name, err)
 		}
-		addrs := []netip.Addr{}
+		elements := []string{}
 		for _, e := range els {
-			a, ok := netip.AddrFromSlice(e.Key)
-			if !ok {
-				t.Fatalf("set %s: element %x is not an address", s.Name, e.Key)
-			}
-			addrs = append(addrs, a)
+			elements = append(elements, element(t, s, e.Key))
 		}
-		slices.SortFunc(addrs, netip.Addr.Compare)
-		v.Sets[s.Name] = addrs
+		slices.Sort(elements)
+		v.Sets[s.Name] = elements
 	}
 	return v, true
+}
+
+// element formats a set element's key as nft prints it: an address, or an
+// address and a port ("10.0.0.1 . 80").
+func element(t *testing.T, s *nftables.Set, key []byte) string {
+	t.Helper()
+	switch s.KeyType.Name {
+	case nftables.TypeIPAddr.Name:
+		if len(key) == 4 {
+			return netip.AddrFrom4([4]byte(key)).String()
+		}
+	case nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService).Name:
+		if len(key) == 8 {
+			return fmt.Sprintf("%s . %d", netip.AddrFrom4([4]byte(key)), binary.BigEndian.Uint16(key[4:]))
+		}
+	}
+	t.Fatalf("set %s (%s): unexpected element %x", s.Name, s.KeyType.Name, key)
+	return ""
 }
 
 func addrs(ss ...string) []netip.Addr {
@@ -114,6 +127,10 @@ func addrs(ss ...string) []netip.Addr {
 var (
 	fullRules = nft.Rules{
 		SilenceVIPs: addrs("10.99.0.101", "10.99.0.100", "10.99.0.101"), // unsorted, duplicate
+		Forward: []nft.Forward{
+			{VIP: netip.MustParseAddr("10.99.0.100")},
+			{VIP: netip.MustParseAddr("10.99.0.101"), Ports: []uint16{443, 80, 443}}, // unsorted, duplicate
+		},
 		Tunnel: &nft.Tunnel{
 			Port:      5555,
 			Balancers: addrs("10.99.0.2", "10.99.0.3"),
@@ -143,13 +160,16 @@ var (
 				Hook:     unix.NF_INET_PRE_ROUTING,
 				Priority: 0,
 				Policy:   nftables.ChainPolicyAccept,
-				Rules:    []string{nft.RuleTunnelForeignDestination},
+				Rules: []string{nft.RuleForwardTCP, nft.RuleForwardUDP, nft.RuleForwardTCPPorts, nft.RuleForwardUDPPorts,
+					nft.RuleTunnelForeignDestination},
 			},
 		},
-		Sets: map[string][]netip.Addr{
-			"silence_vips": addrs("10.99.0.100", "10.99.0.101"),
-			"balancers":    addrs("10.99.0.2", "10.99.0.3"),
-			"tunnel_vips":  addrs("10.99.0.100"),
+		Sets: map[string][]string{
+			"silence_vips":      {"10.99.0.100", "10.99.0.101"},
+			"forward_vips":      {"10.99.0.100"},
+			"forward_vip_ports": {"10.99.0.101 . 443", "10.99.0.101 . 80"},
+			"balancers":         {"10.99.0.2", "10.99.0.3"},
+			"tunnel_vips":       {"10.99.0.100"},
 		},
 	}
 )
@@ -207,6 +227,10 @@ func TestStructure(t *testing.T) {
 		nft.RuleSilenceTCPReset:          {},
 		nft.RuleSilencePortUnreachable:   {},
 		nft.RuleSilenceEchoReply:         {},
+		nft.RuleForwardTCP:               {},
+		nft.RuleForwardUDP:               {},
+		nft.RuleForwardTCPPorts:          {},
+		nft.RuleForwardUDPPorts:          {},
 		nft.RuleTunnelForeignSource:      {},
 		nft.RuleTunnelForeignDestination: {},
 	}
@@ -220,7 +244,7 @@ func TestStructure(t *testing.T) {
 	}
 	want("Apply silence only", tableView{
 		Chains: map[string]chainView{"output": outputChain},
-		Sets:   map[string][]netip.Addr{"silence_vips": addrs("10.99.0.102")},
+		Sets:   map[string][]string{"silence_vips": {"10.99.0.102"}},
 	})
 
 	// A rejected Apply leaves the table as it was.
@@ -229,7 +253,7 @@ func TestStructure(t *testing.T) {
 	}
 	want("rejected Apply", tableView{
 		Chains: map[string]chainView{"output": outputChain},
-		Sets:   map[string][]netip.Addr{"silence_vips": addrs("10.99.0.102")},
+		Sets:   map[string][]string{"silence_vips": {"10.99.0.102"}},
 	})
 
 	for _, wantExisted := range []bool{true, false} {

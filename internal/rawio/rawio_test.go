@@ -3,6 +3,7 @@ package rawio_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
+	"github.com/caplance/caplance/internal/netnstest"
 	"github.com/caplance/caplance/internal/rawio"
 )
 
@@ -460,5 +462,87 @@ func TestAllocs(t *testing.T) {
 		}
 	}); n != 0 {
 		t.Errorf("Add+Flush: %v allocs per run, want 0", n)
+	}
+}
+
+// TestQueueFlushWaitsForAFullBuffer: with the socket's send buffer full
+// (a slow qdisc holds what was sent), Flush waits for room instead of
+// dropping or failing, and every datagram arrives.
+func TestQueueFlushWaitsForAFullBuffer(t *testing.T) {
+	lab := netnstest.NewForTest(t, "rio")
+	from, err := lab.AddHost("from", netip.MustParsePrefix("10.9.0.1/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	to, err := lab.AddHost("to", netip.MustParsePrefix("10.9.0.2/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 8 Mbit/s: a 1000-byte datagram leaves every millisecond.
+	if out, err := from.Command(t.Context(), "tc", "qdisc", "add", "dev", "eth0", "root", "tbf",
+		"rate", "8mbit", "burst", "2kb", "limit", "1mb").CombinedOutput(); err != nil {
+		t.Fatalf("tc: %v\n%s", err, out)
+	}
+	var sink int
+	err = to.Do(func() (err error) {
+		sink, err = unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err == nil {
+			err = unix.Bind(sink, &unix.SockaddrInet4{Addr: [4]byte{10, 9, 0, 2}, Port: 9})
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(sink) })
+
+	dst := [4]byte{10, 9, 0, 2}
+	payload := dgram(7, 1000)
+	var filled int
+	var failures []error
+	q := rawio.NewQueue(32)
+	err = from.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096); err != nil {
+			return err
+		}
+		// Fill the send buffer until the kernel says it is full.
+		for ; ; filled++ {
+			err := unix.Sendto(fd, payload, unix.MSG_DONTWAIT, &unix.SockaddrInet4{Addr: dst, Port: 9})
+			if errors.Is(err, unix.EAGAIN) {
+				break
+			}
+			if err != nil || filled == 1000 {
+				return fmt.Errorf("filling the send buffer: %d sent, then %v", filled, err)
+			}
+		}
+		for range q.Cap() {
+			q.Add(payload, dst, 9)
+		}
+		if n := q.Flush(fd, func(_ int, err error) { failures = append(failures, err) }); n != q.Cap() {
+			return fmt.Errorf("Flush sent %d of %d", n, q.Cap())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(failures) > 0 {
+		t.Errorf("Flush reported failures: %v", failures)
+	}
+	want := filled + q.Cap()
+	buf := make([]byte, 2000)
+	tv := unix.NsecToTimeval(int64(2 * time.Second))
+	if err := unix.SetsockoptTimeval(sink, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+		t.Fatal(err)
+	}
+	for got := 0; got < want; got++ {
+		if n, _, err := unix.Recvfrom(sink, buf, 0); err != nil || n != len(payload) {
+			t.Fatalf("datagram %d of %d: %d bytes, %v", got+1, want, n, err)
+		}
 	}
 }

@@ -144,7 +144,7 @@ func (b *Balancer) openWorker(i int) (*worker, error) {
 // its socket with the Go runtime's epoll, and then every arriving packet woke
 // an idle runtime thread that found nothing to do (measured with make
 // bench-dataplane: ~40,000 wake-ups a second, a third of caplanced's CPU, and
-// 0.70× kernel forwarding instead of 0.88–0.94×). The worker reads it in its
+// 0.70× kernel forwarding instead of 0.78–0.88×). The worker reads it in its
 // own loop and never needs the runtime's poller.
 func (w *worker) listen(proto int, vip netip.Addr, filter []bpf.RawInstruction) error {
 	name := protoNames[proto]

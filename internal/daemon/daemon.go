@@ -35,6 +35,7 @@ import (
 	"github.com/caplance/caplance/internal/registry"
 	"github.com/caplance/caplance/internal/version"
 	"github.com/caplance/caplance/internal/vip"
+	"github.com/caplance/caplance/internal/watchdog"
 )
 
 // Options are caplanced's command-line settings.
@@ -108,7 +109,7 @@ func Run(opts Options) error {
 	signal.Notify(hups, syscall.SIGHUP)
 	defer signal.Stop(hups)
 
-	wedge, wedgeAfter, err := parseTestWedge(opts.TestWedge)
+	wedge, wedgeAfter, err := watchdog.ParseTestWedge(opts.TestWedge, "worker", "caplanced(8)")
 	if err != nil {
 		return err
 	}
@@ -133,7 +134,7 @@ func Run(opts Options) error {
 	notify(log, "READY=1\nSTATUS="+status)
 	log.Info("ready", "status", status)
 	watchdogDone := make(chan struct{})
-	if interval := watchdogInterval(log); interval > 0 {
+	if interval := watchdog.Interval(log); interval > 0 {
 		log.Info("watchdog on", "ping_every", interval)
 		go func() { r.startWatchdog(ctx, interval); close(watchdogDone) }()
 	} else {

@@ -19,6 +19,7 @@ import (
 	"github.com/caplance/caplance/internal/check"
 	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/version"
+	"github.com/caplance/caplance/internal/watchdog"
 )
 
 // Options are what Run needs besides the configuration.
@@ -175,7 +176,7 @@ func Serve(opts Options) error {
 	}()
 	d := New(opts)
 	if d.opts.Watchdog == 0 {
-		d.opts.Watchdog = watchdogInterval(d.log)
+		d.opts.Watchdog = watchdog.Interval(d.log)
 	}
 	return d.Run(ctx)
 }
@@ -185,7 +186,7 @@ func Serve(opts Options) error {
 // org.caplance.Health1 taken) or when the bus connection is lost.
 func (d *Daemon) Run(ctx context.Context) error {
 	notify := d.opts.Notify
-	wedge, wedgeAfter, err := parseTestWedge(d.opts.TestWedge)
+	wedge, wedgeAfter, err := watchdog.ParseTestWedge(d.opts.TestWedge, "loop", "caplance-healthd(8)")
 	if err != nil {
 		return err
 	}
@@ -255,7 +256,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.opts.Watchdog > 0 {
 		d.log.Info("watchdog on", "ping_every", d.opts.Watchdog)
 		watchdogDone := make(chan struct{})
-		go func() { d.watchdog(loopCtx, d.opts.Watchdog); close(watchdogDone) }()
+		wd := watchdog.Watchdog{
+			Interval:      d.opts.Watchdog,
+			RoundTrip:     d.Alive,
+			RoundTripName: "the main loop",
+			Notify:        d.opts.Notify,
+			Log:           d.log,
+		}
+		go func() { wd.Run(loopCtx); close(watchdogDone) }()
 		defer func() { endLoop(); <-watchdogDone }()
 	}
 	if wedge {

@@ -1,0 +1,27 @@
+package healthd
+
+import (
+	"context"
+	"time"
+
+	"github.com/caplance/caplance/internal/watchdog"
+)
+
+// TestWedgeEnv is the watchdog's test hook (caplance-healthd(8),
+// ENVIRONMENT): "loop" hangs the main loop right after READY=1,
+// "loop:DURATION" that long after it, until the daemon is told to stop;
+// WATCHDOG=1 stops, and systemd restarts caplance-healthd. For tests only.
+const TestWedgeEnv = watchdog.TestWedgeEnv
+
+// wedgeAfter hangs the main loop after delay until ctx ends.
+func (d *Daemon) wedgeAfter(ctx context.Context, delay time.Duration) {
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return
+	case <-t.C:
+	}
+	d.log.Warn("test hook " + TestWedgeEnv + ": hanging the main loop")
+	_ = d.inLoop(ctx, func() { <-ctx.Done() })
+}

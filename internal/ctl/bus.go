@@ -107,7 +107,7 @@ func callError(method string, err error) error {
 	if err == nil {
 		return nil
 	}
-	dbusErr, ok := asDBusError(err)
+	dbusErr, ok := dbusname.AsError(err)
 	if !ok {
 		if errors.Is(err, context.DeadlineExceeded) {
 			return fmt.Errorf("%s: no reply from caplanced within %v", method, callTimeout)
@@ -147,22 +147,10 @@ func errorName(err error) string {
 	if errors.As(err, &named) {
 		return named.name
 	}
-	if e, ok := asDBusError(err); ok {
+	if e, ok := dbusname.AsError(err); ok {
 		return e.Name
 	}
 	return ""
-}
-
-func asDBusError(err error) (dbus.Error, bool) {
-	var e dbus.Error
-	if errors.As(err, &e) {
-		return e, true
-	}
-	var p *dbus.Error
-	if errors.As(err, &p) && p != nil {
-		return *p, true
-	}
-	return dbus.Error{}, false
 }
 
 // Error names of a call to an object that is not there.

@@ -1,7 +1,6 @@
 package dbusapi
 
 import (
-	"encoding/xml"
 	"fmt"
 	"maps"
 	"slices"
@@ -22,14 +21,9 @@ type introspector struct{ s *Server }
 func (in introspector) Introspect(msg dbus.Message) (string, *dbus.Error) {
 	path, _ := msg.Headers[dbus.FieldPath].Value().(dbus.ObjectPath)
 	s := in.s
-	var node introspect.Node
+	node, ancestor := dbusname.AncestorNode(path, dbusname.ManagerPath)
 	switch {
-	case path == "/":
-		node.Children = []introspect.Node{{Name: "org"}}
-	case path == "/org":
-		node.Children = []introspect.Node{{Name: "caplance"}}
-	case path == "/org/caplance":
-		node.Children = []introspect.Node{{Name: "Caplance1"}}
+	case ancestor:
 	case path == dbusname.ManagerPath:
 		node.Interfaces = managerInterfaces(s.mgrProps)
 		s.mu.Lock()
@@ -55,18 +49,10 @@ func (in introspector) Introspect(msg dbus.Message) (string, *dbus.Error) {
 			node.Interfaces = backendInterfaceData()
 		}
 	}
-	return render(node), nil
+	return dbusname.RenderIntrospection(node), nil
 }
 
 // render is the XML of node, with the DOCTYPE of the introspection format.
-func render(node introspect.Node) string {
-	out, err := xml.MarshalIndent(node, "", "  ")
-	if err != nil {
-		panic(err) // the types are fixed: a bug
-	}
-	return strings.TrimSpace(introspect.IntrospectDeclarationString) + "\n" + string(out) + "\n"
-}
-
 // managerInterfaces are the manager's interfaces, as introspection
 // describes them.
 func managerInterfaces(props *prop.Properties) []introspect.Interface {

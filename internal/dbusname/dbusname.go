@@ -1,11 +1,14 @@
 // Package dbusname holds the names of caplanced's D-Bus API
 // (caplanced.dbus(7)), shared by the server (package dbusapi) and its
 // clients (caplancectl, caplance-healthd), the escaping of backend names
-// into object paths, and the introspection data of the standard
-// ObjectManager interface both daemons serve. It must hold nothing else.
+// into object paths, what both daemons' introspection shares (the standard
+// ObjectManager interface, the nodes above their root objects, rendering),
+// and finding the D-Bus error in a call's error. It must hold nothing else.
 package dbusname
 
 import (
+	"encoding/xml"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -98,4 +101,43 @@ var ObjectManagerIntrospection = introspect.Interface{
 			{Name: "object_path", Type: "o"}, {Name: "interfaces", Type: "as"},
 		}},
 	},
+}
+
+// AncestorNode is the introspection node of path when path is an ancestor
+// of root ("/", "/org", … above "/org/caplance/Caplance1"): its one child is
+// the next element towards root. ok is false for any other path.
+func AncestorNode(path, root dbus.ObjectPath) (node introspect.Node, ok bool) {
+	prefix := string(path)
+	if prefix != "/" {
+		prefix += "/"
+	}
+	rest, ok := strings.CutPrefix(string(root), prefix)
+	if !ok || rest == "" {
+		return introspect.Node{}, false
+	}
+	child, _, _ := strings.Cut(rest, "/")
+	return introspect.Node{Children: []introspect.Node{{Name: child}}}, true
+}
+
+// RenderIntrospection is node as the reply of Introspect.
+func RenderIntrospection(node introspect.Node) string {
+	out, err := xml.MarshalIndent(node, "", "  ")
+	if err != nil {
+		panic(err) // the types are fixed: a bug
+	}
+	return strings.TrimSpace(introspect.IntrospectDeclarationString) + "\n" + string(out) + "\n"
+}
+
+// AsError finds the D-Bus error in err's chain: godbus returns a dbus.Error
+// from some calls and a *dbus.Error from others.
+func AsError(err error) (dbus.Error, bool) {
+	var e dbus.Error
+	if errors.As(err, &e) {
+		return e, true
+	}
+	var p *dbus.Error
+	if errors.As(err, &p) && p != nil {
+		return *p, true
+	}
+	return dbus.Error{}, false
 }

@@ -1,7 +1,6 @@
 package healthd
 
 import (
-	"encoding/xml"
 	"maps"
 	"slices"
 	"strings"
@@ -303,14 +302,9 @@ func (in health1Introspector) Introspect(msg dbus.Message) (string, *dbus.Error)
 	h := in.h
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	var node introspect.Node
+	node, ancestor := dbusname.AncestorNode(path, dbusname.HealthPath)
 	switch {
-	case path == "/":
-		node.Children = []introspect.Node{{Name: "org"}}
-	case path == "/org":
-		node.Children = []introspect.Node{{Name: "caplance"}}
-	case path == "/org/caplance":
-		node.Children = []introspect.Node{{Name: "Health1"}}
+	case ancestor:
 	case path == dbusname.HealthPath:
 		node.Interfaces = []introspect.Interface{
 			{Name: dbusname.HealthManagerIface, Properties: managerPropData},
@@ -332,11 +326,7 @@ func (in health1Introspector) Introspect(msg dbus.Message) (string, *dbus.Error)
 			prop.IntrospectData, introspect.IntrospectData, introspect.PeerData,
 		}
 	}
-	out, err := xml.MarshalIndent(node, "", "  ")
-	if err != nil {
-		panic(err) // fixed types: a bug
-	}
-	return strings.TrimSpace(introspect.IntrospectDeclarationString) + "\n" + string(out) + "\n", nil
+	return dbusname.RenderIntrospection(node), nil
 }
 
 var noSignal = []introspect.Annotation{{Name: "org.freedesktop.DBus.Property.EmitsChangedSignal", Value: "false"}}

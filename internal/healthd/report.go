@@ -166,21 +166,9 @@ func dbusReporter(conn *dbus.Conn, timeout time.Duration) reportFunc {
 		defer cancel()
 		call := conn.Object(dbusname.BusName, dbusname.ManagerPath).CallWithContext(ctx,
 			dbusname.ManagerIface+".ReportHealth", dbus.FlagNoAutoStart, name, r.healthy, r.detail)
-		if e, ok := asDBusError(call.Err); ok && e.Name == dbusname.ErrorPrefix+"NotFound" {
+		if e, ok := dbusname.AsError(call.Err); ok && e.Name == dbusname.ErrorPrefix+"NotFound" {
 			return errors.Join(errGone, call.Err)
 		}
 		return call.Err
 	}
-}
-
-func asDBusError(err error) (dbus.Error, bool) {
-	var e dbus.Error
-	if errors.As(err, &e) {
-		return e, true
-	}
-	var p *dbus.Error
-	if errors.As(err, &p) && p != nil {
-		return *p, true
-	}
-	return dbus.Error{}, false
 }

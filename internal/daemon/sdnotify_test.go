@@ -32,16 +32,6 @@ const (
 	pingEvery    = 200 * time.Millisecond
 )
 
-func listenNotify(t *testing.T) *notifysock.Socket {
-	t.Helper()
-	n, err := notifysock.Listen(filepath.Join(t.TempDir(), "notify.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	return n
-}
-
 // waitFor returns the index of the first message from index from on that
 // has the line want (or a line starting with want, if want ends in "="),
 // failing t after 15 s or when exited is closed.
@@ -161,7 +151,7 @@ func TestSystemdContract(t *testing.T) {
 	bus := dbustest.Start(t)
 
 	t.Run("the watchdog pings at half of WATCHDOG_USEC, reloads follow sd_notify", func(t *testing.T) {
-		n := listenNotify(t)
+		n := notifysock.ListenT(t)
 		p := start(t, host, bus.Address, n)
 		defer p.stop(t)
 
@@ -208,7 +198,7 @@ func TestSystemdContract(t *testing.T) {
 	})
 
 	t.Run("a wedged worker stops the pings", func(t *testing.T) {
-		n := listenNotify(t)
+		n := notifysock.ListenT(t)
 		p := start(t, host, bus.Address, n, daemon.TestWedgeEnv+"=worker:1s")
 		ready := time.Now()
 		time.Sleep(3 * time.Second)

@@ -28,16 +28,6 @@ const (
 	pingEvery    = 200 * time.Millisecond
 )
 
-func listenNotify(t *testing.T) *notifysock.Socket {
-	t.Helper()
-	n, err := notifysock.Listen(filepath.Join(t.TempDir(), "notify.sock"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	return n
-}
-
 // TestMain removes the binaries built for the tests.
 func TestMain(m *testing.M) {
 	code := m.Run()
@@ -101,7 +91,7 @@ func TestWatchdogBinary(t *testing.T) {
 		t.Skip("needs root (private system bus)")
 	}
 	t.Run("pings at half of WATCHDOG_USEC", func(t *testing.T) {
-		n := listenNotify(t)
+		n := notifysock.ListenT(t)
 		_, stop := startHealthd(t, n)
 		ready := time.Now()
 		time.Sleep(2 * time.Second)
@@ -109,7 +99,7 @@ func TestWatchdogBinary(t *testing.T) {
 		stop()
 	})
 	t.Run("a hung main loop stops the pings", func(t *testing.T) {
-		n := listenNotify(t)
+		n := notifysock.ListenT(t)
 		logPath, stop := startHealthd(t, n, healthd.TestWedgeEnv+"=loop:1s")
 		ready := time.Now()
 		time.Sleep(3 * time.Second)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -133,6 +134,26 @@ type TB interface {
 	Helper()
 	Logf(format string, args ...any)
 	Errorf(format string, args ...any)
+}
+
+// T is the part of testing.TB that ListenT uses.
+type T interface {
+	TB
+	TempDir() string
+	Cleanup(func())
+	Fatal(args ...any)
+}
+
+// ListenT is Listen for a test: the socket is in t's temporary directory
+// and closed when t ends; an error fails t.
+func ListenT(t T) *Socket {
+	t.Helper()
+	s, err := Listen(filepath.Join(t.TempDir(), "notify.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
 }
 
 // CheckPingRate fails t unless the pings at, seen within window, come about

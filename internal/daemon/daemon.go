@@ -141,7 +141,7 @@ func Run(opts Options) error {
 		close(watchdogDone)
 	}
 	if wedge {
-		go r.wedgeAfter(ctx, wedgeAfter)
+		go watchdog.WedgeAfter(ctx, wedgeAfter, r.wedge)
 	}
 
 	var sig os.Signal

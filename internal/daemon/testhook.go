@@ -1,9 +1,6 @@
 package daemon
 
 import (
-	"context"
-	"time"
-
 	"github.com/caplance/caplance/internal/watchdog"
 )
 
@@ -15,16 +12,8 @@ import (
 // worker's share of packets.
 const TestWedgeEnv = watchdog.TestWedgeEnv
 
-// wedgeAfter wedges the first data-path worker after d, unless ctx ends
-// first.
-func (r *running) wedgeAfter(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return
-	case <-t.C:
-	}
+// wedge wedges the first data-path worker.
+func (r *running) wedge() {
 	switch {
 	case r.bal != nil:
 		r.log.Warn("test hook " + TestWedgeEnv + ": wedging the first balancer worker")

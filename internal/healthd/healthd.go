@@ -267,7 +267,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer func() { endLoop(); <-watchdogDone }()
 	}
 	if wedge {
-		go d.wedgeAfter(loopCtx, wedgeAfter)
+		go watchdog.WedgeAfter(loopCtx, wedgeAfter, func() { d.wedge(loopCtx) })
 	}
 
 	var loopErr error

@@ -2,7 +2,6 @@ package healthd
 
 import (
 	"context"
-	"time"
 
 	"github.com/caplance/caplance/internal/watchdog"
 )
@@ -13,15 +12,8 @@ import (
 // WATCHDOG=1 stops, and systemd restarts caplance-healthd. For tests only.
 const TestWedgeEnv = watchdog.TestWedgeEnv
 
-// wedgeAfter hangs the main loop after delay until ctx ends.
-func (d *Daemon) wedgeAfter(ctx context.Context, delay time.Duration) {
-	t := time.NewTimer(delay)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return
-	case <-t.C:
-	}
+// wedge hangs the main loop until ctx ends.
+func (d *Daemon) wedge(ctx context.Context) {
 	d.log.Warn("test hook " + TestWedgeEnv + ": hanging the main loop")
 	_ = d.inLoop(ctx, func() { <-ctx.Done() })
 }

@@ -121,3 +121,15 @@ func ParseTestWedge(v, what, manPage string) (wedge bool, after time.Duration, e
 	}
 	return false, 0, fmt.Errorf("%s=%q: want %s or %s:DURATION (a test hook, see %s)", TestWedgeEnv, v, what, what, manPage)
 }
+
+// WedgeAfter calls wedge, the daemon's way of hanging, after delay, unless
+// ctx ends first.
+func WedgeAfter(ctx context.Context, delay time.Duration, wedge func()) {
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+		wedge()
+	}
+}

@@ -156,3 +156,14 @@ func TestParseTestWedge(t *testing.T) {
 		}
 	}
 }
+
+func TestWedgeAfter(t *testing.T) {
+	var wedged atomic.Bool
+	WedgeAfter(context.Background(), time.Millisecond, func() { wedged.Store(true) })
+	if !wedged.Load() {
+		t.Error("not wedged after the delay")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	WedgeAfter(ctx, time.Hour, func() { t.Error("wedged although ctx had ended") })
+}

@@ -254,8 +254,10 @@ type BackendStats struct {
 	Packets  uint64
 	Bytes    uint64
 	NewFlows uint64
-	// ActiveFlows is how many tracked flows point at the backend.
-	ActiveFlows uint64
+	// ActiveFlows is how many tracked flows point at the backend, except
+	// InactiveFlows: TCP connections the client has closed (FIN or RST),
+	// tracked for the short closing timeout only.
+	ActiveFlows, InactiveFlows uint64
 }
 
 // Stats sums the per-worker counters.
@@ -270,7 +272,9 @@ func (b *Balancer) Stats() Stats {
 	}
 	flows := b.cfg.Conntrack.CountByBackend()
 	for _, t := range b.snap.Load().byIndex {
-		bs := BackendStats{Name: t.Name, State: t.State.String(), ActiveFlows: uint64(flows[t.ID])}
+		f := flows[t.ID]
+		bs := BackendStats{Name: t.Name, State: t.State.String(),
+			ActiveFlows: uint64(f.Active), InactiveFlows: uint64(f.Inactive)}
 		for i := range t.stats.perWorker {
 			c := &t.stats.perWorker[i]
 			bs.Packets += c.packets.Load()

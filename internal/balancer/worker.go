@@ -111,7 +111,7 @@ func (w *worker) forward(n int) {
 			continue
 		}
 		pkt := w.batch.Packet(i)
-		key, err := flow.Parse(pkt)
+		key, flags, err := flow.Parse(pkt)
 		if err != nil {
 			w.drop(dropReason(err.(flow.Malformed))) // Parse's only error type
 			continue
@@ -122,7 +122,7 @@ func (w *worker) forward(n int) {
 		}
 		h := key.Hash()
 		var t *target
-		if id, ok := ct.Lookup(key, now, s.valid); ok {
+		if id, ok := ct.Lookup(key, flags, now, s.valid); ok {
 			t = s.byID[id]
 		} else {
 			idx := s.table.Lookup(h)
@@ -131,7 +131,7 @@ func (w *worker) forward(n int) {
 				continue
 			}
 			t = s.byIndex[idx]
-			ct.Insert(key, t.ID, now)
+			ct.Insert(key, t.ID, flags, now)
 			t.stats.perWorker[w.index].newFlows.Add(1)
 		}
 		frame := w.batch.Framed(i)

@@ -31,6 +31,9 @@ const (
 	DefaultConntrackSize = 1 << 20
 	DefaultTCPTimeout    = 15 * time.Minute
 	DefaultUDPTimeout    = 5 * time.Minute
+	// DefaultTCPClosingTimeout is how long a TCP flow stays tracked after
+	// the client's FIN or RST: IPVS's CLOSE timeout.
+	DefaultTCPClosingTimeout = 10 * time.Second
 	// MaxWorkers bounds the workers per role: each has its own sockets and
 	// a few MiB of buffers.
 	MaxWorkers = 64
@@ -63,6 +66,9 @@ type Balancer struct {
 	ConntrackSize int
 	// TCPTimeout and UDPTimeout are the idle timeouts of tracked flows.
 	TCPTimeout, UDPTimeout time.Duration
+	// TCPClosingTimeout is the idle timeout of a TCP flow the client has
+	// closed (FIN or RST).
+	TCPClosingTimeout time.Duration
 }
 
 // VIP is one virtual address and the destination ports it accepts.
@@ -111,15 +117,16 @@ type rawConfig struct {
 }
 
 type rawBalancer struct {
-	VIPs          []string         `toml:"vips"`
-	Interface     string           `toml:"interface"`
-	Ports         map[string][]int `toml:"ports"`
-	EncapPort     *int             `toml:"encap_port"`
-	TableSize     *int             `toml:"table_size"`
-	Workers       *int             `toml:"workers"`
-	ConntrackSize *int             `toml:"conntrack_size"`
-	TCPTimeout    string           `toml:"tcp_timeout"`
-	UDPTimeout    string           `toml:"udp_timeout"`
+	VIPs              []string         `toml:"vips"`
+	Interface         string           `toml:"interface"`
+	Ports             map[string][]int `toml:"ports"`
+	EncapPort         *int             `toml:"encap_port"`
+	TableSize         *int             `toml:"table_size"`
+	Workers           *int             `toml:"workers"`
+	ConntrackSize     *int             `toml:"conntrack_size"`
+	TCPTimeout        string           `toml:"tcp_timeout"`
+	UDPTimeout        string           `toml:"udp_timeout"`
+	TCPClosingTimeout string           `toml:"tcp_closing_timeout"`
 }
 
 type rawBackend struct {

@@ -36,7 +36,7 @@ name = "web1"
 address = "10.0.1.11"
 `,
 			want: &Config{
-				Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute},
+				Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second},
 				Backends: []Backend{{Name: "web1", Address: addr("10.0.1.11"), Weight: 100}},
 			},
 		},
@@ -52,6 +52,7 @@ workers = 2
 conntrack_size = 4096
 tcp_timeout = "1h"
 udp_timeout = "90s"
+tcp_closing_timeout = "2s"
 [balancer.ports]
 "10.0.0.101" = [443, 80]
 [[backend]]
@@ -69,6 +70,7 @@ weight = 10000
 					VIPs:      []VIP{{Addr: addr("10.0.0.100")}, {Addr: addr("10.0.0.101"), Ports: []uint16{80, 443}}},
 					Interface: "eth1", EncapPort: 6000, TableSize: 101,
 					Workers: 2, ConntrackSize: 4096, TCPTimeout: time.Hour, UDPTimeout: 90 * time.Second,
+					TCPClosingTimeout: 2 * time.Second,
 				},
 				Backends: []Backend{
 					{Name: "web-1.a_b", Address: addr("10.0.1.11"), Weight: 0, Check: "tcp://:80"},
@@ -79,7 +81,7 @@ weight = 10000
 		{
 			name: "balancer without backends is valid (they come at run time)",
 			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\n",
-			want: &Config{Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute}},
+			want: &Config{Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second}},
 		},
 		{
 			name: "receiver",
@@ -117,6 +119,7 @@ workers = 3
 				VIPs:      []VIP{{Addr: addr("10.0.0.1")}, {Addr: addr("10.0.0.2")}},
 				Interface: "br0", EncapPort: 7000, TableSize: 65537,
 				ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute,
+				TCPClosingTimeout: 10 * time.Second,
 			}},
 		},
 		{
@@ -231,12 +234,13 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 		},
 		{
 			name: "numeric bounds",
-			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\ntable_size = 97\nworkers = 65\nconntrack_size = 10\ntcp_timeout = \"15\"\nudp_timeout = \"25h\"\n[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\nworkers = -1\n",
+			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\ntable_size = 97\nworkers = 65\nconntrack_size = 10\ntcp_timeout = \"15\"\nudp_timeout = \"25h\"\ntcp_closing_timeout = \"500ms\"\n[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\nworkers = -1\n",
 			want: []string{
 				`test.toml: balancer: workers 65: must be between 0 and 64`,
 				`test.toml: balancer: conntrack_size 10: must be between 1024 and 16777216`,
 				`test.toml: balancer: tcp_timeout "15": not a duration (write e.g. "90s", "15m" or "1h")`,
 				`test.toml: balancer: udp_timeout "25h": must be between 1s and 24h`,
+				`test.toml: balancer: tcp_closing_timeout "500ms": must be between 1s and 24h`,
 				`test.toml: balancer: table_size 97: must be a prime between 101 and 16777213`,
 				`test.toml: receiver: workers -1: must be between 0 and 64`,
 			},
@@ -341,6 +345,7 @@ func TestEnvNames(t *testing.T) {
 		"CAPLANCED_BALANCER_ENCAP_PORT",
 		"CAPLANCED_BALANCER_INTERFACE",
 		"CAPLANCED_BALANCER_TABLE_SIZE",
+		"CAPLANCED_BALANCER_TCP_CLOSING_TIMEOUT",
 		"CAPLANCED_BALANCER_TCP_TIMEOUT",
 		"CAPLANCED_BALANCER_UDP_TIMEOUT",
 		"CAPLANCED_BALANCER_VIPS",

@@ -50,6 +50,8 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 		ConntrackSize: intIn(raw.ConntrackSize, DefaultConntrackSize, 1024, MaxConntrackSize, "balancer: conntrack_size", p),
 		TCPTimeout:    timeout(raw.TCPTimeout, DefaultTCPTimeout, "balancer: tcp_timeout", p),
 		UDPTimeout:    timeout(raw.UDPTimeout, DefaultUDPTimeout, "balancer: udp_timeout", p),
+		TCPClosingTimeout: timeout(raw.TCPClosingTimeout, DefaultTCPClosingTimeout,
+			"balancer: tcp_closing_timeout", p),
 	}
 	if len(raw.VIPs) == 0 {
 		p.add("balancer: vips: at least one VIP is required")

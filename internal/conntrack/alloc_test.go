@@ -19,7 +19,7 @@ func TestZeroAllocs(t *testing.T) {
 
 	tbl := mustNew(t, capacity, 1, testTimeouts)
 	for i := range capacity {
-		tbl.Insert(key(i, pTCP), uint32(i%8), 0)
+		tbl.Insert(key(i, pTCP), uint32(i%8), 0, 0)
 	}
 	next := capacity // the next fresh flow
 	fresh := func() flow.Key { next++; return key(next, pTCP) }
@@ -28,20 +28,26 @@ func TestZeroAllocs(t *testing.T) {
 		name string
 		f    func()
 	}{
-		{"Lookup hit", func() { tbl.Lookup(key(0, pTCP), now, valid) }},
-		{"Lookup miss", func() { tbl.Lookup(key(1<<20, pTCP), now, valid) }},
+		{"Lookup hit", func() { tbl.Lookup(key(0, pTCP), 0, now, valid) }},
+		{"Lookup miss", func() { tbl.Lookup(key(1<<20, pTCP), 0, now, valid) }},
 		{"Lookup invalid backend", func() {
 			k := fresh()
-			tbl.Insert(k, 3, now)
-			tbl.Lookup(k, now, valid)
+			tbl.Insert(k, 3, 0, now)
+			tbl.Lookup(k, 0, now, valid)
 		}},
 		{"Lookup expired", func() {
 			k := fresh()
-			tbl.Insert(k, 1, now)
-			tbl.Lookup(k, now+1000, valid)
+			tbl.Insert(k, 1, 0, now)
+			tbl.Lookup(k, 0, now+1000, valid)
 		}},
-		{"Insert overwrite", func() { tbl.Insert(key(0, pTCP), 2, now) }},
-		{"Insert with eviction", func() { now++; tbl.Insert(fresh(), 1, now) }},
+		{"Lookup FIN: to closing", func() { tbl.Lookup(key(1, pTCP), flow.FIN|flow.ACK, now, valid) }},
+		{"Lookup SYN on closing", func() {
+			k := fresh()
+			tbl.Insert(k, 1, flow.RST, now)
+			tbl.Lookup(k, flow.SYN, now, valid)
+		}},
+		{"Insert overwrite", func() { tbl.Insert(key(0, pTCP), 2, 0, now) }},
+		{"Insert with eviction", func() { now++; tbl.Insert(fresh(), 1, 0, now) }},
 		{"Sweep", func() { now += 50; tbl.Sweep(now) }},
 	}
 	for _, c := range cases {
@@ -59,7 +65,7 @@ func TestZeroAllocs(t *testing.T) {
 		churn := func() {
 			for i := range 100_000 {
 				k.SrcPort, k.DstPort = uint16(i), uint16(i>>16)
-				tbl.Insert(k, 1, 0)
+				tbl.Insert(k, 1, 0, 0)
 			}
 		}
 		churn()

@@ -88,7 +88,7 @@ func BenchmarkLookup(b *testing.B) {
 	}
 	base := newLockedMap(benchFlows)
 	for i, k := range keys[:benchFlows] {
-		tbl.Insert(k, uint32(i%16), 0)
+		tbl.Insert(k, uint32(i%16), 0, 0)
 		base.insert(k, uint32(i%16))
 	}
 	valid := benchValid()
@@ -112,7 +112,7 @@ func BenchmarkLookup(b *testing.B) {
 			b.ReportAllocs()
 			i, ops := 0, 0
 			for b.Loop() {
-				id, _ := tbl.Lookup(c.keys[i], 1, valid)
+				id, _ := tbl.Lookup(c.keys[i], 0, 1, valid)
 				sinkID += id
 				i = (i + 1) % len(c.keys)
 				ops++
@@ -148,12 +148,12 @@ func BenchmarkInsert(b *testing.B) {
 			b.Fatal(err)
 		}
 		for i := range capacity { // full before timing
-			tbl.Insert(keys[len(keys)-1-i], 1, 0)
+			tbl.Insert(keys[len(keys)-1-i], 1, 0, 0)
 		}
 		b.ReportAllocs()
 		i, ops := 0, 0
 		for b.Loop() {
-			tbl.Insert(keys[i], 1, int64(ops))
+			tbl.Insert(keys[i], 1, 0, int64(ops))
 			i = (i + 1) % len(keys)
 			ops++
 		}
@@ -177,7 +177,7 @@ func BenchmarkLookupParallel(b *testing.B) {
 	}
 	base := newLockedMap(benchFlows)
 	for i, k := range keys {
-		tbl.Insert(k, uint32(i%16), 0)
+		tbl.Insert(k, uint32(i%16), 0, 0)
 		base.insert(k, uint32(i%16))
 	}
 	valid := benchValid()
@@ -201,7 +201,7 @@ func BenchmarkLookupParallel(b *testing.B) {
 		baseNs = parallel(b, func(k flow.Key) uint32 { id, _ := base.lookup(k); return id })
 	})
 	b.Run("hit", func(b *testing.B) {
-		ns := parallel(b, func(k flow.Key) uint32 { id, _ := tbl.Lookup(k, 1, valid); return id })
+		ns := parallel(b, func(k flow.Key) uint32 { id, _ := tbl.Lookup(k, 0, 1, valid); return id })
 		if baseNs > 0 {
 			b.ReportMetric(ns/baseNs, "x-baseline")
 		}

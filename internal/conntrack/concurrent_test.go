@@ -21,7 +21,8 @@ func TestConcurrent(t *testing.T) {
 		duration = 200 * time.Millisecond
 	)
 	// Timeouts a few milliseconds long, so entries expire during the run.
-	tbl, err := New(capacity, Timeouts{TCP: 8 * time.Millisecond, UDP: 4 * time.Millisecond, Other: 2 * time.Millisecond})
+	tbl, err := New(capacity, Timeouts{TCP: 8 * time.Millisecond, UDP: 4 * time.Millisecond, Other: 2 * time.Millisecond,
+		TCPClosing: 3 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,11 +51,11 @@ func TestConcurrent(t *testing.T) {
 				switch r := rng.IntN(1000); {
 				case r < 600:
 					lookups.Add(1)
-					if _, ok := tbl.Lookup(k, now, valid); ok {
+					if _, ok := tbl.Lookup(k, tcpFlags(k, rng), now, valid); ok {
 						hits.Add(1)
 					}
 				case r < 990:
-					tbl.Insert(k, uint32(rng.IntN(8)), now)
+					tbl.Insert(k, uint32(rng.IntN(8)), tcpFlags(k, rng), now)
 				case r < 995:
 					sweeps.Add(1)
 					tbl.Sweep(now)
@@ -79,11 +80,20 @@ func TestConcurrent(t *testing.T) {
 	}
 	for _, e := range entries {
 		// At its own last use an entry is live.
-		if id, ok := tbl.Lookup(e.Key, e.Last, nil); !ok || id != e.ID {
+		if id, ok := tbl.Lookup(e.Key, 0, e.Last, nil); !ok || id != e.ID {
 			t.Errorf("%v: Lookup = %d, %t, want %d, true", e.Key, id, ok, e.ID)
 		}
 	}
 	if hits.Load() == 0 || tbl.Evictions() == 0 {
 		t.Errorf("no hits or no evictions: the test misses a case")
 	}
+}
+
+// tcpFlags returns random flags for a TCP key, mostly ACKs, and none for
+// other keys.
+func tcpFlags(k flow.Key, rng *rand.Rand) flow.TCPFlags {
+	if k.Proto != pTCP {
+		return 0
+	}
+	return []flow.TCPFlags{flow.ACK, flow.ACK, flow.ACK, flow.SYN, flow.FIN | flow.ACK, flow.RST}[rng.IntN(6)]
 }

@@ -20,7 +20,7 @@
 // A shard keeps its entries in an arena of 64-byte entries, an index of
 // 8-byte slots (open addressing with linear probing, at most half full, with
 // backward-shift deletion so it never fills with tombstones) and three LRU
-// lists, one per timeout class (TCP, UDP, other), linked through the arena by
+// lists, one per timeout class (TCP, UDP, other, closing TCP), linked through the arena by
 // uint32 indices. New allocates all of it, 80 bytes per entry when the
 // capacity per shard is a power of two as it is for DefaultCapacity; Lookup,
 // Insert and Sweep never allocate. (A Go map as the index took about 100
@@ -43,6 +43,21 @@
 // caller picks a backend afresh and records it with Insert. A draining
 // backend stays valid for its established flows; the caller simply never
 // inserts new flows for it.
+//
+// # Closing TCP connections
+//
+// The balancer sees only the client's half of a TCP connection (replies go
+// straight from the backend to the client), so, like IPVS in its
+// direct-routing mode, it follows a connection's end by the client's flags
+// alone. A FIN or RST moves the flow's entry to the closing class, with its
+// own short idle timeout (Timeouts.TCPClosing): the ACKs that end the
+// connection still find their backend, and the entry no longer counts as an
+// active flow (CountByBackend). A SYN without ACK on a closing entry is a new
+// connection reusing the port pair: Lookup drops the entry and reports a
+// miss, so the new connection is placed afresh like any other new flow (and
+// never on a draining backend). A client that sends no FIN (it crashed, or
+// the server closed and the client's last ACK was its last packet) leaves
+// the entry to the TCP timeout, as before.
 package conntrack
 
 import (
@@ -81,32 +96,38 @@ type Timeouts struct {
 	UDP time.Duration
 	// Other applies to every other protocol: ICMP, SCTP, fragments' 3-tuples, …
 	Other time.Duration
+	// TCPClosing applies to a TCP flow once the client sent a FIN or RST.
+	TCPClosing time.Duration
 }
 
 // DefaultTimeouts are the idle timeouts of a default table. TCP and UDP match
 // the IPVS defaults for an established TCP connection (900 s) and for UDP
 // (300 s), which operators of an L4 balancer already know and which outlast
-// common keepalive intervals; the balancer sees only the client → server
-// half of a connection (replies go direct), so it cannot shorten a closed
-// TCP connection's entry the way IPVS does. Other protocols get one minute:
+// common keepalive intervals. Other protocols get one minute:
 // ICMP echo and the 3-tuple flows of other protocols are short or stateless,
-// and a shorter timeout frees their memory sooner.
-var DefaultTimeouts = Timeouts{TCP: 15 * time.Minute, UDP: 5 * time.Minute, Other: 1 * time.Minute}
+// and a shorter timeout frees their memory sooner. A closing TCP flow keeps
+// its entry for 10 s, IPVS's timeout for its CLOSE state: long enough for
+// the last ACKs of the close and a retransmitted FIN.
+var DefaultTimeouts = Timeouts{TCP: 15 * time.Minute, UDP: 5 * time.Minute, Other: 1 * time.Minute, TCPClosing: 10 * time.Second}
 
 // Timeout classes: each has its own idle timeout and LRU list in every shard.
 const (
 	classTCP = iota
 	classUDP
 	classOther
+	classClosing // TCP after the client's FIN or RST
 	numClasses
 )
 
-// class returns the timeout class of protocol proto.
-func class(proto uint8) int {
-	switch proto {
-	case 6:
+// class returns the timeout class of a packet of protocol proto with TCP
+// flags flags.
+func class(proto uint8, flags flow.TCPFlags) uint8 {
+	switch {
+	case proto == 6 && flags&(flow.FIN|flow.RST) != 0:
+		return classClosing
+	case proto == 6:
 		return classTCP
-	case 17, 136:
+	case proto == 17, proto == 136:
 		return classUDP
 	}
 	return classOther
@@ -133,6 +154,8 @@ type entry struct {
 	// tag is the low 32 bits of the key's hash.
 	tag uint32
 	key flow.Key
+	// class is the timeout class, whose LRU list holds the entry.
+	class uint8
 }
 
 // EntryBytes is the arena's size of one entry. The index adds 16 to 32 bytes
@@ -194,15 +217,16 @@ func newTable(capacity, shards int, t Timeouts) (*Table, error) {
 	for _, c := range []struct {
 		name string
 		d    time.Duration
-	}{{"TCP", t.TCP}, {"UDP", t.UDP}, {"other", t.Other}} {
+	}{{"TCP", t.TCP}, {"UDP", t.UDP}, {"other", t.Other}, {"closing TCP", t.TCPClosing}} {
 		if c.d <= 0 {
 			return nil, fmt.Errorf("conntrack: %s timeout %v: not positive", c.name, c.d)
 		}
 	}
 	tbl := &Table{
-		shards:   make([]shard, shards),
-		shift:    uint(64 - bits.TrailingZeros(uint(shards))),
-		timeout:  [numClasses]int64{classTCP: int64(t.TCP), classUDP: int64(t.UDP), classOther: int64(t.Other)},
+		shards: make([]shard, shards),
+		shift:  uint(64 - bits.TrailingZeros(uint(shards))),
+		timeout: [numClasses]int64{classTCP: int64(t.TCP), classUDP: int64(t.UDP), classOther: int64(t.Other),
+			classClosing: int64(t.TCPClosing)},
 		seed:     [4]uint64{rand.Uint64(), rand.Uint64(), rand.Uint64(), rand.Uint64()},
 		capacity: capacity,
 	}
@@ -280,13 +304,16 @@ func (t *Table) locate(k *flow.Key) (*shardState, uint32) {
 
 // Lookup returns the backend ID recorded for flow k if the entry is live at
 // monotonic time now, in nanoseconds (idle for no longer than the timeout of
-// k's protocol), and valid(id) reports true; the entry then counts as used at
-// now. An entry that has expired or whose backend is no longer valid is
-// deleted, and Lookup reports a miss. A nil valid accepts every backend.
+// its class), and valid(id) reports true; the entry then counts as used at
+// now, and flags, the packet's TCP flags (0 for any other packet), a FIN or
+// RST among them, move it to the closing class. An entry that has expired or
+// whose backend is no longer valid is deleted, and Lookup reports a miss; so
+// is a closing entry that a SYN without ACK reopens (see the package
+// comment). A nil valid accepts every backend.
 //
 // valid is called with a shard locked: it must be quick and must not call
 // the table. Build it once; calling it does not allocate.
-func (t *Table) Lookup(k flow.Key, now int64, valid func(id uint32) bool) (id uint32, ok bool) {
+func (t *Table) Lookup(k flow.Key, flags flow.TCPFlags, now int64, valid func(id uint32) bool) (id uint32, ok bool) {
 	s, tag := t.locate(&k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -295,31 +322,37 @@ func (t *Table) Lookup(k flow.Key, now int64, valid func(id uint32) bool) (id ui
 		return 0, false
 	}
 	e := &s.entries[i]
-	c := class(k.Proto)
-	if now-e.last > t.timeout[c] || (valid != nil && !valid(e.id)) {
+	if now-e.last > t.timeout[e.class] || (valid != nil && !valid(e.id)) ||
+		(e.class == classClosing && flags&(flow.SYN|flow.ACK) == flow.SYN) {
 		s.remove(pos, i)
 		return 0, false
 	}
+	if class(k.Proto, flags) == classClosing {
+		e.class = classClosing
+	}
 	e.last = max(e.last, now)
-	s.moveToFront(i, uint32(c))
+	s.moveToFront(i, uint32(e.class))
 	return e.id, true
 }
 
-// Insert records that flow k goes to backend id, used at monotonic time now;
-// it replaces any entry of k. When k's shard is full, an expired entry makes
-// room if there is one (the least recently used of them), else the least
-// recently used entry of the shard is evicted and counted.
-func (t *Table) Insert(k flow.Key, id uint32, now int64) {
+// Insert records that flow k goes to backend id, used at monotonic time now
+// by a packet with TCP flags flags (0 for any other packet; with a FIN or
+// RST the entry is closing from the start); it replaces any entry of k. When
+// k's shard is full, an expired entry makes room if there is one (the least
+// recently used of them), else the least recently used entry of the shard is
+// evicted and counted.
+func (t *Table) Insert(k flow.Key, id uint32, flags flow.TCPFlags, now int64) {
 	s, tag := t.locate(&k)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := uint32(class(k.Proto))
+	c := class(k.Proto, flags)
 	pos, i := s.find(&k, tag)
 	if i != none {
 		e := &s.entries[i]
 		e.id = id
+		e.class = c
 		e.last = max(e.last, now)
-		s.moveToFront(i, c)
+		s.moveToFront(i, uint32(c))
 		return
 	}
 	if s.free == none {
@@ -332,8 +365,8 @@ func (t *Table) Insert(k flow.Key, id uint32, now int64) {
 	}
 	i = s.free
 	s.free = s.entries[i].next
-	s.entries[i] = entry{last: now, id: id, tag: tag, key: k}
-	s.pushFront(i, c)
+	s.entries[i] = entry{last: now, id: id, tag: tag, key: k, class: c}
+	s.pushFront(i, uint32(c))
 	s.slots[pos] = uint64(tag)<<32 | uint64(i)
 	s.n++
 }
@@ -425,17 +458,31 @@ func (t *Table) Evictions() uint64 {
 	return n
 }
 
+// Flows counts one backend's entries: Inactive are closing TCP flows,
+// Active all others (as IPVS's ActiveConn and InActConn, but counting UDP
+// and other flows as active).
+type Flows struct {
+	Active, Inactive int
+}
+
 // CountByBackend returns the number of entries of each backend ID, expired
 // ones not yet swept included. It locks one shard at a time and allocates:
-// it is for statistics, not for the data path.
-func (t *Table) CountByBackend() map[uint32]int {
-	counts := make(map[uint32]int)
+// it is for statistics, not for the data path, which only moves an entry
+// from one list to another; the lists tell active from inactive here.
+func (t *Table) CountByBackend() map[uint32]Flows {
+	counts := make(map[uint32]Flows)
 	for si := range t.shards {
 		s := &t.shards[si].shardState
 		s.mu.Lock()
 		for c := range uint32(numClasses) {
 			for i := s.entries[c].next; i != c; i = s.entries[i].next {
-				counts[s.entries[i].id]++
+				f := counts[s.entries[i].id]
+				if c == classClosing {
+					f.Inactive++
+				} else {
+					f.Active++
+				}
+				counts[s.entries[i].id] = f
 			}
 		}
 		s.mu.Unlock()

@@ -48,9 +48,9 @@ func run(t *testing.T, tbl *Table, valid func(uint32) bool, ops []op) []outcome 
 		var r outcome
 		switch o.do {
 		case "insert":
-			tbl.Insert(o.key, o.id, o.now)
+			tbl.Insert(o.key, o.id, 0, o.now)
 		case "lookup":
-			r.ID, r.OK = tbl.Lookup(o.key, o.now, valid)
+			r.ID, r.OK = tbl.Lookup(o.key, 0, o.now, valid)
 		case "sweep":
 			r.Removed = tbl.Sweep(o.now)
 		}
@@ -204,14 +204,16 @@ func TestDefaultTimeouts(t *testing.T) {
 	cases := []struct {
 		proto uint8
 		idle  time.Duration
-	}{{pTCP, 15 * time.Minute}, {pUDP, 5 * time.Minute}, {pUDPLite, 5 * time.Minute}, {pICMP, time.Minute}}
-	for _, c := range cases {
-		k := key(int(c.proto), c.proto)
-		tbl.Insert(k, 1, 0)
-		if _, ok := tbl.Lookup(k, int64(c.idle), nil); !ok {
+		flags flow.TCPFlags
+	}{{pTCP, 15 * time.Minute, 0}, {pUDP, 5 * time.Minute, 0}, {pUDPLite, 5 * time.Minute, 0}, {pICMP, time.Minute, 0},
+		{pTCP, 10 * time.Second, flow.FIN | flow.ACK}}
+	for i, c := range cases {
+		k := key(i, c.proto)
+		tbl.Insert(k, 1, c.flags, 0)
+		if _, ok := tbl.Lookup(k, 0, int64(c.idle), nil); !ok {
 			t.Errorf("proto %d: expired after %v", c.proto, c.idle)
 		}
-		if _, ok := tbl.Lookup(k, 2*int64(c.idle)+1, nil); ok {
+		if _, ok := tbl.Lookup(k, 0, 2*int64(c.idle)+1, nil); ok {
 			t.Errorf("proto %d: live after %v", c.proto, c.idle+1)
 		}
 	}
@@ -236,6 +238,7 @@ func TestNew(t *testing.T) {
 		{"no tcp timeout", 256, Shards, Timeouts{UDP: 1, Other: 1}, true},
 		{"no udp timeout", 256, Shards, Timeouts{TCP: 1, Other: 1}, true},
 		{"negative other timeout", 256, Shards, Timeouts{TCP: 1, UDP: 1, Other: -1}, true},
+		{"no closing tcp timeout", 256, Shards, Timeouts{TCP: 1, UDP: 1, Other: 1}, true},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -266,7 +269,7 @@ func TestManyShards(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 3 * capacity {
-		tbl.Insert(key(i, pTCP), uint32(i), int64(i))
+		tbl.Insert(key(i, pTCP), uint32(i), 0, int64(i))
 	}
 	check(t, tbl)
 	if got := tbl.Len(); got > capacity || got < capacity*9/10 {
@@ -277,7 +280,7 @@ func TestManyShards(t *testing.T) {
 	}
 	n := 0
 	for i := range 3 * capacity {
-		if id, ok := tbl.Lookup(key(i, pTCP), 3*capacity, nil); ok {
+		if id, ok := tbl.Lookup(key(i, pTCP), 0, 3*capacity, nil); ok {
 			n++
 			if id != uint32(i) {
 				t.Errorf("flow %d: backend %d", i, id)
@@ -293,20 +296,111 @@ func TestManyShards(t *testing.T) {
 	check(t, tbl)
 }
 
+// TestTCPClosing: the client's FIN or RST moves a TCP flow to the closing
+// timeout and out of the active count; a new SYN on a closing flow places it
+// afresh; nothing else brings a closing flow back.
+func TestTCPClosing(t *testing.T) {
+	const (
+		fin    = flow.FIN | flow.ACK
+		ack    = flow.ACK
+		t0     = 1_000
+		closed = 30 // testTimeouts.TCPClosing
+	)
+	type step struct {
+		insert bool // else Lookup
+		flags  flow.TCPFlags
+		now    int64
+		want   bool // Lookup's ok
+		counts Flows
+	}
+	active, inactive, gone := Flows{Active: 1}, Flows{Inactive: 1}, Flows{}
+	cases := []struct {
+		name  string
+		steps []step
+	}{
+		{"FIN: closing, live for the closing timeout only", []step{
+			{true, flow.SYN, t0, false, active},
+			{false, ack, t0 + 1, true, active},
+			{false, fin, t0 + 2, true, inactive},
+			{false, ack, t0 + 2 + closed, true, inactive}, // idle exactly the timeout: live
+			{false, ack, t0 + 3 + 2*closed, false, gone},
+		}},
+		{"RST alone", []step{
+			{true, ack, t0, false, active},
+			{false, flow.RST, t0 + 1, true, inactive},
+			{false, ack, t0 + 2 + closed, false, gone},
+		}},
+		{"a FIN on the flow's first packet", []step{
+			{true, fin, t0, false, inactive},
+			{false, ack, t0 + 1, true, inactive},
+		}},
+		{"a new SYN on a closing flow is a miss", []step{
+			{true, flow.SYN, t0, false, active},
+			{false, fin, t0 + 1, true, inactive},
+			{false, flow.SYN, t0 + 2, false, gone},
+			{true, flow.SYN, t0 + 2, false, active},
+		}},
+		{"SYN ACK, data and a retransmitted SYN change nothing", []step{
+			{true, flow.SYN, t0, false, active},
+			{false, flow.SYN, t0 + 1, true, active},
+			{false, fin, t0 + 2, true, inactive},
+			{false, flow.SYN | flow.ACK, t0 + 3, true, inactive},
+			{false, ack | 0x08, t0 + 4, true, inactive},
+		}},
+		{"an Insert over a closing flow sets its class again", []step{
+			{true, fin, t0, false, inactive},
+			{true, ack, t0 + 1, false, active},
+			{false, ack, t0 + 2 + closed, true, active},
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tbl := mustNew(t, 4, 1, testTimeouts)
+			k := key(1, pTCP)
+			for i, s := range c.steps {
+				if s.insert {
+					tbl.Insert(k, 7, s.flags, s.now)
+				} else if _, ok := tbl.Lookup(k, s.flags, s.now, nil); ok != s.want {
+					t.Errorf("step %d: Lookup(%#x, %d) ok = %t, want %t", i, s.flags, s.now, ok, s.want)
+				}
+				want := map[uint32]Flows{}
+				if s.counts != gone {
+					want[7] = s.counts
+				}
+				if diff := cmp.Diff(want, tbl.CountByBackend()); diff != "" {
+					t.Errorf("step %d: CountByBackend (-want +got):\n%s", i, diff)
+				}
+				check(t, tbl)
+			}
+		})
+	}
+	t.Run("Sweep removes a closing flow after the closing timeout", func(t *testing.T) {
+		tbl := mustNew(t, 4, 1, testTimeouts)
+		tbl.Insert(key(1, pTCP), 7, flow.RST, t0)
+		tbl.Insert(key(2, pTCP), 7, ack, t0)
+		if n := tbl.Sweep(t0 + closed); n != 0 {
+			t.Errorf("Sweep at the closing timeout removed %d", n)
+		}
+		if n := tbl.Sweep(t0 + closed + 1); n != 1 || tbl.Len() != 1 {
+			t.Errorf("Sweep after the closing timeout removed %d, left %d; want 1, 1", n, tbl.Len())
+		}
+	})
+}
+
 // TestSweepBatches: a sweep that must release the lock several times within
 // one shard still removes exactly the expired entries.
 func TestSweepBatches(t *testing.T) {
 	const n = 5*sweepBatch + 3
 	tbl := mustNew(t, 2*n, 1, testTimeouts)
 	for i := range n {
-		tbl.Insert(key(i, pICMP), 1, 0) // expires after 20
-		tbl.Insert(key(i, pTCP), 2, 50) // lives until 150
+		tbl.Insert(key(i, pICMP), 1, 0, 0) // expires after 20
+		tbl.Insert(key(i, pTCP), 2, 0, 50) // lives until 150
 	}
 	if got := tbl.Sweep(100); got != n {
 		t.Errorf("Sweep(100) = %d, want %d", got, n)
 	}
 	check(t, tbl)
-	if diff := cmp.Diff(map[uint32]int{2: n}, tbl.CountByBackend()); diff != "" {
+	if diff := cmp.Diff(map[uint32]Flows{2: {Active: n}}, tbl.CountByBackend()); diff != "" {
 		t.Errorf("CountByBackend (-want +got):\n%s", diff)
 	}
 }
@@ -319,11 +413,19 @@ func TestCountByBackend(t *testing.T) {
 	if got := tbl.CountByBackend(); len(got) != 0 {
 		t.Errorf("empty table: CountByBackend() = %v", got)
 	}
-	want := map[uint32]int{}
+	want := map[uint32]Flows{}
 	for i := range 100 {
 		id := uint32(i % 7)
-		tbl.Insert(key(i, []uint8{pTCP, pUDP, pICMP}[i%3]), id, 0)
-		want[id]++
+		k := key(i, []uint8{pTCP, pUDP, pICMP}[i%3])
+		tbl.Insert(k, id, 0, 0)
+		f := want[id]
+		if i%5 == 0 && k.Proto == pTCP {
+			tbl.Lookup(k, flow.FIN|flow.ACK, 1, nil)
+			f.Inactive++
+		} else {
+			f.Active++
+		}
+		want[id] = f
 	}
 	if diff := cmp.Diff(want, tbl.CountByBackend()); diff != "" {
 		t.Errorf("CountByBackend (-want +got):\n%s", diff)
@@ -340,13 +442,13 @@ func ExampleTable() {
 
 	k := flow.Key{Proto: 6, SrcPort: 40000, DstPort: 80}
 	now := int64(time.Second)
-	if _, ok := tbl.Lookup(k, now, valid); !ok {
-		tbl.Insert(k, 2, now) // a new flow: the backend Maglev chose
+	if _, ok := tbl.Lookup(k, 0, now, valid); !ok {
+		tbl.Insert(k, 2, 0, now) // a new flow: the backend Maglev chose
 	}
-	id, ok := tbl.Lookup(k, now+int64(time.Minute), valid)
+	id, ok := tbl.Lookup(k, 0, now+int64(time.Minute), valid)
 	fmt.Println(id, ok)
 	up[2] = false // backend 2 is down: its flows move
-	_, ok = tbl.Lookup(k, now+int64(2*time.Minute), valid)
+	_, ok = tbl.Lookup(k, 0, now+int64(2*time.Minute), valid)
 	fmt.Println(ok, tbl.Len())
 	// Output:
 	// 2 true

@@ -21,14 +21,17 @@ const (
 )
 
 // testTimeouts are short enough to count in nanoseconds by hand.
-var testTimeouts = Timeouts{TCP: 100, UDP: 50, Other: 20}
+var testTimeouts = Timeouts{TCP: 100, UDP: 50, Other: 20, TCPClosing: 30}
 
-// timeoutOf returns the timeout of protocol proto in to.
-func timeoutOf(to Timeouts, proto uint8) int64 {
-	switch proto {
-	case pTCP:
+// timeoutOf returns the timeout of protocol proto in to, or the closing
+// TCP timeout.
+func timeoutOf(to Timeouts, proto uint8, closing bool) int64 {
+	switch {
+	case closing:
+		return int64(to.TCPClosing)
+	case proto == pTCP:
 		return int64(to.TCP)
-	case pUDP, pUDPLite:
+	case proto == pUDP, proto == pUDPLite:
 		return int64(to.UDP)
 	}
 	return int64(to.Other)
@@ -58,9 +61,10 @@ func mustNew(tb testing.TB, capacity, shards int, to Timeouts) *Table {
 
 // rec is one entry as the tests see it.
 type rec struct {
-	Key  flow.Key
-	ID   uint32
-	Last int64
+	Key     flow.Key
+	ID      uint32
+	Last    int64
+	Closing bool
 }
 
 // dump returns every entry of tbl, most recently used first (by time, then
@@ -73,7 +77,7 @@ func dump(tbl *Table) []rec {
 		for c := range uint32(numClasses) {
 			for i := s.entries[c].next; i != c; i = s.entries[i].next {
 				e := &s.entries[i]
-				out = append(out, rec{e.key, e.id, e.last})
+				out = append(out, rec{e.key, e.id, e.last, e.class == classClosing})
 			}
 		}
 		s.mu.Unlock()
@@ -104,8 +108,8 @@ func check(tb testing.TB, tbl *Table) {
 				if e.prev != prev {
 					tb.Errorf("shard %d: entry %d: prev %d, want %d", si, i, e.prev, prev)
 				}
-				if got := uint32(class(e.key.Proto)); got != c {
-					tb.Errorf("shard %d: entry %d (%v) in list %d, want %d", si, i, e.key, c, got)
+				if want := class(e.key.Proto, 0); uint32(e.class) != c || (e.class != want && (want != classTCP || e.class != classClosing)) {
+					tb.Errorf("shard %d: entry %d (%v) of class %d in list %d, want class %d (or closing for TCP)", si, i, e.key, e.class, c, want)
 				}
 				h := tbl.keyHash(&e.key)
 				if e.tag != uint32(h) || int(h>>tbl.shift) != si {

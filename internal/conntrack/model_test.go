@@ -27,7 +27,7 @@ func newRef(capacity int, to Timeouts) *refTable {
 }
 
 func (r *refTable) expired(e *rec, now int64) bool {
-	return now-e.Last > timeoutOf(r.timeouts, e.Key.Proto)
+	return now-e.Last > timeoutOf(r.timeouts, e.Key.Proto, e.Closing)
 }
 
 func (r *refTable) remove(el *list.Element) {
@@ -35,25 +35,32 @@ func (r *refTable) remove(el *list.Element) {
 	r.order.Remove(el)
 }
 
-func (r *refTable) lookup(k flow.Key, now int64, valid func(uint32) bool) (uint32, bool) {
+// closes reports whether a packet of key k with flags f ends its connection.
+func closes(k flow.Key, f flow.TCPFlags) bool {
+	return k.Proto == pTCP && (f&flow.FIN != 0 || f&flow.RST != 0)
+}
+
+func (r *refTable) lookup(k flow.Key, f flow.TCPFlags, now int64, valid func(uint32) bool) (uint32, bool) {
 	el, ok := r.index[k]
 	if !ok {
 		return 0, false
 	}
 	e := el.Value.(*rec)
-	if r.expired(e, now) || !valid(e.ID) {
+	reopened := e.Closing && f&flow.SYN != 0 && f&flow.ACK == 0
+	if r.expired(e, now) || !valid(e.ID) || reopened {
 		r.remove(el)
 		return 0, false
 	}
+	e.Closing = e.Closing || closes(k, f)
 	e.Last = now
 	r.order.MoveToFront(el)
 	return e.ID, true
 }
 
-func (r *refTable) insert(k flow.Key, id uint32, now int64) {
+func (r *refTable) insert(k flow.Key, id uint32, f flow.TCPFlags, now int64) {
 	if el, ok := r.index[k]; ok {
 		e := el.Value.(*rec)
-		e.ID, e.Last = id, now
+		e.ID, e.Last, e.Closing = id, now, closes(k, f)
 		r.order.MoveToFront(el)
 		return
 	}
@@ -72,7 +79,7 @@ func (r *refTable) insert(k flow.Key, id uint32, now int64) {
 		}
 		r.remove(victim)
 	}
-	r.index[k] = r.order.PushFront(&rec{Key: k, ID: id, Last: now})
+	r.index[k] = r.order.PushFront(&rec{Key: k, ID: id, Last: now, Closing: closes(k, f)})
 }
 
 func (r *refTable) sweep(now int64) int {
@@ -101,7 +108,10 @@ func (r *refTable) dump() []rec {
 // Times only increase, and by at least 1 per operation, so that no two uses
 // tie (the table may evict tied entries in either order).
 func TestModel(t *testing.T) {
-	protos := []uint8{pTCP, pUDP, pUDPLite, pICMP, pSCTP}
+	protos := []uint8{pTCP, pTCP, pUDP, pUDPLite, pICMP, pSCTP}
+	// A packet's TCP flags; non-TCP packets carry none, but the table
+	// must not care.
+	flagSets := []flow.TCPFlags{0, flow.ACK, flow.ACK, flow.SYN, flow.SYN | flow.ACK, flow.FIN | flow.ACK, flow.RST, flow.RST | flow.ACK}
 	for seed := range uint64(12) {
 		capacity := []int{1, 2, 3, 5, 8, 13}[seed%6]
 		t.Run(fmt.Sprintf("seed=%d/capacity=%d", seed, capacity), func(t *testing.T) {
@@ -121,19 +131,23 @@ func TestModel(t *testing.T) {
 					now += rng.Int64N(150)
 				}
 				k := keys[rng.IntN(len(keys))]
+				f := flagSets[rng.IntN(len(flagSets))]
+				if k.Proto != pTCP {
+					f = 0
+				}
 				var desc string
 				var got, want any
 				switch n := rng.IntN(100); {
 				case n < 45:
-					desc = fmt.Sprintf("Lookup(%v, %d)", k, now)
-					id, ok := tbl.Lookup(k, now, valid)
-					rid, rok := ref.lookup(k, now, valid)
+					desc = fmt.Sprintf("Lookup(%v, %#x, %d)", k, f, now)
+					id, ok := tbl.Lookup(k, f, now, valid)
+					rid, rok := ref.lookup(k, f, now, valid)
 					got, want = [2]any{id, ok}, [2]any{rid, rok}
 				case n < 90:
 					id := uint32(1 + rng.IntN(6))
-					desc = fmt.Sprintf("Insert(%v, %d, %d)", k, id, now)
-					tbl.Insert(k, id, now)
-					ref.insert(k, id, now)
+					desc = fmt.Sprintf("Insert(%v, %d, %#x, %d)", k, id, f, now)
+					tbl.Insert(k, id, f, now)
+					ref.insert(k, id, f, now)
 				case n < 95:
 					desc = fmt.Sprintf("Sweep(%d)", now)
 					got, want = tbl.Sweep(now), ref.sweep(now)

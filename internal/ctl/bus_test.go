@@ -15,10 +15,10 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// Backend must stay the element of ListBackends' a(ssusssttt).
+// Backend must stay the element of ListBackends' a(ssussstttt).
 func TestBackendSignature(t *testing.T) {
-	if got := dbus.SignatureOf([]Backend{}).String(); got != "a(ssusssttt)" {
-		t.Errorf("signature of []Backend = %s, want a(ssusssttt)", got)
+	if got := dbus.SignatureOf([]Backend{}).String(); got != "a(ssussstttt)" {
+		t.Errorf("signature of []Backend = %s, want a(ssussstttt)", got)
 	}
 }
 
@@ -51,7 +51,7 @@ func (s *stubDaemon) SetWeight(name string, weight uint32) *dbus.Error {
 }
 
 func (s *stubDaemon) ListBackends() ([]Backend, *dbus.Error) {
-	return []Backend{{"web-1", "10.0.1.1", 100, "active", "up", "", 12, 3400, 567890}}, nil
+	return []Backend{{"web-1", "10.0.1.1", 100, "active", "up", "", 12, 3, 3400, 567890}}, nil
 }
 
 func (s *stubDaemon) GetStats() (map[string]uint64, *dbus.Error) {
@@ -131,9 +131,9 @@ func TestOverBus(t *testing.T) {
 		wantStdout string
 		wantStderr string
 	}{
-		{args: []string{"list"}, wantStdout: "NAME   ADDRESS   WEIGHT  ADMIN   HEALTH  FLOWS  PACKETS  REASON\nweb-1  10.0.1.1  100     active  up      12     3400     -\n"},
+		{args: []string{"list"}, wantStdout: "NAME   ADDRESS   WEIGHT  ADMIN   HEALTH  ACTIVE  INACTIVE  PACKETS  REASON\nweb-1  10.0.1.1  100     active  up      12      3         3400     -\n"},
 		{args: []string{"stats"}, wantStdout: "drop.no_backend 1\nreceived 7\n"},
-		{args: []string{"show", "web-1"}, wantStdout: "Name:         web-1\n"},
+		{args: []string{"show", "web-1"}, wantStdout: "Name:          web-1\n"},
 		{args: []string{"show", "web9"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: backend \"web9\": no such backend\n"},
 		{args: []string{"status"}, wantStdout: "Version:   1.2.3\n"},
 		{args: []string{"add-backend", "web2", "10.0.1.2", "--weight", "5", "--runtime"}},

@@ -115,22 +115,23 @@ var (
 		"TableSize": variant(uint32(65537)),
 	}
 	backendRows = [][]any{
-		{"web-1", "10.0.1.1", uint32(100), "active", "up", "", uint64(12), uint64(3400), uint64(567890)},
-		{"web2", "10.0.1.2", uint32(0), "drained", "down", "connect: connection refused", uint64(0), uint64(17), uint64(1020)},
+		{"web-1", "10.0.1.1", uint32(100), "active", "up", "", uint64(12), uint64(3), uint64(3400), uint64(567890)},
+		{"web2", "10.0.1.2", uint32(0), "drained", "down", "connect: connection refused", uint64(0), uint64(0), uint64(17), uint64(1020)},
 	}
 	web1Props = map[string]dbus.Variant{
-		"Name":         variant("web-1"),
-		"Address":      variant("10.0.1.1"),
-		"Weight":       variant(uint32(100)),
-		"AdminState":   variant("active"),
-		"Health":       variant("up"),
-		"HealthDetail": variant(""),
-		"Check":        variant("tcp://10.0.1.1:80"),
-		"Source":       variant("runtime"),
-		"Persistent":   variant(true),
-		"ActiveFlows":  variant(uint64(12)),
-		"Packets":      variant(uint64(3400)),
-		"Bytes":        variant(uint64(567890)),
+		"Name":          variant("web-1"),
+		"Address":       variant("10.0.1.1"),
+		"Weight":        variant(uint32(100)),
+		"AdminState":    variant("active"),
+		"Health":        variant("up"),
+		"HealthDetail":  variant(""),
+		"Check":         variant("tcp://10.0.1.1:80"),
+		"Source":        variant("runtime"),
+		"Persistent":    variant(true),
+		"ActiveFlows":   variant(uint64(12)),
+		"InactiveFlows": variant(uint64(3)),
+		"Packets":       variant(uint64(3400)),
+		"Bytes":         variant(uint64(567890)),
 	}
 	stats = map[string]uint64{"received": 100, "forwarded": 90, "drop.no_backend": 10, "conntrack_size": 4}
 )

@@ -12,18 +12,19 @@ import (
 	"github.com/godbus/dbus/v5"
 )
 
-// Backend is one element of ListBackends' a(ssusssttt), and the object of
+// Backend is one element of ListBackends' a(ssussstttt), and the object of
 // "list --json".
 type Backend struct {
-	Name         string `json:"name"`
-	Address      string `json:"address"`
-	Weight       uint32 `json:"weight"`
-	AdminState   string `json:"admin_state"`
-	Health       string `json:"health"`
-	HealthDetail string `json:"health_detail"`
-	ActiveFlows  uint64 `json:"active_flows"`
-	Packets      uint64 `json:"packets"`
-	Bytes        uint64 `json:"bytes"`
+	Name          string `json:"name"`
+	Address       string `json:"address"`
+	Weight        uint32 `json:"weight"`
+	AdminState    string `json:"admin_state"`
+	Health        string `json:"health"`
+	HealthDetail  string `json:"health_detail"`
+	ActiveFlows   uint64 `json:"active_flows"`
+	InactiveFlows uint64 `json:"inactive_flows"`
+	Packets       uint64 `json:"packets"`
+	Bytes         uint64 `json:"bytes"`
 }
 
 // The properties status and show print first, in this order; any others
@@ -31,17 +32,17 @@ type Backend struct {
 var (
 	managerProperties = []string{"Version", "Roles", "State", "VIPs", "EncapPort", "TableSize"}
 	backendProperties = []string{"Name", "Address", "Weight", "AdminState", "Health", "HealthDetail",
-		"Check", "Source", "Persistent", "ActiveFlows", "Packets", "Bytes"}
+		"Check", "Source", "Persistent", "ActiveFlows", "InactiveFlows", "Packets", "Bytes"}
 )
 
 // formatList is list's table.
 func formatList(rows []Backend) string {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tADDRESS\tWEIGHT\tADMIN\tHEALTH\tFLOWS\tPACKETS\tREASON")
+	fmt.Fprintln(tw, "NAME\tADDRESS\tWEIGHT\tADMIN\tHEALTH\tACTIVE\tINACTIVE\tPACKETS\tREASON")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%s\n",
-			r.Name, r.Address, r.Weight, r.AdminState, r.Health, r.ActiveFlows, r.Packets, cmp.Or(r.HealthDetail, "-"))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%s\n", r.Name, r.Address, r.Weight, r.AdminState,
+			r.Health, r.ActiveFlows, r.InactiveFlows, r.Packets, cmp.Or(r.HealthDetail, "-"))
 	}
 	tw.Flush()
 	return b.String()

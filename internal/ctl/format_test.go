@@ -59,12 +59,12 @@ EncapPort: 5555
 TableSize: 0
 Future:    x
 `},
-		{name: "list", args: []string{"list"}, replies: running, want: `NAME   ADDRESS   WEIGHT  ADMIN    HEALTH  FLOWS  PACKETS  REASON
-web-1  10.0.1.1  100     active   up      12     3400     -
-web2   10.0.1.2  0       drained  down    0      17       connect: connection refused
+		{name: "list", args: []string{"list"}, replies: running, want: `NAME   ADDRESS   WEIGHT  ADMIN    HEALTH  ACTIVE  INACTIVE  PACKETS  REASON
+web-1  10.0.1.1  100     active   up      12      3         3400     -
+web2   10.0.1.2  0       drained  down    0       0         17       connect: connection refused
 `},
 		{name: "list of none", args: []string{"list"}, replies: with("org.caplance.Caplance1.Manager.ListBackends", fakeReply{body: []any{[][]any{}}}),
-			want: "NAME  ADDRESS  WEIGHT  ADMIN  HEALTH  FLOWS  PACKETS  REASON\n"},
+			want: "NAME  ADDRESS  WEIGHT  ADMIN  HEALTH  ACTIVE  INACTIVE  PACKETS  REASON\n"},
 		{name: "list --json", args: []string{"list", "--json"}, replies: running, want: `[
   {
     "name": "web-1",
@@ -74,6 +74,7 @@ web2   10.0.1.2  0       drained  down    0      17       connect: connection re
     "health": "up",
     "health_detail": "",
     "active_flows": 12,
+    "inactive_flows": 3,
     "packets": 3400,
     "bytes": 567890
   },
@@ -85,6 +86,7 @@ web2   10.0.1.2  0       drained  down    0      17       connect: connection re
     "health": "down",
     "health_detail": "connect: connection refused",
     "active_flows": 0,
+    "inactive_flows": 0,
     "packets": 17,
     "bytes": 1020
   }
@@ -92,18 +94,19 @@ web2   10.0.1.2  0       drained  down    0      17       connect: connection re
 `},
 		{name: "list --json of none", args: []string{"list", "--json"}, replies: with("org.caplance.Caplance1.Manager.ListBackends", fakeReply{body: []any{[][]any{}}}),
 			want: "[]\n"},
-		{name: "show", args: []string{"show", "web-1"}, replies: running, want: `Name:         web-1
-Address:      10.0.1.1
-Weight:       100
-AdminState:   active
-Health:       up
-HealthDetail: -
-Check:        tcp://10.0.1.1:80
-Source:       runtime
-Persistent:   yes
-ActiveFlows:  12
-Packets:      3400
-Bytes:        567890
+		{name: "show", args: []string{"show", "web-1"}, replies: running, want: `Name:          web-1
+Address:       10.0.1.1
+Weight:        100
+AdminState:    active
+Health:        up
+HealthDetail:  -
+Check:         tcp://10.0.1.1:80
+Source:        runtime
+Persistent:    yes
+ActiveFlows:   12
+InactiveFlows: 3
+Packets:       3400
+Bytes:         567890
 `},
 		{name: "stats", args: []string{"stats"}, replies: running, want: `conntrack_size 4
 drop.no_backend 10

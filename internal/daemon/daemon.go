@@ -312,6 +312,10 @@ func (r *running) apiStats() map[string]uint64 {
 	for reason, n := range st.Drops {
 		out["drop."+reason] = n
 	}
+	for _, b := range st.Backends {
+		out["active_flows"] += b.ActiveFlows
+		out["inactive_flows"] += b.InactiveFlows
+	}
 	return out
 }
 
@@ -319,7 +323,8 @@ func (r *running) apiStats() map[string]uint64 {
 func (r *running) apiCounters() map[string]dbusapi.Counters {
 	out := map[string]dbusapi.Counters{}
 	for _, b := range r.bal.Stats().Backends {
-		out[b.Name] = dbusapi.Counters{ActiveFlows: b.ActiveFlows, Packets: b.Packets, Bytes: b.Bytes}
+		out[b.Name] = dbusapi.Counters{ActiveFlows: b.ActiveFlows, InactiveFlows: b.InactiveFlows,
+			Packets: b.Packets, Bytes: b.Bytes}
 	}
 	return out
 }
@@ -349,6 +354,7 @@ func (r *running) startBalancer(cfg *config.Config, stateDir string, step func(s
 	step("opening raw sockets")
 	ct, err := conntrack.New(b.ConntrackSize, conntrack.Timeouts{
 		TCP: b.TCPTimeout, UDP: b.UDPTimeout, Other: conntrack.DefaultTimeouts.Other,
+		TCPClosing: b.TCPClosingTimeout,
 	})
 	if err != nil {
 		return fmt.Errorf("connection tracking: %w", err)

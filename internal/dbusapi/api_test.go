@@ -54,19 +54,19 @@ func TestRoot(t *testing.T) {
 	want := map[string]any{
 		"Name": "web-4", "Address": "10.0.1.14", "Weight": uint32(7), "AdminState": "drained",
 		"Health": "down", "HealthDetail": "connection refused", "Check": "tcp://10.0.1.14:80",
-		"Source": "runtime", "Persistent": false, "ActiveFlows": uint64(0), "Packets": uint64(0), "Bytes": uint64(0),
+		"Source": "runtime", "Persistent": false, "ActiveFlows": uint64(0), "InactiveFlows": uint64(0), "Packets": uint64(0), "Bytes": uint64(0),
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("GetAll (-want +got):\n%s", diff)
 	}
 
-	e.counters.Store(&map[string]dbusapi.Counters{"web-4": {ActiveFlows: 3, Packets: 40, Bytes: 5000}})
+	e.counters.Store(&map[string]dbusapi.Counters{"web-4": {ActiveFlows: 3, InactiveFlows: 2, Packets: 40, Bytes: 5000}})
 	var rows []dbusapi.BackendRow
 	if err := call(conn, "", "ListBackends").Store(&rows); err != nil {
 		t.Fatal(err)
 	}
 	wantRows := []dbusapi.BackendRow{
-		{Name: "web-4", Address: "10.0.1.14", Weight: 7, AdminState: "drained", Health: "down", HealthDetail: "connection refused", ActiveFlows: 3, Packets: 40, Bytes: 5000},
+		{Name: "web-4", Address: "10.0.1.14", Weight: 7, AdminState: "drained", Health: "down", HealthDetail: "connection refused", ActiveFlows: 3, InactiveFlows: 2, Packets: 40, Bytes: 5000},
 		{Name: "web1", Address: "10.0.1.11", Weight: 100, AdminState: "active", Health: "unknown"},
 		{Name: "web2", Address: "10.0.1.12", Weight: 100, AdminState: "active", Health: "unknown"},
 	}
@@ -211,7 +211,7 @@ func TestObjectManager(t *testing.T) {
 	path := dbusname.BackendPath("web3")
 	got := sigs.take(t, 2)
 	if !strings.HasPrefix(got[0], "/org/caplance/Caplance1 org.freedesktop.DBus.ObjectManager.InterfacesAdded(/org/caplance/Caplance1/backend/web3, map[") ||
-		!strings.Contains(got[0], `org.caplance.Caplance1.Backend:map[ActiveFlows:@t 0 Address:"10.0.1.13" AdminState:"active" Bytes:@t 0 Check:"" Health:"unknown" HealthDetail:"" Name:"web3" Packets:@t 0 Persistent:true Source:"runtime" Weight:@u 100]`) ||
+		!strings.Contains(got[0], `org.caplance.Caplance1.Backend:map[ActiveFlows:@t 0 Address:"10.0.1.13" AdminState:"active" Bytes:@t 0 Check:"" Health:"unknown" HealthDetail:"" InactiveFlows:@t 0 Name:"web3" Packets:@t 0 Persistent:true Source:"runtime" Weight:@u 100]`) ||
 		!strings.Contains(got[0], "org.freedesktop.DBus.Peer:map[]") {
 		t.Errorf("InterfacesAdded: %s", got[0])
 	}

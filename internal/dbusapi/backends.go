@@ -15,7 +15,7 @@ import (
 const backendParent = dbus.ObjectPath("/org/caplance/Caplance1/backend")
 
 // The counter properties: read live, announced as invalidated.
-var counterProps = []string{"ActiveFlows", "Packets", "Bytes"}
+var counterProps = []string{"ActiveFlows", "InactiveFlows", "Packets", "Bytes"}
 
 // backendInterfaces are the interfaces of a backend object, as
 // GetManagedObjects and InterfacesAdded/Removed list them.
@@ -35,18 +35,19 @@ type backendObject struct {
 func backendProps(b registry.Backend, c Counters) map[string]*prop.Prop {
 	p := func(v any, e prop.EmitType) *prop.Prop { return &prop.Prop{Value: v, Emit: e} }
 	return map[string]*prop.Prop{
-		"Name":         p(b.Name, prop.EmitConst),
-		"Address":      p(b.Address.String(), prop.EmitTrue),
-		"Weight":       p(b.Weight, prop.EmitTrue),
-		"AdminState":   p(string(b.Admin), prop.EmitTrue),
-		"Health":       p(string(b.Health), prop.EmitTrue),
-		"HealthDetail": p(b.HealthDetail, prop.EmitTrue),
-		"Check":        p(b.Check, prop.EmitTrue),
-		"Source":       p(string(b.Source), prop.EmitTrue),
-		"Persistent":   p(b.Persistent, prop.EmitTrue),
-		"ActiveFlows":  p(c.ActiveFlows, prop.EmitInvalidates),
-		"Packets":      p(c.Packets, prop.EmitInvalidates),
-		"Bytes":        p(c.Bytes, prop.EmitInvalidates),
+		"Name":          p(b.Name, prop.EmitConst),
+		"Address":       p(b.Address.String(), prop.EmitTrue),
+		"Weight":        p(b.Weight, prop.EmitTrue),
+		"AdminState":    p(string(b.Admin), prop.EmitTrue),
+		"Health":        p(string(b.Health), prop.EmitTrue),
+		"HealthDetail":  p(b.HealthDetail, prop.EmitTrue),
+		"Check":         p(b.Check, prop.EmitTrue),
+		"Source":        p(string(b.Source), prop.EmitTrue),
+		"Persistent":    p(b.Persistent, prop.EmitTrue),
+		"ActiveFlows":   p(c.ActiveFlows, prop.EmitInvalidates),
+		"InactiveFlows": p(c.InactiveFlows, prop.EmitInvalidates),
+		"Packets":       p(c.Packets, prop.EmitInvalidates),
+		"Bytes":         p(c.Bytes, prop.EmitInvalidates),
 	}
 }
 
@@ -230,6 +231,9 @@ func (s *Server) announceCounters() {
 			var changed []string
 			if c.ActiveFlows != obj.announced.ActiveFlows {
 				changed = append(changed, "ActiveFlows")
+			}
+			if c.InactiveFlows != obj.announced.InactiveFlows {
+				changed = append(changed, "InactiveFlows")
 			}
 			if c.Packets != obj.announced.Packets {
 				changed = append(changed, "Packets")

@@ -35,7 +35,7 @@ func TestBusctl(t *testing.T) {
 		{[]string{"tree", dest}, "/org/caplance/Caplance1/backend/web_2d4"},
 		{[]string{"introspect", dest, "/org/caplance/Caplance1/backend/web_2d4"}, ".AdminState property s \"drained\""},
 		{[]string{"introspect", dest, mgr}, ".AddBackend method ssa{sv} o"},
-		{[]string{"call", dest, mgr, iface, "ListBackends"}, `a(ssusssttt) 3 "web-4" "10.0.1.14" 5 "drained"`},
+		{[]string{"call", dest, mgr, iface, "ListBackends"}, `a(ssussstttt) 3 "web-4" "10.0.1.14" 5 "drained"`},
 	} {
 		// Columns are aligned with runs of spaces.
 		if got := strings.Join(strings.Fields(run(tt.args...)), " "); !strings.Contains(got, tt.want) {

@@ -63,11 +63,14 @@ const (
 // with the last announced ones, for Info.CounterInterval 0.
 const DefaultCounterInterval = 5 * time.Second
 
-// Counters are one backend's traffic counters.
+// Counters are one backend's traffic counters. InactiveFlows are the TCP
+// flows the client has closed (FIN or RST), still tracked for a few seconds;
+// ActiveFlows all the others.
 type Counters struct {
-	ActiveFlows uint64
-	Packets     uint64
-	Bytes       uint64
+	ActiveFlows   uint64
+	InactiveFlows uint64
+	Packets       uint64
+	Bytes         uint64
 }
 
 // Info is what the manager reports and the hooks it calls. Nil functions

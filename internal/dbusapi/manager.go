@@ -15,17 +15,18 @@ import (
 // interface's (introspection is built from them), so it has no others.
 type manager struct{ s *Server }
 
-// BackendRow is one element of ListBackends' a(ssusssttt).
+// BackendRow is one element of ListBackends' a(ssussstttt).
 type BackendRow struct {
-	Name         string
-	Address      string
-	Weight       uint32
-	AdminState   string
-	Health       string
-	HealthDetail string
-	ActiveFlows  uint64
-	Packets      uint64
-	Bytes        uint64
+	Name          string
+	Address       string
+	Weight        uint32
+	AdminState    string
+	Health        string
+	HealthDetail  string
+	ActiveFlows   uint64
+	InactiveFlows uint64
+	Packets       uint64
+	Bytes         uint64
 }
 
 // argNames names the arguments of every method of manager, in order, in
@@ -148,7 +149,7 @@ func (m manager) ListBackends() ([]BackendRow, *dbus.Error) {
 		rows[i] = BackendRow{
 			Name: b.Name, Address: b.Address.String(), Weight: b.Weight,
 			AdminState: string(b.Admin), Health: string(b.Health), HealthDetail: b.HealthDetail,
-			ActiveFlows: c.ActiveFlows, Packets: c.Packets, Bytes: c.Bytes,
+			ActiveFlows: c.ActiveFlows, InactiveFlows: c.InactiveFlows, Packets: c.Packets, Bytes: c.Bytes,
 		}
 	}
 	return rows, nil

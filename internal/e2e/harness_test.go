@@ -193,7 +193,14 @@ func ipv4(src, dst netip.Addr, proto uint8, payload []byte) []byte {
 // eventually retries check until it passes or 5 s pass.
 func eventually(t *testing.T, what string, check func() error) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	within(t, 5*time.Second, what, check)
+}
+
+// within polls check until it succeeds, and fails the test if it has not
+// after d.
+func within(t *testing.T, d time.Duration, what string, check func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		err := check()
 		if err == nil {

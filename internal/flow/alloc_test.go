@@ -34,7 +34,7 @@ func TestZeroAllocs(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			var sink uint64
 			allocs := testing.AllocsPerRun(100, func() {
-				k, err := flow.Parse(c.pkt)
+				k, _, err := flow.Parse(c.pkt)
 				if err != nil {
 					sink++
 				}
@@ -69,7 +69,7 @@ func BenchmarkParse(b *testing.B) {
 			b.ReportAllocs()
 			b.SetBytes(int64(len(bp.pkt)))
 			for b.Loop() {
-				if _, err := flow.Parse(bp.pkt); err != nil {
+				if _, _, err := flow.Parse(bp.pkt); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -6,7 +6,9 @@
 // and the key → hash function that every balancer instance must compute alike.
 // It must not touch anything else: it is pure, imports only the standard
 // library, does no I/O and knows nothing of sockets, netlink, D-Bus or systemd.
-// Parse and Hash do not allocate, so the data path calls them once per packet.
+// Parse also returns a TCP segment's flags, with which connection tracking
+// follows a connection's end; it does not interpret them. Parse and Hash do
+// not allocate, so the data path calls them once per packet.
 //
 // # Keys
 //
@@ -109,12 +111,25 @@ const (
 // v4Mapped is the prefix of an IPv4-mapped IPv6 address (RFC 4291 2.5.5.2).
 var v4Mapped = [12]byte{10: 0xff, 11: 0xff}
 
-// Parse returns the flow key of pkt, which starts at the IP header. Bytes
-// after the length the IP header gives (Ethernet padding) are ignored.
-// The error, if any, is a Malformed.
-func Parse(pkt []byte) (Key, error) {
+// TCPFlags is the flags byte of a TCP header (byte 13: CWR ECE URG ACK PSH
+// RST SYN FIN). Connection tracking follows a connection's end by it.
+type TCPFlags uint8
+
+// The TCP flags connection tracking looks at.
+const (
+	FIN TCPFlags = 0x01
+	SYN TCPFlags = 0x02
+	RST TCPFlags = 0x04
+	ACK TCPFlags = 0x10
+)
+
+// Parse returns the flow key of pkt, which starts at the IP header, and the
+// TCP flags of an unfragmented TCP packet (0 for any other packet, ICMP
+// errors quoting TCP included). Bytes after the length the IP header gives
+// (Ethernet padding) are ignored. The error, if any, is a Malformed.
+func Parse(pkt []byte) (Key, TCPFlags, error) {
 	if len(pkt) == 0 {
-		return Key{}, ErrTooShort
+		return Key{}, 0, ErrTooShort
 	}
 	var (
 		k        Key
@@ -129,15 +144,23 @@ func Parse(pkt []byte) (Key, error) {
 	case 6:
 		l4, fragment, err = ipv6(&k, pkt, false)
 	default:
-		return Key{}, ErrVersion
+		return Key{}, 0, ErrVersion
 	}
 	if err != nil {
-		return Key{}, err
+		return Key{}, 0, err
 	}
 	if fragment {
-		return k, nil
+		return k, 0, nil
 	}
-	return transport(k, l4, v6, false)
+	key, err := transport(k, l4, v6, false)
+	if err != nil {
+		return Key{}, 0, err
+	}
+	var flags TCPFlags
+	if k.Proto == protoTCP {
+		flags = TCPFlags(l4[13]) // transport checked the 20-byte header
+	}
+	return key, flags, nil
 }
 
 // ipv4 parses the IPv4 header at the start of pkt into k's addresses and

@@ -16,14 +16,14 @@ func FuzzParse(f *testing.F) {
 		f.Add(bp.pkt)
 	}
 	f.Fuzz(func(t *testing.T, pkt []byte) {
-		k, err := flow.Parse(pkt)
+		k, flags, err := flow.Parse(pkt)
 		if err != nil {
 			m, ok := err.(flow.Malformed)
 			if !ok || int(m) >= flow.NumMalformed {
 				t.Fatalf("error %v (%T) is not a Malformed reason", err, err)
 			}
-			if k != (flow.Key{}) {
-				t.Fatalf("error %v with non-zero key %v", err, k)
+			if k != (flow.Key{}) || flags != 0 {
+				t.Fatalf("error %v with non-zero key %v or flags %#x", err, k, flags)
 			}
 			return
 		}
@@ -31,6 +31,9 @@ func FuzzParse(f *testing.F) {
 		// or not, must give an IPv4 key.
 		if pkt[0]>>4 == 4 && (!isMapped(k.Src) || !isMapped(k.Dst)) {
 			t.Fatalf("IPv4 packet gave non-IPv4 key %v", k)
+		}
+		if flags != 0 && k.Proto != pTCP {
+			t.Fatalf("key %v has TCP flags %#x", k, flags)
 		}
 		switch k.Proto {
 		case pTCP, pUDP, pUDPLite, pSCTP, pDCCP:
@@ -45,8 +48,8 @@ func FuzzParse(f *testing.F) {
 		}
 		// Bytes past the IP length fields change nothing.
 		padded := append(append([]byte(nil), pkt...), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff)
-		if k2, err := flow.Parse(padded); err != nil || k2 != k {
-			t.Fatalf("with trailing bytes: %v, %v; without: %v", k2, err, k)
+		if k2, f2, err := flow.Parse(padded); err != nil || k2 != k || f2 != flags {
+			t.Fatalf("with trailing bytes: %v %#x, %v; without: %v %#x", k2, f2, err, k, flags)
 		}
 	})
 }

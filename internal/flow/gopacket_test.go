@@ -200,7 +200,7 @@ func TestParseMatchesGopacket(t *testing.T) {
 			for range 200 {
 				pkt := s.build(t, r)
 				want := gopacketKey(t, pkt, s.first, false)
-				got, err := flow.Parse(pkt)
+				got, _, err := flow.Parse(pkt)
 				if err != nil {
 					t.Fatalf("Parse(% x): %v", pkt, err)
 				}
@@ -404,7 +404,7 @@ func TestGopacketKeyer(t *testing.T) {
 	g := newGopacketKeyer()
 	for _, bp := range benchPackets {
 		t.Run(bp.name, func(t *testing.T) {
-			want, err := flow.Parse(bp.pkt)
+			want, _, err := flow.Parse(bp.pkt)
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}

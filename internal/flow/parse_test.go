@@ -168,12 +168,42 @@ var parseTests = []parseTest{
 func TestParse(t *testing.T) {
 	for _, tt := range parseTests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := flow.Parse(tt.pkt)
+			got, _, err := flow.Parse(tt.pkt)
 			if diff := cmp.Diff(tt.want, got, keyCmp); diff != "" {
 				t.Errorf("Parse key mismatch (-want +got):\n%s", diff)
 			}
 			if err != tt.err {
 				t.Errorf("Parse error = %v, want %v", err, tt.err)
+			}
+		})
+	}
+}
+
+// TestParseTCPFlags: Parse reports the flags of the client's own TCP
+// segment, and no flags for anything else, a quoted TCP header included.
+func TestParseTCPFlags(t *testing.T) {
+	withFlags := func(l4 []byte, f flow.TCPFlags) []byte { return set(l4, 13, byte(f)) }
+	tests := []struct {
+		name string
+		pkt  []byte
+		want flow.TCPFlags
+	}{
+		{"v4 SYN", v4(pTCP, client4, vip4, withFlags(tcp(1234, 80), flow.SYN)), flow.SYN},
+		{"v4 FIN ACK", v4(pTCP, client4, vip4, withFlags(tcp(1234, 80), flow.FIN|flow.ACK)), flow.FIN | flow.ACK},
+		{"v4 with options RST", v4opts(pTCP, client4, vip4, make([]byte, 4), withFlags(tcp(1234, 80), flow.RST)), flow.RST},
+		{"v6 behind an extension header RST ACK", v6(pDestOpts, client6, vip6, cat(ext(pTCP, 16), withFlags(tcp(1234, 80), flow.RST|flow.ACK))), flow.RST | flow.ACK},
+		{"v4 fragment", v4frag(pTCP, client4, vip4, 0, true, withFlags(tcp(1234, 80), flow.FIN)), 0},
+		{"v4 UDP", v4(pUDP, client4, vip4, cat(udp(1234, 80), bytes.Repeat([]byte{0xff}, 12))), 0},
+		{"v4 ICMP error quoting a FIN", v4(pICMP, router4, vip4, icmpErr(3, 4, v4(pTCP, vip4, client4, withFlags(tcp(80, 1234), flow.FIN)))), 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, got, err := flow.Parse(tt.pkt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("flags %#x, want %#x", got, tt.want)
 			}
 		})
 	}
@@ -188,7 +218,7 @@ func TestParseTrailingBytes(t *testing.T) {
 		}
 		t.Run(tt.name, func(t *testing.T) {
 			padded := cat(tt.pkt, bytes.Repeat([]byte{0xff}, 64))
-			got, err := flow.Parse(padded)
+			got, _, err := flow.Parse(padded)
 			if err != nil {
 				t.Fatalf("Parse with trailing bytes: %v", err)
 			}
@@ -218,12 +248,12 @@ func TestParseFragmentsAlike(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			first, err := flow.Parse(tt.frags[0])
+			first, _, err := flow.Parse(tt.frags[0])
 			if err != nil {
 				t.Fatal(err)
 			}
 			for i, f := range tt.frags[1:] {
-				got, err := flow.Parse(f)
+				got, _, err := flow.Parse(f)
 				if err != nil {
 					t.Fatalf("fragment %d: %v", i+1, err)
 				}

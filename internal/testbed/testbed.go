@@ -63,6 +63,8 @@ type Options struct {
 	// BalancerBus is the bus address the balancer serves its D-Bus API on;
 	// "" for none. Receivers never serve it.
 	BalancerBus string
+	// TCPClosingTimeout is the balancer's tcp_closing_timeout; 0: the default.
+	TCPClosingTimeout time.Duration
 }
 
 // Testbed is a running deployment.
@@ -198,6 +200,9 @@ func echo(pc net.PacketConn, name string) {
 func (tb *Testbed) BalancerConfig(backends []*Backend) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[balancer]\nvips = [%q]\nworkers = %d\n", VIP, tb.opts.Workers)
+	if d := tb.opts.TCPClosingTimeout; d != 0 {
+		fmt.Fprintf(&b, "tcp_closing_timeout = %q\n", d)
+	}
 	for _, be := range backends {
 		fmt.Fprintf(&b, "\n[[backend]]\nname = %q\naddress = %q\n", be.Name, be.Addr)
 	}

@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/caplance/caplance/internal/quote"
 )
 
 // Kind is the kind of a check, the scheme of its spec.
@@ -82,8 +84,6 @@ const (
 	MaxSpec = 8 << 10
 	// maxPayload bounds send= and udp expect=.
 	maxPayload = 4 << 10
-	// maxQuotedSpec is how much of a long spec an error message quotes.
-	maxQuotedSpec = 128
 	// maxBodyParam bounds body=.
 	maxBodyParam = 1024
 )
@@ -146,12 +146,9 @@ type Error struct {
 	Reason string
 }
 
-// Error quotes at most the first 128 bytes of a long spec.
+// Error quotes only the start of a long spec (quote.Q).
 func (e *Error) Error() string {
-	spec := fmt.Sprintf("%q", e.Spec)
-	if len(e.Spec) > maxQuotedSpec {
-		spec = fmt.Sprintf("%q…", e.Spec[:maxQuotedSpec])
-	}
+	spec := quote.Q(e.Spec)
 	if e.Kind == "" {
 		return "check " + spec + ": " + e.Reason
 	}
@@ -200,7 +197,14 @@ type parser struct {
 	q    url.Values
 }
 
+// The convention is that a part of the spec is quoted (%q): every string in
+// args so quoted is repeated shortened (quote.Arg).
 func (p *parser) fail(param, format string, args ...any) error {
+	for i, a := range args {
+		if s, ok := a.(string); ok {
+			args[i] = quote.Arg(s)
+		}
+	}
 	return &Error{Spec: p.spec, Kind: p.kind, Param: param, Reason: fmt.Sprintf(format, args...)}
 }
 
@@ -280,7 +284,7 @@ func (p *parser) target(s *Spec, u *url.URL) error {
 		case !filepath.IsAbs(u.Path):
 			return p.fail("path", "path %q: not absolute", u.Path)
 		case filepath.Clean(u.Path) != u.Path:
-			return p.fail("path", "path %q: not clean (write %s)", u.Path, filepath.Clean(u.Path))
+			return p.fail("path", "path %q: not clean (write %q)", u.Path, filepath.Clean(u.Path))
 		case strings.ContainsRune(u.Path, 0):
 			return p.fail("path", "path %q: contains a NUL byte", u.Path)
 		}

@@ -32,13 +32,13 @@ func (p *probe) udp(t Target) (bool, string) {
 	}
 	reply := string(buf[:n])
 	if p.s.reply.data != "" && !strings.Contains(reply, p.s.reply.data) {
-		return false, fmt.Sprintf("udp: %s: the reply does not contain %s: %s", addr, p.s.reply, quote(reply, p.s.reply.hex))
+		return false, fmt.Sprintf("udp: %s: the reply does not contain %s: %s", addr, p.s.reply, quoteReply(reply, p.s.reply.hex))
 	}
 	return true, fmt.Sprintf("udp: %s: reply of %d bytes", addr, n)
 }
 
-// quote shows the start of a payload in the notation of the expected one.
-func quote(b string, asHex bool) string {
+// quoteReply shows the start of a payload in the notation of the expected one.
+func quoteReply(b string, asHex bool) string {
 	more := ""
 	if len(b) > maxQuote {
 		b, more = b[:maxQuote], "…"

@@ -1,6 +1,7 @@
 package dbusapi
 
 import (
+	"cmp"
 	"maps"
 	"slices"
 
@@ -8,6 +9,7 @@ import (
 	"github.com/godbus/dbus/v5/prop"
 
 	"github.com/caplance/caplance/internal/dbusname"
+	"github.com/caplance/caplance/internal/quote"
 	"github.com/caplance/caplance/internal/registry"
 )
 
@@ -51,6 +53,9 @@ func (m manager) AddBackend(msg dbus.Message, name, address string, options map[
 	if err := s.mutable(msg, "AddBackend", adminRight); err != nil {
 		return "", dbusError(err)
 	}
+	if err := cmp.Or(checkName(name), checkAddress(address)); err != nil {
+		return "", dbusError(err)
+	}
 	opts, err := parseAddOptions(options)
 	if err != nil {
 		return "", dbusError(err)
@@ -71,7 +76,7 @@ func parseAddOptions(options map[string]dbus.Variant) (registry.AddOptions, erro
 		v := options[key]
 		want, ok := addOptionTypes[key]
 		if !ok {
-			return opts, errorf(registry.ErrInvalidArgument, "options: unknown option %q (the options are %s)", key, known)
+			return opts, errorf(registry.ErrInvalidArgument, "options: unknown option %s (the options are %s)", quote.Q(key), known)
 		}
 		if got := v.Signature().String(); got != want {
 			return opts, errorf(registry.ErrInvalidArgument, "options: %q must be of type %s, not %s", key, want, got)
@@ -90,35 +95,35 @@ func parseAddOptions(options map[string]dbus.Variant) (registry.AddOptions, erro
 }
 
 func (m manager) RemoveBackend(msg dbus.Message, name string) *dbus.Error {
-	if err := m.s.mutable(msg, "RemoveBackend", adminRight); err != nil {
+	if err := cmp.Or(m.s.mutable(msg, "RemoveBackend", adminRight), checkName(name)); err != nil {
 		return dbusError(err)
 	}
 	return dbusError(m.s.reg.Remove(name))
 }
 
 func (m manager) SetWeight(msg dbus.Message, name string, weight uint32) *dbus.Error {
-	if err := m.s.mutable(msg, "SetWeight", adminRight); err != nil {
+	if err := cmp.Or(m.s.mutable(msg, "SetWeight", adminRight), checkName(name)); err != nil {
 		return dbusError(err)
 	}
 	return dbusError(m.s.reg.SetWeight(name, int64(weight)))
 }
 
 func (m manager) Drain(msg dbus.Message, name string) *dbus.Error {
-	if err := m.s.mutable(msg, "Drain", adminRight); err != nil {
+	if err := cmp.Or(m.s.mutable(msg, "Drain", adminRight), checkName(name)); err != nil {
 		return dbusError(err)
 	}
 	return dbusError(m.s.reg.Drain(name))
 }
 
 func (m manager) Undrain(msg dbus.Message, name string) *dbus.Error {
-	if err := m.s.mutable(msg, "Undrain", adminRight); err != nil {
+	if err := cmp.Or(m.s.mutable(msg, "Undrain", adminRight), checkName(name)); err != nil {
 		return dbusError(err)
 	}
 	return dbusError(m.s.reg.Undrain(name))
 }
 
 func (m manager) ReportHealth(msg dbus.Message, name string, healthy bool, detail string) *dbus.Error {
-	if err := m.s.mutable(msg, "ReportHealth", healthRight); err != nil {
+	if err := cmp.Or(m.s.mutable(msg, "ReportHealth", healthRight), checkName(name), checkDetail(detail)); err != nil {
 		return dbusError(err)
 	}
 	_, err := m.s.reg.ReportHealth(name, healthy, detail)

@@ -95,6 +95,7 @@ import (
 
 	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/quote"
 )
 
 // AdminState is what the operator asked of a backend.
@@ -755,11 +756,11 @@ func (r *Registry) Get(name string) (Backend, bool) {
 // opts.Runtime it is written to the state file and restored at start.
 func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 	if err := config.CheckBackendName(name); err != nil {
-		return Backend{}, errorf(ErrInvalidArgument, "backend name %q: %v", name, err)
+		return Backend{}, errorf(ErrInvalidArgument, "backend name %s: %v", quote.Q(name), err)
 	}
 	addr, err := config.ParseAddress(address)
 	if err != nil {
-		return Backend{}, errorf(ErrInvalidArgument, "address %q: %v", address, err)
+		return Backend{}, errorf(ErrInvalidArgument, "address %s: %v", quote.Q(address), err)
 	}
 	weight := uint32(config.DefaultWeight)
 	if opts.Weight != nil {
@@ -815,7 +816,7 @@ func (r *Registry) Remove(name string) error {
 }
 
 func notFound(name string) error {
-	return errorf(ErrNotFound, "backend %q: no such backend", name)
+	return errorf(ErrNotFound, "backend %s: no such backend", quote.Q(name))
 }
 
 // SetWeight changes a backend's weight (0-10000; 0 behaves like drain).

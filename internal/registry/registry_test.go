@@ -233,7 +233,8 @@ func TestRefused(t *testing.T) {
 	reload := func(cfg []config.Backend) func(*Registry) error {
 		return func(r *Registry) error { _, err := r.Reload(cfg); return err }
 	}
-	long := strings.Repeat("a", 65)
+	long := strings.Repeat("a", 100_000)
+	echo := `"` + strings.Repeat("a", 64) + `"…` // what a message repeats of long
 	tests := []struct {
 		name  string
 		op    func(*Registry) error
@@ -246,7 +247,9 @@ func TestRefused(t *testing.T) {
 		{"loopback address", add("web9", "127.0.0.2", AddOptions{}), ErrInvalidArgument, []string{`address "127.0.0.2": loopback`}},
 		{"multicast address", add("web9", "224.0.0.1", AddOptions{}), ErrInvalidArgument, []string{`address "224.0.0.1": multicast`}},
 		{"VIP as address", add("web9", "10.0.0.100", AddOptions{}), ErrInvalidArgument, []string{"address 10.0.0.100 is a VIP"}},
-		{"name too long", add(long, "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{`backend name "` + long + `"`, "1-64 characters"}},
+		{"name too long", add(long, "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{"backend name " + echo + ": must be 1-64 characters"}},
+		{"address too long", add("web9", long, AddOptions{}), ErrInvalidArgument, []string{"address " + echo + ": not an IPv4 address"}},
+		{"unknown long name", health(long), ErrNotFound, []string{"backend " + echo + ": no such backend"}},
 		{"name with slash", add("web/9", "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{`backend name "web/9": must be 1-64 characters of A-Z a-z 0-9 . _ -`}},
 		{"empty name", add("", "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{`backend name ""`}},
 		{"add weight too big", add("web9", "10.0.1.19", AddOptions{Weight: ptr[uint32](10001)}), ErrInvalidArgument, []string{"weight 10001: must be between 0 and 10000"}},
@@ -296,7 +299,11 @@ func TestRefused(t *testing.T) {
 			f.w.take()
 			before := f.snapshot(t)
 			calls := len(f.dp.log())
-			checkErr(t, tt.op(f.r), tt.kind, tt.frags...)
+			err := tt.op(f.r)
+			checkErr(t, err, tt.kind, tt.frags...)
+			if n := len(err.Error()); n > 512 {
+				t.Errorf("a %d-byte error message: it repeats too much of what it refuses", n)
+			}
 			if diff := cmp.Diff(before, f.snapshot(t), cmpOpts); diff != "" {
 				t.Errorf("a refused change changed something (-want +got):\n%s", diff)
 			}

@@ -45,7 +45,8 @@ type Options struct {
 	ConfigPath string
 	// StateDir holds what must survive a restart: backends.json.
 	StateDir string
-	// RuntimeDir holds the host-change journal and the stats file.
+	// RuntimeDir holds the host-change journal, the stats file and the
+	// health file.
 	RuntimeDir string
 	// Bus is where the D-Bus API is served: "system", "session", "none" or
 	// a bus address.
@@ -60,6 +61,11 @@ type Options struct {
 // StatsFile is the name, in the runtime directory, of the counters file
 // written every StatsInterval.
 const StatsFile = "stats.json"
+
+// HealthFile is the name, in the runtime directory, of caplance-healthd's
+// last reports (see registry.HealthFile). It is kept at stop and by
+// --cleanup, so that it bridges a restart; a reboot empties it.
+const HealthFile = "health.json"
 
 // BackendsFile is the name, in the state directory, of the run-time backend
 // registrations and overrides (see package registry).
@@ -241,7 +247,7 @@ func (r *running) start(opts Options) error {
 		r.nftOwned = true
 	}
 	if cfg.Balancer != nil {
-		if err := r.startBalancer(cfg, opts.StateDir, step); err != nil {
+		if err := r.startBalancer(cfg, opts.StateDir, opts.RuntimeDir, step); err != nil {
 			return err
 		}
 	}
@@ -335,7 +341,7 @@ func (r *running) setState(state string) {
 	}
 }
 
-func (r *running) startBalancer(cfg *config.Config, stateDir string, step func(string)) error {
+func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string, step func(string)) error {
 	b := cfg.Balancer
 	step("attaching VIPs")
 	for _, v := range b.VIPs {
@@ -375,7 +381,8 @@ func (r *running) startBalancer(cfg *config.Config, stateDir string, step func(s
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	reg, warnings, err := registry.Open(filepath.Join(stateDir, BackendsFile), cfg.Backends, vips, bal.SetBackends)
+	reg, warnings, err := registry.Open(filepath.Join(stateDir, BackendsFile), cfg.Backends, vips, bal.SetBackends,
+		registry.HealthFile(filepath.Join(runtimeDir, HealthFile), r.log))
 	for _, w := range warnings {
 		r.log.Warn(w)
 	}

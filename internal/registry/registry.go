@@ -11,7 +11,8 @@
 // path and the state file exactly as they were.
 //
 // It must not touch D-Bus, sockets or the kernel: the apply callback and
-// the watchers do that. The only file it touches is the state file.
+// the watchers do that. The only files it touches are the state file and
+// the health file (HealthFile).
 //
 // # What survives a restart
 //
@@ -29,10 +30,13 @@
 //     file governs it again; Undrain removes the drain override. An override
 //     goes away with its backend: when the backend is removed, or when a
 //     reload or start no longer has it.
-//   - Health is never written: caplance-healthd reports it again. It starts
-//     as unknown, which counts as up (a backend without a health checker is
-//     in rotation), and goes back to unknown when the backend's address or
-//     check changes.
+//   - Health is not state: caplance-healthd reports it again. It starts as
+//     unknown, which counts as up (a backend without a health checker is in
+//     rotation), and goes back to unknown when the backend's address or
+//     check changes. With HealthFile, the last reports are kept in a file
+//     of the runtime directory and survive a restart of caplanced (not of
+//     the host), so a backend reported down stays down until the next
+//     report.
 //
 // # Precedence
 //
@@ -87,6 +91,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 	"slices"
@@ -342,6 +347,11 @@ type Registry struct {
 	// unknown, which makes the next change write it unconditionally.
 	onDisk      []byte
 	diskUnknown bool
+	// healthPath is the health file (HealthFile), "" for none; healthOnDisk
+	// its content, nil when unknown.
+	healthPath   string
+	healthLog    *slog.Logger
+	healthOnDisk []byte
 
 	// mu guards cur, pending and watchers; it is held only briefly, never
 	// across apply, the state file or a watcher.
@@ -365,7 +375,7 @@ type Registry struct {
 // It is called with the registry's change lock held, never concurrently; it
 // may call List and Get (which return the previous set) but must not change
 // the registry.
-func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func([]balancer.Backend) error) (*Registry, []string, error) {
+func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func([]balancer.Backend) error, opts ...Option) (*Registry, []string, error) {
 	if statePath == "" {
 		return nil, nil, errorf(ErrInvalidArgument, "no state file path given")
 	}
@@ -375,6 +385,9 @@ func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func(
 		apply:     apply,
 		ids:       map[string]uint32{},
 		cur:       newState(),
+	}
+	for _, o := range opts {
+		o(r)
 	}
 	r.cur.list = []Backend{}
 	next := newState()
@@ -387,6 +400,7 @@ func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func(
 	}
 	r.onDisk = onDisk
 	warnings := r.restore(next, file)
+	warnings = append(warnings, r.restoreHealth(next)...)
 	r.derive(next)
 	dp := dataPath(next.list)
 	if err := apply(dp); err != nil {
@@ -400,6 +414,7 @@ func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func(
 			r.onDisk = enc
 		}
 	}
+	r.writeHealth(nil, next)
 	r.cur = next
 	return r, warnings, nil
 }
@@ -657,6 +672,7 @@ func (r *Registry) changeLocked(what string, f func(next *state) error) (*state,
 		}
 	}
 
+	r.writeHealth(cur, next)
 	r.mu.Lock()
 	r.cur = next
 	if len(r.watchers) > 0 {

@@ -19,9 +19,9 @@
 //
 // A shard keeps its entries in an arena of 64-byte entries, an index of
 // 8-byte slots (open addressing with linear probing, at most half full, with
-// backward-shift deletion so it never fills with tombstones) and three LRU
-// lists, one per timeout class (TCP, UDP, other, closing TCP), linked through the arena by
-// uint32 indices. New allocates all of it, 80 bytes per entry when the
+// backward-shift deletion so it never fills with tombstones) and four LRU
+// lists, one per timeout class (TCP, UDP, other, closing TCP), linked
+// through the arena by uint32 indices. New allocates all of it, 80 bytes per entry when the
 // capacity per shard is a power of two as it is for DefaultCapacity; Lookup,
 // Insert and Sweep never allocate. (A Go map as the index took about 100
 // bytes per entry instead of 16 and, under the steady churn of evictions,
@@ -55,9 +55,8 @@
 // active flow (CountByBackend). A SYN without ACK on a closing entry is a new
 // connection reusing the port pair: Lookup drops the entry and reports a
 // miss, so the new connection is placed afresh like any other new flow (and
-// never on a draining backend). A client that sends no FIN (it crashed, or
-// the server closed and the client's last ACK was its last packet) leaves
-// the entry to the TCP timeout, as before.
+// never on a draining backend). A connection whose client never sends a FIN
+// or RST (it crashed or vanished) keeps its entry for the TCP timeout.
 package conntrack
 
 import (

@@ -134,6 +134,8 @@ func writeState(t *testing.T, path, content string) {
 }
 
 func TestCorruptStateFile(t *testing.T) {
+	long := strings.Repeat("n", 100_000)
+	echo := `"` + strings.Repeat("n", 64) + `"…`
 	tests := []struct {
 		name, content string
 		frag          string
@@ -157,6 +159,9 @@ func TestCorruptStateFile(t *testing.T) {
 		{"name twice", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1}, {"name": "a", "address": "10.0.1.2", "weight": 1}]}`, `backends[1] "a": listed twice`},
 		{"address twice", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1}, {"name": "b", "address": "10.0.1.1", "weight": 1}]}`, `address 10.0.1.1 is also that of "a"`},
 		{"bad override", `{"version": 1, "overrides": {"a b": {"weight": 20000}}}`, `overrides "a b": name: must be`},
+		// Long values are repeated as a short prefix (quote.Q).
+		{"long name and address", `{"version": 1, "backends": [{"name": "` + long + `", "address": "` + long + `", "weight": 1}]}`,
+			`backends[0] ` + echo + `: name: must be 1-64 characters of A-Z a-z 0-9 . _ -; backends[0] ` + echo + `: address ` + echo + `: not an IPv4 address`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -168,6 +173,9 @@ func TestCorruptStateFile(t *testing.T) {
 				t.Errorf("Open returned a registry")
 			}
 			checkErr(t, err, ErrFailed, "state file "+path+": ", tt.frag, "fix it, or move it away")
+			if n := len(err.Error()); n > 1024 {
+				t.Errorf("a %d-byte error message", n)
+			}
 			if len(dp.log()) > 0 {
 				t.Errorf("Open applied a set from a corrupt state file")
 			}

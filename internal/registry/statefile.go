@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/quote"
 )
 
 // stateVersion is the version of the state file this code writes and reads.
@@ -134,7 +135,7 @@ func decodeStateFile(data []byte) (*stateFile, error) {
 	names := map[string]bool{}
 	addrs := map[netip.Addr]string{}
 	for i, b := range f.Backends {
-		place := fmt.Sprintf("backends[%d] %q", i, b.Name)
+		place := fmt.Sprintf("backends[%d] %s", i, quote.Q(b.Name))
 		if err := config.CheckBackendName(b.Name); err != nil {
 			problems = append(problems, fmt.Sprintf("%s: name: %v", place, err))
 		} else if names[b.Name] {
@@ -142,7 +143,7 @@ func decodeStateFile(data []byte) (*stateFile, error) {
 		}
 		names[b.Name] = true
 		if a, err := config.ParseAddress(b.Address); err != nil {
-			problems = append(problems, fmt.Sprintf("%s: address %q: %v", place, b.Address, err))
+			problems = append(problems, fmt.Sprintf("%s: address %s: %v", place, quote.Q(b.Address), err))
 		} else if other, dup := addrs[a]; dup {
 			problems = append(problems, fmt.Sprintf("%s: address %s is also that of %q", place, a, other))
 		} else {
@@ -160,7 +161,7 @@ func decodeStateFile(data []byte) (*stateFile, error) {
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(f.Overrides)) {
-		place := fmt.Sprintf("overrides %q", name)
+		place := fmt.Sprintf("overrides %s", quote.Q(name))
 		if err := config.CheckBackendName(name); err != nil {
 			problems = append(problems, fmt.Sprintf("%s: name: %v", place, err))
 		}

@@ -14,7 +14,9 @@ const MaxHealthDetail = 16 << 10
 // The arguments are checked here, at the edge, after authorization and
 // before the registry sees them: a name no backend can have is refused as
 // InvalidArgument by every method, never looked up (so never NotFound), and
-// the error repeats at most a short prefix of it (quote.Q).
+// the error repeats at most a short prefix of it (quote.Q). The methods
+// write cmp.Or(s.mutable(…), checks…): the first refusal wins, so a caller
+// without the right gets AccessDenied whatever its arguments.
 
 func checkName(name string) error {
 	if err := config.CheckBackendName(name); err != nil {

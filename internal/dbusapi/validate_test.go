@@ -11,6 +11,7 @@ import (
 
 	"github.com/caplance/caplance/internal/dbusapi"
 	"github.com/caplance/caplance/internal/dbusname"
+	"github.com/caplance/caplance/internal/dbustest"
 )
 
 // TestLongArguments: a 100 kB name is refused as InvalidArgument by every
@@ -74,5 +75,23 @@ func TestLongArguments(t *testing.T) {
 				t.Errorf("%s takes a name but is not called with a long one", m.Name)
 			}
 		}
+	}
+}
+
+// TestLongArgumentsUnauthorized: a caller without the right is refused as
+// such, whatever its arguments (the bus lets it through here, so the
+// daemon's own check answers).
+func TestLongArgumentsUnauthorized(t *testing.T) {
+	e := newEnv(t, envOptions{busOpts: []dbustest.Option{dbustest.Permissive()}})
+	conn := e.as(t, dbustest.Nobody(t))
+	long := strings.Repeat("n", 100_000)
+	for _, c := range []struct {
+		method string
+		args   []any
+	}{
+		{"Drain", []any{long}},
+		{"ReportHealth", []any{"web1", false, long}},
+	} {
+		checkError(t, c.method, call(conn, "", c.method, c.args...).Err, dbusapi.ErrorAccessDenied)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/caplance/caplance/internal/atomicfile"
 	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/receiver"
 )
@@ -48,20 +49,8 @@ func (r *running) writeStats(dir string) {
 		r.log.Error("encoding stats", "err", err)
 		return
 	}
-	tmp, err := os.CreateTemp(dir, StatsFile+".*")
-	if err == nil {
-		_, err = tmp.Write(append(data, '\n'))
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(tmp.Name(), filepath.Join(dir, StatsFile))
-		}
-		if err != nil {
-			os.Remove(tmp.Name())
-		}
-	}
-	if err != nil {
+	// Readable by monitoring agents (docs/security.md).
+	if err := atomicfile.Write(filepath.Join(dir, StatsFile), append(data, '\n'), 0o644); err != nil {
 		r.log.Warn("writing stats", "err", err)
 	}
 }

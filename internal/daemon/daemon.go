@@ -31,6 +31,7 @@ import (
 	"github.com/caplance/caplance/internal/dbusapi"
 	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/nft"
+	"github.com/caplance/caplance/internal/owner"
 	"github.com/caplance/caplance/internal/receiver"
 	"github.com/caplance/caplance/internal/registry"
 	"github.com/caplance/caplance/internal/version"
@@ -90,6 +91,7 @@ type running struct {
 	// reloadErr is why the last reload was refused, nil after a successful
 	// one; STATUS= shows it.
 	reloadErr error
+	owner     *owner.Owner
 	host      *vip.Host
 	nftOwned  bool
 	bal       *balancer.Balancer
@@ -202,6 +204,14 @@ func boolCount(bs ...bool) int {
 func (r *running) start(opts Options) error {
 	cfg := opts.Config
 	step := func(s string) { notify(r.log, "STATUS="+s); r.log.Info(s) }
+
+	// First of all: nothing on the host is touched while another caplanced
+	// owns this network namespace.
+	o, err := claim(opts.RuntimeDir)
+	if err != nil {
+		return err
+	}
+	r.owner = o
 
 	step("cleaning up after earlier runs")
 	host, err := cleanup(opts.RuntimeDir, r.log)
@@ -512,6 +522,20 @@ func (r *running) stop() {
 		}
 		r.host.Close()
 	}
+	if r.owner != nil {
+		r.owner.Close()
+	}
+}
+
+// claim makes this process the owner of the network namespace's caplance
+// state (package owner).
+func claim(runtimeDir string) (*owner.Owner, error) {
+	o, err := owner.Claim(runtimeDir)
+	var held *owner.HeldError
+	if errors.As(err, &held) {
+		return nil, fmt.Errorf("%w: stop it first (one caplanced per network namespace, whatever its runtime directory)", err)
+	}
+	return o, err
 }
 
 // cleanup undoes what an earlier run left (host changes recorded in the
@@ -541,8 +565,18 @@ func cleanup(runtimeDir string, log *slog.Logger) (*vip.Host, error) {
 	return host, nil
 }
 
-// Cleanup is `caplanced --cleanup`: undo what a run left behind, nothing else.
+// Cleanup is `caplanced --cleanup`: undo what a run left behind, nothing
+// else, and only while no caplanced owns the network namespace.
 func Cleanup(runtimeDir string, log *slog.Logger) error {
+	o, err := owner.Claim(runtimeDir)
+	var held *owner.HeldError
+	if errors.As(err, &held) {
+		return fmt.Errorf("--cleanup refused, nothing changed: %w; its own stop cleans up", err)
+	}
+	if err != nil {
+		return err
+	}
+	defer o.Close()
 	host, err := cleanup(runtimeDir, log)
 	if err != nil {
 		return err

@@ -173,7 +173,9 @@ func Run(opts Options) error {
 		<-statsDone
 		<-watchdogDone
 		r.stop()
-		removeStats(opts.RuntimeDir)
+		if err := removeStats(opts.RuntimeDir); err != nil {
+			log.Warn("removing the stats file", "err", err)
+		}
 		close(finished)
 	}()
 	select {
@@ -539,7 +541,8 @@ func claim(runtimeDir string) (*owner.Owner, error) {
 }
 
 // cleanup undoes what an earlier run left (host changes recorded in the
-// journal, the nft table) and returns the journal, ready for this run.
+// journal, the nft table, a stale stats file) and returns the journal, ready
+// for this run.
 func cleanup(runtimeDir string, log *slog.Logger) (*vip.Host, error) {
 	host, err := vip.Open(runtimeDir)
 	if err != nil {
@@ -561,6 +564,11 @@ func cleanup(runtimeDir string, log *slog.Logger) (*vip.Host, error) {
 	}
 	if existed {
 		log.Warn("removed the nftables table left by an earlier run", "table", "inet "+nft.TableName)
+	}
+	// Counters of a run that is gone would look live to a reader.
+	if err := removeStats(runtimeDir); err != nil {
+		host.Close()
+		return nil, fmt.Errorf("removing a stale %s: %w", StatsFile, err)
 	}
 	return host, nil
 }

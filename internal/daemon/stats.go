@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"time"
@@ -66,6 +67,9 @@ func ReadStats(dir string) (Stats, error) {
 	return st, err
 }
 
-// removeStats removes the stats file at stop: no counters of a daemon that
-// is not running.
-func removeStats(dir string) { os.Remove(filepath.Join(dir, StatsFile)) }
+// removeStats removes the stats file (and what a crash inside a write left
+// of one): no counters of a daemon that is not running.
+func removeStats(dir string) error {
+	path := filepath.Join(dir, StatsFile)
+	return errors.Join(atomicfile.Remove(path), atomicfile.RemoveStale(path))
+}

@@ -214,6 +214,13 @@ func (r *running) start(opts Options) error {
 		return err
 	}
 	r.owner = o
+	// A state file the registry would refuse fails the start now, before
+	// the host is touched, rather than after the VIPs went up.
+	if cfg.Balancer != nil {
+		if err := registry.CheckStateFile(filepath.Join(opts.StateDir, BackendsFile)); err != nil {
+			return err
+		}
+	}
 
 	step("cleaning up after earlier runs")
 	host, err := cleanup(opts.RuntimeDir, r.log)
@@ -221,6 +228,12 @@ func (r *running) start(opts Options) error {
 		return err
 	}
 	r.host = host
+	// After the cleanup, so that an earlier run's VIPs are gone.
+	if cfg.Balancer != nil {
+		if err := checkVIPsNotLocal(cfg.Balancer.VIPs); err != nil {
+			return err
+		}
+	}
 
 	rules := nft.Rules{}
 	if cfg.Balancer != nil {
@@ -396,6 +409,25 @@ func (r *running) startBalancer(cfg *config.Config, stateDir string, step func(s
 		}
 	})
 	return nil
+}
+
+// checkVIPsNotLocal refuses a VIP the host already has, unless
+// [balancer.ports] names the ports to balance: caplanced would otherwise
+// take every port of that address (SSH included) from the host's own
+// services.
+func checkVIPsNotLocal(vips []config.VIP) error {
+	var errs []error
+	for _, v := range vips {
+		iface, err := vip.HasAddress(v.Addr)
+		if err != nil {
+			return err
+		}
+		if iface != "" && v.Ports == nil {
+			errs = append(errs, fmt.Errorf("VIP %s is already an address of this host (on %s): caplanced would take all of its traffic from the host's own services; "+
+				"choose an address the host does not have, or list the ports to balance for it in [balancer.ports]", v.Addr, iface))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // reload re-reads the configuration (SIGHUP) and applies a new backend set

@@ -229,3 +229,11 @@ func removeFile(path string) error {
 // syncDir makes a rename or removal in dir durable. A variable, so that a
 // test can make it fail.
 var syncDir = atomicfile.SyncDir
+
+// CheckStateFile reads and validates the state file at path as Open will,
+// so that the daemon can refuse a bad one before it touches the host. A
+// missing file is fine.
+func CheckStateFile(path string) error {
+	_, _, err := readStateFile(path)
+	return err
+}

@@ -29,6 +29,7 @@ import (
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/conntrack"
 	"github.com/caplance/caplance/internal/dbusapi"
+	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/nft"
 	"github.com/caplance/caplance/internal/owner"
@@ -283,16 +284,9 @@ func (r *running) start(opts Options) error {
 // is taken, so a client that sees the name finds them.
 func (r *running) startAPI(bus string) error {
 	var err error
-	switch bus {
-	case "system":
-		r.bus, err = dbus.ConnectSystemBus()
-	case "session":
-		r.bus, err = dbus.ConnectSessionBus()
-	default:
-		r.bus, err = dbus.Connect(bus)
-	}
+	r.bus, err = dbusconn.Dial(bus)
 	if err != nil {
-		return fmt.Errorf("D-Bus: connect to the %s bus: %w (--bus=none runs without the API)", bus, err)
+		return fmt.Errorf("D-Bus: %w (--bus=none runs without the API)", err)
 	}
 	info := dbusapi.Info{
 		Version: version.Version,

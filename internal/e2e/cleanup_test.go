@@ -20,10 +20,18 @@ func TestCleanupRemovesStaleStats(t *testing.T) {
 	if _, err := lb.Stats(time.Now()); err != nil {
 		t.Fatal(err)
 	}
+	stats := filepath.Join(lb.RuntimeDir, daemon.StatsFile)
+	// Monitoring agents read it (docs/security.md).
+	fi, err := os.Stat(stats)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o644 {
+		t.Errorf("stats file mode %v, want 0644", fi.Mode().Perm())
+	}
 	if err := lb.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	stats := filepath.Join(lb.RuntimeDir, daemon.StatsFile)
 	tmp := filepath.Join(lb.RuntimeDir, "."+daemon.StatsFile+".tmp-123")
 	if err := os.WriteFile(tmp, []byte(`{"writ`), 0o644); err != nil {
 		t.Fatal(err)

@@ -105,7 +105,7 @@ func (d *decoded) isFailed(key []string) bool {
 
 func (d *decoded) wrongType(key []string, want string, got any) {
 	d.failed[lookup(key)] = true
-	d.problems.at(key, "%s: must be %s, not %s", display(key), want, tomlType(got))
+	d.problems.at(key, "%s: %v", display(key), mustBe(want, got))
 }
 
 // table decodes the keys of a TOML table into the struct rv.
@@ -159,34 +159,12 @@ func (d *decoded) value(v any, rv reflect.Value, key []string) bool {
 		rv.Set(out)
 	case reflect.Slice:
 		return d.slice(v, rv, key)
-	case reflect.String:
-		s, ok := v.(string)
-		if !ok {
-			d.wrongType(key, "a string", v)
-			return false
-		}
-		rv.SetString(s)
-	case reflect.Int, reflect.Int64, reflect.Int32:
-		n, ok := v.(int64)
-		if !ok {
-			d.wrongType(key, "an integer", v)
-			return false
-		}
-		if rv.OverflowInt(n) {
-			d.failed[lookup(key)] = true
-			d.problems.at(key, "%s: %d is out of range", display(key), n)
-			return false
-		}
-		rv.SetInt(n)
-	case reflect.Bool:
-		b, ok := v.(bool)
-		if !ok {
-			d.wrongType(key, "true or false", v)
-			return false
-		}
-		rv.SetBool(b)
 	default:
-		panic(fmt.Sprintf("config: no decoding into %s (%s)", rv.Type(), display(key))) // a raw struct the decoder does not know
+		if err := setScalar(v, rv); err != nil {
+			d.failed[lookup(key)] = true
+			d.problems.at(key, "%s: %v", display(key), err)
+			return false
+		}
 	}
 	return true
 }
@@ -233,25 +211,65 @@ func (d *decoded) slice(v any, rv reflect.Value, key []string) bool {
 // element decodes the i-th element of the array at key; its problem names
 // the element, on the array's line.
 func (d *decoded) element(v any, rv reflect.Value, key []string, i int) bool {
-	var want string
+	if err := setScalar(v, rv); err != nil {
+		d.problems.at(key, "%s: element %d: %v", display(key), i+1, err)
+		return false
+	}
+	return true
+}
+
+// setScalar sets rv, a string, integer, float or boolean, from the TOML
+// value v; the error says what is wrong with v.
+func setScalar(v any, rv reflect.Value) error {
 	switch rv.Kind() {
 	case reflect.String:
-		if s, ok := v.(string); ok {
-			rv.SetString(s)
-			return true
+		s, ok := v.(string)
+		if !ok {
+			return mustBe("a string", v)
 		}
-		want = "a string"
-	case reflect.Int, reflect.Int64, reflect.Int32:
-		if n, ok := v.(int64); ok && !rv.OverflowInt(n) {
-			rv.SetInt(n)
-			return true
+		rv.SetString(s)
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+		n, ok := v.(int64)
+		if !ok {
+			return mustBe("an integer", v)
 		}
-		want = "an integer"
+		if rv.OverflowInt(n) {
+			return fmt.Errorf("%d is out of range", n)
+		}
+		rv.SetInt(n)
+	case reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		n, ok := v.(int64)
+		if !ok {
+			return mustBe("an integer", v)
+		}
+		if n < 0 || rv.OverflowUint(uint64(n)) {
+			return fmt.Errorf("%d is out of range", n)
+		}
+		rv.SetUint(uint64(n))
+	case reflect.Float32, reflect.Float64:
+		switch f := v.(type) {
+		case float64:
+			rv.SetFloat(f)
+		case int64:
+			rv.SetFloat(float64(f))
+		default:
+			return mustBe("a number", v)
+		}
+	case reflect.Bool:
+		b, ok := v.(bool)
+		if !ok {
+			return mustBe("true or false", v)
+		}
+		rv.SetBool(b)
 	default:
-		panic(fmt.Sprintf("config: no decoding into an array of %s (%s)", rv.Type(), display(key)))
+		// A raw struct with a field this decoder does not know: a bug.
+		panic(fmt.Sprintf("config: no decoding of TOML into %s", rv.Type()))
 	}
-	d.problems.at(key, "%s: element %d: must be %s, not %s", display(key), i+1, want, tomlType(v))
-	return false
+	return nil
+}
+
+func mustBe(want string, got any) error {
+	return fmt.Errorf("must be %s, not %s", want, tomlType(got))
 }
 
 // tomlType names the TOML type of a decoded value.

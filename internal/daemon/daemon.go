@@ -418,7 +418,8 @@ func checkVIPsNotLocal(vips []config.VIP) error {
 		}
 		if iface != "" && v.Ports == nil {
 			errs = append(errs, fmt.Errorf("VIP %s is already an address of this host (on %s): caplanced would take all of its traffic from the host's own services; "+
-				"choose an address the host does not have, or list the ports to balance for it in [balancer.ports]", v.Addr, iface))
+				"choose an address the host does not have, or list the ports to balance for it in [balancer.ports] "+
+				"(if a caplanced with another --runtime-dir left it behind, run caplanced --cleanup --runtime-dir with that directory)", v.Addr, iface))
 		}
 	}
 	return errors.Join(errs...)

@@ -33,6 +33,9 @@ func main() {
 			if len(args) > 0 {
 				return cli.UsageError{Msg: fmt.Sprintf("unexpected argument %q", args[0])}
 			}
+			if *checkConfig && *cleanup {
+				return cli.UsageError{Msg: "--check-config and --cleanup cannot be used together"}
+			}
 			log := cli.NewLogger()
 			if *cleanup {
 				return daemon.Cleanup(*runtimeDir, log)

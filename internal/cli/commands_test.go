@@ -32,7 +32,7 @@ func TestCommands(t *testing.T) {
 	good := filepath.Join(work, "good.toml")
 	bad := filepath.Join(work, "bad.toml")
 	writeFile(t, good, "[balancer]\nvips = [\"10.0.0.100\"]\n")
-	writeFile(t, bad, "[balancer]\nvips = [\"10.0.0.300\"]\n[[backend]]\nname = \"web1\"\naddress = \"10.0.1.300\"\n")
+	writeFile(t, bad, "[balancer]\nvips = [\"10.0.0.300\"]\nencap_port = \"5555\"\ncolour = \"blue\"\n[[backend]]\nname = \"web1\"\naddress = \"10.0.1.300\"\n")
 
 	tests := []struct {
 		name       string
@@ -46,9 +46,15 @@ func TestCommands(t *testing.T) {
 		{name: "caplancectl version", cmd: []string{"caplancectl", "--version"}, wantStdout: "caplancectl 9.8.7-test\n"},
 		{name: "healthd version", cmd: []string{"caplance-healthd", "--version"}, wantStdout: "caplance-healthd 9.8.7-test\n"},
 		{name: "check good config", cmd: []string{"caplanced", "--check-config", "--config", good}, wantStdout: "ok\n"},
-		{name: "check bad config: every error", cmd: []string{"caplanced", "--check-config", "--config", bad}, wantCode: 1,
-			wantStderr: "caplanced: " + bad + `: balancer: vips: "10.0.0.300": not an IPv4 address` + "\n" +
-				"caplanced: " + bad + `: backend "web1": address "10.0.1.300": not an IPv4 address` + "\n"},
+		{name: "check bad config: every error with its line", cmd: []string{"caplanced", "--check-config", "--config", bad},
+			env: []string{"CAPLANCED_BALANCER_WORKERS=many"}, wantCode: 1,
+			wantStderr: "caplanced: " + bad + `: line 2: balancer: vips: "10.0.0.300": not an IPv4 address` + "\n" +
+				"caplanced: " + bad + `: line 3: balancer.encap_port: must be an integer, not a string` + "\n" +
+				"caplanced: " + bad + `: line 4: unknown key "balancer.colour"` + "\n" +
+				"caplanced: " + bad + `: line 7: backend "web1": address "10.0.1.300": not an IPv4 address` + "\n" +
+				`caplanced: environment CAPLANCED_BALANCER_WORKERS: "many": not an integer` + "\n"},
+		{name: "check-config with cleanup", cmd: []string{"caplanced", "--check-config", "--cleanup", "--config", good}, wantCode: 2,
+			wantStderr: "caplanced: --check-config and --cleanup cannot be used together\nRun 'caplanced --help' for usage.\n"},
 		{name: "check config with environment override", cmd: []string{"caplanced", "--check-config", "--config", good},
 			env: []string{"CAPLANCED_BALANCER_ENCAP_PORT=0"}, wantCode: 1, wantStderr: "encap_port 0: must be between 1 and 65535"},
 		{name: "check missing config", cmd: []string{"caplanced", "--check-config", "--config", filepath.Join(work, "none.toml")},

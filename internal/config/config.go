@@ -1,22 +1,21 @@
 // Package config owns caplanced's configuration: it decodes the TOML file
-// strictly (unknown keys and wrong types are errors with their line), applies
-// CAPLANCED_* environment overrides, and validates everything into typed
-// values, reporting every problem at once with the place it was found.
+// strictly (unknown keys and wrong types are errors with their line, and do
+// not stop the decoding of the other keys), applies CAPLANCED_* environment
+// overrides, and validates everything into typed values, reporting every
+// problem at once with the line or variable it was found in.
 //
 // It reads the file it is given and the environment it is handed; it must not
 // touch the network, the kernel or any other file.
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
 	"os"
 	"slices"
-	"strings"
 	"time"
-
-	"github.com/BurntSushi/toml"
 )
 
 // DefaultPath is where the packaged caplanced looks for its configuration.
@@ -155,122 +154,85 @@ func Load(path string) (*Config, error) {
 
 // Parse decodes and validates data, named name in errors, with overrides
 // from environ ("KEY=value" strings, as os.Environ returns). Every problem is
-// reported: the error is an errors.Join of one error per problem.
+// reported, of the file's decoding (unknown keys, wrong types), of the
+// environment and of validation: the error is an errors.Join of one error
+// per problem, each starting with where it is ("name: line 3:" or
+// "environment CAPLANCED_…:"), the file's in the order of its lines. Only a
+// TOML syntax error stops the file's decoding; the environment is still
+// checked then.
 func Parse(name string, data []byte, environ []string) (*Config, error) {
 	var raw rawConfig
-	errs, err := DecodeStrict(data, &raw)
+	d, err := decodeLenient(data, &raw)
 	if err != nil {
-		errs = []error{err}
-	}
-	if len(errs) > 0 {
-		for i, err := range errs {
-			errs[i] = fmt.Errorf("%s: %w", name, err)
+		_, envProblems := applyEnv(&rawConfig{}, environ)
+		errs := []error{fmt.Errorf("%s: %w", name, err)}
+		for _, p := range envProblems {
+			errs = append(errs, fmt.Errorf("environment %s: %s", p.env, p.msg))
 		}
 		return nil, errors.Join(errs...)
 	}
-	if err := applyEnv(&raw, environ); err != nil {
-		return nil, err
-	}
-	cfg, problems := validate(raw)
-	if len(problems) > 0 {
-		errs := make([]error, len(problems))
-		for i, p := range problems {
-			errs[i] = fmt.Errorf("%s: %s", name, p)
-		}
-		return nil, errors.Join(errs...)
-	}
-	return cfg, nil
-}
-
-// DecodeStrict decodes the TOML document data into v strictly: err is a
-// syntax error or a wrong type (v is then unusable), unknown has one error
-// per unknown key, each with its line. caplance-healthd's configuration is
-// read with it too.
-func DecodeStrict(data []byte, v any) (unknown []error, err error) {
-	md, err := toml.Decode(string(data), v)
-	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			err = fmt.Errorf("line %d, column %d: %s", pe.Position.Line, pe.Position.Col, pe.Message)
-		}
-		return nil, err
-	}
-	undecoded := md.Undecoded()
-	lines := keyLines(string(data))
-	seen := map[string]int{}
-	for _, key := range undecoded {
-		if hasReportedParent(key, undecoded) {
-			continue
-		}
-		path := key.String()
-		where := ""
-		if ls := lines[path]; seen[path] < len(ls) {
-			where = fmt.Sprintf("line %d: ", ls[seen[path]])
-		}
-		seen[path]++
-		unknown = append(unknown, fmt.Errorf("%sunknown key %q", where, path))
-	}
-	return unknown, nil
-}
-
-// hasReportedParent reports whether a table above key is itself unknown, so
-// "[balancerz]" yields one error rather than one per key inside it.
-func hasReportedParent(key toml.Key, undecoded []toml.Key) bool {
-	for _, other := range undecoded {
-		if len(other) < len(key) && slices.Equal(other, key[:len(other)]) {
-			return true
+	fromEnv, envProblems := applyEnv(&raw, environ)
+	for _, p := range envProblems {
+		if p.key != nil {
+			d.failed[lookup(p.key)] = true
 		}
 	}
-	return false
-}
-
-// keyLines maps each dotted key path to the lines that set it, in order.
-// The toml package keeps key positions private, so this finds them again with
-// a line-oriented scan that understands table headers and key = value lines;
-// it only decorates error messages, so a miss costs a line number, nothing else.
-func keyLines(doc string) map[string][]int {
-	lines := map[string][]int{}
-	table := ""
-	for i, line := range strings.Split(doc, "\n") {
-		line = strings.TrimSpace(line)
+	cfg, invalid := validate(raw)
+	all := append(d.problems, envProblems...)
+	for _, p := range invalid {
+		if !d.isFailed(p.key) { // reported as what it is, not as missing
+			all = append(all, p)
+		}
+	}
+	if len(all) == 0 {
+		return cfg, nil
+	}
+	type placed struct {
+		order, line int
+		err         error
+	}
+	var out []placed
+	for _, p := range all {
+		env := p.env
+		for n := len(p.key); env == "" && n > 0; n-- {
+			env = fromEnv[lookup(p.key[:n])]
+		}
+		line := d.line(p.key)
 		switch {
-		case strings.HasPrefix(line, "[["):
-			table = unquoteKey(strings.TrimSuffix(strings.SplitN(line[2:], "]]", 2)[0], "]]"))
-			lines[table] = append(lines[table], i+1)
-		case strings.HasPrefix(line, "["):
-			table = unquoteKey(strings.SplitN(line[1:], "]", 2)[0])
-			lines[table] = append(lines[table], i+1)
-		case strings.Contains(line, "=") && !strings.HasPrefix(line, "#"):
-			key := unquoteKey(strings.SplitN(line, "=", 2)[0])
-			if table != "" {
-				key = table + "." + key
-			}
-			lines[key] = append(lines[key], i+1)
-		}
-	}
-	return lines
-}
-
-// unquoteKey turns `a . "b.c"` into the form toml.Key.String gives.
-func unquoteKey(s string) string {
-	var parts []string
-	var cur strings.Builder
-	quote := rune(0)
-	for _, r := range s {
-		switch {
-		case quote != 0 && r == quote:
-			quote = 0
-		case quote != 0:
-			cur.WriteRune(r)
-		case r == '"' || r == '\'':
-			quote = r
-		case r == '.':
-			parts = append(parts, strings.TrimSpace(cur.String()))
-			cur.Reset()
+		case env != "":
+			out = append(out, placed{2, 0, fmt.Errorf("environment %s: %s", env, p.msg)})
+		case line > 0:
+			out = append(out, placed{1, line, fmt.Errorf("%s: line %d: %s", name, line, p.msg)})
 		default:
-			cur.WriteRune(r)
+			out = append(out, placed{0, 0, fmt.Errorf("%s: %s", name, p.msg)})
 		}
 	}
-	parts = append(parts, strings.TrimSpace(cur.String()))
-	return toml.Key(parts).String()
+	slices.SortStableFunc(out, func(a, b placed) int { return cmp.Or(a.order-b.order, a.line-b.line) })
+	errs := make([]error, len(out))
+	for i, p := range out {
+		errs[i] = p.err
+	}
+	return nil, errors.Join(errs...)
+}
+
+// DecodeStrict decodes the TOML document data into v (a pointer to a struct
+// with `toml` tags) strictly. err is a syntax error, with its line and
+// column, which stops the decoding. Otherwise problems has one error per
+// unknown key and per value of the wrong type, each with its line
+// ("line 3: unknown key \"x\""), in the order of the file, and every other
+// key is decoded into v. caplance-healthd's configuration is read with it too.
+func DecodeStrict(data []byte, v any) (errs []error, err error) {
+	d, err := decodeLenient(data, v)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(d.problems, func(a, b problem) int { return d.line(a.key) - d.line(b.key) })
+	for _, p := range d.problems {
+		if line := d.line(p.key); line > 0 {
+			errs = append(errs, fmt.Errorf("line %d: %s", line, p.msg))
+		} else {
+			errs = append(errs, errors.New(p.msg))
+		}
+	}
+	return errs, nil
 }

@@ -158,18 +158,82 @@ func TestParseInvalid(t *testing.T) {
 			want: []string{`test.toml: line 2, column 19: expected a comma (',') or array terminator (']'), but got end of file`},
 		},
 		{
-			name: "unknown keys have path and line",
-			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\nvipz = 1\n\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.1\"\nwieght = 3\n[extra]\nx = 1\n",
+			name:    "a syntax error stops the file, not the environment",
+			doc:     "[balancer\n",
+			environ: []string{"CAPLANCED_BALANCER_VIP=10.0.0.1"},
 			want: []string{
-				`test.toml: line 3: unknown key "balancer.vipz"`,
-				`test.toml: line 8: unknown key "backend.wieght"`,
-				`test.toml: line 9: unknown key "extra"`,
+				`test.toml: line 2, column 10: expected '.' or ']' to end table name, but got '\n' instead`,
+				`environment CAPLANCED_BALANCER_VIP: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
 			},
 		},
 		{
-			name: "wrong type",
-			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\nencap_port = \"5555\"\n",
-			want: []string{`test.toml: toml: line 3 (last key "balancer.encap_port"): incompatible types: TOML value has type string; destination has type integer`},
+			name: "unknown keys have path and line",
+			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\nvipz = 1\n\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.1\"\n[[backend]]\nname = \"b\"\naddress = \"10.0.1.2\"\nwieght = 3\n[extra]\nx = 1\n",
+			want: []string{
+				`test.toml: line 3: unknown key "balancer.vipz"`,
+				`test.toml: line 11: unknown key "backend.wieght"`,
+				`test.toml: line 12: unknown key "extra"`,
+			},
+		},
+		{
+			name: "wrong types, in the project's words, and the rest is still checked",
+			doc: `[balancer]
+vips = "10.0.0.100"
+encap_port = "5555"
+workers = 2.5
+table_size = 97
+tcp_timeout = 90
+[balancer.ports]
+"10.0.0.100" = [80, "443"]
+[[backend]]
+name = "a"
+address = 10
+weight = true
+[receiver]
+vips = [1]
+balancers = ["10.0.1.1"]
+mode = ["auto"]
+`,
+			want: []string{
+				`test.toml: line 2: balancer.vips: must be an array, not a string`,
+				`test.toml: line 3: balancer.encap_port: must be an integer, not a string`,
+				`test.toml: line 4: balancer.workers: must be an integer, not a float`,
+				`test.toml: line 5: balancer: table_size 97: must be a prime between 101 and 16777213`,
+				`test.toml: line 6: balancer.tcp_timeout: must be a string, not an integer`,
+				`test.toml: line 8: balancer.ports."10.0.0.100": element 2: must be an integer, not a string`,
+				`test.toml: line 11: backend.address: must be a string, not an integer`,
+				`test.toml: line 12: backend.weight: must be an integer, not a boolean`,
+				`test.toml: line 14: receiver.vips: element 1: must be a string, not an integer`,
+				`test.toml: line 16: receiver.mode: must be a string, not an array`,
+			},
+		},
+		{
+			name: "a section of the wrong type",
+			doc:  "balancer = 5\n[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n",
+			want: []string{`test.toml: line 1: balancer: must be a table, not an integer`},
+		},
+		{
+			name: "unknown key, wrong type, invalid value and bad environment at once",
+			doc: `# caplanced
+[balancer]
+vips = ["10.0.0.100"]
+encap_port = "5555"
+table_size = 100
+colour = "blue"
+
+[[backend]]
+name = "web1"
+address = "10.0.1.300"
+`,
+			environ: []string{"CAPLANCED_BALANCER_WORKERS=many", "CAPLANCED_RECEIVER_MODES=kernel"},
+			want: []string{
+				`test.toml: line 4: balancer.encap_port: must be an integer, not a string`,
+				`test.toml: line 5: balancer: table_size 100: must be a prime between 101 and 16777213`,
+				`test.toml: line 6: unknown key "balancer.colour"`,
+				`test.toml: line 10: backend "web1": address "10.0.1.300": not an IPv4 address`,
+				`environment CAPLANCED_BALANCER_WORKERS: "many": not an integer`,
+				`environment CAPLANCED_RECEIVER_MODES: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
+			},
 		},
 		{
 			name: "no role",
@@ -205,78 +269,79 @@ address = "10.0.0.100"
 name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 `,
 			want: []string{
-				`test.toml: balancer: encap_port 0: must be between 1 and 65535`,
-				`test.toml: balancer: vips: "10.0.0.300": not an IPv4 address`,
-				`test.toml: balancer: vips: 10.0.0.100: listed twice`,
-				`test.toml: balancer: vips: "2001:db8::1": IPv6 is not supported yet: give an IPv4 address`,
-				`test.toml: balancer: vips: "224.0.0.1": multicast address, need unicast`,
-				`test.toml: balancer: vips: "127.0.0.1": loopback address, need one reachable from other hosts`,
-				`test.toml: balancer: vips: "0.0.0.0": not a unicast address`,
-				`test.toml: balancer: vips: "255.255.255.255": not a unicast address`,
-				`test.toml: balancer: ports: "10.0.0.100": port 0: must be between 1 and 65535`,
-				`test.toml: balancer: ports: "10.0.0.100": port 80: listed twice`,
-				`test.toml: balancer: ports: "10.0.0.100": port 70000: must be between 1 and 65535`,
-				`test.toml: balancer: ports: "10.0.0.9": not one of balancer.vips`,
-				`test.toml: balancer: interface "a/b": not a valid interface name (1-15 characters, no '/', ':' or white space)`,
-				`test.toml: balancer: table_size 65536: not a prime (Maglev needs a prime table size; the default is 65537)`,
-				`test.toml: backend "web1": address "10.0.0.300": not an IPv4 address`,
-				`test.toml: backend "web1": name: duplicate`,
-				`test.toml: backend "web1": weight 10001: must be between 0 and 10000`,
-				`test.toml: backend "bad/name": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
-				`test.toml: backend "bad/name": address 10.0.1.2: already used by backend "web1"`,
-				`test.toml: backend "bad/name": weight -1: must be between 0 and 10000`,
-				`test.toml: backend "bad/name": check "ftp://x": unknown kind "ftp" (want tcp, http, https, udp, exec or tunnel)`,
-				`test.toml: backend #4: name: missing`,
-				`test.toml: backend #4: address 10.0.0.100: is a VIP of this balancer (packets would loop)`,
-				`test.toml: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
-				`test.toml: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo": address: missing`,
+				`test.toml: line 3: balancer: vips: "10.0.0.300": not an IPv4 address`,
+				`test.toml: line 3: balancer: vips: 10.0.0.100: listed twice`,
+				`test.toml: line 3: balancer: vips: "2001:db8::1": IPv6 is not supported yet: give an IPv4 address`,
+				`test.toml: line 3: balancer: vips: "224.0.0.1": multicast address, need unicast`,
+				`test.toml: line 3: balancer: vips: "127.0.0.1": loopback address, need one reachable from other hosts`,
+				`test.toml: line 3: balancer: vips: "0.0.0.0": not a unicast address`,
+				`test.toml: line 3: balancer: vips: "255.255.255.255": not a unicast address`,
+				`test.toml: line 4: balancer: interface "a/b": not a valid interface name (1-15 characters, no '/', ':' or white space)`,
+				`test.toml: line 5: balancer: encap_port 0: must be between 1 and 65535`,
+				`test.toml: line 6: balancer: table_size 65536: not a prime (Maglev needs a prime table size; the default is 65537)`,
+				`test.toml: line 8: balancer: ports: "10.0.0.9": not one of balancer.vips`,
+				`test.toml: line 9: balancer: ports: "10.0.0.100": port 0: must be between 1 and 65535`,
+				`test.toml: line 9: balancer: ports: "10.0.0.100": port 80: listed twice`,
+				`test.toml: line 9: balancer: ports: "10.0.0.100": port 70000: must be between 1 and 65535`,
+				`test.toml: line 12: backend "web1": address "10.0.0.300": not an IPv4 address`,
+				`test.toml: line 14: backend "web1": name: duplicate`,
+				`test.toml: line 16: backend "web1": weight 10001: must be between 0 and 10000`,
+				`test.toml: line 18: backend "bad/name": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
+				`test.toml: line 19: backend "bad/name": address 10.0.1.2: already used by backend "web1"`,
+				`test.toml: line 20: backend "bad/name": weight -1: must be between 0 and 10000`,
+				`test.toml: line 21: backend "bad/name": check "ftp://x": unknown kind "ftp" (want tcp, http, https, udp, exec or tunnel)`,
+				`test.toml: line 22: backend #4: name: missing`,
+				`test.toml: line 23: backend #4: address 10.0.0.100: is a VIP of this balancer (packets would loop)`,
+				`test.toml: line 24: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo": address: missing`,
+				`test.toml: line 25: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
 			},
 		},
 		{
 			name: "numeric bounds",
 			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\ntable_size = 97\nworkers = 65\nconntrack_size = 10\ntcp_timeout = \"15\"\nudp_timeout = \"25h\"\ntcp_closing_timeout = \"500ms\"\n[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\nworkers = -1\n",
 			want: []string{
-				`test.toml: balancer: workers 65: must be between 0 and 64`,
-				`test.toml: balancer: conntrack_size 10: must be between 1024 and 16777216`,
-				`test.toml: balancer: tcp_timeout "15": not a duration (write e.g. "90s", "15m" or "1h")`,
-				`test.toml: balancer: udp_timeout "25h": must be between 1s and 24h`,
-				`test.toml: balancer: tcp_closing_timeout "500ms": must be between 1s and 24h`,
-				`test.toml: balancer: table_size 97: must be a prime between 101 and 16777213`,
-				`test.toml: receiver: workers -1: must be between 0 and 64`,
+				`test.toml: line 3: balancer: table_size 97: must be a prime between 101 and 16777213`,
+				`test.toml: line 4: balancer: workers 65: must be between 0 and 64`,
+				`test.toml: line 5: balancer: conntrack_size 10: must be between 1024 and 16777216`,
+				`test.toml: line 6: balancer: tcp_timeout "15": not a duration (write e.g. "90s", "15m" or "1h")`,
+				`test.toml: line 7: balancer: udp_timeout "25h": must be between 1s and 24h`,
+				`test.toml: line 8: balancer: tcp_closing_timeout "500ms": must be between 1s and 24h`,
+				`test.toml: line 12: receiver: workers -1: must be between 0 and 64`,
 			},
 		},
 		{
 			name: "empty lists",
 			doc:  "[balancer]\nvips = []\n[balancer.ports]\n\"10.0.0.1\" = []\n[receiver]\nvips = []\nbalancers = []\nmode = \"fast\"\nencap_port = 65536\n",
 			want: []string{
-				`test.toml: balancer: vips: at least one VIP is required`,
-				`test.toml: balancer: ports: "10.0.0.1": not one of balancer.vips`,
-				`test.toml: receiver: encap_port 65536: must be between 1 and 65535`,
-				`test.toml: receiver: vips: at least one VIP is required`,
-				`test.toml: receiver: balancers: at least one balancer address is required (the receiver accepts tunnelled packets only from these)`,
-				`test.toml: receiver: mode "fast": must be auto, kernel or userspace`,
+				`test.toml: line 2: balancer: vips: at least one VIP is required`,
+				`test.toml: line 4: balancer: ports: "10.0.0.1": not one of balancer.vips`,
+				`test.toml: line 6: receiver: vips: at least one VIP is required`,
+				`test.toml: line 7: receiver: balancers: at least one balancer address is required (the receiver accepts tunnelled packets only from these)`,
+				`test.toml: line 8: receiver: mode "fast": must be auto, kernel or userspace`,
+				`test.toml: line 9: receiver: encap_port 65536: must be between 1 and 65535`,
 			},
 		},
 		{
 			name: "backends without a balancer",
 			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.2\"\n",
-			want: []string{`test.toml: [[backend]] entries need a [balancer] section`},
+			want: []string{`test.toml: line 4: [[backend]] entries need a [balancer] section`},
 		},
 		{
 			name:    "bad environment",
 			doc:     "[balancer]\nvips = [\"10.0.0.100\"]\n",
-			environ: []string{"CAPLANCED_BALANCER_ENCAP_PORT=abc", "CAPLANCED_BALANCER_VIP=10.0.0.1", "CAPLANCED_BALANCER_PORTS=80"},
+			environ: []string{"CAPLANCED_BALANCER_ENCAP_PORT=abc", "CAPLANCED_BALANCER_VIP=10.0.0.1", "CAPLANCED_BALANCER_PORTS=80", "CAPLANCED_BALANCER_WORKERS=" + strings.Repeat("9", 100)},
 			want: []string{
-				`environment CAPLANCED_BALANCER_ENCAP_PORT="abc": not an integer`,
+				`environment CAPLANCED_BALANCER_ENCAP_PORT: "abc": not an integer`,
 				`environment CAPLANCED_BALANCER_PORTS: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
 				`environment CAPLANCED_BALANCER_VIP: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
+				`environment CAPLANCED_BALANCER_WORKERS: "` + strings.Repeat("9", 64) + `…": not an integer`,
 			},
 		},
 		{
-			name:    "environment value validated like the file",
-			doc:     "[balancer]\nvips = [\"10.0.0.100\"]\n",
+			name:    "environment value validated like the file, and named",
+			doc:     "[balancer]\nvips = [\"10.0.0.100\"]\ntable_size = 101\n",
 			environ: []string{"CAPLANCED_BALANCER_TABLE_SIZE=100"},
-			want:    []string{`test.toml: balancer: table_size 100: must be a prime between 101 and 16777213`},
+			want:    []string{`environment CAPLANCED_BALANCER_TABLE_SIZE: balancer: table_size 100: must be a prime between 101 and 16777213`},
 		},
 	}
 	for _, tt := range tests {

@@ -1,7 +1,6 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -17,10 +16,11 @@ const EnvPrefix = "CAPLANCED_"
 // names of the file upper-cased, for every key of [balancer] and [receiver]
 // that holds a string, an integer or a list of those (lists are
 // comma-separated). Setting a key of an absent section creates the section.
-// A CAPLANCED_ variable that names no such key is an error, so a typo is
-// caught rather than silently ignored.
-func applyEnv(raw *rawConfig, environ []string) error {
-	settable := map[string]reflect.Value{}
+// A CAPLANCED_ variable that names no such key is a problem, so a typo is
+// caught rather than silently ignored. set maps each key set (lookup) to
+// its variable.
+func applyEnv(raw *rawConfig, environ []string) (set map[string]string, probs problems) {
+	settable := map[string]envField{}
 	if raw.Balancer == nil {
 		raw.Balancer = &rawBalancer{}
 		defer dropIfEmpty(&raw.Balancer)
@@ -29,33 +29,49 @@ func applyEnv(raw *rawConfig, environ []string) error {
 		raw.Receiver = &rawReceiver{}
 		defer dropIfEmpty(&raw.Receiver)
 	}
-	addSettable(settable, "BALANCER", reflect.ValueOf(raw.Balancer).Elem())
-	addSettable(settable, "RECEIVER", reflect.ValueOf(raw.Receiver).Elem())
+	addSettable(settable, "balancer", reflect.ValueOf(raw.Balancer).Elem())
+	addSettable(settable, "receiver", reflect.ValueOf(raw.Receiver).Elem())
 
-	var errs []error
+	set = map[string]string{}
 	for _, kv := range slices.Sorted(slices.Values(environ)) {
 		name, value, _ := strings.Cut(kv, "=")
 		if !strings.HasPrefix(name, EnvPrefix) {
 			continue
 		}
-		field, ok := settable[strings.TrimPrefix(name, EnvPrefix)]
+		f, ok := settable[strings.TrimPrefix(name, EnvPrefix)]
 		if !ok {
-			errs = append(errs, fmt.Errorf("environment %s: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))", name))
+			probs = append(probs, problem{env: name, msg: "no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))"})
 			continue
 		}
-		if err := setField(field, value); err != nil {
-			errs = append(errs, fmt.Errorf("environment %s=%q: %w", name, value, err))
+		set[lookup(f.key)] = name
+		if err := setField(f.value, value); err != nil {
+			probs = append(probs, problem{env: name, key: f.key, msg: fmt.Sprintf("%q: %v", brief(value), err)})
 		}
 	}
-	return errors.Join(errs...)
+	return set, probs
+}
+
+// envField is a key that a variable can set.
+type envField struct {
+	key   []string
+	value reflect.Value
+}
+
+// brief is s, or its start when it is too long to repeat in a message.
+func brief(s string) string {
+	const max = 64
+	if len(s) <= max {
+		return s
+	}
+	return s[:max] + "…"
 }
 
 // EnvNames lists every environment variable that overrides a key, for the
 // documentation test and --help.
 func EnvNames() []string {
-	settable := map[string]reflect.Value{}
-	addSettable(settable, "BALANCER", reflect.ValueOf(&rawBalancer{}).Elem())
-	addSettable(settable, "RECEIVER", reflect.ValueOf(&rawReceiver{}).Elem())
+	settable := map[string]envField{}
+	addSettable(settable, "balancer", reflect.ValueOf(&rawBalancer{}).Elem())
+	addSettable(settable, "receiver", reflect.ValueOf(&rawReceiver{}).Elem())
 	var names []string
 	for k := range settable {
 		names = append(names, EnvPrefix+k)
@@ -64,14 +80,14 @@ func EnvNames() []string {
 	return names
 }
 
-func addSettable(into map[string]reflect.Value, section string, v reflect.Value) {
+func addSettable(into map[string]envField, section string, v reflect.Value) {
 	for i := range v.NumField() {
 		f := v.Field(i)
 		if !envSettable(f.Type()) {
 			continue
 		}
 		tag := v.Type().Field(i).Tag.Get("toml")
-		into[section+"_"+strings.ToUpper(tag)] = f
+		into[strings.ToUpper(section+"_"+tag)] = envField{key: []string{section, tag}, value: f}
 	}
 }
 

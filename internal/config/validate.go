@@ -15,13 +15,6 @@ import (
 
 var backendName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
-// problems collects every validation error with the place it names.
-type problems []string
-
-func (p *problems) add(format string, args ...any) {
-	*p = append(*p, fmt.Sprintf(format, args...))
-}
-
 func validate(raw rawConfig) (*Config, problems) {
 	var p problems
 	cfg := &Config{}
@@ -32,7 +25,7 @@ func validate(raw rawConfig) (*Config, problems) {
 		cfg.Balancer = validateBalancer(*raw.Balancer, &p)
 	}
 	if len(raw.Backends) > 0 && raw.Balancer == nil {
-		p.add("[[backend]] entries need a [balancer] section")
+		p.at([]string{"backend"}, "[[backend]] entries need a [balancer] section")
 	}
 	cfg.Backends = validateBackends(raw.Backends, cfg.Balancer, &p)
 	if raw.Receiver != nil {
@@ -54,7 +47,7 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 			"balancer: tcp_closing_timeout", p),
 	}
 	if len(raw.VIPs) == 0 {
-		p.add("balancer: vips: at least one VIP is required")
+		p.at([]string{"balancer", "vips"}, "balancer: vips: at least one VIP is required")
 	}
 	addrs := addressList(raw.VIPs, "balancer: vips", p)
 	for _, a := range addrs {
@@ -62,29 +55,29 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 	}
 	for _, key := range slices.Sorted(maps.Keys(raw.Ports)) {
 		ports := raw.Ports[key]
-		place := fmt.Sprintf("balancer: ports: %q", key)
+		place, at := fmt.Sprintf("balancer: ports: %q", key), []string{"balancer", "ports", key}
 		a, err := ParseAddress(key)
 		if err != nil {
-			p.add("%s: %v", place, err)
+			p.at(at, "%s: %v", place, err)
 			continue
 		}
 		i := slices.IndexFunc(b.VIPs, func(v VIP) bool { return v.Addr == a })
 		if i < 0 {
-			p.add("%s: not one of balancer.vips", place)
+			p.at(at, "%s: not one of balancer.vips", place)
 			continue
 		}
-		b.VIPs[i].Ports = portList(ports, place, p)
+		b.VIPs[i].Ports = portList(ports, place, at, p)
 	}
 	if raw.Interface != "" && !validInterfaceName(raw.Interface) {
-		p.add("balancer: interface %q: not a valid interface name (1-15 characters, no '/', ':' or white space)", raw.Interface)
+		p.at([]string{"balancer", "interface"}, "balancer: interface %q: not a valid interface name (1-15 characters, no '/', ':' or white space)", raw.Interface)
 	}
 	if raw.TableSize != nil {
 		m := *raw.TableSize
 		switch {
 		case m < maglev.MinSize || m > maglev.MaxSize:
-			p.add("balancer: table_size %d: must be a prime between %d and %d", m, maglev.MinSize, maglev.MaxSize)
+			p.at([]string{"balancer", "table_size"}, "balancer: table_size %d: must be a prime between %d and %d", m, maglev.MinSize, maglev.MaxSize)
 		case !maglev.IsPrime(m):
-			p.add("balancer: table_size %d: not a prime (Maglev needs a prime table size; the default is %d)", m, maglev.DefaultSize)
+			p.at([]string{"balancer", "table_size"}, "balancer: table_size %d: not a prime (Maglev needs a prime table size; the default is %d)", m, maglev.DefaultSize)
 		default:
 			b.TableSize = m
 		}
@@ -98,41 +91,42 @@ func validateBackends(raw []rawBackend, bal *Balancer, p *problems) []Backend {
 	addrs := map[netip.Addr]string{}
 	for i, rb := range raw {
 		place := fmt.Sprintf("backend %q", rb.Name)
+		at := func(k string) []string { return []string{"backend", item(i), k} }
 		switch {
 		case rb.Name == "":
 			place = fmt.Sprintf("backend #%d", i+1)
-			p.add("%s: name: missing", place)
+			p.at(at("name"), "%s: name: missing", place)
 		case CheckBackendName(rb.Name) != nil:
-			p.add("%s: name: %v", place, CheckBackendName(rb.Name))
+			p.at(at("name"), "%s: name: %v", place, CheckBackendName(rb.Name))
 		case names[rb.Name]:
-			p.add("%s: name: duplicate", place)
+			p.at(at("name"), "%s: name: duplicate", place)
 		}
 		names[rb.Name] = true
 		b := Backend{Name: rb.Name, Weight: DefaultWeight, Check: rb.Check}
 		if rb.Address == "" {
-			p.add("%s: address: missing", place)
+			p.at(at("address"), "%s: address: missing", place)
 		} else if a, err := ParseAddress(rb.Address); err != nil {
-			p.add("%s: address %q: %v", place, rb.Address, err)
+			p.at(at("address"), "%s: address %q: %v", place, rb.Address, err)
 		} else {
 			if other, dup := addrs[a]; dup {
-				p.add("%s: address %s: already used by backend %q", place, a, other)
+				p.at(at("address"), "%s: address %s: already used by backend %q", place, a, other)
 			}
 			if bal != nil && slices.ContainsFunc(bal.VIPs, func(v VIP) bool { return v.Addr == a }) {
-				p.add("%s: address %s: is a VIP of this balancer (packets would loop)", place, a)
+				p.at(at("address"), "%s: address %s: is a VIP of this balancer (packets would loop)", place, a)
 			}
 			addrs[a] = rb.Name
 			b.Address = a
 		}
 		if rb.Weight != nil {
 			if err := CheckWeight(int64(*rb.Weight)); err != nil {
-				p.add("%s: %v", place, err)
+				p.at(at("weight"), "%s: %v", place, err)
 			} else {
 				b.Weight = uint32(*rb.Weight)
 			}
 		}
 		if rb.Check != "" {
 			if err := CheckSpec(rb.Check); err != nil {
-				p.add("%s: %v", place, err)
+				p.at(at("check"), "%s: %v", place, err)
 			}
 		}
 		out = append(out, b)
@@ -147,12 +141,12 @@ func validateReceiver(raw rawReceiver, p *problems) *Receiver {
 		Workers:   intIn(raw.Workers, 0, 0, MaxWorkers, "receiver: workers", p),
 	}
 	if len(raw.VIPs) == 0 {
-		p.add("receiver: vips: at least one VIP is required")
+		p.at([]string{"receiver", "vips"}, "receiver: vips: at least one VIP is required")
 	}
 	r.VIPs = addressList(raw.VIPs, "receiver: vips", p)
 	// Without balancers the receiver would relay packets from anyone.
 	if len(raw.Balancers) == 0 {
-		p.add("receiver: balancers: at least one balancer address is required (the receiver accepts tunnelled packets only from these)")
+		p.at([]string{"receiver", "balancers"}, "receiver: balancers: at least one balancer address is required (the receiver accepts tunnelled packets only from these)")
 	}
 	r.Balancers = addressList(raw.Balancers, "receiver: balancers", p)
 	switch Mode(raw.Mode) {
@@ -160,7 +154,7 @@ func validateReceiver(raw rawReceiver, p *problems) *Receiver {
 	case ModeAuto, ModeKernel, ModeUserspace:
 		r.Mode = Mode(raw.Mode)
 	default:
-		p.add("receiver: mode %q: must be auto, kernel or userspace", raw.Mode)
+		p.at([]string{"receiver", "mode"}, "receiver: mode %q: must be auto, kernel or userspace", raw.Mode)
 	}
 	return r
 }
@@ -171,11 +165,11 @@ func addressList(raw []string, place string, p *problems) []netip.Addr {
 	for _, s := range raw {
 		a, err := ParseAddress(s)
 		if err != nil {
-			p.add("%s: %q: %v", place, s, err)
+			p.at(keyOf(place), "%s: %q: %v", place, s, err)
 			continue
 		}
 		if slices.Contains(out, a) {
-			p.add("%s: %s: listed twice", place, a)
+			p.at(keyOf(place), "%s: %s: listed twice", place, a)
 			continue
 		}
 		out = append(out, a)
@@ -223,12 +217,15 @@ func ParseAddress(s string) (netip.Addr, error) {
 	return a, nil
 }
 
+// keyOf is the key a place such as "balancer: encap_port" names.
+func keyOf(place string) []string { return strings.Split(place, ": ") }
+
 func port(raw *int, def int, place string, p *problems) uint16 {
 	if raw == nil {
 		return uint16(def)
 	}
 	if *raw < 1 || *raw > 65535 {
-		p.add("%s %d: must be between 1 and 65535", place, *raw)
+		p.at(keyOf(place), "%s %d: must be between 1 and 65535", place, *raw)
 		return uint16(def)
 	}
 	return uint16(*raw)
@@ -240,7 +237,7 @@ func intIn(raw *int, def, lo, hi int, place string, p *problems) int {
 		return def
 	}
 	if *raw < lo || *raw > hi {
-		p.add("%s %d: must be between %d and %d", place, *raw, lo, hi)
+		p.at(keyOf(place), "%s %d: must be between %d and %d", place, *raw, lo, hi)
 		return def
 	}
 	return *raw
@@ -254,27 +251,27 @@ func timeout(raw string, def time.Duration, place string, p *problems) time.Dura
 	d, err := time.ParseDuration(raw)
 	switch {
 	case err != nil:
-		p.add("%s %q: not a duration (write e.g. \"90s\", \"15m\" or \"1h\")", place, raw)
+		p.at(keyOf(place), "%s %q: not a duration (write e.g. \"90s\", \"15m\" or \"1h\")", place, raw)
 	case d < time.Second || d > 24*time.Hour:
-		p.add("%s %q: must be between 1s and 24h", place, raw)
+		p.at(keyOf(place), "%s %q: must be between 1s and 24h", place, raw)
 	default:
 		return d
 	}
 	return def
 }
 
-func portList(raw []int, place string, p *problems) []uint16 {
+func portList(raw []int, place string, key []string, p *problems) []uint16 {
 	if len(raw) == 0 {
-		p.add("%s: empty list would drop every packet; leave the VIP out of [balancer.ports] to accept all ports", place)
+		p.at(key, "%s: empty list would drop every packet; leave the VIP out of [balancer.ports] to accept all ports", place)
 		return nil
 	}
 	out := make([]uint16, 0, len(raw))
 	for _, n := range raw {
 		switch {
 		case n < 1 || n > 65535:
-			p.add("%s: port %d: must be between 1 and 65535", place, n)
+			p.at(key, "%s: port %d: must be between 1 and 65535", place, n)
 		case slices.Contains(out, uint16(n)):
-			p.add("%s: port %d: listed twice", place, n)
+			p.at(key, "%s: port %d: listed twice", place, n)
 		default:
 			out = append(out, uint16(n))
 		}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/dbusname"
 )
 
@@ -30,42 +31,14 @@ type Conn interface {
 	Close() error
 }
 
-// DialBus connects to the bus of --bus: "system" (DBUS_SYSTEM_BUS_ADDRESS
-// or the system's socket), "session" (DBUS_SESSION_BUS_ADDRESS, never
-// launching a new bus) or a D-Bus address. A failure is a *NotRunningError.
+// DialBus connects to the bus of --bus (see package dbusconn). A failure is
+// a *NotRunningError.
 func DialBus(bus string) (Conn, error) {
-	var (
-		c   *dbus.Conn
-		err error
-	)
-	switch bus {
-	case "system":
-		c, err = dbus.ConnectSystemBus()
-	case "session":
-		c, err = dbus.SessionBusPrivateNoAutoStartup()
-		if err == nil {
-			if err = c.Auth(nil); err == nil {
-				err = c.Hello()
-			}
-			if err != nil {
-				_ = c.Close()
-			}
-		}
-	default:
-		c, err = dbus.Connect(bus)
-	}
+	c, err := dbusconn.Dial(bus)
 	if err != nil {
-		return nil, &NotRunningError{Msg: fmt.Sprintf("cannot connect to the %s: %v", busLabel(bus), err)}
+		return nil, &NotRunningError{Msg: err.Error()}
 	}
 	return &busConn{c: c}, nil
-}
-
-func busLabel(bus string) string {
-	switch bus {
-	case "system", "session":
-		return bus + " bus"
-	}
-	return "bus " + bus
 }
 
 // busConn is Conn over a godbus connection.

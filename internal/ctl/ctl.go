@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/caplance/caplance/internal/cli"
+	"github.com/caplance/caplance/internal/dbusconn"
 )
 
 // ExitNotRunning is caplancectl's exit code when caplanced cannot be
@@ -138,7 +139,7 @@ func (a *App) run(args []string, stdout io.Writer) error {
 		if errors.As(err, &nr) {
 			return err
 		}
-		return &NotRunningError{Msg: fmt.Sprintf("cannot connect to the %s: %v", busLabel(a.bus), err)}
+		return &NotRunningError{Msg: fmt.Sprintf("cannot connect to the %s: %v", dbusconn.Label(a.bus), err)}
 	}
 	defer conn.Close()
 

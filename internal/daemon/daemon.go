@@ -29,8 +29,10 @@ import (
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/conntrack"
 	"github.com/caplance/caplance/internal/dbusapi"
+	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/nft"
+	"github.com/caplance/caplance/internal/owner"
 	"github.com/caplance/caplance/internal/receiver"
 	"github.com/caplance/caplance/internal/registry"
 	"github.com/caplance/caplance/internal/version"
@@ -96,6 +98,7 @@ type running struct {
 	// reloadErr is why the last reload was refused, nil after a successful
 	// one; STATUS= shows it.
 	reloadErr error
+	owner     *owner.Owner
 	host      *vip.Host
 	nftOwned  bool
 	bal       *balancer.Balancer
@@ -177,7 +180,9 @@ func Run(opts Options) error {
 		<-statsDone
 		<-watchdogDone
 		r.stop()
-		removeStats(opts.RuntimeDir)
+		if err := removeStats(opts.RuntimeDir); err != nil {
+			log.Warn("removing the stats file", "err", err)
+		}
 		close(finished)
 	}()
 	select {
@@ -209,12 +214,33 @@ func (r *running) start(opts Options) error {
 	cfg := opts.Config
 	step := func(s string) { notify(r.log, "STATUS="+s); r.log.Info(s) }
 
+	// First of all: nothing on the host is touched while another caplanced
+	// owns this network namespace.
+	o, err := claim(opts.RuntimeDir)
+	if err != nil {
+		return err
+	}
+	r.owner = o
+	// A state file the registry would refuse fails the start now, before
+	// the host is touched, rather than after the VIPs went up.
+	if cfg.Balancer != nil {
+		if err := registry.CheckStateFile(filepath.Join(opts.StateDir, BackendsFile)); err != nil {
+			return err
+		}
+	}
+
 	step("cleaning up after earlier runs")
 	host, err := cleanup(opts.RuntimeDir, r.log)
 	if err != nil {
 		return err
 	}
 	r.host = host
+	// After the cleanup, so that an earlier run's VIPs are gone.
+	if cfg.Balancer != nil {
+		if err := checkVIPsNotLocal(cfg.Balancer.VIPs); err != nil {
+			return err
+		}
+	}
 
 	rules := nft.Rules{}
 	if cfg.Balancer != nil {
@@ -264,16 +290,9 @@ func (r *running) start(opts Options) error {
 // is taken, so a client that sees the name finds them.
 func (r *running) startAPI(bus string) error {
 	var err error
-	switch bus {
-	case "system":
-		r.bus, err = dbus.ConnectSystemBus()
-	case "session":
-		r.bus, err = dbus.ConnectSessionBus()
-	default:
-		r.bus, err = dbus.Connect(bus)
-	}
+	r.bus, err = dbusconn.Dial(bus)
 	if err != nil {
-		return fmt.Errorf("D-Bus: connect to the %s bus: %w (--bus=none runs without the API)", bus, err)
+		return fmt.Errorf("D-Bus: %w (--bus=none runs without the API)", err)
 	}
 	info := dbusapi.Info{
 		Version: version.Version,
@@ -397,6 +416,26 @@ func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string,
 		}
 	})
 	return nil
+}
+
+// checkVIPsNotLocal refuses a VIP the host already has, unless
+// [balancer.ports] names the ports to balance: caplanced would otherwise
+// take every port of that address (SSH included) from the host's own
+// services.
+func checkVIPsNotLocal(vips []config.VIP) error {
+	var errs []error
+	for _, v := range vips {
+		iface, err := vip.HasAddress(v.Addr)
+		if err != nil {
+			return err
+		}
+		if iface != "" && v.Ports == nil {
+			errs = append(errs, fmt.Errorf("VIP %s is already an address of this host (on %s): caplanced would take all of its traffic from the host's own services; "+
+				"choose an address the host does not have, or list the ports to balance for it in [balancer.ports] "+
+				"(if a caplanced with another --runtime-dir left it behind, run caplanced --cleanup --runtime-dir with that directory)", v.Addr, iface))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // reload re-reads the configuration (SIGHUP) and applies a new backend set
@@ -525,10 +564,25 @@ func (r *running) stop() {
 		}
 		r.host.Close()
 	}
+	if r.owner != nil {
+		r.owner.Close()
+	}
+}
+
+// claim makes this process the owner of the network namespace's caplance
+// state (package owner).
+func claim(runtimeDir string) (*owner.Owner, error) {
+	o, err := owner.Claim(runtimeDir)
+	var held *owner.HeldError
+	if errors.As(err, &held) {
+		return nil, fmt.Errorf("%w: stop it first (one caplanced per network namespace, whatever its runtime directory)", err)
+	}
+	return o, err
 }
 
 // cleanup undoes what an earlier run left (host changes recorded in the
-// journal, the nft table) and returns the journal, ready for this run.
+// journal, the nft table, a stale stats file) and returns the journal, ready
+// for this run.
 func cleanup(runtimeDir string, log *slog.Logger) (*vip.Host, error) {
 	host, err := vip.Open(runtimeDir)
 	if err != nil {
@@ -551,11 +605,26 @@ func cleanup(runtimeDir string, log *slog.Logger) (*vip.Host, error) {
 	if existed {
 		log.Warn("removed the nftables table left by an earlier run", "table", "inet "+nft.TableName)
 	}
+	// Counters of a run that is gone would look live to a reader.
+	if err := removeStats(runtimeDir); err != nil {
+		host.Close()
+		return nil, fmt.Errorf("removing a stale %s: %w", StatsFile, err)
+	}
 	return host, nil
 }
 
-// Cleanup is `caplanced --cleanup`: undo what a run left behind, nothing else.
+// Cleanup is `caplanced --cleanup`: undo what a run left behind, nothing
+// else, and only while no caplanced owns the network namespace.
 func Cleanup(runtimeDir string, log *slog.Logger) error {
+	o, err := owner.Claim(runtimeDir)
+	var held *owner.HeldError
+	if errors.As(err, &held) {
+		return fmt.Errorf("--cleanup refused, nothing changed: %w; its own stop cleans up", err)
+	}
+	if err != nil {
+		return err
+	}
+	defer o.Close()
 	host, err := cleanup(runtimeDir, log)
 	if err != nil {
 		return err

@@ -3,10 +3,12 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/caplance/caplance/internal/atomicfile"
 	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/receiver"
 )
@@ -48,20 +50,8 @@ func (r *running) writeStats(dir string) {
 		r.log.Error("encoding stats", "err", err)
 		return
 	}
-	tmp, err := os.CreateTemp(dir, StatsFile+".*")
-	if err == nil {
-		_, err = tmp.Write(append(data, '\n'))
-		if cerr := tmp.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			err = os.Rename(tmp.Name(), filepath.Join(dir, StatsFile))
-		}
-		if err != nil {
-			os.Remove(tmp.Name())
-		}
-	}
-	if err != nil {
+	// Readable by monitoring agents (docs/security.md).
+	if err := atomicfile.Write(filepath.Join(dir, StatsFile), append(data, '\n'), 0o644); err != nil {
 		r.log.Warn("writing stats", "err", err)
 	}
 }
@@ -77,6 +67,9 @@ func ReadStats(dir string) (Stats, error) {
 	return st, err
 }
 
-// removeStats removes the stats file at stop: no counters of a daemon that
-// is not running.
-func removeStats(dir string) { os.Remove(filepath.Join(dir, StatsFile)) }
+// removeStats removes the stats file (and what a crash inside a write left
+// of one): no counters of a daemon that is not running.
+func removeStats(dir string) error {
+	path := filepath.Join(dir, StatsFile)
+	return errors.Join(atomicfile.Remove(path), atomicfile.RemoveStale(path))
+}

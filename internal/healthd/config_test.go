@@ -115,9 +115,14 @@ retry_min = "1s"
 			},
 		},
 		{
-			name: "wrong type",
-			doc:  "max_concurrent_probes = \"many\"\n",
-			want: []string{`test.toml: toml: line 1 (last key "max_concurrent_probes"): incompatible types: TOML value has type string; destination has type integer`},
+			name: "wrong types do not hide other problems",
+			doc:  "max_concurrent_probes = \"many\"\ncolour = 1\n[defaults]\nrise = \"2\"\nfall = 0\n",
+			want: []string{
+				`test.toml: line 1: max_concurrent_probes: must be an integer, not a string`,
+				`test.toml: line 2: unknown key "colour"`,
+				`test.toml: line 4: defaults.rise: must be an integer, not a string`,
+				`test.toml: defaults: fall 0: must be between 1 and 100`,
+			},
 		},
 		{
 			name: "syntax",

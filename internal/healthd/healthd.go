@@ -17,6 +17,7 @@ import (
 	"github.com/godbus/dbus/v5"
 
 	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/version"
 	"github.com/caplance/caplance/internal/watchdog"
@@ -313,21 +314,9 @@ loop:
 
 // dial connects to the bus of --bus/bus=, with signals delivered in order.
 func dial(bus string) (*dbus.Conn, error) {
-	var (
-		c   *dbus.Conn
-		err error
-	)
-	opt := dbus.WithSignalHandler(dbus.NewSequentialSignalHandler())
-	switch bus {
-	case "system":
-		c, err = dbus.ConnectSystemBus(opt)
-	case "session":
-		c, err = dbus.ConnectSessionBus(opt)
-	default:
-		c, err = dbus.Connect(bus, opt)
-	}
+	c, err := dbusconn.Dial(bus, dbus.WithSignalHandler(dbus.NewSequentialSignalHandler()))
 	if err != nil {
-		return nil, fmt.Errorf("D-Bus: connecting to the %s bus: %w", bus, err)
+		return nil, fmt.Errorf("D-Bus: %w", err)
 	}
 	return c, nil
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/caplance/caplance/internal/atomicfile"
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/quote"
 )
@@ -198,59 +199,18 @@ func (r *Registry) restore(s *state, f *stateFile) []string {
 	return warnings
 }
 
-// writeFile replaces path with data atomically and durably: a temporary
-// file in the same directory, fsync, rename, fsync of the directory.
-// renamed says whether path was replaced, even if the final fsync failed.
+// writeFile replaces path with data atomically and durably (package
+// atomicfile). renamed says whether path was replaced, even if the final
+// fsync of the directory failed.
 func writeFile(path string, data []byte) (renamed bool, err error) {
-	dir, base := filepath.Split(path)
-	if dir == "" {
-		dir = "."
+	// Everyone may read the backend set over D-Bus anyway.
+	if err := atomicfile.Replace(path, data, 0o644); err != nil {
+		return false, err
 	}
-	dir = filepath.Clean(dir)
-	tmp, err := os.CreateTemp(dir, "."+base+".tmp-*")
-	if err != nil {
-		return false, fmt.Errorf("creating a temporary file in %s: %w", dir, bare(err))
-	}
-	defer func() {
-		if !renamed {
-			os.Remove(tmp.Name())
-		}
-	}()
-	_, err = tmp.Write(data)
-	if err == nil {
-		// Everyone may read the backend set over D-Bus anyway.
-		err = tmp.Chmod(0o644)
-	}
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return false, fmt.Errorf("writing %s: %w", tmp.Name(), bare(err))
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return false, fmt.Errorf("renaming %s: %w", tmp.Name(), bare(err))
-	}
-	if err := syncDir(dir); err != nil {
-		return true, fmt.Errorf("syncing directory %s: %w", dir, bare(err))
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return true, err
 	}
 	return true, nil
-}
-
-// bare strips the operation and path from a file error, which the caller
-// words better.
-func bare(err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	var le *os.LinkError
-	if errors.As(err, &le) {
-		return le.Err
-	}
-	return err
 }
 
 func writeFileAtomic(path string, data []byte) error {
@@ -269,14 +229,12 @@ func removeFile(path string) error {
 
 // syncDir makes a rename or removal in dir durable. A variable, so that a
 // test can make it fail.
-var syncDir = func(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
+var syncDir = atomicfile.SyncDir
+
+// CheckStateFile reads and validates the state file at path as Open will,
+// so that the daemon can refuse a bad one before it touches the host. A
+// missing file is fine.
+func CheckStateFile(path string) error {
+	_, _, err := readStateFile(path)
 	return err
 }

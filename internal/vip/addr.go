@@ -169,3 +169,23 @@ func isLinkNotFound(err error) bool {
 	var nf netlink.LinkNotFoundError
 	return errors.As(err, &nf)
 }
+
+// HasAddress returns the interface that already has addr, "" when none
+// does. It changes nothing.
+func HasAddress(addr netip.Addr) (string, error) {
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return "", fmt.Errorf("list addresses: %w", err)
+	}
+	for _, a := range addrs {
+		if ip, ok := netip.AddrFromSlice(a.IP); !ok || ip.Unmap() != addr.Unmap() {
+			continue
+		}
+		link, err := netlink.LinkByIndex(a.LinkIndex)
+		if err != nil {
+			return "", fmt.Errorf("interface of %s: %w", addr, err)
+		}
+		return link.Attrs().Name, nil
+	}
+	return "", nil
+}

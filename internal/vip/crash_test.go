@@ -302,12 +302,12 @@ func TestCorruptJournal(t *testing.T) {
 	}
 }
 
-// TestStaleTempFile: a crash while writing leaves host-changes.json.tmp
+// TestStaleTempFile: a crash while writing leaves a temporary file
 // half-written beside the intact journal; Open ignores and removes it.
 func TestStaleTempFile(t *testing.T) {
 	dir := t.TempDir()
 	writeJournal(t, dir, `{"version": 1, "changes": [{"kind": "fou", "port": 5555, "ipproto": 4}]}`)
-	tmp := filepath.Join(dir, "host-changes.json.tmp")
+	tmp := filepath.Join(dir, ".host-changes.json.tmp-12345")
 	if err := os.WriteFile(tmp, []byte(`{"version": 1, "chan`), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -3,12 +3,13 @@ package vip
 import (
 	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/atomicfile"
 )
 
 // Host makes host changes and journals how to undo them. It is not safe for
@@ -48,7 +49,7 @@ func Open(dir string) (*Host, error) {
 	path := filepath.Join(dir, JournalName)
 	// A crash while writing leaves only the temporary file half-written;
 	// the journal itself is intact.
-	if err := os.Remove(path + tempSuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := atomicfile.RemoveStale(path); err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("remove stale journal: %w", err)
 	}

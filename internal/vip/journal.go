@@ -9,14 +9,14 @@ import (
 	"io/fs"
 	"net/netip"
 	"os"
-	"path/filepath"
+
+	"github.com/caplance/caplance/internal/atomicfile"
 )
 
 // Journal file names inside the state directory.
 const (
 	JournalName = "host-changes.json"
 	lockName    = "host-changes.lock"
-	tempSuffix  = ".tmp"
 )
 
 // journalVersion is the "version" this package writes and accepts.
@@ -160,27 +160,19 @@ func parseJournal(data []byte) ([]Change, error) {
 // removes it when there are none.
 func writeJournal(path string, changes []Change) error {
 	if len(changes) == 0 {
-		err := os.Remove(path)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
+		if err := atomicfile.Remove(path); err != nil {
 			return fmt.Errorf("remove host-change journal: %w", err)
 		}
-		return syncDir(filepath.Dir(path))
+		return nil
 	}
 	data, err := encodeJournal(changes)
 	if err != nil {
 		return fmt.Errorf("encode host-change journal: %w", err)
 	}
-	tmp := path + tempSuffix
-	if err := writeSynced(tmp, data); err != nil {
+	if err := atomicfile.Write(path, data, 0o644); err != nil {
 		return fmt.Errorf("write host-change journal: %w", err)
 	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("write host-change journal: %w", err)
-	}
-	return syncDir(filepath.Dir(path))
+	return nil
 }
 
 // encodeJournal writes one change a line, for people reading the file.
@@ -201,31 +193,4 @@ func encodeJournal(changes []Change) ([]byte, error) {
 	}
 	b.WriteString("  ]\n}\n")
 	return b.Bytes(), nil
-}
-
-func writeSynced(name string, data []byte) error {
-	f, err := os.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("sync state directory: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync state directory %s: %w", dir, err)
-	}
-	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/caplance/caplance/internal/inet"
 	"github.com/caplance/caplance/internal/testbed"
 )
 
@@ -207,7 +208,7 @@ func TestForwarding(t *testing.T) {
 			binary.BigEndian.PutUint16(udp[4:6], uint16(len(udp)))
 			pkt := ipv4(testbed.ClientAddr, testbed.ClientAddr, unix.IPPROTO_UDP, udp)
 			copy(pkt[16:20], dst[:])
-			binary.BigEndian.PutUint16(pkt[10:12], ^checksum(pkt[:20]))
+			binary.BigEndian.PutUint16(pkt[10:12], inet.Checksum(pkt[:20]))
 			return pkt
 		}
 		send := func(from testbedHost, payload []byte) error {
@@ -331,15 +332,3 @@ func TestForwarding(t *testing.T) {
 
 // testbedHost is the part of a netnstest host these tests use.
 type testbedHost interface{ Do(func() error) error }
-
-// checksum is the Internet checksum of b (even length).
-func checksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return uint16(s)
-}

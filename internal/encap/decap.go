@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+
+	"github.com/caplance/caplance/internal/inet"
 )
 
 // Reject is why the receiver dropped an encapsulated packet. It is a small
@@ -149,7 +151,7 @@ func (d *Decapsulator) Payload(src netip.Addr, payload []byte) ([]byte, Reject) 
 		if int(binary.BigEndian.Uint16(inner[2:4])) != len(inner) {
 			return nil, RejectInnerLength
 		}
-		if fold(sum16(inner[:ihl], 0)) != 0xffff {
+		if !inet.Valid(inner[:ihl]) {
 			return nil, RejectInnerChecksum
 		}
 		dst = netip.AddrFrom4([4]byte(inner[16:20]))
@@ -191,7 +193,7 @@ func (d *Decapsulator) Packet(pkt []byte) ([]byte, Reject) {
 		// More Fragments set or a nonzero offset: the kernel reassembles
 		// before a socket sees the packet, so a fragment here is bogus.
 		binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 ||
-		fold(sum16(pkt[:ihl], 0)) != 0xffff {
+		!inet.Valid(pkt[:ihl]) {
 		return nil, RejectMalformedOuter
 	}
 	if pkt[9] != protoUDP {

@@ -7,7 +7,8 @@
 //
 // The package is pure: it works on byte slices it is given and never opens
 // sockets, does I/O, or talks to netlink, D-Bus or systemd. It imports only
-// the standard library (net/netip, encoding/binary, errors, fmt). The hot-path
+// the standard library (net/netip, encoding/binary, errors, fmt) and package
+// inet, the project's one Internet checksum. The hot-path
 // functions (Outer.Encapsulate, SourcePort, Decapsulator.Payload and
 // Decapsulator.Packet) allocate nothing and never copy the inner packet.
 //

@@ -10,6 +10,7 @@ import (
 	"github.com/google/gopacket/layers"
 
 	"github.com/caplance/caplance/internal/encap"
+	"github.com/caplance/caplance/internal/inet"
 )
 
 // Addresses shared by the tests: a balancer sending to a backend's encap
@@ -140,28 +141,19 @@ func encapsulated(t testing.TB, inner []byte) []byte {
 	return pkt
 }
 
-// ipChecksum is an RFC 1071 reference implementation, written independently
-// of the package's incremental one: the checksum over hdr with its checksum
-// field taken as zero.
-func ipChecksum(hdr []byte) uint16 {
-	var sum uint64
-	for i := 0; i < len(hdr); i += 2 {
-		if i == 10 {
-			continue
-		}
-		sum += uint64(hdr[i])<<8 | uint64(hdr[i+1])
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
+// checksumAt is the checksum b should carry in its 16-bit checksum field
+// b[at:at+2]: inet.Checksum of b with that field taken as zero.
+func checksumAt(b []byte, at int) uint16 {
+	z := append([]byte(nil), b...)
+	z[at], z[at+1] = 0, 0
+	return inet.Checksum(z)
 }
 
 // fixChecksum rewrites the IPv4 header checksum of the header at hdr, after
 // a test mutated it.
 func fixChecksum(hdr []byte) {
 	ihl := int(hdr[0]&0x0f) * 4
-	binary.BigEndian.PutUint16(hdr[10:12], ipChecksum(hdr[:ihl]))
+	binary.BigEndian.PutUint16(hdr[10:12], checksumAt(hdr[:ihl], 10))
 }
 
 // mutate returns a copy of pkt changed by f.

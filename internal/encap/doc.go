@@ -46,6 +46,9 @@
 //
 // The receiver is not an open relay. Decapsulator accepts an encapsulated
 // packet only from a configured balancer address and only when the inner
-// packet is well-formed and addressed to one of the backend's VIPs; every
+// packet is well-formed, addressed to one of the backend's VIPs, and from a
+// source a client can have: not unspecified, loopback, multicast, broadcast,
+// reserved (240/4), the destination itself, a VIP or one of the host's own
+// addresses (LocalAddrs, which the caller keeps current and hands in). Every
 // other packet is rejected with a Reject reason that names a counter.
 package encap

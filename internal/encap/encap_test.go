@@ -253,7 +253,7 @@ func TestEncapsulateDecapsulateRoundTrip(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			pkt := encapsulated(t, inner)
-			got, r := d.Packet(pkt)
+			got, r := d.Packet(pkt, hostAddrs)
 			if r != encap.Accept {
 				t.Fatalf("Packet rejected: %v", r)
 			}

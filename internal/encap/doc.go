@@ -1,8 +1,10 @@
 // Package encap owns Caplance's "direct" foo-over-UDP encapsulation: building
 // the outer IPv4+UDP header the balancer puts in front of a client packet, and
 // the checks the backend's receiver applies before it hands an inner packet to
-// the local stack. The UDP payload is the client's IP packet, byte-identical,
-// so a Linux backend can also decapsulate in the kernel
+// the local stack. The UDP payload is the client's IP packet, byte-identical
+// (but for the header checksum of an IPv4 packet with options, which the
+// balancer recomputes before it calls Encapsulate: see package balancer), so
+// a Linux backend can also decapsulate in the kernel
 // (`ip fou add port P ipproto 4`, or `ipproto 41` for IPv6 inner packets).
 //
 // The package is pure: it works on byte slices it is given and never opens

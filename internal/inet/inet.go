@@ -12,9 +12,8 @@ package inet
 // with zero, as RFC 1071 says, so only the last piece of a sum may have an
 // odd length.
 //
-// The result stays exact as long as the words added since the last Fold are
-// fewer than 65537: for b up to 128 KiB on top of a folded s, which covers
-// every IP packet.
+// The uint32 cannot overflow when s is at most 0xffff (folded, or a small
+// partial sum) and b is at most 128 KiB - 2 bytes: more than any IP packet.
 func Sum(b []byte, s uint32) uint32 {
 	n := len(b) &^ 1
 	for i := 0; i < n; i += 2 {

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -201,16 +203,16 @@ func TestForwarding(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		inner := func(dst [4]byte) []byte {
+		inner := func(src netip.AddrPort, dst netip.Addr) []byte {
 			udp := make([]byte, 8+4)
-			binary.BigEndian.PutUint16(udp[0:2], 40000)
+			binary.BigEndian.PutUint16(udp[0:2], src.Port())
 			binary.BigEndian.PutUint16(udp[2:4], testbed.EchoPort)
 			binary.BigEndian.PutUint16(udp[4:6], uint16(len(udp)))
-			pkt := ipv4(testbed.ClientAddr, testbed.ClientAddr, unix.IPPROTO_UDP, udp)
-			copy(pkt[16:20], dst[:])
+			pkt := ipv4(src.Addr(), dst, unix.IPPROTO_UDP, udp)
 			binary.BigEndian.PutUint16(pkt[10:12], inet.Checksum(pkt[:20]))
 			return pkt
 		}
+		client := netip.AddrPortFrom(testbed.ClientAddr, 40000)
 		send := func(from testbedHost, payload []byte) error {
 			return from.Do(func() error {
 				c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: be.Addr.AsSlice(), Port: 5555})
@@ -223,19 +225,27 @@ func TestForwarding(t *testing.T) {
 			})
 		}
 		// From the client (not a balancer), to a VIP; from the balancer, to
-		// a destination that is not a VIP.
-		if err := errors.Join(send(tb.Client, inner(testbed.VIP.As4())), send(tb.LB, inner(testbed.ClientAddr.As4()))); err != nil {
+		// a destination that is not a VIP; from the balancer, from the VIP's
+		// echo port to itself, which would loop through the echo server.
+		if err := errors.Join(
+			send(tb.Client, inner(client, testbed.VIP)),
+			send(tb.LB, inner(client, testbed.ClientAddr)),
+			send(tb.LB, inner(netip.AddrPortFrom(testbed.VIP, testbed.EchoPort), testbed.VIP)),
+		); err != nil {
 			t.Fatal(err)
 		}
+		want := map[string]uint64{"source_not_allowed": 1, "inner_not_vip": 1, "inner_source_is_destination": 1}
 		eventually(t, "receiver reject counters", func() error {
 			st, err := be.Receiver.Stats(time.Now())
 			if err != nil {
 				return err
 			}
-			src := st.Receiver.Drops["source_not_allowed"] - before.Receiver.Drops["source_not_allowed"]
-			dst := st.Receiver.Drops["inner_not_vip"] - before.Receiver.Drops["inner_not_vip"]
-			if src != 1 || dst != 1 {
-				return fmt.Errorf("source_not_allowed +%d, inner_not_vip +%d, want +1 each", src, dst)
+			got := map[string]uint64{}
+			for reason := range want {
+				got[reason] = st.Receiver.Drops[reason] - before.Receiver.Drops[reason]
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				return fmt.Errorf("drops (-want +got):\n%s", diff)
 			}
 			return nil
 		})

@@ -189,14 +189,6 @@ func NewLocalAddrs(local, broadcast []netip.Addr) *LocalAddrs {
 	return l
 }
 
-// Len is the number of addresses in the set.
-func (l *LocalAddrs) Len() int {
-	if l == nil {
-		return 0
-	}
-	return len(l.reason)
-}
-
 // Payload checks a UDP payload that arrived on the encap port from src (the
 // userspace receiver's UDP socket path: the kernel has already matched the
 // port and the UDP header) and returns the inner packet, a subslice of

@@ -233,12 +233,6 @@ func TestLocalAddrs(t *testing.T) {
 			}
 		})
 	}
-	if got := encap.NewLocalAddrs([]netip.Addr{other, other, {}}, []netip.Addr{backendBroadcast}).Len(); got != 2 {
-		t.Errorf("Len = %d, want 2", got)
-	}
-	if got := (*encap.LocalAddrs)(nil).Len(); got != 0 {
-		t.Errorf("nil Len = %d, want 0", got)
-	}
 }
 
 // TestEveryRejectTested fails when a Reject reason has no case above, so a

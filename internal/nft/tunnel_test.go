@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
@@ -110,10 +111,12 @@ func TestTunnelSpoofedSources(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := map[string]nft.Counter{}
 	for rule := range want {
-		if ctrs[rule] != want[rule] {
-			t.Errorf("counter %s = %+v, want %+v", rule, ctrs[rule], want[rule])
-		}
+		got[rule] = ctrs[rule]
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("counters (-want +got):\n%s", diff)
 	}
 	ln.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
 	if n, src, err := ln.ReadFromUDP(make([]byte, 64)); err == nil {

@@ -186,7 +186,7 @@ func sendUDP(t *testing.T, ns netns.NsHandle, from, to string, port int, payload
 // expectUDP reads one datagram from c and checks it is want, from "from".
 func expectUDP(t *testing.T, c *net.UDPConn, want, from string) {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(time.Second))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second)) // generous: it arrives long before under any load
 	buf := make([]byte, 64)
 	n, src, err := c.ReadFromUDP(buf)
 	if err != nil {

@@ -202,7 +202,7 @@ func expectUDP(t *testing.T, c *net.UDPConn, want, from string) {
 func expectDropped(t *testing.T, ns netns.NsHandle, rule string, c *net.UDPConn) {
 	t.Helper()
 	var got nft.Counter
-	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
 		ctrs, err := nft.Counters(int(ns))
 		if err != nil {
 			t.Fatal(err)

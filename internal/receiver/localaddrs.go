@@ -8,40 +8,49 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/encap"
 )
 
-// resubscribeDelay is how long hostAddrs waits before it subscribes again
-// after the kernel broke its subscription (an overflowing socket buffer).
-const resubscribeDelay = time.Second
+// pollInterval is how often hostAddrs lists the addresses once the kernel
+// has ended its subscription (an overflowing socket buffer).
+const pollInterval = time.Second
 
 // hostAddrs keeps the host's own addresses current for the decapsulator,
 // which must refuse them as inner sources. The workers read the set with one
 // atomic load per batch; the set is rebuilt off the data path, from a full
 // list, whenever the kernel announces an address change.
+//
+// Both netlink sockets are opened by openHostAddrs, so they belong to the
+// network namespace of the thread that opens the receiver whichever thread
+// uses them later, and no namespace is ever entered (the unit's
+// RestrictNamespaces=yes forbids setns).
 type hostAddrs struct {
-	// ns is the network namespace the receiver was opened in: its
-	// addresses are the ones that count, whichever thread asks.
-	ns     netns.NsHandle
-	handle *netlink.Handle
-	cur    atomic.Pointer[encap.LocalAddrs]
+	handle  *netlink.Handle
+	updates chan netlink.AddrUpdate
+	done    chan struct{} // closed: the subscription's socket closes
+	cur     atomic.Pointer[encap.LocalAddrs]
 }
 
-// openHostAddrs reads the current namespace's addresses once, so that the
-// set is complete before the first packet.
+// openHostAddrs subscribes to address changes, then lists the addresses, so
+// that the set is complete before the first packet and no change falls
+// between the list and the subscription.
 func openHostAddrs() (*hostAddrs, error) {
-	ns, err := netns.Get()
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
-		return nil, fmt.Errorf("receiver: host addresses: network namespace: %w", err)
-	}
-	h, err := netlink.NewHandleAt(ns)
-	if err != nil {
-		ns.Close()
 		return nil, fmt.Errorf("receiver: host addresses: netlink: %w", err)
 	}
-	a := &hostAddrs{ns: ns, handle: h}
+	a := &hostAddrs{handle: h, updates: make(chan netlink.AddrUpdate, 64), done: make(chan struct{})}
+	err = netlink.AddrSubscribeWithOptions(a.updates, a.done, netlink.AddrSubscribeOptions{
+		// An error either ends the subscription (the channel closes, and
+		// follow polls) or concerns one message; the next list is whole.
+		ErrorCallback: func(error) {},
+	})
+	if err != nil {
+		h.Close()
+		return nil, fmt.Errorf("receiver: host addresses: subscribe: %w", err)
+	}
 	if err := a.refresh(); err != nil {
 		a.close()
 		return nil, err
@@ -69,63 +78,53 @@ func (a *hostAddrs) refresh() error {
 	return nil
 }
 
-// follow refreshes the set on every address change until ctx is done. It
-// subscribes before it lists, so no change falls between the two, and
-// subscribes again if the kernel ends the subscription.
+// follow lists the addresses again after each burst of changes until ctx is
+// done, and every pollInterval if the kernel ends the subscription. A failed
+// list keeps the last set until the next one.
 func (a *hostAddrs) follow(ctx context.Context) {
-	for ctx.Err() == nil {
-		a.followOnce(ctx)
-		select {
-		case <-ctx.Done():
-		case <-time.After(resubscribeDelay):
-		}
-	}
-}
-
-// followOnce runs one subscription until ctx is done or the kernel ends it.
-func (a *hostAddrs) followOnce(ctx context.Context) {
-	updates := make(chan netlink.AddrUpdate, 64)
-	done := make(chan struct{})
-	defer func() {
-		close(done) // closes the subscription's socket, which ends its goroutine
-		for range updates {
-		}
-	}()
-	err := netlink.AddrSubscribeWithOptions(updates, done, netlink.AddrSubscribeOptions{
-		Namespace: &a.ns,
-		// Errors end the subscription (the channel closes) or are about
-		// one message; either way the next list is complete.
-		ErrorCallback: func(error) {},
-	})
-	if err != nil {
-		return
-	}
 	for {
-		// A failed list keeps the last set; the next change lists again.
-		_ = a.refresh()
 		select {
 		case <-ctx.Done():
 			return
-		case _, ok := <-updates:
+		case _, ok := <-a.updates:
 			if !ok {
+				a.poll(ctx)
 				return
 			}
 		}
-		// One list for a burst of changes.
-		for drained := false; !drained; {
+		for drained := false; !drained; { // one list for a burst
 			select {
-			case _, ok := <-updates:
+			case _, ok := <-a.updates:
 				if !ok {
+					a.poll(ctx)
 					return
 				}
 			default:
 				drained = true
 			}
 		}
+		_ = a.refresh()
 	}
 }
 
+func (a *hostAddrs) poll(ctx context.Context) {
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	for {
+		_ = a.refresh()
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// close ends the subscription (its goroutine exits once its socket is
+// closed; what it still sends is drained) and closes the handle.
 func (a *hostAddrs) close() {
+	close(a.done)
+	for range a.updates {
+	}
 	a.handle.Close()
-	a.ns.Close()
 }

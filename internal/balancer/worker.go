@@ -11,6 +11,7 @@ import (
 
 	"github.com/caplance/caplance/internal/encap"
 	"github.com/caplance/caplance/internal/flow"
+	"github.com/caplance/caplance/internal/inet"
 	"github.com/caplance/caplance/internal/rawio"
 )
 
@@ -134,6 +135,7 @@ func (w *worker) forward(n int) {
 			ct.Insert(key, t.ID, flags, now)
 			t.stats.perWorker[w.index].newFlows.Add(1)
 		}
+		refreshOptionsChecksum(pkt)
 		frame := w.batch.Framed(i)
 		if err := t.outer.Encapsulate(frame, encap.SourcePort(h)); err != nil {
 			w.drop(dropEncapError)
@@ -149,6 +151,23 @@ func (w *worker) forward(n int) {
 		w.queue.Add(frame, t.dst, 0)
 	}
 	w.flush()
+}
+
+// refreshOptionsChecksum rewrites the header checksum of an IPv4 packet
+// that carries options (IHL > 5), which flow.Parse has checked lies within
+// pkt. On local delivery this host's kernel fills some options in (Record
+// Route, Timestamp: ip_options_compile) without fixing the checksum, which
+// it has already verified, and the raw socket hands over that header; sent
+// on as it is, the backend (the receiver's checks, or its kernel) would drop
+// the packet as corrupt. It is the one exception to forwarding the client's
+// packet byte-identical; a packet without options is left untouched.
+func refreshOptionsChecksum(pkt []byte) {
+	if pkt[0]>>4 != 4 || pkt[0]&0x0f <= 5 {
+		return
+	}
+	hdr := pkt[:int(pkt[0]&0x0f)*4]
+	hdr[10], hdr[11] = 0, 0
+	binary.BigEndian.PutUint16(hdr[10:12], inet.Checksum(hdr))
 }
 
 func (w *worker) flush() {

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/encap"
+	"github.com/caplance/caplance/internal/inet"
 )
 
 const (
@@ -373,7 +374,7 @@ func (tp *tunnelProbe) ipv4(proto byte, l4Len int) (pkt, l4 []byte) {
 	src, dst := tp.src.As4(), tp.vip.As4()
 	copy(ip[12:16], src[:])
 	copy(ip[16:20], dst[:])
-	binary.BigEndian.PutUint16(ip[10:12], checksum(0, ip[:ipv4HeaderLen]))
+	binary.BigEndian.PutUint16(ip[10:12], inet.Checksum(ip[:ipv4HeaderLen]))
 	return pkt, ip[ipv4HeaderLen:]
 }
 
@@ -401,7 +402,7 @@ func (tp *tunnelProbe) segment(seq uint32, flags byte) []byte {
 	copy(pseudo[4:8], dst[:])
 	pseudo[9] = protoTCP
 	binary.BigEndian.PutUint16(pseudo[10:12], uint16(n))
-	binary.BigEndian.PutUint16(tcp[16:18], checksum(sum(0, pseudo[:]), tcp))
+	binary.BigEndian.PutUint16(tcp[16:18], ^inet.Fold(inet.Sum(tcp, inet.Sum(pseudo[:], 0))))
 	return pkt
 }
 
@@ -412,26 +413,6 @@ func (tp *tunnelProbe) echoRequest() []byte {
 	binary.BigEndian.PutUint16(icmp[4:6], tp.id)
 	binary.BigEndian.PutUint16(icmp[6:8], 1)
 	copy(icmp[icmpHeaderLen:], tp.data[:])
-	binary.BigEndian.PutUint16(icmp[2:4], checksum(0, icmp))
+	binary.BigEndian.PutUint16(icmp[2:4], inet.Checksum(icmp))
 	return pkt
-}
-
-// sum adds b as big-endian 16-bit words to the ones'-complement sum s.
-func sum(s uint32, b []byte) uint32 {
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		s += uint32(b[len(b)-1]) << 8
-	}
-	return s
-}
-
-// checksum is the Internet checksum of b on top of the partial sum s.
-func checksum(s uint32, b []byte) uint16 {
-	s = sum(s, b)
-	for s>>16 != 0 {
-		s = s&0xffff + s>>16
-	}
-	return ^uint16(s)
 }

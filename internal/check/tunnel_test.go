@@ -84,7 +84,7 @@ func (d *decapsulator) loop(dec *encap.Decapsulator) {
 		if err != nil {
 			return
 		}
-		inner, reject := dec.Payload(from.Addr(), buf[:n])
+		inner, reject := dec.Payload(from.Addr(), buf[:n], nil)
 		if reject != encap.Accept {
 			continue
 		}
@@ -257,7 +257,7 @@ func TestTunnel(t *testing.T) {
 				if err != nil {
 					return
 				}
-				strict.Payload(from.Addr(), buf[:n])
+				strict.Payload(from.Addr(), buf[:n], nil)
 			}
 		}()
 		want := outcome{false, "tunnel: 198.18.0.100:8080 via 198.18.0.2: timeout after 300ms"}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/inet"
 	"github.com/caplance/caplance/internal/netnstest"
 	"github.com/caplance/caplance/internal/rawio"
 	"github.com/caplance/caplance/internal/testbed"
@@ -469,7 +470,7 @@ func benchPackets(dst netip.Addr, phase byte) [][]byte {
 		p[9] = unix.IPPROTO_UDP
 		copy(p[12:16], src[:])
 		copy(p[16:20], to[:])
-		binary.BigEndian.PutUint16(p[10:], ^benchSum(p[:20], 0))
+		binary.BigEndian.PutUint16(p[10:], inet.Checksum(p[:20]))
 		u := p[20:]
 		binary.BigEndian.PutUint16(u[0:], uint16(benchSrcPort+f))
 		binary.BigEndian.PutUint16(u[2:], benchDstPort)
@@ -477,7 +478,7 @@ func benchPackets(dst netip.Addr, phase byte) [][]byte {
 		copy(u[8:], benchMagic)
 		u[8+len(benchMagic)] = phase
 		u[9+len(benchMagic)] = byte(f)
-		binary.BigEndian.PutUint16(u[6:], ^benchSum(u, benchPseudoHeader(p)))
+		binary.BigEndian.PutUint16(u[6:], ^inet.Fold(inet.Sum(u, benchPseudoHeader(p))))
 		pkts[f] = p
 	}
 	return pkts
@@ -486,27 +487,8 @@ func benchPackets(dst netip.Addr, phase byte) [][]byte {
 // benchPseudoHeader is the partial sum of the UDP pseudo-header of the IPv4
 // packet p.
 func benchPseudoHeader(p []byte) uint32 {
-	s := benchSumAdd(p[12:20], 0)
+	s := inet.Sum(p[12:20], 0)
 	return s + unix.IPPROTO_UDP + uint32(len(p)-int(p[0]&0xf)*4)
-}
-
-func benchSumAdd(b []byte, s uint32) uint32 {
-	for ; len(b) >= 2; b = b[2:] {
-		s += uint32(b[0])<<8 | uint32(b[1])
-	}
-	if len(b) == 1 {
-		s += uint32(b[0]) << 8
-	}
-	return s
-}
-
-// benchSum is the folded one's-complement sum of b plus s (not inverted).
-func benchSum(b []byte, s uint32) uint16 {
-	s = benchSumAdd(b, s)
-	for s > 0xffff {
-		s = s&0xffff + s>>16
-	}
-	return uint16(s)
 }
 
 // sinkCounts is what a sink counted.
@@ -570,13 +552,13 @@ func checkEncapsulated(b *rawio.Batch, i int) byte {
 	p := b.Packet(i)
 	if b.Truncated(i) || b.Source(i).Addr() != testbed.LBAddr || len(p) != 20+8+benchPayload ||
 		p[0] != 0x45 || int(binary.BigEndian.Uint16(p[2:])) != len(p) || p[9] != unix.IPPROTO_UDP ||
-		binary.BigEndian.Uint16(p[6:])&0x3fff != 0 || benchSum(p[:20], 0) != 0xffff ||
+		binary.BigEndian.Uint16(p[6:])&0x3fff != 0 || !inet.Valid(p[:20]) ||
 		netip.AddrFrom4([4]byte(p[12:16])) != testbed.ClientAddr || netip.AddrFrom4([4]byte(p[16:20])) != testbed.VIP {
 		return 0
 	}
 	u := p[20:]
 	if binary.BigEndian.Uint16(u[2:]) != benchDstPort || int(binary.BigEndian.Uint16(u[4:])) != len(u) ||
-		binary.BigEndian.Uint16(u[6:]) == 0 || benchSum(u, benchPseudoHeader(p)) != 0xffff {
+		binary.BigEndian.Uint16(u[6:]) == 0 || inet.Fold(inet.Sum(u, benchPseudoHeader(p))) != 0xffff {
 		return 0
 	}
 	return checkPayload(u[8:], binary.BigEndian.Uint16(u[0:]))

@@ -6,14 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/caplance/caplance/internal/inet"
 	"github.com/caplance/caplance/internal/testbed"
 )
 
@@ -200,16 +203,16 @@ func TestForwarding(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		inner := func(dst [4]byte) []byte {
+		inner := func(src netip.AddrPort, dst netip.Addr) []byte {
 			udp := make([]byte, 8+4)
-			binary.BigEndian.PutUint16(udp[0:2], 40000)
+			binary.BigEndian.PutUint16(udp[0:2], src.Port())
 			binary.BigEndian.PutUint16(udp[2:4], testbed.EchoPort)
 			binary.BigEndian.PutUint16(udp[4:6], uint16(len(udp)))
-			pkt := ipv4(testbed.ClientAddr, testbed.ClientAddr, unix.IPPROTO_UDP, udp)
-			copy(pkt[16:20], dst[:])
-			binary.BigEndian.PutUint16(pkt[10:12], ^checksum(pkt[:20]))
+			pkt := ipv4(src.Addr(), dst, unix.IPPROTO_UDP, udp)
+			binary.BigEndian.PutUint16(pkt[10:12], inet.Checksum(pkt[:20]))
 			return pkt
 		}
+		client := netip.AddrPortFrom(testbed.ClientAddr, 40000)
 		send := func(from testbedHost, payload []byte) error {
 			return from.Do(func() error {
 				c, err := net.DialUDP("udp4", nil, &net.UDPAddr{IP: be.Addr.AsSlice(), Port: 5555})
@@ -222,22 +225,70 @@ func TestForwarding(t *testing.T) {
 			})
 		}
 		// From the client (not a balancer), to a VIP; from the balancer, to
-		// a destination that is not a VIP.
-		if err := errors.Join(send(tb.Client, inner(testbed.VIP.As4())), send(tb.LB, inner(testbed.ClientAddr.As4()))); err != nil {
+		// a destination that is not a VIP; from the balancer, from the VIP's
+		// echo port to itself, which would loop through the echo server.
+		if err := errors.Join(
+			send(tb.Client, inner(client, testbed.VIP)),
+			send(tb.LB, inner(client, testbed.ClientAddr)),
+			send(tb.LB, inner(netip.AddrPortFrom(testbed.VIP, testbed.EchoPort), testbed.VIP)),
+		); err != nil {
 			t.Fatal(err)
 		}
+		want := map[string]uint64{"source_not_allowed": 1, "inner_not_vip": 1, "inner_source_is_destination": 1}
 		eventually(t, "receiver reject counters", func() error {
 			st, err := be.Receiver.Stats(time.Now())
 			if err != nil {
 				return err
 			}
-			src := st.Receiver.Drops["source_not_allowed"] - before.Receiver.Drops["source_not_allowed"]
-			dst := st.Receiver.Drops["inner_not_vip"] - before.Receiver.Drops["inner_not_vip"]
-			if src != 1 || dst != 1 {
-				return fmt.Errorf("source_not_allowed +%d, inner_not_vip +%d, want +1 each", src, dst)
+			got := map[string]uint64{}
+			for reason := range want {
+				got[reason] = st.Receiver.Drops[reason] - before.Receiver.Drops[reason]
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				return fmt.Errorf("drops (-want +got):\n%s", diff)
 			}
 			return nil
 		})
+	})
+
+	t.Run("a datagram with IP options reaches the backend valid", func(t *testing.T) {
+		// The balancer's kernel fills in a Record Route option on local
+		// delivery without fixing the header checksum; the raw socket
+		// hands caplanced that header.
+		before := map[string]uint64{}
+		for _, be := range tb.Backends {
+			st, err := be.Receiver.Stats(start)
+			if err != nil {
+				t.Fatal(err)
+			}
+			before[be.Name] = st.Receiver.Drops["inner_checksum"]
+		}
+		c, err := tb.DialEcho()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		// Record Route (type 7) with room for three addresses, then End of
+		// Options (0).
+		rr := []byte{7, 3 + 3*4, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+		if err := setIPOptions(c, rr); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			if _, err := testbed.Echo(c, []byte(fmt.Sprintf("recorded route %d", i))); err != nil {
+				t.Fatalf("datagram %d with a Record Route option: %v", i, err)
+			}
+		}
+		now := time.Now()
+		for _, be := range tb.Backends {
+			st, err := be.Receiver.Stats(now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := st.Receiver.Drops["inner_checksum"] - before[be.Name]; n != 0 {
+				t.Errorf("%s dropped %d packets as inner_checksum", be.Name, n)
+			}
+		}
 	})
 
 	t.Run("removing a backend moves only its flows", func(t *testing.T) {
@@ -329,17 +380,23 @@ func TestForwarding(t *testing.T) {
 	})
 }
 
+// setIPOptions sets the IPv4 options every datagram c sends carries.
+func setIPOptions(c *net.UDPConn, opts []byte) error {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		serr = unix.SetsockoptString(int(fd), unix.IPPROTO_IP, unix.IP_OPTIONS, string(opts))
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("IP_OPTIONS: %w", serr)
+	}
+	return nil
+}
+
 // testbedHost is the part of a netnstest host these tests use.
 type testbedHost interface{ Do(func() error) error }
-
-// checksum is the Internet checksum of b (even length).
-func checksum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	for s > 0xffff {
-		s = s>>16 + s&0xffff
-	}
-	return uint16(s)
-}

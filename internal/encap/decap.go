@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+
+	"github.com/caplance/caplance/internal/inet"
 )
 
 // Reject is why the receiver dropped an encapsulated packet. It is a small
@@ -44,6 +46,34 @@ const (
 	// RejectInnerNotVIP: the inner destination is not one of the VIPs.
 	RejectInnerNotVIP
 
+	// The inner source checks. The receiver injects on the output path,
+	// where the kernel makes none of its input checks (martian sources,
+	// rp_filter), so a balancer's tunnel must not carry a source that no
+	// client can have: the service's answer would go to the host itself, to
+	// a group, or back into the service (source = destination = a UDP echo
+	// port loops forever).
+
+	// RejectInnerSourceUnspecified: the inner source is in 0.0.0.0/8 ("this
+	// network") or is ::.
+	RejectInnerSourceUnspecified
+	// RejectInnerSourceLoopback: the inner source is in 127.0.0.0/8 or is ::1.
+	RejectInnerSourceLoopback
+	// RejectInnerSourceMulticast: the inner source is in 224.0.0.0/4 or
+	// ff00::/8.
+	RejectInnerSourceMulticast
+	// RejectInnerSourceBroadcast: the inner source is 255.255.255.255 or a
+	// broadcast address of one of the host's subnets.
+	RejectInnerSourceBroadcast
+	// RejectInnerSourceReserved: the inner source is in 240.0.0.0/4 (other
+	// than 255.255.255.255), or is an IPv4-mapped IPv6 address.
+	RejectInnerSourceReserved
+	// RejectInnerSourceIsDestination: the inner source equals the inner
+	// destination.
+	RejectInnerSourceIsDestination
+	// RejectInnerSourceLocal: the inner source is a VIP or one of the host's
+	// own addresses.
+	RejectInnerSourceLocal
+
 	// NumRejects is the number of Reject values, Accept included, for sizing
 	// counter arrays.
 	NumRejects int = iota
@@ -60,6 +90,14 @@ var rejectNames = [NumRejects]string{
 	RejectInnerLength:      "inner_length",
 	RejectInnerChecksum:    "inner_checksum",
 	RejectInnerNotVIP:      "inner_not_vip",
+
+	RejectInnerSourceUnspecified:   "inner_source_unspecified",
+	RejectInnerSourceLoopback:      "inner_source_loopback",
+	RejectInnerSourceMulticast:     "inner_source_multicast",
+	RejectInnerSourceBroadcast:     "inner_source_broadcast",
+	RejectInnerSourceReserved:      "inner_source_reserved",
+	RejectInnerSourceIsDestination: "inner_source_is_destination",
+	RejectInnerSourceLocal:         "inner_source_local",
 }
 
 // String returns the reason's stable snake_case name.
@@ -123,12 +161,42 @@ func canonical(a netip.Addr) netip.Addr {
 	return a.WithZone("").Unmap()
 }
 
+// LocalAddrs is the receiving host's own addresses, which no inner packet
+// may carry as its source: its interfaces' addresses (RejectInnerSourceLocal)
+// and their subnets' broadcast addresses (RejectInnerSourceBroadcast). It is
+// immutable: whoever follows the host's addresses builds a new one when they
+// change and hands the current one to Payload. A nil *LocalAddrs is empty.
+type LocalAddrs struct {
+	// reason for each address, keyed in canonical form.
+	reason map[netip.Addr]Reject
+}
+
+// NewLocalAddrs returns the set of the host's addresses local and of its
+// subnets' broadcast addresses broadcast. Invalid addresses are skipped; an
+// address in both lists counts as local.
+func NewLocalAddrs(local, broadcast []netip.Addr) *LocalAddrs {
+	l := &LocalAddrs{reason: make(map[netip.Addr]Reject, len(local)+len(broadcast))}
+	for _, a := range broadcast {
+		if a.IsValid() {
+			l.reason[canonical(a)] = RejectInnerSourceBroadcast
+		}
+	}
+	for _, a := range local {
+		if a.IsValid() {
+			l.reason[canonical(a)] = RejectInnerSourceLocal
+		}
+	}
+	return l
+}
+
 // Payload checks a UDP payload that arrived on the encap port from src (the
 // userspace receiver's UDP socket path: the kernel has already matched the
 // port and the UDP header) and returns the inner packet, a subslice of
 // payload, or the reason to drop it. The source is checked first, so nothing
-// from a stranger is parsed.
-func (d *Decapsulator) Payload(src netip.Addr, payload []byte) ([]byte, Reject) {
+// from a stranger is parsed. The inner source must not be one of local's
+// addresses or any address no client can have (see the RejectInnerSource
+// reasons); local may be nil.
+func (d *Decapsulator) Payload(src netip.Addr, payload []byte, local *LocalAddrs) ([]byte, Reject) {
 	if _, ok := d.balancers[canonical(src)]; !ok {
 		return nil, RejectSourceNotAllowed
 	}
@@ -136,7 +204,7 @@ func (d *Decapsulator) Payload(src netip.Addr, payload []byte) ([]byte, Reject) 
 		return nil, RejectEmpty
 	}
 	inner := payload
-	var dst netip.Addr
+	var innerSrc, dst netip.Addr
 	switch inner[0] >> 4 {
 	case 4:
 		if len(inner) < ipv4HeaderLen {
@@ -149,9 +217,10 @@ func (d *Decapsulator) Payload(src netip.Addr, payload []byte) ([]byte, Reject) 
 		if int(binary.BigEndian.Uint16(inner[2:4])) != len(inner) {
 			return nil, RejectInnerLength
 		}
-		if fold(sum16(inner[:ihl], 0)) != 0xffff {
+		if !inet.Valid(inner[:ihl]) {
 			return nil, RejectInnerChecksum
 		}
+		innerSrc = netip.AddrFrom4([4]byte(inner[12:16]))
 		dst = netip.AddrFrom4([4]byte(inner[16:20]))
 	case 6:
 		if len(inner) < ipv6HeaderLen {
@@ -160,6 +229,7 @@ func (d *Decapsulator) Payload(src netip.Addr, payload []byte) ([]byte, Reject) 
 		if ipv6HeaderLen+int(binary.BigEndian.Uint16(inner[4:6])) != len(inner) {
 			return nil, RejectInnerLength
 		}
+		innerSrc = netip.AddrFrom16([16]byte(inner[8:24]))
 		dst = netip.AddrFrom16([16]byte(inner[24:40]))
 	default:
 		return nil, RejectInnerMalformed
@@ -169,16 +239,66 @@ func (d *Decapsulator) Payload(src netip.Addr, payload []byte) ([]byte, Reject) 
 	if _, ok := d.vips[dst]; !ok {
 		return nil, RejectInnerNotVIP
 	}
+	if r := d.innerSource(innerSrc, dst, local); r != Accept {
+		return nil, r
+	}
 	return inner, Accept
+}
+
+// innerSource checks the inner source src of a packet to the VIP dst: the
+// address classes no client can have first (a few compares), then src = dst,
+// then the VIPs and local (two map lookups). An IPv4-mapped IPv6 source is
+// refused as Linux refuses it on input (RFC 4291 section 2.5.5.2), so that
+// it cannot stand for a local IPv4 address either.
+func (d *Decapsulator) innerSource(src, dst netip.Addr, local *LocalAddrs) Reject {
+	if src.Is4() {
+		b := src.As4()
+		switch {
+		case b[0] == 0:
+			return RejectInnerSourceUnspecified
+		case b[0] == 127:
+			return RejectInnerSourceLoopback
+		case b[0]&0xf0 == 224:
+			return RejectInnerSourceMulticast
+		case b == [4]byte{255, 255, 255, 255}:
+			return RejectInnerSourceBroadcast
+		case b[0]&0xf0 == 240:
+			return RejectInnerSourceReserved
+		}
+	} else {
+		switch {
+		case src.IsUnspecified():
+			return RejectInnerSourceUnspecified
+		case src.IsLoopback():
+			return RejectInnerSourceLoopback
+		case src.IsMulticast():
+			return RejectInnerSourceMulticast
+		case src.Is4In6():
+			return RejectInnerSourceReserved
+		}
+	}
+	if src == dst {
+		return RejectInnerSourceIsDestination
+	}
+	if _, ok := d.vips[src]; ok {
+		return RejectInnerSourceLocal
+	}
+	if local != nil {
+		if r, ok := local.reason[src]; ok {
+			return r
+		}
+	}
+	return Accept
 }
 
 // Packet checks a whole outer IPv4 packet (the raw-socket path, and tests):
 // a well-formed, unfragmented IPv4 header (options allowed) with a correct
 // checksum, protocol UDP, a UDP length that matches, and the encap port as
 // destination; then the UDP payload goes through the same checks as Payload,
-// with the outer source address as src. The outer UDP checksum is not
-// verified: balancers send 0, and the inner packet carries its own checksums.
-func (d *Decapsulator) Packet(pkt []byte) ([]byte, Reject) {
+// with the outer source address as src and local as the host's addresses.
+// The outer UDP checksum is not verified: balancers send 0, and the inner
+// packet carries its own checksums.
+func (d *Decapsulator) Packet(pkt []byte, local *LocalAddrs) ([]byte, Reject) {
 	if len(pkt) == 0 {
 		return nil, RejectEmpty
 	}
@@ -191,7 +311,7 @@ func (d *Decapsulator) Packet(pkt []byte) ([]byte, Reject) {
 		// More Fragments set or a nonzero offset: the kernel reassembles
 		// before a socket sees the packet, so a fragment here is bogus.
 		binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 ||
-		fold(sum16(pkt[:ihl], 0)) != 0xffff {
+		!inet.Valid(pkt[:ihl]) {
 		return nil, RejectMalformedOuter
 	}
 	if pkt[9] != protoUDP {
@@ -204,5 +324,5 @@ func (d *Decapsulator) Packet(pkt []byte) ([]byte, Reject) {
 	if binary.BigEndian.Uint16(udp[2:4]) != d.port {
 		return nil, RejectWrongPort
 	}
-	return d.Payload(netip.AddrFrom4([4]byte(pkt[12:16])), udp[udpHeaderLen:])
+	return d.Payload(netip.AddrFrom4([4]byte(pkt[12:16])), udp[udpHeaderLen:], local)
 }

@@ -137,7 +137,7 @@ func TestPacket(t *testing.T) {
 	for _, tt := range packetCases(t) {
 		t.Run(tt.name, func(t *testing.T) {
 			before := append([]byte(nil), tt.pkt...)
-			got, r := d.Packet(tt.pkt)
+			got, r := d.Packet(tt.pkt, hostAddrs)
 			checkDecap(t, tt.pkt, got, r, tt.want, tt.wantInner)
 			if !bytes.Equal(tt.pkt, before) {
 				t.Error("Packet modified its input")
@@ -169,6 +169,27 @@ func payloadCases(t testing.TB) []payloadCase {
 		{name: "empty from stranger", src: stranger, payload: nil, want: encap.RejectSourceNotAllowed},
 		{name: "zero source", src: netip.Addr{}, payload: v4, want: encap.RejectSourceNotAllowed},
 		{name: "inner not a VIP", src: balancer, payload: innerV4(t, notVIP4, true, false, 50), want: encap.RejectInnerNotVIP},
+
+		{name: "inner source 0.0.0.0", src: balancer, payload: withSource(v4, netip.MustParseAddr("0.0.0.0")), want: encap.RejectInnerSourceUnspecified},
+		{name: "inner source 0.1.2.3", src: balancer, payload: withSource(v4, netip.MustParseAddr("0.1.2.3")), want: encap.RejectInnerSourceUnspecified},
+		{name: "inner source ::", src: balancer, payload: withSource(v6, netip.IPv6Unspecified()), want: encap.RejectInnerSourceUnspecified},
+		{name: "inner source 127.0.0.1", src: balancer, payload: withSource(v4, netip.MustParseAddr("127.0.0.1")), want: encap.RejectInnerSourceLoopback},
+		{name: "inner source 127.255.0.9", src: balancer, payload: withSource(v4, netip.MustParseAddr("127.255.0.9")), want: encap.RejectInnerSourceLoopback},
+		{name: "inner source ::1", src: balancer, payload: withSource(v6, netip.IPv6Loopback()), want: encap.RejectInnerSourceLoopback},
+		{name: "inner source 224.0.0.1", src: balancer, payload: withSource(v4, netip.MustParseAddr("224.0.0.1")), want: encap.RejectInnerSourceMulticast},
+		{name: "inner source 239.255.255.255", src: balancer, payload: withSource(v4, netip.MustParseAddr("239.255.255.255")), want: encap.RejectInnerSourceMulticast},
+		{name: "inner source ff02::1", src: balancer, payload: withSource(v6, netip.MustParseAddr("ff02::1")), want: encap.RejectInnerSourceMulticast},
+		{name: "inner source 255.255.255.255", src: balancer, payload: withSource(v4, netip.MustParseAddr("255.255.255.255")), want: encap.RejectInnerSourceBroadcast},
+		{name: "inner source the subnet's broadcast", src: balancer, payload: withSource(v4, backendBroadcast), want: encap.RejectInnerSourceBroadcast},
+		{name: "inner source 240.0.0.1", src: balancer, payload: withSource(v4, netip.MustParseAddr("240.0.0.1")), want: encap.RejectInnerSourceReserved},
+		{name: "inner source 255.255.255.254", src: balancer, payload: withSource(v4, netip.MustParseAddr("255.255.255.254")), want: encap.RejectInnerSourceReserved},
+		{name: "inner source IPv4-mapped", src: balancer, payload: withSource(v6, netip.AddrFrom16(client.As16())), want: encap.RejectInnerSourceReserved},
+		{name: "inner source = destination", src: balancer, payload: withSource(v4, vip4), want: encap.RejectInnerSourceIsDestination},
+		{name: "inner v6 source = destination", src: balancer, payload: withSource(v6, vip6), want: encap.RejectInnerSourceIsDestination},
+		{name: "inner source a VIP, to another VIP", src: balancer, payload: withSource(innerV4(t, vip4b, true, false, 50), vip4), want: encap.RejectInnerSourceLocal},
+		{name: "inner source the host's address", src: balancer, payload: withSource(v4, backend), want: encap.RejectInnerSourceLocal},
+		{name: "inner source the host's v6 address", src: balancer, payload: withSource(v6, backend6), want: encap.RejectInnerSourceLocal},
+		{name: "inner source next to the host's address", src: balancer, payload: withSource(v4, backend.Next()), wantInner: withSource(v4, backend.Next())},
 	}
 }
 
@@ -176,8 +197,40 @@ func TestPayload(t *testing.T) {
 	d := newDecap(t)
 	for _, tt := range payloadCases(t) {
 		t.Run(tt.name, func(t *testing.T) {
-			got, r := d.Payload(tt.src, tt.payload)
+			got, r := d.Payload(tt.src, tt.payload, hostAddrs)
 			checkDecap(t, tt.payload, got, r, tt.want, tt.wantInner)
+		})
+	}
+}
+
+// TestLocalAddrs: the host's addresses are the caller's to give. Without a
+// set only the VIPs count as local; a set holds exactly what it was given,
+// an address in both lists being local.
+func TestLocalAddrs(t *testing.T) {
+	d := newDecap(t)
+	v4 := innerV4(t, vip4, true, false, 50)
+	other := netip.MustParseAddr("198.51.100.8")
+	tests := []struct {
+		name  string
+		local *encap.LocalAddrs
+		src   netip.Addr
+		want  encap.Reject
+	}{
+		{"nil set, the host's address", nil, backend, encap.Accept},
+		{"nil set, a VIP", nil, vip4b, encap.RejectInnerSourceLocal},
+		{"empty set", encap.NewLocalAddrs(nil, nil), backend, encap.Accept},
+		{"local", encap.NewLocalAddrs([]netip.Addr{other}, nil), other, encap.RejectInnerSourceLocal},
+		{"IPv4-mapped in the set", encap.NewLocalAddrs([]netip.Addr{netip.AddrFrom16(other.As16())}, nil), other, encap.RejectInnerSourceLocal},
+		{"broadcast", encap.NewLocalAddrs(nil, []netip.Addr{other}), other, encap.RejectInnerSourceBroadcast},
+		{"local and broadcast: local", encap.NewLocalAddrs([]netip.Addr{other}, []netip.Addr{other}), other, encap.RejectInnerSourceLocal},
+		{"invalid addresses skipped", encap.NewLocalAddrs([]netip.Addr{{}}, []netip.Addr{{}}), other, encap.Accept},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, r := d.Payload(balancer, withSource(v4, tt.src), tt.local)
+			if r != tt.want {
+				t.Errorf("reject = %v, want %v", r, tt.want)
+			}
 		})
 	}
 }
@@ -203,6 +256,9 @@ func TestRejectString(t *testing.T) {
 	want := []string{
 		"accept", "empty", "malformed_outer", "not_udp", "wrong_port", "source_not_allowed",
 		"inner_malformed", "inner_length", "inner_checksum", "inner_not_vip",
+		"inner_source_unspecified", "inner_source_loopback", "inner_source_multicast",
+		"inner_source_broadcast", "inner_source_reserved", "inner_source_is_destination",
+		"inner_source_local",
 	}
 	var got []string
 	for r := range encap.Reject(encap.NumRejects) {
@@ -253,14 +309,16 @@ func TestDecapsulateAllocs(t *testing.T) {
 	pkt := encapsulated(t, innerV4(t, vip4, true, false, 1000))
 	mapped := netip.AddrFrom16(balancer.As16())
 	stray := encapsulated(t, innerV4(t, notVIP4, true, false, 1000))
+	spoofed := withSource(innerV4(t, vip4, true, false, 1000), backend)
 	for _, c := range []struct {
 		name string
 		f    func()
 	}{
-		{"Packet accept", func() { _, _ = d.Packet(pkt) }},
-		{"Packet reject", func() { _, _ = d.Packet(stray) }},
-		{"Payload accept mapped source", func() { _, _ = d.Payload(mapped, inner6) }},
-		{"Payload reject source", func() { _, _ = d.Payload(stranger, inner6) }},
+		{"Packet accept", func() { _, _ = d.Packet(pkt, hostAddrs) }},
+		{"Packet reject", func() { _, _ = d.Packet(stray, hostAddrs) }},
+		{"Payload accept mapped source", func() { _, _ = d.Payload(mapped, inner6, hostAddrs) }},
+		{"Payload reject source", func() { _, _ = d.Payload(stranger, inner6, hostAddrs) }},
+		{"Payload reject local inner source", func() { _, _ = d.Payload(balancer, spoofed, hostAddrs) }},
 	} {
 		if n := testing.AllocsPerRun(100, c.f); n != 0 {
 			t.Errorf("%s: %v allocs per run, want 0", c.name, n)
@@ -304,7 +362,7 @@ func BenchmarkDecapsulate(b *testing.B) {
 			b.SetBytes(int64(len(inner)))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, r := d.Packet(pkt); r != encap.Accept {
+				if _, r := d.Packet(pkt, hostAddrs); r != encap.Accept {
 					b.Fatal(r)
 				}
 			}
@@ -314,7 +372,7 @@ func BenchmarkDecapsulate(b *testing.B) {
 			b.SetBytes(int64(len(inner)))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, r := d.Payload(balancer, inner); r != encap.Accept {
+				if _, r := d.Payload(balancer, inner, hostAddrs); r != encap.Accept {
 					b.Fatal(r)
 				}
 			}
@@ -338,11 +396,11 @@ func TestConcurrentUse(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if _, r := d.Packet(pkt); r != encap.Accept {
+				if _, r := d.Packet(pkt, hostAddrs); r != encap.Accept {
 					t.Errorf("Packet: %v", r)
 					return
 				}
-				if _, r := d.Payload(balancer, pkt[encap.HeaderLen:]); r != encap.Accept {
+				if _, r := d.Payload(balancer, pkt[encap.HeaderLen:], hostAddrs); r != encap.Accept {
 					t.Errorf("Payload: %v", r)
 					return
 				}

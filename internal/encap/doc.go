@@ -1,13 +1,16 @@
 // Package encap owns Caplance's "direct" foo-over-UDP encapsulation: building
 // the outer IPv4+UDP header the balancer puts in front of a client packet, and
 // the checks the backend's receiver applies before it hands an inner packet to
-// the local stack. The UDP payload is the client's IP packet, byte-identical,
-// so a Linux backend can also decapsulate in the kernel
+// the local stack. The UDP payload is the client's IP packet, byte-identical
+// (but for the header checksum of an IPv4 packet with options, which the
+// balancer recomputes before it calls Encapsulate: see package balancer), so
+// a Linux backend can also decapsulate in the kernel
 // (`ip fou add port P ipproto 4`, or `ipproto 41` for IPv6 inner packets).
 //
 // The package is pure: it works on byte slices it is given and never opens
 // sockets, does I/O, or talks to netlink, D-Bus or systemd. It imports only
-// the standard library (net/netip, encoding/binary, errors, fmt). The hot-path
+// the standard library (net/netip, encoding/binary, errors, fmt) and package
+// inet, the project's one Internet checksum. The hot-path
 // functions (Outer.Encapsulate, SourcePort, Decapsulator.Payload and
 // Decapsulator.Packet) allocate nothing and never copy the inner packet.
 //
@@ -45,6 +48,9 @@
 //
 // The receiver is not an open relay. Decapsulator accepts an encapsulated
 // packet only from a configured balancer address and only when the inner
-// packet is well-formed and addressed to one of the backend's VIPs; every
+// packet is well-formed, addressed to one of the backend's VIPs, and from a
+// source a client can have: not unspecified, loopback, multicast, broadcast,
+// reserved (240/4), the destination itself, a VIP or one of the host's own
+// addresses (LocalAddrs, which the caller keeps current and hands in). Every
 // other packet is rejected with a Reject reason that names a counter.
 package encap

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+
+	"github.com/caplance/caplance/internal/inet"
 )
 
 // HeaderLen is the headroom the data path reserves in front of each received
@@ -91,7 +93,7 @@ func NewOuter(src, dst netip.Addr, dstPort uint16) (Outer, error) {
 	binary.BigEndian.PutUint16(h[22:24], dstPort)
 	// Total length, ID, flags and checksum are still zero here, so this is
 	// the sum of exactly the constant words.
-	o.sum = sum16(h[:ipv4HeaderLen], 0)
+	o.sum = inet.Sum(h[:ipv4HeaderLen], 0)
 	return o, nil
 }
 
@@ -134,7 +136,7 @@ func (o *Outer) Encapsulate(pkt []byte, srcPort uint16) error {
 	copy(h, o.hdr[:])
 	binary.BigEndian.PutUint16(h[2:4], uint16(total))
 	binary.BigEndian.PutUint16(h[6:8], uint16(frag))
-	binary.BigEndian.PutUint16(h[10:12], ^fold(o.sum+total+frag))
+	binary.BigEndian.PutUint16(h[10:12], ^inet.Fold(o.sum+total+frag))
 	binary.BigEndian.PutUint16(h[20:22], srcPort)
 	binary.BigEndian.PutUint16(h[24:26], uint16(total-ipv4HeaderLen))
 	return nil
@@ -160,21 +162,4 @@ func SourcePort(flowHash uint64) uint16 {
 	// bits, so the port depends on the whole hash even if the flow hash is
 	// weak in some bits.
 	return SourcePortMin | uint16(flowHash*0x9e3779b97f4a7c15>>(64-sourcePortBits))
-}
-
-// sum16 adds b, as big-endian 16-bit words, to the ones'-complement sum s
-// without folding. b has an even length (IP headers always do); the uint32
-// cannot overflow for headers up to 60 bytes.
-func sum16(b []byte, s uint32) uint32 {
-	for i := 0; i+1 < len(b); i += 2 {
-		s += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	return s
-}
-
-// fold reduces an unfolded ones'-complement sum to 16 bits.
-func fold(s uint32) uint16 {
-	s = s>>16 + s&0xffff
-	s += s >> 16
-	return uint16(s)
 }

@@ -11,7 +11,8 @@ import (
 // balancer's UDP payload to Payload; it is seeded from both tables. Neither
 // may panic, and whatever they accept must be a subslice of the input (a
 // suffix: the inner packet runs to the end) whose inner destination, read
-// here independently, is a VIP.
+// here independently, is a VIP, and whose inner source is neither the
+// destination nor one of the host's addresses.
 func FuzzDecapsulate(f *testing.F) {
 	for _, c := range packetCases(f) {
 		f.Add(c.pkt)
@@ -31,22 +32,25 @@ func FuzzDecapsulate(f *testing.F) {
 			if len(inner) == 0 || len(inner) > len(input) || &inner[len(inner)-1] != &input[len(input)-1] {
 				t.Fatalf("%s: accepted inner is not a suffix of the input", what)
 			}
-			var dst netip.Addr
+			var src, dst netip.Addr
 			switch inner[0] >> 4 {
 			case 4:
-				dst = netip.AddrFrom4([4]byte(inner[16:20]))
+				src, dst = netip.AddrFrom4([4]byte(inner[12:16])), netip.AddrFrom4([4]byte(inner[16:20]))
 			case 6:
-				dst = netip.AddrFrom16([16]byte(inner[24:40]))
+				src, dst = netip.AddrFrom16([16]byte(inner[8:24])), netip.AddrFrom16([16]byte(inner[24:40]))
 			default:
 				t.Fatalf("%s: accepted inner version %d", what, inner[0]>>4)
 			}
 			if dst != vip4 && dst != vip6 {
 				t.Fatalf("%s: accepted inner destination %v, not a VIP", what, dst)
 			}
+			if src == dst || src == backend || src == vip4 || src == vip6 {
+				t.Fatalf("%s: accepted inner source %v to %v", what, src, dst)
+			}
 		}
-		inner, r := d.Packet(data)
+		inner, r := d.Packet(data, hostAddrs)
 		check("Packet", data, inner, r)
-		inner, r = d.Payload(balancer, data)
+		inner, r = d.Payload(balancer, data, hostAddrs)
 		check("Payload", data, inner, r)
 	})
 }

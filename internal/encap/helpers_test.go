@@ -10,6 +10,7 @@ import (
 	"github.com/google/gopacket/layers"
 
 	"github.com/caplance/caplance/internal/encap"
+	"github.com/caplance/caplance/internal/inet"
 )
 
 // Addresses shared by the tests: a balancer sending to a backend's encap
@@ -22,16 +23,22 @@ var (
 	client    = netip.MustParseAddr("203.0.113.5")
 	client6   = netip.MustParseAddr("2001:db8:c::5")
 	vip4      = netip.MustParseAddr("10.0.0.100")
+	vip4b     = netip.MustParseAddr("10.0.0.102")
 	vip6      = netip.MustParseAddr("2001:db8:f::100")
 	notVIP4   = netip.MustParseAddr("10.0.0.101")
 	notVIP6   = netip.MustParseAddr("2001:db8:f::101")
-	encapPort = uint16(5555)
-	srcPort   = uint16(50000)
+	// hostAddrs is the backend host's own addresses, and its subnet's
+	// broadcast address.
+	hostAddrs        = encap.NewLocalAddrs([]netip.Addr{backend, backend6}, []netip.Addr{backendBroadcast})
+	backend6         = netip.MustParseAddr("2001:db8:b::7")
+	backendBroadcast = netip.MustParseAddr("198.51.100.255")
+	encapPort        = uint16(5555)
+	srcPort          = uint16(50000)
 )
 
 func newDecap(t testing.TB) *encap.Decapsulator {
 	t.Helper()
-	d, err := encap.NewDecapsulator(encapPort, []netip.Addr{balancer, balancer6}, []netip.Addr{vip4, vip6})
+	d, err := encap.NewDecapsulator(encapPort, []netip.Addr{balancer, balancer6}, []netip.Addr{vip4, vip4b, vip6})
 	if err != nil {
 		t.Fatalf("NewDecapsulator: %v", err)
 	}
@@ -140,28 +147,35 @@ func encapsulated(t testing.TB, inner []byte) []byte {
 	return pkt
 }
 
-// ipChecksum is an RFC 1071 reference implementation, written independently
-// of the package's incremental one: the checksum over hdr with its checksum
-// field taken as zero.
-func ipChecksum(hdr []byte) uint16 {
-	var sum uint64
-	for i := 0; i < len(hdr); i += 2 {
-		if i == 10 {
-			continue
-		}
-		sum += uint64(hdr[i])<<8 | uint64(hdr[i+1])
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
+// checksumAt is the checksum b should carry in its 16-bit checksum field
+// b[at:at+2]: inet.Checksum of b with that field taken as zero.
+func checksumAt(b []byte, at int) uint16 {
+	z := append([]byte(nil), b...)
+	z[at], z[at+1] = 0, 0
+	return inet.Checksum(z)
 }
 
 // fixChecksum rewrites the IPv4 header checksum of the header at hdr, after
 // a test mutated it.
 func fixChecksum(hdr []byte) {
 	ihl := int(hdr[0]&0x0f) * 4
-	binary.BigEndian.PutUint16(hdr[10:12], ipChecksum(hdr[:ihl]))
+	binary.BigEndian.PutUint16(hdr[10:12], checksumAt(hdr[:ihl], 10))
+}
+
+// withSource returns a copy of the inner IPv4 or IPv6 packet pkt with its
+// source address replaced by src (the IPv4 header checksum fixed; UDP and TCP
+// checksums are not checked by the decapsulator).
+func withSource(pkt []byte, src netip.Addr) []byte {
+	return mutate(pkt, func(p []byte) {
+		if p[0]>>4 == 6 {
+			a := src.As16()
+			copy(p[8:24], a[:])
+			return
+		}
+		a := src.As4()
+		copy(p[12:16], a[:])
+		fixChecksum(p)
+	})
 }
 
 // mutate returns a copy of pkt changed by f.

@@ -3,6 +3,8 @@ package encap
 import (
 	"encoding/binary"
 	"errors"
+
+	"github.com/caplance/caplance/internal/inet"
 )
 
 // What the data path does with a packet that, encapsulated, exceeds the MTU
@@ -56,7 +58,7 @@ func Fragment(pkt []byte, mtu int, id uint16, scratch []byte, emit func([]byte))
 		binary.BigEndian.PutUint16(frag[4:6], id)
 		binary.BigEndian.PutUint16(frag[6:8], flags)
 		frag[10], frag[11] = 0, 0
-		binary.BigEndian.PutUint16(frag[10:12], ^fold(sum16(frag[:ipv4HeaderLen], 0)))
+		binary.BigEndian.PutUint16(frag[10:12], inet.Checksum(frag[:ipv4HeaderLen]))
 		emit(frag)
 	}
 	return nil
@@ -83,11 +85,11 @@ func FragNeeded(buf []byte, src [4]byte, inner []byte, mtu uint16) []byte {
 	msg[9] = 1 // ICMP
 	copy(msg[12:16], src[:])
 	copy(msg[16:20], inner[12:16])
-	binary.BigEndian.PutUint16(msg[10:12], ^fold(sum16(msg[:ipv4HeaderLen], 0)))
+	binary.BigEndian.PutUint16(msg[10:12], inet.Checksum(msg[:ipv4HeaderLen]))
 	icmp := msg[ipv4HeaderLen:]
 	icmp[0], icmp[1] = 3, 4
 	binary.BigEndian.PutUint16(icmp[6:8], mtu)
 	copy(icmp[8:], quote)
-	binary.BigEndian.PutUint16(icmp[2:4], ^fold(sum16(icmp, 0)))
+	binary.BigEndian.PutUint16(icmp[2:4], inet.Checksum(icmp))
 	return msg
 }

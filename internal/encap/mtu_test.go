@@ -18,23 +18,6 @@ import (
 // canary fills the bytes a function must not write.
 const canary = 0xa5
 
-// internetChecksum is the RFC 1071 checksum of b with the 16-bit checksum
-// field at b[at:at+2] taken as zero, computed here independently of the
-// package (ipChecksum in helpers_test.go is the same for at == 10).
-func internetChecksum(b []byte, at int) uint16 {
-	var sum uint64
-	for i := 0; i+1 < len(b); i += 2 {
-		if i == at {
-			continue
-		}
-		sum += uint64(b[i])<<8 | uint64(b[i+1])
-	}
-	for sum > 0xffff {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
-
 // outerPacket is an encapsulated packet of exactly size bytes, as the data
 // path hands it to Fragment: a client UDP datagram without DF (the kernel
 // reassembled it), or with df a client TCP segment with DF, whose DF
@@ -180,7 +163,7 @@ func TestFragment(t *testing.T) {
 				if !last && len(f)+8 <= tt.mtu {
 					t.Errorf("fragment %d: %d bytes, another 8 would fit in %d", i, len(f), tt.mtu)
 				}
-				if got, want := binary.BigEndian.Uint16(f[10:12]), ipChecksum(f[:20]); got != want {
+				if got, want := binary.BigEndian.Uint16(f[10:12]), checksumAt(f[:20], 10); got != want {
 					t.Errorf("fragment %d: header checksum %#04x, want %#04x", i, got, want)
 				}
 				if next+len(ip.Payload) > len(payload) {
@@ -396,10 +379,10 @@ func TestFragNeeded(t *testing.T) {
 			if got := binary.BigEndian.Uint16(msg[20+6 : 20+8]); got != tt.mtu {
 				t.Errorf("ICMP bytes 6-7: %d, want %d", got, tt.mtu)
 			}
-			if got, want := binary.BigEndian.Uint16(msg[10:12]), internetChecksum(msg[:20], 10); got != want {
+			if got, want := binary.BigEndian.Uint16(msg[10:12]), checksumAt(msg[:20], 10); got != want {
 				t.Errorf("IPv4 checksum %#04x, want %#04x", got, want)
 			}
-			if got, want := binary.BigEndian.Uint16(msg[22:24]), internetChecksum(msg[20:], 2); got != want {
+			if got, want := binary.BigEndian.Uint16(msg[22:24]), checksumAt(msg[20:], 2); got != want {
 				t.Errorf("ICMP checksum %#04x, want %#04x", got, want)
 			}
 		})

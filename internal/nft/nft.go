@@ -12,8 +12,10 @@
 // place, a prerouting hook marks the TCP and UDP that caplanced forwards as
 // addressed to another host: TCP and UDP discard such packets at once, raw
 // sockets still receive them. On a receiver in kernel (FOU) mode the table drops
-// encapsulated packets from anyone but the balancers and decapsulated packets
-// for anything but the VIPs, so the receiver is not an open relay.
+// encapsulated packets from anyone but the balancers, and decapsulated packets
+// for anything but the VIPs or from a source no client can have (the same
+// sources the user-space receiver refuses), so the receiver is not an open
+// relay.
 //
 // Every function takes the network namespace to work in as an open file
 // descriptor (a netns.NsHandle, or an opened /proc/PID/ns/net). CurrentNetNS
@@ -48,6 +50,12 @@
 //			ip daddr . tcp dport @forward_vip_ports counter meta pkttype set other comment "forward-tcp-ports"
 //			ip daddr . udp dport @forward_vip_ports counter meta pkttype set other comment "forward-udp-ports"
 //			iifname "caplance0" ip daddr != @tunnel_vips counter drop comment "tunnel-foreign-destination"
+//			iifname "caplance0" ip saddr 0.0.0.0/8 counter drop comment "tunnel-source-unspecified"
+//			iifname "caplance0" ip saddr 127.0.0.0/8 counter drop comment "tunnel-source-loopback"
+//			iifname "caplance0" ip saddr 224.0.0.0/4 counter drop comment "tunnel-source-multicast"
+//			iifname "caplance0" fib saddr type broadcast counter drop comment "tunnel-source-broadcast"
+//			iifname "caplance0" ip saddr 240.0.0.0/4 counter drop comment "tunnel-source-reserved"
+//			iifname "caplance0" fib saddr type local counter drop comment "tunnel-source-local"
 //		}
 //	}
 package nft

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 
@@ -64,7 +65,17 @@ type Tunnel struct {
 	// Device is the decapsulating interface (the ipip device FOU feeds).
 	// In a prerouting hook — so that it also covers packets the kernel would
 	// forward, which an input hook never sees — every IPv4 packet arriving
-	// on Device whose destination is not in VIPs is dropped.
+	// on Device whose destination is not in VIPs is dropped, and so is every
+	// one whose source no client can have, each counted by its rule: in
+	// 0.0.0.0/8, 127.0.0.0/8 or 224.0.0.0/4; a broadcast address by the
+	// routing table (255.255.255.255 and the subnets' broadcast addresses);
+	// in 240.0.0.0/4; an address of the host by the routing table ("fib
+	// saddr type local": the VIPs and every address of the host, followed
+	// by the kernel). Source = destination needs no rule of its own: the
+	// destination is a VIP, a local address. The kernel's own martian and
+	// rp_filter checks would drop most of these too, silently and
+	// depending on sysctls; the rules make the guarantee explicit, the
+	// same as the user-space receiver's, and counted.
 	Device string
 	// VIPs are the receiver's VIPs, the only valid inner destinations.
 	VIPs []netip.Addr
@@ -87,6 +98,12 @@ const (
 	RuleForwardUDPPorts          = "forward-udp-ports"
 	RuleTunnelForeignSource      = "tunnel-foreign-source"
 	RuleTunnelForeignDestination = "tunnel-foreign-destination"
+	RuleTunnelSourceUnspecified  = "tunnel-source-unspecified"
+	RuleTunnelSourceLoopback     = "tunnel-source-loopback"
+	RuleTunnelSourceMulticast    = "tunnel-source-multicast"
+	RuleTunnelSourceBroadcast    = "tunnel-source-broadcast"
+	RuleTunnelSourceReserved     = "tunnel-source-reserved"
+	RuleTunnelSourceLocal        = "tunnel-source-local"
 )
 
 // Chain and set names inside the table; a chain is named for its hook.
@@ -314,14 +331,49 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 		// iifname DEVICE ip daddr != @tunnel_vips
 		ifname := make([]byte, unix.IFNAMSIZ)
 		copy(ifname, tun.Device)
-		addDrop(pre, RuleTunnelForeignDestination,
-			[]expr.Any{
-				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname},
-			},
-			ipAddrIn(ipDaddrOffset, vips, true))
+		fromTunnel := []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname},
+		}
+		addDrop(pre, RuleTunnelForeignDestination, fromTunnel, ipAddrIn(ipDaddrOffset, vips, true))
+		// iifname DEVICE ip saddr PREFIX, in the order the user-space
+		// receiver checks (encap.Decapsulator): the classes, then the
+		// kernel's address types for what only the host knows.
+		addDrop(pre, RuleTunnelSourceUnspecified, fromTunnel, ipSaddrIn(netip.MustParsePrefix("0.0.0.0/8")))
+		addDrop(pre, RuleTunnelSourceLoopback, fromTunnel, ipSaddrIn(netip.MustParsePrefix("127.0.0.0/8")))
+		addDrop(pre, RuleTunnelSourceMulticast, fromTunnel, ipSaddrIn(netip.MustParsePrefix("224.0.0.0/4")))
+		addDrop(pre, RuleTunnelSourceBroadcast, fromTunnel, ipSaddrType(unix.RTN_BROADCAST))
+		addDrop(pre, RuleTunnelSourceReserved, fromTunnel, ipSaddrIn(netip.MustParsePrefix("240.0.0.0/4")))
+		addDrop(pre, RuleTunnelSourceLocal, fromTunnel, ipSaddrType(unix.RTN_LOCAL))
 	}
 	return nil
+}
+
+// ipSaddrIn matches IPv4 packets whose source is in the IPv4 prefix p, as
+// nft compiles "ip saddr 127.0.0.0/8": the address masked, then compared.
+func ipSaddrIn(p netip.Prefix) []expr.Any {
+	mask := net.CIDRMask(p.Bits(), 32)
+	a := p.Addr().As4()
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipSaddrOffset, Len: 4},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:]},
+	}
+}
+
+// ipSaddrType matches IPv4 packets whose source address has the routing
+// type rtn (unix.RTN_LOCAL, RTN_BROADCAST) in the packet's namespace, as nft
+// compiles "fib saddr type local": the kernel answers from its local table,
+// so it follows the host's addresses by itself.
+func ipSaddrType(rtn uint32) []expr.Any {
+	return []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, rtn)},
+	}
 }
 
 const (

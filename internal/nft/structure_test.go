@@ -161,7 +161,9 @@ var (
 				Priority: 0,
 				Policy:   nftables.ChainPolicyAccept,
 				Rules: []string{nft.RuleForwardTCP, nft.RuleForwardUDP, nft.RuleForwardTCPPorts, nft.RuleForwardUDPPorts,
-					nft.RuleTunnelForeignDestination},
+					nft.RuleTunnelForeignDestination, nft.RuleTunnelSourceUnspecified, nft.RuleTunnelSourceLoopback,
+					nft.RuleTunnelSourceMulticast, nft.RuleTunnelSourceBroadcast, nft.RuleTunnelSourceReserved,
+					nft.RuleTunnelSourceLocal},
 			},
 		},
 		Sets: map[string][]string{
@@ -233,6 +235,12 @@ func TestStructure(t *testing.T) {
 		nft.RuleForwardUDPPorts:          {},
 		nft.RuleTunnelForeignSource:      {},
 		nft.RuleTunnelForeignDestination: {},
+		nft.RuleTunnelSourceUnspecified:  {},
+		nft.RuleTunnelSourceLoopback:     {},
+		nft.RuleTunnelSourceMulticast:    {},
+		nft.RuleTunnelSourceBroadcast:    {},
+		nft.RuleTunnelSourceReserved:     {},
+		nft.RuleTunnelSourceLocal:        {},
 	}
 	if diff := cmp.Diff(wantCtrs, ctrs); diff != "" {
 		t.Errorf("Counters (-want +got):\n%s", diff)

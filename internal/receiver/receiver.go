@@ -1,8 +1,12 @@
 // Package receiver is the backend side's user-space data path: it reads
 // foo-over-UDP datagrams on the encap port, lets encap.Decapsulator decide
 // whether each may pass (only from the balancers, only to the VIPs, only
-// well-formed), and injects the inner packet, unchanged, into the local stack
-// through an IP_HDRINCL raw socket, which routes it to the VIP on lo.
+// well-formed, only from a source a client can have), and injects the inner
+// packet, unchanged, into the local stack through an IP_HDRINCL raw socket,
+// which routes it to the VIP on lo. That injection takes the output path,
+// where the kernel checks no source address (no martian or rp_filter check),
+// so the receiver follows the host's own addresses (netlink address events)
+// and hands them to the decapsulator, which refuses them as inner sources.
 //
 // It owns its sockets, workers and counters. It must not attach the VIPs or
 // change sysctls (the daemon does that through package vip first), and it
@@ -42,6 +46,7 @@ const (
 // Receiver decapsulates and delivers. Open it, then Run.
 type Receiver struct {
 	dec     *encap.Decapsulator
+	addrs   *hostAddrs
 	workers []*worker
 	loops   rawio.Loops
 }
@@ -62,7 +67,8 @@ type worker struct {
 
 // Open binds the encap port (one SO_REUSEPORT socket per worker, so the
 // kernel spreads datagrams by flow without copies) and the raw injection
-// sockets. It needs CAP_NET_RAW.
+// sockets, and reads the host's addresses, all in the calling thread's
+// network namespace. It needs CAP_NET_RAW.
 func Open(cfg Config) (*Receiver, error) {
 	dec, err := encap.NewDecapsulator(cfg.Port, cfg.Balancers, cfg.VIPs)
 	if err != nil {
@@ -71,7 +77,11 @@ func Open(cfg Config) (*Receiver, error) {
 	if cfg.Workers <= 0 {
 		cfg.Workers = runtime.GOMAXPROCS(0)
 	}
-	r := &Receiver{dec: dec}
+	addrs, err := openHostAddrs()
+	if err != nil {
+		return nil, err
+	}
+	r := &Receiver{dec: dec, addrs: addrs}
 	for range cfg.Workers {
 		w, err := r.openWorker(cfg.Port)
 		if err != nil {
@@ -137,21 +147,28 @@ func (w *worker) close() {
 	}
 }
 
-// Run delivers packets until ctx is done; every worker finishes the batch it
-// holds before Run returns.
+// Run delivers packets, and follows the host's addresses, until ctx is
+// done; every worker finishes the batch it holds before Run returns.
 func (r *Receiver) Run(ctx context.Context) error {
+	followed := make(chan struct{})
+	go func() {
+		defer close(followed)
+		r.addrs.follow(ctx)
+	}()
 	r.loops.Run(ctx)
+	<-followed
 	return nil
 }
 
 func (w *worker) deliver(n int) {
 	w.received.Add(uint64(n))
+	local := w.r.addrs.cur.Load()
 	for i := range n {
 		if w.batch.Truncated(i) {
 			w.counts[encap.RejectMalformedOuter].Add(1)
 			continue
 		}
-		inner, reject := w.r.dec.Payload(w.batch.Source(i).Addr(), w.batch.Packet(i))
+		inner, reject := w.r.dec.Payload(w.batch.Source(i).Addr(), w.batch.Packet(i), local)
 		if reject != encap.Accept {
 			w.counts[reject].Add(1)
 			continue
@@ -179,6 +196,7 @@ func (r *Receiver) Close() {
 	for _, w := range r.workers {
 		w.close()
 	}
+	r.addrs.close()
 }
 
 // Stats is a point-in-time copy of the counters.

@@ -1,13 +1,22 @@
 package receiver
 
 import (
+	"context"
+	"encoding/binary"
+	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/caplance/caplance/internal/encap"
+	"github.com/caplance/caplance/internal/inet"
 	"github.com/caplance/caplance/internal/netnstest"
 	"github.com/caplance/caplance/internal/rawio/rawiotest"
 )
@@ -97,4 +106,196 @@ func TestOpenPortTaken(t *testing.T) {
 func openDescriptors() (int, error) {
 	entries, err := os.ReadDir("/proc/self/fd")
 	return len(entries), err
+}
+
+// TestSpoofedInnerSources sends, from a balancer, inner packets to the VIP
+// whose sources no client can have. The VIP's UDP echo server on port 7
+// answers every datagram it gets, so the one with source = destination =
+// VIP:7 would loop through it forever if it were delivered. None of them may
+// reach it, each is counted under its reason, an address the host gains
+// while the receiver runs counts as the host's, and a client's datagram
+// still gets through.
+func TestSpoofedInnerSources(t *testing.T) {
+	lab := netnstest.NewForTest(t, "rcvsp")
+	balancerHost, err := lab.AddHost("lb", netip.PrefixFrom(testBalancer, 24))
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend, err := lab.AddHost("backend", testBackend)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherVIP := netip.MustParseAddr("10.0.0.101")
+	added := netip.MustParsePrefix("10.0.0.3/24")
+	client := netip.MustParseAddr("10.0.0.50")
+
+	var r *Receiver
+	var echo *net.UDPConn
+	err = backend.Do(func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		for _, vip := range []netip.Addr{testVIP, otherVIP} {
+			if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: netipx(netip.PrefixFrom(vip, 32))}); err != nil {
+				return err
+			}
+		}
+		cfg := testConfig(1) // one worker: datagrams are handled in the order sent
+		cfg.VIPs = append(cfg.VIPs, otherVIP)
+		if r, err = Open(cfg); err != nil {
+			return err
+		}
+		echo, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(testVIP, 7)))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { r.Run(ctx); close(ran) }()
+	t.Cleanup(func() { cancel(); <-ran; r.Close(); echo.Close() })
+
+	var echoed atomic.Int64
+	var lastFrom atomic.Value
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := echo.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			echoed.Add(1)
+			lastFrom.Store(from)
+			echo.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+
+	// An address the host gains after Open must count too.
+	if err := backend.Do(func() error {
+		eth0, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return netlink.AddrAdd(eth0, &netlink.Addr{IPNet: netipx(added)})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitLocal(t, r, added.Addr(), encap.RejectInnerSourceLocal)
+
+	spoofed := []struct {
+		src  netip.Addr
+		port uint16
+		want string
+	}{
+		{netip.MustParseAddr("127.0.0.1"), 40000, "inner_source_loopback"},
+		{otherVIP, 40000, "inner_source_local"},
+		{testBackend.Addr(), 40000, "inner_source_local"},
+		{added.Addr(), 40000, "inner_source_local"},
+		{netip.MustParseAddr("0.0.0.0"), 40000, "inner_source_unspecified"},
+		{netip.MustParseAddr("224.0.0.1"), 40000, "inner_source_multicast"},
+		{netip.MustParseAddr("240.0.0.1"), 40000, "inner_source_reserved"},
+		{netip.MustParseAddr("255.255.255.255"), 40000, "inner_source_broadcast"},
+		{netip.MustParseAddr("10.0.0.255"), 40000, "inner_source_broadcast"},
+		{testVIP, 7, "inner_source_is_destination"}, // the echo loop
+	}
+	wantDrops := map[string]uint64{}
+	for _, name := range DropReasons() {
+		wantDrops[name] = 0
+	}
+	for _, s := range spoofed {
+		sendInner(t, balancerHost, innerUDP(s.src, s.port, testVIP, 7))
+		wantDrops[s.want]++
+	}
+	sendInner(t, balancerHost, innerUDP(client, 40000, testVIP, 7))
+
+	deadline := time.Now().Add(10 * time.Second)
+	for echoed.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	st := r.Stats()
+	if diff := cmp.Diff(wantDrops, st.Drops); diff != "" {
+		t.Errorf("drops (-want +got):\n%s", diff)
+	}
+	if got, want := st.Received, uint64(len(spoofed)+1); got != want {
+		t.Errorf("received %d datagrams, want %d", got, want)
+	}
+	if st.Delivered != 1 {
+		t.Errorf("delivered %d packets, want 1 (the client's)", st.Delivered)
+	}
+	if n := echoed.Load(); n != 1 {
+		t.Errorf("the echo server got %d datagrams, want 1 (the client's)", n)
+	} else if from := lastFrom.Load().(netip.AddrPort); from.Addr() != client {
+		t.Errorf("the echo server's datagram came from %v, want %v", from, client)
+	}
+
+	// An address the host loses is a client's again.
+	if err := backend.Do(func() error {
+		eth0, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return netlink.AddrDel(eth0, &netlink.Addr{IPNet: netipx(added)})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitLocal(t, r, added.Addr(), encap.Accept)
+}
+
+// waitLocal waits until the receiver's decapsulator gives want for an inner
+// packet from src, as the host's address set it follows changes.
+func waitLocal(t *testing.T, r *Receiver, src netip.Addr, want encap.Reject) {
+	t.Helper()
+	pkt := innerUDP(src, 40000, testVIP, 7)
+	var got encap.Reject
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if _, got = r.dec.Payload(testBalancer, pkt, r.addrs.cur.Load()); got == want {
+			return
+		}
+	}
+	t.Fatalf("inner source %v: %v, want %v", src, got, want)
+}
+
+// innerUDP is an IPv4 UDP datagram with a valid header checksum and UDP
+// checksum 0 (none, as IPv4 allows).
+func innerUDP(src netip.Addr, sport uint16, dst netip.Addr, dport uint16) []byte {
+	payload := []byte("spoofed?")
+	pkt := make([]byte, 20+8+len(payload))
+	pkt[0] = 0x45
+	binary.BigEndian.PutUint16(pkt[2:4], uint16(len(pkt)))
+	pkt[8] = 64
+	pkt[9] = unix.IPPROTO_UDP
+	s, d := src.As4(), dst.As4()
+	copy(pkt[12:16], s[:])
+	copy(pkt[16:20], d[:])
+	binary.BigEndian.PutUint16(pkt[10:12], inet.Checksum(pkt[:20]))
+	udp := pkt[20:]
+	binary.BigEndian.PutUint16(udp[0:2], sport)
+	binary.BigEndian.PutUint16(udp[2:4], dport)
+	binary.BigEndian.PutUint16(udp[4:6], uint16(len(udp)))
+	copy(udp[8:], payload)
+	return pkt
+}
+
+// sendInner sends inner, encapsulated, from the balancer host to the
+// receiver's encap port.
+func sendInner(t *testing.T, from *netnstest.Host, inner []byte) {
+	t.Helper()
+	err := from.Do(func() error {
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(testBackend.Addr(), 5555)))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		_, err = c.Write(inner)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func netipx(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }

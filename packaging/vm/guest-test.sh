@@ -134,6 +134,92 @@ backends_up() {
 	wait_until 5 ip netns exec be1 busybox wget -q -O /dev/null http://127.0.0.1/ || { echo "httpd does not answer"; return 1; }
 }
 
+# A UDP echo server on be1's VIP:7 that logs each datagram's source address.
+cat > $W/udp-echo.pl <<'EOF'
+use strict;
+use IO::Handle;
+use IO::Socket::INET;
+my ($vip, $log) = @ARGV;
+my $s = IO::Socket::INET->new(LocalAddr => $vip, LocalPort => 7, Proto => 'udp') or die "listen on $vip:7: $!";
+open(my $out, '>>', $log) or die "$log: $!";
+$out->autoflush(1);
+while (defined(my $peer = $s->recv(my $buf, 2048))) {
+	my (undef, $addr) = sockaddr_in($peer);
+	print $out inet_ntoa($addr), "\n";
+	$s->send($buf, 0, $peer);
+}
+EOF
+# send-inner.pl LB RECEIVER PORT DST SRC:SPORT...: from LB to RECEIVER:PORT, one datagram per SRC
+# whose payload is an inner IPv4 UDP packet SRC:SPORT -> DST:7 with a correct header checksum, as
+# the balancer encapsulates.
+cat > $W/send-inner.pl <<'EOF'
+use strict;
+use IO::Socket::INET;
+my ($lb, $receiver, $port, $dst, @sources) = @ARGV;
+my $s = IO::Socket::INET->new(LocalAddr => $lb, PeerAddr => $receiver, PeerPort => $port, Proto => 'udp')
+	or die "socket: $!";
+for (@sources) {
+	my ($src, $sport) = split /:/;
+	my $udp = pack('nnnn', $sport, 7, 8 + 8, 0) . 'spoofed?';
+	my $ip = pack('CCnnnCCna4a4', 0x45, 0, 20 + length($udp), 0, 0, 64, 17, 0, inet_aton($src), inet_aton($dst));
+	my $sum = 0;
+	$sum += $_ for unpack('n*', $ip);
+	$sum = ($sum & 0xffff) + ($sum >> 16) while $sum > 0xffff;
+	substr($ip, 10, 2) = pack('n', ~$sum & 0xffff);
+	$s->send($ip . $udp) or die "send: $!";
+}
+EOF
+
+# spoof_count KIND: be1's drop counter for one kind of spoofed inner source (unspecified, loopback,
+# multicast, broadcast, reserved, local, is_destination): an nft rule's packets in kernel mode, a
+# stats.json counter in user space.
+spoof_count() {
+	if [ $MODE = kernel ]; then
+		ip netns exec be1 nft list table inet caplance |
+			sed -n "s/.*counter packets \([0-9]*\) .*comment \"tunnel-source-$1\".*/\1/p"
+	else
+		grep -o "\"inner_source_$1\": *[0-9]*" $W/be1/run/stats.json | grep -o '[0-9]*$'
+	fi
+}
+
+# Inner packets whose sources no client can have, sent as the balancer sends (from its address to
+# be1's encap port), reach no listener on the VIP, not even the echo server they are addressed to
+# with source = destination = VIP:7, which would answer itself forever; each is counted under its
+# kind. A client's datagram sent after them gets through.
+spoofed_inner() {
+	local log=$W/be1/udp.log kind want before after ok=0 n
+	: > $log
+	must systemd-run --quiet --unit=vmt-udp-be1 ip netns exec be1 perl $W/udp-echo.pl $VIP $log || return 1
+	wait_until 5 sh -c "ip netns exec be1 ss -u -l -n | grep -q '$VIP:7 '" || { echo "no echo server on $VIP:7"; return 1; }
+	# In user space, source = destination has a counter of its own; in the kernel it is a local
+	# source (the VIP is on lo).
+	local kinds="unspecified loopback multicast broadcast reserved local" want_local=2 want_dst=0
+	if [ $MODE = userspace ]; then
+		kinds="$kinds is_destination" want_local=1 want_dst=1
+		wait_until 5 test -s $W/be1/run/stats.json || { echo "no stats.json"; return 1; }
+	fi
+	for kind in $kinds; do
+		eval "before_$kind=\$(spoof_count $kind)"
+	done
+	must perl $W/send-inner.pl $LB "$(be_addr 1)" 5555 $VIP 0.0.0.0:40000 127.0.0.1:40000 224.0.0.1:40000 \
+		255.255.255.255:40000 240.0.0.1:40000 "$(be_addr 1):40000" $VIP:7 $CLIENT:40000 || return 1
+	wait_until 10 grep -qx $CLIENT $log || { echo "the client's datagram did not reach the echo server"; ok=1; }
+	# the kernel's counters move at once, stats.json is rewritten every second
+	[ $MODE = userspace ] && sleep 2.5
+	for kind in $kinds; do
+		eval "before=\$before_$kind"
+		after=$(spoof_count $kind)
+		case $kind in local) want=$want_local ;; is_destination) want=$want_dst ;; *) want=1 ;; esac
+		echo "$kind: ${before:-?} -> ${after:-?} (want +$want)"
+		[ -n "$before" ] && [ -n "$after" ] && [ $((after - before)) = "$want" ] || ok=1
+	done
+	n=$(wc -l < $log)
+	echo "the echo server got $n datagram(s), from: $(sort $log | uniq -c | awk '{printf "%s x%s ", $2, $1}')"
+	[ "$n" = 1 ] || ok=1
+	systemctl stop vmt-udp-be1
+	return $ok
+}
+
 # http_spread N BACKEND...: N requests from the client to the VIP; every one answered, and every
 # BACKEND among those that answered.
 http_spread() {
@@ -389,6 +475,7 @@ step "network namespaces: client and be1..be4 on br0 (198.18.0.2)" net_up || fin
 sysctls > $W/sysctls.before
 step "apt install ./caplance_*.deb (no network: dependencies from the image)" install_deb || finish
 step "backends: caplanced --bus=none, receiver mode $MODE$([ $MODE = kernel ] && echo ' (fou)') + httpd in be1..be4" backends_up || finish
+step "spoofed inner sources through the tunnel reach no listener on be1, counted by kind" spoofed_inner
 if step "systemctl start caplanced caplance-healthd -> both active" start_services; then
 	step "systemctl status caplanced shows the STATUS line" status_line
 	step "the VIP on br0 and the nft table inet caplance" vip_attached

@@ -43,13 +43,14 @@ type Config struct {
 type Balancer struct {
 	cfg     Config
 	log     *slog.Logger
-	route   route
+	routes  *routeCache
 	workers []*worker
 	loops   rawio.Loops
 	snap    atomic.Pointer[snapshot]
 
-	mu    sync.Mutex // serialises SetBackends; guards stats
+	mu    sync.Mutex // serialises SetBackends; guards stats and last
 	stats map[uint32]*backendStats
+	last  []Backend // the set SetBackends last installed
 }
 
 // batchSize is how many packets one recvmmsg or sendmmsg moves at most.
@@ -79,9 +80,14 @@ func Open(cfg Config) (*Balancer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	b := &Balancer{cfg: cfg, log: cfg.Logger, route: kernelRoute, stats: map[uint32]*backendStats{}}
+	routes, err := newRouteCache()
+	if err != nil {
+		return nil, err
+	}
+	b := &Balancer{cfg: cfg, log: cfg.Logger, routes: routes, stats: map[uint32]*backendStats{}}
 	empty, err := b.buildSnapshot(nil)
 	if err != nil {
+		routes.close()
 		return nil, err
 	}
 	b.snap.Store(empty)
@@ -232,6 +238,7 @@ func (b *Balancer) Close() {
 	for _, w := range b.workers {
 		w.close()
 	}
+	b.routes.close()
 }
 
 // Stats is a point-in-time copy of the counters.

@@ -341,6 +341,9 @@ type Registry struct {
 	// unknown, which makes the next change write it unconditionally.
 	onDisk      []byte
 	diskUnknown bool
+	// routeErr and maxBackends: see routes.go.
+	routeErr    func(netip.Addr) error
+	maxBackends int
 
 	// mu guards cur, pending and watchers; it is held only briefly, never
 	// across apply, the state file or a watcher.
@@ -515,6 +518,7 @@ func (r *Registry) derive(s *state) {
 		if h, ok := s.health[name]; ok {
 			b.Health, b.HealthDetail = h.health, h.detail
 		}
+		r.routeDown(&b)
 		list = append(list, b)
 	}
 	for name, reg := range s.config {
@@ -625,6 +629,9 @@ func (r *Registry) changeLocked(what string, f func(next *state) error) (*state,
 		}
 	}
 	r.derive(next)
+	if err := r.checkLimit(what, cur, next); err != nil {
+		return cur, err
+	}
 	changes := diff(cur.list, next.list)
 
 	oldDP := dataPath(cur.list)

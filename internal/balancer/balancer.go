@@ -51,6 +51,10 @@ type Balancer struct {
 	mu    sync.Mutex // serialises SetBackends; guards stats and last
 	stats map[uint32]*backendStats
 	last  []Backend // the set SetBackends last installed
+
+	// WatchRoutes' goroutine: an eventfd that stops it, closed when done.
+	watchStop int
+	watchDone chan struct{}
 }
 
 // batchSize is how many packets one recvmmsg or sendmmsg moves at most.
@@ -235,6 +239,7 @@ func (b *Balancer) Wedge() { b.loops.Wedge() }
 
 // Close closes every socket. Call it after Run returns.
 func (b *Balancer) Close() {
+	b.stopWatchingRoutes()
 	for _, w := range b.workers {
 		w.close()
 	}

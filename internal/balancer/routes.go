@@ -1,7 +1,6 @@
 package balancer
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -149,16 +148,16 @@ func (b *Balancer) RouteError(addr netip.Addr) error {
 	return b.routes.get(addr).err
 }
 
-// WatchRoutes keeps the routes to the backends true until ctx is done: on
-// every netlink route, link or IPv4 address change it looks up every
-// backend's route again, and every RouteRetryInterval those of the backends
-// without one. When a route changed it rebuilds the backend snapshot (a
-// backend whose route came back gets its slots again) and then calls
-// changed, which the daemon uses to refresh what the registry shows.
+// WatchRoutes keeps the routes to the backends true until Close: on every
+// netlink route, link or IPv4 address change it looks up every backend's
+// route again, and every RouteRetryInterval those of the backends without
+// one. When a route changed it rebuilds the backend snapshot (a backend
+// whose route came back gets its slots again) and then calls changed, which
+// the daemon uses to refresh what the registry shows. Call it once.
 //
 // It opens its netlink socket in the calling thread's network namespace,
 // which must be the balancer's.
-func (b *Balancer) WatchRoutes(ctx context.Context, changed func()) error {
+func (b *Balancer) WatchRoutes(changed func()) error {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("balancer: netlink socket for route changes: %w", err)
@@ -168,46 +167,72 @@ func (b *Balancer) WatchRoutes(ctx context.Context, changed func()) error {
 		unix.Close(fd)
 		return fmt.Errorf("balancer: subscribing to route changes: %w", err)
 	}
+	stop, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("balancer: eventfd: %w", err)
+	}
+	b.watchStop, b.watchDone = stop, make(chan struct{})
 	go func() {
+		defer close(b.watchDone)
 		defer unix.Close(fd)
-		b.watchRoutes(ctx, fd, changed)
+		b.watchRoutes(fd, stop, changed)
 	}()
 	return nil
 }
 
-func (b *Balancer) watchRoutes(ctx context.Context, fd int, changed func()) {
+// stopWatchingRoutes ends WatchRoutes' goroutine and waits for it.
+func (b *Balancer) stopWatchingRoutes() {
+	if b.watchDone == nil {
+		return
+	}
+	_, _ = unix.Write(b.watchStop, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+	<-b.watchDone
+	unix.Close(b.watchStop)
+	b.watchDone = nil
+}
+
+func (b *Balancer) watchRoutes(fd, stop int, changed func()) {
 	buf := make([]byte, 64<<10)
-	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-	nextRetry := time.Now().Add(RouteRetryInterval)
-	for ctx.Err() == nil {
-		// Wake at least every second to notice ctx.
-		n, err := unix.Poll(fds, 1000)
-		if err != nil && !errors.Is(err, unix.EINTR) {
-			b.log.Error("watching route changes; falling back to the retry timer", "err", err)
-			n = 0
-		}
-		all := false
-		if n > 0 {
-			// The messages only say that something changed: read them all
-			// (a burst, such as a link going down, costs one refresh) and
-			// look everything up again. ENOBUFS (some were lost) means the
-			// same.
-			for {
-				_, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
-				if errors.Is(err, unix.EAGAIN) {
-					break
-				}
-				if err != nil && !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EINTR) {
-					b.log.Error("reading route changes", "err", err)
-					break
-				}
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(stop), Events: unix.POLLIN}}
+	// Look everything up once first: routes may have changed between the
+	// first lookups and the subscription.
+	all, nextRetry := true, time.Now()
+	for {
+		if !all {
+			timeout := max(time.Until(nextRetry), 0)
+			_, err := unix.Poll(fds, int(timeout.Milliseconds())+1)
+			if err != nil && !errors.Is(err, unix.EINTR) {
+				b.log.Error("watching route changes", "err", err)
+				return
 			}
-			all = true
-		} else if time.Now().Before(nextRetry) {
-			continue
+			if fds[1].Revents != 0 {
+				return
+			}
+			if fds[0].Revents != 0 {
+				// The messages only say that something changed: read them
+				// all (a burst, such as a link going down, costs one
+				// refresh) and look everything up again. ENOBUFS (some
+				// were lost) means the same.
+				for {
+					_, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+					if errors.Is(err, unix.EAGAIN) {
+						break
+					}
+					if err != nil && !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EINTR) {
+						b.log.Error("reading route changes", "err", err)
+						break
+					}
+				}
+				all = true
+			} else if time.Now().Before(nextRetry) {
+				continue
+			}
 		}
 		nextRetry = time.Now().Add(RouteRetryInterval)
-		if !b.routes.refresh(all) {
+		refreshed := b.routes.refresh(all)
+		all = false
+		if !refreshed {
 			continue
 		}
 		if err := b.rebuild(); err != nil {

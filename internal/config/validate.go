@@ -35,6 +35,9 @@ func validate(raw rawConfig) (*Config, problems) {
 		p.add("[[backend]] entries need a [balancer] section")
 	}
 	cfg.Backends = validateBackends(raw.Backends, cfg.Balancer, &p)
+	if cfg.Balancer != nil && len(raw.Backends) > cfg.Balancer.MaxBackends {
+		p.add("%d [[backend]] entries: more than balancer.max_backends = %d allows", len(raw.Backends), cfg.Balancer.MaxBackends)
+	}
 	if raw.Receiver != nil {
 		cfg.Receiver = validateReceiver(*raw.Receiver, &p)
 	}
@@ -85,6 +88,14 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 			p.add("balancer: table_size %d: not a prime (Maglev needs a prime table size; the default is %d)", m, maglev.DefaultSize)
 		default:
 			b.TableSize = m
+		}
+	}
+	b.MaxBackends = min(DefaultMaxBackends, b.TableSize)
+	if raw.MaxBackends != nil {
+		if n := *raw.MaxBackends; n < 1 || n > b.TableSize {
+			p.add("balancer: max_backends %d: must be from 1 to table_size (%d): every backend needs a slot", n, b.TableSize)
+		} else {
+			b.MaxBackends = n
 		}
 	}
 	return b

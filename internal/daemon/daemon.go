@@ -377,6 +377,9 @@ func (r *running) startBalancer(cfg *config.Config, stateDir string, step func(s
 		return err
 	}
 	r.reg = reg
+	if err := r.followRoutes(b.MaxBackends); err != nil {
+		return err
+	}
 	reg.Watch(func(registry.Change) {
 		select {
 		case r.backendsChanged <- struct{}{}:

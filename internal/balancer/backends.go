@@ -2,7 +2,10 @@ package balancer
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync/atomic"
 
 	"github.com/caplance/caplance/internal/encap"
@@ -49,6 +52,11 @@ type Backend struct {
 // MTU and its counters, which survive snapshots.
 type target struct {
 	Backend
+	// given is the backend as SetBackends got it (Backend may have been
+	// put down for want of a route) and gen the route cache's generation
+	// it was resolved in: while both hold, the target is still right.
+	given Backend
+	gen   uint64
 	route route
 	outer encap.Outer
 	dst   [4]byte
@@ -81,33 +89,85 @@ type snapshot struct {
 // buildSnapshot resolves every backend and builds the table. A backend
 // without a route (RouteError) is put down in this snapshot: it gets no
 // slots and its tracked flows are not reused, and the others are not held up
-// by it. A target whose backend and route have not changed since the last
-// snapshot is reused, with its outer header template and counters.
+// by it. A target whose backend is as it was in the last snapshot, while no
+// route changed since, is reused as it is, with its outer header template
+// and counters: a change of one backend among thousands then costs little
+// more than the Maglev build.
 func (b *Balancer) buildSnapshot(backends []Backend) (*snapshot, error) {
 	var prev map[uint32]*target
 	if old := b.snap.Load(); old != nil {
 		prev = old.byID
 	}
+	gen := b.routes.generation()
 	mb := make([]maglev.Backend, len(backends))
-	byName := make(map[string]*target, len(backends))
+	targets := make([]*target, len(backends))
+	var fresh []*target // targets that are not prev's
+	kept := 0           // backends whose ID prev has
 	for i, be := range backends {
-		t := b.target(be, prev[be.ID])
+		t := prev[be.ID]
+		if t != nil {
+			kept++
+		}
+		if t == nil || t.given != be || t.gen != gen {
+			t = b.target(be, t, gen)
+		}
+		if t != prev[be.ID] {
+			fresh = append(fresh, t)
+		}
 		w := t.Weight
 		if t.State != Active {
 			w = 0
 		}
 		mb[i] = maglev.Backend{Name: be.Name, Weight: w}
-		byName[be.Name] = t
+		targets[i] = t
 	}
 	table, err := maglev.New(mb, b.cfg.TableSize)
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{table: table, byID: make(map[uint32]*target, len(backends))}
-	for _, mbe := range table.Backends() {
-		t := byName[mbe.Name]
-		s.byIndex = append(s.byIndex, t)
-		s.byID[t.ID] = t
+	s := &snapshot{table: table}
+	// The table's indices follow the backends sorted by name, which the
+	// registry's set already is.
+	sorted := slices.IsSortedFunc(backends, byName)
+	if sorted {
+		s.byIndex = targets
+	} else {
+		byName := make(map[string]*target, len(targets))
+		for _, t := range targets {
+			byName[t.Name] = t
+		}
+		for _, mbe := range table.Backends() {
+			s.byIndex = append(s.byIndex, byName[mbe.Name])
+		}
+	}
+	switch {
+	case prev != nil && kept == len(prev):
+		// No ID left: patch a copy of the previous index, which costs a
+		// fraction of building one.
+		s.byID = maps.Clone(prev)
+		for _, t := range fresh {
+			s.byID[t.ID] = t
+		}
+	case prev != nil && sorted && slices.IsSortedFunc(b.last, byName):
+		// Some left: find them by walking both sorted sets.
+		s.byID = maps.Clone(prev)
+		for _, t := range fresh {
+			s.byID[t.ID] = t
+		}
+		i := 0
+		for _, old := range b.last {
+			for i < len(backends) && backends[i].Name < old.Name {
+				i++
+			}
+			if i == len(backends) || backends[i].Name != old.Name {
+				delete(s.byID, old.ID)
+			}
+		}
+	default:
+		s.byID = make(map[uint32]*target, len(targets))
+		for _, t := range targets {
+			s.byID[t.ID] = t
+		}
 	}
 	s.valid = func(id uint32) bool {
 		t, ok := s.byID[id]
@@ -116,8 +176,12 @@ func (b *Balancer) buildSnapshot(backends []Backend) (*snapshot, error) {
 	return s, nil
 }
 
-// target resolves be for sending, reusing prev when nothing changed.
-func (b *Balancer) target(be Backend, prev *target) *target {
+func byName(a, b Backend) int { return strings.Compare(a.Name, b.Name) }
+
+// target resolves be for sending, with the routes of generation gen;
+// it reuses prev when its route and resolved backend are the same.
+func (b *Balancer) target(be Backend, prev *target, gen uint64) *target {
+	given := be
 	r := b.routes.get(be.Address)
 	var outer encap.Outer
 	if r.err == nil {
@@ -130,14 +194,19 @@ func (b *Balancer) target(be Backend, prev *target) *target {
 		be.State = Down
 	}
 	if prev != nil && prev.Backend == be && prev.route.equal(r) {
-		return prev
+		if prev.gen == gen && prev.given == given {
+			return prev
+		}
+		t := *prev // same resolution: a copy that remembers what it was made from
+		t.given, t.gen = given, gen
+		return &t
 	}
 	stats := b.stats[be.ID]
 	if stats == nil {
 		stats = &backendStats{perWorker: make([]backendCounters, b.cfg.Workers)}
 		b.stats[be.ID] = stats
 	}
-	return &target{Backend: be, route: r, outer: outer, dst: be.Address.As4(), mtu: r.mtu, stats: stats}
+	return &target{Backend: be, given: given, gen: gen, route: r, outer: outer, dst: be.Address.As4(), mtu: r.mtu, stats: stats}
 }
 
 // SetBackends replaces the backend set: it rebuilds the Maglev table off the

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -48,7 +49,12 @@ type routeCache struct {
 	// safe for concurrent use: mu guards it.
 	nl      *netlink.Handle
 	entries map[netip.Addr]route
+	// gen counts the refreshes that changed a route: a target resolved in
+	// the current generation needs no new lookup.
+	gen atomic.Uint64
 }
+
+func (c *routeCache) generation() uint64 { return c.gen.Load() }
 
 func newRouteCache() (*routeCache, error) {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
@@ -72,11 +78,13 @@ func (c *routeCache) get(dst netip.Addr) route {
 	return r
 }
 
-// retain forgets the addresses that are no longer backends.
+// retain forgets the addresses that are no longer backends, once they
+// are more than a few: until then they only cost a little memory, while
+// sorting them out costs a pass over every backend.
 func (c *routeCache) retain(backends []Backend) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.entries) <= len(backends) {
+	if len(c.entries) <= len(backends)+len(backends)/8+16 {
 		return
 	}
 	keep := make(map[netip.Addr]bool, len(backends))
@@ -104,6 +112,9 @@ func (c *routeCache) refresh(all bool) bool {
 			c.entries[a] = r
 			changed = true
 		}
+	}
+	if changed {
+		c.gen.Add(1)
 	}
 	return changed
 }

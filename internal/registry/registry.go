@@ -260,6 +260,9 @@ type state struct {
 	runtime   map[string]registration
 	overrides map[string]override
 	health    map[string]healthReport // absent: unknown
+	// noRoute is derived with list: the backends without a route, and
+	// why (see routes.go).
+	noRoute map[string]string
 	// list is derived from the rest by (*Registry).derive: every backend,
 	// sorted by name. In a clone being changed it is still the original's
 	// until derive runs.
@@ -277,12 +280,16 @@ func newState() *state {
 
 func (s *state) clone() *state {
 	return &state{
-		config:    maps.Clone(s.config),
+		// Shared, never modified in place: setConfig replaces it. Copying
+		// thousands of backends at every change cost more than the rest
+		// of the change but the Maglev build (docs/benchmarks.md).
+		config:    s.config,
 		runtime:   maps.Clone(s.runtime),
 		overrides: maps.Clone(s.overrides),
 		health:    maps.Clone(s.health),
-		// Shared, never modified: derive replaces it.
-		list: s.list,
+		// Shared, never modified: derive replaces them.
+		list:    s.list,
+		noRoute: s.noRoute,
 	}
 }
 
@@ -341,9 +348,12 @@ type Registry struct {
 	// unknown, which makes the next change write it unconditionally.
 	onDisk      []byte
 	diskUnknown bool
-	// routeErr and maxBackends: see routes.go.
+	// routeErr, askRoutes and maxBackends: see routes.go.
 	routeErr    func(netip.Addr) error
+	askRoutes   bool
 	maxBackends int
+	// scratch is derive's reusable list (see sortedNames).
+	scratch []named
 
 	// mu guards cur, pending and watchers; it is held only briefly, never
 	// across apply, the state file or a watcher.
@@ -501,7 +511,9 @@ func describe(o override) string {
 // derive fills s.list, giving new names their IDs.
 func (r *Registry) derive(s *state) {
 	list := make([]Backend, 0, len(s.config)+len(s.runtime))
-	add := func(name string, reg registration, src Source, persistent bool) {
+	noRoute := map[string]string{}
+	add := func(e named, src Source, persistent bool) {
+		name, reg := e.name, e.reg
 		b := Backend{
 			Name: name, Address: reg.address, Weight: reg.weight,
 			Admin: AdminActive, Health: HealthUnknown, Check: reg.check,
@@ -518,17 +530,25 @@ func (r *Registry) derive(s *state) {
 		if h, ok := s.health[name]; ok {
 			b.Health, b.HealthDetail = h.health, h.detail
 		}
-		r.routeDown(&b)
+		r.routeDown(s, e, &b, noRoute)
+		if e.prev != nil {
+			b.ID = e.prev.ID
+		}
 		list = append(list, b)
 	}
-	for name, reg := range s.config {
-		add(name, reg, SourceConfig, true)
+	r.scratch = sortedNames(s, r.scratch)
+	for _, e := range r.scratch {
+		if e.fromConfig {
+			add(e, SourceConfig, true)
+		} else {
+			add(e, SourceRuntime, e.reg.persistent)
+		}
 	}
-	for name, reg := range s.runtime {
-		add(name, reg, SourceRuntime, reg.persistent)
-	}
-	slices.SortFunc(list, func(a, b Backend) int { return strings.Compare(a.Name, b.Name) })
+	s.noRoute = noRoute
 	for i := range list {
+		if list[i].ID != 0 {
+			continue // the ID of a name never changes
+		}
 		id, ok := r.ids[list[i].Name]
 		if !ok {
 			r.nextID++
@@ -634,7 +654,8 @@ func (r *Registry) changeLocked(what string, f func(next *state) error) (*state,
 	}
 	changes := diff(cur.list, next.list)
 
-	oldDP := dataPath(cur.list)
+	// The data path has cur's set unless a failed rollback left it unknown.
+	oldDP := r.applied
 	dp := dataPath(next.list)
 	applied := false
 	if r.applied == nil || !slices.Equal(dp, r.applied) {
@@ -651,6 +672,9 @@ func (r *Registry) changeLocked(what string, f func(next *state) error) (*state,
 				msg = fmt.Sprintf("%s: writing the state file %s: %v; the file may hold the change or not, the next change rewrites it", what, r.statePath, err)
 			}
 			if applied {
+				if oldDP == nil {
+					oldDP = dataPath(cur.list)
+				}
 				if rerr := r.apply(oldDP); rerr != nil {
 					r.applied = nil
 					msg = fmt.Sprintf("%s: writing the state file %s: %v; then restoring the previous backend set in the data path failed too: %v (the next change retries)", what, r.statePath, err, rerr)

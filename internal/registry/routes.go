@@ -14,9 +14,9 @@ import (
 // its health detail, and go to the data path as down, until its route is
 // back: then it shows what caplance-healthd last reported again. Its
 // configuration, admin state and reported health are kept; only what is
-// shown and applied changes. routeErr is asked for every backend at every
-// change, so it must answer from a cache; call RoutesChanged when its
-// answers change.
+// shown and applied changes. routeErr is asked about every backend now and
+// at every RoutesChanged, and at other changes only about new addresses:
+// call RoutesChanged when its answers change.
 func (r *Registry) UseRoutes(routeErr func(netip.Addr) error) error {
 	r.opMu.Lock()
 	r.routeErr = routeErr
@@ -24,20 +24,38 @@ func (r *Registry) UseRoutes(routeErr func(netip.Addr) error) error {
 	return r.RoutesChanged()
 }
 
-// RoutesChanged applies and announces what changed since routeErr's
-// answers changed.
+// RoutesChanged asks routeErr about every backend again, then applies and
+// announces what changed.
 func (r *Registry) RoutesChanged() error {
-	_, err := r.change("following a route change", func(*state) error { return nil })
+	r.opMu.Lock()
+	r.askRoutes = true
+	_, err := r.changeLocked("following a route change", func(*state) error { return nil })
+	// A failed change leaves the old answers current: the next one asks
+	// again.
+	r.askRoutes = err != nil
+	r.opMu.Unlock()
+	r.deliver()
 	return err
 }
 
-// routeDown marks b down when it has no route. r.opMu is held.
-func (r *Registry) routeDown(b *Backend) {
+// routeDown marks b, whose entry in the derivation is e, down when it has
+// no route, and records why in noRoute. It reuses the answer of the state
+// s was cloned from for an address it had, unless RoutesChanged asks
+// again: asking about thousands of backends at every change cost a third
+// of a Maglev build. r.opMu is held.
+func (r *Registry) routeDown(s *state, e named, b *Backend, noRoute map[string]string) {
 	if r.routeErr == nil {
 		return
 	}
-	if err := r.routeErr(b.Address); err != nil {
-		b.Health, b.HealthDetail = HealthDown, err.Error()
+	var why string
+	if e.prev != nil && e.prev.Address == b.Address && !r.askRoutes {
+		why = s.noRoute[b.Name]
+	} else if err := r.routeErr(b.Address); err != nil {
+		why = err.Error()
+	}
+	if why != "" {
+		noRoute[b.Name] = why
+		b.Health, b.HealthDetail = HealthDown, why
 	}
 }
 

@@ -104,14 +104,15 @@ func (b *Balancer) buildSnapshot(backends []Backend) (*snapshot, error) {
 	var fresh []*target // targets that are not prev's
 	kept := 0           // backends whose ID prev has
 	for i, be := range backends {
-		t := prev[be.ID]
-		if t != nil {
+		p := prev[be.ID]
+		t := p
+		if p != nil {
 			kept++
 		}
-		if t == nil || t.given != be || t.gen != gen {
-			t = b.target(be, t, gen)
+		if p == nil || p.given != be || p.gen != gen {
+			t = b.target(be, p, gen)
 		}
-		if t != prev[be.ID] {
+		if t != p {
 			fresh = append(fresh, t)
 		}
 		w := t.Weight

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -106,15 +107,7 @@ func BenchmarkChange(b *testing.B) {
 		mb[i] = maglev.Backend{Name: be.Name, Weight: be.Weight}
 	}
 	bal := benchBalancer(b)
-	r, _, err := Open(filepath.Join(b.TempDir(), "backends.json"), cfg, vips, bal.SetBackends)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if err := r.UseRoutes(bal.RouteError); err != nil {
-		b.Fatal(err)
-	}
-	// A watcher as the D-Bus API's: it reads the changed backend.
-	r.Watch(func(c Change) { _, _ = r.Get(c.Backend.Name) })
+	r := benchRegistry(b, bal, filepath.Join(b.TempDir(), "backends.json"), cfg)
 	run := func(name string, changesPerOp int, op func(i int) error) {
 		b.Run(fmt.Sprintf("%s/N=%d", name, n), func(b *testing.B) {
 			b.ReportAllocs()
@@ -159,6 +152,54 @@ func BenchmarkChange(b *testing.B) {
 		_, err := r.ReportHealth("be00000", i%2 == 0, "")
 		return err
 	})
+
+	// The same backends added at run time: they are in the state file.
+	runtimeBal := benchBalancer(b)
+	path := filepath.Join(b.TempDir(), "backends.json")
+	var file strings.Builder
+	file.WriteString(`{"version": 1, "backends": [`)
+	for i, be := range cfg {
+		if i > 0 {
+			file.WriteString(",")
+		}
+		fmt.Fprintf(&file, `{"name": %q, "address": %q, "weight": %d}`, be.Name, be.Address, be.Weight)
+	}
+	file.WriteString(`], "overrides": {}}`)
+	if err := os.WriteFile(path, []byte(file.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	r = benchRegistry(b, runtimeBal, path, nil)
+	run("ReportHealth/runtime-backends", 1, func(i int) error {
+		_, err := r.ReportHealth("be00000", i%2 == 0, "")
+		return err
+	})
+}
+
+// benchRegistry opens a registry on bal as the daemon does, with a watcher
+// like the D-Bus API's that reads the changed backend.
+func benchRegistry(b *testing.B, bal *balancer.Balancer, path string, cfg []config.Backend) *Registry {
+	r, _, err := Open(path, cfg, vips, bal.SetBackends)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := r.UseRoutes(bal.RouteError); err != nil {
+		b.Fatal(err)
+	}
+	r.Watch(func(c Change) { _, _ = r.Get(c.Backend.Name) })
+	// Every backend reported up, as caplance-healthd does in a running
+	// deployment: set at once, since 4000 ReportHealth calls would take
+	// most of a minute.
+	r.opMu.Lock()
+	s := r.cur.clone()
+	for _, be := range s.list {
+		s.setHealth(be.Name, healthReport{health: HealthUp})
+	}
+	r.derive(s)
+	r.mu.Lock()
+	r.cur = s
+	r.mu.Unlock()
+	r.opMu.Unlock()
+	return r
 }
 
 // cpuTime is the CPU time the process has used, user and system.

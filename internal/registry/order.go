@@ -1,6 +1,8 @@
 package registry
 
 import (
+	"maps"
+	"reflect"
 	"slices"
 	"strings"
 )
@@ -69,4 +71,73 @@ func sortedNames(s *state, scratch []named) []named {
 		}
 	}
 	return out
+}
+
+// touched returns the names of the backends whose registration, override
+// or health may differ between base and s, the state cloned from it: those
+// written since the clone (cow.go). It cannot tell without a base, when a
+// reload replaced the configuration file's backends, or when every route is
+// to be asked about again.
+func (r *Registry) touched(base, s *state) ([]string, bool) {
+	if base == nil || r.askRoutes || !sameMap(base.config, s.config) {
+		return nil, false
+	}
+	return s.dirty, true
+}
+
+// sameMap says whether a and b are the same map (not equal ones): the
+// configuration file's map is shared between states until a reload
+// replaces it.
+func sameMap[M ~map[K]V, K comparable, V any](a, b M) bool {
+	return reflect.ValueOf(a).UnsafePointer() == reflect.ValueOf(b).UnsafePointer()
+}
+
+// patch re-derives only the named backends of s, in a copy of the list it
+// was cloned with: a change of one backend among thousands then costs a
+// copy of the list rather than a derivation of every backend.
+func (r *Registry) patch(s *state, names []string) {
+	if len(names) == 0 {
+		return // s.list and s.noRoute, shared with the base, still hold
+	}
+	names = slices.Compact(slices.Sorted(slices.Values(names)))
+	list := slices.Clone(s.list)
+	noRoute := maps.Clone(s.noRoute)
+	if noRoute == nil {
+		noRoute = map[string]string{}
+	}
+	for _, name := range names {
+		delete(noRoute, name)
+		i, found := slices.BinarySearchFunc(list, name, func(b Backend, n string) int { return strings.Compare(b.Name, n) })
+		reg, fromConfig, ok := s.lookup(name)
+		switch {
+		case !ok && found:
+			list = slices.Delete(list, i, i+1)
+		case ok:
+			e := named{name: name, reg: reg, fromConfig: fromConfig}
+			if found {
+				e.prev = &list[i]
+			}
+			b := r.backend(s, e, noRoute)
+			if found {
+				list[i] = b
+			} else {
+				list = slices.Insert(list, i, b)
+			}
+		}
+	}
+	s.list, s.noRoute = list, noRoute
+}
+
+// stateEncoding returns the state file's encoding of next, or false when
+// it is surely the one of cur: what encodeState reads (the run-time
+// backends, the overrides, and the configuration file's names) is
+// unchanged, and the file on disk is known. Encoding thousands of run-time
+// backends at every change, health reports included, cost as much as the
+// Maglev build. Keep it in step with encodeState.
+func (r *Registry) stateEncoding(cur, next *state) ([]byte, bool) {
+	if !r.diskUnknown && sameMap(cur.config, next.config) &&
+		sameMap(cur.runtime, next.runtime) && sameMap(cur.overrides, next.overrides) {
+		return nil, false
+	}
+	return encodeState(next), true
 }

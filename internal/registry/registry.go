@@ -254,7 +254,8 @@ type healthReport struct {
 }
 
 // state is one version of everything the registry holds. A committed state
-// is never modified: a change works on a clone.
+// is never modified: a change works on a clone. Write runtime, overrides
+// and health only through the helpers of cow.go.
 type state struct {
 	config    map[string]registration
 	runtime   map[string]registration
@@ -263,6 +264,11 @@ type state struct {
 	// noRoute is derived with list: the backends without a route, and
 	// why (see routes.go).
 	noRoute map[string]string
+	// base is the state this one was cloned from, until derive.
+	base *state
+	// own and dirty: see cow.go.
+	own   owned
+	dirty []string
 	// list is derived from the rest by (*Registry).derive: every backend,
 	// sorted by name. In a clone being changed it is still the original's
 	// until derive runs.
@@ -275,21 +281,24 @@ func newState() *state {
 		runtime:   map[string]registration{},
 		overrides: map[string]override{},
 		health:    map[string]healthReport{},
+		own:       owned{runtime: true, overrides: true, health: true},
 	}
 }
 
 func (s *state) clone() *state {
 	return &state{
-		// Shared, never modified in place: setConfig replaces it. Copying
+		// Shared, never modified in place: setConfig replaces config, and
+		// the others are copied at their first write (cow.go). Copying
 		// thousands of backends at every change cost more than the rest
 		// of the change but the Maglev build (docs/benchmarks.md).
 		config:    s.config,
-		runtime:   maps.Clone(s.runtime),
-		overrides: maps.Clone(s.overrides),
-		health:    maps.Clone(s.health),
+		runtime:   s.runtime,
+		overrides: s.overrides,
+		health:    s.health,
 		// Shared, never modified: derive replaces them.
 		list:    s.list,
 		noRoute: s.noRoute,
+		base:    s,
 	}
 }
 
@@ -473,7 +482,7 @@ func (r *Registry) dropConflicts(s *state) []string {
 		} else {
 			continue
 		}
-		delete(s.runtime, name)
+		s.deleteRuntime(name)
 		warnings = append(warnings, fmt.Sprintf("run-time backend %q (%s) dropped: %s", name, reg.address, why))
 	}
 	return warnings
@@ -486,12 +495,12 @@ func dropOrphans(s *state) []string {
 	for _, name := range slices.Sorted(maps.Keys(s.overrides)) {
 		if _, _, ok := s.lookup(name); !ok {
 			warnings = append(warnings, fmt.Sprintf("override of backend %q (%s) dropped: no such backend any more", name, describe(s.overrides[name])))
-			delete(s.overrides, name)
+			s.deleteOverride(name)
 		}
 	}
 	for name := range s.health {
 		if _, _, ok := s.lookup(name); !ok {
-			delete(s.health, name)
+			s.deleteHealth(name)
 		}
 	}
 	return warnings
@@ -508,56 +517,60 @@ func describe(o override) string {
 	return strings.Join(parts, ", ")
 }
 
-// derive fills s.list, giving new names their IDs.
+// derive fills s.list, giving new names their IDs. When it can tell which
+// backends the change touched, it derives only those (see patch).
 func (r *Registry) derive(s *state) {
+	base := s.base
+	s.base = nil
+	if names, ok := r.touched(base, s); ok {
+		r.patch(s, names)
+		return
+	}
 	list := make([]Backend, 0, len(s.config)+len(s.runtime))
 	noRoute := map[string]string{}
-	add := func(e named, src Source, persistent bool) {
-		name, reg := e.name, e.reg
-		b := Backend{
-			Name: name, Address: reg.address, Weight: reg.weight,
-			Admin: AdminActive, Health: HealthUnknown, Check: reg.check,
-			Source: src, Persistent: persistent,
-		}
-		if o, ok := s.overrides[name]; ok {
-			if o.hasWeight {
-				b.Weight = o.weight
-			}
-			if o.drained {
-				b.Admin = AdminDrained
-			}
-		}
-		if h, ok := s.health[name]; ok {
-			b.Health, b.HealthDetail = h.health, h.detail
-		}
-		r.routeDown(s, e, &b, noRoute)
-		if e.prev != nil {
-			b.ID = e.prev.ID
-		}
-		list = append(list, b)
-	}
 	r.scratch = sortedNames(s, r.scratch)
 	for _, e := range r.scratch {
-		if e.fromConfig {
-			add(e, SourceConfig, true)
-		} else {
-			add(e, SourceRuntime, e.reg.persistent)
+		list = append(list, r.backend(s, e, noRoute))
+	}
+	s.list, s.noRoute = list, noRoute
+}
+
+// backend derives e's backend in s, giving a new name its ID.
+func (r *Registry) backend(s *state, e named, noRoute map[string]string) Backend {
+	name, reg := e.name, e.reg
+	src, persistent := SourceRuntime, reg.persistent
+	if e.fromConfig {
+		src, persistent = SourceConfig, true
+	}
+	b := Backend{
+		Name: name, Address: reg.address, Weight: reg.weight,
+		Admin: AdminActive, Health: HealthUnknown, Check: reg.check,
+		Source: src, Persistent: persistent,
+	}
+	if o, ok := s.overrides[name]; ok {
+		if o.hasWeight {
+			b.Weight = o.weight
+		}
+		if o.drained {
+			b.Admin = AdminDrained
 		}
 	}
-	s.noRoute = noRoute
-	for i := range list {
-		if list[i].ID != 0 {
-			continue // the ID of a name never changes
-		}
-		id, ok := r.ids[list[i].Name]
-		if !ok {
-			r.nextID++
-			id = r.nextID
-			r.ids[list[i].Name] = id
-		}
-		list[i].ID = id
+	if h, ok := s.health[name]; ok {
+		b.Health, b.HealthDetail = h.health, h.detail
 	}
-	s.list = list
+	r.routeDown(s, e, &b, noRoute)
+	if e.prev != nil {
+		b.ID = e.prev.ID // the ID of a name never changes
+		return b
+	}
+	id, ok := r.ids[name]
+	if !ok {
+		r.nextID++
+		id = r.nextID
+		r.ids[name] = id
+	}
+	b.ID = id
+	return b
 }
 
 // dataPath is the set the balancer gets: Down when reported down, else
@@ -638,16 +651,7 @@ func (r *Registry) changeLocked(what string, f func(next *state) error) (*state,
 	if err := f(next); err != nil {
 		return cur, err
 	}
-	dropOrphans(next)
-	// A health result is about an address and a check: it does not carry
-	// over to new ones.
-	for name := range next.health {
-		o, _, _ := cur.lookup(name)
-		n, _, _ := next.lookup(name)
-		if o.address != n.address || o.check != n.check {
-			delete(next.health, name)
-		}
-	}
+	settle(cur, next)
 	r.derive(next)
 	if err := r.checkLimit(what, cur, next); err != nil {
 		return cur, err
@@ -665,7 +669,7 @@ func (r *Registry) changeLocked(what string, f func(next *state) error) (*state,
 		applied = true
 		r.applied = dp
 	}
-	if enc := encodeState(next); r.needWrite(enc) {
+	if enc, ok := r.stateEncoding(cur, next); ok && r.needWrite(enc) {
 		if err := r.writeState(enc); err != nil {
 			msg := fmt.Sprintf("%s: writing the state file %s: %v; nothing changed", what, r.statePath, err)
 			if r.diskUnknown {
@@ -817,7 +821,7 @@ func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 		if other, ok := next.owner(addr); ok {
 			return errorf(ErrAlreadyExists, "address %s is already used by backend %q", addr, other)
 		}
-		next.runtime[name] = registration{address: addr, weight: weight, check: opts.Check, persistent: !opts.Runtime}
+		next.setRuntime(name, registration{address: addr, weight: weight, check: opts.Check, persistent: !opts.Runtime})
 		return nil
 	})
 	if err != nil {
@@ -838,8 +842,8 @@ func (r *Registry) Remove(name string) error {
 		case fromConfig:
 			return errorf(ErrInvalidArgument, "backend %q is defined in the configuration file: remove it there and reload (or drain it, or set its weight to 0)", name)
 		}
-		delete(next.runtime, name)
-		delete(next.overrides, name)
+		next.deleteRuntime(name)
+		next.deleteOverride(name)
 		return nil
 	})
 	return err
@@ -873,9 +877,9 @@ func (r *Registry) SetWeight(name string, weight int64) error {
 
 func setOverride(s *state, name string, o override) {
 	if o.empty() {
-		delete(s.overrides, name)
+		s.deleteOverride(name)
 	} else {
-		s.overrides[name] = o
+		s.setOverride(name, o)
 	}
 }
 
@@ -930,7 +934,7 @@ func (r *Registry) ReportHealth(name string, healthy bool, detail string) (chang
 		if old, ok := next.health[name]; ok && old == h {
 			return nil
 		}
-		next.health[name] = h
+		next.setHealth(name, h)
 		changed = true
 		return nil
 	})

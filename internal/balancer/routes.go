@@ -49,6 +49,8 @@ type routeCache struct {
 	// safe for concurrent use: mu guards it.
 	nl      *netlink.Handle
 	entries map[netip.Addr]route
+	// resolve asks the kernel (lookup); tests wrap it to count the asks.
+	resolve func(netip.Addr) route
 	// gen counts the refreshes that changed a route: a target resolved in
 	// the current generation needs no new lookup.
 	gen atomic.Uint64
@@ -61,7 +63,9 @@ func newRouteCache() (*routeCache, error) {
 	if err != nil {
 		return nil, fmt.Errorf("balancer: netlink: %w", err)
 	}
-	return &routeCache{nl: h, entries: map[netip.Addr]route{}}, nil
+	c := &routeCache{nl: h, entries: map[netip.Addr]route{}}
+	c.resolve = c.lookup
+	return c, nil
 }
 
 func (c *routeCache) close() { c.nl.Close() }
@@ -72,7 +76,7 @@ func (c *routeCache) get(dst netip.Addr) route {
 	defer c.mu.Unlock()
 	r, ok := c.entries[dst]
 	if !ok {
-		r = c.lookup(dst)
+		r = c.resolve(dst)
 		c.entries[dst] = r
 	}
 	return r
@@ -108,7 +112,7 @@ func (c *routeCache) refresh(all bool) bool {
 		if !all && old.err == nil {
 			continue
 		}
-		if r := c.lookup(a); !r.equal(old) {
+		if r := c.resolve(a); !r.equal(old) {
 			c.entries[a] = r
 			changed = true
 		}

@@ -1,6 +1,7 @@
 package balancer
 
 import (
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -173,5 +174,45 @@ func waitFor(t *testing.T, changed <-chan struct{}, what string, cond func() boo
 		case <-deadline:
 			t.Fatalf("%s: not seen within 20 s", what)
 		}
+	}
+}
+
+// TestRoutesCachedPerBackend: a change of the backend set asks the kernel
+// only about the addresses it has not seen, not about every backend again.
+func TestRoutesCachedPerBackend(t *testing.T) {
+	b, _ := routeLab(t)
+	asked := map[netip.Addr]int{}
+	resolve := b.routes.resolve
+	b.routes.resolve = func(a netip.Addr) route { asked[a]++; return resolve(a) }
+	var set []Backend
+	for i := range 200 {
+		set = append(set, Backend{ID: uint32(i + 1), Name: fmt.Sprintf("be%03d", i), Address: netip.AddrFrom4([4]byte{10, 9, 0, byte(2 + i)}), Weight: 1})
+	}
+	steps := []struct {
+		what   string
+		change func()
+	}{
+		{"first set", func() {}},
+		{"a weight", func() { set[7].Weight = 5 }},
+		{"a backend down", func() { set[8].State = Down }},
+		{"a backend added", func() {
+			set = append(set, Backend{ID: 999, Name: "new", Address: unroutable, Weight: 1})
+		}},
+		{"a backend removed", func() { set = set[1:] }},
+	}
+	for _, step := range steps {
+		step.change()
+		if err := b.SetBackends(set); err != nil {
+			t.Fatalf("%s: %v", step.what, err)
+		}
+		_ = b.RouteError(unroutable)
+		for a, n := range asked {
+			if n != 1 {
+				t.Fatalf("after %s: the kernel was asked %d times about %s, want once", step.what, n, a)
+			}
+		}
+	}
+	if len(asked) != 201 {
+		t.Errorf("the kernel was asked about %d addresses, want 201", len(asked))
 	}
 }

@@ -3,7 +3,8 @@
 // tracking first, then the Maglev table), encapsulates it in place and sends
 // it to the backend with sendmmsg on an IP_HDRINCL socket.
 //
-// It owns the sockets, the workers and their counters. It must not attach
+// It owns the sockets, the workers and their counters, and the cache of the
+// kernel's routes to the backends (routes.go). It must not attach
 // addresses, change nft rules or sysctls (the daemon does that before it
 // opens the balancer), and it never logs per packet.
 package balancer

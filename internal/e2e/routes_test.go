@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -50,6 +51,7 @@ func TestUnroutableBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := tb.BalancerConfig(tb.Backends[:2]) + fmt.Sprintf("\n[[backend]]\nname = %q\naddress = %q\n", be3.Name, far)
+	cfg = strings.Replace(cfg, "[balancer]\n", "[balancer]\nmax_backends = 4\n", 1)
 	d, err := tb.StartDaemon(tb.LB, "lb", cfg, bus.Address)
 	if err != nil {
 		t.Fatalf("caplanced with an unroutable backend: %v", err)
@@ -73,6 +75,12 @@ func TestUnroutableBackend(t *testing.T) {
 	call(t, mgr, "Drain", be2)
 	call(t, mgr, "Undrain", be2)
 	call(t, mgr, "AddBackend", "be9", "198.18.0.19", map[string]dbus.Variant{})
+	// max_backends = 4: a fifth is refused, naming the limit.
+	err = mgr.Call(dbusname.ManagerIface+".AddBackend", 0, "be10", "198.18.0.20", map[string]dbus.Variant{}).Err
+	var derr dbus.Error
+	if !errors.As(err, &derr) || derr.Name != dbusname.ErrorPrefix+"InvalidArgument" || !strings.Contains(err.Error(), "max_backends = 4") {
+		t.Errorf("AddBackend past max_backends: %v, want InvalidArgument naming max_backends = 4", err)
+	}
 	call(t, mgr, "RemoveBackend", "be9")
 	call(t, mgr, "ReportHealth", be3.Name, true, "200 OK")
 

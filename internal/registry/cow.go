@@ -27,7 +27,7 @@ func (s *state) deleteRuntime(name string) {
 	}
 }
 
-func (s *state) setOverride(name string, o override) {
+func (s *state) putOverride(name string, o override) {
 	own(&s.overrides, &s.own.overrides)[name] = o
 	s.dirty = append(s.dirty, name)
 }

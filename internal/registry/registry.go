@@ -532,6 +532,7 @@ func (r *Registry) derive(s *state) {
 	for _, e := range r.scratch {
 		list = append(list, r.backend(s, e, noRoute))
 	}
+	clear(r.scratch) // its pointers would keep the last list alive
 	s.list, s.noRoute = list, noRoute
 }
 
@@ -879,7 +880,7 @@ func setOverride(s *state, name string, o override) {
 	if o.empty() {
 		s.deleteOverride(name)
 	} else {
-		s.setOverride(name, o)
+		s.putOverride(name, o)
 	}
 }
 

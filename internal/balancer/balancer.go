@@ -85,7 +85,7 @@ func Open(cfg Config) (*Balancer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	routes, err := newRouteCache()
+	routes, err := newRouteCache(cfg.Logger)
 	if err != nil {
 		return nil, err
 	}

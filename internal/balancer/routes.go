@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -14,11 +15,17 @@ import (
 )
 
 // RouteRetryInterval is how often the routes to backends that have none are
-// looked up again, besides at once on every netlink route, link or address
+// looked up again, besides after every netlink route, link or address
 // change: a change can come without a notification the balancer sees (a
 // notification lost to a full socket buffer), and then this bounds how long a
 // backend stays out of rotation after its route is back.
 const RouteRetryInterval = 5 * time.Second
+
+// routeRefreshSpacing is the least time between two lookups of every
+// backend's route for netlink changes: the first change is followed at once,
+// a burst (a routing daemon installing a table) costs one more lookup a
+// second, not one per change, each a netlink round trip per backend.
+const routeRefreshSpacing = time.Second
 
 // route is the kernel's path to a backend: the source address and MTU an
 // encapsulated packet gets, or why there is none.
@@ -43,14 +50,19 @@ func errString(err error) string {
 // of the backend set looks up only the addresses it has not seen (a lookup
 // is a netlink round trip, ~50 µs). WatchRoutes keeps it true.
 type routeCache struct {
-	mu sync.Mutex
-	// nl is a netlink handle opened in the balancer's network namespace,
-	// so lookups ask that namespace whatever thread makes them. It is not
-	// safe for concurrent use: mu guards it.
-	nl      *netlink.Handle
-	entries map[netip.Addr]route
+	log *slog.Logger
+
+	// nlMu guards nl, a netlink handle opened in the balancer's network
+	// namespace, so lookups ask that namespace whatever thread makes them;
+	// it is not safe for concurrent use. It is held for one lookup at a
+	// time, so that a refresh of every route does not hold up a change.
+	nlMu sync.Mutex
+	nl   *netlink.Handle
 	// resolve asks the kernel (lookup); tests wrap it to count the asks.
 	resolve func(netip.Addr) route
+
+	mu      sync.Mutex // guards entries; never held across a lookup
+	entries map[netip.Addr]route
 	// gen counts the refreshes that changed a route: a target resolved in
 	// the current generation needs no new lookup.
 	gen atomic.Uint64
@@ -58,26 +70,42 @@ type routeCache struct {
 
 func (c *routeCache) generation() uint64 { return c.gen.Load() }
 
-func newRouteCache() (*routeCache, error) {
+func newRouteCache(log *slog.Logger) (*routeCache, error) {
 	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, fmt.Errorf("balancer: netlink: %w", err)
 	}
-	c := &routeCache{nl: h, entries: map[netip.Addr]route{}}
+	c := &routeCache{log: log, nl: h, entries: map[netip.Addr]route{}}
 	c.resolve = c.lookup
 	return c, nil
 }
 
 func (c *routeCache) close() { c.nl.Close() }
 
+// ask looks dst up in the kernel.
+func (c *routeCache) ask(dst netip.Addr) route {
+	c.nlMu.Lock()
+	defer c.nlMu.Unlock()
+	return c.resolve(dst)
+}
+
 // get returns the route to dst, looking it up the first time.
 func (c *routeCache) get(dst netip.Addr) route {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	r, ok := c.entries[dst]
-	if !ok {
-		r = c.resolve(dst)
-		c.entries[dst] = r
+	c.mu.Unlock()
+	if ok {
+		return r
+	}
+	r = c.ask(dst)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if known, ok := c.entries[dst]; ok {
+		return known // a refresh or another change was first
+	}
+	c.entries[dst] = r
+	if r.err != nil {
+		c.log.Warn("a backend address has no route: it gets no traffic until it has one", "err", r.err)
 	}
 	return r
 }
@@ -103,18 +131,35 @@ func (c *routeCache) retain(backends []Backend) {
 }
 
 // refresh looks up again every address (all) or only those without a
-// route, and says whether any route changed.
+// route, logs the routes lost and found, and says whether any route
+// changed.
 func (c *routeCache) refresh(all bool) bool {
+	c.mu.Lock()
+	old := make(map[netip.Addr]route, len(c.entries))
+	for a, r := range c.entries {
+		if all || r.err != nil {
+			old[a] = r
+		}
+	}
+	c.mu.Unlock()
+	now := make(map[netip.Addr]route, len(old))
+	for a := range old {
+		now[a] = c.ask(a)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	changed := false
-	for a, old := range c.entries {
-		if !all && old.err == nil {
-			continue
+	for a, r := range now {
+		if cur, ok := c.entries[a]; !ok || !cur.equal(old[a]) || r.equal(cur) {
+			continue // gone, or changed by get meanwhile, or the same
 		}
-		if r := c.resolve(a); !r.equal(old) {
-			c.entries[a] = r
-			changed = true
+		c.entries[a] = r
+		changed = true
+		switch {
+		case r.err == nil && old[a].err != nil:
+			c.log.Info("a backend address has a route again", "address", a, "source", r.src, "mtu", r.mtu)
+		case r.err != nil && old[a].err == nil:
+			c.log.Warn("a backend address lost its route: it gets no traffic until it has one again", "err", r.err)
 		}
 	}
 	if changed {
@@ -124,7 +169,7 @@ func (c *routeCache) refresh(all bool) bool {
 }
 
 // lookup asks the kernel's routing table, as a packet sent now would. A
-// route out of an interface that is down counts as none. c.mu is held.
+// route out of an interface that is down counts as none. c.nlMu is held.
 func (c *routeCache) lookup(dst netip.Addr) route {
 	fail := func(format string, args ...any) route {
 		return route{err: fmt.Errorf("no route to %s: "+format, append([]any{dst}, args...)...)}
@@ -163,10 +208,10 @@ func (b *Balancer) RouteError(addr netip.Addr) error {
 	return b.routes.get(addr).err
 }
 
-// WatchRoutes keeps the routes to the backends true until Close: on every
-// netlink route, link or IPv4 address change it looks up every backend's
-// route again, and every RouteRetryInterval those of the backends without
-// one. When a route changed it rebuilds the backend snapshot (a backend
+// WatchRoutes keeps the routes to the backends true until Close: after
+// netlink route, link or IPv4 address changes it looks up every backend's
+// route again (at once, then at most once a second while changes keep
+// coming), and every RouteRetryInterval those of the backends without one. When a route changed it rebuilds the backend snapshot (a backend
 // whose route came back gets its slots again) and then calls changed, which
 // the daemon uses to refresh what the registry shows. Call it once.
 //
@@ -212,42 +257,48 @@ func (b *Balancer) watchRoutes(fd, stop int, changed func()) {
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(stop), Events: unix.POLLIN}}
 	// Look everything up once first: routes may have changed between the
 	// first lookups and the subscription.
-	all, nextRetry := true, time.Now()
+	pending, lastAll := true, time.Time{}
+	nextRetry := time.Now().Add(RouteRetryInterval)
 	for {
-		if !all {
-			timeout := max(time.Until(nextRetry), 0)
-			_, err := unix.Poll(fds, int(timeout.Milliseconds())+1)
-			if err != nil && !errors.Is(err, unix.EINTR) {
-				b.log.Error("watching route changes", "err", err)
-				return
-			}
-			if fds[1].Revents != 0 {
-				return
-			}
-			if fds[0].Revents != 0 {
-				// The messages only say that something changed: read them
-				// all (a burst, such as a link going down, costs one
-				// refresh) and look everything up again. ENOBUFS (some
-				// were lost) means the same.
-				for {
-					_, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
-					if errors.Is(err, unix.EAGAIN) {
-						break
-					}
-					if err != nil && !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EINTR) {
-						b.log.Error("reading route changes", "err", err)
-						break
-					}
-				}
-				all = true
-			} else if time.Now().Before(nextRetry) {
-				continue
-			}
+		wake := nextRetry
+		if next := lastAll.Add(routeRefreshSpacing); pending && next.Before(wake) {
+			wake = next
 		}
-		nextRetry = time.Now().Add(RouteRetryInterval)
-		refreshed := b.routes.refresh(all)
-		all = false
-		if !refreshed {
+		_, err := unix.Poll(fds, int(max(time.Until(wake), 0).Milliseconds())+1)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			b.log.Error("watching route changes", "err", err)
+			return
+		}
+		if fds[1].Revents != 0 {
+			return
+		}
+		if fds[0].Revents != 0 {
+			// The messages only say that something changed: read them all
+			// and look everything up again. ENOBUFS (some were lost) means
+			// the same.
+			for {
+				_, _, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+				if errors.Is(err, unix.EAGAIN) {
+					break
+				}
+				if err != nil && !errors.Is(err, unix.ENOBUFS) && !errors.Is(err, unix.EINTR) {
+					b.log.Error("reading route changes", "err", err)
+					break
+				}
+			}
+			pending = true
+		}
+		now := time.Now()
+		all := false
+		switch {
+		case pending && !now.Before(lastAll.Add(routeRefreshSpacing)):
+			all, pending, lastAll = true, false, now
+		case !now.Before(nextRetry):
+		default:
+			continue
+		}
+		nextRetry = now.Add(RouteRetryInterval)
+		if !b.routes.refresh(all) {
 			continue
 		}
 		if err := b.rebuild(); err != nil {

@@ -20,8 +20,9 @@ import (
 
 // TestUnroutableBackend starts caplanced with one backend it has no route
 // to: it starts, every change of the others goes through, the unroutable
-// backend gets nothing and says why, and once a route to it appears it gets
-// new connections with no restart and no operator action.
+// backend gets nothing and says why, once a route to it appears it gets new
+// connections with no restart and no operator action, and when the route
+// goes again it is taken out again.
 func TestUnroutableBackend(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("end-to-end tests need root (network namespaces)")
@@ -102,5 +103,25 @@ func TestUnroutableBackend(t *testing.T) {
 	})
 	if n := servedBy(t, tb, 60)[be3.Name]; n == 0 {
 		t.Error("be3 served no new connection after its route appeared")
+	}
+
+	// Losing the route while running takes be3 out again, and changes of
+	// the others still go through.
+	err = tb.LB.Do(func() error {
+		return netlink.RouteDel(&netlink.Route{Dst: &net.IPNet{IP: far.AsSlice(), Mask: net.CIDRMask(32, 32)}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "be3 shows the lost route", func() error {
+		if row := listBackends(t, mgr)[be3.Name]; row.Health != "down" || row.HealthDetail != reason {
+			return fmt.Errorf("be3 shows %s %q", row.Health, row.HealthDetail)
+		}
+		return nil
+	})
+	call(t, mgr, "Drain", be2)
+	call(t, mgr, "Undrain", be2)
+	if n := servedBy(t, tb, 30)[be3.Name]; n != 0 {
+		t.Errorf("be3 served %d connections without a route", n)
 	}
 }

@@ -3,8 +3,8 @@ package balancer
 import (
 	"errors"
 	"fmt"
-	"net"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"

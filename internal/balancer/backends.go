@@ -133,12 +133,12 @@ func (b *Balancer) buildSnapshot(backends []Backend) (*snapshot, error) {
 	if sorted {
 		s.byIndex = targets
 	} else {
-		byName := make(map[string]*target, len(targets))
+		named := make(map[string]*target, len(targets))
 		for _, t := range targets {
-			byName[t.Name] = t
+			named[t.Name] = t
 		}
 		for _, mbe := range table.Backends() {
-			s.byIndex = append(s.byIndex, byName[mbe.Name])
+			s.byIndex = append(s.byIndex, named[mbe.Name])
 		}
 	}
 	switch {

@@ -8,7 +8,7 @@ import "maps"
 // names they write (dirty), so that derive and settle look only at those.
 // A change of one backend among thousands then neither copies nor walks the
 // maps of the others: at 4000 backends, each reported up by
-// caplance-healthd, that was two thirds of a Maglev build per change
+// caplance-healthd, that was about half a Maglev build per change
 // (docs/benchmarks.md).
 
 // owned says which maps a state may write in place: those it made or has

@@ -2,10 +2,11 @@ package balancer
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync/atomic"
-
-	"github.com/vishvananda/netlink"
 
 	"github.com/caplance/caplance/internal/encap"
 	"github.com/caplance/caplance/internal/maglev"
@@ -51,6 +52,12 @@ type Backend struct {
 // MTU and its counters, which survive snapshots.
 type target struct {
 	Backend
+	// given is the backend as SetBackends got it (Backend may have been
+	// put down for want of a route) and gen the route cache's generation
+	// it was resolved in: while both hold, the target is still right.
+	given Backend
+	gen   uint64
+	route route
 	outer encap.Outer
 	dst   [4]byte
 	mtu   int
@@ -79,68 +86,89 @@ type snapshot struct {
 	valid func(id uint32) bool
 }
 
-// route is how the balancer learns, for a backend address, the source
-// address and MTU of the path to it.
-type route func(dst netip.Addr) (src netip.Addr, mtu int, err error)
-
-// kernelRoute asks the kernel's routing table, as a packet sent now would.
-func kernelRoute(dst netip.Addr) (netip.Addr, int, error) {
-	routes, err := netlink.RouteGet(dst.AsSlice())
-	if err != nil {
-		return netip.Addr{}, 0, fmt.Errorf("no route: %w", err)
-	}
-	if len(routes) == 0 {
-		return netip.Addr{}, 0, fmt.Errorf("no route")
-	}
-	r := routes[0]
-	src, ok := netip.AddrFromSlice(r.Src)
-	if !ok {
-		return netip.Addr{}, 0, fmt.Errorf("route has no source address")
-	}
-	mtu := r.MTU
-	if mtu == 0 {
-		link, err := netlink.LinkByIndex(r.LinkIndex)
-		if err != nil {
-			return netip.Addr{}, 0, fmt.Errorf("route's interface: %w", err)
-		}
-		mtu = link.Attrs().MTU
-	}
-	return src.Unmap(), mtu, nil
-}
-
+// buildSnapshot resolves every backend and builds the table. A backend
+// without a route (RouteError) is put down in this snapshot: it gets no
+// slots and its tracked flows are not reused, and the others are not held up
+// by it. A target whose backend is as it was in the last snapshot, while no
+// route changed since, is reused as it is, with its outer header template
+// and counters: a change of one backend among thousands then costs little
+// more than the Maglev build.
 func (b *Balancer) buildSnapshot(backends []Backend) (*snapshot, error) {
+	var prev map[uint32]*target
+	if old := b.snap.Load(); old != nil {
+		prev = old.byID
+	}
+	gen := b.routes.generation()
 	mb := make([]maglev.Backend, len(backends))
-	byName := make(map[string]Backend, len(backends))
+	targets := make([]*target, len(backends))
+	var fresh []*target // targets that are not prev's
+	kept := 0           // backends whose ID prev has
 	for i, be := range backends {
-		w := be.Weight
-		if be.State != Active {
+		p := prev[be.ID]
+		t := p
+		if p != nil {
+			kept++
+		}
+		if p == nil || p.given != be || p.gen != gen {
+			t = b.target(be, p, gen)
+		}
+		if t != p {
+			fresh = append(fresh, t)
+		}
+		w := t.Weight
+		if t.State != Active {
 			w = 0
 		}
 		mb[i] = maglev.Backend{Name: be.Name, Weight: w}
-		byName[be.Name] = be
+		targets[i] = t
 	}
 	table, err := maglev.New(mb, b.cfg.TableSize)
 	if err != nil {
 		return nil, err
 	}
-	s := &snapshot{table: table, byID: make(map[uint32]*target, len(backends))}
-	for _, mbe := range table.Backends() {
-		be := byName[mbe.Name]
-		src, mtu, err := b.route(be.Address)
-		if err != nil {
-			return nil, fmt.Errorf("backend %q (%s): %w", be.Name, be.Address, err)
+	s := &snapshot{table: table}
+	// The table's indices follow the backends sorted by name, which the
+	// registry's set already is.
+	sorted := slices.IsSortedFunc(backends, byName)
+	if sorted {
+		s.byIndex = targets
+	} else {
+		named := make(map[string]*target, len(targets))
+		for _, t := range targets {
+			named[t.Name] = t
 		}
-		outer, err := encap.NewOuter(src, be.Address, b.cfg.EncapPort)
-		if err != nil {
-			return nil, fmt.Errorf("backend %q: %w", be.Name, err)
+		for _, mbe := range table.Backends() {
+			s.byIndex = append(s.byIndex, named[mbe.Name])
 		}
-		stats := b.stats[be.ID]
-		if stats == nil {
-			stats = &backendStats{perWorker: make([]backendCounters, b.cfg.Workers)}
+	}
+	switch {
+	case prev != nil && kept == len(prev):
+		// No ID left: patch a copy of the previous index, which costs a
+		// fraction of building one.
+		s.byID = maps.Clone(prev)
+		for _, t := range fresh {
+			s.byID[t.ID] = t
 		}
-		t := &target{Backend: be, outer: outer, dst: be.Address.As4(), mtu: mtu, stats: stats}
-		s.byIndex = append(s.byIndex, t)
-		s.byID[be.ID] = t
+	case prev != nil && sorted && slices.IsSortedFunc(b.last, byName):
+		// Some left: find them by walking both sorted sets.
+		s.byID = maps.Clone(prev)
+		for _, t := range fresh {
+			s.byID[t.ID] = t
+		}
+		i := 0
+		for _, old := range b.last {
+			for i < len(backends) && backends[i].Name < old.Name {
+				i++
+			}
+			if i == len(backends) || backends[i].Name != old.Name {
+				delete(s.byID, old.ID)
+			}
+		}
+	default:
+		s.byID = make(map[uint32]*target, len(targets))
+		for _, t := range targets {
+			s.byID[t.ID] = t
+		}
 	}
 	s.valid = func(id uint32) bool {
 		t, ok := s.byID[id]
@@ -149,21 +177,74 @@ func (b *Balancer) buildSnapshot(backends []Backend) (*snapshot, error) {
 	return s, nil
 }
 
+func byName(a, b Backend) int { return strings.Compare(a.Name, b.Name) }
+
+// target resolves be for sending, with the routes of generation gen;
+// it reuses prev when its route and resolved backend are the same.
+func (b *Balancer) target(be Backend, prev *target, gen uint64) *target {
+	given := be
+	r := b.routes.get(be.Address)
+	var outer encap.Outer
+	if r.err == nil {
+		var err error
+		if outer, err = encap.NewOuter(r.src, be.Address, b.cfg.EncapPort); err != nil {
+			r = route{err: fmt.Errorf("no route to %s: %w", be.Address, err)}
+		}
+	}
+	if r.err != nil {
+		be.State = Down
+	}
+	if prev != nil && prev.Backend == be && prev.route.equal(r) {
+		if prev.gen == gen && prev.given == given {
+			return prev
+		}
+		t := *prev // same resolution: a copy that remembers what it was made from
+		t.given, t.gen = given, gen
+		return &t
+	}
+	stats := b.stats[be.ID]
+	if stats == nil {
+		stats = &backendStats{perWorker: make([]backendCounters, b.cfg.Workers)}
+		b.stats[be.ID] = stats
+	}
+	return &target{Backend: be, given: given, gen: gen, route: r, outer: outer, dst: be.Address.As4(), mtu: r.mtu, stats: stats}
+}
+
 // SetBackends replaces the backend set: it rebuilds the Maglev table off the
 // hot path and swaps it in; workers pick it up at their next batch. Flows of
-// backends still present and not down keep their backend.
+// backends still present and not down keep their backend. A backend without
+// a route does not make it fail: see buildSnapshot.
 func (b *Balancer) SetBackends(backends []Backend) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if err := b.install(backends); err != nil {
+		return err
+	}
+	b.routes.retain(backends)
+	return nil
+}
+
+// rebuild installs the last set again, with the routes as they are now.
+func (b *Balancer) rebuild() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.install(b.last)
+}
+
+// install builds and swaps in a snapshot of backends. b.mu is held.
+func (b *Balancer) install(backends []Backend) error {
 	s, err := b.buildSnapshot(backends)
 	if err != nil {
 		return err
 	}
-	stats := make(map[uint32]*backendStats, len(s.byID))
-	for id, t := range s.byID {
-		stats[id] = t.stats
+	if len(b.stats) > len(s.byID) {
+		for id := range b.stats {
+			if _, ok := s.byID[id]; !ok {
+				delete(b.stats, id)
+			}
+		}
 	}
-	b.stats = stats
+	b.last = backends
 	b.snap.Store(s)
 	return nil
 }

@@ -3,7 +3,8 @@
 // tracking first, then the Maglev table), encapsulates it in place and sends
 // it to the backend with sendmmsg on an IP_HDRINCL socket.
 //
-// It owns the sockets, the workers and their counters. It must not attach
+// It owns the sockets, the workers and their counters, and the cache of the
+// kernel's routes to the backends (routes.go). It must not attach
 // addresses, change nft rules or sysctls (the daemon does that before it
 // opens the balancer), and it never logs per packet.
 package balancer
@@ -43,13 +44,18 @@ type Config struct {
 type Balancer struct {
 	cfg     Config
 	log     *slog.Logger
-	route   route
+	routes  *routeCache
 	workers []*worker
 	loops   rawio.Loops
 	snap    atomic.Pointer[snapshot]
 
-	mu    sync.Mutex // serialises SetBackends; guards stats
+	mu    sync.Mutex // serialises SetBackends; guards stats and last
 	stats map[uint32]*backendStats
+	last  []Backend // the set SetBackends last installed
+
+	// WatchRoutes' goroutine: an eventfd that stops it, closed when done.
+	watchStop int
+	watchDone chan struct{}
 }
 
 // batchSize is how many packets one recvmmsg or sendmmsg moves at most.
@@ -79,9 +85,14 @@ func Open(cfg Config) (*Balancer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	b := &Balancer{cfg: cfg, log: cfg.Logger, route: kernelRoute, stats: map[uint32]*backendStats{}}
+	routes, err := newRouteCache(cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	b := &Balancer{cfg: cfg, log: cfg.Logger, routes: routes, stats: map[uint32]*backendStats{}}
 	empty, err := b.buildSnapshot(nil)
 	if err != nil {
+		routes.close()
 		return nil, err
 	}
 	b.snap.Store(empty)
@@ -229,9 +240,11 @@ func (b *Balancer) Wedge() { b.loops.Wedge() }
 
 // Close closes every socket. Call it after Run returns.
 func (b *Balancer) Close() {
+	b.stopWatchingRoutes()
 	for _, w := range b.workers {
 		w.close()
 	}
+	b.routes.close()
 }
 
 // Stats is a point-in-time copy of the counters.

@@ -38,6 +38,11 @@ const (
 	MaxWorkers = 64
 	// MaxConntrackSize keeps connection tracking under about 1.5 GiB.
 	MaxConntrackSize = 1 << 24
+	// DefaultMaxBackends is max_backends when absent (or table_size when
+	// that is smaller). A change of the backend set costs about one Maglev
+	// build, which grows with the backends (docs/benchmarks.md); the limit
+	// keeps a stream of AddBackend calls from making it unbounded.
+	DefaultMaxBackends = 4096
 	// MaxWeight bounds weights so that ratios stay meaningful for a table
 	// of a few hundred thousand slots.
 	MaxWeight = 10000
@@ -59,6 +64,9 @@ type Balancer struct {
 	Interface string
 	EncapPort uint16
 	TableSize int
+	// MaxBackends is how many backends the balancer holds at most, from the
+	// file and added at run time together; never more than TableSize.
+	MaxBackends int
 	// Workers is the number of packet workers; 0 means one per CPU.
 	Workers int
 	// ConntrackSize is how many flows connection tracking remembers.
@@ -121,6 +129,7 @@ type rawBalancer struct {
 	Ports             map[string][]int `toml:"ports"`
 	EncapPort         *int             `toml:"encap_port"`
 	TableSize         *int             `toml:"table_size"`
+	MaxBackends       *int             `toml:"max_backends"`
 	Workers           *int             `toml:"workers"`
 	ConntrackSize     *int             `toml:"conntrack_size"`
 	TCPTimeout        string           `toml:"tcp_timeout"`

@@ -36,7 +36,7 @@ name = "web1"
 address = "10.0.1.11"
 `,
 			want: &Config{
-				Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second},
+				Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second},
 				Backends: []Backend{{Name: "web1", Address: addr("10.0.1.11"), Weight: 100}},
 			},
 		},
@@ -48,6 +48,7 @@ vips = ["10.0.0.100", "10.0.0.101"]
 interface = "eth1"
 encap_port = 6000
 table_size = 101
+max_backends = 3
 workers = 2
 conntrack_size = 4096
 tcp_timeout = "1h"
@@ -68,7 +69,7 @@ weight = 10000
 			want: &Config{
 				Balancer: &Balancer{
 					VIPs:      []VIP{{Addr: addr("10.0.0.100")}, {Addr: addr("10.0.0.101"), Ports: []uint16{80, 443}}},
-					Interface: "eth1", EncapPort: 6000, TableSize: 101,
+					Interface: "eth1", EncapPort: 6000, TableSize: 101, MaxBackends: 3,
 					Workers: 2, ConntrackSize: 4096, TCPTimeout: time.Hour, UDPTimeout: 90 * time.Second,
 					TCPClosingTimeout: 2 * time.Second,
 				},
@@ -81,7 +82,7 @@ weight = 10000
 		{
 			name: "balancer without backends is valid (they come at run time)",
 			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\n",
-			want: &Config{Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second}},
+			want: &Config{Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second}},
 		},
 		{
 			name: "receiver",
@@ -117,7 +118,7 @@ workers = 3
 			},
 			want: &Config{Balancer: &Balancer{
 				VIPs:      []VIP{{Addr: addr("10.0.0.1")}, {Addr: addr("10.0.0.2")}},
-				Interface: "br0", EncapPort: 7000, TableSize: 65537,
+				Interface: "br0", EncapPort: 7000, TableSize: 65537, MaxBackends: 4096,
 				ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute,
 				TCPClosingTimeout: 10 * time.Second,
 			}},
@@ -343,6 +344,18 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 			environ: []string{"CAPLANCED_BALANCER_TABLE_SIZE=100"},
 			want:    []string{`environment CAPLANCED_BALANCER_TABLE_SIZE: balancer: table_size 100: must be a prime between 101 and 16777213`},
 		},
+		{
+			name:    "max_backends above table_size",
+			doc:     "[balancer]\nvips = [\"10.0.0.100\"]\ntable_size = 101\nmax_backends = 102\n",
+			environ: []string{},
+			want:    []string{`test.toml: line 4: balancer: max_backends 102: must be from 1 to table_size (101): every backend needs a slot`},
+		},
+		{
+			name: "more backends than max_backends",
+			doc: "[balancer]\nvips = [\"10.0.0.100\"]\nmax_backends = 1\n" +
+				"[[backend]]\nname = \"a\"\naddress = \"10.0.1.2\"\n[[backend]]\nname = \"b\"\naddress = \"10.0.1.3\"\n",
+			want: []string{`test.toml: line 3: 2 [[backend]] entries: more than balancer.max_backends = 1 allows`},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -409,6 +422,7 @@ func TestEnvNames(t *testing.T) {
 		"CAPLANCED_BALANCER_CONNTRACK_SIZE",
 		"CAPLANCED_BALANCER_ENCAP_PORT",
 		"CAPLANCED_BALANCER_INTERFACE",
+		"CAPLANCED_BALANCER_MAX_BACKENDS",
 		"CAPLANCED_BALANCER_TABLE_SIZE",
 		"CAPLANCED_BALANCER_TCP_CLOSING_TIMEOUT",
 		"CAPLANCED_BALANCER_TCP_TIMEOUT",

@@ -28,6 +28,9 @@ func validate(raw rawConfig) (*Config, problems) {
 		p.at([]string{"backend"}, "[[backend]] entries need a [balancer] section")
 	}
 	cfg.Backends = validateBackends(raw.Backends, cfg.Balancer, &p)
+	if cfg.Balancer != nil && len(raw.Backends) > cfg.Balancer.MaxBackends {
+		p.at([]string{"balancer", "max_backends"}, "%d [[backend]] entries: more than balancer.max_backends = %d allows", len(raw.Backends), cfg.Balancer.MaxBackends)
+	}
 	if raw.Receiver != nil {
 		cfg.Receiver = validateReceiver(*raw.Receiver, &p)
 	}
@@ -80,6 +83,14 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 			p.at([]string{"balancer", "table_size"}, "balancer: table_size %d: not a prime (Maglev needs a prime table size; the default is %d)", m, maglev.DefaultSize)
 		default:
 			b.TableSize = m
+		}
+	}
+	b.MaxBackends = min(DefaultMaxBackends, b.TableSize)
+	if raw.MaxBackends != nil {
+		if n := *raw.MaxBackends; n < 1 || n > b.TableSize {
+			p.at([]string{"balancer", "max_backends"}, "balancer: max_backends %d: must be from 1 to table_size (%d): every backend needs a slot", n, b.TableSize)
+		} else {
+			b.MaxBackends = n
 		}
 	}
 	return b

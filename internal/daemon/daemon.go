@@ -409,6 +409,9 @@ func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string,
 		return err
 	}
 	r.reg = reg
+	if err := r.followRoutes(b.MaxBackends); err != nil {
+		return err
+	}
 	reg.Watch(func(registry.Change) {
 		select {
 		case r.backendsChanged <- struct{}{}:

@@ -260,12 +260,21 @@ type healthReport struct {
 }
 
 // state is one version of everything the registry holds. A committed state
-// is never modified: a change works on a clone.
+// is never modified: a change works on a clone. Write runtime, overrides
+// and health only through the helpers of cow.go.
 type state struct {
 	config    map[string]registration
 	runtime   map[string]registration
 	overrides map[string]override
 	health    map[string]healthReport // absent: unknown
+	// noRoute is derived with list: the backends without a route, and
+	// why (see routes.go).
+	noRoute map[string]string
+	// base is the state this one was cloned from, until derive.
+	base *state
+	// own and dirty: see cow.go.
+	own   owned
+	dirty []string
 	// list is derived from the rest by (*Registry).derive: every backend,
 	// sorted by name. In a clone being changed it is still the original's
 	// until derive runs.
@@ -278,17 +287,24 @@ func newState() *state {
 		runtime:   map[string]registration{},
 		overrides: map[string]override{},
 		health:    map[string]healthReport{},
+		own:       owned{runtime: true, overrides: true, health: true},
 	}
 }
 
 func (s *state) clone() *state {
 	return &state{
-		config:    maps.Clone(s.config),
-		runtime:   maps.Clone(s.runtime),
-		overrides: maps.Clone(s.overrides),
-		health:    maps.Clone(s.health),
-		// Shared, never modified: derive replaces it.
-		list: s.list,
+		// Shared, never modified in place: setConfig replaces config, and
+		// the others are copied at their first write (cow.go). Copying
+		// thousands of backends at every change cost more than the rest
+		// of the change but the Maglev build (docs/benchmarks.md).
+		config:    s.config,
+		runtime:   s.runtime,
+		overrides: s.overrides,
+		health:    s.health,
+		// Shared, never modified: derive replaces them.
+		list:    s.list,
+		noRoute: s.noRoute,
+		base:    s,
 	}
 }
 
@@ -352,6 +368,12 @@ type Registry struct {
 	healthPath   string
 	healthLog    *slog.Logger
 	healthOnDisk []byte
+	// routeErr, askRoutes and maxBackends: see routes.go.
+	routeErr    func(netip.Addr) error
+	askRoutes   bool
+	maxBackends int
+	// scratch is derive's reusable list (see sortedNames).
+	scratch []named
 
 	// mu guards cur, pending and watchers; it is held only briefly, never
 	// across apply, the state file or a watcher.
@@ -476,7 +498,7 @@ func (r *Registry) dropConflicts(s *state) []string {
 		} else {
 			continue
 		}
-		delete(s.runtime, name)
+		s.deleteRuntime(name)
 		warnings = append(warnings, fmt.Sprintf("run-time backend %q (%s) dropped: %s", name, reg.address, why))
 	}
 	return warnings
@@ -489,12 +511,12 @@ func dropOrphans(s *state) []string {
 	for _, name := range slices.Sorted(maps.Keys(s.overrides)) {
 		if _, _, ok := s.lookup(name); !ok {
 			warnings = append(warnings, fmt.Sprintf("override of backend %q (%s) dropped: no such backend any more", name, describe(s.overrides[name])))
-			delete(s.overrides, name)
+			s.deleteOverride(name)
 		}
 	}
 	for name := range s.health {
 		if _, _, ok := s.lookup(name); !ok {
-			delete(s.health, name)
+			s.deleteHealth(name)
 		}
 	}
 	return warnings
@@ -511,45 +533,61 @@ func describe(o override) string {
 	return strings.Join(parts, ", ")
 }
 
-// derive fills s.list, giving new names their IDs.
+// derive fills s.list, giving new names their IDs. When it can tell which
+// backends the change touched, it derives only those (see patch).
 func (r *Registry) derive(s *state) {
+	base := s.base
+	s.base = nil
+	if names, ok := r.touched(base, s); ok {
+		r.patch(s, names)
+		return
+	}
 	list := make([]Backend, 0, len(s.config)+len(s.runtime))
-	add := func(name string, reg registration, src Source, persistent bool) {
-		b := Backend{
-			Name: name, Address: reg.address, Weight: reg.weight,
-			Admin: AdminActive, Health: HealthUnknown, Check: reg.check,
-			Source: src, Persistent: persistent,
-		}
-		if o, ok := s.overrides[name]; ok {
-			if o.hasWeight {
-				b.Weight = o.weight
-			}
-			if o.drained {
-				b.Admin = AdminDrained
-			}
-		}
-		if h, ok := s.health[name]; ok {
-			b.Health, b.HealthDetail = h.health, h.detail
-		}
-		list = append(list, b)
+	noRoute := map[string]string{}
+	r.scratch = sortedNames(s, r.scratch)
+	for _, e := range r.scratch {
+		list = append(list, r.backend(s, e, noRoute))
 	}
-	for name, reg := range s.config {
-		add(name, reg, SourceConfig, true)
+	clear(r.scratch) // its pointers would keep the last list alive
+	s.list, s.noRoute = list, noRoute
+}
+
+// backend derives e's backend in s, giving a new name its ID.
+func (r *Registry) backend(s *state, e named, noRoute map[string]string) Backend {
+	name, reg := e.name, e.reg
+	src, persistent := SourceRuntime, reg.persistent
+	if e.fromConfig {
+		src, persistent = SourceConfig, true
 	}
-	for name, reg := range s.runtime {
-		add(name, reg, SourceRuntime, reg.persistent)
+	b := Backend{
+		Name: name, Address: reg.address, Weight: reg.weight,
+		Admin: AdminActive, Health: HealthUnknown, Check: reg.check,
+		Source: src, Persistent: persistent,
 	}
-	slices.SortFunc(list, func(a, b Backend) int { return strings.Compare(a.Name, b.Name) })
-	for i := range list {
-		id, ok := r.ids[list[i].Name]
-		if !ok {
-			r.nextID++
-			id = r.nextID
-			r.ids[list[i].Name] = id
+	if o, ok := s.overrides[name]; ok {
+		if o.hasWeight {
+			b.Weight = o.weight
 		}
-		list[i].ID = id
+		if o.drained {
+			b.Admin = AdminDrained
+		}
 	}
-	s.list = list
+	if h, ok := s.health[name]; ok {
+		b.Health, b.HealthDetail = h.health, h.detail
+	}
+	r.routeDown(s, e, &b, noRoute)
+	if e.prev != nil {
+		b.ID = e.prev.ID // the ID of a name never changes
+		return b
+	}
+	id, ok := r.ids[name]
+	if !ok {
+		r.nextID++
+		id = r.nextID
+		r.ids[name] = id
+	}
+	b.ID = id
+	return b
 }
 
 // dataPath is the set the balancer gets: Down when reported down, else
@@ -630,20 +668,15 @@ func (r *Registry) changeLocked(what string, f func(next *state) error) (*state,
 	if err := f(next); err != nil {
 		return cur, err
 	}
-	dropOrphans(next)
-	// A health result is about an address and a check: it does not carry
-	// over to new ones.
-	for name := range next.health {
-		o, _, _ := cur.lookup(name)
-		n, _, _ := next.lookup(name)
-		if o.address != n.address || o.check != n.check {
-			delete(next.health, name)
-		}
-	}
+	settle(cur, next)
 	r.derive(next)
+	if err := r.checkLimit(what, cur, next); err != nil {
+		return cur, err
+	}
 	changes := diff(cur.list, next.list)
 
-	oldDP := dataPath(cur.list)
+	// The data path has cur's set unless a failed rollback left it unknown.
+	oldDP := r.applied
 	dp := dataPath(next.list)
 	applied := false
 	if r.applied == nil || !slices.Equal(dp, r.applied) {
@@ -653,13 +686,16 @@ func (r *Registry) changeLocked(what string, f func(next *state) error) (*state,
 		applied = true
 		r.applied = dp
 	}
-	if enc := encodeState(next); r.needWrite(enc) {
+	if enc, ok := r.stateEncoding(cur, next); ok && r.needWrite(enc) {
 		if err := r.writeState(enc); err != nil {
 			msg := fmt.Sprintf("%s: writing the state file %s: %v; nothing changed", what, r.statePath, err)
 			if r.diskUnknown {
 				msg = fmt.Sprintf("%s: writing the state file %s: %v; the file may hold the change or not, the next change rewrites it", what, r.statePath, err)
 			}
 			if applied {
+				if oldDP == nil {
+					oldDP = dataPath(cur.list)
+				}
 				if rerr := r.apply(oldDP); rerr != nil {
 					r.applied = nil
 					msg = fmt.Sprintf("%s: writing the state file %s: %v; then restoring the previous backend set in the data path failed too: %v (the next change retries)", what, r.statePath, err, rerr)
@@ -803,7 +839,7 @@ func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 		if other, ok := next.owner(addr); ok {
 			return errorf(ErrAlreadyExists, "address %s is already used by backend %q", addr, other)
 		}
-		next.runtime[name] = registration{address: addr, weight: weight, check: opts.Check, persistent: !opts.Runtime}
+		next.setRuntime(name, registration{address: addr, weight: weight, check: opts.Check, persistent: !opts.Runtime})
 		return nil
 	})
 	if err != nil {
@@ -824,8 +860,8 @@ func (r *Registry) Remove(name string) error {
 		case fromConfig:
 			return errorf(ErrInvalidArgument, "backend %q is defined in the configuration file: remove it there and reload (or drain it, or set its weight to 0)", name)
 		}
-		delete(next.runtime, name)
-		delete(next.overrides, name)
+		next.deleteRuntime(name)
+		next.deleteOverride(name)
 		return nil
 	})
 	return err
@@ -859,9 +895,9 @@ func (r *Registry) SetWeight(name string, weight int64) error {
 
 func setOverride(s *state, name string, o override) {
 	if o.empty() {
-		delete(s.overrides, name)
+		s.deleteOverride(name)
 	} else {
-		s.overrides[name] = o
+		s.putOverride(name, o)
 	}
 }
 
@@ -916,7 +952,7 @@ func (r *Registry) ReportHealth(name string, healthy bool, detail string) (chang
 		if old, ok := next.health[name]; ok && old == h {
 			return nil
 		}
-		next.health[name] = h
+		next.setHealth(name, h)
 		changed = true
 		return nil
 	})

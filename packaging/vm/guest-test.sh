@@ -348,15 +348,18 @@ watchdog_restart() {
 	[ "${wd:-0}" -gt 0 ] || { echo "no WatchdogSec"; return 1; }
 	pid=$(mainpid)
 	limit=$((wd / 1000 + 5000))
-	echo "\$ kill -STOP $pid   (WatchdogSec $((wd / 1000)) ms: restart due within $limit ms)"
+	echo "\$ kill -STOP $pid   (WatchdogSec $((wd / 1000)) ms: restart due after about $limit ms)"
 	t0=$(($(date +%s%N) / 1000000))
 	kill -STOP "$pid" || return 1
 	restarted() { local p; p=$(mainpid); [ "$p" != 0 ] && [ "$p" != "$pid" ] && [ "$(prop caplanced ActiveState)" = active ]; }
 	wait_until $((limit / 1000 + 30)) restarted
 	t1=$(($(date +%s%N) / 1000000))
-	echo "MainPID $pid -> $(mainpid) after $((t1 - t0)) ms, NRestarts $(prop caplanced NRestarts), Result $(prop caplanced Result)"
+	echo "MainPID $pid -> $(mainpid) after $((t1 - t0)) ms (due after about $limit ms), NRestarts $(prop caplanced NRestarts)"
 	journalctl -u caplanced --no-pager -n 200 | grep -iE 'watchdog' | tail -n 3
-	[ "$(mainpid)" != "$pid" ] && [ $((t1 - t0)) -le $limit ]
+	# The proof is that the watchdog did it, not how fast: under qemu TCG on a
+	# busy host the restart took 11-23 s, which a time limit turned into a flake.
+	[ "$(mainpid)" != "$pid" ] &&
+		journalctl -u caplanced --no-pager _PID=1 -n 50 | grep -q "Failed with result 'watchdog'"
 }
 
 # A data-path worker that stops answering (the test hook wedges one after
@@ -373,16 +376,17 @@ watchdog_wedge() {
 	# 2 s to the wedge, WatchdogSec after the last ping at most, the stack
 	# dump of SIGABRT, RestartSec=2s, and slack
 	limit=$((2000 + wd / 1000 + 12000))
-	echo "wedging a worker of PID $pid after 2 s (restart due within $limit ms)"
+	echo "wedging a worker of PID $pid after 2 s (restart due after about $limit ms)"
 	t0=$(($(date +%s%N) / 1000000))
 	rm -f $drop/wedge.conf
 	must systemctl daemon-reload || return 1 # the restart runs without the hook
 	restarted() { local p; p=$(mainpid); [ "$p" != 0 ] && [ "$p" != "$pid" ] && [ "$(prop caplanced ActiveState)" = active ]; }
 	wait_until $((limit / 1000 + 30)) restarted
 	t1=$(($(date +%s%N) / 1000000))
-	echo "MainPID $pid -> $(mainpid) after $((t1 - t0)) ms, Result $(prop caplanced Result)"
+	echo "MainPID $pid -> $(mainpid) after $((t1 - t0)) ms (due after about $limit ms), Result $(prop caplanced Result)"
 	journalctl -u caplanced --no-pager -n 400 | grep -iE "Failed with result|wedg" | tail -n 3
-	[ "$(mainpid)" != "$pid" ] && [ $((t1 - t0)) -le $limit ] &&
+	# As above: that the watchdog restarted it is the proof, not the time.
+	[ "$(mainpid)" != "$pid" ] &&
 		journalctl -u caplanced --no-pager _PID=1 -n 50 | grep -q "Failed with result 'watchdog'"
 }
 
@@ -486,7 +490,7 @@ if step "systemctl start caplanced caplance-healthd -> both active" start_servic
 	step "caplancectl add-backend as nobody: denied by the bus policy (exit 1, names caplance-admin)" add_backend_unprivileged
 	step "a member of caplance-admin may change backends (set-weight)" admin_group
 	if step "watchdog: pings keep caplanced alive past WatchdogSec" watchdog_pings; then :; fi
-	if step "watchdog: kill -STOP the main PID -> restarted within WatchdogSec + 5 s" watchdog_restart; then
+	if step "watchdog: kill -STOP the main PID -> restarted by the watchdog" watchdog_restart; then
 		step "after the restart: HTTP through the VIP, be3 kept (backends.json)" http_spread 40 be1 be2 be3
 		step "watchdog: a wedged worker (CAPLANCE_TEST_WEDGE) -> restarted by systemd" watchdog_wedge
 		step "after the wedge restart: HTTP through the VIP" http_spread 40 be1 be2 be3

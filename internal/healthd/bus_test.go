@@ -67,7 +67,7 @@ func TestHealth1(t *testing.T) {
 	e.startHealthd(testConfig())
 	e.waitHealth("web-1.a", "up: "+l1.connected(2), 2*time.Second)
 	// A spec healthd cannot run (caplanced checks only the kind).
-	e.inLoop(func() { e.d.upsert("bad", netip.MustParseAddr("10.0.1.13"), "tcp://:0") })
+	e.inLoop(func() { e.d.upsert("bad", netip.MustParseAddr("10.0.1.13"), "tcp://:0", "config") })
 	nobody := e.bus.ConnectAs(t, dbustest.Nobody(t))
 
 	path := CheckPath("web-1.a")

@@ -91,6 +91,10 @@ type backend struct {
 	name    string
 	address netip.Addr
 	spec    string // as caplanced has it, "" for none
+	source  string // caplanced's Source: "config" or "runtime"
+	// refused says why the check may not run (execRefusal), "" if it may:
+	// the backend is reported down with it.
+	refused string
 	// The check, when spec is not "": parsed is nil when it cannot run
 	// (info.Detail says why).
 	parsed  *check.Spec
@@ -444,14 +448,17 @@ func (d *Daemon) onSignal(sig *dbus.Signal) (resync bool) {
 			if !ok || b == nil {
 				return false
 			}
-			addr, spec := b.address, b.spec
+			addr, spec, source := b.address, b.spec, b.source
 			if v, ok := changed["Address"].Value().(string); ok {
 				addr, _ = netip.ParseAddr(v)
 			}
 			if v, ok := changed["Check"].Value().(string); ok {
 				spec = v
 			}
-			d.upsert(name, addr, spec)
+			if v, ok := changed["Source"].Value().(string); ok {
+				source = v
+			}
+			d.upsert(name, addr, spec, source)
 		}
 	}
 	return false
@@ -516,6 +523,9 @@ func (d *Daemon) sync(ctx context.Context) bool {
 
 // current is the report of b's state, false while it is unknown.
 func (b *backend) current() (report, bool) {
+	if b.refused != "" {
+		return report{healthy: false, detail: b.refused}, true
+	}
 	if b.parsed == nil || b.machine.State() == check.StateUnknown {
 		return report{}, false
 	}
@@ -534,20 +544,21 @@ func (d *Daemon) upsertFromProps(path dbus.ObjectPath, props map[string]dbus.Var
 	addrText, _ := props["Address"].Value().(string)
 	addr, _ := netip.ParseAddr(addrText)
 	spec, _ := props["Check"].Value().(string)
-	d.upsert(name, addr, spec)
+	source, _ := props["Source"].Value().(string)
+	d.upsert(name, addr, spec, source)
 	return name
 }
 
-// upsert makes the backend name have this address and check spec. A change
-// of either starts its check afresh, as caplanced resets its health.
-func (d *Daemon) upsert(name string, addr netip.Addr, spec string) {
+// upsert makes the backend name have this address, check spec and source.
+// A change of any starts its check afresh, as caplanced resets its health.
+func (d *Daemon) upsert(name string, addr netip.Addr, spec, source string) {
 	if b, ok := d.backends[name]; ok {
-		if b.address == addr && b.spec == spec {
+		if b.address == addr && b.spec == spec && b.source == source {
 			return
 		}
 		d.detach(b)
 	}
-	b := &backend{name: name, address: addr, spec: spec}
+	b := &backend{name: name, address: addr, spec: spec, source: source}
 	d.backends[name] = b
 	if spec == "" {
 		d.health.removeCheck(name)
@@ -562,6 +573,23 @@ func (d *Daemon) upsert(name string, addr netip.Addr, spec string) {
 		d.health.setCheck(b.info)
 		d.reporter.forget(name)
 		return
+	}
+	// Any member of caplance-admin may add a backend over D-Bus: its exec
+	// check runs only a program root installed in exec_dir. What root
+	// wrote in caplanced.toml runs as it is.
+	if parsed.Kind == check.KindExec && source != sourceConfig {
+		if why := execRefusal(d.cfg.ExecDir, parsed.Program()); why != "" {
+			b.refused = why
+			b.info.State, b.info.Detail, b.info.Reason = check.StateDown.String(), why, why
+			d.log.Warn("not running the exec check of a backend added over D-Bus", "backend", name, "why", why)
+			d.health.setCheck(b.info)
+			d.reporter.forget(name)
+			if d.synced {
+				r, _ := b.current()
+				d.reporter.enqueue(name, r)
+			}
+			return
+		}
 	}
 	b.parsed = parsed
 	var initial *Transition

@@ -28,7 +28,8 @@ const outputGrace = 100 * time.Millisecond
 // its children, every capability it can (dropChildCaps): caplance-healthd
 // holds CAP_NET_RAW as an ambient capability, which an execve would pass
 // on. Capabilities belong to a thread, so the thread never runs anything
-// else: its goroutine ends locked, and Go ends the thread with it. It lives
+// else: its goroutine ends locked, and Go ends the thread with it (or, for
+// the process's main thread, which cannot end, parks it for good). It lives
 // until the program has been waited for, as Pdeathsig needs.
 func (p *probe) exec(t Target) (bool, string) {
 	type outcome struct {

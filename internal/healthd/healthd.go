@@ -348,8 +348,8 @@ func dial(bus string) (*dbus.Conn, error) {
 }
 
 // matchRules are the signals healthd follows: caplanced's coming and
-// going, its backends being added and removed, their Address and Check,
-// and the manager's VIPs and EncapPort.
+// going, its backends being added and removed, their Address, Check and
+// Source, and the manager's VIPs and EncapPort.
 var matchRules = [][]dbus.MatchOption{
 	{dbus.WithMatchSender(busDriver), dbus.WithMatchInterface(busDriver),
 		dbus.WithMatchMember("NameOwnerChanged"), dbus.WithMatchArg(0, dbusname.BusName)},

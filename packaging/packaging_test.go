@@ -162,6 +162,10 @@ func TestPackages(t *testing.T) {
 		if diff := cmp.Diff(wantFiles(t, "deb"), got); diff != "" {
 			t.Errorf("files of the .deb (-want +got):\n%s", diff)
 		}
+		// exec_dir (caplance-healthd.toml(5)), shipped empty.
+		if contents := run(t, nil, "dpkg-deb", "--contents", deb); !regexp.MustCompile(`(?m)^drwxr-xr-x root/root .* \./etc/caplance/checks\.d/$`).MatchString(contents) {
+			t.Errorf("the .deb has no /etc/caplance/checks.d (0755 root):\n%s", contents)
+		}
 	})
 
 	t.Run("rpm/files", func(t *testing.T) {
@@ -177,8 +181,11 @@ func TestPackages(t *testing.T) {
 		if diff := cmp.Diff(wantFiles(t, "rpm"), got); diff != "" {
 			t.Errorf("files of the .rpm (-want +got):\n%s", diff)
 		}
-		if list := lines(run(t, nil, "rpm", "-qlp", rpm)); !slices.Contains(list, "/etc/caplance") {
-			t.Errorf("rpm -qlp: the rpm does not own /etc/caplance:\n%s", strings.Join(list, "\n"))
+		list := lines(run(t, nil, "rpm", "-qp", "--qf", qf, rpm))
+		for _, dir := range []string{"/etc/caplance", "/etc/caplance/checks.d"} {
+			if !slices.Contains(list, "drwxr-xr-x|root/root|"+dir) {
+				t.Errorf("the rpm does not own %s (0755 root):\n%s", dir, strings.Join(list, "\n"))
+			}
 		}
 	})
 

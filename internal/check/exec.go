@@ -7,10 +7,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // execPath is the PATH an exec check runs with.
@@ -21,7 +24,68 @@ const execPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/
 // group can hold the pipe open longer.
 const outputGrace = 100 * time.Millisecond
 
+// exec runs the program on an OS thread of its own that has given up, for
+// its children, every capability it can (dropChildCaps): caplance-healthd
+// holds CAP_NET_RAW as an ambient capability, which an execve would pass
+// on. Capabilities belong to a thread, so the thread never runs anything
+// else: its goroutine ends locked, and Go ends the thread with it (or, for
+// the process's main thread, which cannot end, parks it for good). It lives
+// until the program has been waited for, as Pdeathsig needs.
 func (p *probe) exec(t Target) (bool, string) {
+	type outcome struct {
+		up     bool
+		detail string
+	}
+	done := make(chan outcome, 1)
+	go func() {
+		runtime.LockOSThread()
+		if err := dropChildCaps(); err != nil {
+			done <- outcome{false, "exec: " + err.Error()}
+			return
+		}
+		up, detail := p.execOnThread(t)
+		done <- outcome{up, detail}
+	}()
+	o := <-done
+	return o.up, o.detail
+}
+
+// dropChildCaps clears, on the calling thread, the inheritable and ambient
+// capability sets, and the bounding set as far as the thread may (that
+// needs CAP_SETPCAP, which caplance-healthd's unit does not grant; the
+// unit's CapabilityBoundingSet= bounds it instead). A program the thread
+// then executes starts with no capabilities, unless it is set-user-ID root
+// or has file capabilities, which NoNewPrivileges=yes (the unit) disables;
+// for a thread of root, an empty bounding set is what empties it.
+func dropChildCaps() error {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("capget: %w", err)
+	}
+	// Permitted and effective stay (they are not inherited across execve
+	// by a process that is not root); a capability leaves the ambient set
+	// when it leaves the inheritable set.
+	data[0].Inheritable, data[1].Inheritable = 0, 0
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("dropping the inheritable capabilities: %w", err)
+	}
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return fmt.Errorf("clearing the ambient capabilities: %w", err)
+	}
+	for c := uintptr(0); ; c++ {
+		err := unix.Prctl(unix.PR_CAPBSET_DROP, c, 0, 0, 0)
+		if err == unix.EPERM || err == unix.EINVAL { // no CAP_SETPCAP; past the last capability
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("dropping capability %d from the bounding set: %w", c, err)
+		}
+	}
+}
+
+// execOnThread runs the program and waits for it; see exec.
+func (p *probe) execOnThread(t Target) (bool, string) {
 	s := p.s
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -34,8 +98,8 @@ func (p *probe) exec(t Target) (bool, string) {
 	cmd.Env = []string{execPath, "CAPLANCE_BACKEND_NAME=" + t.Name, "CAPLANCE_BACKEND_ADDRESS=" + addrString(t.Address)}
 	cmd.Stdout, cmd.Stderr = w, w
 	// Pdeathsig: if caplance-healthd dies, so does the check. (It fires when
-	// the forking OS thread ends, which for Go means the process, unless the
-	// caller locked its thread and ends that goroutine mid-probe.)
+	// the forking OS thread ends: the locked thread of exec, which ends only
+	// after the program has been waited for, or with the process.)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	err = cmd.Start()
 	w.Close()

@@ -511,6 +511,19 @@ func TestExec(t *testing.T) {
 		})
 	}
 
+	// The test runs as root with every capability, or as a user with
+	// none: either way the program starts with none (as root, because the
+	// bounding set is emptied too).
+	t.Run("the program gets no capabilities", func(t *testing.T) {
+		t.Parallel()
+		caps := script(t, dir, "caps", "grep ^Cap /proc/self/status")
+		zero := ": 0000000000000000"
+		want := outcome{true, "exec: exit status 0: CapInh" + zero + "; CapPrm" + zero + "; CapEff" + zero + "; CapBnd" + zero + "; CapAmb" + zero}
+		if diff := cmp.Diff(want, probe(t, "exec://"+caps, web1)); diff != "" {
+			t.Errorf("(-want +got):\n%s", diff)
+		}
+	})
+
 	t.Run("a hanging command is killed with its process group", func(t *testing.T) {
 		t.Parallel()
 		pidFile := filepath.Join(dir, "hang.pid")

@@ -809,3 +809,12 @@ func escapeValue(v string) string {
 
 // Privileged reports whether the check's probes need CAP_NET_RAW.
 func (s *Spec) Privileged() bool { return s.Kind == KindTunnel }
+
+// Program is the absolute path of an exec check's program, "" for the
+// other kinds.
+func (s *Spec) Program() string {
+	if s.Kind != KindExec {
+		return ""
+	}
+	return s.path
+}

@@ -118,9 +118,14 @@ func Run(opts Options) error {
 	signal.Notify(hups, syscall.SIGHUP)
 	defer signal.Stop(hups)
 
-	wedge, wedgeAfter, err := watchdog.ParseTestWedge(opts.TestWedge, "worker", "caplanced(8)")
-	if err != nil {
-		return err
+	holdStop := opts.TestWedge == holdStopWedge
+	var wedge bool
+	var wedgeAfter time.Duration
+	if !holdStop {
+		var err error
+		if wedge, wedgeAfter, err = watchdog.ParseTestWedge(opts.TestWedge, "worker", "caplanced(8)"); err != nil {
+			return err
+		}
 	}
 	r := &running{log: log, cfg: opts.Config, reloads: make(chan chan error), loopChecks: make(chan chan struct{}),
 		backendsChanged: make(chan struct{}, 1)}
@@ -173,6 +178,9 @@ func Run(opts Options) error {
 
 	finished := make(chan struct{})
 	go func() {
+		if holdStop {
+			holdTheStop(log)
+		}
 		cancel()
 		for range boolCount(r.bal != nil, r.rcv != nil) {
 			<-done

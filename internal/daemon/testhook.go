@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"log/slog"
+
 	"github.com/caplance/caplance/internal/watchdog"
 )
 
@@ -9,8 +11,21 @@ import (
 // receiver's) right after READY=1, "worker:DURATION" that long after it. The
 // worker leaves its loop as if it hung, so WATCHDOG=1 stops and systemd
 // restarts caplanced. For tests only: a wedged caplanced stops forwarding the
-// worker's share of packets.
+// worker's share of packets. "stop" (holdStopWedge) holds the stop instead.
 const TestWedgeEnv = watchdog.TestWedgeEnv
+
+// holdStopWedge is TestWedgeEnv's value that makes the stop hang after
+// STOPPING=1, before anything is cleaned up, so that a test can send the
+// second signal while a stop is surely under way; the stop timeout still
+// ends it.
+const holdStopWedge = "stop"
+
+// holdTheStop hangs the stop until the process exits (a second signal, the
+// stop timeout).
+func holdTheStop(log *slog.Logger) {
+	log.Warn("test hook " + TestWedgeEnv + "=" + holdStopWedge + ": holding the stop until a second signal")
+	select {}
+}
 
 // wedge wedges the first data-path worker.
 func (r *running) wedge() {

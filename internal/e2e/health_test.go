@@ -102,6 +102,9 @@ func TestHealth(t *testing.T) {
 		if err := be3.StartHTTP(); err != nil {
 			t.Fatal(err)
 		}
+		// Settled before the next test compares the backends before and
+		// after a call.
+		waitHealth(t, mgr, map[string]string{be3.Name: "up"}, checkInterval*checkRise+time.Second)
 	})
 
 	t.Run("an invalid check spec is refused at AddBackend", func(t *testing.T) {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/caplance/caplance/internal/daemon"
 	"github.com/caplance/caplance/internal/nft"
 	"github.com/caplance/caplance/internal/testbed"
 )
@@ -128,14 +129,25 @@ func TestLifecycle(t *testing.T) {
 	})
 
 	t.Run("a second signal cuts the stop short", func(t *testing.T) {
+		// A stop takes a few milliseconds: a second SIGTERM sent once the
+		// first shows could come after it. The test hook holds the stop
+		// (after STOPPING=1, before any cleanup) until the process exits,
+		// so the second signal surely meets a stop under way.
+		t.Run("held stop", func(t *testing.T) {
+			t.Setenv(daemon.TestWedgeEnv, "stop") // for this run of caplanced only
+			if err := lb.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			if err := lb.Restart(tb.LB, caplancedBin); err != nil {
+				t.Fatal(err)
+			}
+		})
 		logBefore := len(lb.Log())
-		// Idle workers notice a stop within their 100 ms poll, so a second
-		// SIGTERM sent once the first is being handled arrives in time.
 		if err := lb.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, "the first SIGTERM handled", func() error {
-			if !strings.Contains(lb.Log()[logBefore:], "msg=stopping") {
+			if !strings.Contains(lb.Log()[logBefore:], "holding the stop until a second signal") {
 				return errors.New("not stopping yet")
 			}
 			return nil
@@ -144,7 +156,7 @@ func TestLifecycle(t *testing.T) {
 			t.Fatal(err)
 		}
 		code, err := lb.Wait()
-		if err != nil || code != 1 || !strings.Contains(lb.Log(), "second signal") {
+		if err != nil || code != 1 || !strings.Contains(lb.Log()[logBefore:], "second signal: exiting before cleanup finished") {
 			t.Errorf("exit code %d (%v) after two SIGTERMs, want 1 and a log line:\n%s", code, err, lb.Log())
 		}
 		if err := lb.Restart(tb.LB, caplancedBin); err != nil {

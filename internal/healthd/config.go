@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -36,6 +37,9 @@ type Config struct {
 	// Defaults are the tunables of every check whose spec does not set
 	// them.
 	Defaults Defaults
+	// ExecDir is where the programs of exec checks of backends added over
+	// D-Bus must lie (execRefusal).
+	ExecDir string
 	// RetryMin and RetryMax bound the backoff between tries of reports
 	// that failed; ReportTimeout bounds one ReportHealth call.
 	RetryMin, RetryMax, ReportTimeout time.Duration
@@ -57,6 +61,7 @@ func DefaultConfig() *Config {
 	return &Config{
 		Bus:                 DefaultBus,
 		MaxConcurrentProbes: DefaultMaxConcurrentProbes,
+		ExecDir:             DefaultExecDir,
 		RetryMin:            DefaultRetryMin,
 		RetryMax:            DefaultRetryMax,
 		ReportTimeout:       DefaultReportTimeout,
@@ -66,6 +71,7 @@ func DefaultConfig() *Config {
 type rawConfig struct {
 	Bus                 string       `toml:"bus"`
 	MaxConcurrentProbes *int         `toml:"max_concurrent_probes"`
+	ExecDir             *string      `toml:"exec_dir"`
 	Defaults            *rawDefaults `toml:"defaults"`
 	Report              *rawReport   `toml:"report"`
 }
@@ -126,6 +132,16 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 			add("max_concurrent_probes %d: must be between 1 and %d", *n, MaxMaxConcurrentProbes)
 		} else {
 			cfg.MaxConcurrentProbes = *n
+		}
+	}
+	if d := raw.ExecDir; d != nil {
+		switch {
+		case !filepath.IsAbs(*d):
+			add("exec_dir %q: not an absolute path", short(*d))
+		case filepath.Clean(*d) == "/":
+			add("exec_dir %q: must not be /: it would allow every program", *d)
+		default:
+			cfg.ExecDir = filepath.Clean(*d)
 		}
 	}
 	if d := raw.Defaults; d != nil {

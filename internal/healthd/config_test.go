@@ -28,6 +28,7 @@ func TestParseConfig(t *testing.T) {
 			doc: `
 bus = "unix:path=/tmp/bus"
 max_concurrent_probes = 8
+exec_dir = "/usr/local/lib/caplance/checks/"
 [defaults]
 interval = "5s"
 timeout = "2s"
@@ -41,7 +42,7 @@ retry_max = "1m"
 timeout = "3s"
 `,
 			want: &Config{
-				Bus: "unix:path=/tmp/bus", MaxConcurrentProbes: 8,
+				Bus: "unix:path=/tmp/bus", MaxConcurrentProbes: 8, ExecDir: "/usr/local/lib/caplance/checks",
 				Defaults: Defaults{
 					Interval: 5 * time.Second, Timeout: 2 * time.Second, Rise: 1, Fall: 5,
 					Initial: check.StateDown, HasInitial: true, Jitter: 0, HasJitter: true,
@@ -113,6 +114,16 @@ retry_min = "1s"
 				`test.toml: report: timeout "soon": not a duration (write e.g. "500ms", "2s" or "1m")`,
 				`test.toml: report: retry_max 1s: shorter than retry_min 2s`,
 			},
+		},
+		{
+			name: "exec_dir relative",
+			doc:  "exec_dir = \"checks.d\"\n",
+			want: []string{`test.toml: exec_dir "checks.d": not an absolute path`},
+		},
+		{
+			name: "exec_dir /",
+			doc:  "exec_dir = \"/\"\n",
+			want: []string{`test.toml: exec_dir "/": must not be /: it would allow every program`},
 		},
 		{
 			name: "wrong types do not hide other problems",

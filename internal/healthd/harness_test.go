@@ -48,11 +48,13 @@ type env struct {
 	done   chan error
 }
 
-// testConfig probes every 100ms with a 50ms timeout, rise 2, fall 2, no
+// testConfig probes every 100ms with a 100ms timeout (a local connection
+// refused fails at once; a shorter timeout expired now and then under load,
+// making the reason a timeout), rise 2, fall 2, no
 // start-up jitter, and retries reports quickly.
 func testConfig() *Config {
 	cfg := DefaultConfig()
-	cfg.Defaults = Defaults{Interval: 100 * time.Millisecond, Timeout: 50 * time.Millisecond, Rise: 2, Fall: 2, HasJitter: true}
+	cfg.Defaults = Defaults{Interval: 100 * time.Millisecond, Timeout: 100 * time.Millisecond, Rise: 2, Fall: 2, HasJitter: true}
 	cfg.RetryMin, cfg.RetryMax, cfg.ReportTimeout = 50*time.Millisecond, 200*time.Millisecond, time.Second
 	return cfg
 }

@@ -76,7 +76,9 @@ type Daemon struct {
 	jobCtx   context.Context
 
 	// Owned by Run's goroutine.
-	present   bool // caplanced owns its name
+	// owner is the unique name of the connection that owns caplanced's
+	// bus name, "" while none does: the only sender whose signals count.
+	owner     string
 	synced    bool // the last sync with caplanced succeeded
 	vip       netip.Addr
 	encapPort uint16
@@ -90,6 +92,10 @@ type backend struct {
 	name    string
 	address netip.Addr
 	spec    string // as caplanced has it, "" for none
+	source  string // caplanced's Source: "config" or "runtime"
+	// refused says why the check may not run (execRefusal), "" if it may:
+	// the backend is reported down with it.
+	refused string
 	// The check, when spec is not "": parsed is nil when it cannot run
 	// (info.Detail says why).
 	parsed  *check.Spec
@@ -201,18 +207,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer conn.Close()
 	}
 	d.conn = conn
-	// The signals are ordered only as long as this buffer does not fill
-	// (godbus delivers the overflow from goroutines).
-	d.signals = make(chan *dbus.Signal, 4096)
-	conn.Signal(d.signals)
-	defer conn.RemoveSignal(d.signals)
-	for _, rule := range matchRules {
-		if err := conn.AddMatchSignal(rule...); err != nil {
-			return fmt.Errorf("D-Bus: subscribing to caplanced's signals: %w", err)
-		}
-		defer func() { _ = conn.RemoveMatchSignal(rule...) }()
-	}
 
+	// The name first, and only then the signals: until the connection
+	// owns org.caplance.Health1, the bus policy that lets only caplanced's
+	// user send it signals does not apply, and any local user could send
+	// it InterfacesAdded with an exec check. Nothing sent before the
+	// subscription reaches the loop (godbus drops signals no channel
+	// takes); onSignal still checks every sender.
 	health, err := exportHealth1(conn, managerInfo{Version: version.Version, Caplanced: "away", Status: "starting"})
 	if err != nil {
 		return fmt.Errorf("D-Bus: exporting %s: %w", dbusname.HealthPath, err)
@@ -228,6 +229,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer func() { _, _ = conn.ReleaseName(dbusname.HealthBusName) }()
 
+	// The signals are ordered only as long as this buffer does not fill
+	// (godbus delivers the overflow from goroutines).
+	d.signals = make(chan *dbus.Signal, 4096)
+	conn.Signal(d.signals)
+	defer conn.RemoveSignal(d.signals)
+	for _, rule := range matchRules {
+		if err := conn.AddMatchSignal(rule...); err != nil {
+			return fmt.Errorf("D-Bus: subscribing to caplanced's signals: %w", err)
+		}
+		defer func() { _ = conn.RemoveMatchSignal(rule...) }()
+	}
+
 	jobCtx, stopJobs := context.WithCancel(context.Background())
 	defer stopJobs()
 	d.jobCtx = jobCtx
@@ -242,11 +255,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	syncRetry := time.NewTimer(time.Hour)
 	syncRetry.Stop()
 	defer syncRetry.Stop()
-	d.present, err = d.nameHasOwner(ctx)
+	// Asked after subscribing: a change of owner from now on comes as
+	// NameOwnerChanged.
+	d.owner, err = d.nameOwner(ctx)
 	if err != nil {
 		d.log.Warn("asking the bus whether caplanced runs", "err", err)
 	}
-	if d.present && !d.sync(ctx) {
+	if d.owner != "" && !d.sync(ctx) {
 		syncRetry.Reset(d.opts.SyncRetry)
 	}
 	d.refreshStatus()
@@ -289,7 +304,7 @@ loop:
 				}
 			}
 		case <-syncRetry.C:
-			if d.present && !d.sync(ctx) {
+			if d.owner != "" && !d.sync(ctx) {
 				syncRetry.Reset(d.opts.SyncRetry)
 			}
 		case r := <-d.results:
@@ -322,10 +337,10 @@ func dial(bus string) (*dbus.Conn, error) {
 }
 
 // matchRules are the signals healthd follows: caplanced's coming and
-// going, its backends being added and removed, their Address and Check,
-// and the manager's VIPs and EncapPort.
+// going, its backends being added and removed, their Address, Check and
+// Source, and the manager's VIPs and EncapPort.
 var matchRules = [][]dbus.MatchOption{
-	{dbus.WithMatchSender("org.freedesktop.DBus"), dbus.WithMatchInterface("org.freedesktop.DBus"),
+	{dbus.WithMatchSender(busDriver), dbus.WithMatchInterface(busDriver),
 		dbus.WithMatchMember("NameOwnerChanged"), dbus.WithMatchArg(0, dbusname.BusName)},
 	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath), dbus.WithMatchInterface(dbusname.ObjectManagerIface)},
 	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchPathNamespace(dbus.ObjectPath(strings.TrimSuffix(dbusname.BackendPathPrefix, "/"))),
@@ -334,34 +349,53 @@ var matchRules = [][]dbus.MatchOption{
 		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, dbusname.ManagerIface)},
 }
 
-func (d *Daemon) nameHasOwner(ctx context.Context) (bool, error) {
+// busDriver is the sender of the bus's own signals (NameOwnerChanged),
+// which no client can use.
+const busDriver = "org.freedesktop.DBus"
+
+// nameOwner asks the bus for the unique name of caplanced's connection, ""
+// when it is not on the bus.
+func (d *Daemon) nameOwner(ctx context.Context) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	var has bool
-	err := d.conn.BusObject().CallWithContext(ctx, "org.freedesktop.DBus.NameHasOwner", 0, dbusname.BusName).Store(&has)
-	return has, err
+	var owner string
+	err := d.conn.BusObject().CallWithContext(ctx, busDriver+".GetNameOwner", 0, dbusname.BusName).Store(&owner)
+	var e dbus.Error
+	if errors.As(err, &e) && e.Name == busDriver+".Error.NameHasNoOwner" {
+		return "", nil
+	}
+	return owner, err
 }
 
 // onSignal follows one signal; it returns true when caplanced has
-// (re)appeared and a sync is due.
+// (re)appeared and a sync is due. Any connection can send this one
+// signals, whatever the match rules say: only the bus's NameOwnerChanged
+// and the signals of caplanced's current connection are believed.
 func (d *Daemon) onSignal(sig *dbus.Signal) (resync bool) {
 	d.log.Debug("signal", "sender", sig.Sender, "path", sig.Path, "name", sig.Name)
-	switch sig.Name {
-	case "org.freedesktop.DBus.NameOwnerChanged":
+	if sig.Name == busDriver+".NameOwnerChanged" {
+		if sig.Sender != busDriver {
+			d.log.Debug("ignoring a NameOwnerChanged not sent by the bus", "sender", sig.Sender)
+			return false
+		}
 		var name, oldOwner, newOwner string
 		if dbus.Store(sig.Body, &name, &oldOwner, &newOwner) != nil || name != dbusname.BusName {
 			return false
 		}
-		switch {
-		case newOwner == "":
-			d.present, d.synced = false, false
+		d.owner = newOwner
+		if newOwner == "" {
+			d.synced = false
 			d.log.Warn("caplanced left the bus: probing on, reports wait until it returns", "backends", len(d.backends))
 			return false
-		default:
-			d.present = true
-			d.log.Info("caplanced is on the bus: syncing", "owner", newOwner)
-			return true
 		}
+		d.log.Info("caplanced is on the bus: syncing", "owner", newOwner)
+		return true
+	}
+	if d.owner == "" || sig.Sender != d.owner {
+		d.log.Debug("ignoring a signal not sent by caplanced", "sender", sig.Sender, "caplanced", d.owner)
+		return false
+	}
+	switch sig.Name {
 	case dbusname.ObjectManagerIface + ".InterfacesAdded":
 		var path dbus.ObjectPath
 		var ifaces map[string]map[string]dbus.Variant
@@ -403,14 +437,17 @@ func (d *Daemon) onSignal(sig *dbus.Signal) (resync bool) {
 			if !ok || b == nil {
 				return false
 			}
-			addr, spec := b.address, b.spec
+			addr, spec, source := b.address, b.spec, b.source
 			if v, ok := changed["Address"].Value().(string); ok {
 				addr, _ = netip.ParseAddr(v)
 			}
 			if v, ok := changed["Check"].Value().(string); ok {
 				spec = v
 			}
-			d.upsert(name, addr, spec)
+			if v, ok := changed["Source"].Value().(string); ok {
+				source = v
+			}
+			d.upsert(name, addr, spec, source)
 		}
 	}
 	return false
@@ -433,7 +470,8 @@ func firstVIP(v dbus.Variant) netip.Addr {
 func (d *Daemon) sync(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
 	defer cancel()
-	obj := d.conn.Object(dbusname.BusName, dbusname.ManagerPath)
+	// Read from the connection whose signals are believed.
+	obj := d.conn.Object(d.owner, dbusname.ManagerPath)
 	var props map[string]dbus.Variant
 	err := obj.CallWithContext(ctx, propertiesIface+".GetAll", dbus.FlagNoAutoStart, dbusname.ManagerIface).Store(&props)
 	var objects map[dbus.ObjectPath]map[string]map[string]dbus.Variant
@@ -474,6 +512,9 @@ func (d *Daemon) sync(ctx context.Context) bool {
 
 // current is the report of b's state, false while it is unknown.
 func (b *backend) current() (report, bool) {
+	if b.refused != "" {
+		return report{healthy: false, detail: b.refused}, true
+	}
 	if b.parsed == nil || b.machine.State() == check.StateUnknown {
 		return report{}, false
 	}
@@ -492,20 +533,21 @@ func (d *Daemon) upsertFromProps(path dbus.ObjectPath, props map[string]dbus.Var
 	addrText, _ := props["Address"].Value().(string)
 	addr, _ := netip.ParseAddr(addrText)
 	spec, _ := props["Check"].Value().(string)
-	d.upsert(name, addr, spec)
+	source, _ := props["Source"].Value().(string)
+	d.upsert(name, addr, spec, source)
 	return name
 }
 
-// upsert makes the backend name have this address and check spec. A change
-// of either starts its check afresh, as caplanced resets its health.
-func (d *Daemon) upsert(name string, addr netip.Addr, spec string) {
+// upsert makes the backend name have this address, check spec and source.
+// A change of any starts its check afresh, as caplanced resets its health.
+func (d *Daemon) upsert(name string, addr netip.Addr, spec, source string) {
 	if b, ok := d.backends[name]; ok {
-		if b.address == addr && b.spec == spec {
+		if b.address == addr && b.spec == spec && b.source == source {
 			return
 		}
 		d.detach(b)
 	}
-	b := &backend{name: name, address: addr, spec: spec}
+	b := &backend{name: name, address: addr, spec: spec, source: source}
 	d.backends[name] = b
 	if spec == "" {
 		d.health.removeCheck(name)
@@ -520,6 +562,23 @@ func (d *Daemon) upsert(name string, addr netip.Addr, spec string) {
 		d.health.setCheck(b.info)
 		d.reporter.forget(name)
 		return
+	}
+	// Any member of caplance-admin may add a backend over D-Bus: its exec
+	// check runs only a program root installed in exec_dir. What root
+	// wrote in caplanced.toml runs as it is.
+	if parsed.Kind == check.KindExec && source != sourceConfig {
+		if why := execRefusal(d.cfg.ExecDir, parsed.Program()); why != "" {
+			b.refused = why
+			b.info.State, b.info.Detail, b.info.Reason = check.StateDown.String(), why, why
+			d.log.Warn("not running the exec check of a backend added over D-Bus", "backend", name, "why", why)
+			d.health.setCheck(b.info)
+			d.reporter.forget(name)
+			if d.synced {
+				r, _ := b.current()
+				d.reporter.enqueue(name, r)
+			}
+			return
+		}
 	}
 	b.parsed = parsed
 	var initial *Transition
@@ -647,7 +706,7 @@ func (d *Daemon) refreshStatus() bool {
 	}
 	s := fmt.Sprintf("checking %d backend%s", checked, plural(checked))
 	switch {
-	case !d.present:
+	case d.owner == "":
 		s = fmt.Sprintf("caplanced not running: probing %d backend%s, will report when it returns", checked, plural(checked))
 	case !d.synced:
 		s = fmt.Sprintf("caplanced not answering: probing %d backend%s, will report when it answers", checked, plural(checked))
@@ -657,7 +716,7 @@ func (d *Daemon) refreshStatus() bool {
 	}
 	d.status = s
 	caplanced := "away"
-	if d.present {
+	if d.owner != "" {
 		caplanced = "running"
 	}
 	d.health.setManager(managerInfo{Version: version.Version, Caplanced: caplanced, Status: s})

@@ -65,7 +65,11 @@ func (f *fakeCaplanced) wait(t *testing.T, n int) {
 }
 
 func startReporter(t *testing.T, f *fakeCaplanced, min, max time.Duration) *reporter {
-	r := newReporter(f.send, min, max, slog.New(slog.DiscardHandler))
+	return runReporter(t, newReporter(f.send, min, max, slog.New(slog.DiscardHandler)))
+}
+
+// runReporter runs r until the test ends.
+func runReporter(t *testing.T, r *reporter) *reporter {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { r.run(ctx); close(done) }()
@@ -140,9 +144,12 @@ func TestReporterReplaceAll(t *testing.T) {
 	t.Parallel()
 	f := newFake()
 	f.setFail(errors.New("away"))
-	r := startReporter(t, f, time.Hour, time.Hour)
+	// Both queued before it runs: one batch of two calls, both failing
+	// (queued one by one, a busy reporter may send the first twice).
+	r := newReporter(f.send, time.Hour, time.Hour, slog.New(slog.DiscardHandler))
 	r.enqueue("a", report{false, "x"})
 	r.enqueue("gone", report{false, "y"})
+	runReporter(t, r)
 	f.wait(t, 2)
 	r.forget("gone")
 	f.setFail(nil)

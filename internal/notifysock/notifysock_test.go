@@ -132,15 +132,37 @@ func TestCheckPingRate(t *testing.T) {
 		errs int
 	}{
 		{"on time", every(200*ms, 10), 0},
-		{"a few dropped", every(400*ms, 5), 0},
-		{"too few", every(200*ms, 4), 1},
-		{"too many", every(200*ms, 12), 1},
+		{"late, some dropped", append(every(200*ms, 3), t0.Add(1000*ms), t0.Add(1390*ms)), 0},
+		{"too few to tell", every(200*ms, 1), 1},
 		{"too close", append(every(200*ms, 9), t0.Add(1610*ms)), 1},
+		{"twice the rate", every(100*ms, 10), 9},
+		{"half the rate", every(400*ms, 10), 1},
 	} {
 		var r recorder
-		notifysock.CheckPingRate(&r, tt.at, 2*time.Second, 200*ms)
+		notifysock.CheckPingRate(&r, tt.at, 200*ms)
 		if len(r.errs) != tt.errs {
 			t.Errorf("%s: %d errors %q, want %d", tt.name, len(r.errs), r.errs, tt.errs)
 		}
+	}
+}
+
+// TestWaitPings: the pings sent since a time, each with when it was sent.
+func TestWaitPings(t *testing.T) {
+	s, send := listen(t)
+	sent := time.Now()
+	send("WATCHDOG=1")
+	time.Sleep(50 * time.Millisecond)
+	send("WATCHDOG=1")
+	at, err := s.WaitPings(sent, 2, 5*time.Second, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at[0].Before(sent.Add(-time.Millisecond)) || at[1].Sub(at[0]) < 50*time.Millisecond {
+		t.Errorf("sent at %v, stamped %v", sent, at)
+	}
+	exited := make(chan struct{})
+	close(exited)
+	if _, err := s.WaitPings(sent, 3, time.Minute, exited); !errors.Is(err, notifysock.ErrExited) {
+		t.Errorf("WaitPings after exit: %v, want ErrExited", err)
 	}
 }

@@ -49,13 +49,16 @@ type Watchdog struct {
 }
 
 // Run pings until ctx ends. A failure is logged when it changes, not at
-// every tick, and so is the recovery.
+// every tick, and so is the recovery. Each tick comes Interval after the
+// previous one was handled, not on a fixed beat: a ticker that fell behind
+// (a loaded machine) would fire twice in a row, and two pings would leave
+// almost together.
 func (w Watchdog) Run(ctx context.Context) {
-	tick := time.NewTicker(w.Interval)
+	tick := time.NewTimer(w.Interval)
 	defer tick.Stop()
 	pending := w.startRoundTrip(ctx)
 	failing := ""
-	for {
+	for ; ; tick.Reset(w.Interval) {
 		select {
 		case <-ctx.Done():
 			return

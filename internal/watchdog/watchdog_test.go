@@ -11,27 +11,55 @@ import (
 	"time"
 )
 
-// pings counts WATCHDOG=1 messages.
-type pings struct {
+// recorder records what a Watchdog does: when it pinged, how often it
+// checked (Instant is called at every tick), what it logged.
+type recorder struct {
 	mu     sync.Mutex
-	n      int
+	pings  []time.Time
+	checks int
+	log    strings.Builder
 	others []string
 }
 
-func (p *pings) notify(state string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+func (r *recorder) notify(state string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if state == "WATCHDOG=1" {
-		p.n++
+		r.pings = append(r.pings, time.Now())
 	} else {
-		p.others = append(p.others, state)
+		r.others = append(r.others, state)
 	}
 }
 
-func (p *pings) count() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.n
+func (r *recorder) Write(p []byte) (int, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.log.Write(p)
+}
+
+// state is the number of pings and checks so far and the log's length.
+func (r *recorder) state() (pings, checks, logLen int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pings), r.checks, r.log.Len()
+}
+
+// logSince is the log from offset on.
+func (r *recorder) logSince(offset int) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.log.String()[offset:]
+}
+
+// waitUntil polls cond until it holds; the deadline is only there to end a
+// test that would hang.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited 10s for %s", what)
+		}
+	}
 }
 
 // runWatchdog runs w until the test ends.
@@ -42,13 +70,10 @@ func runWatchdog(t *testing.T, w Watchdog) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
-// countDuring is how many pings arrive within d.
-func countDuring(p *pings, d time.Duration) int {
-	before := p.count()
-	time.Sleep(d)
-	return p.count() - before
-}
-
+// TestWatchdog follows the watchdog by events, not by time: pings come
+// while everything answers; once it has logged a failure, it sends none
+// for the following checks; once it has logged the recovery, they come
+// again. Two pings are never closer than the interval.
 func TestWatchdog(t *testing.T) {
 	const interval = 20 * time.Millisecond
 	var instantOK, roundTripOK atomic.Bool
@@ -56,10 +81,13 @@ func TestWatchdog(t *testing.T) {
 	roundTripOK.Store(true)
 	hang := make(chan struct{})
 	var hanging atomic.Bool
-	p := &pings{}
+	r := &recorder{}
 	runWatchdog(t, Watchdog{
 		Interval: interval,
 		Instant: func() error {
+			r.mu.Lock()
+			r.checks++
+			r.mu.Unlock()
 			if !instantOK.Load() {
 				return errors.New("a worker is stuck")
 			}
@@ -79,46 +107,53 @@ func TestWatchdog(t *testing.T) {
 			return nil
 		},
 		RoundTripName: "the bus",
-		Notify:        p.notify,
-		Log:           slog.New(slog.DiscardHandler),
+		Notify:        r.notify,
+		Log:           slog.New(slog.NewTextHandler(r, nil)),
 	})
 
-	// About 10 ticks in 200ms; a loaded machine may delay a few.
-	if n := countDuring(p, 10*interval); n < 5 {
-		t.Fatalf("all answering: %d pings in %s, want about 10", n, 10*interval)
+	// pingsCome waits for five more pings.
+	pingsCome := func(what string) {
+		t.Helper()
+		from, _, _ := r.state()
+		waitUntil(t, "five pings "+what, func() bool { n, _, _ := r.state(); return n >= from+5 })
+	}
+	// fails makes a failure start, waits until the watchdog logs it, and
+	// then checks that the next five checks send no ping; recover ends it
+	// and waits for the log of the recovery.
+	fails := func(what, logged string, start, recover func()) {
+		t.Helper()
+		_, _, logFrom := r.state()
+		start()
+		waitUntil(t, "the log of "+what, func() bool { return strings.Contains(r.logSince(logFrom), logged) })
+		pings, checks, logFrom := r.state()
+		waitUntil(t, "five checks", func() bool { _, c, _ := r.state(); return c >= checks+5 })
+		if n, _, _ := r.state(); n != pings {
+			t.Errorf("%s: %d pings after the failure was logged, want none", what, n-pings)
+		}
+		recover()
+		waitUntil(t, "the log of the recovery from "+what, func() bool {
+			return strings.Contains(r.logSince(logFrom), "everything answers again")
+		})
+		pingsCome("after " + what)
 	}
 
-	settle := 3 * interval // the check under way when a failure starts may still pass
-	instantOK.Store(false)
-	time.Sleep(settle)
-	if n := countDuring(p, 10*interval); n != 0 {
-		t.Errorf("a stuck worker: %d pings, want none", n)
-	}
-	instantOK.Store(true)
-	if n := countDuring(p, 10*interval); n < 5 {
-		t.Errorf("recovered: %d pings, want about 10", n)
-	}
+	pingsCome("while everything answers")
+	fails("a stuck worker", "a worker is stuck", func() { instantOK.Store(false) }, func() { instantOK.Store(true) })
+	fails("a failing round trip", "the bus is gone", func() { roundTripOK.Store(false) }, func() { roundTripOK.Store(true) })
+	fails("a hanging round trip", "the bus has not answered for 20ms", func() { hanging.Store(true) }, func() {
+		hanging.Store(false)
+		close(hang)
+	})
 
-	roundTripOK.Store(false)
-	time.Sleep(settle)
-	if n := countDuring(p, 10*interval); n != 0 {
-		t.Errorf("a failing round trip: %d pings, want none", n)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i := 1; i < len(r.pings); i++ {
+		if gap := r.pings[i].Sub(r.pings[i-1]); gap < interval {
+			t.Errorf("ping %d came %v after the previous one, want at least the interval %v", i, gap, interval)
+		}
 	}
-	roundTripOK.Store(true)
-	time.Sleep(settle)
-
-	hanging.Store(true)
-	time.Sleep(settle)
-	if n := countDuring(p, 10*interval); n != 0 {
-		t.Errorf("a hanging round trip: %d pings, want none", n)
-	}
-	hanging.Store(false)
-	close(hang)
-	if n := countDuring(p, 10*interval); n < 5 {
-		t.Errorf("the round trip answers again: %d pings, want about 10", n)
-	}
-	if len(p.others) > 0 {
-		t.Errorf("the watchdog sent other messages: %q", p.others)
+	if len(r.others) > 0 {
+		t.Errorf("the watchdog sent other messages: %q", r.others)
 	}
 }
 

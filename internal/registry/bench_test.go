@@ -178,7 +178,9 @@ func BenchmarkChange(b *testing.B) {
 // benchRegistry opens a registry on bal as the daemon does, with a watcher
 // like the D-Bus API's that reads the changed backend.
 func benchRegistry(b *testing.B, bal *balancer.Balancer, path string, cfg []config.Backend) *Registry {
-	r, _, err := Open(path, cfg, vips, bal.SetBackends)
+	// The health file too, as caplanced keeps one (each ReportHealth may
+	// rewrite it), on a tmpfs as caplanced's runtime directory is.
+	r, _, err := Open(path, cfg, vips, bal.SetBackends, HealthFile(filepath.Join(tmpfsDir(b), "health.json"), nil))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -209,4 +211,15 @@ func cpuTime(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// tmpfsDir is a temporary directory on /dev/shm, where the runtime
+// directory's tmpfs (/run) is not the test's; without it, b.TempDir.
+func tmpfsDir(b *testing.B) string {
+	dir, err := os.MkdirTemp("/dev/shm", "caplance-bench-")
+	if err != nil {
+		return b.TempDir()
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }

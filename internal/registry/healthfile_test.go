@@ -42,7 +42,7 @@ func healthOf(t *testing.T, r *Registry, dp *recorder, name string) (Health, str
 
 // TestHealthFileRestart: a backend reported down stays down across a
 // restart, in the data path from the first set applied, until the next
-// report; a backend reported up stays up.
+// report; a backend reported up is unknown after it, and in rotation.
 func TestHealthFileRestart(t *testing.T) {
 	dir := t.TempDir()
 	r, _, _ := openWithHealth(t, dir, baseConfig())
@@ -52,6 +52,14 @@ func TestHealthFileRestart(t *testing.T) {
 	if _, err := r.ReportHealth("web2", true, "ok"); err != nil {
 		t.Fatal(err)
 	}
+	file, err := os.ReadFile(filepath.Join(dir, "health.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "{\n  \"version\": 1,\n  \"backends\": {\n    \"web1\": {\n      \"address\": \"10.0.1.11\",\n      \"check\": \"tcp://10.0.1.11:80\",\n      \"health\": \"down\",\n      \"detail\": \"connection refused after 3 failures\"\n    }\n  }\n}\n"
+	if diff := cmp.Diff(want, string(file)); diff != "" {
+		t.Errorf("health file: only the backend reported down (-want +got):\n%s", diff)
+	}
 
 	r, dp, warnings := openWithHealth(t, dir, baseConfig())
 	if len(warnings) > 0 {
@@ -60,15 +68,15 @@ func TestHealthFileRestart(t *testing.T) {
 	if h, d, st := healthOf(t, r, dp, "web1"); h != HealthDown || d != "connection refused after 3 failures" || st != balancer.Down {
 		t.Errorf("web1 after the restart: %s %q, data path %v; want down, its detail, %v", h, d, st, balancer.Down)
 	}
-	if h, d, st := healthOf(t, r, dp, "web2"); h != HealthUp || d != "ok" || st != balancer.Active {
-		t.Errorf("web2 after the restart: %s %q, data path %v; want up, ok, %v", h, d, st, balancer.Active)
+	if h, d, st := healthOf(t, r, dp, "web2"); h != HealthUnknown || d != "" || st != balancer.Active {
+		t.Errorf("web2 after the restart: %s %q, data path %v; want unknown, no detail, %v", h, d, st, balancer.Active)
 	}
 
 	if _, err := r.ReportHealth("web1", true, "ok"); err != nil {
 		t.Fatal(err)
 	}
 	r, dp, _ = openWithHealth(t, dir, baseConfig())
-	if h, _, st := healthOf(t, r, dp, "web1"); h != HealthUp || st != balancer.Active {
+	if h, _, st := healthOf(t, r, dp, "web1"); h != HealthUnknown || st != balancer.Active {
 		t.Errorf("web1 after a report up and a restart: %s, data path %v", h, st)
 	}
 }

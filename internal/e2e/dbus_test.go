@@ -26,16 +26,7 @@ func newBusTestbed(t *testing.T) (*testbed.Testbed, *dbustest.Bus, dbus.BusObjec
 		t.Skip("end-to-end tests need root (network namespaces)")
 	}
 	bus := dbustest.Start(t)
-	tb, err := testbed.New(testbed.Options{Binary: caplancedBin, Prefix: "dbe", Backends: 3, Workers: 2,
-		Dir: t.TempDir(), BalancerBus: bus.Address})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tb.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	tb := openTestbed(t, testbed.Options{Prefix: "dbe", Backends: 3, Workers: 2, BalancerBus: bus.Address})
 	if err := tb.StartBalancerWith(tb.Backends[:2]); err != nil {
 		t.Fatal(err)
 	}

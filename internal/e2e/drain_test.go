@@ -29,16 +29,7 @@ func TestDrainReachesZero(t *testing.T) {
 	}
 	const closing = time.Second
 	bus := dbustest.Start(t)
-	tb, err := testbed.New(testbed.Options{Binary: caplancedBin, Prefix: "dr0", Backends: 2, Workers: 2,
-		Dir: t.TempDir(), BalancerBus: bus.Address, TCPClosingTimeout: closing})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tb.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	tb := openTestbed(t, testbed.Options{Prefix: "dr0", Backends: 2, Workers: 2, BalancerBus: bus.Address, TCPClosingTimeout: closing})
 	if err := tb.StartBalancer(); err != nil {
 		t.Fatal(err)
 	}

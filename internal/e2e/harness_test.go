@@ -48,10 +48,25 @@ func run(m *testing.M) int {
 // newTestbed builds a testbed with three backends and a running balancer.
 func newTestbed(t *testing.T) *testbed.Testbed {
 	t.Helper()
+	tb := openTestbed(t, testbed.Options{Prefix: "e2e", Backends: 3, Workers: 2})
+	if err := tb.StartBalancer(); err != nil {
+		t.Fatal(err)
+	}
+	return tb
+}
+
+// openTestbed builds a testbed of caplancedBin in opts.Dir (a new temporary
+// directory if empty), closed when the test ends; nothing runs in it yet.
+func openTestbed(t *testing.T, opts testbed.Options) *testbed.Testbed {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("end-to-end tests need root (network namespaces)")
 	}
-	tb, err := testbed.New(testbed.Options{Binary: caplancedBin, Prefix: "e2e", Backends: 3, Workers: 2, Dir: t.TempDir()})
+	opts.Binary = caplancedBin
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	tb, err := testbed.New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,9 +75,6 @@ func newTestbed(t *testing.T) *testbed.Testbed {
 			t.Error(err)
 		}
 	})
-	if err := tb.StartBalancer(); err != nil {
-		t.Fatal(err)
-	}
 	return tb
 }
 

@@ -28,20 +28,11 @@ func TestUnroutableBackend(t *testing.T) {
 		t.Skip("end-to-end tests need root (network namespaces)")
 	}
 	bus := dbustest.Start(t)
-	tb, err := testbed.New(testbed.Options{Binary: caplancedBin, Prefix: "rte", Backends: 3, Workers: 2,
-		Dir: t.TempDir(), BalancerBus: bus.Address})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tb.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	tb := openTestbed(t, testbed.Options{Prefix: "rte", Backends: 3, Workers: 2, BalancerBus: bus.Address})
 	// be3 also owns 198.51.100.7, outside the lab's subnet: the balancer
 	// has no route to it until the test adds one via be3's lab address.
 	be3, far := tb.Backends[2], netip.MustParseAddr("198.51.100.7")
-	err = be3.Host.Do(func() error {
+	err := be3.Host.Do(func() error {
 		eth0, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err

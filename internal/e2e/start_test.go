@@ -17,20 +17,8 @@ import (
 // of how the balancer starts; dir is the testbed's directory.
 func newLab(t *testing.T) (tb *testbed.Testbed, dir string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("end-to-end tests need root (network namespaces)")
-	}
 	dir = t.TempDir()
-	tb, err := testbed.New(testbed.Options{Binary: caplancedBin, Prefix: "e2e", Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := tb.Close(); err != nil {
-			t.Error(err)
-		}
-	})
-	return tb, dir
+	return openTestbed(t, testbed.Options{Prefix: "e2e", Dir: dir}), dir
 }
 
 // A state file the registry refuses fails the start before anything on the

@@ -81,9 +81,10 @@ type snapshot struct {
 	table   *maglev.Table
 	byIndex []*target // Maglev index → target
 	byID    map[uint32]*target
-	// valid is built once per snapshot so that conntrack lookups do not
-	// allocate a closure per packet.
-	valid func(id uint32) bool
+	// valid and takesNew are built once per snapshot so that conntrack
+	// lookups do not allocate a closure per packet.
+	valid    func(id uint32) bool
+	takesNew func(id uint32) bool
 }
 
 // buildSnapshot resolves every backend and builds the table. A backend
@@ -173,6 +174,10 @@ func (b *Balancer) buildSnapshot(backends []Backend) (*snapshot, error) {
 	s.valid = func(id uint32) bool {
 		t, ok := s.byID[id]
 		return ok && t.State != Down
+	}
+	s.takesNew = func(id uint32) bool {
+		t, ok := s.byID[id]
+		return ok && t.State == Active && t.Weight > 0
 	}
 	return s, nil
 }

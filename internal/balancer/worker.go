@@ -123,7 +123,16 @@ func (w *worker) forward(n int) {
 		}
 		h := key.Hash()
 		var t *target
-		if id, ok := ct.Lookup(key, flags, now, s.valid); ok {
+		// A SYN without ACK opens a new connection, whatever the table
+		// remembers of an earlier one on the same ports (a client that
+		// reuses its port before the entry expires): it follows an entry
+		// only to a backend that takes new flows, so that a drained or
+		// weight-0 backend never gets a new connection.
+		valid := s.valid
+		if flags&(flow.SYN|flow.ACK) == flow.SYN {
+			valid = s.takesNew
+		}
+		if id, ok := ct.Lookup(key, flags, now, valid); ok {
 			t = s.byID[id]
 		} else {
 			idx := s.table.Lookup(h)

@@ -1,0 +1,95 @@
+package balancer
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/flow"
+)
+
+// clientTCP is a TCP segment from 10.0.0.1:sport to the VIP, port 80, with
+// flags.
+func clientTCP(sport uint16, flags flow.TCPFlags) []byte {
+	pkt := make([]byte, 40)
+	pkt[0], pkt[8], pkt[9] = 0x45, 64, unix.IPPROTO_TCP
+	binary.BigEndian.PutUint16(pkt[2:4], uint16(len(pkt)))
+	copy(pkt[12:16], []byte{10, 0, 0, 1})
+	vip := benchVIP.As4()
+	copy(pkt[16:20], vip[:])
+	binary.BigEndian.PutUint16(pkt[20:22], sport)
+	binary.BigEndian.PutUint16(pkt[22:24], 80)
+	pkt[32], pkt[33] = 5<<4, byte(flags)
+	return pkt
+}
+
+// TestNewConnectionsSkipBackendsThatTakeNone: a SYN without ACK opens a new
+// connection even when connection tracking still holds an entry for its
+// ports (a client reusing a port before the entry expired): it goes to a
+// backend that takes new flows, never to a drained or weight-0 one, while
+// the established connection's other segments still reach its backend.
+func TestNewConnectionsSkipBackendsThatTakeNone(t *testing.T) {
+	h := newHotPath(t)
+	tcpFD := int(h.w.fds[0].Fd) // per VIP: tcp, udp, icmp
+	one, two := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
+	set := func(first Backend) {
+		t.Helper()
+		if err := h.b.SetBackends([]Backend{first, {ID: 2, Name: "two", Address: two, Weight: 1}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// send sends one segment and returns the backend it went to.
+	send := func(sport uint16, flags flow.TCPFlags) string {
+		t.Helper()
+		before := h.b.Stats().Backends
+		h.out.Add(clientTCP(sport, flags), benchVIP.As4(), 0)
+		h.out.Flush(h.sender, func(_ int, err error) { t.Fatal(err) })
+		n, err := h.w.batch.Recv(tcpFD)
+		if err != nil || n != 1 {
+			t.Fatalf("received %d segments (%v), want 1", n, err)
+		}
+		h.w.forward(n)
+		after := h.b.Stats().Backends
+		for i := range after {
+			if after[i].Packets > before[i].Packets {
+				return after[i].Name
+			}
+		}
+		t.Fatalf("segment from port %d (flags %#x) went to no backend", sport, flags)
+		return ""
+	}
+	port := uint16(20000) // each connection on ports of its own
+	for _, tt := range []struct {
+		name       string
+		notTakeNew Backend
+	}{
+		{name: "drained", notTakeNew: Backend{ID: 1, Name: "one", Address: one, Weight: 1, State: Draining}},
+		{name: "weight 0", notTakeNew: Backend{ID: 1, Name: "one", Address: one, Weight: 0}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			set(Backend{ID: 1, Name: "one", Address: one, Weight: 1})
+			// A connection that lands on "one".
+			for first := port; send(port, flow.SYN) != "one"; port++ {
+				if port == first+100 {
+					t.Fatal("no port of 100 hashes to backend one")
+				}
+			}
+			if got := send(port, flow.ACK); got != "one" {
+				t.Fatalf("the established connection went to %s", got)
+			}
+			set(tt.notTakeNew)
+			if got := send(port, flow.ACK); got != "one" {
+				t.Errorf("the established connection moved to %s", got)
+			}
+			if got := send(port, flow.SYN); got != "two" {
+				t.Errorf("a new connection on the same ports went to %s, want two", got)
+			}
+			if got := send(port, flow.ACK); got != "two" {
+				t.Errorf("the new connection's next segment went to %s, want two", got)
+			}
+			port++
+		})
+	}
+}

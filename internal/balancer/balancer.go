@@ -56,6 +56,13 @@ type Balancer struct {
 	// WatchRoutes' goroutine: an eventfd that stops it, closed when done.
 	watchStop int
 	watchDone chan struct{}
+
+	// flows is the last count of tracked flows per backend (flowCounts).
+	flows struct {
+		sync.Mutex
+		at     time.Time
+		counts map[uint32]conntrack.Flows
+	}
 }
 
 // batchSize is how many packets one recvmmsg or sendmmsg moves at most.
@@ -283,7 +290,7 @@ func (b *Balancer) Stats() Stats {
 			st.Drops[dropReason(r).String()] += w.drops[r].Load()
 		}
 	}
-	flows := b.cfg.Conntrack.CountByBackend()
+	flows := b.flowCounts()
 	for _, t := range b.snap.Load().byIndex {
 		f := flows[t.ID]
 		bs := BackendStats{Name: t.Name, State: t.State.String(),
@@ -299,6 +306,26 @@ func (b *Balancer) Stats() Stats {
 	st.ConntrackSize = b.cfg.Conntrack.Len()
 	st.ConntrackEvictions = b.cfg.Conntrack.Evictions()
 	return st
+}
+
+// flowCountsMaxAge is how old a count of the tracked flows may be when
+// Stats returns it. A variable for the tests.
+var flowCountsMaxAge = 250 * time.Millisecond
+
+// flowCounts counts the tracked flows of each backend: a walk over every
+// entry, about 40 ms at a million flows. Everyone may read ActiveFlows and
+// call ListBackends over D-Bus, each call on a goroutine of its own, so a
+// local user could keep both cores walking; instead there is one walk at a
+// time and at most one per flowCountsMaxAge, whoever asks. The map returned
+// is shared: callers only read it.
+func (b *Balancer) flowCounts() map[uint32]conntrack.Flows {
+	b.flows.Lock()
+	defer b.flows.Unlock()
+	if b.flows.counts == nil || time.Since(b.flows.at) >= flowCountsMaxAge {
+		b.flows.counts = b.cfg.Conntrack.CountByBackend()
+		b.flows.at = time.Now()
+	}
+	return b.flows.counts
 }
 
 // DropReasons lists every drop counter name, for documentation and tests.

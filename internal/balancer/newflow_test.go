@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"net/netip"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -91,5 +92,36 @@ func TestNewConnectionsSkipBackendsThatTakeNone(t *testing.T) {
 			}
 			port++
 		})
+	}
+}
+
+// TestFlowCountsAreShared: Stats walks connection tracking at most once per
+// flowCountsMaxAge, whoever asks, so that callers of ListBackends or
+// ActiveFlows (anyone on the bus) cannot keep the CPUs walking it.
+func TestFlowCountsAreShared(t *testing.T) {
+	h := newHotPath(t)
+	active := func() uint64 {
+		t.Helper()
+		st := h.b.Stats()
+		if len(st.Backends) != 1 {
+			t.Fatalf("Stats has %d backends, want 1", len(st.Backends))
+		}
+		return st.Backends[0].ActiveFlows
+	}
+	defer func(age time.Duration) { flowCountsMaxAge = age }(flowCountsMaxAge)
+	flowCountsMaxAge = time.Hour
+	if n := active(); n != 0 {
+		t.Fatalf("%d active flows before any packet", n)
+	}
+	h.sendBatch(t)
+	for forwarded := 0; forwarded < len(h.pkts); {
+		forwarded += h.forwardBatch(t)
+	}
+	if n := active(); n != 0 {
+		t.Errorf("%d active flows within flowCountsMaxAge of the last count, want the last count, 0", n)
+	}
+	flowCountsMaxAge = 0
+	if n, want := active(), uint64(len(h.pkts)); n != want {
+		t.Errorf("%d active flows once the count is old, want %d", n, want)
 	}
 }

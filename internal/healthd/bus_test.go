@@ -1,6 +1,7 @@
 package healthd
 
 import (
+	"context"
 	"net/netip"
 	"strings"
 	"testing"
@@ -281,23 +282,15 @@ func TestStartsBeforeCaplanced(t *testing.T) {
 	e.startCaplanced(tcpCheck("web1", "10.0.1.11", l1))
 	e.waitHealth("web1", "up: "+l1.connected(2), 2*time.Second)
 
-	alive := make(chan error, 1)
-	go func() { alive <- e.d.Alive(t.Context()) }()
-	select {
-	case err := <-alive:
-		if err != nil {
-			t.Errorf("Alive: %v", err)
-		}
-	case <-time.After(time.Second):
-		t.Error("Alive did not return within 1s")
+	// The loop answers (the bound only keeps a hang from stalling the run).
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if err := e.d.Alive(ctx); err != nil {
+		t.Errorf("Alive: %v", err)
 	}
 
-	start := time.Now()
 	if err := e.stopHealthd(); err != nil {
 		t.Errorf("Run: %v", err)
-	}
-	if took := time.Since(start); took > time.Second {
-		t.Errorf("stopping took %v", took)
 	}
 	lines := e.notes.lines()
 	if diff := cmp.Diff([]string{"STOPPING=1", "STATUS=stopping"}, lines[len(lines)-2:]); diff != "" {

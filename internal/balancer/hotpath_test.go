@@ -93,15 +93,22 @@ func newHotPath(tb testing.TB) *hotPath {
 
 // clientUDP is a UDP packet from 10.0.0.1:sport to the VIP, port 80.
 func clientUDP(sport uint16, payload int) []byte {
-	pkt := make([]byte, 28+payload)
-	pkt[0], pkt[8], pkt[9] = 0x45, 64, unix.IPPROTO_UDP
+	pkt := clientPacket(unix.IPPROTO_UDP, sport, 8+payload)
+	binary.BigEndian.PutUint16(pkt[24:26], uint16(8+payload))
+	return pkt
+}
+
+// clientPacket is an IPv4 packet of protocol proto from 10.0.0.1:sport to
+// the VIP, port 80, with room for a transport header and payload of size.
+func clientPacket(proto byte, sport uint16, size int) []byte {
+	pkt := make([]byte, 20+size)
+	pkt[0], pkt[8], pkt[9] = 0x45, 64, proto
 	binary.BigEndian.PutUint16(pkt[2:4], uint16(len(pkt)))
 	copy(pkt[12:16], []byte{10, 0, 0, 1})
 	vip := benchVIP.As4()
 	copy(pkt[16:20], vip[:])
 	binary.BigEndian.PutUint16(pkt[20:22], sport)
 	binary.BigEndian.PutUint16(pkt[22:24], 80)
-	binary.BigEndian.PutUint16(pkt[24:26], uint16(8+payload))
 	return pkt
 }
 

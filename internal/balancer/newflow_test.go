@@ -1,7 +1,6 @@
 package balancer
 
 import (
-	"encoding/binary"
 	"net/netip"
 	"testing"
 	"time"
@@ -14,14 +13,7 @@ import (
 // clientTCP is a TCP segment from 10.0.0.1:sport to the VIP, port 80, with
 // flags.
 func clientTCP(sport uint16, flags flow.TCPFlags) []byte {
-	pkt := make([]byte, 40)
-	pkt[0], pkt[8], pkt[9] = 0x45, 64, unix.IPPROTO_TCP
-	binary.BigEndian.PutUint16(pkt[2:4], uint16(len(pkt)))
-	copy(pkt[12:16], []byte{10, 0, 0, 1})
-	vip := benchVIP.As4()
-	copy(pkt[16:20], vip[:])
-	binary.BigEndian.PutUint16(pkt[20:22], sport)
-	binary.BigEndian.PutUint16(pkt[22:24], 80)
+	pkt := clientPacket(unix.IPPROTO_TCP, sport, 20)
 	pkt[32], pkt[33] = 5<<4, byte(flags)
 	return pkt
 }

@@ -113,6 +113,27 @@ func docGroups(t *testing.T, section string) map[string]string {
 	return groups
 }
 
+var apartPair = regexp.MustCompile("`([^`]+)` ↛\\s+`([^`]+)`")
+
+// docApart reads the "- Apart:" bullet's pairs (`internal/a` ↛
+// `internal/b`: a must not import b) as relative paths.
+func docApart(t *testing.T, section string) [][2]string {
+	t.Helper()
+	_, item, ok := strings.Cut(section, "\n- Apart:")
+	if !ok {
+		t.Fatal(`architecture.md's Packages section has no "- Apart: " bullet`)
+	}
+	item, _, _ = strings.Cut(item, "\n\n")
+	var pairs [][2]string
+	for _, m := range apartPair.FindAllStringSubmatch(item, -1) {
+		pairs = append(pairs, [2]string{m[1], m[2]})
+	}
+	if len(pairs) == 0 {
+		t.Fatal("architecture.md's \"- Apart:\" bullet has no pair `internal/a` ↛ `internal/b`")
+	}
+	return pairs
+}
+
 // docParagraphs returns the packages that have a paragraph of their own:
 // the code spans inside a bold span (**`internal/flow`**), without a
 // trailing slash.
@@ -147,6 +168,13 @@ func TestPackagesDocumented(t *testing.T) {
 			t.Errorf("docs/architecture.md's Packages section has a paragraph for %s, which is not a package of the module: remove it or fix the path", rel)
 		}
 	}
+	for _, pair := range docApart(t, section) {
+		for _, rel := range pair {
+			if !exists[rel] {
+				t.Errorf("docs/architecture.md's \"Apart\" bullet names %s, which is not a package of the module: remove the pair or fix the path", rel)
+			}
+		}
+	}
 	for rel, g := range groups {
 		if !exists[rel] {
 			t.Errorf("docs/architecture.md's %q bullet names %s, which is not a package of the module: remove it or fix the path", g, rel)
@@ -160,10 +188,13 @@ func TestPackagesDocumented(t *testing.T) {
 //   - a pure package imports the standard library and pure packages only;
 //   - nothing imports a command (the compiler already forbids it) and only
 //     test support imports test support;
+//   - a package of an "Apart" pair does not import the other one;
 //   - commands and service packages may import anything else.
 func TestImportRules(t *testing.T) {
 	own, all := listModule(t)
-	groups := docGroups(t, packagesSection(t))
+	section := packagesSection(t)
+	groups := docGroups(t, section)
+	apart := docApart(t, section)
 	group := func(path string) string {
 		rel := strings.TrimPrefix(path, module+"/")
 		if g, ok := groups[rel]; ok {
@@ -181,6 +212,10 @@ func TestImportRules(t *testing.T) {
 			}
 			if err := allowed(g, dep, group); err != nil {
 				t.Errorf("%s (%s) imports %s: %v", rel, strings.ToLower(g), strings.TrimPrefix(imp, module+"/"), err)
+			}
+			if slices.Contains(apart, [2]string{rel, strings.TrimPrefix(imp, module+"/")}) {
+				t.Errorf("%s imports %s, which docs/architecture.md's \"Apart\" bullet forbids: "+
+					"share the type through internal/model, or pass a function in from the daemon", rel, strings.TrimPrefix(imp, module+"/"))
 			}
 		}
 	}

@@ -3,59 +3,23 @@ package balancer
 import (
 	"fmt"
 	"maps"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync/atomic"
 
 	"github.com/caplance/caplance/internal/encap"
 	"github.com/caplance/caplance/internal/maglev"
+	"github.com/caplance/caplance/internal/model"
 )
-
-// State is a backend's place in the rotation.
-type State uint8
-
-// Backend states. Active backends get new flows; Draining ones keep their
-// established flows and get no new ones; Down ones get nothing, and their
-// connection-tracking entries are not reused.
-const (
-	Active State = iota
-	Draining
-	Down
-)
-
-func (s State) String() string {
-	switch s {
-	case Active:
-		return "active"
-	case Draining:
-		return "draining"
-	case Down:
-		return "down"
-	}
-	return fmt.Sprintf("state(%d)", uint8(s))
-}
-
-// Backend is one backend as the data path needs it.
-type Backend struct {
-	// ID identifies the backend in connection tracking. The daemon keeps it
-	// stable for a name, so flows keep their backend across table changes;
-	// it is never given to another name.
-	ID      uint32
-	Name    string
-	Address netip.Addr
-	Weight  uint32
-	State   State
-}
 
 // target is a backend resolved for sending: outer header template, route
 // MTU and its counters, which survive snapshots.
 type target struct {
-	Backend
+	model.Backend
 	// given is the backend as SetBackends got it (Backend may have been
 	// put down for want of a route) and gen the route cache's generation
 	// it was resolved in: while both hold, the target is still right.
-	given Backend
+	given model.Backend
 	gen   uint64
 	route route
 	outer encap.Outer
@@ -94,7 +58,7 @@ type snapshot struct {
 // route changed since, is reused as it is, with its outer header template
 // and counters: a change of one backend among thousands then costs little
 // more than the Maglev build.
-func (b *Balancer) buildSnapshot(backends []Backend) (*snapshot, error) {
+func (b *Balancer) buildSnapshot(backends []model.Backend) (*snapshot, error) {
 	var prev map[uint32]*target
 	if old := b.snap.Load(); old != nil {
 		prev = old.byID
@@ -117,7 +81,7 @@ func (b *Balancer) buildSnapshot(backends []Backend) (*snapshot, error) {
 			fresh = append(fresh, t)
 		}
 		w := t.Weight
-		if t.State != Active {
+		if t.State != model.Active {
 			w = 0
 		}
 		mb[i] = maglev.Backend{Name: be.Name, Weight: w}
@@ -173,20 +137,20 @@ func (b *Balancer) buildSnapshot(backends []Backend) (*snapshot, error) {
 	}
 	s.valid = func(id uint32) bool {
 		t, ok := s.byID[id]
-		return ok && t.State != Down
+		return ok && t.State != model.Down
 	}
 	s.takesNew = func(id uint32) bool {
 		t, ok := s.byID[id]
-		return ok && t.State == Active && t.Weight > 0
+		return ok && t.State == model.Active && t.Weight > 0
 	}
 	return s, nil
 }
 
-func byName(a, b Backend) int { return strings.Compare(a.Name, b.Name) }
+func byName(a, b model.Backend) int { return strings.Compare(a.Name, b.Name) }
 
 // target resolves be for sending, with the routes of generation gen;
 // it reuses prev when its route and resolved backend are the same.
-func (b *Balancer) target(be Backend, prev *target, gen uint64) *target {
+func (b *Balancer) target(be model.Backend, prev *target, gen uint64) *target {
 	given := be
 	r := b.routes.get(be.Address)
 	var outer encap.Outer
@@ -197,7 +161,7 @@ func (b *Balancer) target(be Backend, prev *target, gen uint64) *target {
 		}
 	}
 	if r.err != nil {
-		be.State = Down
+		be.State = model.Down
 	}
 	if prev != nil && prev.Backend == be && prev.route.equal(r) {
 		if prev.gen == gen && prev.given == given {
@@ -219,7 +183,7 @@ func (b *Balancer) target(be Backend, prev *target, gen uint64) *target {
 // hot path and swaps it in; workers pick it up at their next batch. Flows of
 // backends still present and not down keep their backend. A backend without
 // a route does not make it fail: see buildSnapshot.
-func (b *Balancer) SetBackends(backends []Backend) error {
+func (b *Balancer) SetBackends(backends []model.Backend) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if err := b.install(backends); err != nil {
@@ -237,7 +201,7 @@ func (b *Balancer) rebuild() error {
 }
 
 // install builds and swaps in a snapshot of backends. b.mu is held.
-func (b *Balancer) install(backends []Backend) error {
+func (b *Balancer) install(backends []model.Backend) error {
 	s, err := b.buildSnapshot(backends)
 	if err != nil {
 		return err

@@ -23,14 +23,14 @@ import (
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/conntrack"
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/rawio"
 )
 
 // Config is what a balancer needs; the daemon fills it from config.Balancer.
 type Config struct {
-	VIPs      []config.VIP
+	VIPs      []model.VIP
 	EncapPort uint16
 	TableSize int
 	// Workers is the number of packet workers, each on its own OS thread;
@@ -51,7 +51,7 @@ type Balancer struct {
 
 	mu    sync.Mutex // serialises SetBackends; guards stats and last
 	stats map[uint32]*backendStats
-	last  []Backend // the set SetBackends last installed
+	last  []model.Backend // the set SetBackends last installed
 
 	// WatchRoutes' goroutine: an eventfd that stops it, closed when done.
 	watchStop int

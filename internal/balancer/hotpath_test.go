@@ -12,8 +12,8 @@ import (
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
-	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/conntrack"
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/rawio"
 	"github.com/caplance/caplance/internal/rawio/rawiotest"
 )
@@ -65,12 +65,12 @@ func newHotPath(tb testing.TB) *hotPath {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	b, err := Open(Config{VIPs: []config.VIP{{Addr: benchVIP}}, EncapPort: 5555, TableSize: 65537, Workers: 1, Conntrack: ct})
+	b, err := Open(Config{VIPs: []model.VIP{{Addr: benchVIP}}, EncapPort: 5555, TableSize: 65537, Workers: 1, Conntrack: ct})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(b.Close)
-	if err := b.SetBackends([]Backend{{ID: 1, Name: "lo", Address: benchBackend, Weight: 1}}); err != nil {
+	if err := b.SetBackends([]model.Backend{{ID: 1, Name: "lo", Address: benchBackend, Weight: 1}}); err != nil {
 		tb.Fatal(err)
 	}
 	h := &hotPath{b: b, w: b.workers[0], out: rawio.NewQueue(batchSize)}

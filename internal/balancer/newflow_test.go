@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/flow"
+	"github.com/caplance/caplance/internal/model"
 )
 
 // clientTCP is a TCP segment from 10.0.0.1:sport to the VIP, port 80, with
@@ -27,9 +28,9 @@ func TestNewConnectionsSkipBackendsThatTakeNone(t *testing.T) {
 	h := newHotPath(t)
 	tcpFD := int(h.w.fds[0].Fd) // per VIP: tcp, udp, icmp
 	one, two := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
-	set := func(first Backend) {
+	set := func(first model.Backend) {
 		t.Helper()
-		if err := h.b.SetBackends([]Backend{first, {ID: 2, Name: "two", Address: two, Weight: 1}}); err != nil {
+		if err := h.b.SetBackends([]model.Backend{first, {ID: 2, Name: "two", Address: two, Weight: 1}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -56,13 +57,13 @@ func TestNewConnectionsSkipBackendsThatTakeNone(t *testing.T) {
 	port := uint16(20000) // each connection on ports of its own
 	for _, tt := range []struct {
 		name       string
-		notTakeNew Backend
+		notTakeNew model.Backend
 	}{
-		{name: "drained", notTakeNew: Backend{ID: 1, Name: "one", Address: one, Weight: 1, State: Draining}},
-		{name: "weight 0", notTakeNew: Backend{ID: 1, Name: "one", Address: one, Weight: 0}},
+		{name: "drained", notTakeNew: model.Backend{ID: 1, Name: "one", Address: one, Weight: 1, State: model.Draining}},
+		{name: "weight 0", notTakeNew: model.Backend{ID: 1, Name: "one", Address: one, Weight: 0}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			set(Backend{ID: 1, Name: "one", Address: one, Weight: 1})
+			set(model.Backend{ID: 1, Name: "one", Address: one, Weight: 1})
 			// A connection that lands on "one".
 			for first := port; send(port, flow.SYN) != "one"; port++ {
 				if port == first+100 {

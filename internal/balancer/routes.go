@@ -1,6 +1,8 @@
 package balancer
 
 import (
+	"github.com/caplance/caplance/internal/model"
+
 	"errors"
 	"fmt"
 	"log/slog"
@@ -113,7 +115,7 @@ func (c *routeCache) get(dst netip.Addr) route {
 // retain forgets the addresses that are no longer backends, once they
 // are more than a few: until then they only cost a little memory, while
 // sorting them out costs a pass over every backend.
-func (c *routeCache) retain(backends []Backend) {
+func (c *routeCache) retain(backends []model.Backend) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.entries) <= len(backends)+len(backends)/8+16 {

@@ -13,8 +13,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/conntrack"
+	"github.com/caplance/caplance/internal/model"
 )
 
 var unroutable = netip.MustParseAddr("198.51.100.7")
@@ -61,7 +61,7 @@ func routeLab(t *testing.T) (*Balancer, netlink.Link) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := Open(Config{VIPs: []config.VIP{{Addr: benchVIP}}, EncapPort: 5555, TableSize: 1009, Workers: 1, Conntrack: ct})
+	b, err := Open(Config{VIPs: []model.VIP{{Addr: benchVIP}}, EncapPort: 5555, TableSize: 1009, Workers: 1, Conntrack: ct})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +98,7 @@ func errText(err error) string {
 // route appears, with no other change.
 func TestUnroutableBackend(t *testing.T) {
 	b, link := routeLab(t)
-	set := []Backend{
+	set := []model.Backend{
 		{ID: 1, Name: "a", Address: netip.MustParseAddr("10.9.0.2"), Weight: 1},
 		{ID: 2, Name: "b", Address: netip.MustParseAddr("10.9.0.3"), Weight: 1},
 		{ID: 3, Name: "c", Address: unroutable, Weight: 1},
@@ -121,11 +121,11 @@ func TestUnroutableBackend(t *testing.T) {
 	}
 
 	// Other changes still go through.
-	set[0].State = Down
+	set[0].State = model.Down
 	if err := b.SetBackends(set); err != nil {
 		t.Fatalf("marking a down with c unroutable: %v", err)
 	}
-	set[0].State = Active
+	set[0].State = model.Active
 
 	changed := make(chan struct{}, 16)
 	if err := b.WatchRoutes(func() {
@@ -184,9 +184,9 @@ func TestRoutesCachedPerBackend(t *testing.T) {
 	asked := map[netip.Addr]int{}
 	resolve := b.routes.resolve
 	b.routes.resolve = func(a netip.Addr) route { asked[a]++; return resolve(a) }
-	var set []Backend
+	var set []model.Backend
 	for i := range 200 {
-		set = append(set, Backend{ID: uint32(i + 1), Name: fmt.Sprintf("be%03d", i), Address: netip.AddrFrom4([4]byte{10, 9, 0, byte(2 + i)}), Weight: 1})
+		set = append(set, model.Backend{ID: uint32(i + 1), Name: fmt.Sprintf("be%03d", i), Address: netip.AddrFrom4([4]byte{10, 9, 0, byte(2 + i)}), Weight: 1})
 	}
 	steps := []struct {
 		what   string
@@ -194,9 +194,9 @@ func TestRoutesCachedPerBackend(t *testing.T) {
 	}{
 		{"first set", func() {}},
 		{"a weight", func() { set[7].Weight = 5 }},
-		{"a backend down", func() { set[8].State = Down }},
+		{"a backend down", func() { set[8].State = model.Down }},
 		{"a backend added", func() {
-			set = append(set, Backend{ID: 999, Name: "new", Address: unroutable, Weight: 1})
+			set = append(set, model.Backend{ID: 999, Name: "new", Address: unroutable, Weight: 1})
 		}},
 		{"a backend removed", func() { set = set[1:] }},
 	}

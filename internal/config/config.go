@@ -16,6 +16,8 @@ import (
 	"os"
 	"slices"
 	"time"
+
+	"github.com/caplance/caplance/internal/model"
 )
 
 // DefaultPath is where the packaged caplanced looks for its configuration.
@@ -58,7 +60,7 @@ type Config struct {
 
 // Balancer is the [balancer] section: the VIPs this host balances.
 type Balancer struct {
-	VIPs []VIP
+	VIPs []model.VIP
 	// Interface is where the VIPs are attached; "" means the one interface
 	// whose subnet contains each VIP.
 	Interface string
@@ -76,13 +78,6 @@ type Balancer struct {
 	// TCPClosingTimeout is the idle timeout of a TCP flow the client has
 	// closed (FIN or RST).
 	TCPClosingTimeout time.Duration
-}
-
-// VIP is one virtual address and the destination ports it accepts.
-type VIP struct {
-	Addr netip.Addr
-	// Ports is the allow-list, sorted; nil accepts every port.
-	Ports []uint16
 }
 
 // Backend is one [[backend]] entry.

@@ -12,6 +12,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/caplance/caplance/internal/model"
 )
 
 var addr = netip.MustParseAddr
@@ -36,7 +38,7 @@ name = "web1"
 address = "10.0.1.11"
 `,
 			want: &Config{
-				Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second},
+				Balancer: &Balancer{VIPs: []model.VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second},
 				Backends: []Backend{{Name: "web1", Address: addr("10.0.1.11"), Weight: 100}},
 			},
 		},
@@ -68,7 +70,7 @@ weight = 10000
 `,
 			want: &Config{
 				Balancer: &Balancer{
-					VIPs:      []VIP{{Addr: addr("10.0.0.100")}, {Addr: addr("10.0.0.101"), Ports: []uint16{80, 443}}},
+					VIPs:      []model.VIP{{Addr: addr("10.0.0.100")}, {Addr: addr("10.0.0.101"), Ports: []uint16{80, 443}}},
 					Interface: "eth1", EncapPort: 6000, TableSize: 101, MaxBackends: 3,
 					Workers: 2, ConntrackSize: 4096, TCPTimeout: time.Hour, UDPTimeout: 90 * time.Second,
 					TCPClosingTimeout: 2 * time.Second,
@@ -82,7 +84,7 @@ weight = 10000
 		{
 			name: "balancer without backends is valid (they come at run time)",
 			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\n",
-			want: &Config{Balancer: &Balancer{VIPs: []VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second}},
+			want: &Config{Balancer: &Balancer{VIPs: []model.VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second}},
 		},
 		{
 			name: "receiver",
@@ -117,7 +119,7 @@ workers = 3
 				"PATH=/usr/bin",
 			},
 			want: &Config{Balancer: &Balancer{
-				VIPs:      []VIP{{Addr: addr("10.0.0.1")}, {Addr: addr("10.0.0.2")}},
+				VIPs:      []model.VIP{{Addr: addr("10.0.0.1")}, {Addr: addr("10.0.0.2")}},
 				Interface: "br0", EncapPort: 7000, TableSize: 65537, MaxBackends: 4096,
 				ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute,
 				TCPClosingTimeout: 10 * time.Second,

@@ -11,6 +11,7 @@ import (
 
 	"github.com/caplance/caplance/internal/check"
 	"github.com/caplance/caplance/internal/maglev"
+	"github.com/caplance/caplance/internal/model"
 )
 
 var backendName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -54,7 +55,7 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 	}
 	addrs := addressList(raw.VIPs, "balancer: vips", p)
 	for _, a := range addrs {
-		b.VIPs = append(b.VIPs, VIP{Addr: a})
+		b.VIPs = append(b.VIPs, model.VIP{Addr: a})
 	}
 	for _, key := range slices.Sorted(maps.Keys(raw.Ports)) {
 		ports := raw.Ports[key]
@@ -64,7 +65,7 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 			p.at(at, "%s: %v", place, err)
 			continue
 		}
-		i := slices.IndexFunc(b.VIPs, func(v VIP) bool { return v.Addr == a })
+		i := slices.IndexFunc(b.VIPs, func(v model.VIP) bool { return v.Addr == a })
 		if i < 0 {
 			p.at(at, "%s: not one of balancer.vips", place)
 			continue
@@ -122,7 +123,7 @@ func validateBackends(raw []rawBackend, bal *Balancer, p *problems) []Backend {
 			if other, dup := addrs[a]; dup {
 				p.at(at("address"), "%s: address %s: already used by backend %q", place, a, other)
 			}
-			if bal != nil && slices.ContainsFunc(bal.VIPs, func(v VIP) bool { return v.Addr == a }) {
+			if bal != nil && slices.ContainsFunc(bal.VIPs, func(v model.VIP) bool { return v.Addr == a }) {
 				p.at(at("address"), "%s: address %s: is a VIP of this balancer (packets would loop)", place, a)
 			}
 			addrs[a] = rb.Name

@@ -31,6 +31,7 @@ import (
 	"github.com/caplance/caplance/internal/dbusapi"
 	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/dbusname"
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/nft"
 	"github.com/caplance/caplance/internal/owner"
 	"github.com/caplance/caplance/internal/receiver"
@@ -433,7 +434,7 @@ func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string,
 // [balancer.ports] names the ports to balance: caplanced would otherwise
 // take every port of that address (SSH included) from the host's own
 // services.
-func checkVIPsNotLocal(vips []config.VIP) error {
+func checkVIPsNotLocal(vips []model.VIP) error {
 	var errs []error
 	for _, v := range vips {
 		iface, err := vip.HasAddress(v.Addr)

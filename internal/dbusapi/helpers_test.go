@@ -17,11 +17,11 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
-	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/dbusapi"
 	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/dbustest"
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/registry"
 )
 
@@ -35,11 +35,11 @@ var cmpOpts = cmp.Options{cmpopts.EquateComparable(netip.Addr{}), cmpopts.Equate
 // dataPath records the registry's apply calls and fails them on demand.
 type dataPath struct {
 	mu    sync.Mutex
-	calls [][]balancer.Backend
+	calls [][]model.Backend
 	fail  error
 }
 
-func (d *dataPath) apply(set []balancer.Backend) error {
+func (d *dataPath) apply(set []model.Backend) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.fail != nil {
@@ -55,7 +55,7 @@ func (d *dataPath) setFail(err error) {
 	d.fail = err
 }
 
-func (d *dataPath) installed() []balancer.Backend {
+func (d *dataPath) installed() []model.Backend {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(d.calls) == 0 {
@@ -175,7 +175,7 @@ func mustCall(t *testing.T, conn *dbus.Conn, path dbus.ObjectPath, method string
 type snapshot struct {
 	List      []registry.Backend
 	StateFile string
-	Installed []balancer.Backend
+	Installed []model.Backend
 	Reloads   int64
 	Objects   string
 }

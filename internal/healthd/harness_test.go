@@ -16,11 +16,11 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/dbusapi"
 	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/dbustest"
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/registry"
 )
 
@@ -76,7 +76,7 @@ func (e *env) startCaplanced(backends ...config.Backend) {
 	t := e.t
 	t.Helper()
 	reg, _, err := registry.Open(filepath.Join(t.TempDir(), "backends.json"), backends,
-		[]netip.Addr{netip.MustParseAddr(testVIP)}, func([]balancer.Backend) error { return nil })
+		[]netip.Addr{netip.MustParseAddr(testVIP)}, func([]model.Backend) error { return nil })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/conntrack"
 	"github.com/caplance/caplance/internal/maglev"
+	"github.com/caplance/caplance/internal/model"
 )
 
 // benchBalancer opens a real balancer (one worker, default table and
@@ -69,7 +70,7 @@ func benchBalancer(b *testing.B) *balancer.Balancer {
 			if err != nil {
 				return err
 			}
-			bal, err = balancer.Open(balancer.Config{VIPs: []config.VIP{{Addr: theVIP}}, EncapPort: 5555,
+			bal, err = balancer.Open(balancer.Config{VIPs: []model.VIP{{Addr: theVIP}}, EncapPort: 5555,
 				TableSize: maglev.DefaultSize, Workers: 1, Conntrack: ct})
 			return err
 		}()

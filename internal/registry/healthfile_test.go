@@ -8,8 +8,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/model"
 )
 
 // openWithHealth opens a registry on the state and health files of dir.
@@ -25,7 +25,7 @@ func openWithHealth(t *testing.T, dir string, cfg []config.Backend) (*Registry, 
 
 // healthOf returns the health and detail of backend name, and the state the
 // data path got for it first (at Open).
-func healthOf(t *testing.T, r *Registry, dp *recorder, name string) (Health, string, balancer.State) {
+func healthOf(t *testing.T, r *Registry, dp *recorder, name string) (Health, string, model.State) {
 	t.Helper()
 	b, ok := r.Get(name)
 	if !ok {
@@ -65,18 +65,18 @@ func TestHealthFileRestart(t *testing.T) {
 	if len(warnings) > 0 {
 		t.Errorf("warnings: %q", warnings)
 	}
-	if h, d, st := healthOf(t, r, dp, "web1"); h != HealthDown || d != "connection refused after 3 failures" || st != balancer.Down {
-		t.Errorf("web1 after the restart: %s %q, data path %v; want down, its detail, %v", h, d, st, balancer.Down)
+	if h, d, st := healthOf(t, r, dp, "web1"); h != HealthDown || d != "connection refused after 3 failures" || st != model.Down {
+		t.Errorf("web1 after the restart: %s %q, data path %v; want down, its detail, %v", h, d, st, model.Down)
 	}
-	if h, d, st := healthOf(t, r, dp, "web2"); h != HealthUnknown || d != "" || st != balancer.Active {
-		t.Errorf("web2 after the restart: %s %q, data path %v; want unknown, no detail, %v", h, d, st, balancer.Active)
+	if h, d, st := healthOf(t, r, dp, "web2"); h != HealthUnknown || d != "" || st != model.Active {
+		t.Errorf("web2 after the restart: %s %q, data path %v; want unknown, no detail, %v", h, d, st, model.Active)
 	}
 
 	if _, err := r.ReportHealth("web1", true, "ok"); err != nil {
 		t.Fatal(err)
 	}
 	r, dp, _ = openWithHealth(t, dir, baseConfig())
-	if h, _, st := healthOf(t, r, dp, "web1"); h != HealthUnknown || st != balancer.Active {
+	if h, _, st := healthOf(t, r, dp, "web1"); h != HealthUnknown || st != model.Active {
 		t.Errorf("web1 after a report up and a restart: %s, data path %v", h, st)
 	}
 }

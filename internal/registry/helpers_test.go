@@ -15,8 +15,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
-	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/model"
 )
 
 var (
@@ -41,7 +41,7 @@ func ptr[T any](v T) *T { return &v }
 
 // applyCall is one call of the apply callback.
 type applyCall struct {
-	Set []balancer.Backend
+	Set []model.Backend
 	OK  bool
 }
 
@@ -54,7 +54,7 @@ type recorder struct {
 	fail func(n int) error
 }
 
-func (d *recorder) apply(set []balancer.Backend) error {
+func (d *recorder) apply(set []model.Backend) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var err error
@@ -83,7 +83,7 @@ func (d *recorder) log() []applyCall {
 }
 
 // installed is the set the data path has: the last successful call's.
-func (d *recorder) installed() []balancer.Backend {
+func (d *recorder) installed() []model.Backend {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for i := len(d.calls) - 1; i >= 0; i-- {
@@ -162,7 +162,7 @@ func readState(t *testing.T, path string) string {
 type snapshot struct {
 	List      []Backend
 	StateFile string
-	Installed []balancer.Backend
+	Installed []model.Backend
 	Changes   []Change
 }
 

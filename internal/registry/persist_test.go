@@ -9,8 +9,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/model"
 )
 
 func TestPersistenceRoundTrip(t *testing.T) {
@@ -193,13 +193,13 @@ func TestOpenErrors(t *testing.T) {
 		name  string
 		path  string
 		cfg   []config.Backend
-		apply func([]balancer.Backend) error
+		apply func([]model.Backend) error
 		kind  error
 		frags []string
 	}{
 		{"no state path", "", baseConfig(), nil, ErrInvalidArgument, []string{"no state file path"}},
 		{"state path is a directory", dir, baseConfig(), nil, ErrFailed, []string{"state file " + dir}},
-		{"apply fails", filepath.Join(dir, "backends.json"), baseConfig(), func([]balancer.Backend) error { return cause }, ErrFailed, []string{"no route"}},
+		{"apply fails", filepath.Join(dir, "backends.json"), baseConfig(), func([]model.Backend) error { return cause }, ErrFailed, []string{"no route"}},
 		{"invalid configuration", filepath.Join(dir, "backends.json"),
 			[]config.Backend{{Name: "web1", Address: addr("127.0.0.1"), Weight: 1}}, nil, ErrInvalidArgument,
 			[]string{`backend "web1": address 127.0.0.1: not a unicast IPv4 address`}},

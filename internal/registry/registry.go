@@ -98,8 +98,8 @@ import (
 	"strings"
 	"sync"
 
-	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/quote"
 )
 
@@ -348,7 +348,7 @@ type event struct {
 type Registry struct {
 	statePath string
 	vips      []netip.Addr
-	apply     func([]balancer.Backend) error
+	apply     func([]model.Backend) error
 
 	// opMu serializes changes: validation, apply, the state file and the
 	// commit. The fields below it are only used with it held.
@@ -357,7 +357,7 @@ type Registry struct {
 	nextID uint32
 	// applied is the set the data path has; nil when unknown (a failed
 	// rollback), which makes the next change apply unconditionally.
-	applied []balancer.Backend
+	applied []model.Backend
 	// onDisk is the state file's content (canonical encoding), nil when the
 	// file does not exist; diskUnknown is set when a failed rollback left it
 	// unknown, which makes the next change write it unconditionally.
@@ -397,7 +397,7 @@ type Registry struct {
 // It is called with the registry's change lock held, never concurrently; it
 // may call List and Get (which return the previous set) but must not change
 // the registry.
-func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func([]balancer.Backend) error, opts ...Option) (*Registry, []string, error) {
+func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func([]model.Backend) error, opts ...Option) (*Registry, []string, error) {
 	if statePath == "" {
 		return nil, nil, errorf(ErrInvalidArgument, "no state file path given")
 	}
@@ -593,17 +593,17 @@ func (r *Registry) backend(s *state, e named, noRoute map[string]string) Backend
 // dataPath is the set the balancer gets: Down when reported down, else
 // Draining when drained, else Active; weights as they are (Maglev gives
 // weight 0 no slot).
-func dataPath(list []Backend) []balancer.Backend {
-	out := make([]balancer.Backend, len(list))
+func dataPath(list []Backend) []model.Backend {
+	out := make([]model.Backend, len(list))
 	for i, b := range list {
-		st := balancer.Active
+		st := model.Active
 		switch {
 		case b.Health == HealthDown:
-			st = balancer.Down
+			st = model.Down
 		case b.Admin == AdminDrained:
-			st = balancer.Draining
+			st = model.Draining
 		}
-		out[i] = balancer.Backend{ID: b.ID, Name: b.Name, Address: b.Address, Weight: b.Weight, State: st}
+		out[i] = model.Backend{ID: b.ID, Name: b.Name, Address: b.Address, Weight: b.Weight, State: st}
 	}
 	return out
 }

@@ -8,8 +8,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/model"
 )
 
 func TestOpen(t *testing.T) {
@@ -17,9 +17,9 @@ func TestOpen(t *testing.T) {
 	if diff := cmp.Diff(base(), f.r.List(), cmpOpts); diff != "" {
 		t.Errorf("List (-want +got):\n%s", diff)
 	}
-	want := []applyCall{{Set: []balancer.Backend{
-		{ID: 1, Name: "web1", Address: addr("10.0.1.11"), Weight: 100, State: balancer.Active},
-		{ID: 2, Name: "web2", Address: addr("10.0.1.12"), Weight: 200, State: balancer.Active},
+	want := []applyCall{{Set: []model.Backend{
+		{ID: 1, Name: "web1", Address: addr("10.0.1.11"), Weight: 100, State: model.Active},
+		{ID: 2, Name: "web2", Address: addr("10.0.1.12"), Weight: 200, State: model.Active},
 	}, OK: true}}
 	if diff := cmp.Diff(want, f.dp.log(), cmpOpts); diff != "" {
 		t.Errorf("apply calls (-want +got):\n%s", diff)
@@ -372,14 +372,14 @@ func TestReportHealthChanged(t *testing.T) {
 		detail  string
 		changed bool
 		changes []Change
-		state   balancer.State
+		state   model.State
 	}{
-		{true, "", true, []Change{{Kind: Updated, Backend: web1(health(HealthUp, "")), Fields: []string{"Health"}}}, balancer.Active},
-		{true, "", false, nil, balancer.Active},
-		{false, "refused", true, []Change{{Kind: Updated, Backend: web1(health(HealthDown, "refused")), Fields: []string{"Health", "HealthDetail"}}}, balancer.Down},
-		{false, "refused", false, nil, balancer.Down},
-		{false, "timeout", true, []Change{{Kind: Updated, Backend: web1(health(HealthDown, "timeout")), Fields: []string{"HealthDetail"}}}, balancer.Down},
-		{true, "", true, []Change{{Kind: Updated, Backend: web1(health(HealthUp, "")), Fields: []string{"Health", "HealthDetail"}}}, balancer.Active},
+		{true, "", true, []Change{{Kind: Updated, Backend: web1(health(HealthUp, "")), Fields: []string{"Health"}}}, model.Active},
+		{true, "", false, nil, model.Active},
+		{false, "refused", true, []Change{{Kind: Updated, Backend: web1(health(HealthDown, "refused")), Fields: []string{"Health", "HealthDetail"}}}, model.Down},
+		{false, "refused", false, nil, model.Down},
+		{false, "timeout", true, []Change{{Kind: Updated, Backend: web1(health(HealthDown, "timeout")), Fields: []string{"HealthDetail"}}}, model.Down},
+		{true, "", true, []Change{{Kind: Updated, Backend: web1(health(HealthUp, "")), Fields: []string{"Health", "HealthDetail"}}}, model.Active},
 	}
 	for i, s := range steps {
 		calls := len(f.dp.log())
@@ -409,19 +409,19 @@ func TestDataPathMapping(t *testing.T) {
 		drain   bool
 		health  string // "", "up", "down"
 		weight  uint32
-		want    balancer.State
+		want    model.State
 		wantWgt uint32
 	}{
-		{false, "", 100, balancer.Active, 100},
-		{false, "up", 100, balancer.Active, 100},
-		{false, "down", 100, balancer.Down, 100},
-		{true, "", 100, balancer.Draining, 100},
-		{true, "up", 100, balancer.Draining, 100},
-		{true, "down", 100, balancer.Down, 100},
-		{false, "", 0, balancer.Active, 0},
-		{true, "", 0, balancer.Draining, 0},
-		{false, "down", 0, balancer.Down, 0},
-		{false, "up", 10000, balancer.Active, 10000},
+		{false, "", 100, model.Active, 100},
+		{false, "up", 100, model.Active, 100},
+		{false, "down", 100, model.Down, 100},
+		{true, "", 100, model.Draining, 100},
+		{true, "up", 100, model.Draining, 100},
+		{true, "down", 100, model.Down, 100},
+		{false, "", 0, model.Active, 0},
+		{true, "", 0, model.Draining, 0},
+		{false, "down", 0, model.Down, 0},
+		{false, "up", 10000, model.Active, 10000},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("drain=%v,health=%q,weight=%d", tt.drain, tt.health, tt.weight), func(t *testing.T) {
@@ -440,7 +440,7 @@ func TestDataPathMapping(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			want := []balancer.Backend{{ID: b.ID, Name: "web9", Address: addr("10.0.1.19"), Weight: tt.wantWgt, State: tt.want}}
+			want := []model.Backend{{ID: b.ID, Name: "web9", Address: addr("10.0.1.19"), Weight: tt.wantWgt, State: tt.want}}
 			if diff := cmp.Diff(want, f.dp.installed(), cmpOpts); diff != "" {
 				t.Errorf("data path (-want +got):\n%s", diff)
 			}

@@ -8,8 +8,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/model"
 )
 
 // routeTable is a route cache's answers, which the test changes.
@@ -76,14 +76,14 @@ func TestUnroutableBackend(t *testing.T) {
 	if err := f.r.Undrain("web2"); err != nil {
 		t.Fatal(err)
 	}
-	states := func() map[string]balancer.State {
-		out := map[string]balancer.State{}
+	states := func() map[string]model.State {
+		out := map[string]model.State{}
 		for _, b := range f.dp.installed() {
 			out[b.Name] = b.State
 		}
 		return out
 	}
-	if diff := cmp.Diff(map[string]balancer.State{"web1": balancer.Down, "web2": balancer.Down, "web3": balancer.Active}, states()); diff != "" {
+	if diff := cmp.Diff(map[string]model.State{"web1": model.Down, "web2": model.Down, "web3": model.Active}, states()); diff != "" {
 		t.Errorf("data path (-want +got):\n%s", diff)
 	}
 
@@ -99,7 +99,7 @@ func TestUnroutableBackend(t *testing.T) {
 	if diff := cmp.Diff([]Change{{Kind: Updated, Backend: web2, Fields: []string{"Health", "HealthDetail"}}}, f.w.take(), cmpOpts); diff != "" {
 		t.Errorf("changes (-want +got):\n%s", diff)
 	}
-	if got := states()["web2"]; got != balancer.Active {
+	if got := states()["web2"]; got != model.Active {
 		t.Errorf("web2 in the data path: %v, want active", got)
 	}
 }

@@ -57,8 +57,10 @@ const DefaultStopTimeout = 5 * time.Second
 // callTimeout bounds each call to caplanced while syncing.
 const callTimeout = 5 * time.Second
 
-// Daemon is a running caplance-healthd. Its state belongs to the goroutine
-// of Run; the other methods talk to it through channels.
+// Daemon is a running caplance-healthd: the checks of the backends its
+// follower reports (it is the follower's followerEvents), their probes and
+// their reports. Its state belongs to the goroutine of Run; the other
+// methods talk to it through channels.
 type Daemon struct {
 	opts Options
 	cfg  *Config

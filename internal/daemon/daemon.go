@@ -23,6 +23,7 @@ import (
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/godbus/dbus/v5"
+	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/balancer"
@@ -134,68 +135,69 @@ func Run(opts Options) error {
 		r.stop()
 		return err
 	}
+	// The goroutines that run beside the main loop, supervised as one
+	// group: they all end when ctx does, and the first error of one of
+	// them stops the daemon and is returned by Run.
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 2)
+	g, gctx := errgroup.WithContext(ctx)
 	if r.bal != nil {
-		go func() { done <- r.bal.Run(ctx) }()
+		g.Go(func() error {
+			if err := r.bal.Run(gctx); err != nil {
+				return fmt.Errorf("balancer: %w", err)
+			}
+			return nil
+		})
 	}
 	if r.rcv != nil {
-		go func() { done <- r.rcv.Run(ctx) }()
+		g.Go(func() error {
+			if err := r.rcv.Run(gctx); err != nil {
+				return fmt.Errorf("receiver: %w", err)
+			}
+			return nil
+		})
 	}
-	statsDone := make(chan struct{})
-	go func() { r.writeStatsEvery(ctx, opts.RuntimeDir); close(statsDone) }()
+	g.Go(func() error { r.writeStatsEvery(gctx, opts.RuntimeDir); return nil })
 
 	status := r.status()
 	notify(log, "READY=1\nSTATUS="+status)
 	log.Info("ready", "status", status)
-	watchdogDone := make(chan struct{})
 	if interval := watchdog.Interval(log); interval > 0 {
 		log.Info("watchdog on", "ping_every", interval)
-		go func() { r.startWatchdog(ctx, interval); close(watchdogDone) }()
-	} else {
-		close(watchdogDone)
+		g.Go(func() error { r.startWatchdog(gctx, interval); return nil })
 	}
 	if wedge {
-		go watchdog.WedgeAfter(ctx, wedgeAfter, r.wedge)
+		go watchdog.WedgeAfter(gctx, wedgeAfter, r.wedge)
 	}
 
-	var sig os.Signal
-	for sig == nil {
-		select {
-		case sig = <-sigs:
-		case <-hups:
-			_ = r.reload(opts.ConfigPath)
-		case reply := <-r.reloads:
-			reply <- r.reload(opts.ConfigPath)
-		case answered := <-r.loopChecks:
-			close(answered)
-		case <-r.backendsChanged:
-			notify(log, "STATUS="+r.status())
-		}
+	if sig := r.serve(opts.ConfigPath, sigs, hups, gctx.Done()); sig != nil {
+		log.Info("stopping", "signal", sig.String(), "timeout", opts.StopTimeout)
+	} else {
+		log.Error("stopping: a supervised goroutine failed", "timeout", opts.StopTimeout)
 	}
-	log.Info("stopping", "signal", sig.String(), "timeout", opts.StopTimeout)
 	notify(log, "STOPPING=1\nSTATUS=stopping")
 	r.setState("stopping")
 
-	finished := make(chan struct{})
+	// The stop order: the goroutines first (the workers finish their
+	// batch), then the bus name, the sockets and the host changes.
+	finished := make(chan error, 1)
 	go func() {
 		if holdStop {
 			holdTheStop(log)
 		}
 		cancel()
-		for range boolCount(r.bal != nil, r.rcv != nil) {
-			<-done
-		}
-		<-statsDone
-		<-watchdogDone
+		err := g.Wait()
 		r.stop()
 		if err := removeStats(opts.RuntimeDir); err != nil {
 			log.Warn("removing the stats file", "err", err)
 		}
-		close(finished)
+		finished <- err
 	}()
 	select {
-	case <-finished:
+	case err := <-finished:
+		if err != nil {
+			log.Error("stopped after a failure", "err", err)
+			return err
+		}
 		log.Info("stopped cleanly")
 		return nil
 	case <-time.After(opts.StopTimeout):
@@ -206,14 +208,27 @@ func Run(opts Options) error {
 	}
 }
 
-func boolCount(bs ...bool) int {
-	n := 0
-	for _, b := range bs {
-		if b {
-			n++
+// serve is the main loop: it serialises reloads (SIGHUP and D-Bus) with
+// the watchdog's liveness checks and the STATUS= updates until SIGTERM or
+// SIGINT, or until failed is closed (a supervised goroutine ended with an
+// error). It returns the signal, nil when failed was closed.
+func (r *running) serve(configPath string, sigs, hups <-chan os.Signal, failed <-chan struct{}) os.Signal {
+	for {
+		select {
+		case sig := <-sigs:
+			return sig
+		case <-failed:
+			return nil
+		case <-hups:
+			_ = r.reload(configPath)
+		case reply := <-r.reloads:
+			reply <- r.reload(configPath)
+		case answered := <-r.loopChecks:
+			close(answered)
+		case <-r.backendsChanged:
+			notify(r.log, "STATUS="+r.status())
 		}
 	}
-	return n
 }
 
 // start performs every step up to READY, each announced in STATUS=, in an

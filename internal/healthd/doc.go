@@ -13,11 +13,17 @@
 //     itself, with at most max_concurrent_probes probes at once.
 //   - report.go: the queue of reports to caplanced, newest per backend,
 //     sent in batches and retried with a doubling backoff.
-//   - healthd.go: Daemon, the loop that owns the state: it follows
-//     caplanced (GetManagedObjects, then InterfacesAdded/Removed and
-//     PropertiesChanged; NameOwnerChanged to notice restarts, after which it
-//     syncs and sends the whole state again), feeds probe results to the
-//     machines, and tells systemd how it is doing.
+//   - follower.go: the follower, healthd's mirror of caplanced over D-Bus:
+//     its owner (GetNameOwner, then NameOwnerChanged, believed only from
+//     the bus), its signals (InterfacesAdded/Removed and PropertiesChanged,
+//     believed only from caplanced's current unique name) and the re-sync
+//     (GetManagedObjects) when caplanced comes back or a read failed. It
+//     emits an upsert or remove for each backend whose Address, Check or
+//     Source changed, and resynced after a sync; it knows nothing of probes.
+//   - healthd.go: Daemon, the loop that owns the state: it turns the
+//     follower's events into checks (and refuses exec checks, execdir.go),
+//     feeds probe results to the machines, sends the whole state again after
+//     each sync, and tells systemd how it is doing.
 //   - health1.go: the org.caplance.Health1 objects.
 //   - config.go: caplance-healthd.toml(5), read strictly; cmd.go: the
 //     command line.
@@ -27,5 +33,5 @@
 // It talks to caplanced only over D-Bus and changes nothing on the host; the
 // probes themselves are package check's. It must not decide health
 // anywhere but in Machine, nor call caplanced anywhere but in report.go and
-// Daemon's sync.
+// the follower's sync.
 package healthd

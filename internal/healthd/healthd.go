@@ -9,12 +9,12 @@ import (
 	"net/netip"
 	"os/signal"
 	"slices"
-	"strings"
 	"syscall"
 	"time"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/godbus/dbus/v5"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/caplance/caplance/internal/check"
 	"github.com/caplance/caplance/internal/dbusconn"
@@ -57,8 +57,10 @@ const DefaultStopTimeout = 5 * time.Second
 // callTimeout bounds each call to caplanced while syncing.
 const callTimeout = 5 * time.Second
 
-// Daemon is a running caplance-healthd. Its state belongs to the goroutine
-// of Run; the other methods talk to it through channels.
+// Daemon is a running caplance-healthd: the checks of the backends its
+// follower reports (it is the follower's followerEvents), their probes and
+// their reports. Its state belongs to the goroutine of Run; the other
+// methods talk to it through channels.
 type Daemon struct {
 	opts Options
 	cfg  *Config
@@ -67,8 +69,7 @@ type Daemon struct {
 	calls chan func()
 
 	// Set up by Run.
-	conn     *dbus.Conn
-	signals  chan *dbus.Signal
+	follow   *follower
 	results  chan probeResult
 	sched    *scheduler
 	reporter *reporter
@@ -76,10 +77,7 @@ type Daemon struct {
 	jobCtx   context.Context
 
 	// Owned by Run's goroutine.
-	// owner is the unique name of the connection that owns caplanced's
-	// bus name, "" while none does: the only sender whose signals count.
-	owner     string
-	synced    bool // the last sync with caplanced succeeded
+	// vip and encapPort are the follower's, for tunnel checks.
 	vip       netip.Addr
 	encapPort uint16
 	backends  map[string]*backend
@@ -192,7 +190,6 @@ func Serve(opts Options) error {
 // it returns an error when it cannot start (no bus, the name
 // org.caplance.Health1 taken) or when the bus connection is lost.
 func (d *Daemon) Run(ctx context.Context) error {
-	notify := d.opts.Notify
 	wedge, wedgeAfter, err := watchdog.ParseTestWedge(d.opts.TestWedge, "loop", "caplance-healthd(8)")
 	if err != nil {
 		return err
@@ -206,72 +203,80 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 		defer conn.Close()
 	}
-	d.conn = conn
-
 	// The name first, and only then the signals: until the connection
 	// owns org.caplance.Health1, the bus policy that lets only caplanced's
 	// user send it signals does not apply, and any local user could send
-	// it InterfacesAdded with an exec check. Nothing sent before the
-	// subscription reaches the loop (godbus drops signals no channel
-	// takes); onSignal still checks every sender.
-	health, err := exportHealth1(conn, managerInfo{Version: version.Version, Caplanced: "away", Status: "starting"})
+	// it InterfacesAdded with an exec check.
+	health, release, err := serveHealth1(conn)
 	if err != nil {
-		return fmt.Errorf("D-Bus: exporting %s: %w", dbusname.HealthPath, err)
+		return err
 	}
+	defer release()
 	d.health = health
-	defer health.unexport()
-	reply, err := conn.RequestName(dbusname.HealthBusName, dbus.NameFlagDoNotQueue)
-	if err == nil && reply != dbus.RequestNameReplyPrimaryOwner {
-		err = fmt.Errorf("the name is owned by another connection (%v): is another caplance-healthd running?", reply)
-	}
+	d.follow, err = follow(conn, d.log, d, d.opts.SyncRetry)
 	if err != nil {
-		return fmt.Errorf("D-Bus: requesting the bus name %s: %w", dbusname.HealthBusName, err)
+		return err
 	}
-	defer func() { _, _ = conn.ReleaseName(dbusname.HealthBusName) }()
-
-	// The signals are ordered only as long as this buffer does not fill
-	// (godbus delivers the overflow from goroutines).
-	d.signals = make(chan *dbus.Signal, 4096)
-	conn.Signal(d.signals)
-	defer conn.RemoveSignal(d.signals)
-	for _, rule := range matchRules {
-		if err := conn.AddMatchSignal(rule...); err != nil {
-			return fmt.Errorf("D-Bus: subscribing to caplanced's signals: %w", err)
-		}
-		defer func() { _ = conn.RemoveMatchSignal(rule...) }()
-	}
+	defer d.follow.close()
 
 	jobCtx, stopJobs := context.WithCancel(context.Background())
 	defer stopJobs()
 	d.jobCtx = jobCtx
 	d.results = make(chan probeResult, 64)
 	d.sched = newScheduler(d.cfg.MaxConcurrentProbes, d.results)
+	// The reporter outlives the loop: it delivers what is pending while
+	// the probes stop.
 	d.reporter = newReporter(dbusReporter(conn, d.cfg.ReportTimeout), d.cfg.RetryMin, d.cfg.RetryMax, d.log)
 	repCtx, stopReporter := context.WithCancel(context.Background())
-	reporterDone := make(chan struct{})
-	go func() { d.reporter.run(repCtx); close(reporterDone) }()
-	defer func() { stopReporter(); <-reporterDone }()
+	var reporting errgroup.Group
+	reporting.Go(func() error { d.reporter.run(repCtx); return nil })
+	defer func() { stopReporter(); _ = reporting.Wait() }()
 
-	syncRetry := time.NewTimer(time.Hour)
-	syncRetry.Stop()
-	defer syncRetry.Stop()
-	// Asked after subscribing: a change of owner from now on comes as
-	// NameOwnerChanged.
-	d.owner, err = d.nameOwner(ctx)
-	if err != nil {
-		d.log.Warn("asking the bus whether caplanced runs", "err", err)
-	}
-	if d.owner != "" && !d.sync(ctx) {
-		syncRetry.Reset(d.opts.SyncRetry)
-	}
+	d.follow.start(ctx)
 	d.refreshStatus()
-	notify("READY=1\nSTATUS=" + d.status)
+	d.opts.Notify("READY=1\nSTATUS=" + d.status)
 	d.log.Info("ready", "status", d.status)
+	loopErr := d.loop(ctx, wedge, wedgeAfter)
+	d.opts.Notify("STOPPING=1\nSTATUS=stopping")
+	d.log.Info("stopping")
+	stopJobs()
+	if !d.sched.wait(d.opts.StopTimeout) {
+		d.log.Warn("probes did not end within the stop timeout", "timeout", d.opts.StopTimeout)
+	}
+	return loopErr
+}
+
+// serveHealth1 exports org.caplance.Health1's objects and takes its name;
+// release gives both back.
+func serveHealth1(conn *dbus.Conn) (h *health1, release func(), err error) {
+	h, err = exportHealth1(conn, managerInfo{Version: version.Version, Caplanced: "away", Status: "starting"})
+	if err != nil {
+		return nil, nil, fmt.Errorf("D-Bus: exporting %s: %w", dbusname.HealthPath, err)
+	}
+	reply, err := conn.RequestName(dbusname.HealthBusName, dbus.NameFlagDoNotQueue)
+	if err == nil && reply != dbus.RequestNameReplyPrimaryOwner {
+		err = fmt.Errorf("the name is owned by another connection (%v): is another caplance-healthd running?", reply)
+	}
+	if err != nil {
+		h.unexport()
+		return nil, nil, fmt.Errorf("D-Bus: requesting the bus name %s: %w", dbusname.HealthBusName, err)
+	}
+	return h, func() {
+		_, _ = conn.ReleaseName(dbusname.HealthBusName)
+		h.unexport()
+	}, nil
+}
+
+// loop is the main loop: the follower's signals and retries, the probes'
+// results and the calls of Alive, one at a time, until ctx ends or the bus
+// connection is lost. The watchdog and the test hook run beside it, and
+// end with it.
+func (d *Daemon) loop(ctx context.Context, wedge bool, wedgeAfter time.Duration) error {
 	loopCtx, endLoop := context.WithCancel(ctx)
-	defer endLoop()
+	var helpers errgroup.Group
+	defer func() { endLoop(); _ = helpers.Wait() }()
 	if d.opts.Watchdog > 0 {
 		d.log.Info("watchdog on", "ping_every", d.opts.Watchdog)
-		watchdogDone := make(chan struct{})
 		wd := watchdog.Watchdog{
 			Interval:      d.opts.Watchdog,
 			RoundTrip:     d.Alive,
@@ -279,52 +284,31 @@ func (d *Daemon) Run(ctx context.Context) error {
 			Notify:        d.opts.Notify,
 			Log:           d.log,
 		}
-		go func() { wd.Run(loopCtx); close(watchdogDone) }()
-		defer func() { endLoop(); <-watchdogDone }()
+		helpers.Go(func() error { wd.Run(loopCtx); return nil })
 	}
 	if wedge {
-		go watchdog.WedgeAfter(loopCtx, wedgeAfter, func() { d.wedge(loopCtx) })
+		helpers.Go(func() error { watchdog.WedgeAfter(loopCtx, wedgeAfter, func() { d.wedge(loopCtx) }); return nil })
 	}
-
-	var loopErr error
-loop:
 	for {
 		select {
 		case <-ctx.Done():
-			break loop
-		case sig, ok := <-d.signals:
+			return nil
+		case sig, ok := <-d.follow.signals:
 			if !ok {
-				loopErr = errors.New("D-Bus: the connection to the bus was closed")
-				break loop
+				return errors.New("D-Bus: the connection to the bus was closed")
 			}
-			if d.onSignal(sig) {
-				syncRetry.Stop()
-				if !d.sync(ctx) {
-					syncRetry.Reset(d.opts.SyncRetry)
-				}
-			}
-		case <-syncRetry.C:
-			if d.owner != "" && !d.sync(ctx) {
-				syncRetry.Reset(d.opts.SyncRetry)
-			}
+			d.follow.onSignal(ctx, sig)
+		case <-d.follow.retry.C:
+			d.follow.onRetry(ctx)
 		case r := <-d.results:
 			d.onResult(r)
 		case f := <-d.calls:
 			f()
 		}
 		if d.refreshStatus() {
-			notify("STATUS=" + d.status)
+			d.opts.Notify("STATUS=" + d.status)
 		}
 	}
-
-	endLoop() // the watchdog and the test hook
-	notify("STOPPING=1\nSTATUS=stopping")
-	d.log.Info("stopping")
-	stopJobs()
-	if !d.sched.wait(d.opts.StopTimeout) {
-		d.log.Warn("probes did not end within the stop timeout", "timeout", d.opts.StopTimeout)
-	}
-	return loopErr
 }
 
 // dial connects to the bus of --bus/bus=, with signals delivered in order.
@@ -336,169 +320,8 @@ func dial(bus string) (*dbus.Conn, error) {
 	return c, nil
 }
 
-// matchRules are the signals healthd follows: caplanced's coming and
-// going, its backends being added and removed, their Address, Check and
-// Source, and the manager's VIPs and EncapPort.
-var matchRules = [][]dbus.MatchOption{
-	{dbus.WithMatchSender(busDriver), dbus.WithMatchInterface(busDriver),
-		dbus.WithMatchMember("NameOwnerChanged"), dbus.WithMatchArg(0, dbusname.BusName)},
-	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath), dbus.WithMatchInterface(dbusname.ObjectManagerIface)},
-	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchPathNamespace(dbus.ObjectPath(strings.TrimSuffix(dbusname.BackendPathPrefix, "/"))),
-		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, dbusname.BackendIface)},
-	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath),
-		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, dbusname.ManagerIface)},
-}
-
-// busDriver is the sender of the bus's own signals (NameOwnerChanged),
-// which no client can use.
-const busDriver = "org.freedesktop.DBus"
-
-// nameOwner asks the bus for the unique name of caplanced's connection, ""
-// when it is not on the bus.
-func (d *Daemon) nameOwner(ctx context.Context) (string, error) {
-	ctx, cancel := context.WithTimeout(ctx, callTimeout)
-	defer cancel()
-	var owner string
-	err := d.conn.BusObject().CallWithContext(ctx, busDriver+".GetNameOwner", 0, dbusname.BusName).Store(&owner)
-	var e dbus.Error
-	if errors.As(err, &e) && e.Name == busDriver+".Error.NameHasNoOwner" {
-		return "", nil
-	}
-	return owner, err
-}
-
-// onSignal follows one signal; it returns true when caplanced has
-// (re)appeared and a sync is due. Any connection can send this one
-// signals, whatever the match rules say: only the bus's NameOwnerChanged
-// and the signals of caplanced's current connection are believed.
-func (d *Daemon) onSignal(sig *dbus.Signal) (resync bool) {
-	d.log.Debug("signal", "sender", sig.Sender, "path", sig.Path, "name", sig.Name)
-	if sig.Name == busDriver+".NameOwnerChanged" {
-		if sig.Sender != busDriver {
-			d.log.Debug("ignoring a NameOwnerChanged not sent by the bus", "sender", sig.Sender)
-			return false
-		}
-		var name, oldOwner, newOwner string
-		if dbus.Store(sig.Body, &name, &oldOwner, &newOwner) != nil || name != dbusname.BusName {
-			return false
-		}
-		d.owner = newOwner
-		if newOwner == "" {
-			d.synced = false
-			d.log.Warn("caplanced left the bus: probing on, reports wait until it returns", "backends", len(d.backends))
-			return false
-		}
-		d.log.Info("caplanced is on the bus: syncing", "owner", newOwner)
-		return true
-	}
-	if d.owner == "" || sig.Sender != d.owner {
-		d.log.Debug("ignoring a signal not sent by caplanced", "sender", sig.Sender, "caplanced", d.owner)
-		return false
-	}
-	switch sig.Name {
-	case dbusname.ObjectManagerIface + ".InterfacesAdded":
-		var path dbus.ObjectPath
-		var ifaces map[string]map[string]dbus.Variant
-		if dbus.Store(sig.Body, &path, &ifaces) != nil {
-			return false
-		}
-		if props, ok := ifaces[dbusname.BackendIface]; ok {
-			d.upsertFromProps(path, props)
-		}
-	case dbusname.ObjectManagerIface + ".InterfacesRemoved":
-		var path dbus.ObjectPath
-		var ifaces []string
-		if dbus.Store(sig.Body, &path, &ifaces) != nil || !slices.Contains(ifaces, dbusname.BackendIface) {
-			return false
-		}
-		if name, ok := dbusname.BackendName(path); ok {
-			d.remove(name)
-		}
-	case propertiesIface + ".PropertiesChanged":
-		var iface string
-		var changed map[string]dbus.Variant
-		var invalidated []string
-		if dbus.Store(sig.Body, &iface, &changed, &invalidated) != nil {
-			return false
-		}
-		switch {
-		case sig.Path == dbusname.ManagerPath && iface == dbusname.ManagerIface:
-			vip, port := d.vip, d.encapPort
-			if v, ok := changed["VIPs"]; ok {
-				vip = firstVIP(v)
-			}
-			if v, ok := changed["EncapPort"].Value().(uint16); ok {
-				port = v
-			}
-			d.setTunnel(vip, port)
-		case iface == dbusname.BackendIface:
-			name, ok := dbusname.BackendName(sig.Path)
-			b := d.backends[name]
-			if !ok || b == nil {
-				return false
-			}
-			addr, spec, source := b.address, b.spec, b.source
-			if v, ok := changed["Address"].Value().(string); ok {
-				addr, _ = netip.ParseAddr(v)
-			}
-			if v, ok := changed["Check"].Value().(string); ok {
-				spec = v
-			}
-			if v, ok := changed["Source"].Value().(string); ok {
-				source = v
-			}
-			d.upsert(name, addr, spec, source)
-		}
-	}
-	return false
-}
-
-// firstVIP is the first of the manager's VIPs: the VIP of tunnel checks
-// that do not name one.
-func firstVIP(v dbus.Variant) netip.Addr {
-	vips, _ := v.Value().([]string)
-	if len(vips) == 0 {
-		return netip.Addr{}
-	}
-	a, _ := netip.ParseAddr(vips[0])
-	return a
-}
-
-// sync reads caplanced's VIPs, encap port and backends and makes the checks
-// follow them; then everything decided is reported again. It reports
-// whether it succeeded.
-func (d *Daemon) sync(ctx context.Context) bool {
-	ctx, cancel := context.WithTimeout(ctx, callTimeout)
-	defer cancel()
-	// Read from the connection whose signals are believed.
-	obj := d.conn.Object(d.owner, dbusname.ManagerPath)
-	var props map[string]dbus.Variant
-	err := obj.CallWithContext(ctx, propertiesIface+".GetAll", dbus.FlagNoAutoStart, dbusname.ManagerIface).Store(&props)
-	var objects map[dbus.ObjectPath]map[string]map[string]dbus.Variant
-	if err == nil {
-		err = obj.CallWithContext(ctx, dbusname.ObjectManagerIface+".GetManagedObjects", dbus.FlagNoAutoStart).Store(&objects)
-	}
-	if err != nil {
-		d.synced = false
-		d.log.Warn("reading caplanced's backends failed; will try again", "err", err, "retry_in", d.opts.SyncRetry)
-		return false
-	}
-	port, _ := props["EncapPort"].Value().(uint16)
-	d.setTunnel(firstVIP(props["VIPs"]), port)
-	seen := map[string]bool{}
-	for _, path := range slices.Sorted(maps.Keys(objects)) {
-		if p, ok := objects[path][dbusname.BackendIface]; ok {
-			if name := d.upsertFromProps(path, p); name != "" {
-				seen[name] = true
-			}
-		}
-	}
-	for _, name := range slices.Sorted(maps.Keys(d.backends)) {
-		if !seen[name] {
-			d.remove(name)
-		}
-	}
-	d.synced = true
+// resynced reports again everything decided, after a sync with caplanced.
+func (d *Daemon) resynced() {
 	all := map[string]report{}
 	for name, b := range d.backends {
 		if r, ok := b.current(); ok {
@@ -507,7 +330,6 @@ func (d *Daemon) sync(ctx context.Context) bool {
 	}
 	d.reporter.replaceAll(all)
 	d.log.Info("synced with caplanced", "backends", len(d.backends), "reporting", len(all))
-	return true
 }
 
 // current is the report of b's state, false while it is unknown.
@@ -521,30 +343,11 @@ func (b *backend) current() (report, bool) {
 	return report{healthy: b.machine.State() == check.StateUp, detail: b.info.Reason}, true
 }
 
-// upsertFromProps applies a backend object's properties; it returns the
-// backend's name, "" when they are not a backend's.
-func (d *Daemon) upsertFromProps(path dbus.ObjectPath, props map[string]dbus.Variant) string {
-	name, ok := props["Name"].Value().(string)
-	if !ok {
-		if name, ok = dbusname.BackendName(path); !ok {
-			return ""
-		}
-	}
-	addrText, _ := props["Address"].Value().(string)
-	addr, _ := netip.ParseAddr(addrText)
-	spec, _ := props["Check"].Value().(string)
-	source, _ := props["Source"].Value().(string)
-	d.upsert(name, addr, spec, source)
-	return name
-}
-
-// upsert makes the backend name have this address, check spec and source.
-// A change of any starts its check afresh, as caplanced resets its health.
+// upsert makes the backend name have this address, check spec and source
+// (the follower calls it only when one of them changed). A change of any
+// starts its check afresh, as caplanced resets its health.
 func (d *Daemon) upsert(name string, addr netip.Addr, spec, source string) {
 	if b, ok := d.backends[name]; ok {
-		if b.address == addr && b.spec == spec && b.source == source {
-			return
-		}
 		d.detach(b)
 	}
 	b := &backend{name: name, address: addr, spec: spec, source: source}
@@ -573,7 +376,7 @@ func (d *Daemon) upsert(name string, addr netip.Addr, spec, source string) {
 			d.log.Warn("not running the exec check of a backend added over D-Bus", "backend", name, "why", why)
 			d.health.setCheck(b.info)
 			d.reporter.forget(name)
-			if d.synced {
+			if d.follow.synced {
 				r, _ := b.current()
 				d.reporter.enqueue(name, r)
 			}
@@ -587,7 +390,7 @@ func (d *Daemon) upsert(name string, addr netip.Addr, spec, source string) {
 	d.reporter.forget(name)
 	if initial != nil {
 		b.info.Reason = initial.Reason
-		if d.synced {
+		if d.follow.synced {
 			r, _ := b.current()
 			d.reporter.enqueue(name, r)
 		}
@@ -658,9 +461,6 @@ func (d *Daemon) detach(b *backend) {
 // setTunnel changes the VIP and encap port of tunnel checks and re-aims
 // them.
 func (d *Daemon) setTunnel(vip netip.Addr, port uint16) {
-	if vip == d.vip && port == d.encapPort {
-		return
-	}
 	d.vip, d.encapPort = vip, port
 	for _, name := range slices.Sorted(maps.Keys(d.backends)) {
 		b := d.backends[name]
@@ -706,9 +506,9 @@ func (d *Daemon) refreshStatus() bool {
 	}
 	s := fmt.Sprintf("checking %d backend%s", checked, plural(checked))
 	switch {
-	case d.owner == "":
+	case d.follow.owner == "":
 		s = fmt.Sprintf("caplanced not running: probing %d backend%s, will report when it returns", checked, plural(checked))
-	case !d.synced:
+	case !d.follow.synced:
 		s = fmt.Sprintf("caplanced not answering: probing %d backend%s, will report when it answers", checked, plural(checked))
 	}
 	if s == d.status {
@@ -716,7 +516,7 @@ func (d *Daemon) refreshStatus() bool {
 	}
 	d.status = s
 	caplanced := "away"
-	if d.owner != "" {
+	if d.follow.owner != "" {
 		caplanced = "running"
 	}
 	d.health.setManager(managerInfo{Version: version.Version, Caplanced: caplanced, Status: s})

@@ -27,8 +27,10 @@
 //   - health1.go: the org.caplance.Health1 objects.
 //   - config.go: caplance-healthd.toml(5), read strictly; cmd.go: the
 //     command line.
-//   - watchdog.go: WATCHDOG=1 while the loop answers Alive, and the
-//     watchdog's test hook.
+//   - testhook.go: the watchdog's test hook (hang the loop); the pings
+//     themselves are package watchdog's, sent while the loop answers Alive.
+//   - execdir.go: which exec programs a backend added over D-Bus may run;
+//     route.go: the source address a tunnel probe uses.
 //
 // It talks to caplanced only over D-Bus and changes nothing on the host; the
 // probes themselves are package check's. It must not decide health

@@ -4,9 +4,10 @@
 // takes, and the key that tells two identical probes apart from different
 // ones (Key).
 //
-// It is pure: it opens no sockets, reads no files, runs no programs and
-// keeps no state, so caplanced's config validation parses specs without
-// linking net/http, crypto/tls or the probes. Running a probe belongs to
+// It is pure: it imports only the standard library and internal/quote, and
+// it opens no sockets, reads no files, runs no programs and keeps no state,
+// so caplanced's config validation parses specs without linking net/http,
+// crypto/tls or the probes (TestDeps checks it). Running a probe belongs to
 // package probe, whose comment says what each kind does with its
 // parameters; rise and fall counting, scheduling and reporting belong to
 // caplance-healthd, which reads the tunables from the Spec.

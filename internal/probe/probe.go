@@ -46,9 +46,9 @@ type probe struct {
 	timeout time.Duration
 }
 
-// Run runs one probe of the target as s says and reports the result. It returns
-// within the spec's Timeout, or sooner when ctx ends; it never panics on a
-// bad target, it reports it. It keeps no state: two calls are independent.
+// Run runs one probe of the target as s says and reports the result. It
+// returns within the spec's Timeout, or sooner when ctx ends; it never panics
+// on a bad target, it reports it. It keeps no state: two calls are independent.
 //
 // Every socket is opened on the calling goroutine, so a caller that has
 // switched its locked OS thread into a network namespace probes from there.

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/checkspec"
 	"github.com/caplance/caplance/internal/maglev"
 	"github.com/caplance/caplance/internal/model"
 )
@@ -296,9 +296,9 @@ func validInterfaceName(s string) bool {
 	return len(s) <= 15 && !strings.ContainsAny(s, "/: \t\n") && s != "." && s != ".."
 }
 
-// CheckSpec validates a health check spec (see package check); the error
+// CheckSpec validates a health check spec (see package checkspec); the error
 // quotes the spec and names the bad part.
 func CheckSpec(spec string) error {
-	_, err := check.Parse(spec)
+	_, err := checkspec.Parse(spec)
 	return err
 }

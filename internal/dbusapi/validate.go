@@ -7,7 +7,7 @@ import (
 )
 
 // MaxHealthDetail bounds ReportHealth's detail: the longest an exec check's
-// output (check.MaxOutput) and an absolute path make, with room to spare.
+// output (probe.MaxOutput) and an absolute path make, with room to spare.
 // A detail is repeated in signals and properties to every reader.
 const MaxHealthDetail = 16 << 10
 

@@ -10,8 +10,9 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
-	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/checkspec"
 	"github.com/caplance/caplance/internal/dbusname"
+	"github.com/caplance/caplance/internal/probe"
 	"github.com/caplance/caplance/internal/testbed"
 )
 
@@ -69,13 +70,13 @@ func TestHealth(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitHealth(t, mgr, map[string]string{be2.Name: "down"}, checkInterval*checkFall+time.Second)
-		plain, err := check.Parse("tcp://:80?" + tunables)
+		plain, err := checkspec.Parse("tcp://:80?" + tunables)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var res check.Result
+		var res probe.Result
 		if err := tb.LB.Do(func() error {
-			res = plain.Probe(context.Background(), check.Target{Name: be2.Name, Address: be2.Addr})
+			res = probe.Run(context.Background(), plain, checkspec.Target{Name: be2.Name, Address: be2.Addr})
 			return nil
 		}); err != nil || !res.Up {
 			t.Errorf("a plain tcp check of %s: %+v (%v), want up: the test proves nothing", be2.Name, res, err)

@@ -10,7 +10,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/checkspec"
 	"github.com/caplance/caplance/internal/config"
 )
 
@@ -50,7 +50,7 @@ type Config struct {
 type Defaults struct {
 	Interval, Timeout time.Duration
 	Rise, Fall        int
-	Initial           check.State
+	Initial           checkspec.State
 	HasInitial        bool
 	Jitter            time.Duration
 	HasJitter         bool
@@ -168,11 +168,11 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 func validateDefaults(raw rawDefaults, add func(string, ...any)) Defaults {
 	var d Defaults
 	if raw.Interval != "" {
-		d.Interval = duration(raw.Interval, 0, check.MinInterval, check.MaxInterval, "defaults: interval", add)
+		d.Interval = duration(raw.Interval, 0, checkspec.MinInterval, checkspec.MaxInterval, "defaults: interval", add)
 	}
 	if raw.Timeout != "" {
-		d.Timeout = duration(raw.Timeout, 0, check.MinTimeout, check.MaxInterval, "defaults: timeout", add)
-		interval := cmpOr(d.Interval, check.DefaultInterval)
+		d.Timeout = duration(raw.Timeout, 0, checkspec.MinTimeout, checkspec.MaxInterval, "defaults: timeout", add)
+		interval := cmpOr(d.Interval, checkspec.DefaultInterval)
 		if d.Timeout > interval {
 			add("defaults: timeout %q: longer than the interval %v (a probe must end before the next starts)", raw.Timeout, interval)
 		}
@@ -182,17 +182,17 @@ func validateDefaults(raw rawDefaults, add func(string, ...any)) Defaults {
 	if raw.Initial != "" {
 		switch raw.Initial {
 		case "unknown":
-			d.Initial, d.HasInitial = check.StateUnknown, true
+			d.Initial, d.HasInitial = checkspec.StateUnknown, true
 		case "up":
-			d.Initial, d.HasInitial = check.StateUp, true
+			d.Initial, d.HasInitial = checkspec.StateUp, true
 		case "down":
-			d.Initial, d.HasInitial = check.StateDown, true
+			d.Initial, d.HasInitial = checkspec.StateDown, true
 		default:
 			add("defaults: initial %q: must be unknown, up or down", raw.Initial)
 		}
 	}
 	if raw.Jitter != "" {
-		d.Jitter = duration(raw.Jitter, 0, 0, check.MaxJitter, "defaults: jitter", add)
+		d.Jitter = duration(raw.Jitter, 0, 0, checkspec.MaxJitter, "defaults: jitter", add)
 		d.HasJitter = true
 	}
 	return d
@@ -227,8 +227,8 @@ func count(raw *int, place string, add func(string, ...any)) int {
 	if raw == nil {
 		return 0
 	}
-	if *raw < 1 || *raw > check.MaxRiseFall {
-		add("%s %d: must be between 1 and %d", place, *raw, check.MaxRiseFall)
+	if *raw < 1 || *raw > checkspec.MaxRiseFall {
+		add("%s %d: must be between 1 and %d", place, *raw, checkspec.MaxRiseFall)
 		return 0
 	}
 	return *raw
@@ -237,8 +237,8 @@ func count(raw *int, place string, add func(string, ...any)) int {
 // ParseSpec parses a backend's check spec and fills in the tunables it does
 // not set from d. A spec whose own timeout is longer than the default
 // interval gets that timeout as its interval.
-func (d Defaults) ParseSpec(spec string) (*check.Spec, error) {
-	s, err := check.Parse(spec)
+func (d Defaults) ParseSpec(spec string) (*checkspec.Spec, error) {
+	s, err := checkspec.Parse(spec)
 	if err != nil {
 		return nil, err
 	}
@@ -282,5 +282,5 @@ func (d Defaults) ParseSpec(spec string) (*check.Spec, error) {
 			sep = ""
 		}
 	}
-	return check.Parse(spec + sep + strings.Join(add, "&"))
+	return checkspec.Parse(spec + sep + strings.Join(add, "&"))
 }

@@ -13,7 +13,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/checkspec"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -45,7 +45,7 @@ timeout = "3s"
 				Bus: "unix:path=/tmp/bus", MaxConcurrentProbes: 8, ExecDir: "/usr/local/lib/caplance/checks",
 				Defaults: Defaults{
 					Interval: 5 * time.Second, Timeout: 2 * time.Second, Rise: 1, Fall: 5,
-					Initial: check.StateDown, HasInitial: true, Jitter: 0, HasJitter: true,
+					Initial: checkspec.StateDown, HasInitial: true, Jitter: 0, HasJitter: true,
 				},
 				RetryMin: 100 * time.Millisecond, RetryMax: time.Minute, ReportTimeout: 3 * time.Second,
 			},
@@ -195,8 +195,8 @@ func TestShippedConfigs(t *testing.T) {
 	}
 	want := DefaultConfig()
 	want.Defaults = Defaults{
-		Interval: check.DefaultInterval, Timeout: check.DefaultTimeout, Rise: check.DefaultRise, Fall: check.DefaultFall,
-		Initial: check.DefaultInitial, HasInitial: true, Jitter: check.DefaultInterval, HasJitter: true,
+		Interval: checkspec.DefaultInterval, Timeout: checkspec.DefaultTimeout, Rise: checkspec.DefaultRise, Fall: checkspec.DefaultFall,
+		Initial: checkspec.DefaultInitial, HasInitial: true, Jitter: checkspec.DefaultInterval, HasJitter: true,
 	}
 	if diff := cmp.Diff(want, ref); diff != "" {
 		t.Errorf("the reference configuration is not the defaults (-want +got):\n%s", diff)
@@ -252,7 +252,7 @@ func TestManPageDocumentsEveryKey(t *testing.T) {
 }
 
 // caplance-healthd(8) describes every flag, and the check spec syntax of
-// package check.
+// package checkspec.
 func TestManPageDocumentsEveryFlag(t *testing.T) {
 	raw, err := os.ReadFile("../../man/caplance-healthd.8.md")
 	if err != nil {
@@ -272,7 +272,7 @@ func TestManPageDocumentsEveryFlag(t *testing.T) {
 			t.Errorf("OPTIONS does not describe %s", entry)
 		}
 	}
-	for _, kind := range check.Kinds {
+	for _, kind := range checkspec.Kinds {
 		if !strings.Contains(page, "**"+string(kind)+"**") {
 			t.Errorf("caplance-healthd(8) does not describe the %s check", kind)
 		}
@@ -285,7 +285,7 @@ func TestManPageDocumentsEveryFlag(t *testing.T) {
 }
 
 func TestDefaultsParseSpec(t *testing.T) {
-	all := Defaults{Interval: 5 * time.Second, Timeout: 2 * time.Second, Rise: 4, Fall: 6, Initial: check.StateUp, HasInitial: true, Jitter: time.Second, HasJitter: true}
+	all := Defaults{Interval: 5 * time.Second, Timeout: 2 * time.Second, Rise: 4, Fall: 6, Initial: checkspec.StateUp, HasInitial: true, Jitter: time.Second, HasJitter: true}
 	tests := []struct {
 		name     string
 		defaults Defaults

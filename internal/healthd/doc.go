@@ -1,6 +1,6 @@
 // Package healthd is caplance-healthd (caplance-healthd(8)): it learns
 // caplanced's backends and their check specs over D-Bus, probes them with
-// package check, turns the results into up/down transitions with the
+// package probe, turns the results into up/down transitions with the
 // rise/fall state machine, reports the transitions with caplanced's
 // ReportHealth, and shows every check on its own bus name
 // org.caplance.Health1.
@@ -8,7 +8,7 @@
 // The parts, each in its own file:
 //
 //   - state.go: Machine, the rise/fall state machine of one check; pure.
-//   - scheduler.go: runs each distinct probe (check.Spec.Key) on its own
+//   - scheduler.go: runs each distinct probe (checkspec.Spec.Key) on its own
 //     goroutine every interval, after a start-up jitter, never overlapping
 //     itself, with at most max_concurrent_probes probes at once.
 //   - report.go: the queue of reports to caplanced, newest per backend,
@@ -33,7 +33,7 @@
 //     route.go: the source address a tunnel probe uses.
 //
 // It talks to caplanced only over D-Bus and changes nothing on the host; the
-// probes themselves are package check's. It must not decide health
+// probes themselves are package probe's. It must not decide health
 // anywhere but in Machine, nor call caplanced anywhere but in report.go and
 // the follower's sync.
 package healthd

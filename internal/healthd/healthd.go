@@ -16,9 +16,10 @@ import (
 	"github.com/godbus/dbus/v5"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/checkspec"
 	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/dbusname"
+	"github.com/caplance/caplance/internal/probe"
 	"github.com/caplance/caplance/internal/version"
 	"github.com/caplance/caplance/internal/watchdog"
 )
@@ -96,8 +97,8 @@ type backend struct {
 	refused string
 	// The check, when spec is not "": parsed is nil when it cannot run
 	// (info.Detail says why).
-	parsed  *check.Spec
-	target  check.Target
+	parsed  *checkspec.Spec
+	target  checkspec.Target
 	key     string
 	machine Machine
 	info    checkInfo
@@ -337,10 +338,10 @@ func (b *backend) current() (report, bool) {
 	if b.refused != "" {
 		return report{healthy: false, detail: b.refused}, true
 	}
-	if b.parsed == nil || b.machine.State() == check.StateUnknown {
+	if b.parsed == nil || b.machine.State() == checkspec.StateUnknown {
 		return report{}, false
 	}
-	return report{healthy: b.machine.State() == check.StateUp, detail: b.info.Reason}, true
+	return report{healthy: b.machine.State() == checkspec.StateUp, detail: b.info.Reason}, true
 }
 
 // upsert makes the backend name have this address, check spec and source
@@ -369,10 +370,10 @@ func (d *Daemon) upsert(name string, addr netip.Addr, spec, source string) {
 	// Any member of caplance-admin may add a backend over D-Bus: its exec
 	// check runs only a program root installed in exec_dir. What root
 	// wrote in caplanced.toml runs as it is.
-	if parsed.Kind == check.KindExec && source != sourceConfig {
+	if parsed.Kind() == checkspec.KindExec && source != sourceConfig {
 		if why := execRefusal(d.cfg.ExecDir, parsed.Program()); why != "" {
 			b.refused = why
-			b.info.State, b.info.Detail, b.info.Reason = check.StateDown.String(), why, why
+			b.info.State, b.info.Detail, b.info.Reason = checkspec.StateDown.String(), why, why
 			d.log.Warn("not running the exec check of a backend added over D-Bus", "backend", name, "why", why)
 			d.health.setCheck(b.info)
 			d.reporter.forget(name)
@@ -414,9 +415,9 @@ func (d *Daemon) remove(name string) {
 }
 
 // target is what b's probe is aimed at.
-func (d *Daemon) target(b *backend) check.Target {
-	t := check.Target{Name: b.name, Address: b.address}
-	if b.parsed.Kind == check.KindTunnel {
+func (d *Daemon) target(b *backend) checkspec.Target {
+	t := checkspec.Target{Name: b.name, Address: b.address}
+	if b.parsed.Kind() == checkspec.KindTunnel {
 		t.VIP, t.EncapPort = d.vip, d.encapPort
 		src, err := d.opts.Source(b.address)
 		if err != nil {
@@ -436,7 +437,7 @@ func (d *Daemon) attach(b *backend) {
 		spec, t := b.parsed, b.target
 		j := &probeJob{
 			key: b.key, interval: spec.Interval, jitter: spec.Jitter,
-			probe: func(ctx context.Context) check.Result { return spec.Probe(ctx, t) },
+			probe: func(ctx context.Context) probe.Result { return probe.Run(ctx, spec, t) },
 		}
 		d.sched.start(d.jobCtx, j)
 		e = &jobEntry{job: j, names: map[string]bool{}}
@@ -464,7 +465,7 @@ func (d *Daemon) setTunnel(vip netip.Addr, port uint16) {
 	d.vip, d.encapPort = vip, port
 	for _, name := range slices.Sorted(maps.Keys(d.backends)) {
 		b := d.backends[name]
-		if b.parsed != nil && b.parsed.Kind == check.KindTunnel {
+		if b.parsed != nil && b.parsed.Kind() == checkspec.KindTunnel {
 			d.detach(b)
 			d.attach(b)
 		}

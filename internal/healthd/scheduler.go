@@ -6,17 +6,17 @@ import (
 	"sync"
 	"time"
 
-	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/probe"
 )
 
-// probeJob is one distinct probe (one check.Spec.Key): it runs every
+// probeJob is one distinct probe (one checkspec.Spec.Key): it runs every
 // interval on its own goroutine, so it never overlaps itself, and holds one
 // of the scheduler's slots while it runs.
 type probeJob struct {
 	key      string
 	interval time.Duration
 	jitter   time.Duration
-	probe    func(ctx context.Context) check.Result
+	probe    func(ctx context.Context) probe.Result
 
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -26,7 +26,7 @@ type probeJob struct {
 type probeResult struct {
 	job    *probeJob
 	start  time.Time
-	result check.Result
+	result probe.Result
 }
 
 // scheduler runs probe jobs with bounded concurrency and hands their

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/probe"
 )
 
 // probeLog records when each job's probes ran.
@@ -25,8 +25,8 @@ func newProbeLog() *probeLog {
 }
 
 // probe returns a probe of key that takes d.
-func (l *probeLog) probe(key string, d time.Duration) func(context.Context) check.Result {
-	return func(ctx context.Context) check.Result {
+func (l *probeLog) probe(key string, d time.Duration) func(context.Context) probe.Result {
+	return func(ctx context.Context) probe.Result {
 		l.mu.Lock()
 		if l.running[key] {
 			l.overlap = append(l.overlap, key)
@@ -44,7 +44,7 @@ func (l *probeLog) probe(key string, d time.Duration) func(context.Context) chec
 		l.running[key] = false
 		l.inFlight--
 		l.mu.Unlock()
-		return check.Result{Up: true, Detail: key, Latency: d}
+		return probe.Result{Up: true, Detail: key, Latency: d}
 	}
 }
 
@@ -183,10 +183,10 @@ func TestSchedulerStopCancels(t *testing.T) {
 	results := make(chan probeResult, 10)
 	s := newScheduler(1, results)
 	canceled := make(chan struct{})
-	j := &probeJob{key: "a", interval: time.Hour, probe: func(ctx context.Context) check.Result {
+	j := &probeJob{key: "a", interval: time.Hour, probe: func(ctx context.Context) probe.Result {
 		<-ctx.Done()
 		close(canceled)
-		return check.Result{}
+		return probe.Result{}
 	}}
 	s.start(t.Context(), j)
 	time.Sleep(20 * time.Millisecond)

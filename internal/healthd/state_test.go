@@ -5,7 +5,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/checkspec"
 )
 
 // step is one probe result fed to a machine and what must follow.
@@ -15,28 +15,28 @@ type step struct {
 	// want is the transition, nil for none; state, successes and
 	// failures are the machine's after the step.
 	want                *Transition
-	state               check.State
+	state               checkspec.State
 	successes, failures int
 }
 
-func ok(detail string, state check.State, s int) step {
+func ok(detail string, state checkspec.State, s int) step {
 	return step{up: true, detail: detail, state: state, successes: s}
 }
 
-func fail(detail string, state check.State, f int) step {
+func fail(detail string, state checkspec.State, f int) step {
 	return step{up: false, detail: detail, state: state, failures: f}
 }
 
-func (s step) to(from, to check.State, reason string) step {
+func (s step) to(from, to checkspec.State, reason string) step {
 	s.want = &Transition{From: from, To: to, Reason: reason}
 	return s
 }
 
 func TestMachine(t *testing.T) {
 	const (
-		unknown = check.StateUnknown
-		up      = check.StateUp
-		down    = check.StateDown
+		unknown = checkspec.StateUnknown
+		up      = checkspec.StateUp
+		down    = checkspec.StateDown
 	)
 	tests := []struct {
 		name        string

@@ -1,9 +1,13 @@
-package check
+package probe
 
-import "net"
+import (
+	"net"
 
-func (p *probe) tcp(t Target) (bool, string) {
-	addr, problem := p.endpoint(t)
+	"github.com/caplance/caplance/internal/checkspec"
+)
+
+func (p *probe) tcp(spec *checkspec.TCP, t checkspec.Target) (bool, string) {
+	addr, problem := p.endpoint(spec.Endpoint, t)
 	if problem != "" {
 		return false, problem
 	}

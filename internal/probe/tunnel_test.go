@@ -1,4 +1,4 @@
-package check_test
+package probe_test
 
 import (
 	"context"
@@ -14,9 +14,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/checkspec"
 	"github.com/caplance/caplance/internal/encap"
 	"github.com/caplance/caplance/internal/netnstest"
+	"github.com/caplance/caplance/internal/probe"
 )
 
 // The tunnel lab: a balancer host and a backend host on one bridge, the VIP
@@ -168,12 +169,12 @@ func tunnelLab(t *testing.T) (lb, be *netnstest.Host) {
 }
 
 // probeIn runs one probe from inside host's namespace.
-func probeIn(t *testing.T, h *netnstest.Host, spec string, target check.Target) outcome {
+func probeIn(t *testing.T, h *netnstest.Host, spec string, target checkspec.Target) outcome {
 	t.Helper()
 	s := mustParse(t, spec)
-	var r check.Result
+	var r probe.Result
 	if err := h.Do(func() error {
-		r = s.Probe(context.Background(), target)
+		r = probe.Run(context.Background(), s, target)
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -187,7 +188,7 @@ func probeIn(t *testing.T, h *netnstest.Host, spec string, target check.Target) 
 func TestTunnel(t *testing.T) {
 	t.Parallel()
 	lb, be := tunnelLab(t)
-	target := check.Target{Name: "be", Address: beAddr, VIP: vipAddr, EncapPort: encapPort, Source: lbAddr}
+	target := checkspec.Target{Name: "be", Address: beAddr, VIP: vipAddr, EncapPort: encapPort, Source: lbAddr}
 	d := startDecapsulator(t, be, lbAddr)
 
 	synACK := outcome{true, "tunnel: 198.18.0.100:8080 via 198.18.0.2: SYN-ACK"}
@@ -298,7 +299,7 @@ func TestTunnelLocalVIP(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	target := check.Target{Name: "be", Address: beAddr, VIP: vipAddr, EncapPort: encapPort, Source: lbAddr}
+	target := checkspec.Target{Name: "be", Address: beAddr, VIP: vipAddr, EncapPort: encapPort, Source: lbAddr}
 	want := outcome{false, "tunnel: 198.18.0.100:8080 via 198.18.0.2: timeout after 300ms"}
 	if diff := cmp.Diff(want, probeIn(t, lb, "tunnel://:8080?timeout=300ms", target)); diff != "" {
 		t.Errorf("without accept_local (-want +got):\n%s", diff)
@@ -316,27 +317,27 @@ func TestTunnelLocalVIP(t *testing.T) {
 // opens a socket.
 func TestTunnelTargetProblems(t *testing.T) {
 	t.Parallel()
-	good := check.Target{Name: "be", Address: beAddr, VIP: vipAddr, EncapPort: encapPort}
+	good := checkspec.Target{Name: "be", Address: beAddr, VIP: vipAddr, EncapPort: encapPort}
 	tests := []struct {
 		name   string
 		spec   string
-		target func(check.Target) check.Target
+		target func(checkspec.Target) checkspec.Target
 		want   string
 	}{
-		{"no VIP", "tunnel://:80", func(t check.Target) check.Target { t.VIP = netip.Addr{}; return t },
+		{"no VIP", "tunnel://:80", func(t checkspec.Target) checkspec.Target { t.VIP = netip.Addr{}; return t },
 			"tunnel: no IPv4 VIP to probe (the target has  and the spec names none)"},
-		{"IPv6 VIP", "tunnel://icmp", func(t check.Target) check.Target { t.VIP = netip.MustParseAddr("2001:db8::1"); return t },
+		{"IPv6 VIP", "tunnel://icmp", func(t checkspec.Target) checkspec.Target { t.VIP = netip.MustParseAddr("2001:db8::1"); return t },
 			"tunnel: no IPv4 VIP to probe (the target has 2001:db8::1 and the spec names none)"},
-		{"no backend address", "tunnel://:80", func(t check.Target) check.Target { t.Address = netip.Addr{}; return t },
+		{"no backend address", "tunnel://:80", func(t checkspec.Target) checkspec.Target { t.Address = netip.Addr{}; return t },
 			`tunnel: backend address "": not IPv4`},
-		{"no encap port", "tunnel://:80", func(t check.Target) check.Target { t.EncapPort = 0; return t },
+		{"no encap port", "tunnel://:80", func(t checkspec.Target) checkspec.Target { t.EncapPort = 0; return t },
 			"tunnel: no encap port in the target"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			want := outcome{false, tt.want}
-			if diff := cmp.Diff(want, probe(t, tt.spec, tt.target(good))); diff != "" {
+			if diff := cmp.Diff(want, runProbe(t, tt.spec, tt.target(good))); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})

@@ -1,4 +1,4 @@
-package check
+package probe
 
 import (
 	"bufio"
@@ -14,22 +14,23 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/caplance/caplance/internal/checkspec"
 )
 
 // userAgent is the User-Agent header of http and https probes.
 const userAgent = "caplance-healthd"
 
-func (p *probe) http(t Target) (bool, string) {
-	s := p.s
-	kind := string(s.Kind)
-	addr, problem := p.endpoint(t)
+func (p *probe) http(c *checkspec.HTTP, t checkspec.Target) (bool, string) {
+	kind := string(c.Kind())
+	addr, problem := p.endpoint(c.Endpoint, t)
 	if problem != "" {
 		return false, problem
 	}
 	var tlsConfig *tls.Config
-	if s.Kind == KindHTTPS {
+	if c.TLS != nil {
 		var err error
-		if tlsConfig, err = p.tlsConfig(addr); err != nil {
+		if tlsConfig, err = tlsClientConfig(c, addr); err != nil {
 			return false, "https: " + err.Error()
 		}
 	}
@@ -50,10 +51,10 @@ func (p *probe) http(t Target) (bool, string) {
 		conn = tc
 	}
 
-	host := s.header
+	host := c.Host
 	if host == "" {
 		host = addr
-		if (s.Kind == KindHTTP && s.port == 80) || (s.Kind == KindHTTPS && s.port == 443) {
+		if (c.TLS == nil && c.Port == 80) || (c.TLS != nil && c.Port == 443) {
 			host, _, _ = net.SplitHostPort(addr)
 			if strings.Contains(host, ":") {
 				host = "[" + host + "]"
@@ -61,8 +62,8 @@ func (p *probe) http(t Target) (bool, string) {
 		}
 	}
 	req := &http.Request{
-		Method:     s.method,
-		URL:        &url.URL{Scheme: kind, Host: host, Path: s.path, RawPath: s.rawPath},
+		Method:     c.Method,
+		URL:        &url.URL{Scheme: kind, Host: host, Path: c.Path, RawPath: c.RawPath},
 		Proto:      "HTTP/1.1",
 		ProtoMajor: 1,
 		ProtoMinor: 1,
@@ -81,40 +82,39 @@ func (p *probe) http(t Target) (bool, string) {
 		return false, kind + ": " + addr + ": " + p.failure(err)
 	}
 	defer resp.Body.Close()
-	if !statusIn(resp.StatusCode, s.expect) {
-		return false, fmt.Sprintf("%s: status %d (want %s)", kind, resp.StatusCode, statusString(s.expect))
+	if !statusIn(resp.StatusCode, c.Expect) {
+		return false, fmt.Sprintf("%s: status %d (want %s)", kind, resp.StatusCode, checkspec.StatusString(c.Expect))
 	}
-	if s.body != "" {
+	if c.Body != "" {
 		body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody))
 		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) {
 			return false, fmt.Sprintf("%s: status %d, reading the body: %s", kind, resp.StatusCode, p.failure(err))
 		}
-		if !bytes.Contains(body, []byte(s.body)) {
+		if !bytes.Contains(body, []byte(c.Body)) {
 			where := "its " + strconv.Itoa(len(body)) + " bytes"
 			if len(body) == MaxBody {
 				where = "its first 64 KiB"
 			}
-			return false, fmt.Sprintf("%s: status %d but the body does not contain %q in %s", kind, resp.StatusCode, s.body, where)
+			return false, fmt.Sprintf("%s: status %d but the body does not contain %q in %s", kind, resp.StatusCode, c.Body, where)
 		}
 	}
 	return true, fmt.Sprintf("%s: status %d", kind, resp.StatusCode)
 }
 
-func statusIn(code int, rs []statusRange) bool {
+func statusIn(code int, rs []checkspec.StatusRange) bool {
 	for _, r := range rs {
-		if r.lo <= code && code <= r.hi {
+		if r.Lo <= code && code <= r.Hi {
 			return true
 		}
 	}
 	return false
 }
 
-// tlsConfig builds the client configuration for a probe of addr.
-func (p *probe) tlsConfig(addr string) (*tls.Config, error) {
-	s := p.s
-	name := s.sni
-	if name == "" && s.header != "" {
-		name = s.header
+// tlsClientConfig builds the client configuration for a probe of addr.
+func tlsClientConfig(c *checkspec.HTTP, addr string) (*tls.Config, error) {
+	name := c.TLS.SNI
+	if name == "" && c.Host != "" {
+		name = c.Host
 		if h, _, err := net.SplitHostPort(name); err == nil {
 			name = h
 		}
@@ -125,18 +125,18 @@ func (p *probe) tlsConfig(addr string) (*tls.Config, error) {
 	}
 	cfg := &tls.Config{
 		ServerName:         name,
-		InsecureSkipVerify: s.insecure, //nolint:gosec // the operator asked for it with insecure=true
+		InsecureSkipVerify: c.TLS.Insecure, //nolint:gosec // the operator asked for it with insecure=true
 		MinVersion:         tls.VersionTLS12,
 		NextProtos:         []string{"http/1.1"},
 	}
-	if s.ca != "" {
-		pem, err := os.ReadFile(s.ca)
+	if c.TLS.CA != "" {
+		pem, err := os.ReadFile(c.TLS.CA)
 		if err != nil {
 			return nil, fmt.Errorf("ca: %w", err)
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ca %s: no PEM certificate in it", s.ca)
+			return nil, fmt.Errorf("ca %s: no PEM certificate in it", c.TLS.CA)
 		}
 		cfg.RootCAs = pool
 	}

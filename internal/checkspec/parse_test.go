@@ -1,4 +1,4 @@
-package check_test
+package checkspec_test
 
 import (
 	"errors"
@@ -9,24 +9,24 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/checkspec"
 )
 
 // tunables is what caplance-healthd reads from a Spec.
 type tunables struct {
-	Kind                      check.Kind
+	Kind                      checkspec.Kind
 	Interval, Timeout, Jitter time.Duration
 	Rise, Fall                int
-	Initial                   check.State
+	Initial                   checkspec.State
 }
 
-func tunablesOf(s *check.Spec) tunables {
-	return tunables{s.Kind, s.Interval, s.Timeout, s.Jitter, s.Rise, s.Fall, s.Initial}
+func tunablesOf(s *checkspec.Spec) tunables {
+	return tunables{s.Kind(), s.Interval, s.Timeout, s.Jitter, s.Rise, s.Fall, s.Initial}
 }
 
 // defaults returns the default tunables of kind.
-func defaults(kind check.Kind) tunables {
-	return tunables{kind, 2 * time.Second, time.Second, 2 * time.Second, 2, 3, check.StateUnknown}
+func defaults(kind checkspec.Kind) tunables {
+	return tunables{kind, 2 * time.Second, time.Second, 2 * time.Second, 2, 3, checkspec.StateUnknown}
 }
 
 var parseTests = []struct {
@@ -74,7 +74,7 @@ var parseTests = []struct {
 		spec:      "tcp://:443?interval=5s&timeout=500ms&rise=1&fall=5&initial=down&jitter=0s",
 		canonical: "tcp://:443?interval=5s&timeout=500ms&rise=1&fall=5&initial=down&jitter=0s",
 		tunables: func(t tunables) tunables {
-			t.Interval, t.Timeout, t.Rise, t.Fall, t.Initial, t.Jitter = 5*time.Second, 500*time.Millisecond, 1, 5, check.StateDown, 0
+			t.Interval, t.Timeout, t.Rise, t.Fall, t.Initial, t.Jitter = 5*time.Second, 500*time.Millisecond, 1, 5, checkspec.StateDown, 0
 			return t
 		},
 	},
@@ -96,7 +96,7 @@ var parseTests = []struct {
 		spec:      "tcp://:443?interval=1h&timeout=90s&jitter=1h0m0s&initial=up",
 		canonical: "tcp://:443?interval=1h&timeout=1m30s&initial=up",
 		tunables: func(t tunables) tunables {
-			t.Interval, t.Timeout, t.Jitter, t.Initial = time.Hour, 90*time.Second, time.Hour, check.StateUp
+			t.Interval, t.Timeout, t.Jitter, t.Initial = time.Hour, 90*time.Second, time.Hour, checkspec.StateUp
 			return t
 		},
 	},
@@ -105,22 +105,22 @@ var parseTests = []struct {
 func TestParse(t *testing.T) {
 	for _, tt := range parseTests {
 		t.Run(tt.spec, func(t *testing.T) {
-			s, err := check.Parse(tt.spec)
+			s, err := checkspec.Parse(tt.spec)
 			if err != nil {
 				t.Fatalf("Parse: %v", err)
 			}
 			if got := s.String(); got != tt.canonical {
 				t.Errorf("String() = %q, want %q", got, tt.canonical)
 			}
-			want := defaults(s.Kind)
+			want := defaults(s.Kind())
 			if tt.tunables != nil {
 				want = tt.tunables(want)
 			}
 			if diff := cmp.Diff(want, tunablesOf(s)); diff != "" {
 				t.Errorf("tunables (-want +got):\n%s", diff)
 			}
-			// The canonical form parses to the same check.
-			again, err := check.Parse(s.String())
+			// The canonical form parses to the same checkspec.
+			again, err := checkspec.Parse(s.String())
 			if err != nil {
 				t.Fatalf("Parse(%q): %v", s.String(), err)
 			}
@@ -207,16 +207,16 @@ func TestParseErrors(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.spec, func(t *testing.T) {
-			s, err := check.Parse(tt.spec)
+			s, err := checkspec.Parse(tt.spec)
 			if err == nil {
 				t.Fatalf("Parse(%q) = %q, want an error", tt.spec, s)
 			}
 			if got := err.Error(); got != tt.want {
 				t.Errorf("error:\n got %s\nwant %s", got, tt.want)
 			}
-			var pe *check.Error
+			var pe *checkspec.Error
 			if !errors.As(err, &pe) {
-				t.Fatalf("error %T is not a *check.Error", err)
+				t.Fatalf("error %T is not a *checkspec.Error", err)
 			}
 			if pe.Param != tt.param || pe.Spec != tt.spec {
 				t.Errorf("Param, Spec = %q, %q; want %q, %q", pe.Param, pe.Spec, tt.param, tt.spec)
@@ -226,14 +226,14 @@ func TestParseErrors(t *testing.T) {
 }
 
 func TestKey(t *testing.T) {
-	web1 := check.Target{Name: "web1", Address: netip.MustParseAddr("10.0.0.5"), VIP: netip.MustParseAddr("10.0.0.100"), EncapPort: 6080}
+	web1 := checkspec.Target{Name: "web1", Address: netip.MustParseAddr("10.0.0.5"), VIP: netip.MustParseAddr("10.0.0.100"), EncapPort: 6080}
 	web2 := web1
 	web2.Name, web2.Address = "web2", netip.MustParseAddr("10.0.0.6")
 	renamed := web1
 	renamed.Name = "web1b"
 	tests := []struct {
 		spec   string
-		target check.Target
+		target checkspec.Target
 		want   string
 	}{
 		{"tcp://:443", web1, "tcp://10.0.0.5:443?timeout=1s"},
@@ -250,7 +250,7 @@ func TestKey(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.spec, func(t *testing.T) {
-			s, err := check.Parse(tt.spec)
+			s, err := checkspec.Parse(tt.spec)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -263,11 +263,11 @@ func TestKey(t *testing.T) {
 
 func TestPrivileged(t *testing.T) {
 	for _, spec := range []string{"tcp://:1", "http://", "https://", "udp://:1?send=text:x", "exec:///bin/true", "tunnel://:1", "tunnel://icmp"} {
-		s, err := check.Parse(spec)
+		s, err := checkspec.Parse(spec)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, want := s.Privileged(), s.Kind == check.KindTunnel; got != want {
+		if got, want := s.Privileged(), s.Kind() == checkspec.KindTunnel; got != want {
 			t.Errorf("%s: Privileged() = %v, want %v", spec, got, want)
 		}
 	}
@@ -279,16 +279,16 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add("http://:80/?expect=200-299,404&body=%00%ff")
 	f.Fuzz(func(t *testing.T, spec string) {
-		s, err := check.Parse(spec)
+		s, err := checkspec.Parse(spec)
 		if err != nil {
-			var pe *check.Error
+			var pe *checkspec.Error
 			if !errors.As(err, &pe) || pe.Spec != spec {
-				t.Fatalf("Parse(%q): error %v is not a *check.Error for the spec", spec, err)
+				t.Fatalf("Parse(%q): error %v is not a *checkspec.Error for the spec", spec, err)
 			}
 			return
 		}
 		canonical := s.String()
-		again, err := check.Parse(canonical)
+		again, err := checkspec.Parse(canonical)
 		if err != nil {
 			t.Fatalf("Parse(%q) ok, but its canonical form %q: %v", spec, canonical, err)
 		}
@@ -296,4 +296,47 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("Parse(%q).String() = %q, Parse of that gives %q", spec, canonical, again)
 		}
 	})
+}
+
+// TestParams checks that each kind's own parameters land in its own type,
+// which is what package probe reads.
+func TestParams(t *testing.T) {
+	backend := netip.MustParseAddr("10.0.0.5")
+	tests := []struct {
+		spec string
+		want checkspec.Params
+	}{
+		{"tcp://:443", &checkspec.TCP{Endpoint: checkspec.Endpoint{Port: 443}}},
+		{"tcp://[::ffff:10.0.0.5]:443", &checkspec.TCP{Endpoint: checkspec.Endpoint{Addr: backend, Port: 443}}},
+		{"http://", &checkspec.HTTP{Endpoint: checkspec.Endpoint{Port: 80}, Path: "/", RawPath: "/", Method: "GET",
+			Expect: []checkspec.StatusRange{{200, 299}}}},
+		{"http://10.0.0.5:8080/a%2Fb?method=HEAD&host=web.example&expect=200,301-302", &checkspec.HTTP{
+			Endpoint: checkspec.Endpoint{Addr: backend, Port: 8080}, Path: "/a/b", RawPath: "/a%2Fb", Method: "HEAD",
+			Host: "web.example", Expect: []checkspec.StatusRange{{200, 200}, {301, 302}}}},
+		{"https://:8443/h?body=ok&sni=a.example&ca=/etc/ca.pem", &checkspec.HTTP{Endpoint: checkspec.Endpoint{Port: 8443},
+			Path: "/h", RawPath: "/h", Method: "GET", Expect: []checkspec.StatusRange{{200, 299}}, Body: "ok",
+			TLS: &checkspec.TLS{SNI: "a.example", CA: "/etc/ca.pem"}}},
+		{"https://?insecure=true", &checkspec.HTTP{Endpoint: checkspec.Endpoint{Port: 443}, Path: "/", RawPath: "/",
+			Method: "GET", Expect: []checkspec.StatusRange{{200, 299}}, TLS: &checkspec.TLS{Insecure: true}}},
+		{"udp://:53?send=hex:00ff&expect=text:ok", &checkspec.UDP{Endpoint: checkspec.Endpoint{Port: 53},
+			Send: checkspec.Payload{Hex: true, Data: "\x00\xff"}, Expect: checkspec.Payload{Data: "ok"}}},
+		{"exec:///bin/check?arg=a&arg=", &checkspec.Exec{Program: "/bin/check", Args: []string{"a", ""}}},
+		{"exec:///bin/true", &checkspec.Exec{Program: "/bin/true"}},
+		{"tunnel://:80", &checkspec.Tunnel{Port: 80}},
+		{"tunnel://icmp?vip=10.0.0.100", &checkspec.Tunnel{ICMP: true, VIP: netip.MustParseAddr("10.0.0.100")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.spec, func(t *testing.T) {
+			s, err := checkspec.Parse(tt.spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tt.want, s.Params, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+				t.Errorf("Params (-want +got):\n%s", diff)
+			}
+			if s.Kind() != s.Params.Kind() || !strings.HasPrefix(tt.spec, string(s.Kind())+"://") {
+				t.Errorf("Kind() = %q for %q", s.Kind(), tt.spec)
+			}
+		})
+	}
 }

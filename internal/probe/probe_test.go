@@ -1,4 +1,4 @@
-package check_test
+package probe_test
 
 import (
 	"bufio"
@@ -23,13 +23,14 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"golang.org/x/sys/unix"
 
-	"github.com/caplance/caplance/internal/check"
+	"github.com/caplance/caplance/internal/checkspec"
+	"github.com/caplance/caplance/internal/probe"
 )
 
 var localhost = netip.MustParseAddr("127.0.0.1")
 
 // web1 is the target of the probes that run against local servers.
-var web1 = check.Target{Name: "web1", Address: localhost}
+var web1 = checkspec.Target{Name: "web1", Address: localhost}
 
 // outcome is a Result without its latency, for comparisons.
 type outcome struct {
@@ -37,21 +38,21 @@ type outcome struct {
 	Detail string
 }
 
-func mustParse(t *testing.T, spec string) *check.Spec {
+func mustParse(t *testing.T, spec string) *checkspec.Spec {
 	t.Helper()
-	s, err := check.Parse(spec)
+	s, err := checkspec.Parse(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return s
 }
 
-// probe runs spec against target and checks the outcome and that the probe
+// runProbe runs spec against target and checks the outcome and that the probe
 // kept to its timeout.
-func probe(t *testing.T, spec string, target check.Target) outcome {
+func runProbe(t *testing.T, spec string, target checkspec.Target) outcome {
 	t.Helper()
 	s := mustParse(t, spec)
-	r := s.Probe(context.Background(), target)
+	r := probe.Run(context.Background(), s, target)
 	if r.Latency < 0 || r.Latency > s.Timeout+200*time.Millisecond {
 		t.Errorf("%s: latency %v, timeout %v", spec, r.Latency, s.Timeout)
 	}
@@ -199,26 +200,26 @@ func TestTCP(t *testing.T) {
 	full := fullListener(t)
 	tests := []struct {
 		spec   string
-		target check.Target
+		target checkspec.Target
 		want   outcome
 	}{
 		{fmt.Sprintf("tcp://:%d", up), web1, outcome{true, fmt.Sprintf("tcp: 127.0.0.1:%d: connected", up)}},
-		{fmt.Sprintf("tcp://127.0.0.1:%d", up), check.Target{Name: "x", Address: netip.MustParseAddr("192.0.2.1")}, outcome{true, fmt.Sprintf("tcp: 127.0.0.1:%d: connected", up)}},
+		{fmt.Sprintf("tcp://127.0.0.1:%d", up), checkspec.Target{Name: "x", Address: netip.MustParseAddr("192.0.2.1")}, outcome{true, fmt.Sprintf("tcp: 127.0.0.1:%d: connected", up)}},
 		{fmt.Sprintf("tcp://:%d", refused), web1, outcome{false, fmt.Sprintf("tcp: 127.0.0.1:%d: connection refused", refused)}},
 		{fmt.Sprintf("tcp://:%d?timeout=200ms", full), web1, outcome{false, fmt.Sprintf("tcp: 127.0.0.1:%d: timeout after 200ms", full)}},
-		{"tcp://:443", check.Target{Name: "x"}, outcome{false, "tcp: no address to probe (the backend has none and the spec names none)"}},
+		{"tcp://:443", checkspec.Target{Name: "x"}, outcome{false, "tcp: no address to probe (the backend has none and the spec names none)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.spec, func(t *testing.T) {
 			t.Parallel()
-			if diff := cmp.Diff(tt.want, probe(t, tt.spec, tt.target)); diff != "" {
+			if diff := cmp.Diff(tt.want, runProbe(t, tt.spec, tt.target)); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
 	}
 	t.Run("the timeout is kept", func(t *testing.T) {
 		t.Parallel()
-		r := mustParse(t, fmt.Sprintf("tcp://:%d?timeout=200ms", full)).Probe(context.Background(), web1)
+		r := probe.Run(context.Background(), mustParse(t, fmt.Sprintf("tcp://:%d?timeout=200ms", full)), web1)
 		if r.Latency < 200*time.Millisecond || r.Latency > 400*time.Millisecond {
 			t.Errorf("latency %v, want about 200ms", r.Latency)
 		}
@@ -227,7 +228,7 @@ func TestTCP(t *testing.T) {
 		t.Parallel()
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
-		r := mustParse(t, fmt.Sprintf("tcp://:%d", full)).Probe(ctx, web1)
+		r := probe.Run(ctx, mustParse(t, fmt.Sprintf("tcp://:%d", full)), web1)
 		want := outcome{false, fmt.Sprintf("tcp: 127.0.0.1:%d: canceled", full)}
 		if diff := cmp.Diff(want, outcome{r.Up, r.Detail}); diff != "" {
 			t.Errorf("(-want +got):\n%s", diff)
@@ -271,7 +272,7 @@ func testHandler(rec *recorder) http.Handler {
 		case "/redirect":
 			http.Redirect(w, r, "/login", http.StatusFound)
 		case "/big":
-			w.Write(make([]byte, check.MaxBody))
+			w.Write(make([]byte, probe.MaxBody))
 			io.WriteString(w, "needle")
 		case "/hang":
 			<-r.Context().Done()
@@ -321,7 +322,7 @@ func TestHTTP(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.spec, func(t *testing.T) {
 			// Not parallel: seen is the last request's.
-			if diff := cmp.Diff(tt.want, probe(t, tt.spec, web1)); diff != "" {
+			if diff := cmp.Diff(tt.want, runProbe(t, tt.spec, web1)); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 			if tt.seen != (request{}) {
@@ -377,7 +378,7 @@ func TestHTTPS(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.spec, func(t *testing.T) {
 			rec.setSNI("(no handshake)")
-			if diff := cmp.Diff(tt.want, probe(t, tt.spec, web1)); diff != "" {
+			if diff := cmp.Diff(tt.want, runProbe(t, tt.spec, web1)); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 			if strings.Contains(tt.spec, "ca=/nonexistent") || strings.Contains(tt.spec, "not.pem") || strings.Contains(tt.spec, "timeout") {
@@ -435,7 +436,7 @@ func TestUDP(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.spec, func(t *testing.T) {
 			t.Parallel()
-			if diff := cmp.Diff(tt.want, probe(t, tt.spec, web1)); diff != "" {
+			if diff := cmp.Diff(tt.want, runProbe(t, tt.spec, web1)); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
@@ -498,14 +499,14 @@ func TestExec(t *testing.T) {
 	}{
 		{"exec://" + ok + "?arg=--fast&arg=a+b", outcome{true, "exec: exit status 0: name=web1 address=127.0.0.1 args=--fast a b; /; " + env}},
 		{"exec://" + fail, outcome{false, "exec: exit status 1: disk full; bad bytes \uFFFD\uFFFD"}},
-		{"exec://" + flood, outcome{false, "exec: exit status 1: " + strings.Repeat("x", check.MaxOutput) + " … [995904 more bytes not shown]"}},
+		{"exec://" + flood, outcome{false, "exec: exit status 1: " + strings.Repeat("x", probe.MaxOutput) + " … [995904 more bytes not shown]"}},
 		{"exec:///nonexistent/check", outcome{false, "exec: /nonexistent/check: no such file or directory"}},
 		{"exec://" + notExecutable, outcome{false, "exec: " + notExecutable + ": permission denied"}},
 	}
 	for _, tt := range tests {
 		t.Run(filepath.Base(tt.spec), func(t *testing.T) {
 			t.Parallel()
-			if diff := cmp.Diff(tt.want, probe(t, tt.spec, web1)); diff != "" {
+			if diff := cmp.Diff(tt.want, runProbe(t, tt.spec, web1)); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 		})
@@ -519,7 +520,7 @@ func TestExec(t *testing.T) {
 		caps := script(t, dir, "caps", "grep ^Cap /proc/self/status")
 		zero := ": 0000000000000000"
 		want := outcome{true, "exec: exit status 0: CapInh" + zero + "; CapPrm" + zero + "; CapEff" + zero + "; CapBnd" + zero + "; CapAmb" + zero}
-		if diff := cmp.Diff(want, probe(t, "exec://"+caps, web1)); diff != "" {
+		if diff := cmp.Diff(want, runProbe(t, "exec://"+caps, web1)); diff != "" {
 			t.Errorf("(-want +got):\n%s", diff)
 		}
 	})
@@ -528,7 +529,7 @@ func TestExec(t *testing.T) {
 		t.Parallel()
 		pidFile := filepath.Join(dir, "hang.pid")
 		hang := script(t, dir, "hang", `sleep 60 & echo $! > "$1"; echo started; wait`)
-		got := probe(t, "exec://"+hang+"?timeout=300ms&arg="+pidFile, web1)
+		got := runProbe(t, "exec://"+hang+"?timeout=300ms&arg="+pidFile, web1)
 		if diff := cmp.Diff(outcome{false, "exec: timeout after 300ms, killed: started"}, got); diff != "" {
 			t.Errorf("(-want +got):\n%s", diff)
 		}
@@ -540,7 +541,7 @@ func TestExec(t *testing.T) {
 		pidFile := filepath.Join(dir, "bg.pid")
 		bg := script(t, dir, "bg", `sleep 60 & echo $! > "$1"; echo done`)
 		start := time.Now()
-		got := probe(t, "exec://"+bg+"?arg="+pidFile, web1)
+		got := runProbe(t, "exec://"+bg+"?arg="+pidFile, web1)
 		if diff := cmp.Diff(outcome{true, "exec: exit status 0: done"}, got); diff != "" {
 			t.Errorf("(-want +got):\n%s", diff)
 		}
@@ -553,8 +554,8 @@ func TestExec(t *testing.T) {
 	t.Run("a command flooding its output until the timeout is bounded", func(t *testing.T) {
 		t.Parallel()
 		yes := script(t, dir, "yes", "exec yes flood")
-		r := mustParse(t, "exec://"+yes+"?timeout=200ms").Probe(context.Background(), web1)
-		if r.Up || !strings.HasPrefix(r.Detail, "exec: timeout after 200ms, killed: flood; flood;") || len(r.Detail) > 2*check.MaxOutput {
+		r := probe.Run(context.Background(), mustParse(t, "exec://"+yes+"?timeout=200ms"), web1)
+		if r.Up || !strings.HasPrefix(r.Detail, "exec: timeout after 200ms, killed: flood; flood;") || len(r.Detail) > 2*probe.MaxOutput {
 			t.Errorf("got %v, %d bytes: %.100q…", r.Up, len(r.Detail), r.Detail)
 		}
 	})

@@ -1,16 +1,18 @@
-package check
+package probe
 
 import (
 	"fmt"
 	"net"
 	"strings"
+
+	"github.com/caplance/caplance/internal/checkspec"
 )
 
 // maxQuote bounds how much of a mismatched UDP reply the detail shows.
 const maxQuote = 64
 
-func (p *probe) udp(t Target) (bool, string) {
-	addr, problem := p.endpoint(t)
+func (p *probe) udp(spec *checkspec.UDP, t checkspec.Target) (bool, string) {
+	addr, problem := p.endpoint(spec.Endpoint, t)
 	if problem != "" {
 		return false, problem
 	}
@@ -22,7 +24,7 @@ func (p *probe) udp(t Target) (bool, string) {
 	defer c.Close()
 	stop := p.deadline(c)
 	defer stop()
-	if _, err := c.Write([]byte(p.s.send.data)); err != nil {
+	if _, err := c.Write([]byte(spec.Send.Data)); err != nil {
 		return false, "udp: " + addr + ": send: " + p.failure(err)
 	}
 	buf := make([]byte, 65536)
@@ -31,8 +33,8 @@ func (p *probe) udp(t Target) (bool, string) {
 		return false, "udp: " + addr + ": " + p.failure(err)
 	}
 	reply := string(buf[:n])
-	if p.s.reply.data != "" && !strings.Contains(reply, p.s.reply.data) {
-		return false, fmt.Sprintf("udp: %s: the reply does not contain %s: %s", addr, p.s.reply, quoteReply(reply, p.s.reply.hex))
+	if spec.Expect.Data != "" && !strings.Contains(reply, spec.Expect.Data) {
+		return false, fmt.Sprintf("udp: %s: the reply does not contain %s: %s", addr, spec.Expect, quoteReply(reply, spec.Expect.Hex))
 	}
 	return true, fmt.Sprintf("udp: %s: reply of %d bytes", addr, n)
 }
@@ -44,7 +46,7 @@ func quoteReply(b string, asHex bool) string {
 		b, more = b[:maxQuote], "…"
 	}
 	if asHex {
-		return payload{hex: true, data: b}.String() + more
+		return checkspec.Payload{Hex: true, Data: b}.String() + more
 	}
 	return fmt.Sprintf("%+q%s", b, more)
 }

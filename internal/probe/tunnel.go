@@ -1,4 +1,4 @@
-package check
+package probe
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
+	"github.com/caplance/caplance/internal/checkspec"
 	"github.com/caplance/caplance/internal/encap"
 	"github.com/caplance/caplance/internal/inet"
 )
@@ -55,6 +56,7 @@ var unreachableCodes = map[byte]string{
 // tunnelProbe is one tunnel probe in flight.
 type tunnelProbe struct {
 	*probe
+	c                 *checkspec.Tunnel
 	vip, backend, src netip.Addr
 	encapPort         uint16
 	outer             encap.Outer
@@ -74,22 +76,21 @@ type verdict struct {
 	detail string
 }
 
-func (p *probe) tunnel(t Target) (bool, string) {
-	s := p.s
-	tp := &tunnelProbe{probe: p, vip: s.vip, backend: t.Address.Unmap(), src: t.Source.Unmap(),
+func (p *probe) tunnel(c *checkspec.Tunnel, t checkspec.Target) (bool, string) {
+	tp := &tunnelProbe{probe: p, c: c, vip: c.VIP, backend: t.Address.Unmap(), src: t.Source.Unmap(),
 		encapPort: t.EncapPort, sendFD: -1}
 	if !tp.vip.IsValid() {
 		tp.vip = t.VIP.Unmap()
 	}
 	what := tp.vip.String()
-	if !s.icmp {
-		what = netip.AddrPortFrom(tp.vip, s.port).String()
+	if !c.ICMP {
+		what = netip.AddrPortFrom(tp.vip, c.Port).String()
 	}
 	switch {
 	case !tp.vip.IsValid() || !tp.vip.Is4():
-		return false, fmt.Sprintf("tunnel: no IPv4 VIP to probe (the target has %v and the spec names none)", addrString(tp.vip))
+		return false, fmt.Sprintf("tunnel: no IPv4 VIP to probe (the target has %v and the spec names none)", checkspec.AddrString(tp.vip))
 	case !tp.backend.IsValid() || !tp.backend.Is4():
-		return false, fmt.Sprintf("tunnel: backend address %q: not IPv4", addrString(tp.backend))
+		return false, fmt.Sprintf("tunnel: backend address %q: not IPv4", checkspec.AddrString(tp.backend))
 	case t.EncapPort == 0:
 		return false, "tunnel: no encap port in the target"
 	}
@@ -113,7 +114,7 @@ func (p *probe) tunnel(t Target) (bool, string) {
 	}
 	defer icmpConn.Close()
 	var tcpConn *net.IPConn
-	if !s.icmp {
+	if !c.ICMP {
 		reserved, port, err := reservePort(tp.src)
 		if err != nil {
 			return false, fmt.Sprintf("%s: reserve a TCP port on %s: %s", prefix, tp.src, describe(err))
@@ -131,7 +132,7 @@ func (p *probe) tunnel(t Target) (bool, string) {
 	defer unix.Close(tp.sendFD)
 
 	var request []byte
-	if s.icmp {
+	if c.ICMP {
 		tp.id = uint16(rand.Uint32())
 		copy(tp.data[:], echoMagic)
 		binary.BigEndian.PutUint64(tp.data[len(echoMagic):], rand.Uint64())
@@ -165,7 +166,7 @@ func (p *probe) tunnel(t Target) (bool, string) {
 		tcpConn.Close()
 	}
 	wg.Wait()
-	if v.up && !s.icmp {
+	if v.up && !c.ICMP {
 		// Best effort: the backend's half-open connection times out anyway.
 		_ = tp.send(tp.segment(tp.isn+1, tcpRST))
 	}
@@ -303,7 +304,7 @@ func header(pkt []byte, proto byte, src netip.Addr) ([]byte, bool) {
 func (tp *tunnelProbe) matchTCP(pkt []byte) (verdict, bool) {
 	tcp, ok := header(pkt, protoTCP, tp.vip)
 	if !ok || len(tcp) < tcpHeaderLen ||
-		binary.BigEndian.Uint16(tcp[0:2]) != tp.s.port || binary.BigEndian.Uint16(tcp[2:4]) != tp.port ||
+		binary.BigEndian.Uint16(tcp[0:2]) != tp.c.Port || binary.BigEndian.Uint16(tcp[2:4]) != tp.port ||
 		binary.BigEndian.Uint32(tcp[8:12]) != tp.isn+1 {
 		return verdict{}, false
 	}
@@ -324,7 +325,7 @@ func (tp *tunnelProbe) matchICMP(pkt []byte) (verdict, bool) {
 	from := netip.AddrFrom4([4]byte(pkt[12:16]))
 	switch icmp[0] {
 	case icmpEchoReply:
-		if tp.s.icmp && from == tp.vip && binary.BigEndian.Uint16(icmp[4:6]) == tp.id &&
+		if tp.c.ICMP && from == tp.vip && binary.BigEndian.Uint16(icmp[4:6]) == tp.id &&
 			binary.BigEndian.Uint16(icmp[6:8]) == 1 && bytes.Equal(icmp[icmpHeaderLen:], tp.data[:]) {
 			return verdict{up: true, detail: "echo reply"}, true
 		}
@@ -387,7 +388,7 @@ func (tp *tunnelProbe) segment(seq uint32, flags byte) []byte {
 	}
 	pkt, tcp := tp.ipv4(protoTCP, n)
 	binary.BigEndian.PutUint16(tcp[0:2], tp.port)
-	binary.BigEndian.PutUint16(tcp[2:4], tp.s.port)
+	binary.BigEndian.PutUint16(tcp[2:4], tp.c.Port)
 	binary.BigEndian.PutUint32(tcp[4:8], seq)
 	tcp[12] = byte(n/4) << 4
 	tcp[13] = flags

@@ -1,4 +1,4 @@
-package check
+package probe
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/checkspec"
 )
 
 // execPath is the PATH an exec check runs with.
@@ -31,7 +33,7 @@ const outputGrace = 100 * time.Millisecond
 // else: its goroutine ends locked, and Go ends the thread with it (or, for
 // the process's main thread, which cannot end, parks it for good). It lives
 // until the program has been waited for, as Pdeathsig needs.
-func (p *probe) exec(t Target) (bool, string) {
+func (p *probe) exec(c *checkspec.Exec, t checkspec.Target) (bool, string) {
 	type outcome struct {
 		up     bool
 		detail string
@@ -43,7 +45,7 @@ func (p *probe) exec(t Target) (bool, string) {
 			done <- outcome{false, "exec: " + err.Error()}
 			return
 		}
-		up, detail := p.execOnThread(t)
+		up, detail := p.execOnThread(c, t)
 		done <- outcome{up, detail}
 	}()
 	o := <-done
@@ -85,17 +87,16 @@ func dropChildCaps() error {
 }
 
 // execOnThread runs the program and waits for it; see exec.
-func (p *probe) execOnThread(t Target) (bool, string) {
-	s := p.s
+func (p *probe) execOnThread(c *checkspec.Exec, t checkspec.Target) (bool, string) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return false, "exec: " + describe(err)
 	}
 	defer r.Close()
 	// Not CommandContext: the timeout kills the whole group, below.
-	cmd := exec.Command(s.path, s.args...)
+	cmd := exec.Command(c.Program, c.Args...)
 	cmd.Dir = "/"
-	cmd.Env = []string{execPath, "CAPLANCE_BACKEND_NAME=" + t.Name, "CAPLANCE_BACKEND_ADDRESS=" + addrString(t.Address)}
+	cmd.Env = []string{execPath, "CAPLANCE_BACKEND_NAME=" + t.Name, "CAPLANCE_BACKEND_ADDRESS=" + checkspec.AddrString(t.Address)}
 	cmd.Stdout, cmd.Stderr = w, w
 	// Pdeathsig: if caplance-healthd dies, so does the check. (It fires when
 	// the forking OS thread ends: the locked thread of exec, which ends only
@@ -106,7 +107,7 @@ func (p *probe) execOnThread(t Target) (bool, string) {
 	if err != nil {
 		var pe *os.PathError
 		if errors.As(err, &pe) {
-			return false, fmt.Sprintf("exec: %s: %s", s.path, describe(pe.Err))
+			return false, fmt.Sprintf("exec: %s: %s", c.Program, describe(pe.Err))
 		}
 		return false, "exec: " + describe(err)
 	}
@@ -139,7 +140,7 @@ func (p *probe) execOnThread(t Target) (bool, string) {
 	case timedOut && p.parent.Err() == context.Canceled:
 		status = "canceled, killed"
 	case timedOut:
-		status = "timeout after " + shortDuration(p.timeout.Round(time.Millisecond)) + ", killed"
+		status = "timeout after " + checkspec.ShortDuration(p.timeout.Round(time.Millisecond)) + ", killed"
 	case errors.As(err, &ee):
 		status = ee.Error() // "exit status 1", "signal: segmentation fault"
 	case err != nil:

@@ -1,4 +1,4 @@
-package check
+package probe
 
 import (
 	"context"
@@ -13,6 +13,16 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/caplance/caplance/internal/checkspec"
+)
+
+// Limits on what a probe reads or keeps.
+const (
+	// MaxBody is how much of an HTTP response body is searched for body=.
+	MaxBody = 64 << 10
+	// MaxOutput is how much of an exec check's output goes into the detail.
+	MaxOutput = 4 << 10
 )
 
 // Result is the outcome of one probe.
@@ -30,19 +40,19 @@ type Result struct {
 // probe is one running probe: its spec, its context (with the timeout
 // applied) and the timeout it was given, for the detail.
 type probe struct {
-	s       *Spec
+	s       *checkspec.Spec
 	ctx     context.Context
 	parent  context.Context
 	timeout time.Duration
 }
 
-// Probe runs one probe of the target and reports the result. It returns
-// within the spec's Timeout, or sooner when ctx ends; it never panics on a
-// bad target, it reports it. It keeps no state: two calls are independent.
+// Run runs one probe of the target as s says and reports the result. It
+// returns within the spec's Timeout, or sooner when ctx ends; it never panics
+// on a bad target, it reports it. It keeps no state: two calls are independent.
 //
 // Every socket is opened on the calling goroutine, so a caller that has
 // switched its locked OS thread into a network namespace probes from there.
-func (s *Spec) Probe(ctx context.Context, t Target) Result {
+func Run(ctx context.Context, s *checkspec.Spec, t checkspec.Target) Result {
 	start := time.Now()
 	timeout := s.Timeout
 	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
@@ -53,34 +63,34 @@ func (s *Spec) Probe(ctx context.Context, t Target) Result {
 	p := &probe{s: s, ctx: pctx, parent: ctx, timeout: timeout}
 	var up bool
 	var detail string
-	switch s.Kind {
-	case KindTCP:
-		up, detail = p.tcp(t)
-	case KindHTTP, KindHTTPS:
-		up, detail = p.http(t)
-	case KindUDP:
-		up, detail = p.udp(t)
-	case KindExec:
-		up, detail = p.exec(t)
-	case KindTunnel:
-		up, detail = p.tunnel(t)
+	switch c := s.Params.(type) {
+	case *checkspec.TCP:
+		up, detail = p.tcp(c, t)
+	case *checkspec.HTTP:
+		up, detail = p.http(c, t)
+	case *checkspec.UDP:
+		up, detail = p.udp(c, t)
+	case *checkspec.Exec:
+		up, detail = p.exec(c, t)
+	case *checkspec.Tunnel:
+		up, detail = p.tunnel(c, t)
 	default:
-		detail = fmt.Sprintf("%s: unknown kind", s.Kind)
+		detail = fmt.Sprintf("%s: unknown kind", s.Kind())
 	}
 	return Result{Up: up, Detail: cleanDetail(detail), Latency: time.Since(start)}
 }
 
 // endpoint is the address a tcp, http(s) or udp probe goes to, "host:port",
 // or a detail saying why there is none.
-func (p *probe) endpoint(t Target) (addr string, problem string) {
-	a := p.s.addr
+func (p *probe) endpoint(e checkspec.Endpoint, t checkspec.Target) (addr string, problem string) {
+	a := e.Addr
 	if !a.IsValid() {
 		a = t.Address.Unmap()
 	}
 	if !a.IsValid() || a.IsUnspecified() {
-		return "", fmt.Sprintf("%s: no address to probe (the backend has none and the spec names none)", p.s.Kind)
+		return "", fmt.Sprintf("%s: no address to probe (the backend has none and the spec names none)", p.s.Kind())
 	}
-	return netip.AddrPortFrom(a, p.s.port).String(), ""
+	return netip.AddrPortFrom(a, e.Port).String(), ""
 }
 
 // failure describes why a probe failed: "timeout after 1s", "canceled",
@@ -90,7 +100,7 @@ func (p *probe) failure(err error) string {
 		return "canceled"
 	}
 	if isTimeout(err) || p.ctx.Err() != nil {
-		return "timeout after " + shortDuration(p.timeout.Round(time.Millisecond))
+		return "timeout after " + checkspec.ShortDuration(p.timeout.Round(time.Millisecond))
 	}
 	return describe(err)
 }

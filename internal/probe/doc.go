@@ -1,36 +1,13 @@
-// Package check owns what a health check is and how one probe of a backend
-// runs: the spec syntax (Parse, String), the probes themselves (Probe) and
-// the key that tells two identical probes apart from different ones (Key).
+// Package probe owns how one probe of a backend runs: the sockets, HTTP,
+// TLS, exec (with the capabilities its programs must not inherit) and the
+// tunnel's raw sockets. It runs what a checkspec.Spec describes (Run) and
+// says what happened (Result); what a check is and its syntax belong to
+// package checkspec.
 //
 // It must not keep state between probes: rise and fall counting, the initial
-// state, scheduling, start-up jitter and reporting belong to caplance-healthd,
-// which reads the tunables from the Spec. It never touches D-Bus, netlink or
-// systemd, and it changes nothing on the host: no sysctls, routes or
-// firewall rules.
-//
-// # Spec syntax
-//
-// A check is written as a URL whose scheme is the kind of check:
-//
-//	tcp://[HOST]:PORT[?TUNABLES]
-//	http://[HOST][:PORT][/PATH][?method=M&host=H&expect=RANGES&body=TEXT&TUNABLES]
-//	https://[HOST][:PORT][/PATH][?…http parameters…&sni=NAME&insecure=true&ca=/PEM&TUNABLES]
-//	udp://[HOST]:PORT?send=PAYLOAD[&expect=PAYLOAD&TUNABLES]
-//	exec:///ABSOLUTE/PATH[?arg=A&arg=B&TUNABLES]
-//	tunnel://:PORT[?vip=VIP&TUNABLES]
-//	tunnel://icmp[?vip=VIP&TUNABLES]
-//
-// HOST is an IP literal ("10.0.0.5", "[2001:db8::5]"); left empty, as it
-// usually is, the probe goes to the backend's own address. Host names are not
-// resolved. Parameter values are percent-encoded as in any URL (%20 or + for
-// a space, %2B for +, %26 for &). A parameter a kind does not take, a
-// repeated parameter (except arg) or a bad value is refused with an error
-// that names it, for example:
-//
-//	http check "http://:80/?expect=20x": expect "20x": not a status range (write e.g. 200, 200-299 or 200-299,304)
-//
-// String gives the canonical form: lower-case kind, explicit port, parameters
-// in a fixed order and only those that differ from their defaults.
+// state, scheduling, start-up jitter and reporting belong to caplance-healthd.
+// It never touches D-Bus, netlink or systemd, and it changes nothing on the
+// host: no sysctls, routes or firewall rules.
 //
 // # Kinds
 //
@@ -126,29 +103,6 @@
 // from the VIP is lost unless net.ipv4.conf.<interface>.accept_local=1 is set
 // on the interface the replies arrive on.
 //
-// # Tunables
-//
-// Every kind takes these, with defaults close to GLB's healthcheck
-// (interval 2s, timeout 1s) and HAProxy's (rise 2, fall 3):
-//
-//   - interval: time between the starts of two probes, 100ms to 1h
-//     (default 2s).
-//   - timeout: how long one probe may take, 10ms up to the interval
-//     (default 1s, or the interval when that is shorter).
-//   - rise: consecutive successes that turn a backend up, 1 to 100 (default 2).
-//   - fall: consecutive failures that turn a backend down, 1 to 100
-//     (default 3).
-//   - initial: the state assumed before the probes decide: unknown (default;
-//     nothing is reported until rise successes or fall failures in a row),
-//     up (as keepalived assumes: reported up at once, down after fall
-//     failures) or down (keepalived's "alpha": reported down at once, up
-//     after rise successes).
-//   - jitter: the first probe waits a random delay in [0, jitter), so checks
-//     that start together (at start-up, after a reload) spread out, like
-//     keepalived's warmup; 0 to 1h (default: the interval).
-//
-// Durations are Go durations: 500ms, 2s, 1m30s.
-//
 // # Results
 //
 // A Result's Detail is one line a person can act on, starting with the kind:
@@ -156,4 +110,4 @@
 // 200-299)", "exec: exit status 1: disk full", "udp: 10.0.0.5:53: timeout
 // after 1s". It is valid UTF-8 without control characters, so it can go into
 // a D-Bus property and a terminal as it is.
-package check
+package probe

@@ -287,7 +287,7 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 				`test.toml: line 9: balancer: ports: "10.0.0.100": port 80: listed twice`,
 				`test.toml: line 9: balancer: ports: "10.0.0.100": port 70000: must be between 1 and 65535`,
 				`test.toml: line 12: backend "web1": address "10.0.0.300": not an IPv4 address`,
-				`test.toml: line 14: backend "web1": name: duplicate`,
+				`test.toml: line 14: backend "web1": name: already used by another backend`,
 				`test.toml: line 16: backend "web1": weight 10001: must be between 0 and 10000`,
 				`test.toml: line 18: backend "bad/name": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
 				`test.toml: line 19: backend "bad/name": address 10.0.1.2: already used by backend "web1"`,

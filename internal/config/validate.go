@@ -98,48 +98,27 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 }
 
 func validateBackends(raw []rawBackend, bal *Balancer, p *problems) []Backend {
+	var vips []netip.Addr
+	if bal != nil {
+		for _, v := range bal.VIPs {
+			vips = append(vips, v.Addr)
+		}
+	}
+	set := NewBackendSet(vips)
 	var out []Backend
-	names := map[string]bool{}
-	addrs := map[netip.Addr]string{}
 	for i, rb := range raw {
 		place := fmt.Sprintf("backend %q", rb.Name)
-		at := func(k string) []string { return []string{"backend", item(i), k} }
-		switch {
-		case rb.Name == "":
+		if rb.Name == "" {
 			place = fmt.Sprintf("backend #%d", i+1)
-			p.at(at("name"), "%s: name: missing", place)
-		case CheckBackendName(rb.Name) != nil:
-			p.at(at("name"), "%s: name: %v", place, CheckBackendName(rb.Name))
-		case names[rb.Name]:
-			p.at(at("name"), "%s: name: duplicate", place)
 		}
-		names[rb.Name] = true
-		b := Backend{Name: rb.Name, Weight: DefaultWeight, Check: rb.Check}
-		if rb.Address == "" {
-			p.at(at("address"), "%s: address: missing", place)
-		} else if a, err := ParseAddress(rb.Address); err != nil {
-			p.at(at("address"), "%s: address %q: %v", place, rb.Address, err)
-		} else {
-			if other, dup := addrs[a]; dup {
-				p.at(at("address"), "%s: address %s: already used by backend %q", place, a, other)
-			}
-			if bal != nil && slices.ContainsFunc(bal.VIPs, func(v model.VIP) bool { return v.Addr == a }) {
-				p.at(at("address"), "%s: address %s: is a VIP of this balancer (packets would loop)", place, a)
-			}
-			addrs[a] = rb.Name
-			b.Address = a
-		}
+		spec := BackendSpec{Name: rb.Name, Address: rb.Address, Check: rb.Check}
 		if rb.Weight != nil {
-			if err := CheckWeight(int64(*rb.Weight)); err != nil {
-				p.at(at("weight"), "%s: %v", place, err)
-			} else {
-				b.Weight = uint32(*rb.Weight)
-			}
+			w := int64(*rb.Weight)
+			spec.Weight = &w
 		}
-		if rb.Check != "" {
-			if err := CheckSpec(rb.Check); err != nil {
-				p.at(at("check"), "%s: %v", place, err)
-			}
+		b, problems := set.Add(spec)
+		for _, bp := range problems {
+			p.at([]string{"backend", item(i), bp.Field}, "%s: %v", place, bp)
 		}
 		out = append(out, b)
 	}

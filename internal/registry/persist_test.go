@@ -153,11 +153,11 @@ func TestCorruptStateFile(t *testing.T) {
 		{"negative weight", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": -1}]}`, "not a valid state file"},
 		{"bad address", `{"version": 1, "backends": [{"name": "a", "address": "10.0.0.300", "weight": 1}]}`, `backends[0] "a": address "10.0.0.300": not an IPv4 address`},
 		{"bad name", `{"version": 1, "backends": [{"name": "a/b", "address": "10.0.1.1", "weight": 1}]}`, `backends[0] "a/b": name: must be`},
-		{"no weight", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1"}]}`, `backends[0] "a": no weight`},
+		{"no weight", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1"}]}`, `backends[0] "a": weight: missing`},
 		{"weight too big", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 10001}]}`, "weight 10001: must be between 0 and 10000"},
 		{"bad check", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1, "check": "x"}]}`, `check "x": not a check spec`},
-		{"name twice", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1}, {"name": "a", "address": "10.0.1.2", "weight": 1}]}`, `backends[1] "a": listed twice`},
-		{"address twice", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1}, {"name": "b", "address": "10.0.1.1", "weight": 1}]}`, `address 10.0.1.1 is also that of "a"`},
+		{"name twice", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1}, {"name": "a", "address": "10.0.1.2", "weight": 1}]}`, `backends[1] "a": name: already used by another backend`},
+		{"address twice", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1}, {"name": "b", "address": "10.0.1.1", "weight": 1}]}`, `backends[1] "b": address 10.0.1.1: already used by backend "a"`},
 		{"bad override", `{"version": 1, "overrides": {"a b": {"weight": 20000}}}`, `overrides "a b": name: must be`},
 		// Long values are repeated as a short prefix (quote.Q).
 		{"long name and address", `{"version": 1, "backends": [{"name": "` + long + `", "address": "` + long + `", "weight": 1}]}`,
@@ -202,7 +202,7 @@ func TestOpenErrors(t *testing.T) {
 		{"apply fails", filepath.Join(dir, "backends.json"), baseConfig(), func([]model.Backend) error { return cause }, ErrFailed, []string{"no route"}},
 		{"invalid configuration", filepath.Join(dir, "backends.json"),
 			[]config.Backend{{Name: "web1", Address: addr("127.0.0.1"), Weight: 1}}, nil, ErrInvalidArgument,
-			[]string{`backend "web1": address 127.0.0.1: not a unicast IPv4 address`}},
+			[]string{`backend "web1": address "127.0.0.1": loopback address, need one reachable from other hosts`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -442,40 +442,32 @@ func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func(
 }
 
 // setConfig validates the configuration file's backends and puts them in s.
+// They went through config's validation already when they came from a file;
+// the same rules (config.BackendSet) apply again for other callers.
 func (r *Registry) setConfig(s *state, cfg []config.Backend) error {
 	var problems []string
 	s.config = make(map[string]registration, len(cfg))
-	addrs := map[netip.Addr]string{}
+	set := config.NewBackendSet(r.vips)
 	for _, b := range cfg {
-		place := fmt.Sprintf("backend %q", b.Name)
-		if err := config.CheckBackendName(b.Name); err != nil {
-			problems = append(problems, fmt.Sprintf("%s: name: %v", place, err))
-		} else if _, dup := s.config[b.Name]; dup {
-			problems = append(problems, fmt.Sprintf("%s: defined twice", place))
-			continue
+		w := int64(b.Weight)
+		got, bad := set.Add(config.BackendSpec{Name: b.Name, Address: addrString(b.Address), Weight: &w, Check: b.Check})
+		for _, p := range bad {
+			problems = append(problems, fmt.Sprintf("backend %s: %v", quote.Q(b.Name), p))
 		}
-		if a, err := config.ParseAddress(b.Address.String()); err != nil || a != b.Address {
-			problems = append(problems, fmt.Sprintf("%s: address %s: not a unicast IPv4 address", place, b.Address))
-		} else if other, dup := addrs[b.Address]; dup {
-			problems = append(problems, fmt.Sprintf("%s: address %s is already used by backend %q", place, b.Address, other))
-		} else if slices.Contains(r.vips, b.Address) {
-			problems = append(problems, fmt.Sprintf("%s: address %s is a VIP of this balancer (packets would loop)", place, b.Address))
-		}
-		if err := config.CheckWeight(int64(b.Weight)); err != nil {
-			problems = append(problems, fmt.Sprintf("%s: %v", place, err))
-		}
-		if b.Check != "" {
-			if err := config.CheckSpec(b.Check); err != nil {
-				problems = append(problems, fmt.Sprintf("%s: %v", place, err)) // the error quotes the spec
-			}
-		}
-		addrs[b.Address] = b.Name
-		s.config[b.Name] = registration{address: b.Address, weight: b.Weight, check: b.Check, persistent: true}
+		s.config[b.Name] = registration{address: got.Address, weight: got.Weight, check: b.Check, persistent: true}
 	}
 	if len(problems) > 0 {
 		return errorf(ErrInvalidArgument, "configuration: %s", strings.Join(problems, "; "))
 	}
 	return nil
+}
+
+// addrString is a's text, "" (missing) for the zero Addr.
+func addrString(a netip.Addr) string {
+	if !a.IsValid() {
+		return ""
+	}
+	return a.String()
 }
 
 // dropConflicts removes the run-time backends that the configuration file's
@@ -807,37 +799,26 @@ func (r *Registry) Get(name string) (Backend, bool) {
 // Add registers a run-time backend and puts it in rotation. Without
 // opts.Runtime it is written to the state file and restored at start.
 func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
-	if err := config.CheckBackendName(name); err != nil {
-		return Backend{}, errorf(ErrInvalidArgument, "backend name %s: %v", quote.Q(name), err)
-	}
-	addr, err := config.ParseAddress(address)
-	if err != nil {
-		return Backend{}, errorf(ErrInvalidArgument, "address %s: %v", quote.Q(address), err)
-	}
-	weight := uint32(config.DefaultWeight)
+	place := fmt.Sprintf("adding backend %s", quote.Q(name))
+	spec := config.BackendSpec{Name: name, Address: address, Check: opts.Check}
 	if opts.Weight != nil {
-		if err := config.CheckWeight(int64(*opts.Weight)); err != nil {
-			return Backend{}, errorf(ErrInvalidArgument, "%v", err)
-		}
-		weight = *opts.Weight
+		w := int64(*opts.Weight)
+		spec.Weight = &w
 	}
-	if opts.Check != "" {
-		if err := config.CheckSpec(opts.Check); err != nil {
-			return Backend{}, errorf(ErrInvalidArgument, "%v", err) // the error quotes the spec
-		}
+	got, problems := config.CheckBackend(spec, r.vips)
+	if len(problems) > 0 {
+		return Backend{}, backendError(place, problems)
 	}
-	if slices.Contains(r.vips, addr) {
-		return Backend{}, errorf(ErrInvalidArgument, "address %s is a VIP of this balancer (packets would loop)", addr)
-	}
-	s, err := r.change(fmt.Sprintf("adding backend %q", name), func(next *state) error {
+	addr, weight := got.Address, got.Weight
+	s, err := r.change(place, func(next *state) error {
 		if _, fromConfig, ok := next.lookup(name); ok {
 			if fromConfig {
-				return errorf(ErrAlreadyExists, "backend %q already exists (in the configuration file)", name)
+				return errorf(ErrAlreadyExists, "%s: %v (in the configuration file)", place, config.NameTaken())
 			}
-			return errorf(ErrAlreadyExists, "backend %q already exists", name)
+			return backendError(place, []config.BackendProblem{config.NameTaken()})
 		}
 		if other, ok := next.owner(addr); ok {
-			return errorf(ErrAlreadyExists, "address %s is already used by backend %q", addr, other)
+			return backendError(place, []config.BackendProblem{config.AddressTaken(addr, other)})
 		}
 		next.setRuntime(name, registration{address: addr, weight: weight, check: opts.Check, persistent: !opts.Runtime})
 		return nil
@@ -847,6 +828,21 @@ func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 	}
 	b, _ := s.get(name)
 	return b, nil
+}
+
+// backendError is the error of a backend's problems after place: kind
+// ErrAlreadyExists when all of them are a name or address taken, else
+// ErrInvalidArgument.
+func backendError(place string, problems []config.BackendProblem) error {
+	kind := ErrAlreadyExists
+	msgs := make([]string, len(problems))
+	for i, p := range problems {
+		if !p.Taken {
+			kind = ErrInvalidArgument
+		}
+		msgs[i] = p.Error()
+	}
+	return errorf(kind, "%s: %s", place, strings.Join(msgs, "; "))
 }
 
 // Remove takes a run-time backend out, with its overrides. Backends of the

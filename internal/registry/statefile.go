@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -133,32 +132,19 @@ func decodeStateFile(data []byte) (*stateFile, error) {
 		return nil, fmt.Errorf("not a valid state file: %v", err)
 	}
 	var problems []string
-	names := map[string]bool{}
-	addrs := map[netip.Addr]string{}
+	set := config.NewBackendSet(nil) // a VIP among them is dropped with a warning (restore)
 	for i, b := range f.Backends {
 		place := fmt.Sprintf("backends[%d] %s", i, quote.Q(b.Name))
-		if err := config.CheckBackendName(b.Name); err != nil {
-			problems = append(problems, fmt.Sprintf("%s: name: %v", place, err))
-		} else if names[b.Name] {
-			problems = append(problems, fmt.Sprintf("%s: listed twice", place))
-		}
-		names[b.Name] = true
-		if a, err := config.ParseAddress(b.Address); err != nil {
-			problems = append(problems, fmt.Sprintf("%s: address %s: %v", place, quote.Q(b.Address), err))
-		} else if other, dup := addrs[a]; dup {
-			problems = append(problems, fmt.Sprintf("%s: address %s is also that of %q", place, a, other))
-		} else {
-			addrs[a] = b.Name
-		}
+		spec := config.BackendSpec{Name: b.Name, Address: b.Address, Check: b.Check}
 		if b.Weight == nil {
-			problems = append(problems, fmt.Sprintf("%s: no weight", place))
-		} else if err := config.CheckWeight(int64(*b.Weight)); err != nil {
-			problems = append(problems, fmt.Sprintf("%s: %v", place, err))
+			problems = append(problems, fmt.Sprintf("%s: weight: missing", place))
+		} else {
+			w := int64(*b.Weight)
+			spec.Weight = &w
 		}
-		if b.Check != "" {
-			if err := config.CheckSpec(b.Check); err != nil {
-				problems = append(problems, fmt.Sprintf("%s: %v", place, err)) // the error quotes the spec
-			}
+		_, bad := set.Add(spec)
+		for _, p := range bad {
+			problems = append(problems, fmt.Sprintf("%s: %v", place, p))
 		}
 	}
 	for _, name := range slices.Sorted(maps.Keys(f.Overrides)) {

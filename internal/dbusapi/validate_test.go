@@ -30,7 +30,7 @@ func TestLongArguments(t *testing.T) {
 		args   []any
 		frag   string
 	}{
-		{"AddBackend", []any{long, "10.0.1.20", opts{}}, "backend name " + echo},
+		{"AddBackend", []any{long, "10.0.1.20", opts{}}, "adding backend " + echo + ": name: must be"},
 		{"AddBackend", []any{"web9", long, opts{}}, "address " + echo},
 		{"AddBackend", []any{"web9", "10.0.1.20", opts{long: v(uint32(1))}}, "unknown option " + echo},
 		{"AddBackend", []any{"web9", "10.0.1.20", opts{"check": v("tcp://:80?interval=" + long)}}, "100019 bytes long"},

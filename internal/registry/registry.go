@@ -805,22 +805,19 @@ func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 		w := int64(*opts.Weight)
 		spec.Weight = &w
 	}
-	got, problems := config.CheckBackend(spec, r.vips)
-	if len(problems) > 0 {
-		return Backend{}, backendError(place, problems)
-	}
-	addr, weight := got.Address, got.Weight
 	s, err := r.change(place, func(next *state) error {
-		if _, fromConfig, ok := next.lookup(name); ok {
-			if fromConfig {
-				return errorf(ErrAlreadyExists, "%s: %v (in the configuration file)", place, config.NameTaken())
-			}
-			return backendError(place, []config.BackendProblem{config.NameTaken()})
+		// Every problem at once, as the configuration file reports them.
+		got, problems := config.CheckBackend(spec, r.vips)
+		if _, _, ok := next.lookup(name); ok {
+			problems = append(problems, config.NameTaken())
 		}
-		if other, ok := next.owner(addr); ok {
-			return backendError(place, []config.BackendProblem{config.AddressTaken(addr, other)})
+		if other, ok := next.owner(got.Address); ok && got.Address.IsValid() {
+			problems = append(problems, config.AddressTaken(got.Address, other))
 		}
-		next.setRuntime(name, registration{address: addr, weight: weight, check: opts.Check, persistent: !opts.Runtime})
+		if len(problems) > 0 {
+			return backendError(place, problems)
+		}
+		next.setRuntime(name, registration{address: got.Address, weight: got.Weight, check: opts.Check, persistent: !opts.Runtime})
 		return nil
 	})
 	if err != nil {

@@ -254,7 +254,7 @@ func TestRefused(t *testing.T) {
 		{"empty name", add("", "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{`adding backend "": name: missing`}},
 		{"add weight too big", add("web9", "10.0.1.19", AddOptions{Weight: ptr[uint32](10001)}), ErrInvalidArgument, []string{"weight 10001: must be between 0 and 10000"}},
 		{"invalid check", add("web9", "10.0.1.19", AddOptions{Check: "ping 10.0.1.19"}), ErrInvalidArgument, []string{`check "ping 10.0.1.19": not a check spec`}},
-		{"duplicate name of a config backend", add("web1", "10.0.1.19", AddOptions{}), ErrAlreadyExists, []string{`adding backend "web1": name: already used by another backend (in the configuration file)`}},
+		{"duplicate name of a config backend", add("web1", "10.0.1.19", AddOptions{}), ErrAlreadyExists, []string{`adding backend "web1": name: already used by another backend`}},
 		{"duplicate name of a run-time backend", add("web8", "10.0.1.19", AddOptions{}), ErrAlreadyExists, []string{`adding backend "web8": name: already used by another backend`}},
 		{"duplicate address", add("web9", "10.0.1.11", AddOptions{}), ErrAlreadyExists, []string{`adding backend "web9": address 10.0.1.11: already used by backend "web1"`}},
 		{"duplicate address of a run-time-only backend", add("web9", "10.0.1.17", AddOptions{Runtime: true}), ErrAlreadyExists, []string{`adding backend "web9": address 10.0.1.17: already used by backend "web7"`}},

@@ -2,7 +2,8 @@
 // strictly (unknown keys and wrong types are errors with their line, and do
 // not stop the decoding of the other keys), applies CAPLANCED_* environment
 // overrides, and validates everything into typed values, reporting every
-// problem at once with the line or variable it was found in.
+// problem at once with the line or variable it was found in. A backend's
+// rules (backend.go) are the registry's and its state file's too.
 //
 // It reads the file it is given and the environment it is handed; it must not
 // touch the network, the kernel or any other file.

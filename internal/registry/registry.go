@@ -236,14 +236,6 @@ type Change struct {
 	New Backend
 }
 
-// Name is the name of the changed backend.
-func (c Change) Name() string {
-	if c.Kind == Removed {
-		return c.Old.Name
-	}
-	return c.New.Name
-}
-
 // registration is a backend as defined, before overrides and health.
 type registration struct {
 	address netip.Addr

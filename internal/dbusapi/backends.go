@@ -30,25 +30,52 @@ type backendObject struct {
 	announced Counters
 }
 
+// followed are the properties of a backend object that follow the
+// registry's changes, sorted by name (upsert announces their changes in
+// this order), each with its D-Bus value.
+var followed = []struct {
+	name  string
+	value func(registry.Backend) any
+}{
+	{"Address", func(b registry.Backend) any { return b.Address.String() }},
+	{"AdminState", func(b registry.Backend) any { return string(b.Admin) }},
+	{"Check", func(b registry.Backend) any { return b.Check }},
+	{"Health", func(b registry.Backend) any { return string(b.Health) }},
+	{"HealthDetail", func(b registry.Backend) any { return b.HealthDetail }},
+	{"Persistent", func(b registry.Backend) any { return b.Persistent }},
+	{"Source", func(b registry.Backend) any { return string(b.Source) }},
+	{"Weight", func(b registry.Backend) any { return b.Weight }},
+}
+
 // backendProps returns the properties of b (counters c) and how each is
 // announced.
 func backendProps(b registry.Backend, c Counters) map[string]*prop.Prop {
 	p := func(v any, e prop.EmitType) *prop.Prop { return &prop.Prop{Value: v, Emit: e} }
-	return map[string]*prop.Prop{
+	props := map[string]*prop.Prop{
 		"Name":          p(b.Name, prop.EmitConst),
-		"Address":       p(b.Address.String(), prop.EmitTrue),
-		"Weight":        p(b.Weight, prop.EmitTrue),
-		"AdminState":    p(string(b.Admin), prop.EmitTrue),
-		"Health":        p(string(b.Health), prop.EmitTrue),
-		"HealthDetail":  p(b.HealthDetail, prop.EmitTrue),
-		"Check":         p(b.Check, prop.EmitTrue),
-		"Source":        p(string(b.Source), prop.EmitTrue),
-		"Persistent":    p(b.Persistent, prop.EmitTrue),
 		"ActiveFlows":   p(c.ActiveFlows, prop.EmitInvalidates),
 		"InactiveFlows": p(c.InactiveFlows, prop.EmitInvalidates),
 		"Packets":       p(c.Packets, prop.EmitInvalidates),
 		"Bytes":         p(c.Bytes, prop.EmitInvalidates),
 	}
+	for _, f := range followed {
+		props[f.name] = p(f.value(b), prop.EmitTrue)
+	}
+	return props
+}
+
+// changedProps maps a change of a backend from before to after to the
+// properties of its object that change, in the order upsert announces
+// them. The name never changes (it names the object), and the ID is not a
+// property.
+func changedProps(before, after registry.Backend) []string {
+	var names []string
+	for _, f := range followed {
+		if f.value(before) != f.value(after) {
+			names = append(names, f.name)
+		}
+	}
+	return names
 }
 
 // propValues are the values of backendProps, as GetAll returns them.
@@ -115,13 +142,17 @@ func (s *Server) onChange(c registry.Change) {
 // held.
 func (s *Server) apply(c registry.Change, announce bool) {
 	if c.Kind == registry.Removed {
-		s.remove(c.Backend.Name, announce)
+		s.remove(c.Old.Name, announce)
 		return
 	}
-	s.upsert(c.Backend, announce)
+	s.upsert(c.New, announce)
 }
 
-// upsert exports b's object or brings it up to date. s.mu is held.
+// upsert exports b's object or brings it up to date: the properties that
+// differ from the backend the object shows change, each with its own
+// PropertiesChanged. The object's backend, rather than the change's Old,
+// is the one to compare with: a change queued before the initial List
+// (see Export) may already be in it. s.mu is held.
 func (s *Server) upsert(b registry.Backend, announce bool) {
 	obj, ok := s.objects[b.Name]
 	if !ok {
@@ -142,13 +173,8 @@ func (s *Server) upsert(b registry.Backend, announce bool) {
 	old := obj.b
 	obj.b = b
 	next := backendProps(b, Counters{})
-	for _, name := range slices.Sorted(maps.Keys(next)) {
-		if slices.Contains(counterProps, name) {
-			continue
-		}
-		if v := next[name].Value; obj.props.GetMust(dbusname.BackendIface, name) != v {
-			obj.props.SetMust(dbusname.BackendIface, name, v) // PropertiesChanged
-		}
+	for _, name := range changedProps(old, b) {
+		obj.props.SetMust(dbusname.BackendIface, name, next[name].Value) // PropertiesChanged
 	}
 	// healthy is false only for down: unknown (nothing reported, or the
 	// address or check changed) counts as up, as in the data path.

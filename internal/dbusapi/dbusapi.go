@@ -2,7 +2,8 @@
 // manager object org.caplance.Caplance1.Manager with the ObjectManager,
 // Properties, Introspectable and Peer interfaces, and one object per
 // backend, kept in step with the registry through registry.Watch. It owns
-// the bus name org.caplance.Caplance1, the objects under
+// what a change of the registry shows on the bus (which properties changed,
+// which signals go out), the bus name org.caplance.Caplance1, the objects under
 // /org/caplance/Caplance1 (and the Introspectable nodes above it), the
 // in-daemon authorization of callers and the mapping of errors to
 // org.caplance.Caplance1.Error.* names (errors.go, the one place).
@@ -162,7 +163,8 @@ func Export(conn *dbus.Conn, reg *registry.Registry, info Info) (*Server, error)
 	if reg != nil {
 		// Watch before List: a change committed in between is both in the
 		// list and queued, and applying it twice is harmless because each
-		// change carries the backend's whole state.
+		// change carries the backend's whole state and upsert compares it
+		// with what the object shows.
 		reg.Watch(s.onChange)
 		list := reg.List()
 		s.mu.Lock()

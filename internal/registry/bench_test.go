@@ -188,7 +188,7 @@ func benchRegistry(b *testing.B, bal *balancer.Balancer, path string, cfg []conf
 	if err := r.UseRoutes(bal.RouteError); err != nil {
 		b.Fatal(err)
 	}
-	r.Watch(func(c Change) { _, _ = r.Get(c.Backend.Name) })
+	r.Watch(func(c Change) { _, _ = r.Get(changed(c)) })
 	// Every backend reported up, as caplance-healthd does in a running
 	// deployment: set at once, since 4000 ReportHealth calls would take
 	// most of a minute.

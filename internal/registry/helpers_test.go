@@ -114,6 +114,14 @@ func (w *watcher) take() []Change {
 	return c
 }
 
+// changed is the name of the backend c is about.
+func changed(c Change) string {
+	if c.Kind == Removed {
+		return c.Old.Name
+	}
+	return c.New.Name
+}
+
 // fixture is a registry with a state file in a temporary directory, its
 // data path recorder and a watcher.
 type fixture struct {

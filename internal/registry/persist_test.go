@@ -441,11 +441,11 @@ func TestReload(t *testing.T) {
 		t.Errorf("List (-want +got):\n%s", diff)
 	}
 	wantChanges := []Change{
-		{Kind: Removed, Backend: be(3, "web3", "10.0.1.13", 100, drained)},
-		{Kind: Removed, Backend: be(6, "web7", "10.0.1.17", 7, fromRuntime(true))},
-		{Kind: Updated, Backend: web1, Fields: []string{"Address", "Health", "HealthDetail", "Check"}},
-		{Kind: Updated, Backend: web8, Fields: []string{"Address", "Source"}},
-		{Kind: Added, Backend: web4},
+		{Kind: Removed, Old: be(3, "web3", "10.0.1.13", 100, drained)},
+		{Kind: Removed, Old: be(6, "web7", "10.0.1.17", 7, fromRuntime(true))},
+		{Kind: Updated, Old: be(1, "web1", "10.0.1.11", 50, check("tcp://10.0.1.11:80"), health(HealthUp, "ok")), New: web1},
+		{Kind: Updated, Old: be(4, "web8", "10.0.1.18", 100, fromRuntime(true), drained), New: web8},
+		{Kind: Added, New: web4},
 	}
 	if diff := cmp.Diff(wantChanges, f.w.take(), cmpOpts); diff != "" {
 		t.Errorf("changes (-want +got):\n%s", diff)

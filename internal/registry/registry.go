@@ -225,15 +225,15 @@ func (k ChangeKind) String() string {
 	return fmt.Sprintf("ChangeKind(%d)", int(k))
 }
 
-// Change is one committed change of one backend.
+// Change is one committed change of one backend, as the backend was and
+// as it is. What a watcher shows of it is the watcher's business: the
+// D-Bus API, for one, works out which of its properties changed.
 type Change struct {
 	Kind ChangeKind
-	// Backend is the backend after the change; for Removed, before it.
-	Backend Backend
-	// Fields are, for Updated, the names of the properties that changed,
-	// as D-Bus calls them, in this order: Address, Weight, AdminState,
-	// Health, HealthDetail, Check, Source, Persistent.
-	Fields []string
+	// Old is the backend before the change; the zero Backend for Added.
+	Old Backend
+	// New is the backend after the change; the zero Backend for Removed.
+	New Backend
 }
 
 // registration is a backend as defined, before overrides and health.
@@ -608,38 +608,20 @@ func diff(old, next []Backend) []Change {
 	for i < len(old) || j < len(next) {
 		switch {
 		case j == len(next) || (i < len(old) && old[i].Name < next[j].Name):
-			removed = append(removed, Change{Kind: Removed, Backend: old[i]})
+			removed = append(removed, Change{Kind: Removed, Old: old[i]})
 			i++
 		case i == len(old) || next[j].Name < old[i].Name:
-			added = append(added, Change{Kind: Added, Backend: next[j]})
+			added = append(added, Change{Kind: Added, New: next[j]})
 			j++
 		default:
-			if f := changedFields(old[i], next[j]); len(f) > 0 {
-				updated = append(updated, Change{Kind: Updated, Backend: next[j], Fields: f})
+			if old[i] != next[j] {
+				updated = append(updated, Change{Kind: Updated, Old: old[i], New: next[j]})
 			}
 			i++
 			j++
 		}
 	}
 	return slices.Concat(removed, updated, added)
-}
-
-func changedFields(a, b Backend) []string {
-	var f []string
-	add := func(differ bool, name string) {
-		if differ {
-			f = append(f, name)
-		}
-	}
-	add(a.Address != b.Address, "Address")
-	add(a.Weight != b.Weight, "Weight")
-	add(a.Admin != b.Admin, "AdminState")
-	add(a.Health != b.Health, "Health")
-	add(a.HealthDetail != b.HealthDetail, "HealthDetail")
-	add(a.Check != b.Check, "Check")
-	add(a.Source != b.Source, "Source")
-	add(a.Persistent != b.Persistent, "Persistent")
-	return f
 }
 
 // change runs f on a clone of the current state and makes the result

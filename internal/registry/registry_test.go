@@ -58,7 +58,7 @@ func TestChanges(t *testing.T) {
 		name:    "add persistent",
 		op:      addWeb8,
 		want:    append(base(), web8),
-		changes: []Change{{Kind: Added, Backend: web8}},
+		changes: []Change{{Kind: Added, New: web8}},
 		file:    file(web8File, ""),
 		applied: true,
 	}, {
@@ -68,7 +68,7 @@ func TestChanges(t *testing.T) {
 			return err
 		},
 		want:    append(base(), be(3, "web9", "10.0.1.19", 100, fromRuntime(false))),
-		changes: []Change{{Kind: Added, Backend: be(3, "web9", "10.0.1.19", 100, fromRuntime(false))}},
+		changes: []Change{{Kind: Added, New: be(3, "web9", "10.0.1.19", 100, fromRuntime(false))}},
 		file:    "(missing)",
 		applied: true,
 	}, {
@@ -78,7 +78,7 @@ func TestChanges(t *testing.T) {
 			return err
 		},
 		want:    append([]Backend{be(3, "a.b_c-d", "10.0.1.20", 0, fromRuntime(true))}, base()...),
-		changes: []Change{{Kind: Added, Backend: be(3, "a.b_c-d", "10.0.1.20", 0, fromRuntime(true))}},
+		changes: []Change{{Kind: Added, New: be(3, "a.b_c-d", "10.0.1.20", 0, fromRuntime(true))}},
 		file:    file(`{"name":"a.b_c-d","address":"10.0.1.20","weight":0}`, ""),
 		applied: true,
 	}, {
@@ -86,7 +86,7 @@ func TestChanges(t *testing.T) {
 		setup:   []func(*Registry) error{addWeb8, func(r *Registry) error { return r.Drain("web8") }},
 		op:      func(r *Registry) error { return r.Remove("web8") },
 		want:    base(),
-		changes: []Change{{Kind: Removed, Backend: be(3, "web8", "10.0.1.18", 300, fromRuntime(true), check("http://10.0.1.18/health"), drained)}},
+		changes: []Change{{Kind: Removed, Old: be(3, "web8", "10.0.1.18", 300, fromRuntime(true), check("http://10.0.1.18/health"), drained)}},
 		file:    file("", ""),
 		applied: true,
 	}, {
@@ -97,21 +97,21 @@ func TestChanges(t *testing.T) {
 		}},
 		op:      func(r *Registry) error { return r.Remove("web9") },
 		want:    base(),
-		changes: []Change{{Kind: Removed, Backend: be(3, "web9", "10.0.1.19", 100, fromRuntime(false))}},
+		changes: []Change{{Kind: Removed, Old: be(3, "web9", "10.0.1.19", 100, fromRuntime(false))}},
 		file:    "(missing)",
 		applied: true,
 	}, {
 		name:    "set weight of a config backend",
 		op:      func(r *Registry) error { return r.SetWeight("web1", 50) },
 		want:    []Backend{be(1, "web1", "10.0.1.11", 50, check("tcp://10.0.1.11:80")), base()[1]},
-		changes: []Change{{Kind: Updated, Backend: be(1, "web1", "10.0.1.11", 50, check("tcp://10.0.1.11:80")), Fields: []string{"Weight"}}},
+		changes: []Change{{Kind: Updated, Old: base()[0], New: be(1, "web1", "10.0.1.11", 50, check("tcp://10.0.1.11:80"))}},
 		file:    file("", `"web1":{"weight":50}`),
 		applied: true,
 	}, {
 		name:    "set weight 0",
 		op:      func(r *Registry) error { return r.SetWeight("web2", 0) },
 		want:    []Backend{base()[0], be(2, "web2", "10.0.1.12", 0)},
-		changes: []Change{{Kind: Updated, Backend: be(2, "web2", "10.0.1.12", 0), Fields: []string{"Weight"}}},
+		changes: []Change{{Kind: Updated, Old: base()[1], New: be(2, "web2", "10.0.1.12", 0)}},
 		file:    file("", `"web2":{"weight":0}`),
 		applied: true,
 	}, {
@@ -119,7 +119,7 @@ func TestChanges(t *testing.T) {
 		setup:   []func(*Registry) error{func(r *Registry) error { return r.SetWeight("web1", 50) }},
 		op:      func(r *Registry) error { return r.SetWeight("web1", 100) },
 		want:    base(),
-		changes: []Change{{Kind: Updated, Backend: base()[0], Fields: []string{"Weight"}}},
+		changes: []Change{{Kind: Updated, Old: be(1, "web1", "10.0.1.11", 50, check("tcp://10.0.1.11:80")), New: base()[0]}},
 		file:    file("", ""),
 		applied: true,
 	}, {
@@ -135,14 +135,14 @@ func TestChanges(t *testing.T) {
 		}},
 		op:      func(r *Registry) error { return r.SetWeight("web9", 7) },
 		want:    append(base(), be(3, "web9", "10.0.1.19", 7, fromRuntime(false))),
-		changes: []Change{{Kind: Updated, Backend: be(3, "web9", "10.0.1.19", 7, fromRuntime(false)), Fields: []string{"Weight"}}},
+		changes: []Change{{Kind: Updated, Old: be(3, "web9", "10.0.1.19", 100, fromRuntime(false)), New: be(3, "web9", "10.0.1.19", 7, fromRuntime(false))}},
 		file:    "(missing)",
 		applied: true,
 	}, {
 		name:    "drain",
 		op:      func(r *Registry) error { return r.Drain("web2") },
 		want:    []Backend{base()[0], be(2, "web2", "10.0.1.12", 200, drained)},
-		changes: []Change{{Kind: Updated, Backend: be(2, "web2", "10.0.1.12", 200, drained), Fields: []string{"AdminState"}}},
+		changes: []Change{{Kind: Updated, Old: base()[1], New: be(2, "web2", "10.0.1.12", 200, drained)}},
 		file:    file("", `"web2":{"drained":true}`),
 		applied: true,
 	}, {
@@ -150,7 +150,7 @@ func TestChanges(t *testing.T) {
 		setup:   []func(*Registry) error{func(r *Registry) error { return r.SetWeight("web2", 5) }, func(r *Registry) error { return r.Drain("web2") }},
 		op:      func(r *Registry) error { return r.Undrain("web2") },
 		want:    []Backend{base()[0], be(2, "web2", "10.0.1.12", 5)},
-		changes: []Change{{Kind: Updated, Backend: be(2, "web2", "10.0.1.12", 5), Fields: []string{"AdminState"}}},
+		changes: []Change{{Kind: Updated, Old: be(2, "web2", "10.0.1.12", 5, drained), New: be(2, "web2", "10.0.1.12", 5)}},
 		file:    file("", `"web2":{"weight":5}`),
 		applied: true,
 	}, {
@@ -158,14 +158,14 @@ func TestChanges(t *testing.T) {
 		setup:   []func(*Registry) error{func(r *Registry) error { return r.Drain("web2") }},
 		op:      func(r *Registry) error { return r.Undrain("web2") },
 		want:    base(),
-		changes: []Change{{Kind: Updated, Backend: base()[1], Fields: []string{"AdminState"}}},
+		changes: []Change{{Kind: Updated, Old: be(2, "web2", "10.0.1.12", 200, drained), New: base()[1]}},
 		file:    file("", ""),
 		applied: true,
 	}, {
 		name:    "report down",
 		op:      func(r *Registry) error { _, err := r.ReportHealth("web1", false, "connection refused"); return err },
 		want:    []Backend{be(1, "web1", "10.0.1.11", 100, check("tcp://10.0.1.11:80"), health(HealthDown, "connection refused")), base()[1]},
-		changes: []Change{{Kind: Updated, Backend: be(1, "web1", "10.0.1.11", 100, check("tcp://10.0.1.11:80"), health(HealthDown, "connection refused")), Fields: []string{"Health", "HealthDetail"}}},
+		changes: []Change{{Kind: Updated, Old: base()[0], New: be(1, "web1", "10.0.1.11", 100, check("tcp://10.0.1.11:80"), health(HealthDown, "connection refused"))}},
 		file:    "(missing)",
 		applied: true,
 	}, {
@@ -173,7 +173,7 @@ func TestChanges(t *testing.T) {
 		name:    "report up from unknown",
 		op:      func(r *Registry) error { _, err := r.ReportHealth("web2", true, ""); return err },
 		want:    []Backend{base()[0], be(2, "web2", "10.0.1.12", 200, health(HealthUp, ""))},
-		changes: []Change{{Kind: Updated, Backend: be(2, "web2", "10.0.1.12", 200, health(HealthUp, "")), Fields: []string{"Health"}}},
+		changes: []Change{{Kind: Updated, Old: base()[1], New: be(2, "web2", "10.0.1.12", 200, health(HealthUp, ""))}},
 		file:    "(missing)",
 	}}
 	for _, tt := range tests {
@@ -374,12 +374,12 @@ func TestReportHealthChanged(t *testing.T) {
 		changes []Change
 		state   model.State
 	}{
-		{true, "", true, []Change{{Kind: Updated, Backend: web1(health(HealthUp, "")), Fields: []string{"Health"}}}, model.Active},
+		{true, "", true, []Change{{Kind: Updated, Old: web1(), New: web1(health(HealthUp, ""))}}, model.Active},
 		{true, "", false, nil, model.Active},
-		{false, "refused", true, []Change{{Kind: Updated, Backend: web1(health(HealthDown, "refused")), Fields: []string{"Health", "HealthDetail"}}}, model.Down},
+		{false, "refused", true, []Change{{Kind: Updated, Old: web1(health(HealthUp, "")), New: web1(health(HealthDown, "refused"))}}, model.Down},
 		{false, "refused", false, nil, model.Down},
-		{false, "timeout", true, []Change{{Kind: Updated, Backend: web1(health(HealthDown, "timeout")), Fields: []string{"HealthDetail"}}}, model.Down},
-		{true, "", true, []Change{{Kind: Updated, Backend: web1(health(HealthUp, "")), Fields: []string{"Health", "HealthDetail"}}}, model.Active},
+		{false, "timeout", true, []Change{{Kind: Updated, Old: web1(health(HealthDown, "refused")), New: web1(health(HealthDown, "timeout"))}}, model.Down},
+		{true, "", true, []Change{{Kind: Updated, Old: web1(health(HealthDown, "timeout")), New: web1(health(HealthUp, ""))}}, model.Active},
 	}
 	for i, s := range steps {
 		calls := len(f.dp.log())
@@ -455,8 +455,8 @@ func TestWatch(t *testing.T) {
 	var seen []string
 	f.r.Watch(func(c Change) {
 		// A watcher may read, and sees the change committed.
-		b, ok := f.r.Get(c.Backend.Name)
-		seen = append(seen, fmt.Sprintf("%v %s present=%v weight=%d", c.Kind, c.Backend.Name, ok, b.Weight))
+		b, ok := f.r.Get(changed(c))
+		seen = append(seen, fmt.Sprintf("%v %s present=%v weight=%d", c.Kind, changed(c), ok, b.Weight))
 	})
 	web8 := be(3, "web8", "10.0.1.18", 100, fromRuntime(true))
 	steps := []struct {
@@ -464,17 +464,17 @@ func TestWatch(t *testing.T) {
 		want []Change
 	}{
 		{func() error { _, err := f.r.Add("web8", "10.0.1.18", AddOptions{}); return err },
-			[]Change{{Kind: Added, Backend: web8}}},
+			[]Change{{Kind: Added, New: web8}}},
 		{func() error { return f.r.SetWeight("web8", 3) },
-			[]Change{{Kind: Updated, Backend: be(3, "web8", "10.0.1.18", 3, fromRuntime(true)), Fields: []string{"Weight"}}}},
+			[]Change{{Kind: Updated, Old: web8, New: be(3, "web8", "10.0.1.18", 3, fromRuntime(true))}}},
 		{func() error { return f.r.Drain("web8") },
-			[]Change{{Kind: Updated, Backend: be(3, "web8", "10.0.1.18", 3, fromRuntime(true), drained), Fields: []string{"AdminState"}}}},
+			[]Change{{Kind: Updated, Old: be(3, "web8", "10.0.1.18", 3, fromRuntime(true)), New: be(3, "web8", "10.0.1.18", 3, fromRuntime(true), drained)}}},
 		{func() error { return f.r.Undrain("web8") },
-			[]Change{{Kind: Updated, Backend: be(3, "web8", "10.0.1.18", 3, fromRuntime(true)), Fields: []string{"AdminState"}}}},
+			[]Change{{Kind: Updated, Old: be(3, "web8", "10.0.1.18", 3, fromRuntime(true), drained), New: be(3, "web8", "10.0.1.18", 3, fromRuntime(true))}}},
 		{func() error { _, err := f.r.ReportHealth("web8", false, "boom"); return err },
-			[]Change{{Kind: Updated, Backend: be(3, "web8", "10.0.1.18", 3, fromRuntime(true), health(HealthDown, "boom")), Fields: []string{"Health", "HealthDetail"}}}},
+			[]Change{{Kind: Updated, Old: be(3, "web8", "10.0.1.18", 3, fromRuntime(true)), New: be(3, "web8", "10.0.1.18", 3, fromRuntime(true), health(HealthDown, "boom"))}}},
 		{func() error { return f.r.Remove("web8") },
-			[]Change{{Kind: Removed, Backend: be(3, "web8", "10.0.1.18", 3, fromRuntime(true), health(HealthDown, "boom"))}}},
+			[]Change{{Kind: Removed, Old: be(3, "web8", "10.0.1.18", 3, fromRuntime(true), health(HealthDown, "boom"))}}},
 		// A reload: removals, then updates, then additions.
 		{func() error {
 			_, err := f.r.Reload([]config.Backend{
@@ -483,9 +483,9 @@ func TestWatch(t *testing.T) {
 			})
 			return err
 		}, []Change{
-			{Kind: Removed, Backend: base()[0]},
-			{Kind: Updated, Backend: be(2, "web2", "10.0.1.22", 200, check("tcp://10.0.1.22:80")), Fields: []string{"Address", "Check"}},
-			{Kind: Added, Backend: be(4, "web0", "10.0.1.10", 1)},
+			{Kind: Removed, Old: base()[0]},
+			{Kind: Updated, Old: base()[1], New: be(2, "web2", "10.0.1.22", 200, check("tcp://10.0.1.22:80"))},
+			{Kind: Added, New: be(4, "web0", "10.0.1.10", 1)},
 		}},
 	}
 	for i, s := range steps {

@@ -51,7 +51,7 @@ func TestUnroutableBackend(t *testing.T) {
 	if web2.Health != HealthDown || web2.HealthDetail != "no route to 10.0.1.12: network is unreachable" {
 		t.Errorf("web2 shows %s %q, want down with the route's reason", web2.Health, web2.HealthDetail)
 	}
-	if diff := cmp.Diff([]Change{{Kind: Updated, Backend: web2, Fields: []string{"Health", "HealthDetail"}}}, f.w.take(), cmpOpts); diff != "" {
+	if diff := cmp.Diff([]Change{{Kind: Updated, Old: base()[1], New: web2}}, f.w.take(), cmpOpts); diff != "" {
 		t.Errorf("changes (-want +got):\n%s", diff)
 	}
 
@@ -96,7 +96,7 @@ func TestUnroutableBackend(t *testing.T) {
 	if web2.Health != HealthUp || web2.HealthDetail != "200 OK" {
 		t.Errorf("web2 with its route back shows %s %q, want healthd's up \"200 OK\"", web2.Health, web2.HealthDetail)
 	}
-	if diff := cmp.Diff([]Change{{Kind: Updated, Backend: web2, Fields: []string{"Health", "HealthDetail"}}}, f.w.take(), cmpOpts); diff != "" {
+	if diff := cmp.Diff([]Change{{Kind: Updated, Old: be(2, "web2", "10.0.1.12", 200, health(HealthDown, "no route to 10.0.1.12: network is unreachable")), New: web2}}, f.w.take(), cmpOpts); diff != "" {
 		t.Errorf("changes (-want +got):\n%s", diff)
 	}
 	if got := states()["web2"]; got != model.Active {

@@ -40,9 +40,9 @@ func TestStorm(t *testing.T) {
 		defer inWatch.Unlock()
 		switch c.Kind {
 		case Added, Updated:
-			model[c.Backend.Name] = c.Backend
+			model[c.New.Name] = c.New
 		case Removed:
-			delete(model, c.Backend.Name)
+			delete(model, c.Old.Name)
 		}
 	})
 

@@ -11,7 +11,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 var (
@@ -86,4 +88,40 @@ func moduleRoot() (string, error) {
 		}
 		d = parent
 	}
+}
+
+// stopWithin is how long a command stopped by Start's stop may take to exit.
+const stopWithin = 10 * time.Second
+
+// Start starts cmd and returns a channel closed when it has exited, and a
+// function that stops it: SIGTERM, after which it must exit with status 0
+// within 10 s, or t fails (and it is killed), with log() (its output) in
+// the message. stop runs at t's cleanup too; only its first call acts.
+func Start(t testing.TB, cmd *exec.Cmd, log func() string) (exited <-chan struct{}, stop func()) {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	name := filepath.Base(cmd.Path)
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			_ = cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-done:
+			case <-time.After(stopWithin):
+				_ = cmd.Process.Kill()
+				<-done
+				t.Errorf("%s did not exit within %v of SIGTERM\n%s", name, stopWithin, log())
+				return
+			}
+			if code := cmd.ProcessState.ExitCode(); code != 0 {
+				t.Errorf("%s exited %d after SIGTERM\n%s", name, code, log())
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return done, stop
 }

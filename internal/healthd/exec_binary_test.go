@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -141,26 +140,12 @@ func runHealthdAs(t *testing.T, e *env, cfg string) int {
 		cmdtest.Binary(t, "caplance-healthd"), "--config", cfg, "--bus", e.bus.Address)
 	cmd.Env = append(os.Environ(), "CAPLANCE_TEST_SECRET=leaked")
 	cmd.Stdout, cmd.Stderr = log, log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
+	// Registered first, so it runs after the stop and sees how it went.
 	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-			t.Error("caplance-healthd did not exit within 10s of SIGTERM")
-		}
-		if code := cmd.ProcessState.ExitCode(); code != 0 {
-			t.Errorf("caplance-healthd exited %d", code)
-		}
 		if t.Failed() || testing.Verbose() {
 			t.Logf("caplance-healthd's log:\n%s", log.String())
 		}
 	})
+	cmdtest.Start(t, cmd, log.String)
 	return cmd.Process.Pid
 }

@@ -12,8 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -56,30 +54,10 @@ func startHealthd(t *testing.T, n *notifysock.Socket, extra ...string) (string, 
 	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+n.Path(), fmt.Sprintf("WATCHDOG_USEC=%d", watchdogUsec))
 	cmd.Env = append(cmd.Env, extra...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			_ = cmd.Process.Signal(syscall.SIGTERM)
-			select {
-			case <-exited:
-			case <-time.After(10 * time.Second):
-				_ = cmd.Process.Kill()
-				<-exited
-				t.Error("caplance-healthd did not exit within 10s of SIGTERM")
-				return
-			}
-			if code := cmd.ProcessState.ExitCode(); code != 0 {
-				log, _ := os.ReadFile(logPath)
-				t.Errorf("caplance-healthd exited %d after SIGTERM\n%s", code, log)
-			}
-		})
-	}
-	t.Cleanup(stop)
+	exited, stop := cmdtest.Start(t, cmd, func() string {
+		log, _ := os.ReadFile(logPath)
+		return string(log)
+	})
 	if _, err := n.WaitFor("READY=1", 0, 15*time.Second, exited); err != nil {
 		t.Fatalf("caplance-healthd: %v", err)
 	}

@@ -1,7 +1,8 @@
 // Package cmdtest builds the project's commands for tests, each at most
 // once per test binary, into one directory that other users may read (some
-// tests run a command under switched credentials). It owns that directory
-// and nothing else; a TestMain calls Cleanup to remove it.
+// tests run a command under switched credentials), and starts a command
+// with a stop that requires it to exit cleanly on SIGTERM (Start). It owns
+// that directory and nothing else; a TestMain calls Cleanup to remove it.
 package cmdtest
 
 import (

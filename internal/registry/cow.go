@@ -67,11 +67,12 @@ func own[V any](m *map[string]V, owned *bool) map[string]V {
 // applies: the overrides and health of backends that are gone, and the
 // health of backends whose address or check changed (a health result is
 // about an address and a check: it does not carry over to new ones). Only
-// a reload replaces the configuration file's backends; otherwise only the
-// names written since the clone can have gone or changed.
+// a reload or a change of services can change many backends at once (their
+// service's check is theirs when they have none); otherwise only the names
+// written since the clone can have gone or changed.
 func settle(cur, next *state) {
 	names := next.dirty
-	if !sameMap(cur.config, next.config) {
+	if !sameMap(cur.config, next.config) || !sameMap(cur.services, next.services) {
 		dropOrphans(next)
 		names = nil
 		for name := range next.health {
@@ -85,7 +86,7 @@ func settle(cur, next *state) {
 			next.deleteHealth(name)
 			continue
 		}
-		if o, _, _ := cur.lookup(name); o.address != n.address || o.check != n.check {
+		if o, _, _ := cur.lookup(name); o.address != n.address || cur.check(o) != next.check(n) {
 			next.deleteHealth(name)
 		}
 	}

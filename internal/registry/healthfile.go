@@ -80,7 +80,7 @@ func encodeHealth(s *state) []byte {
 			continue
 		}
 		reg, _, _ := s.lookup(name)
-		f.Backends[name] = healthRecord{Address: reg.address.String(), Check: reg.check, Health: h.health, Detail: h.detail}
+		f.Backends[name] = healthRecord{Address: reg.address.String(), Check: s.check(reg), Health: h.health, Detail: h.detail}
 	}
 	b, err := json.MarshalIndent(f, "", "  ")
 	if err != nil {
@@ -120,7 +120,7 @@ func (r *Registry) restoreHealth(s *state) []string {
 			// Removed: its report goes with it, as during a run.
 		case rec.Health != HealthUp && rec.Health != HealthDown:
 			warnings = append(warnings, fmt.Sprintf("health file %s: backend %s: health %s is neither up nor down: dropped", r.healthPath, quote.Q(name), quote.Q(string(rec.Health))))
-		case rec.Address != reg.address.String() || rec.Check != reg.check:
+		case rec.Address != reg.address.String() || rec.Check != s.check(reg):
 			warnings = append(warnings, fmt.Sprintf("health file %s: backend %s was reported %s at %s with check %s; its address or check changed since: health unknown until caplance-healthd reports", r.healthPath, quote.Q(name), rec.Health, quote.Q(rec.Address), quote.Q(rec.Check)))
 		default:
 			s.health[name] = healthReport{health: rec.Health, detail: rec.Detail}

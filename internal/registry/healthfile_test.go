@@ -16,7 +16,7 @@ import (
 func openWithHealth(t *testing.T, dir string, cfg []config.Backend) (*Registry, *recorder, []string) {
 	t.Helper()
 	dp := &recorder{}
-	r, warnings, err := Open(filepath.Join(dir, "backends.json"), cfg, vips, dp.apply, HealthFile(filepath.Join(dir, "health.json"), nil))
+	r, warnings, err := Open(filepath.Join(dir, "backends.json"), services, cfg, dp.apply, HealthFile(filepath.Join(dir, "health.json"), nil))
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -147,7 +147,7 @@ func TestHealthFileWriteFails(t *testing.T) {
 	dir := t.TempDir()
 	sub := filepath.Join(dir, "run")
 	dp := &recorder{}
-	r, _, err := Open(filepath.Join(dir, "backends.json"), baseConfig(), vips, dp.apply, HealthFile(filepath.Join(sub, "health.json"), nil))
+	r, _, err := Open(filepath.Join(dir, "backends.json"), services, baseConfig(), dp.apply, HealthFile(filepath.Join(sub, "health.json"), nil))
 	if err != nil {
 		t.Fatal(err)
 	}

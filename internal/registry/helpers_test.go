@@ -21,15 +21,18 @@ import (
 
 var (
 	theVIP = netip.MustParseAddr("10.0.0.100")
-	vips   = []netip.Addr{theVIP}
+	// services is the configuration file's of most tests: today's form,
+	// one service named default.
+	services = []model.Service{{Name: config.DefaultService, VIPs: []model.VIP{{Addr: theVIP}},
+		Protocols: model.TCP | model.UDP, TableSize: 65537}}
 )
 
 // baseConfig is the configuration file of most tests: web1 with a check,
 // web2 without.
 func baseConfig() []config.Backend {
 	return []config.Backend{
-		{Name: "web1", Address: netip.MustParseAddr("10.0.1.11"), Weight: 100, Check: "tcp://10.0.1.11:80"},
-		{Name: "web2", Address: netip.MustParseAddr("10.0.1.12"), Weight: 200},
+		{Service: config.DefaultService, Name: "web1", Address: netip.MustParseAddr("10.0.1.11"), Weight: 100, Check: "tcp://10.0.1.11:80"},
+		{Service: config.DefaultService, Name: "web2", Address: netip.MustParseAddr("10.0.1.12"), Weight: 200},
 	}
 }
 
@@ -39,7 +42,8 @@ func addr(s string) netip.Addr { return netip.MustParseAddr(s) }
 
 func ptr[T any](v T) *T { return &v }
 
-// applyCall is one call of the apply callback.
+// applyCall is one call of the apply callback: its backends (the tests of
+// services look at recorder.services).
 type applyCall struct {
 	Set []model.Backend
 	OK  bool
@@ -50,18 +54,21 @@ type applyCall struct {
 type recorder struct {
 	mu    sync.Mutex
 	calls []applyCall
+	// services are the services of each call.
+	services [][]model.Service
 	// fail is asked with the call's number (from 0) in calls.
 	fail func(n int) error
 }
 
-func (d *recorder) apply(set []model.Backend) error {
+func (d *recorder) apply(set model.Set) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var err error
 	if d.fail != nil {
 		err = d.fail(len(d.calls))
 	}
-	d.calls = append(d.calls, applyCall{Set: slices.Clone(set), OK: err == nil})
+	d.calls = append(d.calls, applyCall{Set: slices.Clone(set.Backends), OK: err == nil})
+	d.services = append(d.services, slices.Clone(set.Services))
 	return err
 }
 
@@ -89,6 +96,19 @@ func (d *recorder) installed() []model.Backend {
 	for i := len(d.calls) - 1; i >= 0; i-- {
 		if d.calls[i].OK {
 			return d.calls[i].Set
+		}
+	}
+	return nil
+}
+
+// installedServices are the services the data path has: the last
+// successful call's.
+func (d *recorder) installedServices() []model.Service {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i := len(d.calls) - 1; i >= 0; i-- {
+		if d.calls[i].OK {
+			return d.services[i]
 		}
 	}
 	return nil
@@ -144,7 +164,7 @@ func newFixture(t *testing.T, cfg []config.Backend) *fixture {
 func (f *fixture) open(t *testing.T, cfg []config.Backend) []string {
 	t.Helper()
 	f.dp, f.w = &recorder{}, &watcher{}
-	r, warnings, err := Open(f.path, cfg, vips, f.dp.apply)
+	r, warnings, err := Open(f.path, services, cfg, f.dp.apply)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
@@ -218,13 +238,13 @@ func compactState(t *testing.T, path string) string {
 // file builds the compact state file of backends (a JSON list's inside)
 // and overrides (a JSON object's inside).
 func file(backends, overrides string) string {
-	return `{"version":1,"backends":[` + backends + `],"overrides":{` + overrides + `}}`
+	return `{"version":2,"backends":[` + backends + `],"overrides":{` + overrides + `}}`
 }
 
 // be builds an expected backend: by default from the configuration file,
 // active, health unknown.
 func be(id uint32, name, address string, weight uint32, mods ...func(*Backend)) Backend {
-	b := Backend{ID: id, Name: name, Address: netip.MustParseAddr(address), Weight: weight,
+	b := Backend{ID: id, Name: name, Service: config.DefaultService, Address: netip.MustParseAddr(address), Weight: weight,
 		Admin: AdminActive, Health: HealthUnknown, Source: SourceConfig, Persistent: true}
 	for _, m := range mods {
 		m(&b)
@@ -238,7 +258,8 @@ func fromRuntime(persistent bool) func(*Backend) {
 	return func(b *Backend) { b.Source, b.Persistent = SourceRuntime, persistent }
 }
 
-func check(spec string) func(*Backend) { return func(b *Backend) { b.Check = spec } }
+// check gives the backend a check of its own.
+func check(spec string) func(*Backend) { return func(b *Backend) { b.Check, b.OwnCheck = spec, spec } }
 
 func health(h Health, detail string) func(*Backend) {
 	return func(b *Backend) { b.Health, b.HealthDetail = h, detail }

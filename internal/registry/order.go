@@ -76,10 +76,11 @@ func sortedNames(s *state, scratch []named) []named {
 // touched returns the names of the backends whose registration, override
 // or health may differ between base and s, the state cloned from it: those
 // written since the clone (cow.go). It cannot tell without a base, when a
-// reload replaced the configuration file's backends, or when every route is
-// to be asked about again.
+// reload replaced the configuration file's backends, when services changed
+// (a service's check is its backends'), or when every route is to be asked
+// about again.
 func (r *Registry) touched(base, s *state) ([]string, bool) {
-	if base == nil || r.askRoutes || !sameMap(base.config, s.config) {
+	if base == nil || r.askRoutes || !sameMap(base.config, s.config) || !sameMap(base.services, s.services) {
 		return nil, false
 	}
 	return s.dirty, true
@@ -135,7 +136,7 @@ func (r *Registry) patch(s *state, names []string) {
 // backends at every change, health reports included, cost as much as the
 // Maglev build. Keep it in step with encodeState.
 func (r *Registry) stateEncoding(cur, next *state) ([]byte, bool) {
-	if !r.diskUnknown && sameMap(cur.config, next.config) &&
+	if !r.diskUnknown && sameMap(cur.config, next.config) && sameMap(cur.services, next.services) &&
 		sameMap(cur.runtime, next.runtime) && sameMap(cur.overrides, next.overrides) {
 		return nil, false
 	}

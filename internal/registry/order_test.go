@@ -61,7 +61,7 @@ func TestPatchMatchesFullDerivation(t *testing.T) {
 			if rng.IntN(2) == 0 {
 				cfg = append(cfg, config.Backend{Name: name, Address: netip.MustParseAddr(address), Weight: 7})
 			}
-			_, _ = f.r.Reload(cfg)
+			_, _ = f.r.Reload(services, cfg)
 		}
 		f.r.opMu.Lock()
 		full := f.r.cur.clone()

@@ -34,10 +34,11 @@ func TestPersistenceRoundTrip(t *testing.T) {
 	}
 	// The file's exact form, once.
 	want := `{
-  "version": 1,
+  "version": 2,
   "backends": [
     {
       "name": "web8",
+      "service": "default",
       "address": "10.0.1.18",
       "weight": 300,
       "check": "tcp://10.0.1.18:80"
@@ -95,18 +96,18 @@ func TestPrecedence(t *testing.T) {
 	f.path = filepath.Join(f.dir, "backends.json")
 	writeState(t, f.path, `{"version": 1,
 	  "backends": [
-	    {"name": "web3", "address": "10.0.1.13", "weight": 10},
-	    {"name": "web4", "address": "10.0.1.12", "weight": 10},
-	    {"name": "web5", "address": "10.0.0.100", "weight": 10},
-	    {"name": "web6", "address": "10.0.1.16", "weight": 10, "check": "udp://10.0.1.16:53?send=text:ping"}
+	    {"name": "web3", "service": "default", "address": "10.0.1.13", "weight": 10},
+	    {"name": "web4", "service": "default", "address": "10.0.1.12", "weight": 10},
+	    {"name": "web5", "service": "default", "address": "10.0.0.100", "weight": 10},
+	    {"name": "web6", "service": "default", "address": "10.0.1.16", "weight": 10, "check": "udp://10.0.1.16:53?send=text:ping"}
 	  ],
 	  "overrides": {"web3": {"drained": true}, "web4": {"weight": 1}, "gone": {"weight": 2}, "web6": {"weight": 3}, "web2": {}}
 	}`)
-	cfg := append(baseConfig(), config.Backend{Name: "web3", Address: addr("10.0.1.23"), Weight: 100})
+	cfg := append(baseConfig(), config.Backend{Service: config.DefaultService, Name: "web3", Address: addr("10.0.1.23"), Weight: 100})
 	warnings := f.open(t, cfg)
 	wantWarnings := []string{
 		"state file " + f.path + `: run-time backend "web3" (10.0.1.13) dropped: the configuration file defines a backend of that name, which wins`,
-		"state file " + f.path + `: run-time backend "web4" (10.0.1.12) dropped: the configuration file gives its address to backend "web2", which wins`,
+		"state file " + f.path + `: run-time backend "web4" (10.0.1.12) dropped: the configuration file gives its address to backend "web2" of the same service, which wins`,
 		"state file " + f.path + `: run-time backend "web5" (10.0.0.100) dropped: its address is a VIP of this balancer`,
 		"state file " + f.path + `: override of backend "gone" (weight 2) dropped: no such backend any more`,
 		"state file " + f.path + `: override of backend "web4" (weight 1) dropped: no such backend any more`,
@@ -120,7 +121,7 @@ func TestPrecedence(t *testing.T) {
 	if diff := cmp.Diff(want, f.r.List(), cmpOpts); diff != "" {
 		t.Errorf("List (-want +got):\n%s", diff)
 	}
-	wantFile := file(`{"name":"web6","address":"10.0.1.16","weight":10,"check":"udp://10.0.1.16:53?send=text:ping"}`, `"web3":{"drained":true},"web6":{"weight":3}`)
+	wantFile := file(`{"name":"web6","service":"default","address":"10.0.1.16","weight":10,"check":"udp://10.0.1.16:53?send=text:ping"}`, `"web3":{"drained":true},"web6":{"weight":3}`)
 	if diff := cmp.Diff(wantFile, compactState(t, f.path)); diff != "" {
 		t.Errorf("state file (-want +got):\n%s", diff)
 	}
@@ -145,22 +146,22 @@ func TestCorruptStateFile(t *testing.T) {
 		{"not JSON", `web8 10.0.1.18`, "not valid JSON"},
 		{"trailing data", `{"version": 1} {}`, "not valid JSON"},
 		{"no version", `{"backends": []}`, `no "version" field`},
-		{"newer version", `{"version": 2, "backends": [], "shiny": true}`, "version 2 is not supported"},
+		{"newer version", `{"version": 3, "backends": [], "shiny": true}`, "version 3 is not supported"},
 		{"unknown field", `{"version": 1, "backends": [], "overrides": {}, "extra": 1}`, `unknown field "extra"`},
-		{"unknown backend field", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1, "port": 80}]}`, `unknown field "port"`},
+		{"unknown backend field", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.1.1", "weight": 1, "port": 80}]}`, `unknown field "port"`},
 		{"unknown override field", `{"version": 1, "overrides": {"web1": {"weight": 1, "drain": true}}}`, `unknown field "drain"`},
 		{"wrong type", `{"version": 1, "backends": {}}`, "not a valid state file"},
-		{"negative weight", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": -1}]}`, "not a valid state file"},
-		{"bad address", `{"version": 1, "backends": [{"name": "a", "address": "10.0.0.300", "weight": 1}]}`, `backends[0] "a": address "10.0.0.300": not an IPv4 address`},
-		{"bad name", `{"version": 1, "backends": [{"name": "a/b", "address": "10.0.1.1", "weight": 1}]}`, `backends[0] "a/b": name: must be`},
-		{"no weight", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1"}]}`, `backends[0] "a": weight: missing`},
-		{"weight too big", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 10001}]}`, "weight 10001: must be between 0 and 10000"},
-		{"bad check", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1, "check": "x"}]}`, `check "x": not a check spec`},
-		{"name twice", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1}, {"name": "a", "address": "10.0.1.2", "weight": 1}]}`, `backends[1] "a": name: already used by another backend`},
-		{"address twice", `{"version": 1, "backends": [{"name": "a", "address": "10.0.1.1", "weight": 1}, {"name": "b", "address": "10.0.1.1", "weight": 1}]}`, `backends[1] "b": address 10.0.1.1: already used by backend "a"`},
+		{"negative weight", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.1.1", "weight": -1}]}`, "not a valid state file"},
+		{"bad address", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.0.300", "weight": 1}]}`, `backends[0] "a": address "10.0.0.300": not an IPv4 address`},
+		{"bad name", `{"version": 1, "backends": [{"name": "a/b", "service": "default", "address": "10.0.1.1", "weight": 1}]}`, `backends[0] "a/b": name: must be`},
+		{"no weight", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.1.1"}]}`, `backends[0] "a": weight: missing`},
+		{"weight too big", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.1.1", "weight": 10001}]}`, "weight 10001: must be between 0 and 10000"},
+		{"bad check", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.1.1", "weight": 1, "check": "x"}]}`, `check "x": not a check spec`},
+		{"name twice", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.1.1", "weight": 1}, {"name": "a", "service": "default", "address": "10.0.1.2", "weight": 1}]}`, `backends[1] "a": name: already used by another backend`},
+		{"address twice", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.1.1", "weight": 1}, {"name": "b", "service": "default", "address": "10.0.1.1", "weight": 1}]}`, `backends[1] "b": address 10.0.1.1: already used by backend "a"`},
 		{"bad override", `{"version": 1, "overrides": {"a b": {"weight": 20000}}}`, `overrides "a b": name: must be`},
 		// Long values are repeated as a short prefix (quote.Q).
-		{"long name and address", `{"version": 1, "backends": [{"name": "` + long + `", "address": "` + long + `", "weight": 1}]}`,
+		{"long name and address", `{"version": 1, "backends": [{"name": "` + long + `", "service": "default", "address": "` + long + `", "weight": 1}]}`,
 			`backends[0] ` + echo + `: name: must be 1-64 characters of A-Z a-z 0-9 . _ -; backends[0] ` + echo + `: address ` + echo + `: not an IPv4 address`},
 	}
 	for _, tt := range tests {
@@ -168,7 +169,7 @@ func TestCorruptStateFile(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "backends.json")
 			writeState(t, path, tt.content)
 			dp := &recorder{}
-			r, _, err := Open(path, baseConfig(), vips, dp.apply)
+			r, _, err := Open(path, services, baseConfig(), dp.apply)
 			if r != nil {
 				t.Errorf("Open returned a registry")
 			}
@@ -193,15 +194,15 @@ func TestOpenErrors(t *testing.T) {
 		name  string
 		path  string
 		cfg   []config.Backend
-		apply func([]model.Backend) error
+		apply func(model.Set) error
 		kind  error
 		frags []string
 	}{
 		{"no state path", "", baseConfig(), nil, ErrInvalidArgument, []string{"no state file path"}},
 		{"state path is a directory", dir, baseConfig(), nil, ErrFailed, []string{"state file " + dir}},
-		{"apply fails", filepath.Join(dir, "backends.json"), baseConfig(), func([]model.Backend) error { return cause }, ErrFailed, []string{"no route"}},
+		{"apply fails", filepath.Join(dir, "backends.json"), baseConfig(), func(model.Set) error { return cause }, ErrFailed, []string{"no route"}},
 		{"invalid configuration", filepath.Join(dir, "backends.json"),
-			[]config.Backend{{Name: "web1", Address: addr("127.0.0.1"), Weight: 1}}, nil, ErrInvalidArgument,
+			[]config.Backend{{Service: config.DefaultService, Name: "web1", Address: addr("127.0.0.1"), Weight: 1}}, nil, ErrInvalidArgument,
 			[]string{`backend "web1": address "127.0.0.1": loopback address, need one reachable from other hosts`}},
 	}
 	for _, tt := range tests {
@@ -210,7 +211,7 @@ func TestOpenErrors(t *testing.T) {
 			if apply == nil {
 				apply = (&recorder{}).apply
 			}
-			_, _, err := Open(tt.path, tt.cfg, vips, apply)
+			_, _, err := Open(tt.path, services, tt.cfg, apply)
 			checkErr(t, err, tt.kind, tt.frags...)
 		})
 	}
@@ -260,7 +261,7 @@ func TestStateWriteFailure(t *testing.T) {
 		{"set weight", func(r *Registry) error { return r.SetWeight("web1", 1) }},
 		{"drain", func(r *Registry) error { return r.Drain("web1") }},
 		{"undrain", func(r *Registry) error { return r.Undrain("web2") }},
-		{"reload dropping an override", func(r *Registry) error { _, err := r.Reload(baseConfig()[:1]); return err }},
+		{"reload dropping an override", func(r *Registry) error { _, err := r.Reload(services, baseConfig()[:1]); return err }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -392,7 +393,7 @@ func TestRollbackFailure(t *testing.T) {
 }
 
 func TestReload(t *testing.T) {
-	cfg := append(baseConfig(), config.Backend{Name: "web3", Address: addr("10.0.1.13"), Weight: 100})
+	cfg := append(baseConfig(), config.Backend{Service: config.DefaultService, Name: "web3", Address: addr("10.0.1.13"), Weight: 100})
 	f := newFixture(t, cfg)
 	setup := []func() error{
 		func() error { _, err := f.r.Add("web8", "10.0.1.18", AddOptions{}); return err },                       // ID 4
@@ -410,21 +411,21 @@ func TestReload(t *testing.T) {
 		}
 	}
 	f.w.take()
-	warnings, err := f.r.Reload([]config.Backend{
+	warnings, err := f.r.Reload(services, []config.Backend{
 		// web1 moves: health reset, ID and weight override kept.
-		{Name: "web1", Address: addr("10.0.1.21"), Weight: 150, Check: "tcp://10.0.1.21:80"},
+		{Service: config.DefaultService, Name: "web1", Address: addr("10.0.1.21"), Weight: 150, Check: "tcp://10.0.1.21:80"},
 		// web2 stays as it is; web3 goes.
 		baseConfig()[1],
 		// web8 moves into the configuration file; its drain stays.
-		{Name: "web8", Address: addr("10.0.1.28"), Weight: 100},
+		{Service: config.DefaultService, Name: "web8", Address: addr("10.0.1.28"), Weight: 100},
 		// web4 takes web7's address.
-		{Name: "web4", Address: addr("10.0.1.17"), Weight: 40},
+		{Service: config.DefaultService, Name: "web4", Address: addr("10.0.1.17"), Weight: 40},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	wantWarnings := []string{
-		`run-time backend "web7" (10.0.1.17) dropped: the configuration file gives its address to backend "web4", which wins`,
+		`run-time backend "web7" (10.0.1.17) dropped: the configuration file gives its address to backend "web4" of the same service, which wins`,
 		`run-time backend "web8" (10.0.1.18) dropped: the configuration file defines a backend of that name, which wins`,
 		`override of backend "web3" (drained) dropped: no such backend any more`,
 	}
@@ -461,12 +462,12 @@ func TestReload(t *testing.T) {
 	fi, _ := os.Stat(f.path)
 	calls := len(f.dp.log())
 	reloadCfg := []config.Backend{
-		{Name: "web1", Address: addr("10.0.1.21"), Weight: 150, Check: "tcp://10.0.1.21:80"},
+		{Service: config.DefaultService, Name: "web1", Address: addr("10.0.1.21"), Weight: 150, Check: "tcp://10.0.1.21:80"},
 		baseConfig()[1],
-		{Name: "web8", Address: addr("10.0.1.28"), Weight: 100},
-		{Name: "web4", Address: addr("10.0.1.17"), Weight: 40},
+		{Service: config.DefaultService, Name: "web8", Address: addr("10.0.1.28"), Weight: 100},
+		{Service: config.DefaultService, Name: "web4", Address: addr("10.0.1.17"), Weight: 40},
 	}
-	if w, err := f.r.Reload(reloadCfg); err != nil || len(w) > 0 {
+	if w, err := f.r.Reload(services, reloadCfg); err != nil || len(w) > 0 {
 		t.Errorf("second Reload: %q, %v", w, err)
 	}
 	if fi2, _ := os.Stat(f.path); !os.SameFile(fi, fi2) || len(f.dp.log()) != calls || len(f.w.take()) > 0 {
@@ -508,10 +509,10 @@ func TestIDs(t *testing.T) {
 	if b.ID != 3 || c.ID != 4 || d.ID != 3 {
 		t.Errorf("IDs: web8 %d, web9 %d, web8 again %d; want 3, 4, 3", b.ID, c.ID, d.ID)
 	}
-	if _, err := f.r.Reload(nil); err != nil {
+	if _, err := f.r.Reload(services, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.r.Reload(baseConfig()); err != nil {
+	if _, err := f.r.Reload(services, baseConfig()); err != nil {
 		t.Fatal(err)
 	}
 	var ids []uint32

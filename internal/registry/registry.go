@@ -1,8 +1,17 @@
-// Package registry owns the live backend set of a balancer: the backends of
-// the configuration file and those added at run time over D-Bus, each with
-// its weight, admin state (active or drained), health (unknown, up or down,
-// with a detail), health check spec and origin, and the state file that
-// makes run-time changes survive a restart.
+// Package registry owns the live services and backends of a balancer: those
+// of the configuration file and those added at run time over D-Bus; each
+// service with its VIPs, ports, protocols, hashing and default health check,
+// each backend in one service's pool with its weight, admin state (active or
+// drained), health (unknown, up or down, with a detail), health check spec
+// and origin; and the state file that makes run-time changes survive a
+// restart.
+//
+// Backend names are unique across services, so a backend is named alone; a
+// backend's address is unique within its service (one host may serve
+// several services, under distinct names). A backend's check is its own,
+// else its service's. Services never overlap: no (VIP, protocol, port) is
+// taken by two. Services of the configuration file change only there (and a
+// reload); their backends' weight and drain state can change at run time.
 //
 // Every change is validated, then applied to the data path through the
 // apply callback given to Open, then written to the state file if it
@@ -64,9 +73,13 @@
 // rename, fsync of the directory) and decoded strictly:
 //
 //	{
-//	  "version": 1,
+//	  "version": 2,
+//	  "services": [
+//	    {"name": "dns", "vips": [{"address": "192.0.2.53", "ports": "53"}],
+//	     "protocols": "udp", "hash": "5-tuple", "table_size": 65537}
+//	  ],
 //	  "backends": [
-//	    {"name": "web9", "address": "10.0.1.19", "weight": 100, "check": "tcp://:80"}
+//	    {"name": "web9", "service": "default", "address": "10.0.1.19", "weight": 100, "check": "tcp://:80"}
 //	  ],
 //	  "overrides": {
 //	    "web1": {"weight": 50, "drained": true}
@@ -75,9 +88,12 @@
 //
 // It is created by the first change that needs it; a missing file is an
 // empty one. A file that cannot be read, decoded or validated (unknown
-// fields, a missing version or one other than 1, a malformed name, address,
-// weight or check, a name or address listed twice) makes Open fail with an
-// error naming the file: fix it, or move it away to start without it.
+// fields, a missing version or one other than 1 or 2, a malformed service,
+// name, address, weight or check, a name listed twice or an address twice in
+// one service) makes Open fail with an error naming the file: fix it, or move
+// it away to start without it. Version 1, written before services, is read
+// as backends of the service "default", which a configuration file of that
+// time defines; the next change writes version 2.
 //
 // # Concurrency
 //
@@ -134,24 +150,41 @@ const (
 // Backend is one backend as the registry knows it.
 type Backend struct {
 	// ID is the data path's ID of the name: see the package comment.
-	ID           uint32
-	Name         string
+	ID   uint32
+	Name string
+	// Service is the name of the service whose pool the backend is in.
+	Service      string
 	Address      netip.Addr
 	Weight       uint32
 	Admin        AdminState
 	Health       Health
 	HealthDetail string
-	// Check is the health check spec, "" for none.
-	Check  string
-	Source Source
+	// Check is the health check spec that applies, "" for none: the
+	// backend's own (OwnCheck), else its service's.
+	Check    string
+	OwnCheck string
+	Source   Source
 	// Persistent says whether the backend survives a restart of caplanced:
 	// true for the configuration file's backends and for run-time ones
 	// added without the runtime option.
 	Persistent bool
 }
 
+// Service is one service as the registry knows it.
+type Service struct {
+	model.Service
+	Source Source
+	// Persistent says whether the service survives a restart: true for
+	// the configuration file's services and for run-time ones added
+	// without the runtime option.
+	Persistent bool
+}
+
 // AddOptions are Add's optional settings.
 type AddOptions struct {
+	// Service is the name of the service to add the backend to; "" is the
+	// only service, an error when there are several.
+	Service string
 	// Weight is nil for config.DefaultWeight.
 	Weight *uint32
 	// Check is a health check spec, "" for none.
@@ -167,9 +200,10 @@ var (
 	// ErrInvalidArgument: a malformed argument, or a change that makes no
 	// sense in the backend's state.
 	ErrInvalidArgument = errors.New("invalid argument")
-	// ErrNotFound: no backend of that name.
-	ErrNotFound = errors.New("no such backend")
-	// ErrAlreadyExists: a backend of that name or address exists already.
+	// ErrNotFound: no backend or service of that name.
+	ErrNotFound = errors.New("not found")
+	// ErrAlreadyExists: a backend of that name or address, or a service of
+	// that name, exists already.
 	ErrAlreadyExists = errors.New("already exists")
 	// ErrFailed: the change was valid but could not be made (the data path
 	// refused it, or the state file could not be written); nothing changed.
@@ -225,19 +259,26 @@ func (k ChangeKind) String() string {
 	return fmt.Sprintf("ChangeKind(%d)", int(k))
 }
 
-// Change is one committed change of one backend, as the backend was and
-// as it is. What a watcher shows of it is the watcher's business: the
-// D-Bus API, for one, works out which of its properties changed.
+// Change is one committed change of one backend or one service, as it was
+// and as it is. What a watcher shows of it is the watcher's business: the
+// D-Bus API, for one, works out which of its properties changed. A
+// service's Added comes before its backends' Added, their Removed before
+// its Removed.
 type Change struct {
 	Kind ChangeKind
 	// Old is the backend before the change; the zero Backend for Added.
 	Old Backend
 	// New is the backend after the change; the zero Backend for Removed.
 	New Backend
+	// IsService says the change is of a service: OldService and
+	// NewService, not Old and New.
+	IsService              bool
+	OldService, NewService Service
 }
 
 // registration is a backend as defined, before overrides and health.
 type registration struct {
+	service string
 	address netip.Addr
 	weight  uint32
 	check   string
@@ -254,6 +295,14 @@ type override struct {
 
 func (o override) empty() bool { return !o.hasWeight && !o.drained }
 
+// serviceReg is a service as defined.
+type serviceReg struct {
+	svc        model.Service
+	fromConfig bool
+	// persistent is only read for run-time services.
+	persistent bool
+}
+
 type healthReport struct {
 	health Health
 	detail string
@@ -263,6 +312,10 @@ type healthReport struct {
 // is never modified: a change works on a clone. Write runtime, overrides
 // and health only through the helpers of cow.go.
 type state struct {
+	// services holds every service, of the configuration file and of run
+	// time. It is shared between states and never modified in place: a
+	// change of services replaces it (setServices).
+	services  map[string]serviceReg
 	config    map[string]registration
 	runtime   map[string]registration
 	overrides map[string]override
@@ -277,12 +330,15 @@ type state struct {
 	dirty []string
 	// list is derived from the rest by (*Registry).derive: every backend,
 	// sorted by name. In a clone being changed it is still the original's
-	// until derive runs.
-	list []Backend
+	// until derive runs. serviceList is derived likewise: every service,
+	// sorted by name.
+	list        []Backend
+	serviceList []Service
 }
 
 func newState() *state {
 	return &state{
+		services:  map[string]serviceReg{},
 		config:    map[string]registration{},
 		runtime:   map[string]registration{},
 		overrides: map[string]override{},
@@ -297,14 +353,16 @@ func (s *state) clone() *state {
 		// the others are copied at their first write (cow.go). Copying
 		// thousands of backends at every change cost more than the rest
 		// of the change but the Maglev build (docs/benchmarks.md).
+		services:  s.services,
 		config:    s.config,
 		runtime:   s.runtime,
 		overrides: s.overrides,
 		health:    s.health,
 		// Shared, never modified: derive replaces them.
-		list:    s.list,
-		noRoute: s.noRoute,
-		base:    s,
+		list:        s.list,
+		serviceList: s.serviceList,
+		noRoute:     s.noRoute,
+		base:        s,
 	}
 }
 
@@ -327,14 +385,37 @@ func (s *state) get(name string) (Backend, bool) {
 	return s.list[i], true
 }
 
-// owner returns the backend using addr, if any.
-func (s *state) owner(addr netip.Addr) (string, bool) {
+// owner returns the backend of service svc using addr, if any.
+func (s *state) owner(svc string, addr netip.Addr) (string, bool) {
 	for _, b := range s.list {
-		if b.Address == addr {
+		if b.Address == addr && b.Service == svc {
 			return b.Name, true
 		}
 	}
 	return "", false
+}
+
+// vips returns every service's VIPs: no backend may have one as its
+// address, or its packets would come back to the balancer.
+func (s *state) vips() []netip.Addr {
+	var out []netip.Addr
+	for _, sr := range s.services {
+		for _, v := range sr.svc.VIPs {
+			if !slices.Contains(out, v.Addr) {
+				out = append(out, v.Addr)
+			}
+		}
+	}
+	return out
+}
+
+// check is the health check that applies to reg: its own, else its
+// service's.
+func (s *state) check(reg registration) string {
+	if reg.check != "" {
+		return reg.check
+	}
+	return s.services[reg.service].svc.Check
 }
 
 // event is a change waiting for delivery, with the watchers registered when
@@ -347,17 +428,17 @@ type event struct {
 // Registry is the live backend set. It is safe for concurrent use.
 type Registry struct {
 	statePath string
-	vips      []netip.Addr
-	apply     func([]model.Backend) error
+	apply     func(model.Set) error
 
 	// opMu serializes changes: validation, apply, the state file and the
 	// commit. The fields below it are only used with it held.
 	opMu   sync.Mutex
 	ids    map[string]uint32
 	nextID uint32
-	// applied is the set the data path has; nil when unknown (a failed
-	// rollback), which makes the next change apply unconditionally.
-	applied []model.Backend
+	// applied is the set the data path has; unknown after a failed
+	// rollback, which makes the next change apply unconditionally.
+	applied      model.Set
+	appliedKnown bool
 	// onDisk is the state file's content (canonical encoding), nil when the
 	// file does not exist; diskUnknown is set when a failed rollback left it
 	// unknown, which makes the next change write it unconditionally.
@@ -386,24 +467,23 @@ type Registry struct {
 	notifyMu sync.Mutex
 }
 
-// Open builds the registry from the configuration file's backends and the
-// state file at statePath, applies the set once through apply, and returns
-// it with warnings for the log (run-time registrations or overrides in the
-// state file that no longer fit and were dropped).
+// Open builds the registry from the configuration file's services and
+// backends and the state file at statePath, applies the set once through
+// apply, and returns it with warnings for the log (run-time services,
+// registrations or overrides in the state file that no longer fit and were
+// dropped).
 //
-// vips are the balancer's VIPs: no backend may have one as its address.
 // apply must install the set it is given in the data path, all or nothing:
 // when it returns an error the data path must still have the previous set.
 // It is called with the registry's change lock held, never concurrently; it
 // may call List and Get (which return the previous set) but must not change
 // the registry.
-func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func([]model.Backend) error, opts ...Option) (*Registry, []string, error) {
+func Open(statePath string, services []model.Service, backends []config.Backend, apply func(model.Set) error, opts ...Option) (*Registry, []string, error) {
 	if statePath == "" {
 		return nil, nil, errorf(ErrInvalidArgument, "no state file path given")
 	}
 	r := &Registry{
 		statePath: statePath,
-		vips:      slices.Clone(vips),
 		apply:     apply,
 		ids:       map[string]uint32{},
 		cur:       newState(),
@@ -413,7 +493,7 @@ func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func(
 	}
 	r.cur.list = []Backend{}
 	next := newState()
-	if err := r.setConfig(next, cfg); err != nil {
+	if _, err := r.setConfig(next, services, backends); err != nil {
 		return nil, nil, err
 	}
 	file, onDisk, err := readStateFile(statePath)
@@ -424,11 +504,11 @@ func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func(
 	warnings := r.restore(next, file)
 	warnings = append(warnings, r.restoreHealth(next)...)
 	r.derive(next)
-	dp := dataPath(next.list)
+	dp := dataSet(next)
 	if err := apply(dp); err != nil {
-		return nil, nil, failed(err, "applying the backend set to the data path: %v", err)
+		return nil, nil, failed(err, "applying the services and backends to the data path: %v", err)
 	}
-	r.applied = dp
+	r.applied, r.appliedKnown = dp, true
 	if enc := encodeState(next); r.needWrite(enc) {
 		if err := writeFileAtomic(statePath, enc); err != nil {
 			warnings = append(warnings, fmt.Sprintf("state file %s: rewriting it without the dropped entries: %v (it will be rewritten at the next change)", statePath, err))
@@ -441,25 +521,74 @@ func Open(statePath string, cfg []config.Backend, vips []netip.Addr, apply func(
 	return r, warnings, nil
 }
 
-// setConfig validates the configuration file's backends and puts them in s.
-// They went through config's validation already when they came from a file;
-// the same rules (config.BackendSet) apply again for other callers.
-func (r *Registry) setConfig(s *state, cfg []config.Backend) error {
-	var problems []string
-	s.config = make(map[string]registration, len(cfg))
-	set := config.NewBackendSet(r.vips)
-	for _, b := range cfg {
+// setConfig validates the configuration file's services and backends and
+// puts them in s, in place of the previous ones; s's run-time services stay
+// (dropConflicts drops those the file now takes the name or traffic of).
+// They went through config's validation already when they came from a
+// file; the cross-checks apply again here for other callers.
+func (r *Registry) setConfig(s *state, services []model.Service, backends []config.Backend) ([]string, error) {
+	var problems, warnings []string
+	svcs := make(map[string]serviceReg, len(services)+len(s.services))
+	for name, sr := range s.services {
+		if !sr.fromConfig {
+			svcs[name] = sr
+		}
+	}
+	var fileServices []model.Service
+	for _, svc := range services {
+		if prev, dup := svcs[svc.Name]; dup && prev.fromConfig {
+			problems = append(problems, fmt.Sprintf("service %s: defined twice", quote.Q(svc.Name)))
+			continue
+		} else if dup {
+			warnings = append(warnings, fmt.Sprintf("run-time service %s dropped: the configuration file defines a service of that name, which wins", quote.Q(svc.Name)))
+		}
+		for _, other := range fileServices {
+			if vip, proto, port, ok := model.Overlap(svc, other); ok {
+				problems = append(problems, overlapMessage(svc.Name, other.Name, vip, proto, port))
+			}
+		}
+		fileServices = append(fileServices, svc)
+		svcs[svc.Name] = serviceReg{svc: svc, fromConfig: true, persistent: true}
+	}
+	s.services = svcs
+	vips := s.vips()
+	s.config = make(map[string]registration, len(backends))
+	sets := map[string]*config.BackendSet{}
+	for _, b := range backends {
+		place := fmt.Sprintf("backend %s", quote.Q(b.Name))
+		if sr, ok := svcs[b.Service]; !ok || !sr.fromConfig {
+			problems = append(problems, fmt.Sprintf("%s: no service %s in the configuration file", place, quote.Q(b.Service)))
+			continue
+		}
+		if _, dup := s.config[b.Name]; dup {
+			problems = append(problems, fmt.Sprintf("%s: %v", place, config.NameTaken()))
+			continue
+		}
+		set := sets[b.Service]
+		if set == nil {
+			set = config.NewBackendSet(vips)
+			sets[b.Service] = set
+		}
 		w := int64(b.Weight)
 		got, bad := set.Add(config.BackendSpec{Name: b.Name, Address: addrString(b.Address), Weight: &w, Check: b.Check})
 		for _, p := range bad {
-			problems = append(problems, fmt.Sprintf("backend %s: %v", quote.Q(b.Name), p))
+			problems = append(problems, fmt.Sprintf("%s: %v", place, p))
 		}
-		s.config[b.Name] = registration{address: got.Address, weight: got.Weight, check: b.Check, persistent: true}
+		s.config[b.Name] = registration{service: b.Service, address: got.Address, weight: got.Weight, check: b.Check, persistent: true}
 	}
 	if len(problems) > 0 {
-		return errorf(ErrInvalidArgument, "configuration: %s", strings.Join(problems, "; "))
+		return nil, errorf(ErrInvalidArgument, "configuration: %s", strings.Join(problems, "; "))
 	}
-	return nil
+	return warnings, nil
+}
+
+// overlapMessage says which traffic two services would both take.
+func overlapMessage(a, b string, vip netip.Addr, proto model.Protocols, port uint16) string {
+	where := fmt.Sprintf("%s port %d", proto, port)
+	if port == 0 {
+		where = fmt.Sprintf("every %s port", proto)
+	}
+	return fmt.Sprintf("services %s and %s both take %s of VIP %s", quote.Q(a), quote.Q(b), where, vip)
 }
 
 // addrString is a's text, "" (missing) for the zero Addr.
@@ -470,22 +599,49 @@ func addrString(a netip.Addr) string {
 	return a.String()
 }
 
-// dropConflicts removes the run-time backends that the configuration file's
-// backends (already in s) or the VIPs leave no room for, and says why.
+// dropConflicts removes the run-time services and backends that the
+// configuration file's (already in s) leave no room for, and says why.
 func (r *Registry) dropConflicts(s *state) []string {
 	var warnings []string
-	cfgAddr := map[netip.Addr]string{}
+	for _, name := range slices.Sorted(maps.Keys(s.services)) {
+		sr := s.services[name]
+		if sr.fromConfig {
+			continue
+		}
+		why := ""
+		for _, other := range s.services {
+			if !other.fromConfig {
+				continue
+			}
+			if vip, proto, port, ok := model.Overlap(sr.svc, other.svc); ok {
+				why = overlapMessage(name, other.svc.Name, vip, proto, port) + ", and the configuration file's wins"
+				break
+			}
+		}
+		if why == "" {
+			continue
+		}
+		s.deleteService(name)
+		warnings = append(warnings, fmt.Sprintf("run-time service %s dropped: %s", quote.Q(name), why))
+	}
+	vips := s.vips()
+	cfgAddr := map[string]map[netip.Addr]string{}
 	for name, reg := range s.config {
-		cfgAddr[reg.address] = name
+		if cfgAddr[reg.service] == nil {
+			cfgAddr[reg.service] = map[netip.Addr]string{}
+		}
+		cfgAddr[reg.service][reg.address] = name
 	}
 	for _, name := range slices.Sorted(maps.Keys(s.runtime)) {
 		reg := s.runtime[name]
 		var why string
 		if _, ok := s.config[name]; ok {
 			why = "the configuration file defines a backend of that name, which wins"
-		} else if other, ok := cfgAddr[reg.address]; ok {
-			why = fmt.Sprintf("the configuration file gives its address to backend %q, which wins", other)
-		} else if slices.Contains(r.vips, reg.address) {
+		} else if _, ok := s.services[reg.service]; !ok {
+			why = fmt.Sprintf("its service %s is gone", quote.Q(reg.service))
+		} else if other, ok := cfgAddr[reg.service][reg.address]; ok {
+			why = fmt.Sprintf("the configuration file gives its address to backend %q of the same service, which wins", other)
+		} else if slices.Contains(vips, reg.address) {
 			why = "its address is a VIP of this balancer"
 		} else {
 			continue
@@ -530,6 +686,9 @@ func describe(o override) string {
 func (r *Registry) derive(s *state) {
 	base := s.base
 	s.base = nil
+	if base == nil || !sameMap(base.services, s.services) {
+		s.serviceList = deriveServices(s)
+	}
 	if names, ok := r.touched(base, s); ok {
 		r.patch(s, names)
 		return
@@ -552,8 +711,8 @@ func (r *Registry) backend(s *state, e named, noRoute map[string]string) Backend
 		src, persistent = SourceConfig, true
 	}
 	b := Backend{
-		Name: name, Address: reg.address, Weight: reg.weight,
-		Admin: AdminActive, Health: HealthUnknown, Check: reg.check,
+		Name: name, Service: reg.service, Address: reg.address, Weight: reg.weight,
+		Admin: AdminActive, Health: HealthUnknown, Check: s.check(reg), OwnCheck: reg.check,
 		Source: src, Persistent: persistent,
 	}
 	if o, ok := s.overrides[name]; ok {
@@ -582,9 +741,32 @@ func (r *Registry) backend(s *state, e named, noRoute map[string]string) Backend
 	return b
 }
 
-// dataPath is the set the balancer gets: Down when reported down, else
-// Draining when drained, else Active; weights as they are (Maglev gives
-// weight 0 no slot).
+// deriveServices lists s's services, sorted by name.
+func deriveServices(s *state) []Service {
+	out := make([]Service, 0, len(s.services))
+	for _, name := range slices.Sorted(maps.Keys(s.services)) {
+		sr := s.services[name]
+		src, persistent := SourceRuntime, sr.persistent
+		if sr.fromConfig {
+			src, persistent = SourceConfig, true
+		}
+		out = append(out, Service{Service: sr.svc, Source: src, Persistent: persistent})
+	}
+	return out
+}
+
+// dataSet is the set the balancer gets: s's services and dataPath(s.list).
+func dataSet(s *state) model.Set {
+	set := model.Set{Services: make([]model.Service, len(s.serviceList)), Backends: dataPath(s.list)}
+	for i, svc := range s.serviceList {
+		set.Services[i] = svc.Service
+	}
+	return set
+}
+
+// dataPath is the backends as the balancer gets them: Down when reported
+// down, else Draining when drained, else Active; weights as they are
+// (Maglev gives weight 0 no slot).
 func dataPath(list []Backend) []model.Backend {
 	out := make([]model.Backend, len(list))
 	for i, b := range list {
@@ -595,33 +777,58 @@ func dataPath(list []Backend) []model.Backend {
 		case b.Admin == AdminDrained:
 			st = model.Draining
 		}
-		out[i] = model.Backend{ID: b.ID, Name: b.Name, Address: b.Address, Weight: b.Weight, State: st}
+		out[i] = model.Backend{ID: b.ID, Name: b.Name, Service: b.Service, Address: b.Address, Weight: b.Weight, State: st}
 	}
 	return out
 }
 
-// diff lists the changes from old to next: removals, then updates, then
-// additions, each by name.
-func diff(old, next []Backend) []Change {
+// sameSet says whether the data path would get nothing new from b.
+func sameSet(a, b model.Set) bool {
+	return slices.Equal(a.Backends, b.Backends) && slices.EqualFunc(a.Services, b.Services, model.Service.Equal)
+}
+
+// diff lists the changes from old to next: services added or updated, then
+// backends removed, updated and added, then services removed, each by name.
+func diff(old, next *state) []Change {
 	var removed, updated, added []Change
 	i, j := 0, 0
-	for i < len(old) || j < len(next) {
+	for i < len(old.list) || j < len(next.list) {
 		switch {
-		case j == len(next) || (i < len(old) && old[i].Name < next[j].Name):
-			removed = append(removed, Change{Kind: Removed, Old: old[i]})
+		case j == len(next.list) || (i < len(old.list) && old.list[i].Name < next.list[j].Name):
+			removed = append(removed, Change{Kind: Removed, Old: old.list[i]})
 			i++
-		case i == len(old) || next[j].Name < old[i].Name:
-			added = append(added, Change{Kind: Added, New: next[j]})
+		case i == len(old.list) || next.list[j].Name < old.list[i].Name:
+			added = append(added, Change{Kind: Added, New: next.list[j]})
 			j++
 		default:
-			if old[i] != next[j] {
-				updated = append(updated, Change{Kind: Updated, Old: old[i], New: next[j]})
+			if old.list[i] != next.list[j] {
+				updated = append(updated, Change{Kind: Updated, Old: old.list[i], New: next.list[j]})
 			}
 			i++
 			j++
 		}
 	}
-	return slices.Concat(removed, updated, added)
+	var svcChanged, svcRemoved []Change
+	if !sameMap(old.services, next.services) {
+		was := map[string]Service{}
+		for _, svc := range old.serviceList {
+			was[svc.Name] = svc
+		}
+		for _, svc := range next.serviceList {
+			prev, ok := was[svc.Name]
+			delete(was, svc.Name)
+			switch {
+			case !ok:
+				svcChanged = append(svcChanged, Change{Kind: Added, IsService: true, NewService: svc})
+			case !prev.Service.Equal(svc.Service) || prev.Source != svc.Source || prev.Persistent != svc.Persistent:
+				svcChanged = append(svcChanged, Change{Kind: Updated, IsService: true, OldService: prev, NewService: svc})
+			}
+		}
+		for _, name := range slices.Sorted(maps.Keys(was)) {
+			svcRemoved = append(svcRemoved, Change{Kind: Removed, IsService: true, OldService: was[name]})
+		}
+	}
+	return slices.Concat(svcChanged, removed, updated, added, svcRemoved)
 }
 
 // change runs f on a clone of the current state and makes the result
@@ -647,18 +854,18 @@ func (r *Registry) changeLocked(what string, f func(next *state) error) (*state,
 	if err := r.checkLimit(what, cur, next); err != nil {
 		return cur, err
 	}
-	changes := diff(cur.list, next.list)
+	changes := diff(cur, next)
 
 	// The data path has cur's set unless a failed rollback left it unknown.
-	oldDP := r.applied
-	dp := dataPath(next.list)
+	oldDP, oldKnown := r.applied, r.appliedKnown
+	dp := dataSet(next)
 	applied := false
-	if r.applied == nil || !slices.Equal(dp, r.applied) {
+	if !r.appliedKnown || !sameSet(dp, r.applied) {
 		if err := r.apply(dp); err != nil {
 			return cur, failed(err, "%s: the data path refused the change: %v; nothing changed", what, err)
 		}
 		applied = true
-		r.applied = dp
+		r.applied, r.appliedKnown = dp, true
 	}
 	if enc, ok := r.stateEncoding(cur, next); ok && r.needWrite(enc) {
 		if err := r.writeState(enc); err != nil {
@@ -667,11 +874,11 @@ func (r *Registry) changeLocked(what string, f func(next *state) error) (*state,
 				msg = fmt.Sprintf("%s: writing the state file %s: %v; the file may hold the change or not, the next change rewrites it", what, r.statePath, err)
 			}
 			if applied {
-				if oldDP == nil {
-					oldDP = dataPath(cur.list)
+				if !oldKnown {
+					oldDP = dataSet(cur)
 				}
 				if rerr := r.apply(oldDP); rerr != nil {
-					r.applied = nil
+					r.appliedKnown = false
 					msg = fmt.Sprintf("%s: writing the state file %s: %v; then restoring the previous backend set in the data path failed too: %v (the next change retries)", what, r.statePath, err, rerr)
 					err = errors.Join(err, rerr)
 				} else {
@@ -788,18 +995,22 @@ func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 		spec.Weight = &w
 	}
 	s, err := r.change(place, func(next *state) error {
+		svc, err := next.pickService(place, opts.Service)
+		if err != nil {
+			return err
+		}
 		// Every problem at once, as the configuration file reports them.
-		got, problems := config.CheckBackend(spec, r.vips)
+		got, problems := config.CheckBackend(spec, next.vips())
 		if _, _, ok := next.lookup(name); ok {
 			problems = append(problems, config.NameTaken())
 		}
-		if other, ok := next.owner(got.Address); ok && got.Address.IsValid() {
+		if other, ok := next.owner(svc, got.Address); ok && got.Address.IsValid() {
 			problems = append(problems, config.AddressTaken(got.Address, other))
 		}
 		if len(problems) > 0 {
 			return backendError(place, problems)
 		}
-		next.setRuntime(name, registration{address: got.Address, weight: got.Weight, check: opts.Check, persistent: !opts.Runtime})
+		next.setRuntime(name, registration{service: svc, address: got.Address, weight: got.Weight, check: opts.Check, persistent: !opts.Runtime})
 		return nil
 	})
 	if err != nil {
@@ -807,6 +1018,27 @@ func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 	}
 	b, _ := s.get(name)
 	return b, nil
+}
+
+// pickService returns the service a backend is added to: name, or the
+// only service when name is "".
+func (s *state) pickService(place, name string) (string, error) {
+	if name != "" {
+		if _, ok := s.services[name]; !ok {
+			return "", errorf(ErrNotFound, "%s: service %s: no such service", place, quote.Q(name))
+		}
+		return name, nil
+	}
+	switch len(s.services) {
+	case 0:
+		return "", errorf(ErrInvalidArgument, "%s: there is no service yet: add one first", place)
+	case 1:
+		for name := range s.services {
+			return name, nil
+		}
+	}
+	return "", errorf(ErrInvalidArgument, "%s: there are %d services: say which one (%s)", place, len(s.services),
+		strings.Join(slices.Sorted(maps.Keys(s.services)), ", "))
 }
 
 // backendError is the error of a backend's problems after place: kind
@@ -934,18 +1166,21 @@ func (r *Registry) ReportHealth(name string, healthy bool, detail string) (chang
 	return changed && err == nil, err
 }
 
-// Reload replaces the configuration file's backends with cfg (validated
-// again here). Run-time backends stay, except those that cfg now takes the
-// name or address of; overrides stay for the names that still exist; IDs
-// and health stay for the names that stay (health is reset when the address
-// or check changed). It returns warnings for what was dropped.
-func (r *Registry) Reload(cfg []config.Backend) ([]string, error) {
+// Reload replaces the configuration file's services and backends (validated
+// again here). Run-time services and backends stay, except those that the
+// file now takes the name or traffic (services) or name or address
+// (backends) of, and the backends of services that are gone; overrides stay
+// for the names that still exist; IDs and health stay for the names that
+// stay (health is reset when the address or check changed). It returns
+// warnings for what was dropped.
+func (r *Registry) Reload(services []model.Service, backends []config.Backend) ([]string, error) {
 	var warnings []string
 	_, err := r.change("reloading the configuration", func(next *state) error {
-		if err := r.setConfig(next, cfg); err != nil {
+		var err error
+		if warnings, err = r.setConfig(next, services, backends); err != nil {
 			return err
 		}
-		warnings = r.dropConflicts(next)
+		warnings = append(warnings, r.dropConflicts(next)...)
 		warnings = append(warnings, dropOrphans(next)...)
 		return nil
 	})

@@ -18,8 +18,8 @@ func TestOpen(t *testing.T) {
 		t.Errorf("List (-want +got):\n%s", diff)
 	}
 	want := []applyCall{{Set: []model.Backend{
-		{ID: 1, Name: "web1", Address: addr("10.0.1.11"), Weight: 100, State: model.Active},
-		{ID: 2, Name: "web2", Address: addr("10.0.1.12"), Weight: 200, State: model.Active},
+		{ID: 1, Name: "web1", Service: config.DefaultService, Address: addr("10.0.1.11"), Weight: 100, State: model.Active},
+		{ID: 2, Name: "web2", Service: config.DefaultService, Address: addr("10.0.1.12"), Weight: 200, State: model.Active},
 	}, OK: true}}
 	if diff := cmp.Diff(want, f.dp.log(), cmpOpts); diff != "" {
 		t.Errorf("apply calls (-want +got):\n%s", diff)
@@ -39,7 +39,7 @@ func TestOpen(t *testing.T) {
 // backend set, the announced changes, the state file and the data path.
 func TestChanges(t *testing.T) {
 	web8 := be(3, "web8", "10.0.1.18", 300, fromRuntime(true), check("http://10.0.1.18/health"))
-	web8File := `{"name":"web8","address":"10.0.1.18","weight":300,"check":"http://10.0.1.18/health"}`
+	web8File := `{"name":"web8","service":"default","address":"10.0.1.18","weight":300,"check":"http://10.0.1.18/health"}`
 	addWeb8 := func(r *Registry) error {
 		_, err := r.Add("web8", "10.0.1.18", AddOptions{Weight: ptr[uint32](300), Check: "http://10.0.1.18/health"})
 		return err
@@ -79,7 +79,7 @@ func TestChanges(t *testing.T) {
 		},
 		want:    append([]Backend{be(3, "a.b_c-d", "10.0.1.20", 0, fromRuntime(true))}, base()...),
 		changes: []Change{{Kind: Added, New: be(3, "a.b_c-d", "10.0.1.20", 0, fromRuntime(true))}},
-		file:    file(`{"name":"a.b_c-d","address":"10.0.1.20","weight":0}`, ""),
+		file:    file(`{"name":"a.b_c-d","service":"default","address":"10.0.1.20","weight":0}`, ""),
 		applied: true,
 	}, {
 		name:    "remove a drained persistent run-time backend, with its override",
@@ -231,7 +231,7 @@ func TestRefused(t *testing.T) {
 		return func(r *Registry) error { _, err := r.ReportHealth(name, false, "x"); return err }
 	}
 	reload := func(cfg []config.Backend) func(*Registry) error {
-		return func(r *Registry) error { _, err := r.Reload(cfg); return err }
+		return func(r *Registry) error { _, err := r.Reload(services, cfg); return err }
 	}
 	long := strings.Repeat("a", 100_000)
 	echo := `"` + strings.Repeat("a", 64) + `"…` // what a message repeats of long
@@ -269,11 +269,11 @@ func TestRefused(t *testing.T) {
 		{"undrain active", func(r *Registry) error { return r.Undrain("web1") }, ErrInvalidArgument, []string{`backend "web1": not drained`}},
 		{"undrain unknown", func(r *Registry) error { return r.Undrain("web9") }, ErrNotFound, []string{`backend "web9": no such backend`}},
 		{"report health unknown", health("web9"), ErrNotFound, []string{`backend "web9": no such backend`}},
-		{"reload: duplicate names", reload(append(baseConfig(), config.Backend{Name: "web1", Address: addr("10.0.1.31"), Weight: 1})), ErrInvalidArgument, []string{`backend "web1": name: already used by another backend`}},
-		{"reload: duplicate addresses", reload(append(baseConfig(), config.Backend{Name: "web3", Address: addr("10.0.1.12"), Weight: 1})), ErrInvalidArgument, []string{`backend "web3": address 10.0.1.12: already used by backend "web2"`}},
+		{"reload: duplicate names", reload(append(baseConfig(), config.Backend{Service: config.DefaultService, Name: "web1", Address: addr("10.0.1.31"), Weight: 1})), ErrInvalidArgument, []string{`backend "web1": name: already used by another backend`}},
+		{"reload: duplicate addresses", reload(append(baseConfig(), config.Backend{Service: config.DefaultService, Name: "web3", Address: addr("10.0.1.12"), Weight: 1})), ErrInvalidArgument, []string{`backend "web3": address 10.0.1.12: already used by backend "web2"`}},
 		{"reload: VIP, weight, check and name, all named", reload([]config.Backend{
-			{Name: "web3", Address: theVIP, Weight: 10001, Check: "nope"},
-			{Name: "a/b", Address: addr("10.0.1.40"), Weight: 1},
+			{Service: config.DefaultService, Name: "web3", Address: theVIP, Weight: 10001, Check: "nope"},
+			{Service: config.DefaultService, Name: "a/b", Address: addr("10.0.1.40"), Weight: 1},
 		}), ErrInvalidArgument, []string{"address 10.0.0.100: is a VIP", "weight 10001", `check "nope"`, `backend "a/b": name`}},
 	}
 	for _, tt := range tests {
@@ -328,7 +328,7 @@ func TestApplyFailure(t *testing.T) {
 		{"drain", func(r *Registry) error { return r.Drain("web1") }},
 		{"undrain", func(r *Registry) error { return r.Undrain("web2") }},
 		{"report health", func(r *Registry) error { _, err := r.ReportHealth("web1", false, "timeout"); return err }},
-		{"reload", func(r *Registry) error { _, err := r.Reload(baseConfig()[:1]); return err }},
+		{"reload", func(r *Registry) error { _, err := r.Reload(services, baseConfig()[:1]); return err }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -440,7 +440,7 @@ func TestDataPathMapping(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			want := []model.Backend{{ID: b.ID, Name: "web9", Address: addr("10.0.1.19"), Weight: tt.wantWgt, State: tt.want}}
+			want := []model.Backend{{ID: b.ID, Name: "web9", Service: config.DefaultService, Address: addr("10.0.1.19"), Weight: tt.wantWgt, State: tt.want}}
 			if diff := cmp.Diff(want, f.dp.installed(), cmpOpts); diff != "" {
 				t.Errorf("data path (-want +got):\n%s", diff)
 			}
@@ -477,9 +477,9 @@ func TestWatch(t *testing.T) {
 			[]Change{{Kind: Removed, Old: be(3, "web8", "10.0.1.18", 3, fromRuntime(true), health(HealthDown, "boom"))}}},
 		// A reload: removals, then updates, then additions.
 		{func() error {
-			_, err := f.r.Reload([]config.Backend{
-				{Name: "web0", Address: addr("10.0.1.10"), Weight: 1},
-				{Name: "web2", Address: addr("10.0.1.22"), Weight: 200, Check: "tcp://10.0.1.22:80"},
+			_, err := f.r.Reload(services, []config.Backend{
+				{Service: config.DefaultService, Name: "web0", Address: addr("10.0.1.10"), Weight: 1},
+				{Service: config.DefaultService, Name: "web2", Address: addr("10.0.1.22"), Weight: 200, Check: "tcp://10.0.1.22:80"},
 			})
 			return err
 		}, []Change{

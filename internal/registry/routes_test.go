@@ -119,8 +119,8 @@ func TestMaxBackends(t *testing.T) {
 	if diff := cmp.Diff(before, f.snapshot(t), cmpOpts); diff != "" {
 		t.Errorf("a refused Add changed something (-before +after):\n%s", diff)
 	}
-	cfg := append(baseConfig(), config.Backend{Name: "web5", Address: addr("10.0.1.15"), Weight: 1})
-	_, err = f.r.Reload(cfg)
+	cfg := append(baseConfig(), config.Backend{Service: config.DefaultService, Name: "web5", Address: addr("10.0.1.15"), Weight: 1})
+	_, err = f.r.Reload(services, cfg)
 	checkErr(t, err, ErrInvalidArgument, "4 backends", "max_backends = 3")
 
 	// At the limit, changes that keep the size go through; lowering the

@@ -65,7 +65,7 @@ func TestSameBackendMessages(t *testing.T) {
 
 			// The state file, with a run-time web1 before it.
 			content, err := json.Marshal(map[string]any{"version": 1, "backends": []map[string]any{
-				{"name": "web1", "address": "10.0.1.11", "weight": 1},
+				{"name": "web1", "service": "default", "address": "10.0.1.11", "weight": 1},
 				{"name": tt.name, "address": tt.address, "weight": tt.weight, "check": tt.check},
 			}})
 			if err != nil {

@@ -14,20 +14,39 @@ import (
 
 	"github.com/caplance/caplance/internal/atomicfile"
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/quote"
 )
 
-// stateVersion is the version of the state file this code writes and reads.
-const stateVersion = 1
+// stateVersion is the version of the state file this code writes. It reads
+// version 1 too, which had no services: its backends are of the service
+// "default", as a configuration file of that time is (package config).
+const stateVersion = 2
 
 type stateFile struct {
 	Version   int                     `json:"version"`
+	Services  []fileService           `json:"services,omitempty"`
 	Backends  []fileBackend           `json:"backends"`
 	Overrides map[string]fileOverride `json:"overrides"`
 }
 
+type fileService struct {
+	Name      string    `json:"name"`
+	VIPs      []fileVIP `json:"vips"`
+	Protocols string    `json:"protocols"`
+	Hash      string    `json:"hash"`
+	TableSize int       `json:"table_size"`
+	Check     string    `json:"check,omitempty"`
+}
+
+type fileVIP struct {
+	Address string `json:"address"`
+	Ports   string `json:"ports"`
+}
+
 type fileBackend struct {
 	Name    string  `json:"name"`
+	Service string  `json:"service"`
 	Address string  `json:"address"`
 	Weight  *uint32 `json:"weight"`
 	Check   string  `json:"check,omitempty"`
@@ -42,20 +61,25 @@ type fileOverride struct {
 // missing file means the same, so it is not written.
 var emptyEncoding = encodeState(newState())
 
-// encodeState is the state file for s: its persistent run-time backends and
-// the overrides of the backends that survive a restart. The encoding is
-// canonical, so equal contents give equal bytes.
+// encodeState is the state file for s: its persistent run-time services and
+// backends and the overrides of the backends that survive a restart. The
+// encoding is canonical, so equal contents give equal bytes.
 func encodeState(s *state) []byte {
 	f := stateFile{Version: stateVersion, Backends: []fileBackend{}, Overrides: map[string]fileOverride{}}
+	for _, name := range slices.Sorted(maps.Keys(s.services)) {
+		if sr := s.services[name]; !sr.fromConfig && sr.persistent {
+			f.Services = append(f.Services, toFileService(sr.svc))
+		}
+	}
 	for _, name := range slices.Sorted(maps.Keys(s.runtime)) {
 		reg := s.runtime[name]
-		if !reg.persistent {
+		if !reg.persistent || !s.persistentService(reg.service) {
 			continue
 		}
-		f.Backends = append(f.Backends, fileBackend{Name: name, Address: reg.address.String(), Weight: &reg.weight, Check: reg.check})
+		f.Backends = append(f.Backends, fileBackend{Name: name, Service: reg.service, Address: reg.address.String(), Weight: &reg.weight, Check: reg.check})
 	}
 	for name, o := range s.overrides {
-		if reg, fromConfig, ok := s.lookup(name); !ok || !(fromConfig || reg.persistent) || o.empty() {
+		if reg, fromConfig, ok := s.lookup(name); !ok || !(fromConfig || reg.persistent && s.persistentService(reg.service)) || o.empty() {
 			continue
 		}
 		fo := fileOverride{Drained: o.drained}
@@ -69,6 +93,36 @@ func encodeState(s *state) []byte {
 		panic(fmt.Sprintf("registry: encoding the state file: %v", err)) // plain data: cannot happen
 	}
 	return append(b, '\n')
+}
+
+// persistentService says whether the service of that name survives a
+// restart: a backend of a service that does not goes with it.
+func (s *state) persistentService(name string) bool {
+	sr, ok := s.services[name]
+	return ok && (sr.fromConfig || sr.persistent)
+}
+
+func toFileService(svc model.Service) fileService {
+	f := fileService{Name: svc.Name, VIPs: []fileVIP{}, Protocols: svc.Protocols.String(), Hash: svc.Hash.String(),
+		TableSize: svc.TableSize, Check: svc.Check}
+	for _, v := range svc.VIPs {
+		f.VIPs = append(f.VIPs, fileVIP{Address: v.Addr.String(), Ports: model.FormatPorts(v.Ports)})
+	}
+	return f
+}
+
+// fromFileService validates a service of the state file with the
+// configuration file's rules.
+func fromFileService(f fileService) (model.Service, error) {
+	spec := config.ServiceSpec{Name: f.Name, Protocols: f.Protocols, Hash: f.Hash, Check: f.Check}
+	if f.TableSize != 0 {
+		n := int64(f.TableSize)
+		spec.TableSize = &n
+	}
+	for _, v := range f.VIPs {
+		spec.VIPs = append(spec.VIPs, config.VIPSpec{Address: v.Address, Ports: v.Ports})
+	}
+	return config.CheckService(spec, 0)
 }
 
 // readStateFile reads and validates the state file. A missing file is an
@@ -87,9 +141,18 @@ func readStateFile(path string) (f *stateFile, onDisk []byte, err error) {
 		return nil, nil, failed(err, "state file %s: %v: fix it, or move it away to start without the run-time backends and overrides it holds", path, err)
 	}
 	s := newState()
+	for _, fs := range f.Services {
+		svc, _ := fromFileService(fs)
+		s.services[svc.Name] = serviceReg{svc: svc, persistent: true}
+	}
 	for _, b := range f.Backends {
 		a, _ := config.ParseAddress(b.Address)
-		s.runtime[b.Name] = registration{address: a, weight: *b.Weight, check: b.Check, persistent: true}
+		s.runtime[b.Name] = registration{service: b.Service, address: a, weight: *b.Weight, check: b.Check, persistent: true}
+		if _, ok := s.services[b.Service]; !ok {
+			// A backend of a configuration file service: stand in for
+			// the service so that the encoding keeps the backend.
+			s.services[b.Service] = serviceReg{fromConfig: true}
+		}
 	}
 	for name, o := range f.Overrides {
 		s.overrides[name] = toOverride(o)
@@ -122,8 +185,8 @@ func decodeStateFile(data []byte) (*stateFile, error) {
 	switch {
 	case v.Version == nil:
 		return nil, fmt.Errorf("no \"version\" field")
-	case *v.Version != stateVersion:
-		return nil, fmt.Errorf("version %d is not supported (this caplanced reads version %d; was the file written by a newer one?)", *v.Version, stateVersion)
+	case *v.Version != stateVersion && *v.Version != 1:
+		return nil, fmt.Errorf("version %d is not supported (this caplanced reads versions 1 and %d; was the file written by a newer one?)", *v.Version, stateVersion)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
@@ -131,10 +194,43 @@ func decodeStateFile(data []byte) (*stateFile, error) {
 	if err := dec.Decode(&f); err != nil {
 		return nil, fmt.Errorf("not a valid state file: %v", err)
 	}
+	if *v.Version == 1 && len(f.Services) > 0 {
+		return nil, fmt.Errorf("version 1 has no \"services\"")
+	}
 	var problems []string
-	set := config.NewBackendSet(nil) // a VIP among them is dropped with a warning (restore)
-	for i, b := range f.Backends {
+	services := map[string]bool{}
+	for i, fs := range f.Services {
+		place := fmt.Sprintf("services[%d] %s", i, quote.Q(fs.Name))
+		if _, err := fromFileService(fs); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: %v", place, err))
+		}
+		if services[fs.Name] {
+			problems = append(problems, fmt.Sprintf("%s: listed twice", place))
+		}
+		services[fs.Name] = true
+	}
+	// Addresses are unique within a service; a VIP among them is dropped
+	// with a warning (restore).
+	sets := map[string]*config.BackendSet{}
+	names := map[string]bool{}
+	for i := range f.Backends {
+		b := &f.Backends[i]
 		place := fmt.Sprintf("backends[%d] %s", i, quote.Q(b.Name))
+		if *v.Version == 1 {
+			b.Service = config.DefaultService
+		}
+		if err := config.CheckBackendName(b.Service); err != nil {
+			problems = append(problems, fmt.Sprintf("%s: service: %v", place, err))
+		}
+		if names[b.Name] {
+			problems = append(problems, fmt.Sprintf("%s: %v", place, config.NameTaken()))
+		}
+		names[b.Name] = true
+		set := sets[b.Service]
+		if set == nil {
+			set = config.NewBackendSet(nil)
+			sets[b.Service] = set
+		}
 		spec := config.BackendSpec{Name: b.Name, Address: b.Address, Check: b.Check}
 		if b.Weight == nil {
 			problems = append(problems, fmt.Sprintf("%s: weight: missing", place))
@@ -168,11 +264,24 @@ func decodeStateFile(data []byte) (*stateFile, error) {
 // which holds the configuration file's backends, and drops (with a
 // warning) what no longer fits.
 func (r *Registry) restore(s *state, f *stateFile) []string {
+	var warnings []string
+	if len(f.Services) > 0 {
+		svcs := maps.Clone(s.services)
+		for _, fs := range f.Services {
+			if _, ok := s.services[fs.Name]; ok {
+				warnings = append(warnings, fmt.Sprintf("run-time service %s dropped: the configuration file defines a service of that name, which wins", quote.Q(fs.Name)))
+				continue
+			}
+			svc, _ := fromFileService(fs)
+			svcs[svc.Name] = serviceReg{svc: svc, persistent: true}
+		}
+		s.services = svcs
+	}
 	for _, b := range f.Backends {
 		a, _ := config.ParseAddress(b.Address)
-		s.runtime[b.Name] = registration{address: a, weight: *b.Weight, check: b.Check, persistent: true}
+		s.runtime[b.Name] = registration{service: b.Service, address: a, weight: *b.Weight, check: b.Check, persistent: true}
 	}
-	warnings := r.dropConflicts(s)
+	warnings = append(warnings, r.dropConflicts(s)...)
 	for name, o := range f.Overrides {
 		if o := toOverride(o); !o.empty() {
 			s.overrides[name] = o

@@ -10,6 +10,7 @@ package model
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -139,6 +140,13 @@ type Service struct {
 	// Check is the health check spec of its backends that have none of
 	// their own, "" for none.
 	Check string
+}
+
+// Equal reports whether s and o are the same service in every field.
+func (s Service) Equal(o Service) bool {
+	return s.Name == o.Name && s.Protocols == o.Protocols && s.Hash == o.Hash &&
+		s.TableSize == o.TableSize && s.Check == o.Check &&
+		slices.EqualFunc(s.VIPs, o.VIPs, func(a, b VIP) bool { return a.Addr == b.Addr && slices.Equal(a.Ports, b.Ports) })
 }
 
 // Overlap returns a VIP, protocol and port that both a and b would take,

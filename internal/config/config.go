@@ -83,6 +83,8 @@ type Balancer struct {
 
 // Backend is one [[backend]] entry.
 type Backend struct {
+	// Service is the name of the service whose pool it is in.
+	Service string
 	Name    string
 	Address netip.Addr
 	Weight  uint32

@@ -70,7 +70,9 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 			p.at(at, "%s: not one of balancer.vips", place)
 			continue
 		}
-		b.VIPs[i].Ports = portList(ports, place, at, p)
+		for _, n := range portList(ports, place, at, p) {
+			b.VIPs[i].Ports = append(b.VIPs[i].Ports, model.PortRange{First: n, Last: n})
+		}
 	}
 	if raw.Interface != "" && !validInterfaceName(raw.Interface) {
 		p.at([]string{"balancer", "interface"}, "balancer: interface %q: not a valid interface name (1-15 characters, no '/', ':' or white space)", raw.Interface)

@@ -17,7 +17,7 @@ var dnsVIP = netip.MustParseAddr("10.0.0.53")
 
 func dnsService() model.Service {
 	return model.Service{Name: "dns", VIPs: []model.VIP{{Addr: dnsVIP, Ports: []model.PortRange{{First: 53, Last: 53}}}},
-		Protocols: model.UDP, TableSize: 251, Check: "udp://:53"}
+		Protocols: model.UDP, TableSize: 251, Check: "tcp://:53"}
 }
 
 func names(svcs []Service) []string {
@@ -64,7 +64,7 @@ func TestServiceLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := be(3, "ns1", "10.0.1.11", 100, fromRuntime(true), func(b *Backend) { b.Service, b.Check = "dns", "udp://:53" })
+	want := be(3, "ns1", "10.0.1.11", 100, fromRuntime(true), func(b *Backend) { b.Service, b.Check = "dns", "tcp://:53" })
 	if diff := cmp.Diff(want, ns1, cmpOpts); diff != "" {
 		t.Errorf("backend of dns (-want +got):\n%s", diff)
 	}
@@ -76,7 +76,7 @@ func TestServiceLifecycle(t *testing.T) {
 	f.w.take()
 
 	// It survives a restart, with its backend and the override.
-	wantFile := `{"version":2,"services":[{"name":"dns","vips":[{"address":"10.0.0.53","ports":"53"}],"protocols":"udp","hash":"5-tuple","table_size":251,"check":"udp://:53"}],` +
+	wantFile := `{"version":2,"services":[{"name":"dns","vips":[{"address":"10.0.0.53","ports":"53"}],"protocols":"udp","hash":"5-tuple","table_size":251,"check":"tcp://:53"}],` +
 		`"backends":[{"name":"ns1","service":"dns","address":"10.0.1.11","weight":100}],"overrides":{"ns1":{"drained":true}}}`
 	if diff := cmp.Diff(wantFile, compactState(t, f.path)); diff != "" {
 		t.Errorf("state file (-want +got):\n%s", diff)
@@ -87,7 +87,7 @@ func TestServiceLifecycle(t *testing.T) {
 	if diff := cmp.Diff([]string{"default", "dns"}, names(f.r.Services())); diff != "" {
 		t.Errorf("services after a restart (-want +got):\n%s", diff)
 	}
-	if b, _ := f.r.Get("ns1"); b.Service != "dns" || b.Admin != AdminDrained || b.Check != "udp://:53" {
+	if b, _ := f.r.Get("ns1"); b.Service != "dns" || b.Admin != AdminDrained || b.Check != "tcp://:53" {
 		t.Errorf("ns1 after a restart: %+v", b)
 	}
 
@@ -97,17 +97,17 @@ func TestServiceLifecycle(t *testing.T) {
 	}
 	f.w.take()
 	changed, err := f.r.ChangeService("dns", func(s model.Service) (model.Service, error) {
-		s.Check, s.Hash = "tcp://:53", model.SourceIP
+		s.Check, s.Hash = "tcp://:5353", model.SourceIP
 		return s, nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if changed.Check != "tcp://:53" || changed.Hash != model.SourceIP {
+	if changed.Check != "tcp://:5353" || changed.Hash != model.SourceIP {
 		t.Errorf("ChangeService returned %+v", changed)
 	}
 	b, _ := f.r.Get("ns1")
-	if b.Check != "tcp://:53" || b.Health != HealthUnknown {
+	if b.Check != "tcp://:5353" || b.Health != HealthUnknown {
 		t.Errorf("ns1 after its service's check changed: check %q, health %s; want the new check, health unknown (a report is about a check)", b.Check, b.Health)
 	}
 	kinds := []string{}

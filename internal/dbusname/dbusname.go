@@ -1,7 +1,7 @@
 // Package dbusname holds the names of caplanced's D-Bus API
 // (caplanced.dbus(7)), shared by the server (package dbusapi) and its
-// clients (caplancectl, caplance-healthd), the escaping of backend names
-// into object paths, what both daemons' introspection shares (the standard
+// clients (caplancectl, caplance-healthd), the escaping of service and
+// backend names into object paths, what both daemons' introspection shares (the standard
 // ObjectManager interface, the nodes above their root objects, rendering),
 // and finding the D-Bus error in a call's error. It must hold nothing else.
 package dbusname
@@ -22,8 +22,9 @@ const (
 	BusName           = "org.caplance.Caplance1"
 	ManagerPath       = dbus.ObjectPath("/org/caplance/Caplance1")
 	ManagerIface      = BusName + ".Manager"
+	ServiceIface      = BusName + ".Service"
 	BackendIface      = BusName + ".Backend"
-	BackendPathPrefix = "/org/caplance/Caplance1/backend/"
+	ServicePathPrefix = "/org/caplance/Caplance1/service/"
 	// ErrorPrefix starts the name of every error of the API.
 	ErrorPrefix = BusName + ".Error."
 	// HealthBusName is owned by caplance-healthd while it runs; its root
@@ -33,15 +34,56 @@ const (
 	HealthManagerIface = HealthBusName + ".Manager"
 )
 
-// BackendPath is the object path of the backend called name: every byte
-// other than A-Z, a-z and 0-9 is written as "_" and two lower-case hex
-// digits, as systemd escapes unit names; the empty name is "_".
-func BackendPath(name string) dbus.ObjectPath {
+// ServicePath is the object path of the service called name: its name
+// escaped as escape does.
+func ServicePath(name string) dbus.ObjectPath {
+	return dbus.ObjectPath(ServicePathPrefix + escape(name))
+}
+
+// BackendPath is the object path of backend name of service: beneath the
+// service's object, its name escaped as escape does.
+func BackendPath(service, name string) dbus.ObjectPath {
+	return dbus.ObjectPath(string(ServicePath(service)) + "/backend/" + escape(name))
+}
+
+// ServiceName undoes ServicePath; ok is false when path is not a service's
+// or is not escaped as ServicePath escapes.
+func ServiceName(path dbus.ObjectPath) (name string, ok bool) {
+	s, ok := strings.CutPrefix(string(path), ServicePathPrefix)
+	if !ok || strings.Contains(s, "/") {
+		return "", false
+	}
+	return unescape(s)
+}
+
+// BackendName undoes BackendPath; ok is false when path is not a
+// backend's or is not escaped as BackendPath escapes.
+func BackendName(path dbus.ObjectPath) (service, name string, ok bool) {
+	s, ok := strings.CutPrefix(string(path), ServicePathPrefix)
+	if !ok {
+		return "", "", false
+	}
+	svc, b, ok := strings.Cut(s, "/backend/")
+	if !ok || strings.Contains(b, "/") {
+		return "", "", false
+	}
+	if service, ok = unescape(svc); !ok {
+		return "", "", false
+	}
+	if name, ok = unescape(b); !ok {
+		return "", "", false
+	}
+	return service, name, true
+}
+
+// escape writes every byte of name other than A-Z, a-z and 0-9 as "_" and
+// two lower-case hex digits, as systemd escapes unit names; the empty name
+// is "_".
+func escape(name string) string {
 	if name == "" {
-		return dbus.ObjectPath(BackendPathPrefix + "_")
+		return "_"
 	}
 	var b strings.Builder
-	b.WriteString(BackendPathPrefix)
 	for i := 0; i < len(name); i++ {
 		c := name[i]
 		if 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' {
@@ -50,14 +92,12 @@ func BackendPath(name string) dbus.ObjectPath {
 		}
 		fmt.Fprintf(&b, "_%02x", c)
 	}
-	return dbus.ObjectPath(b.String())
+	return b.String()
 }
 
-// BackendName undoes BackendPath; ok is false when path is not a
-// backend's or is not escaped as BackendPath escapes.
-func BackendName(path dbus.ObjectPath) (name string, ok bool) {
-	s, ok := strings.CutPrefix(string(path), BackendPathPrefix)
-	if !ok || s == "" || strings.Contains(s, "/") {
+// unescape undoes escape; ok is false for a string escape does not write.
+func unescape(s string) (string, bool) {
+	if s == "" {
 		return "", false
 	}
 	if s == "_" {

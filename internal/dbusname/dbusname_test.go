@@ -3,6 +3,7 @@ package dbusname
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/godbus/dbus/v5"
@@ -10,7 +11,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-func TestBackendPath(t *testing.T) {
+func TestPaths(t *testing.T) {
 	for name, want := range map[string]string{
 		"web1":    "web1",
 		"web-1.a": "web_2d1_2ea",
@@ -18,27 +19,47 @@ func TestBackendPath(t *testing.T) {
 		"":        "_",
 		"Z9":      "Z9",
 	} {
-		got := BackendPath(name)
-		if string(got) != BackendPathPrefix+want {
-			t.Errorf("BackendPath(%q) = %s, want …%s", name, got, want)
+		svc := ServicePath(name)
+		if string(svc) != ServicePathPrefix+want {
+			t.Errorf("ServicePath(%q) = %s, want …%s", name, svc, want)
 		}
-		if back, ok := BackendName(got); !ok || back != name {
-			t.Errorf("BackendName(%s) = %q, %v; want %q", got, back, ok, name)
+		if back, ok := ServiceName(svc); !ok || back != name {
+			t.Errorf("ServiceName(%s) = %q, %v; want %q", svc, back, ok, name)
+		}
+		got := BackendPath("web-x", name)
+		if string(got) != ServicePathPrefix+"web_2dx/backend/"+want {
+			t.Errorf("BackendPath(%q) = %s, want …/web_2dx/backend/%s", name, got, want)
+		}
+		if s, back, ok := BackendName(got); !ok || back != name || s != "web-x" {
+			t.Errorf("BackendName(%s) = %q, %q, %v; want web-x, %q", got, s, back, ok, name)
+		}
+		if !got.IsValid() || !svc.IsValid() {
+			t.Errorf("%s or %s is not a valid object path", svc, got)
 		}
 	}
 }
 
-func TestBackendNameRejects(t *testing.T) {
+func TestNamesRejects(t *testing.T) {
 	for _, path := range []string{
 		"/org/caplance/Caplance1",
-		"/org/caplance/Caplance1/backend/",
-		"/org/caplance/Caplance1/backend/a/b",
-		"/org/caplance/Caplance1/backend/web_2",
-		"/org/caplance/Caplance1/backend/web_zz",
+		"/org/caplance/Caplance1/service/",
+		"/org/caplance/Caplance1/service/a/b",
+		"/org/caplance/Caplance1/service/web_2",
+		"/org/caplance/Caplance1/service/web_zz",
+		"/org/caplance/Caplance1/service/web/backend/",
+		"/org/caplance/Caplance1/service/web/backend/a/b",
+		"/org/caplance/Caplance1/service/web/backend/x_2",
+		"/org/caplance/Caplance1/service//backend/x",
+		"/org/caplance/Caplance1/backend/web1",
 		"/elsewhere/web1",
 	} {
-		if name, ok := BackendName(dbus.ObjectPath(path)); ok {
-			t.Errorf("BackendName(%s) = %q, true; want false", path, name)
+		if s, name, ok := BackendName(dbus.ObjectPath(path)); ok {
+			t.Errorf("BackendName(%s) = %q, %q, true; want false", path, s, name)
+		}
+		if path == "/org/caplance/Caplance1/service/a/b" || strings.Contains(path, "/backend/") {
+			if name, ok := ServiceName(dbus.ObjectPath(path)); ok {
+				t.Errorf("ServiceName(%s) = %q, true; want false", path, name)
+			}
 		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/nft"
 )
 
@@ -24,8 +25,10 @@ func TestForward(t *testing.T) {
 	rules := nft.Rules{
 		SilenceVIPs: addrs(vip, vipPorts),
 		Forward: []nft.Forward{
-			{VIP: addrs(vip)[0]},
-			{VIP: addrs(vipPorts)[0], Ports: []uint16{81, 9}},
+			{VIP: addrs(vip)[0], Protocols: model.TCP | model.UDP},
+			{VIP: addrs(vipPorts)[0], Protocols: model.TCP, Ports: []model.PortRange{{First: 81, Last: 81}}},
+			// One VIP in two services: another protocol, other ports.
+			{VIP: addrs(vipPorts)[0], Protocols: model.UDP, Ports: []model.PortRange{{First: 9, Last: 9}, {First: 81, Last: 81}}},
 		},
 	}
 	if err := nft.Apply(int(l.a), rules); err != nil {
@@ -46,6 +49,7 @@ func TestForward(t *testing.T) {
 		{"tcp to a forwarded port", "tcp", vipPorts, closed, nft.RuleForwardTCPPorts, ""},
 		{"udp to a forwarded port", "udp", vipPorts, 9, nft.RuleForwardUDPPorts, ""},
 		{"tcp to a port not forwarded", "tcp", vipPorts, 82, "", nft.RuleSilenceTCPReset},
+		{"tcp to a port forwarded for udp only", "tcp", vipPorts, 9, "", nft.RuleSilenceTCPReset},
 		{"udp to a port not forwarded", "udp", vipPorts, 10, "", nft.RuleSilencePortUnreachable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

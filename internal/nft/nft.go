@@ -29,8 +29,10 @@
 //
 //	table inet caplance {
 //		set silence_vips { type ipv4_addr; elements = { 10.0.0.100, 10.0.0.101 } }
-//		set forward_vips { type ipv4_addr; elements = { 10.0.0.100 } }
-//		set forward_vip_ports { type ipv4_addr . inet_service; elements = { 10.0.0.101 . 80, 10.0.0.101 . 443 } }
+//		set forward_tcp_vips { type ipv4_addr; elements = { 10.0.0.100 } }
+//		set forward_udp_vips { type ipv4_addr; elements = { 10.0.0.100 } }
+//		set forward_tcp_vip_ports { type ipv4_addr . inet_service; elements = { 10.0.0.101 . 80, 10.0.0.101 . 443 } }
+//		set forward_udp_vip_ports { type ipv4_addr . inet_service; elements = { 10.0.0.101 . 53 } }
 //		set balancers { type ipv4_addr; elements = { 10.0.1.1, 10.0.1.2 } }
 //		set tunnel_vips { type ipv4_addr; elements = { 10.0.0.100 } }
 //		chain output {
@@ -45,10 +47,10 @@
 //		}
 //		chain prerouting {
 //			type filter hook prerouting priority filter; policy accept;
-//			meta l4proto tcp ip daddr @forward_vips counter meta pkttype set other comment "forward-tcp"
-//			meta l4proto udp ip daddr @forward_vips counter meta pkttype set other comment "forward-udp"
-//			ip daddr . tcp dport @forward_vip_ports counter meta pkttype set other comment "forward-tcp-ports"
-//			ip daddr . udp dport @forward_vip_ports counter meta pkttype set other comment "forward-udp-ports"
+//			meta l4proto tcp ip daddr @forward_tcp_vips counter meta pkttype set other comment "forward-tcp"
+//			ip daddr . tcp dport @forward_tcp_vip_ports counter meta pkttype set other comment "forward-tcp-ports"
+//			meta l4proto udp ip daddr @forward_udp_vips counter meta pkttype set other comment "forward-udp"
+//			ip daddr . udp dport @forward_udp_vip_ports counter meta pkttype set other comment "forward-udp-ports"
 //			iifname "caplance0" ip daddr != @tunnel_vips counter drop comment "tunnel-foreign-destination"
 //			iifname "caplance0" ip saddr 0.0.0.0/8 counter drop comment "tunnel-source-unspecified"
 //			iifname "caplance0" ip saddr 127.0.0.0/8 counter drop comment "tunnel-source-loopback"

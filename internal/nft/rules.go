@@ -1,6 +1,7 @@
 package nft
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/model"
 )
 
 // Rules is everything the table holds. The zero value has no rules and is
@@ -26,7 +29,7 @@ type Rules struct {
 	// TCP to a port with a real listener.
 	SilenceVIPs []netip.Addr
 
-	// Forward is the traffic caplanced forwards: TCP and UDP to each VIP,
+	// Forward is the traffic caplanced forwards: its protocols to each VIP,
 	// only to its Ports if it has any. In a prerouting hook the table marks
 	// those packets as addressed to another host (meta pkttype set other).
 	// The raw sockets still receive them, but the kernel's TCP and UDP then
@@ -38,7 +41,10 @@ type Rules struct {
 	// lookup (measured with make bench-dataplane: +18% forwarded packets per
 	// second). A local listener on a port that is not forwarded keeps
 	// working. A fragment after the first carries no ports, so the port
-	// rules leave it unmarked; the output hook silences what it causes.
+	// rules leave it unmarked; the output hook silences what it causes. So
+	// are the ports of a Forward with more than MaxMarkedPorts: the set
+	// would grow past what one netlink batch carries well, and the marking
+	// only saves work.
 	Forward []Forward
 
 	// Tunnel filters what a receiver decapsulates in the kernel (FOU); nil
@@ -46,12 +52,18 @@ type Rules struct {
 	Tunnel *Tunnel
 }
 
-// Forward is one VIP's traffic that caplanced forwards.
+// Forward is traffic to one VIP that caplanced forwards. A VIP may be in
+// several, with other protocols or ports (one per service).
 type Forward struct {
-	VIP netip.Addr
-	// Ports are the forwarded ports; none means every port.
-	Ports []uint16
+	VIP       netip.Addr
+	Protocols model.Protocols
+	// Ports are the forwarded ports; nil means every port.
+	Ports []model.PortRange
 }
+
+// MaxMarkedPorts is how many ports of a Forward the prerouting hook marks
+// at most; see Rules.Forward.
+const MaxMarkedPorts = 4096
 
 // Tunnel filters a receiver's kernel foo-over-UDP decapsulation so that the
 // receiver is not an open relay.
@@ -108,14 +120,16 @@ const (
 
 // Chain and set names inside the table; a chain is named for its hook.
 const (
-	chainOutput     = "output"
-	chainInput      = "input"
-	chainPrerouting = "prerouting"
-	setSilenceVIPs  = "silence_vips"
-	setForwardVIPs  = "forward_vips"
-	setForwardPorts = "forward_vip_ports"
-	setBalancers    = "balancers"
-	setTunnelVIPs   = "tunnel_vips"
+	chainOutput        = "output"
+	chainInput         = "input"
+	chainPrerouting    = "prerouting"
+	setSilenceVIPs     = "silence_vips"
+	setForwardTCPVIPs  = "forward_tcp_vips"
+	setForwardUDPVIPs  = "forward_udp_vips"
+	setForwardTCPPorts = "forward_tcp_vip_ports"
+	setForwardUDPPorts = "forward_udp_vip_ports"
+	setBalancers       = "balancers"
+	setTunnelVIPs      = "tunnel_vips"
 )
 
 // Validate reports the first problem with r, naming the field. It does not
@@ -132,11 +146,13 @@ func (r Rules) Validate() error {
 		if err := validAddr(field+".VIP", f.VIP); err != nil {
 			return err
 		}
-		if slices.Contains(f.Ports, 0) {
-			return fmt.Errorf("%s.Ports: port 0", field)
+		if f.Protocols&^(model.TCP|model.UDP) != 0 || f.Protocols == 0 {
+			return fmt.Errorf("%s.Protocols: %v: must be TCP, UDP or both", field, f.Protocols)
 		}
-		if slices.ContainsFunc(r.Forward[:i], func(o Forward) bool { return o.VIP == f.VIP }) {
-			return fmt.Errorf("%s.VIP: %s is listed twice", field, f.VIP)
+		for _, pr := range f.Ports {
+			if pr.First == 0 || pr.Last < pr.First {
+				return fmt.Errorf("%s.Ports: %s: not a port range (from 1, first not after last)", field, model.FormatPorts([]model.PortRange{pr}))
+			}
 		}
 	}
 	if t := r.Tunnel; t != nil {
@@ -270,43 +286,53 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 			&expr.Immediate{Register: 1, Data: []byte{unix.PACKET_OTHERHOST}},
 			&expr.Meta{Key: expr.MetaKeyPKTTYPE, SourceRegister: true, Register: 1},
 		}
-		var allPorts []netip.Addr
-		var somePorts []nftables.SetElement
-		for _, f := range r.Forward {
-			if len(f.Ports) == 0 {
-				allPorts = append(allPorts, f.VIP)
+		for _, proto := range []struct {
+			p                 model.Protocols
+			num               byte
+			vipSet, portSet   string
+			allRule, portRule string
+		}{
+			{model.TCP, unix.IPPROTO_TCP, setForwardTCPVIPs, setForwardTCPPorts, RuleForwardTCP, RuleForwardTCPPorts},
+			{model.UDP, unix.IPPROTO_UDP, setForwardUDPVIPs, setForwardUDPPorts, RuleForwardUDP, RuleForwardUDPPorts},
+		} {
+			var allPorts []netip.Addr
+			var somePorts []nftables.SetElement
+			for _, f := range r.Forward {
+				switch {
+				case f.Protocols&proto.p == 0:
+				case f.Ports == nil:
+					allPorts = append(allPorts, f.VIP)
+				default:
+					somePorts = append(somePorts, vipPortElements(f.VIP, f.Ports)...)
+				}
 			}
-			somePorts = append(somePorts, vipPortElements(f.VIP, f.Ports)...)
-		}
-		if len(allPorts) > 0 {
-			vips, err := addAddrSet(setForwardVIPs, allPorts)
-			if err != nil {
-				return err
+			if len(allPorts) > 0 {
+				vips, err := addAddrSet(proto.vipSet, allPorts)
+				if err != nil {
+					return err
+				}
+				addRule(pre, proto.allRule, markOtherHost, l4proto(proto.num), ipAddrIn(ipDaddrOffset, vips, false))
 			}
-			toVIP := ipAddrIn(ipDaddrOffset, vips, false)
-			addRule(pre, RuleForwardTCP, markOtherHost, l4proto(unix.IPPROTO_TCP), toVIP)
-			addRule(pre, RuleForwardUDP, markOtherHost, l4proto(unix.IPPROTO_UDP), toVIP)
-		}
-		if len(somePorts) > 0 {
-			vipPorts, err := addSet(&nftables.Set{
-				Name:          setForwardPorts,
-				KeyType:       nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService),
-				Concatenation: true,
-			}, somePorts)
-			if err != nil {
-				return err
+			if len(somePorts) > 0 {
+				vipPorts, err := addSet(&nftables.Set{
+					Name:          proto.portSet,
+					KeyType:       nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService),
+					Concatenation: true,
+				}, dedup(somePorts))
+				if err != nil {
+					return err
+				}
+				// ip daddr . th dport @forward_…_vip_ports: the port goes in
+				// the 32-bit register after the address's, as nft compiles it.
+				toVIPPort := []expr.Any{
+					&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipDaddrOffset, Len: 4},
+					&expr.Payload{DestRegister: unix.NFT_REG32_01, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+					&expr.Lookup{SourceRegister: 1, SetName: vipPorts.Name, SetID: vipPorts.ID},
+				}
+				addRule(pre, proto.portRule, markOtherHost, l4proto(proto.num), toVIPPort)
 			}
-			// ip daddr . th dport @forward_vip_ports: the port goes in the
-			// 32-bit register after the address's, as nft compiles it.
-			toVIPPort := []expr.Any{
-				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipDaddrOffset, Len: 4},
-				&expr.Payload{DestRegister: unix.NFT_REG32_01, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-				&expr.Lookup{SourceRegister: 1, SetName: vipPorts.Name, SetID: vipPorts.ID},
-			}
-			addRule(pre, RuleForwardTCPPorts, markOtherHost, l4proto(unix.IPPROTO_TCP), toVIPPort)
-			addRule(pre, RuleForwardUDPPorts, markOtherHost, l4proto(unix.IPPROTO_UDP), toVIPPort)
 		}
 	}
 
@@ -420,19 +446,33 @@ func elements(addrs []netip.Addr) []nftables.SetElement {
 	return els
 }
 
-// vipPortElements returns the forward_vip_ports elements for vip's ports,
-// without duplicates: the address, then the port padded to the 4-byte
-// register.
-func vipPortElements(vip netip.Addr, ports []uint16) []nftables.SetElement {
-	sorted := slices.Compact(slices.Sorted(slices.Values(ports)))
-	els := make([]nftables.SetElement, len(sorted))
+// vipPortElements returns the port set's elements for vip's ports: the
+// address, then the port padded to the 4-byte register; none when there
+// are more than MaxMarkedPorts.
+func vipPortElements(vip netip.Addr, ports []model.PortRange) []nftables.SetElement {
+	n := 0
+	for _, r := range ports {
+		n += int(r.Last) - int(r.First) + 1
+	}
+	if n > MaxMarkedPorts {
+		return nil
+	}
+	els := make([]nftables.SetElement, 0, n)
 	a := vip.As4()
-	for i, p := range sorted {
-		key := append(make([]byte, 0, 8), a[:]...)
-		key = binary.BigEndian.AppendUint16(key, p)
-		els[i] = nftables.SetElement{Key: append(key, 0, 0)}
+	for _, r := range ports {
+		for p := int(r.First); p <= int(r.Last); p++ {
+			key := append(make([]byte, 0, 8), a[:]...)
+			key = binary.BigEndian.AppendUint16(key, uint16(p))
+			els = append(els, nftables.SetElement{Key: append(key, 0, 0)})
+		}
 	}
 	return els
+}
+
+// dedup sorts els by key and drops duplicates, which would fail the batch.
+func dedup(els []nftables.SetElement) []nftables.SetElement {
+	slices.SortFunc(els, func(a, b nftables.SetElement) int { return bytes.Compare(a.Key, b.Key) })
+	return slices.CompactFunc(els, func(a, b nftables.SetElement) bool { return bytes.Equal(a.Key, b.Key) })
 }
 
 func ref[T any](v T) *T { return &v }

@@ -7,6 +7,8 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/caplance/caplance/internal/model"
 )
 
 func TestValidate(t *testing.T) {
@@ -31,14 +33,15 @@ func TestValidate(t *testing.T) {
 		{"4in6 vip", Rules{SilenceVIPs: []netip.Addr{netip.MustParseAddr("::ffff:192.0.2.1")}},
 			"SilenceVIPs[0]: ::ffff:192.0.2.1 is IPv6"},
 		{"zero vip", Rules{SilenceVIPs: []netip.Addr{{}}}, "SilenceVIPs[0]: invalid"},
-		{"forward only", Rules{Forward: []Forward{{VIP: v4[0]}}}, ""},
-		{"forward with ports", Rules{Forward: []Forward{{VIP: v4[0], Ports: []uint16{443, 80, 443}}}}, ""},
-		{"forward ipv6 vip", Rules{Forward: []Forward{{VIP: v4[0]}, {VIP: netip.MustParseAddr("2001:db8::1")}}},
+		{"forward only", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.TCP}}}, ""},
+		{"forward with ports", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.UDP, Ports: []model.PortRange{{First: 443, Last: 443}, {First: 80, Last: 90}}}}}, ""},
+		{"forward ipv6 vip", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.TCP}, {VIP: netip.MustParseAddr("2001:db8::1"), Protocols: model.TCP}}},
 			"Forward[1].VIP: 2001:db8::1 is IPv6"},
-		{"forward zero vip", Rules{Forward: []Forward{{}}}, "Forward[0].VIP: invalid"},
-		{"forward port 0", Rules{Forward: []Forward{{VIP: v4[0], Ports: []uint16{80, 0}}}}, "Forward[0].Ports: port 0"},
-		{"forward vip twice", Rules{Forward: []Forward{{VIP: v4[0]}, {VIP: v4[0], Ports: []uint16{80}}}},
-			"Forward[1].VIP: 192.0.2.1 is listed twice"},
+		{"forward zero vip", Rules{Forward: []Forward{{Protocols: model.TCP}}}, "Forward[0].VIP: invalid"},
+		{"forward no protocol", Rules{Forward: []Forward{{VIP: v4[0]}}}, "Forward[0].Protocols: protocols(0): must be TCP, UDP or both"},
+		{"forward port 0", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.TCP, Ports: []model.PortRange{{First: 0, Last: 80}}}}}, "Forward[0].Ports: 0-80: not a port range"},
+		{"forward range backwards", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.TCP, Ports: []model.PortRange{{First: 90, Last: 80}}}}}, "Forward[0].Ports: 90-80: not a port range"},
+		{"one VIP in two services", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.TCP}, {VIP: v4[0], Protocols: model.UDP, Ports: []model.PortRange{{First: 53, Last: 53}}}}}, ""},
 		{"port 0", tunnel(func(tun *Tunnel) { tun.Port = 0 }), "Tunnel.Port"},
 		{"no balancers", tunnel(func(tun *Tunnel) { tun.Balancers = nil }), "Tunnel.Balancers: empty"},
 		{"ipv6 balancer", tunnel(func(tun *Tunnel) { tun.Balancers = []netip.Addr{netip.MustParseAddr("fe80::1")} }),

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/nft"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -128,8 +129,9 @@ var (
 	fullRules = nft.Rules{
 		SilenceVIPs: addrs("10.99.0.101", "10.99.0.100", "10.99.0.101"), // unsorted, duplicate
 		Forward: []nft.Forward{
-			{VIP: netip.MustParseAddr("10.99.0.100")},
-			{VIP: netip.MustParseAddr("10.99.0.101"), Ports: []uint16{443, 80, 443}}, // unsorted, duplicate
+			{VIP: netip.MustParseAddr("10.99.0.100"), Protocols: model.TCP | model.UDP},
+			{VIP: netip.MustParseAddr("10.99.0.101"), Protocols: model.TCP, Ports: []model.PortRange{{First: 443, Last: 443}, {First: 80, Last: 81}}},
+			{VIP: netip.MustParseAddr("10.99.0.101"), Protocols: model.TCP | model.UDP, Ports: []model.PortRange{{First: 81, Last: 81}}}, // a duplicate
 		},
 		Tunnel: &nft.Tunnel{
 			Port:      5555,
@@ -160,18 +162,20 @@ var (
 				Hook:     unix.NF_INET_PRE_ROUTING,
 				Priority: 0,
 				Policy:   nftables.ChainPolicyAccept,
-				Rules: []string{nft.RuleForwardTCP, nft.RuleForwardUDP, nft.RuleForwardTCPPorts, nft.RuleForwardUDPPorts,
+				Rules: []string{nft.RuleForwardTCP, nft.RuleForwardTCPPorts, nft.RuleForwardUDP, nft.RuleForwardUDPPorts,
 					nft.RuleTunnelForeignDestination, nft.RuleTunnelSourceUnspecified, nft.RuleTunnelSourceLoopback,
 					nft.RuleTunnelSourceMulticast, nft.RuleTunnelSourceBroadcast, nft.RuleTunnelSourceReserved,
 					nft.RuleTunnelSourceLocal},
 			},
 		},
 		Sets: map[string][]string{
-			"silence_vips":      {"10.99.0.100", "10.99.0.101"},
-			"forward_vips":      {"10.99.0.100"},
-			"forward_vip_ports": {"10.99.0.101 . 443", "10.99.0.101 . 80"},
-			"balancers":         {"10.99.0.2", "10.99.0.3"},
-			"tunnel_vips":       {"10.99.0.100"},
+			"silence_vips":          {"10.99.0.100", "10.99.0.101"},
+			"forward_tcp_vips":      {"10.99.0.100"},
+			"forward_udp_vips":      {"10.99.0.100"},
+			"forward_tcp_vip_ports": {"10.99.0.101 . 443", "10.99.0.101 . 80", "10.99.0.101 . 81"},
+			"forward_udp_vip_ports": {"10.99.0.101 . 81"},
+			"balancers":             {"10.99.0.2", "10.99.0.3"},
+			"tunnel_vips":           {"10.99.0.100"},
 		},
 	}
 )

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"github.com/vishvananda/netlink"
@@ -38,6 +39,32 @@ func (h *Host) AttachVIP(addr netip.Addr, iface string) (string, error) {
 		return "", fmt.Errorf("VIP %s: %w", addr, err)
 	}
 	return link.Attrs().Name, nil
+}
+
+// DetachVIP removes addr/32 from the interface AttachVIP put it on, and its
+// entry from the journal, for a VIP no service has any more. An address
+// AttachVIP found already there (someone else's) is left alone, and so is
+// one the journal has from an earlier run (Undo takes those). The sysctls
+// set for the interface stay until Undo: other VIPs may share it.
+func (h *Host) DetachVIP(addr netip.Addr) error {
+	if h.lock == nil {
+		return errClosed
+	}
+	p := netip.PrefixFrom(addr.Unmap(), 32)
+	for i := len(h.changes) - 1; i >= h.nLeft; i-- {
+		c := h.changes[i]
+		if c.Kind != KindAddress || c.Address != p {
+			continue
+		}
+		if err := delAddress(c.Link, p); err != nil {
+			return fmt.Errorf("VIP %s: remove from %s: %w", addr, c.Link, err)
+		}
+		h.changes = slices.Delete(h.changes, i, i+1)
+		// Undoing a change that is already undone is harmless, so a
+		// journal still holding the entry does no harm either.
+		return writeJournal(h.path, h.changes)
+	}
+	return nil
 }
 
 // AttachLoopback adds addr/32 to lo, where a receiver accepts the VIP's

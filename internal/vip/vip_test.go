@@ -153,6 +153,44 @@ func contains(addrs []string, addr string) bool {
 	return false
 }
 
+// A VIP no service has any more goes, with its journal entry; an address
+// the host had before, and one of an earlier run's journal, stay.
+func TestDetachVIP(t *testing.T) {
+	inNetns(t)
+	addVeth(t, "eth0", "10.0.0.2/24", "10.0.0.7/32")
+	dir := t.TempDir()
+	h := openHost(t, dir)
+	for _, a := range []string{"10.0.0.100", "10.0.0.101", "10.0.0.7"} {
+		if _, err := h.AttachVIP(ip(a), ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, a := range []string{"10.0.0.100", "10.0.0.7", "10.0.0.99"} {
+		if err := h.DetachVIP(ip(a)); err != nil {
+			t.Fatalf("DetachVIP(%s): %v", a, err)
+		}
+	}
+	if diff := cmp.Diff([]string{"10.0.0.2/24", "10.0.0.7/32", "10.0.0.101/32"}, addrsOf(t, "eth0")); diff != "" {
+		t.Errorf("addresses (-want +got):\n%s", diff)
+	}
+	want := []vip.Change{{Kind: vip.KindAddress, Link: "eth0", Address: pfx("10.0.0.101/32")}}
+	if diff := cmp.Diff(want, h.Changes(), equateAddrs); diff != "" {
+		t.Errorf("journal (-want +got):\n%s", diff)
+	}
+	// The journal on disk says the same: a crash now undoes only 101.
+	h.Close()
+	h = openHost(t, dir)
+	if diff := cmp.Diff(want, h.Leftovers(), equateAddrs); diff != "" {
+		t.Errorf("journal on disk (-want +got):\n%s", diff)
+	}
+	if err := h.DetachVIP(ip("10.0.0.101")); err != nil {
+		t.Fatal(err)
+	}
+	if !contains(addrsOf(t, "eth0"), "10.0.0.101") {
+		t.Error("DetachVIP removed an earlier run's address, which is Undo's")
+	}
+}
+
 // TestReceiver attaches a VIP to lo and sets the ARP sysctls in a fresh
 // namespace, then checks that Undo restores exactly what was there.
 func TestReceiver(t *testing.T) {

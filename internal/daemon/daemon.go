@@ -102,10 +102,17 @@ type running struct {
 	reloadErr error
 	owner     *owner.Owner
 	host      *vip.Host
-	nftOwned  bool
-	bal       *balancer.Balancer
-	rcv       *receiver.Receiver
-	userMode  bool
+	// nftOwned says the nft table exists, holding rules (setRules); tunnel
+	// is the receiver's part of it, nil for none.
+	nftOwned bool
+	rules    nft.Rules
+	tunnel   *nft.Tunnel
+	// vips are the balancer's VIPs as attached; only applySet, which the
+	// registry serialises, uses them.
+	vips     []netip.Addr
+	bal      *balancer.Balancer
+	rcv      *receiver.Receiver
+	userMode bool
 }
 
 // Run starts the configured roles, reports READY=1, serves until SIGTERM or
@@ -259,20 +266,7 @@ func (r *running) start(opts Options) error {
 		return err
 	}
 	r.host = host
-	// After the cleanup, so that an earlier run's VIPs are gone.
-	if cfg.Balancer != nil {
-		if err := checkVIPsNotLocal(cfg.Balancer.VIPs); err != nil {
-			return err
-		}
-	}
 
-	rules := nft.Rules{}
-	if cfg.Balancer != nil {
-		for _, v := range cfg.Balancer.VIPs {
-			rules.SilenceVIPs = append(rules.SilenceVIPs, v.Addr)
-			rules.Forward = append(rules.Forward, nft.Forward{VIP: v.Addr, Ports: v.Ports})
-		}
-	}
 	if cfg.Receiver != nil {
 		step("attaching receiver VIPs to lo")
 		for _, a := range cfg.Receiver.VIPs {
@@ -287,15 +281,16 @@ func (r *running) start(opts Options) error {
 		if err != nil {
 			return err
 		}
-		rules.Tunnel = tunnel
-	}
-	if len(rules.SilenceVIPs) > 0 || rules.Tunnel != nil {
-		step("installing nftables table " + nft.TableName)
-		if err := nft.Apply(nft.CurrentNetNS, rules); err != nil {
-			return fmt.Errorf("nftables: %w", err)
+		if tunnel != nil {
+			r.tunnel = tunnel
+			step("installing nftables table " + nft.TableName)
+			if err := r.setRules(nft.Rules{Tunnel: tunnel}); err != nil {
+				return err
+			}
 		}
-		r.nftOwned = true
 	}
+	// A balancer's VIPs and their nft rules come with its services
+	// (applySet), after the cleanup so that an earlier run's VIPs are gone.
 	if cfg.Balancer != nil {
 		if err := r.startBalancer(cfg, opts.StateDir, opts.RuntimeDir, step); err != nil {
 			return err
@@ -330,8 +325,8 @@ func (r *running) startAPI(bus string) error {
 	}
 	if b := r.cfg.Balancer; b != nil {
 		info.Roles = append(info.Roles, "balancer")
-		for _, v := range b.VIPs {
-			info.VIPs = append(info.VIPs, v.Addr.String())
+		for _, a := range vipsOf(r.services()) {
+			info.VIPs = append(info.VIPs, a.String())
 		}
 		info.EncapPort, info.TableSize = b.EncapPort, uint32(b.TableSize)
 		info.Counters = r.apiCounters
@@ -386,20 +381,6 @@ func (r *running) setState(state string) {
 
 func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string, step func(string)) error {
 	b := cfg.Balancer
-	step("attaching VIPs")
-	for _, v := range b.VIPs {
-		iface, err := r.host.AttachVIP(v.Addr, b.Interface)
-		if err != nil {
-			return err
-		}
-		r.log.Info("VIP attached", "vip", v.Addr, "interface", iface)
-		// Tunnel health probes (caplance-healthd) get their answers from the
-		// VIP, a local address here, which the kernel drops as a martian
-		// unless the interface accepts local sources.
-		if err := r.host.SetSysctl("net.ipv4.conf."+iface+".accept_local", "1"); err != nil {
-			return err
-		}
-	}
 	step("opening raw sockets")
 	ct, err := conntrack.New(b.ConntrackSize, conntrack.Timeouts{
 		TCP: b.TCPTimeout, UDP: b.UDPTimeout, Other: conntrack.DefaultTimeouts.Other,
@@ -408,23 +389,16 @@ func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string,
 	if err != nil {
 		return fmt.Errorf("connection tracking: %w", err)
 	}
-	bal, err := balancer.Open(balancer.Config{
-		VIPs: b.VIPs, EncapPort: b.EncapPort, TableSize: b.TableSize,
-		Workers: b.Workers, Conntrack: ct, Logger: r.log,
-	})
+	bal, err := balancer.Open(balancer.Config{EncapPort: b.EncapPort, Workers: b.Workers, Conntrack: ct, Logger: r.log})
 	if err != nil {
 		return err
 	}
 	r.bal = bal
-	step("building the Maglev table")
-	var vips []netip.Addr
-	for _, v := range b.VIPs {
-		vips = append(vips, v.Addr)
-	}
+	step("attaching VIPs and building the Maglev tables")
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
-	reg, warnings, err := registry.Open(filepath.Join(stateDir, BackendsFile), cfg.Backends, vips, bal.SetBackends,
+	reg, warnings, err := registry.Open(filepath.Join(stateDir, BackendsFile), cfg.Services, cfg.Backends, r.applySet,
 		registry.HealthFile(filepath.Join(runtimeDir, HealthFile), r.log))
 	for _, w := range warnings {
 		r.log.Warn(w)
@@ -445,30 +419,12 @@ func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string,
 	return nil
 }
 
-// checkVIPsNotLocal refuses a VIP the host already has, unless
-// [balancer.ports] names the ports to balance: caplanced would otherwise
-// take every port of that address (SSH included) from the host's own
-// services.
-func checkVIPsNotLocal(vips []model.VIP) error {
-	var errs []error
-	for _, v := range vips {
-		iface, err := vip.HasAddress(v.Addr)
-		if err != nil {
-			return err
-		}
-		if iface != "" && v.Ports == nil {
-			errs = append(errs, fmt.Errorf("VIP %s is already an address of this host (on %s): caplanced would take all of its traffic from the host's own services; "+
-				"choose an address the host does not have, or list the ports to balance for it in [balancer.ports] "+
-				"(if a caplanced with another --runtime-dir left it behind, run caplanced --cleanup --runtime-dir with that directory)", v.Addr, iface))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// reload re-reads the configuration (SIGHUP) and applies a new backend set
-// without a restart; established flows of backends that stay keep their
-// backend. Anything else that changed needs a restart and is refused, as is
-// an invalid file: the running configuration stays.
+// reload re-reads the configuration (SIGHUP) and applies new services and
+// backends without a restart, as the D-Bus methods would: VIPs attached and
+// detached, the nft table replaced, only the changed services' tables
+// rebuilt; established flows of backends that stay keep their backend.
+// Anything else that changed needs a restart and is refused, as is an
+// invalid file: the running configuration stays.
 func (r *running) reload(path string) error {
 	notify(r.log, fmt.Sprintf("RELOADING=1\nMONOTONIC_USEC=%d", monotonicUsec()))
 	r.setState("reloading")
@@ -486,20 +442,20 @@ func (r *running) reload(path string) error {
 		return fmt.Errorf("reload refused, the running configuration stays: %w", err)
 	}
 	r.cfg = cfg
-	r.log.Info("reloaded", "backends", len(cfg.Backends))
+	r.log.Info("reloaded", "services", len(cfg.Services), "backends", len(cfg.Backends))
 	return nil
 }
 
 func (r *running) applyReload(cfg *config.Config) error {
 	old, next := *r.cfg, *cfg
-	old.Backends, next.Backends = nil, nil
+	old.Services, next.Services, old.Backends, next.Backends = nil, nil, nil, nil
 	if !reflect.DeepEqual(old, next) {
-		return errors.New("only [[backend]] entries can change without a restart")
+		return errors.New("only services and backends ([[service]], [[backend]], and vips and ports of [balancer]) can change without a restart")
 	}
 	if r.reg == nil {
 		return nil
 	}
-	warnings, err := r.reg.Reload(cfg.Backends)
+	warnings, err := r.reg.Reload(cfg.Services, cfg.Backends)
 	for _, w := range warnings {
 		r.log.Warn(w)
 	}
@@ -552,8 +508,9 @@ func (r *running) status() string {
 // configuration file's and those added at run time).
 func (r *running) statusLine() string {
 	var parts []string
-	if b := r.cfg.Balancer; b != nil && r.reg != nil {
-		parts = append(parts, fmt.Sprintf("balancing %d VIP(s) over %d backend(s)", len(b.VIPs), len(r.reg.List())))
+	if r.cfg.Balancer != nil && r.reg != nil {
+		svcs := r.services()
+		parts = append(parts, fmt.Sprintf("balancing %d service(s) on %d VIP(s) over %d backend(s)", len(svcs), len(vipsOf(svcs)), len(r.reg.List())))
 	}
 	if rc := r.cfg.Receiver; rc != nil {
 		mode := "kernel"

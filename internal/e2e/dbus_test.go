@@ -149,7 +149,7 @@ func TestLiveRegistration(t *testing.T) {
 			t.Fatalf("after add-backend: %v", rows)
 		}
 		eventually(t, "STATUS counts the added backend", func() error {
-			if msgs := strings.Join(tb.Balancer.Messages(), "\n"); !strings.Contains(msgs, "STATUS=balancing 1 VIP(s) over 3 backend(s)") {
+			if msgs := strings.Join(tb.Balancer.Messages(), "\n"); !strings.Contains(msgs, "STATUS=balancing 1 service(s) on 1 VIP(s) over 3 backend(s)") {
 				return fmt.Errorf("sd_notify messages: %q", msgs)
 			}
 			return nil

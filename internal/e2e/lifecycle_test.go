@@ -76,7 +76,7 @@ func TestLifecycle(t *testing.T) {
 	t.Run("running", func(t *testing.T) {
 		check(t, "balancer", tb.LB, lb.RuntimeDir, hostState{vipOn: "eth0", nftTable: true, arpIgnore: "0", arpAnnounce: "0", acceptLocal: "1", journal: true})
 		check(t, "backend", be.Host, be.Receiver.RuntimeDir, hostState{vipOn: "lo", arpIgnore: "1", arpAnnounce: "2", acceptLocal: "0", journal: true})
-		for _, m := range []string{"STATUS=balancing 1 VIP(s) over 3 backend(s)", "READY=1"} {
+		for _, m := range []string{"STATUS=balancing 1 service(s) on 1 VIP(s) over 3 backend(s)", "READY=1"} {
 			if !strings.Contains(strings.Join(lb.Messages(), "\n"), m) {
 				t.Errorf("balancer never sent %q; sent %q", m, lb.Messages())
 			}

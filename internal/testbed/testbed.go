@@ -29,18 +29,34 @@ import (
 )
 
 // The lab's addresses: RFC 2544's benchmarking range, inside the lab only.
+// Every receiver serves VIP, VIP2 and VIP3, so that a balancer can have a
+// service on each.
 var (
 	Subnet     = netip.MustParsePrefix("198.18.0.0/24")
 	VIP        = netip.MustParseAddr("198.18.0.100")
+	VIP2       = netip.MustParseAddr("198.18.0.101")
+	VIP3       = netip.MustParseAddr("198.18.0.102")
 	ClientAddr = netip.MustParseAddr("198.18.0.10")
 	LBAddr     = netip.MustParseAddr("198.18.0.2")
 )
 
-// Service ports on the VIP.
+// Service ports: HTTP on every VIP, UDP echo on EchoPort of VIP and on
+// DNSPort of VIP2 (a stand-in for a DNS service).
 const (
 	HTTPPort = 80
 	EchoPort = 7
+	DNSPort  = 53
 )
+
+// ClientAddrs are more addresses of the client, for tests of hashing by
+// client address: 198.18.0.20 to 198.18.0.29.
+var ClientAddrs = func() []netip.Addr {
+	var out []netip.Addr
+	for i := range 10 {
+		out = append(out, netip.AddrFrom4([4]byte{198, 18, 0, byte(20 + i)}))
+	}
+	return out
+}()
 
 // BackendAddr is the address of backend i (0-based).
 func BackendAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 0, byte(11 + i)}) }
@@ -85,7 +101,7 @@ type Backend struct {
 	Host     *netnstest.Host
 	Receiver *Daemon
 	http     *http.Server
-	echo     net.PacketConn
+	echo     []net.PacketConn
 }
 
 // New builds the lab and starts every backend's receiver and servers. The
@@ -103,7 +119,11 @@ func New(opts Options) (tb *Testbed, err error) {
 		}
 	}()
 	bits := Subnet.Bits()
-	if tb.Client, err = lab.AddHost("client", netip.PrefixFrom(ClientAddr, bits)); err != nil {
+	clientAddrs := []netip.Prefix{netip.PrefixFrom(ClientAddr, bits)}
+	for _, a := range ClientAddrs {
+		clientAddrs = append(clientAddrs, netip.PrefixFrom(a, bits))
+	}
+	if tb.Client, err = lab.AddHost("client", clientAddrs...); err != nil {
 		return nil, err
 	}
 	// Traffic between namespaces of one machine never gets its checksums
@@ -129,7 +149,7 @@ func New(opts Options) (tb *Testbed, err error) {
 }
 
 func (tb *Testbed) startBackend(b *Backend) error {
-	cfg := fmt.Sprintf("[receiver]\nvips = [%q]\nbalancers = [%q]\nworkers = %d\n", VIP, LBAddr, tb.opts.Workers)
+	cfg := fmt.Sprintf("[receiver]\nvips = [%q, %q, %q]\nbalancers = [%q]\nworkers = %d\n", VIP, VIP2, VIP3, LBAddr, tb.opts.Workers)
 	d, err := tb.StartDaemon(b.Host, b.Name, cfg, "none")
 	if err != nil {
 		return err
@@ -138,14 +158,16 @@ func (tb *Testbed) startBackend(b *Backend) error {
 	if err := b.StartHTTP(); err != nil {
 		return err
 	}
-	// The VIP is on lo now, so the echo server can bind to it.
+	// The VIPs are on lo now, so the echo servers can bind to them.
 	return b.Host.Do(func() error {
-		pc, err := net.ListenPacket("udp4", netip.AddrPortFrom(VIP, EchoPort).String())
-		if err != nil {
-			return err
+		for _, at := range []netip.AddrPort{netip.AddrPortFrom(VIP, EchoPort), netip.AddrPortFrom(VIP2, DNSPort)} {
+			pc, err := net.ListenPacket("udp4", at.String())
+			if err != nil {
+				return err
+			}
+			go echo(pc, b.Name)
+			b.echo = append(b.echo, pc)
 		}
-		go echo(pc, b.Name)
-		b.echo = pc
 		return nil
 	})
 }
@@ -231,8 +253,8 @@ func (tb *Testbed) Close() error {
 	}
 	for _, b := range tb.Backends {
 		errs = append(errs, b.StopHTTP())
-		if b.echo != nil {
-			b.echo.Close()
+		for _, pc := range b.echo {
+			pc.Close()
 		}
 		if b.Receiver != nil {
 			errs = append(errs, b.Receiver.Stop())
@@ -245,6 +267,16 @@ func (tb *Testbed) Close() error {
 // HTTPClient makes HTTP requests from the client host; keepAlive false
 // opens a new connection (a new flow) per request.
 func (tb *Testbed) HTTPClient(keepAlive bool) *http.Client {
+	return tb.HTTPClientFrom(netip.Addr{}, keepAlive)
+}
+
+// HTTPClientFrom is HTTPClient with src as the connections' source
+// address (one of ClientAddrs), or the kernel's choice for the zero Addr.
+func (tb *Testbed) HTTPClientFrom(src netip.Addr, keepAlive bool) *http.Client {
+	d := &net.Dialer{}
+	if src.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
+	}
 	return &http.Client{
 		Timeout: 10 * time.Second,
 		Transport: &http.Transport{
@@ -252,7 +284,7 @@ func (tb *Testbed) HTTPClient(keepAlive bool) *http.Client {
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				var c net.Conn
 				err := tb.Client.Do(func() (err error) {
-					c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+					c, err = d.DialContext(ctx, network, addr)
 					return err
 				})
 				return c, err
@@ -263,7 +295,13 @@ func (tb *Testbed) HTTPClient(keepAlive bool) *http.Client {
 
 // Get fetches path from the VIP with client and returns the backend's name.
 func Get(client *http.Client, path string) (string, error) {
-	req, err := http.NewRequest(http.MethodGet, vipURL(path), nil)
+	return GetFrom(client, VIP, path)
+}
+
+// GetFrom fetches path from port HTTPPort of vip with client and returns
+// the backend's name.
+func GetFrom(client *http.Client, vip netip.Addr, path string) (string, error) {
+	req, err := http.NewRequest(http.MethodGet, "http://"+netip.AddrPortFrom(vip, HTTPPort).String()+path, nil)
 	if err != nil {
 		return "", err
 	}
@@ -306,9 +344,14 @@ func Do(client *http.Client, req *http.Request) (string, error) {
 // DialEcho opens a UDP socket on the client, connected to the VIP's echo
 // port: one flow.
 func (tb *Testbed) DialEcho() (*net.UDPConn, error) {
+	return tb.DialUDP(netip.AddrPortFrom(VIP, EchoPort))
+}
+
+// DialUDP opens a UDP socket on the client, connected to to: one flow.
+func (tb *Testbed) DialUDP(to netip.AddrPort) (*net.UDPConn, error) {
 	var c *net.UDPConn
 	err := tb.Client.Do(func() (err error) {
-		c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(VIP, EchoPort)))
+		c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(to))
 		return err
 	})
 	return c, err

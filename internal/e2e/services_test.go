@@ -1,0 +1,246 @@
+package e2e
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caplance/caplance/internal/dbustest"
+	"github.com/caplance/caplance/internal/testbed"
+	"github.com/caplance/caplance/internal/vip"
+)
+
+// servicesConfig is a balancer with two services, each over its own pool:
+// web (HTTP on VIP, TCP port 80) over be1 and be2, and dns (UDP echo on
+// port 53 of VIP2) over be2 and be3, be2 under a name of its own there.
+func servicesConfig(tb *testbed.Testbed) string {
+	be := tb.Backends
+	return fmt.Sprintf(`[balancer]
+workers = 2
+
+[[service]]
+name = "web"
+vips = [%q]
+protocols = ["tcp"]
+ports = [%d]
+
+[[service.backend]]
+name = "web-be1"
+address = %q
+
+[[service.backend]]
+name = "web-be2"
+address = %q
+
+[[service]]
+name = "dns"
+vips = [%q]
+protocols = ["udp"]
+ports = [%d]
+
+[[service.backend]]
+name = "dns-be2"
+address = %q
+
+[[service.backend]]
+name = "dns-be3"
+address = %q
+`, testbed.VIP, testbed.HTTPPort, be[0].Addr, be[1].Addr, testbed.VIP2, testbed.DNSPort, be[1].Addr, be[2].Addr)
+}
+
+// newServicesTestbed runs servicesConfig with the D-Bus API on a private
+// system bus, and returns a caplancectl runner as root.
+func newServicesTestbed(t *testing.T) (*testbed.Testbed, func(args ...string) string) {
+	t.Helper()
+	bus := dbustest.Start(t)
+	tb := openTestbed(t, testbed.Options{Prefix: "svc", Backends: 4, Workers: 2, BalancerBus: bus.Address})
+	d, err := tb.StartDaemon(tb.LB, "lb", servicesConfig(tb), bus.Address)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.Balancer = d
+	ctl := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(caplancectlBin, append([]string{"--bus", bus.Address}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("caplancectl %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return string(out)
+	}
+	return tb, ctl
+}
+
+// within says whether every count is within ±25% of an even share of n.
+func within(counts map[string]int, names []string, n int) error {
+	even := float64(n) / float64(len(names))
+	total := 0
+	for _, name := range names {
+		c := counts[name]
+		total += c
+		if float64(c) < 0.75*even || float64(c) > 1.25*even {
+			return fmt.Errorf("%s served %d of %d, outside ±25%% of %.0f", name, c, n, even)
+		}
+	}
+	if total != n {
+		return fmt.Errorf("%d of %d served by backends outside the pool %v", n-total, n, names)
+	}
+	return nil
+}
+
+func TestServices(t *testing.T) {
+	tb, ctl := newServicesTestbed(t)
+
+	t.Run("each service spreads over its own pool", func(t *testing.T) {
+		const n = 200
+		client := tb.HTTPClient(false)
+		web := map[string]int{}
+		for i := range n {
+			name, err := testbed.GetFrom(client, testbed.VIP, "/")
+			if err != nil {
+				t.Fatalf("connection %d: %v", i, err)
+			}
+			web[name]++
+		}
+		if err := within(web, []string{"be1", "be2"}, n); err != nil {
+			t.Errorf("web: %v (%v)", err, web)
+		}
+		dns := map[string]int{}
+		for i := range n {
+			c, err := tb.DialUDP(netip.AddrPortFrom(testbed.VIP2, testbed.DNSPort))
+			if err != nil {
+				t.Fatal(err)
+			}
+			name, err := testbed.Echo(c, []byte("query"))
+			c.Close()
+			if err != nil {
+				t.Fatalf("flow %d: %v", i, err)
+			}
+			dns[name]++
+		}
+		if err := within(dns, []string{"be2", "be3"}, n); err != nil {
+			t.Errorf("dns: %v (%v)", err, dns)
+		}
+	})
+
+	t.Run("a packet for a port no service takes is dropped and counted", func(t *testing.T) {
+		before, err := tb.Balancer.Stats(time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		// UDP to the web VIP (web takes TCP only) and to a port of the
+		// dns VIP that dns does not take.
+		for _, to := range []netip.AddrPort{netip.AddrPortFrom(testbed.VIP, testbed.DNSPort), netip.AddrPortFrom(testbed.VIP2, 54)} {
+			c, err := tb.DialUDP(to)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := testbed.Echo(c, []byte("lost")); err == nil {
+				t.Errorf("a datagram to %s was answered", to)
+			}
+			c.Close()
+		}
+		eventually(t, "no_service drops", func() error {
+			st, err := tb.Balancer.Stats(time.Now())
+			if err != nil {
+				return err
+			}
+			if got := st.Balancer.Drops["no_service"] - before.Balancer.Drops["no_service"]; got < 2 {
+				return fmt.Errorf("no_service counted %d more drops, want at least 2", got)
+			}
+			return nil
+		})
+	})
+
+	t.Run("source-ip hashing keeps a client on one backend", func(t *testing.T) {
+		ctl("add-service", "sticky", "--vip", testbed.VIP3.String(), "--port", "80", "--proto", "tcp", "--hash", "source-ip")
+		for i, be := range tb.Backends {
+			ctl("add-backend", "--service", "sticky", fmt.Sprintf("sticky-be%d", i+1), be.Addr.String())
+		}
+		used := map[string]bool{}
+		for _, src := range testbed.ClientAddrs {
+			client := tb.HTTPClientFrom(src, false)
+			first := ""
+			for i := range 20 { // 20 connections, 20 source ports
+				name, err := testbed.GetFrom(client, testbed.VIP3, "/")
+				if err != nil {
+					t.Fatalf("client %s, connection %d: %v", src, i, err)
+				}
+				if first == "" {
+					first = name
+				}
+				if name != first {
+					t.Fatalf("client %s: connection %d served by %s, the first by %s", src, i, name, first)
+				}
+			}
+			used[first] = true
+		}
+		if len(used) < 2 {
+			t.Errorf("%d client addresses all went to %v: source-ip hashing does not spread clients", len(testbed.ClientAddrs), used)
+		}
+		ctl("remove-service", "sticky")
+	})
+
+	t.Run("a change to one service never moves another's flows", func(t *testing.T) {
+		// Long-lived flows of both services.
+		var webConns []*httpConn
+		var webNames []string
+		for range 8 {
+			c := dialHTTP(t, tb)
+			webConns = append(webConns, c)
+			webNames = append(webNames, c.get(t))
+		}
+		var dnsConns []*net.UDPConn
+		var dnsNames []string
+		for i := range 8 {
+			c, err := tb.DialUDP(netip.AddrPortFrom(testbed.VIP2, testbed.DNSPort))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+			name, err := testbed.Echo(c, []byte("first"))
+			if err != nil {
+				t.Fatalf("dns flow %d: %v", i, err)
+			}
+			dnsConns, dnsNames = append(dnsConns, c), append(dnsNames, name)
+		}
+		check := func(when string) {
+			t.Helper()
+			for i, c := range webConns {
+				if got := c.get(t); got != webNames[i] {
+					t.Errorf("%s: web connection %d moved from %s to %s", when, i, webNames[i], got)
+				}
+			}
+			checkFlowsStay(t, dnsConns, dnsNames)
+		}
+		// A third service comes, gets a pool, changes, and goes.
+		ctl("add-service", "extra", "--vip", testbed.VIP3.String(), "--port", "80", "--proto", "tcp")
+		ctl("add-backend", "--service", "extra", "extra-be4", tb.Backends[3].Addr.String())
+		if name, err := testbed.GetFrom(tb.HTTPClient(false), testbed.VIP3, "/"); err != nil || name != "be4" {
+			t.Fatalf("the added service: served by %q, %v; want be4", name, err)
+		}
+		check("after adding a service")
+		ctl("change-service", "extra", "--hash", "source-ip-port", "--port", "80,8080")
+		check("after changing it")
+		ctl("remove-service", "extra")
+		check("after removing it")
+		var iface string
+		if err := tb.LB.Do(func() (err error) { iface, err = vip.HasAddress(testbed.VIP3); return err }); err != nil || iface != "" {
+			t.Errorf("the removed service's VIP %s is still on the balancer's %q (%v)", testbed.VIP3, iface, err)
+		}
+	})
+
+	t.Run("caplancectl shows services with their backends", func(t *testing.T) {
+		out := ctl("list")
+		web, dns := strings.Index(out, "web"), strings.Index(out, "dns")
+		if web < 0 || dns < 0 || !strings.Contains(out[web:], "web-be1") || !strings.Contains(out[dns:], "dns-be3") {
+			t.Errorf("caplancectl list does not group the backends under their services:\n%s", out)
+		}
+		if out := ctl("show-service", "dns"); !strings.Contains(out, "dns-be2") || !strings.Contains(out, "udp") {
+			t.Errorf("caplancectl show-service dns:\n%s", out)
+		}
+	})
+}

@@ -43,7 +43,7 @@ lint: ## gofmt, go vet and staticcheck must be clean
 	$(GO) vet ./...
 	staticcheck ./...
 
-demo: build ## As root: balancer + backends in namespaces, requests, a live add-backend, who served what
+demo: build ## As root: two services over their own pools in namespaces, a live add-service, who served what
 	$(GO) run ./contrib/demo --caplanced bin/caplanced --caplancectl bin/caplancectl
 
 completions: ## Regenerate contrib/completions from caplancectl's command table (a test checks they are current)

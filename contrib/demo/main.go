@@ -1,10 +1,11 @@
 // Command demo shows Caplance at work (`make demo`, as root): it builds a
 // client, a balancer and four backends in network namespaces, runs the real
-// caplanced as balancer (three backends configured, its D-Bus API on a
-// private bus) and receivers, sends HTTP requests through the VIP, adds the
-// fourth backend live with caplancectl, sends more, prints which backend
-// served each flow and the counters, and removes every namespace and process
-// on exit, Ctrl-C or failure.
+// caplanced as balancer (two services, HTTP on one VIP and UDP on another,
+// each over its own pool; its D-Bus API on a private bus) and receivers,
+// sends HTTP requests and UDP queries, adds a third service live with
+// caplancectl (source-ip hashing), sends more, prints which backend served
+// each flow and the counters per service and backend, and removes every
+// namespace and process on exit, Ctrl-C or failure.
 package main
 
 import (
@@ -13,10 +14,12 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptrace"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -28,7 +31,7 @@ import (
 func main() {
 	caplanced := flag.String("caplanced", "bin/caplanced", "the caplanced `binary` to run")
 	caplancectl := flag.String("caplancectl", "bin/caplancectl", "the caplancectl `binary` to run")
-	requests := flag.Int("requests", 30, "how many HTTP requests to send, half before and half after the live change")
+	requests := flag.Int("requests", 20, "how many flows to open before and after the live change")
 	flag.Parse()
 	if err := run(*caplanced, *caplancectl, *requests); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
@@ -75,43 +78,96 @@ func run(caplanced, caplancectl string, requests int) error {
 		}
 		fmt.Println("Removed every namespace and process.")
 	}()
-	if err := tb.StartBalancerWith(tb.Backends[:3]); err != nil {
+	lb, err := tb.StartDaemon(tb.LB, "lb", balancerConfig(tb), bus.Address)
+	if err != nil {
 		return err
 	}
-	fmt.Printf("caplanced balances VIP %s over 3 backends; %s waits.\n\n", testbed.VIP, tb.Backends[3].Name)
+	tb.Balancer = lb
+	fmt.Printf("caplanced balances two services: web (HTTP, %s:%d) over be1 and be2, dns (UDP, %s:%d) over be3 and be4.\n",
+		testbed.VIP, testbed.HTTPPort, testbed.VIP2, testbed.DNSPort)
+	ctl := func(args ...string) error {
+		fmt.Printf("$ caplancectl %s\n", strings.Join(args, " "))
+		out, err := exec.Command(caplancectl, append([]string{"--bus", bus.Address}, args...)...).CombinedOutput()
+		fmt.Print(string(out))
+		if err != nil {
+			return fmt.Errorf("caplancectl %s: %v", args[0], err)
+		}
+		return nil
+	}
+	if err := ctl("list"); err != nil {
+		return err
+	}
 
 	start := time.Now()
-	client := tb.HTTPClient(false)
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "request\tclient flow\tserved by")
-	for i := range requests {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		if i == requests/2 {
-			w.Flush()
-			be := tb.Backends[3]
-			args := []string{"--bus", bus.Address, "add-backend", be.Name, be.Addr.String()}
-			fmt.Printf("\n$ caplancectl add-backend %s %s   # live, no restart\n", be.Name, be.Addr)
-			if out, err := exec.Command(caplancectl, args...).CombinedOutput(); err != nil {
-				return fmt.Errorf("caplancectl: %v: %s", err, out)
-			}
-			out, _ := exec.Command(caplancectl, "--bus", bus.Address, "list").CombinedOutput()
-			fmt.Printf("$ caplancectl list\n%s\n", out)
-			fmt.Fprintln(w, "request\tclient flow\tserved by")
-		}
+	fmt.Fprintln(w, "\nflow\tclient → service\tserved by")
+	flow := 0
+	show := func(local string, to netip.AddrPort, name string) {
+		flow++
+		fmt.Fprintf(w, "%d\t%s → %s\t%s\n", flow, local, to, name)
+	}
+	get := func(vip netip.Addr) error {
 		var local string
 		trace := &httptrace.ClientTrace{GotConn: func(ci httptrace.GotConnInfo) { local = ci.Conn.LocalAddr().String() }}
-		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodGet,
-			fmt.Sprintf("http://%s:%d/", testbed.VIP, testbed.HTTPPort), nil)
+		to := netip.AddrPortFrom(vip, testbed.HTTPPort)
+		req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodGet, "http://"+to.String()+"/", nil)
 		if err != nil {
 			return err
 		}
-		name, err := testbed.Do(client, req)
+		name, err := testbed.Do(tb.HTTPClient(false), req)
 		if err != nil {
-			return fmt.Errorf("request %d: %w", i+1, err)
+			return fmt.Errorf("flow %d: %w", flow+1, err)
 		}
-		fmt.Fprintf(w, "%d\t%s → %s:%d\t%s\n", i+1, local, testbed.VIP, testbed.HTTPPort, name)
+		show(local, to, name)
+		return nil
+	}
+	query := func() error {
+		to := netip.AddrPortFrom(testbed.VIP2, testbed.DNSPort)
+		c, err := tb.DialUDP(to)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		name, err := testbed.Echo(c, []byte("query"))
+		if err != nil {
+			return fmt.Errorf("flow %d: %w", flow+1, err)
+		}
+		show(c.LocalAddr().String(), to, name)
+		return nil
+	}
+	for range requests / 2 {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := get(testbed.VIP); err != nil {
+			return err
+		}
+		if err := query(); err != nil {
+			return err
+		}
+	}
+	w.Flush()
+
+	fmt.Println("\nA third service, live, no restart: every client address sticks to one backend.")
+	if err := ctl("add-service", "api", "--vip", testbed.VIP3.String(), "--port", "80", "--proto", "tcp", "--hash", "source-ip"); err != nil {
+		return err
+	}
+	for _, be := range []*testbed.Backend{tb.Backends[0], tb.Backends[3]} {
+		if err := ctl("add-backend", "--service", "api", "api-"+be.Name, be.Addr.String()); err != nil {
+			return err
+		}
+	}
+	if err := ctl("list"); err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "\nflow\tclient → service\tserved by")
+	for range requests / 2 {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := get(testbed.VIP3); err != nil {
+			return err
+		}
 	}
 	w.Flush()
 
@@ -121,20 +177,52 @@ func run(caplanced, caplancectl string, requests int) error {
 	}
 	fmt.Println("\nBalancer counters (stats.json):")
 	w = tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "backend\tnew flows\tpackets\tbytes\tdelivered by its receiver\t")
+	fmt.Fprintln(w, "service\tnew flows\tpackets\tbytes\t")
+	for _, s := range st.Balancer.Services {
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t\n", s.Name, s.NewFlows, s.Packets, s.Bytes)
+	}
+	fmt.Fprintln(w, "backend\tnew flows\tpackets\tbytes\t")
 	for _, b := range st.Balancer.Backends {
-		delivered := "?"
-		for _, be := range tb.Backends {
-			if be.Name == b.Name {
-				if rs, err := be.Receiver.Stats(start); err == nil {
-					delivered = fmt.Sprint(rs.Receiver.Delivered)
-				}
-			}
-		}
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%s\t\n", b.Name, b.NewFlows, b.Packets, b.Bytes, delivered)
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t\n", b.Name, b.NewFlows, b.Packets, b.Bytes)
 	}
 	w.Flush()
 	fmt.Printf("received %d, forwarded %d, connection tracking holds %d flows\n",
 		st.Balancer.Received, st.Balancer.Forwarded, st.Balancer.ConntrackSize)
 	return nil
+}
+
+// balancerConfig is the demo balancer's configuration: two services, each
+// over its own pool.
+func balancerConfig(tb *testbed.Testbed) string {
+	be := tb.Backends
+	return fmt.Sprintf(`[balancer]
+
+[[service]]
+name = "web"
+vips = [%q]
+protocols = ["tcp"]
+ports = [%d]
+
+[[service.backend]]
+name = "web-be1"
+address = %q
+
+[[service.backend]]
+name = "web-be2"
+address = %q
+
+[[service]]
+name = "dns"
+vips = [%q]
+protocols = ["udp"]
+ports = [%d]
+
+[[service.backend]]
+name = "dns-be3"
+address = %q
+
+[[service.backend]]
+name = "dns-be4"
+address = %q
+`, testbed.VIP, testbed.HTTPPort, be[0].Addr, be[1].Addr, testbed.VIP2, testbed.DNSPort, be[2].Addr, be[3].Addr)
 }

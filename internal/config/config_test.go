@@ -21,6 +21,25 @@ var addr = netip.MustParseAddr
 // cmpConfig compares netip.Addr by value.
 var cmpConfig = cmp.Options{cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmpopts.EquateEmpty()}
 
+// defaultBalancer is [balancer] with every key at its default.
+func defaultBalancer() *Balancer {
+	return &Balancer{EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second}
+}
+
+// singlePool is the service "default" of a file in the single-pool form.
+func singlePool(tableSize int, vips ...model.VIP) []model.Service {
+	return []model.Service{{Name: "default", VIPs: vips, Protocols: model.TCP | model.UDP, Hash: model.FiveTuple, TableSize: tableSize}}
+}
+
+// ports is a port list of single ports and first-last pairs.
+func ports(rs ...[2]uint16) []model.PortRange {
+	out := []model.PortRange{}
+	for _, r := range rs {
+		out = append(out, model.PortRange{First: r[0], Last: r[1]})
+	}
+	return out
+}
+
 func TestParseValid(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -29,7 +48,7 @@ func TestParseValid(t *testing.T) {
 		want    *Config
 	}{
 		{
-			name: "balancer defaults",
+			name: "single pool, defaults",
 			doc: `
 [balancer]
 vips = ["10.0.0.100"]
@@ -38,12 +57,14 @@ name = "web1"
 address = "10.0.1.11"
 `,
 			want: &Config{
-				Balancer: &Balancer{VIPs: []model.VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second},
-				Backends: []Backend{{Name: "web1", Address: addr("10.0.1.11"), Weight: 100}},
+				Balancer:   defaultBalancer(),
+				Services:   singlePool(65537, model.VIP{Addr: addr("10.0.0.100")}),
+				Backends:   []Backend{{Name: "web1", Service: "default", Address: addr("10.0.1.11"), Weight: 100}},
+				SinglePool: true,
 			},
 		},
 		{
-			name: "balancer every key",
+			name: "single pool, every key",
 			doc: `
 [balancer]
 vips = ["10.0.0.100", "10.0.0.101"]
@@ -57,7 +78,7 @@ tcp_timeout = "1h"
 udp_timeout = "90s"
 tcp_closing_timeout = "2s"
 [balancer.ports]
-"10.0.0.101" = [443, 80]
+"10.0.0.101" = [443, 80, 81]
 [[backend]]
 name = "web-1.a_b"
 address = "10.0.1.11"
@@ -70,21 +91,106 @@ weight = 10000
 `,
 			want: &Config{
 				Balancer: &Balancer{
-					VIPs:      []model.VIP{{Addr: addr("10.0.0.100")}, {Addr: addr("10.0.0.101"), Ports: []uint16{80, 443}}},
 					Interface: "eth1", EncapPort: 6000, TableSize: 101, MaxBackends: 3,
 					Workers: 2, ConntrackSize: 4096, TCPTimeout: time.Hour, UDPTimeout: 90 * time.Second,
 					TCPClosingTimeout: 2 * time.Second,
 				},
+				Services: singlePool(101, model.VIP{Addr: addr("10.0.0.100")}, model.VIP{Addr: addr("10.0.0.101"), Ports: ports([2]uint16{80, 81}, [2]uint16{443, 443})}),
 				Backends: []Backend{
-					{Name: "web-1.a_b", Address: addr("10.0.1.11"), Weight: 0, Check: "tcp://:80"},
-					{Name: "web2", Address: addr("10.0.1.12"), Weight: 10000},
+					{Name: "web-1.a_b", Service: "default", Address: addr("10.0.1.11"), Weight: 0, Check: "tcp://:80"},
+					{Name: "web2", Service: "default", Address: addr("10.0.1.12"), Weight: 10000},
+				},
+				SinglePool: true,
+			},
+		},
+		{
+			name: "single pool without backends is valid (they come at run time)",
+			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\n",
+			want: &Config{Balancer: defaultBalancer(), Services: singlePool(65537, model.VIP{Addr: addr("10.0.0.100")}), SinglePool: true},
+		},
+		{
+			name: "a balancer without services is valid (they come at run time)",
+			doc:  "[balancer]\nencap_port = 6000\n",
+			want: &Config{Balancer: func() *Balancer { b := defaultBalancer(); b.EncapPort = 6000; return b }()},
+		},
+		{
+			name: "services, every key",
+			doc: `
+[balancer]
+table_size = 101
+
+[[service]]
+name = "web"
+vips = ["192.0.2.100", "::ffff:192.0.2.101"]
+protocols = ["tcp"]
+ports = [443, "8000-8099", 80, "8100", "81-82"]
+hash = "source-ip"
+table_size = 65537
+check = "http://:80/healthz"
+
+[[service.backend]]
+name = "web1"
+address = "198.51.100.11"
+weight = 200
+check = "tcp://:80"
+
+[[service.backend]]
+name = "web2"
+address = "198.51.100.12"
+
+[[service]]
+name = "dns"
+vips = ["192.0.2.100"]
+protocols = ["udp"]
+ports = [53]
+
+[[service.backend]]
+name = "dns1"
+address = "198.51.100.11"
+
+[[service]]
+name = "dns-tcp"
+vips = ["192.0.2.100"]
+protocols = ["tcp"]
+ports = ["53"]
+hash = "source-ip-port"
+
+[[service]]
+name = "other"
+vips = ["192.0.2.200"]
+protocols = ["udp", "tcp"]
+ports = ["all"]
+`,
+			want: &Config{
+				Balancer: func() *Balancer { b := defaultBalancer(); b.TableSize, b.MaxBackends = 101, 101; return b }(),
+				Services: []model.Service{
+					{Name: "web", Protocols: model.TCP, Hash: model.SourceIP, TableSize: 65537, Check: "http://:80/healthz",
+						VIPs: []model.VIP{
+							{Addr: addr("192.0.2.100"), Ports: ports([2]uint16{80, 82}, [2]uint16{443, 443}, [2]uint16{8000, 8100})},
+							{Addr: addr("192.0.2.101"), Ports: ports([2]uint16{80, 82}, [2]uint16{443, 443}, [2]uint16{8000, 8100})},
+						}},
+					{Name: "dns", Protocols: model.UDP, Hash: model.FiveTuple, TableSize: 101,
+						VIPs: []model.VIP{{Addr: addr("192.0.2.100"), Ports: ports([2]uint16{53, 53})}}},
+					{Name: "dns-tcp", Protocols: model.TCP, Hash: model.SourceIPPort, TableSize: 101,
+						VIPs: []model.VIP{{Addr: addr("192.0.2.100"), Ports: ports([2]uint16{53, 53})}}},
+					{Name: "other", Protocols: model.TCP | model.UDP, Hash: model.FiveTuple, TableSize: 101,
+						VIPs: []model.VIP{{Addr: addr("192.0.2.200")}}},
+				},
+				Backends: []Backend{
+					{Name: "web1", Service: "web", Address: addr("198.51.100.11"), Weight: 200, Check: "tcp://:80"},
+					{Name: "web2", Service: "web", Address: addr("198.51.100.12"), Weight: 100},
+					{Name: "dns1", Service: "dns", Address: addr("198.51.100.11"), Weight: 100},
 				},
 			},
 		},
 		{
-			name: "balancer without backends is valid (they come at run time)",
-			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\n",
-			want: &Config{Balancer: &Balancer{VIPs: []model.VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second}},
+			name:    "environment overrides [balancer] under services: the table size they default to",
+			doc:     "[balancer]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.100\"]\n",
+			environ: []string{"CAPLANCED_BALANCER_TABLE_SIZE=101"},
+			want: &Config{
+				Balancer: func() *Balancer { b := defaultBalancer(); b.TableSize, b.MaxBackends = 101, 101; return b }(),
+				Services: []model.Service{{Name: "web", Protocols: model.TCP | model.UDP, TableSize: 101, VIPs: []model.VIP{{Addr: addr("192.0.2.100")}}}},
+			},
 		},
 		{
 			name: "receiver",
@@ -118,12 +224,11 @@ workers = 3
 				"CAPLANCED_BALANCER_INTERFACE=br0",
 				"PATH=/usr/bin",
 			},
-			want: &Config{Balancer: &Balancer{
-				VIPs:      []model.VIP{{Addr: addr("10.0.0.1")}, {Addr: addr("10.0.0.2")}},
-				Interface: "br0", EncapPort: 7000, TableSize: 65537, MaxBackends: 4096,
-				ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute,
-				TCPClosingTimeout: 10 * time.Second,
-			}},
+			want: &Config{
+				Balancer:   func() *Balancer { b := defaultBalancer(); b.Interface, b.EncapPort = "br0", 7000; return b }(),
+				Services:   singlePool(65537, model.VIP{Addr: addr("10.0.0.1")}, model.VIP{Addr: addr("10.0.0.2")}),
+				SinglePool: true,
+			},
 		},
 		{
 			name:    "environment creates a section",
@@ -295,8 +400,9 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 				`test.toml: line 21: backend "bad/name": check "ftp://x": unknown kind "ftp" (want tcp, http, https, udp, exec or tunnel)`,
 				`test.toml: line 22: backend #4: name: missing`,
 				`test.toml: line 23: backend #4: address 10.0.0.100: is a VIP of this balancer (packets would loop)`,
-				`test.toml: line 24: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo": address: missing`,
-				`test.toml: line 25: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
+				// A name is repeated up to quote.Max bytes.
+				`test.toml: line 24: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytool"…: address: missing`,
+				`test.toml: line 25: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytool"…: name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
 			},
 		},
 		{
@@ -397,18 +503,20 @@ func TestShippedConfigs(t *testing.T) {
 	}
 }
 
-// The reference config documents every key: each one must be set in it.
+// The reference config documents every key: each one must be set in it,
+// in the services form.
 func TestReferenceConfigSetsEveryKey(t *testing.T) {
 	cfg, err := Load("../../contrib/caplanced.reference.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, r := cfg.Balancer, cfg.Receiver
-	if b == nil || r == nil || len(cfg.Backends) == 0 {
-		t.Fatalf("reference config lacks a section: %+v", cfg)
+	if b == nil || r == nil || len(cfg.Services) == 0 || len(cfg.Backends) == 0 || cfg.SinglePool {
+		t.Fatalf("reference config lacks a section or is not in the services form: %+v", cfg)
 	}
-	if b.Interface == "" || b.VIPs[0].Ports == nil || cfg.Backends[0].Check == "" {
-		t.Errorf("reference config leaves out interface, ports or check: %+v", cfg)
+	svc := cfg.Services[0]
+	if b.Interface == "" || svc.VIPs[0].Ports == nil || svc.Protocols != model.TCP || svc.Hash == model.FiveTuple || svc.Check == "" || cfg.Backends[0].Check == "" {
+		t.Errorf("reference config leaves out interface, or a service's ports, protocols, hash or check, or a backend's check: %+v", cfg)
 	}
 }
 
@@ -475,7 +583,7 @@ func TestManPageDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	var names []string
-	for _, section := range []any{rawConfig{}, rawBalancer{}, rawBackend{}, rawReceiver{}} {
+	for _, section := range []any{rawConfig{}, rawBalancer{}, rawService{}, rawBackend{}, rawReceiver{}} {
 		typ := reflect.TypeOf(section)
 		for i := range typ.NumField() {
 			names = append(names, typ.Field(i).Tag.Get("toml"))

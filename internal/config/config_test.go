@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -434,6 +435,179 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 			name: "backends without a balancer",
 			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.2\"\n",
 			want: []string{`test.toml: line 4: [[backend]] entries need a [balancer] section`},
+		},
+		{
+			name: "every service problem at once",
+			doc: `[balancer]
+table_size = 101
+[[service]]
+vips = []
+protocols = []
+ports = []
+[[service]]
+name = "bad/name"
+vips = ["192.0.2.300", "192.0.2.1", "192.0.2.1", "127.0.0.1"]
+protocols = ["tcp", "sctp"]
+ports = [0, 80, 80, "x", 1.5, "90-85", "75-85", "all", 70000, "` + strings.Repeat("9", 100) + `"]
+hash = "round-robin"
+table_size = 100
+check = "nope"
+colour = "blue"
+[[service]]
+name = "web"
+protocols = ["tcp", "tcp+udp"]
+table_size = 65536
+[[service]]
+name = "web"
+vips = ["192.0.2.2"]
+`,
+			want: []string{
+				`test.toml: line 3: service #1: name: missing`,
+				`test.toml: line 4: service #1: vips: at least one VIP is required`,
+				`test.toml: line 5: service #1: protocols: none given: want tcp, udp or both (leave the key out for both)`,
+				`test.toml: line 6: service #1: ports: empty list would drop every packet; leave ports out (or give "all") to take every port`,
+				`test.toml: line 8: service "bad/name": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
+				`test.toml: line 9: service "bad/name": vips: "192.0.2.300": not an IPv4 address`,
+				`test.toml: line 9: service "bad/name": vips: 192.0.2.1: listed twice`,
+				`test.toml: line 9: service "bad/name": vips: "127.0.0.1": loopback address, need one reachable from other hosts`,
+				`test.toml: line 10: service "bad/name": protocols: "sctp": not a protocol (want tcp, udp or tcp+udp)`,
+				`test.toml: line 11: service "bad/name": ports: port 0: must be between 1 and 65535`,
+				`test.toml: line 11: service "bad/name": ports: port 80: listed twice`,
+				`test.toml: line 11: service "bad/name": ports: "x": not a port or a range first-last (e.g. 80 or 8000-8099)`,
+				`test.toml: line 11: service "bad/name": ports: element 5: must be a port (an integer) or a range (a string "first-last"), not a float`,
+				`test.toml: line 11: service "bad/name": ports: ports 90-85: the first is above the last`,
+				`test.toml: line 11: service "bad/name": ports: ports 75-85: overlaps 80`,
+				`test.toml: line 11: service "bad/name": ports: "all" stands alone: it is every port`,
+				`test.toml: line 11: service "bad/name": ports: port 70000: must be between 1 and 65535`,
+				`test.toml: line 11: service "bad/name": ports: "` + strings.Repeat("9", 64) + `"…: not a port or a range first-last (e.g. 80 or 8000-8099)`,
+				`test.toml: line 12: service "bad/name": hash "round-robin": must be 5-tuple, source-ip or source-ip-port`,
+				`test.toml: line 13: service "bad/name": table_size 100: must be a prime between 101 and 16777213`,
+				`test.toml: line 14: service "bad/name": check "nope": not a check spec: want KIND://…, e.g. tcp://:443 or http://:80/healthz`,
+				`test.toml: line 15: unknown key "service.colour"`,
+				`test.toml: line 16: service "web": vips: missing (at least one VIP is required)`,
+				`test.toml: line 18: service "web": protocols: tcp: listed twice`,
+				`test.toml: line 19: service "web": table_size 65536: not a prime (Maglev needs a prime table size; the default is 65537)`,
+				`test.toml: line 21: service "web": name: already used by another service`,
+			},
+		},
+		{
+			name: "overlapping services name both, the VIP, the protocol and the port",
+			doc: `[balancer]
+[[service]]
+name = "web"
+vips = ["192.0.2.1", "192.0.2.2"]
+protocols = ["tcp"]
+ports = [80, 443]
+[[service]]
+name = "dns"
+vips = ["192.0.2.3", "192.0.2.2"]
+ports = [53, "400-500"]
+[[service]]
+name = "all-a"
+vips = ["192.0.2.9"]
+[[service]]
+name = "all-b"
+vips = ["192.0.2.9"]
+protocols = ["udp"]
+`,
+			want: []string{
+				`test.toml: line 9: service "dns": overlaps service "web": both would take tcp port 443 of 192.0.2.2 (a packet must belong to one service)`,
+				`test.toml: line 16: service "all-b": overlaps service "all-a": both would take every udp port of 192.0.2.9 (a packet must belong to one service)`,
+			},
+		},
+		{
+			name: "backends of services",
+			doc: `[balancer]
+max_backends = 4
+[[service]]
+name = "web"
+vips = ["192.0.2.1"]
+table_size = 101
+[[service.backend]]
+name = "b1"
+address = "198.51.100.1"
+[[service.backend]]
+name = "b2"
+address = "198.51.100.1"
+[[service.backend]]
+name = "b3"
+address = "192.0.2.2"
+wieght = 5
+[[service]]
+name = "dns"
+vips = ["192.0.2.2"]
+[[service.backend]]
+name = "b1"
+address = "198.51.100.1"
+[[service.backend]]
+address = "192.0.2.1"
+weight = -1
+`,
+			want: []string{
+				`test.toml: line 2: 5 [[service.backend]] entries: more than balancer.max_backends = 4 allows`,
+				`test.toml: line 12: service "web": backend "b2": address 198.51.100.1: already used by backend "b1"`,
+				`test.toml: line 15: service "web": backend "b3": address 192.0.2.2: is a VIP of this balancer (packets would loop)`,
+				`test.toml: line 16: unknown key "service.backend.wieght"`,
+				`test.toml: line 21: service "dns": backend "b1": name: already used by another backend`,
+				`test.toml: line 23: service "dns": backend #2: name: missing`,
+				`test.toml: line 24: service "dns": backend #2: address 192.0.2.1: is a VIP of this balancer (packets would loop)`,
+				`test.toml: line 25: service "dns": backend #2: weight -1: must be between 0 and 10000`,
+			},
+		},
+		{
+			name: "a service's backends need a slot each in its table",
+			doc: "[balancer]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.1\"]\ntable_size = 101\n" +
+				strings.Repeat("[[service.backend]]\nname = \"b\"\naddress = \"198.51.100.1\"\n", 102),
+			want: func() []string {
+				want := []string{`test.toml: line 2: service "web": 102 backends: more than its table_size (101) has slots`}
+				for i := 1; i < 102; i++ {
+					want = append(want, fmt.Sprintf(`test.toml: line %d: service "web": backend "b": name: already used by another backend`, 7+3*i),
+						fmt.Sprintf(`test.toml: line %d: service "web": backend "b": address 198.51.100.1: already used by backend "b"`, 8+3*i))
+				}
+				return want
+			}(),
+		},
+		{
+			name: "the two forms mixed",
+			doc: `[balancer]
+vips = ["192.0.2.1"]
+[balancer.ports]
+"192.0.2.1" = [80]
+[[backend]]
+name = "a"
+address = "198.51.100.1"
+[[service]]
+name = "web"
+vips = ["192.0.2.2"]
+`,
+			want: []string{
+				`test.toml: line 2: balancer.vips cannot be used together with [[service]]: a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]; give each service its vips`,
+				`test.toml: line 3: [balancer.ports] cannot be used together with [[service]]: a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]; give each service its ports`,
+				`test.toml: line 5: [[backend]] cannot be used together with [[service]]: a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]; list each service's backends as [[service.backend]]`,
+			},
+		},
+		{
+			name:    "CAPLANCED_BALANCER_VIPS is of the single-pool form",
+			doc:     "[balancer]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.2\"]\n",
+			environ: []string{"CAPLANCED_BALANCER_VIPS=192.0.2.1"},
+			want: []string{
+				`environment CAPLANCED_BALANCER_VIPS: balancer.vips cannot be used together with [[service]]: a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]; give each service its vips`,
+			},
+		},
+		{
+			name: "services without a balancer",
+			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.2\"]\n",
+			want: []string{`test.toml: line 4: [[service]] entries need a [balancer] section`},
+		},
+		{
+			name: "ports of the wrong type",
+			doc:  "[balancer]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.2\"]\nports = 80\n",
+			want: []string{`test.toml: line 5: service.ports: must be an array, not an integer`},
+		},
+		{
+			name: "single pool: backends or ports need VIPs",
+			doc:  "[balancer]\n[[backend]]\nname = \"a\"\naddress = \"198.51.100.1\"\n",
+			want: []string{`test.toml: line 1: balancer: vips: at least one VIP is required`},
 		},
 		{
 			name:    "bad environment",

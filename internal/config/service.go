@@ -181,21 +181,23 @@ func checkService(spec ServiceSpec, portList []any, base model.Service) (model.S
 		}
 		vipsOK = len(errs) == 0
 	}
-	if spec.VIPs != nil && vipsOK && portsOK {
-		if portList == nil {
-			var same bool
-			if ports, same = sharedPorts(base.VIPs); !same {
-				problems = append(problems, newProblem("ports", "ports: missing: the service's VIPs have different port lists, so give the new VIPs theirs"))
+	if spec.VIPs != nil && portList == nil && vipsOK {
+		var same bool
+		if ports, same = sharedPorts(base.VIPs); !same {
+			problems = append(problems, newProblem("ports", "ports: missing: the service's VIPs have different port lists, so give the new VIPs theirs"))
+			portsOK = false
+		}
+	}
+	if (spec.VIPs != nil || portList != nil) && vipsOK && portsOK {
+		if spec.VIPs == nil {
+			addrs = nil
+			for _, v := range base.VIPs {
+				addrs = append(addrs, v.Addr)
 			}
 		}
 		svc.VIPs = make([]model.VIP, len(addrs))
 		for i, a := range addrs {
 			svc.VIPs[i] = model.VIP{Addr: a, Ports: slices.Clone(ports)}
-		}
-	} else if portList != nil && vipsOK && portsOK {
-		svc.VIPs = slices.Clone(base.VIPs)
-		for i := range svc.VIPs {
-			svc.VIPs[i].Ports = slices.Clone(ports)
 		}
 	}
 

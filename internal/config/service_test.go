@@ -51,9 +51,17 @@ func TestCheckService(t *testing.T) {
 		{"change to every port", ServiceSpec{Ports: "all"}, web,
 			func() model.Service { s := web; s.VIPs = []model.VIP{{Addr: a1}, {Addr: a2}}; return s }(), nil},
 		{"new VIPs keep the ports", ServiceSpec{VIPs: []string{"192.0.2.3", "192.0.2.1"}}, web,
-			func() model.Service { s := web; s.VIPs = []model.VIP{{Addr: a3, Ports: p80}, {Addr: a1, Ports: p80}}; return s }(), nil},
+			func() model.Service {
+				s := web
+				s.VIPs = []model.VIP{{Addr: a3, Ports: p80}, {Addr: a1, Ports: p80}}
+				return s
+			}(), nil},
 		{"new VIPs and ports", ServiceSpec{VIPs: []string{"192.0.2.3"}, Ports: "53"}, web,
-			func() model.Service { s := web; s.VIPs = []model.VIP{{Addr: a3, Ports: ports([2]uint16{53, 53})}}; return s }(), nil},
+			func() model.Service {
+				s := web
+				s.VIPs = []model.VIP{{Addr: a3, Ports: ports([2]uint16{53, 53})}}
+				return s
+			}(), nil},
 		{"new VIPs of a service whose VIPs have different ports", ServiceSpec{VIPs: []string{"192.0.2.3"}}, mixed, mixed,
 			[]string{"ports false ports: missing: the service's VIPs have different port lists, so give the new VIPs theirs"}},
 		{"new VIPs and ports of such a service", ServiceSpec{VIPs: []string{"192.0.2.3"}, Ports: "all"}, mixed,

@@ -750,6 +750,31 @@ func FuzzParse(f *testing.F) {
 	})
 }
 
+// The man page's example is a valid file of two services.
+func TestManPageExample(t *testing.T) {
+	page, err := os.ReadFile("../../man/caplanced.toml.5.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, example, _ := strings.Cut(string(page), "\n# EXAMPLE\n")
+	var doc strings.Builder
+	for _, line := range strings.Split(example, "\n") {
+		if strings.HasPrefix(line, "# ") {
+			break
+		}
+		if rest, ok := strings.CutPrefix(line, "    "); ok || line == "" {
+			doc.WriteString(rest + "\n")
+		}
+	}
+	cfg, err := Parse("EXAMPLE", []byte(doc.String()), nil)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, doc.String())
+	}
+	if len(cfg.Services) != 2 || len(cfg.Backends) != 3 {
+		t.Errorf("the example has %d services and %d backends, want 2 and 3:\n%s", len(cfg.Services), len(cfg.Backends), doc.String())
+	}
+}
+
 // The man page must describe every key and environment variable the code knows.
 func TestManPageDocumentsEveryKey(t *testing.T) {
 	page, err := os.ReadFile("../../man/caplanced.toml.5.md")

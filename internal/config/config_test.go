@@ -617,7 +617,7 @@ vips = ["192.0.2.2"]
 				`environment CAPLANCED_BALANCER_ENCAP_PORT: "abc": not an integer`,
 				`environment CAPLANCED_BALANCER_PORTS: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
 				`environment CAPLANCED_BALANCER_VIP: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
-				`environment CAPLANCED_BALANCER_WORKERS: "` + strings.Repeat("9", 64) + `…": not an integer`,
+				`environment CAPLANCED_BALANCER_WORKERS: "` + strings.Repeat("9", 64) + `"…: not an integer`,
 			},
 		},
 		{

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/caplance/caplance/internal/quote"
 )
 
 // problem is one thing wrong with a configuration: what, and where.
@@ -120,7 +122,7 @@ func (d *decoded) table(m map[string]any, rv reflect.Value, key []string) {
 		sub := append(slices.Clip(key), k)
 		i, ok := fields[k]
 		if !ok {
-			d.problems.at(sub, "unknown key %q", display(sub))
+			d.problems.at(sub, "unknown key %s", quote.Q(display(sub)))
 			continue
 		}
 		d.value(m[k], rv.Field(i), sub)

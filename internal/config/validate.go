@@ -259,7 +259,7 @@ func validateReceiver(raw rawReceiver, p *problems) *Receiver {
 	case ModeAuto, ModeKernel, ModeUserspace:
 		r.Mode = Mode(raw.Mode)
 	default:
-		p.at([]string{"receiver", "mode"}, "receiver: mode %q: must be auto, kernel or userspace", raw.Mode)
+		p.at([]string{"receiver", "mode"}, "receiver: mode %s: must be auto, kernel or userspace", quote.Q(raw.Mode))
 	}
 	return r
 }
@@ -270,7 +270,7 @@ func addressList(raw []string, place string, p *problems) []netip.Addr {
 	for _, s := range raw {
 		a, err := ParseAddress(s)
 		if err != nil {
-			p.at(keyOf(place), "%s: %q: %v", place, s, err)
+			p.at(keyOf(place), "%s: %s: %v", place, quote.Q(s), err)
 			continue
 		}
 		if slices.Contains(out, a) {
@@ -356,9 +356,9 @@ func timeout(raw string, def time.Duration, place string, p *problems) time.Dura
 	d, err := time.ParseDuration(raw)
 	switch {
 	case err != nil:
-		p.at(keyOf(place), "%s %q: not a duration (write e.g. \"90s\", \"15m\" or \"1h\")", place, raw)
+		p.at(keyOf(place), "%s %s: not a duration (write e.g. \"90s\", \"15m\" or \"1h\")", place, quote.Q(raw))
 	case d < time.Second || d > 24*time.Hour:
-		p.at(keyOf(place), "%s %q: must be between 1s and 24h", place, raw)
+		p.at(keyOf(place), "%s %s: must be between 1s and 24h", place, quote.Q(raw))
 	default:
 		return d
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/caplance/caplance/internal/maglev"
 	"github.com/caplance/caplance/internal/model"
 )
 
@@ -731,6 +732,8 @@ func FuzzParse(f *testing.F) {
 		"[balancer]\nvips = [\"10.0.0.1\"]\n[balancer.ports]\n\"10.0.0.1\" = [1, 65535]\n",
 		"[balancer]\nvips = [\"10.0.0.1\"\n",
 		"[x]\ny.z = 1\n\"a.b\" = 2\n",
+		"[balancer]\n[[service]]\nname = \"web\"\nvips = [\"10.0.0.1\"]\nports = [80, \"90-99\"]\nprotocols = [\"tcp\"]\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.1.1\"\n[[service]]\nname = \"dns\"\nvips = [\"10.0.0.1\"]\nprotocols = [\"udp\"]\nhash = \"source-ip\"\n",
+		"[balancer]\nvips = [\"10.0.0.1\", \"10.0.0.2\"]\n[balancer.ports]\n\"10.0.0.2\" = [53]\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.1\"\n",
 	} {
 		f.Add(seed)
 	}
@@ -742,9 +745,35 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
+		services := map[string]bool{}
+		for i, svc := range cfg.Services {
+			if !backendName.MatchString(svc.Name) || len(svc.VIPs) == 0 || svc.Protocols == 0 || svc.Protocols > model.TCP|model.UDP || !maglev.IsPrime(svc.TableSize) {
+				t.Errorf("invalid service accepted: %+v", svc)
+			}
+			for _, other := range cfg.Services[:i] {
+				if _, _, _, ok := model.Overlap(svc, other); ok || svc.Name == other.Name {
+					t.Errorf("services %+v and %+v overlap", other, svc)
+				}
+			}
+			services[svc.Name] = true
+		}
 		for _, b := range cfg.Backends {
-			if !b.Address.Is4() || b.Weight > MaxWeight || !backendName.MatchString(b.Name) {
+			if !b.Address.Is4() || b.Weight > MaxWeight || !backendName.MatchString(b.Name) || !services[b.Service] {
 				t.Errorf("invalid backend accepted: %+v", b)
+			}
+		}
+		if cfg.SinglePool {
+			text := ServicesForm(cfg)
+			again, err := Parse("services.toml", []byte(text), nil)
+			if err != nil {
+				t.Fatalf("the services form of a valid file is invalid: %v\n%s", err, text)
+			}
+			if len(cfg.Services) == len(again.Services) {
+				want := *cfg
+				want.SinglePool = false
+				if diff := cmp.Diff(&want, again, cmpConfig); diff != "" {
+					t.Errorf("the services form reads differently (-want +got):\n%s\n%s", diff, text)
+				}
 			}
 		}
 	})

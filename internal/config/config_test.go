@@ -601,6 +601,14 @@ vips = ["192.0.2.2"]
 			want: []string{`test.toml: line 4: [[service]] entries need a [balancer] section`},
 		},
 		{
+			name: "services and backends without a balancer",
+			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.2\"]\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.2\"\n",
+			want: []string{
+				`test.toml: line 4: [[service]] entries need a [balancer] section`,
+				`test.toml: line 7: [[backend]] cannot be used together with [[service]]: a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]; list each service's backends as [[service.backend]]`,
+			},
+		},
+		{
 			name: "ports of the wrong type",
 			doc:  "[balancer]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.2\"]\nports = 80\n",
 			want: []string{`test.toml: line 5: service.ports: must be an array, not an integer`},

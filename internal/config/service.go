@@ -155,16 +155,6 @@ func checkService(spec ServiceSpec, portList []any, base model.Service) (model.S
 		svc.Name = spec.Name
 	}
 
-	var ports []model.PortRange
-	portsOK := portList == nil
-	if !portsOK {
-		var errs []error
-		ports, errs = parsePorts(portList)
-		for _, err := range errs {
-			problems = append(problems, newProblem("ports", "ports: %v", err))
-		}
-		portsOK = len(errs) == 0
-	}
 	var addrs []netip.Addr
 	vipsOK := spec.VIPs == nil
 	switch {
@@ -180,6 +170,16 @@ func checkService(spec ServiceSpec, portList []any, base model.Service) (model.S
 			problems = append(problems, newProblem("vips", "vips: %v", err))
 		}
 		vipsOK = len(errs) == 0
+	}
+	var ports []model.PortRange
+	portsOK := portList == nil
+	if !portsOK {
+		var errs []error
+		ports, errs = parsePorts(portList)
+		for _, err := range errs {
+			problems = append(problems, newProblem("ports", "ports: %v", err))
+		}
+		portsOK = len(errs) == 0
 	}
 	if spec.VIPs != nil && portList == nil && vipsOK {
 		var same bool

@@ -64,10 +64,10 @@ func validate(raw rawConfig) (*Config, problems) {
 // [[service]] entries.
 func mixedForms(raw rawConfig, p *problems) {
 	const why = "a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]"
-	if raw.Balancer.VIPs != nil {
+	if raw.Balancer != nil && raw.Balancer.VIPs != nil {
 		p.at([]string{"balancer", "vips"}, "balancer.vips cannot be used together with [[service]]: %s; give each service its vips", why)
 	}
-	if raw.Balancer.Ports != nil {
+	if raw.Balancer != nil && raw.Balancer.Ports != nil {
 		p.at([]string{"balancer", "ports"}, "[balancer.ports] cannot be used together with [[service]]: %s; give each service its ports", why)
 	}
 	if len(raw.Backends) > 0 {

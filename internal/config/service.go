@@ -47,16 +47,16 @@ func ServiceDefaults(tableSize int) model.Service {
 	return model.Service{Protocols: model.TCP | model.UDP, Hash: model.FiveTuple, TableSize: tableSize}
 }
 
-// ServiceNameTaken is the problem of a name another service has.
-func ServiceNameTaken() Problem {
+// serviceNameTaken is the problem of a name another service has.
+func serviceNameTaken() Problem {
 	p := newProblem("name", "name: already used by another service")
 	p.Taken = true
 	return p
 }
 
-// Overlapping is the problem of a service that would take a VIP, protocol
+// overlapping is the problem of a service that would take a VIP, protocol
 // and port that service other takes (model.Overlap found them).
-func Overlapping(other string, vip netip.Addr, proto model.Protocols, port uint16) Problem {
+func overlapping(other string, vip netip.Addr, proto model.Protocols, port uint16) Problem {
 	where := fmt.Sprintf("%s port %d of %s", proto, port, vip)
 	if port == 0 { // both take every port
 		where = fmt.Sprintf("every %s port of %s", proto, vip)
@@ -98,7 +98,7 @@ func (s *ServiceSet) Add(spec ServiceSpec, base model.Service) (model.Service, [
 func (s *ServiceSet) add(spec ServiceSpec, ports []any, base model.Service) (model.Service, []Problem) {
 	svc, problems := checkService(spec, ports, base)
 	if svc.Name != "" && s.names[svc.Name] {
-		problems = append(problems, ServiceNameTaken())
+		problems = append(problems, serviceNameTaken())
 	}
 	s.names[svc.Name] = true
 	if len(problems) > 0 {
@@ -106,7 +106,7 @@ func (s *ServiceSet) add(spec ServiceSpec, ports []any, base model.Service) (mod
 	}
 	for _, other := range s.services {
 		if vip, proto, port, ok := model.Overlap(svc, other); ok {
-			problems = append(problems, Overlapping(other.Name, vip, proto, port))
+			problems = append(problems, overlapping(other.Name, vip, proto, port))
 		}
 	}
 	if len(problems) == 0 {

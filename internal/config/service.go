@@ -36,7 +36,9 @@ type ServiceSpec struct {
 	Hash      string
 	TableSize *int64
 	// Check is the health check spec of the service's backends that have
-	// none of their own.
+	// none of their own. Like every field, "" keeps the base's: a change
+	// cannot remove a service's check (only a new service, or the file, can
+	// leave it out).
 	Check string
 }
 

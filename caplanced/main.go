@@ -18,7 +18,7 @@ import (
 func main() {
 	fs := flag.NewFlagSet("caplanced", flag.ContinueOnError)
 	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
-	checkConfig := fs.Bool("check-config", false, "validate the configuration (file and CAPLANCED_* environment), print ok or every error, and exit")
+	checkConfig := fs.Bool("check-config", false, "validate the configuration (file and CAPLANCED_* environment), print ok (and a file of the single-pool form in the services form) or every error, and exit")
 	cleanup := fs.Bool("cleanup", false, "undo what a caplanced that did not stop cleanly left behind (VIPs, sysctls, nftables table) and exit")
 	runtimeDir := fs.String("runtime-dir", envOr("RUNTIME_DIRECTORY", "/run/caplance"), "`directory` for the host-change journal and stats.json")
 	stateDir := fs.String("state-dir", envOr("STATE_DIRECTORY", "/var/lib/caplance"), "`directory` for backends added at run time (backends.json)")
@@ -46,6 +46,9 @@ func main() {
 			}
 			if *checkConfig {
 				fmt.Fprintln(stdout, "ok")
+				if cfg.SinglePool {
+					fmt.Fprint(stdout, "\n"+config.ServicesForm(cfg))
+				}
 				return nil
 			}
 			return daemon.Run(daemon.Options{Config: cfg, ConfigPath: *configPath, RuntimeDir: *runtimeDir, StateDir: *stateDir, Bus: *bus, StopTimeout: *stopTimeout, Logger: log,

@@ -31,7 +31,7 @@ func TestCommands(t *testing.T) {
 	work := t.TempDir()
 	good := filepath.Join(work, "good.toml")
 	bad := filepath.Join(work, "bad.toml")
-	writeFile(t, good, "[balancer]\nvips = [\"10.0.0.100\"]\n")
+	writeFile(t, good, "[balancer]\n[[service]]\nname = \"web\"\nvips = [\"10.0.0.100\"]\n")
 	writeFile(t, bad, "[balancer]\nvips = [\"10.0.0.300\"]\nencap_port = \"5555\"\ncolour = \"blue\"\n[[backend]]\nname = \"web1\"\naddress = \"10.0.1.300\"\n")
 
 	tests := []struct {
@@ -81,6 +81,44 @@ func TestCommands(t *testing.T) {
 	entries, err := os.ReadDir(work)
 	if err != nil || len(entries) != 2 {
 		t.Errorf("--check-config touched the config directory: %v %v", entries, err)
+	}
+}
+
+// caplanced --check-config on a file of the single-pool form prints, after
+// ok, the file in the services form, which it accepts too.
+func TestCheckConfigServicesForm(t *testing.T) {
+	bin := buildCommands(t)
+	work := t.TempDir()
+	old, again := filepath.Join(work, "old.toml"), filepath.Join(work, "new.toml")
+	writeFile(t, old, "[balancer]\nvips = [\"10.0.0.100\"]\nencap_port = 6000\n[[backend]]\nname = \"web1\"\naddress = \"10.0.1.11\"\n")
+	code, stdout, stderr := runBinary(t, bin, nil, "caplanced", "--check-config", "--config", old)
+	want := `ok
+
+# This file is in the single-pool form (balancer.vips, [balancer.ports] and
+# [[backend]]): one service named "default". Here is the equivalent file in
+# the services form of caplanced.toml(5), with the keys at their default
+# left out.
+
+[balancer]
+encap_port = 6000
+
+[[service]]
+name = "default"
+vips = ["10.0.0.100"]
+
+[[service.backend]]
+name = "web1"
+address = "10.0.1.11"
+`
+	if code != 0 || stderr != "" {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	if diff := cmp.Diff(want, stdout); diff != "" {
+		t.Errorf("stdout (-want +got):\n%s", diff)
+	}
+	writeFile(t, again, strings.TrimPrefix(stdout, "ok\n"))
+	if code, stdout, stderr := runBinary(t, bin, nil, "caplanced", "--check-config", "--config", again); code != 0 || stdout != "ok\n" || stderr != "" {
+		t.Errorf("--check-config of the services form: exit %d, stdout %q, stderr %q; want 0, \"ok\\n\", none", code, stdout, stderr)
 	}
 }
 

@@ -2,8 +2,20 @@
 // strictly (unknown keys and wrong types are errors with their line, and do
 // not stop the decoding of the other keys), applies CAPLANCED_* environment
 // overrides, and validates everything into typed values, reporting every
-// problem at once with the line or variable it was found in. A backend's
-// rules (backend.go) are the registry's and its state file's too.
+// problem at once with the line or variable it was found in.
+//
+// The rules of one backend (backend.go: BackendSet, CheckBackend) and of one
+// service (service.go: ServiceSet, CheckService, ParsePorts,
+// ParseProtocols, ParseHash) are written once here and are the registry's,
+// its state file's and the D-Bus API's too. A service's spec is checked
+// over a base whose values it keeps where the spec leaves a field empty:
+// ServiceDefaults for a new service (the file's [[service]], AddService),
+// the service as it is for ChangeService, which so passes only the fields
+// it changes.
+//
+// A file in the single-pool form of before services (balancer.vips,
+// [balancer.ports], [[backend]]) is read as one service named "default";
+// ServicesForm writes such a configuration in the services form.
 //
 // It reads the file it is given and the environment it is handed; it must not
 // touch the network, the kernel or any other file.
@@ -51,24 +63,38 @@ const (
 	MaxWeight = 10000
 )
 
+// DefaultService is the name of the one service of a file in the
+// single-pool form.
+const DefaultService = "default"
+
 // Config is a validated configuration. Balancer and Receiver are nil when
 // the host does not play that role.
 type Config struct {
 	Balancer *Balancer
+	// Services are the [[service]] entries in the order of the file, or the
+	// one service DefaultService of a file in the single-pool form; none
+	// when the balancer is to get its services at run time.
+	Services []model.Service
+	// Backends are the backends of every service, in the order of the
+	// file.
 	Backends []Backend
 	Receiver *Receiver
+	// SinglePool says the file is in the single-pool form (balancer.vips,
+	// [balancer.ports], [[backend]]); see ServicesForm.
+	SinglePool bool
 }
 
-// Balancer is the [balancer] section: the VIPs this host balances.
+// Balancer is the [balancer] section: what the balancer's services share.
 type Balancer struct {
-	VIPs []model.VIP
 	// Interface is where the VIPs are attached; "" means the one interface
 	// whose subnet contains each VIP.
 	Interface string
 	EncapPort uint16
+	// TableSize is the Maglev table size of the services that give none.
 	TableSize int
-	// MaxBackends is how many backends the balancer holds at most, from the
-	// file and added at run time together; never more than TableSize.
+	// MaxBackends is how many backends the balancer holds at most, of
+	// every service, from the file and added at run time together; never
+	// more than TableSize.
 	MaxBackends int
 	// Workers is the number of packet workers; 0 means one per CPU.
 	Workers int
@@ -81,14 +107,16 @@ type Balancer struct {
 	TCPClosingTimeout time.Duration
 }
 
-// Backend is one [[backend]] entry.
+// Backend is one backend of a service: a [[service.backend]] or [[backend]]
+// entry.
 type Backend struct {
+	Name string
 	// Service is the name of the service whose pool it is in.
 	Service string
-	Name    string
 	Address netip.Addr
 	Weight  uint32
-	// Check is the health check spec, "" for none; caplance-healthd parses it.
+	// Check is the backend's own health check spec, "" for none (its
+	// service's then); caplance-healthd parses it.
 	Check string
 }
 
@@ -117,6 +145,7 @@ const (
 // from "given" (validate it).
 type rawConfig struct {
 	Balancer *rawBalancer `toml:"balancer"`
+	Services []rawService `toml:"service"`
 	Backends []rawBackend `toml:"backend"`
 	Receiver *rawReceiver `toml:"receiver"`
 }
@@ -133,6 +162,18 @@ type rawBalancer struct {
 	TCPTimeout        string           `toml:"tcp_timeout"`
 	UDPTimeout        string           `toml:"udp_timeout"`
 	TCPClosingTimeout string           `toml:"tcp_closing_timeout"`
+}
+
+type rawService struct {
+	Name      string   `toml:"name"`
+	VIPs      []string `toml:"vips"`
+	Protocols []string `toml:"protocols"`
+	// Ports holds integers and "first-last" strings.
+	Ports     []any        `toml:"ports"`
+	Hash      string       `toml:"hash"`
+	TableSize *int64       `toml:"table_size"`
+	Check     string       `toml:"check"`
+	Backends  []rawBackend `toml:"backend"`
 }
 
 type rawBackend struct {

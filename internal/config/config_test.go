@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
 
+	"github.com/caplance/caplance/internal/maglev"
 	"github.com/caplance/caplance/internal/model"
 )
 
@@ -20,6 +22,25 @@ var addr = netip.MustParseAddr
 
 // cmpConfig compares netip.Addr by value.
 var cmpConfig = cmp.Options{cmp.Comparer(func(a, b netip.Addr) bool { return a == b }), cmpopts.EquateEmpty()}
+
+// defaultBalancer is [balancer] with every key at its default.
+func defaultBalancer() *Balancer {
+	return &Balancer{EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second}
+}
+
+// singlePool is the service "default" of a file in the single-pool form.
+func singlePool(tableSize int, vips ...model.VIP) []model.Service {
+	return []model.Service{{Name: "default", VIPs: vips, Protocols: model.TCP | model.UDP, Hash: model.FiveTuple, TableSize: tableSize}}
+}
+
+// ports is a port list of single ports and first-last pairs.
+func ports(rs ...[2]uint16) []model.PortRange {
+	out := []model.PortRange{}
+	for _, r := range rs {
+		out = append(out, model.PortRange{First: r[0], Last: r[1]})
+	}
+	return out
+}
 
 func TestParseValid(t *testing.T) {
 	tests := []struct {
@@ -29,7 +50,7 @@ func TestParseValid(t *testing.T) {
 		want    *Config
 	}{
 		{
-			name: "balancer defaults",
+			name: "single pool, defaults",
 			doc: `
 [balancer]
 vips = ["10.0.0.100"]
@@ -38,12 +59,14 @@ name = "web1"
 address = "10.0.1.11"
 `,
 			want: &Config{
-				Balancer: &Balancer{VIPs: []model.VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second},
-				Backends: []Backend{{Name: "web1", Address: addr("10.0.1.11"), Weight: 100}},
+				Balancer:   defaultBalancer(),
+				Services:   singlePool(65537, model.VIP{Addr: addr("10.0.0.100")}),
+				Backends:   []Backend{{Name: "web1", Service: "default", Address: addr("10.0.1.11"), Weight: 100}},
+				SinglePool: true,
 			},
 		},
 		{
-			name: "balancer every key",
+			name: "single pool, every key",
 			doc: `
 [balancer]
 vips = ["10.0.0.100", "10.0.0.101"]
@@ -57,7 +80,7 @@ tcp_timeout = "1h"
 udp_timeout = "90s"
 tcp_closing_timeout = "2s"
 [balancer.ports]
-"10.0.0.101" = [443, 80]
+"10.0.0.101" = [443, 80, 81]
 [[backend]]
 name = "web-1.a_b"
 address = "10.0.1.11"
@@ -70,21 +93,106 @@ weight = 10000
 `,
 			want: &Config{
 				Balancer: &Balancer{
-					VIPs:      []model.VIP{{Addr: addr("10.0.0.100")}, {Addr: addr("10.0.0.101"), Ports: []uint16{80, 443}}},
 					Interface: "eth1", EncapPort: 6000, TableSize: 101, MaxBackends: 3,
 					Workers: 2, ConntrackSize: 4096, TCPTimeout: time.Hour, UDPTimeout: 90 * time.Second,
 					TCPClosingTimeout: 2 * time.Second,
 				},
+				Services: singlePool(101, model.VIP{Addr: addr("10.0.0.100")}, model.VIP{Addr: addr("10.0.0.101"), Ports: ports([2]uint16{80, 81}, [2]uint16{443, 443})}),
 				Backends: []Backend{
-					{Name: "web-1.a_b", Address: addr("10.0.1.11"), Weight: 0, Check: "tcp://:80"},
-					{Name: "web2", Address: addr("10.0.1.12"), Weight: 10000},
+					{Name: "web-1.a_b", Service: "default", Address: addr("10.0.1.11"), Weight: 0, Check: "tcp://:80"},
+					{Name: "web2", Service: "default", Address: addr("10.0.1.12"), Weight: 10000},
+				},
+				SinglePool: true,
+			},
+		},
+		{
+			name: "single pool without backends is valid (they come at run time)",
+			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\n",
+			want: &Config{Balancer: defaultBalancer(), Services: singlePool(65537, model.VIP{Addr: addr("10.0.0.100")}), SinglePool: true},
+		},
+		{
+			name: "a balancer without services is valid (they come at run time)",
+			doc:  "[balancer]\nencap_port = 6000\n",
+			want: &Config{Balancer: func() *Balancer { b := defaultBalancer(); b.EncapPort = 6000; return b }()},
+		},
+		{
+			name: "services, every key",
+			doc: `
+[balancer]
+table_size = 101
+
+[[service]]
+name = "web"
+vips = ["192.0.2.100", "::ffff:192.0.2.101"]
+protocols = ["tcp"]
+ports = [443, "8000-8099", 80, "8100", "81-82"]
+hash = "source-ip"
+table_size = 65537
+check = "http://:80/healthz"
+
+[[service.backend]]
+name = "web1"
+address = "198.51.100.11"
+weight = 200
+check = "tcp://:80"
+
+[[service.backend]]
+name = "web2"
+address = "198.51.100.12"
+
+[[service]]
+name = "dns"
+vips = ["192.0.2.100"]
+protocols = ["udp"]
+ports = [53]
+
+[[service.backend]]
+name = "dns1"
+address = "198.51.100.11"
+
+[[service]]
+name = "dns-tcp"
+vips = ["192.0.2.100"]
+protocols = ["tcp"]
+ports = ["53"]
+hash = "source-ip-port"
+
+[[service]]
+name = "other"
+vips = ["192.0.2.200"]
+protocols = ["udp", "tcp"]
+ports = ["all"]
+`,
+			want: &Config{
+				Balancer: func() *Balancer { b := defaultBalancer(); b.TableSize, b.MaxBackends = 101, 101; return b }(),
+				Services: []model.Service{
+					{Name: "web", Protocols: model.TCP, Hash: model.SourceIP, TableSize: 65537, Check: "http://:80/healthz",
+						VIPs: []model.VIP{
+							{Addr: addr("192.0.2.100"), Ports: ports([2]uint16{80, 82}, [2]uint16{443, 443}, [2]uint16{8000, 8100})},
+							{Addr: addr("192.0.2.101"), Ports: ports([2]uint16{80, 82}, [2]uint16{443, 443}, [2]uint16{8000, 8100})},
+						}},
+					{Name: "dns", Protocols: model.UDP, Hash: model.FiveTuple, TableSize: 101,
+						VIPs: []model.VIP{{Addr: addr("192.0.2.100"), Ports: ports([2]uint16{53, 53})}}},
+					{Name: "dns-tcp", Protocols: model.TCP, Hash: model.SourceIPPort, TableSize: 101,
+						VIPs: []model.VIP{{Addr: addr("192.0.2.100"), Ports: ports([2]uint16{53, 53})}}},
+					{Name: "other", Protocols: model.TCP | model.UDP, Hash: model.FiveTuple, TableSize: 101,
+						VIPs: []model.VIP{{Addr: addr("192.0.2.200")}}},
+				},
+				Backends: []Backend{
+					{Name: "web1", Service: "web", Address: addr("198.51.100.11"), Weight: 200, Check: "tcp://:80"},
+					{Name: "web2", Service: "web", Address: addr("198.51.100.12"), Weight: 100},
+					{Name: "dns1", Service: "dns", Address: addr("198.51.100.11"), Weight: 100},
 				},
 			},
 		},
 		{
-			name: "balancer without backends is valid (they come at run time)",
-			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\n",
-			want: &Config{Balancer: &Balancer{VIPs: []model.VIP{{Addr: addr("10.0.0.100")}}, EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second}},
+			name:    "environment overrides [balancer] under services: the table size they default to",
+			doc:     "[balancer]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.100\"]\n",
+			environ: []string{"CAPLANCED_BALANCER_TABLE_SIZE=101"},
+			want: &Config{
+				Balancer: func() *Balancer { b := defaultBalancer(); b.TableSize, b.MaxBackends = 101, 101; return b }(),
+				Services: []model.Service{{Name: "web", Protocols: model.TCP | model.UDP, TableSize: 101, VIPs: []model.VIP{{Addr: addr("192.0.2.100")}}}},
+			},
 		},
 		{
 			name: "receiver",
@@ -118,12 +226,11 @@ workers = 3
 				"CAPLANCED_BALANCER_INTERFACE=br0",
 				"PATH=/usr/bin",
 			},
-			want: &Config{Balancer: &Balancer{
-				VIPs:      []model.VIP{{Addr: addr("10.0.0.1")}, {Addr: addr("10.0.0.2")}},
-				Interface: "br0", EncapPort: 7000, TableSize: 65537, MaxBackends: 4096,
-				ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute,
-				TCPClosingTimeout: 10 * time.Second,
-			}},
+			want: &Config{
+				Balancer:   func() *Balancer { b := defaultBalancer(); b.Interface, b.EncapPort = "br0", 7000; return b }(),
+				Services:   singlePool(65537, model.VIP{Addr: addr("10.0.0.1")}, model.VIP{Addr: addr("10.0.0.2")}),
+				SinglePool: true,
+			},
 		},
 		{
 			name:    "environment creates a section",
@@ -295,8 +402,9 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 				`test.toml: line 21: backend "bad/name": check "ftp://x": unknown kind "ftp" (want tcp, http, https, udp, exec or tunnel)`,
 				`test.toml: line 22: backend #4: name: missing`,
 				`test.toml: line 23: backend #4: address 10.0.0.100: is a VIP of this balancer (packets would loop)`,
-				`test.toml: line 24: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo": address: missing`,
-				`test.toml: line 25: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
+				// A name is repeated up to quote.Max bytes.
+				`test.toml: line 24: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytool"…: address: missing`,
+				`test.toml: line 25: backend "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytool"…: name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
 			},
 		},
 		{
@@ -330,6 +438,187 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 			want: []string{`test.toml: line 4: [[backend]] entries need a [balancer] section`},
 		},
 		{
+			name: "every service problem at once",
+			doc: `[balancer]
+table_size = 101
+[[service]]
+vips = []
+protocols = []
+ports = []
+[[service]]
+name = "bad/name"
+vips = ["192.0.2.300", "192.0.2.1", "192.0.2.1", "127.0.0.1"]
+protocols = ["tcp", "sctp"]
+ports = [0, 80, 80, "x", 1.5, "90-85", "75-85", "all", 70000, "` + strings.Repeat("9", 100) + `"]
+hash = "round-robin"
+table_size = 100
+check = "nope"
+colour = "blue"
+[[service]]
+name = "web"
+protocols = ["tcp", "tcp+udp"]
+table_size = 65536
+[[service]]
+name = "web"
+vips = ["192.0.2.2"]
+`,
+			want: []string{
+				`test.toml: line 3: service #1: name: missing`,
+				`test.toml: line 4: service #1: vips: at least one VIP is required`,
+				`test.toml: line 5: service #1: protocols: none given: want tcp, udp or both (leave the key out for both)`,
+				`test.toml: line 6: service #1: ports: empty list would drop every packet; leave ports out (or give "all") to take every port`,
+				`test.toml: line 8: service "bad/name": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
+				`test.toml: line 9: service "bad/name": vips: "192.0.2.300": not an IPv4 address`,
+				`test.toml: line 9: service "bad/name": vips: 192.0.2.1: listed twice`,
+				`test.toml: line 9: service "bad/name": vips: "127.0.0.1": loopback address, need one reachable from other hosts`,
+				`test.toml: line 10: service "bad/name": protocols: "sctp": not a protocol (want tcp, udp or tcp+udp)`,
+				`test.toml: line 11: service "bad/name": ports: port 0: must be between 1 and 65535`,
+				`test.toml: line 11: service "bad/name": ports: port 80: listed twice`,
+				`test.toml: line 11: service "bad/name": ports: "x": not a port or a range first-last (e.g. 80 or 8000-8099)`,
+				`test.toml: line 11: service "bad/name": ports: element 5: must be a port (an integer) or a range (a string "first-last"), not a float`,
+				`test.toml: line 11: service "bad/name": ports: ports 90-85: the first is above the last`,
+				`test.toml: line 11: service "bad/name": ports: ports 75-85: overlaps 80`,
+				`test.toml: line 11: service "bad/name": ports: "all" stands alone: it is every port`,
+				`test.toml: line 11: service "bad/name": ports: port 70000: must be between 1 and 65535`,
+				`test.toml: line 11: service "bad/name": ports: "` + strings.Repeat("9", 64) + `"…: not a port or a range first-last (e.g. 80 or 8000-8099)`,
+				`test.toml: line 12: service "bad/name": hash "round-robin": must be 5-tuple, source-ip or source-ip-port`,
+				`test.toml: line 13: service "bad/name": table_size 100: must be a prime between 101 and 16777213`,
+				`test.toml: line 14: service "bad/name": check "nope": not a check spec: want KIND://…, e.g. tcp://:443 or http://:80/healthz`,
+				`test.toml: line 15: unknown key "service.colour"`,
+				`test.toml: line 16: service "web": vips: missing (at least one VIP is required)`,
+				`test.toml: line 18: service "web": protocols: tcp: listed twice`,
+				`test.toml: line 19: service "web": table_size 65536: not a prime (Maglev needs a prime table size; the default is 65537)`,
+				`test.toml: line 21: service "web": name: already used by another service`,
+			},
+		},
+		{
+			name: "overlapping services name both, the VIP, the protocol and the port",
+			doc: `[balancer]
+[[service]]
+name = "web"
+vips = ["192.0.2.1", "192.0.2.2"]
+protocols = ["tcp"]
+ports = [80, 443]
+[[service]]
+name = "dns"
+vips = ["192.0.2.3", "192.0.2.2"]
+ports = [53, "400-500"]
+[[service]]
+name = "all-a"
+vips = ["192.0.2.9"]
+[[service]]
+name = "all-b"
+vips = ["192.0.2.9"]
+protocols = ["udp"]
+`,
+			want: []string{
+				`test.toml: line 9: service "dns": overlaps service "web": both would take tcp port 443 of 192.0.2.2 (a packet must belong to one service)`,
+				`test.toml: line 16: service "all-b": overlaps service "all-a": both would take every udp port of 192.0.2.9 (a packet must belong to one service)`,
+			},
+		},
+		{
+			name: "backends of services",
+			doc: `[balancer]
+max_backends = 4
+[[service]]
+name = "web"
+vips = ["192.0.2.1"]
+table_size = 101
+[[service.backend]]
+name = "b1"
+address = "198.51.100.1"
+[[service.backend]]
+name = "b2"
+address = "198.51.100.1"
+[[service.backend]]
+name = "b3"
+address = "192.0.2.2"
+wieght = 5
+[[service]]
+name = "dns"
+vips = ["192.0.2.2"]
+[[service.backend]]
+name = "b1"
+address = "198.51.100.1"
+[[service.backend]]
+address = "192.0.2.1"
+weight = -1
+`,
+			want: []string{
+				`test.toml: line 2: 5 [[service.backend]] entries: more than balancer.max_backends = 4 allows`,
+				`test.toml: line 12: service "web": backend "b2": address 198.51.100.1: already used by backend "b1"`,
+				`test.toml: line 15: service "web": backend "b3": address 192.0.2.2: is a VIP of this balancer (packets would loop)`,
+				`test.toml: line 16: unknown key "service.backend.wieght"`,
+				`test.toml: line 21: service "dns": backend "b1": name: already used by another backend`,
+				`test.toml: line 23: service "dns": backend #2: name: missing`,
+				`test.toml: line 24: service "dns": backend #2: address 192.0.2.1: is a VIP of this balancer (packets would loop)`,
+				`test.toml: line 25: service "dns": backend #2: weight -1: must be between 0 and 10000`,
+			},
+		},
+		{
+			name: "a service's backends need a slot each in its table",
+			doc: "[balancer]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.1\"]\ntable_size = 101\n" +
+				strings.Repeat("[[service.backend]]\nname = \"b\"\naddress = \"198.51.100.1\"\n", 102),
+			want: func() []string {
+				want := []string{`test.toml: line 2: service "web": 102 backends: more than its table_size (101) has slots`}
+				for i := 1; i < 102; i++ {
+					want = append(want, fmt.Sprintf(`test.toml: line %d: service "web": backend "b": name: already used by another backend`, 7+3*i),
+						fmt.Sprintf(`test.toml: line %d: service "web": backend "b": address 198.51.100.1: already used by backend "b"`, 8+3*i))
+				}
+				return want
+			}(),
+		},
+		{
+			name: "the two forms mixed",
+			doc: `[balancer]
+vips = ["192.0.2.1"]
+[balancer.ports]
+"192.0.2.1" = [80]
+[[backend]]
+name = "a"
+address = "198.51.100.1"
+[[service]]
+name = "web"
+vips = ["192.0.2.2"]
+`,
+			want: []string{
+				`test.toml: line 2: balancer.vips cannot be used together with [[service]]: a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]; give each service its vips`,
+				`test.toml: line 3: [balancer.ports] cannot be used together with [[service]]: a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]; give each service its ports`,
+				`test.toml: line 5: [[backend]] cannot be used together with [[service]]: a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]; list each service's backends as [[service.backend]]`,
+			},
+		},
+		{
+			name:    "CAPLANCED_BALANCER_VIPS is of the single-pool form",
+			doc:     "[balancer]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.2\"]\n",
+			environ: []string{"CAPLANCED_BALANCER_VIPS=192.0.2.1"},
+			want: []string{
+				`environment CAPLANCED_BALANCER_VIPS: balancer.vips cannot be used together with [[service]]: a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]; give each service its vips`,
+			},
+		},
+		{
+			name: "services without a balancer",
+			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.2\"]\n",
+			want: []string{`test.toml: line 4: [[service]] entries need a [balancer] section`},
+		},
+		{
+			name: "services and backends without a balancer",
+			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.2\"]\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.2\"\n",
+			want: []string{
+				`test.toml: line 4: [[service]] entries need a [balancer] section`,
+				`test.toml: line 7: [[backend]] cannot be used together with [[service]]: a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]; list each service's backends as [[service.backend]]`,
+			},
+		},
+		{
+			name: "ports of the wrong type",
+			doc:  "[balancer]\n[[service]]\nname = \"web\"\nvips = [\"192.0.2.2\"]\nports = 80\n",
+			want: []string{`test.toml: line 5: service.ports: must be an array, not an integer`},
+		},
+		{
+			name: "single pool: backends or ports need VIPs",
+			doc:  "[balancer]\n[[backend]]\nname = \"a\"\naddress = \"198.51.100.1\"\n",
+			want: []string{`test.toml: line 1: balancer: vips: at least one VIP is required`},
+		},
+		{
 			name:    "bad environment",
 			doc:     "[balancer]\nvips = [\"10.0.0.100\"]\n",
 			environ: []string{"CAPLANCED_BALANCER_ENCAP_PORT=abc", "CAPLANCED_BALANCER_VIP=10.0.0.1", "CAPLANCED_BALANCER_PORTS=80", "CAPLANCED_BALANCER_WORKERS=" + strings.Repeat("9", 100)},
@@ -337,7 +626,7 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 				`environment CAPLANCED_BALANCER_ENCAP_PORT: "abc": not an integer`,
 				`environment CAPLANCED_BALANCER_PORTS: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
 				`environment CAPLANCED_BALANCER_VIP: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
-				`environment CAPLANCED_BALANCER_WORKERS: "` + strings.Repeat("9", 64) + `…": not an integer`,
+				`environment CAPLANCED_BALANCER_WORKERS: "` + strings.Repeat("9", 64) + `"…: not an integer`,
 			},
 		},
 		{
@@ -397,18 +686,20 @@ func TestShippedConfigs(t *testing.T) {
 	}
 }
 
-// The reference config documents every key: each one must be set in it.
+// The reference config documents every key: each one must be set in it,
+// in the services form.
 func TestReferenceConfigSetsEveryKey(t *testing.T) {
 	cfg, err := Load("../../contrib/caplanced.reference.toml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	b, r := cfg.Balancer, cfg.Receiver
-	if b == nil || r == nil || len(cfg.Backends) == 0 {
-		t.Fatalf("reference config lacks a section: %+v", cfg)
+	if b == nil || r == nil || len(cfg.Services) == 0 || len(cfg.Backends) == 0 || cfg.SinglePool {
+		t.Fatalf("reference config lacks a section or is not in the services form: %+v", cfg)
 	}
-	if b.Interface == "" || b.VIPs[0].Ports == nil || cfg.Backends[0].Check == "" {
-		t.Errorf("reference config leaves out interface, ports or check: %+v", cfg)
+	svc := cfg.Services[0]
+	if b.Interface == "" || svc.VIPs[0].Ports == nil || svc.Protocols != model.TCP || svc.Hash == model.FiveTuple || svc.Check == "" || cfg.Backends[0].Check == "" {
+		t.Errorf("reference config leaves out interface, or a service's ports, protocols, hash or check, or a backend's check: %+v", cfg)
 	}
 }
 
@@ -449,6 +740,8 @@ func FuzzParse(f *testing.F) {
 		"[balancer]\nvips = [\"10.0.0.1\"]\n[balancer.ports]\n\"10.0.0.1\" = [1, 65535]\n",
 		"[balancer]\nvips = [\"10.0.0.1\"\n",
 		"[x]\ny.z = 1\n\"a.b\" = 2\n",
+		"[balancer]\n[[service]]\nname = \"web\"\nvips = [\"10.0.0.1\"]\nports = [80, \"90-99\"]\nprotocols = [\"tcp\"]\n[[service.backend]]\nname = \"a\"\naddress = \"10.0.1.1\"\n[[service]]\nname = \"dns\"\nvips = [\"10.0.0.1\"]\nprotocols = [\"udp\"]\nhash = \"source-ip\"\n",
+		"[balancer]\nvips = [\"10.0.0.1\", \"10.0.0.2\"]\n[balancer.ports]\n\"10.0.0.2\" = [53]\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.1\"\n",
 	} {
 		f.Add(seed)
 	}
@@ -460,12 +753,63 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			return
 		}
+		services := map[string]bool{}
+		for i, svc := range cfg.Services {
+			if !backendName.MatchString(svc.Name) || len(svc.VIPs) == 0 || svc.Protocols == 0 || svc.Protocols > model.TCP|model.UDP || !maglev.IsPrime(svc.TableSize) {
+				t.Errorf("invalid service accepted: %+v", svc)
+			}
+			for _, other := range cfg.Services[:i] {
+				if _, _, _, ok := model.Overlap(svc, other); ok || svc.Name == other.Name {
+					t.Errorf("services %+v and %+v overlap", other, svc)
+				}
+			}
+			services[svc.Name] = true
+		}
 		for _, b := range cfg.Backends {
-			if !b.Address.Is4() || b.Weight > MaxWeight || !backendName.MatchString(b.Name) {
+			if !b.Address.Is4() || b.Weight > MaxWeight || !backendName.MatchString(b.Name) || !services[b.Service] {
 				t.Errorf("invalid backend accepted: %+v", b)
 			}
 		}
+		if cfg.SinglePool {
+			text := ServicesForm(cfg)
+			again, err := Parse("services.toml", []byte(text), nil)
+			if err != nil {
+				t.Fatalf("the services form of a valid file is invalid: %v\n%s", err, text)
+			}
+			if len(cfg.Services) == len(again.Services) {
+				want := *cfg
+				want.SinglePool = false
+				if diff := cmp.Diff(&want, again, cmpConfig); diff != "" {
+					t.Errorf("the services form reads differently (-want +got):\n%s\n%s", diff, text)
+				}
+			}
+		}
 	})
+}
+
+// The man page's example is a valid file of two services.
+func TestManPageExample(t *testing.T) {
+	page, err := os.ReadFile("../../man/caplanced.toml.5.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, example, _ := strings.Cut(string(page), "\n# EXAMPLE\n")
+	var doc strings.Builder
+	for _, line := range strings.Split(example, "\n") {
+		if strings.HasPrefix(line, "# ") {
+			break
+		}
+		if rest, ok := strings.CutPrefix(line, "    "); ok || line == "" {
+			doc.WriteString(rest + "\n")
+		}
+	}
+	cfg, err := Parse("EXAMPLE", []byte(doc.String()), nil)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, doc.String())
+	}
+	if len(cfg.Services) != 2 || len(cfg.Backends) != 3 {
+		t.Errorf("the example has %d services and %d backends, want 2 and 3:\n%s", len(cfg.Services), len(cfg.Backends), doc.String())
+	}
 }
 
 // The man page must describe every key and environment variable the code knows.
@@ -475,7 +819,7 @@ func TestManPageDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	var names []string
-	for _, section := range []any{rawConfig{}, rawBalancer{}, rawBackend{}, rawReceiver{}} {
+	for _, section := range []any{rawConfig{}, rawBalancer{}, rawService{}, rawBackend{}, rawReceiver{}} {
 		typ := reflect.TypeOf(section)
 		for i := range typ.NumField() {
 			names = append(names, typ.Field(i).Tag.Get("toml"))

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/caplance/caplance/internal/quote"
 )
 
 // problem is one thing wrong with a configuration: what, and where.
@@ -120,7 +122,7 @@ func (d *decoded) table(m map[string]any, rv reflect.Value, key []string) {
 		sub := append(slices.Clip(key), k)
 		i, ok := fields[k]
 		if !ok {
-			d.problems.at(sub, "unknown key %q", display(sub))
+			d.problems.at(sub, "unknown key %s", quote.Q(display(sub)))
 			continue
 		}
 		d.value(m[k], rv.Field(i), sub)
@@ -261,6 +263,11 @@ func setScalar(v any, rv reflect.Value) error {
 			return mustBe("true or false", v)
 		}
 		rv.SetBool(b)
+	case reflect.Interface:
+		// An any field takes every value; its validation checks the type,
+		// for a key whose values may be of several types (a service's
+		// ports: integers and "first-last" strings).
+		rv.Set(reflect.ValueOf(v))
 	default:
 		// A raw struct with a field this decoder does not know: a bug.
 		panic(fmt.Sprintf("config: no decoding of TOML into %s", rv.Type()))
@@ -294,32 +301,45 @@ func tomlType(v any) string {
 }
 
 // keyLines maps each key path (lookup) to the line that sets it, the i-th
-// [[table]] of a name being item(i) below it. The toml package keeps key
-// positions private (and has one per name for arrays of tables), so this
-// finds them again with a line-oriented scan of table headers and
-// key = value lines; it only decorates messages, so a miss costs a line
-// number, nothing else.
+// [[table]] of an array being item(i) below it. A header's name is resolved
+// as TOML does: a part naming an array of tables stands for its last table
+// so far, so the backends of the second [[service]] are below
+// service, item(1). The toml package keeps key positions private (and has
+// one per name for arrays of tables), so this finds them again with a
+// line-oriented scan of table headers and key = value lines; it only
+// decorates messages, so a miss costs a line number, nothing else.
 func keyLines(doc string) map[string]int {
 	lines := map[string]int{}
-	seen := map[string]int{} // how many [[name]] so far
+	tables := map[string]int{} // how many [[…]] so far, by resolved path
 	var table []string
 	set := func(key []string, n int) {
 		if _, ok := lines[lookup(key)]; !ok {
 			lines[lookup(key)] = n
 		}
 	}
+	resolve := func(name []string) []string {
+		var path []string
+		for _, part := range name {
+			path = append(path, part)
+			if n, ok := tables[lookup(path)]; ok {
+				path = append(path, item(n-1))
+			}
+		}
+		return path
+	}
 	for i, line := range strings.Split(doc, "\n") {
 		line = strings.TrimSpace(line)
 		switch {
 		case strings.HasPrefix(line, "[["):
 			name := splitKey(strings.SplitN(line[2:], "]]", 2)[0])
-			idx := seen[lookup(name)]
-			seen[lookup(name)]++
-			set(name, i+1)
-			table = append(name, item(idx))
+			array := append(resolve(name[:len(name)-1]), name[len(name)-1])
+			idx := tables[lookup(array)]
+			tables[lookup(array)]++
+			set(array, i+1)
+			table = append(slices.Clip(array), item(idx))
 			set(table, i+1)
 		case strings.HasPrefix(line, "["):
-			table = splitKey(strings.SplitN(line[1:], "]", 2)[0])
+			table = resolve(splitKey(strings.SplitN(line[1:], "]", 2)[0]))
 			set(table, i+1)
 		case strings.HasPrefix(line, "#"):
 		default:

@@ -10,8 +10,12 @@ import (
 // use: wrong types and unknown keys are each one error with its line, and
 // everything else is decoded.
 func TestDecodeStrict(t *testing.T) {
+	type sub struct {
+		Name string `toml:"name"`
+	}
 	type entry struct {
 		Name string `toml:"name"`
+		Subs []sub  `toml:"sub"`
 	}
 	type doc struct {
 		Small   int8             `toml:"small"`
@@ -22,6 +26,7 @@ func TestDecodeStrict(t *testing.T) {
 		Tags    []string         `toml:"tags"`
 		Ports   map[string][]int `toml:"ports"`
 		Entries []entry          `toml:"entry"`
+		Mixed   []any            `toml:"mixed"`
 		Section *struct {
 			Size int `toml:"size"`
 		} `toml:"section"`
@@ -33,6 +38,7 @@ on = "yes"
 name = "n"
 tags = ["a", 2, "c"]
 "quoted.key" = 1
+mixed = [80, "8000-8099", 1.5]
 
 [ports]
 "10.0.0.1" = [80]
@@ -41,9 +47,18 @@ tags = ["a", 2, "c"]
 [[entry]]
 name = "first"
 
+[[entry.sub]]
+name = "a"
+
 [[entry]]
 name = "second"
 size = 3
+
+[[entry.sub]]
+name = "b"
+[[entry.sub]]
+name = "c"
+colour = "red"
 
 [section]
 size = 5
@@ -63,8 +78,9 @@ size = 5
 		`line 4: on: must be true or false, not a string`,
 		`line 6: tags: element 2: must be a string, not an integer`,
 		`line 7: unknown key "\"quoted.key\""`,
-		`line 11: ports."10.0.0.2": must be an array, not a string`,
-		`line 18: unknown key "entry.size"`,
+		`line 12: ports."10.0.0.2": must be an array, not a string`,
+		`line 22: unknown key "entry.size"`,
+		`line 28: unknown key "entry.sub.colour"`,
 	}
 	if diff := cmp.Diff(want, msgs); diff != "" {
 		t.Errorf("problems (-want +got):\n%s", diff)
@@ -73,7 +89,8 @@ size = 5
 	wantDoc := doc{
 		Ratio: 2, Name: &name, Tags: []string{"a", "c"},
 		Ports:   map[string][]int{"10.0.0.1": {80}},
-		Entries: []entry{{Name: "first"}, {Name: "second"}},
+		Entries: []entry{{Name: "first", Subs: []sub{{Name: "a"}}}, {Name: "second", Subs: []sub{{Name: "b"}, {Name: "c"}}}},
+		Mixed:   []any{int64(80), "8000-8099", 1.5},
 		Section: &struct {
 			Size int `toml:"size"`
 		}{Size: 5},

@@ -7,6 +7,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/caplance/caplance/internal/quote"
 )
 
 // EnvPrefix starts every environment override.
@@ -18,7 +20,9 @@ const EnvPrefix = "CAPLANCED_"
 // comma-separated). Setting a key of an absent section creates the section.
 // A CAPLANCED_ variable that names no such key is a problem, so a typo is
 // caught rather than silently ignored. set maps each key set (lookup) to
-// its variable.
+// its variable. Services and their backends have no variables: they are
+// lists of tables. CAPLANCED_BALANCER_VIPS is the vips of the single-pool
+// form, so with [[service]] entries it is an error, as balancer.vips is.
 func applyEnv(raw *rawConfig, environ []string) (set map[string]string, probs problems) {
 	settable := map[string]envField{}
 	if raw.Balancer == nil {
@@ -45,7 +49,7 @@ func applyEnv(raw *rawConfig, environ []string) (set map[string]string, probs pr
 		}
 		set[lookup(f.key)] = name
 		if err := setField(f.value, value); err != nil {
-			probs = append(probs, problem{env: name, key: f.key, msg: fmt.Sprintf("%q: %v", brief(value), err)})
+			probs = append(probs, problem{env: name, key: f.key, msg: fmt.Sprintf("%s: %v", quote.Q(value), err)})
 		}
 	}
 	return set, probs
@@ -55,15 +59,6 @@ func applyEnv(raw *rawConfig, environ []string) (set map[string]string, probs pr
 type envField struct {
 	key   []string
 	value reflect.Value
-}
-
-// brief is s, or its start when it is too long to repeat in a message.
-func brief(s string) string {
-	const max = 64
-	if len(s) <= max {
-		return s
-	}
-	return s[:max] + "…"
 }
 
 // EnvNames lists every environment variable that overrides a key, for the

@@ -12,6 +12,7 @@ import (
 	"github.com/caplance/caplance/internal/checkspec"
 	"github.com/caplance/caplance/internal/maglev"
 	"github.com/caplance/caplance/internal/model"
+	"github.com/caplance/caplance/internal/quote"
 )
 
 var backendName = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
@@ -22,20 +23,56 @@ func validate(raw rawConfig) (*Config, problems) {
 	if raw.Balancer == nil && raw.Receiver == nil {
 		p.add("neither a [balancer] nor a [receiver] section: caplanced has nothing to do")
 	}
+	tableSize := maglev.DefaultSize
 	if raw.Balancer != nil {
 		cfg.Balancer = validateBalancer(*raw.Balancer, &p)
+		tableSize = cfg.Balancer.TableSize
 	}
-	if len(raw.Backends) > 0 && raw.Balancer == nil {
+	singlePool := raw.Balancer != nil && (raw.Balancer.VIPs != nil || raw.Balancer.Ports != nil) || len(raw.Backends) > 0
+	switch {
+	case len(raw.Services) > 0 && raw.Balancer == nil:
+		p.at([]string{"service"}, "[[service]] entries need a [balancer] section")
+	case len(raw.Backends) > 0 && raw.Balancer == nil:
 		p.at([]string{"backend"}, "[[backend]] entries need a [balancer] section")
 	}
-	cfg.Backends = validateBackends(raw.Backends, cfg.Balancer, &p)
-	if cfg.Balancer != nil && len(raw.Backends) > cfg.Balancer.MaxBackends {
-		p.at([]string{"balancer", "max_backends"}, "%d [[backend]] entries: more than balancer.max_backends = %d allows", len(raw.Backends), cfg.Balancer.MaxBackends)
+	var backends int // entries, for max_backends
+	switch {
+	case len(raw.Services) > 0:
+		if singlePool {
+			mixedForms(raw, &p)
+		}
+		cfg.Services, cfg.Backends, backends = validateServices(raw.Services, tableSize, &p)
+	case singlePool:
+		cfg.SinglePool = true
+		cfg.Services, cfg.Backends = validateSinglePool(raw, tableSize, &p)
+		backends = len(raw.Backends)
+	}
+	if cfg.Balancer != nil && backends > cfg.Balancer.MaxBackends {
+		entries := "[[backend]]"
+		if len(raw.Services) > 0 {
+			entries = "[[service.backend]]"
+		}
+		p.at([]string{"balancer", "max_backends"}, "%d %s entries: more than balancer.max_backends = %d allows", backends, entries, cfg.Balancer.MaxBackends)
 	}
 	if raw.Receiver != nil {
 		cfg.Receiver = validateReceiver(*raw.Receiver, &p)
 	}
 	return cfg, p
+}
+
+// mixedForms reports each key of the single-pool form in a file of
+// [[service]] entries.
+func mixedForms(raw rawConfig, p *problems) {
+	const why = "a file has either [[service]] entries or the single pool of balancer.vips, [balancer.ports] and [[backend]]"
+	if raw.Balancer != nil && raw.Balancer.VIPs != nil {
+		p.at([]string{"balancer", "vips"}, "balancer.vips cannot be used together with [[service]]: %s; give each service its vips", why)
+	}
+	if raw.Balancer != nil && raw.Balancer.Ports != nil {
+		p.at([]string{"balancer", "ports"}, "[balancer.ports] cannot be used together with [[service]]: %s; give each service its ports", why)
+	}
+	if len(raw.Backends) > 0 {
+		p.at([]string{"backend"}, "[[backend]] cannot be used together with [[service]]: %s; list each service's backends as [[service.backend]]", why)
+	}
 }
 
 func validateBalancer(raw rawBalancer, p *problems) *Balancer {
@@ -50,42 +87,14 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 		TCPClosingTimeout: timeout(raw.TCPClosingTimeout, DefaultTCPClosingTimeout,
 			"balancer: tcp_closing_timeout", p),
 	}
-	if len(raw.VIPs) == 0 {
-		p.at([]string{"balancer", "vips"}, "balancer: vips: at least one VIP is required")
-	}
-	addrs := addressList(raw.VIPs, "balancer: vips", p)
-	for _, a := range addrs {
-		b.VIPs = append(b.VIPs, model.VIP{Addr: a})
-	}
-	for _, key := range slices.Sorted(maps.Keys(raw.Ports)) {
-		ports := raw.Ports[key]
-		place, at := fmt.Sprintf("balancer: ports: %q", key), []string{"balancer", "ports", key}
-		a, err := ParseAddress(key)
-		if err != nil {
-			p.at(at, "%s: %v", place, err)
-			continue
-		}
-		i := slices.IndexFunc(b.VIPs, func(v model.VIP) bool { return v.Addr == a })
-		if i < 0 {
-			p.at(at, "%s: not one of balancer.vips", place)
-			continue
-		}
-		for _, n := range portList(ports, place, at, p) {
-			b.VIPs[i].Ports = append(b.VIPs[i].Ports, model.PortRange{First: n, Last: n})
-		}
-	}
 	if raw.Interface != "" && !validInterfaceName(raw.Interface) {
-		p.at([]string{"balancer", "interface"}, "balancer: interface %q: not a valid interface name (1-15 characters, no '/', ':' or white space)", raw.Interface)
+		p.at([]string{"balancer", "interface"}, "balancer: interface %s: not a valid interface name (1-15 characters, no '/', ':' or white space)", quote.Q(raw.Interface))
 	}
 	if raw.TableSize != nil {
-		m := *raw.TableSize
-		switch {
-		case m < maglev.MinSize || m > maglev.MaxSize:
-			p.at([]string{"balancer", "table_size"}, "balancer: table_size %d: must be a prime between %d and %d", m, maglev.MinSize, maglev.MaxSize)
-		case !maglev.IsPrime(m):
-			p.at([]string{"balancer", "table_size"}, "balancer: table_size %d: not a prime (Maglev needs a prime table size; the default is %d)", m, maglev.DefaultSize)
-		default:
-			b.TableSize = m
+		if err := checkTableSize(int64(*raw.TableSize)); err != nil {
+			p.at([]string{"balancer", "table_size"}, "balancer: table_size %d: %v", *raw.TableSize, err)
+		} else {
+			b.TableSize = *raw.TableSize
 		}
 	}
 	b.MaxBackends = min(DefaultMaxBackends, b.TableSize)
@@ -99,32 +108,135 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 	return b
 }
 
-func validateBackends(raw []rawBackend, bal *Balancer, p *problems) []Backend {
+// validateServices validates the [[service]] entries and their backends,
+// which it returns with how many backend entries there are.
+func validateServices(raw []rawService, tableSize int, p *problems) ([]model.Service, []Backend, int) {
+	set := NewServiceSet(nil)
+	var services []model.Service
 	var vips []netip.Addr
-	if bal != nil {
-		for _, v := range bal.VIPs {
+	for i, rs := range raw {
+		spec := ServiceSpec{Name: rs.Name, VIPs: rs.VIPs, Protocols: rs.Protocols, Hash: rs.Hash, TableSize: rs.TableSize, Check: rs.Check}
+		svc, problems := set.add(spec, rs.Ports, ServiceDefaults(tableSize))
+		for _, sp := range problems {
+			p.at([]string{"service", item(i), sp.Field}, "%s: %v", servicePlace(rs.Name, i), sp)
+		}
+		services = append(services, svc)
+		for _, v := range svc.VIPs {
+			vips = append(vips, v.Addr)
+		}
+	}
+	backendSet := NewBackendSet(vips)
+	var backends []Backend
+	count := 0
+	for i, rs := range raw {
+		key := []string{"service", item(i), "backend"}
+		for j, rb := range rs.Backends {
+			// Addresses are unique per entry, not per name: two entries of
+			// one name (an error already) keep theirs apart.
+			b := validateBackend(backendSet, rb, item(i), slices.Concat(key, []string{item(j)}), servicePlace(rs.Name, i)+": "+backendPlace(rb.Name, j), p)
+			b.Service = services[i].Name
+			backends = append(backends, b)
+		}
+		count += len(rs.Backends)
+		if n, size := len(rs.Backends), services[i].TableSize; n > size {
+			p.at([]string{"service", item(i)}, "%s: %d backends: more than its table_size (%d) has slots", servicePlace(rs.Name, i), n, size)
+		}
+	}
+	return services, backends, count
+}
+
+// validateSinglePool validates a file of the single-pool form: its VIPs,
+// their ports and the [[backend]] entries are the service DefaultService.
+func validateSinglePool(raw rawConfig, tableSize int, p *problems) ([]model.Service, []Backend) {
+	var services []model.Service
+	var vips []netip.Addr
+	if raw.Balancer != nil {
+		if len(raw.Balancer.VIPs) == 0 {
+			p.at([]string{"balancer", "vips"}, "balancer: vips: at least one VIP is required")
+		}
+		svc := ServiceDefaults(tableSize)
+		svc.Name = DefaultService
+		svc.VIPs = singlePoolVIPs(*raw.Balancer, p)
+		if len(svc.VIPs) > 0 {
+			services = append(services, svc)
+		}
+		for _, v := range svc.VIPs {
 			vips = append(vips, v.Addr)
 		}
 	}
 	set := NewBackendSet(vips)
-	var out []Backend
-	for i, rb := range raw {
-		place := fmt.Sprintf("backend %q", rb.Name)
-		if rb.Name == "" {
-			place = fmt.Sprintf("backend #%d", i+1)
-		}
-		spec := BackendSpec{Name: rb.Name, Address: rb.Address, Check: rb.Check}
-		if rb.Weight != nil {
-			w := int64(*rb.Weight)
-			spec.Weight = &w
-		}
-		b, problems := set.Add(spec)
-		for _, bp := range problems {
-			p.at([]string{"backend", item(i), bp.Field}, "%s: %v", place, bp)
-		}
-		out = append(out, b)
+	var backends []Backend
+	for i, rb := range raw.Backends {
+		backends = append(backends, validateBackend(set, rb, DefaultService, []string{"backend", item(i)}, backendPlace(rb.Name, i), p))
 	}
-	return out
+	return services, backends
+}
+
+// singlePoolVIPs is balancer.vips with the ports [balancer.ports] gives
+// them.
+func singlePoolVIPs(raw rawBalancer, p *problems) []model.VIP {
+	var vips []model.VIP
+	for _, a := range addressList(raw.VIPs, "balancer: vips", p) {
+		vips = append(vips, model.VIP{Addr: a})
+	}
+	for _, key := range slices.Sorted(maps.Keys(raw.Ports)) {
+		ports := raw.Ports[key]
+		place, at := fmt.Sprintf("balancer: ports: %s", quote.Q(key)), []string{"balancer", "ports", key}
+		a, err := ParseAddress(key)
+		if err != nil {
+			p.at(at, "%s: %v", place, err)
+			continue
+		}
+		i := slices.IndexFunc(vips, func(v model.VIP) bool { return v.Addr == a })
+		if i < 0 {
+			p.at(at, "%s: not one of balancer.vips", place)
+			continue
+		}
+		if len(ports) == 0 {
+			p.at(at, "%s: empty list would drop every packet; leave the VIP out of [balancer.ports] to accept all ports", place)
+			continue
+		}
+		items := make([]any, len(ports))
+		for j, n := range ports {
+			items[j] = n
+		}
+		ranges, errs := parsePorts(items)
+		for _, err := range errs {
+			p.at(at, "%s: %v", place, err)
+		}
+		vips[i].Ports = ranges
+	}
+	return vips
+}
+
+// validateBackend validates one backend entry, of service, at key.
+func validateBackend(set *BackendSet, rb rawBackend, service string, key []string, place string, p *problems) Backend {
+	spec := BackendSpec{Name: rb.Name, Service: service, Address: rb.Address, Check: rb.Check}
+	if rb.Weight != nil {
+		w := int64(*rb.Weight)
+		spec.Weight = &w
+	}
+	b, problems := set.Add(spec)
+	for _, bp := range problems {
+		p.at(slices.Concat(key, []string{bp.Field}), "%s: %v", place, bp)
+	}
+	return b
+}
+
+// servicePlace names the i-th (0-based) [[service]] in messages.
+func servicePlace(name string, i int) string {
+	if name == "" {
+		return fmt.Sprintf("service #%d", i+1)
+	}
+	return "service " + quote.Q(name)
+}
+
+// backendPlace names the i-th (0-based) backend of a list in messages.
+func backendPlace(name string, i int) string {
+	if name == "" {
+		return fmt.Sprintf("backend #%d", i+1)
+	}
+	return "backend " + quote.Q(name)
 }
 
 func validateReceiver(raw rawReceiver, p *problems) *Receiver {
@@ -147,7 +259,7 @@ func validateReceiver(raw rawReceiver, p *problems) *Receiver {
 	case ModeAuto, ModeKernel, ModeUserspace:
 		r.Mode = Mode(raw.Mode)
 	default:
-		p.at([]string{"receiver", "mode"}, "receiver: mode %q: must be auto, kernel or userspace", raw.Mode)
+		p.at([]string{"receiver", "mode"}, "receiver: mode %s: must be auto, kernel or userspace", quote.Q(raw.Mode))
 	}
 	return r
 }
@@ -158,7 +270,7 @@ func addressList(raw []string, place string, p *problems) []netip.Addr {
 	for _, s := range raw {
 		a, err := ParseAddress(s)
 		if err != nil {
-			p.at(keyOf(place), "%s: %q: %v", place, s, err)
+			p.at(keyOf(place), "%s: %s: %v", place, quote.Q(s), err)
 			continue
 		}
 		if slices.Contains(out, a) {
@@ -244,33 +356,13 @@ func timeout(raw string, def time.Duration, place string, p *problems) time.Dura
 	d, err := time.ParseDuration(raw)
 	switch {
 	case err != nil:
-		p.at(keyOf(place), "%s %q: not a duration (write e.g. \"90s\", \"15m\" or \"1h\")", place, raw)
+		p.at(keyOf(place), "%s %s: not a duration (write e.g. \"90s\", \"15m\" or \"1h\")", place, quote.Q(raw))
 	case d < time.Second || d > 24*time.Hour:
-		p.at(keyOf(place), "%s %q: must be between 1s and 24h", place, raw)
+		p.at(keyOf(place), "%s %s: must be between 1s and 24h", place, quote.Q(raw))
 	default:
 		return d
 	}
 	return def
-}
-
-func portList(raw []int, place string, key []string, p *problems) []uint16 {
-	if len(raw) == 0 {
-		p.at(key, "%s: empty list would drop every packet; leave the VIP out of [balancer.ports] to accept all ports", place)
-		return nil
-	}
-	out := make([]uint16, 0, len(raw))
-	for _, n := range raw {
-		switch {
-		case n < 1 || n > 65535:
-			p.at(key, "%s: port %d: must be between 1 and 65535", place, n)
-		case slices.Contains(out, uint16(n)):
-			p.at(key, "%s: port %d: listed twice", place, n)
-		default:
-			out = append(out, uint16(n))
-		}
-	}
-	slices.Sort(out)
-	return out
 }
 
 func validInterfaceName(s string) bool {

@@ -75,7 +75,7 @@
 //	{
 //	  "version": 2,
 //	  "services": [
-//	    {"name": "dns", "vips": [{"address": "192.0.2.53", "ports": "53"}],
+//	    {"name": "dns", "vips": ["192.0.2.53"], "ports": "53",
 //	     "protocols": "udp", "hash": "5-tuple", "table_size": 65537}
 //	  ],
 //	  "backends": [
@@ -553,24 +553,15 @@ func (r *Registry) setConfig(s *state, services []model.Service, backends []conf
 	s.services = svcs
 	vips := s.vips()
 	s.config = make(map[string]registration, len(backends))
-	sets := map[string]*config.BackendSet{}
+	set := config.NewBackendSet(vips)
 	for _, b := range backends {
 		place := fmt.Sprintf("backend %s", quote.Q(b.Name))
 		if sr, ok := svcs[b.Service]; !ok || !sr.fromConfig {
 			problems = append(problems, fmt.Sprintf("%s: no service %s in the configuration file", place, quote.Q(b.Service)))
 			continue
 		}
-		if _, dup := s.config[b.Name]; dup {
-			problems = append(problems, fmt.Sprintf("%s: %v", place, config.NameTaken()))
-			continue
-		}
-		set := sets[b.Service]
-		if set == nil {
-			set = config.NewBackendSet(vips)
-			sets[b.Service] = set
-		}
 		w := int64(b.Weight)
-		got, bad := set.Add(config.BackendSpec{Name: b.Name, Address: addrString(b.Address), Weight: &w, Check: b.Check})
+		got, bad := set.Add(config.BackendSpec{Service: b.Service, Name: b.Name, Address: addrString(b.Address), Weight: &w, Check: b.Check})
 		for _, p := range bad {
 			problems = append(problems, fmt.Sprintf("%s: %v", place, p))
 		}
@@ -989,7 +980,7 @@ func (r *Registry) Get(name string) (Backend, bool) {
 // opts.Runtime it is written to the state file and restored at start.
 func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 	place := fmt.Sprintf("adding backend %s", quote.Q(name))
-	spec := config.BackendSpec{Name: name, Address: address, Check: opts.Check}
+	spec := config.BackendSpec{Service: opts.Service, Name: name, Address: address, Check: opts.Check}
 	if opts.Weight != nil {
 		w := int64(*opts.Weight)
 		spec.Weight = &w
@@ -1010,6 +1001,9 @@ func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 		if len(problems) > 0 {
 			return backendError(place, problems)
 		}
+		if n, size := next.poolSize(svc), next.services[svc].svc.TableSize; n >= size {
+			return errorf(ErrInvalidArgument, "%s: service %s has %d backends, as many as its table_size (%d) has slots", place, quote.Q(svc), n, size)
+		}
 		next.setRuntime(name, registration{service: svc, address: got.Address, weight: got.Weight, check: opts.Check, persistent: !opts.Runtime})
 		return nil
 	})
@@ -1018,6 +1012,17 @@ func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 	}
 	b, _ := s.get(name)
 	return b, nil
+}
+
+// poolSize is how many backends service svc has.
+func (s *state) poolSize(svc string) int {
+	n := 0
+	for _, b := range s.list {
+		if b.Service == svc {
+			n++
+		}
+	}
+	return n
 }
 
 // pickService returns the service a backend is added to: name, or the
@@ -1044,7 +1049,7 @@ func (s *state) pickService(place, name string) (string, error) {
 // backendError is the error of a backend's problems after place: kind
 // ErrAlreadyExists when all of them are a name or address taken, else
 // ErrInvalidArgument.
-func backendError(place string, problems []config.BackendProblem) error {
+func backendError(place string, problems []config.Problem) error {
 	kind := ErrAlreadyExists
 	msgs := make([]string, len(problems))
 	for i, p := range problems {

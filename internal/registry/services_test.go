@@ -76,7 +76,7 @@ func TestServiceLifecycle(t *testing.T) {
 	f.w.take()
 
 	// It survives a restart, with its backend and the override.
-	wantFile := `{"version":2,"services":[{"name":"dns","vips":[{"address":"10.0.0.53","ports":"53"}],"protocols":"udp","hash":"5-tuple","table_size":251,"check":"tcp://:53"}],` +
+	wantFile := `{"version":2,"services":[{"name":"dns","vips":["10.0.0.53"],"ports":"53","protocols":"udp","hash":"5-tuple","table_size":251,"check":"tcp://:53"}],` +
 		`"backends":[{"name":"ns1","service":"dns","address":"10.0.1.11","weight":100}],"overrides":{"ns1":{"drained":true}}}`
 	if diff := cmp.Diff(wantFile, compactState(t, f.path)); diff != "" {
 		t.Errorf("state file (-want +got):\n%s", diff)
@@ -281,4 +281,21 @@ func TestStateFileVersion1(t *testing.T) {
 	if got := compactState(t, f.path); !strings.HasPrefix(got, `{"version":2,"backends":[{"name":"web9","service":"default"`) {
 		t.Errorf("state file after a change: %s", got)
 	}
+}
+
+// Every backend needs a slot in its service's table.
+func TestPoolFitsTable(t *testing.T) {
+	f := newFixture(t, baseConfig())
+	small := dnsService()
+	small.TableSize = 3 // not a size config accepts: a small pool for the test
+	if _, err := f.r.AddService(small, false); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		if _, err := f.r.Add(fmt.Sprintf("ns%d", i), fmt.Sprintf("10.0.2.%d", i+1), AddOptions{Service: "dns"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err := f.r.Add("ns3", "10.0.2.9", AddOptions{Service: "dns"})
+	checkErr(t, err, ErrInvalidArgument, `service "dns" has 3 backends, as many as its table_size (3) has slots`)
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/caplance/caplance/internal/atomicfile"
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/maglev"
 	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/quote"
 )
@@ -30,18 +31,16 @@ type stateFile struct {
 	Overrides map[string]fileOverride `json:"overrides"`
 }
 
+// fileService is a run-time service. Its port list is every VIP's: only
+// the configuration file's single-pool form gives VIPs lists of their own.
 type fileService struct {
-	Name      string    `json:"name"`
-	VIPs      []fileVIP `json:"vips"`
-	Protocols string    `json:"protocols"`
-	Hash      string    `json:"hash"`
-	TableSize int       `json:"table_size"`
-	Check     string    `json:"check,omitempty"`
-}
-
-type fileVIP struct {
-	Address string `json:"address"`
-	Ports   string `json:"ports"`
+	Name      string   `json:"name"`
+	VIPs      []string `json:"vips"`
+	Ports     string   `json:"ports"`
+	Protocols string   `json:"protocols"`
+	Hash      string   `json:"hash"`
+	TableSize int      `json:"table_size"`
+	Check     string   `json:"check,omitempty"`
 }
 
 type fileBackend struct {
@@ -103,26 +102,35 @@ func (s *state) persistentService(name string) bool {
 }
 
 func toFileService(svc model.Service) fileService {
-	f := fileService{Name: svc.Name, VIPs: []fileVIP{}, Protocols: svc.Protocols.String(), Hash: svc.Hash.String(),
+	f := fileService{Name: svc.Name, VIPs: []string{}, Ports: "all", Protocols: svc.Protocols.String(), Hash: svc.Hash.String(),
 		TableSize: svc.TableSize, Check: svc.Check}
 	for _, v := range svc.VIPs {
-		f.VIPs = append(f.VIPs, fileVIP{Address: v.Addr.String(), Ports: model.FormatPorts(v.Ports)})
+		f.VIPs = append(f.VIPs, v.Addr.String())
+	}
+	if len(svc.VIPs) > 0 {
+		f.Ports = model.FormatPorts(svc.VIPs[0].Ports)
 	}
 	return f
 }
 
 // fromFileService validates a service of the state file with the
-// configuration file's rules.
+// configuration file's rules (config.CheckService).
 func fromFileService(f fileService) (model.Service, error) {
-	spec := config.ServiceSpec{Name: f.Name, Protocols: f.Protocols, Hash: f.Hash, Check: f.Check}
-	if f.TableSize != 0 {
-		n := int64(f.TableSize)
-		spec.TableSize = &n
+	n := int64(f.TableSize)
+	spec := config.ServiceSpec{Name: f.Name, VIPs: f.VIPs, Ports: f.Ports, Protocols: []string{f.Protocols}, Hash: f.Hash,
+		TableSize: &n, Check: f.Check}
+	if spec.VIPs == nil {
+		spec.VIPs = []string{} // "at least one", not "unchanged"
 	}
-	for _, v := range f.VIPs {
-		spec.VIPs = append(spec.VIPs, config.VIPSpec{Address: v.Address, Ports: v.Ports})
+	svc, problems := config.CheckService(spec, config.ServiceDefaults(maglev.DefaultSize))
+	if len(problems) > 0 {
+		msgs := make([]string, len(problems))
+		for i, p := range problems {
+			msgs[i] = p.Error()
+		}
+		return svc, errors.New(strings.Join(msgs, "; "))
 	}
-	return config.CheckService(spec, 0)
+	return svc, nil
 }
 
 // readStateFile reads and validates the state file. A missing file is an
@@ -209,29 +217,18 @@ func decodeStateFile(data []byte) (*stateFile, error) {
 		}
 		services[fs.Name] = true
 	}
-	// Addresses are unique within a service; a VIP among them is dropped
-	// with a warning (restore).
-	sets := map[string]*config.BackendSet{}
-	names := map[string]bool{}
+	// A VIP among the addresses is dropped with a warning (restore).
+	set := config.NewBackendSet(nil)
 	for i := range f.Backends {
 		b := &f.Backends[i]
 		place := fmt.Sprintf("backends[%d] %s", i, quote.Q(b.Name))
 		if *v.Version == 1 {
 			b.Service = config.DefaultService
 		}
-		if err := config.CheckBackendName(b.Service); err != nil {
+		if err := config.CheckServiceName(b.Service); err != nil {
 			problems = append(problems, fmt.Sprintf("%s: service: %v", place, err))
 		}
-		if names[b.Name] {
-			problems = append(problems, fmt.Sprintf("%s: %v", place, config.NameTaken()))
-		}
-		names[b.Name] = true
-		set := sets[b.Service]
-		if set == nil {
-			set = config.NewBackendSet(nil)
-			sets[b.Service] = set
-		}
-		spec := config.BackendSpec{Name: b.Name, Address: b.Address, Check: b.Check}
+		spec := config.BackendSpec{Service: b.Service, Name: b.Name, Address: b.Address, Check: b.Check}
 		if b.Weight == nil {
 			problems = append(problems, fmt.Sprintf("%s: weight: missing", place))
 		} else {

@@ -299,3 +299,21 @@ func TestPoolFitsTable(t *testing.T) {
 	_, err := f.r.Add("ns3", "10.0.2.9", AddOptions{Service: "dns"})
 	checkErr(t, err, ErrInvalidArgument, `service "dns" has 3 backends, as many as its table_size (3) has slots`)
 }
+
+// A stream of AddService calls stops at MaxServices.
+func TestMaxServices(t *testing.T) {
+	f := newFixture(t, baseConfig())
+	add := func(i int) error {
+		s := dnsService()
+		s.Name = fmt.Sprintf("s%d", i)
+		s.VIPs = []model.VIP{{Addr: netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})}}
+		_, err := f.r.AddService(s, true)
+		return err
+	}
+	for i := range MaxServices - 1 { // and the configuration file's default
+		if err := add(i); err != nil {
+			t.Fatalf("service %d: %v", i, err)
+		}
+	}
+	checkErr(t, add(MaxServices), ErrInvalidArgument, "there are 1000 services already")
+}

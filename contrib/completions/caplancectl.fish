@@ -100,7 +100,7 @@ complete -c caplancectl -f
 complete -c caplancectl -n '__caplancectl_at ""' -l bus -x -a 'system session' -d 'connect to BUS: system, session or a D-Bus address'
 complete -c caplancectl -n '__caplancectl_at ""' -l help -d 'print the usage and exit'
 complete -c caplancectl -n '__caplancectl_at ""' -l version -d 'print the version and exit'
-complete -c caplancectl -n '__caplancectl_at "" 0' -a status -d 'show caplanced\'s state, roles, VIPs and backend count'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a status -d 'show caplanced\'s state, roles, VIPs and how many services and backends'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a services -d 'list the services with their VIPs, ports and counters'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a list-services -d 'list the services with their VIPs, ports and counters'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a show-service -d 'show every property of a service, and its backends'

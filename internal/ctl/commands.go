@@ -19,7 +19,7 @@ import (
 // commands is caplancectl's command table, in the order of --help and
 // caplancectl(8).
 var commands = []command{
-	{name: "status", summary: "show caplanced's state, roles, VIPs and backend count", setup: noFlags(statusAction)},
+	{name: "status", summary: "show caplanced's state, roles, VIPs and how many services and backends", setup: noFlags(statusAction)},
 	{name: "services", aliases: []string{"list-services"}, synopsis: "[--json]", summary: "list the services with their VIPs, ports and counters", setup: setupServices},
 	{name: "show-service", synopsis: "NAME", summary: "show every property of a service, and its backends", setup: setupShowService, nameArg: serviceName},
 	{name: "add-service", synopsis: "NAME --vip ADDRESS [--vip ADDRESS] [--port PORTS] [--proto PROTO] [--hash HASH] [--table-size N] [--check SPEC] [--runtime]",
@@ -421,11 +421,17 @@ func statusAction(ctx context.Context, c Conn, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	count := -1 // a caplanced without the balancer role has no backends
+	// A caplanced without the balancer role has no services or backends.
+	services, backends := -1, -1
 	rows, err := listBackends(ctx, c)
 	switch {
 	case err == nil:
-		count = len(rows)
+		backends = len(rows)
+		svcs, err := listServices(ctx, c)
+		if err != nil {
+			return err
+		}
+		services = len(svcs)
 	case errorName(err) != dbusname.ErrorPrefix+"NotSupported":
 		return err
 	}
@@ -446,7 +452,7 @@ func statusAction(ctx context.Context, c Conn, out io.Writer) error {
 			}
 		}
 	}
-	_, err = io.WriteString(out, formatStatus(props, count, healthd))
+	_, err = io.WriteString(out, formatStatus(props, services, backends, healthd))
 	return err
 }
 

@@ -260,9 +260,11 @@ func bashArg(a compArg) string {
 	return strings.Join(a.Words, " ")
 }
 
-// zshNames is the zsh action that offers names.
+// zshNames is the zsh action that offers names. It starts with a space
+// so that _arguments calls it with these arguments only, not with compadd
+// options inserted after the function's name.
 func zshNames(n *nameList) string {
-	return "_caplancectl_names " + n.Command + " " + n.What
+	return " _caplancectl_names " + n.Command + " " + n.What
 }
 
 // zshSpec is the _arguments spec of a flag.

@@ -207,17 +207,15 @@ func propertyOrder(props map[string]dbus.Variant, order []string) []string {
 }
 
 // formatStatus is status's output: the manager's properties, the number
-// of backends (none when count < 0) and caplance-healthd's status ("" when
-// it does not run).
-func formatStatus(props map[string]dbus.Variant, count int, healthd string) string {
-	all := make(map[string]dbus.Variant, len(props)+1)
-	for k, v := range props {
-		all[k] = v
-	}
+// of services and of backends (none when < 0, without the balancer role)
+// and caplance-healthd's status ("" when it does not run).
+func formatStatus(props map[string]dbus.Variant, services, backends int, healthd string) string {
+	all := maps.Clone(props)
 	order := managerProperties
-	if count >= 0 {
-		all["Backends"] = dbus.MakeVariant(uint32(count))
-		order = append(slices.Clip(order), "Backends")
+	if backends >= 0 {
+		all["Services"] = dbus.MakeVariant(uint32(services))
+		all["Backends"] = dbus.MakeVariant(uint32(backends))
+		order = append(slices.Clip(order), "Services", "Backends")
 	}
 	s := formatProperties(all, order)
 	if healthd != "" {

@@ -207,15 +207,15 @@ type serviceFlags struct {
 
 func defineServiceFlags(fs *flag.FlagSet, add bool) *serviceFlags {
 	f := &serviceFlags{fs: fs}
-	verb := "replace the VIPs with `address` (repeat it for several)"
+	vip, dflt := "replace the VIPs with `address` (repeat it for several)", func(string) string { return "" }
 	if add {
-		verb = "take traffic to `address` (repeat it for several)"
+		vip, dflt = "take traffic to `address` (repeat it for several)", func(d string) string { return " (default " + d + ")" }
 	}
-	fs.Var(&f.vips, "vip", verb)
-	f.ports = fs.String("port", "", "the destination `ports` taken on every VIP: 80,443,8000-8099 or all (add-service's default)")
-	f.protocols = fs.String("proto", "", "the `protocols` taken: tcp, udp or tcp+udp (add-service's default)")
-	f.hash = fs.String("hash", "", "the `hash` that picks a flow's backend: 5-tuple (add-service's default), source-ip or source-ip-port")
-	f.table = fs.String("table-size", "", "the prime `size` of its Maglev table (add-service's default: caplanced's table_size)")
+	fs.Var(&f.vips, "vip", vip)
+	f.ports = fs.String("port", "", "the destination `ports` taken on every VIP: 80,443,8000-8099 or all"+dflt("all"))
+	f.protocols = fs.String("proto", "", "the `protocols` taken: tcp, udp or tcp+udp"+dflt("tcp+udp"))
+	f.hash = fs.String("hash", "", "the `hash` that picks a flow's backend: 5-tuple, source-ip or source-ip-port"+dflt("5-tuple"))
+	f.table = fs.String("table-size", "", "the prime `size` of its Maglev table"+dflt("caplanced's table_size"))
 	f.check = fs.String("check", "", "the health check `spec` of its backends that have none of their own")
 	if add {
 		f.runtime = fs.Bool("runtime", false, "register until caplanced stops instead of persistently")

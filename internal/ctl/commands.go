@@ -26,14 +26,14 @@ var commands = []command{
 		summary: "add a service: the traffic of its VIPs and ports, and how it is spread", setup: setupAddService, nameArg: newName},
 	{name: "change-service", synopsis: "NAME [--vip ADDRESS] [--port PORTS] [--proto PROTO] [--hash HASH] [--table-size N] [--check SPEC]",
 		summary: "change what a service takes or how it spreads it", setup: setupChangeService, nameArg: serviceName},
-	{name: "remove-service", synopsis: "NAME", summary: "take a service out, with its run-time backends", setup: serviceMethod("RemoveService"), nameArg: serviceName},
+	{name: "remove-service", synopsis: "NAME", summary: "take a service out, with its run-time backends", setup: nameMethod("RemoveService", serviceName), nameArg: serviceName},
 	{name: "list", synopsis: "[--service NAME] [--json]", summary: "list the backends by service with their state and counters", setup: setupList},
 	{name: "show", synopsis: "NAME [--service NAME]", summary: "show every property of a backend", setup: setupShow},
 	{name: "add-backend", synopsis: "NAME ADDRESS [--service NAME] [--weight N] [--check SPEC] [--runtime]", summary: "add a backend and put it in rotation", setup: setupAdd, nameArg: newName},
-	{name: "remove-backend", synopsis: "NAME [--service NAME]", summary: "take a backend out", setup: nameMethod("RemoveBackend")},
+	{name: "remove-backend", synopsis: "NAME [--service NAME]", summary: "take a backend out", setup: nameMethod("RemoveBackend", backendName)},
 	{name: "set-weight", synopsis: "NAME WEIGHT [--service NAME]", summary: "change a backend's share of new flows", setup: setupSetWeight},
-	{name: "drain", synopsis: "NAME [--service NAME]", summary: "send a backend no new flows", setup: nameMethod("Drain")},
-	{name: "undrain", synopsis: "NAME [--service NAME]", summary: "send a drained backend new flows again", setup: nameMethod("Undrain")},
+	{name: "drain", synopsis: "NAME [--service NAME]", summary: "send a backend no new flows", setup: nameMethod("Drain", backendName)},
+	{name: "undrain", synopsis: "NAME [--service NAME]", summary: "send a drained backend new flows again", setup: nameMethod("Undrain", backendName)},
 	{name: "reload", summary: "make caplanced re-read its configuration", setup: noFlags(managerCall("Reload"))},
 	{name: "stats", synopsis: "[--json]", summary: "print the balancer's counters, global and per service", setup: setupStats},
 	{name: "watch", summary: "print service and backend changes as they happen, until interrupted", setup: noFlags(watchAction), endless: true},
@@ -51,29 +51,24 @@ func noFlags(act action) setupFunc {
 	}
 }
 
-// serviceMethod is the setup of a command that calls a manager method with
-// a service's name as its only argument.
-func serviceMethod(method string) setupFunc {
-	return func(*flag.FlagSet) func([]string) (action, error) {
-		return func(args []string) (action, error) {
-			if err := wantArgs(args, "NAME"); err != nil {
-				return nil, err
-			}
-			return managerCall(method, args[0]), nil
-		}
-	}
-}
-
-// nameMethod is the setup of a command that calls a manager method with
-// the backend name as its only argument.
-func nameMethod(method string) setupFunc {
+// nameMethod is the setup of a command that calls a manager method with a
+// name as its only argument: a backend's, which --service may check, or a
+// service's.
+func nameMethod(method string, kind nameKind) setupFunc {
 	return func(fs *flag.FlagSet) func([]string) (action, error) {
-		service := backendServiceFlag(fs)
+		var service *string
+		if kind == backendName {
+			service = backendServiceFlag(fs)
+		}
 		return func(args []string) (action, error) {
 			if err := wantArgs(args, "NAME"); err != nil {
 				return nil, err
 			}
-			return inService(*service, args[0], managerCall(method, args[0])), nil
+			act := managerCall(method, args[0])
+			if service != nil {
+				act = inService(*service, args[0], act)
+			}
+			return act, nil
 		}
 	}
 }

@@ -193,9 +193,9 @@ func TestOverBus(t *testing.T) {
 			t.Errorf("%v: exit code %d, stdout %q, stderr %q; want %d, %q…, %q", tt.args, code, stdout, stderr, tt.wantCode, tt.wantStdout, tt.wantStderr)
 		}
 	}
-	// Reading is for everyone, changing is not. (list and services call
-	// ListServices, which the policy opens to everyone with the D-Bus side
-	// of services; show and stats read with the calls it opens already.)
+	// Reading is for everyone, changing is not. (The table of list and
+	// services call ListServices, which the policy opens to everyone with
+	// the D-Bus side of services.)
 	nobody := &App{Dial: func(string) (Conn, error) {
 		c, err := bus.DialAs(dbustest.Nobody(t))
 		if err != nil {
@@ -204,7 +204,7 @@ func TestOverBus(t *testing.T) {
 		return &busConn{c: c}, nil
 	}}
 	var stdout, stderr syncBuffer
-	for _, args := range [][]string{{"show", "web-1"}, {"stats"}} {
+	for _, args := range [][]string{{"list", "--json"}, {"show", "web-1"}, {"stats"}} {
 		if code := nobody.Execute(args, &stdout, &stderr); code != 0 || stderr.String() != "" {
 			t.Errorf("%v as nobody: exit code %d, stderr %q", args, code, stderr.String())
 		}

@@ -290,9 +290,14 @@ func setupList(fs *flag.FlagSet) func([]string) (action, error) {
 			return nil, err
 		}
 		return func(ctx context.Context, c Conn, out io.Writer) error {
-			services, err := listServices(ctx, c)
-			if err != nil {
-				return err
+			// The JSON of every backend needs no service: one call, as
+			// the shell completions make on each TAB.
+			var services []Service
+			if *service != "" || !*asJSON {
+				var err error
+				if services, err = listServices(ctx, c); err != nil {
+					return err
+				}
 			}
 			rows, err := listBackends(ctx, c)
 			if err != nil {

@@ -226,6 +226,9 @@ func TestCalls(t *testing.T) {
 		{[]string{"services"}, []string{mgr + "ListServices"}},
 		{[]string{"list-services", "--json"}, []string{mgr + "ListServices"}},
 		{[]string{"list", "--service", "web"}, []string{mgr + "ListServices", mgr + "ListBackends"}},
+		{[]string{"list"}, []string{mgr + "ListServices", mgr + "ListBackends"}},
+		{[]string{"list", "--json"}, []string{mgr + "ListBackends"}},
+		{[]string{"list", "--json", "--service", "web"}, []string{mgr + "ListServices", mgr + "ListBackends"}},
 		{[]string{"show-service", "dns.v2"}, []string{
 			"org.caplance.Caplance1 /org/caplance/Caplance1/service/dns_2ev2 org.freedesktop.DBus.Properties.GetAll s(org.caplance.Caplance1.Service)",
 			mgr + "ListBackends"}},

@@ -23,6 +23,10 @@ func TestExitCodes(t *testing.T) {
 	}{
 		{[]string{"--bus", noBus, "status"}, 3, "systemctl start caplanced"},
 		{[]string{"set-weight", "web1", "x"}, 2, `caplancectl: set-weight: weight "x": not a number`},
+		// A bad service flag is a usage error before any bus is dialled
+		// (this one does not exist).
+		{[]string{"--bus", noBus, "add-service", "web", "--vip", "10.0.0.100", "--port", "80,http"}, 2, `caplancectl: add-service: --port: `},
+		{[]string{"--bus", noBus, "change-service", "web", "--table-size", "big"}, 2, `caplancectl: change-service: --table-size "big": not a number`},
 		{[]string{"--version"}, 0, ""},
 	}
 	for _, tt := range tests {

@@ -5,23 +5,24 @@
 # Install it as /usr/share/bash-completion/completions/caplancectl, or
 # load it with: source <(caplancectl completion bash)
 
-# _caplancectl_backends PROG [FLAG...]: the names of caplanced's backends,
-# from "PROG FLAG... list --json"; nothing when caplanced is not running.
-_caplancectl_backends()
+# _caplancectl_names COMMAND PROG [FLAG...]: the names of caplanced's
+# backends (COMMAND list) or services (COMMAND services), from
+# "PROG FLAG... COMMAND --json"; nothing when caplanced is not running.
+_caplancectl_names()
 {
-    local prog=$1 line prefix='    "name": "'
-    shift
+    local cmd=$1 prog=$2 line prefix='    "name": "'
+    shift 2
     [[ $prog == '~/'* ]] && prog=$HOME/${prog#'~/'}
     while IFS= read -r line; do
         [[ $line == "$prefix"* ]] || continue
         line=${line#"$prefix"}
         printf '%s\n' "${line%%\"*}"
-    done < <("$prog" "$@" list --json 2>/dev/null)
+    done < <("$prog" "$@" "$cmd" --json 2>/dev/null)
 }
 
 # _caplancectl_spec COMMAND sets its caller's flags (to offer), vflags
 # (the names of those that take a value) and args (what each argument
-# completes to: @backend for a backend's name, words, or nothing) for
+# completes to: @COMMAND for the names COMMAND lists, words, or nothing) for
 # COMMAND, or for caplancectl itself when COMMAND is empty.
 _caplancectl_spec()
 {
@@ -30,20 +31,32 @@ _caplancectl_spec()
         flags='--bus --help --version' vflags=' bus ' args=() ;;
     'status')
         flags='--help' vflags='  ' args=() ;;
-    'list')
+    'services')
         flags='--json --help' vflags='  ' args=() ;;
+    'list-services')
+        flags='--json --help' vflags='  ' args=() ;;
+    'show-service')
+        flags='--help' vflags='  ' args=('@services') ;;
+    'add-service')
+        flags='--check --hash --port --proto --runtime --table-size --vip --help' vflags=' check hash port proto table-size vip ' args=('') ;;
+    'change-service')
+        flags='--check --hash --port --proto --table-size --vip --help' vflags=' check hash port proto table-size vip ' args=('@services') ;;
+    'remove-service')
+        flags='--help' vflags='  ' args=('@services') ;;
+    'list')
+        flags='--json --service --help' vflags=' service ' args=() ;;
     'show')
-        flags='--help' vflags='  ' args=('@backend') ;;
+        flags='--service --help' vflags=' service ' args=('@list') ;;
     'add-backend')
-        flags='--check --runtime --weight --help' vflags=' check weight ' args=('' '') ;;
+        flags='--check --runtime --service --weight --help' vflags=' check service weight ' args=('' '') ;;
     'remove-backend')
-        flags='--help' vflags='  ' args=('@backend') ;;
+        flags='--service --help' vflags=' service ' args=('@list') ;;
     'set-weight')
-        flags='--help' vflags='  ' args=('@backend' '') ;;
+        flags='--service --help' vflags=' service ' args=('@list' '') ;;
     'drain')
-        flags='--help' vflags='  ' args=('@backend') ;;
+        flags='--service --help' vflags=' service ' args=('@list') ;;
     'undrain')
-        flags='--help' vflags='  ' args=('@backend') ;;
+        flags='--service --help' vflags=' service ' args=('@list') ;;
     'reload')
         flags='--help' vflags='  ' args=() ;;
     'stats')
@@ -58,12 +71,19 @@ _caplancectl_spec()
 }
 
 # _caplancectl_values FLAG VALUE [PREFIX]: the values of FLAG that start
-# with VALUE, each after PREFIX.
+# with VALUE, each after PREFIX. Names are listed with the global flags of
+# _caplancectl's words and global.
 _caplancectl_values()
 {
     case $1 in
     'bus')
         mapfile -t COMPREPLY < <(compgen -P "${3-}" -W 'system session' -- "$2") ;;
+    'hash')
+        mapfile -t COMPREPLY < <(compgen -P "${3-}" -W '5-tuple source-ip source-ip-port' -- "$2") ;;
+    'proto')
+        mapfile -t COMPREPLY < <(compgen -P "${3-}" -W 'tcp udp tcp+udp' -- "$2") ;;
+    'service')
+        mapfile -t COMPREPLY < <(compgen -P "${3-}" -W "$(_caplancectl_names 'services' "${words[0]}" "${global[@]}")" -- "$2") ;;
     esac
 }
 
@@ -132,11 +152,11 @@ _caplancectl()
     elif ((!endflags)) && [[ $cur == -* ]]; then
         mapfile -t COMPREPLY < <(compgen -W "$flags" -- "$cur")
     elif [[ -z $cmd ]]; then
-        mapfile -t COMPREPLY < <(compgen -W 'status list show add-backend remove-backend set-weight drain undrain reload stats watch completion' -- "$cur")
+        mapfile -t COMPREPLY < <(compgen -W 'status services list-services show-service add-service change-service remove-service list show add-backend remove-backend set-weight drain undrain reload stats watch completion' -- "$cur")
     else
         case ${args[narg]-} in
-        @backend)
-            mapfile -t COMPREPLY < <(compgen -W "$(_caplancectl_backends "${words[0]}" "${global[@]}")" -- "$cur") ;;
+        @*)
+            mapfile -t COMPREPLY < <(compgen -W "$(_caplancectl_names "${args[narg]#@}" "${words[0]}" "${global[@]}")" -- "$cur") ;;
         ?*)
             mapfile -t COMPREPLY < <(compgen -W "${args[narg]}" -- "$cur") ;;
         esac

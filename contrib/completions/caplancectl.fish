@@ -56,8 +56,24 @@ end
 # that take a value.
 function __caplancectl_value_flags
     switch $argv[1]
+        case 'add-service'
+            string join \n -- check hash port proto table-size vip
+        case 'change-service'
+            string join \n -- check hash port proto table-size vip
+        case 'list'
+            string join \n -- service
+        case 'show'
+            string join \n -- service
         case 'add-backend'
-            string join \n -- check weight
+            string join \n -- check service weight
+        case 'remove-backend'
+            string join \n -- service
+        case 'set-weight'
+            string join \n -- service
+        case 'drain'
+            string join \n -- service
+        case 'undrain'
+            string join \n -- service
     end
 end
 
@@ -72,20 +88,26 @@ function __caplancectl_at
     end
 end
 
-# The names of caplanced's backends, from "caplancectl list --json" with
-# the global flags of the command line; nothing when caplanced is not
-# running.
-function __caplancectl_backends
+# __caplancectl_names COMMAND: the names of caplanced's backends (list) or
+# services (services), from "caplancectl COMMAND --json" with the global
+# flags of the command line; nothing when caplanced is not running.
+function __caplancectl_names
     set -l prog (string replace -r -- '^~/' "$HOME/" (commandline -opc)[1])
-    $prog (__caplancectl_parse global) list --json 2>/dev/null | string replace -rf -- '^    "name": "([^"]*)".*' '$1'
+    $prog (__caplancectl_parse global) $argv[1] --json 2>/dev/null | string replace -rf -- '^    "name": "([^"]*)".*' '$1'
 end
 
 complete -c caplancectl -f
 complete -c caplancectl -n '__caplancectl_at ""' -l bus -x -a 'system session' -d 'connect to BUS: system, session or a D-Bus address'
 complete -c caplancectl -n '__caplancectl_at ""' -l help -d 'print the usage and exit'
 complete -c caplancectl -n '__caplancectl_at ""' -l version -d 'print the version and exit'
-complete -c caplancectl -n '__caplancectl_at "" 0' -a status -d 'show caplanced\'s state, roles, VIPs and backend count'
-complete -c caplancectl -n '__caplancectl_at "" 0' -a list -d 'list the backends with their state and counters'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a status -d 'show caplanced\'s state, roles, VIPs and how many services and backends'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a services -d 'list the services with their VIPs, ports and counters'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a list-services -d 'list the services with their VIPs, ports and counters'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a show-service -d 'show every property of a service, and its backends'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a add-service -d 'add a service: the traffic of its VIPs and ports, and how it is spread'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a change-service -d 'change what a service takes or how it spreads it'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a remove-service -d 'take a service out, with its run-time backends'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a list -d 'list the backends by service with their state and counters'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a show -d 'show every property of a backend'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a add-backend -d 'add a backend and put it in rotation'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a remove-backend -d 'take a backend out'
@@ -93,34 +115,71 @@ complete -c caplancectl -n '__caplancectl_at "" 0' -a set-weight -d 'change a ba
 complete -c caplancectl -n '__caplancectl_at "" 0' -a drain -d 'send a backend no new flows'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a undrain -d 'send a drained backend new flows again'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a reload -d 'make caplanced re-read its configuration'
-complete -c caplancectl -n '__caplancectl_at "" 0' -a stats -d 'print the balancer\'s counters'
-complete -c caplancectl -n '__caplancectl_at "" 0' -a watch -d 'print backend changes as they happen, until interrupted'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a stats -d 'print the balancer\'s counters, global and per service'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a watch -d 'print service and backend changes as they happen, until interrupted'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a completion -d 'print the shell completion script'
 
 complete -c caplancectl -n '__caplancectl_at status' -l help -d 'print the usage and exit'
 
+complete -c caplancectl -n '__caplancectl_at services' -l json -d 'print JSON instead of a table'
+complete -c caplancectl -n '__caplancectl_at services' -l help -d 'print the usage and exit'
+
+complete -c caplancectl -n '__caplancectl_at list-services' -l json -d 'print JSON instead of a table'
+complete -c caplancectl -n '__caplancectl_at list-services' -l help -d 'print the usage and exit'
+
+complete -c caplancectl -n '__caplancectl_at show-service' -l help -d 'print the usage and exit'
+complete -c caplancectl -n '__caplancectl_at show-service 0' -a '(__caplancectl_names services)' -d 'service'
+
+complete -c caplancectl -n '__caplancectl_at add-service' -l check -x -d 'the health check spec of its backends that have none of their own'
+complete -c caplancectl -n '__caplancectl_at add-service' -l hash -x -a '5-tuple source-ip source-ip-port' -d 'the hash that picks a flow\'s backend: 5-tuple, source-ip or source-ip-port (default 5-tuple)'
+complete -c caplancectl -n '__caplancectl_at add-service' -l port -x -d 'the destination ports taken on every VIP: 80,443,8000-8099 or all (default all)'
+complete -c caplancectl -n '__caplancectl_at add-service' -l proto -x -a 'tcp udp tcp+udp' -d 'the protocols taken: tcp, udp or tcp+udp (default tcp+udp)'
+complete -c caplancectl -n '__caplancectl_at add-service' -l runtime -d 'register until caplanced stops instead of persistently'
+complete -c caplancectl -n '__caplancectl_at add-service' -l table-size -x -d 'the prime size of its Maglev table (default caplanced\'s table_size)'
+complete -c caplancectl -n '__caplancectl_at add-service' -l vip -x -d 'take traffic to address (repeat it for several)'
+complete -c caplancectl -n '__caplancectl_at add-service' -l help -d 'print the usage and exit'
+
+complete -c caplancectl -n '__caplancectl_at change-service' -l check -x -d 'the health check spec of its backends that have none of their own'
+complete -c caplancectl -n '__caplancectl_at change-service' -l hash -x -a '5-tuple source-ip source-ip-port' -d 'the hash that picks a flow\'s backend: 5-tuple, source-ip or source-ip-port'
+complete -c caplancectl -n '__caplancectl_at change-service' -l port -x -d 'the destination ports taken on every VIP: 80,443,8000-8099 or all'
+complete -c caplancectl -n '__caplancectl_at change-service' -l proto -x -a 'tcp udp tcp+udp' -d 'the protocols taken: tcp, udp or tcp+udp'
+complete -c caplancectl -n '__caplancectl_at change-service' -l table-size -x -d 'the prime size of its Maglev table'
+complete -c caplancectl -n '__caplancectl_at change-service' -l vip -x -d 'replace the VIPs with address (repeat it for several)'
+complete -c caplancectl -n '__caplancectl_at change-service' -l help -d 'print the usage and exit'
+complete -c caplancectl -n '__caplancectl_at change-service 0' -a '(__caplancectl_names services)' -d 'service'
+
+complete -c caplancectl -n '__caplancectl_at remove-service' -l help -d 'print the usage and exit'
+complete -c caplancectl -n '__caplancectl_at remove-service 0' -a '(__caplancectl_names services)' -d 'service'
+
 complete -c caplancectl -n '__caplancectl_at list' -l json -d 'print JSON instead of a table'
+complete -c caplancectl -n '__caplancectl_at list' -l service -x -a '(__caplancectl_names services)' -d 'list only the backends of service NAME'
 complete -c caplancectl -n '__caplancectl_at list' -l help -d 'print the usage and exit'
 
+complete -c caplancectl -n '__caplancectl_at show' -l service -x -a '(__caplancectl_names services)' -d 'fail unless the backend is in service NAME'
 complete -c caplancectl -n '__caplancectl_at show' -l help -d 'print the usage and exit'
-complete -c caplancectl -n '__caplancectl_at show 0' -a '(__caplancectl_backends)' -d 'backend'
+complete -c caplancectl -n '__caplancectl_at show 0' -a '(__caplancectl_names list)' -d 'backend'
 
-complete -c caplancectl -n '__caplancectl_at add-backend' -l check -x -d 'the backend\'s health check spec, see caplanced.toml(5)'
+complete -c caplancectl -n '__caplancectl_at add-backend' -l check -x -d 'the backend\'s health check spec (its service\'s when absent), see caplanced.toml(5)'
 complete -c caplancectl -n '__caplancectl_at add-backend' -l runtime -d 'register until caplanced stops instead of persistently'
+complete -c caplancectl -n '__caplancectl_at add-backend' -l service -x -a '(__caplancectl_names services)' -d 'add it to service NAME (needed only when there are several)'
 complete -c caplancectl -n '__caplancectl_at add-backend' -l weight -x -d 'the backend\'s weight (caplanced\'s default when absent)'
 complete -c caplancectl -n '__caplancectl_at add-backend' -l help -d 'print the usage and exit'
 
+complete -c caplancectl -n '__caplancectl_at remove-backend' -l service -x -a '(__caplancectl_names services)' -d 'fail unless the backend is in service NAME'
 complete -c caplancectl -n '__caplancectl_at remove-backend' -l help -d 'print the usage and exit'
-complete -c caplancectl -n '__caplancectl_at remove-backend 0' -a '(__caplancectl_backends)' -d 'backend'
+complete -c caplancectl -n '__caplancectl_at remove-backend 0' -a '(__caplancectl_names list)' -d 'backend'
 
+complete -c caplancectl -n '__caplancectl_at set-weight' -l service -x -a '(__caplancectl_names services)' -d 'fail unless the backend is in service NAME'
 complete -c caplancectl -n '__caplancectl_at set-weight' -l help -d 'print the usage and exit'
-complete -c caplancectl -n '__caplancectl_at set-weight 0' -a '(__caplancectl_backends)' -d 'backend'
+complete -c caplancectl -n '__caplancectl_at set-weight 0' -a '(__caplancectl_names list)' -d 'backend'
 
+complete -c caplancectl -n '__caplancectl_at drain' -l service -x -a '(__caplancectl_names services)' -d 'fail unless the backend is in service NAME'
 complete -c caplancectl -n '__caplancectl_at drain' -l help -d 'print the usage and exit'
-complete -c caplancectl -n '__caplancectl_at drain 0' -a '(__caplancectl_backends)' -d 'backend'
+complete -c caplancectl -n '__caplancectl_at drain 0' -a '(__caplancectl_names list)' -d 'backend'
 
+complete -c caplancectl -n '__caplancectl_at undrain' -l service -x -a '(__caplancectl_names services)' -d 'fail unless the backend is in service NAME'
 complete -c caplancectl -n '__caplancectl_at undrain' -l help -d 'print the usage and exit'
-complete -c caplancectl -n '__caplancectl_at undrain 0' -a '(__caplancectl_backends)' -d 'backend'
+complete -c caplancectl -n '__caplancectl_at undrain 0' -a '(__caplancectl_names list)' -d 'backend'
 
 complete -c caplancectl -n '__caplancectl_at reload' -l help -d 'print the usage and exit'
 

@@ -15,10 +15,14 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-// Backend must stay the element of ListBackends' a(ssussstttt).
-func TestBackendSignature(t *testing.T) {
-	if got := dbus.SignatureOf([]Backend{}).String(); got != "a(ssussstttt)" {
-		t.Errorf("signature of []Backend = %s, want a(ssussstttt)", got)
+// Backend and Service must stay the elements of ListBackends'
+// a(sssussstttt) and ListServices' a(sa{ss}ssussuttt).
+func TestRowSignatures(t *testing.T) {
+	if got := dbus.SignatureOf([]Backend{}).String(); got != "a(sssussstttt)" {
+		t.Errorf("signature of []Backend = %s, want a(sssussstttt)", got)
+	}
+	if got := dbus.SignatureOf([]Service{}).String(); got != "a(sa{ss}ssussuttt)" {
+		t.Errorf("signature of []Service = %s, want a(sa{ss}ssussuttt)", got)
 	}
 }
 
@@ -38,7 +42,33 @@ func (s *stubDaemon) record(format string, args ...any) {
 
 func (s *stubDaemon) AddBackend(name, address string, opts map[string]dbus.Variant) (dbus.ObjectPath, *dbus.Error) {
 	s.record("AddBackend %s %s %s", name, address, describeValue(opts))
-	return dbusname.BackendPath(name), nil
+	service := "web"
+	if v, ok := opts["service"]; ok {
+		service, _ = v.Value().(string)
+	}
+	return dbusname.BackendPath(service, name), nil
+}
+
+func (s *stubDaemon) AddService(name string, opts map[string]dbus.Variant) (dbus.ObjectPath, *dbus.Error) {
+	s.record("AddService %s %s", name, describeValue(opts))
+	return dbusname.ServicePath(name), nil
+}
+
+func (s *stubDaemon) ChangeService(name string, opts map[string]dbus.Variant) *dbus.Error {
+	s.record("ChangeService %s %s", name, describeValue(opts))
+	return nil
+}
+
+func (s *stubDaemon) RemoveService(name string) *dbus.Error {
+	if name != "web" {
+		return dbus.NewError(dbusname.ErrorPrefix+"NotFound", []any{fmt.Sprintf("service %q: no such service", name)})
+	}
+	s.record("RemoveService %s", name)
+	return nil
+}
+
+func (s *stubDaemon) ListServices() ([]Service, *dbus.Error) {
+	return []Service{{"web", map[string]string{"10.0.0.100": "80,443"}, "tcp", "source-ip", 251, "", "runtime", 1, 3400, 567890, 12}}, nil
 }
 
 func (s *stubDaemon) Drain(name string) *dbus.Error {
@@ -51,11 +81,11 @@ func (s *stubDaemon) SetWeight(name string, weight uint32) *dbus.Error {
 }
 
 func (s *stubDaemon) ListBackends() ([]Backend, *dbus.Error) {
-	return []Backend{{"web-1", "10.0.1.1", 100, "active", "up", "", 12, 3, 3400, 567890}}, nil
+	return []Backend{{"web-1", "web", "10.0.1.1", 100, "active", "up", "", 12, 3, 3400, 567890}}, nil
 }
 
 func (s *stubDaemon) GetStats() (map[string]uint64, *dbus.Error) {
-	return map[string]uint64{"received": 7, "drop.no_backend": 1}, nil
+	return map[string]uint64{"received": 7, "drop.no_backend": 1, "service.web.packets": 6, "service.web.drops": 1}, nil
 }
 
 // stubProperties is org.freedesktop.DBus.Properties of one object.
@@ -74,7 +104,8 @@ func startStub(t *testing.T, bus *dbustest.Bus) *stubDaemon {
 	}{
 		{s, dbusname.ManagerPath, dbusname.ManagerIface},
 		{stubProperties(managerProps), dbusname.ManagerPath, propertiesIface},
-		{stubProperties(web1Props), dbusname.BackendPath("web-1"), propertiesIface},
+		{stubProperties(webProps), dbusname.ServicePath("web"), propertiesIface},
+		{stubProperties(web1Props), dbusname.BackendPath("web", "web-1"), propertiesIface},
 	} {
 		if err := conn.Export(export.v, export.path, export.iface); err != nil {
 			t.Fatal(err)
@@ -131,11 +162,26 @@ func TestOverBus(t *testing.T) {
 		wantStdout string
 		wantStderr string
 	}{
-		{args: []string{"list"}, wantStdout: "NAME   ADDRESS   WEIGHT  ADMIN   HEALTH  ACTIVE  INACTIVE  PACKETS  REASON\nweb-1  10.0.1.1  100     active  up      12      3         3400     -\n"},
-		{args: []string{"stats"}, wantStdout: "drop.no_backend 1\nreceived 7\n"},
-		{args: []string{"show", "web-1"}, wantStdout: "Name:          web-1\n"},
+		{args: []string{"list"}, wantStdout: "SERVICE  PROTO  HASH       TABLE  VIPS\n" +
+			"  -> NAME   ADDRESS   WEIGHT  ADMIN   HEALTH  ACTIVE  INACTIVE  PACKETS  REASON\n" +
+			"web      tcp    source-ip  251    10.0.0.100:80,443\n" +
+			"  -> web-1  10.0.1.1  100     active  up      12      3         3400     -\n"},
+		{args: []string{"list", "--service", "web", "--json"}, wantStdout: "[\n  {\n    \"name\": \"web-1\",\n    \"service\": \"web\",\n"},
+		{args: []string{"services"}, wantStdout: "NAME  PROTO  HASH       TABLE  BACKENDS  ACTIVE  PACKETS  SOURCE   CHECK  VIPS\n" +
+			"web   tcp    source-ip  251    1         12      3400     runtime  -      10.0.0.100:80,443\n"},
+		{args: []string{"show-service", "web"}, wantStdout: "Name:          web\nVIPs:          10.0.0.100:80,443,8000-8099 10.0.0.101:80,443\n"},
+		{args: []string{"show-service", "dns"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: service \"dns\": no such service\n"},
+		{args: []string{"stats"}, wantStdout: "drop.no_backend 1\nreceived 7\n\nSERVICE  PACKETS  DROPS\nweb      6        1\n"},
+		{args: []string{"show", "web-1"}, wantStdout: "Name:          web-1\nService:       web\n"},
+		{args: []string{"show", "web-1", "--service", "dns"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: backend \"web-1\" is in service \"web\", not in \"dns\"\n"},
+		{args: []string{"add-service", "dns", "--vip", "10.0.0.53", "--port", "53", "--proto", "udp", "--hash", "source-ip", "--table-size", "251", "--check", "udp://:53", "--runtime"}},
+		{args: []string{"change-service", "web", "--vip", "10.0.0.100", "--vip", "10.0.0.101", "--port", "all"}},
+		{args: []string{"remove-service", "web"}},
+		{args: []string{"remove-service", "dns"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: service \"dns\": no such service\n"},
+		{args: []string{"set-weight", "web-1", "8", "--service", "dns"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: backend \"web-1\" is in service \"web\", not in \"dns\"\n"},
+		{args: []string{"add-backend", "dns1", "10.0.2.1", "--service", "dns"}},
 		{args: []string{"show", "web9"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: backend \"web9\": no such backend\n"},
-		{args: []string{"status"}, wantStdout: "Version:   1.2.3\n"},
+		{args: []string{"status"}, wantStdout: "Version:    1.2.3\nAPIVersion: 2\n"},
 		{args: []string{"add-backend", "web2", "10.0.1.2", "--weight", "5", "--runtime"}},
 		{args: []string{"set-weight", "web2", "7"}},
 		{args: []string{"drain", "web9"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: backend \"web9\": no such backend\n"},
@@ -147,7 +193,9 @@ func TestOverBus(t *testing.T) {
 			t.Errorf("%v: exit code %d, stdout %q, stderr %q; want %d, %q…, %q", tt.args, code, stdout, stderr, tt.wantCode, tt.wantStdout, tt.wantStderr)
 		}
 	}
-	// Reading is for everyone, changing is not.
+	// Reading is for everyone, changing is not. (The table of list and
+	// services call ListServices, which the policy opens to everyone with
+	// the D-Bus side of services.)
 	nobody := &App{Dial: func(string) (Conn, error) {
 		c, err := bus.DialAs(dbustest.Nobody(t))
 		if err != nil {
@@ -156,8 +204,10 @@ func TestOverBus(t *testing.T) {
 		return &busConn{c: c}, nil
 	}}
 	var stdout, stderr syncBuffer
-	if code := nobody.Execute([]string{"list"}, &stdout, &stderr); code != 0 || stderr.String() != "" {
-		t.Errorf("list as nobody: exit code %d, stderr %q", code, stderr.String())
+	for _, args := range [][]string{{"list", "--json"}, {"show", "web-1"}, {"stats"}} {
+		if code := nobody.Execute(args, &stdout, &stderr); code != 0 || stderr.String() != "" {
+			t.Errorf("%v as nobody: exit code %d, stderr %q", args, code, stderr.String())
+		}
 	}
 	code := nobody.Execute([]string{"set-weight", "web1", "3"}, &stdout, &stderr)
 	wantDenied := "caplancectl: SetWeight: refused by the D-Bus policy (run as root or a member of caplance-admin)\n"
@@ -165,7 +215,14 @@ func TestOverBus(t *testing.T) {
 		t.Errorf("set-weight as nobody: exit code %d, stderr %q; want %d, %q", code, stderr.String(), cli.ExitFailed, wantDenied)
 	}
 
-	want := []string{"AddBackend web2 10.0.1.2 a{sv}{runtime:b=true,weight:u=5}", "SetWeight web2 7"}
+	want := []string{
+		"AddService dns a{sv}{check:s=udp://:53,hash:s=source-ip,ports:s=53,protocols:s=udp,runtime:b=true,table_size:u=251,vips:as=[10.0.0.53]}",
+		"ChangeService web a{sv}{ports:s=all,vips:as=[10.0.0.100 10.0.0.101]}",
+		"RemoveService web",
+		"AddBackend dns1 10.0.2.1 a{sv}{service:s=dns}",
+		"AddBackend web2 10.0.1.2 a{sv}{runtime:b=true,weight:u=5}",
+		"SetWeight web2 7",
+	}
 	if diff := cmp.Diff(want, stub.got); diff != "" {
 		t.Errorf("calls received (-want +got):\n%s", diff)
 	}
@@ -204,10 +261,13 @@ func TestOverBus(t *testing.T) {
 	}
 	// Until watch has subscribed, signals are lost: repeat the first.
 	waitFor("BackendAdded probe", func() {
-		emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendAdded", "probe", dbusname.BackendPath("probe"))
+		emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendAdded", "probe", dbusname.BackendPath("web", "probe"))
 	})
+	emit(dbusname.ManagerPath, dbusname.ManagerIface+".ServiceAdded", "dns", dbusname.ServicePath("dns"))
+	emit(dbusname.ServicePath("dns"), propertiesIface+".PropertiesChanged", dbusname.ServiceIface,
+		map[string]dbus.Variant{"Hash": variant("source-ip")}, []string{"Packets"})
 	emit(dbusname.ManagerPath, propertiesIface+".PropertiesChanged", dbusname.ManagerIface, map[string]dbus.Variant{"State": variant("reloading")}, []string{})
-	emit(dbusname.BackendPath("web-1"), propertiesIface+".PropertiesChanged", dbusname.BackendIface,
+	emit(dbusname.BackendPath("web", "web-1"), propertiesIface+".PropertiesChanged", dbusname.BackendIface,
 		map[string]dbus.Variant{"Weight": variant(uint32(3))}, []string{"Packets"})
 	emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendHealthChanged", "web-1", false, "timeout")
 	waitFor("BackendHealthChanged", nil)
@@ -220,8 +280,9 @@ func TestOverBus(t *testing.T) {
 		t.Fatalf("RequestName: %v %v", reply, err)
 	}
 	waitFor("caplanced started", nil)
-	emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendRemoved", "web-1", dbusname.BackendPath("web-1"))
-	waitFor("BackendRemoved", nil)
+	emit(dbusname.ManagerPath, dbusname.ManagerIface+".BackendRemoved", "web-1", dbusname.BackendPath("web", "web-1"))
+	emit(dbusname.ManagerPath, dbusname.ManagerIface+".ServiceRemoved", "dns", dbusname.ServicePath("dns"))
+	waitFor("ServiceRemoved", nil)
 	mu.Lock()
 	watchConn.Close()
 	mu.Unlock()
@@ -238,12 +299,15 @@ func TestOverBus(t *testing.T) {
 		lines = lines[1:]
 	}
 	wantLines := []string{
-		"BackendAdded probe /org/caplance/Caplance1/backend/probe",
+		"BackendAdded probe /org/caplance/Caplance1/service/web/backend/probe",
+		"ServiceAdded dns /org/caplance/Caplance1/service/dns",
+		`ServicePropertiesChanged dns Hash="source-ip" invalidated=Packets`,
 		`PropertiesChanged web-1 Weight=3 invalidated=Packets`,
 		`BackendHealthChanged web-1 down "timeout"`,
 		"caplanced stopped",
 		"caplanced started",
-		"BackendRemoved web-1 /org/caplance/Caplance1/backend/web_2d1",
+		"BackendRemoved web-1 /org/caplance/Caplance1/service/web/backend/web_2d1",
+		"ServiceRemoved dns /org/caplance/Caplance1/service/dns",
 	}
 	if diff := cmp.Diff(wantLines, lines); diff != "" {
 		t.Errorf("watch output (-want +got):\n%s", diff)

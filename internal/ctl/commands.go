@@ -2,29 +2,41 @@ package ctl
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"slices"
+	"strings"
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/dbusname"
+	"github.com/caplance/caplance/internal/quote"
 )
 
 // commands is caplancectl's command table, in the order of --help and
 // caplancectl(8).
 var commands = []command{
-	{name: "status", summary: "show caplanced's state, roles, VIPs and backend count", setup: noFlags(statusAction)},
-	{name: "list", synopsis: "[--json]", summary: "list the backends with their state and counters", setup: setupList},
-	{name: "show", synopsis: "NAME", summary: "show every property of a backend", setup: setupShow},
-	{name: "add-backend", synopsis: "NAME ADDRESS [--weight N] [--check SPEC] [--runtime]", summary: "add a backend and put it in rotation", setup: setupAdd, newName: true},
-	{name: "remove-backend", synopsis: "NAME", summary: "take a backend out", setup: nameMethod("RemoveBackend")},
-	{name: "set-weight", synopsis: "NAME WEIGHT", summary: "change a backend's share of new flows", setup: setupSetWeight},
-	{name: "drain", synopsis: "NAME", summary: "send a backend no new flows", setup: nameMethod("Drain")},
-	{name: "undrain", synopsis: "NAME", summary: "send a drained backend new flows again", setup: nameMethod("Undrain")},
+	{name: "status", summary: "show caplanced's state, roles, VIPs and how many services and backends", setup: noFlags(statusAction)},
+	{name: "services", aliases: []string{"list-services"}, synopsis: "[--json]", summary: "list the services with their VIPs, ports and counters", setup: setupServices},
+	{name: "show-service", synopsis: "NAME", summary: "show every property of a service, and its backends", setup: setupShowService, nameArg: serviceName},
+	{name: "add-service", synopsis: "NAME --vip ADDRESS [--vip ADDRESS] [--port PORTS] [--proto PROTO] [--hash HASH] [--table-size N] [--check SPEC] [--runtime]",
+		summary: "add a service: the traffic of its VIPs and ports, and how it is spread", setup: setupAddService, nameArg: newName},
+	{name: "change-service", synopsis: "NAME [--vip ADDRESS] [--port PORTS] [--proto PROTO] [--hash HASH] [--table-size N] [--check SPEC]",
+		summary: "change what a service takes or how it spreads it", setup: setupChangeService, nameArg: serviceName},
+	{name: "remove-service", synopsis: "NAME", summary: "take a service out, with its run-time backends", setup: nameMethod("RemoveService", serviceName), nameArg: serviceName},
+	{name: "list", synopsis: "[--service NAME] [--json]", summary: "list the backends by service with their state and counters", setup: setupList},
+	{name: "show", synopsis: "NAME [--service NAME]", summary: "show every property of a backend", setup: setupShow},
+	{name: "add-backend", synopsis: "NAME ADDRESS [--service NAME] [--weight N] [--check SPEC] [--runtime]", summary: "add a backend and put it in rotation", setup: setupAdd, nameArg: newName},
+	{name: "remove-backend", synopsis: "NAME [--service NAME]", summary: "take a backend out", setup: nameMethod("RemoveBackend", backendName)},
+	{name: "set-weight", synopsis: "NAME WEIGHT [--service NAME]", summary: "change a backend's share of new flows", setup: setupSetWeight},
+	{name: "drain", synopsis: "NAME [--service NAME]", summary: "send a backend no new flows", setup: nameMethod("Drain", backendName)},
+	{name: "undrain", synopsis: "NAME [--service NAME]", summary: "send a drained backend new flows again", setup: nameMethod("Undrain", backendName)},
 	{name: "reload", summary: "make caplanced re-read its configuration", setup: noFlags(managerCall("Reload"))},
-	{name: "stats", synopsis: "[--json]", summary: "print the balancer's counters", setup: setupStats},
-	{name: "watch", summary: "print backend changes as they happen, until interrupted", setup: noFlags(watchAction), endless: true},
+	{name: "stats", synopsis: "[--json]", summary: "print the balancer's counters, global and per service", setup: setupStats},
+	{name: "watch", summary: "print service and backend changes as they happen, until interrupted", setup: noFlags(watchAction), endless: true},
 }
 
 // noFlags is the setup of a command without flags or arguments.
@@ -39,49 +51,290 @@ func noFlags(act action) setupFunc {
 	}
 }
 
-// nameMethod is the setup of a command that calls a manager method with
-// the backend name as its only argument.
-func nameMethod(method string) setupFunc {
-	return func(*flag.FlagSet) func([]string) (action, error) {
+// nameMethod is the setup of a command that calls a manager method with a
+// name as its only argument: a backend's, which --service may check, or a
+// service's.
+func nameMethod(method string, kind nameKind) setupFunc {
+	return func(fs *flag.FlagSet) func([]string) (action, error) {
+		var service *string
+		if kind == backendName {
+			service = backendServiceFlag(fs)
+		}
 		return func(args []string) (action, error) {
 			if err := wantArgs(args, "NAME"); err != nil {
 				return nil, err
 			}
-			return managerCall(method, args[0]), nil
+			act := managerCall(method, args[0])
+			if service != nil {
+				act = inService(*service, args[0], act)
+			}
+			return act, nil
 		}
 	}
 }
 
-func setupList(fs *flag.FlagSet) func([]string) (action, error) {
+// backendServiceFlag defines the --service of a command that names a
+// backend.
+func backendServiceFlag(fs *flag.FlagSet) *string {
+	return fs.String("service", "", "fail unless the backend is in `service` NAME")
+}
+
+// inService is act when service is "", else an action that runs act only
+// when the backend called name is in service. Backend names are unique
+// across services, so the methods take a name alone; --service is a check
+// of what the user meant, made before anything changes.
+func inService(service, name string, act action) action {
+	if service == "" {
+		return act
+	}
+	return func(ctx context.Context, c Conn, out io.Writer) error {
+		if _, err := findBackend(ctx, c, service, name); err != nil {
+			return err
+		}
+		return act(ctx, c, out)
+	}
+}
+
+// findBackend returns the backend called name, from ListBackends; an error
+// when there is none or when service is not "" and not its service.
+func findBackend(ctx context.Context, c Conn, service, name string) (Backend, error) {
+	rows, err := listBackends(ctx, c)
+	if err != nil {
+		return Backend{}, err
+	}
+	i := slices.IndexFunc(rows, func(b Backend) bool { return b.Name == name })
+	switch {
+	case i < 0:
+		return Backend{}, fmt.Errorf("backend %s: no such backend", quote.Q(name))
+	case service != "" && rows[i].Service != service:
+		return Backend{}, fmt.Errorf("backend %s is in service %s, not in %s", quote.Q(name), quote.Q(rows[i].Service), quote.Q(service))
+	}
+	return rows[i], nil
+}
+
+func setupServices(fs *flag.FlagSet) func([]string) (action, error) {
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	return func(args []string) (action, error) {
 		if err := wantArgs(args); err != nil {
 			return nil, err
 		}
 		return func(ctx context.Context, c Conn, out io.Writer) error {
-			rows, err := listBackends(ctx, c)
+			rows, err := listServices(ctx, c)
 			if err != nil {
 				return err
 			}
 			if *asJSON {
 				return writeJSON(out, rows)
 			}
-			_, err = io.WriteString(out, formatList(rows))
+			_, err = io.WriteString(out, formatServices(rows))
 			return err
 		}, nil
 	}
 }
 
-func setupShow(*flag.FlagSet) func([]string) (action, error) {
+func setupShowService(*flag.FlagSet) func([]string) (action, error) {
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "NAME"); err != nil {
 			return nil, err
 		}
 		name := args[0]
 		return func(ctx context.Context, c Conn, out io.Writer) error {
-			props, err := getAll(ctx, c, dbusname.BackendPath(name), dbusname.BackendIface)
+			props, err := getAll(ctx, c, dbusname.ServicePath(name), dbusname.ServiceIface)
 			if noObjectNames[errorName(err)] {
-				return fmt.Errorf("backend %q: no such backend", name)
+				return fmt.Errorf("service %s: no such service", quote.Q(name))
+			}
+			if err != nil {
+				return err
+			}
+			rows, err := listBackends(ctx, c)
+			if err != nil {
+				return err
+			}
+			rows = slices.DeleteFunc(rows, func(b Backend) bool { return b.Service != name })
+			_, err = io.WriteString(out, formatProperties(props, serviceProperties)+"\n"+formatBackends(rows))
+			return err
+		}, nil
+	}
+}
+
+func setupAddService(fs *flag.FlagSet) func([]string) (action, error) {
+	flags := defineServiceFlags(fs, true)
+	return func(args []string) (action, error) {
+		if err := wantArgs(args, "NAME"); err != nil {
+			return nil, err
+		}
+		opts, err := flags.options()
+		if err != nil {
+			return nil, err
+		}
+		if _, ok := opts["vips"]; !ok {
+			return nil, errors.New("missing --vip: a service needs at least one VIP")
+		}
+		return managerCall("AddService", args[0], opts), nil
+	}
+}
+
+func setupChangeService(fs *flag.FlagSet) func([]string) (action, error) {
+	flags := defineServiceFlags(fs, false)
+	return func(args []string) (action, error) {
+		if err := wantArgs(args, "NAME"); err != nil {
+			return nil, err
+		}
+		opts, err := flags.options()
+		if err != nil {
+			return nil, err
+		}
+		if len(opts) == 0 {
+			return nil, errors.New("nothing to change: give at least one of --vip, --port, --proto, --hash, --table-size, --check")
+		}
+		return managerCall("ChangeService", args[0], opts), nil
+	}
+}
+
+// serviceFlags are the flags of add-service and change-service; each
+// given one is an option of AddService or ChangeService.
+type serviceFlags struct {
+	fs                                   *flag.FlagSet
+	vips                                 stringList
+	ports, protocols, hash, table, check *string
+	runtime                              *bool // nil for change-service
+}
+
+func defineServiceFlags(fs *flag.FlagSet, add bool) *serviceFlags {
+	f := &serviceFlags{fs: fs}
+	vip, dflt := "replace the VIPs with `address` (repeat it for several)", func(string) string { return "" }
+	if add {
+		vip, dflt = "take traffic to `address` (repeat it for several)", func(d string) string { return " (default " + d + ")" }
+	}
+	fs.Var(&f.vips, "vip", vip)
+	f.ports = fs.String("port", "", "the destination `ports` taken on every VIP: 80,443,8000-8099 or all"+dflt("all"))
+	f.protocols = fs.String("proto", "", "the `protocols` taken: tcp, udp or tcp+udp"+dflt("tcp+udp"))
+	f.hash = fs.String("hash", "", "the `hash` that picks a flow's backend: 5-tuple, source-ip or source-ip-port"+dflt("5-tuple"))
+	f.table = fs.String("table-size", "", "the prime `size` of its Maglev table"+dflt("caplanced's table_size"))
+	f.check = fs.String("check", "", "the health check `spec` of its backends that have none of their own")
+	if add {
+		f.runtime = fs.Bool("runtime", false, "register until caplanced stops instead of persistently")
+	}
+	return f
+}
+
+// options is the a{sv} of the flags given: vips as "as", table_size as
+// "u", runtime as "b", the others as "s". A value caplanced would refuse
+// for its form is a usage error here.
+func (f *serviceFlags) options() (map[string]dbus.Variant, error) {
+	opts := map[string]dbus.Variant{}
+	var err error
+	f.fs.Visit(func(fl *flag.Flag) {
+		if err != nil {
+			return
+		}
+		switch fl.Name {
+		case "vip":
+			opts["vips"] = dbus.MakeVariant([]string(f.vips))
+		case "port":
+			err = checkServiceValue(fl.Name, *f.ports)
+			opts["ports"] = dbus.MakeVariant(*f.ports)
+		case "proto":
+			err = checkServiceValue(fl.Name, *f.protocols)
+			opts["protocols"] = dbus.MakeVariant(*f.protocols)
+		case "hash":
+			err = checkServiceValue(fl.Name, *f.hash)
+			opts["hash"] = dbus.MakeVariant(*f.hash)
+		case "table-size":
+			var n uint32
+			n, err = parseUint32("--table-size", *f.table)
+			opts["table_size"] = dbus.MakeVariant(n)
+		case "check":
+			opts["check"] = dbus.MakeVariant(*f.check)
+		case "runtime":
+			opts["runtime"] = dbus.MakeVariant(*f.runtime)
+		}
+	})
+	return opts, err
+}
+
+// checkServiceValue checks the value of --port, --proto or --hash with
+// the parser caplanced uses, so that a typo is a usage error before any
+// call. It is the one place ctl calls package config.
+func checkServiceValue(flagName, value string) error {
+	var err error
+	switch flagName {
+	case "port":
+		_, err = config.ParsePorts(value)
+	case "proto":
+		_, err = config.ParseProtocols(value)
+	case "hash":
+		_, err = config.ParseHash(value)
+	}
+	if err != nil {
+		return fmt.Errorf("--%s: %w", flagName, err)
+	}
+	return nil
+}
+
+// stringList is a flag that may be given several times, each value kept.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(s string) error {
+	*l = append(*l, s)
+	return nil
+}
+
+func setupList(fs *flag.FlagSet) func([]string) (action, error) {
+	service := fs.String("service", "", "list only the backends of `service` NAME")
+	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	return func(args []string) (action, error) {
+		if err := wantArgs(args); err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, c Conn, out io.Writer) error {
+			// The JSON of every backend needs no service: one call, as
+			// the shell completions make on each TAB.
+			var services []Service
+			if *service != "" || !*asJSON {
+				var err error
+				if services, err = listServices(ctx, c); err != nil {
+					return err
+				}
+			}
+			rows, err := listBackends(ctx, c)
+			if err != nil {
+				return err
+			}
+			if *service != "" {
+				if !slices.ContainsFunc(services, func(s Service) bool { return s.Name == *service }) {
+					return fmt.Errorf("service %s: no such service", quote.Q(*service))
+				}
+				services = slices.DeleteFunc(services, func(s Service) bool { return s.Name != *service })
+				rows = slices.DeleteFunc(rows, func(b Backend) bool { return b.Service != *service })
+			}
+			if *asJSON {
+				return writeJSON(out, rows)
+			}
+			_, err = io.WriteString(out, formatList(services, rows))
+			return err
+		}, nil
+	}
+}
+
+func setupShow(fs *flag.FlagSet) func([]string) (action, error) {
+	service := backendServiceFlag(fs)
+	return func(args []string) (action, error) {
+		if err := wantArgs(args, "NAME"); err != nil {
+			return nil, err
+		}
+		name := args[0]
+		return func(ctx context.Context, c Conn, out io.Writer) error {
+			// The backend's object is beneath its service's.
+			b, err := findBackend(ctx, c, *service, name)
+			if err != nil {
+				return err
+			}
+			props, err := getAll(ctx, c, dbusname.BackendPath(b.Service, name), dbusname.BackendIface)
+			if noObjectNames[errorName(err)] { // removed meanwhile
+				return fmt.Errorf("backend %s: no such backend", quote.Q(name))
 			}
 			if err != nil {
 				return err
@@ -93,53 +346,49 @@ func setupShow(*flag.FlagSet) func([]string) (action, error) {
 }
 
 func setupAdd(fs *flag.FlagSet) func([]string) (action, error) {
+	service := fs.String("service", "", "add it to `service` NAME (needed only when there are several)")
 	weight := fs.String("weight", "", "the backend's `weight` (caplanced's default when absent)")
-	check := fs.String("check", "", "the backend's health check `spec`, see caplanced.toml(5)")
+	check := fs.String("check", "", "the backend's health check `spec` (its service's when absent), see caplanced.toml(5)")
 	runtime := fs.Bool("runtime", false, "register until caplanced stops instead of persistently")
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "NAME", "ADDRESS"); err != nil {
 			return nil, err
 		}
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-		var w uint32
-		if set["weight"] {
-			var err error
-			if w, err = parseWeight(*weight); err != nil {
-				return nil, err
+		// Only the options given: the others are caplanced's defaults.
+		opts := map[string]dbus.Variant{}
+		var err error
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "service":
+				opts["service"] = dbus.MakeVariant(*service)
+			case "weight":
+				var w uint32
+				w, err = parseUint32("weight", *weight)
+				opts["weight"] = dbus.MakeVariant(w)
+			case "check":
+				opts["check"] = dbus.MakeVariant(*check)
+			case "runtime":
+				opts["runtime"] = dbus.MakeVariant(*runtime)
 			}
+		})
+		if err != nil {
+			return nil, err
 		}
-		opts := addOptions(set["weight"], w, set["check"], *check, set["runtime"], *runtime)
 		return managerCall("AddBackend", args[0], args[1], opts), nil
 	}
 }
 
-// addOptions builds AddBackend's a{sv}: only the options given, weight as
-// "u", check as "s", runtime as "b".
-func addOptions(hasWeight bool, weight uint32, hasCheck bool, check string, hasRuntime, runtime bool) map[string]dbus.Variant {
-	opts := map[string]dbus.Variant{}
-	if hasWeight {
-		opts["weight"] = dbus.MakeVariant(weight)
-	}
-	if hasCheck {
-		opts["check"] = dbus.MakeVariant(check)
-	}
-	if hasRuntime {
-		opts["runtime"] = dbus.MakeVariant(runtime)
-	}
-	return opts
-}
-
-func setupSetWeight(*flag.FlagSet) func([]string) (action, error) {
+func setupSetWeight(fs *flag.FlagSet) func([]string) (action, error) {
+	service := backendServiceFlag(fs)
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "NAME", "WEIGHT"); err != nil {
 			return nil, err
 		}
-		w, err := parseWeight(args[1])
+		w, err := parseUint32("weight", args[1])
 		if err != nil {
 			return nil, err
 		}
-		return managerCall("SetWeight", args[0], w), nil
+		return inService(*service, args[0], managerCall("SetWeight", args[0], w)), nil
 	}
 }
 
@@ -172,11 +421,17 @@ func statusAction(ctx context.Context, c Conn, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	count := -1 // a caplanced without the balancer role has no backends
+	// A caplanced without the balancer role has no services or backends.
+	services, backends := -1, -1
 	rows, err := listBackends(ctx, c)
 	switch {
 	case err == nil:
-		count = len(rows)
+		backends = len(rows)
+		svcs, err := listServices(ctx, c)
+		if err != nil {
+			return err
+		}
+		services = len(svcs)
 	case errorName(err) != dbusname.ErrorPrefix+"NotSupported":
 		return err
 	}
@@ -197,7 +452,7 @@ func statusAction(ctx context.Context, c Conn, out io.Writer) error {
 			}
 		}
 	}
-	_, err = io.WriteString(out, formatStatus(props, count, healthd))
+	_, err = io.WriteString(out, formatStatus(props, services, backends, healthd))
 	return err
 }
 
@@ -218,6 +473,18 @@ func listBackends(ctx context.Context, c Conn) ([]Backend, error) {
 	rows := []Backend{}
 	if err := dbus.Store(body, &rows); err != nil {
 		return nil, fmt.Errorf("ListBackends: unexpected reply: %w", err)
+	}
+	return rows, nil
+}
+
+func listServices(ctx context.Context, c Conn) ([]Service, error) {
+	body, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+".ListServices")
+	if err != nil {
+		return nil, callError("ListServices", err)
+	}
+	rows := []Service{}
+	if err := dbus.Store(body, &rows); err != nil {
+		return nil, fmt.Errorf("ListServices: unexpected reply: %w", err)
 	}
 	return rows, nil
 }

@@ -22,10 +22,25 @@ import (
 var shells = []string{"bash", "zsh", "fish"}
 
 // flagValues are the values the completions offer for a flag's argument,
-// by flag name; a flag not here gets none.
+// by flag name; a flag not here gets none, or the names of flagNames.
 var flagValues = map[string][]string{
-	"bus": {"system", "session"},
+	"bus":   {"system", "session"},
+	"proto": {"tcp", "udp", "tcp+udp"},
+	"hash":  {"5-tuple", "source-ip", "source-ip-port"},
 }
+
+// nameList is how the completions get the names of what an argument or a
+// flag names, when TAB is pressed: the command whose --json output is an
+// array of objects with a "name" each, and what they are.
+type nameList struct{ Command, What string }
+
+var (
+	backendList = &nameList{Command: "list", What: "backend"}
+	serviceList = &nameList{Command: "services", What: "service"}
+)
+
+// flagNames are the flags whose argument is an existing name, by flag name.
+var flagNames = map[string]*nameList{"service": serviceList}
 
 // completion joins the table in init, at its end: its action reads the
 // table, which an entry of the table's literal could not (an
@@ -80,23 +95,24 @@ type compSpec struct {
 }
 
 type compCommand struct {
-	Name, Summary string
+	Name, Summary string // an alias is a command of its own here
 	Flags         []compFlag
 	Args          []compArg // the positional arguments, in order
 }
 
 type compFlag struct {
 	Name  string
-	Usage string   // its usage, one line
-	Value string   // the name of its value, lower case; "" for a boolean flag
-	Words []string // the values to offer
+	Usage string    // its usage, one line
+	Value string    // the name of its value, lower case; "" for a boolean flag
+	Words []string  // the values to offer
+	Names *nameList // or the names to offer
 }
 
 // compArg is a positional argument, named as in the synopsis.
 type compArg struct {
-	Name    string
-	Backend bool     // an existing backend's name, from "list --json"
-	Words   []string // the words to offer, from a synopsis "a|b|c"
+	Name  string
+	Names *nameList // existing names to offer
+	Words []string  // the words to offer, from a synopsis "a|b|c"
 }
 
 // Every command and caplancectl itself take --help; caplancectl's
@@ -111,12 +127,14 @@ func completionSpecOf(cmds []command) compSpec {
 	for _, c := range cmds {
 		fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 		c.setup(fs)
-		spec.Commands = append(spec.Commands, compCommand{
-			Name:    c.name,
-			Summary: c.summary,
-			Flags:   append(flagsOf(fs), helpFlag),
-			Args:    argsOf(c),
-		})
+		for _, name := range append([]string{c.name}, c.aliases...) {
+			spec.Commands = append(spec.Commands, compCommand{
+				Name:    name,
+				Summary: c.summary,
+				Flags:   append(flagsOf(fs), helpFlag),
+				Args:    argsOf(c),
+			})
+		}
 	}
 	return spec
 }
@@ -134,25 +152,29 @@ func flagsOf(fs *flag.FlagSet) []compFlag {
 			Usage: strings.Join(strings.Fields(usage), " "),
 			Value: strings.ToLower(value),
 			Words: flagValues[f.Name],
+			Names: flagNames[f.Name],
 		})
 	})
 	return flags
 }
 
-// optionalGroup is a bracketed part of a synopsis: flags, in this table.
-var optionalGroup = regexp.MustCompile(`\[[^\]]*\]`)
+// synopsisFlags are the flags of a synopsis, in this table: bracketed
+// groups, and flags with their VALUE.
+var synopsisFlags = regexp.MustCompile(`\[[^\]]*\]|--[a-z-]+( [A-Z]+)?`)
 
-// argsOf reads c's positional arguments from its synopsis: a NAME is an
-// existing backend's unless c.newName, and "a|b|c" offers those words.
+// argsOf reads c's positional arguments from its synopsis: NAME is what
+// c.nameArg says, and "a|b|c" offers those words.
 func argsOf(c command) []compArg {
 	var args []compArg
-	for _, word := range strings.Fields(optionalGroup.ReplaceAllString(c.synopsis, "")) {
+	for _, word := range strings.Fields(synopsisFlags.ReplaceAllString(c.synopsis, "")) {
 		a := compArg{Name: word}
 		switch {
 		case strings.Contains(word, "|"):
 			a.Words = strings.Split(word, "|")
-		case word == "NAME" && !c.newName:
-			a.Backend = true
+		case word == "NAME" && c.nameArg == backendName:
+			a.Names = backendList
+		case word == "NAME" && c.nameArg == serviceName:
+			a.Names = serviceList
 		}
 		args = append(args, a)
 	}
@@ -187,7 +209,7 @@ func (s compSpec) FlagsWithWords() []compFlag {
 	seen := map[string]bool{}
 	for _, fs := range append([][]compFlag{s.Global}, s.commandFlags()...) {
 		for _, f := range fs {
-			if len(f.Words) > 0 && !seen[f.Name] {
+			if (len(f.Words) > 0 || f.Names != nil) && !seen[f.Name] {
 				seen[f.Name] = true
 				flags = append(flags, f)
 			}
@@ -229,13 +251,20 @@ func zshEscape(s string) string {
 	return strings.NewReplacer(`\`, `\\`, `:`, `\:`, `[`, `\[`, `]`, `\]`).Replace(s)
 }
 
-// bashArg is how the bash script lists an argument's completion:
-// "@backend", the words, or "" for none.
+// bashArg is how the bash script lists an argument's completion: "@"
+// and the command that lists its names, the words, or "" for none.
 func bashArg(a compArg) string {
-	if a.Backend {
-		return "@backend"
+	if a.Names != nil {
+		return "@" + a.Names.Command
 	}
 	return strings.Join(a.Words, " ")
+}
+
+// zshNames is the zsh action that offers names. It starts with a space
+// so that _arguments calls it with these arguments only, not with compadd
+// options inserted after the function's name.
+func zshNames(n *nameList) string {
+	return " _caplancectl_names " + n.Command + " " + n.What
 }
 
 // zshSpec is the _arguments spec of a flag.
@@ -248,7 +277,10 @@ func zshSpec(f compFlag) string {
 		return exclude + "--" + f.Name + "[" + zshEscape(f.Usage) + "]"
 	}
 	action := " " // a message, nothing to complete
-	if len(f.Words) > 0 {
+	switch {
+	case f.Names != nil:
+		action = zshNames(f.Names)
+	case len(f.Words) > 0:
 		action = "(" + strings.Join(f.Words, " ") + ")"
 	}
 	return exclude + "--" + f.Name + "=[" + zshEscape(f.Usage) + "]:" + zshEscape(f.Value) + ":" + action
@@ -258,8 +290,8 @@ func zshSpec(f compFlag) string {
 func zshArgSpec(n int, a compArg) string {
 	action := " "
 	switch {
-	case a.Backend:
-		action = "_caplancectl_backends"
+	case a.Names != nil:
+		action = zshNames(a.Names)
 	case len(a.Words) > 0:
 		action = "(" + strings.Join(a.Words, " ") + ")"
 	}
@@ -287,23 +319,24 @@ const completionHeader = `{{define "header"}}# {{.}} completion for caplancectl(
 const bashTemplate = completionHeader + `{{define "bash"}}{{template "header" "bash"}}# Install it as /usr/share/bash-completion/completions/caplancectl, or
 # load it with: source <(caplancectl completion bash)
 
-# _caplancectl_backends PROG [FLAG...]: the names of caplanced's backends,
-# from "PROG FLAG... list --json"; nothing when caplanced is not running.
-_caplancectl_backends()
+# _caplancectl_names COMMAND PROG [FLAG...]: the names of caplanced's
+# backends (COMMAND list) or services (COMMAND services), from
+# "PROG FLAG... COMMAND --json"; nothing when caplanced is not running.
+_caplancectl_names()
 {
-    local prog=$1 line prefix='    "name": "'
-    shift
+    local cmd=$1 prog=$2 line prefix='    "name": "'
+    shift 2
     [[ $prog == '~/'* ]] && prog=$HOME/${prog#'~/'}
     while IFS= read -r line; do
         [[ $line == "$prefix"* ]] || continue
         line=${line#"$prefix"}
         printf '%s\n' "${line%%\"*}"
-    done < <("$prog" "$@" list --json 2>/dev/null)
+    done < <("$prog" "$@" "$cmd" --json 2>/dev/null)
 }
 
 # _caplancectl_spec COMMAND sets its caller's flags (to offer), vflags
 # (the names of those that take a value) and args (what each argument
-# completes to: @backend for a backend's name, words, or nothing) for
+# completes to: @COMMAND for the names COMMAND lists, words, or nothing) for
 # COMMAND, or for caplancectl itself when COMMAND is empty.
 _caplancectl_spec()
 {
@@ -320,13 +353,18 @@ _caplancectl_spec()
 }
 
 # _caplancectl_values FLAG VALUE [PREFIX]: the values of FLAG that start
-# with VALUE, each after PREFIX.
+# with VALUE, each after PREFIX. Names are listed with the global flags of
+# _caplancectl's words and global.
 _caplancectl_values()
 {
     case $1 in
 {{- range .FlagsWithWords}}
     {{sh .Name}})
+{{- if .Names}}
+        mapfile -t COMPREPLY < <(compgen -P "${3-}" -W "$(_caplancectl_names {{sh .Names.Command}} "${words[0]}" "${global[@]}")" -- "$2") ;;
+{{- else}}
         mapfile -t COMPREPLY < <(compgen -P "${3-}" -W {{sh (join .Words " ")}} -- "$2") ;;
+{{- end}}
 {{- end}}
     esac
 }
@@ -399,8 +437,8 @@ _caplancectl()
         mapfile -t COMPREPLY < <(compgen -W {{sh .CommandNames}} -- "$cur")
     else
         case ${args[narg]-} in
-        @backend)
-            mapfile -t COMPREPLY < <(compgen -W "$(_caplancectl_backends "${words[0]}" "${global[@]}")" -- "$cur") ;;
+        @*)
+            mapfile -t COMPREPLY < <(compgen -W "$(_caplancectl_names "${args[narg]#@}" "${words[0]}" "${global[@]}")" -- "$cur") ;;
         ?*)
             mapfile -t COMPREPLY < <(compgen -W "${args[narg]}" -- "$cur") ;;
         esac
@@ -418,16 +456,16 @@ const zshTemplate = `{{define "zsh"}}#compdef caplancectl
 {{template "header" "zsh"}}# Install it as _caplancectl in a directory of $fpath, such as
 # /usr/share/zsh/vendor-completions.
 
-# The names of caplanced's backends, from "caplancectl list --json" with
-# the global flags of the command line; nothing when caplanced is not
-# running.
-_caplancectl_backends() {
+# _caplancectl_names COMMAND WHAT: the names of caplanced's backends
+# (list) or services (services), from "caplancectl COMMAND --json" with the
+# global flags of the command line; nothing when caplanced is not running.
+_caplancectl_names() {
   local prefix='    "name": "'
   local -a lines names
-  lines=(${(f)"$(${_caplancectl_prog/#\~/$HOME} "${_caplancectl_global[@]}" list --json 2>/dev/null)"})
+  lines=(${(f)"$(${_caplancectl_prog/#\~/$HOME} "${_caplancectl_global[@]}" $1 --json 2>/dev/null)"})
   names=(${${(M)lines:#${prefix}*}#${prefix}})
   names=(${names%%\"*})
-  _wanted backends expl 'backend name' compadd -a names
+  _wanted ${2}s expl "$2 name" compadd -a names
 }
 
 _caplancectl() {
@@ -557,12 +595,12 @@ function __caplancectl_at
     end
 end
 
-# The names of caplanced's backends, from "caplancectl list --json" with
-# the global flags of the command line; nothing when caplanced is not
-# running.
-function __caplancectl_backends
+# __caplancectl_names COMMAND: the names of caplanced's backends (list) or
+# services (services), from "caplancectl COMMAND --json" with the global
+# flags of the command line; nothing when caplanced is not running.
+function __caplancectl_names
     set -l prog (string replace -r -- '^~/' "$HOME/" (commandline -opc)[1])
-    $prog (__caplancectl_parse global) list --json 2>/dev/null | string replace -rf -- '^    "name": "([^"]*)".*' '$1'
+    $prog (__caplancectl_parse global) $argv[1] --json 2>/dev/null | string replace -rf -- '^    "name": "([^"]*)".*' '$1'
 end
 
 complete -c caplancectl -f
@@ -571,9 +609,9 @@ complete -c caplancectl -f
 {{- range .Commands}}complete -c caplancectl -n '__caplancectl_at "" 0' -a {{.Name}} -d {{fish .Summary}}
 {{end}}
 {{- range $c := .Commands}}
-{{range .Flags}}complete -c caplancectl -n '__caplancectl_at {{$c.Name}}' -l {{.Name}}{{if .Value}} -x{{if .Words}} -a {{fish (join .Words " ")}}{{end}}{{end}} -d {{fish .Usage}}
+{{range .Flags}}complete -c caplancectl -n '__caplancectl_at {{$c.Name}}' -l {{.Name}}{{if .Value}} -x{{if .Names}} -a '(__caplancectl_names {{.Names.Command}})'{{else if .Words}} -a {{fish (join .Words " ")}}{{end}}{{end}} -d {{fish .Usage}}
 {{end}}
-{{- range $i, $a := .Args}}{{if $a.Backend}}complete -c caplancectl -n '__caplancectl_at {{$c.Name}} {{$i}}' -a '(__caplancectl_backends)' -d 'backend'
+{{- range $i, $a := .Args}}{{if $a.Names}}complete -c caplancectl -n '__caplancectl_at {{$c.Name}} {{$i}}' -a '(__caplancectl_names {{$a.Names.Command}})' -d {{fish $a.Names.What}}
 {{else if $a.Words}}complete -c caplancectl -n '__caplancectl_at {{$c.Name}} {{$i}}' -a {{fish (join $a.Words " ")}}
 {{end}}{{end}}
 {{- end}}{{end}}`

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -35,9 +36,9 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// completionHelper is caplancectl with a caplanced that has the backends
-// of backendRows on every bus but a "unix:" address, which it dials for
-// real.
+// completionHelper is caplancectl with a caplanced that has the services
+// and backends of serviceRows and backendRows on every bus but a "unix:"
+// address, which it dials for real.
 func completionHelper(args []string) int {
 	app := &App{Dial: func(bus string) (Conn, error) {
 		if strings.HasPrefix(bus, "unix:") {
@@ -45,6 +46,7 @@ func completionHelper(args []string) int {
 		}
 		return &fakeConn{replies: map[string]fakeReply{
 			"org.caplance.Caplance1.Manager.ListBackends": {body: []any{backendRows}},
+			"org.caplance.Caplance1.Manager.ListServices": {body: []any{serviceRows}},
 		}}, nil
 	}}
 	return app.Execute(args, os.Stdout, os.Stderr)
@@ -156,7 +158,7 @@ func TestCompletionBash(t *testing.T) {
 	noBus := filepath.Join(dir, "no-bus")
 	var allCommands []string
 	for _, c := range commands {
-		allCommands = append(allCommands, c.name)
+		allCommands = append(append(allCommands, c.name), c.aliases...)
 	}
 
 	// words are COMP_WORDS as bash splits the line, the cursor at the end
@@ -168,16 +170,31 @@ func TestCompletionBash(t *testing.T) {
 	}{
 		{words: []string{"dr"}, want: []string{"drain"}},
 		{words: []string{""}, want: allCommands},
-		{words: []string{"re"}, want: []string{"remove-backend", "reload"}},
+		{words: []string{"re"}, want: []string{"remove-service", "remove-backend", "reload"}},
 		{words: []string{"--"}, want: []string{"--bus", "--help", "--version"}},
 		{words: []string{"--bus", ""}, want: []string{"system", "session"}},
 		{words: []string{"--bus", "="}, want: []string{"system", "session"}},
 		{words: []string{"--bus", "=", "se"}, want: []string{"session"}},
 		{words: []string{"--bus", "session", "--v"}, want: []string{"--version"}},
 		{words: []string{"--bus", "session", "st"}, want: []string{"status", "stats"}},
-		{words: []string{"set-weight", "--"}, want: []string{"--help"}},
-		{words: []string{"list", "--"}, want: []string{"--json", "--help"}},
-		{words: []string{"add-backend", "--"}, want: []string{"--check", "--runtime", "--weight", "--help"}},
+		{words: []string{"set-weight", "--"}, want: []string{"--service", "--help"}},
+		{words: []string{"list", "--"}, want: []string{"--json", "--service", "--help"}},
+		{words: []string{"add-backend", "--"}, want: []string{"--check", "--runtime", "--service", "--weight", "--help"}},
+		{words: []string{"add-service", "--"}, want: []string{"--check", "--hash", "--port", "--proto", "--runtime", "--table-size", "--vip", "--help"}},
+		{words: []string{"change-service", "--"}, want: []string{"--check", "--hash", "--port", "--proto", "--table-size", "--vip", "--help"}},
+		{words: []string{"add-service", "web", "--proto", ""}, want: []string{"tcp", "udp", "tcp+udp"}},
+		{words: []string{"add-service", "web", "--hash", "source"}, want: []string{"source-ip", "source-ip-port"}},
+		{words: []string{"change-service", "--hash", "=", "5"}, want: []string{"5-tuple"}},
+		{words: []string{"add-service", ""}}, // a new name: none offered
+		{words: []string{"add-service", "web", "--vip", ""}},
+		{words: []string{"add-service", "web", "--port", ""}},
+		{words: []string{"show-service", ""}, want: []string{"web", "dns"}, wantCalls: []string{"services --json"}},
+		{words: []string{"change-service", "w"}, want: []string{"web"}, wantCalls: []string{"services --json"}},
+		{words: []string{"--bus", "session", "remove-service", "d"}, want: []string{"dns"}, wantCalls: []string{"--bus session services --json"}},
+		{words: []string{"drain", "--service", ""}, want: []string{"web", "dns"}, wantCalls: []string{"services --json"}},
+		{words: []string{"--bus", "=", "session", "list", "--service", "=", "d"}, want: []string{"dns"}, wantCalls: []string{"--bus=session services --json"}},
+		{words: []string{"add-backend", "web9", "--service", "w"}, want: []string{"web"}, wantCalls: []string{"services --json"}},
+		{words: []string{"list-services", "--"}, want: []string{"--json", "--help"}},
 		{words: []string{"add-backend", "web1", "--weight", "5", "10.0.1.1", "--r"}, want: []string{"--runtime"}},
 		{words: []string{"add-backend", ""}}, // a new name: none offered
 		{words: []string{"add-backend", "--weight", ""}},
@@ -185,7 +202,7 @@ func TestCompletionBash(t *testing.T) {
 		{words: []string{"completion", ""}, want: []string{"bash", "zsh", "fish"}},
 		{words: []string{"completion", "bash", ""}},
 		{words: []string{"frobnicate", ""}},
-		{words: []string{"drain", ""}, want: []string{"web-1", "web2"}, wantCalls: []string{"list --json"}},
+		{words: []string{"drain", ""}, want: []string{"dns1", "web-1", "web2"}, wantCalls: []string{"list --json"}},
 		{words: []string{"show", "web-"}, want: []string{"web-1"}, wantCalls: []string{"list --json"}},
 		{words: []string{"remove-backend", "w"}, want: []string{"web-1", "web2"}, wantCalls: []string{"list --json"}},
 		{words: []string{"undrain", "--", "w"}, want: []string{"web-1", "web2"}, wantCalls: []string{"list --json"}},
@@ -194,7 +211,7 @@ func TestCompletionBash(t *testing.T) {
 		{words: []string{"drain", "web2", ""}},
 		{words: []string{"--bus", "session", "set-weight", "w"}, want: []string{"web-1", "web2"},
 			wantCalls: []string{"--bus session list --json"}},
-		{words: []string{"--bus", "=", "session", "drain", ""}, want: []string{"web-1", "web2"},
+		{words: []string{"--bus", "=", "session", "drain", ""}, want: []string{"dns1", "web-1", "web2"},
 			wantCalls: []string{"--bus=session list --json"}},
 		// caplanced not running: nothing, silently.
 		{words: []string{"--bus", "unix", ":", "path", "=", noBus, "drain", ""},
@@ -256,27 +273,45 @@ func TestCompletionArgs(t *testing.T) {
 		}
 		fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 		take := c.setup(fs)
-		if _, err := take(values); err != nil {
+		// add-service and change-service want flags too: only an error
+		// about the arguments counts.
+		if _, err := take(values); err != nil && argCountError.MatchString(err.Error()) {
 			t.Errorf("%s %v (from the synopsis %q): %v", c.name, values, c.synopsis, err)
 		}
 		if _, err := take(append(values, "1")); err == nil || !strings.Contains(err.Error(), "unexpected argument") {
 			t.Errorf("%s takes more arguments than its synopsis %q shows: %v", c.name, c.synopsis, err)
 		}
 	}
-	var backends []string
+	named := map[string][]string{}
 	for _, c := range completionSpecOf(commands).Commands {
-		if len(c.Args) > 0 && c.Args[0].Backend {
-			backends = append(backends, c.Name)
+		if len(c.Args) > 0 && c.Args[0].Names != nil {
+			named[c.Args[0].Names.What] = append(named[c.Args[0].Names.What], c.Name)
 		}
 	}
-	if diff := cmp.Diff([]string{"show", "remove-backend", "set-weight", "drain", "undrain"}, backends); diff != "" {
-		t.Errorf("commands completing a backend name (-want +got):\n%s", diff)
+	want := map[string][]string{
+		"backend": {"show", "remove-backend", "set-weight", "drain", "undrain"},
+		"service": {"show-service", "change-service", "remove-service"},
+	}
+	if diff := cmp.Diff(want, named); diff != "" {
+		t.Errorf("commands completing an existing name, by what they name (-want +got):\n%s", diff)
 	}
 }
+
+// argCountError matches wantArgs' errors.
+var argCountError = regexp.MustCompile(`^missing [A-Z]|unexpected argument`)
 
 // Every flag with values to offer exists.
 func TestCompletionFlagValues(t *testing.T) {
 	spec := completionSpecOf(commands)
+	for name := range flagNames {
+		found := false
+		for _, f := range spec.FlagsWithWords() {
+			found = found || f.Name == name && f.Names != nil
+		}
+		if !found {
+			t.Errorf("flagNames has names for --%s, which no command has", name)
+		}
+	}
 	for name := range flagValues {
 		found := false
 		for _, f := range spec.FlagsWithWords() {

@@ -1,8 +1,10 @@
 // Package ctl is caplancectl: it parses the command line, makes the D-Bus
 // calls of caplanced.dbus(7) and formats the replies. It is a thin client:
-// names, addresses and weights are checked by caplanced, whose error
-// messages are what the user reads; ctl only parses numbers. It must not
-// import the daemon's packages, netlink or systemd.
+// names, addresses, weights and check specs are checked by caplanced, whose
+// error messages are what the user reads; ctl only parses numbers and, with
+// package config's parsers, a service's ports, protocols and hash, so that
+// a typo there is a usage error. It must not import the daemon's other
+// packages, netlink or systemd.
 package ctl
 
 import (
@@ -13,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,6 +23,7 @@ import (
 
 	"github.com/caplance/caplance/internal/cli"
 	"github.com/caplance/caplance/internal/dbusconn"
+	"github.com/caplance/caplance/internal/quote"
 )
 
 // ExitNotRunning is caplancectl's exit code when caplanced cannot be
@@ -69,7 +73,7 @@ func description() string {
 	var b strings.Builder
 	b.WriteString("Control the Caplance load balancer daemon (caplanced) over D-Bus.\n\nCommands:\n")
 	for _, c := range commands {
-		use := strings.TrimSpace(c.name + " " + c.synopsis)
+		use := strings.TrimSpace(strings.Join(append([]string{c.name}, c.aliases...), ", ") + " " + c.synopsis)
 		if len(use) > 23 { // two spaces at least before the summary
 			fmt.Fprintf(&b, "  %s\n  %-24s %s\n", use, "", c.summary)
 			continue
@@ -87,26 +91,41 @@ type action func(ctx context.Context, c Conn, out io.Writer) error
 // command is one subcommand: its flags and positional arguments.
 type command struct {
 	name     string
-	synopsis string // after the name, e.g. "NAME WEIGHT"
+	aliases  []string // other names of the command
+	synopsis string   // after the name, e.g. "NAME WEIGHT"
 	summary  string
 	setup    setupFunc
 	// endless commands run until interrupted, without callTimeout.
 	endless bool
 	// local commands run without caplanced: their action gets no Conn.
 	local bool
-	// newName: the command's NAME is a backend still to be made, so the
-	// shell completions offer no existing names for it.
-	newName bool
+	// nameArg is what the command's NAME argument names, for the shell
+	// completions.
+	nameArg nameKind
 }
+
+// nameKind is what a command's NAME argument names.
+type nameKind int
+
+const (
+	backendName nameKind = iota // an existing backend
+	serviceName                 // an existing service
+	newName                     // one still to be made: nothing to offer
+)
 
 // setupFunc defines a command's flags on fs and returns the function that
 // takes the positional arguments left after fs is parsed.
 type setupFunc func(fs *flag.FlagSet) func(args []string) (action, error)
 
-// lookup returns the command called name.
+// lookup returns the command called name, or one of whose aliases name
+// is, under the name the user gave.
 func lookup(name string) (command, bool) {
 	for _, c := range commands {
 		if c.name == name {
+			return c, true
+		}
+		if slices.Contains(c.aliases, name) {
+			c.name = name
 			return c, true
 		}
 	}
@@ -229,17 +248,17 @@ func wantArgs(args []string, names ...string) error {
 	return nil
 }
 
-// parseWeight parses a weight for the bus's "u"; its range is caplanced's
-// to check.
-func parseWeight(s string) (uint32, error) {
-	w, err := strconv.ParseUint(s, 10, 32)
+// parseUint32 parses the number called what (a weight, a table size) for
+// the bus's "u"; its range is caplanced's to check.
+func parseUint32(what, s string) (uint32, error) {
+	n, err := strconv.ParseUint(s, 10, 32)
 	switch {
 	case err == nil:
-		return uint32(w), nil
+		return uint32(n), nil
 	case errors.Is(err, strconv.ErrRange):
-		return 0, fmt.Errorf("weight %q: out of range", s)
+		return 0, fmt.Errorf("%s %s: out of range", what, quote.Q(s))
 	case looksNegative(s):
-		return 0, fmt.Errorf("weight %q: must not be negative", s)
+		return 0, fmt.Errorf("%s %s: must not be negative", what, quote.Q(s))
 	}
-	return 0, fmt.Errorf("weight %q: not a number", s)
+	return 0, fmt.Errorf("%s %s: not a number", what, quote.Q(s))
 }

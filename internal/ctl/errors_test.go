@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"strings"
 	"testing"
 
 	"github.com/caplance/caplance/internal/cli"
@@ -41,8 +43,20 @@ func TestErrors(t *testing.T) {
 			wantCode: cli.ExitFailed, want: "caplancectl: Reload: refused by the D-Bus policy (run as root or a member of caplance-admin)\n"},
 		{name: "error without a message", args: []string{"reload"}, err: errorWithoutMessage("org.caplance.Caplance1.Error.Failed"),
 			wantCode: cli.ExitFailed, want: "caplancectl: org.caplance.Caplance1.Error.Failed\n"},
-		{name: "show of no backend", args: []string{"show", "web9"}, err: dbusError("org.freedesktop.DBus.Error.UnknownObject", "Unknown object '/org/caplance/Caplance1/backend/web9'."),
-			wantCode: cli.ExitFailed, want: "caplancectl: backend \"web9\": no such backend\n"},
+		{name: "show-service of no service", args: []string{"show-service", "dns"}, err: dbusError("org.freedesktop.DBus.Error.UnknownObject", "Unknown object '/org/caplance/Caplance1/service/dns'."),
+			wantCode: cli.ExitFailed, want: "caplancectl: service \"dns\": no such service\n"},
+		{name: "a refused service", args: []string{"remove-service", "web"},
+			err:      dbusError(dbusname.ErrorPrefix+"InvalidArgument", `service "web" is defined in the configuration file: change it there and reload`),
+			wantCode: cli.ExitFailed, want: "caplancectl: service \"web\" is defined in the configuration file: change it there and reload\n"},
+		{name: "an overlap", args: []string{"add-service", "web2", "--vip", "10.0.0.100", "--port", "80"},
+			err:      dbusError(dbusname.ErrorPrefix+"InvalidArgument", `service "web2": VIP 10.0.0.100 tcp port 80 is taken by service "web"`),
+			wantCode: cli.ExitFailed, want: "caplancectl: service \"web2\": VIP 10.0.0.100 tcp port 80 is taken by service \"web\"\n"},
+		{name: "no such service of a backend", args: []string{"add-backend", "web9", "10.0.1.9", "--service", "nope"},
+			err:      dbusError(dbusname.ErrorPrefix+"NotFound", `service "nope": no such service`),
+			wantCode: cli.ExitFailed, want: "caplancectl: service \"nope\": no such service\n"},
+		{name: "several services", args: []string{"add-backend", "web9", "10.0.1.9"},
+			err:      dbusError(dbusname.ErrorPrefix+"InvalidArgument", `there are 2 services: say which with the option "service"`),
+			wantCode: cli.ExitFailed, want: "caplancectl: there are 2 services: say which with the option \"service\"\n"},
 		{name: "no reply in time", args: []string{"reload"}, err: fmt.Errorf("call: %w", context.DeadlineExceeded),
 			wantCode: cli.ExitFailed, want: "caplancectl: Reload: no reply from caplanced within 30s\n"},
 		{name: "ServiceUnknown", args: []string{"reload"}, err: dbusError("org.freedesktop.DBus.Error.ServiceUnknown", "The name org.caplance.Caplance1 was not provided by any .service files"),
@@ -74,6 +88,51 @@ func TestErrors(t *testing.T) {
 			}
 			if stdout.String() != "" {
 				t.Errorf("stdout %q, want nothing", stdout.String())
+			}
+		})
+	}
+}
+
+// A backend named with --service must be in it, and a service named must
+// exist: checked before anything changes, with the daemon's words.
+func TestNotFoundLocally(t *testing.T) {
+	const mgr = "org.caplance.Caplance1 /org/caplance/Caplance1 org.caplance.Caplance1.Manager."
+	replies := map[string]fakeReply{
+		"org.caplance.Caplance1.Manager.ListBackends": {body: []any{backendRows}},
+		"org.caplance.Caplance1.Manager.ListServices": {body: []any{serviceRows}},
+	}
+	tests := []struct {
+		args      []string
+		replies   map[string]fakeReply // besides replies
+		want      string
+		wantCalls []string
+	}{
+		{args: []string{"drain", "web2", "--service", "dns"}, want: `backend "web2" is in service "web", not in "dns"`, wantCalls: []string{mgr + "ListBackends"}},
+		{args: []string{"undrain", "--service", "nope", "web2"}, want: `backend "web2" is in service "web", not in "nope"`, wantCalls: []string{mgr + "ListBackends"}},
+		{args: []string{"remove-backend", "dns1", "--service", "web"}, want: `backend "dns1" is in service "dns", not in "web"`, wantCalls: []string{mgr + "ListBackends"}},
+		{args: []string{"set-weight", "web9", "5", "--service", "web"}, want: `backend "web9": no such backend`, wantCalls: []string{mgr + "ListBackends"}},
+		{args: []string{"show", "web2", "--service", "dns"}, want: `backend "web2" is in service "web", not in "dns"`, wantCalls: []string{mgr + "ListBackends"}},
+		{args: []string{"show", "web9"}, want: `backend "web9": no such backend`, wantCalls: []string{mgr + "ListBackends"}},
+		{args: []string{"show", "web2"}, replies: map[string]fakeReply{"org.freedesktop.DBus.Properties.GetAll": {
+			err: dbusError("org.freedesktop.DBus.Error.UnknownObject", "Unknown object '/org/caplance/Caplance1/service/web/backend/web2'.")}},
+			want: `backend "web2": no such backend`, wantCalls: []string{mgr + "ListBackends",
+				"org.caplance.Caplance1 /org/caplance/Caplance1/service/web/backend/web2 org.freedesktop.DBus.Properties.GetAll s(org.caplance.Caplance1.Backend)"}},
+		{args: []string{"list", "--service", "nope"}, want: `service "nope": no such service`, wantCalls: []string{mgr + "ListServices", mgr + "ListBackends"}},
+		{args: []string{"list", "--json", "--service", "web2"}, want: `service "web2": no such service`, wantCalls: []string{mgr + "ListServices", mgr + "ListBackends"}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			f := &fakeConn{replies: maps.Clone(replies)}
+			maps.Copy(f.replies, tt.replies)
+			code, stdout, stderr := run(t, f, tt.args...)
+			if code != cli.ExitFailed || stdout != "" {
+				t.Errorf("exit code %d, stdout %q; want %d and nothing", code, stdout, cli.ExitFailed)
+			}
+			if diff := cmp.Diff("caplancectl: "+tt.want+"\n", stderr); diff != "" {
+				t.Errorf("stderr (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tt.wantCalls, f.calls); diff != "" {
+				t.Errorf("calls (-want +got):\n%s", diff)
 			}
 		})
 	}

@@ -104,22 +104,47 @@ func variant(v any) dbus.Variant { return dbus.MakeVariant(v) }
 
 func dbusError(name, msg string) error { return dbus.Error{Name: name, Body: []any{msg}} }
 
-// The replies of a running balancer with two backends.
+// The replies of a running balancer with two services: web with two
+// backends, dns with one.
 var (
 	managerProps = map[string]dbus.Variant{
-		"Version":   variant("1.2.3"),
-		"Roles":     variant([]string{"balancer"}),
-		"State":     variant("running"),
-		"VIPs":      variant([]string{"10.0.0.100", "10.0.0.101"}),
-		"EncapPort": variant(uint16(5555)),
-		"TableSize": variant(uint32(65537)),
+		"Version":    variant("1.2.3"),
+		"Roles":      variant([]string{"balancer"}),
+		"State":      variant("running"),
+		"APIVersion": variant(uint32(2)),
+		"VIPs":       variant([]string{"10.0.0.100", "10.0.0.101", "10.0.0.53"}),
+		"EncapPort":  variant(uint16(5555)),
+		"TableSize":  variant(uint32(65537)),
 	}
 	backendRows = [][]any{
-		{"web-1", "10.0.1.1", uint32(100), "active", "up", "", uint64(12), uint64(3), uint64(3400), uint64(567890)},
-		{"web2", "10.0.1.2", uint32(0), "drained", "down", "connect: connection refused", uint64(0), uint64(0), uint64(17), uint64(1020)},
+		{"dns1", "dns", "10.0.2.1", uint32(1), "active", "unknown", "", uint64(0), uint64(0), uint64(5), uint64(300)},
+		{"web-1", "web", "10.0.1.1", uint32(100), "active", "up", "", uint64(12), uint64(3), uint64(3400), uint64(567890)},
+		{"web2", "web", "10.0.1.2", uint32(0), "drained", "down", "connect: connection refused", uint64(0), uint64(0), uint64(17), uint64(1020)},
+	}
+	serviceRows = [][]any{
+		{"web", map[string]string{"10.0.0.101": "80,443", "10.0.0.100": "80,443,8000-8099"}, "tcp", "source-ip", uint32(65537),
+			"http://:80/healthz", "config", uint32(2), uint64(3417), uint64(568910), uint64(12)},
+		{"dns", map[string]string{"10.0.0.53": "53"}, "udp", "5-tuple", uint32(251), "", "runtime", uint32(1), uint64(5), uint64(300), uint64(0)},
+	}
+	webProps = map[string]dbus.Variant{
+		"Name":          variant("web"),
+		"VIPs":          variant(map[string]string{"10.0.0.101": "80,443", "10.0.0.100": "80,443,8000-8099"}),
+		"Protocols":     variant("tcp"),
+		"Hash":          variant("source-ip"),
+		"TableSize":     variant(uint32(65537)),
+		"Check":         variant("http://:80/healthz"),
+		"Source":        variant("config"),
+		"Persistent":    variant(true),
+		"Packets":       variant(uint64(3417)),
+		"Bytes":         variant(uint64(568910)),
+		"NewFlows":      variant(uint64(40)),
+		"ActiveFlows":   variant(uint64(12)),
+		"InactiveFlows": variant(uint64(3)),
+		"Drops":         variant(uint64(2)),
 	}
 	web1Props = map[string]dbus.Variant{
 		"Name":          variant("web-1"),
+		"Service":       variant("web"),
 		"Address":       variant("10.0.1.1"),
 		"Weight":        variant(uint32(100)),
 		"AdminState":    variant("active"),
@@ -133,7 +158,11 @@ var (
 		"Packets":       variant(uint64(3400)),
 		"Bytes":         variant(uint64(567890)),
 	}
-	stats = map[string]uint64{"received": 100, "forwarded": 90, "drop.no_backend": 10, "conntrack_size": 4}
+	stats = map[string]uint64{"received": 100, "forwarded": 90, "drop.no_backend": 10, "conntrack_size": 4,
+		"service.web.packets": 80, "service.web.bytes": 9000, "service.web.new_flows": 7, "service.web.active_flows": 3,
+		"service.web.inactive_flows": 1, "service.web.drops": 2,
+		"service.dns.v2.packets": 10, "service.dns.v2.bytes": 700, "service.dns.v2.new_flows": 10, "service.dns.v2.active_flows": 4,
+		"service.dns.v2.inactive_flows": 0, "service.dns.v2.drops": 0}
 )
 
 // failingConn fails every call with err.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
+	"net/netip"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -12,10 +14,11 @@ import (
 	"github.com/godbus/dbus/v5"
 )
 
-// Backend is one element of ListBackends' a(ssussstttt), and the object of
+// Backend is one element of ListBackends' a(sssussstttt), and the object of
 // "list --json".
 type Backend struct {
 	Name          string `json:"name"`
+	Service       string `json:"service"`
 	Address       string `json:"address"`
 	Weight        uint32 `json:"weight"`
 	AdminState    string `json:"admin_state"`
@@ -27,25 +30,152 @@ type Backend struct {
 	Bytes         uint64 `json:"bytes"`
 }
 
+// Service is one element of ListServices' a(sa{ss}ssussuttt), and the
+// object of "services --json".
+type Service struct {
+	Name string `json:"name"`
+	// VIPs maps each VIP to its port list ("80,443", "all").
+	VIPs        map[string]string `json:"vips"`
+	Protocols   string            `json:"protocols"`
+	Hash        string            `json:"hash"`
+	TableSize   uint32            `json:"table_size"`
+	Check       string            `json:"check"`
+	Source      string            `json:"source"`
+	Backends    uint32            `json:"backends"`
+	Packets     uint64            `json:"packets"`
+	Bytes       uint64            `json:"bytes"`
+	ActiveFlows uint64            `json:"active_flows"`
+}
+
 // The properties status and show print first, in this order; any others
 // follow, sorted.
 var (
-	managerProperties = []string{"Version", "Roles", "State", "VIPs", "EncapPort", "TableSize"}
-	backendProperties = []string{"Name", "Address", "Weight", "AdminState", "Health", "HealthDetail",
+	managerProperties = []string{"Version", "APIVersion", "Roles", "State", "VIPs", "EncapPort", "TableSize"}
+	serviceProperties = []string{"Name", "VIPs", "Protocols", "Hash", "TableSize", "Check", "Source", "Persistent",
+		"Packets", "Bytes", "NewFlows", "ActiveFlows", "InactiveFlows", "Drops"}
+	backendProperties = []string{"Name", "Service", "Address", "Weight", "AdminState", "Health", "HealthDetail",
 		"Check", "Source", "Persistent", "ActiveFlows", "InactiveFlows", "Packets", "Bytes"}
 )
 
-// formatList is list's table.
-func formatList(rows []Backend) string {
+// formatList is list's table, grouped by service as ipvsadm -L -n groups
+// real servers under their virtual service: a line per service, sorted by
+// name, then its backends, sorted by name, on lines starting "  -> ". The
+// services' columns and the backends' are aligned each on their own. A
+// backend of a service missing from services (added between the two
+// calls) is listed under a line with only the service's name.
+func formatList(services []Service, backends []Backend) string {
+	byService := map[string][]Backend{}
+	for _, b := range backends {
+		byService[b.Service] = append(byService[b.Service], b)
+	}
+	services = slices.Clone(services)
+	for name := range byService {
+		if !slices.ContainsFunc(services, func(s Service) bool { return s.Name == name }) {
+			services = append(services, Service{Name: name})
+		}
+	}
+	slices.SortFunc(services, func(a, b Service) int { return cmp.Compare(a.Name, b.Name) })
+
+	serviceRows := [][]string{{"SERVICE", "PROTO", "HASH", "TABLE", "VIPS"}}
+	backendRows := [][]string{backendHeader}
+	// lines says, line by line, which table's next row comes.
+	lines := []bool{true, false} // true: a service's
+	for _, s := range services {
+		table := "-"
+		if s.TableSize != 0 {
+			table = fmt.Sprint(s.TableSize)
+		}
+		serviceRows = append(serviceRows, []string{s.Name, cmp.Or(s.Protocols, "-"), cmp.Or(s.Hash, "-"), table, formatVIPs(s.VIPs)})
+		lines = append(lines, true)
+		rows := byService[s.Name]
+		slices.SortFunc(rows, func(a, b Backend) int { return cmp.Compare(a.Name, b.Name) })
+		for _, r := range rows {
+			backendRows = append(backendRows, backendRow(r))
+			lines = append(lines, false)
+		}
+	}
+	serviceLines, backendLines := tabulate(serviceRows), tabulate(backendRows)
+	var b strings.Builder
+	for _, isService := range lines {
+		if isService {
+			b.WriteString(serviceLines[0] + "\n")
+			serviceLines = serviceLines[1:]
+			continue
+		}
+		b.WriteString("  -> " + backendLines[0] + "\n")
+		backendLines = backendLines[1:]
+	}
+	return b.String()
+}
+
+// backendHeader and backendRow are the columns of a backend in list and
+// show-service.
+var backendHeader = []string{"NAME", "ADDRESS", "WEIGHT", "ADMIN", "HEALTH", "ACTIVE", "INACTIVE", "PACKETS", "REASON"}
+
+func backendRow(r Backend) []string {
+	return []string{r.Name, r.Address, fmt.Sprint(r.Weight), r.AdminState, r.Health,
+		fmt.Sprint(r.ActiveFlows), fmt.Sprint(r.InactiveFlows), fmt.Sprint(r.Packets), cmp.Or(r.HealthDetail, "-")}
+}
+
+// formatBackends is the table of show-service: the backends of one
+// service, sorted by name.
+func formatBackends(backends []Backend) string {
+	backends = slices.Clone(backends)
+	slices.SortFunc(backends, func(a, b Backend) int { return cmp.Compare(a.Name, b.Name) })
+	rows := [][]string{backendHeader}
+	for _, r := range backends {
+		rows = append(rows, backendRow(r))
+	}
+	return strings.Join(tabulate(rows), "\n") + "\n"
+}
+
+// formatServices is the table of services, sorted by name.
+func formatServices(services []Service) string {
+	services = slices.Clone(services)
+	slices.SortFunc(services, func(a, b Service) int { return cmp.Compare(a.Name, b.Name) })
+	rows := [][]string{{"NAME", "PROTO", "HASH", "TABLE", "BACKENDS", "ACTIVE", "PACKETS", "SOURCE", "CHECK", "VIPS"}}
+	for _, s := range services {
+		rows = append(rows, []string{s.Name, s.Protocols, s.Hash, fmt.Sprint(s.TableSize), fmt.Sprint(s.Backends),
+			fmt.Sprint(s.ActiveFlows), fmt.Sprint(s.Packets), s.Source, cmp.Or(s.Check, "-"), formatVIPs(s.VIPs)})
+	}
+	return strings.Join(tabulate(rows), "\n") + "\n"
+}
+
+// tabulate aligns rows in columns two spaces apart and returns its lines.
+func tabulate(rows [][]string) []string {
 	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tADDRESS\tWEIGHT\tADMIN\tHEALTH\tACTIVE\tINACTIVE\tPACKETS\tREASON")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%d\t%d\t%d\t%s\n", r.Name, r.Address, r.Weight, r.AdminState,
-			r.Health, r.ActiveFlows, r.InactiveFlows, r.Packets, cmp.Or(r.HealthDetail, "-"))
+		fmt.Fprintln(tw, strings.Join(r, "\t"))
 	}
 	tw.Flush()
-	return b.String()
+	return strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+}
+
+// formatVIPs writes a service's VIPs with their port lists, "VIP:PORTS"
+// each, sorted by address; an IPv6 address is bracketed. "-" for none.
+func formatVIPs(vips map[string]string) string {
+	if len(vips) == 0 {
+		return "-"
+	}
+	addrs := slices.Collect(maps.Keys(vips))
+	slices.SortFunc(addrs, func(a, b string) int {
+		pa, errA := netip.ParseAddr(a)
+		pb, errB := netip.ParseAddr(b)
+		if errA != nil || errB != nil {
+			return cmp.Compare(a, b)
+		}
+		return pa.Compare(pb)
+	})
+	parts := make([]string, len(addrs))
+	for i, a := range addrs {
+		host := a
+		if strings.Contains(a, ":") {
+			host = "[" + a + "]"
+		}
+		parts[i] = host + ":" + vips[a]
+	}
+	return strings.Join(parts, " ")
 }
 
 // formatProperties prints "Key: value" lines, aligned: first the
@@ -77,17 +207,15 @@ func propertyOrder(props map[string]dbus.Variant, order []string) []string {
 }
 
 // formatStatus is status's output: the manager's properties, the number
-// of backends (none when count < 0) and caplance-healthd's status ("" when
-// it does not run).
-func formatStatus(props map[string]dbus.Variant, count int, healthd string) string {
-	all := make(map[string]dbus.Variant, len(props)+1)
-	for k, v := range props {
-		all[k] = v
-	}
+// of services and of backends (none when < 0, without the balancer role)
+// and caplance-healthd's status ("" when it does not run).
+func formatStatus(props map[string]dbus.Variant, services, backends int, healthd string) string {
+	all := maps.Clone(props)
 	order := managerProperties
-	if count >= 0 {
-		all["Backends"] = dbus.MakeVariant(uint32(count))
-		order = append(slices.Clip(order), "Backends")
+	if backends >= 0 {
+		all["Services"] = dbus.MakeVariant(uint32(services))
+		all["Backends"] = dbus.MakeVariant(uint32(backends))
+		order = append(slices.Clip(order), "Services", "Backends")
 	}
 	s := formatProperties(all, order)
 	if healthd != "" {
@@ -110,6 +238,8 @@ func formatValue(v any) string {
 			return "-"
 		}
 		return strings.Join(v, ", ")
+	case map[string]string:
+		return formatVIPs(v)
 	case bool:
 		if v {
 			return "yes"
@@ -119,18 +249,86 @@ func formatValue(v any) string {
 	return fmt.Sprint(v)
 }
 
-// formatStats is stats' output: "key value" lines, sorted by key.
+// serviceCounters are the counters of GetStats' "service.NAME.COUNTER"
+// keys, in the order of stats' table; others a newer caplanced may send
+// follow, sorted.
+var serviceCounters = []string{"packets", "bytes", "new_flows", "active_flows", "inactive_flows", "drops"}
+
+// formatStats is stats' output: the global counters as "key value" lines,
+// sorted by key, then, when there are services, a blank line and a table
+// of their counters, a row per service sorted by name.
 func formatStats(stats map[string]uint64) string {
-	keys := make([]string, 0, len(stats))
-	for k := range stats {
-		keys = append(keys, k)
+	var keys []string
+	perService := map[string]map[string]uint64{}
+	var counters []string
+	for k, v := range stats {
+		name, counter, ok := serviceCounter(k)
+		if !ok {
+			keys = append(keys, k)
+			continue
+		}
+		if perService[name] == nil {
+			perService[name] = map[string]uint64{}
+		}
+		perService[name][counter] = v
+		if !slices.Contains(counters, counter) {
+			counters = append(counters, counter)
+		}
 	}
 	slices.Sort(keys)
 	var b strings.Builder
 	for _, k := range keys {
 		fmt.Fprintf(&b, "%s %d\n", k, stats[k])
 	}
+	if len(perService) == 0 {
+		return b.String()
+	}
+
+	slices.SortFunc(counters, func(x, y string) int {
+		i, j := slices.Index(serviceCounters, x), slices.Index(serviceCounters, y)
+		switch {
+		case i >= 0 && j >= 0:
+			return cmp.Compare(i, j)
+		case i >= 0 || j >= 0: // the known first
+			return cmp.Compare(j, i)
+		}
+		return cmp.Compare(x, y)
+	})
+	header := []string{"SERVICE"}
+	for _, c := range counters {
+		header = append(header, strings.ToUpper(c))
+	}
+	rows := [][]string{header}
+	for _, name := range slices.Sorted(maps.Keys(perService)) {
+		row := []string{name}
+		for _, c := range counters {
+			cell := "-" // a counter this service lacks
+			if v, ok := perService[name][c]; ok {
+				cell = fmt.Sprint(v)
+			}
+			row = append(row, cell)
+		}
+		rows = append(rows, row)
+	}
+	if len(keys) > 0 {
+		b.WriteString("\n")
+	}
+	b.WriteString(strings.Join(tabulate(rows), "\n") + "\n")
 	return b.String()
+}
+
+// serviceCounter splits a GetStats key "service.NAME.COUNTER"; a service's
+// name may hold dots, a counter's does not.
+func serviceCounter(key string) (name, counter string, ok bool) {
+	rest, ok := strings.CutPrefix(key, "service.")
+	if !ok {
+		return "", "", false
+	}
+	i := strings.LastIndexByte(rest, '.')
+	if i <= 0 || i == len(rest)-1 {
+		return "", "", false
+	}
+	return rest[:i], rest[i+1:], true
 }
 
 // writeJSON writes v indented, with a final newline.

@@ -12,12 +12,14 @@ import (
 
 func TestOutput(t *testing.T) {
 	running := map[string]fakeReply{
-		"org.freedesktop.DBus.Properties.GetAll":                                         {body: []any{managerProps}},
-		"org.caplance.Caplance1.Manager.ListBackends":                                    {body: []any{backendRows}},
-		"org.caplance.Caplance1.Manager.GetStats":                                        {body: []any{stats}},
-		"org.freedesktop.DBus.NameHasOwner":                                              {body: []any{true}},
-		"org.freedesktop.DBus.Properties.Get":                                            {body: []any{dbus.MakeVariant("checking 2 backends")}},
-		"/org/caplance/Caplance1/backend/web_2d1 org.freedesktop.DBus.Properties.GetAll": {body: []any{web1Props}},
+		"org.freedesktop.DBus.Properties.GetAll":                                                     {body: []any{managerProps}},
+		"org.caplance.Caplance1.Manager.ListBackends":                                                {body: []any{backendRows}},
+		"org.caplance.Caplance1.Manager.ListServices":                                                {body: []any{serviceRows}},
+		"org.caplance.Caplance1.Manager.GetStats":                                                    {body: []any{stats}},
+		"org.freedesktop.DBus.NameHasOwner":                                                          {body: []any{true}},
+		"org.freedesktop.DBus.Properties.Get":                                                        {body: []any{dbus.MakeVariant("checking 2 backends")}},
+		"/org/caplance/Caplance1/service/web/backend/web_2d1 org.freedesktop.DBus.Properties.GetAll": {body: []any{web1Props}},
+		"/org/caplance/Caplance1/service/web org.freedesktop.DBus.Properties.GetAll":                 {body: []any{webProps}},
 	}
 	with := func(key string, r fakeReply) map[string]fakeReply {
 		m := map[string]fakeReply{key: r}
@@ -34,13 +36,15 @@ func TestOutput(t *testing.T) {
 		replies map[string]fakeReply
 		want    string
 	}{
-		{name: "status", args: []string{"status"}, replies: running, want: `Version:   1.2.3
-Roles:     balancer
-State:     running
-VIPs:      10.0.0.100, 10.0.0.101
-EncapPort: 5555
-TableSize: 65537
-Backends:  2
+		{name: "status", args: []string{"status"}, replies: running, want: `Version:    1.2.3
+APIVersion: 2
+Roles:      balancer
+State:      running
+VIPs:       10.0.0.100, 10.0.0.101, 10.0.0.53
+EncapPort:  5555
+TableSize:  65537
+Services:   2
+Backends:   3
 caplance-healthd: checking 2 backends
 `},
 		{name: "status of a receiver without healthd", args: []string{"status"},
@@ -59,15 +63,48 @@ EncapPort: 5555
 TableSize: 0
 Future:    x
 `},
-		{name: "list", args: []string{"list"}, replies: running, want: `NAME   ADDRESS   WEIGHT  ADMIN    HEALTH  ACTIVE  INACTIVE  PACKETS  REASON
-web-1  10.0.1.1  100     active   up      12      3         3400     -
-web2   10.0.1.2  0       drained  down    0       0         17       connect: connection refused
+		{name: "list", args: []string{"list"}, replies: running, want: `SERVICE  PROTO  HASH       TABLE  VIPS
+  -> NAME   ADDRESS   WEIGHT  ADMIN    HEALTH   ACTIVE  INACTIVE  PACKETS  REASON
+dns      udp    5-tuple    251    10.0.0.53:53
+  -> dns1   10.0.2.1  1       active   unknown  0       0         5        -
+web      tcp    source-ip  65537  10.0.0.100:80,443,8000-8099 10.0.0.101:80,443
+  -> web-1  10.0.1.1  100     active   up       12      3         3400     -
+  -> web2   10.0.1.2  0       drained  down     0       0         17       connect: connection refused
+`},
+		{name: "list --service", args: []string{"list", "--service", "web"}, replies: running, want: `SERVICE  PROTO  HASH       TABLE  VIPS
+  -> NAME   ADDRESS   WEIGHT  ADMIN    HEALTH  ACTIVE  INACTIVE  PACKETS  REASON
+web      tcp    source-ip  65537  10.0.0.100:80,443,8000-8099 10.0.0.101:80,443
+  -> web-1  10.0.1.1  100     active   up      12      3         3400     -
+  -> web2   10.0.1.2  0       drained  down    0       0         17       connect: connection refused
+`},
+		{name: "list of a service without backends", args: []string{"list", "--service", "dns"},
+			replies: with("org.caplance.Caplance1.Manager.ListBackends", fakeReply{body: []any{backendRows[1:]}}), want: `SERVICE  PROTO  HASH     TABLE  VIPS
+  -> NAME  ADDRESS  WEIGHT  ADMIN  HEALTH  ACTIVE  INACTIVE  PACKETS  REASON
+dns      udp    5-tuple  251    10.0.0.53:53
+`},
+		{name: "list of a backend whose service came after ListServices", args: []string{"list"},
+			replies: with("org.caplance.Caplance1.Manager.ListServices", fakeReply{body: []any{serviceRows[:1]}}), want: `SERVICE  PROTO  HASH       TABLE  VIPS
+  -> NAME   ADDRESS   WEIGHT  ADMIN    HEALTH   ACTIVE  INACTIVE  PACKETS  REASON
+dns      -      -          -      -
+  -> dns1   10.0.2.1  1       active   unknown  0       0         5        -
+web      tcp    source-ip  65537  10.0.0.100:80,443,8000-8099 10.0.0.101:80,443
+  -> web-1  10.0.1.1  100     active   up       12      3         3400     -
+  -> web2   10.0.1.2  0       drained  down     0       0         17       connect: connection refused
 `},
 		{name: "list of none", args: []string{"list"}, replies: with("org.caplance.Caplance1.Manager.ListBackends", fakeReply{body: []any{[][]any{}}}),
-			want: "NAME  ADDRESS  WEIGHT  ADMIN  HEALTH  ACTIVE  INACTIVE  PACKETS  REASON\n"},
-		{name: "list --json", args: []string{"list", "--json"}, replies: running, want: `[
+			want: `SERVICE  PROTO  HASH       TABLE  VIPS
+  -> NAME  ADDRESS  WEIGHT  ADMIN  HEALTH  ACTIVE  INACTIVE  PACKETS  REASON
+dns      udp    5-tuple    251    10.0.0.53:53
+web      tcp    source-ip  65537  10.0.0.100:80,443,8000-8099 10.0.0.101:80,443
+`},
+		{name: "list without services", args: []string{"list"}, replies: map[string]fakeReply{
+			"org.caplance.Caplance1.Manager.ListBackends": {body: []any{[][]any{}}},
+			"org.caplance.Caplance1.Manager.ListServices": {body: []any{[][]any{}}},
+		}, want: "SERVICE  PROTO  HASH  TABLE  VIPS\n  -> NAME  ADDRESS  WEIGHT  ADMIN  HEALTH  ACTIVE  INACTIVE  PACKETS  REASON\n"},
+		{name: "list --json", args: []string{"list", "--json", "--service", "web"}, replies: running, want: `[
   {
     "name": "web-1",
+    "service": "web",
     "address": "10.0.1.1",
     "weight": 100,
     "admin_state": "active",
@@ -80,6 +117,7 @@ web2   10.0.1.2  0       drained  down    0       0         17       connect: co
   },
   {
     "name": "web2",
+    "service": "web",
     "address": "10.0.1.2",
     "weight": 0,
     "admin_state": "drained",
@@ -94,7 +132,53 @@ web2   10.0.1.2  0       drained  down    0       0         17       connect: co
 `},
 		{name: "list --json of none", args: []string{"list", "--json"}, replies: with("org.caplance.Caplance1.Manager.ListBackends", fakeReply{body: []any{[][]any{}}}),
 			want: "[]\n"},
+		{name: "services", args: []string{"services"}, replies: running, want: `NAME  PROTO  HASH       TABLE  BACKENDS  ACTIVE  PACKETS  SOURCE   CHECK               VIPS
+dns   udp    5-tuple    251    1         0       5        runtime  -                   10.0.0.53:53
+web   tcp    source-ip  65537  2         12      3417     config   http://:80/healthz  10.0.0.100:80,443,8000-8099 10.0.0.101:80,443
+`},
+		{name: "list-services of none", args: []string{"list-services"}, replies: with("org.caplance.Caplance1.Manager.ListServices", fakeReply{body: []any{[][]any{}}}),
+			want: "NAME  PROTO  HASH  TABLE  BACKENDS  ACTIVE  PACKETS  SOURCE  CHECK  VIPS\n"},
+		{name: "services --json", args: []string{"services", "--json"}, replies: with("org.caplance.Caplance1.Manager.ListServices", fakeReply{body: []any{serviceRows[1:]}}), want: `[
+  {
+    "name": "dns",
+    "vips": {
+      "10.0.0.53": "53"
+    },
+    "protocols": "udp",
+    "hash": "5-tuple",
+    "table_size": 251,
+    "check": "",
+    "source": "runtime",
+    "backends": 1,
+    "packets": 5,
+    "bytes": 300,
+    "active_flows": 0
+  }
+]
+`},
+		{name: "services --json of none", args: []string{"services", "--json"}, replies: with("org.caplance.Caplance1.Manager.ListServices", fakeReply{body: []any{[][]any{}}}),
+			want: "[]\n"},
+		{name: "show-service", args: []string{"show-service", "web"}, replies: running, want: `Name:          web
+VIPs:          10.0.0.100:80,443,8000-8099 10.0.0.101:80,443
+Protocols:     tcp
+Hash:          source-ip
+TableSize:     65537
+Check:         http://:80/healthz
+Source:        config
+Persistent:    yes
+Packets:       3417
+Bytes:         568910
+NewFlows:      40
+ActiveFlows:   12
+InactiveFlows: 3
+Drops:         2
+
+NAME   ADDRESS   WEIGHT  ADMIN    HEALTH  ACTIVE  INACTIVE  PACKETS  REASON
+web-1  10.0.1.1  100     active   up      12      3         3400     -
+web2   10.0.1.2  0       drained  down    0       0         17       connect: connection refused
+`},
 		{name: "show", args: []string{"show", "web-1"}, replies: running, want: `Name:          web-1
+Service:       web
 Address:       10.0.1.1
 Weight:        100
 AdminState:    active
@@ -112,12 +196,30 @@ Bytes:         567890
 drop.no_backend 10
 forwarded 90
 received 100
+
+SERVICE  PACKETS  BYTES  NEW_FLOWS  ACTIVE_FLOWS  INACTIVE_FLOWS  DROPS
+dns.v2   10       700    10         4             0               0
+web      80       9000   7          3             1               2
 `},
-		{name: "stats --json", args: []string{"stats", "--json"}, replies: running, want: `{
-  "conntrack_size": 4,
-  "drop.no_backend": 10,
+		{name: "stats of a newer caplanced", args: []string{"stats"}, replies: with("org.caplance.Caplance1.Manager.GetStats", fakeReply{body: []any{map[string]uint64{
+			"received": 5, "service.a.packets": 1, "service.a.zz_new": 9, "service.a.aa_new": 8, "service.b.bytes": 7, "service.": 1, "service.c.": 2,
+		}}}), want: `received 5
+service. 1
+service.c. 2
+
+SERVICE  PACKETS  BYTES  AA_NEW  ZZ_NEW
+a        1        -      8       9
+b        -        7      -       -
+`},
+		{name: "stats of services alone", args: []string{"stats"}, replies: with("org.caplance.Caplance1.Manager.GetStats", fakeReply{body: []any{map[string]uint64{
+			"service.a.drops": 3,
+		}}}), want: "SERVICE  DROPS\na        3\n"},
+		{name: "stats --json", args: []string{"stats", "--json"}, replies: with("org.caplance.Caplance1.Manager.GetStats", fakeReply{body: []any{map[string]uint64{
+			"received": 100, "forwarded": 90, "service.web.packets": 80,
+		}}}), want: `{
   "forwarded": 90,
-  "received": 100
+  "received": 100,
+  "service.web.packets": 80
 }
 `},
 		{name: "silent change", args: []string{"drain", "web1"}, replies: map[string]fakeReply{"org.caplance.Caplance1.Manager.Drain": {}}},
@@ -137,10 +239,22 @@ received 100
 
 // A reply of the wrong shape is an error, not a panic or a Go dump.
 func TestUnexpectedReply(t *testing.T) {
-	for _, method := range []string{"ListBackends", "GetStats"} {
-		args := map[string][]string{"ListBackends": {"list"}, "GetStats": {"stats"}}[method]
-		f := &fakeConn{replies: map[string]fakeReply{"org.caplance.Caplance1.Manager." + method: {body: []any{"nonsense"}}}}
-		code, _, stderr := run(t, f, args...)
+	for _, tt := range []struct {
+		method string
+		args   []string
+	}{
+		{"ListBackends", []string{"list"}},
+		{"ListServices", []string{"list"}},
+		{"ListServices", []string{"services"}},
+		{"GetStats", []string{"stats"}},
+	} {
+		method := tt.method
+		f := &fakeConn{replies: map[string]fakeReply{
+			"org.caplance.Caplance1.Manager.ListServices": {body: []any{serviceRows}},
+			"org.caplance.Caplance1.Manager.ListBackends": {body: []any{backendRows}},
+			"org.caplance.Caplance1.Manager." + method:    {body: []any{"nonsense"}},
+		}}
+		code, _, stderr := run(t, f, tt.args...)
 		if code != cli.ExitFailed || !strings.HasPrefix(stderr, "caplancectl: "+method+": unexpected reply: ") || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("%s: exit code %d, stderr %q", method, code, stderr)
 		}

@@ -15,13 +15,22 @@ import (
 )
 
 // watchRules are the match rules of watch: the manager's signals, the
-// backends' PropertiesChanged and caplanced's coming and going.
+// services' and the backends' PropertiesChanged (the backends' objects are
+// beneath their services') and caplanced's coming and going.
 var watchRules = [][]dbus.MatchOption{
 	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath), dbus.WithMatchInterface(dbusname.ManagerIface)},
-	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchPathNamespace(dbus.ObjectPath(strings.TrimSuffix(dbusname.BackendPathPrefix, "/"))),
-		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, dbusname.BackendIface)},
+	propertiesChangedRule(dbusname.ServiceIface),
+	propertiesChangedRule(dbusname.BackendIface),
 	{dbus.WithMatchSender(busDaemonName), dbus.WithMatchInterface(busDaemonName), dbus.WithMatchMember("NameOwnerChanged"),
 		dbus.WithMatchArg(0, dbusname.BusName)},
+}
+
+// propertiesChangedRule matches PropertiesChanged of iface on the objects
+// beneath the services' path.
+func propertiesChangedRule(iface string) []dbus.MatchOption {
+	return []dbus.MatchOption{dbus.WithMatchSender(dbusname.BusName),
+		dbus.WithMatchPathNamespace(dbus.ObjectPath(strings.TrimSuffix(dbusname.ServicePathPrefix, "/"))),
+		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, iface)}
 }
 
 func watchAction(ctx context.Context, c Conn, out io.Writer) error {
@@ -64,7 +73,8 @@ func watchLoop(ctx context.Context, signals <-chan *dbus.Signal, out io.Writer) 
 // does not show.
 func formatSignal(sig *dbus.Signal) (line string, ok bool) {
 	switch sig.Name {
-	case dbusname.ManagerIface + ".BackendAdded", dbusname.ManagerIface + ".BackendRemoved":
+	case dbusname.ManagerIface + ".BackendAdded", dbusname.ManagerIface + ".BackendRemoved",
+		dbusname.ManagerIface + ".ServiceAdded", dbusname.ManagerIface + ".ServiceRemoved":
 		var name string
 		var path dbus.ObjectPath
 		if dbus.Store(sig.Body, &name, &path) != nil {
@@ -86,14 +96,21 @@ func formatSignal(sig *dbus.Signal) (line string, ok bool) {
 		var iface string
 		var changed map[string]dbus.Variant
 		var invalidated []string
-		if dbus.Store(sig.Body, &iface, &changed, &invalidated) != nil || iface != dbusname.BackendIface {
+		if dbus.Store(sig.Body, &iface, &changed, &invalidated) != nil {
 			return "", false
 		}
-		name, ok := dbusname.BackendName(sig.Path)
-		if !ok {
-			return "", false
+		switch iface {
+		case dbusname.BackendIface:
+			// Backend names are unique across services: the name is enough.
+			if _, name, ok := dbusname.BackendName(sig.Path); ok {
+				return "PropertiesChanged " + name + formatChanged(changed, invalidated), true
+			}
+		case dbusname.ServiceIface:
+			if name, ok := dbusname.ServiceName(sig.Path); ok {
+				return "ServicePropertiesChanged " + name + formatChanged(changed, invalidated), true
+			}
 		}
-		return "PropertiesChanged " + name + formatChanged(changed, invalidated), true
+		return "", false
 	case busDaemonName + ".NameOwnerChanged":
 		var name, oldOwner, newOwner string
 		if dbus.Store(sig.Body, &name, &oldOwner, &newOwner) != nil || name != dbusname.BusName {

@@ -12,7 +12,10 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-const web1Path = dbus.ObjectPath("/org/caplance/Caplance1/backend/web_2d1")
+const (
+	web1Path = dbus.ObjectPath("/org/caplance/Caplance1/service/web/backend/web_2d1")
+	webPath  = dbus.ObjectPath("/org/caplance/Caplance1/service/web")
+)
 
 func propertiesChanged(path dbus.ObjectPath, iface string, changed map[string]dbus.Variant, invalidated []string) *dbus.Signal {
 	return &dbus.Signal{Sender: ":1.5", Path: path, Name: "org.freedesktop.DBus.Properties.PropertiesChanged",
@@ -29,8 +32,8 @@ func TestFormatSignal(t *testing.T) {
 		sig  *dbus.Signal
 		want string // "" means not shown
 	}{
-		{"added", managerSignal("BackendAdded", "web-1", web1Path), "BackendAdded web-1 /org/caplance/Caplance1/backend/web_2d1"},
-		{"removed", managerSignal("BackendRemoved", "web-1", web1Path), "BackendRemoved web-1 /org/caplance/Caplance1/backend/web_2d1"},
+		{"added", managerSignal("BackendAdded", "web-1", web1Path), "BackendAdded web-1 /org/caplance/Caplance1/service/web/backend/web_2d1"},
+		{"removed", managerSignal("BackendRemoved", "web-1", web1Path), "BackendRemoved web-1 /org/caplance/Caplance1/service/web/backend/web_2d1"},
 		{"health down", managerSignal("BackendHealthChanged", "web-1", false, "connect: connection refused"),
 			`BackendHealthChanged web-1 down "connect: connection refused"`},
 		{"health up", managerSignal("BackendHealthChanged", "web-1", true, ""), `BackendHealthChanged web-1 up ""`},
@@ -51,7 +54,17 @@ func TestFormatSignal(t *testing.T) {
 		{"other name", &dbus.Signal{Name: "org.freedesktop.DBus.NameOwnerChanged", Body: []any{"org.other", "", ":1.9"}}, ""},
 		{"manager properties", propertiesChanged(dbusname.ManagerPath, dbusname.ManagerIface, map[string]dbus.Variant{"State": variant("reloading")}, nil), ""},
 		{"other interface of a backend", propertiesChanged(web1Path, "org.other", map[string]dbus.Variant{"X": variant("y")}, nil), ""},
-		{"badly escaped path", propertiesChanged("/org/caplance/Caplance1/backend/web_2", dbusname.BackendIface, map[string]dbus.Variant{"Weight": variant(uint32(5))}, nil), ""},
+		{"badly escaped path", propertiesChanged("/org/caplance/Caplance1/service/web/backend/web_2", dbusname.BackendIface, map[string]dbus.Variant{"Weight": variant(uint32(5))}, nil), ""},
+		{"old backend path", propertiesChanged("/org/caplance/Caplance1/backend/web_2d1", dbusname.BackendIface, map[string]dbus.Variant{"Weight": variant(uint32(5))}, nil), ""},
+		{"service added", managerSignal("ServiceAdded", "web", webPath), "ServiceAdded web /org/caplance/Caplance1/service/web"},
+		{"service removed", managerSignal("ServiceRemoved", "dns.v2", dbusname.ServicePath("dns.v2")), "ServiceRemoved dns.v2 /org/caplance/Caplance1/service/dns_2ev2"},
+		{"service changed", propertiesChanged(webPath, dbusname.ServiceIface,
+			map[string]dbus.Variant{"VIPs": variant(map[string]string{"10.0.0.101": "80", "10.0.0.100": "all"}), "Hash": variant("source-ip")}, nil),
+			`ServicePropertiesChanged web Hash="source-ip" VIPs=10.0.0.100:all 10.0.0.101:80`},
+		{"service counters", propertiesChanged(webPath, dbusname.ServiceIface, map[string]dbus.Variant{}, []string{"Packets", "Drops"}),
+			`ServicePropertiesChanged web invalidated=Drops,Packets`},
+		{"service interface on a backend's path", propertiesChanged(web1Path, dbusname.ServiceIface, map[string]dbus.Variant{"Hash": variant("source-ip")}, nil), ""},
+		{"backend interface on a service's path", propertiesChanged(webPath, dbusname.BackendIface, map[string]dbus.Variant{"Weight": variant(uint32(5))}, nil), ""},
 		{"malformed body", managerSignal("BackendAdded", uint32(1)), ""},
 		{"NameAcquired", &dbus.Signal{Name: "org.freedesktop.DBus.NameAcquired", Body: []any{":1.7"}}, ""},
 		{"InterfacesAdded", &dbus.Signal{Name: "org.freedesktop.DBus.ObjectManager.InterfacesAdded", Path: dbusname.ManagerPath}, ""},
@@ -80,7 +93,7 @@ func TestWatchCommand(t *testing.T) {
 	if code != cli.ExitFailed {
 		t.Errorf("exit code %d, want %d", code, cli.ExitFailed)
 	}
-	want := "BackendAdded web-1 /org/caplance/Caplance1/backend/web_2d1\nBackendHealthChanged web-1 up \"\"\n"
+	want := "BackendAdded web-1 /org/caplance/Caplance1/service/web/backend/web_2d1\nBackendHealthChanged web-1 up \"\"\n"
 	if diff := cmp.Diff(want, stdout); diff != "" {
 		t.Errorf("stdout (-want +got):\n%s", diff)
 	}
@@ -118,7 +131,7 @@ func TestWatchLoopStops(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("watchLoop did not return after cancel")
 	}
-	if diff := cmp.Diff("BackendRemoved web-1 /org/caplance/Caplance1/backend/web_2d1\n", out.String()); diff != "" {
+	if diff := cmp.Diff("BackendRemoved web-1 /org/caplance/Caplance1/service/web/backend/web_2d1\n", out.String()); diff != "" {
 		t.Errorf("output (-want +got):\n%s", diff)
 	}
 }

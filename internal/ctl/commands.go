@@ -262,7 +262,7 @@ func checkServiceValue(flagName, value string) error {
 	case "port":
 		_, err = config.ParsePorts(value)
 	case "proto":
-		_, err = config.ParseProtocols(value)
+		_, err = config.ParseProtocols([]string{value})
 	case "hash":
 		_, err = config.ParseHash(value)
 	}

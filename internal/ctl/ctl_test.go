@@ -121,13 +121,13 @@ func TestServiceValueErrors(t *testing.T) {
 	tests := []struct {
 		args      []string
 		wantStart string // of stderr's first line
-		wantValue string // quoted in it
+		wantValue string // named in it
 	}{
 		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--port", "80,x"}, "add-service: --port: ", `"x"`},
-		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--port", "80-70"}, "add-service: --port: ", `"80-70"`},
-		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--port", "0"}, "add-service: --port: ", `"0"`},
-		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--port", "65536"}, "add-service: --port: ", `"65536"`},
-		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--port", ""}, "add-service: --port: ", `""`},
+		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--port", "80-70"}, "add-service: --port: ", `80-70`},
+		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--port", "0"}, "add-service: --port: ", `port 0`},
+		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--port", "65536"}, "add-service: --port: ", `port 65536`},
+		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--port", ""}, "add-service: --port: ", `empty list`},
 		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--proto", "sctp"}, "add-service: --proto: ", `"sctp"`},
 		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--proto", "TCP"}, "add-service: --proto: ", `"TCP"`},
 		{[]string{"add-service", "web", "--vip", "10.0.0.100", "--hash", "rr"}, "add-service: --hash: ", `"rr"`},

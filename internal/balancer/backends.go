@@ -79,4 +79,3 @@ func (b *Balancer) target(be model.Backend, prev *target, gen uint64) *target {
 	}
 	return &target{Backend: be, given: given, gen: gen, route: r, outer: outer, dst: be.Address.As4(), mtu: r.mtu, stats: stats}
 }
-

@@ -242,7 +242,7 @@ const maxSkip = 255
 // jump to accept.
 func vipFilter(vips []netip.Addr, accept []bpf.Instruction) []bpf.Instruction {
 	prog := []bpf.Instruction{bpf.LoadAbsolute{Off: 16, Size: 4}} // A = destination address
-	var jumps []int                                                // the jumps to accept
+	var jumps []int                                               // the jumps to accept
 	for run := range slices.Chunk(vips, maxSkip) {
 		for i, v := range run {
 			a := v.As4()

@@ -151,7 +151,7 @@ func TestClassifierRefusesOverlaps(t *testing.T) {
 	}{
 		{"same port", []model.Service{svc("a", model.TCP, model.PortRange{First: 80, Last: 80}), svc("b", model.TCP, model.PortRange{First: 80, Last: 80})},
 			"balancer: services a and b both take VIP 192.0.2.1 tcp port 80"},
-		{"ranges that overlap", []model.Service{svc("a", model.UDP, model.PortRange{First: 50, Last: 60}), svc("b", model.TCP | model.UDP, model.PortRange{First: 55, Last: 70})},
+		{"ranges that overlap", []model.Service{svc("a", model.UDP, model.PortRange{First: 50, Last: 60}), svc("b", model.TCP|model.UDP, model.PortRange{First: 55, Last: 70})},
 			"balancer: services a and b both take VIP 192.0.2.1 udp port 55"},
 		{"every port and one", []model.Service{svc("a", model.TCP), svc("b", model.TCP, model.PortRange{First: 443, Last: 443})},
 			"balancer: services a and b both take VIP 192.0.2.1 tcp port 443"},

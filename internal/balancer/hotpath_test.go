@@ -42,6 +42,17 @@ type hotPath struct {
 // goroutine uses them.
 func newHotPath(tb testing.TB) *hotPath {
 	tb.Helper()
+	h := newHotPathWorkers(tb, 1)
+	if err := h.b.SetServices(oneService(65537, nil, model.Backend{ID: 1, Name: "lo", Address: benchBackend, Weight: 1})); err != nil {
+		tb.Fatal(err)
+	}
+	return h
+}
+
+// newHotPathWorkers is newHotPath with workers workers (h.w is the first)
+// and no service yet.
+func newHotPathWorkers(tb testing.TB, workers int) *hotPath {
+	tb.Helper()
 	if os.Geteuid() != 0 {
 		tb.Skip("needs root: raw sockets in a network namespace")
 	}
@@ -65,14 +76,11 @@ func newHotPath(tb testing.TB) *hotPath {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	b, err := Open(Config{EncapPort: 5555, Workers: 1, Conntrack: ct})
+	b, err := Open(Config{EncapPort: 5555, Workers: workers, Conntrack: ct})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(b.Close)
-	if err := b.SetServices(oneService(65537, nil, model.Backend{ID: 1, Name: "lo", Address: benchBackend, Weight: 1})); err != nil {
-		tb.Fatal(err)
-	}
 	h := &hotPath{b: b, w: b.workers[0], out: rawio.NewQueue(batchSize)}
 	h.udpFD = int(h.w.fds[1].Fd) // tcp, udp, icmp
 	// Something must take the encapsulated packets, or each would cost an

@@ -179,10 +179,10 @@ func (w *worker) listen(proto int) error {
 	var buf [1]byte
 	for {
 		_, _, err := unix.Recvfrom(fd, buf[:], unix.MSG_DONTWAIT)
-		if err == unix.EAGAIN {
+		if errors.Is(err, unix.EAGAIN) {
 			break
 		}
-		if err != nil && err != unix.EINTR {
+		if err != nil && !errors.Is(err, unix.EINTR) {
 			return fmt.Errorf("balancer: raw %s socket: emptying it: %w", name, err)
 		}
 	}

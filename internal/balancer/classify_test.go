@@ -217,18 +217,37 @@ func TestClassifyAllocatesNothing(t *testing.T) {
 }
 
 // BenchmarkClassify: one classification of a packet among 100 services × 4
-// ports (classifyBench), cycling over every service's ports.
+// ports (classifyBench), cycling over every service's ports; and, for
+// comparison, with the one service of every port that the hot-path
+// benchmark has.
 func BenchmarkClassify(b *testing.B) {
-	c, keys := classifyBench(b)
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		if c.classify(&keys[i]) == nil {
-			b.Fatal("classified to none")
-		}
-		i++
-		if i == len(keys) {
-			i = 0
-		}
+	many, keys := classifyBench(b)
+	one, err := newClassifier(shells(model.Service{Name: "default", Protocols: model.TCP | model.UDP,
+		VIPs: []model.VIP{{Addr: benchVIP}}}))
+	if err != nil {
+		b.Fatal(err)
+	}
+	k := keyTo(benchVIP.String(), unix.IPPROTO_UDP, 80)
+	for _, bb := range []struct {
+		name string
+		c    classifier
+		keys []flow.Key
+	}{
+		{"100x4", many, keys},
+		{"1xall", one, []flow.Key{k}},
+	} {
+		b.Run(bb.name, func(b *testing.B) {
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				if bb.c.classify(&bb.keys[i]) == nil {
+					b.Fatal("classified to none")
+				}
+				i++
+				if i == len(bb.keys) {
+					i = 0
+				}
+			}
+		})
 	}
 }

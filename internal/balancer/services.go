@@ -35,13 +35,14 @@ type snapshot struct {
 // only its table.
 type service struct {
 	model.Service
-	// backends are its backends as SetServices got them, and gen the route
-	// cache's generation its targets were resolved in.
-	backends []model.Backend
-	gen      uint64
+	// gen is the route cache's generation its targets were resolved in.
+	gen uint64
 	// mb is what table was built from.
 	mb      []maglev.Backend
 	table   *maglev.Table
+	// targets are its backends in the order SetServices got them; each
+	// remembers how it got it (given).
+	targets []*target
 	byIndex []*target // Maglev index → target
 	byID    map[uint32]*target
 	// valid and takesNew are built once per service so that conntrack
@@ -51,6 +52,20 @@ type service struct {
 	valid    func(id uint32) bool
 	takesNew func(id uint32) bool
 	stats    *serviceStats
+}
+
+// unchanged reports whether the service would be built from d and pool
+// as it is, with the routes of generation gen.
+func (s *service) unchanged(d model.Service, pool []model.Backend, gen uint64) bool {
+	if s.gen != gen || len(s.targets) != len(pool) || !sameService(s.Service, d) {
+		return false
+	}
+	for i, t := range s.targets {
+		if t.given != pool[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // pick is the hash that picks a new flow's backend; h is k.Hash().
@@ -117,29 +132,66 @@ func (b *Balancer) install(set model.Set) error {
 }
 
 // buildSnapshot checks set and builds its snapshot, reusing the services
-// of the current one that did not change.
+// of the current one that did not change. What it keeps of set's slices it
+// only reads, and it decides what changed by the copies in the targets, so a
+// caller may reuse them.
 func (b *Balancer) buildSnapshot(set model.Set) (*snapshot, error) {
-	defs := slices.Clone(set.Services)
+	defs := make([]model.Service, len(set.Services))
+	for i, d := range set.Services {
+		d.VIPs = slices.Clone(d.VIPs)
+		for j := range d.VIPs {
+			d.VIPs[j].Ports = slices.Clone(d.VIPs[j].Ports)
+		}
+		defs[i] = d
+	}
 	slices.SortFunc(defs, func(a, b model.Service) int { return strings.Compare(a.Name, b.Name) })
 	vips, err := checkServices(defs)
 	if err != nil {
 		return nil, err
 	}
-	pools := make(map[string][]model.Backend, len(defs))
-	for _, d := range defs {
-		pools[d.Name] = nil
+	// Each backend's service, as an index in defs: the registry's backends
+	// come sorted by name, often many of one service in a row.
+	of := make([]int, len(set.Backends))
+	count, first := make([]int, len(defs)), make([]int, len(defs))
+	last := -1
+	for i, be := range set.Backends {
+		if last < 0 || defs[last].Name != be.Service {
+			j, ok := slices.BinarySearchFunc(defs, be.Service, func(d model.Service, name string) int {
+				return strings.Compare(d.Name, name)
+			})
+			if !ok {
+				return nil, fmt.Errorf("balancer: backend %s: no service %q", be.Name, be.Service)
+			}
+			last = j
+		}
+		of[i] = last
+		if count[last] == 0 {
+			first[last] = i
+		}
+		count[last]++
 	}
-	ids := make(map[uint32]string, len(set.Backends))
-	for _, be := range set.Backends {
-		pool, ok := pools[be.Service]
-		if !ok {
-			return nil, fmt.Errorf("balancer: backend %s: no service %q", be.Name, be.Service)
+	// A service's backends in one run (all of them when there is one
+	// service) are a slice of set.Backends; the others' are copied into one
+	// array, each service's in the order of set.Backends.
+	pools := make([][]model.Backend, len(defs))
+	var spread []model.Backend
+	for j, n := range count {
+		if !slices.ContainsFunc(of[first[j]:first[j]+n], func(k int) bool { return k != j }) {
+			pools[j] = set.Backends[first[j] : first[j]+n : first[j]+n]
+			continue
 		}
-		if other, dup := ids[be.ID]; dup {
-			return nil, fmt.Errorf("balancer: backends %s and %s have the same ID %d", other, be.Name, be.ID)
+		if spread == nil {
+			spread = make([]model.Backend, 0, len(set.Backends))
 		}
-		ids[be.ID] = be.Name
-		pools[be.Service] = append(pool, be)
+		pools[j] = spread[len(spread) : len(spread) : len(spread)+n]
+		spread = spread[:len(spread)+n]
+	}
+	if spread != nil {
+		for i, be := range set.Backends {
+			if j := of[i]; len(pools[j]) < count[j] {
+				pools[j] = append(pools[j], be)
+			}
+		}
 	}
 	old := b.snap.Load()
 	gen := b.routes.generation()
@@ -153,25 +205,26 @@ func (b *Balancer) buildSnapshot(set model.Set) (*snapshot, error) {
 				prev = old.services[j]
 			}
 		}
-		pool := pools[d.Name]
-		if prev != nil && prev.gen == gen && sameService(prev.Service, d) && slices.Equal(prev.backends, pool) {
+		if prev != nil && prev.unchanged(d, pools[i], gen) {
 			s.services[i] = prev
 			continue
 		}
-		if s.services[i], err = b.buildService(d, pool, prev, gen); err != nil {
+		if s.services[i], err = b.buildService(d, pools[i], prev, gen); err != nil {
 			return nil, err
 		}
 	}
 	if s.classes, err = newClassifier(s.services); err != nil {
 		return nil, err
 	}
-	s.backends = make([]*target, len(set.Backends))
-	in := make(map[string]*service, len(s.services))
-	for _, svc := range s.services {
-		in[svc.Name] = svc
+	if len(defs) == 1 {
+		s.backends = s.services[0].targets
+		return s, nil
 	}
-	for i, be := range set.Backends {
-		s.backends[i] = in[be.Service].byID[be.ID]
+	s.backends = make([]*target, len(set.Backends))
+	next := make([]int, len(defs)) // of each service's targets, the next in set.Backends
+	for i, j := range of {
+		s.backends[i] = s.services[j].targets[next[j]]
+		next[j]++
 	}
 	return s, nil
 }
@@ -234,9 +287,9 @@ func sameService(a, b model.Service) bool {
 // a route change that does not concern the service costs no build at all.
 func (b *Balancer) buildService(d model.Service, backends []model.Backend, prev *service, gen uint64) (*service, error) {
 	var prevByID map[uint32]*target
-	var prevBackends []model.Backend
+	var prevTargets []*target
 	if prev != nil {
-		prevByID, prevBackends = prev.byID, prev.backends
+		prevByID, prevTargets = prev.byID, prev.targets
 	}
 	mb := make([]maglev.Backend, len(backends))
 	targets := make([]*target, len(backends))
@@ -275,7 +328,7 @@ func (b *Balancer) buildService(d model.Service, backends []model.Backend, prev 
 		stats = &serviceStats{perWorker: make([]serviceCounters, b.cfg.Workers)}
 		b.svcStats[d.Name] = stats
 	}
-	s := &service{Service: d, backends: backends, gen: gen, mb: mb, table: table, stats: stats}
+	s := &service{Service: d, gen: gen, mb: mb, table: table, targets: targets, stats: stats}
 	// The table's indices follow the backends sorted by name, which the
 	// registry's set already is.
 	sorted := slices.IsSortedFunc(backends, byName)
@@ -298,14 +351,14 @@ func (b *Balancer) buildService(d model.Service, backends []model.Backend, prev 
 		for _, t := range fresh {
 			s.byID[t.ID] = t
 		}
-	case prev != nil && sorted && slices.IsSortedFunc(prevBackends, byName):
+	case prev != nil && sorted && slices.IsSortedFunc(prevTargets, targetsByName):
 		// Some left: find them by walking both sorted sets.
 		s.byID = maps.Clone(prevByID)
 		for _, t := range fresh {
 			s.byID[t.ID] = t
 		}
 		i := 0
-		for _, old := range prevBackends {
+		for _, old := range prevTargets {
 			for i < len(backends) && backends[i].Name < old.Name {
 				i++
 			}

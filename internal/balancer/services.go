@@ -38,8 +38,8 @@ type service struct {
 	// gen is the route cache's generation its targets were resolved in.
 	gen uint64
 	// mb is what table was built from.
-	mb      []maglev.Backend
-	table   *maglev.Table
+	mb    []maglev.Backend
+	table *maglev.Table
 	// targets are its backends in the order SetServices got them; each
 	// remembers how it got it (given).
 	targets []*target

@@ -80,8 +80,9 @@ func named(s *snapshot, name string) *service {
 // builds only its table; the other services are reused as they are.
 func TestSetServicesRebuildsOnlyTheChangedService(t *testing.T) {
 	h := newHotPath(t)
+	// The services' backends interleave, as they do in a set sorted by name.
 	set := model.Set{Services: []model.Service{onVIP("dns", model.FiveTuple, 53), onVIP("web", model.FiveTuple, 80)},
-		Backends: []model.Backend{backend("dns", 1), backend("dns", 2), backend("web", 3), backend("web", 4)}}
+		Backends: []model.Backend{backend("dns", 1), backend("web", 3), backend("dns", 2), backend("web", 4)}}
 	steps := []struct {
 		what string
 		// change changes set; rebuilt are the services whose table is
@@ -89,7 +90,7 @@ func TestSetServicesRebuildsOnlyTheChangedService(t *testing.T) {
 		change  func()
 		rebuilt []string
 	}{
-		{"a web backend's weight", func() { set.Backends[2].Weight = 7 }, []string{"web"}},
+		{"a web backend's weight", func() { set.Backends[1].Weight = 7 }, []string{"web"}},
 		{"a web backend added", func() { set.Backends = append(set.Backends, backend("web", 5)) }, []string{"web"}},
 		{"a service added", func() {
 			set.Services = append(set.Services, onVIP("ntp", model.FiveTuple, 123))
@@ -97,6 +98,7 @@ func TestSetServicesRebuildsOnlyTheChangedService(t *testing.T) {
 		}, []string{"ntp"}},
 		{"dns's hash", func() { set.Services[0].Hash = model.SourceIP }, nil},
 		{"a service removed", func() { set.Services, set.Backends = set.Services[:2], set.Backends[:5] }, nil},
+		{"a web backend removed", func() { set.Backends = slices.Delete(set.Backends, 1, 2) }, []string{"web"}},
 	}
 	if err := h.b.SetServices(set); err != nil {
 		t.Fatal(err)
@@ -108,6 +110,14 @@ func TestSetServicesRebuildsOnlyTheChangedService(t *testing.T) {
 			t.Fatalf("%s: %v", step.what, err)
 		}
 		after := h.b.snap.Load()
+		var want, got []string
+		for i, be := range set.Backends {
+			want = append(want, be.Name)
+			got = append(got, after.backends[i].Name)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("%s: the snapshot's backends (-want +got):\n%s", step.what, diff)
+		}
 		for _, d := range set.Services {
 			old, now := named(before, d.Name), named(after, d.Name)
 			rebuilt := slices.Contains(step.rebuilt, d.Name)

@@ -29,6 +29,17 @@ type snapshot struct {
 	vips []netip.Addr
 }
 
+// service returns the snapshot's service of that name, nil if none.
+func (s *snapshot) service(name string) *service {
+	i, ok := slices.BinarySearchFunc(s.services, name, func(svc *service, name string) int {
+		return strings.Compare(svc.Name, name)
+	})
+	if !ok {
+		return nil
+	}
+	return s.services[i]
+}
+
 // service is one service of a snapshot: its Maglev table over its own
 // backends. It is reused as it is by the next snapshot when neither the
 // service nor its backends changed, so a change of one service rebuilds
@@ -120,21 +131,15 @@ func (b *Balancer) install(set model.Set) error {
 		}
 		maps.DeleteFunc(b.stats, func(id uint32, _ *backendStats) bool { return !ids[id] })
 	}
-	maps.DeleteFunc(b.svcStats, func(name string, _ *serviceStats) bool {
-		_, ok := slices.BinarySearchFunc(s.services, name, func(svc *service, name string) int {
-			return strings.Compare(svc.Name, name)
-		})
-		return !ok
-	})
+	maps.DeleteFunc(b.svcStats, func(name string, _ *serviceStats) bool { return s.service(name) == nil })
 	b.last = set
 	b.snap.Store(s)
 	return nil
 }
 
 // buildSnapshot checks set and builds its snapshot, reusing the services
-// of the current one that did not change. What it keeps of set's slices it
-// only reads, and it decides what changed by the copies in the targets, so a
-// caller may reuse them.
+// of the current one that did not change. It only reads set's slices, and
+// tells what changed by the copies its targets keep.
 func (b *Balancer) buildSnapshot(set model.Set) (*snapshot, error) {
 	defs := make([]model.Service, len(set.Services))
 	for i, d := range set.Services {
@@ -198,12 +203,8 @@ func (b *Balancer) buildSnapshot(set model.Set) (*snapshot, error) {
 	s := &snapshot{vips: vips, services: make([]*service, len(defs))}
 	for i, d := range defs {
 		var prev *service
-		if old != nil {
-			if j, ok := slices.BinarySearchFunc(old.services, d.Name, func(svc *service, name string) int {
-				return strings.Compare(svc.Name, name)
-			}); ok {
-				prev = old.services[j]
-			}
+		if old != nil { // nil in Open
+			prev = old.service(d.Name)
 		}
 		if prev != nil && prev.unchanged(d, pools[i], gen) {
 			s.services[i] = prev

@@ -67,15 +67,6 @@ func (h *hotPath) forwardUDP(t *testing.T, pkts ...[]byte) map[string]int {
 	return got
 }
 
-func named(s *snapshot, name string) *service {
-	for _, svc := range s.services {
-		if svc.Name == name {
-			return svc
-		}
-	}
-	return nil
-}
-
 // TestSetServicesRebuildsOnlyTheChangedService: a change to one service
 // builds only its table; the other services are reused as they are.
 func TestSetServicesRebuildsOnlyTheChangedService(t *testing.T) {
@@ -119,7 +110,7 @@ func TestSetServicesRebuildsOnlyTheChangedService(t *testing.T) {
 			t.Errorf("%s: the snapshot's backends (-want +got):\n%s", step.what, diff)
 		}
 		for _, d := range set.Services {
-			old, now := named(before, d.Name), named(after, d.Name)
+			old, now := before.service(d.Name), after.service(d.Name)
 			rebuilt := slices.Contains(step.rebuilt, d.Name)
 			switch {
 			case old == nil:

@@ -48,8 +48,10 @@ const fragNeededPerSecond = 1000
 type worker struct {
 	b      *Balancer
 	index  int
-	fds    []unix.PollFd // the raw sockets on the VIPs
+	fds    []unix.PollFd // the raw sockets, filtered to the VIPs
 	protos []int         // each one's protocol
+	// share keeps this worker's share of the TCP and UDP flows; nil when
+	// it is the only worker.
 	share  []bpf.Instruction
 	sendFD int
 

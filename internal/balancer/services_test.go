@@ -12,6 +12,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/model"
 )
@@ -422,8 +423,16 @@ func TestSocketsTakeOnlyVIPs(t *testing.T) {
 	}
 	send(benchVIP, next)
 	expect("packets to the old VIP, then to the new one", 12)
-	if st := h.b.Stats(); st.Services[0].Packets != 12 {
-		t.Errorf("web forwarded %d packets, want 12", st.Services[0].Packets)
+
+	// A ping of the VIP (worker 0's ICMP socket) reaches web's backend.
+	echo := clientPacket(unix.IPPROTO_ICMP, 0, 8)
+	copy(echo[16:20], next.AsSlice())
+	echo[20], echo[24], echo[25] = 8, 0x12, 0x34 // echo request, identifier 0x1234
+	h.out.Add(echo, next.As4(), 0)
+	h.out.Flush(h.sender, func(_ int, err error) { t.Fatal(err) })
+	expect("an ICMP echo request to the VIP", 13)
+	if st := h.b.Stats(); st.Services[0].Packets != 13 {
+		t.Errorf("web forwarded %d packets, want 13", st.Services[0].Packets)
 	}
 }
 

@@ -221,7 +221,10 @@ func (b *Balancer) filter(vips, old []netip.Addr) error {
 				for _, d := range done {
 					_ = d.w.attach(d.fd, d.proto, old)
 				}
-				return fmt.Errorf("balancer: BPF filter on the raw %s socket: %w", protoNames[s.proto], err)
+				if errors.Is(err, unix.ENOMEM) {
+					err = fmt.Errorf("%w (a socket's filter counts against net.core.optmem_max)", err)
+				}
+				return fmt.Errorf("balancer: BPF filter for %d VIPs on the raw %s socket: %w", len(vips), protoNames[s.proto], err)
 			}
 			done = append(done, s)
 		}

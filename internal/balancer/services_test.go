@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -458,5 +459,42 @@ func BenchmarkSetServicesOneChange(b *testing.B) {
 		if err := set(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestMaxVIPsFit: the filter for MaxVIPs VIPs fits the socket option memory
+// of a kernel with the smaller default limit (net.core.optmem_max 20480,
+// Debian 12's 6.1; 6.9 and later allow 131072), and replaces an equally
+// large one, which stays charged to the socket while it does. Below that,
+// the change is refused, says why, and changes nothing.
+func TestMaxVIPsFit(t *testing.T) {
+	h := newHotPathWorkers(t, 2)
+	optmem := func(limit string) {
+		t.Helper()
+		if err := os.WriteFile("/proc/sys/net/core/optmem_max", []byte(limit), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	many := func(second byte) model.Set {
+		s := model.Service{Name: "many", Protocols: model.TCP | model.UDP, TableSize: 1009}
+		for i := range MaxVIPs {
+			s.VIPs = append(s.VIPs, model.VIP{Addr: netip.AddrFrom4([4]byte{9, second, byte(i >> 8), byte(i)})})
+		}
+		return model.Set{Services: []model.Service{s}}
+	}
+	optmem("20480")
+	for _, second := range []byte{0, 1} {
+		if err := h.b.SetServices(many(second)); err != nil {
+			t.Fatalf("%d VIPs (set %d): %v", MaxVIPs, second+1, err)
+		}
+	}
+	optmem("12000")
+	before := h.b.snap.Load()
+	err := h.b.SetServices(many(2))
+	if want := "balancer: BPF filter for 1024 VIPs on the raw tcp socket: cannot allocate memory (a socket's filter counts against net.core.optmem_max)"; errText(err) != want {
+		t.Errorf("error %q, want %q", errText(err), want)
+	}
+	if h.b.snap.Load() != before {
+		t.Error("the refused set was installed")
 	}
 }

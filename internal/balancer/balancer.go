@@ -1,21 +1,27 @@
 // Package balancer is the balancer's data path: it reads every packet sent to
-// the VIPs from raw IP sockets, keys it by flow, picks a backend (connection
-// tracking first, then the Maglev table), encapsulates it in place and sends
-// it to the backend with sendmmsg on an IP_HDRINCL socket.
+// the VIPs from raw IP sockets, keys it by flow, classifies it by (VIP,
+// protocol, destination port) to its service, picks a backend of that
+// service (connection tracking first, then the service's own Maglev table,
+// with the service's hash), encapsulates it in place and sends it to the
+// backend with sendmmsg on an IP_HDRINCL socket.
 //
-// It owns the sockets, the workers and their counters, and the cache of the
-// kernel's routes to the backends (routes.go). It must not attach
-// addresses, change nft rules or sysctls (the daemon does that before it
-// opens the balancer), and it never logs per packet.
+// It owns the sockets and their BPF filters, the workers and their
+// counters (per backend and per service), the classification, the
+// snapshot of services and backends, and the cache of the kernel's routes
+// to the backends (routes.go). It must not attach addresses, change nft
+// rules or sysctls (the daemon does that before it hands the balancer a VIP),
+// and it never logs per packet.
 package balancer
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,9 +36,7 @@ import (
 
 // Config is what a balancer needs; the daemon fills it from config.Balancer.
 type Config struct {
-	VIPs      []model.VIP
 	EncapPort uint16
-	TableSize int
 	// Workers is the number of packet workers, each on its own OS thread;
 	// 0 means GOMAXPROCS.
 	Workers   int
@@ -40,7 +44,8 @@ type Config struct {
 	Logger    *slog.Logger
 }
 
-// Balancer forwards packets for the VIPs. Open it, SetBackends, then Run.
+// Balancer forwards packets for the services' VIPs. Open it, SetServices,
+// then Run.
 type Balancer struct {
 	cfg     Config
 	log     *slog.Logger
@@ -49,9 +54,10 @@ type Balancer struct {
 	loops   rawio.Loops
 	snap    atomic.Pointer[snapshot]
 
-	mu    sync.Mutex // serialises SetBackends; guards stats and last
-	stats map[uint32]*backendStats
-	last  []model.Backend // the set SetBackends last installed
+	mu       sync.Mutex // serialises SetServices; guards the stats maps and last
+	stats    map[uint32]*backendStats
+	svcStats map[string]*serviceStats
+	last     model.Set // the set SetServices last installed
 
 	// WatchRoutes' goroutine: an eventfd that stops it, closed when done.
 	watchStop int
@@ -78,11 +84,9 @@ const maxPacket = 65535
 const socketBuffer = 4 << 20
 
 // Open creates the workers and their sockets. It needs CAP_NET_RAW. The
-// sockets start receiving at once; nothing is forwarded until Run.
+// sockets take nothing until SetServices gives them VIPs; nothing is
+// forwarded until Run.
 func Open(cfg Config) (*Balancer, error) {
-	if len(cfg.VIPs) == 0 {
-		return nil, errors.New("balancer: no VIPs")
-	}
 	if cfg.Conntrack == nil {
 		return nil, errors.New("balancer: no connection tracking table")
 	}
@@ -96,8 +100,9 @@ func Open(cfg Config) (*Balancer, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Balancer{cfg: cfg, log: cfg.Logger, routes: routes, stats: map[uint32]*backendStats{}}
-	empty, err := b.buildSnapshot(nil)
+	b := &Balancer{cfg: cfg, log: cfg.Logger, routes: routes,
+		stats: map[uint32]*backendStats{}, svcStats: map[string]*serviceStats{}}
+	empty, err := b.buildSnapshot(model.Set{})
 	if err != nil {
 		routes.close()
 		return nil, err
@@ -115,34 +120,26 @@ func Open(cfg Config) (*Balancer, error) {
 	return b, nil
 }
 
-// openWorker opens worker i's sockets: for each VIP a raw TCP and UDP socket
-// whose BPF filter keeps only this worker's share of flows, so no two workers
-// receive the same packet; worker 0 also takes ICMP, which is rare and whose
-// errors are keyed by the quoted packet, beyond a simple filter's reach.
+// openWorker opens worker i's sockets: a raw TCP and a raw UDP socket, and
+// on worker 0 an ICMP one, for every local address. Their BPF filters keep
+// only packets to the VIPs, none until SetServices gives VIPs (see filter);
+// the TCP and UDP ones only this worker's share of flows too, so no two
+// workers receive the same packet. Worker 0 takes all of ICMP, which is rare
+// and whose errors are keyed by the quoted packet, beyond a simple filter's
+// reach.
 func (b *Balancer) openWorker(i int) (*worker, error) {
 	w := newWorker(b, i)
-	var filter []bpf.RawInstruction
 	if b.cfg.Workers > 1 {
-		var err error
-		filter, err = shareFilter(uint32(i), uint32(b.cfg.Workers))
-		if err != nil {
-			return nil, fmt.Errorf("balancer: BPF filter: %w", err)
-		}
+		w.share = shareFilter(uint32(i), uint32(b.cfg.Workers))
 	}
-	for _, vip := range b.cfg.VIPs {
-		protos := []int{unix.IPPROTO_TCP, unix.IPPROTO_UDP}
-		if i == 0 {
-			protos = append(protos, unix.IPPROTO_ICMP)
-		}
-		for _, proto := range protos {
-			var f []bpf.RawInstruction
-			if proto != unix.IPPROTO_ICMP {
-				f = filter
-			}
-			if err := w.listen(proto, vip.Addr, f); err != nil {
-				w.close()
-				return nil, err
-			}
+	protos := []int{unix.IPPROTO_TCP, unix.IPPROTO_UDP}
+	if i == 0 {
+		protos = append(protos, unix.IPPROTO_ICMP)
+	}
+	for _, proto := range protos {
+		if err := w.listen(proto); err != nil {
+			w.close()
+			return nil, err
 		}
 	}
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
@@ -155,8 +152,11 @@ func (b *Balancer) openWorker(i int) (*worker, error) {
 	return w, nil
 }
 
-// listen opens one raw socket of protocol proto bound to vip, attaches
-// filter, and adds it to the worker's descriptors.
+// listen opens one raw socket of protocol proto, attaches the filter that
+// keeps nothing, empties what it received before that, and adds it to the
+// worker's descriptors. It is not bound: it receives for every local
+// address, and its filter picks the VIPs', so that VIPs come and go without
+// opening or closing a socket.
 //
 // The socket is a plain descriptor, not a net.IPConn: net.IPConn registers
 // its socket with the Go runtime's epoll, and then every arriving packet woke
@@ -164,35 +164,114 @@ func (b *Balancer) openWorker(i int) (*worker, error) {
 // bench-dataplane: ~40,000 wake-ups a second, a third of caplanced's CPU, and
 // 0.70× kernel forwarding instead of 0.78–0.88×). The worker reads it in its
 // own loop and never needs the runtime's poller.
-func (w *worker) listen(proto int, vip netip.Addr, filter []bpf.RawInstruction) error {
+func (w *worker) listen(proto int) error {
 	name := protoNames[proto]
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
 	if err != nil {
 		return fmt.Errorf("balancer: raw %s socket: %w", name, err)
 	}
 	w.fds = append(w.fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
-	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: vip.As4()}); err != nil {
-		return fmt.Errorf("balancer: bind raw %s socket to %s: %w", name, vip, err)
+	w.protos = append(w.protos, proto)
+	if err := w.attach(fd, proto, nil); err != nil {
+		return fmt.Errorf("balancer: raw %s socket: BPF filter: %w", name, err)
 	}
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
-	if filter != nil {
-		if err := attachFilter(fd, filter); err != nil {
-			return fmt.Errorf("balancer: raw %s socket on %s: BPF filter: %w", name, vip, err)
+	// Whatever arrived before the filter (any local packet of the protocol).
+	var buf [1]byte
+	for {
+		_, _, err := unix.Recvfrom(fd, buf[:], unix.MSG_DONTWAIT)
+		if errors.Is(err, unix.EAGAIN) {
+			break
+		}
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			return fmt.Errorf("balancer: raw %s socket: emptying it: %w", name, err)
 		}
 	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
 	return nil
 }
 
 // protoNames names the protocols of the listening sockets in errors.
 var protoNames = map[int]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp", unix.IPPROTO_ICMP: "icmp"}
 
+// attach gives socket fd, of protocol proto, the filter that keeps the
+// packets to vips: all of them on the ICMP socket, this worker's share on
+// the others.
+func (w *worker) attach(fd, proto int, vips []netip.Addr) error {
+	accept := []bpf.Instruction{keepPacket}
+	if proto != unix.IPPROTO_ICMP && w.share != nil {
+		accept = w.share
+	}
+	return attachFilter(fd, vipFilter(vips, accept))
+}
+
+// filter gives every socket the filter for vips, instead of old's. It is
+// all or nothing: on a failure it puts old's back where it had changed it.
+// SO_ATTACH_FILTER replaces a socket's filter atomically, so no packet slips
+// through between the two.
+func (b *Balancer) filter(vips, old []netip.Addr) error {
+	type sock struct {
+		w         *worker
+		fd, proto int
+	}
+	var done []sock
+	for _, w := range b.workers {
+		for j, p := range w.fds {
+			s := sock{w, int(p.Fd), w.protos[j]}
+			if err := w.attach(s.fd, s.proto, vips); err != nil {
+				for _, d := range done {
+					_ = d.w.attach(d.fd, d.proto, old)
+				}
+				if errors.Is(err, unix.ENOMEM) {
+					err = fmt.Errorf("%w (a socket's filter counts against net.core.optmem_max)", err)
+				}
+				return fmt.Errorf("balancer: BPF filter for %d VIPs on the raw %s socket: %w", len(vips), protoNames[s.proto], err)
+			}
+			done = append(done, s)
+		}
+	}
+	return nil
+}
+
+// keepPacket ends a filter keeping the whole packet.
+var keepPacket = bpf.RetConstant{Val: 1 << 18}
+
+// maxSkip is the farthest a conditional jump of classic BPF reaches.
+const maxSkip = 255
+
+// vipFilter keeps the packets whose destination is one of vips and that
+// accept keeps. It compares the destination with each VIP in turn; a
+// conditional jump reaches at most maxSkip instructions ahead, so the
+// comparisons come in runs of maxSkip, each followed by an unconditional
+// jump to accept.
+func vipFilter(vips []netip.Addr, accept []bpf.Instruction) []bpf.Instruction {
+	prog := []bpf.Instruction{bpf.LoadAbsolute{Off: 16, Size: 4}} // A = destination address
+	var jumps []int                                               // the jumps to accept
+	for run := range slices.Chunk(vips, maxSkip) {
+		for i, v := range run {
+			a := v.As4()
+			j := bpf.JumpIf{Cond: bpf.JumpEqual, Val: binary.BigEndian.Uint32(a[:]), SkipTrue: uint8(len(run) - 1 - i)}
+			if i == len(run)-1 {
+				j.SkipFalse = 1 // on to the next run
+			}
+			prog = append(prog, j)
+		}
+		jumps = append(jumps, len(prog))
+		prog = append(prog, bpf.Jump{})
+	}
+	prog = append(prog, bpf.RetConstant{Val: 0})
+	for _, j := range jumps {
+		prog[j] = bpf.Jump{Skip: uint32(len(prog) - j - 1)}
+	}
+	return append(prog, accept...)
+}
+
 // shareFilter keeps the TCP and UDP packets whose (source address ^ source
 // port ^ destination port) mod n is i: every packet of a flow lands on the
 // same worker, and the n workers' filters partition the traffic. Fragments
 // never reach raw sockets (the kernel reassembles first), so the ports are
 // always there.
-func shareFilter(i, n uint32) ([]bpf.RawInstruction, error) {
-	return bpf.Assemble([]bpf.Instruction{
+func shareFilter(i, n uint32) []bpf.Instruction {
+	return []bpf.Instruction{
 		bpf.LoadMemShift{Off: 0},                    // X = IP header length
 		bpf.LoadIndirect{Off: 0, Size: 2},           // A = source port
 		bpf.StoreScratch{Src: bpf.RegA, N: 0},       //
@@ -205,14 +284,18 @@ func shareFilter(i, n uint32) ([]bpf.RawInstruction, error) {
 		bpf.ALUOpX{Op: bpf.ALUOpXor},                //
 		bpf.ALUOpConstant{Op: bpf.ALUOpMod, Val: n}, //
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: i, SkipFalse: 1},
-		bpf.RetConstant{Val: 1 << 18}, // keep the whole packet
+		keepPacket,
 		bpf.RetConstant{Val: 0},
-	})
+	}
 }
 
-func attachFilter(fd int, filter []bpf.RawInstruction) error {
-	prog := make([]unix.SockFilter, len(filter))
-	for i, ins := range filter {
+func attachFilter(fd int, filter []bpf.Instruction) error {
+	raw, err := bpf.Assemble(filter)
+	if err != nil {
+		return err
+	}
+	prog := make([]unix.SockFilter, len(raw))
+	for i, ins := range raw {
 		prog[i] = unix.SockFilter{Code: ins.Op, Jt: ins.Jt, Jf: ins.Jf, K: ins.K}
 	}
 	return unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER,
@@ -256,6 +339,9 @@ func (b *Balancer) Close() {
 
 // Stats is a point-in-time copy of the counters.
 type Stats struct {
+	// Services are sorted by name.
+	Services []ServiceStats
+	// Backends are in the order SetServices got them.
 	Backends []BackendStats
 	// Received counts packets read from the VIP sockets.
 	Received uint64
@@ -267,9 +353,27 @@ type Stats struct {
 	ConntrackEvictions uint64
 }
 
+// ServiceStats are one service's counters. They last as long as the
+// service: a SetServices that keeps it keeps them.
+type ServiceStats struct {
+	Name string
+	// Packets and Bytes are what was sent to its backends, NewFlows the
+	// flows given a backend by its table.
+	Packets  uint64
+	Bytes    uint64
+	NewFlows uint64
+	// ActiveFlows and InactiveFlows sum its backends' (BackendStats).
+	ActiveFlows, InactiveFlows uint64
+	// Drops counts the packets classified to the service and then dropped
+	// (no_backend, too_big, send_error, encap_error).
+	Drops uint64
+}
+
 // BackendStats are one backend's counters.
 type BackendStats struct {
-	Name     string
+	Name string
+	// Service is the name of its service.
+	Service  string
 	State    string
 	Packets  uint64
 	Bytes    uint64
@@ -291,9 +395,10 @@ func (b *Balancer) Stats() Stats {
 		}
 	}
 	flows := b.flowCounts()
-	for _, t := range b.snap.Load().byIndex {
+	s := b.snap.Load()
+	for _, t := range s.backends {
 		f := flows[t.ID]
-		bs := BackendStats{Name: t.Name, State: t.State.String(),
+		bs := BackendStats{Name: t.Name, Service: t.Service, State: t.State.String(),
 			ActiveFlows: uint64(f.Active), InactiveFlows: uint64(f.Inactive)}
 		for i := range t.stats.perWorker {
 			c := &t.stats.perWorker[i]
@@ -302,6 +407,21 @@ func (b *Balancer) Stats() Stats {
 			bs.NewFlows += c.newFlows.Load()
 		}
 		st.Backends = append(st.Backends, bs)
+	}
+	for _, svc := range s.services {
+		ss := ServiceStats{Name: svc.Name}
+		for i := range svc.stats.perWorker {
+			c := &svc.stats.perWorker[i]
+			ss.Packets += c.packets.Load()
+			ss.Bytes += c.bytes.Load()
+			ss.NewFlows += c.newFlows.Load()
+			ss.Drops += c.drops.Load()
+		}
+		for _, t := range svc.byIndex {
+			ss.ActiveFlows += uint64(flows[t.ID].Active)
+			ss.InactiveFlows += uint64(flows[t.ID].Inactive)
+		}
+		st.Services = append(st.Services, ss)
 	}
 	st.ConntrackSize = b.cfg.Conntrack.Len()
 	st.ConntrackEvictions = b.cfg.Conntrack.Evictions()

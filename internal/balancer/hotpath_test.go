@@ -42,6 +42,17 @@ type hotPath struct {
 // goroutine uses them.
 func newHotPath(tb testing.TB) *hotPath {
 	tb.Helper()
+	h := newHotPathWorkers(tb, 1)
+	if err := h.b.SetServices(oneService(65537, nil, model.Backend{ID: 1, Name: "lo", Address: benchBackend, Weight: 1})); err != nil {
+		tb.Fatal(err)
+	}
+	return h
+}
+
+// newHotPathWorkers is newHotPath with workers workers (h.w is the first)
+// and no service yet.
+func newHotPathWorkers(tb testing.TB, workers int) *hotPath {
+	tb.Helper()
 	if os.Geteuid() != 0 {
 		tb.Skip("needs root: raw sockets in a network namespace")
 	}
@@ -65,16 +76,13 @@ func newHotPath(tb testing.TB) *hotPath {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	b, err := Open(Config{VIPs: []model.VIP{{Addr: benchVIP}}, EncapPort: 5555, TableSize: 65537, Workers: 1, Conntrack: ct})
+	b, err := Open(Config{EncapPort: 5555, Workers: workers, Conntrack: ct})
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(b.Close)
-	if err := b.SetBackends([]model.Backend{{ID: 1, Name: "lo", Address: benchBackend, Weight: 1}}); err != nil {
-		tb.Fatal(err)
-	}
 	h := &hotPath{b: b, w: b.workers[0], out: rawio.NewQueue(batchSize)}
-	h.udpFD = int(h.w.fds[1].Fd) // per VIP: tcp, udp, icmp
+	h.udpFD = int(h.w.fds[1].Fd) // tcp, udp, icmp
 	// Something must take the encapsulated packets, or each would cost an
 	// ICMP port unreachable.
 	if h.sink, err = net.ListenUDP("udp4", &net.UDPAddr{IP: benchBackend.AsSlice(), Port: 5555}); err != nil {
@@ -89,6 +97,18 @@ func newHotPath(tb testing.TB) *hotPath {
 		h.pkts = append(h.pkts, clientUDP(uint16(40000+i), 64))
 	}
 	return h
+}
+
+// oneService is a set of one service, "default", on benchVIP's ports (nil:
+// all of them) over TCP and UDP, with a table of tableSize and backends.
+func oneService(tableSize int, ports []model.PortRange, backends ...model.Backend) model.Set {
+	set := model.Set{Services: []model.Service{{Name: "default", VIPs: []model.VIP{{Addr: benchVIP, Ports: ports}},
+		Protocols: model.TCP | model.UDP, TableSize: tableSize}}}
+	for _, be := range backends {
+		be.Service = "default"
+		set.Backends = append(set.Backends, be)
+	}
+	return set
 }
 
 // clientUDP is a UDP packet from 10.0.0.1:sport to the VIP, port 80.
@@ -158,7 +178,7 @@ func BenchmarkHotPath(b *testing.B) {
 	h := newHotPath(b)
 	var naive float64
 	b.Run("naive", func(b *testing.B) {
-		outer := h.b.snap.Load().byIndex[0].outer
+		outer := h.b.snap.Load().backends[0].outer
 		buf := make([]byte, 65536)
 		dst := &unix.SockaddrInet4{Addr: benchBackend.As4()}
 		b.ReportAllocs()
@@ -200,23 +220,33 @@ func nsPerPacket(b *testing.B) float64 {
 	return float64(b.Elapsed().Nanoseconds()) / float64(b.N) / batchSize
 }
 
-// TestPortAllowList: packets to a port outside the VIP's allow-list are
-// dropped and counted; allowed ones are forwarded.
-func TestPortAllowList(t *testing.T) {
+// TestNoService: packets to a port of the VIP that no service takes are
+// dropped and counted as no_service; once a service takes it they are
+// forwarded.
+func TestNoService(t *testing.T) {
 	h := newHotPath(t)
-	h.b.cfg.VIPs[0].Ports = []uint16{443} // the client packets go to port 80
+	be := model.Backend{ID: 1, Name: "lo", Address: benchBackend, Weight: 1}
+	// The client packets go to port 80.
+	if err := h.b.SetServices(oneService(65537, []model.PortRange{{First: 443, Last: 443}}, be)); err != nil {
+		t.Fatal(err)
+	}
 	h.sendBatch(t)
 	h.forwardBatch(t)
 	st := h.b.Stats()
-	if st.Drops["port_not_allowed"] != batchSize || st.Forwarded != 0 {
-		t.Errorf("to a port outside the allow-list: %d dropped as port_not_allowed, %d forwarded; want %d and 0",
-			st.Drops["port_not_allowed"], st.Forwarded, batchSize)
+	if st.Drops["no_service"] != batchSize || st.Forwarded != 0 {
+		t.Errorf("to a port no service takes: %d dropped as no_service, %d forwarded; want %d and 0",
+			st.Drops["no_service"], st.Forwarded, batchSize)
 	}
-	h.b.cfg.VIPs[0].Ports = []uint16{80, 443}
+	if st.Services[0].Drops != 0 {
+		t.Errorf("the service counts %d drops of packets that are not its own", st.Services[0].Drops)
+	}
+	if err := h.b.SetServices(oneService(65537, []model.PortRange{{First: 80, Last: 80}, {First: 443, Last: 443}}, be)); err != nil {
+		t.Fatal(err)
+	}
 	h.sendBatch(t)
 	h.forwardBatch(t)
 	if st := h.b.Stats(); st.Forwarded != batchSize {
-		t.Errorf("to an allowed port: %d forwarded, want %d", st.Forwarded, batchSize)
+		t.Errorf("to a port the service takes: %d forwarded, want %d", st.Forwarded, batchSize)
 	}
 }
 
@@ -229,7 +259,7 @@ func TestSocketsBypassTheRuntimePoller(t *testing.T) {
 	for _, p := range h.w.fds {
 		fds = append(fds, int(p.Fd))
 	}
-	if len(fds) != 4 { // send, and tcp, udp, icmp on the VIP
+	if len(fds) != 4 { // send, and tcp, udp, icmp
 		t.Fatalf("worker has descriptors %v, want 4", fds)
 	}
 	for _, fd := range fds {

@@ -26,11 +26,11 @@ func clientTCP(sport uint16, flags flow.TCPFlags) []byte {
 // the established connection's other segments still reach its backend.
 func TestNewConnectionsSkipBackendsThatTakeNone(t *testing.T) {
 	h := newHotPath(t)
-	tcpFD := int(h.w.fds[0].Fd) // per VIP: tcp, udp, icmp
+	tcpFD := int(h.w.fds[0].Fd) // tcp, udp, icmp
 	one, two := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.3")
 	set := func(first model.Backend) {
 		t.Helper()
-		if err := h.b.SetBackends([]model.Backend{first, {ID: 2, Name: "two", Address: two, Weight: 1}}); err != nil {
+		if err := h.b.SetServices(oneService(65537, nil, first, model.Backend{ID: 2, Name: "two", Address: two, Weight: 1})); err != nil {
 			t.Fatal(err)
 		}
 	}

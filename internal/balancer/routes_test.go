@@ -61,7 +61,7 @@ func routeLab(t *testing.T) (*Balancer, netlink.Link) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := Open(Config{VIPs: []model.VIP{{Addr: benchVIP}}, EncapPort: 5555, TableSize: 1009, Workers: 1, Conntrack: ct})
+	b, err := Open(Config{EncapPort: 5555, Workers: 1, Conntrack: ct})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func routeLab(t *testing.T) (*Balancer, netlink.Link) {
 // slots counts each backend's slots in the current table and gives each
 // backend's state in the snapshot.
 func slots(b *Balancer) (map[string]int, map[string]string) {
-	s := b.snap.Load()
+	s := b.snap.Load().services[0]
 	n, state := map[string]int{}, map[string]string{}
 	for _, t := range s.byIndex {
 		n[t.Name] = 0
@@ -94,7 +94,7 @@ func errText(err error) string {
 }
 
 // TestUnroutableBackend: a backend the kernel has no route to neither fails
-// SetBackends nor gets slots; it shows why, and gets its slots back when a
+// SetServices nor gets slots; it shows why, and gets its slots back when a
 // route appears, with no other change.
 func TestUnroutableBackend(t *testing.T) {
 	b, link := routeLab(t)
@@ -103,8 +103,8 @@ func TestUnroutableBackend(t *testing.T) {
 		{ID: 2, Name: "b", Address: netip.MustParseAddr("10.9.0.3"), Weight: 1},
 		{ID: 3, Name: "c", Address: unroutable, Weight: 1},
 	}
-	if err := b.SetBackends(set); err != nil {
-		t.Fatalf("SetBackends with one unroutable backend: %v", err)
+	if err := b.SetServices(oneService(1009, nil, set...)); err != nil {
+		t.Fatalf("SetServices with one unroutable backend: %v", err)
 	}
 	n, state := slots(b)
 	if n["a"] == 0 || n["b"] == 0 || n["c"] != 0 {
@@ -113,7 +113,7 @@ func TestUnroutableBackend(t *testing.T) {
 	if diff := cmp.Diff(map[string]string{"a": "active", "b": "active", "c": "down"}, state); diff != "" {
 		t.Errorf("states (-want +got):\n%s", diff)
 	}
-	if b.snap.Load().valid(3) {
+	if b.snap.Load().services[0].valid(3) {
 		t.Error("tracked flows of the unroutable backend are still valid")
 	}
 	if got, want := errText(b.RouteError(unroutable)), "no route to 198.51.100.7: network is unreachable"; got != want {
@@ -122,7 +122,7 @@ func TestUnroutableBackend(t *testing.T) {
 
 	// Other changes still go through.
 	set[0].State = model.Down
-	if err := b.SetBackends(set); err != nil {
+	if err := b.SetServices(oneService(1009, nil, set...)); err != nil {
 		t.Fatalf("marking a down with c unroutable: %v", err)
 	}
 	set[0].State = model.Active
@@ -136,7 +136,7 @@ func TestUnroutableBackend(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.SetBackends(set); err != nil {
+	if err := b.SetServices(oneService(1009, nil, set...)); err != nil {
 		t.Fatal(err)
 	}
 	route := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4(198, 51, 100, 0), Mask: net.CIDRMask(24, 32)},
@@ -157,8 +157,8 @@ func TestUnroutableBackend(t *testing.T) {
 		n, _ := slots(b)
 		return n["a"] == 0 && n["b"] == 0 && n["c"] == 0 && b.RouteError(unroutable) != nil
 	})
-	if err := b.SetBackends(set[:2]); err != nil {
-		t.Fatalf("SetBackends with every backend unroutable: %v", err)
+	if err := b.SetServices(oneService(1009, nil, set[:2]...)); err != nil {
+		t.Fatalf("SetServices with every backend unroutable: %v", err)
 	}
 }
 
@@ -202,7 +202,7 @@ func TestRoutesCachedPerBackend(t *testing.T) {
 	}
 	for _, step := range steps {
 		step.change()
-		if err := b.SetBackends(set); err != nil {
+		if err := b.SetServices(oneService(1009, nil, set...)); err != nil {
 			t.Fatalf("%s: %v", step.what, err)
 		}
 		_ = b.RouteError(unroutable)

@@ -2,11 +2,10 @@ package balancer
 
 import (
 	"encoding/binary"
-	"net/netip"
-	"slices"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/net/bpf"
 	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/encap"
@@ -21,7 +20,7 @@ type dropReason int
 
 const (
 	dropTruncated dropReason = iota + dropReason(flow.NumMalformed)
-	dropPortNotAllowed
+	dropNoService
 	dropNoBackend
 	dropTooBig
 	dropSendError
@@ -33,7 +32,7 @@ func (r dropReason) String() string {
 	if r < dropReason(flow.NumMalformed) {
 		return "malformed_" + flow.Malformed(r).String()
 	}
-	return [...]string{"truncated", "port_not_allowed", "no_backend", "too_big", "send_error", "encap_error"}[r-dropTruncated]
+	return [...]string{"truncated", "no_service", "no_backend", "too_big", "send_error", "encap_error"}[r-dropTruncated]
 }
 
 // maxFragments bounds how many fragments one datagram may become: enough
@@ -49,17 +48,25 @@ const fragNeededPerSecond = 1000
 type worker struct {
 	b      *Balancer
 	index  int
-	fds    []unix.PollFd // the raw sockets on the VIPs
+	fds    []unix.PollFd // the raw sockets, filtered to the VIPs
+	protos []int         // each one's protocol
+	// share keeps this worker's share of the TCP and UDP flows; nil when
+	// it is the only worker.
+	share  []bpf.Instruction
 	sendFD int
 
 	batch *rawio.Batch
 	queue *rawio.Queue
+	// queued is the service of each packet in queue, whose drops count a
+	// send error.
+	queued [batchSize]*serviceCounters
 
 	// The rare path: fragments and ICMP messages are built in scratch and
 	// sent through fragQueue, so it allocates nothing either.
 	scratch    []byte
 	fragQueue  *rawio.Queue
 	fragTarget *target
+	fragSvc    *serviceCounters
 	fragLost   bool
 	fragID     uint16
 
@@ -117,10 +124,12 @@ func (w *worker) forward(n int) {
 			w.drop(dropReason(err.(flow.Malformed))) // Parse's only error type
 			continue
 		}
-		if !w.b.portAllowed(key) {
-			w.drop(dropPortNotAllowed)
+		svc := s.classes.classify(&key)
+		if svc == nil {
+			w.drop(dropNoService)
 			continue
 		}
+		sc := &svc.stats.perWorker[w.index]
 		h := key.Hash()
 		var t *target
 		// A SYN without ACK opens a new connection, whatever the table
@@ -128,35 +137,39 @@ func (w *worker) forward(n int) {
 		// reuses its port before the entry expires): it follows an entry
 		// only to a backend that takes new flows, so that a drained or
 		// weight-0 backend never gets a new connection.
-		valid := s.valid
+		valid := svc.valid
 		if flags&(flow.SYN|flow.ACK) == flow.SYN {
-			valid = s.takesNew
+			valid = svc.takesNew
 		}
 		if id, ok := ct.Lookup(key, flags, now, valid); ok {
-			t = s.byID[id]
+			t = svc.byID[id]
 		} else {
-			idx := s.table.Lookup(h)
+			idx := svc.table.Lookup(svc.pick(&key, h))
 			if idx < 0 {
-				w.drop(dropNoBackend)
+				w.dropIn(sc, dropNoBackend)
 				continue
 			}
-			t = s.byIndex[idx]
+			t = svc.byIndex[idx]
 			ct.Insert(key, t.ID, flags, now)
 			t.stats.perWorker[w.index].newFlows.Add(1)
+			sc.newFlows.Add(1)
 		}
 		refreshOptionsChecksum(pkt)
 		frame := w.batch.Framed(i)
 		if err := t.outer.Encapsulate(frame, encap.SourcePort(h)); err != nil {
-			w.drop(dropEncapError)
+			w.dropIn(sc, dropEncapError)
 			continue
 		}
 		c := &t.stats.perWorker[w.index]
 		c.packets.Add(1)
 		c.bytes.Add(uint64(len(pkt)))
+		sc.packets.Add(1)
+		sc.bytes.Add(uint64(len(pkt)))
 		if len(frame) > t.mtu {
-			w.tooBig(frame, t)
+			w.tooBig(frame, t, sc)
 			continue
 		}
+		w.queued[w.queue.Len()] = sc
 		w.queue.Add(frame, t.dst, 0)
 	}
 	w.flush()
@@ -184,17 +197,23 @@ func (w *worker) flush() {
 	w.forwarded.Add(uint64(sent))
 }
 
-func (w *worker) sendFailed(int, error) { w.drop(dropSendError) }
+func (w *worker) sendFailed(i int, _ error) { w.dropIn(w.queued[i], dropSendError) }
 
 func (w *worker) drop(r dropReason) { w.drops[r].Add(1) }
+
+// dropIn counts a drop of a packet classified to the service of sc.
+func (w *worker) dropIn(sc *serviceCounters, r dropReason) {
+	w.drops[r].Add(1)
+	sc.drops.Add(1)
+}
 
 // tooBig handles an encapsulated packet larger than the path MTU: see the
 // policy in package encap (mtu.go). frame holds the outer header and the
 // inner packet.
-func (w *worker) tooBig(frame []byte, t *target) {
+func (w *worker) tooBig(frame []byte, t *target, sc *serviceCounters) {
 	inner := frame[encap.HeaderLen:]
 	if inner[0]>>4 == 4 && binary.BigEndian.Uint16(inner[6:8])&0x4000 != 0 {
-		w.drop(dropTooBig)
+		w.dropIn(sc, dropTooBig)
 		w.fragNeeded(inner, t.mtu-encap.HeaderLen)
 		return
 	}
@@ -203,12 +222,12 @@ func (w *worker) tooBig(frame []byte, t *target) {
 		w.fragID++
 	}
 	if encap.FragmentCount(len(frame), t.mtu) > w.fragQueue.Cap() {
-		w.drop(dropTooBig)
+		w.dropIn(sc, dropTooBig)
 		return
 	}
-	w.fragTarget = t
+	w.fragTarget, w.fragSvc = t, sc
 	if err := encap.Fragment(frame, t.mtu, w.fragID, w.scratch, w.queueFragment); err != nil {
-		w.drop(dropTooBig)
+		w.dropIn(sc, dropTooBig)
 		return
 	}
 	if w.fragQueue.Flush(w.sendFD, w.fragFailed) > 0 && !w.fragLost {
@@ -222,7 +241,7 @@ func (w *worker) queueFragment(frag []byte) { w.fragQueue.Add(frag, w.fragTarget
 // fragFailed counts a datagram once however many of its fragments failed.
 func (w *worker) fragFailed(int, error) {
 	if !w.fragLost {
-		w.drop(dropSendError)
+		w.dropIn(w.fragSvc, dropSendError)
 	}
 	w.fragLost = true
 }
@@ -246,20 +265,4 @@ func (w *worker) fragNeeded(inner []byte, mtu int) {
 	msg := encap.FragNeeded(w.scratch, vip, inner, uint16(mtu))
 	w.fragQueue.Add(msg, client, 0)
 	w.fragQueue.Flush(w.sendFD, func(int, error) {})
-}
-
-// portAllowed applies the VIP's port allow-list to TCP and UDP flows.
-func (b *Balancer) portAllowed(k flow.Key) bool {
-	if k.Proto != unix.IPPROTO_TCP && k.Proto != unix.IPPROTO_UDP {
-		return true
-	}
-	dst := netip.AddrFrom16(k.Dst).Unmap()
-	for _, v := range b.cfg.VIPs {
-		if v.Addr == dst {
-			// Ports is sorted (config sorts it); nil allows every port.
-			_, listed := slices.BinarySearch(v.Ports, k.DstPort)
-			return v.Ports == nil || listed
-		}
-	}
-	return false
 }

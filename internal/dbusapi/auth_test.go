@@ -38,9 +38,9 @@ var authCalls = []authCall{
 	{"", "org.freedesktop.DBus.ObjectManager.GetManagedObjects", nil, ""},
 	{"", "org.freedesktop.DBus.Introspectable.Introspect", nil, ""},
 	{"", "org.freedesktop.DBus.Peer.Ping", nil, ""},
-	{"/org/caplance/Caplance1/backend/web2", "org.freedesktop.DBus.Properties.Get", []any{dbusname.BackendIface, "Weight"}, ""},
-	{"/org/caplance/Caplance1/backend/web2", "org.freedesktop.DBus.Properties.GetAll", []any{dbusname.BackendIface}, ""},
-	{"/org/caplance/Caplance1/backend/web2", "org.freedesktop.DBus.Introspectable.Introspect", nil, ""},
+	{"/org/caplance/Caplance1/service/default/backend/web2", "org.freedesktop.DBus.Properties.Get", []any{dbusname.BackendIface, "Weight"}, ""},
+	{"/org/caplance/Caplance1/service/default/backend/web2", "org.freedesktop.DBus.Properties.GetAll", []any{dbusname.BackendIface}, ""},
+	{"/org/caplance/Caplance1/service/default/backend/web2", "org.freedesktop.DBus.Introspectable.Introspect", nil, ""},
 }
 
 // TestAuthorization is caplanced.dbus(7), AUTHORIZATION, twice: on a bus

@@ -16,6 +16,7 @@ import (
 	"github.com/caplance/caplance/internal/dbusapi"
 	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/dbustest"
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/registry"
 )
 
@@ -31,7 +32,7 @@ func TestStorm(t *testing.T) {
 	bus := dbustest.Start(t)
 	server := bus.Connect(t)
 	dp := &dataPath{}
-	reg, _, err := registry.Open(filepath.Join(t.TempDir(), "backends.json"), nil, nil, dp.apply)
+	reg, _, err := registry.Open(filepath.Join(t.TempDir(), "backends.json"), []model.Service{defaultService}, nil, dp.apply)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,14 +89,14 @@ func TestStorm(t *testing.T) {
 		t.Fatal(err)
 	}
 	var xml string
-	if err := call(clients[0], dbusname.ManagerPath+"/backend", "org.freedesktop.DBus.Introspectable.Introspect").Store(&xml); err != nil {
+	if err := call(clients[0], dbusname.ServicePath("default")+"/backend", "org.freedesktop.DBus.Introspectable.Introspect").Store(&xml); err != nil {
 		t.Fatal(err)
 	}
-	if len(objs) != len(list) || strings.Count(xml, "<node name=") != len(list) {
+	if len(objs) != len(list)+1 || strings.Count(xml, "<node name=") != len(list) {
 		t.Errorf("the registry has %d backends, GetManagedObjects %d, the tree %d", len(list), len(objs), strings.Count(xml, "<node name="))
 	}
 	for _, b := range list {
-		path := dbusname.BackendPath(b.Name)
+		path := dbusname.BackendPath(b.Service, b.Name)
 		props, ok := objs[path]
 		if !ok {
 			t.Errorf("GetManagedObjects lacks %s", path)
@@ -108,12 +109,12 @@ func TestStorm(t *testing.T) {
 		if err := call(clients[0], path, "org.freedesktop.DBus.Properties.Get", dbusname.BackendIface, "Weight").Store(&w); err != nil || w != b.Weight {
 			t.Errorf("%s: Weight property %d, %v; the registry has %d", b.Name, w, err, b.Weight)
 		}
-		if !strings.Contains(xml, fmt.Sprintf(`<node name="%s">`, strings.TrimPrefix(string(path), dbusname.BackendPathPrefix))) {
-			t.Errorf("the tree lacks %s", b.Name)
+		if !strings.Contains(xml, fmt.Sprintf(`<node name="%s">`, string(path[strings.LastIndex(string(path), "/")+1:]))) {
+			t.Errorf("the tree lacks %s: %s", b.Name, xml)
 		}
 	}
 	var installed []string
-	for _, b := range dp.installed() {
+	for _, b := range dp.installed().Backends {
 		installed = append(installed, b.Name+"@"+b.Address.String())
 	}
 	var want []string

@@ -1,7 +1,11 @@
 package healthd
 
 import (
+	"errors"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -92,5 +96,39 @@ func TestSameAddressTwoServices(t *testing.T) {
 		if props["Service"].Value() != service || props["Address"].Value() != host.String() {
 			t.Errorf("%s: %v, want service %s on %s", name, props, service, host)
 		}
+	}
+}
+
+// TestServiceExecCheckRefused: an exec check that an admin gives a service
+// over D-Bus is its run-time backends' check, and runs under the same rule
+// as their own: only a program under exec_dir; /usr/bin/touch is not run,
+// and the backend is reported down saying why.
+func TestServiceExecCheckRefused(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	touched := filepath.Join(t.TempDir(), "touched")
+	e.startCaplanced()
+	cfg := testConfig()
+	cfg.ExecDir = t.TempDir()
+	e.startHealthd(cfg)
+	admin := e.bus.ConnectAs(t, dbustest.Admin(t))
+	manager := admin.Object(dbusname.BusName, dbusname.ManagerPath)
+	v := dbus.MakeVariant
+	err := manager.Call(dbusname.ManagerIface+".AddService", 0, "dns", map[string]dbus.Variant{
+		"vips": v([]string{"10.0.0.53"}), "check": v("exec:///usr/bin/touch?arg=" + touched), "runtime": v(true),
+	}).Err
+	if err != nil {
+		t.Fatalf("AddService: %v", err)
+	}
+	err = manager.Call(dbusname.ManagerIface+".AddBackend", 0, "dns1", "10.0.1.11", map[string]dbus.Variant{"service": v("dns"), "runtime": v(true)}).Err
+	if err != nil {
+		t.Fatalf("AddBackend: %v", err)
+	}
+	e.waitFor("dns1 to be reported down as refused", 2*time.Second, func() bool {
+		return strings.HasPrefix(e.health("dns1"), "down: exec check refused: /usr/bin/touch is not under "+cfg.ExecDir)
+	})
+	time.Sleep(settle)
+	if _, err := os.Stat(touched); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the refused exec check ran: %v", err)
 	}
 }

@@ -375,11 +375,13 @@ func TestErrors(t *testing.T) {
 	}
 }
 
-// TestNoBalancer: without the balancer role the backend methods answer
+// TestNoBalancer: without the balancer role the service and backend methods answer
 // NotSupported; the rest works.
 func TestNoBalancer(t *testing.T) {
 	e := newEnv(t, envOptions{noReg: true})
 	for _, c := range [][]any{
+		{"AddService", "dns", map[string]dbus.Variant{"vips": dbus.MakeVariant([]string{"10.0.0.53"})}},
+		{"ChangeService", "dns", map[string]dbus.Variant{}}, {"RemoveService", "dns"}, {"ListServices"},
 		{"AddBackend", "web9", "10.0.1.20", map[string]dbus.Variant{}},
 		{"RemoveBackend", "web9"}, {"SetWeight", "web9", uint32(1)}, {"Drain", "web9"},
 		{"Undrain", "web9"}, {"ReportHealth", "web9", true, ""}, {"ListBackends"},

@@ -95,6 +95,9 @@ func TestLongArgumentsUnauthorized(t *testing.T) {
 		args   []any
 	}{
 		{"Drain", []any{long}},
+		{"AddService", []any{long, map[string]dbus.Variant{long: dbus.MakeVariant(long)}}},
+		{"ChangeService", []any{long, map[string]dbus.Variant{}}},
+		{"RemoveService", []any{long}},
 		{"ReportHealth", []any{"web1", false, long}},
 	} {
 		checkError(t, c.method, call(conn, "", c.method, c.args...).Err, dbusapi.ErrorAccessDenied)

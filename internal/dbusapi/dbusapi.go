@@ -1,33 +1,32 @@
-// Package dbusapi serves caplanced's D-Bus API, caplanced.dbus(7): the
-// manager object org.caplance.Caplance1.Manager with the ObjectManager,
-// Properties, Introspectable and Peer interfaces, one object per service
-// and, beneath its service's, one per backend, kept in step with the
-// registry through registry.Watch. It owns
-// what a change of the registry shows on the bus (which properties changed,
-// which signals go out), the bus name org.caplance.Caplance1, the objects under
+// Package dbusapi serves caplanced's D-Bus API, caplanced.dbus(7), API
+// version 2: the manager object org.caplance.Caplance1.Manager with the
+// ObjectManager, Properties, Introspectable and Peer interfaces, one object
+// per service and, beneath its service's, one per backend, kept in step
+// with the registry through registry.Watch. It owns what a change of the
+// registry shows on the bus (which properties changed, which signals go
+// out), the bus name org.caplance.Caplance1, the objects under
 // /org/caplance/Caplance1 (and the Introspectable nodes above it), the
 // in-daemon authorization of callers and the mapping of errors to
 // org.caplance.Caplance1.Error.* names (errors.go, the one place).
 //
-// It changes services and backends only through the registry (a service's
-// options are checked by config's service rules, options.go) and reads
-// counters only
-// through the functions of Info; it must not touch the data path, the
-// configuration or the state file itself, nor export anything outside its
-// tree.
+// It changes services and backends only through the registry (the options
+// of a service are checked by config's service rules, options.go) and reads
+// counters only through the functions of Info; it must not touch the data
+// path, the configuration or the state file itself, nor export anything
+// outside its tree.
 //
 // # Authorization
 //
 // Every mutating method asks the bus for the caller's credentials
 // (GetConnectionCredentials: UnixUserID, UnixGroupIDs, the groups of the
-// connecting process) and refuses with AccessDenied, before changing or
-// even validating anything, unless the caller is root or a member of the
-// admin group (AddService, ChangeService, RemoveService, AddBackend,
-// RemoveBackend, SetWeight, Drain, Undrain, Reload) or root or the health user (ReportHealth). The bus policy
-// (packaging/dbus/org.caplance.Caplance1.conf) enforces the same rules
-// first on the system bus; this check is what holds on a bus without that
-// policy. The group and user are resolved when Export runs; when one does
-// not exist only root is allowed, and Export logs it.
+// connecting process) and refuses with AccessDenied, before changing
+// anything, unless the caller is root or a member of the admin group
+// (AddService, ChangeService, RemoveService, AddBackend, RemoveBackend,
+// SetWeight, Drain, Undrain, Reload) or root or the health user
+// (ReportHealth). The bus policy (packaging/dbus/org.caplance.Caplance1.conf)
+// enforces the same rules first on the system bus; this check is what holds
+// on a bus without that policy. The group and user are resolved when Export
+// runs; when one does not exist only root is allowed, and Export logs it.
 package dbusapi
 
 import (

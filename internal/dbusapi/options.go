@@ -131,13 +131,14 @@ func (o serviceOptions) apply(spec config.ServiceSpec) config.ServiceSpec {
 			spec.VIPs[i].Ports = ports
 		}
 	}
-	for _, f := range []struct {
-		from *string
-		to   *string
-	}{{o.protocols, &spec.Protocols}, {o.hash, &spec.Hash}, {o.check, &spec.Check}} {
-		if f.from != nil {
-			*f.to = *f.from
-		}
+	if o.protocols != nil {
+		spec.Protocols = *o.protocols
+	}
+	if o.hash != nil {
+		spec.Hash = *o.hash
+	}
+	if o.check != nil {
+		spec.Check = *o.check
 	}
 	if o.tableSize != nil {
 		ts := int64(*o.tableSize)

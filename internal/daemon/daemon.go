@@ -32,7 +32,6 @@ import (
 	"github.com/caplance/caplance/internal/dbusapi"
 	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/dbusname"
-	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/nft"
 	"github.com/caplance/caplance/internal/owner"
 	"github.com/caplance/caplance/internal/receiver"
@@ -325,11 +324,9 @@ func (r *running) startAPI(bus string) error {
 	}
 	if b := r.cfg.Balancer; b != nil {
 		info.Roles = append(info.Roles, "balancer")
-		for _, a := range vipsOf(r.services()) {
-			info.VIPs = append(info.VIPs, a.String())
-		}
 		info.EncapPort, info.TableSize = b.EncapPort, uint32(b.TableSize)
 		info.Counters = r.apiCounters
+		info.ServiceCounters = r.apiServiceCounters
 	}
 	if rc := r.cfg.Receiver; rc != nil {
 		info.Roles = append(info.Roles, "receiver")
@@ -359,6 +356,17 @@ func (r *running) apiStats() map[string]uint64 {
 	for _, b := range st.Backends {
 		out["active_flows"] += b.ActiveFlows
 		out["inactive_flows"] += b.InactiveFlows
+	}
+	return out
+}
+
+// apiServiceCounters are the services' counters for their D-Bus properties
+// and GetStats.
+func (r *running) apiServiceCounters() map[string]dbusapi.ServiceCounters {
+	out := map[string]dbusapi.ServiceCounters{}
+	for _, s := range r.bal.Stats().Services {
+		out[s.Name] = dbusapi.ServiceCounters{Packets: s.Packets, Bytes: s.Bytes, NewFlows: s.NewFlows,
+			ActiveFlows: s.ActiveFlows, InactiveFlows: s.InactiveFlows, Drops: s.Drops}
 	}
 	return out
 }

@@ -32,7 +32,7 @@ func TestRoot(t *testing.T) {
 	if err := call(conn, "", "AddBackend", "web-4", "10.0.1.14", opts).Store(&path); err != nil {
 		t.Fatal(err)
 	}
-	if want := dbusname.BackendPath("web-4"); path != want {
+	if want := dbusname.BackendPath("default", "web-4"); path != want {
 		t.Errorf("AddBackend returned %s, want %s", path, want)
 	}
 	b, ok := e.reg.Get("web-4")
@@ -52,7 +52,7 @@ func TestRoot(t *testing.T) {
 		got[k] = v.Value()
 	}
 	want := map[string]any{
-		"Name": "web-4", "Address": "10.0.1.14", "Weight": uint32(7), "AdminState": "drained",
+		"Name": "web-4", "Service": "default", "Address": "10.0.1.14", "Weight": uint32(7), "AdminState": "drained",
 		"Health": "down", "HealthDetail": "connection refused", "Check": "tcp://10.0.1.14:80",
 		"Source": "runtime", "Persistent": false, "ActiveFlows": uint64(0), "InactiveFlows": uint64(0), "Packets": uint64(0), "Bytes": uint64(0),
 	}
@@ -66,9 +66,9 @@ func TestRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	wantRows := []dbusapi.BackendRow{
-		{Name: "web-4", Address: "10.0.1.14", Weight: 7, AdminState: "drained", Health: "down", HealthDetail: "connection refused", ActiveFlows: 3, InactiveFlows: 2, Packets: 40, Bytes: 5000},
-		{Name: "web1", Address: "10.0.1.11", Weight: 100, AdminState: "active", Health: "unknown"},
-		{Name: "web2", Address: "10.0.1.12", Weight: 100, AdminState: "active", Health: "unknown"},
+		{Name: "web-4", Service: "default", Address: "10.0.1.14", Weight: 7, AdminState: "drained", Health: "down", HealthDetail: "connection refused", ActiveFlows: 3, InactiveFlows: 2, Packets: 40, Bytes: 5000},
+		{Name: "web1", Service: "default", Address: "10.0.1.11", Weight: 100, AdminState: "active", Health: "unknown"},
+		{Name: "web2", Service: "default", Address: "10.0.1.12", Weight: 100, AdminState: "active", Health: "unknown"},
 	}
 	if diff := cmp.Diff(wantRows, rows); diff != "" {
 		t.Errorf("ListBackends (-want +got):\n%s", diff)
@@ -92,11 +92,17 @@ func TestRoot(t *testing.T) {
 		t.Errorf("Reload called the hook %d times", n)
 	}
 
+	e.svcCounts.Store(&map[string]dbusapi.ServiceCounters{"default": {Packets: 50, Bytes: 6000, NewFlows: 4, ActiveFlows: 3, InactiveFlows: 2, Drops: 1}})
 	stats := map[string]uint64{}
 	if err := call(conn, "", "GetStats").Store(&stats); err != nil {
 		t.Fatal(err)
 	}
-	if diff := cmp.Diff(map[string]uint64{"received": 10, "forwarded": 9, "drop.no_backend": 1}, stats); diff != "" {
+	wantStats := map[string]uint64{
+		"received": 10, "forwarded": 9, "drop.no_backend": 1,
+		"service.default.packets": 50, "service.default.bytes": 6000, "service.default.new_flows": 4,
+		"service.default.active_flows": 3, "service.default.inactive_flows": 2, "service.default.drops": 1,
+	}
+	if diff := cmp.Diff(wantStats, stats); diff != "" {
 		t.Errorf("GetStats (-want +got):\n%s", diff)
 	}
 	mustCall(t, conn, "", "org.freedesktop.DBus.Peer.Ping")
@@ -118,18 +124,33 @@ func TestManagerProperties(t *testing.T) {
 		return out
 	}
 	want := map[string]string{
-		"Version": `"1.2.3"`, "Roles": `["balancer"]`, "State": `"running"`,
+		"APIVersion": "@u 2", "Version": `"1.2.3"`, "Roles": `["balancer"]`, "State": `"running"`,
 		"VIPs": `["10.0.0.100"]`, "EncapPort": "@q 5555", "TableSize": "@u 65537",
 	}
 	if diff := cmp.Diff(want, get()); diff != "" {
 		t.Errorf("GetAll (-want +got):\n%s", diff)
 	}
 	e.srv.SetState("reloading")
-	e.srv.SetConfig([]string{vip, "10.0.0.101"}, 5555, 65537)
-	got := sigs.take(t, 2)
+	// With a registry, the VIPs are its services': SetConfig's are not.
+	e.srv.SetConfig([]string{"192.0.2.1"}, 6000, 65537)
+	mustCall(t, e.conn, "", "AddService", "dns", map[string]dbus.Variant{
+		"vips": dbus.MakeVariant([]string{"10.0.0.101", "10.0.0.99"}), "ports": dbus.MakeVariant("53"), "protocols": dbus.MakeVariant("udp"),
+	})
+	mustCall(t, e.conn, "", "ChangeService", "dns", map[string]dbus.Variant{"vips": dbus.MakeVariant([]string{"10.0.0.101"})})
+	mustCall(t, e.conn, "", "RemoveService", "dns")
+	const mgr = `/org/caplance/Caplance1 org.freedesktop.DBus.Properties.PropertiesChanged(org.caplance.Caplance1.Manager, `
 	wantSigs := []string{
-		`/org/caplance/Caplance1 org.freedesktop.DBus.Properties.PropertiesChanged(org.caplance.Caplance1.Manager, map[State:"reloading"], [])`,
-		`/org/caplance/Caplance1 org.freedesktop.DBus.Properties.PropertiesChanged(org.caplance.Caplance1.Manager, map[VIPs:["10.0.0.100", "10.0.0.101"]], [])`,
+		mgr + `map[State:"reloading"], [])`,
+		mgr + `map[EncapPort:@q 6000], [])`,
+		mgr + `map[VIPs:["10.0.0.99", "10.0.0.100", "10.0.0.101"]], [])`,
+		mgr + `map[VIPs:["10.0.0.100", "10.0.0.101"]], [])`,
+		mgr + `map[VIPs:["10.0.0.100"]], [])`,
+	}
+	var got []string
+	for _, sig := range sigs.take(t, 10) { // and the service's own
+		if strings.HasPrefix(sig, mgr) {
+			got = append(got, sig)
+		}
 	}
 	if diff := cmp.Diff(wantSigs, got); diff != "" {
 		t.Errorf("signals (-want +got):\n%s", diff)
@@ -152,8 +173,10 @@ func TestIntrospection(t *testing.T) {
 		path dbus.ObjectPath
 	}{
 		{"manager.xml", dbusname.ManagerPath},
-		{"backend.xml", dbusname.BackendPath("web1")},
-		{"backend-parent.xml", dbusname.ManagerPath + "/backend"},
+		{"backend.xml", dbusname.BackendPath("default", "web1")},
+		{"service.xml", dbusname.ServicePath("default")},
+		{"service-parent.xml", dbusname.ManagerPath + "/service"},
+		{"backend-parent.xml", dbusname.ServicePath("default") + "/backend"},
 		{"root.xml", "/"},
 	} {
 		var xml string
@@ -194,10 +217,13 @@ func TestObjectManager(t *testing.T) {
 	if err := call(e.conn, "", "org.freedesktop.DBus.ObjectManager.GetManagedObjects").Store(&objs); err != nil {
 		t.Fatal(err)
 	}
-	if len(objs) != 2 {
-		t.Fatalf("GetManagedObjects: %v, want web1 and web2", objs)
+	if len(objs) != 3 {
+		t.Fatalf("GetManagedObjects: %v, want the service default, web1 and web2", objs)
 	}
-	web1 := objs[dbusname.BackendPath("web1")]
+	if got := objs[dbusname.ServicePath("default")][dbusname.ServiceIface]["VIPs"].Value(); !cmp.Equal(got, map[string]string{vip: "all"}) {
+		t.Errorf("default VIPs = %v", got)
+	}
+	web1 := objs[dbusname.BackendPath("default", "web1")]
 	if got := web1[dbusname.BackendIface]["Source"].Value(); got != "config" {
 		t.Errorf("web1 Source = %v", got)
 	}
@@ -208,27 +234,27 @@ func TestObjectManager(t *testing.T) {
 	}
 
 	mustCall(t, e.conn, "", "AddBackend", "web3", "10.0.1.13", map[string]dbus.Variant{})
-	path := dbusname.BackendPath("web3")
+	path := dbusname.BackendPath("default", "web3")
 	got := sigs.take(t, 2)
-	if !strings.HasPrefix(got[0], "/org/caplance/Caplance1 org.freedesktop.DBus.ObjectManager.InterfacesAdded(/org/caplance/Caplance1/backend/web3, map[") ||
-		!strings.Contains(got[0], `org.caplance.Caplance1.Backend:map[ActiveFlows:@t 0 Address:"10.0.1.13" AdminState:"active" Bytes:@t 0 Check:"" Health:"unknown" HealthDetail:"" InactiveFlows:@t 0 Name:"web3" Packets:@t 0 Persistent:true Source:"runtime" Weight:@u 100]`) ||
+	if !strings.HasPrefix(got[0], "/org/caplance/Caplance1 org.freedesktop.DBus.ObjectManager.InterfacesAdded(/org/caplance/Caplance1/service/default/backend/web3, map[") ||
+		!strings.Contains(got[0], `org.caplance.Caplance1.Backend:map[ActiveFlows:@t 0 Address:"10.0.1.13" AdminState:"active" Bytes:@t 0 Check:"" Health:"unknown" HealthDetail:"" InactiveFlows:@t 0 Name:"web3" Packets:@t 0 Persistent:true Service:"default" Source:"runtime" Weight:@u 100]`) ||
 		!strings.Contains(got[0], "org.freedesktop.DBus.Peer:map[]") {
 		t.Errorf("InterfacesAdded: %s", got[0])
 	}
-	if want := "/org/caplance/Caplance1 org.caplance.Caplance1.Manager.BackendAdded(web3, /org/caplance/Caplance1/backend/web3)"; got[1] != want {
+	if want := "/org/caplance/Caplance1 org.caplance.Caplance1.Manager.BackendAdded(web3, /org/caplance/Caplance1/service/default/backend/web3)"; got[1] != want {
 		t.Errorf("got %s, want %s", got[1], want)
 	}
 	if err := call(e.conn, "", "org.freedesktop.DBus.ObjectManager.GetManagedObjects").Store(&objs); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := objs[path]; !ok || len(objs) != 3 {
+	if _, ok := objs[path]; !ok || len(objs) != 4 {
 		t.Errorf("GetManagedObjects after AddBackend: %v", objs)
 	}
 
 	mustCall(t, e.conn, "", "RemoveBackend", "web3")
 	want := []string{
-		"/org/caplance/Caplance1 org.freedesktop.DBus.ObjectManager.InterfacesRemoved(/org/caplance/Caplance1/backend/web3, [org.caplance.Caplance1.Backend org.freedesktop.DBus.Properties org.freedesktop.DBus.Introspectable org.freedesktop.DBus.Peer])",
-		"/org/caplance/Caplance1 org.caplance.Caplance1.Manager.BackendRemoved(web3, /org/caplance/Caplance1/backend/web3)",
+		"/org/caplance/Caplance1 org.freedesktop.DBus.ObjectManager.InterfacesRemoved(/org/caplance/Caplance1/service/default/backend/web3, [org.caplance.Caplance1.Backend org.freedesktop.DBus.Properties org.freedesktop.DBus.Introspectable org.freedesktop.DBus.Peer])",
+		"/org/caplance/Caplance1 org.caplance.Caplance1.Manager.BackendRemoved(web3, /org/caplance/Caplance1/service/default/backend/web3)",
 	}
 	if diff := cmp.Diff(want, sigs.take(t, 2)); diff != "" {
 		t.Errorf("signals (-want +got):\n%s", diff)
@@ -244,7 +270,7 @@ func TestObjectManager(t *testing.T) {
 func TestPropertiesChanged(t *testing.T) {
 	e := newEnv(t, envOptions{info: func(i *dbusapi.Info) { i.CounterInterval = 20 * 1e6 }})
 	sigs := subscribe(t, e.conn)
-	const p = "/org/caplance/Caplance1/backend/web2 org.freedesktop.DBus.Properties.PropertiesChanged(org.caplance.Caplance1.Backend, "
+	const p = "/org/caplance/Caplance1/service/default/backend/web2 org.freedesktop.DBus.Properties.PropertiesChanged(org.caplance.Caplance1.Backend, "
 	for _, tt := range []struct {
 		method string
 		args   []any
@@ -349,11 +375,13 @@ func TestErrors(t *testing.T) {
 	}
 }
 
-// TestNoBalancer: without the balancer role the backend methods answer
+// TestNoBalancer: without the balancer role the service and backend methods answer
 // NotSupported; the rest works.
 func TestNoBalancer(t *testing.T) {
 	e := newEnv(t, envOptions{noReg: true})
 	for _, c := range [][]any{
+		{"AddService", "dns", map[string]dbus.Variant{"vips": dbus.MakeVariant([]string{"10.0.0.53"})}},
+		{"ChangeService", "dns", map[string]dbus.Variant{}}, {"RemoveService", "dns"}, {"ListServices"},
 		{"AddBackend", "web9", "10.0.1.20", map[string]dbus.Variant{}},
 		{"RemoveBackend", "web9"}, {"SetWeight", "web9", uint32(1)}, {"Drain", "web9"},
 		{"Undrain", "web9"}, {"ReportHealth", "web9", true, ""}, {"ListBackends"},

@@ -14,7 +14,7 @@ import (
 
 // authCall is a call of the authorization matrix. The mutating calls make
 // sense in this order (web3 is added, then removed) for a caller allowed
-// them, so that a success is a real one.
+// them, so that a success is a real one (svc3 too).
 type authCall struct {
 	path   dbus.ObjectPath // "" for the manager
 	method string
@@ -23,6 +23,9 @@ type authCall struct {
 }
 
 var authCalls = []authCall{
+	{"", "AddService", []any{"svc3", map[string]dbus.Variant{"vips": dbus.MakeVariant([]string{"10.0.0.103"}), "runtime": dbus.MakeVariant(true)}}, "admin"},
+	{"", "ChangeService", []any{"svc3", map[string]dbus.Variant{"ports": dbus.MakeVariant("80,443")}}, "admin"},
+	{"", "RemoveService", []any{"svc3"}, "admin"},
 	{"", "AddBackend", []any{"web3", "10.0.1.13", map[string]dbus.Variant{"runtime": dbus.MakeVariant(true)}}, "admin"},
 	{"", "SetWeight", []any{"web2", uint32(7)}, "admin"},
 	{"", "Drain", []any{"web2"}, "admin"},
@@ -31,6 +34,7 @@ var authCalls = []authCall{
 	{"", "ReportHealth", []any{"web2", true, ""}, "health"},
 	{"", "RemoveBackend", []any{"web3"}, "admin"},
 	{"", "Reload", nil, "admin"},
+	{"", "ListServices", nil, ""},
 	{"", "ListBackends", nil, ""},
 	{"", "GetStats", nil, ""},
 	{"", "org.freedesktop.DBus.Properties.Get", []any{dbusname.ManagerIface, "Version"}, ""},
@@ -38,9 +42,12 @@ var authCalls = []authCall{
 	{"", "org.freedesktop.DBus.ObjectManager.GetManagedObjects", nil, ""},
 	{"", "org.freedesktop.DBus.Introspectable.Introspect", nil, ""},
 	{"", "org.freedesktop.DBus.Peer.Ping", nil, ""},
-	{"/org/caplance/Caplance1/backend/web2", "org.freedesktop.DBus.Properties.Get", []any{dbusname.BackendIface, "Weight"}, ""},
-	{"/org/caplance/Caplance1/backend/web2", "org.freedesktop.DBus.Properties.GetAll", []any{dbusname.BackendIface}, ""},
-	{"/org/caplance/Caplance1/backend/web2", "org.freedesktop.DBus.Introspectable.Introspect", nil, ""},
+	{"/org/caplance/Caplance1/service/default", "org.freedesktop.DBus.Properties.Get", []any{dbusname.ServiceIface, "VIPs"}, ""},
+	{"/org/caplance/Caplance1/service/default", "org.freedesktop.DBus.Properties.GetAll", []any{dbusname.ServiceIface}, ""},
+	{"/org/caplance/Caplance1/service/default", "org.freedesktop.DBus.Introspectable.Introspect", nil, ""},
+	{"/org/caplance/Caplance1/service/default/backend/web2", "org.freedesktop.DBus.Properties.Get", []any{dbusname.BackendIface, "Weight"}, ""},
+	{"/org/caplance/Caplance1/service/default/backend/web2", "org.freedesktop.DBus.Properties.GetAll", []any{dbusname.BackendIface}, ""},
+	{"/org/caplance/Caplance1/service/default/backend/web2", "org.freedesktop.DBus.Introspectable.Introspect", nil, ""},
 }
 
 // TestAuthorization is caplanced.dbus(7), AUTHORIZATION, twice: on a bus
@@ -110,6 +117,8 @@ func TestAuthorizationMissingAccounts(t *testing.T) {
 		before := e.snapshot(t)
 		err := call(conn, "", "Drain", "web2").Err
 		checkError(t, "Drain", err, dbusapi.ErrorAccessDenied, "needs root", "caplance-no-such-group does not exist")
+		err = call(conn, "", "RemoveService", "default").Err
+		checkError(t, "RemoveService", err, dbusapi.ErrorAccessDenied, "needs root", "caplance-no-such-group does not exist")
 		err = call(conn, "", "ReportHealth", "web2", true, "").Err
 		checkError(t, "ReportHealth", err, dbusapi.ErrorAccessDenied, "needs root", "caplance-no-such-user does not exist")
 		e.unchanged(t, before, "refused calls")

@@ -29,13 +29,20 @@ func TestBusctl(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"call", dest, mgr, iface, "AddBackend", "ssa{sv}", "web-4", "10.0.1.14", "1", "weight", "u", "5"}, `o "/org/caplance/Caplance1/backend/web_2d4"`},
-		{[]string{"get-property", dest, "/org/caplance/Caplance1/backend/web_2d4", "org.caplance.Caplance1.Backend", "Weight"}, "u 5"},
+		{[]string{"call", dest, mgr, iface, "AddBackend", "ssa{sv}", "web-4", "10.0.1.14", "1", "weight", "u", "5"}, `o "/org/caplance/Caplance1/service/default/backend/web_2d4"`},
+		{[]string{"get-property", dest, "/org/caplance/Caplance1/service/default/backend/web_2d4", "org.caplance.Caplance1.Backend", "Weight"}, "u 5"},
 		{[]string{"call", dest, mgr, iface, "Drain", "s", "web-4"}, ""},
-		{[]string{"tree", dest}, "/org/caplance/Caplance1/backend/web_2d4"},
-		{[]string{"introspect", dest, "/org/caplance/Caplance1/backend/web_2d4"}, ".AdminState property s \"drained\""},
+		{[]string{"tree", dest}, "/org/caplance/Caplance1/service/default/backend/web_2d4"},
+		{[]string{"introspect", dest, "/org/caplance/Caplance1/service/default/backend/web_2d4"}, ".AdminState property s \"drained\""},
 		{[]string{"introspect", dest, mgr}, ".AddBackend method ssa{sv} o"},
-		{[]string{"call", dest, mgr, iface, "ListBackends"}, `a(ssussstttt) 3 "web-4" "10.0.1.14" 5 "drained"`},
+		{[]string{"call", dest, mgr, iface, "ListBackends"}, `a(sssussstttt) 3 "web-4" "default" "10.0.1.14" 5 "drained"`},
+		{[]string{"call", dest, mgr, iface, "AddService", "sa{sv}", "dns", "3", "vips", "as", "1", "10.0.0.53", "ports", "s", "53", "protocols", "s", "udp"}, `o "/org/caplance/Caplance1/service/dns"`},
+		{[]string{"call", dest, mgr, iface, "ChangeService", "sa{sv}", "dns", "1", "hash", "s", "source-ip"}, ""},
+		{[]string{"get-property", dest, "/org/caplance/Caplance1/service/dns", "org.caplance.Caplance1.Service", "VIPs"}, `a{ss} 1 "10.0.0.53" "53"`},
+		{[]string{"call", dest, mgr, iface, "AddBackend", "ssa{sv}", "dns1", "10.0.1.14", "1", "service", "s", "dns"}, `o "/org/caplance/Caplance1/service/dns/backend/dns1"`},
+		{[]string{"call", dest, mgr, iface, "ListServices"}, `a(sa{ss}ssussuttt) 2 "default" 1 "10.0.0.100" "all" "tcp+udp" "5-tuple" 65537 "" "config" 3 0 0 0 "dns" 1 "10.0.0.53" "53" "udp" "source-ip" 65537 "" "runtime" 1 0 0 0`},
+		{[]string{"tree", dest}, "/org/caplance/Caplance1/service/dns/backend/dns1"},
+		{[]string{"call", dest, mgr, iface, "RemoveService", "s", "dns"}, ""},
 	} {
 		// Columns are aligned with runs of spaces.
 		if got := strings.Join(strings.Fields(run(tt.args...)), " "); !strings.Contains(got, tt.want) {
@@ -43,7 +50,10 @@ func TestBusctl(t *testing.T) {
 		}
 	}
 	// busctl shows the introspection data the daemon serves: the golden files.
-	for path, golden := range map[string]string{mgr: "manager.xml", "/org/caplance/Caplance1/backend/web_2d4": "backend.xml"} {
+	for path, golden := range map[string]string{
+		mgr: "manager.xml", "/org/caplance/Caplance1/service/default": "service.xml",
+		"/org/caplance/Caplance1/service/default/backend/web_2d4": "backend.xml",
+	} {
 		want, err := os.ReadFile(filepath.Join("testdata", golden))
 		if err != nil {
 			t.Fatal(err)

@@ -1,30 +1,32 @@
-// Package dbusapi serves caplanced's D-Bus API, caplanced.dbus(7): the
-// manager object org.caplance.Caplance1.Manager with the ObjectManager,
-// Properties, Introspectable and Peer interfaces, and one object per
-// backend, kept in step with the registry through registry.Watch. It owns
-// what a change of the registry shows on the bus (which properties changed,
-// which signals go out), the bus name org.caplance.Caplance1, the objects under
+// Package dbusapi serves caplanced's D-Bus API, caplanced.dbus(7), API
+// version 2: the manager object org.caplance.Caplance1.Manager with the
+// ObjectManager, Properties, Introspectable and Peer interfaces, one object
+// per service and, beneath its service's, one per backend, kept in step
+// with the registry through registry.Watch. It owns what a change of the
+// registry shows on the bus (which properties changed, which signals go
+// out), the bus name org.caplance.Caplance1, the objects under
 // /org/caplance/Caplance1 (and the Introspectable nodes above it), the
 // in-daemon authorization of callers and the mapping of errors to
 // org.caplance.Caplance1.Error.* names (errors.go, the one place).
 //
-// It changes backends only through the registry and reads counters only
-// through the functions of Info; it must not touch the data path, the
-// configuration or the state file itself, nor export anything outside its
-// tree.
+// It changes services and backends only through the registry (the options
+// of a service are checked by config's service rules, options.go) and reads
+// counters only through the functions of Info; it must not touch the data
+// path, the configuration or the state file itself, nor export anything
+// outside its tree.
 //
 // # Authorization
 //
 // Every mutating method asks the bus for the caller's credentials
 // (GetConnectionCredentials: UnixUserID, UnixGroupIDs, the groups of the
-// connecting process) and refuses with AccessDenied, before changing or
-// even validating anything, unless the caller is root or a member of the
-// admin group (AddBackend, RemoveBackend, SetWeight, Drain, Undrain,
-// Reload) or root or the health user (ReportHealth). The bus policy
-// (packaging/dbus/org.caplance.Caplance1.conf) enforces the same rules
-// first on the system bus; this check is what holds on a bus without that
-// policy. The group and user are resolved when Export runs; when one does
-// not exist only root is allowed, and Export logs it.
+// connecting process) and refuses with AccessDenied, before changing
+// anything, unless the caller is root or a member of the admin group
+// (AddService, ChangeService, RemoveService, AddBackend, RemoveBackend,
+// SetWeight, Drain, Undrain, Reload) or root or the health user
+// (ReportHealth). The bus policy (packaging/dbus/org.caplance.Caplance1.conf)
+// enforces the same rules first on the system bus; this check is what holds
+// on a bus without that policy. The group and user are resolved when Export
+// runs; when one does not exist only root is allowed, and Export logs it.
 package dbusapi
 
 import (
@@ -60,7 +62,12 @@ const (
 	DefaultHealthUser = "caplance-health"
 )
 
-// DefaultCounterInterval is how often the backends' counters are compared
+// APIVersion is the manager's APIVersion property: caplanced.dbus(7),
+// VERSIONS. Version 2 brought services.
+const APIVersion uint32 = 2
+
+// DefaultCounterInterval is how often the counters of services and
+// backends are compared
 // with the last announced ones, for Info.CounterInterval 0.
 const DefaultCounterInterval = 5 * time.Second
 
@@ -79,7 +86,9 @@ type Counters struct {
 // (NotSupported).
 type Info struct {
 	// Version, Roles ("balancer", "receiver"), VIPs, EncapPort and
-	// TableSize are the manager's properties of the same names.
+	// TableSize are the manager's properties of the same names. With a
+	// registry, VIPs are its services' instead (and follow them).
+	// TableSize is the default of services that set none.
 	Version   string
 	Roles     []string
 	VIPs      []string
@@ -88,10 +97,13 @@ type Info struct {
 	// State is the initial State property, "" for "running".
 	State string
 
-	// Stats returns GetStats' counters.
+	// Stats returns GetStats' counters, but those of services: GetStats
+	// adds them from ServiceCounters, as "service.<name>.<counter>".
 	Stats func() map[string]uint64
 	// Counters returns every backend's counters, by name.
 	Counters func() map[string]Counters
+	// ServiceCounters returns every service's counters, by name.
+	ServiceCounters func() map[string]ServiceCounters
 	// CounterInterval is how often changed counters are announced as
 	// invalidated (PropertiesChanged); 0 is DefaultCounterInterval.
 	CounterInterval time.Duration
@@ -118,13 +130,14 @@ type Server struct {
 	auth     authorizer
 	mgrProps *prop.Properties
 
-	// mu guards the backend objects and serializes every export, unexport
-	// and signal of them.
-	mu      sync.Mutex
-	objects map[string]*backendObject // by backend name
-	ready   bool                      // the initial List is applied
-	queued  []registry.Change         // changes seen before that
-	closed  bool
+	// mu guards the service and backend objects and serializes every
+	// export, unexport and signal of them.
+	mu       sync.Mutex
+	services map[string]*serviceObject // by service name
+	backends map[string]*backendObject // by backend name
+	ready    bool                      // the initial lists are applied
+	queued   []registry.Change         // changes seen before that
+	closed   bool
 
 	stop chan struct{}
 	done chan struct{}
@@ -143,13 +156,14 @@ func Export(conn *dbus.Conn, reg *registry.Registry, info Info) (*Server, error)
 		info.CounterInterval = DefaultCounterInterval
 	}
 	s := &Server{
-		conn:    conn,
-		reg:     reg,
-		info:    info,
-		log:     info.Logger,
-		objects: map[string]*backendObject{},
-		stop:    make(chan struct{}),
-		done:    make(chan struct{}),
+		conn:     conn,
+		reg:      reg,
+		info:     info,
+		log:      info.Logger,
+		services: map[string]*serviceObject{},
+		backends: map[string]*backendObject{},
+		stop:     make(chan struct{}),
+		done:     make(chan struct{}),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -161,13 +175,16 @@ func Export(conn *dbus.Conn, reg *registry.Registry, info Info) (*Server, error)
 		return nil, err
 	}
 	if reg != nil {
-		// Watch before List: a change committed in between is both in the
-		// list and queued, and applying it twice is harmless because each
-		// change carries the backend's whole state and upsert compares it
-		// with what the object shows.
+		// Watch before the lists: a change committed in between is both in
+		// a list and queued, and applying it twice is harmless because
+		// each change carries the whole service or backend and the upserts
+		// compare it with what the object shows.
 		reg.Watch(s.onChange)
-		list := reg.List()
+		services, list := reg.Services(), reg.List()
 		s.mu.Lock()
+		for _, svc := range services {
+			s.upsertService(svc, false)
+		}
 		for _, b := range list {
 			s.upsert(b, false)
 		}
@@ -214,9 +231,12 @@ func (s *Server) shutdown() {
 // SetState sets the State property ("running", "reloading", "stopping").
 func (s *Server) SetState(state string) { s.setManagerProp("State", state) }
 
-// SetConfig sets the properties a reload may change.
+// SetConfig sets the properties a reload may change. vips counts only
+// without a registry: with one, VIPs follow its services.
 func (s *Server) SetConfig(vips []string, encapPort uint16, tableSize uint32) {
-	s.setManagerProp("VIPs", slices.Clone(vips))
+	if s.reg == nil {
+		s.setManagerProp("VIPs", slices.Clone(vips))
+	}
 	s.setManagerProp("EncapPort", encapPort)
 	s.setManagerProp("TableSize", tableSize)
 }

@@ -35,17 +35,17 @@ var cmpOpts = cmp.Options{cmpopts.EquateComparable(netip.Addr{}), cmpopts.Equate
 // dataPath records the registry's apply calls and fails them on demand.
 type dataPath struct {
 	mu    sync.Mutex
-	calls [][]model.Backend
+	calls []model.Set
 	fail  error
 }
 
-func (d *dataPath) apply(set []model.Backend) error {
+func (d *dataPath) apply(set model.Set) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.fail != nil {
 		return d.fail
 	}
-	d.calls = append(d.calls, slices.Clone(set))
+	d.calls = append(d.calls, model.Set{Services: slices.Clone(set.Services), Backends: slices.Clone(set.Backends)})
 	return nil
 }
 
@@ -55,17 +55,25 @@ func (d *dataPath) setFail(err error) {
 	d.fail = err
 }
 
-func (d *dataPath) installed() []model.Backend {
+func (d *dataPath) installed() model.Set {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if len(d.calls) == 0 {
-		return nil
+		return model.Set{}
 	}
 	return d.calls[len(d.calls)-1]
 }
 
+// defaultService is the service of the configuration file of env: today's
+// form, the implicit service "default" on the VIP, every port.
+var defaultService = model.Service{
+	Name: config.DefaultService, VIPs: []model.VIP{{Addr: netip.MustParseAddr(vip)}},
+	Protocols: model.TCP | model.UDP, TableSize: 65537,
+}
+
 // env is a private system bus with caplanced's API on it: a real registry
-// (web1 from the configuration file, web2 added at run time) with a
+// (the service default and its web1 from the configuration file, web2 added
+// at run time) with a
 // recording data path and a state file in a temporary directory.
 type env struct {
 	bus       *dbustest.Bus
@@ -77,6 +85,7 @@ type env struct {
 	reloads   atomic.Int64
 	reloadErr atomic.Pointer[error]
 	counters  atomic.Pointer[map[string]dbusapi.Counters]
+	svcCounts atomic.Pointer[map[string]dbusapi.ServiceCounters]
 }
 
 type envOptions struct {
@@ -91,8 +100,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 	e.conn = e.bus.Connect(t)
 	if !o.noReg {
 		e.statePath = filepath.Join(t.TempDir(), "backends.json")
-		cfg := []config.Backend{{Name: "web1", Address: netip.MustParseAddr("10.0.1.11"), Weight: 100, Check: "tcp://10.0.1.11:80"}}
-		reg, _, err := registry.Open(e.statePath, cfg, []netip.Addr{netip.MustParseAddr(vip)}, e.dp.apply)
+		cfg := []config.Backend{{Service: config.DefaultService, Name: "web1", Address: netip.MustParseAddr("10.0.1.11"), Weight: 100, Check: "tcp://10.0.1.11:80"}}
+		reg, _, err := registry.Open(e.statePath, []model.Service{defaultService}, cfg, e.dp.apply)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -112,6 +121,12 @@ func newEnv(t *testing.T, o envOptions) *env {
 		},
 		Counters: func() map[string]dbusapi.Counters {
 			if p := e.counters.Load(); p != nil {
+				return *p
+			}
+			return nil
+		},
+		ServiceCounters: func() map[string]dbusapi.ServiceCounters {
+			if p := e.svcCounts.Load(); p != nil {
 				return *p
 			}
 			return nil
@@ -173,9 +188,10 @@ func mustCall(t *testing.T, conn *dbus.Conn, path dbus.ObjectPath, method string
 
 // snapshot is everything a refused call must leave alone.
 type snapshot struct {
+	Services  []registry.Service
 	List      []registry.Backend
 	StateFile string
-	Installed []model.Backend
+	Installed model.Set
 	Reloads   int64
 	Objects   string
 }
@@ -184,6 +200,7 @@ func (e *env) snapshot(t *testing.T) snapshot {
 	t.Helper()
 	s := snapshot{Installed: e.dp.installed(), Reloads: e.reloads.Load(), Objects: managedObjects(t, e.conn)}
 	if e.reg != nil {
+		s.Services = e.reg.Services()
 		s.List = e.reg.List()
 		b, err := os.ReadFile(e.statePath)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {

@@ -22,37 +22,46 @@ func (in introspector) Introspect(msg dbus.Message) (string, *dbus.Error) {
 	path, _ := msg.Headers[dbus.FieldPath].Value().(dbus.ObjectPath)
 	s := in.s
 	node, ancestor := dbusname.AncestorNode(path, dbusname.ManagerPath)
-	switch {
-	case ancestor:
-	case path == dbusname.ManagerPath:
+	if ancestor {
+		return dbusname.RenderIntrospection(node), nil
+	}
+	if path == dbusname.ManagerPath {
 		node.Interfaces = managerInterfaces(s.mgrProps)
-		s.mu.Lock()
-		if len(s.objects) > 0 {
-			node.Children = []introspect.Node{{Name: "backend"}}
+	}
+	// The children are the next elements of the objects' paths below
+	// path: "service" under the manager, the services under it, "backend"
+	// under a service with backends, its backends under that.
+	prefix := string(path) + "/"
+	children := map[string]bool{}
+	s.mu.Lock()
+	add := func(p dbus.ObjectPath) {
+		if p == path {
+			return
 		}
-		s.mu.Unlock()
-	case path == backendParent:
-		s.mu.Lock()
-		for _, obj := range s.objects {
-			node.Children = append(node.Children, introspect.Node{Name: strings.TrimPrefix(string(obj.path), dbusname.BackendPathPrefix)})
+		if rest, ok := strings.CutPrefix(string(p), prefix); ok {
+			child, _, _ := strings.Cut(rest, "/")
+			children[child] = true
 		}
-		s.mu.Unlock()
-		slices.SortFunc(node.Children, func(a, b introspect.Node) int { return strings.Compare(a.Name, b.Name) })
-	case strings.HasPrefix(string(path), dbusname.BackendPathPrefix):
-		s.mu.Lock()
-		exists := false
-		for _, obj := range s.objects {
-			exists = exists || obj.path == path
+	}
+	for _, obj := range s.services {
+		add(obj.path)
+		if obj.path == path {
+			node.Interfaces = objectInterfaceData(dbusname.ServiceIface, serviceProps(registry.Service{}, ServiceCounters{}))
 		}
-		s.mu.Unlock()
-		if exists {
-			node.Interfaces = backendInterfaceData()
+	}
+	for _, obj := range s.backends {
+		add(obj.path)
+		if obj.path == path {
+			node.Interfaces = objectInterfaceData(dbusname.BackendIface, backendProps(registry.Backend{}, Counters{}))
 		}
+	}
+	s.mu.Unlock()
+	for _, name := range slices.Sorted(maps.Keys(children)) {
+		node.Children = append(node.Children, introspect.Node{Name: name})
 	}
 	return dbusname.RenderIntrospection(node), nil
 }
 
-// render is the XML of node, with the DOCTYPE of the introspection format.
 // managerInterfaces are the manager's interfaces, as introspection
 // describes them.
 func managerInterfaces(props *prop.Properties) []introspect.Interface {
@@ -70,15 +79,16 @@ func managerInterfaces(props *prop.Properties) []introspect.Interface {
 	}
 }
 
-// backendInterfaceData are a backend's interfaces, as introspection
-// describes them (the same for every backend).
-func backendInterfaceData() []introspect.Interface {
-	var props []introspect.Property
-	for name, p := range backendProps(registry.Backend{}, Counters{}) {
-		props = append(props, p.Introspection(name))
+// objectInterfaceData are the interfaces of a service or backend object
+// (iface with props), as introspection describes them: the same for every
+// object of the kind.
+func objectInterfaceData(iface string, props map[string]*prop.Prop) []introspect.Interface {
+	var ps []introspect.Property
+	for name, p := range props {
+		ps = append(ps, p.Introspection(name))
 	}
 	return []introspect.Interface{
-		{Name: dbusname.BackendIface, Properties: sortedProps(props)},
+		{Name: iface, Properties: sortedProps(ps)},
 		prop.IntrospectData,
 		introspect.IntrospectData,
 		introspect.PeerData,
@@ -138,6 +148,8 @@ func checkSignature(msg dbus.Message, method string) error {
 }
 
 var managerSignals = []introspect.Signal{
+	{Name: "ServiceAdded", Args: []introspect.Arg{{Name: "name", Type: "s"}, {Name: "path", Type: "o"}}},
+	{Name: "ServiceRemoved", Args: []introspect.Arg{{Name: "name", Type: "s"}, {Name: "path", Type: "o"}}},
 	{Name: "BackendAdded", Args: []introspect.Arg{{Name: "name", Type: "s"}, {Name: "path", Type: "o"}}},
 	{Name: "BackendRemoved", Args: []introspect.Arg{{Name: "name", Type: "s"}, {Name: "path", Type: "o"}}},
 	{Name: "BackendHealthChanged", Args: []introspect.Arg{{Name: "name", Type: "s"}, {Name: "healthy", Type: "b"}, {Name: "detail", Type: "s"}}},

@@ -8,7 +8,10 @@ import (
 	"github.com/godbus/dbus/v5"
 	"github.com/godbus/dbus/v5/prop"
 
+	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/dbusname"
+	"github.com/caplance/caplance/internal/maglev"
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/quote"
 	"github.com/caplance/caplance/internal/registry"
 )
@@ -17,9 +20,10 @@ import (
 // interface's (introspection is built from them), so it has no others.
 type manager struct{ s *Server }
 
-// BackendRow is one element of ListBackends' a(ssussstttt).
+// BackendRow is one element of ListBackends' a(sssussstttt).
 type BackendRow struct {
 	Name          string
+	Service       string
 	Address       string
 	Weight        uint32
 	AdminState    string
@@ -31,9 +35,30 @@ type BackendRow struct {
 	Bytes         uint64
 }
 
+// ServiceRow is one element of ListServices' a(sa{ss}ssussuttt).
+type ServiceRow struct {
+	Name string
+	// VIPs maps each VIP to its port list ("80,443,8000-8099", "all").
+	VIPs      map[string]string
+	Protocols string
+	Hash      string
+	TableSize uint32
+	Check     string
+	Source    string
+	// Backends is how many backends the service has.
+	Backends    uint32
+	Packets     uint64
+	Bytes       uint64
+	ActiveFlows uint64
+}
+
 // argNames names the arguments of every method of manager, in order, in
 // then out; introspection fails to build when one is missing.
 var argNames = map[string][]string{
+	"AddService":    {"name", "options", "path"},
+	"ChangeService": {"name", "options"},
+	"RemoveService": {"name"},
+	"ListServices":  {"services"},
 	"AddBackend":    {"name", "address", "options", "path"},
 	"RemoveBackend": {"name"},
 	"SetWeight":     {"name", "weight"},
@@ -45,8 +70,68 @@ var argNames = map[string][]string{
 	"ReportHealth":  {"name", "healthy", "detail"},
 }
 
-// The options of AddBackend and their D-Bus types.
-var addOptionTypes = map[string]string{"weight": "u", "check": "s", "runtime": "b"}
+func (m manager) AddService(msg dbus.Message, name string, options map[string]dbus.Variant) (dbus.ObjectPath, *dbus.Error) {
+	s := m.s
+	if err := cmp.Or(s.mutable(msg, "AddService", adminRight), checkOptions(options, addServiceOptions, nil)); err != nil {
+		return "", dbusError(err)
+	}
+	o := parseServiceOptions(options)
+	// Info.TableSize is the configuration's table_size, the default.
+	svc, err := checkService(o, name, config.ServiceDefaults(cmp.Or(int(s.info.TableSize), maglev.DefaultSize)))
+	if err != nil {
+		return "", dbusError(errorf(registry.ErrInvalidArgument, "adding service %s: %v", quote.Q(name), err))
+	}
+	runtime, _ := options["runtime"].Value().(bool)
+	if _, err := s.reg.AddService(svc, runtime); err != nil {
+		return "", dbusError(err)
+	}
+	return dbusname.ServicePath(name), nil
+}
+
+// runtimeFixed explains why ChangeService refuses the runtime option.
+var runtimeFixed = map[string]string{"runtime": "whether a service survives a restart is set when it is added and cannot change"}
+
+func (m manager) ChangeService(msg dbus.Message, name string, options map[string]dbus.Variant) *dbus.Error {
+	s := m.s
+	if err := cmp.Or(s.mutable(msg, "ChangeService", adminRight), checkServiceName(name), checkOptions(options, changeServiceOptions, runtimeFixed)); err != nil {
+		return dbusError(err)
+	}
+	o := parseServiceOptions(options)
+	_, err := s.reg.ChangeService(name, func(cur model.Service) (model.Service, error) {
+		return checkService(o, "", cur)
+	})
+	return dbusError(err)
+}
+
+func (m manager) RemoveService(msg dbus.Message, name string) *dbus.Error {
+	if err := cmp.Or(m.s.mutable(msg, "RemoveService", adminRight), checkServiceName(name)); err != nil {
+		return dbusError(err)
+	}
+	return dbusError(m.s.reg.RemoveService(name))
+}
+
+func (m manager) ListServices() ([]ServiceRow, *dbus.Error) {
+	s := m.s
+	if s.reg == nil {
+		return nil, dbusError(noBalancer("ListServices"))
+	}
+	counters := s.serviceCounters()
+	backends := map[string]uint32{}
+	for _, b := range s.reg.List() {
+		backends[b.Service]++
+	}
+	services := s.reg.Services()
+	rows := make([]ServiceRow, len(services))
+	for i, svc := range services {
+		c := counters[svc.Name]
+		rows[i] = ServiceRow{
+			Name: svc.Name, VIPs: vipPorts(svc.Service), Protocols: svc.Protocols.String(), Hash: svc.Hash.String(),
+			TableSize: uint32(svc.TableSize), Check: svc.Check, Source: string(svc.Source), Backends: backends[svc.Name],
+			Packets: c.Packets, Bytes: c.Bytes, ActiveFlows: c.ActiveFlows,
+		}
+	}
+	return rows, nil
+}
 
 func (m manager) AddBackend(msg dbus.Message, name, address string, options map[string]dbus.Variant) (dbus.ObjectPath, *dbus.Error) {
 	s := m.s
@@ -64,34 +149,7 @@ func (m manager) AddBackend(msg dbus.Message, name, address string, options map[
 	if err != nil {
 		return "", dbusError(err)
 	}
-	return dbusname.BackendPath(b.Name), nil
-}
-
-// parseAddOptions checks AddBackend's options: known keys with values of
-// the right type. It names the first bad key in sorted order.
-func parseAddOptions(options map[string]dbus.Variant) (registry.AddOptions, error) {
-	var opts registry.AddOptions
-	known := "weight (u), check (s), runtime (b)"
-	for _, key := range slices.Sorted(maps.Keys(options)) {
-		v := options[key]
-		want, ok := addOptionTypes[key]
-		if !ok {
-			return opts, errorf(registry.ErrInvalidArgument, "options: unknown option %s (the options are %s)", quote.Q(key), known)
-		}
-		if got := v.Signature().String(); got != want {
-			return opts, errorf(registry.ErrInvalidArgument, "options: %q must be of type %s, not %s", key, want, got)
-		}
-		switch key {
-		case "weight":
-			w := v.Value().(uint32)
-			opts.Weight = &w
-		case "check":
-			opts.Check = v.Value().(string)
-		case "runtime":
-			opts.Runtime = v.Value().(bool)
-		}
-	}
-	return opts, nil
+	return dbusname.BackendPath(b.Service, b.Name), nil
 }
 
 func (m manager) RemoveBackend(msg dbus.Message, name string) *dbus.Error {
@@ -152,7 +210,7 @@ func (m manager) ListBackends() ([]BackendRow, *dbus.Error) {
 	for i, b := range list {
 		c := counters[b.Name]
 		rows[i] = BackendRow{
-			Name: b.Name, Address: b.Address.String(), Weight: b.Weight,
+			Name: b.Name, Service: b.Service, Address: b.Address.String(), Weight: b.Weight,
 			AdminState: string(b.Admin), Health: string(b.Health), HealthDetail: b.HealthDetail,
 			ActiveFlows: c.ActiveFlows, InactiveFlows: c.InactiveFlows, Packets: c.Packets, Bytes: c.Bytes,
 		}
@@ -161,14 +219,23 @@ func (m manager) ListBackends() ([]BackendRow, *dbus.Error) {
 }
 
 func (m manager) GetStats() (map[string]uint64, *dbus.Error) {
+	s := m.s
 	st := map[string]uint64{}
-	if m.s.info.Stats != nil {
-		maps.Copy(st, m.s.info.Stats())
+	if s.info.Stats != nil {
+		maps.Copy(st, s.info.Stats())
+	}
+	if s.reg != nil {
+		counters := s.serviceCounters()
+		for _, svc := range s.reg.Services() {
+			for i, v := range counters[svc.Name].values() {
+				st["service."+svc.Name+"."+serviceStatKeys[i]] = v
+			}
+		}
 	}
 	return st, nil
 }
 
-// mutable refuses a change of the backend set unless the arguments have
+// mutable refuses a change of the services or backends unless the arguments have
 // the method's signature, the caller has the right and this caplanced has
 // backends.
 func (s *Server) mutable(msg dbus.Message, method string, r right) error {
@@ -182,7 +249,7 @@ func (s *Server) mutable(msg dbus.Message, method string, r right) error {
 }
 
 func noBalancer(method string) error {
-	return errorf(errNotSupported, "%s: this caplanced has no balancer role, so no backends", method)
+	return errorf(errNotSupported, "%s: this caplanced has no balancer role, so no services or backends", method)
 }
 
 func (s *Server) counters() map[string]Counters {
@@ -203,9 +270,13 @@ func (o objectManager) GetManagedObjects() (ManagedObjects, *dbus.Error) {
 	counters := s.counters()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make(ManagedObjects, len(s.objects))
-	for name, obj := range s.objects {
-		out[obj.path] = interfacesOf(obj.b, counters[name])
+	svcCounters := s.serviceCounters()
+	out := make(ManagedObjects, len(s.services)+len(s.backends))
+	for name, obj := range s.services {
+		out[obj.path] = managedEntry(serviceInterfaces, values(serviceProps(obj.svc, svcCounters[name])))
+	}
+	for name, obj := range s.backends {
+		out[obj.path] = managedEntry(backendInterfaces, values(backendProps(obj.b, counters[name])))
 	}
 	return out, nil
 }
@@ -213,9 +284,9 @@ func (o objectManager) GetManagedObjects() (ManagedObjects, *dbus.Error) {
 // exportManager exports the manager and the Introspectable nodes above and
 // below it.
 func (s *Server) exportManager() error {
-	vips := s.info.VIPs
-	if vips == nil {
-		vips = []string{}
+	vips := slices.Clone(s.info.VIPs)
+	if vips == nil || s.reg != nil {
+		vips = []string{} // with a registry, its services' (updateVIPs)
 	}
 	roles := s.info.Roles
 	if roles == nil {
@@ -223,12 +294,13 @@ func (s *Server) exportManager() error {
 	}
 	props := prop.Map{
 		dbusname.ManagerIface: {
-			"Version":   {Value: s.info.Version, Emit: prop.EmitConst},
-			"Roles":     {Value: slices.Clone(roles), Emit: prop.EmitConst},
-			"State":     {Value: s.info.State, Emit: prop.EmitTrue},
-			"VIPs":      {Value: slices.Clone(vips), Emit: prop.EmitTrue},
-			"EncapPort": {Value: s.info.EncapPort, Emit: prop.EmitTrue},
-			"TableSize": {Value: s.info.TableSize, Emit: prop.EmitTrue},
+			"APIVersion": {Value: APIVersion, Emit: prop.EmitConst},
+			"Version":    {Value: s.info.Version, Emit: prop.EmitConst},
+			"Roles":      {Value: slices.Clone(roles), Emit: prop.EmitConst},
+			"State":      {Value: s.info.State, Emit: prop.EmitTrue},
+			"VIPs":       {Value: vips, Emit: prop.EmitTrue},
+			"EncapPort":  {Value: s.info.EncapPort, Emit: prop.EmitTrue},
+			"TableSize":  {Value: s.info.TableSize, Emit: prop.EmitTrue},
 		},
 		// GetAll of an interface without properties is an empty dict.
 		dbusname.ObjectManagerIface: {}, PropertiesIface: {}, IntrospectableIface: {}, PeerIface: {},
@@ -244,14 +316,15 @@ func (s *Server) exportManager() error {
 	if err := s.conn.Export(objectManager{s}, dbusname.ManagerPath, dbusname.ObjectManagerIface); err != nil {
 		return err
 	}
-	// Every node from / to the backends' parent introspects as this
-	// package says; the nodes under /org/caplance/Caplance1 that are not
-	// objects (a removed backend) too, as subtrees.
+	// Every node from / to the manager introspects as this package says;
+	// the nodes under /org/caplance/Caplance1 that are not objects (the
+	// parents of services and backends, a removed backend) too, as
+	// subtrees.
 	in := introspector{s}
 	if err := s.conn.Export(in, "/", IntrospectableIface); err != nil {
 		return err
 	}
-	for _, path := range []dbus.ObjectPath{"/org", "/org/caplance", dbusname.ManagerPath, backendParent} {
+	for _, path := range []dbus.ObjectPath{"/org", "/org/caplance", dbusname.ManagerPath} {
 		if err := s.conn.ExportSubtree(in, path, IntrospectableIface); err != nil {
 			return err
 		}
@@ -263,14 +336,18 @@ func (s *Server) exportManager() error {
 func (s *Server) unexportAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for name, obj := range s.objects {
-		s.unexportBackend(obj)
-		delete(s.objects, name)
+	for name, obj := range s.backends {
+		s.unexportObject(obj.path)
+		delete(s.backends, name)
+	}
+	for name, obj := range s.services {
+		s.unexportObject(obj.path)
+		delete(s.services, name)
 	}
 	for _, iface := range []string{dbusname.ManagerIface, dbusname.ObjectManagerIface, PropertiesIface, IntrospectableIface} {
 		_ = s.conn.Export(nil, dbusname.ManagerPath, iface)
 	}
-	for _, path := range []dbus.ObjectPath{"/", "/org", "/org/caplance", backendParent} {
+	for _, path := range []dbus.ObjectPath{"/", "/org", "/org/caplance"} {
 		_ = s.conn.Export(nil, path, IntrospectableIface)
 	}
 }

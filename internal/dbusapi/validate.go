@@ -13,8 +13,9 @@ const MaxHealthDetail = 16 << 10
 
 // The arguments are checked here, at the edge, after authorization and
 // before the registry sees them: a name no backend can have is refused as
-// InvalidArgument by every method, never looked up (so never NotFound; AddBackend
-// leaves it to the registry's Add, which checks a whole backend), and
+// InvalidArgument by every method, never looked up (so never NotFound;
+// AddBackend leaves it to the registry's Add, which checks a whole backend,
+// and AddService to config's service rules), and
 // the error repeats at most a short prefix of it (quote.Q). The methods
 // write cmp.Or(s.mutable(…), checks…): the first refusal wins, so a caller
 // without the right gets AccessDenied whatever its arguments.
@@ -22,6 +23,13 @@ const MaxHealthDetail = 16 << 10
 func checkName(name string) error {
 	if err := config.CheckBackendName(name); err != nil {
 		return errorf(registry.ErrInvalidArgument, "backend name %s: %v", quote.Q(name), err)
+	}
+	return nil
+}
+
+func checkServiceName(name string) error {
+	if err := config.CheckBackendName(name); err != nil {
+		return errorf(registry.ErrInvalidArgument, "service name %s: %v", quote.Q(name), err)
 	}
 	return nil
 }

@@ -35,6 +35,11 @@ func TestLongArguments(t *testing.T) {
 		{"AddBackend", []any{"web9", "10.0.1.20", opts{long: v(uint32(1))}}, "unknown option " + echo},
 		{"AddBackend", []any{"web9", "10.0.1.20", opts{"check": v("tcp://:80?interval=" + long)}}, "100019 bytes long"},
 		{"AddBackend", []any{"web9", "10.0.1.20", opts{"check": v("tcp://:80?interval=" + long[:8000])}}, `interval "` + strings.Repeat("n", 64) + `"…`},
+		{"AddService", []any{long, opts{"vips": v([]string{"10.0.0.53"})}}, "adding service " + echo + ": name: must be"},
+		{"AddService", []any{"dns", opts{long: v("x")}}, "unknown option " + echo},
+		{"ChangeService", []any{long, opts{}}, "service name " + echo},
+		{"RemoveService", []any{long}, "service name " + echo},
+		{"AddBackend", []any{"web9", "10.0.1.20", opts{"service": v(long)}}, "service name " + echo},
 		{"RemoveBackend", []any{long}, "backend name " + echo},
 		{"SetWeight", []any{long, uint32(1)}, "backend name " + echo},
 		{"Drain", []any{long}, "backend name " + echo},
@@ -90,6 +95,9 @@ func TestLongArgumentsUnauthorized(t *testing.T) {
 		args   []any
 	}{
 		{"Drain", []any{long}},
+		{"AddService", []any{long, map[string]dbus.Variant{long: dbus.MakeVariant(long)}}},
+		{"ChangeService", []any{long, map[string]dbus.Variant{}}},
+		{"RemoveService", []any{long}},
 		{"ReportHealth", []any{"web1", false, long}},
 	} {
 		checkError(t, c.method, call(conn, "", c.method, c.args...).Err, dbusapi.ErrorAccessDenied)

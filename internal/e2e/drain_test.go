@@ -13,6 +13,7 @@ import (
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/testbed"
@@ -90,7 +91,7 @@ func TestDrainReachesZero(t *testing.T) {
 // backendFlows reads a counter property of backend name.
 func backendFlows(t *testing.T, bus *dbustest.Bus, name, prop string) uint64 {
 	t.Helper()
-	obj := bus.Connect(t).Object(dbusname.BusName, dbusname.BackendPath(name))
+	obj := bus.Connect(t).Object(dbusname.BusName, dbusname.BackendPath(config.DefaultService, name))
 	v, err := obj.GetProperty(dbusname.BackendIface + "." + prop)
 	if err != nil {
 		t.Fatal(err)

@@ -74,8 +74,8 @@ func newServicesTestbed(t *testing.T) (*testbed.Testbed, func(args ...string) st
 	return tb, ctl
 }
 
-// within says whether every count is within ±25% of an even share of n.
-func within(counts map[string]int, names []string, n int) error {
+// spreadWithin says whether every count is within ±25% of an even share of n.
+func spreadWithin(counts map[string]int, names []string, n int) error {
 	even := float64(n) / float64(len(names))
 	total := 0
 	for _, name := range names {
@@ -105,7 +105,7 @@ func TestServices(t *testing.T) {
 			}
 			web[name]++
 		}
-		if err := within(web, []string{"be1", "be2"}, n); err != nil {
+		if err := spreadWithin(web, []string{"be1", "be2"}, n); err != nil {
 			t.Errorf("web: %v (%v)", err, web)
 		}
 		dns := map[string]int{}
@@ -121,7 +121,7 @@ func TestServices(t *testing.T) {
 			}
 			dns[name]++
 		}
-		if err := within(dns, []string{"be2", "be3"}, n); err != nil {
+		if err := spreadWithin(dns, []string{"be2", "be3"}, n); err != nil {
 			t.Errorf("dns: %v (%v)", err, dns)
 		}
 	})

@@ -13,6 +13,7 @@ import (
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/dbustest"
+	"github.com/caplance/caplance/internal/model"
 )
 
 // settle is long enough for several probes (interval 100ms): nothing more
@@ -63,7 +64,7 @@ func TestHealth1(t *testing.T) {
 	e.startHealthd(testConfig())
 	e.waitHealth("web-1.a", "up: "+l1.connected(2), 2*time.Second)
 	// A spec healthd cannot run (caplanced checks only the kind).
-	e.inLoop(func() { e.d.upsert("bad", netip.MustParseAddr("10.0.1.13"), "tcp://:0", "config") })
+	e.inLoop(func() { e.d.upsert("bad", "default", netip.MustParseAddr("10.0.1.13"), "tcp://:0", "config") })
 	nobody := e.bus.ConnectAs(t, dbustest.Nobody(t))
 
 	path := CheckPath("web-1.a")
@@ -91,7 +92,7 @@ func TestHealth1(t *testing.T) {
 	delete(got, "LastProbeUSec")
 	delete(got, "Successes")
 	want := map[string]any{
-		"Name": "web-1.a", "Address": "10.0.1.11", "Check": "tcp://" + l1.addr,
+		"Name": "web-1.a", "Service": "default", "Address": "10.0.1.11", "Check": "tcp://" + l1.addr,
 		"State": "up", "Reason": l1.connected(2), "Detail": "tcp: " + l1.addr + ": connected",
 		"Failures": uint32(0),
 	}
@@ -190,7 +191,7 @@ func TestLiveChanges(t *testing.T) {
 	// web1's check changes (a reload): caplanced resets its health to
 	// unknown, healthd starts the new check afresh.
 	web1.Check = "tcp://" + closed.addr
-	if _, err := e.registry().Reload([]config.Backend{web1}); err != nil {
+	if _, err := e.registry().Reload([]model.Service{defaultService}, inDefault([]config.Backend{web1})); err != nil {
 		t.Fatal(err)
 	}
 	e.waitHealth("web1", "down: "+closed.refused(2), 2*time.Second)
@@ -305,19 +306,23 @@ func TestStartsBeforeCaplanced(t *testing.T) {
 
 // TestInitialAndSharedProbes: initial=down is reported at once; two
 // checks of one target share one probe; tunnel checks are aimed at the
-// first VIP and the encap port, from the source address towards the
-// backend, and follow a change of the VIPs.
+// lowest VIP of their backend's service and the encap port, from the source
+// address towards the backend, and follow a change of the VIPs.
 func TestInitialAndSharedProbes(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	l1 := listen(t)
-	e.startCaplanced(
-		config.Backend{Name: "a", Address: netip.MustParseAddr("10.0.1.11"), Weight: 100, Check: "tcp://" + l1.addr + "?initial=down&rise=3"},
-		config.Backend{Name: "b", Address: netip.MustParseAddr("10.0.1.12"), Weight: 100, Check: "tcp://" + l1.addr},
-		// Never probed (the first probe waits up to an hour; and it could
-		// not bind the fake source address).
-		config.Backend{Name: "t", Address: netip.MustParseAddr("10.0.1.13"), Weight: 100, Check: "tunnel://:80?interval=1h&jitter=1h"},
-	)
+	// Never probed (the first probe waits up to an hour; and it could not
+	// bind the fake source address).
+	const never = "?interval=1h&jitter=1h"
+	dns := model.Service{Name: "dns", VIPs: []model.VIP{{Addr: netip.MustParseAddr("10.0.0.53")}}, Protocols: model.UDP, TableSize: 251}
+	backends := []config.Backend{
+		{Name: "a", Address: netip.MustParseAddr("10.0.1.11"), Weight: 100, Check: "tcp://" + l1.addr + "?initial=down&rise=3"},
+		{Name: "b", Address: netip.MustParseAddr("10.0.1.12"), Weight: 100, Check: "tcp://" + l1.addr},
+		{Name: "t", Address: netip.MustParseAddr("10.0.1.13"), Weight: 100, Check: "tunnel://:80" + never},
+		{Service: "dns", Name: "t-dns", Address: netip.MustParseAddr("10.0.1.13"), Weight: 100, Check: "tunnel://:53" + never},
+	}
+	e.startCaplancedServices([]model.Service{dns}, backends...)
 	var sources []netip.Addr
 	e.startHealthd(testConfig(), func(o *Options) {
 		o.Source = func(a netip.Addr) (netip.Addr, error) {
@@ -329,28 +334,37 @@ func TestInitialAndSharedProbes(t *testing.T) {
 	e.waitHealth("a", "up: "+l1.connected(3), 2*time.Second)
 	e.waitHealth("b", "up: "+l1.connected(2), 2*time.Second)
 
-	tunnelKey := func() string {
-		var key string
+	tunnelKeys := func() (string, string) {
+		var key, dnsKey string
 		e.inLoop(func() {
-			if len(e.d.jobs) != 2 {
-				t.Errorf("%d jobs, want 2 (a and b share one)", len(e.d.jobs))
+			if len(e.d.jobs) != 3 {
+				t.Errorf("%d jobs, want 3 (a and b share one)", len(e.d.jobs))
 			}
-			key = e.d.backends["t"].key
+			key, dnsKey = e.d.backends["t"].key, e.d.backends["t-dns"].key
 		})
-		return key
+		return key, dnsKey
 	}
-	key := tunnelKey()
+	key, dnsKey := tunnelKeys()
 	for _, want := range []string{"vip=" + testVIP, "backend=10.0.1.13", "encap-port=5555", "source=10.0.1.1"} {
 		if !strings.Contains(key, want) {
 			t.Errorf("tunnel key %q does not contain %q", key, want)
 		}
 	}
+	if !strings.Contains(dnsKey, "vip=10.0.0.53") {
+		t.Errorf("the tunnel key of dns's backend %q is not aimed at dns's VIP", dnsKey)
+	}
 	e.mu.Lock()
-	e.srv.SetConfig([]string{"10.0.0.200", testVIP}, 6000, 65537)
+	e.srv.SetConfig(nil, 6000, 65537)
 	e.mu.Unlock()
+	moved := defaultService
+	moved.VIPs = []model.VIP{{Addr: netip.MustParseAddr("10.0.0.200")}, {Addr: netip.MustParseAddr(testVIP)}, {Addr: netip.MustParseAddr("10.0.0.50")}}
+	if _, err := e.registry().Reload([]model.Service{moved, dns}, inDefault(backends)); err != nil {
+		t.Fatal(err)
+	}
 	e.waitFor("the tunnel check to follow the VIPs", 2*time.Second, func() bool {
-		k := tunnelKey()
-		return strings.Contains(k, "vip=10.0.0.200") && strings.Contains(k, "encap-port=6000")
+		k, d := tunnelKeys()
+		return strings.Contains(k, "vip=10.0.0.50") && strings.Contains(k, "encap-port=6000") &&
+			strings.Contains(d, "vip=10.0.0.53") && strings.Contains(d, "encap-port=6000")
 	})
 	e.inLoop(func() {
 		if len(sources) < 2 {

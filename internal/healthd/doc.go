@@ -1,5 +1,7 @@
 // Package healthd is caplance-healthd (caplance-healthd(8)): it learns
-// caplanced's backends and their check specs over D-Bus, probes them with
+// caplanced's services and their backends, with each backend's check spec
+// (its own, else its service's, as caplanced resolves it), over D-Bus,
+// probes them with
 // package probe, turns the results into up/down transitions with the
 // rise/fall state machine, reports the transitions with caplanced's
 // ReportHealth, and shows every check on its own bus name
@@ -18,8 +20,12 @@
 //     the bus), its signals (InterfacesAdded/Removed and PropertiesChanged,
 //     believed only from caplanced's current unique name) and the re-sync
 //     (GetManagedObjects) when caplanced comes back or a read failed. It
-//     emits an upsert or remove for each backend whose Address, Check or
-//     Source changed, and resynced after a sync; it knows nothing of probes.
+//     emits an upsert or remove for each backend whose Service, Address,
+//     Check or Source changed, the tunnel VIP of each service (its lowest
+//     VIP) and the encap port when they change, and resynced after a sync;
+//     it knows nothing of probes. Backend names are unique across services,
+//     so checks and reports are kept by backend name: per (service,
+//     backend).
 //   - healthd.go: Daemon, the loop that owns the state: it turns the
 //     follower's events into checks (and refuses exec checks, execdir.go),
 //     feeds probe results to the machines, sends the whole state again after

@@ -17,8 +17,10 @@ import (
 )
 
 // follower is healthd's mirror of caplanced over D-Bus: whether it is on
-// the bus and under which unique name, its VIP and encap port, and the
-// Address, Check and Source of each of its backends. It learns them from
+// the bus and under which unique name, its encap port, the VIPs of each of
+// its services, and the Service, Address, Check (the effective one: the
+// backend's own, else its service's) and Source of each of its backends.
+// It learns them from
 // caplanced's signals and re-reads them all (GetManagedObjects) whenever
 // caplanced comes back or a read failed, and tells events what changed.
 // It knows nothing of probes or reports; its methods run on the daemon
@@ -39,13 +41,15 @@ type follower struct {
 	// bus name, "" while none does: the only sender whose signals count.
 	owner     string
 	synced    bool // the last sync with caplanced succeeded
-	vip       netip.Addr
 	encapPort uint16
-	backends  map[string]mirrored
+	// vips is the VIP of tunnel checks of each service: see serviceVIP.
+	vips     map[string]netip.Addr
+	backends map[string]mirrored
 }
 
 // mirrored is what caplanced's D-Bus object says of one backend.
 type mirrored struct {
+	service string
 	address netip.Addr
 	spec    string // Check, "" for none
 	source  string // "config" or "runtime"
@@ -53,13 +57,15 @@ type mirrored struct {
 
 // followerEvents receives what the follower learns about caplanced.
 type followerEvents interface {
-	// upsert: the backend name is new, or its address, check or source
-	// changed.
-	upsert(name string, addr netip.Addr, spec, source string)
+	// upsert: the backend name is new, or its service, address, check or
+	// source changed. Backend names are unique across services.
+	upsert(name, service string, addr netip.Addr, spec, source string)
 	// remove: the backend name is gone.
 	remove(name string)
-	// setTunnel: the VIP of tunnel checks or the encap port changed.
-	setTunnel(vip netip.Addr, port uint16)
+	// setTunnel: the VIP of tunnel checks of a service (vips, by service
+	// name; the follower's own map, not to be changed) or the encap port
+	// changed.
+	setTunnel(vips map[string]netip.Addr, port uint16)
 	// resynced: every backend of caplanced is known again, after an
 	// upsert or remove for each one that changed.
 	resynced()
@@ -77,6 +83,7 @@ func follow(conn *dbus.Conn, log *slog.Logger, events followerEvents, retryIn ti
 		// fill (godbus delivers the overflow from goroutines).
 		signals:  make(chan *dbus.Signal, 4096),
 		retry:    time.NewTimer(time.Hour),
+		vips:     map[string]netip.Addr{},
 		backends: map[string]mirrored{},
 	}
 	f.retry.Stop()
@@ -105,17 +112,24 @@ func (f *follower) unsubscribe(n int) {
 }
 
 // matchRules are the signals healthd follows: caplanced's coming and
-// going, its backends being added and removed, their Address, Check and
-// Source, and the manager's VIPs and EncapPort.
+// going, its services and backends being added and removed, the services'
+// VIPs, the backends' Address, Check and Source, and the manager's
+// EncapPort.
 var matchRules = [][]dbus.MatchOption{
 	{dbus.WithMatchSender(busDriver), dbus.WithMatchInterface(busDriver),
 		dbus.WithMatchMember("NameOwnerChanged"), dbus.WithMatchArg(0, dbusname.BusName)},
 	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath), dbus.WithMatchInterface(dbusname.ObjectManagerIface)},
-	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchPathNamespace(dbus.ObjectPath(strings.TrimSuffix(dbusname.BackendPathPrefix, "/"))),
+	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchPathNamespace(servicesPath),
+		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, dbusname.ServiceIface)},
+	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchPathNamespace(servicesPath),
 		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, dbusname.BackendIface)},
 	{dbus.WithMatchSender(dbusname.BusName), dbus.WithMatchObjectPath(dbusname.ManagerPath),
 		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, dbusname.ManagerIface)},
 }
+
+// servicesPath is the parent of caplanced's services, and their backends
+// beneath them.
+var servicesPath = dbus.ObjectPath(strings.TrimSuffix(dbusname.ServicePathPrefix, "/"))
 
 // busDriver is the sender of the bus's own signals (NameOwnerChanged),
 // which no client can use.
@@ -200,17 +214,23 @@ func (f *follower) onSignal(ctx context.Context, sig *dbus.Signal) {
 		if dbus.Store(sig.Body, &path, &ifaces) != nil {
 			return
 		}
+		if props, ok := ifaces[dbusname.ServiceIface]; ok {
+			f.setServiceFromProps(path, props)
+		}
 		if props, ok := ifaces[dbusname.BackendIface]; ok {
 			f.upsertFromProps(path, props)
 		}
 	case dbusname.ObjectManagerIface + ".InterfacesRemoved":
 		var path dbus.ObjectPath
 		var ifaces []string
-		if dbus.Store(sig.Body, &path, &ifaces) != nil || !slices.Contains(ifaces, dbusname.BackendIface) {
+		if dbus.Store(sig.Body, &path, &ifaces) != nil {
 			return
 		}
-		if name, ok := dbusname.BackendName(path); ok {
+		if _, name, ok := dbusname.BackendName(path); ok && slices.Contains(ifaces, dbusname.BackendIface) {
 			f.remove(name)
+		}
+		if name, ok := dbusname.ServiceName(path); ok && slices.Contains(ifaces, dbusname.ServiceIface) {
+			f.removeService(name)
 		}
 	case propertiesIface + ".PropertiesChanged":
 		var iface string
@@ -221,16 +241,18 @@ func (f *follower) onSignal(ctx context.Context, sig *dbus.Signal) {
 		}
 		switch {
 		case sig.Path == dbusname.ManagerPath && iface == dbusname.ManagerIface:
-			vip, port := f.vip, f.encapPort
-			if v, ok := changed["VIPs"]; ok {
-				vip = firstVIP(v)
-			}
 			if v, ok := changed["EncapPort"].Value().(uint16); ok {
-				port = v
+				f.setEncapPort(v)
 			}
-			f.setTunnel(vip, port)
+		case iface == dbusname.ServiceIface:
+			name, ok := dbusname.ServiceName(sig.Path)
+			if _, known := f.vips[name]; ok && known {
+				if v, ok := changed["VIPs"]; ok {
+					f.setService(name, serviceVIP(v))
+				}
+			}
 		case iface == dbusname.BackendIface:
-			name, ok := dbusname.BackendName(sig.Path)
+			_, name, ok := dbusname.BackendName(sig.Path)
 			b, known := f.backends[name]
 			if !ok || !known {
 				return
@@ -249,18 +271,21 @@ func (f *follower) onSignal(ctx context.Context, sig *dbus.Signal) {
 	}
 }
 
-// firstVIP is the first of the manager's VIPs: the VIP of tunnel checks
-// that do not name one.
-func firstVIP(v dbus.Variant) netip.Addr {
-	vips, _ := v.Value().([]string)
-	if len(vips) == 0 {
-		return netip.Addr{}
+// serviceVIP is the VIP of the tunnel checks of a service's backends that
+// do not name one: the lowest of the service's VIPs (its VIPs property, a
+// map from VIP to ports, has no order).
+func serviceVIP(v dbus.Variant) netip.Addr {
+	vips, _ := v.Value().(map[string]string)
+	var low netip.Addr
+	for text := range vips {
+		if a, err := netip.ParseAddr(text); err == nil && (!low.IsValid() || a.Less(low)) {
+			low = a
+		}
 	}
-	a, _ := netip.ParseAddr(vips[0])
-	return a
+	return low
 }
 
-// sync reads caplanced's VIPs, encap port and backends, tells events
+// sync reads caplanced's encap port, services and backends, tells events
 // what changed and then resynced. It reports whether it succeeded.
 func (f *follower) sync(ctx context.Context) bool {
 	ctx, cancel := context.WithTimeout(ctx, callTimeout)
@@ -279,9 +304,19 @@ func (f *follower) sync(ctx context.Context) bool {
 		return false
 	}
 	port, _ := props["EncapPort"].Value().(uint16)
-	f.setTunnel(firstVIP(props["VIPs"]), port)
+	f.setEncapPort(port)
+	// The services first: their VIPs aim their backends' tunnel checks.
+	paths := slices.Sorted(maps.Keys(objects))
+	services := map[string]bool{}
+	for _, path := range paths {
+		if p, ok := objects[path][dbusname.ServiceIface]; ok {
+			if name := f.setServiceFromProps(path, p); name != "" {
+				services[name] = true
+			}
+		}
+	}
 	seen := map[string]bool{}
-	for _, path := range slices.Sorted(maps.Keys(objects)) {
+	for _, path := range paths {
 		if p, ok := objects[path][dbusname.BackendIface]; ok {
 			if name := f.upsertFromProps(path, p); name != "" {
 				seen[name] = true
@@ -293,6 +328,11 @@ func (f *follower) sync(ctx context.Context) bool {
 			f.remove(name)
 		}
 	}
+	for _, name := range slices.Sorted(maps.Keys(f.vips)) {
+		if !services[name] {
+			f.removeService(name)
+		}
+	}
 	f.synced = true
 	f.events.resynced()
 	return true
@@ -301,18 +341,47 @@ func (f *follower) sync(ctx context.Context) bool {
 // upsertFromProps applies a backend object's properties; it returns the
 // backend's name, "" when they are not a backend's.
 func (f *follower) upsertFromProps(path dbus.ObjectPath, props map[string]dbus.Variant) string {
-	name, ok := props["Name"].Value().(string)
+	service, name, ok := dbusname.BackendName(path)
 	if !ok {
-		if name, ok = dbusname.BackendName(path); !ok {
-			return ""
-		}
+		return ""
 	}
 	addrText, _ := props["Address"].Value().(string)
 	addr, _ := netip.ParseAddr(addrText)
 	spec, _ := props["Check"].Value().(string)
 	source, _ := props["Source"].Value().(string)
-	f.upsert(name, mirrored{address: addr, spec: spec, source: source})
+	f.upsert(name, mirrored{service: service, address: addr, spec: spec, source: source})
 	return name
+}
+
+// setServiceFromProps applies a service object's properties; it returns
+// the service's name, "" when they are not a service's.
+func (f *follower) setServiceFromProps(path dbus.ObjectPath, props map[string]dbus.Variant) string {
+	name, ok := dbusname.ServiceName(path)
+	if !ok {
+		return ""
+	}
+	f.setService(name, serviceVIP(props["VIPs"]))
+	return name
+}
+
+// setService makes the tunnel VIP of service name vip, and tells events
+// if that changed it.
+func (f *follower) setService(name string, vip netip.Addr) {
+	if old, ok := f.vips[name]; ok && old == vip {
+		return
+	}
+	f.vips[name] = vip
+	f.events.setTunnel(f.vips, f.encapPort)
+}
+
+// removeService forgets the service name (its backends are gone before
+// it), and tells events if it knew it.
+func (f *follower) removeService(name string) {
+	if _, ok := f.vips[name]; !ok {
+		return
+	}
+	delete(f.vips, name)
+	f.events.setTunnel(f.vips, f.encapPort)
 }
 
 // upsert makes the backend name be b, and tells events if that changed it.
@@ -321,7 +390,7 @@ func (f *follower) upsert(name string, b mirrored) {
 		return
 	}
 	f.backends[name] = b
-	f.events.upsert(name, b.address, b.spec, b.source)
+	f.events.upsert(name, b.service, b.address, b.spec, b.source)
 }
 
 // remove forgets the backend name, and tells events if it knew it.
@@ -333,12 +402,12 @@ func (f *follower) remove(name string) {
 	f.events.remove(name)
 }
 
-// setTunnel makes the VIP and encap port these, and tells events if that
-// changed them.
-func (f *follower) setTunnel(vip netip.Addr, port uint16) {
-	if vip == f.vip && port == f.encapPort {
+// setEncapPort makes the encap port port, and tells events if that
+// changed it.
+func (f *follower) setEncapPort(port uint16) {
+	if port == f.encapPort {
 		return
 	}
-	f.vip, f.encapPort = vip, port
-	f.events.setTunnel(vip, port)
+	f.encapPort = port
+	f.events.setTunnel(f.vips, port)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/dbustest"
+	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/registry"
 )
 
@@ -27,12 +28,14 @@ func (r *recorder) add(format string, args ...any) {
 	r.events = append(r.events, fmt.Sprintf(format, args...))
 }
 
-func (r *recorder) upsert(name string, addr netip.Addr, spec, source string) {
-	r.add("upsert %s %s %s %s", name, addr, spec, source)
+func (r *recorder) upsert(name, service string, addr netip.Addr, spec, source string) {
+	r.add("upsert %s/%s %s %s %s", service, name, addr, spec, source)
 }
-func (r *recorder) remove(name string)                    { r.add("remove %s", name) }
-func (r *recorder) setTunnel(vip netip.Addr, port uint16) { r.add("tunnel %s %d", vip, port) }
-func (r *recorder) resynced()                             { r.add("resynced") }
+func (r *recorder) remove(name string) { r.add("remove %s", name) }
+func (r *recorder) setTunnel(vips map[string]netip.Addr, port uint16) {
+	r.add("tunnel %v %d", vips, port)
+}
+func (r *recorder) resynced() { r.add("resynced") }
 
 func (r *recorder) taken() []string {
 	r.mu.Lock()
@@ -89,9 +92,10 @@ func TestFollowerEvents(t *testing.T) {
 		}
 	}()
 	want := []string{
-		"tunnel " + testVIP + " 5555",
-		"upsert web1 10.0.1.11 tcp://10.0.1.11:80 config",
-		"upsert web2 10.0.1.12 tcp://10.0.1.12:80 config",
+		"tunnel map[] 5555",
+		"tunnel map[default:" + testVIP + "] 5555",
+		"upsert default/web1 10.0.1.11 tcp://10.0.1.11:80 config",
+		"upsert default/web2 10.0.1.12 tcp://10.0.1.12:80 config",
 		"resynced",
 	}
 	waitEvents := func(what string) {
@@ -114,7 +118,7 @@ func TestFollowerEvents(t *testing.T) {
 	if _, err := e.registry().Add("web3", "10.0.1.13", registry.AddOptions{Check: "tcp://10.0.1.13:443"}); err != nil {
 		t.Fatal(err)
 	}
-	want = append(want, "upsert web3 10.0.1.13 tcp://10.0.1.13:443 runtime")
+	want = append(want, "upsert default/web3 10.0.1.13 tcp://10.0.1.13:443 runtime")
 	waitEvents("add")
 	if err := e.registry().Remove("web3"); err != nil {
 		t.Fatal(err)
@@ -122,13 +126,42 @@ func TestFollowerEvents(t *testing.T) {
 	want = append(want, "remove web3")
 	waitEvents("remove")
 
+	// A service: its VIPs aim its backends' tunnel checks; a change of its
+	// check reaches its backend without one of its own; removed, its
+	// backend goes first.
+	dns := model.Service{Name: "dns", VIPs: []model.VIP{{Addr: netip.MustParseAddr("10.0.0.54")}, {Addr: netip.MustParseAddr("10.0.0.53")}},
+		Protocols: model.UDP, TableSize: 251, Check: "tcp://:53"}
+	if _, err := e.registry().AddService(dns, true); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.registry().Add("dns1", "10.0.1.11", registry.AddOptions{Service: "dns"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.registry().ChangeService("dns", func(s model.Service) (model.Service, error) {
+		s.Check = "tcp://:5353"
+		return s, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.registry().RemoveService("dns"); err != nil {
+		t.Fatal(err)
+	}
+	want = append(want,
+		"tunnel map[default:"+testVIP+" dns:10.0.0.53] 5555",
+		"upsert dns/dns1 10.0.1.11 tcp://:53 runtime",
+		"upsert dns/dns1 10.0.1.11 tcp://:5353 runtime",
+		"remove dns1",
+		"tunnel map[default:"+testVIP+"] 5555",
+	)
+	waitEvents("service")
+
 	// caplanced restarts with web1 changed, web2 gone and web4 new: only
 	// the differences, then resynced.
 	e.stopCaplanced()
 	e.startCaplanced(backend("web1", "10.0.1.21"), backend("web4", "10.0.1.14"))
 	want = append(want,
-		"upsert web1 10.0.1.21 tcp://10.0.1.21:80 config",
-		"upsert web4 10.0.1.14 tcp://10.0.1.14:80 config",
+		"upsert default/web1 10.0.1.21 tcp://10.0.1.21:80 config",
+		"upsert default/web4 10.0.1.14 tcp://10.0.1.14:80 config",
 		"remove web2",
 		"resynced",
 	)

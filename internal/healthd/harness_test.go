@@ -69,14 +69,38 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
+// defaultService is the service of the test caplanced's configuration
+// file: today's form, the implicit service "default" on testVIP.
+var defaultService = model.Service{
+	Name: config.DefaultService, VIPs: []model.VIP{{Addr: netip.MustParseAddr(testVIP)}},
+	Protocols: model.TCP | model.UDP, TableSize: 65537,
+}
+
+// inDefault puts backends without a service in the service default.
+func inDefault(backends []config.Backend) []config.Backend {
+	out := slices.Clone(backends)
+	for i := range out {
+		if out[i].Service == "" {
+			out[i].Service = config.DefaultService
+		}
+	}
+	return out
+}
+
 // startCaplanced starts caplanced's API with a fresh registry (as a
-// restarted caplanced has: every health unknown) holding backends,
-// connected as caplanced's user.
+// restarted caplanced has: every health unknown) holding the service
+// default and backends (in default unless they name another service of
+// services), connected as caplanced's user.
 func (e *env) startCaplanced(backends ...config.Backend) {
+	e.startCaplancedServices(nil, backends...)
+}
+
+// startCaplancedServices is startCaplanced with services beside default.
+func (e *env) startCaplancedServices(services []model.Service, backends ...config.Backend) {
 	t := e.t
 	t.Helper()
-	reg, _, err := registry.Open(filepath.Join(t.TempDir(), "backends.json"), backends,
-		[]netip.Addr{netip.MustParseAddr(testVIP)}, func([]model.Backend) error { return nil })
+	reg, _, err := registry.Open(filepath.Join(t.TempDir(), "backends.json"), append([]model.Service{defaultService}, services...),
+		inDefault(backends), func(model.Set) error { return nil })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -29,15 +29,29 @@ const (
 
 const checkParent = dbus.ObjectPath("/org/caplance/Health1/backend")
 
-// CheckPath is the object path of the check of the backend called name,
-// escaped as caplanced escapes it (dbusname.BackendPath).
+// CheckPath is the object path of the check of the backend called name
+// (unique across services), escaped as caplanced escapes it: the last
+// element of its dbusname.BackendPath.
 func CheckPath(name string) dbus.ObjectPath {
-	return dbus.ObjectPath(CheckPathPrefix + strings.TrimPrefix(string(dbusname.BackendPath(name)), dbusname.BackendPathPrefix))
+	p := string(dbusname.BackendPath("", name))
+	return dbus.ObjectPath(CheckPathPrefix + p[strings.LastIndex(p, "/")+1:])
+}
+
+// checkName undoes CheckPath; ok is false when path is not a check's.
+func checkName(path dbus.ObjectPath) (name string, ok bool) {
+	elem, ok := strings.CutPrefix(string(path), CheckPathPrefix)
+	if !ok {
+		return "", false
+	}
+	_, name, ok = dbusname.BackendName(dbusname.ServicePath("") + "/backend/" + dbus.ObjectPath(elem))
+	return name, ok
 }
 
 // checkInfo is what a check object shows: org.caplance.Health1.Check.
 type checkInfo struct {
-	Name    string
+	Name string
+	// Service is the name of the backend's service.
+	Service string
 	Address string
 	// Check is the spec as caplanced has it.
 	Check string
@@ -58,6 +72,7 @@ type checkInfo struct {
 func (c checkInfo) values() map[string]dbus.Variant {
 	return map[string]dbus.Variant{
 		"Name":          dbus.MakeVariant(c.Name),
+		"Service":       dbus.MakeVariant(c.Service),
 		"Address":       dbus.MakeVariant(c.Address),
 		"Check":         dbus.MakeVariant(c.Check),
 		"State":         dbus.MakeVariant(c.State),
@@ -219,7 +234,7 @@ func (h *health1) lookup(path dbus.ObjectPath, iface string) (map[string]dbus.Va
 		}
 		return nil, prop.ErrIfaceNotFound
 	case strings.HasPrefix(string(path), CheckPathPrefix):
-		name, ok := dbusname.BackendName(dbus.ObjectPath(dbusname.BackendPathPrefix + strings.TrimPrefix(string(path), CheckPathPrefix)))
+		name, ok := checkName(path)
 		c, exists := h.checks[name]
 		if !ok || !exists {
 			return nil, noObject(path)
@@ -347,6 +362,7 @@ var checkPropData = []introspect.Property{
 	{Name: "LatencyUSec", Type: "t", Access: "read", Annotations: noSignal},
 	{Name: "Name", Type: "s", Access: "read", Annotations: constant},
 	{Name: "Reason", Type: "s", Access: "read"},
+	{Name: "Service", Type: "s", Access: "read", Annotations: constant},
 	{Name: "State", Type: "s", Access: "read"},
 	{Name: "Successes", Type: "u", Access: "read", Annotations: noSignal},
 }

@@ -78,8 +78,9 @@ type Daemon struct {
 	jobCtx   context.Context
 
 	// Owned by Run's goroutine.
-	// vip and encapPort are the follower's, for tunnel checks.
-	vip       netip.Addr
+	// vips (by service) and encapPort are the follower's, for tunnel
+	// checks.
+	vips      map[string]netip.Addr
 	encapPort uint16
 	backends  map[string]*backend
 	jobs      map[string]*jobEntry
@@ -89,6 +90,7 @@ type Daemon struct {
 // backend is what healthd knows of one of caplanced's backends.
 type backend struct {
 	name    string
+	service string
 	address netip.Addr
 	spec    string // as caplanced has it, "" for none
 	source  string // caplanced's Source: "config" or "runtime"
@@ -344,21 +346,24 @@ func (b *backend) current() (report, bool) {
 	return report{healthy: b.machine.State() == checkspec.StateUp, detail: b.info.Reason}, true
 }
 
-// upsert makes the backend name have this address, check spec and source
-// (the follower calls it only when one of them changed). A change of any
-// starts its check afresh, as caplanced resets its health.
-func (d *Daemon) upsert(name string, addr netip.Addr, spec, source string) {
+// upsert makes the backend name have this service, address, check spec
+// and source (the follower calls it only when one of them changed). A
+// change of any starts its check afresh, as caplanced resets its health.
+// Backend names are unique across services, so health is kept by name:
+// two services' backends on one address are checked and reported apart
+// (they share a probe only when their checks are the same).
+func (d *Daemon) upsert(name, service string, addr netip.Addr, spec, source string) {
 	if b, ok := d.backends[name]; ok {
 		d.detach(b)
 	}
-	b := &backend{name: name, address: addr, spec: spec, source: source}
+	b := &backend{name: name, service: service, address: addr, spec: spec, source: source}
 	d.backends[name] = b
 	if spec == "" {
 		d.health.removeCheck(name)
 		d.reporter.forget(name)
 		return
 	}
-	b.info = checkInfo{Name: name, Address: addr.String(), Check: spec, State: "unknown"}
+	b.info = checkInfo{Name: name, Service: service, Address: addr.String(), Check: spec, State: "unknown"}
 	parsed, err := d.cfg.Defaults.ParseSpec(spec)
 	if err != nil {
 		b.info.State, b.info.Detail = "invalid", err.Error()
@@ -418,7 +423,7 @@ func (d *Daemon) remove(name string) {
 func (d *Daemon) target(b *backend) checkspec.Target {
 	t := checkspec.Target{Name: b.name, Address: b.address}
 	if b.parsed.Kind() == checkspec.KindTunnel {
-		t.VIP, t.EncapPort = d.vip, d.encapPort
+		t.VIP, t.EncapPort = d.vips[b.service], d.encapPort
 		src, err := d.opts.Source(b.address)
 		if err != nil {
 			d.log.Warn("no source address towards the backend: the probe asks the kernel itself", "backend", b.name, "err", err)
@@ -459,10 +464,10 @@ func (d *Daemon) detach(b *backend) {
 	}
 }
 
-// setTunnel changes the VIP and encap port of tunnel checks and re-aims
-// them.
-func (d *Daemon) setTunnel(vip netip.Addr, port uint16) {
-	d.vip, d.encapPort = vip, port
+// setTunnel changes the VIPs (by service) and encap port of tunnel checks
+// and re-aims them.
+func (d *Daemon) setTunnel(vips map[string]netip.Addr, port uint16) {
+	d.vips, d.encapPort = vips, port
 	for _, name := range slices.Sorted(maps.Keys(d.backends)) {
 		b := d.backends[name]
 		if b.parsed != nil && b.parsed.Kind() == checkspec.KindTunnel {

@@ -112,8 +112,8 @@ type flood struct {
 func startFlood(t *testing.T, cred dbustest.Credential, conn *dbus.Conn, target, caplanced, touched string) *flood {
 	t.Helper()
 	self := conn.Names()[0]
-	evil := dbusname.BackendPath("evil")
-	web1 := dbusname.BackendPath("web1")
+	evil := dbusname.BackendPath("default", "evil")
+	web1 := dbusname.BackendPath("default", "web1")
 	execCheck := "exec:///usr/bin/touch?arg=" + touched
 	evilProps := map[string]map[string]dbus.Variant{dbusname.BackendIface: {
 		"Name": dbus.MakeVariant("evil"), "Address": dbus.MakeVariant("10.0.1.66"), "Check": dbus.MakeVariant(execCheck),

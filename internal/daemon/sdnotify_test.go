@@ -177,8 +177,8 @@ func TestSystemdContract(t *testing.T) {
 		}
 		notifysock.CheckPingRate(t, at, pingEvery)
 
-		// A refused reload: the VIPs cannot change without a restart.
-		bad := strings.Replace(configText("198.18.0.11", "198.18.0.12"), balancerVIP, "198.18.0.101", 1)
+		// A refused reload: the workers cannot change without a restart.
+		bad := strings.Replace(configText("198.18.0.11", "198.18.0.12"), "workers = 2", "workers = 1", 1)
 		if err := os.WriteFile(p.config, []byte(bad), 0o644); err != nil {
 			t.Fatal(err)
 		}

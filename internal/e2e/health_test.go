@@ -43,7 +43,7 @@ func TestHealth(t *testing.T) {
 	}
 	waitHealth(t, mgr, map[string]string{be1.Name: "up", be2.Name: "up", be3.Name: "up"}, 5*time.Second)
 	out, err := exec.Command(caplancectlBin, "--bus", bus.Address, "status").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "Backends:  3") || !strings.Contains(string(out), "caplance-healthd: checking 3 backends") {
+	if err != nil || !strings.Contains(string(out), "Backends:   3") || !strings.Contains(string(out), "caplance-healthd: checking 3 backends") {
 		t.Errorf("caplancectl status shows both daemons? %v\n%s", err, out)
 	}
 

@@ -85,7 +85,7 @@ func TestVIPThatIsAHostAddress(t *testing.T) {
 	before := addressesOf(t, tb)
 	cfg := fmt.Sprintf("[balancer]\nvips = [%q]\n", own)
 	_, err := tb.StartDaemon(tb.LB, "lb", cfg, "none")
-	want := fmt.Sprintf("caplanced: VIP %s is already an address of this host (on eth0)", own)
+	want := fmt.Sprintf("VIP %s of service %q is already an address of this host (on eth0)", own, "default")
 	if err == nil || !strings.Contains(err.Error(), want) {
 		t.Fatalf("start with the host's own address as VIP: %v\nwant %q", err, want)
 	}

@@ -124,6 +124,27 @@ func TestServices(t *testing.T) {
 		if err := spreadWithin(dns, []string{"be2", "be3"}, n); err != nil {
 			t.Errorf("dns: %v (%v)", err, dns)
 		}
+		// Each service counts its own flows, in stats.json and GetStats.
+		eventually(t, "per-service counters", func() error {
+			st, err := tb.Balancer.Stats(time.Now())
+			if err != nil {
+				return err
+			}
+			got := map[string]uint64{}
+			for _, s := range st.Balancer.Services {
+				got[s.Name] = s.NewFlows
+			}
+			if got["web"] < n || got["dns"] < n {
+				return fmt.Errorf("new flows per service %v, want at least %d each", got, n)
+			}
+			return nil
+		})
+		out := ctl("stats")
+		for _, want := range []string{"web", "dns", "NEW_FLOWS"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("caplancectl stats does not show %s:\n%s", want, out)
+			}
+		}
 	})
 
 	t.Run("a packet for a port no service takes is dropped and counted", func(t *testing.T) {
@@ -138,8 +159,8 @@ func TestServices(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := testbed.Echo(c, []byte("lost")); err == nil {
-				t.Errorf("a datagram to %s was answered", to)
+			if _, err := c.Write([]byte("lost")); err != nil {
+				t.Fatal(err)
 			}
 			c.Close()
 		}
@@ -230,6 +251,29 @@ func TestServices(t *testing.T) {
 		var iface string
 		if err := tb.LB.Do(func() (err error) { iface, err = vip.HasAddress(testbed.VIP3); return err }); err != nil || iface != "" {
 			t.Errorf("the removed service's VIP %s is still on the balancer's %q (%v)", testbed.VIP3, iface, err)
+		}
+	})
+
+	t.Run("a reload adds and removes a service the same way", func(t *testing.T) {
+		web := dialHTTP(t, tb)
+		first := web.get(t)
+		withExtra := servicesConfig(tb) + fmt.Sprintf("\n[[service]]\nname = \"files\"\nvips = [%q]\nprotocols = [\"tcp\"]\nports = [%d]\n\n[[service.backend]]\nname = \"files-be4\"\naddress = %q\n",
+			testbed.VIP3, testbed.HTTPPort, tb.Backends[3].Addr)
+		if err := tb.Balancer.Reload(withExtra); err != nil {
+			t.Fatal(err)
+		}
+		if name, err := testbed.GetFrom(tb.HTTPClient(false), testbed.VIP3, "/"); err != nil || name != "be4" {
+			t.Errorf("the service the reload added: served by %q, %v; want be4", name, err)
+		}
+		if err := tb.Balancer.Reload(servicesConfig(tb)); err != nil {
+			t.Fatal(err)
+		}
+		var iface string
+		if err := tb.LB.Do(func() (err error) { iface, err = vip.HasAddress(testbed.VIP3); return err }); err != nil || iface != "" {
+			t.Errorf("the VIP of the service the reload removed is still on %q (%v)", iface, err)
+		}
+		if got := web.get(t); got != first {
+			t.Errorf("a web connection moved from %s to %s across the reloads", first, got)
 		}
 	})
 

@@ -296,7 +296,8 @@ vip_attached() {
 
 healthd_reports() {
 	# caplance-healthd probes each backend's check and reports to caplanced over the system bus
-	wait_until 30 sh -c "caplancectl list | awk 'NR > 1 && \$5 != \"up\" { bad = 1 } END { exit bad }' && test \$(caplancectl list | wc -l) -ge 3"
+	# backend lines of caplancectl list: "  -> NAME ADDRESS WEIGHT ADMIN HEALTH …"
+	wait_until 30 sh -c "caplancectl list | awk 'NR > 2 && \$1 == \"->\" && \$6 != \"up\" { bad = 1 } END { exit bad }' && test \$(caplancectl list | grep -c -- '->') -ge 3"
 	local rc=$?
 	caplancectl list
 	return $rc
@@ -325,7 +326,7 @@ admin_group() {
 	must getent group caplance-admin || return 1
 	useradd --system --no-create-home --groups caplance-admin vmtop 2> /dev/null || true
 	must setpriv --reuid=vmtop --regid=vmtop --init-groups caplancectl set-weight be3 150 || return 1
-	caplancectl list | awk '$1 == "be3" { print; exit $3 != 150 }'
+	caplancectl list | awk '$1 == "->" && $2 == "be3" { print; found = 1; bad = $4 != 150 } END { exit !found || bad }'
 }
 
 watchdog_pings() {
@@ -403,7 +404,7 @@ reload_good() {
 reload_bad() {
 	local pid before
 	pid=$(mainpid)
-	before=$(caplancectl list | awk 'NR > 1 { print $1, $2 }')
+	before=$(caplancectl list | awk 'NR > 2 { print $1, $2, $3 }')
 	cp $CONF $W/good.toml
 	sed -i 's/^interface = "br0"/&\nbogus_key = 1/' $CONF
 	date +%s > $W/bad-reload-time
@@ -414,7 +415,7 @@ reload_bad() {
 	echo "ActiveState $(prop caplanced ActiveState), MainPID $pid -> $(mainpid)"
 	caplancectl list
 	[ "$(prop caplanced ActiveState)" = active ] && [ "$(mainpid)" = "$pid" ] &&
-		[ "$(caplancectl list | awk 'NR > 1 { print $1, $2 }')" = "$before" ]
+		[ "$(caplancectl list | awk 'NR > 2 { print $1, $2, $3 }')" = "$before" ]
 }
 
 bad_reload_journal() {

@@ -117,11 +117,13 @@ func TestReporterRetriesWithBackoff(t *testing.T) {
 	for i := 1; i < 5; i++ {
 		gaps = append(gaps, f.times[i].Sub(f.times[i-1]))
 	}
-	// 20, 40, 80, 80ms.
+	// At least 20, 40, 80, 80ms: the backoff doubles up to its cap. No
+	// upper bound: a busy machine may delay a retry (f.wait proved that
+	// every retry came).
 	for i, want := range []time.Duration{20, 40, 80, 80} {
 		want *= time.Millisecond
-		if gaps[i] < want || gaps[i] > want+150*time.Millisecond {
-			t.Errorf("retry %d after %v, want %v", i+1, gaps[i], want)
+		if gaps[i] < want {
+			t.Errorf("retry %d after %v, want at least %v", i+1, gaps[i], want)
 		}
 	}
 	last := f.calls[len(f.calls)-1]

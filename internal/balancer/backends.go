@@ -49,8 +49,6 @@ type serviceCounters struct {
 
 func byName(a, b model.Backend) int { return strings.Compare(a.Name, b.Name) }
 
-func targetsByName(a, b *target) int { return strings.Compare(a.Name, b.Name) }
-
 // target resolves be for sending, with the routes of generation gen;
 // it reuses prev when its route and resolved backend are the same.
 func (b *Balancer) target(be model.Backend, prev *target, gen uint64) *target {

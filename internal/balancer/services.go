@@ -54,6 +54,9 @@ type service struct {
 	// targets are its backends in the order SetServices got them; each
 	// remembers how it got it (given).
 	targets []*target
+	// sorted says targets are sorted by name, as the registry's set is;
+	// remembered, as checking it again chases a pointer per backend.
+	sorted  bool
 	byIndex []*target // Maglev index → target
 	byID    map[uint32]*target
 	// valid and takesNew are built once per service so that conntrack
@@ -68,7 +71,7 @@ type service struct {
 // unchanged reports whether the service would be built from d and pool
 // as it is, with the routes of generation gen.
 func (s *service) unchanged(d model.Service, pool []model.Backend, gen uint64) bool {
-	if s.gen != gen || len(s.targets) != len(pool) || !sameService(s.Service, d) {
+	if s.gen != gen || len(s.targets) != len(pool) || !s.Service.Equal(d) {
 		return false
 	}
 	for i, t := range s.targets {
@@ -268,15 +271,6 @@ func checkServices(defs []model.Service) ([]netip.Addr, error) {
 	return vips, nil
 }
 
-// sameService reports whether a and b are the same service.
-func sameService(a, b model.Service) bool {
-	return a.Name == b.Name && a.Protocols == b.Protocols && a.Hash == b.Hash &&
-		a.TableSize == b.TableSize && a.Check == b.Check &&
-		slices.EqualFunc(a.VIPs, b.VIPs, func(x, y model.VIP) bool {
-			return x.Addr == y.Addr && (x.Ports == nil) == (y.Ports == nil) && slices.Equal(x.Ports, y.Ports)
-		})
-}
-
 // buildService resolves the backends of service d and builds its table;
 // prev is the service in the current snapshot, if any. A backend without a
 // route (RouteError) is put down in this snapshot: it gets no slots and its
@@ -333,6 +327,7 @@ func (b *Balancer) buildService(d model.Service, backends []model.Backend, prev 
 	// The table's indices follow the backends sorted by name, which the
 	// registry's set already is.
 	sorted := slices.IsSortedFunc(backends, byName)
+	s.sorted = sorted
 	if sorted {
 		s.byIndex = targets
 	} else {
@@ -352,7 +347,7 @@ func (b *Balancer) buildService(d model.Service, backends []model.Backend, prev 
 		for _, t := range fresh {
 			s.byID[t.ID] = t
 		}
-	case prev != nil && sorted && slices.IsSortedFunc(prevTargets, targetsByName):
+	case prev != nil && sorted && prev.sorted:
 		// Some left: find them by walking both sorted sets.
 		s.byID = maps.Clone(prevByID)
 		for _, t := range fresh {

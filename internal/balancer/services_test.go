@@ -125,7 +125,7 @@ func TestSetServicesRebuildsOnlyTheChangedService(t *testing.T) {
 				}
 			case old.table != now.table:
 				t.Errorf("%s: the table of %s was rebuilt", step.what, d.Name)
-			case sameService(old.Service, d) && old != now:
+			case old.Service.Equal(d) && old != now:
 				t.Errorf("%s: %s did not change but was not reused as it was", step.what, d.Name)
 			}
 		}

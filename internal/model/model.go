@@ -146,7 +146,10 @@ type Service struct {
 func (s Service) Equal(o Service) bool {
 	return s.Name == o.Name && s.Protocols == o.Protocols && s.Hash == o.Hash &&
 		s.TableSize == o.TableSize && s.Check == o.Check &&
-		slices.EqualFunc(s.VIPs, o.VIPs, func(a, b VIP) bool { return a.Addr == b.Addr && slices.Equal(a.Ports, b.Ports) })
+		slices.EqualFunc(s.VIPs, o.VIPs, func(a, b VIP) bool {
+			// nil is every port; an empty list, which no valid service has, none.
+			return a.Addr == b.Addr && (a.Ports == nil) == (b.Ports == nil) && slices.Equal(a.Ports, b.Ports)
+		})
 }
 
 // Overlap returns a VIP, protocol and port that both a and b would take,

@@ -259,7 +259,7 @@ func fromRuntime(persistent bool) func(*Backend) {
 }
 
 // check gives the backend a check of its own.
-func check(spec string) func(*Backend) { return func(b *Backend) { b.Check, b.OwnCheck = spec, spec } }
+func check(spec string) func(*Backend) { return func(b *Backend) { b.Check = spec } }
 
 func health(h Health, detail string) func(*Backend) {
 	return func(b *Backend) { b.Health, b.HealthDetail = h, detail }

@@ -160,10 +160,9 @@ type Backend struct {
 	Health       Health
 	HealthDetail string
 	// Check is the health check spec that applies, "" for none: the
-	// backend's own (OwnCheck), else its service's.
-	Check    string
-	OwnCheck string
-	Source   Source
+	// backend's own, else its service's.
+	Check  string
+	Source Source
 	// Persistent says whether the backend survives a restart of caplanced:
 	// true for the configuration file's backends and for run-time ones
 	// added without the runtime option.
@@ -703,7 +702,7 @@ func (r *Registry) backend(s *state, e named, noRoute map[string]string) Backend
 	}
 	b := Backend{
 		Name: name, Service: reg.service, Address: reg.address, Weight: reg.weight,
-		Admin: AdminActive, Health: HealthUnknown, Check: s.check(reg), OwnCheck: reg.check,
+		Admin: AdminActive, Health: HealthUnknown, Check: s.check(reg),
 		Source: src, Persistent: persistent,
 	}
 	if o, ok := s.overrides[name]; ok {

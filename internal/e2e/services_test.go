@@ -9,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/caplance/caplance/internal/dbustest"
+	"github.com/caplance/caplance/internal/nft"
 	"github.com/caplance/caplance/internal/testbed"
 	"github.com/caplance/caplance/internal/vip"
 )
@@ -53,25 +56,30 @@ address = %q
 }
 
 // newServicesTestbed runs servicesConfig with the D-Bus API on a private
-// system bus, and returns a caplancectl runner as root.
-func newServicesTestbed(t *testing.T) (*testbed.Testbed, func(args ...string) string) {
+// system bus, and returns caplancectl runners as root: ctl fails the test
+// when the command fails, try returns its output and error.
+func newServicesTestbed(t *testing.T) (tb *testbed.Testbed, ctl func(args ...string) string, try func(args ...string) (string, error)) {
 	t.Helper()
 	bus := dbustest.Start(t)
-	tb := openTestbed(t, testbed.Options{Prefix: "svc", Backends: 4, Workers: 2, BalancerBus: bus.Address})
+	tb = openTestbed(t, testbed.Options{Prefix: "svc", Backends: 4, Workers: 2, BalancerBus: bus.Address})
 	d, err := tb.StartDaemon(tb.LB, "lb", servicesConfig(tb), bus.Address)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tb.Balancer = d
-	ctl := func(args ...string) string {
-		t.Helper()
+	try = func(args ...string) (string, error) {
 		out, err := exec.Command(caplancectlBin, append([]string{"--bus", bus.Address}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	ctl = func(args ...string) string {
+		t.Helper()
+		out, err := try(args...)
 		if err != nil {
 			t.Fatalf("caplancectl %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
-		return string(out)
+		return out
 	}
-	return tb, ctl
+	return tb, ctl, try
 }
 
 // spreadWithin says whether every count is within ±25% of an even share of n.
@@ -92,7 +100,7 @@ func spreadWithin(counts map[string]int, names []string, n int) error {
 }
 
 func TestServices(t *testing.T) {
-	tb, ctl := newServicesTestbed(t)
+	tb, ctl, try := newServicesTestbed(t)
 
 	t.Run("each service spreads over its own pool", func(t *testing.T) {
 		const n = 200
@@ -276,6 +284,66 @@ func TestServices(t *testing.T) {
 		}
 		if got := web.get(t); got != first {
 			t.Errorf("a web connection moved from %s to %s across the reloads", first, got)
+		}
+	})
+
+	t.Run("a refused service changes nothing on the host", func(t *testing.T) {
+		// A replaced table starts its counters from zero: the rules that
+		// counted web's traffic would show it.
+		counters := func() map[string]nft.Counter {
+			var c map[string]nft.Counter
+			if err := tb.LB.Do(func() (err error) { c, err = nft.Counters(nft.CurrentNetNS); return err }); err != nil {
+				t.Fatal(err)
+			}
+			return c
+		}
+		addrs := addressesOf(t, tb)
+		if c := counters(); c[nft.RuleForwardTCPPorts].Packets == 0 {
+			t.Fatalf("no packet counted by %s yet: the test would prove nothing (%v)", nft.RuleForwardTCPPorts, c)
+		}
+		for _, tc := range []struct {
+			args []string
+			want string
+			// replaced: the refusal comes after the table took the new
+			// VIP, and putting the old rules back restarts the counters.
+			replaced bool
+		}{
+			// The balancer's own address, every port: the host's services'.
+			{[]string{"add-service", "own", "--vip", testbed.LBAddr.String()}, "is already an address of this host", false},
+			// web's traffic.
+			{[]string{"add-service", "copy", "--vip", testbed.VIP.String(), "--port", "80,443", "--proto", "tcp"},
+				`services "copy" and "web" both take tcp port 80 of VIP 198.18.0.100`, false},
+			// A VIP no interface of the balancer can carry: attaching fails.
+			{[]string{"add-service", "far", "--vip", "203.0.113.5"}, "no interface has an address in its subnet", true},
+		} {
+			before := counters()
+			out, err := try(tc.args...)
+			if err == nil || !strings.Contains(out, tc.want) {
+				t.Errorf("caplancectl %s: %v\n%s\nwant an error with %q", strings.Join(tc.args, " "), err, out, tc.want)
+			}
+			after := counters()
+			for rule, c := range before {
+				if a, ok := after[rule]; !ok || (!tc.replaced && a.Packets < c.Packets) {
+					t.Errorf("%s: nft rule %s: %d packets before, %+v after", tc.args[1], rule, c.Packets, a)
+				}
+			}
+			if len(after) != len(before) {
+				t.Errorf("%s: nft rules before %v, after %v", tc.args[1], before, after)
+			}
+			if diff := cmp.Diff(addrs, addressesOf(t, tb)); diff != "" {
+				t.Errorf("%s: addresses changed (-before +after):\n%s", tc.args[1], diff)
+			}
+			if out := ctl("services"); strings.Contains(out, tc.args[1]) {
+				t.Errorf("%s: the refused service is listed:\n%s", tc.args[1], out)
+			}
+		}
+	})
+
+	t.Run("a VIP two services share stays while one of them does", func(t *testing.T) {
+		ctl("add-service", "alt", "--vip", testbed.VIP.String(), "--port", "8080", "--proto", "tcp")
+		ctl("remove-service", "alt")
+		if name, err := testbed.GetFrom(tb.HTTPClient(false), testbed.VIP, "/"); err != nil || (name != "be1" && name != "be2") {
+			t.Errorf("web after a service on its VIP came and went: %q, %v", name, err)
 		}
 	})
 

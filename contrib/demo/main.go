@@ -78,12 +78,12 @@ func run(caplanced, caplancectl string, requests int) error {
 		}
 		fmt.Println("Removed every namespace and process.")
 	}()
-	lb, err := tb.StartDaemon(tb.LB, "lb", balancerConfig(tb), bus.Address)
+	lb, err := tb.StartDaemon(tb.LB, "lb", tb.ServicesConfig(), bus.Address)
 	if err != nil {
 		return err
 	}
 	tb.Balancer = lb
-	fmt.Printf("caplanced balances two services: web (HTTP, %s:%d) over be1 and be2, dns (UDP, %s:%d) over be3 and be4.\n",
+	fmt.Printf("caplanced balances two services: web (HTTP, %s:%d) over be1 and be2, dns (UDP, %s:%d) over be2 and be3.\n",
 		testbed.VIP, testbed.HTTPPort, testbed.VIP2, testbed.DNSPort)
 	ctl := func(args ...string) error {
 		fmt.Printf("$ caplancectl %s\n", strings.Join(args, " "))
@@ -189,40 +189,4 @@ func run(caplanced, caplancectl string, requests int) error {
 	fmt.Printf("received %d, forwarded %d, connection tracking holds %d flows\n",
 		st.Balancer.Received, st.Balancer.Forwarded, st.Balancer.ConntrackSize)
 	return nil
-}
-
-// balancerConfig is the demo balancer's configuration: two services, each
-// over its own pool.
-func balancerConfig(tb *testbed.Testbed) string {
-	be := tb.Backends
-	return fmt.Sprintf(`[balancer]
-
-[[service]]
-name = "web"
-vips = [%q]
-protocols = ["tcp"]
-ports = [%d]
-
-[[service.backend]]
-name = "web-be1"
-address = %q
-
-[[service.backend]]
-name = "web-be2"
-address = %q
-
-[[service]]
-name = "dns"
-vips = [%q]
-protocols = ["udp"]
-ports = [%d]
-
-[[service.backend]]
-name = "dns-be3"
-address = %q
-
-[[service.backend]]
-name = "dns-be4"
-address = %q
-`, testbed.VIP, testbed.HTTPPort, be[0].Addr, be[1].Addr, testbed.VIP2, testbed.DNSPort, be[2].Addr, be[3].Addr)
 }

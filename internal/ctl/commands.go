@@ -466,25 +466,22 @@ func managerCall(method string, args ...any) action {
 }
 
 func listBackends(ctx context.Context, c Conn) ([]Backend, error) {
-	body, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+".ListBackends")
-	if err != nil {
-		return nil, callError("ListBackends", err)
-	}
-	rows := []Backend{}
-	if err := dbus.Store(body, &rows); err != nil {
-		return nil, fmt.Errorf("ListBackends: unexpected reply: %w", err)
-	}
-	return rows, nil
+	return listRows[Backend](ctx, c, "ListBackends")
 }
 
 func listServices(ctx context.Context, c Conn) ([]Service, error) {
-	body, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+".ListServices")
+	return listRows[Service](ctx, c, "ListServices")
+}
+
+// listRows calls a Manager method that returns an array of rows of type T.
+func listRows[T any](ctx context.Context, c Conn, method string) ([]T, error) {
+	body, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+"."+method)
 	if err != nil {
-		return nil, callError("ListServices", err)
+		return nil, callError(method, err)
 	}
-	rows := []Service{}
+	rows := []T{}
 	if err := dbus.Store(body, &rows); err != nil {
-		return nil, fmt.Errorf("ListServices: unexpected reply: %w", err)
+		return nil, fmt.Errorf("%s: unexpected reply: %w", method, err)
 	}
 	return rows, nil
 }

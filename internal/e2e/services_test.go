@@ -17,52 +17,15 @@ import (
 	"github.com/caplance/caplance/internal/vip"
 )
 
-// servicesConfig is a balancer with two services, each over its own pool:
-// web (HTTP on VIP, TCP port 80) over be1 and be2, and dns (UDP echo on
-// port 53 of VIP2) over be2 and be3, be2 under a name of its own there.
-func servicesConfig(tb *testbed.Testbed) string {
-	be := tb.Backends
-	return fmt.Sprintf(`[balancer]
-workers = 2
-
-[[service]]
-name = "web"
-vips = [%q]
-protocols = ["tcp"]
-ports = [%d]
-
-[[service.backend]]
-name = "web-be1"
-address = %q
-
-[[service.backend]]
-name = "web-be2"
-address = %q
-
-[[service]]
-name = "dns"
-vips = [%q]
-protocols = ["udp"]
-ports = [%d]
-
-[[service.backend]]
-name = "dns-be2"
-address = %q
-
-[[service.backend]]
-name = "dns-be3"
-address = %q
-`, testbed.VIP, testbed.HTTPPort, be[0].Addr, be[1].Addr, testbed.VIP2, testbed.DNSPort, be[1].Addr, be[2].Addr)
-}
-
-// newServicesTestbed runs servicesConfig with the D-Bus API on a private
+// newServicesTestbed runs testbed.ServicesConfig (web over be1 and be2, dns
+// over be2 and be3) with the D-Bus API on a private
 // system bus, and returns caplancectl runners as root: ctl fails the test
 // when the command fails, try returns its output and error.
 func newServicesTestbed(t *testing.T) (tb *testbed.Testbed, ctl func(args ...string) string, try func(args ...string) (string, error)) {
 	t.Helper()
 	bus := dbustest.Start(t)
 	tb = openTestbed(t, testbed.Options{Prefix: "svc", Backends: 4, Workers: 2, BalancerBus: bus.Address})
-	d, err := tb.StartDaemon(tb.LB, "lb", servicesConfig(tb), bus.Address)
+	d, err := tb.StartDaemon(tb.LB, "lb", tb.ServicesConfig(), bus.Address)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +230,7 @@ func TestServices(t *testing.T) {
 	t.Run("a reload adds and removes a service the same way", func(t *testing.T) {
 		web := dialHTTP(t, tb)
 		first := web.get(t)
-		withExtra := servicesConfig(tb) + fmt.Sprintf("\n[[service]]\nname = \"files\"\nvips = [%q]\nprotocols = [\"tcp\"]\nports = [%d]\n\n[[service.backend]]\nname = \"files-be4\"\naddress = %q\n",
+		withExtra := tb.ServicesConfig() + fmt.Sprintf("\n[[service]]\nname = \"files\"\nvips = [%q]\nprotocols = [\"tcp\"]\nports = [%d]\n\n[[service.backend]]\nname = \"files-be4\"\naddress = %q\n",
 			testbed.VIP3, testbed.HTTPPort, tb.Backends[3].Addr)
 		if err := tb.Balancer.Reload(withExtra); err != nil {
 			t.Fatal(err)
@@ -275,7 +238,7 @@ func TestServices(t *testing.T) {
 		if name, err := testbed.GetFrom(tb.HTTPClient(false), testbed.VIP3, "/"); err != nil || name != "be4" {
 			t.Errorf("the service the reload added: served by %q, %v; want be4", name, err)
 		}
-		if err := tb.Balancer.Reload(servicesConfig(tb)); err != nil {
+		if err := tb.Balancer.Reload(tb.ServicesConfig()); err != nil {
 			t.Fatal(err)
 		}
 		var iface string

@@ -231,6 +231,47 @@ func (tb *Testbed) BalancerConfig(backends []*Backend) string {
 	return b.String()
 }
 
+// ServicesConfig is a balancer's configuration with two services, each over
+// its own pool: web (HTTP, TCP port HTTPPort of VIP) over the first two
+// backends, and dns (UDP echo, port DNSPort of VIP2) over the second and the
+// third, the second under a name of its own there ("web-be2", "dns-be2"): one
+// host in two services.
+func (tb *Testbed) ServicesConfig() string {
+	be := tb.Backends
+	return fmt.Sprintf(`[balancer]
+workers = %d
+
+[[service]]
+name = "web"
+vips = [%q]
+protocols = ["tcp"]
+ports = [%d]
+
+[[service.backend]]
+name = "web-%s"
+address = %q
+
+[[service.backend]]
+name = "web-%s"
+address = %q
+
+[[service]]
+name = "dns"
+vips = [%q]
+protocols = ["udp"]
+ports = [%d]
+
+[[service.backend]]
+name = "dns-%s"
+address = %q
+
+[[service.backend]]
+name = "dns-%s"
+address = %q
+`, tb.opts.Workers, VIP, HTTPPort, be[0].Name, be[0].Addr, be[1].Name, be[1].Addr,
+		VIP2, DNSPort, be[1].Name, be[1].Addr, be[2].Name, be[2].Addr)
+}
+
 // StartBalancer starts the balancer's caplanced with every backend.
 func (tb *Testbed) StartBalancer() error { return tb.StartBalancerWith(tb.Backends) }
 

@@ -106,9 +106,12 @@ type running struct {
 	nftOwned bool
 	rules    nft.Rules
 	tunnel   *nft.Tunnel
-	// vips are the balancer's VIPs as attached; only applySet, which the
-	// registry serialises, uses them.
+	// vips are the balancer's VIPs as attached, on iface ("": by subnet);
+	// only applySet, which the registry serialises, uses them. iface is
+	// fixed at start (a reload cannot change it), so applySet, called from
+	// D-Bus goroutines too, never reads cfg, which a reload replaces.
 	vips     []netip.Addr
+	iface    string
 	bal      *balancer.Balancer
 	rcv      *receiver.Receiver
 	userMode bool
@@ -389,6 +392,7 @@ func (r *running) setState(state string) {
 
 func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string, step func(string)) error {
 	b := cfg.Balancer
+	r.iface = b.Interface
 	step("opening raw sockets")
 	ct, err := conntrack.New(b.ConntrackSize, conntrack.Timeouts{
 		TCP: b.TCPTimeout, UDP: b.UDPTimeout, Other: conntrack.DefaultTimeouts.Other,

@@ -53,7 +53,7 @@ func (r *running) applySet(set model.Set) error {
 		return err
 	}
 	for _, a := range added {
-		iface, err := r.host.AttachVIP(a, r.cfg.Balancer.Interface)
+		iface, err := r.host.AttachVIP(a, r.iface)
 		if err != nil {
 			return undo(err)
 		}

@@ -18,6 +18,12 @@ import (
 // turn (see vipFilter), and classic BPF allows 4096 instructions.
 const MaxVIPs = 1024
 
+// MaxVIPs6 is the most distinct IPv6 VIPs among them: vipFilter6 spends 8
+// instructions on each, and its filter must fit, twice while one replaces
+// the other, in the socket option memory that the IPv4 filter of MaxVIPs
+// fits in (TestMaxVIPsFit).
+const MaxVIPs6 = 128
+
 // snapshot is the immutable set of services and backends the workers read;
 // SetServices builds a new one and swaps it in atomically.
 type snapshot struct {
@@ -252,8 +258,10 @@ func checkServices(defs []model.Service) ([]netip.Addr, error) {
 			return nil, fmt.Errorf("balancer: service %s: unknown %v", d.Name, d.Hash)
 		}
 		for _, v := range d.VIPs {
-			if !v.Addr.Is4() {
-				return nil, fmt.Errorf("balancer: service %s: VIP %s: only IPv4 VIPs are supported", d.Name, v.Addr)
+			// The sockets see IPv4 as IPv4 and IPv6 as IPv6: a mapped
+			// form or a zone would never match a packet.
+			if !v.Addr.IsValid() || v.Addr.Is4In6() || v.Addr.Zone() != "" {
+				return nil, fmt.Errorf("balancer: service %s: VIP %s: not a plain IPv4 or IPv6 address", d.Name, v.Addr)
 			}
 			for _, r := range v.Ports {
 				if r.First > r.Last {
@@ -267,6 +275,9 @@ func checkServices(defs []model.Service) ([]netip.Addr, error) {
 	vips = slices.Compact(vips)
 	if len(vips) > MaxVIPs {
 		return nil, fmt.Errorf("balancer: %d VIPs, at most %d are supported", len(vips), MaxVIPs)
+	}
+	if _, v6 := splitFamilies(vips); len(v6) > MaxVIPs6 {
+		return nil, fmt.Errorf("balancer: %d IPv6 VIPs, at most %d are supported", len(v6), MaxVIPs6)
 	}
 	return vips, nil
 }

@@ -151,8 +151,8 @@ func TestSetServicesRefusesBadSets(t *testing.T) {
 			"balancer: two services named dns"},
 		{"a service without a name", func(s *model.Set) { s.Services[0].Name = "" },
 			"balancer: a service without a name"},
-		{"an IPv6 VIP", func(s *model.Set) { s.Services[0].VIPs[0].Addr = netip.MustParseAddr("2001:db8::1") },
-			"balancer: service dns: VIP 2001:db8::1: only IPv4 VIPs are supported"},
+		{"an IPv4-mapped VIP", func(s *model.Set) { s.Services[0].VIPs[0].Addr = netip.MustParseAddr("::ffff:10.0.0.100") },
+			"balancer: service dns: VIP ::ffff:10.0.0.100: not a plain IPv4 or IPv6 address"},
 		{"a reversed port range", func(s *model.Set) { s.Services[0].VIPs[0].Ports[0] = model.PortRange{First: 60, Last: 50} },
 			"balancer: service dns: VIP 10.0.0.100: port range 60-50 ends before it starts"},
 		{"no protocol", func(s *model.Set) { s.Services[0].Protocols = 0 },
@@ -168,6 +168,11 @@ func TestSetServicesRefusesBadSets(t *testing.T) {
 				s.Services[1].VIPs = append(s.Services[1].VIPs, model.VIP{Addr: netip.AddrFrom4([4]byte{9, 0, byte(i >> 8), byte(i)})})
 			}
 		}, "balancer: 1025 VIPs, at most 1024 are supported"},
+		{"too many IPv6 VIPs", func(s *model.Set) {
+			for i := range MaxVIPs6 + 1 {
+				s.Services[1].VIPs = append(s.Services[1].VIPs, model.VIP{Addr: netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 14: byte(i >> 8), 15: byte(i)})})
+			}
+		}, "balancer: 129 IPv6 VIPs, at most 128 are supported"},
 	}
 	if err := h.b.SetServices(good()); err != nil {
 		t.Fatal(err)

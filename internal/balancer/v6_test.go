@@ -1,0 +1,95 @@
+package balancer
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/caplance/caplance/internal/model"
+)
+
+// TestIPv6ClientToIPv4Backend: IPv6 packets to an IPv6 VIP, read whole from
+// the packet socket, reach the backend in an IPv4 tunnel (6-in-4) exactly as
+// the client sent them: traffic class, flow label, hop limit and extension
+// headers included. Each is read once (the host's own copy of what it sends
+// on lo is not), and nothing allocates.
+func TestIPv6ClientToIPv4Backend(t *testing.T) {
+	h := newHotPath(t)
+	pkts := [][]byte{clientUDP6(40000, 64, false), clientUDP6(40001, 200, true)}
+	h.send6(t, pkts...)
+	got := 0
+	for deadline := time.Now().Add(10 * time.Second); got < len(pkts) && time.Now().Before(deadline); {
+		got += h.forward6(t)
+	}
+	buf := make([]byte, 65536)
+	for i, want := range pkts {
+		h.sink.SetReadDeadline(time.Now().Add(10 * time.Second))
+		n, err := h.sink.Read(buf)
+		if err != nil {
+			t.Fatalf("packet %d: %v", i, err)
+		}
+		if diff := cmp.Diff(want, buf[:n]); diff != "" {
+			t.Errorf("packet %d: the inner packet the backend got (-client's +got):\n%s", i, diff)
+		}
+	}
+	st := h.b.Stats()
+	if st.Received != uint64(len(pkts)) || st.Forwarded != uint64(len(pkts)) {
+		t.Errorf("%d received, %d forwarded, drops %v; want %d and %d", st.Received, st.Forwarded, st.Drops, len(pkts), len(pkts))
+	}
+	// Nothing more waits: no second copy of either packet.
+	if n := h.forward6(t); n != 0 {
+		t.Errorf("%d more packets on the IPv6 socket, want none", n)
+	}
+
+	batch := make([][]byte, batchSize)
+	for i := range batch {
+		batch[i] = clientUDP6(uint16(41000+i), 64, false)
+	}
+	h.send6(t, batch...)
+	h.forward6(t) // warm up: conntrack entries exist from here on
+	forwarded := 0
+	allocs := testing.AllocsPerRun(50, func() {
+		h.send6(t, batch...)
+		forwarded += h.forward6(t)
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per batch of IPv6 packets, want 0", allocs)
+	}
+	if forwarded == 0 {
+		t.Error("no IPv6 packet went through the measured path")
+	}
+}
+
+// TestIPv6VIPsOnlyWhenServed: the IPv6 socket takes nothing before a
+// service has the IPv6 VIP, nor after it leaves.
+func TestIPv6VIPsOnlyWhenServed(t *testing.T) {
+	h := newHotPathWorkers(t, 1)
+	be := model.Backend{ID: 1, Name: "lo", Address: benchBackend, Weight: 1}
+	h.send6(t, clientUDP6(40000, 8, false))
+	v4only := oneService(1009, nil, be)
+	v4only.Services[0].VIPs = v4only.Services[0].VIPs[:1]
+	if err := h.b.SetServices(v4only); err != nil {
+		t.Fatal(err)
+	}
+	h.send6(t, clientUDP6(40001, 8, false))
+	if err := h.b.SetServices(oneService(1009, nil, be)); err != nil {
+		t.Fatal(err)
+	}
+	want := clientUDP6(40002, 8, false)
+	h.send6(t, want)
+	got := 0
+	for deadline := time.Now().Add(10 * time.Second); got == 0 && time.Now().Before(deadline); {
+		got += h.forward6(t)
+	}
+	if got != 1 || h.b.Stats().Forwarded != 1 {
+		t.Fatalf("%d packets read, %d forwarded; want only the one sent once the VIP was served", got, h.b.Stats().Forwarded)
+	}
+	if err := h.b.SetServices(v4only); err != nil {
+		t.Fatal(err)
+	}
+	h.send6(t, clientUDP6(40003, 8, false))
+	if n := h.forward6(t); n != 0 {
+		t.Errorf("%d packets read after the IPv6 VIP left, want none", n)
+	}
+}

@@ -36,9 +36,9 @@ type hotPath struct {
 	sender int
 	// sender6 sends whole IPv6 packets (IPPROTO_RAW: IPV6_HDRINCL).
 	sender6 int
-	out    *rawio.Queue
-	pkts   [][]byte
-	sink   *net.UDPConn
+	out     *rawio.Queue
+	pkts    [][]byte
+	sink    *net.UDPConn
 }
 
 // newHotPath locks the calling test's goroutine to its OS thread for good and

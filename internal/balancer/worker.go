@@ -87,8 +87,8 @@ var epoch = time.Now()
 
 func newWorker(b *Balancer, i int) *worker {
 	return &worker{
-		b:      b,
-		index:  i,
+		b:       b,
+		index:   i,
 		sendFD:  -1,
 		sendFD6: -1,
 		batch:   rawio.NewBatch(batchSize, headroom, maxPacket),

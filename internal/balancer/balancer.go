@@ -343,9 +343,15 @@ func shareFilter(i, n uint32) []bpf.Instruction {
 // the packets addressed to this host (PACKET_HOST: not one a promiscuous
 // interface or the host itself sends) whose destination is one of vips and
 // that accept keeps; never a neighbour discovery message (ICMPv6 133-137
-// right after the fixed header), which the host's kernel answers. Each VIP
-// costs 8 instructions (its four words), in runs of at most maxRun6 whose
-// last comparison still reaches the run's jump to accept; hence MaxVIPs6.
+// right after the fixed header), which the host's kernel answers.
+//
+// The destination's four words are loaded once into scratch memory: the
+// kernel charges a filter for its translation to eBPF, where every load
+// from the packet takes several instructions and a load from scratch one
+// (comparing each VIP's four words from the packet, 32 VIPs did not fit
+// twice in Debian 12's 20480 bytes of optmem_max). The comparisons are a
+// tree, word by word (vipTree6): VIPs that share their first 96 bits cost
+// one instruction each, as IPv4 VIPs do.
 func vipFilter6(vips []netip.Addr, accept []bpf.Instruction) []bpf.Instruction {
 	prog := []bpf.Instruction{
 		bpf.LoadExtension{Num: bpf.ExtType},
@@ -358,41 +364,85 @@ func vipFilter6(vips []netip.Addr, accept []bpf.Instruction) []bpf.Instruction {
 		bpf.JumpIf{Cond: bpf.JumpGreaterThan, Val: 137, SkipTrue: 1},
 		bpf.RetConstant{Val: 0},
 	}
-	var jumps []int // the jumps to accept
-	for run := range slices.Chunk(vips, maxRun6) {
-		for i, v := range run {
-			a := v.As16()
-			// A mismatch goes on to the next VIP; after the run's last
-			// one, over the jump to accept, on to the next run.
-			over := uint8(0)
-			if i == len(run)-1 {
-				over = 1
-			}
-			for w := range 4 {
-				prog = append(prog, bpf.LoadAbsolute{Off: uint32(24 + 4*w), Size: 4}) // destination address
-				val := binary.BigEndian.Uint32(a[4*w:])
-				if w < 3 {
-					prog = append(prog, bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: val, SkipTrue: uint8(6-2*w) + over})
-					continue
-				}
-				// A match reaches the run's jump to accept.
-				prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: val, SkipTrue: uint8(8 * (len(run) - 1 - i)), SkipFalse: over})
-			}
+	words := make([][4]uint32, len(vips)) // sorted, as vips are
+	for i, v := range vips {
+		a := v.As16()
+		for w := range 4 {
+			words[i][w] = binary.BigEndian.Uint32(a[4*w:])
 		}
-		jumps = append(jumps, len(prog))
-		prog = append(prog, bpf.Jump{})
 	}
-	prog = append(prog, bpf.RetConstant{Val: 0})
-	for _, j := range jumps {
-		prog[j] = bpf.Jump{Skip: uint32(len(prog) - j - 1)}
+	t := vipTree6{prog: prog}
+	if len(words) > 0 {
+		for w := range 4 { // the destination address into M[0..3]
+			t.prog = append(t.prog, bpf.LoadAbsolute{Off: uint32(24 + 4*w), Size: 4}, bpf.StoreScratch{Src: bpf.RegA, N: w})
+		}
+		t.node(words, 0)
 	}
-	return append(prog, accept...)
+	drop := len(t.prog)
+	t.prog = append(t.prog, bpf.RetConstant{Val: 0})
+	for _, j := range t.toDrop {
+		t.prog[j] = bpf.Jump{Skip: uint32(drop - j - 1)}
+	}
+	for _, j := range t.toAccept {
+		t.prog[j] = bpf.Jump{Skip: uint32(len(t.prog) - j - 1)}
+	}
+	return append(t.prog, accept...)
 }
 
-// maxRun6 is how many IPv6 VIPs one run of vipFilter6 compares: 8
-// instructions each, the first one's match within maxSkip of the run's
-// jump to accept.
-const maxRun6 = maxSkip / 8
+// vipTree6 builds vipFilter6's comparisons. A jump of classic BPF reaches
+// any distance only unconditionally, so a comparison that leads far away
+// leads to a Jump, patched once the target is known.
+type vipTree6 struct {
+	prog []bpf.Instruction
+	// toDrop and toAccept are the Jumps to the end's drop and accept.
+	toDrop, toAccept []int
+}
+
+// node compares word w of the destination with those of vips, which agree
+// on the words before w and are sorted: a match goes on to the next word's
+// node of the VIPs with that word, a mismatch drops the packet, since no
+// other VIP can match.
+func (t *vipTree6) node(vips [][4]uint32, w int) {
+	t.prog = append(t.prog, bpf.LoadScratch{Dst: bpf.RegA, N: w})
+	if w == 3 {
+		// The last word: runs of comparisons as in vipFilter.
+		for run := range slices.Chunk(vips, maxSkip) {
+			for i, v := range run {
+				j := bpf.JumpIf{Cond: bpf.JumpEqual, Val: v[3], SkipTrue: uint8(len(run) - 1 - i)}
+				if i == len(run)-1 {
+					j.SkipFalse = 1 // on to the next run
+				}
+				t.prog = append(t.prog, j)
+			}
+			t.toAccept = append(t.toAccept, len(t.prog))
+			t.prog = append(t.prog, bpf.Jump{})
+		}
+		t.toDrop = append(t.toDrop, len(t.prog))
+		t.prog = append(t.prog, bpf.Jump{})
+		return
+	}
+	var groups [][][4]uint32 // vips by word w
+	for i := 0; i < len(vips); {
+		j := i + 1
+		for j < len(vips) && vips[j][w] == vips[i][w] {
+			j++
+		}
+		groups = append(groups, vips[i:j])
+		i = j
+	}
+	jumps := make([]int, len(groups))
+	for g, group := range groups {
+		t.prog = append(t.prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: group[0][w], SkipFalse: 1})
+		jumps[g] = len(t.prog)
+		t.prog = append(t.prog, bpf.Jump{})
+	}
+	t.toDrop = append(t.toDrop, len(t.prog))
+	t.prog = append(t.prog, bpf.Jump{})
+	for g, group := range groups {
+		t.prog[jumps[g]] = bpf.Jump{Skip: uint32(len(t.prog) - jumps[g] - 1)}
+		t.node(group, w+1)
+	}
+}
 
 // shareFilter6 is shareFilter for IPv6 packets read from their IPv6
 // header: TCP and UDP right after the fixed header are split by (last word

@@ -18,11 +18,13 @@ import (
 // turn (see vipFilter), and classic BPF allows 4096 instructions.
 const MaxVIPs = 1024
 
-// MaxVIPs6 is the most distinct IPv6 VIPs among them: vipFilter6 spends 8
-// instructions on each, and its filter must fit, twice while one replaces
-// the other, in the socket option memory that the IPv4 filter of MaxVIPs
-// fits in (TestMaxVIPsFit).
-const MaxVIPs6 = 128
+// maxFilter6 is the most instructions the comparisons of the IPv6 VIPs'
+// filter may take (vipFilter6 without its accept part): MaxVIPs VIPs that
+// share their first 96 bits (one instruction each) take 1061, which fits,
+// twice while one replaces the other, in the socket option memory that the
+// IPv4 filter of MaxVIPs fits in (TestMaxVIPsFit). VIPs spread over other
+// prefixes cost up to 14 instructions each (about 75 of them fit).
+const maxFilter6 = 1061
 
 // snapshot is the immutable set of services and backends the workers read;
 // SetServices builds a new one and swaps it in atomically.
@@ -276,8 +278,11 @@ func checkServices(defs []model.Service) ([]netip.Addr, error) {
 	if len(vips) > MaxVIPs {
 		return nil, fmt.Errorf("balancer: %d VIPs, at most %d are supported", len(vips), MaxVIPs)
 	}
-	if _, v6 := splitFamilies(vips); len(v6) > MaxVIPs6 {
-		return nil, fmt.Errorf("balancer: %d IPv6 VIPs, at most %d are supported", len(v6), MaxVIPs6)
+	if _, v6 := splitFamilies(vips); len(v6) > 0 {
+		if n := len(vipFilter6(v6, nil)); n > maxFilter6 {
+			return nil, fmt.Errorf("balancer: the %d IPv6 VIPs need a socket filter of %d instructions, at most %d fit "+
+				"(VIPs that share their first 96 bits cost one each, others up to 14)", len(v6), n, maxFilter6)
+		}
 	}
 	return vips, nil
 }

@@ -1,10 +1,16 @@
 package balancer
 
 import (
+	"context"
+	"net"
+	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/model"
 )
@@ -91,5 +97,58 @@ func TestIPv6VIPsOnlyWhenServed(t *testing.T) {
 	h.send6(t, clientUDP6(40003, 8, false))
 	if n := h.forward6(t); n != 0 {
 		t.Errorf("%d packets read after the IPv6 VIP left, want none", n)
+	}
+}
+
+// TestIPv6FlowsSplitBetweenWorkers: two running workers share the IPv6
+// flows through their filters: every packet to the IPv6 VIP is read once
+// and forwarded, each worker takes some TCP/UDP flows, and worker 0 the
+// ICMPv6 and the packets behind extension headers; a packet to another
+// local IPv6 address is never seen.
+func TestIPv6FlowsSplitBetweenWorkers(t *testing.T) {
+	h := newHotPathWorkers(t, 2)
+	other := netip.MustParseAddr("2001:db8::200")
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: other.AsSlice(), Mask: net.CIDRMask(128, 128)}, Flags: unix.IFA_F_NODAD}); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.b.SetServices(oneService(1009, nil, model.Backend{ID: 1, Name: "lo", Address: benchBackend, Weight: 1})); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- h.b.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	var pkts [][]byte
+	for i := range 16 {
+		for range 4 {
+			pkts = append(pkts, clientUDP6(uint16(30000+i), 16, i%4 == 3))
+		}
+	}
+	echo := clientUDP6(0, 8, false)
+	echo[6], echo[40], echo[41] = unix.IPPROTO_ICMPV6, 128, 0 // echo request
+	elsewhere := clientUDP6(30000, 16, false)
+	copy(elsewhere[24:40], other.AsSlice())
+	pkts = append(pkts, echo, elsewhere)
+	for p := range slices.Chunk(pkts, batchSize) {
+		h.send6(t, p...)
+	}
+	want := uint64(len(pkts) - 1)
+	deadline := time.Now().Add(20 * time.Second)
+	for h.b.Stats().Forwarded < want && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	st := h.b.Stats()
+	if st.Received != want || st.Forwarded != want {
+		t.Errorf("%d received, %d forwarded, drops %v; want %d and %d", st.Received, st.Forwarded, st.Drops, want, want)
+	}
+	for i, w := range h.b.workers {
+		if w.received.Load() == 0 {
+			t.Errorf("worker %d took none of the flows", i)
+		}
 	}
 }

@@ -29,6 +29,7 @@ func TestForward(t *testing.T) {
 	t.Parallel()
 	l := newLink(t, []string{addrA + "/24", vip + "/32", vipPorts + "/32", side6.own + "/64", side6.vip + "/128", vipPorts6 + "/128"},
 		[]string{addrB + "/24", side6.client + "/64"})
+	l.waitReady(t, side6.own) // and each side knows the other's link address
 	rules := nft.Rules{
 		SilenceVIPs: addrs(vip, vipPorts, side6.vip, vipPorts6),
 		Forward: []nft.Forward{

@@ -63,6 +63,7 @@ func TestSilence(t *testing.T) {
 	requireRoot(t)
 	t.Parallel()
 	l := newLink(t, []string{addrA + "/24", vip + "/32", side6.own + "/64", side6.vip + "/128"}, []string{addrB + "/24", side6.client + "/64"})
+	l.waitReady(t, side6.own) // and each side knows the other's link address
 	rules := nft.Rules{SilenceVIPs: addrs(vip, side6.vip)}
 
 	probes := []struct {

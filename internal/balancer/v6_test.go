@@ -152,3 +152,31 @@ func TestIPv6FlowsSplitBetweenWorkers(t *testing.T) {
 		}
 	}
 }
+
+// TestIPv6TooBig: an IPv6 packet that does not fit the tunnel is not sent
+// (IPv6 routers never fragment) but counted as too_big, where the client
+// gets a Packet Too Big (encap6.go); one that fits goes through.
+func TestIPv6TooBig(t *testing.T) {
+	h := newHotPathWorkers(t, 1)
+	lo, err := netlink.LinkByName("lo")
+	if err == nil {
+		err = netlink.LinkSetMTU(lo, 1280) // the least IPv6 allows
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.b.SetServices(oneService(1009, nil, model.Backend{ID: 1, Name: "lo", Address: benchBackend, Weight: 1})); err != nil {
+		t.Fatal(err)
+	}
+	fits := clientUDP6(40000, 1280-headroom-48, false)
+	big := clientUDP6(40001, 1280-48, false) // 1280 bytes: 1280 + the outer header in the tunnel
+	h.send6(t, big, fits)
+	got := 0
+	for deadline := time.Now().Add(10 * time.Second); got < 2 && time.Now().Before(deadline); {
+		got += h.forward6(t)
+	}
+	st := h.b.Stats()
+	if st.Drops["too_big"] != 1 || st.Forwarded != 1 {
+		t.Errorf("%d forwarded, drops %v; want the packet that fits forwarded, the other dropped as too_big", st.Forwarded, st.Drops)
+	}
+}

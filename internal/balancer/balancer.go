@@ -59,6 +59,10 @@ type Balancer struct {
 	svcStats map[string]*serviceStats
 	last     model.Set // the set SetServices last installed
 
+	// noIPv6 says why the workers have no IPv6 packet socket (nil: they
+	// have one); SetServices then refuses IPv6 VIPs.
+	noIPv6 error
+
 	// WatchRoutes' goroutine: an eventfd that stops it, closed when done.
 	watchStop int
 	watchDone chan struct{}
@@ -138,12 +142,22 @@ func (b *Balancer) openWorker(i int) (*worker, error) {
 	if i == 0 {
 		protos = append(protos, unix.IPPROTO_ICMP)
 	}
-	protos = append(protos, ipv6Packets)
 	for _, proto := range protos {
 		if err := w.listen(proto); err != nil {
 			w.close()
 			return nil, err
 		}
+	}
+	// A unit that does not allow packet sockets (RestrictAddressFamilies
+	// without AF_PACKET) still balances IPv4; SetServices then refuses
+	// IPv6 VIPs, saying why.
+	err := w.listen(ipv6Packets)
+	switch {
+	case errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EPERM):
+		b.noIPv6 = err
+	case err != nil:
+		w.close()
+		return nil, err
 	}
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 	if err != nil {

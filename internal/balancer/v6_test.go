@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -178,5 +179,29 @@ func TestIPv6TooBig(t *testing.T) {
 	st := h.b.Stats()
 	if st.Drops["too_big"] != 1 || st.Forwarded != 1 {
 		t.Errorf("%d forwarded, drops %v; want the packet that fits forwarded, the other dropped as too_big", st.Forwarded, st.Drops)
+	}
+}
+
+// TestNoPacketSocket: a balancer whose workers could not open the IPv6
+// packet socket (a unit without AF_PACKET) serves IPv4 VIPs and refuses an
+// IPv6 one, saying why, changing nothing.
+func TestNoPacketSocket(t *testing.T) {
+	h := newHotPathWorkers(t, 1)
+	h.b.noIPv6 = fmt.Errorf("balancer: ipv6 packet socket: %w", unix.EAFNOSUPPORT)
+	be := model.Backend{ID: 1, Name: "lo", Address: benchBackend, Weight: 1}
+	v4only := oneService(1009, nil, be)
+	v4only.Services[0].VIPs = v4only.Services[0].VIPs[:1]
+	if err := h.b.SetServices(v4only); err != nil {
+		t.Fatal(err)
+	}
+	before := h.b.snap.Load()
+	err := h.b.SetServices(oneService(1009, nil, be))
+	want := "balancer: IPv6 VIP 2001:db8::100: no IPv6 packets can be read (balancer: ipv6 packet socket: address family not supported by protocol): " +
+		"a systemd unit must allow AF_PACKET in RestrictAddressFamilies"
+	if errText(err) != want {
+		t.Errorf("error %q, want %q", errText(err), want)
+	}
+	if h.b.snap.Load() != before {
+		t.Error("the refused set was installed")
 	}
 }

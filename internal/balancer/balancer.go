@@ -1,9 +1,10 @@
 // Package balancer is the balancer's data path: it reads every packet sent to
-// the VIPs from raw IP sockets, keys it by flow, classifies it by (VIP,
-// protocol, destination port) to its service, picks a backend of that
-// service (connection tracking first, then the service's own Maglev table,
-// with the service's hash), encapsulates it in place and sends it to the
-// backend with sendmmsg on an IP_HDRINCL socket.
+// the VIPs from raw IP sockets (IPv6 whole from packet sockets), keys it by
+// flow, classifies it by (VIP, protocol, destination port) to its service,
+// picks a backend of that service (connection tracking first, then the
+// service's own Maglev table, with the service's hash), encapsulates it in
+// place and sends it to the backend with sendmmsg on an IP_HDRINCL socket
+// of the outer's family.
 //
 // It owns the sockets and their BPF filters, the workers and their
 // counters (per backend and per service), the classification, the

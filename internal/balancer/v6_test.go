@@ -169,8 +169,10 @@ func TestIPv6TooBig(t *testing.T) {
 	if err := h.b.SetServices(oneService(1009, nil, model.Backend{ID: 1, Name: "lo", Address: benchBackend, Weight: 1})); err != nil {
 		t.Fatal(err)
 	}
-	fits := clientUDP6(40000, 1280-headroom-48, false)
-	big := clientUDP6(40001, 1280-48, false) // 1280 bytes: 1280 + the outer header in the tunnel
+	// The backend's outer is IPv4, 28 bytes; the IPv6 and UDP headers
+	// take 48.
+	fits := clientUDP6(40000, 1280-28-48, false) // 1280 bytes in the tunnel
+	big := clientUDP6(40001, 1280-48, false)     // 1280 bytes, 1308 in the tunnel
 	h.send6(t, big, fits)
 	got := 0
 	for deadline := time.Now().Add(10 * time.Second); got < 2 && time.Now().Before(deadline); {

@@ -20,7 +20,11 @@ type target struct {
 	gen   uint64
 	route route
 	outer encap.Outer
+	// v6 says the outer is IPv6: sent to dst6 on the IPv6 socket, not to
+	// dst on the IPv4 one.
+	v6    bool
 	dst   [4]byte
+	dst6  [16]byte
 	mtu   int
 	stats *backendStats
 }
@@ -77,5 +81,11 @@ func (b *Balancer) target(be model.Backend, prev *target, gen uint64) *target {
 		stats = &backendStats{perWorker: make([]backendCounters, b.cfg.Workers)}
 		b.stats[be.ID] = stats
 	}
-	return &target{Backend: be, given: given, gen: gen, route: r, outer: outer, dst: be.Address.As4(), mtu: r.mtu, stats: stats}
+	t := &target{Backend: be, given: given, gen: gen, route: r, outer: outer, mtu: r.mtu, stats: stats}
+	if a := be.Address.Unmap(); a.Is4() {
+		t.dst = a.As4()
+	} else {
+		t.v6, t.dst6 = true, a.As16()
+	}
+	return t
 }

@@ -1,9 +1,10 @@
 // Package balancer is the balancer's data path: it reads every packet sent to
-// the VIPs from raw IP sockets, keys it by flow, classifies it by (VIP,
-// protocol, destination port) to its service, picks a backend of that
-// service (connection tracking first, then the service's own Maglev table,
-// with the service's hash), encapsulates it in place and sends it to the
-// backend with sendmmsg on an IP_HDRINCL socket.
+// the VIPs from raw IP sockets (IPv6 whole from packet sockets), keys it by
+// flow, classifies it by (VIP, protocol, destination port) to its service,
+// picks a backend of that service (connection tracking first, then the
+// service's own Maglev table, with the service's hash), encapsulates it in
+// place and sends it to the backend with sendmmsg on an IP_HDRINCL socket
+// of the outer's family.
 //
 // It owns the sockets and their BPF filters, the workers and their
 // counters (per backend and per service), the classification, the
@@ -58,6 +59,10 @@ type Balancer struct {
 	stats    map[uint32]*backendStats
 	svcStats map[string]*serviceStats
 	last     model.Set // the set SetServices last installed
+
+	// noIPv6 says why the workers have no IPv6 packet socket (nil: they
+	// have one); SetServices then refuses IPv6 VIPs.
+	noIPv6 error
 
 	// WatchRoutes' goroutine: an eventfd that stops it, closed when done.
 	watchStop int
@@ -121,16 +126,18 @@ func Open(cfg Config) (*Balancer, error) {
 }
 
 // openWorker opens worker i's sockets: a raw TCP and a raw UDP socket, and
-// on worker 0 an ICMP one, for every local address. Their BPF filters keep
-// only packets to the VIPs, none until SetServices gives VIPs (see filter);
-// the TCP and UDP ones only this worker's share of flows too, so no two
-// workers receive the same packet. Worker 0 takes all of ICMP, which is rare
-// and whose errors are keyed by the quoted packet, beyond a simple filter's
-// reach.
+// on worker 0 an ICMP one, for every local address, and a packet socket
+// for IPv6 (see listen). Their BPF filters keep only packets to the VIPs,
+// none until SetServices gives VIPs (see filter); only this worker's share
+// of the TCP and UDP flows too, so no two workers receive the same packet.
+// Worker 0 takes all of ICMP and ICMPv6, which are rare and whose errors
+// are keyed by the quoted packet, beyond a simple filter's reach, and every
+// IPv6 packet with extension headers (fragments included).
 func (b *Balancer) openWorker(i int) (*worker, error) {
 	w := newWorker(b, i)
 	if b.cfg.Workers > 1 {
 		w.share = shareFilter(uint32(i), uint32(b.cfg.Workers))
+		w.share6 = shareFilter6(uint32(i), uint32(b.cfg.Workers))
 	}
 	protos := []int{unix.IPPROTO_TCP, unix.IPPROTO_UDP}
 	if i == 0 {
@@ -142,6 +149,17 @@ func (b *Balancer) openWorker(i int) (*worker, error) {
 			return nil, err
 		}
 	}
+	// A unit that does not allow packet sockets (RestrictAddressFamilies
+	// without AF_PACKET) still balances IPv4; SetServices then refuses
+	// IPv6 VIPs, saying why.
+	err := w.listen(ipv6Packets)
+	switch {
+	case errors.Is(err, unix.EAFNOSUPPORT) || errors.Is(err, unix.EPERM):
+		b.noIPv6 = err
+	case err != nil:
+		w.close()
+		return nil, err
+	}
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
 	if err != nil {
 		w.close()
@@ -149,14 +167,39 @@ func (b *Balancer) openWorker(i int) (*worker, error) {
 	}
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, socketBuffer)
 	w.sendFD = fd
+	// IPPROTO_RAW implies IPV6_HDRINCL (ipv6(7)). A kernel without IPv6
+	// (ipv6.disable=1) has no route to an IPv6 backend either: then there is
+	// no such socket, and nothing is ever queued for it.
+	fd, err = unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	switch {
+	case errors.Is(err, unix.EAFNOSUPPORT):
+	case err != nil:
+		w.close()
+		return nil, fmt.Errorf("balancer: raw IPv6 send socket: %w", err)
+	default:
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, socketBuffer)
+		w.sendFD6 = fd
+	}
 	return w, nil
 }
+
+// ipv6Packets stands, among the listening sockets' protocols, for the
+// packet socket that takes IPv6 (its EtherType; no IP protocol has it).
+const ipv6Packets = unix.ETH_P_IPV6
 
 // listen opens one raw socket of protocol proto, attaches the filter that
 // keeps nothing, empties what it received before that, and adds it to the
 // worker's descriptors. It is not bound: it receives for every local
 // address, and its filter picks the VIPs', so that VIPs come and go without
 // opening or closing a socket.
+//
+// IPv6 (proto ipv6Packets) is read from a packet socket (AF_PACKET,
+// SOCK_DGRAM: from the IPv6 header on, on every interface): a raw IPv6
+// socket hands over the transport header only, and the client's IPv6
+// header, extension headers and flow label would have to be rebuilt from
+// ancillary data, never quite as sent (docs/architecture.md, "IPv6
+// ingestion"). Its filter keeps the packets addressed to this host
+// (PACKET_HOST) and to an IPv6 VIP.
 //
 // The socket is a plain descriptor, not a net.IPConn: net.IPConn registers
 // its socket with the Go runtime's epoll, and then every arriving packet woke
@@ -166,14 +209,18 @@ func (b *Balancer) openWorker(i int) (*worker, error) {
 // own loop and never needs the runtime's poller.
 func (w *worker) listen(proto int) error {
 	name := protoNames[proto]
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, proto)
+	family, typ, num := unix.AF_INET, unix.SOCK_RAW, proto
+	if proto == ipv6Packets {
+		family, typ, num = unix.AF_PACKET, unix.SOCK_DGRAM, int(htons(unix.ETH_P_IPV6))
+	}
+	fd, err := unix.Socket(family, typ|unix.SOCK_CLOEXEC, num)
 	if err != nil {
-		return fmt.Errorf("balancer: raw %s socket: %w", name, err)
+		return fmt.Errorf("balancer: %s socket: %w", name, err)
 	}
 	w.fds = append(w.fds, unix.PollFd{Fd: int32(fd), Events: unix.POLLIN})
 	w.protos = append(w.protos, proto)
 	if err := w.attach(fd, proto, nil); err != nil {
-		return fmt.Errorf("balancer: raw %s socket: BPF filter: %w", name, err)
+		return fmt.Errorf("balancer: %s socket: BPF filter: %w", name, err)
 	}
 	// Whatever arrived before the filter (any local packet of the protocol).
 	var buf [1]byte
@@ -183,25 +230,43 @@ func (w *worker) listen(proto int) error {
 			break
 		}
 		if err != nil && !errors.Is(err, unix.EINTR) {
-			return fmt.Errorf("balancer: raw %s socket: emptying it: %w", name, err)
+			return fmt.Errorf("balancer: %s socket: emptying it: %w", name, err)
 		}
 	}
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
 	return nil
 }
 
-// protoNames names the protocols of the listening sockets in errors.
-var protoNames = map[int]string{unix.IPPROTO_TCP: "tcp", unix.IPPROTO_UDP: "udp", unix.IPPROTO_ICMP: "icmp"}
+// protoNames names the listening sockets in errors.
+var protoNames = map[int]string{unix.IPPROTO_TCP: "raw tcp", unix.IPPROTO_UDP: "raw udp", unix.IPPROTO_ICMP: "raw icmp", ipv6Packets: "ipv6 packet"}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // attach gives socket fd, of protocol proto, the filter that keeps the
-// packets to vips: all of them on the ICMP socket, this worker's share on
-// the others.
+// packets to vips of its family: all of them on the ICMP socket, this
+// worker's share on the others.
 func (w *worker) attach(fd, proto int, vips []netip.Addr) error {
+	v4, v6 := splitFamilies(vips)
 	accept := []bpf.Instruction{keepPacket}
+	if proto == ipv6Packets {
+		if w.share6 != nil {
+			accept = w.share6
+		}
+		return attachFilter(fd, vipFilter6(v6, accept))
+	}
 	if proto != unix.IPPROTO_ICMP && w.share != nil {
 		accept = w.share
 	}
-	return attachFilter(fd, vipFilter(vips, accept))
+	return attachFilter(fd, vipFilter(v4, accept))
+}
+
+// splitFamilies splits vips, sorted (IPv4 before IPv6), by family.
+func splitFamilies(vips []netip.Addr) (v4, v6 []netip.Addr) {
+	i := 0
+	for i < len(vips) && vips[i].Is4() {
+		i++
+	}
+	return vips[:i], vips[i:]
 }
 
 // filter gives every socket the filter for vips, instead of old's. It is
@@ -224,7 +289,7 @@ func (b *Balancer) filter(vips, old []netip.Addr) error {
 				if errors.Is(err, unix.ENOMEM) {
 					err = fmt.Errorf("%w (a socket's filter counts against net.core.optmem_max)", err)
 				}
-				return fmt.Errorf("balancer: BPF filter for %d VIPs on the raw %s socket: %w", len(vips), protoNames[s.proto], err)
+				return fmt.Errorf("balancer: BPF filter for %d VIPs on the %s socket: %w", len(vips), protoNames[s.proto], err)
 			}
 			done = append(done, s)
 		}
@@ -283,6 +348,143 @@ func shareFilter(i, n uint32) []bpf.Instruction {
 		bpf.LoadScratch{Dst: bpf.RegX, N: 0},        //
 		bpf.ALUOpX{Op: bpf.ALUOpXor},                //
 		bpf.ALUOpConstant{Op: bpf.ALUOpMod, Val: n}, //
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: i, SkipFalse: 1},
+		keepPacket,
+		bpf.RetConstant{Val: 0},
+	}
+}
+
+// vipFilter6 keeps, of what a packet socket reads from the IPv6 header on,
+// the packets addressed to this host (PACKET_HOST: not one a promiscuous
+// interface or the host itself sends) whose destination is one of vips and
+// that accept keeps; never a neighbour discovery message (ICMPv6 133-137
+// right after the fixed header), which the host's kernel answers.
+//
+// The destination's four words are loaded once into scratch memory: the
+// kernel charges a filter for its translation to eBPF, where every load
+// from the packet takes several instructions and a load from scratch one
+// (comparing each VIP's four words from the packet, 32 VIPs did not fit
+// twice in Debian 12's 20480 bytes of optmem_max). The comparisons are a
+// tree, word by word (vipTree6): VIPs that share their first 96 bits cost
+// one instruction each, as IPv4 VIPs do.
+func vipFilter6(vips []netip.Addr, accept []bpf.Instruction) []bpf.Instruction {
+	prog := []bpf.Instruction{
+		bpf.LoadExtension{Num: bpf.ExtType},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.PACKET_HOST, SkipTrue: 1},
+		bpf.RetConstant{Val: 0},
+		bpf.LoadAbsolute{Off: 6, Size: 1}, // next header
+		bpf.JumpIf{Cond: bpf.JumpNotEqual, Val: unix.IPPROTO_ICMPV6, SkipTrue: 4},
+		bpf.LoadAbsolute{Off: 40, Size: 1}, // ICMPv6 type
+		bpf.JumpIf{Cond: bpf.JumpLessThan, Val: 133, SkipTrue: 2},
+		bpf.JumpIf{Cond: bpf.JumpGreaterThan, Val: 137, SkipTrue: 1},
+		bpf.RetConstant{Val: 0},
+	}
+	words := make([][4]uint32, len(vips)) // sorted, as vips are
+	for i, v := range vips {
+		a := v.As16()
+		for w := range 4 {
+			words[i][w] = binary.BigEndian.Uint32(a[4*w:])
+		}
+	}
+	t := vipTree6{prog: prog}
+	if len(words) > 0 {
+		for w := range 4 { // the destination address into M[0..3]
+			t.prog = append(t.prog, bpf.LoadAbsolute{Off: uint32(24 + 4*w), Size: 4}, bpf.StoreScratch{Src: bpf.RegA, N: w})
+		}
+		t.node(words, 0)
+	}
+	drop := len(t.prog)
+	t.prog = append(t.prog, bpf.RetConstant{Val: 0})
+	for _, j := range t.toDrop {
+		t.prog[j] = bpf.Jump{Skip: uint32(drop - j - 1)}
+	}
+	for _, j := range t.toAccept {
+		t.prog[j] = bpf.Jump{Skip: uint32(len(t.prog) - j - 1)}
+	}
+	return append(t.prog, accept...)
+}
+
+// vipTree6 builds vipFilter6's comparisons. A jump of classic BPF reaches
+// any distance only unconditionally, so a comparison that leads far away
+// leads to a Jump, patched once the target is known.
+type vipTree6 struct {
+	prog []bpf.Instruction
+	// toDrop and toAccept are the Jumps to the end's drop and accept.
+	toDrop, toAccept []int
+}
+
+// node compares word w of the destination with those of vips, which agree
+// on the words before w and are sorted: a match goes on to the next word's
+// node of the VIPs with that word, a mismatch drops the packet, since no
+// other VIP can match.
+func (t *vipTree6) node(vips [][4]uint32, w int) {
+	t.prog = append(t.prog, bpf.LoadScratch{Dst: bpf.RegA, N: w})
+	if w == 3 {
+		// The last word: runs of comparisons as in vipFilter.
+		for run := range slices.Chunk(vips, maxSkip) {
+			for i, v := range run {
+				j := bpf.JumpIf{Cond: bpf.JumpEqual, Val: v[3], SkipTrue: uint8(len(run) - 1 - i)}
+				if i == len(run)-1 {
+					j.SkipFalse = 1 // on to the next run
+				}
+				t.prog = append(t.prog, j)
+			}
+			t.toAccept = append(t.toAccept, len(t.prog))
+			t.prog = append(t.prog, bpf.Jump{})
+		}
+		t.toDrop = append(t.toDrop, len(t.prog))
+		t.prog = append(t.prog, bpf.Jump{})
+		return
+	}
+	var groups [][][4]uint32 // vips by word w
+	for i := 0; i < len(vips); {
+		j := i + 1
+		for j < len(vips) && vips[j][w] == vips[i][w] {
+			j++
+		}
+		groups = append(groups, vips[i:j])
+		i = j
+	}
+	jumps := make([]int, len(groups))
+	for g, group := range groups {
+		t.prog = append(t.prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: group[0][w], SkipFalse: 1})
+		jumps[g] = len(t.prog)
+		t.prog = append(t.prog, bpf.Jump{})
+	}
+	t.toDrop = append(t.toDrop, len(t.prog))
+	t.prog = append(t.prog, bpf.Jump{})
+	for g, group := range groups {
+		t.prog[jumps[g]] = bpf.Jump{Skip: uint32(len(t.prog) - jumps[g] - 1)}
+		t.node(group, w+1)
+	}
+}
+
+// shareFilter6 is shareFilter for IPv6 packets read from their IPv6
+// header: TCP and UDP right after the fixed header are split by (last word
+// of the source address ^ source port ^ destination port) mod n; everything
+// else (ICMPv6, extension headers, fragments, whose ports a classic filter
+// cannot find) goes to worker 0, so the fragments of a datagram stay
+// together.
+func shareFilter6(i, n uint32) []bpf.Instruction {
+	rest := bpf.Instruction(bpf.RetConstant{Val: 0})
+	if i == 0 {
+		rest = keepPacket
+	}
+	return []bpf.Instruction{
+		bpf.LoadAbsolute{Off: 6, Size: 1}, // next header
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.IPPROTO_TCP, SkipTrue: 2},
+		bpf.JumpIf{Cond: bpf.JumpEqual, Val: unix.IPPROTO_UDP, SkipTrue: 1},
+		rest,
+		bpf.LoadAbsolute{Off: 40, Size: 2},    // source port
+		bpf.StoreScratch{Src: bpf.RegA, N: 0}, //
+		bpf.LoadAbsolute{Off: 42, Size: 2},    // destination port
+		bpf.LoadScratch{Dst: bpf.RegX, N: 0},  //
+		bpf.ALUOpX{Op: bpf.ALUOpXor},          // A ^= source port
+		bpf.StoreScratch{Src: bpf.RegA, N: 0}, //
+		bpf.LoadAbsolute{Off: 20, Size: 4},    // A = last word of the source address
+		bpf.LoadScratch{Dst: bpf.RegX, N: 0},  //
+		bpf.ALUOpX{Op: bpf.ALUOpXor},          //
+		bpf.ALUOpConstant{Op: bpf.ALUOpMod, Val: n},
 		bpf.JumpIf{Cond: bpf.JumpEqual, Val: i, SkipFalse: 1},
 		keepPacket,
 		bpf.RetConstant{Val: 0},

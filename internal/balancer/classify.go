@@ -19,18 +19,27 @@ import (
 // to its service: an open-addressing hash table from VIP and protocol to a
 // span of port rules, sorted and disjoint, searched by halving. A multiply
 // and a probe or two, then a few comparisons; no allocation. (A Go map in its
-// place took three times as long.)
+// place took three times as long.) IPv4 and IPv6 VIPs share the table: the
+// key is the full 128-bit address, IPv4 in its IPv4-mapped form, as
+// flow.Key has it.
 type classifier struct {
-	// slots has a power-of-two length, at most half full; key 0 marks an
-	// empty slot (no key is 0: no protocol is).
+	// slots has a power-of-two length, at most half full; protocol 0 marks
+	// an empty slot (no key has it: no classified protocol is 0).
 	slots []slot
 	shift uint8 // 64 - log2(len(slots))
 	rules []rule
 }
 
+// classKey is a VIP, as the two big-endian halves of its 16-byte form,
+// and a protocol.
+type classKey struct {
+	hi, lo uint64
+	proto  uint8
+}
+
 // slot gives the rules of one VIP and protocol: rules[lo:hi].
 type slot struct {
-	key    uint64
+	key    classKey
 	lo, hi uint32
 }
 
@@ -46,27 +55,39 @@ type rule struct {
 // backend. 255 is IANA's reserved protocol number, which no packet has.
 const portless = 255
 
-// classKey packs a VIP, IPv4 as a big-endian integer, and a protocol.
-func classKey(vip uint32, proto uint8) uint64 { return uint64(vip)<<8 | uint64(proto) }
+// keyOf is the key of VIP addr (16-byte form) and protocol proto.
+func keyOf(addr *[16]byte, proto uint8) classKey {
+	return classKey{binary.BigEndian.Uint64(addr[:8]), binary.BigEndian.Uint64(addr[8:]), proto}
+}
 
-// home is the slot where key's probe starts (Fibonacci hashing).
-func (c *classifier) home(key uint64) uint64 { return (key * 0x9e3779b97f4a7c15) >> (c.shift & 63) }
+// addr is the VIP of k.
+func (k classKey) addr() netip.Addr {
+	var a [16]byte
+	binary.BigEndian.PutUint64(a[:8], k.hi)
+	binary.BigEndian.PutUint64(a[8:], k.lo)
+	return netip.AddrFrom16(a).Unmap()
+}
 
-// classify returns the service of the flow k, nil when none takes it. The
-// raw sockets are IPv4, so k.Dst is IPv4-mapped.
+// home is the slot where key's probe starts (Fibonacci hashing of the
+// halves mixed; an IPv4 VIP's hi is the same for all, its lo differs).
+func (c *classifier) home(k classKey) uint64 {
+	return ((k.hi*0xff51afd7ed558ccd ^ k.lo ^ uint64(k.proto)) * 0x9e3779b97f4a7c15) >> (c.shift & 63)
+}
+
+// classify returns the service of the flow k, nil when none takes it.
 func (c *classifier) classify(k *flow.Key) *service {
 	proto, port := k.Proto, k.DstPort
 	if proto != unix.IPPROTO_TCP && proto != unix.IPPROTO_UDP {
 		proto, port = portless, 0
 	}
-	key := classKey(binary.BigEndian.Uint32(k.Dst[12:16]), proto)
+	key := keyOf(&k.Dst, proto)
 	mask := uint64(len(c.slots) - 1)
 	for i := c.home(key); ; i++ {
 		s := &c.slots[i&mask]
 		if s.key == key {
 			return search(c.rules[s.lo:s.hi], port)
 		}
-		if s.key == 0 {
+		if s.key.proto == 0 {
 			return nil
 		}
 	}
@@ -94,11 +115,10 @@ func search(rules []rule, port uint16) *service {
 // fails when two of them (or one twice) would take the same VIP, protocol
 // and port.
 func newClassifier(services []*service) (classifier, error) {
-	byKey := map[uint64][]rule{}
+	byKey := map[classKey][]rule{}
 	for _, svc := range services {
 		for _, v := range svc.VIPs {
-			a := v.Addr.As4()
-			vip := binary.BigEndian.Uint32(a[:])
+			vip := v.Addr.As16()
 			for _, p := range []struct {
 				proto model.Protocols
 				num   uint8
@@ -106,7 +126,7 @@ func newClassifier(services []*service) (classifier, error) {
 				if svc.Protocols&p.proto == 0 {
 					continue
 				}
-				k := classKey(vip, p.num)
+				k := keyOf(&vip, p.num)
 				if v.Ports == nil {
 					byKey[k] = append(byKey[k], rule{0, 65535, svc})
 				}
@@ -114,7 +134,7 @@ func newClassifier(services []*service) (classifier, error) {
 					byKey[k] = append(byKey[k], rule{r.First, r.Last, svc})
 				}
 			}
-			if k := classKey(vip, portless); byKey[k] == nil {
+			if k := keyOf(&vip, portless); byKey[k] == nil {
 				byKey[k] = []rule{{0, 65535, svc}}
 			}
 		}
@@ -124,7 +144,7 @@ func newClassifier(services []*service) (classifier, error) {
 		size *= 2
 	}
 	c := classifier{slots: make([]slot, size), shift: uint8(64 - bits.TrailingZeros(uint(size)))}
-	for _, k := range slices.Sorted(maps.Keys(byKey)) {
+	for _, k := range slices.SortedFunc(maps.Keys(byKey), compareKeys) {
 		rules := byKey[k]
 		slices.SortFunc(rules, func(a, b rule) int { return cmp.Compare(a.first, b.first) })
 		for i := 1; i < len(rules); i++ {
@@ -133,7 +153,7 @@ func newClassifier(services []*service) (classifier, error) {
 			}
 		}
 		i := c.home(k)
-		for c.slots[i&uint64(size-1)].key != 0 {
+		for c.slots[i&uint64(size-1)].key.proto != 0 {
 			i++
 		}
 		c.slots[i&uint64(size-1)] = slot{key: k, lo: uint32(len(c.rules)), hi: uint32(len(c.rules) + len(rules))}
@@ -142,14 +162,17 @@ func newClassifier(services []*service) (classifier, error) {
 	return c, nil
 }
 
-func overlapError(k uint64, port uint16, a, b *service) error {
-	var v [4]byte
-	binary.BigEndian.PutUint32(v[:], uint32(k>>8))
+// compareKeys orders keys, so that the table is built alike every time.
+func compareKeys(a, b classKey) int {
+	return cmp.Or(cmp.Compare(a.hi, b.hi), cmp.Compare(a.lo, b.lo), cmp.Compare(a.proto, b.proto))
+}
+
+func overlapError(k classKey, port uint16, a, b *service) error {
 	proto := model.TCP
-	if uint8(k) == unix.IPPROTO_UDP {
+	if k.proto == unix.IPPROTO_UDP {
 		proto = model.UDP
 	}
-	where := fmt.Sprintf("VIP %s %v port %d", netip.AddrFrom4(v), proto, port)
+	where := fmt.Sprintf("VIP %s %v port %d", k.addr(), proto, port)
 	if a == b {
 		return fmt.Errorf("balancer: service %s takes %s twice", a.Name, where)
 	}

@@ -20,12 +20,17 @@ func shells(defs ...model.Service) []*service {
 	return out
 }
 
-// keyTo is the key of a flow from 198.51.100.1 to vip:port over proto (for
-// ICMP echo, port is the identifier, in both ports as flow.Parse puts it).
+// keyTo is the key of a flow from 198.51.100.1 (2001:db8:c::1 to an IPv6
+// vip) to vip:port over proto (for ICMP echo, port is the identifier, in
+// both ports as flow.Parse puts it).
 func keyTo(vip string, proto uint8, port uint16) flow.Key {
-	k := flow.Key{Src: netip.MustParseAddr("::ffff:198.51.100.1").As16(),
-		Dst: netip.AddrFrom4(netip.MustParseAddr(vip).As4()).As16(), SrcPort: 40000, DstPort: port, Proto: proto}
-	if proto == unix.IPPROTO_ICMP {
+	dst := netip.MustParseAddr(vip)
+	src := netip.MustParseAddr("198.51.100.1")
+	if dst.Is6() {
+		src = netip.MustParseAddr("2001:db8:c::1")
+	}
+	k := flow.Key{Src: src.As16(), Dst: dst.As16(), SrcPort: 40000, DstPort: port, Proto: proto}
+	if proto == unix.IPPROTO_ICMP || proto == unix.IPPROTO_ICMPV6 {
 		k.SrcPort = port
 	}
 	return k
@@ -38,12 +43,17 @@ func ports(rs ...model.PortRange) []model.PortRange { return rs }
 // own (ICMP echo) go to the first service by name that has the VIP.
 func TestClassify(t *testing.T) {
 	const one, two, three = "192.0.2.1", "192.0.2.2", "192.0.2.3"
+	// six is an IPv6 VIP; nat64 ends in the same 32 bits as one, and
+	// other differs from six only in its upper half.
+	const six, nat64, other = "2001:db8::1", "64:ff9b::192.0.2.1", "2001:db9::1"
 	services := shells(
 		model.Service{Name: "web", Protocols: model.TCP, VIPs: []model.VIP{
 			{Addr: netip.MustParseAddr(one), Ports: ports(model.PortRange{First: 80, Last: 80}, model.PortRange{First: 443, Last: 443}, model.PortRange{First: 8000, Last: 8099})},
-			{Addr: netip.MustParseAddr(two), Ports: ports(model.PortRange{First: 80, Last: 80})}}},
+			{Addr: netip.MustParseAddr(two), Ports: ports(model.PortRange{First: 80, Last: 80})},
+			{Addr: netip.MustParseAddr(six), Ports: ports(model.PortRange{First: 80, Last: 80})}}},
 		model.Service{Name: "dns", Protocols: model.TCP | model.UDP, VIPs: []model.VIP{
-			{Addr: netip.MustParseAddr(one), Ports: ports(model.PortRange{First: 53, Last: 53})}}},
+			{Addr: netip.MustParseAddr(one), Ports: ports(model.PortRange{First: 53, Last: 53})},
+			{Addr: netip.MustParseAddr(six), Ports: ports(model.PortRange{First: 53, Last: 53})}}},
 		model.Service{Name: "any", Protocols: model.UDP, VIPs: []model.VIP{{Addr: netip.MustParseAddr(two)}}},
 	)
 	// Sorted by name, as buildSnapshot hands them over.
@@ -52,7 +62,7 @@ func TestClassify(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tcp, udp, icmp := uint8(unix.IPPROTO_TCP), uint8(unix.IPPROTO_UDP), uint8(unix.IPPROTO_ICMP)
+	tcp, udp, icmp, icmpv6 := uint8(unix.IPPROTO_TCP), uint8(unix.IPPROTO_UDP), uint8(unix.IPPROTO_ICMP), uint8(unix.IPPROTO_ICMPV6)
 	tests := []struct {
 		vip   string
 		proto uint8
@@ -85,6 +95,16 @@ func TestClassify(t *testing.T) {
 		{three, icmp, 7, ""},
 		// Another protocol keyed on its address pair: the same.
 		{one, 47, 0, "dns"},
+		// IPv6: the whole address counts.
+		{six, tcp, 80, "web"},
+		{six, tcp, 53, "dns"},
+		{six, udp, 53, "dns"},
+		{six, udp, 80, ""},
+		{six, tcp, 443, ""},
+		{six, icmpv6, 1, "dns"},
+		{nat64, tcp, 80, ""},
+		{nat64, icmpv6, 1, ""},
+		{other, tcp, 80, ""},
 	}
 	for _, tt := range tests {
 		t.Run(fmt.Sprintf("%s proto %d port %d", tt.vip, tt.proto, tt.port), func(t *testing.T) {
@@ -172,12 +192,15 @@ func TestClassifierRefusesOverlaps(t *testing.T) {
 
 // classifyBench is 100 services of 4 ports each (80, 443 and two of their
 // own) over TCP, on 25 VIPs, 4 services a VIP, and the keys of a flow to
-// each of their ports.
-func classifyBench(tb testing.TB) (classifier, []flow.Key) {
+// each of their ports; the VIPs are IPv4, or IPv6 when v6.
+func classifyBench(tb testing.TB, v6 bool) (classifier, []flow.Key) {
 	var services []*service
 	var keys []flow.Key
 	for i := range 100 {
 		vip := netip.AddrFrom4([4]byte{192, 0, 2, byte(i / 4)})
+		if v6 {
+			vip = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i / 4)})
+		}
 		own := uint16(10000 + 10*i)
 		one := func(p uint16) model.PortRange { return model.PortRange{First: p, Last: p} }
 		ps := ports(one(own), one(own+1), one(own+2), one(own+3))
@@ -199,29 +222,35 @@ func classifyBench(tb testing.TB) (classifier, []flow.Key) {
 
 // TestClassifyAllocatesNothing: classification runs for every packet.
 func TestClassifyAllocatesNothing(t *testing.T) {
-	c, keys := classifyBench(t)
-	miss := keyTo("192.0.2.1", unix.IPPROTO_TCP, 9)
-	allocs := testing.AllocsPerRun(100, func() {
-		for i := range keys {
-			if c.classify(&keys[i]) == nil {
-				t.Fatal("a flow to a service's port classified to none")
+	for _, v6 := range []bool{false, true} {
+		c, keys := classifyBench(t, v6)
+		miss := keyTo("192.0.2.1", unix.IPPROTO_TCP, 9)
+		if v6 {
+			miss = keyTo("2001:db8::1", unix.IPPROTO_TCP, 9)
+		}
+		allocs := testing.AllocsPerRun(100, func() {
+			for i := range keys {
+				if c.classify(&keys[i]) == nil {
+					t.Fatal("a flow to a service's port classified to none")
+				}
 			}
+			if c.classify(&miss) != nil {
+				t.Fatal("a flow to a port no service takes classified to one")
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("IPv6 %v: %v allocations per round, want 0", v6, allocs)
 		}
-		if c.classify(&miss) != nil {
-			t.Fatal("a flow to a port no service takes classified to one")
-		}
-	})
-	if allocs != 0 {
-		t.Errorf("%v allocations per round, want 0", allocs)
 	}
 }
 
 // BenchmarkClassify: one classification of a packet among 100 services × 4
-// ports (classifyBench), cycling over every service's ports; and, for
-// comparison, with the one service of every port that the hot-path
-// benchmark has.
+// ports (classifyBench), cycling over every service's ports, with IPv4 VIPs
+// and with IPv6 VIPs; and, for comparison, with the one service of every
+// port that the hot-path benchmark has.
 func BenchmarkClassify(b *testing.B) {
-	many, keys := classifyBench(b)
+	many, keys := classifyBench(b, false)
+	many6, keys6 := classifyBench(b, true)
 	one, err := newClassifier(shells(model.Service{Name: "default", Protocols: model.TCP | model.UDP,
 		VIPs: []model.VIP{{Addr: benchVIP}}}))
 	if err != nil {
@@ -234,6 +263,7 @@ func BenchmarkClassify(b *testing.B) {
 		keys []flow.Key
 	}{
 		{"100x4", many, keys},
+		{"100x4-ipv6", many6, keys6},
 		{"1xall", one, []flow.Key{k}},
 	} {
 		b.Run(bb.name, func(b *testing.B) {

@@ -18,6 +18,14 @@ import (
 // turn (see vipFilter), and classic BPF allows 4096 instructions.
 const MaxVIPs = 1024
 
+// maxFilter6 is the most instructions the comparisons of the IPv6 VIPs'
+// filter may take (vipFilter6 without its accept part): MaxVIPs VIPs that
+// share their first 96 bits (one instruction each) take 1061, which fits,
+// twice while one replaces the other, in the socket option memory that the
+// IPv4 filter of MaxVIPs fits in (TestMaxVIPsFit). VIPs spread over other
+// prefixes cost up to 14 instructions each (about 75 of them fit).
+const maxFilter6 = 1061
+
 // snapshot is the immutable set of services and backends the workers read;
 // SetServices builds a new one and swaps it in atomically.
 type snapshot struct {
@@ -121,6 +129,9 @@ func (b *Balancer) install(set model.Set) error {
 	s, err := b.buildSnapshot(set)
 	if err != nil {
 		return err
+	}
+	if _, v6 := splitFamilies(s.vips); len(v6) > 0 && b.noIPv6 != nil {
+		return fmt.Errorf("balancer: IPv6 VIP %s: no IPv6 packets can be read (%w): a systemd unit must allow AF_PACKET in RestrictAddressFamilies", v6[0], b.noIPv6)
 	}
 	if old := b.snap.Load(); !slices.Equal(old.vips, s.vips) {
 		if err := b.filter(s.vips, old.vips); err != nil {
@@ -252,8 +263,10 @@ func checkServices(defs []model.Service) ([]netip.Addr, error) {
 			return nil, fmt.Errorf("balancer: service %s: unknown %v", d.Name, d.Hash)
 		}
 		for _, v := range d.VIPs {
-			if !v.Addr.Is4() {
-				return nil, fmt.Errorf("balancer: service %s: VIP %s: only IPv4 VIPs are supported", d.Name, v.Addr)
+			// The sockets see IPv4 as IPv4 and IPv6 as IPv6: a mapped
+			// form or a zone would never match a packet.
+			if !v.Addr.IsValid() || v.Addr.Is4In6() || v.Addr.Zone() != "" {
+				return nil, fmt.Errorf("balancer: service %s: VIP %s: not a plain IPv4 or IPv6 address", d.Name, v.Addr)
 			}
 			for _, r := range v.Ports {
 				if r.First > r.Last {
@@ -267,6 +280,12 @@ func checkServices(defs []model.Service) ([]netip.Addr, error) {
 	vips = slices.Compact(vips)
 	if len(vips) > MaxVIPs {
 		return nil, fmt.Errorf("balancer: %d VIPs, at most %d are supported", len(vips), MaxVIPs)
+	}
+	if _, v6 := splitFamilies(vips); len(v6) > 0 {
+		if n := len(vipFilter6(v6, nil)); n > maxFilter6 {
+			return nil, fmt.Errorf("balancer: the %d IPv6 VIPs need a socket filter of %d instructions, at most %d fit "+
+				"(VIPs that share their first 96 bits cost one each, others up to 14)", len(v6), n, maxFilter6)
+		}
 	}
 	return vips, nil
 }

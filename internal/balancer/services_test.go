@@ -151,8 +151,8 @@ func TestSetServicesRefusesBadSets(t *testing.T) {
 			"balancer: two services named dns"},
 		{"a service without a name", func(s *model.Set) { s.Services[0].Name = "" },
 			"balancer: a service without a name"},
-		{"an IPv6 VIP", func(s *model.Set) { s.Services[0].VIPs[0].Addr = netip.MustParseAddr("2001:db8::1") },
-			"balancer: service dns: VIP 2001:db8::1: only IPv4 VIPs are supported"},
+		{"an IPv4-mapped VIP", func(s *model.Set) { s.Services[0].VIPs[0].Addr = netip.MustParseAddr("::ffff:10.0.0.100") },
+			"balancer: service dns: VIP ::ffff:10.0.0.100: not a plain IPv4 or IPv6 address"},
 		{"a reversed port range", func(s *model.Set) { s.Services[0].VIPs[0].Ports[0] = model.PortRange{First: 60, Last: 50} },
 			"balancer: service dns: VIP 10.0.0.100: port range 60-50 ends before it starts"},
 		{"no protocol", func(s *model.Set) { s.Services[0].Protocols = 0 },
@@ -168,6 +168,11 @@ func TestSetServicesRefusesBadSets(t *testing.T) {
 				s.Services[1].VIPs = append(s.Services[1].VIPs, model.VIP{Addr: netip.AddrFrom4([4]byte{9, 0, byte(i >> 8), byte(i)})})
 			}
 		}, "balancer: 1025 VIPs, at most 1024 are supported"},
+		{"IPv6 VIPs spread too wide for the filter", func(s *model.Set) {
+			for i := range 80 {
+				s.Services[1].VIPs = append(s.Services[1].VIPs, model.VIP{Addr: netip.AddrFrom16([16]byte{0x20, byte(i), 15: 1})})
+			}
+		}, "balancer: the 80 IPv6 VIPs need a socket filter of 1140 instructions, at most 1061 fit (VIPs that share their first 96 bits cost one each, others up to 14)"},
 	}
 	if err := h.b.SetServices(good()); err != nil {
 		t.Fatal(err)
@@ -475,22 +480,35 @@ func TestMaxVIPsFit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	many := func(second byte) model.Set {
+	// many has MaxVIPs VIPs, v6 of them IPv6 sharing their first 96 bits.
+	many := func(second byte, v6 int) model.Set {
 		s := model.Service{Name: "many", Protocols: model.TCP | model.UDP, TableSize: 1009}
-		for i := range MaxVIPs {
+		for i := range MaxVIPs - v6 {
 			s.VIPs = append(s.VIPs, model.VIP{Addr: netip.AddrFrom4([4]byte{9, second, byte(i >> 8), byte(i)})})
+		}
+		for i := range v6 {
+			s.VIPs = append(s.VIPs, model.VIP{Addr: netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 4: second, 14: byte(i >> 8), 15: byte(i)})})
 		}
 		return model.Set{Services: []model.Service{s}}
 	}
+	var largest []netip.Addr
+	for _, v := range many(0, MaxVIPs).Services[0].VIPs {
+		largest = append(largest, v.Addr)
+	}
+	if n := len(vipFilter6(largest, nil)); n != maxFilter6 {
+		t.Fatalf("the filter of %d IPv6 VIPs sharing their first 96 bits has %d instructions, maxFilter6 is %d", MaxVIPs, n, maxFilter6)
+	}
 	optmem("20480")
-	for _, second := range []byte{0, 1} {
-		if err := h.b.SetServices(many(second)); err != nil {
-			t.Fatalf("%d VIPs (set %d): %v", MaxVIPs, second+1, err)
+	// The largest IPv6 filter replacing another, then the largest IPv4
+	// filter replacing another.
+	for i, v6 := range []int{MaxVIPs, MaxVIPs, 0, 0} {
+		if err := h.b.SetServices(many(byte(i), v6)); err != nil {
+			t.Fatalf("%d VIPs, %d of them IPv6 (set %d): %v", MaxVIPs, v6, i+1, err)
 		}
 	}
 	optmem("12000")
 	before := h.b.snap.Load()
-	err := h.b.SetServices(many(2))
+	err := h.b.SetServices(many(4, 0))
 	if want := "balancer: BPF filter for 1024 VIPs on the raw tcp socket: cannot allocate memory (a socket's filter counts against net.core.optmem_max)"; errText(err) != want {
 		t.Errorf("error %q, want %q", errText(err), want)
 	}

@@ -2,6 +2,7 @@ package balancer
 
 import (
 	"encoding/binary"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -39,9 +40,10 @@ func (r dropReason) String() string {
 // for a maximal datagram at a 576-byte MTU, the least every IPv4 path carries.
 const maxFragments = maxPacket/(576-20) + 1
 
-// fragNeededPerSecond caps the ICMP "fragmentation needed" messages a worker
-// sends, as the kernel rate-limits its own ICMP errors.
-const fragNeededPerSecond = 1000
+// icmpErrorsPerSecond caps the ICMP "fragmentation needed" and ICMPv6
+// Packet Too Big messages a worker sends, as the kernel rate-limits its own
+// ICMP errors.
+const icmpErrorsPerSecond = 1000
 
 // worker owns its sockets and buffers; only its own goroutine touches them
 // while it runs.
@@ -50,16 +52,19 @@ type worker struct {
 	index  int
 	fds    []unix.PollFd // the raw sockets, filtered to the VIPs
 	protos []int         // each one's protocol
-	// share keeps this worker's share of the TCP and UDP flows; nil when
-	// it is the only worker.
-	share  []bpf.Instruction
-	sendFD int
+	// share and share6 keep this worker's share of the TCP and UDP flows
+	// over IPv4 and IPv6; nil when it is the only worker.
+	share, share6 []bpf.Instruction
+	// sendFD and sendFD6 send whole IPv4 and IPv6 packets (IP_HDRINCL);
+	// sendFD6 is -1 on a kernel without IPv6.
+	sendFD, sendFD6 int
 
 	batch *rawio.Batch
-	queue *rawio.Queue
-	// queued is the service of each packet in queue, whose drops count a
-	// send error.
-	queued [batchSize]*serviceCounters
+	// queue and queue6 hold the batch's packets with IPv4 and IPv6 outers.
+	queue, queue6 *rawio.Queue
+	// queued and queued6 are the service of each packet in queue and
+	// queue6, whose drops count a send error.
+	queued, queued6 [batchSize]*serviceCounters
 
 	// The rare path: fragments and ICMP messages are built in scratch and
 	// sent through fragQueue, so it allocates nothing either.
@@ -70,8 +75,8 @@ type worker struct {
 	fragLost   bool
 	fragID     uint16
 
-	fragNeededBudget int
-	fragNeededSecond int64
+	icmpBudget int
+	icmpSecond int64
 
 	received  atomic.Uint64
 	forwarded atomic.Uint64
@@ -82,13 +87,15 @@ var epoch = time.Now()
 
 func newWorker(b *Balancer, i int) *worker {
 	return &worker{
-		b:      b,
-		index:  i,
-		sendFD: -1,
-		batch:  rawio.NewBatch(batchSize, encap.HeaderLen, maxPacket),
-		queue:  rawio.NewQueue(batchSize),
+		b:       b,
+		index:   i,
+		sendFD:  -1,
+		sendFD6: -1,
+		batch:   rawio.NewBatch(batchSize, headroom, maxPacket),
+		queue:   rawio.NewQueue(batchSize),
+		queue6:  rawio.NewQueue(batchSize),
 		// Room for a maximal datagram cut into maxFragments fragments.
-		scratch:   make([]byte, encap.HeaderLen+maxPacket+maxFragments*20),
+		scratch:   make([]byte, headroom+maxPacket+maxFragments*20),
 		fragQueue: rawio.NewQueue(maxFragments),
 		// Workers draw IDs from separate ranges so that two workers do not
 		// send fragments with the same ID to the same backend at once.
@@ -101,9 +108,11 @@ func (w *worker) close() {
 		unix.Close(int(p.Fd))
 	}
 	w.fds = nil
-	if w.sendFD >= 0 {
-		unix.Close(w.sendFD)
-		w.sendFD = -1
+	for _, fd := range []*int{&w.sendFD, &w.sendFD6} {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
 	}
 }
 
@@ -155,8 +164,8 @@ func (w *worker) forward(n int) {
 			sc.newFlows.Add(1)
 		}
 		refreshOptionsChecksum(pkt)
-		frame := w.batch.Framed(i)
-		if err := t.outer.Encapsulate(frame, encap.SourcePort(h)); err != nil {
+		frame := w.batch.Framed(i)[headroom-outerLen(&t.outer):]
+		if err := encapsulate(&t.outer, frame, h); err != nil {
 			w.dropIn(sc, dropEncapError)
 			continue
 		}
@@ -167,6 +176,11 @@ func (w *worker) forward(n int) {
 		sc.bytes.Add(uint64(len(pkt)))
 		if len(frame) > t.mtu {
 			w.tooBig(frame, t, sc)
+			continue
+		}
+		if t.v6 {
+			w.queued6[w.queue6.Len()] = sc
+			w.queue6.Add6(frame, t.dst6, 0)
 			continue
 		}
 		w.queued[w.queue.Len()] = sc
@@ -194,10 +208,12 @@ func refreshOptionsChecksum(pkt []byte) {
 
 func (w *worker) flush() {
 	sent := w.queue.Flush(w.sendFD, w.sendFailed)
+	sent += w.queue6.Flush(w.sendFD6, w.sendFailed6)
 	w.forwarded.Add(uint64(sent))
 }
 
-func (w *worker) sendFailed(i int, _ error) { w.dropIn(w.queued[i], dropSendError) }
+func (w *worker) sendFailed(i int, _ error)  { w.dropIn(w.queued[i], dropSendError) }
+func (w *worker) sendFailed6(i int, _ error) { w.dropIn(w.queued6[i], dropSendError) }
 
 func (w *worker) drop(r dropReason) { w.drops[r].Add(1) }
 
@@ -211,10 +227,21 @@ func (w *worker) dropIn(sc *serviceCounters, r dropReason) {
 // policy in package encap (mtu.go). frame holds the outer header and the
 // inner packet.
 func (w *worker) tooBig(frame []byte, t *target, sc *serviceCounters) {
-	inner := frame[encap.HeaderLen:]
-	if inner[0]>>4 == 4 && binary.BigEndian.Uint16(inner[6:8])&0x4000 != 0 {
+	n := outerLen(&t.outer)
+	inner := frame[n:]
+	switch {
+	case inner[0]>>4 == 6:
+		// IPv6 routers never fragment: the client learns the tunnel's MTU.
 		w.dropIn(sc, dropTooBig)
-		w.fragNeeded(inner, t.mtu-encap.HeaderLen)
+		w.packetTooBig(inner, t.mtu-n)
+		return
+	case binary.BigEndian.Uint16(inner[6:8])&0x4000 != 0:
+		w.dropIn(sc, dropTooBig)
+		w.fragNeeded(inner, t.mtu-n)
+		return
+	case t.v6:
+		// An IPv4 datagram without DF: encap fragments IPv4 outers only.
+		w.dropIn(sc, dropTooBig)
 		return
 	}
 	w.fragID++
@@ -246,19 +273,40 @@ func (w *worker) fragFailed(int, error) {
 	w.fragLost = true
 }
 
+// icmpAllowed reports whether the worker may send one more ICMP error this
+// second, and counts it.
+func (w *worker) icmpAllowed() bool {
+	if sec := int64(time.Since(epoch) / time.Second); sec != w.icmpSecond {
+		w.icmpSecond, w.icmpBudget = sec, icmpErrorsPerSecond
+	}
+	if w.icmpBudget == 0 {
+		return false
+	}
+	w.icmpBudget--
+	return true
+}
+
+// packetTooBig tells the client of the IPv6 packet inner to send packets of
+// at most mtu bytes.
+func (w *worker) packetTooBig(inner []byte, mtu int) {
+	if w.sendFD6 < 0 || !w.icmpAllowed() {
+		return
+	}
+	client := netip.AddrFrom16([16]byte(inner[8:24]))
+	msg := packetTooBig(w.scratch, netip.AddrFrom16([16]byte(inner[24:40])), client, inner, uint32(mtu))
+	if msg == nil {
+		return
+	}
+	w.fragQueue.Add6(msg, client.As16(), 0)
+	w.fragQueue.Flush(w.sendFD6, func(int, error) {})
+}
+
 // fragNeeded tells the client of inner to send packets of at most mtu bytes.
 func (w *worker) fragNeeded(inner []byte, mtu int) {
 	ihl := int(inner[0]&0x0f) * 4
-	if len(inner) < ihl+8 {
+	if len(inner) < ihl+8 || !w.icmpAllowed() {
 		return
 	}
-	if sec := int64(time.Since(epoch) / time.Second); sec != w.fragNeededSecond {
-		w.fragNeededSecond, w.fragNeededBudget = sec, fragNeededPerSecond
-	}
-	if w.fragNeededBudget == 0 {
-		return
-	}
-	w.fragNeededBudget--
 	var vip, client [4]byte
 	copy(vip[:], inner[16:20])
 	copy(client[:], inner[12:16])

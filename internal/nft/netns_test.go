@@ -20,6 +20,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // requireRoot skips t unless it runs as root; CI runs as root, so the tests
@@ -153,6 +154,9 @@ func setUp(t *testing.T, h *netlink.Handle, name string, prefixes []string) {
 				addr, err := netlink.ParseAddr(p)
 				if err != nil {
 					t.Fatal(err)
+				}
+				if addr.IP.To4() == nil {
+					addr.Flags |= unix.IFA_F_NODAD // usable at once
 				}
 				if err := h.AddrAdd(lnk, addr); err != nil {
 					t.Fatalf("add %s to %s: %v", p, n, err)

@@ -22,10 +22,11 @@
 // (0), or any negative value such as netns.None(), means the namespace of the
 // calling OS thread, which in caplanced is the host's; a caller that switches
 // a thread's namespace must hold runtime.LockOSThread across the call.
-// IPv4 only for now.
+// The balancer's rules take IPv4 and IPv6 VIPs, each family in sets and
+// rules of its own; the receiver's tunnel filter is IPv4 only for now.
 //
 // With every rule asked for, `nft list table inet caplance` prints (counters
-// left out):
+// left out; written by hand from the rules, nft itself is not needed):
 //
 //	table inet caplance {
 //		set silence_vips { type ipv4_addr; elements = { 10.0.0.100, 10.0.0.101 } }
@@ -35,11 +36,17 @@
 //		set forward_udp_vip_ports { type ipv4_addr . inet_service; elements = { 10.0.0.101 . 53 } }
 //		set balancers { type ipv4_addr; elements = { 10.0.1.1, 10.0.1.2 } }
 //		set tunnel_vips { type ipv4_addr; elements = { 10.0.0.100 } }
+//		set silence_vips6 { type ipv6_addr; elements = { 2001:db8::100 } }
+//		set forward_tcp_vips6 { type ipv6_addr; elements = { 2001:db8::100 } }
+//		set forward_udp_vip_ports6 { type ipv6_addr . inet_service; elements = { 2001:db8::100 . 53 } }
 //		chain output {
 //			type filter hook output priority filter; policy accept;
 //			ip saddr @silence_vips tcp flags rst counter drop comment "silence-tcp-rst"
 //			ip saddr @silence_vips icmp type destination-unreachable icmp code port-unreachable counter drop comment "silence-icmp-port-unreachable"
 //			ip saddr @silence_vips icmp type echo-reply counter drop comment "silence-icmp-echo-reply"
+//			ip6 saddr @silence_vips6 tcp flags rst counter drop comment "silence-tcp-rst-ipv6"
+//			ip6 saddr @silence_vips6 icmpv6 type destination-unreachable icmpv6 code port-unreachable counter drop comment "silence-icmpv6-port-unreachable"
+//			ip6 saddr @silence_vips6 icmpv6 type echo-reply counter drop comment "silence-icmpv6-echo-reply"
 //		}
 //		chain input {
 //			type filter hook input priority filter; policy accept;
@@ -51,6 +58,8 @@
 //			ip daddr . tcp dport @forward_tcp_vip_ports counter meta pkttype set other comment "forward-tcp-ports"
 //			meta l4proto udp ip daddr @forward_udp_vips counter meta pkttype set other comment "forward-udp"
 //			ip daddr . udp dport @forward_udp_vip_ports counter meta pkttype set other comment "forward-udp-ports"
+//			meta l4proto tcp ip6 daddr @forward_tcp_vips6 counter meta pkttype set other comment "forward-tcp-ipv6"
+//			ip6 daddr . udp dport @forward_udp_vip_ports6 counter meta pkttype set other comment "forward-udp-ports-ipv6"
 //			iifname "caplance0" ip daddr != @tunnel_vips counter drop comment "tunnel-foreign-destination"
 //			iifname "caplance0" ip saddr 0.0.0.0/8 counter drop comment "tunnel-source-unspecified"
 //			iifname "caplance0" ip saddr 127.0.0.0/8 counter drop comment "tunnel-source-loopback"

@@ -20,13 +20,16 @@ import (
 // Rules is everything the table holds. The zero value has no rules and is
 // rejected by Apply (ErrNoRules): a caller with nothing to filter calls Remove.
 type Rules struct {
-	// SilenceVIPs are the balancer's VIPs. In an output hook the table drops
-	// locally generated IPv4 packets with a source address in this set that
-	// are TCP with RST set, ICMP port unreachable (type 3 code 3) or ICMP
-	// echo reply (type 0): the kernel's answers to traffic that caplanced
-	// forwards. Everything else from a VIP passes, e.g. the ICMP
-	// fragmentation-needed (type 3 code 4) that caplanced itself sends, and
-	// TCP to a port with a real listener.
+	// SilenceVIPs are the balancer's VIPs, IPv4 or IPv6. In an output hook
+	// the table drops locally generated packets with a source address in
+	// this set that are TCP with RST set, ICMP port unreachable (type 3
+	// code 3) or ICMP echo reply (type 0), for IPv6 ICMPv6 port unreachable
+	// (type 1 code 4) or echo reply (type 129): the kernel's answers to
+	// traffic that caplanced forwards. Everything else from a VIP passes,
+	// e.g. the ICMP fragmentation-needed (type 3 code 4) and ICMPv6 Packet
+	// Too Big (type 2) that caplanced itself sends, the neighbour
+	// advertisements that keep an IPv6 VIP reachable, and TCP to a port
+	// with a real listener.
 	SilenceVIPs []netip.Addr
 
 	// Forward is the traffic caplanced forwards: its protocols to each VIP,
@@ -44,7 +47,9 @@ type Rules struct {
 	// rules leave it unmarked; the output hook silences what it causes. So
 	// are the ports of a Forward with more than MaxMarkedPorts: the set
 	// would grow past what one netlink batch carries well, and the marking
-	// only saves work.
+	// only saves work. IPv6 is marked alike (the kernel's TCP drops a
+	// segment not for this host, and sends no ICMPv6 error for it), with
+	// rules and sets of its own.
 	Forward []Forward
 
 	// Tunnel filters what a receiver decapsulates in the kernel (FOU); nil
@@ -104,10 +109,17 @@ const (
 	RuleSilenceTCPReset          = "silence-tcp-rst"
 	RuleSilencePortUnreachable   = "silence-icmp-port-unreachable"
 	RuleSilenceEchoReply         = "silence-icmp-echo-reply"
+	RuleSilenceTCPReset6         = "silence-tcp-rst-ipv6"
+	RuleSilencePortUnreachable6  = "silence-icmpv6-port-unreachable"
+	RuleSilenceEchoReply6        = "silence-icmpv6-echo-reply"
 	RuleForwardTCP               = "forward-tcp"
 	RuleForwardUDP               = "forward-udp"
 	RuleForwardTCPPorts          = "forward-tcp-ports"
 	RuleForwardUDPPorts          = "forward-udp-ports"
+	RuleForwardTCP6              = "forward-tcp-ipv6"
+	RuleForwardUDP6              = "forward-udp-ipv6"
+	RuleForwardTCPPorts6         = "forward-tcp-ports-ipv6"
+	RuleForwardUDPPorts6         = "forward-udp-ports-ipv6"
 	RuleTunnelForeignSource      = "tunnel-foreign-source"
 	RuleTunnelForeignDestination = "tunnel-foreign-destination"
 	RuleTunnelSourceUnspecified  = "tunnel-source-unspecified"
@@ -120,16 +132,21 @@ const (
 
 // Chain and set names inside the table; a chain is named for its hook.
 const (
-	chainOutput        = "output"
-	chainInput         = "input"
-	chainPrerouting    = "prerouting"
-	setSilenceVIPs     = "silence_vips"
-	setForwardTCPVIPs  = "forward_tcp_vips"
-	setForwardUDPVIPs  = "forward_udp_vips"
-	setForwardTCPPorts = "forward_tcp_vip_ports"
-	setForwardUDPPorts = "forward_udp_vip_ports"
-	setBalancers       = "balancers"
-	setTunnelVIPs      = "tunnel_vips"
+	chainOutput         = "output"
+	chainInput          = "input"
+	chainPrerouting     = "prerouting"
+	setSilenceVIPs      = "silence_vips"
+	setForwardTCPVIPs   = "forward_tcp_vips"
+	setForwardUDPVIPs   = "forward_udp_vips"
+	setForwardTCPPorts  = "forward_tcp_vip_ports"
+	setForwardUDPPorts  = "forward_udp_vip_ports"
+	setSilenceVIPs6     = "silence_vips6"
+	setForwardTCPVIPs6  = "forward_tcp_vips6"
+	setForwardUDPVIPs6  = "forward_udp_vips6"
+	setForwardTCPPorts6 = "forward_tcp_vip_ports6"
+	setForwardUDPPorts6 = "forward_udp_vip_ports6"
+	setBalancers        = "balancers"
+	setTunnelVIPs       = "tunnel_vips"
 )
 
 // Validate reports the first problem with r, naming the field. It does not
@@ -138,12 +155,14 @@ func (r Rules) Validate() error {
 	if len(r.SilenceVIPs) == 0 && len(r.Forward) == 0 && r.Tunnel == nil {
 		return ErrNoRules
 	}
-	if err := validAddrs("SilenceVIPs", r.SilenceVIPs); err != nil {
-		return err
+	for i, a := range r.SilenceVIPs {
+		if err := validVIP(fmt.Sprintf("SilenceVIPs[%d]", i), a); err != nil {
+			return err
+		}
 	}
 	for i, f := range r.Forward {
 		field := fmt.Sprintf("Forward[%d]", i)
-		if err := validAddr(field+".VIP", f.VIP); err != nil {
+		if err := validVIP(field+".VIP", f.VIP); err != nil {
 			return err
 		}
 		if f.Protocols&^(model.TCP|model.UDP) != 0 || f.Protocols == 0 {
@@ -200,6 +219,64 @@ func validAddr(field string, a netip.Addr) error {
 	return nil
 }
 
+// validVIP checks a VIP the balancer silences or forwards: IPv4 or IPv6,
+// but as the packets carry it, so not IPv4-mapped and without a zone.
+func validVIP(field string, a netip.Addr) error {
+	switch {
+	case !a.IsValid():
+		return fmt.Errorf("%s: invalid (zero) address", field)
+	case a.Is4In6():
+		return fmt.Errorf("%s: %s is IPv4-mapped; give the IPv4 address", field, a)
+	case a.Zone() != "":
+		return fmt.Errorf("%s: %s has a zone", field, a)
+	}
+	return nil
+}
+
+// family is what the silence and forward rules need of an address family.
+type family struct {
+	nfproto byte
+	// saddr and daddr are the addresses' offsets in the network header,
+	// size their length.
+	saddr, daddr, size uint32
+	keyType            nftables.SetDatatype
+	// icmp is ICMP's protocol number; portUnreachable its type and code,
+	// echoReply its type.
+	icmp            byte
+	portUnreachable [2]byte
+	echoReply       byte
+	// The names of the sets and rules of the family.
+	silenceSet, tcpSet, udpSet, tcpPortSet, udpPortSet              string
+	tcpReset, unreachable, echo, tcpAll, udpAll, tcpPorts, udpPorts string
+}
+
+var (
+	ipv4 = family{
+		nfproto: unix.NFPROTO_IPV4, saddr: 12, daddr: 16, size: 4, keyType: nftables.TypeIPAddr,
+		icmp: unix.IPPROTO_ICMP, portUnreachable: [2]byte{3, 3}, echoReply: 0,
+		silenceSet: setSilenceVIPs, tcpSet: setForwardTCPVIPs, udpSet: setForwardUDPVIPs,
+		tcpPortSet: setForwardTCPPorts, udpPortSet: setForwardUDPPorts,
+		tcpReset: RuleSilenceTCPReset, unreachable: RuleSilencePortUnreachable, echo: RuleSilenceEchoReply,
+		tcpAll: RuleForwardTCP, udpAll: RuleForwardUDP, tcpPorts: RuleForwardTCPPorts, udpPorts: RuleForwardUDPPorts,
+	}
+	ipv6 = family{
+		nfproto: unix.NFPROTO_IPV6, saddr: 8, daddr: 24, size: 16, keyType: nftables.TypeIP6Addr,
+		icmp: unix.IPPROTO_ICMPV6, portUnreachable: [2]byte{1, 4}, echoReply: 129,
+		silenceSet: setSilenceVIPs6, tcpSet: setForwardTCPVIPs6, udpSet: setForwardUDPVIPs6,
+		tcpPortSet: setForwardTCPPorts6, udpPortSet: setForwardUDPPorts6,
+		tcpReset: RuleSilenceTCPReset6, unreachable: RuleSilencePortUnreachable6, echo: RuleSilenceEchoReply6,
+		tcpAll: RuleForwardTCP6, udpAll: RuleForwardUDP6, tcpPorts: RuleForwardTCPPorts6, udpPorts: RuleForwardUDPPorts6,
+	}
+)
+
+// familyOf is a's family.
+func familyOf(a netip.Addr) family {
+	if a.Is4() {
+		return ipv4
+	}
+	return ipv6
+}
+
 // build queues the whole table on c, after Validate has passed. The caller
 // has already queued the deletion of any previous table.
 func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
@@ -214,8 +291,8 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 		}
 		return s, nil
 	}
-	addAddrSet := func(name string, addrs []netip.Addr) (*nftables.Set, error) {
-		return addSet(&nftables.Set{Name: name, KeyType: nftables.TypeIPAddr}, elements(addrs))
+	addAddrSet := func(name string, f family, addrs []netip.Addr) (*nftables.Set, error) {
+		return addSet(&nftables.Set{Name: name, KeyType: f.keyType}, elements(addrs))
 	}
 	chains := map[string]*nftables.Chain{}
 	addChain := func(name string, hook *nftables.ChainHook) *nftables.Chain {
@@ -251,15 +328,24 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 		addRule(ch, name, drop, match...)
 	}
 
-	if len(r.SilenceVIPs) > 0 {
-		vips, err := addAddrSet(setSilenceVIPs, r.SilenceVIPs)
+	for _, f := range []family{ipv4, ipv6} {
+		var silence []netip.Addr
+		for _, a := range r.SilenceVIPs {
+			if familyOf(a) == f {
+				silence = append(silence, a)
+			}
+		}
+		if len(silence) == 0 {
+			continue
+		}
+		vips, err := addAddrSet(f.silenceSet, f, silence)
 		if err != nil {
 			return err
 		}
 		out := addChain(chainOutput, nftables.ChainHookOutput)
-		fromVIP := ipAddrIn(ipSaddrOffset, vips, false)
+		fromVIP := f.addrIn(f.saddr, vips, false)
 		// tcp flags rst: (flags & RST) != 0.
-		addDrop(out, RuleSilenceTCPReset, fromVIP, l4proto(unix.IPPROTO_TCP),
+		addDrop(out, f.tcpReset, fromVIP, l4proto(unix.IPPROTO_TCP),
 			[]expr.Any{
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
 				&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{tcpFlagRST}, Xor: []byte{0}},
@@ -267,15 +353,15 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 			})
 		// icmp type destination-unreachable icmp code port-unreachable, as
 		// one two-byte load the way nft itself compiles it.
-		addDrop(out, RuleSilencePortUnreachable, fromVIP, l4proto(unix.IPPROTO_ICMP),
+		addDrop(out, f.unreachable, fromVIP, l4proto(f.icmp),
 			[]expr.Any{
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{icmpDestUnreachable, icmpCodePortUnreachable}},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: f.portUnreachable[:]},
 			})
-		addDrop(out, RuleSilenceEchoReply, fromVIP, l4proto(unix.IPPROTO_ICMP),
+		addDrop(out, f.echo, fromVIP, l4proto(f.icmp),
 			[]expr.Any{
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{icmpEchoReply}},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.echoReply}},
 			})
 	}
 
@@ -286,62 +372,64 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 			&expr.Immediate{Register: 1, Data: []byte{unix.PACKET_OTHERHOST}},
 			&expr.Meta{Key: expr.MetaKeyPKTTYPE, SourceRegister: true, Register: 1},
 		}
-		for _, proto := range []struct {
-			p                 model.Protocols
-			num               byte
-			vipSet, portSet   string
-			allRule, portRule string
-		}{
-			{model.TCP, unix.IPPROTO_TCP, setForwardTCPVIPs, setForwardTCPPorts, RuleForwardTCP, RuleForwardTCPPorts},
-			{model.UDP, unix.IPPROTO_UDP, setForwardUDPVIPs, setForwardUDPPorts, RuleForwardUDP, RuleForwardUDPPorts},
-		} {
-			var allPorts []netip.Addr
-			var somePorts []nftables.SetElement
-			for _, f := range r.Forward {
-				switch {
-				case f.Protocols&proto.p == 0:
-				case f.Ports == nil:
-					allPorts = append(allPorts, f.VIP)
-				default:
-					somePorts = append(somePorts, vipPortElements(f.VIP, f.Ports)...)
+		for _, f := range []family{ipv4, ipv6} {
+			for _, proto := range []struct {
+				p                 model.Protocols
+				num               byte
+				vipSet, portSet   string
+				allRule, portRule string
+			}{
+				{model.TCP, unix.IPPROTO_TCP, f.tcpSet, f.tcpPortSet, f.tcpAll, f.tcpPorts},
+				{model.UDP, unix.IPPROTO_UDP, f.udpSet, f.udpPortSet, f.udpAll, f.udpPorts},
+			} {
+				var allPorts []netip.Addr
+				var somePorts []nftables.SetElement
+				for _, fw := range r.Forward {
+					switch {
+					case familyOf(fw.VIP) != f || fw.Protocols&proto.p == 0:
+					case fw.Ports == nil:
+						allPorts = append(allPorts, fw.VIP)
+					default:
+						somePorts = append(somePorts, vipPortElements(fw.VIP, fw.Ports)...)
+					}
 				}
-			}
-			if len(allPorts) > 0 {
-				vips, err := addAddrSet(proto.vipSet, allPorts)
-				if err != nil {
-					return err
+				if len(allPorts) > 0 {
+					vips, err := addAddrSet(proto.vipSet, f, allPorts)
+					if err != nil {
+						return err
+					}
+					addRule(pre, proto.allRule, markOtherHost, l4proto(proto.num), f.addrIn(f.daddr, vips, false))
 				}
-				addRule(pre, proto.allRule, markOtherHost, l4proto(proto.num), ipAddrIn(ipDaddrOffset, vips, false))
-			}
-			if len(somePorts) > 0 {
-				vipPorts, err := addSet(&nftables.Set{
-					Name:          proto.portSet,
-					KeyType:       nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService),
-					Concatenation: true,
-				}, dedup(somePorts))
-				if err != nil {
-					return err
+				if len(somePorts) > 0 {
+					vipPorts, err := addSet(&nftables.Set{
+						Name:          proto.portSet,
+						KeyType:       nftables.MustConcatSetType(f.keyType, nftables.TypeInetService),
+						Concatenation: true,
+					}, dedup(somePorts))
+					if err != nil {
+						return err
+					}
+					// ip daddr . th dport @forward_…_vip_ports: the port goes in
+					// the 32-bit register after the address's, as nft compiles it.
+					toVIPPort := []expr.Any{
+						&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+						&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
+						&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.daddr, Len: f.size},
+						&expr.Payload{DestRegister: unix.NFT_REG32_00 + f.size/4, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+						&expr.Lookup{SourceRegister: 1, SetName: vipPorts.Name, SetID: vipPorts.ID},
+					}
+					addRule(pre, proto.portRule, markOtherHost, l4proto(proto.num), toVIPPort)
 				}
-				// ip daddr . th dport @forward_…_vip_ports: the port goes in
-				// the 32-bit register after the address's, as nft compiles it.
-				toVIPPort := []expr.Any{
-					&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipDaddrOffset, Len: 4},
-					&expr.Payload{DestRegister: unix.NFT_REG32_01, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-					&expr.Lookup{SourceRegister: 1, SetName: vipPorts.Name, SetID: vipPorts.ID},
-				}
-				addRule(pre, proto.portRule, markOtherHost, l4proto(proto.num), toVIPPort)
 			}
 		}
 	}
 
 	if tun := r.Tunnel; tun != nil {
-		balancers, err := addAddrSet(setBalancers, tun.Balancers)
+		balancers, err := addAddrSet(setBalancers, ipv4, tun.Balancers)
 		if err != nil {
 			return err
 		}
-		vips, err := addAddrSet(setTunnelVIPs, tun.VIPs)
+		vips, err := addAddrSet(setTunnelVIPs, ipv4, tun.VIPs)
 		if err != nil {
 			return err
 		}
@@ -352,7 +440,7 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, tun.Port)},
 			},
-			ipAddrIn(ipSaddrOffset, balancers, true))
+			ipv4.addrIn(ipv4.saddr, balancers, true))
 		pre := addChain(chainPrerouting, nftables.ChainHookPrerouting)
 		// iifname DEVICE ip daddr != @tunnel_vips
 		ifname := make([]byte, unix.IFNAMSIZ)
@@ -361,7 +449,7 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
 			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname},
 		}
-		addDrop(pre, RuleTunnelForeignDestination, fromTunnel, ipAddrIn(ipDaddrOffset, vips, true))
+		addDrop(pre, RuleTunnelForeignDestination, fromTunnel, ipv4.addrIn(ipv4.daddr, vips, true))
 		// iifname DEVICE ip saddr PREFIX, in the order the user-space
 		// receiver checks (encap.Decapsulator): the classes, then the
 		// kernel's address types for what only the host knows.
@@ -383,7 +471,7 @@ func ipSaddrIn(p netip.Prefix) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipSaddrOffset, Len: 4},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4.saddr, Len: 4},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:]},
 	}
@@ -402,23 +490,16 @@ func ipSaddrType(rtn uint32) []expr.Any {
 	}
 }
 
-const (
-	ipSaddrOffset           = 12
-	ipDaddrOffset           = 16
-	tcpFlagRST              = 0x04
-	icmpEchoReply           = 0
-	icmpDestUnreachable     = 3
-	icmpCodePortUnreachable = 3
-)
+const tcpFlagRST = 0x04
 
-// ipAddrIn matches IPv4 packets whose address at offset (source or
-// destination) is in s, or not in s if invert. The nfproto test is what nft
-// adds for "ip saddr" in an inet table.
-func ipAddrIn(offset uint32, s *nftables.Set, invert bool) []expr.Any {
+// addrIn matches the family's packets whose address at offset (f.saddr or
+// f.daddr) is in s, or not in s if invert. The nfproto test is what nft
+// adds for "ip saddr" or "ip6 saddr" in an inet table.
+func (f family) addrIn(offset uint32, s *nftables.Set, invert bool) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: f.size},
 		&expr.Lookup{SourceRegister: 1, SetName: s.Name, SetID: s.ID, Invert: invert},
 	}
 }
@@ -440,15 +521,14 @@ func elements(addrs []netip.Addr) []nftables.SetElement {
 	sorted = slices.Compact(sorted)
 	els := make([]nftables.SetElement, len(sorted))
 	for i, a := range sorted {
-		b := a.As4()
-		els[i] = nftables.SetElement{Key: b[:]}
+		els[i] = nftables.SetElement{Key: a.AsSlice()}
 	}
 	return els
 }
 
 // vipPortElements returns the port set's elements for vip's ports: the
-// address, then the port padded to the 4-byte register; none when there
-// are more than MaxMarkedPorts.
+// address (4 or 16 bytes), then the port padded to the 4-byte register;
+// none when there are more than MaxMarkedPorts.
 func vipPortElements(vip netip.Addr, ports []model.PortRange) []nftables.SetElement {
 	n := 0
 	for _, r := range ports {
@@ -458,10 +538,10 @@ func vipPortElements(vip netip.Addr, ports []model.PortRange) []nftables.SetElem
 		return nil
 	}
 	els := make([]nftables.SetElement, 0, n)
-	a := vip.As4()
+	a := vip.AsSlice()
 	for _, r := range ports {
 		for p := int(r.First); p <= int(r.Last); p++ {
-			key := append(make([]byte, 0, 8), a[:]...)
+			key := append(make([]byte, 0, len(a)+4), a...)
 			key = binary.BigEndian.AppendUint16(key, uint16(p))
 			els = append(els, nftables.SetElement{Key: append(key, 0, 0)})
 		}

@@ -28,15 +28,17 @@ func TestValidate(t *testing.T) {
 		{"both", Rules{SilenceVIPs: v4, Tunnel: tunnel(func(*Tunnel) {}).Tunnel}, ""},
 		{"nothing", Rules{}, "no rules"},
 		{"empty slice", Rules{SilenceVIPs: []netip.Addr{}}, "no rules"},
-		{"ipv6 vip", Rules{SilenceVIPs: []netip.Addr{v4[0], netip.MustParseAddr("2001:db8::1")}},
-			"SilenceVIPs[1]: 2001:db8::1 is IPv6"},
+		{"ipv6 vip", Rules{SilenceVIPs: []netip.Addr{v4[0], netip.MustParseAddr("2001:db8::1")}}, ""},
 		{"4in6 vip", Rules{SilenceVIPs: []netip.Addr{netip.MustParseAddr("::ffff:192.0.2.1")}},
-			"SilenceVIPs[0]: ::ffff:192.0.2.1 is IPv6"},
+			"SilenceVIPs[0]: ::ffff:192.0.2.1 is IPv4-mapped; give the IPv4 address"},
+		{"vip with a zone", Rules{SilenceVIPs: []netip.Addr{netip.MustParseAddr("fe80::1%eth0")}},
+			"SilenceVIPs[0]: fe80::1%eth0 has a zone"},
 		{"zero vip", Rules{SilenceVIPs: []netip.Addr{{}}}, "SilenceVIPs[0]: invalid"},
 		{"forward only", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.TCP}}}, ""},
 		{"forward with ports", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.UDP, Ports: []model.PortRange{{First: 443, Last: 443}, {First: 80, Last: 90}}}}}, ""},
-		{"forward ipv6 vip", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.TCP}, {VIP: netip.MustParseAddr("2001:db8::1"), Protocols: model.TCP}}},
-			"Forward[1].VIP: 2001:db8::1 is IPv6"},
+		{"forward ipv6 vip", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.TCP}, {VIP: netip.MustParseAddr("2001:db8::1"), Protocols: model.TCP}}}, ""},
+		{"forward 4in6 vip", Rules{Forward: []Forward{{VIP: netip.MustParseAddr("::ffff:192.0.2.1"), Protocols: model.TCP}}},
+			"Forward[0].VIP: ::ffff:192.0.2.1 is IPv4-mapped"},
 		{"forward zero vip", Rules{Forward: []Forward{{Protocols: model.TCP}}}, "Forward[0].VIP: invalid"},
 		{"forward no protocol", Rules{Forward: []Forward{{VIP: v4[0]}}}, "Forward[0].Protocols: protocols(0): must be TCP, UDP or both"},
 		{"forward port 0", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.TCP, Ports: []model.PortRange{{First: 0, Last: 80}}}}}, "Forward[0].Ports: 0-80: not a port range"},
@@ -78,6 +80,14 @@ func TestElements(t *testing.T) {
 		got = append(got, e.Key)
 	}
 	want := [][]byte{{10, 0, 0, 1}, {10, 0, 0, 2}}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("elements (-want +got):\n%s", diff)
+	}
+	got = nil
+	for _, e := range elements([]netip.Addr{netip.MustParseAddr("2001:db8::1")}) {
+		got = append(got, e.Key)
+	}
+	want = [][]byte{{0x20, 0x01, 0x0d, 0xb8, 15: 1}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("elements (-want +got):\n%s", diff)
 	}

@@ -108,9 +108,17 @@ func element(t *testing.T, s *nftables.Set, key []byte) string {
 		if len(key) == 4 {
 			return netip.AddrFrom4([4]byte(key)).String()
 		}
+	case nftables.TypeIP6Addr.Name:
+		if len(key) == 16 {
+			return netip.AddrFrom16([16]byte(key)).String()
+		}
 	case nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService).Name:
 		if len(key) == 8 {
 			return fmt.Sprintf("%s . %d", netip.AddrFrom4([4]byte(key)), binary.BigEndian.Uint16(key[4:]))
+		}
+	case nftables.MustConcatSetType(nftables.TypeIP6Addr, nftables.TypeInetService).Name:
+		if len(key) == 20 {
+			return fmt.Sprintf("%s . %d", netip.AddrFrom16([16]byte(key)), binary.BigEndian.Uint16(key[16:]))
 		}
 	}
 	t.Fatalf("set %s (%s): unexpected element %x", s.Name, s.KeyType.Name, key)
@@ -127,9 +135,11 @@ func addrs(ss ...string) []netip.Addr {
 
 var (
 	fullRules = nft.Rules{
-		SilenceVIPs: addrs("10.99.0.101", "10.99.0.100", "10.99.0.101"), // unsorted, duplicate
+		SilenceVIPs: addrs("10.99.0.101", "2001:db8::100", "10.99.0.100", "10.99.0.101"), // unsorted, duplicate
 		Forward: []nft.Forward{
 			{VIP: netip.MustParseAddr("10.99.0.100"), Protocols: model.TCP | model.UDP},
+			{VIP: netip.MustParseAddr("2001:db8::100"), Protocols: model.TCP},
+			{VIP: netip.MustParseAddr("2001:db8::100"), Protocols: model.UDP, Ports: []model.PortRange{{First: 53, Last: 53}}},
 			{VIP: netip.MustParseAddr("10.99.0.101"), Protocols: model.TCP, Ports: []model.PortRange{{First: 443, Last: 443}, {First: 80, Last: 81}}},
 			{VIP: netip.MustParseAddr("10.99.0.101"), Protocols: model.TCP | model.UDP, Ports: []model.PortRange{{First: 81, Last: 81}}}, // a duplicate
 		},
@@ -149,7 +159,14 @@ var (
 	}
 	fullView = tableView{
 		Chains: map[string]chainView{
-			"output": outputChain,
+			"output": {
+				Type:     nftables.ChainTypeFilter,
+				Hook:     unix.NF_INET_LOCAL_OUT,
+				Priority: 0,
+				Policy:   nftables.ChainPolicyAccept,
+				Rules: []string{nft.RuleSilenceTCPReset, nft.RuleSilencePortUnreachable, nft.RuleSilenceEchoReply,
+					nft.RuleSilenceTCPReset6, nft.RuleSilencePortUnreachable6, nft.RuleSilenceEchoReply6},
+			},
 			"input": {
 				Type:     nftables.ChainTypeFilter,
 				Hook:     unix.NF_INET_LOCAL_IN,
@@ -163,19 +180,23 @@ var (
 				Priority: 0,
 				Policy:   nftables.ChainPolicyAccept,
 				Rules: []string{nft.RuleForwardTCP, nft.RuleForwardTCPPorts, nft.RuleForwardUDP, nft.RuleForwardUDPPorts,
+					nft.RuleForwardTCP6, nft.RuleForwardUDPPorts6,
 					nft.RuleTunnelForeignDestination, nft.RuleTunnelSourceUnspecified, nft.RuleTunnelSourceLoopback,
 					nft.RuleTunnelSourceMulticast, nft.RuleTunnelSourceBroadcast, nft.RuleTunnelSourceReserved,
 					nft.RuleTunnelSourceLocal},
 			},
 		},
 		Sets: map[string][]string{
-			"silence_vips":          {"10.99.0.100", "10.99.0.101"},
-			"forward_tcp_vips":      {"10.99.0.100"},
-			"forward_udp_vips":      {"10.99.0.100"},
-			"forward_tcp_vip_ports": {"10.99.0.101 . 443", "10.99.0.101 . 80", "10.99.0.101 . 81"},
-			"forward_udp_vip_ports": {"10.99.0.101 . 81"},
-			"balancers":             {"10.99.0.2", "10.99.0.3"},
-			"tunnel_vips":           {"10.99.0.100"},
+			"silence_vips":           {"10.99.0.100", "10.99.0.101"},
+			"silence_vips6":          {"2001:db8::100"},
+			"forward_tcp_vips6":      {"2001:db8::100"},
+			"forward_udp_vip_ports6": {"2001:db8::100 . 53"},
+			"forward_tcp_vips":       {"10.99.0.100"},
+			"forward_udp_vips":       {"10.99.0.100"},
+			"forward_tcp_vip_ports":  {"10.99.0.101 . 443", "10.99.0.101 . 80", "10.99.0.101 . 81"},
+			"forward_udp_vip_ports":  {"10.99.0.101 . 81"},
+			"balancers":              {"10.99.0.2", "10.99.0.3"},
+			"tunnel_vips":            {"10.99.0.100"},
 		},
 	}
 )
@@ -233,6 +254,11 @@ func TestStructure(t *testing.T) {
 		nft.RuleSilenceTCPReset:          {},
 		nft.RuleSilencePortUnreachable:   {},
 		nft.RuleSilenceEchoReply:         {},
+		nft.RuleSilenceTCPReset6:         {},
+		nft.RuleSilencePortUnreachable6:  {},
+		nft.RuleSilenceEchoReply6:        {},
+		nft.RuleForwardTCP6:              {},
+		nft.RuleForwardUDPPorts6:         {},
 		nft.RuleForwardTCP:               {},
 		nft.RuleForwardUDP:               {},
 		nft.RuleForwardTCPPorts:          {},

@@ -1,4 +1,4 @@
-// Package rawio moves batches of IPv4 datagrams between reusable buffers and
+// Package rawio moves batches of IP datagrams between reusable buffers and
 // file descriptors with recvmmsg(2) and sendmmsg(2), and waits for several
 // descriptors with poll(2). Once built, a batch is reused for every call, so
 // moving packets allocates nothing.
@@ -112,11 +112,15 @@ func (b *Batch) Source(i int) netip.AddrPort {
 }
 
 // Queue collects outgoing datagrams and sends them with sendmmsg. It keeps
-// pointers to the packets it is given until Flush.
+// pointers to the packets it is given until Flush. The datagrams of one
+// Flush go to one socket, so they are all of its family: Add for AF_INET,
+// Add6 for AF_INET6.
 type Queue struct {
-	hdrs  []unix.Mmsghdr
-	iovs  []unix.Iovec
-	addrs []unix.RawSockaddrInet4
+	hdrs []unix.Mmsghdr
+	iovs []unix.Iovec
+	// addrs has room for either family's address; Add and Add6 write the
+	// one they send to.
+	addrs []unix.RawSockaddrInet6
 	n     int
 }
 
@@ -125,14 +129,12 @@ func NewQueue(n int) *Queue {
 	q := &Queue{
 		hdrs:  make([]unix.Mmsghdr, n),
 		iovs:  make([]unix.Iovec, n),
-		addrs: make([]unix.RawSockaddrInet4, n),
+		addrs: make([]unix.RawSockaddrInet6, n),
 	}
 	for i := range q.hdrs {
 		q.hdrs[i].Hdr.Iov = &q.iovs[i]
 		q.hdrs[i].Hdr.Iovlen = 1
 		q.hdrs[i].Hdr.Name = (*byte)(unsafe.Pointer(&q.addrs[i]))
-		q.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet4
-		q.addrs[i].Family = unix.AF_INET
 	}
 	return q
 }
@@ -146,13 +148,26 @@ func (q *Queue) Full() bool { return q.n == len(q.hdrs) }
 // Len is the number of queued datagrams.
 func (q *Queue) Len() int { return q.n }
 
-// Add queues pkt for dst (port 0 for raw sockets). The caller checks Full.
+// Add queues pkt for IPv4 address dst (port 0 for raw sockets). The caller
+// checks Full.
 func (q *Queue) Add(pkt []byte, dst [4]byte, port uint16) {
 	i := q.n
 	q.iovs[i].Base = &pkt[0]
 	q.iovs[i].SetLen(len(pkt))
-	q.addrs[i].Addr = dst
-	q.addrs[i].Port = port>>8 | port<<8
+	a := (*unix.RawSockaddrInet4)(unsafe.Pointer(&q.addrs[i]))
+	*a = unix.RawSockaddrInet4{Family: unix.AF_INET, Port: port>>8 | port<<8, Addr: dst}
+	q.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet4
+	q.n++
+}
+
+// Add6 queues pkt for IPv6 address dst (port 0 for raw sockets). The
+// caller checks Full.
+func (q *Queue) Add6(pkt []byte, dst [16]byte, port uint16) {
+	i := q.n
+	q.iovs[i].Base = &pkt[0]
+	q.iovs[i].SetLen(len(pkt))
+	q.addrs[i] = unix.RawSockaddrInet6{Family: unix.AF_INET6, Port: port>>8 | port<<8, Addr: dst}
+	q.hdrs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
 	q.n++
 }
 

@@ -546,3 +546,39 @@ func TestQueueFlushWaitsForAFullBuffer(t *testing.T) {
 		}
 	}
 }
+
+// TestQueueBothFamilies: one queue sends to IPv6 destinations (Add6) and,
+// reused, to IPv4 ones (Add), each datagram to its own address.
+func TestQueueBothFamilies(t *testing.T) {
+	recv6, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { recv6.Close() })
+	port6 := uint16(recv6.LocalAddr().(*net.UDPAddr).Port)
+	fd6, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd6) })
+	recv4, _, addr4 := listen(t)
+	fd4, _ := socket(t, 0)
+
+	q := rawio.NewQueue(2)
+	onError := func(i int, err error) { t.Errorf("onError(%d, %v)", i, err) }
+	q.Add6(dgram(1, 10), netip.IPv6Loopback().As16(), port6)
+	q.Add6(dgram(2, 20), netip.IPv6Loopback().As16(), port6)
+	if n := q.Flush(fd6, onError); n != 2 {
+		t.Errorf("Flush to ::1 = %d, want 2", n)
+	}
+	if diff := cmp.Diff([][]byte{dgram(1, 10), dgram(2, 20)}, readAll(t, recv6, 2)); diff != "" {
+		t.Errorf("received on ::1 (-want +got):\n%s", diff)
+	}
+	q.Add(dgram(3, 30), addr4.Addr().As4(), addr4.Port())
+	if n := q.Flush(fd4, onError); n != 1 {
+		t.Errorf("Flush to 127.0.0.1 after ::1 = %d, want 1", n)
+	}
+	if diff := cmp.Diff([][]byte{dgram(3, 30)}, readAll(t, recv4, 1)); diff != "" {
+		t.Errorf("received on 127.0.0.1 (-want +got):\n%s", diff)
+	}
+}

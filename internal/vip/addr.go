@@ -12,15 +12,16 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// AttachVIP adds addr/32 to iface and returns the interface used. With
-// iface "", it picks the one interface other than lo with an IPv4 address
-// whose prefix contains addr, and fails naming the candidates when there
-// are none or several. An address already on the interface (with any
-// prefix length) is left as it is and not recorded.
+// AttachVIP adds addr/32 (an IPv6 addr/128, without duplicate address
+// detection, so that it serves at once) to iface and returns the interface
+// used. With iface "", it picks the one interface other than lo with an
+// address of addr's family whose prefix contains addr, and fails naming the
+// candidates when there are none or several. An address already on the
+// interface (with any prefix length) is left as it is and not recorded.
 func (h *Host) AttachVIP(addr netip.Addr, iface string) (string, error) {
 	addr = addr.Unmap()
-	if !addr.Is4() {
-		return "", fmt.Errorf("VIP %s: not an IPv4 address", addr)
+	if !addr.IsValid() || addr.Zone() != "" {
+		return "", fmt.Errorf("VIP %s: not an IPv4 or IPv6 address", addr)
 	}
 	var link netlink.Link
 	var err error
@@ -50,7 +51,7 @@ func (h *Host) DetachVIP(addr netip.Addr) error {
 	if h.lock == nil {
 		return errClosed
 	}
-	p := netip.PrefixFrom(addr.Unmap(), 32)
+	p := netip.PrefixFrom(addr.Unmap(), addr.Unmap().BitLen())
 	for i := len(h.changes) - 1; i >= h.nLeft; i-- {
 		c := h.changes[i]
 		if c.Kind != KindAddress || c.Address != p {
@@ -84,10 +85,11 @@ func (h *Host) AttachLoopback(addr netip.Addr) error {
 	return nil
 }
 
-// addAddress adds addr/32 to link unless addr is already there.
+// addAddress adds addr/32 (addr/128, nodad) to link unless addr is already
+// there.
 func (h *Host) addAddress(link netlink.Link, addr netip.Addr) error {
 	name := link.Attrs().Name
-	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	addrs, err := netlink.AddrList(link, familyOf(addr))
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", name, err)
 	}
@@ -100,14 +102,26 @@ func (h *Host) addAddress(link netlink.Link, addr netip.Addr) error {
 	if err := h.record(Change{Kind: KindAddress, Link: name, Address: p}); err != nil {
 		return err
 	}
-	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: prefixIPNet(p)}); err != nil {
+	a := &netlink.Addr{IPNet: prefixIPNet(p)}
+	if addr.Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	if err := netlink.AddrAdd(link, a); err != nil {
 		return h.forget(fmt.Errorf("add %s to %s: %w", p, name, err))
 	}
 	return nil
 }
 
-// linkForSubnet finds the one interface, not a loopback one, with an IPv4
-// address whose prefix contains addr.
+// familyOf is addr's netlink family.
+func familyOf(addr netip.Addr) int {
+	if addr.Is4() {
+		return netlink.FAMILY_V4
+	}
+	return netlink.FAMILY_V6
+}
+
+// linkForSubnet finds the one interface, not a loopback one, with an
+// address of addr's family (not link-local) whose prefix contains addr.
 func linkForSubnet(addr netip.Addr) (netlink.Link, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -119,7 +133,7 @@ func linkForSubnet(addr netip.Addr) (netlink.Link, error) {
 		if link.Attrs().Flags&net.FlagLoopback != 0 {
 			continue
 		}
-		addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+		addrs, err := netlink.AddrList(link, familyOf(addr))
 		if err != nil {
 			return nil, fmt.Errorf("list addresses of %s: %w", link.Attrs().Name, err)
 		}
@@ -127,14 +141,14 @@ func linkForSubnet(addr netip.Addr) (netlink.Link, error) {
 		match := false
 		for _, a := range addrs {
 			p, ok := ipNetPrefix(a.IPNet)
-			if !ok {
+			if !ok || p.Addr().IsLinkLocalUnicast() {
 				continue
 			}
 			desc = append(desc, p.String())
 			match = match || p.Masked().Contains(addr)
 		}
 		if len(desc) == 1 {
-			continue // no IPv4 address
+			continue // no address of the family
 		}
 		all = append(all, strings.Join(desc, " "))
 		if match {
@@ -149,7 +163,11 @@ func linkForSubnet(addr netip.Addr) (netlink.Link, error) {
 		return nil, fmt.Errorf("several interfaces have an address in its subnet (%s); set balancer.interface",
 			strings.Join(matching, ", "))
 	case len(all) == 0:
-		return nil, errors.New("no interface has an address in its subnet (interfaces: none has an IPv4 address); set balancer.interface")
+		fam := "IPv4"
+		if addr.Is6() {
+			fam = "IPv6"
+		}
+		return nil, fmt.Errorf("no interface has an address in its subnet (interfaces: none has an %s address); set balancer.interface", fam)
 	}
 	return nil, fmt.Errorf("no interface has an address in its subnet (interfaces: %s); set balancer.interface",
 		strings.Join(all, ", "))
@@ -200,7 +218,7 @@ func isLinkNotFound(err error) bool {
 // HasAddress returns the interface that already has addr, "" when none
 // does. It changes nothing.
 func HasAddress(addr netip.Addr) (string, error) {
-	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	addrs, err := netlink.AddrList(nil, familyOf(addr.Unmap()))
 	if err != nil {
 		return "", fmt.Errorf("list addresses: %w", err)
 	}

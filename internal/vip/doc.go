@@ -1,7 +1,8 @@
 // Package vip owns the changes caplanced makes to its host's network
 // configuration, and the journal that lets every one of them be undone:
 //
-//   - as a balancer, each VIP as a /32 on a NIC (AttachVIP);
+//   - as a balancer, each VIP as a /32 (IPv6: a /128, nodad) on a NIC
+//     (AttachVIP);
 //   - as a receiver, each VIP as a /32 on lo (AttachLoopback), and the ARP
 //     sysctls net.ipv4.conf.all.arp_ignore and arp_announce (ReceiverSysctls);
 //   - in the receiver's kernel mode, a foo-over-UDP receive port, the ipip
@@ -42,7 +43,7 @@
 //
 // oldest first, one change a line. Each kind is undone thus:
 //
-//	address       delete address (a prefix, always /32) from link
+//	address       delete address (a prefix, /32 or /128) from link
 //	sysctl        write value, the value before caplanced changed it, back
 //	link-up       set link down (caplanced brought it up)
 //	link-created  delete link, if it still has that type

@@ -91,22 +91,43 @@ func addAddr(t *testing.T, link, prefix string) {
 	}
 }
 
-// addrsOf lists link's IPv4 addresses as "10.0.0.100/32".
+// addrsOf lists link's addresses as "10.0.0.100/32", "2001:db8::1/128",
+// except the IPv6 ones the kernel adds by itself (link-local, ::1).
 func addrsOf(t *testing.T, link string) []string {
+	t.Helper()
+	var out []string
+	for _, a := range addrList(t, link) {
+		if ip, _ := netip.AddrFromSlice(a.IP); ip.Is6() && (ip.IsLinkLocalUnicast() || ip.IsLoopback()) {
+			continue
+		}
+		out = append(out, a.IPNet.String())
+	}
+	return out
+}
+
+// addrFlags returns the flags (IFA_F_*) of address a on link.
+func addrFlags(t *testing.T, link string, a netip.Addr) int {
+	t.Helper()
+	for _, x := range addrList(t, link) {
+		if ip, _ := netip.AddrFromSlice(x.IP); ip.Unmap() == a {
+			return x.Flags
+		}
+	}
+	t.Fatalf("%s has no %s", link, a)
+	return 0
+}
+
+func addrList(t *testing.T, link string) []netlink.Addr {
 	t.Helper()
 	l, err := netlink.LinkByName(link)
 	if err != nil {
 		t.Fatal(err)
 	}
-	addrs, err := netlink.AddrList(l, netlink.FAMILY_V4)
+	addrs, err := netlink.AddrList(l, netlink.FAMILY_ALL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
-	for _, a := range addrs {
-		out = append(out, a.IPNet.String())
-	}
-	return out
+	return addrs
 }
 
 func linkIsUp(t *testing.T, name string) bool {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/caplance/caplance/internal/vip"
 	"github.com/google/go-cmp/cmp"
+	"golang.org/x/sys/unix"
 )
 
 func TestAttachVIP(t *testing.T) {
@@ -85,10 +86,38 @@ func TestAttachVIP(t *testing.T) {
 			wantErr: `VIP 10.0.0.100: interface "eth9": Link not found`,
 		},
 		{
-			name:    "IPv6",
+			name:        "IPv6, explicit interface",
+			links:       [][]string{{"eth0", "192.168.1.2/24"}},
+			vip:         "2001:db8::1",
+			iface:       "eth0",
+			want:        "eth0",
+			wantChanges: []vip.Change{{Kind: vip.KindAddress, Link: "eth0", Address: pfx("2001:db8::1/128")}},
+		},
+		{
+			name:        "IPv6 by subnet",
+			links:       [][]string{{"eth0", "192.168.1.2/24", "fd00:1::2/64"}, {"eth1", "10.0.0.2/24", "fd00:2::2/64"}},
+			vip:         "fd00:2::100",
+			want:        "eth1",
+			wantChanges: []vip.Change{{Kind: vip.KindAddress, Link: "eth1", Address: pfx("fd00:2::100/128")}},
+		},
+		{
+			name:  "IPv6, no candidate",
+			links: [][]string{{"eth0", "192.168.1.2/24", "fd00:1::2/64"}, {"eth1", "10.0.0.2/24"}},
+			vip:   "2001:db8::1",
+			wantErr: "VIP 2001:db8::1: no interface has an address in its subnet " +
+				"(interfaces: eth0 fd00:1::2/64); set balancer.interface",
+		},
+		{
+			name:    "no IPv6 address anywhere",
 			links:   [][]string{{"eth0", "192.168.1.2/24"}},
 			vip:     "2001:db8::1",
-			wantErr: "VIP 2001:db8::1: not an IPv4 address",
+			wantErr: "VIP 2001:db8::1: no interface has an address in its subnet (interfaces: none has an IPv6 address); set balancer.interface",
+		},
+		{
+			name:    "a zone",
+			links:   [][]string{{"eth0", "192.168.1.2/24"}},
+			vip:     "fe80::1%eth0",
+			wantErr: "VIP fe80::1%eth0: not an IPv4 or IPv6 address",
 		},
 	}
 	for _, tt := range tests {
@@ -125,6 +154,11 @@ func TestAttachVIP(t *testing.T) {
 			}
 			if !contains(addrsOf(t, got), tt.vip) {
 				t.Errorf("%s has %v, no %s", got, addrsOf(t, got), tt.vip)
+			}
+			if a := ip(tt.vip); a.Is6() && tt.wantChanges != nil {
+				if flags := addrFlags(t, got, a); flags&unix.IFA_F_NODAD == 0 || flags&unix.IFA_F_TENTATIVE != 0 {
+					t.Errorf("%s on %s has flags %#x, want nodad and not tentative: it would serve only after DAD", a, got, flags)
+				}
 			}
 
 			if err := h.Undo(); err != nil {
@@ -188,6 +222,28 @@ func TestDetachVIP(t *testing.T) {
 	}
 	if !contains(addrsOf(t, "eth0"), "10.0.0.101") {
 		t.Error("DetachVIP removed an earlier run's address, which is Undo's")
+	}
+}
+
+// An IPv6 VIP goes the same way: its /128 and its journal entry.
+func TestDetachVIP6(t *testing.T) {
+	inNetns(t)
+	addVeth(t, "eth0", "10.0.0.2/24")
+	h := openHost(t, t.TempDir())
+	for _, a := range []string{"2001:db8::100", "2001:db8::101"} {
+		if _, err := h.AttachVIP(ip(a), "eth0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.DetachVIP(ip("2001:db8::100")); err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]string{"10.0.0.2/24", "2001:db8::101/128"}, addrsOf(t, "eth0")); diff != "" {
+		t.Errorf("addresses (-want +got):\n%s", diff)
+	}
+	want := []vip.Change{{Kind: vip.KindAddress, Link: "eth0", Address: pfx("2001:db8::101/128")}}
+	if diff := cmp.Diff(want, h.Changes(), equateAddrs); diff != "" {
+		t.Errorf("journal (-want +got):\n%s", diff)
 	}
 }
 

@@ -85,10 +85,10 @@ func newWorker(b *Balancer, i int) *worker {
 		b:      b,
 		index:  i,
 		sendFD: -1,
-		batch:  rawio.NewBatch(batchSize, encap.HeaderLen, maxPacket),
+		batch:  rawio.NewBatch(batchSize, encap.MaxHeaderLen, maxPacket),
 		queue:  rawio.NewQueue(batchSize),
 		// Room for a maximal datagram cut into maxFragments fragments.
-		scratch:   make([]byte, encap.HeaderLen+maxPacket+maxFragments*20),
+		scratch:   make([]byte, encap.MaxHeaderLen+maxPacket+maxFragments*20),
 		fragQueue: rawio.NewQueue(maxFragments),
 		// Workers draw IDs from separate ranges so that two workers do not
 		// send fragments with the same ID to the same backend at once.
@@ -155,8 +155,9 @@ func (w *worker) forward(n int) {
 			sc.newFlows.Add(1)
 		}
 		refreshOptionsChecksum(pkt)
-		frame := w.batch.Framed(i)
-		if err := t.outer.Encapsulate(frame, encap.SourcePort(h)); err != nil {
+		// The outer header's room: the end of the headroom.
+		frame := w.batch.Framed(i)[encap.MaxHeaderLen-t.outer.Len():]
+		if err := t.outer.Encapsulate(frame, h); err != nil {
 			w.dropIn(sc, dropEncapError)
 			continue
 		}
@@ -211,10 +212,10 @@ func (w *worker) dropIn(sc *serviceCounters, r dropReason) {
 // policy in package encap (mtu.go). frame holds the outer header and the
 // inner packet.
 func (w *worker) tooBig(frame []byte, t *target, sc *serviceCounters) {
-	inner := frame[encap.HeaderLen:]
+	inner := frame[t.outer.Len():]
 	if inner[0]>>4 == 4 && binary.BigEndian.Uint16(inner[6:8])&0x4000 != 0 {
 		w.dropIn(sc, dropTooBig)
-		w.fragNeeded(inner, t.mtu-encap.HeaderLen)
+		w.fragNeeded(inner, t.mtu-t.outer.Len())
 		return
 	}
 	w.fragID++

@@ -299,3 +299,203 @@ func sendInner(t *testing.T, from *netnstest.Host, inner []byte) {
 func netipx(p netip.Prefix) *net.IPNet {
 	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
 }
+
+var (
+	testVIP6      = netip.MustParseAddr("2001:db8:f::100")
+	testBalancer6 = netip.MustParsePrefix("2001:db8::1/64")
+	testBackend6  = netip.MustParsePrefix("2001:db8::2/64")
+)
+
+// TestIPv6Outers: a balancer with an IPv6 address sends 6-in-6 and 4-in-6
+// packets, built by encap and sent whole on an IPV6_HDRINCL raw socket as
+// the balancer sends them, to a receiver with an IPv4 and an IPv6 VIP on lo.
+// The backend's kernel verifies the outer UDP checksum (a datagram whose
+// checksum is broken never reaches the receiver); the inner packets reach
+// UDP echo servers on the VIPs with the clients' addresses; inner IPv6
+// sources no client can have are each dropped and counted under their
+// reason.
+func TestIPv6Outers(t *testing.T) {
+	lab := netnstest.NewForTest(t, "rcv6")
+	balancerHost, err := lab.AddHost("lb", netip.PrefixFrom(testBalancer, 24), testBalancer6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend, err := lab.AddHost("backend", testBackend, testBackend6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client4 := netip.MustParseAddr("10.0.0.50")
+	client6 := netip.MustParseAddr("2001:db8::50")
+
+	var r *Receiver
+	echo := map[netip.Addr]*net.UDPConn{}
+	err = backend.Do(func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		for _, vip := range []netip.Addr{testVIP, testVIP6} {
+			if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: netipx(netip.PrefixFrom(vip, vip.BitLen()))}); err != nil {
+				return err
+			}
+		}
+		cfg := testConfig(1)
+		cfg.VIPs = []netip.Addr{testVIP, testVIP6}
+		cfg.Balancers = []netip.Addr{testBalancer6.Addr()}
+		if r, err = Open(cfg); err != nil {
+			return err
+		}
+		for _, vip := range cfg.VIPs {
+			c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(vip, 7)))
+			if err != nil {
+				return err
+			}
+			echo[vip] = c
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { r.Run(ctx); close(ran) }()
+	t.Cleanup(func() {
+		cancel()
+		<-ran
+		r.Close()
+		for _, c := range echo {
+			c.Close()
+		}
+	})
+	type arrival struct{ VIP, From netip.Addr }
+	arrivals := make(chan arrival, 64)
+	for vip, c := range echo {
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				_, from, err := c.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					return
+				}
+				arrivals <- arrival{vip, from.Addr().Unmap()}
+			}
+		}()
+	}
+
+	outer, err := encap.NewOuter(testBalancer6.Addr(), testBackend6.Addr(), 5555)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send := func(inner []byte, corrupt bool) {
+		t.Helper()
+		frame := append(make([]byte, outer.Len()), inner...)
+		if err := outer.Encapsulate(frame, uint64(len(inner))); err != nil {
+			t.Fatal(err)
+		}
+		if corrupt {
+			frame[len(frame)-1] ^= 0x40 // after the checksum was computed
+		}
+		sendRaw6(t, balancerHost, frame, testBackend6.Addr())
+	}
+
+	// A datagram whose outer checksum no longer matches: the kernel drops it.
+	send(innerUDP6(client6, 40000, testVIP6, 7), true)
+
+	spoofed := []struct {
+		src  netip.Addr
+		want string
+	}{
+		{netip.MustParseAddr("fe80::1"), "inner_source_link_local"},
+		{netip.IPv6Loopback(), "inner_source_loopback"},
+		{netip.IPv6Unspecified(), "inner_source_unspecified"},
+		{netip.MustParseAddr("ff02::1"), "inner_source_multicast"},
+		{netip.AddrFrom16(client4.As16()), "inner_source_v4_mapped"},
+		{netip.AddrFrom16(testBackend.Addr().As16()), "inner_source_v4_mapped"},
+		{testBackend6.Addr(), "inner_source_local"},
+		{testVIP6, "inner_source_is_destination"},
+	}
+	wantDrops := map[string]uint64{}
+	for _, name := range DropReasons() {
+		wantDrops[name] = 0
+	}
+	for _, s := range spoofed {
+		send(innerUDP6(s.src, 7, testVIP6, 7), false)
+		wantDrops[s.want]++
+	}
+	send(innerUDP6(client6, 40000, testVIP6, 7), false) // 6-in-6
+	send(innerUDP(client4, 40000, testVIP, 7), false)    // 4-in-6
+
+	want := map[arrival]int{{testVIP6, client6}: 1, {testVIP, client4}: 1}
+	got := map[arrival]int{}
+	for deadline := time.After(10 * time.Second); len(got) < len(want); {
+		select {
+		case a := <-arrivals:
+			got[a]++
+		case <-deadline:
+			t.Fatalf("arrivals at the VIPs: %v, want %v", got, want)
+		}
+	}
+	st := r.Stats()
+	if diff := cmp.Diff(wantDrops, st.Drops); diff != "" {
+		t.Errorf("drops (-want +got):\n%s", diff)
+	}
+	if got, want := st.Received, uint64(len(spoofed)+2); got != want {
+		t.Errorf("received %d datagrams, want %d (the one with a broken checksum is the kernel's to drop)", got, want)
+	}
+	if st.Delivered != 2 {
+		t.Errorf("delivered %d packets, want 2", st.Delivered)
+	}
+	select {
+	case a := <-arrivals:
+		got[a]++
+	case <-time.After(100 * time.Millisecond): // what was delivered has arrived: nothing more is on its way
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("arrivals at the VIPs (-want +got):\n%s", diff)
+	}
+}
+
+// sendRaw6 sends the whole IPv6 packet pkt to dst from host, on a raw
+// socket that takes the IPv6 header from the caller, as the balancer does.
+func sendRaw6(t *testing.T, host *netnstest.Host, pkt []byte, dst netip.Addr) {
+	t.Helper()
+	err := host.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_HDRINCL, 1); err != nil {
+			return err
+		}
+		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet6{Addr: dst.As16()})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// innerUDP6 is an IPv6 UDP datagram with a valid UDP checksum.
+func innerUDP6(src netip.Addr, sport uint16, dst netip.Addr, dport uint16) []byte {
+	payload := []byte("spoofed?")
+	pkt := make([]byte, 40+8+len(payload))
+	pkt[0] = 6 << 4
+	binary.BigEndian.PutUint16(pkt[4:6], uint16(8+len(payload)))
+	pkt[6] = unix.IPPROTO_UDP
+	pkt[7] = 64
+	s, d := src.As16(), dst.As16()
+	copy(pkt[8:24], s[:])
+	copy(pkt[24:40], d[:])
+	udp := pkt[40:]
+	binary.BigEndian.PutUint16(udp[0:2], sport)
+	binary.BigEndian.PutUint16(udp[2:4], dport)
+	binary.BigEndian.PutUint16(udp[4:6], uint16(len(udp)))
+	copy(udp[8:], payload)
+	sum := ^inet.Fold(inet.Sum(udp, inet.Sum(pkt[8:40], uint32(len(udp))+unix.IPPROTO_UDP)))
+	if sum == 0 {
+		sum = 0xffff
+	}
+	binary.BigEndian.PutUint16(udp[6:8], sum)
+	return pkt
+}

@@ -44,17 +44,31 @@ func testConfig(workers int) Config {
 	return Config{VIPs: []netip.Addr{testVIP}, Balancers: []netip.Addr{testBalancer}, Port: 5555, Workers: workers}
 }
 
-// TestSocketsBypassTheRuntimePoller: no socket of a worker is in the Go
-// runtime's epoll (see openWorker), and the workers share the encap port.
+// dualStackConfig is testConfig with an IPv6 balancer and VIP too, so every
+// worker opens its IPv6 sockets.
+func dualStackConfig(workers int) Config {
+	cfg := testConfig(workers)
+	cfg.Balancers = append(cfg.Balancers, netip.MustParseAddr("2001:db8::1"))
+	cfg.VIPs = append(cfg.VIPs, netip.MustParseAddr("2001:db8:f::100"))
+	return cfg
+}
+
+// TestSocketsBypassTheRuntimePoller: no socket of a worker, IPv4 or IPv6, is
+// in the Go runtime's epoll (see openWorker), and the workers share the
+// encap port.
 func TestSocketsBypassTheRuntimePoller(t *testing.T) {
 	inBackend(t, func() error {
-		r, err := Open(testConfig(2))
+		r, err := Open(dualStackConfig(2))
 		if err != nil {
 			return err
 		}
 		defer r.Close()
 		for i, w := range r.workers {
-			for _, fd := range []int{w.encapFD, w.injectFD} {
+			for _, fd := range []int{w.encapFD, w.encap6FD, w.injectFD, w.inject6FD} {
+				if fd < 0 {
+					t.Errorf("worker %d: a socket is not open: %d", i, fd)
+					continue
+				}
 				polled, err := rawiotest.Polled(fd)
 				if err != nil {
 					return err
@@ -68,38 +82,55 @@ func TestSocketsBypassTheRuntimePoller(t *testing.T) {
 	})
 }
 
-// TestOpenPortTaken: when another program holds the encap port, Open fails
-// naming the port and leaves no descriptor open.
+// TestOpenPortTaken: when another program holds the encap port, over IPv4
+// or over IPv6, Open fails naming the port and leaves no descriptor open.
 func TestOpenPortTaken(t *testing.T) {
-	var openErr error
-	var before, after int
-	inBackend(t, func() error {
-		other, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(other)
-		if err := unix.Bind(other, &unix.SockaddrInet4{Port: 5555}); err != nil {
-			return err
-		}
-		if before, err = openDescriptors(); err != nil {
-			return err
-		}
-		var r *Receiver
-		if r, openErr = Open(testConfig(2)); openErr == nil {
-			r.Close()
-		}
-		after, err = openDescriptors()
-		return err
-	})
-	if openErr == nil {
-		t.Fatal("Open succeeded on a port another socket holds")
+	tests := []struct {
+		family int
+		sa     unix.Sockaddr
+		want   string
+	}{
+		{unix.AF_INET, &unix.SockaddrInet4{Port: 5555}, "listen on UDP port 5555: address already in use"},
+		{unix.AF_INET6, &unix.SockaddrInet6{Port: 5555}, "listen on UDP over IPv6 port 5555: address already in use"},
 	}
-	if want := "listen on UDP port 5555: address already in use"; !strings.Contains(openErr.Error(), want) {
-		t.Errorf("error %q does not say %q", openErr, want)
-	}
-	if after != before {
-		t.Errorf("%d descriptors open before Open, %d after its failure", before, after)
+	for _, tt := range tests {
+		t.Run(tt.want, func(t *testing.T) {
+			var openErr error
+			var before, after int
+			inBackend(t, func() error {
+				other, err := unix.Socket(tt.family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+				if err != nil {
+					return err
+				}
+				defer unix.Close(other)
+				if tt.family == unix.AF_INET6 {
+					if err := unix.SetsockoptInt(other, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+						return err
+					}
+				}
+				if err := unix.Bind(other, tt.sa); err != nil {
+					return err
+				}
+				if before, err = openDescriptors(); err != nil {
+					return err
+				}
+				var r *Receiver
+				if r, openErr = Open(dualStackConfig(2)); openErr == nil {
+					r.Close()
+				}
+				after, err = openDescriptors()
+				return err
+			})
+			if openErr == nil {
+				t.Fatal("Open succeeded on a port another socket holds")
+			}
+			if !strings.Contains(openErr.Error(), tt.want) {
+				t.Errorf("error %q does not say %q", openErr, tt.want)
+			}
+			if after != before {
+				t.Errorf("%d descriptors open before Open, %d after its failure", before, after)
+			}
+		})
 	}
 }
 

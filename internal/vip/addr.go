@@ -67,12 +67,17 @@ func (h *Host) DetachVIP(addr netip.Addr) error {
 	return nil
 }
 
-// AttachLoopback adds addr/32 to lo, where a receiver accepts the VIP's
-// packets without answering ARP for it.
+// AttachLoopback adds addr to lo, as a /32 or, for an IPv6 VIP, a /128
+// without duplicate address detection (IFA_F_NODAD: usable at once, and
+// never "dadfailed" because a balancer on the link holds the same VIP),
+// where a receiver accepts the VIP's packets without answering ARP or
+// neighbour solicitations for it: Linux answers a solicitation only for
+// an address of the interface it arrived on (TestNoNeighbourAdvertisement
+// proves it), so an IPv6 VIP needs no sysctl.
 func (h *Host) AttachLoopback(addr netip.Addr) error {
 	addr = addr.Unmap()
-	if !addr.Is4() {
-		return fmt.Errorf("VIP %s: not an IPv4 address", addr)
+	if !addr.IsValid() || addr.IsUnspecified() || addr.IsMulticast() || (addr.Is6() && addr.IsLinkLocalUnicast()) || addr.Zone() != "" {
+		return fmt.Errorf("VIP %s: not a unicast address", addr)
 	}
 	link, err := netlink.LinkByName("lo")
 	if err == nil {
@@ -84,10 +89,15 @@ func (h *Host) AttachLoopback(addr netip.Addr) error {
 	return nil
 }
 
-// addAddress adds addr/32 to link unless addr is already there.
+// addAddress adds addr as a host prefix (/32, /128) to link unless addr is
+// already there; an IPv6 address skips duplicate address detection.
 func (h *Host) addAddress(link netlink.Link, addr netip.Addr) error {
 	name := link.Attrs().Name
-	addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+	family := netlink.FAMILY_V4
+	if addr.Is6() {
+		family = netlink.FAMILY_V6
+	}
+	addrs, err := netlink.AddrList(link, family)
 	if err != nil {
 		return fmt.Errorf("list addresses of %s: %w", name, err)
 	}
@@ -100,7 +110,11 @@ func (h *Host) addAddress(link netlink.Link, addr netip.Addr) error {
 	if err := h.record(Change{Kind: KindAddress, Link: name, Address: p}); err != nil {
 		return err
 	}
-	if err := netlink.AddrAdd(link, &netlink.Addr{IPNet: prefixIPNet(p)}); err != nil {
+	a := &netlink.Addr{IPNet: prefixIPNet(p)}
+	if addr.Is6() {
+		a.Flags = unix.IFA_F_NODAD
+	}
+	if err := netlink.AddrAdd(link, a); err != nil {
 		return h.forget(fmt.Errorf("add %s to %s: %w", p, name, err))
 	}
 	return nil

@@ -2,8 +2,11 @@
 // configuration, and the journal that lets every one of them be undone:
 //
 //   - as a balancer, each VIP as a /32 on a NIC (AttachVIP);
-//   - as a receiver, each VIP as a /32 on lo (AttachLoopback), and the ARP
-//     sysctls net.ipv4.conf.all.arp_ignore and arp_announce (ReceiverSysctls);
+//   - as a receiver, each VIP as a /32 (IPv6: a /128, without duplicate
+//     address detection) on lo (AttachLoopback), and the ARP sysctls
+//     net.ipv4.conf.all.arp_ignore and arp_announce (ReceiverSysctls); IPv6
+//     needs no sysctl, since Linux answers a neighbour solicitation only for
+//     an address of the interface it arrived on, never for one on lo;
 //   - in the receiver's kernel mode, a foo-over-UDP receive port, the ipip
 //     device it feeds, and rp_filter relaxed on that device (SetupFOU).
 //
@@ -42,7 +45,7 @@
 //
 // oldest first, one change a line. Each kind is undone thus:
 //
-//	address       delete address (a prefix, always /32) from link
+//	address       delete address (a prefix, /32 or /128) from link
 //	sysctl        write value, the value before caplanced changed it, back
 //	link-up       set link down (caplanced brought it up)
 //	link-created  delete link, if it still has that type

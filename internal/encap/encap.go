@@ -215,13 +215,17 @@ func (o *Outer) encapsulate6(frame, inner []byte, flowHash uint64) error {
 }
 
 // innerSum is the ones'-complement sum of the inner packet's bytes, folded,
-// as the outer UDP checksum needs it. Where it can, it reads only the
-// headers: a TCP segment, UDP datagram or ICMPv6 message carries a checksum
-// over a pseudo-header and itself, so when that checksum is valid the
-// segment's own sum is the complement of the pseudo-header's (the trick of
-// Linux's local checksum offload); an IPv4 ICMP message sums to zero by
-// itself. A segment whose checksum is wrong then gives a wrong outer
-// checksum, and the backend drops the packet as corrupt, as it should.
+// as the outer UDP checksum needs it. Where it can, it reads only a few
+// header words: a TCP segment, UDP datagram or ICMPv6 message carries a
+// checksum over a pseudo-header and itself, so when that checksum is valid
+// the segment's own sum is the complement of the pseudo-header's (the trick
+// of Linux's local checksum offload). The pseudo-header's addresses are the
+// IP header's, so they cancel out: the packet's sum is that of the header
+// words before the addresses (and of IPv6 hop-by-hop and destination
+// options) minus the pseudo-header's length and protocol. An IPv4 ICMP
+// message sums to zero by itself, so there the sum is the IP header's. A
+// segment whose checksum is wrong then gives a wrong outer checksum, and the
+// backend drops the packet as corrupt, as it should.
 //
 // It falls back to a pass over the packet where the sum is not known: a
 // fragment (the checksum covers the whole datagram), a UDP checksum of 0
@@ -230,9 +234,9 @@ func (o *Outer) encapsulate6(frame, inner []byte, flowHash uint64) error {
 // changes the pseudo-header's destination), or a length field that
 // disagrees with the bytes present.
 func innerSum(inner []byte) uint16 {
-	var hdrLen, l4Len int
+	var hdrLen int
 	var proto byte
-	var pseudo uint32
+	var fixed uint32 // the sum of the header without its addresses
 	if inner[0]>>4 == 4 {
 		hdrLen = ipv4HeaderLen
 		if inner[0]&0x0f != ipv4HeaderLen/4 ||
@@ -241,8 +245,7 @@ func innerSum(inner []byte) uint16 {
 			return inet.Fold(inet.Sum(inner, 0))
 		}
 		proto = inner[9]
-		l4Len = len(inner) - hdrLen
-		pseudo = inet.Sum(inner[12:20], uint32(proto)+uint32(l4Len))
+		fixed = inet.Sum(inner[:12], 0)
 	} else {
 		if ipv6HeaderLen+int(binary.BigEndian.Uint16(inner[4:6])) != len(inner) {
 			return inet.Fold(inet.Sum(inner, 0))
@@ -257,17 +260,17 @@ func innerSum(inner []byte) uint16 {
 		if hdrLen > len(inner) {
 			return inet.Fold(inet.Sum(inner, 0))
 		}
-		l4Len = len(inner) - hdrLen
-		pseudo = inet.Sum(inner[8:40], uint32(proto)+uint32(l4Len>>16)+uint32(l4Len&0xffff))
+		fixed = inet.Sum(inner[ipv6HeaderLen:hdrLen], inet.Sum(inner[:8], 0))
 	}
 	l4 := inner[hdrLen:]
 	switch {
 	case proto == protoTCP && len(l4) >= 20,
 		proto == protoUDP && len(l4) >= 8 && binary.BigEndian.Uint16(l4[6:8]) != 0,
 		proto == protoICMPv6 && inner[0]>>4 == 6 && len(l4) >= 4:
-		return inet.Fold(inet.Sum(inner[:hdrLen], uint32(^inet.Fold(pseudo))))
+		// len(l4) < 65536: the length counts as one word in either family.
+		return inet.Fold(fixed + uint32(^inet.Fold(uint32(proto)+uint32(len(l4)))))
 	case proto == protoICMP && inner[0]>>4 == 4 && len(l4) >= 4:
-		return inet.Fold(inet.Sum(inner[:hdrLen], 0))
+		return inet.Fold(inet.Sum(inner[12:20], fixed))
 	}
 	return inet.Fold(inet.Sum(inner, 0))
 }

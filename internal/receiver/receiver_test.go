@@ -366,7 +366,11 @@ func TestIPv6Outers(t *testing.T) {
 			return err
 		}
 		for _, vip := range []netip.Addr{testVIP, testVIP6} {
-			if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: netipx(netip.PrefixFrom(vip, vip.BitLen()))}); err != nil {
+			// Without nodad even lo's address is tentative for a moment
+			// (DAD is skipped on lo, but by a work item), and a bind to it
+			// fails; caplanced attaches IPv6 VIPs with nodad too.
+			a := &netlink.Addr{IPNet: netipx(netip.PrefixFrom(vip, vip.BitLen())), Flags: unix.IFA_F_NODAD}
+			if err := netlink.AddrAdd(lo, a); err != nil {
 				return err
 			}
 		}

@@ -459,7 +459,7 @@ func TestIPv6Outers(t *testing.T) {
 		wantDrops[s.want]++
 	}
 	send(innerUDP6(client6, 40000, testVIP6, 7), false) // 6-in-6
-	send(innerUDP(client4, 40000, testVIP, 7), false)    // 4-in-6
+	send(innerUDP(client4, 40000, testVIP, 7), false)   // 4-in-6
 
 	want := map[arrival]int{{testVIP6, client6}: 1, {testVIP, client4}: 1}
 	got := map[arrival]int{}

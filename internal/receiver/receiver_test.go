@@ -534,3 +534,76 @@ func innerUDP6(src netip.Addr, sport uint16, dst netip.Addr, dport uint16) []byt
 	binary.BigEndian.PutUint16(udp[6:8], sum)
 	return pkt
 }
+
+// TestDeliverAllocatesNothing: a worker's round for IPv6 outers, 6-in-6
+// and 4-in-6 (receive a batch, decapsulate, inject over IPv4 and IPv6)
+// allocates nothing.
+func TestDeliverAllocatesNothing(t *testing.T) {
+	lab := netnstest.NewForTest(t, "rcva")
+	backend, err := lab.AddHost("backend", testBackend, testBackend6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = backend.Do(func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		for _, vip := range []netip.Addr{testVIP, testVIP6} {
+			a := &netlink.Addr{IPNet: netipx(netip.PrefixFrom(vip, vip.BitLen())), Flags: unix.IFA_F_NODAD}
+			if err := netlink.AddrAdd(lo, a); err != nil {
+				return err
+			}
+		}
+		// The backend sends to itself: its own address is the balancer.
+		cfg := testConfig(1)
+		cfg.VIPs = []netip.Addr{testVIP, testVIP6}
+		cfg.Balancers = []netip.Addr{testBackend6.Addr()}
+		r, err := Open(cfg)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		w := r.workers[0]
+
+		sender, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(sender)
+		if err := unix.Bind(sender, &unix.SockaddrInet6{Addr: testBackend6.Addr().As16()}); err != nil {
+			return err
+		}
+		to := &unix.SockaddrInet6{Addr: testBackend6.Addr().As16(), Port: 5555}
+		payloads := [][]byte{
+			innerUDP6(netip.MustParseAddr("2001:db8::50"), 40000, testVIP6, 9),
+			innerUDP(netip.MustParseAddr("10.0.0.50"), 40000, testVIP, 9),
+		}
+		round := func() {
+			for _, p := range payloads {
+				if err := unix.Sendto(sender, p, 0, to); err != nil {
+					t.Fatal(err)
+				}
+			}
+			for got := 0; got < len(payloads); {
+				n, err := w.batch.Recv(w.encap6FD)
+				if err != nil {
+					t.Fatal(err)
+				}
+				w.deliver(n)
+				got += n
+			}
+		}
+		round() // warm up
+		if n := testing.AllocsPerRun(100, round); n != 0 {
+			t.Errorf("a round of 6-in-6 and 4-in-6: %v allocs, want 0", n)
+		}
+		if st := r.Stats(); st.Delivered != st.Received || st.Received < 2*101 {
+			t.Errorf("received %d, delivered %d, drops %v", st.Received, st.Delivered, st.Drops)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

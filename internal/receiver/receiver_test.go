@@ -3,6 +3,7 @@ package receiver
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"github.com/caplance/caplance/internal/encap"
 	"github.com/caplance/caplance/internal/inet"
 	"github.com/caplance/caplance/internal/netnstest"
+	"github.com/caplance/caplance/internal/rawio"
 	"github.com/caplance/caplance/internal/rawio/rawiotest"
 )
 
@@ -118,8 +120,15 @@ func TestOpenPortTaken(t *testing.T) {
 				if r, openErr = Open(dualStackConfig(2)); openErr == nil {
 					r.Close()
 				}
-				after, err = openDescriptors()
-				return err
+				// The address subscription's netlink socket is closed by a
+				// goroutine of package netlink, which may still be at it
+				// when Close returns (an address event had its reader out
+				// of its read): wait for it.
+				for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+					if after, err = openDescriptors(); err != nil || after == before || time.Now().After(deadline) {
+						return err
+					}
+				}
 			})
 			if openErr == nil {
 				t.Fatal("Open succeeded on a port another socket holds")
@@ -245,7 +254,7 @@ func TestSpoofedInnerSources(t *testing.T) {
 	for echoed.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	st := r.Stats()
+	st := statsOnceDelivered(t, r, 1)
 	if diff := cmp.Diff(wantDrops, st.Drops); diff != "" {
 		t.Errorf("drops (-want +got):\n%s", diff)
 	}
@@ -272,6 +281,23 @@ func TestSpoofedInnerSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLocal(t, r, added.Addr(), encap.Accept)
+}
+
+// statsOnceDelivered returns the receiver's counters once it has counted n
+// packets delivered (a listener may read a packet before the worker that
+// injected it has counted it), or after 10 s. One worker handles the
+// datagrams in the order sent, so the counters of those sent before are
+// final by then.
+func statsOnceDelivered(t *testing.T, r *Receiver, n uint64) Stats {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := r.Stats()
+		if st.Delivered >= n || time.Now().After(deadline) {
+			return st
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // waitLocal waits until the receiver's decapsulator gives want for an inner
@@ -471,7 +497,7 @@ func TestIPv6Outers(t *testing.T) {
 			t.Fatalf("arrivals at the VIPs: %v, want %v", got, want)
 		}
 	}
-	st := r.Stats()
+	st := statsOnceDelivered(t, r, 2)
 	if diff := cmp.Diff(wantDrops, st.Drops); diff != "" {
 		t.Errorf("drops (-want +got):\n%s", diff)
 	}
@@ -540,7 +566,7 @@ func innerUDP6(src netip.Addr, sport uint16, dst netip.Addr, dport uint16) []byt
 // allocates nothing.
 func TestDeliverAllocatesNothing(t *testing.T) {
 	lab := netnstest.NewForTest(t, "rcva")
-	backend, err := lab.AddHost("backend", testBackend, testBackend6)
+	backend, err := lab.AddHost("backend", testBackend)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -555,10 +581,13 @@ func TestDeliverAllocatesNothing(t *testing.T) {
 				return err
 			}
 		}
-		// The backend sends to itself: its own address is the balancer.
+		// The backend sends to itself, on lo: ::1 is the balancer. (Sent
+		// to its address on eth0, both datagrams of a round were lost now
+		// and then on a loaded machine, about 1 run in 100, counted as
+		// sent and never as received, with no drop counter saying where.)
 		cfg := testConfig(1)
 		cfg.VIPs = []netip.Addr{testVIP, testVIP6}
-		cfg.Balancers = []netip.Addr{testBackend6.Addr()}
+		cfg.Balancers = []netip.Addr{netip.IPv6Loopback()}
 		r, err := Open(cfg)
 		if err != nil {
 			return err
@@ -571,32 +600,53 @@ func TestDeliverAllocatesNothing(t *testing.T) {
 			return err
 		}
 		defer unix.Close(sender)
-		if err := unix.Bind(sender, &unix.SockaddrInet6{Addr: testBackend6.Addr().As16()}); err != nil {
+		if err := unix.Bind(sender, &unix.SockaddrInet6{Addr: netip.IPv6Loopback().As16()}); err != nil {
 			return err
 		}
-		to := &unix.SockaddrInet6{Addr: testBackend6.Addr().As16(), Port: 5555}
+		to := &unix.SockaddrInet6{Addr: netip.IPv6Loopback().As16(), Port: 5555}
 		payloads := [][]byte{
 			innerUDP6(netip.MustParseAddr("2001:db8::50"), 40000, testVIP6, 9),
 			innerUDP(netip.MustParseAddr("10.0.0.50"), 40000, testVIP, 9),
 		}
+		encap6 := []unix.PollFd{{Fd: int32(w.encap6FD), Events: unix.POLLIN}}
+		var roundErr error
+		rounds := 0
 		round := func() {
+			rounds++
 			for _, p := range payloads {
 				if err := unix.Sendto(sender, p, 0, to); err != nil {
-					t.Fatal(err)
+					roundErr = err
+					return
 				}
 			}
+			// Wait in poll, not in a loop of reads: the datagrams cross
+			// lo's backlog, which a softirq empties, and a thread spinning
+			// on the CPU can hold it off (seen here for minutes).
 			for got := 0; got < len(payloads); {
+				if err := rawio.Wait(encap6, 10000); err != nil {
+					roundErr = err
+					return
+				}
+				if encap6[0].Revents == 0 {
+					roundErr = fmt.Errorf("round %d: %d of %d datagrams within 10 s", rounds, got, len(payloads))
+					return
+				}
 				n, err := w.batch.Recv(w.encap6FD)
 				if err != nil {
-					t.Fatal(err)
+					roundErr = err
+					return
 				}
 				w.deliver(n)
 				got += n
 			}
 		}
 		round() // warm up
-		if n := testing.AllocsPerRun(100, round); n != 0 {
-			t.Errorf("a round of 6-in-6 and 4-in-6: %v allocs, want 0", n)
+		allocs := testing.AllocsPerRun(100, round)
+		if roundErr != nil {
+			return roundErr
+		}
+		if allocs != 0 {
+			t.Errorf("a round of 6-in-6 and 4-in-6: %v allocs, want 0", allocs)
 		}
 		if st := r.Stats(); st.Delivered != st.Received || st.Received < 2*101 {
 			t.Errorf("received %d, delivered %d, drops %v", st.Received, st.Delivered, st.Drops)

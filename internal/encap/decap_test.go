@@ -428,17 +428,18 @@ func BenchmarkDecapsulate(b *testing.B) {
 	}
 }
 
-// TestConcurrentUse shares one Outer and one Decapsulator between
-// goroutines, as the data path's workers do; under -race it proves neither
+// TestConcurrentUse shares Outers (IPv4 and IPv6) and one Decapsulator
+// between goroutines, as the data path's workers do; under -race it proves none
 // is written after construction.
 func TestConcurrentUse(t *testing.T) {
-	o := newOuter(t)
+	outers := []encap.Outer{newOuter(t), newOuter6(t)}
 	d := newDecap(t)
 	inner := innerV4(t, vip4, true, false, 100)
 	var wg sync.WaitGroup
 	for w := range 4 {
 		wg.Go(func() {
-			pkt := withHeadroom(inner)
+			o := &outers[w%2] // two goroutines share each
+			pkt := withRoom(o.Len(), inner)
 			for i := range 200 {
 				if err := o.Encapsulate(pkt, uint64(w*1000+i)); err != nil {
 					t.Error(err)
@@ -448,7 +449,11 @@ func TestConcurrentUse(t *testing.T) {
 					t.Errorf("Packet: %v", r)
 					return
 				}
-				if _, r := d.Payload(balancer, pkt[encap.HeaderLen4:], hostAddrs); r != encap.Accept {
+				src := balancer
+				if o.Len() == encap.HeaderLen6 {
+					src = balancer6
+				}
+				if _, r := d.Payload(src, pkt[o.Len():], hostAddrs); r != encap.Accept {
 					t.Errorf("Payload: %v", r)
 					return
 				}

@@ -91,11 +91,11 @@ func newWorker(b *Balancer, i int) *worker {
 		index:   i,
 		sendFD:  -1,
 		sendFD6: -1,
-		batch:   rawio.NewBatch(batchSize, headroom, maxPacket),
+		batch:   rawio.NewBatch(batchSize, encap.MaxHeaderLen, maxPacket),
 		queue:   rawio.NewQueue(batchSize),
 		queue6:  rawio.NewQueue(batchSize),
 		// Room for a maximal datagram cut into maxFragments fragments.
-		scratch:   make([]byte, headroom+maxPacket+maxFragments*20),
+		scratch:   make([]byte, encap.MaxHeaderLen+maxPacket+maxFragments*20),
 		fragQueue: rawio.NewQueue(maxFragments),
 		// Workers draw IDs from separate ranges so that two workers do not
 		// send fragments with the same ID to the same backend at once.
@@ -164,8 +164,9 @@ func (w *worker) forward(n int) {
 			sc.newFlows.Add(1)
 		}
 		refreshOptionsChecksum(pkt)
-		frame := w.batch.Framed(i)[headroom-outerLen(&t.outer):]
-		if err := encapsulate(&t.outer, frame, h); err != nil {
+		// The outer header's room: the end of the headroom.
+		frame := w.batch.Framed(i)[encap.MaxHeaderLen-t.outer.Len():]
+		if err := t.outer.Encapsulate(frame, h); err != nil {
 			w.dropIn(sc, dropEncapError)
 			continue
 		}
@@ -227,7 +228,7 @@ func (w *worker) dropIn(sc *serviceCounters, r dropReason) {
 // policy in package encap (mtu.go). frame holds the outer header and the
 // inner packet.
 func (w *worker) tooBig(frame []byte, t *target, sc *serviceCounters) {
-	n := outerLen(&t.outer)
+	n := t.outer.Len()
 	inner := frame[n:]
 	switch {
 	case inner[0]>>4 == 6:
@@ -293,7 +294,7 @@ func (w *worker) packetTooBig(inner []byte, mtu int) {
 		return
 	}
 	client := netip.AddrFrom16([16]byte(inner[8:24]))
-	msg := packetTooBig(w.scratch, netip.AddrFrom16([16]byte(inner[24:40])), client, inner, uint32(mtu))
+	msg := encap.PacketTooBig(w.scratch, netip.AddrFrom16([16]byte(inner[24:40])), client, inner, uint32(mtu))
 	if msg == nil {
 		return
 	}

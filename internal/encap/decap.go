@@ -20,11 +20,13 @@ const (
 	Accept Reject = iota
 	// RejectEmpty: nothing to decapsulate (zero-length packet or UDP payload).
 	RejectEmpty
-	// RejectMalformedOuter: the outer IPv4 or UDP header is truncated,
+	// RejectMalformedOuter: the outer IP or UDP header is truncated,
 	// inconsistent with the packet's length, a fragment, or fails its
-	// header checksum (Packet only).
+	// checksum: the IPv4 header checksum, or an IPv6 outer's UDP checksum,
+	// which may not be 0 (Packet only; the kernel checks a UDP socket's).
 	RejectMalformedOuter
-	// RejectNotUDP: the outer protocol is not UDP (Packet only).
+	// RejectNotUDP: the outer protocol (for IPv6, the next header, so any
+	// extension header too) is not UDP (Packet only).
 	RejectNotUDP
 	// RejectWrongPort: the outer UDP destination port is not the encap port
 	// (Packet only; a UDP socket has already matched it).
@@ -61,11 +63,19 @@ const (
 	// RejectInnerSourceMulticast: the inner source is in 224.0.0.0/4 or
 	// ff00::/8.
 	RejectInnerSourceMulticast
+	// RejectInnerSourceLinkLocal: the inner source is in fe80::/10, an
+	// address valid only on the client's own link, never the balancer's
+	// tunnel.
+	RejectInnerSourceLinkLocal
+	// RejectInnerSourceV4Mapped: the inner source is an IPv4-mapped IPv6
+	// address (::ffff:0:0/96), which Linux refuses on input (RFC 4291
+	// section 2.5.5.2), so that it cannot stand for a local IPv4 address.
+	RejectInnerSourceV4Mapped
 	// RejectInnerSourceBroadcast: the inner source is 255.255.255.255 or a
 	// broadcast address of one of the host's subnets.
 	RejectInnerSourceBroadcast
 	// RejectInnerSourceReserved: the inner source is in 240.0.0.0/4 (other
-	// than 255.255.255.255), or is an IPv4-mapped IPv6 address.
+	// than 255.255.255.255).
 	RejectInnerSourceReserved
 	// RejectInnerSourceIsDestination: the inner source equals the inner
 	// destination.
@@ -94,6 +104,8 @@ var rejectNames = [NumRejects]string{
 	RejectInnerSourceUnspecified:   "inner_source_unspecified",
 	RejectInnerSourceLoopback:      "inner_source_loopback",
 	RejectInnerSourceMulticast:     "inner_source_multicast",
+	RejectInnerSourceLinkLocal:     "inner_source_link_local",
+	RejectInnerSourceV4Mapped:      "inner_source_v4_mapped",
 	RejectInnerSourceBroadcast:     "inner_source_broadcast",
 	RejectInnerSourceReserved:      "inner_source_reserved",
 	RejectInnerSourceIsDestination: "inner_source_is_destination",
@@ -247,9 +259,7 @@ func (d *Decapsulator) Payload(src netip.Addr, payload []byte, local *LocalAddrs
 
 // innerSource checks the inner source src of a packet to the VIP dst: the
 // address classes no client can have first (a few compares), then src = dst,
-// then the VIPs and local (two map lookups). An IPv4-mapped IPv6 source is
-// refused as Linux refuses it on input (RFC 4291 section 2.5.5.2), so that
-// it cannot stand for a local IPv4 address either.
+// then the VIPs and local (two map lookups).
 func (d *Decapsulator) innerSource(src, dst netip.Addr, local *LocalAddrs) Reject {
 	if src.Is4() {
 		b := src.As4()
@@ -273,8 +283,10 @@ func (d *Decapsulator) innerSource(src, dst netip.Addr, local *LocalAddrs) Rejec
 			return RejectInnerSourceLoopback
 		case src.IsMulticast():
 			return RejectInnerSourceMulticast
+		case src.IsLinkLocalUnicast():
+			return RejectInnerSourceLinkLocal
 		case src.Is4In6():
-			return RejectInnerSourceReserved
+			return RejectInnerSourceV4Mapped
 		}
 	}
 	if src == dst {
@@ -291,38 +303,61 @@ func (d *Decapsulator) innerSource(src, dst netip.Addr, local *LocalAddrs) Rejec
 	return Accept
 }
 
-// Packet checks a whole outer IPv4 packet (the raw-socket path, and tests):
-// a well-formed, unfragmented IPv4 header (options allowed) with a correct
-// checksum, protocol UDP, a UDP length that matches, and the encap port as
-// destination; then the UDP payload goes through the same checks as Payload,
-// with the outer source address as src and local as the host's addresses.
-// The outer UDP checksum is not verified: balancers send 0, and the inner
-// packet carries its own checksums.
+// Packet checks a whole outer packet (the raw-socket path, and tests). An
+// IPv4 outer: a well-formed, unfragmented header (options allowed) with a
+// correct checksum, protocol UDP; its UDP checksum is not verified, since
+// balancers send 0 over IPv4 and the inner packet carries its own checksums.
+// An IPv6 outer: a fixed header whose payload length matches, next header UDP
+// (no extension headers: the kernel reassembles fragments before a socket sees
+// them), and a valid UDP checksum, which IPv6 requires. Then a UDP length
+// that matches and the encap port as destination; then the UDP payload goes
+// through the same checks as Payload, with the outer source address as src
+// and local as the host's addresses.
 func (d *Decapsulator) Packet(pkt []byte, local *LocalAddrs) ([]byte, Reject) {
 	if len(pkt) == 0 {
 		return nil, RejectEmpty
 	}
-	if len(pkt) < ipv4HeaderLen || pkt[0]>>4 != 4 {
+	var src netip.Addr
+	var udp []byte
+	switch pkt[0] >> 4 {
+	case 4:
+		if len(pkt) < ipv4HeaderLen {
+			return nil, RejectMalformedOuter
+		}
+		ihl := int(pkt[0]&0x0f) * 4
+		if ihl < ipv4HeaderLen || len(pkt) < ihl+udpHeaderLen ||
+			int(binary.BigEndian.Uint16(pkt[2:4])) != len(pkt) ||
+			// More Fragments set or a nonzero offset: the kernel reassembles
+			// before a socket sees the packet, so a fragment here is bogus.
+			binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 ||
+			!inet.Valid(pkt[:ihl]) {
+			return nil, RejectMalformedOuter
+		}
+		if pkt[9] != protoUDP {
+			return nil, RejectNotUDP
+		}
+		src, udp = netip.AddrFrom4([4]byte(pkt[12:16])), pkt[ihl:]
+	case 6:
+		if len(pkt) < ipv6HeaderLen+udpHeaderLen ||
+			ipv6HeaderLen+int(binary.BigEndian.Uint16(pkt[4:6])) != len(pkt) {
+			return nil, RejectMalformedOuter
+		}
+		if pkt[6] != protoUDP {
+			return nil, RejectNotUDP
+		}
+		src, udp = netip.AddrFrom16([16]byte(pkt[8:24])), pkt[ipv6HeaderLen:]
+		if binary.BigEndian.Uint16(udp[6:8]) == 0 ||
+			inet.Fold(inet.Sum(udp, inet.Sum(pkt[8:40], protoUDP+uint32(len(udp))))) != 0xffff {
+			return nil, RejectMalformedOuter
+		}
+	default:
 		return nil, RejectMalformedOuter
 	}
-	ihl := int(pkt[0]&0x0f) * 4
-	if ihl < ipv4HeaderLen || len(pkt) < ihl+udpHeaderLen ||
-		int(binary.BigEndian.Uint16(pkt[2:4])) != len(pkt) ||
-		// More Fragments set or a nonzero offset: the kernel reassembles
-		// before a socket sees the packet, so a fragment here is bogus.
-		binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 ||
-		!inet.Valid(pkt[:ihl]) {
-		return nil, RejectMalformedOuter
-	}
-	if pkt[9] != protoUDP {
-		return nil, RejectNotUDP
-	}
-	udp := pkt[ihl:]
 	if int(binary.BigEndian.Uint16(udp[4:6])) != len(udp) {
 		return nil, RejectMalformedOuter
 	}
 	if binary.BigEndian.Uint16(udp[2:4]) != d.port {
 		return nil, RejectWrongPort
 	}
-	return d.Payload(netip.AddrFrom4([4]byte(pkt[12:16])), udp[udpHeaderLen:], local)
+	return d.Payload(src, udp[udpHeaderLen:], local)
 }

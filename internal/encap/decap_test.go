@@ -34,6 +34,21 @@ func rawOuter(t testing.TB, src netip.Addr, payload []byte) []byte {
 	return serialize(t, ip, udp, gopacket.Payload(payload))
 }
 
+// rawOuter6 wraps payload in an outer IPv6+UDP header built by gopacket, with
+// its UDP checksum, from src to the backend.
+func rawOuter6(t testing.TB, src netip.Addr, payload []byte) []byte {
+	t.Helper()
+	ip := &layers.IPv6{
+		Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolUDP,
+		SrcIP: net.IP(src.AsSlice()), DstIP: net.IP(backend6.AsSlice()),
+	}
+	udp := &layers.UDP{SrcPort: 50000, DstPort: layers.UDPPort(encapPort)}
+	if err := udp.SetNetworkLayerForChecksum(ip); err != nil {
+		t.Fatal(err)
+	}
+	return serialize(t, ip, udp, gopacket.Payload(payload))
+}
+
 // withOuterOptions inserts four NOP option bytes into pkt's outer IPv4 header.
 func withOuterOptions(pkt []byte) []byte {
 	p := append(append(append([]byte(nil), pkt[:20]...), 1, 1, 1, 1), pkt[20:]...)
@@ -66,8 +81,28 @@ func packetCases(t testing.TB) []decapCase {
 	inner := func(in []byte, f func(p []byte)) []byte {
 		return rawOuter(t, balancer, mutate(in, func(p []byte) { f(p); fixChecksum(p) }))
 	}
+	good6 := encapsulated6(t, v6)
+	// outer6 mutates a copy of good6 and fixes its UDP checksum.
+	outer6 := func(f func(p []byte)) []byte {
+		return mutate(good6, func(p []byte) { f(p); fixUDP6(p) })
+	}
 	return []decapCase{
 		{name: "accept v4 in v4", pkt: good, wantInner: v4},
+		{name: "accept v6 in v6", pkt: good6, wantInner: v6},
+		{name: "accept v4 in v6", pkt: encapsulated6(t, v4), wantInner: v4},
+		{name: "accept v6 in v6 built by gopacket", pkt: rawOuter6(t, balancer6, v6), wantInner: v6},
+		{name: "v6 outer shorter than its headers", pkt: good6[:47], want: encap.RejectMalformedOuter},
+		{name: "v6 outer payload length short", pkt: outer6(func(p []byte) { binary.BigEndian.PutUint16(p[4:6], uint16(len(p)-41)) }), want: encap.RejectMalformedOuter},
+		{name: "v6 outer trailing byte", pkt: append(mutate(good6, func([]byte) {}), 0), want: encap.RejectMalformedOuter},
+		{name: "v6 outer UDP checksum 0", pkt: mutate(good6, func(p []byte) { p[46], p[47] = 0, 0 }), want: encap.RejectMalformedOuter},
+		{name: "v6 outer bad UDP checksum", pkt: mutate(good6, func(p []byte) { p[47] ^= 1 }), want: encap.RejectMalformedOuter},
+		{name: "v6 outer inner byte flipped", pkt: mutate(good6, func(p []byte) { p[len(p)-1] ^= 0x10 }), want: encap.RejectMalformedOuter},
+		{name: "v6 outer UDP length mismatch", pkt: outer6(func(p []byte) { binary.BigEndian.PutUint16(p[44:46], uint16(len(p)-41)) }), want: encap.RejectMalformedOuter},
+		{name: "v6 outer fragment header", pkt: outer6(func(p []byte) { p[6] = 44 }), want: encap.RejectNotUDP},
+		{name: "v6 outer next header TCP", pkt: outer6(func(p []byte) { p[6] = 6 }), want: encap.RejectNotUDP},
+		{name: "v6 outer wrong port", pkt: outer6(func(p []byte) { binary.BigEndian.PutUint16(p[42:44], 4789) }), want: encap.RejectWrongPort},
+		{name: "v6 outer source not a balancer", pkt: outer6(func(p []byte) { copy(p[8:24], notVIP6.AsSlice()) }), want: encap.RejectSourceNotAllowed},
+		{name: "v6 outer inner source link-local", pkt: rawOuter6(t, balancer6, withSource(v6, netip.MustParseAddr("fe80::1"))), want: encap.RejectInnerSourceLinkLocal},
 		{name: "accept v6 in v4", pkt: encapsulated(t, v6), wantInner: v6},
 		{name: "accept inner with IP options", pkt: encapsulated(t, v4opt), wantInner: v4opt},
 		{name: "accept outer with IP options", pkt: withOuterOptions(good), wantInner: v4},
@@ -77,7 +112,8 @@ func packetCases(t testing.TB) []decapCase {
 		{name: "empty UDP payload", pkt: rawOuter(t, balancer, nil), want: encap.RejectEmpty},
 
 		{name: "shorter than IPv4 header", pkt: good[:19], want: encap.RejectMalformedOuter},
-		{name: "outer version 6", pkt: outer(func(p []byte) { p[0] = 0x65 }), want: encap.RejectMalformedOuter},
+		{name: "outer version 5", pkt: outer(func(p []byte) { p[0] = 0x55 }), want: encap.RejectMalformedOuter},
+		{name: "outer version 6 with an IPv4 header", pkt: outer(func(p []byte) { p[0] = 0x65 }), want: encap.RejectMalformedOuter},
 		{name: "outer IHL 4", pkt: outer(func(p []byte) { p[0] = 0x44 }), want: encap.RejectMalformedOuter},
 		{name: "outer IHL beyond packet", pkt: outer(func(p []byte) { p[0] = 0x4f })[:40], want: encap.RejectMalformedOuter},
 		{name: "outer total length short", pkt: outer(func(p []byte) { binary.BigEndian.PutUint16(p[2:4], uint16(len(p)-1)) }), want: encap.RejectMalformedOuter},
@@ -183,7 +219,15 @@ func payloadCases(t testing.TB) []payloadCase {
 		{name: "inner source the subnet's broadcast", src: balancer, payload: withSource(v4, backendBroadcast), want: encap.RejectInnerSourceBroadcast},
 		{name: "inner source 240.0.0.1", src: balancer, payload: withSource(v4, netip.MustParseAddr("240.0.0.1")), want: encap.RejectInnerSourceReserved},
 		{name: "inner source 255.255.255.254", src: balancer, payload: withSource(v4, netip.MustParseAddr("255.255.255.254")), want: encap.RejectInnerSourceReserved},
-		{name: "inner source IPv4-mapped", src: balancer, payload: withSource(v6, netip.AddrFrom16(client.As16())), want: encap.RejectInnerSourceReserved},
+		{name: "inner source IPv4-mapped", src: balancer, payload: withSource(v6, netip.AddrFrom16(client.As16())), want: encap.RejectInnerSourceV4Mapped},
+		{name: "inner source IPv4-mapped host address", src: balancer6, payload: withSource(v6, netip.AddrFrom16(backend.As16())), want: encap.RejectInnerSourceV4Mapped},
+		{name: "inner source fe80::1", src: balancer6, payload: withSource(v6, netip.MustParseAddr("fe80::1")), want: encap.RejectInnerSourceLinkLocal},
+		{name: "inner source febf::1", src: balancer6, payload: withSource(v6, netip.MustParseAddr("febf:ffff::1")), want: encap.RejectInnerSourceLinkLocal},
+		{name: "inner source fec0::1 (deprecated site-local) passes", src: balancer6, payload: withSource(v6, netip.MustParseAddr("fec0::1")), wantInner: withSource(v6, netip.MustParseAddr("fec0::1"))},
+		{name: "inner source a unique local address passes", src: balancer6, payload: withSource(v6, netip.MustParseAddr("fd00::5")), wantInner: withSource(v6, netip.MustParseAddr("fd00::5"))},
+		{name: "inner source ff0e::1", src: balancer6, payload: withSource(v6, netip.MustParseAddr("ff0e::1")), want: encap.RejectInnerSourceMulticast},
+		{name: "inner v6 source a VIP, to a v6 VIP", src: balancer6, payload: withSource(innerV6(t, vip6b, 50), vip6), want: encap.RejectInnerSourceLocal},
+		{name: "accept v4 from an IPv6 balancer", src: balancer6, payload: v4, wantInner: v4},
 		{name: "inner source = destination", src: balancer, payload: withSource(v4, vip4), want: encap.RejectInnerSourceIsDestination},
 		{name: "inner v6 source = destination", src: balancer, payload: withSource(v6, vip6), want: encap.RejectInnerSourceIsDestination},
 		{name: "inner source a VIP, to another VIP", src: balancer, payload: withSource(innerV4(t, vip4b, true, false, 50), vip4), want: encap.RejectInnerSourceLocal},
@@ -257,7 +301,7 @@ func TestRejectString(t *testing.T) {
 		"accept", "empty", "malformed_outer", "not_udp", "wrong_port", "source_not_allowed",
 		"inner_malformed", "inner_length", "inner_checksum", "inner_not_vip",
 		"inner_source_unspecified", "inner_source_loopback", "inner_source_multicast",
-		"inner_source_broadcast", "inner_source_reserved", "inner_source_is_destination",
+		"inner_source_link_local", "inner_source_v4_mapped", "inner_source_broadcast", "inner_source_reserved", "inner_source_is_destination",
 		"inner_source_local",
 	}
 	var got []string
@@ -310,12 +354,16 @@ func TestDecapsulateAllocs(t *testing.T) {
 	mapped := netip.AddrFrom16(balancer.As16())
 	stray := encapsulated(t, innerV4(t, notVIP4, true, false, 1000))
 	spoofed := withSource(innerV4(t, vip4, true, false, 1000), backend)
+	pkt6 := encapsulated6(t, inner6)
+	spoofed6 := rawOuter6(t, balancer6, withSource(inner6, netip.MustParseAddr("fe80::1")))
 	for _, c := range []struct {
 		name string
 		f    func()
 	}{
 		{"Packet accept", func() { _, _ = d.Packet(pkt, hostAddrs) }},
 		{"Packet reject", func() { _, _ = d.Packet(stray, hostAddrs) }},
+		{"Packet IPv6 outer accept", func() { _, _ = d.Packet(pkt6, hostAddrs) }},
+		{"Packet IPv6 outer reject link-local inner source", func() { _, _ = d.Packet(spoofed6, hostAddrs) }},
 		{"Payload accept mapped source", func() { _, _ = d.Payload(mapped, inner6, hostAddrs) }},
 		{"Payload reject source", func() { _, _ = d.Payload(stranger, inner6, hostAddrs) }},
 		{"Payload reject local inner source", func() { _, _ = d.Payload(balancer, spoofed, hostAddrs) }},
@@ -380,19 +428,20 @@ func BenchmarkDecapsulate(b *testing.B) {
 	}
 }
 
-// TestConcurrentUse shares one Outer and one Decapsulator between
-// goroutines, as the data path's workers do; under -race it proves neither
+// TestConcurrentUse shares Outers (IPv4 and IPv6) and one Decapsulator
+// between goroutines, as the data path's workers do; under -race it proves none
 // is written after construction.
 func TestConcurrentUse(t *testing.T) {
-	o := newOuter(t)
+	outers := []encap.Outer{newOuter(t), newOuter6(t)}
 	d := newDecap(t)
 	inner := innerV4(t, vip4, true, false, 100)
 	var wg sync.WaitGroup
 	for w := range 4 {
 		wg.Go(func() {
-			pkt := withHeadroom(inner)
+			o := &outers[w%2] // two goroutines share each
+			pkt := withRoom(o.Len(), inner)
 			for i := range 200 {
-				if err := o.Encapsulate(pkt, encap.SourcePort(uint64(w*1000+i))); err != nil {
+				if err := o.Encapsulate(pkt, uint64(w*1000+i)); err != nil {
 					t.Error(err)
 					return
 				}
@@ -400,7 +449,11 @@ func TestConcurrentUse(t *testing.T) {
 					t.Errorf("Packet: %v", r)
 					return
 				}
-				if _, r := d.Payload(balancer, pkt[encap.HeaderLen:], hostAddrs); r != encap.Accept {
+				src := balancer
+				if o.Len() == encap.HeaderLen6 {
+					src = balancer6
+				}
+				if _, r := d.Payload(src, pkt[o.Len():], hostAddrs); r != encap.Accept {
 					t.Errorf("Payload: %v", r)
 					return
 				}

@@ -26,6 +26,7 @@ var (
 	vip4b     = netip.MustParseAddr("10.0.0.102")
 	vip6      = netip.MustParseAddr("2001:db8:f::100")
 	notVIP4   = netip.MustParseAddr("10.0.0.101")
+	vip6b     = netip.MustParseAddr("2001:db8:f::102")
 	notVIP6   = netip.MustParseAddr("2001:db8:f::101")
 	// hostAddrs is the backend host's own addresses, and its subnet's
 	// broadcast address.
@@ -33,12 +34,12 @@ var (
 	backend6         = netip.MustParseAddr("2001:db8:b::7")
 	backendBroadcast = netip.MustParseAddr("198.51.100.255")
 	encapPort        = uint16(5555)
-	srcPort          = uint16(50000)
+	flowHash         = uint64(0x0123456789abcdef)
 )
 
 func newDecap(t testing.TB) *encap.Decapsulator {
 	t.Helper()
-	d, err := encap.NewDecapsulator(encapPort, []netip.Addr{balancer, balancer6}, []netip.Addr{vip4, vip4b, vip6})
+	d, err := encap.NewDecapsulator(encapPort, []netip.Addr{balancer, balancer6}, []netip.Addr{vip4, vip4b, vip6, vip6b})
 	if err != nil {
 		t.Fatalf("NewDecapsulator: %v", err)
 	}
@@ -48,6 +49,15 @@ func newDecap(t testing.TB) *encap.Decapsulator {
 func newOuter(t testing.TB) encap.Outer {
 	t.Helper()
 	o, err := encap.NewOuter(balancer, backend, encapPort)
+	if err != nil {
+		t.Fatalf("NewOuter: %v", err)
+	}
+	return o
+}
+
+func newOuter6(t testing.TB) encap.Outer {
+	t.Helper()
+	o, err := encap.NewOuter(balancer6, backend6, encapPort)
 	if err != nil {
 		t.Fatalf("NewOuter: %v", err)
 	}
@@ -123,14 +133,17 @@ func pattern(n int) []byte {
 	return b
 }
 
-// withHeadroom returns a packet buffer as the data path has it: HeaderLen
-// bytes of stale headroom, then a copy of inner.
-func withHeadroom(inner []byte) []byte {
-	pkt := make([]byte, encap.HeaderLen+len(inner))
-	for i := range encap.HeaderLen {
+// withHeadroom returns a packet buffer as the data path has it for an IPv4
+// outer: HeaderLen4 bytes of stale headroom, then a copy of inner.
+func withHeadroom(inner []byte) []byte { return withRoom(encap.HeaderLen4, inner) }
+
+// withRoom returns n bytes of stale headroom, then a copy of inner.
+func withRoom(n int, inner []byte) []byte {
+	pkt := make([]byte, n+len(inner))
+	for i := range n {
 		pkt[i] = 0xee
 	}
-	copy(pkt[encap.HeaderLen:], inner)
+	copy(pkt[n:], inner)
 	return pkt
 }
 
@@ -141,10 +154,54 @@ func encapsulated(t testing.TB, inner []byte) []byte {
 	t.Helper()
 	o := newOuter(t)
 	pkt := withHeadroom(inner)
-	if err := o.Encapsulate(pkt, srcPort); err != nil {
+	if err := o.Encapsulate(pkt, flowHash); err != nil {
 		t.Fatalf("Encapsulate: %v", err)
 	}
 	return pkt
+}
+
+// encapsulated6 is inner wrapped by Encapsulate in an IPv6 outer header
+// from balancer6 to backend6.
+func encapsulated6(t testing.TB, inner []byte) []byte {
+	t.Helper()
+	o := newOuter6(t)
+	pkt := withRoom(encap.HeaderLen6, inner)
+	if err := o.Encapsulate(pkt, flowHash); err != nil {
+		t.Fatalf("Encapsulate: %v", err)
+	}
+	return pkt
+}
+
+// fixUDP6 rewrites the UDP checksum of the IPv6+UDP packet p after a test
+// mutated it, computed here over the whole datagram (RFC 8200 section 8.1).
+func fixUDP6(p []byte) {
+	p[46], p[47] = 0, 0
+	binary.BigEndian.PutUint16(p[46:48], ^upper6Sum(p))
+}
+
+// upper6Sum is the folded ones'-complement sum of an IPv6 packet's
+// pseudo-header and upper-layer packet (UDP or ICMPv6, with no extension
+// headers between), computed byte by byte into a wide accumulator,
+// independently of package inet: a valid checksum makes it 0xffff.
+func upper6Sum(p []byte) uint16 {
+	var s uint64
+	add := func(b []byte) {
+		for i, c := range b {
+			if i%2 == 0 {
+				s += uint64(c) << 8
+			} else {
+				s += uint64(c)
+			}
+		}
+	}
+	add(p[8:40])
+	upper := p[40:]
+	s += uint64(len(upper)) + uint64(p[6])
+	add(upper)
+	for s > 0xffff {
+		s = s>>16 + s&0xffff
+	}
+	return uint16(s)
 }
 
 // checksumAt is the checksum b should carry in its 16-bit checksum field
@@ -197,4 +254,74 @@ func reportRatio(b *testing.B, base float64, unit string) {
 	if base > 0 {
 		b.ReportMetric(nsPerOp(b)/base, unit)
 	}
+}
+
+// checksummed is a transport layer whose checksum covers a pseudo-header.
+type checksummed interface {
+	gopacket.SerializableLayer
+	SetNetworkLayerForChecksum(gopacket.NetworkLayer) error
+}
+
+// innerPacket is a client packet to dst (IPv4 or IPv6 by dst's family) with
+// transport layer l4 and payloadLen bytes of payload, every checksum valid.
+func innerPacket(t testing.TB, dst netip.Addr, l4 gopacket.SerializableLayer, payloadLen int) []byte {
+	t.Helper()
+	var ip gopacket.NetworkLayer
+	proto := map[gopacket.LayerType]layers.IPProtocol{
+		layers.LayerTypeTCP: layers.IPProtocolTCP, layers.LayerTypeUDP: layers.IPProtocolUDP,
+		layers.LayerTypeICMPv4: layers.IPProtocolICMPv4, layers.LayerTypeICMPv6: layers.IPProtocolICMPv6,
+	}[l4.LayerType()]
+	if dst.Is4() {
+		ip = &layers.IPv4{Version: 4, TTL: 57, Protocol: proto, SrcIP: net.IP(client.AsSlice()), DstIP: net.IP(dst.AsSlice())}
+	} else {
+		ip = &layers.IPv6{Version: 6, HopLimit: 57, NextHeader: proto, SrcIP: net.IP(client6.AsSlice()), DstIP: net.IP(dst.AsSlice())}
+	}
+	if c, ok := l4.(checksummed); ok {
+		if err := c.SetNetworkLayerForChecksum(ip); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return serialize(t, ip.(gopacket.SerializableLayer), l4, gopacket.Payload(pattern(payloadLen)))
+}
+
+// withExtensionHeaders inserts IPv6 extension headers, each 8 bytes, in
+// front of the transport header of the IPv6 packet pkt, which must have none:
+// for each type in types, a header of that type whose contents are padding.
+// The transport checksum stays valid: its pseudo-header names the upper
+// layer, not the extension headers.
+func withExtensionHeaders(pkt []byte, types ...byte) []byte {
+	upper := pkt[6]
+	out := append([]byte(nil), pkt[:40]...)
+	for i := range types {
+		next := upper
+		if i+1 < len(types) {
+			next = types[i+1]
+		}
+		// Next header, length 0 (8 bytes), then a PadN option of 4 bytes of
+		// data (meaningless, but harmless, in a fragment or routing header).
+		out = append(out, next, 0, 1, 4, 0, 0, 0, 0)
+	}
+	out = append(out, pkt[40:]...)
+	if len(types) > 0 {
+		out[6] = types[0]
+	}
+	binary.BigEndian.PutUint16(out[4:6], uint16(len(out)-40))
+	return out
+}
+
+// withRoutingHeader turns pkt, an IPv6 packet to its final destination,
+// into the packet on its way to the first hop via: destination via and a
+// type 0 routing header (RFC 2460) listing the final destination, one
+// segment left. Its transport checksum, computed for the final
+// destination, stays valid (RFC 8200 section 8.1).
+func withRoutingHeader(pkt []byte, via netip.Addr) []byte {
+	out := append([]byte(nil), pkt[:40]...)
+	out = append(out, pkt[6], 2, 0, 1, 0, 0, 0, 0)
+	out = append(out, pkt[24:40]...)
+	out = append(out, pkt[40:]...)
+	out[6] = 43
+	a := via.As16()
+	copy(out[24:40], a[:])
+	binary.BigEndian.PutUint16(out[4:6], uint16(len(out)-40))
+	return out
 }

@@ -3,6 +3,7 @@ package encap
 import (
 	"encoding/binary"
 	"errors"
+	"net/netip"
 
 	"github.com/caplance/caplance/internal/inet"
 )
@@ -12,8 +13,11 @@ import (
 // with EMSGSIZE, whatever DF says, so the kernel never fragments it for us):
 //
 //   - inner IPv4 with DF set: the client asked not to be fragmented, so the
-//     balancer answers with ICMP "fragmentation needed" carrying MTU-28, as
-//     IPVS does, and the client's path-MTU discovery sends smaller packets;
+//     balancer answers with ICMP "fragmentation needed" carrying MTU minus
+//     the outer header (28, or 48 for an IPv6 outer), as IPVS does, and the
+//     client's path-MTU discovery sends smaller packets;
+//   - inner IPv6: routers never fragment IPv6, so likewise an ICMPv6 Packet
+//     Too Big (PacketTooBig) with MTU minus the outer header;
 //   - otherwise (no DF, as on every datagram the kernel reassembled): the
 //     balancer fragments the outer packet itself (Fragment) and the backend's
 //     kernel reassembles it before decapsulation.
@@ -91,5 +95,42 @@ func FragNeeded(buf []byte, src [4]byte, inner []byte, mtu uint16) []byte {
 	binary.BigEndian.PutUint16(icmp[6:8], mtu)
 	copy(icmp[8:], quote)
 	binary.BigEndian.PutUint16(icmp[2:4], inet.Checksum(icmp))
+	return msg
+}
+
+// PacketTooBigMaxLen is the longest message PacketTooBig writes: the IPv6
+// minimum MTU, which RFC 4443 section 2.4 says an ICMPv6 error must not
+// exceed.
+const PacketTooBigMaxLen = 1280
+
+const icmpv6HeaderLen = 8
+
+// PacketTooBig writes into buf an IPv6 ICMPv6 Packet Too Big (type 2, code
+// 0, RFC 4443 section 3.2) from vip to client about the IPv6 packet inner,
+// advertising mtu, and returns the message: as much of inner as keeps it
+// within PacketTooBigMaxLen bytes, hop limit 64, checksum computed. buf must
+// hold PacketTooBigMaxLen bytes; vip and client must be IPv6 addresses.
+//
+// An mtu below 1280 is written as given; a client ignores or clamps it
+// (RFC 8201 section 4), so the path to the backends should carry 1280 bytes
+// plus the outer header.
+func PacketTooBig(buf []byte, vip, client netip.Addr, inner []byte, mtu uint32) []byte {
+	quote := inner[:min(len(inner), PacketTooBigMaxLen-ipv6HeaderLen-icmpv6HeaderLen)]
+	msg := buf[:ipv6HeaderLen+icmpv6HeaderLen+len(quote)]
+	clear(msg[:ipv6HeaderLen+icmpv6HeaderLen])
+	msg[0] = 6 << 4
+	length := uint32(icmpv6HeaderLen + len(quote))
+	binary.BigEndian.PutUint16(msg[4:6], uint16(length))
+	msg[6] = protoICMPv6
+	msg[7] = outerTTL
+	s, d := vip.As16(), client.As16()
+	copy(msg[8:24], s[:])
+	copy(msg[24:40], d[:])
+	icmp := msg[ipv6HeaderLen:]
+	icmp[0] = 2
+	binary.BigEndian.PutUint32(icmp[4:8], mtu)
+	copy(icmp[icmpv6HeaderLen:], quote)
+	pseudo := inet.Sum(msg[8:40], length+protoICMPv6)
+	binary.BigEndian.PutUint16(icmp[2:4], ^inet.Fold(inet.Sum(icmp, pseudo)))
 	return msg
 }

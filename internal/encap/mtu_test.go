@@ -25,9 +25,9 @@ const canary = 0xa5
 func outerPacket(t testing.TB, size int, df bool) []byte {
 	t.Helper()
 	if df {
-		return encapsulated(t, innerV4(t, vip4, true, false, size-encap.HeaderLen-40))
+		return encapsulated(t, innerV4(t, vip4, true, false, size-encap.HeaderLen4-40))
 	}
-	return encapsulated(t, innerV4UDP(t, size-encap.HeaderLen))
+	return encapsulated(t, innerV4UDP(t, size-encap.HeaderLen4))
 }
 
 // diffBytes is cmp.Diff for byte slices, quick when they are equal, as
@@ -419,5 +419,87 @@ func TestMTUAllocs(t *testing.T) {
 		_ = encap.FragNeeded(buf, src, inner, 1472)
 	}); n != 0 {
 		t.Errorf("FragNeeded: %v allocs per run, want 0", n)
+	}
+
+	inner6 := innerV6(t, vip6, 1400)
+	ptb := make([]byte, encap.PacketTooBigMaxLen)
+	if n := testing.AllocsPerRun(100, func() {
+		_ = encap.PacketTooBig(ptb, vip6, client6, inner6, 1452)
+	}); n != 0 {
+		t.Errorf("PacketTooBig: %v allocs per run, want 0", n)
+	}
+}
+
+// ptbFields are a Packet Too Big message's fields, decoded here.
+type ptbFields struct {
+	Version, TrafficClass uint8
+	FlowLabel             uint32
+	PayloadLength         uint16
+	NextHeader, HopLimit  uint8
+	Src, Dst              netip.Addr
+	Type, Code            uint8
+	MTU                   uint32
+	Quote                 []byte
+}
+
+func TestPacketTooBig(t *testing.T) {
+	room := encap.PacketTooBigMaxLen - 48 // the quote's room in 1280 bytes
+	tests := []struct {
+		name      string
+		inner     []byte
+		mtu       uint32
+		wantQuote int
+	}{
+		{name: "full-size TCP segment: quote cut at 1280", inner: innerPacket(t, vip6, &layers.TCP{SrcPort: 40000, DstPort: 80, ACK: true}, 1440), mtu: 1452, wantQuote: room},
+		{name: "exactly the room", inner: innerPacket(t, vip6, &layers.UDP{SrcPort: 40000, DstPort: 53}, room-48), mtu: 1400, wantQuote: room},
+		{name: "one byte more than the room", inner: innerPacket(t, vip6, &layers.UDP{SrcPort: 40000, DstPort: 53}, room-47), mtu: 1400, wantQuote: room},
+		{name: "small packet quoted whole", inner: innerV6(t, vip6, 100), mtu: 1232, wantQuote: 40 + 8 + 100},
+		{name: "odd length quoted whole", inner: innerV6(t, vip6, 101), mtu: 9000 - 48, wantQuote: 40 + 8 + 101},
+		{name: "4-in-6 tunnel MTU below 1280 written as given", inner: innerV6(t, vip6, 1300), mtu: 1232, wantQuote: room},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			buf := make([]byte, encap.PacketTooBigMaxLen+32)
+			for i := range buf {
+				buf[i] = canary
+			}
+			innerCopy := append([]byte(nil), tt.inner...)
+			msg := encap.PacketTooBig(buf, vip6, client6, tt.inner, tt.mtu)
+			n := 48 + tt.wantQuote
+			if len(msg) != n || &msg[0] != &buf[0] {
+				t.Fatalf("PacketTooBig returned %d bytes (at buf[0]: %v), want buf[:%d]", len(msg), &msg[0] == &buf[0], n)
+			}
+			for i, b := range buf[n:] {
+				if b != canary {
+					t.Fatalf("PacketTooBig wrote buf[%d], past the message's %d bytes", n+i, n)
+				}
+			}
+			if diff := diffBytes(innerCopy, tt.inner); diff != "" {
+				t.Errorf("PacketTooBig modified inner (-want +got):\n%s", diff)
+			}
+			word := binary.BigEndian.Uint32(msg[0:4])
+			got := ptbFields{
+				Version: uint8(word >> 28), TrafficClass: uint8(word >> 20), FlowLabel: word & 0xfffff,
+				PayloadLength: binary.BigEndian.Uint16(msg[4:6]), NextHeader: msg[6], HopLimit: msg[7],
+				Src: netip.AddrFrom16([16]byte(msg[8:24])), Dst: netip.AddrFrom16([16]byte(msg[24:40])),
+				Type: msg[40], Code: msg[41], MTU: binary.BigEndian.Uint32(msg[44:48]), Quote: msg[48:],
+			}
+			want := ptbFields{
+				Version: 6, PayloadLength: uint16(n - 40), NextHeader: 58, HopLimit: 64,
+				Src: vip6, Dst: client6, Type: 2, Code: 0, MTU: tt.mtu, Quote: tt.inner[:tt.wantQuote],
+			}
+			if diff := cmp.Diff(want, got, equateAddr); diff != "" {
+				t.Errorf("message (-want +got):\n%s", diff)
+			}
+			if s := upper6Sum(msg); s != 0xffff {
+				t.Errorf("ICMPv6 checksum %#04x does not verify (sum %#04x)", binary.BigEndian.Uint16(msg[42:44]), s)
+			}
+			// gopacket agrees that it is a valid Packet Too Big.
+			p := gopacket.NewPacket(msg, layers.LayerTypeIPv6, gopacket.Default)
+			icmp, _ := p.Layer(layers.LayerTypeICMPv6).(*layers.ICMPv6)
+			if icmp == nil || icmp.TypeCode != layers.CreateICMPv6TypeCode(layers.ICMPv6TypePacketTooBig, 0) {
+				t.Errorf("gopacket decodes %v, want an ICMPv6 Packet Too Big", p.Layers())
+			}
+		})
 	}
 }

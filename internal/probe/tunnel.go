@@ -60,6 +60,7 @@ type tunnelProbe struct {
 	vip, backend, src netip.Addr
 	encapPort         uint16
 	outer             encap.Outer
+	flowHash          uint64 // random: the outer UDP source port is encap.SourcePort(flowHash)
 	outerPort         uint16 // outer UDP source port
 	sendFD            int
 
@@ -105,7 +106,8 @@ func (p *probe) tunnel(c *checkspec.Tunnel, t checkspec.Target) (bool, string) {
 	if tp.outer, err = encap.NewOuter(tp.src, tp.backend, t.EncapPort); err != nil {
 		return false, prefix + ": " + err.Error()
 	}
-	tp.outerPort = encap.SourcePort(rand.Uint64())
+	tp.flowHash = rand.Uint64()
+	tp.outerPort = encap.SourcePort(tp.flowHash)
 
 	// Listen before sending, so no reply can come too early.
 	icmpConn, err := p.listenRaw("ip4:icmp", tp.src, icmpFilter(tp.vip))
@@ -351,21 +353,21 @@ func (tp *tunnelProbe) matchICMP(pkt []byte) (verdict, bool) {
 	return verdict{}, false
 }
 
-// send encapsulates the inner packet (built behind encap.HeaderLen bytes of
+// send encapsulates the inner packet (built behind encap.HeaderLen4 bytes of
 // headroom) and sends it to the backend.
 func (tp *tunnelProbe) send(pkt []byte) error {
-	if err := tp.outer.Encapsulate(pkt, tp.outerPort); err != nil {
+	if err := tp.outer.Encapsulate(pkt, tp.flowHash); err != nil {
 		return err
 	}
 	return unix.Sendto(tp.sendFD, pkt, 0, &unix.SockaddrInet4{Addr: tp.backend.As4()})
 }
 
-// ipv4 returns a packet with encap.HeaderLen bytes of headroom, then an IPv4
+// ipv4 returns a packet with encap.HeaderLen4 bytes of headroom, then an IPv4
 // header from the probe's source to the VIP, then room for l4Len bytes of
 // protocol proto, which the caller fills in.
 func (tp *tunnelProbe) ipv4(proto byte, l4Len int) (pkt, l4 []byte) {
-	pkt = make([]byte, encap.HeaderLen+ipv4HeaderLen+l4Len)
-	ip := pkt[encap.HeaderLen:]
+	pkt = make([]byte, encap.HeaderLen4+ipv4HeaderLen+l4Len)
+	ip := pkt[encap.HeaderLen4:]
 	ip[0] = 4<<4 | ipv4HeaderLen/4
 	binary.BigEndian.PutUint16(ip[2:4], uint16(ipv4HeaderLen+l4Len))
 	binary.BigEndian.PutUint16(ip[4:6], uint16(rand.Uint32()))

@@ -582,3 +582,87 @@ func TestQueueBothFamilies(t *testing.T) {
 		t.Errorf("received on 127.0.0.1 (-want +got):\n%s", diff)
 	}
 }
+
+// TestIPv6: a Batch reports an IPv6 sender's address and port, and the same
+// Batch an IPv4 sender's afterwards; Add6 sends to an IPv6 address on an
+// IPv6 socket.
+func TestIPv6(t *testing.T) {
+	c6, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	t.Cleanup(func() { c6.Close() })
+	addr6 := c6.LocalAddr().(*net.UDPAddr).AddrPort()
+	fd6, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("socket: %v", err)
+	}
+	t.Cleanup(func() { unix.Close(fd6) })
+	if err := unix.Bind(fd6, &unix.SockaddrInet6{Addr: netip.IPv6Loopback().As16()}); err != nil {
+		t.Fatalf("bind: %v", err)
+	}
+	sa, err := unix.Getsockname(fd6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	from6 := netip.AddrPortFrom(netip.IPv6Loopback(), uint16(sa.(*unix.SockaddrInet6).Port))
+
+	q := rawio.NewQueue(2)
+	q.Add6(dgram(6, 60), addr6.Addr().As16(), addr6.Port())
+	if n := q.Flush(fd6, func(i int, err error) { t.Errorf("onError(%d, %v)", i, err) }); n != 1 {
+		t.Fatalf("Flush = %d, want 1", n)
+	}
+	if diff := cmp.Diff([][]byte{dgram(6, 60)}, readAll(t, c6, 1)); diff != "" {
+		t.Errorf("received over IPv6 (-want +got):\n%s", diff)
+	}
+
+	// Receive: the listener's descriptor, read with a Batch.
+	rc, err := c6.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lfd6 int
+	if err := rc.Control(func(s uintptr) { lfd6 = int(s) }); err != nil {
+		t.Fatal(err)
+	}
+	b := rawio.NewBatch(2, 48, 512)
+	q.Add6(dgram(7, 70), addr6.Addr().As16(), addr6.Port())
+	q.Flush(fd6, func(i int, err error) { t.Errorf("onError(%d, %v)", i, err) })
+	n, err := recvSoon(b, lfd6)
+	if err != nil || n != 1 {
+		t.Fatalf("Recv = %d, %v; want 1", n, err)
+	}
+	want := []received{{Data: dgram(7, 70), Source: from6}}
+	if diff := cmp.Diff(want, collect(b, n), equateAddrPort); diff != "" {
+		t.Errorf("IPv6 batch (-want +got):\n%s", diff)
+	}
+
+	_, fd4, addr4 := listen(t)
+	sfd4, from4 := socket(t, addr4.Port())
+	send(t, sfd4, dgram(4, 40))
+	if n, err = recvSoon(b, fd4); err != nil || n != 1 {
+		t.Fatalf("Recv = %d, %v; want 1", n, err)
+	}
+	want = []received{{Data: dgram(4, 40), Source: from4}}
+	if diff := cmp.Diff(want, collect(b, n), equateAddrPort); diff != "" {
+		t.Errorf("IPv4 batch after an IPv6 one (-want +got):\n%s", diff)
+	}
+
+	msg, dst := dgram(8, 80), addr6.Addr().As16()
+	if n := testing.AllocsPerRun(100, func() {
+		q.Add6(msg, dst, addr6.Port())
+		if q.Flush(fd6, func(int, error) {}) != 1 {
+			t.Fatal("Flush sent nothing")
+		}
+		for got := 0; got < 1; {
+			n, err := b.Recv(lfd6)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got += n
+		}
+		_ = b.Source(0)
+	}); n != 0 {
+		t.Errorf("Add6+Flush+Recv+Source over IPv6: %v allocs per run, want 0", n)
+	}
+}

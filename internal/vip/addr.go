@@ -68,12 +68,17 @@ func (h *Host) DetachVIP(addr netip.Addr) error {
 	return nil
 }
 
-// AttachLoopback adds addr/32 to lo, where a receiver accepts the VIP's
-// packets without answering ARP for it.
+// AttachLoopback adds addr to lo, as a /32 or, for an IPv6 VIP, a /128
+// without duplicate address detection (IFA_F_NODAD: usable at once, and
+// never "dadfailed" because a balancer on the link holds the same VIP),
+// where a receiver accepts the VIP's packets without answering ARP or
+// neighbour solicitations for it: Linux answers a solicitation only for
+// an address of the interface it arrived on (TestNoNeighbourAdvertisement
+// proves it), so an IPv6 VIP needs no sysctl.
 func (h *Host) AttachLoopback(addr netip.Addr) error {
 	addr = addr.Unmap()
-	if !addr.Is4() {
-		return fmt.Errorf("VIP %s: not an IPv4 address", addr)
+	if !addr.IsValid() || addr.IsUnspecified() || addr.IsMulticast() || (addr.Is6() && addr.IsLinkLocalUnicast()) || addr.Zone() != "" {
+		return fmt.Errorf("VIP %s: not a unicast address", addr)
 	}
 	link, err := netlink.LinkByName("lo")
 	if err == nil {

@@ -3,8 +3,11 @@
 //
 //   - as a balancer, each VIP as a /32 (IPv6: a /128, nodad) on a NIC
 //     (AttachVIP);
-//   - as a receiver, each VIP as a /32 on lo (AttachLoopback), and the ARP
-//     sysctls net.ipv4.conf.all.arp_ignore and arp_announce (ReceiverSysctls);
+//   - as a receiver, each VIP as a /32 (IPv6: a /128, without duplicate
+//     address detection) on lo (AttachLoopback), and the ARP sysctls
+//     net.ipv4.conf.all.arp_ignore and arp_announce (ReceiverSysctls); IPv6
+//     needs no sysctl, since Linux answers a neighbour solicitation only for
+//     an address of the interface it arrived on, never for one on lo;
 //   - in the receiver's kernel mode, a foo-over-UDP receive port, the ipip
 //     device it feeds, and rp_filter relaxed on that device (SetupFOU).
 //

@@ -16,6 +16,7 @@ import (
 	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // inNetns locks the calling goroutine to its OS thread and moves the thread
@@ -76,6 +77,9 @@ func addVeth(t *testing.T, name string, addrs ...string) netlink.Link {
 	return link
 }
 
+// addAddr adds prefix to link as someone else would; an IPv6 one without
+// duplicate address detection, so that it is never tentative while a test
+// looks at it (DAD's end is a work item of its own).
 func addAddr(t *testing.T, link, prefix string) {
 	t.Helper()
 	l, err := netlink.LinkByName(link)
@@ -85,6 +89,9 @@ func addAddr(t *testing.T, link, prefix string) {
 	a, err := netlink.ParseAddr(prefix)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if a.IP.To4() == nil {
+		a.Flags |= unix.IFA_F_NODAD
 	}
 	if err := netlink.AddrAdd(l, a); err != nil {
 		t.Fatalf("add %s to %s: %v", prefix, link, err)

@@ -24,9 +24,14 @@
 //	tunnel://:PORT[?vip=VIP&TUNABLES]
 //	tunnel://icmp[?vip=VIP&TUNABLES]
 //
-// HOST is an IP literal ("10.0.0.5", "[2001:db8::5]"); left empty, as it
-// usually is, the probe goes to the backend's own address. Host names are not
-// resolved. Parameter values are percent-encoded as in any URL (%20 or + for
+// HOST is an IP literal ("10.0.0.5", "[2001:db8::5]": an IPv6 address is
+// always in brackets, as in any URL); left empty, as it usually is, the probe
+// goes to the backend's own address, of either family. Host names are not
+// resolved. An address no probe can go to is refused: with a zone,
+// unspecified, multicast, broadcast or link-local (an IPv6 link-local address
+// needs a zone). An IPv4-mapped IPv6 address ("[::ffff:10.0.0.5]") is the
+// IPv4 address, and String writes it so. The same holds for a tunnel check's
+// vip=, written without brackets (vip=2001:db8::100). Parameter values are percent-encoded as in any URL (%20 or + for
 // a space, %2B for +, %26 for &). A parameter a kind does not take, a
 // repeated parameter (except arg) or a bad value is refused with an error
 // that names it, for example:

@@ -20,6 +20,23 @@ type Endpoint struct {
 	Port uint16
 }
 
+// unbracketed refuses an IPv6 address without brackets in the spec's
+// authority, before url.Parse reads its last group as a port. Only the
+// kinds with an endpoint take a host.
+func (p *parser) unbracketed(rest string) error {
+	if p.kind == KindExec || p.kind == KindTunnel {
+		return nil
+	}
+	authority := rest
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		authority = rest[:i]
+	}
+	if strings.Count(authority, ":") > 1 && !strings.HasPrefix(authority, "[") {
+		return p.fail("host", "host %q: an IPv6 address must be in brackets (write e.g. %s://[2001:db8::1]:80)", authority, p.kind)
+	}
+	return nil
+}
+
 // parseEndpoint parses the host and port of a tcp, http(s) or udp spec;
 // defaultPort 0 means the port is required.
 func (p *parser) parseEndpoint(host, port string, defaultPort string) (Endpoint, error) {
@@ -29,8 +46,8 @@ func (p *parser) parseEndpoint(host, port string, defaultPort string) (Endpoint,
 		if err != nil {
 			return e, p.fail("host", "host %q: not an IP address (leave it empty to probe the backend's own address)", host)
 		}
-		if a.Zone() != "" {
-			return e, p.fail("host", "host %q: an address with a zone is not supported", host)
+		if err := p.checkAddr("host", host, a); err != nil {
+			return e, err
 		}
 		e.Addr = a.Unmap()
 	}
@@ -43,6 +60,26 @@ func (p *parser) parseEndpoint(host, port string, defaultPort string) (Endpoint,
 	var err error
 	e.Port, err = p.port(port)
 	return e, err
+}
+
+// checkAddr refuses, for parameter name given as text, an address no probe
+// can be sent to: with a zone, unspecified, multicast, broadcast or
+// link-local (an IPv6 link-local address needs the zone a check cannot
+// carry; the data path refuses link-local backends of both families). An
+// IPv4-mapped IPv6 address is the IPv4 address: the caller unmaps it.
+func (p *parser) checkAddr(name, text string, a netip.Addr) error {
+	u := a.Unmap()
+	switch {
+	case a.Zone() != "":
+		return p.fail(name, "%s %q: an address with a zone is not supported", name, text)
+	case u.IsUnspecified():
+		return p.fail(name, "%s %q: the unspecified address", name, text)
+	case u.IsMulticast() || u == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return p.fail(name, "%s %q: not a unicast address", name, text)
+	case u.IsLinkLocalUnicast():
+		return p.fail(name, "%s %q: a link-local address (use a global or unique local one)", name, text)
+	}
+	return nil
 }
 
 // noPath refuses a path for the kinds that take none.
@@ -475,20 +512,14 @@ func (c *Tunnel) parse(p *parser) error {
 		return nil
 	}
 	a, err := netip.ParseAddr(v)
-	switch {
-	case err != nil:
+	if err != nil {
 		return p.fail("vip", "vip %q: not an IP address", v)
-	case !a.Unmap().Is4():
-		return p.fail("vip", "vip %q: not an IPv4 address (tunnel checks are IPv4 only)", v)
-	case !usable(a.Unmap()):
-		return p.fail("vip", "vip %q: not a unicast address", v)
+	}
+	if err := p.checkAddr("vip", v, a); err != nil {
+		return err
 	}
 	c.VIP = a.Unmap()
 	return nil
-}
-
-func usable(a netip.Addr) bool {
-	return a.IsValid() && !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 func (c *Tunnel) base(*Target) string {

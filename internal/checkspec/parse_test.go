@@ -39,6 +39,14 @@ var parseTests = []struct {
 	{spec: "tcp://10.0.0.7:443", canonical: "tcp://10.0.0.7:443"},
 	{spec: "tcp://[2001:db8::7]:443", canonical: "tcp://[2001:db8::7]:443"},
 	{spec: "tcp://[::ffff:10.0.0.7]:443", canonical: "tcp://10.0.0.7:443"},
+	{spec: "tcp://[2001:DB8:0::7]:443", canonical: "tcp://[2001:db8::7]:443"},
+	{spec: "tcp://[fd00::7]:443", canonical: "tcp://[fd00::7]:443"},
+	{spec: "http://[2001:db8::1]:8080/healthz", canonical: "http://[2001:db8::1]:8080/healthz"},
+	{spec: "http://[2001:db8::1]", canonical: "http://[2001:db8::1]:80/"},
+	{spec: "https://[2001:db8::1]/ready?host=[2001:db8::1]:443", canonical: "https://[2001:db8::1]:443/ready?host=%5B2001:db8::1%5D:443"},
+	{spec: "udp://[2001:db8::1]:53?send=hex:00", canonical: "udp://[2001:db8::1]:53?send=hex:00"},
+	{spec: "tunnel://:80?vip=2001:db8::100", canonical: "tunnel://:80?vip=2001:db8::100"},
+	{spec: "tunnel://icmp?vip=2001:DB8::100", canonical: "tunnel://icmp?vip=2001:db8::100"},
 	{spec: "http://:80/healthz", canonical: "http://:80/healthz"},
 	{spec: "http://", canonical: "http://:80/"},
 	{spec: "http://:8080", canonical: "http://:8080/"},
@@ -147,6 +155,18 @@ func TestParseErrors(t *testing.T) {
 		{"tcp://:65536", "port", `tcp check "tcp://:65536": port 65536: must be between 1 and 65535`},
 		{"tcp://web1:443", "host", `tcp check "tcp://web1:443": host "web1": not an IP address (leave it empty to probe the backend's own address)`},
 		{"tcp://[fe80::1%25eth0]:443", "host", `tcp check "tcp://[fe80::1%25eth0]:443": host "fe80::1%eth0": an address with a zone is not supported`},
+		{"tcp://2001:db8::1:443", "host", `tcp check "tcp://2001:db8::1:443": host "2001:db8::1:443": an IPv6 address must be in brackets (write e.g. tcp://[2001:db8::1]:80)`},
+		{"http://2001:db8::1/healthz", "host", `http check "http://2001:db8::1/healthz": host "2001:db8::1": an IPv6 address must be in brackets (write e.g. http://[2001:db8::1]:80)`},
+		{"udp://::1:53?send=text:a", "host", `udp check "udp://::1:53?send=text:a": host "::1:53": an IPv6 address must be in brackets (write e.g. udp://[2001:db8::1]:80)`},
+		{"tcp://[fe80::1]:443", "host", `tcp check "tcp://[fe80::1]:443": host "fe80::1": a link-local address (use a global or unique local one)`},
+		{"tcp://169.254.0.1:443", "host", `tcp check "tcp://169.254.0.1:443": host "169.254.0.1": a link-local address (use a global or unique local one)`},
+		{"tcp://[::]:443", "host", `tcp check "tcp://[::]:443": host "::": the unspecified address`},
+		{"tcp://0.0.0.0:443", "host", `tcp check "tcp://0.0.0.0:443": host "0.0.0.0": the unspecified address`},
+		{"tcp://[::ffff:0.0.0.0]:443", "host", `tcp check "tcp://[::ffff:0.0.0.0]:443": host "::ffff:0.0.0.0": the unspecified address`},
+		{"tcp://[ff02::1]:443", "host", `tcp check "tcp://[ff02::1]:443": host "ff02::1": not a unicast address`},
+		{"tcp://224.0.0.1:443", "host", `tcp check "tcp://224.0.0.1:443": host "224.0.0.1": not a unicast address`},
+		{"tcp://255.255.255.255:443", "host", `tcp check "tcp://255.255.255.255:443": host "255.255.255.255": not a unicast address`},
+		{"tcp://[2001:db8::zz]:443", "", `tcp check "tcp://[2001:db8::zz]:443": not a URL: invalid host: ParseAddr("2001:db8::zz"): each colon-separated field must have at least one digit (at "zz")`},
 		{"tcp://:443/x", "path", `tcp check "tcp://:443/x": path "/x": tcp checks take no path`},
 		{"udp://:53/x?send=text:a", "path", `udp check "udp://:53/x?send=text:a": path "/x": udp checks take no path`},
 		{"tcp://:443?foo=1", "foo", `tcp check "tcp://:443?foo=1": unknown parameter "foo" (tcp checks take interval, timeout, rise, fall, initial, jitter)`},
@@ -192,7 +212,11 @@ func TestParseErrors(t *testing.T) {
 		{"tunnel://10.0.0.100:80", "host", `tunnel check "tunnel://10.0.0.100:80": host "10.0.0.100": want none (tunnel://:PORT, the VIP comes from the balancer or vip=) or icmp (tunnel://icmp)`},
 		{"tunnel://:80/x", "path", `tunnel check "tunnel://:80/x": path "/x": tunnel checks take no path`},
 		{"tunnel://:80?vip=vip", "vip", `tunnel check "tunnel://:80?vip=vip": vip "vip": not an IP address`},
-		{"tunnel://:80?vip=2001:db8::1", "vip", `tunnel check "tunnel://:80?vip=2001:db8::1": vip "2001:db8::1": not an IPv4 address (tunnel checks are IPv4 only)`},
+		{"tunnel://:80?vip=fe80::1", "vip", `tunnel check "tunnel://:80?vip=fe80::1": vip "fe80::1": a link-local address (use a global or unique local one)`},
+		{"tunnel://:80?vip=fe80::1%25eth0", "vip", `tunnel check "tunnel://:80?vip=fe80::1%25eth0": vip "fe80::1%eth0": an address with a zone is not supported`},
+		{"tunnel://:80?vip=::", "vip", `tunnel check "tunnel://:80?vip=::": vip "::": the unspecified address`},
+		{"tunnel://:80?vip=ff02::1", "vip", `tunnel check "tunnel://:80?vip=ff02::1": vip "ff02::1": not a unicast address`},
+		{"tunnel://:80?vip=[2001:db8::1]", "vip", `tunnel check "tunnel://:80?vip=[2001:db8::1]": vip "[2001:db8::1]": not an IP address`},
 		{"tunnel://:80?vip=224.0.0.1", "vip", `tunnel check "tunnel://:80?vip=224.0.0.1": vip "224.0.0.1": not a unicast address`},
 		{"tcp://:443?interval=2", "interval", `tcp check "tcp://:443?interval=2": interval "2": not a duration (write e.g. 2s or 500ms)`},
 		{"tcp://:443?interval=50ms", "interval", `tcp check "tcp://:443?interval=50ms": interval 50ms: must be between 100ms and 1h`},
@@ -230,6 +254,8 @@ func TestKey(t *testing.T) {
 	web2 := web1
 	web2.Name, web2.Address = "web2", netip.MustParseAddr("10.0.0.6")
 	renamed := web1
+	web6 := checkspec.Target{Name: "web6", Address: netip.MustParseAddr("2001:db8::5"), VIP: netip.MustParseAddr("2001:db8::100"),
+		EncapPort: 6080, Source: netip.MustParseAddr("2001:db8::1")}
 	renamed.Name = "web1b"
 	tests := []struct {
 		spec   string
@@ -247,6 +273,10 @@ func TestKey(t *testing.T) {
 		{"exec:///bin/check?arg=x", renamed, "exec:///bin/check?arg=x&timeout=1s&name=web1b&address=10.0.0.5"},
 		{"tunnel://:80", web1, "tunnel://:80?timeout=1s&vip=10.0.0.100&backend=10.0.0.5&encap-port=6080&source="},
 		{"tunnel://icmp?vip=10.0.0.101", web2, "tunnel://icmp?vip=10.0.0.101&timeout=1s&backend=10.0.0.6&encap-port=6080&source="},
+		{"tcp://:443", web6, "tcp://[2001:db8::5]:443?timeout=1s"},
+		{"http://:8080/h", web6, "http://[2001:db8::5]:8080/h?timeout=1s"},
+		{"exec:///bin/check", web6, "exec:///bin/check?timeout=1s&name=web6&address=2001:db8::5"},
+		{"tunnel://:80", web6, "tunnel://:80?timeout=1s&vip=2001:db8::100&backend=2001:db8::5&encap-port=6080&source=2001:db8::1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.spec, func(t *testing.T) {
@@ -278,6 +308,10 @@ func FuzzParse(f *testing.F) {
 		f.Add(tt.spec)
 	}
 	f.Add("http://:80/?expect=200-299,404&body=%00%ff")
+	f.Add("tcp://2001:db8::1:80")
+	f.Add("udp://[fe80::1%25eth0]:53?send=text:a")
+	f.Add("https://[::ffff:10.0.0.1]:8443/?host=[2001:db8::1]")
+	f.Add("tunnel://icmp?vip=::ffff:0.0.0.0")
 	f.Fuzz(func(t *testing.T, spec string) {
 		s, err := checkspec.Parse(spec)
 		if err != nil {
@@ -308,6 +342,9 @@ func TestParams(t *testing.T) {
 	}{
 		{"tcp://:443", &checkspec.TCP{Endpoint: checkspec.Endpoint{Port: 443}}},
 		{"tcp://[::ffff:10.0.0.5]:443", &checkspec.TCP{Endpoint: checkspec.Endpoint{Addr: backend, Port: 443}}},
+		{"udp://[2001:db8::5]:53?send=text:a", &checkspec.UDP{Endpoint: checkspec.Endpoint{Addr: netip.MustParseAddr("2001:db8::5"), Port: 53},
+			Send: checkspec.Payload{Data: "a"}}},
+		{"tunnel://:80?vip=2001:db8::100", &checkspec.Tunnel{Port: 80, VIP: netip.MustParseAddr("2001:db8::100")}},
 		{"http://", &checkspec.HTTP{Endpoint: checkspec.Endpoint{Port: 80}, Path: "/", RawPath: "/", Method: "GET",
 			Expect: []checkspec.StatusRange{{200, 299}}}},
 		{"http://10.0.0.5:8080/a%2Fb?method=HEAD&host=web.example&expect=200,301-302", &checkspec.HTTP{

@@ -194,7 +194,7 @@ func Parse(spec string) (*Spec, error) {
 	if len(spec) > MaxSpec {
 		return nil, p.fail("", "%d bytes long, at most %d", len(spec), MaxSpec)
 	}
-	scheme, _, ok := strings.Cut(spec, "://")
+	scheme, rest, ok := strings.Cut(spec, "://")
 	if !ok {
 		return nil, p.fail("", "not a check spec: want KIND://…, e.g. tcp://:443 or http://:80/healthz")
 	}
@@ -203,6 +203,9 @@ func Parse(spec string) (*Spec, error) {
 		return nil, p.fail("", "unknown kind %q (want %s)", scheme, kindList())
 	}
 	p.kind = kind
+	if err := p.unbracketed(rest); err != nil {
+		return nil, err
+	}
 	u, err := url.Parse(spec)
 	if err != nil {
 		var ue *url.Error

@@ -63,45 +63,61 @@
 // exits, so a check leaves no processes behind (one that calls setsid(2)
 // escapes this). The program runs as caplance-healthd's user.
 //
+// tcp, http(s) and udp go to the backend's address of either family; an
+// IPv6 one is written in brackets in the details: "tcp:
+// [2001:db8::5]:443: connected".
+//
 // tunnel: a probe sent through the data path, the way GLB's healthcheck does
 // it, so the encapsulation, the backend's receiver, the VIP on the backend's
-// loopback and the service are checked together. It needs CAP_NET_RAW and is
-// IPv4 only. With tunnel://:PORT the probe is a TCP SYN to VIP:PORT, with
-// tunnel://icmp an ICMP echo request to the VIP. vip picks the VIP (default:
-// the one in the Target). What is sent and matched:
+// loopback and the service are checked together. It needs CAP_NET_RAW. With
+// tunnel://:PORT the probe is a TCP SYN to VIP:PORT, with tunnel://icmp an
+// ICMP (ICMPv6 for an IPv6 VIP) echo request to the VIP. vip picks the VIP
+// (default: the one in the Target). As in the data path, the outer header's
+// family is the backend address's and the inner packet's the VIP's: 4-in-4,
+// 6-in-4, 4-in-6 and 6-in-6. What is sent and matched:
 //
-//  1. An inner IPv4 packet from Target.Source (the balancer host's own
-//     address; if unset, the address the kernel would use towards the
-//     backend) to the VIP: TTL 64, DF, a random ID, and either a TCP SYN
-//     (source port reserved for the probe by binding a TCP socket to
-//     Source:0, a random initial sequence number, window 65535, one MSS
-//     option of 1460) or an ICMP echo request (random identifier, sequence
-//     1, 16 bytes of data: "caplance" and 8 random bytes).
+//  1. An inner packet from the inner source to the VIP. The inner source is
+//     Target.Source (the balancer host's own address; if unset, the address
+//     the kernel would use towards the backend) when the VIP is of its
+//     family; otherwise the first global address of the VIP's family on the
+//     interface that holds it (the backend answers there, as it answers
+//     clients: it must reach it). IPv4: TTL 64, DF, a random ID; IPv6: hop
+//     limit 64, traffic class and flow label 0, no extension headers. In it
+//     either a TCP SYN (source port reserved for the probe by binding a TCP
+//     socket to the inner source and port 0, a random initial sequence
+//     number, window 65535, one MSS option of 1460, 1440 over IPv6) or an
+//     echo request (random identifier, sequence 1, 16 bytes of data:
+//     "caplance" and 8 random bytes).
 //  2. It is encapsulated exactly as the data path does it,
-//     encap.NewOuter(Source, backend, EncapPort) with a random outer UDP
-//     source port in 49152-65535, and sent to the backend's address on a raw
-//     IP_HDRINCL socket.
+//     encap.NewOuter(Source, backend, EncapPort) with a random flow hash
+//     (the outer UDP source port in 49152-65535 and, for an IPv6 outer, the
+//     flow label), and sent to the backend's address on a raw IP_HDRINCL
+//     socket (for an IPv6 backend an AF_INET6 IPPROTO_RAW one, IPV6_HDRINCL).
 //  3. The backend decapsulates it and delivers it to the VIP on its
-//     loopback; its stack answers Source directly (direct server return).
-//  4. The probe listens on raw sockets bound to Source (ip4:tcp for the SYN,
-//     ip4:icmp always) with a socket filter, and accepts only: a TCP segment
-//     from VIP:PORT to its reserved port acknowledging its sequence number
-//     plus one (SYN-ACK: up; RST: down, "connection refused": the tunnel
-//     works but nothing listens), or an ICMP echo reply from the VIP with its
-//     identifier, sequence and data (up), or an ICMP destination unreachable
-//     from anyone that quotes its outer packet (down: for example "port
-//     unreachable" when nothing receives on the backend's encap port).
+//     loopback; its stack answers the inner source directly (direct server
+//     return).
+//  4. The probe listens on raw sockets bound to the inner source (tcp for
+//     the SYN, icmp or ipv6-icmp always) with a socket filter, and on one of
+//     the backend's family bound to Source when the families differ, and
+//     accepts only: a TCP segment from VIP:PORT to its reserved port
+//     acknowledging its sequence number plus one (SYN-ACK: up; RST: down,
+//     "connection refused": the tunnel works but nothing listens), or an echo
+//     reply from the VIP with its identifier, sequence and data (up), or an
+//     ICMP or ICMPv6 destination unreachable from anyone that quotes its
+//     outer packet (down: for example "port unreachable" when nothing
+//     receives on the backend's encap port).
 //  5. After a SYN-ACK it sends, through the tunnel the same way, a TCP RST
 //     with the sequence number the backend expects, so the backend does not
 //     keep a half-open connection.
 //
 // The balancer host's own kernel, which has no socket for the probe's port,
 // also answers the SYN-ACK with a RST of its own, addressed to the VIP; that
-// is harmless. On a balancer host where the VIP is a local address (as
+// is harmless. On a balancer host where an IPv4 VIP is a local address (as
 // caplanced attaches it), the kernel drops packets arriving with a local
 // source address as martians before any raw socket sees them, so the reply
 // from the VIP is lost unless net.ipv4.conf.<interface>.accept_local=1 is set
-// on the interface the replies arrive on.
+// on the interface the replies arrive on. IPv6 has no such check: the answer
+// from a local IPv6 VIP arrives without any sysctl.
 //
 // # Results
 //

@@ -515,6 +515,16 @@ func TestExec(t *testing.T) {
 	// The test runs as root with every capability, or as a user with
 	// none: either way the program starts with none (as root, because the
 	// bounding set is emptied too).
+	t.Run("an IPv6 backend's address", func(t *testing.T) {
+		t.Parallel()
+		web6 := checkspec.Target{Name: "web6", Address: netip.MustParseAddr("2001:db8::5")}
+		want := outcome{true, "exec: exit status 0: name=web6 address=2001:db8::5 args=; /; " +
+			strings.NewReplacer("127.0.0.1", "2001:db8::5", "web1", "web6").Replace(env)}
+		if diff := cmp.Diff(want, runProbe(t, "exec://"+ok, web6)); diff != "" {
+			t.Errorf("(-want +got):\n%s", diff)
+		}
+	})
+
 	t.Run("the program gets no capabilities", func(t *testing.T) {
 		t.Parallel()
 		caps := script(t, dir, "caps", "grep ^Cap /proc/self/status")

@@ -224,6 +224,14 @@ func TestTunnel(t *testing.T) {
 			t.Errorf("(-want +got):\n%s", diff)
 		}
 	})
+	t.Run("an IPv6 VIP needs an IPv6 source for the answer", func(t *testing.T) {
+		v6 := target
+		v6.VIP = netip.MustParseAddr("2001:db8:100::100")
+		want := outcome{false, "tunnel: 2001:db8:100::100 via 198.18.0.2: no IPv6 source address for the answer from the VIP on eth0, the interface of 198.18.0.1"}
+		if diff := cmp.Diff(want, probeIn(t, lb, "tunnel://icmp", v6)); diff != "" {
+			t.Errorf("(-want +got):\n%s", diff)
+		}
+	})
 	t.Run("echo through the tunnel", func(t *testing.T) {
 		want := outcome{true, "tunnel: 198.18.0.100 via 198.18.0.2: echo reply"}
 		if diff := cmp.Diff(want, probeIn(t, lb, "tunnel://icmp", target)); diff != "" {
@@ -325,11 +333,13 @@ func TestTunnelTargetProblems(t *testing.T) {
 		want   string
 	}{
 		{"no VIP", "tunnel://:80", func(t checkspec.Target) checkspec.Target { t.VIP = netip.Addr{}; return t },
-			"tunnel: no IPv4 VIP to probe (the target has  and the spec names none)"},
-		{"IPv6 VIP", "tunnel://icmp", func(t checkspec.Target) checkspec.Target { t.VIP = netip.MustParseAddr("2001:db8::1"); return t },
-			"tunnel: no IPv4 VIP to probe (the target has 2001:db8::1 and the spec names none)"},
+			"tunnel: no VIP to probe (the target has none and the spec names none)"},
 		{"no backend address", "tunnel://:80", func(t checkspec.Target) checkspec.Target { t.Address = netip.Addr{}; return t },
-			`tunnel: backend address "": not IPv4`},
+			"tunnel: no backend address"},
+		{"source of another family than the backend", "tunnel://:80", func(t checkspec.Target) checkspec.Target {
+			t.Source = netip.MustParseAddr("2001:db8::1")
+			return t
+		}, "tunnel: 198.18.0.100:80 via 198.18.0.2: encap: outer 2001:db8::1 → 198.18.0.2: outer source and destination are of different address families"},
 		{"no encap port", "tunnel://:80", func(t checkspec.Target) checkspec.Target { t.EncapPort = 0; return t },
 			"tunnel: no encap port in the target"},
 	}

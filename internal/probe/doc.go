@@ -79,7 +79,8 @@
 //  1. An inner packet from the inner source to the VIP. The inner source is
 //     Target.Source (the balancer host's own address; if unset, the address
 //     the kernel would use towards the backend) when the VIP is of its
-//     family; otherwise the first global address of the VIP's family on the
+//     family; otherwise the first global address of the VIP's family in a
+//     subnet (not a /32 or /128, as caplanced attaches VIPs) on the
 //     interface that holds it (the backend answers there, as it answers
 //     clients: it must reach it). IPv4: TTL 64, DF, a random ID; IPv6: hop
 //     limit 64, traffic class and flow label 0, no extension headers. In it

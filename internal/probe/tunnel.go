@@ -252,7 +252,9 @@ func sourceFor(backend netip.Addr, port uint16) (netip.Addr, error) {
 // VIP is not of the backend's family (4-in-6, 6-in-4). The backend answers
 // it directly, as it answers clients, so it must be an address the backend
 // reaches; the balancer's interface towards the backend is where it is most
-// likely to be.
+// likely to be. Only an address in a subnet counts (prefix shorter than
+// /32 or /128): caplanced attaches its VIPs there as /32 and /128, and the
+// backend's receiver drops an inner packet from a VIP.
 func sameInterface(src netip.Addr, want4 bool) (netip.Addr, error) {
 	family := "IPv6"
 	if want4 {
@@ -280,7 +282,8 @@ func sameInterface(src netip.Addr, want4 bool) (netip.Addr, error) {
 			}
 			addr = addr.Unmap()
 			holds = holds || addr == src
-			if addr.Is4() == want4 && addr.IsGlobalUnicast() && !found.IsValid() {
+			ones, bits := ipn.Mask.Size()
+			if addr.Is4() == want4 && addr.IsGlobalUnicast() && ones < bits && !found.IsValid() {
 				found = addr
 			}
 		}

@@ -249,4 +249,11 @@ func TestTunnelLocalVIP6(t *testing.T) {
 	if diff := cmp.Diff(want, probeIn(t, lb, "tunnel://:8080", target)); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
 	}
+	// 6-in-4: the inner source is the host's own IPv6 address on eth0, not
+	// the VIP beside it there (the receiver would drop a packet from a VIP).
+	outer4 := checkspec.Target{Name: "be", Address: beAddr, VIP: vipAddr6, EncapPort: encapPort, Source: lbAddr}
+	want = outcome{true, "tunnel: [2001:db8:100::100]:8080 via 198.18.0.2: SYN-ACK"}
+	if diff := cmp.Diff(want, probeIn(t, lb, "tunnel://:8080?timeout=500ms", outer4)); diff != "" {
+		t.Errorf("6-in-4 (-want +got):\n%s", diff)
+	}
 }

@@ -435,6 +435,11 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 			},
 		},
 		{
+			name: "kernel mode with IPv6",
+			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"2001:db8:1::1\"]\nmode = \"kernel\"\n",
+			want: []string{`test.toml: line 4: receiver: mode kernel: the kernel's fou decapsulates IPv4 in IPv4 only, and 2001:db8:1::1 is IPv6: use auto or userspace`},
+		},
+		{
 			name: "backends without a balancer",
 			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.2\"\n",
 			want: []string{`test.toml: line 4: [[backend]] entries need a [balancer] section`},

@@ -261,6 +261,9 @@ func validateReceiver(raw rawReceiver, p *problems) *Receiver {
 	default:
 		p.at([]string{"receiver", "mode"}, "receiver: mode %s: must be auto, kernel or userspace", quote.Q(raw.Mode))
 	}
+	if a, ok := r.FirstIPv6(); ok && r.Mode == ModeKernel {
+		p.at([]string{"receiver", "mode"}, "receiver: mode kernel: the kernel's fou decapsulates IPv4 in IPv4 only, and %s is IPv6: use auto or userspace", a)
+	}
 	return r
 }
 

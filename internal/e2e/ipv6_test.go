@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"testing"
@@ -113,6 +115,34 @@ func TestIPv6(t *testing.T) {
 		defer c.Close()
 		if name, err := testbed.Echo(c, []byte("query")); err != nil || (name != "be2" && name != "be3") {
 			t.Errorf("UDP over VIP6B: %q, %v", name, err)
+		}
+	})
+
+	t.Run("large uploads: Packet Too Big", func(t *testing.T) {
+		// The lab's links are 1500 bytes: a full-size IPv6 segment does
+		// not fit an IPv6 (48 bytes) or IPv4 (28) tunnel, and IPv6 routers
+		// never fragment, so only the balancer's Packet Too Big lets the
+		// client send smaller ones.
+		before, err := tb.Balancer.Stats(time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := bytes.Repeat([]byte("0123456789abcdef"), 65536) // 1 MiB
+		for _, vip := range []netip.Addr{testbed.VIP6, testbed.VIP6B} {
+			req, err := http.NewRequest(http.MethodPost, "http://"+netip.AddrPortFrom(vip, testbed.HTTPPort).String()+"/upload", bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := testbed.Do(tb.HTTPClient(false), req); err != nil {
+				t.Errorf("1 MiB upload to %s: %v", vip, err)
+			}
+		}
+		st, err := tb.Balancer.Stats(time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Balancer.Drops["too_big"] == before.Balancer.Drops["too_big"] {
+			t.Errorf("no Packet Too Big was sent for full-size IPv6 segments: %v", st.Balancer.Drops)
 		}
 	})
 

@@ -7,10 +7,13 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/testbed"
 )
 
@@ -44,9 +47,10 @@ func ipv6Config(tb *testbed.Testbed, web6 []*testbed.Backend) string {
 // backends (6-in-6) and over IPv4 ones (6-in-4), and IPv4 clients over IPv6
 // backends (4-in-6).
 func TestIPv6(t *testing.T) {
-	tb := openTestbed(t, testbed.Options{Prefix: "v6", Backends: 3, Workers: 2, IPv6: true})
+	bus := dbustest.Start(t)
+	tb := openTestbed(t, testbed.Options{Prefix: "v6", Backends: 3, Workers: 2, IPv6: true, BalancerBus: bus.Address})
 	be := tb.Backends
-	d, err := tb.StartDaemon(tb.LB, "lb", ipv6Config(tb, be[:2]), "none")
+	d, err := tb.StartDaemon(tb.LB, "lb", ipv6Config(tb, be[:2]), bus.Address)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,6 +72,21 @@ func TestIPv6(t *testing.T) {
 			t.Errorf("%s: %v (%v)", vip, err, counts)
 		}
 	}
+
+	t.Run("caplancectl list brackets IPv6 VIPs", func(t *testing.T) {
+		out, err := exec.Command(caplancectlBin, "--bus", bus.Address, "list").CombinedOutput()
+		if err != nil {
+			t.Fatalf("caplancectl list: %v\n%s", err, out)
+		}
+		for _, want := range []string{
+			`web6 .* \[2001:db8:18::100\]:7,80\n`, `mixed .* \[2001:db8:18::101\]:53,80\n`, `web4 .* 198\.18\.0\.100:80\n`,
+			`-> web6-1 +2001:db8:18::11 `, `-> mixed-1 +198\.18\.0\.12 `,
+		} {
+			if !regexp.MustCompile(want).Match(out) {
+				t.Errorf("caplancectl list has no match for %s:\n%s", want, out)
+			}
+		}
+	})
 
 	t.Run("6-in-6: spread, stickiness across a backend add, UDP", func(t *testing.T) {
 		spread(t, testbed.VIP6, 200, []string{"be1", "be2"})

@@ -48,10 +48,10 @@ func TestCommands(t *testing.T) {
 		{name: "check good config", cmd: []string{"caplanced", "--check-config", "--config", good}, wantStdout: "ok\n"},
 		{name: "check bad config: every error with its line", cmd: []string{"caplanced", "--check-config", "--config", bad},
 			env: []string{"CAPLANCED_BALANCER_WORKERS=many"}, wantCode: 1,
-			wantStderr: "caplanced: " + bad + `: line 2: balancer: vips: "10.0.0.300": not an IPv4 address` + "\n" +
+			wantStderr: "caplanced: " + bad + `: line 2: balancer: vips: "10.0.0.300": not an IP address` + "\n" +
 				"caplanced: " + bad + `: line 3: balancer.encap_port: must be an integer, not a string` + "\n" +
 				"caplanced: " + bad + `: line 4: unknown key "balancer.colour"` + "\n" +
-				"caplanced: " + bad + `: line 7: backend "web1": address "10.0.1.300": not an IPv4 address` + "\n" +
+				"caplanced: " + bad + `: line 7: backend "web1": address "10.0.1.300": not an IP address` + "\n" +
 				`caplanced: environment CAPLANCED_BALANCER_WORKERS: "many": not an integer` + "\n"},
 		{name: "check-config with cleanup", cmd: []string{"caplanced", "--check-config", "--cleanup", "--config", good}, wantCode: 2,
 			wantStderr: "caplanced: --check-config and --cleanup cannot be used together\nRun 'caplanced --help' for usage.\n"},

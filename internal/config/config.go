@@ -131,6 +131,18 @@ type Receiver struct {
 	Workers int
 }
 
+// FirstIPv6 is the receiver's first IPv6 VIP or balancer address, if any:
+// kernel decapsulation (one fou port, IPv4 outers, IPv4 inners) cannot
+// serve it, so it needs user space.
+func (r *Receiver) FirstIPv6() (netip.Addr, bool) {
+	for _, a := range slices.Concat(r.VIPs, r.Balancers) {
+		if a.Is6() {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
 // Mode says who decapsulates on a receiver.
 type Mode string
 

@@ -123,7 +123,7 @@ table_size = 101
 
 [[service]]
 name = "web"
-vips = ["192.0.2.100", "::ffff:192.0.2.101"]
+vips = ["192.0.2.100", "2001:db8::101"]
 protocols = ["tcp"]
 ports = [443, "8000-8099", 80, "8100", "81-82"]
 hash = "source-ip"
@@ -169,7 +169,7 @@ ports = ["all"]
 					{Name: "web", Protocols: model.TCP, Hash: model.SourceIP, TableSize: 65537, Check: "http://:80/healthz",
 						VIPs: []model.VIP{
 							{Addr: addr("192.0.2.100"), Ports: ports([2]uint16{80, 82}, [2]uint16{443, 443}, [2]uint16{8000, 8100})},
-							{Addr: addr("192.0.2.101"), Ports: ports([2]uint16{80, 82}, [2]uint16{443, 443}, [2]uint16{8000, 8100})},
+							{Addr: addr("2001:db8::101"), Ports: ports([2]uint16{80, 82}, [2]uint16{443, 443}, [2]uint16{8000, 8100})},
 						}},
 					{Name: "dns", Protocols: model.UDP, Hash: model.FiveTuple, TableSize: 101,
 						VIPs: []model.VIP{{Addr: addr("192.0.2.100"), Ports: ports([2]uint16{53, 53})}}},
@@ -210,10 +210,11 @@ workers = 3
 			}},
 		},
 		{
-			name: "receiver defaults; mapped IPv4 is IPv4",
-			doc:  "[receiver]\nvips = [\"::ffff:10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n",
+			name: "receiver defaults; both families",
+			doc:  "[receiver]\nvips = [\"10.0.0.100\", \"2001:db8::100\"]\nbalancers = [\"2001:db8:1::1\", \"10.0.1.1\"]\n",
 			want: &Config{Receiver: &Receiver{
-				VIPs: []netip.Addr{addr("10.0.0.100")}, Balancers: []netip.Addr{addr("10.0.1.1")},
+				VIPs:      []netip.Addr{addr("10.0.0.100"), addr("2001:db8::100")},
+				Balancers: []netip.Addr{addr("2001:db8:1::1"), addr("10.0.1.1")},
 				EncapPort: 5555, Mode: ModeAuto,
 			}},
 		},
@@ -340,7 +341,7 @@ address = "10.0.1.300"
 				`test.toml: line 4: balancer.encap_port: must be an integer, not a string`,
 				`test.toml: line 5: balancer: table_size 100: must be a prime between 101 and 16777213`,
 				`test.toml: line 6: unknown key "balancer.colour"`,
-				`test.toml: line 10: backend "web1": address "10.0.1.300": not an IPv4 address`,
+				`test.toml: line 10: backend "web1": address "10.0.1.300": not an IP address`,
 				`environment CAPLANCED_BALANCER_WORKERS: "many": not an integer`,
 				`environment CAPLANCED_RECEIVER_MODES: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
 			},
@@ -354,7 +355,7 @@ address = "10.0.1.300"
 			name: "every balancer and backend problem at once",
 			doc: `
 [balancer]
-vips = ["10.0.0.300", "10.0.0.100", "10.0.0.100", "2001:db8::1", "224.0.0.1", "127.0.0.1", "0.0.0.0", "255.255.255.255"]
+vips = ["10.0.0.300", "10.0.0.100", "10.0.0.100", "::ffff:10.0.0.7", "fe80::1", "224.0.0.1", "127.0.0.1", "0.0.0.0", "255.255.255.255"]
 interface = "a/b"
 encap_port = 0
 table_size = 65536
@@ -379,9 +380,10 @@ address = "10.0.0.100"
 name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 `,
 			want: []string{
-				`test.toml: line 3: balancer: vips: "10.0.0.300": not an IPv4 address`,
+				`test.toml: line 3: balancer: vips: "10.0.0.300": not an IP address`,
 				`test.toml: line 3: balancer: vips: 10.0.0.100: listed twice`,
-				`test.toml: line 3: balancer: vips: "2001:db8::1": IPv6 is not supported yet: give an IPv4 address`,
+				`test.toml: line 3: balancer: vips: "::ffff:10.0.0.7": IPv4-mapped IPv6 address: write the IPv4 form 10.0.0.7`,
+				`test.toml: line 3: balancer: vips: "fe80::1": link-local address, need a global or unique local one`,
 				`test.toml: line 3: balancer: vips: "224.0.0.1": multicast address, need unicast`,
 				`test.toml: line 3: balancer: vips: "127.0.0.1": loopback address, need one reachable from other hosts`,
 				`test.toml: line 3: balancer: vips: "0.0.0.0": not a unicast address`,
@@ -393,7 +395,7 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 				`test.toml: line 9: balancer: ports: "10.0.0.100": port 0: must be between 1 and 65535`,
 				`test.toml: line 9: balancer: ports: "10.0.0.100": port 80: listed twice`,
 				`test.toml: line 9: balancer: ports: "10.0.0.100": port 70000: must be between 1 and 65535`,
-				`test.toml: line 12: backend "web1": address "10.0.0.300": not an IPv4 address`,
+				`test.toml: line 12: backend "web1": address "10.0.0.300": not an IP address`,
 				`test.toml: line 14: backend "web1": name: already used by another backend`,
 				`test.toml: line 16: backend "web1": weight 10001: must be between 0 and 10000`,
 				`test.toml: line 18: backend "bad/name": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
@@ -433,6 +435,11 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 			},
 		},
 		{
+			name: "kernel mode with IPv6",
+			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"2001:db8:1::1\"]\nmode = \"kernel\"\n",
+			want: []string{`test.toml: line 4: receiver: mode kernel: the kernel's fou decapsulates IPv4 in IPv4 only, and 2001:db8:1::1 is IPv6: use auto or userspace`},
+		},
+		{
 			name: "backends without a balancer",
 			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[[backend]]\nname = \"a\"\naddress = \"10.0.1.2\"\n",
 			want: []string{`test.toml: line 4: [[backend]] entries need a [balancer] section`},
@@ -468,7 +475,7 @@ vips = ["192.0.2.2"]
 				`test.toml: line 5: service #1: protocols: none given: want tcp, udp or both (leave the key out for both)`,
 				`test.toml: line 6: service #1: ports: empty list would drop every packet; leave ports out (or give "all") to take every port`,
 				`test.toml: line 8: service "bad/name": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`,
-				`test.toml: line 9: service "bad/name": vips: "192.0.2.300": not an IPv4 address`,
+				`test.toml: line 9: service "bad/name": vips: "192.0.2.300": not an IP address`,
 				`test.toml: line 9: service "bad/name": vips: 192.0.2.1: listed twice`,
 				`test.toml: line 9: service "bad/name": vips: "127.0.0.1": loopback address, need one reachable from other hosts`,
 				`test.toml: line 10: service "bad/name": protocols: "sctp": not a protocol (want tcp, udp or tcp+udp)`,

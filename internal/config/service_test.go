@@ -75,7 +75,7 @@ func TestCheckService(t *testing.T) {
 		{"no VIPs", ServiceSpec{VIPs: []string{}}, web, web, []string{"vips false vips: at least one VIP is required"}},
 		{"bad values keep the base's", ServiceSpec{VIPs: []string{long}, Protocols: []string{long}, Ports: "80," + long, Hash: long, TableSize: size(4), Check: "nope"}, web, web,
 			[]string{
-				"vips false vips: " + echo + ": not an IPv4 address",
+				"vips false vips: " + echo + ": not an IP address",
 				"ports false ports: " + echo + ": not a port or a range first-last (e.g. 80 or 8000-8099)",
 				"protocols false protocols: " + echo + ": not a protocol (want tcp, udp or tcp+udp)",
 				"hash false hash " + echo + ": must be 5-tuple, source-ip or source-ip-port",

@@ -261,10 +261,13 @@ func validateReceiver(raw rawReceiver, p *problems) *Receiver {
 	default:
 		p.at([]string{"receiver", "mode"}, "receiver: mode %s: must be auto, kernel or userspace", quote.Q(raw.Mode))
 	}
+	if a, ok := r.FirstIPv6(); ok && r.Mode == ModeKernel {
+		p.at([]string{"receiver", "mode"}, "receiver: mode kernel: the kernel's fou decapsulates IPv4 in IPv4 only, and %s is IPv6: use auto or userspace", a)
+	}
 	return r
 }
 
-// addressList parses a list of unicast IPv4 addresses and rejects repeats.
+// addressList parses a list of unicast addresses and rejects repeats.
 func addressList(raw []string, place string, p *problems) []netip.Addr {
 	var out []netip.Addr
 	for _, s := range raw {
@@ -300,24 +303,29 @@ func CheckWeight(w int64) error {
 }
 
 // ParseAddress accepts the addresses a VIP, backend or balancer can have:
-// unicast IPv4, reachable from other hosts. IPv6 is planned (DESIGN.md) but
-// not carried by the data path yet.
+// unicast IPv4 or IPv6, reachable from other hosts. Each refused kind has
+// its own answer, so that an operator knows what to write instead.
 func ParseAddress(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	switch {
 	case err != nil:
-		return a, fmt.Errorf("not an IPv4 address")
-	case a.Is6() && !a.Is4In6():
-		return a, fmt.Errorf("IPv6 is not supported yet: give an IPv4 address")
-	}
-	a = a.Unmap()
-	switch {
+		return a, fmt.Errorf("not an IP address")
+	case a.Zone() != "":
+		return a, fmt.Errorf("has a zone %s: give a global address without one", quote.Q(a.Zone()))
+	case a.Is4In6():
+		// One address, one spelling: the data path and the D-Bus API
+		// compare and print the IPv4 form.
+		return a, fmt.Errorf("IPv4-mapped IPv6 address: write the IPv4 form %s", a.Unmap())
 	case a.IsUnspecified(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return a, fmt.Errorf("not a unicast address")
 	case a.IsMulticast():
 		return a, fmt.Errorf("multicast address, need unicast")
 	case a.IsLoopback():
 		return a, fmt.Errorf("loopback address, need one reachable from other hosts")
+	case a.Is6() && a.IsLinkLocalUnicast():
+		// A link-local address needs a zone, which neither the tunnel nor
+		// a client on another link has.
+		return a, fmt.Errorf("link-local address, need a global or unique local one")
 	}
 	return a, nil
 }

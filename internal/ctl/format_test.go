@@ -97,6 +97,23 @@ web      tcp    source-ip  65537  10.0.0.100:80,443,8000-8099 10.0.0.101:80,443
 dns      udp    5-tuple    251    10.0.0.53:53
 web      tcp    source-ip  65537  10.0.0.100:80,443,8000-8099 10.0.0.101:80,443
 `},
+		{name: "list of a dual-stack service", args: []string{"list"}, replies: func() map[string]fakeReply {
+			m := with("org.caplance.Caplance1.Manager.ListServices", fakeReply{body: []any{[][]any{
+				{"v6", map[string]string{"2001:db8::1": "80,443", "10.0.0.100": "80", "2001:db8::2": "all"}, "tcp", "source-ip", uint32(251),
+					"", "runtime", uint32(2), uint64(0), uint64(0), uint64(0)},
+			}}})
+			m["org.caplance.Caplance1.Manager.ListBackends"] = fakeReply{body: []any{[][]any{
+				{"v6-a", "v6", "2001:db8:1::11", uint32(100), "active", "up", "", uint64(1), uint64(0), uint64(2), uint64(120)},
+				{"v4-a", "v6", "10.0.1.1", uint32(100), "active", "up", "", uint64(0), uint64(0), uint64(0), uint64(0)},
+			}}}
+			return m
+		}(),
+			want: `SERVICE  PROTO  HASH       TABLE  VIPS
+  -> NAME  ADDRESS         WEIGHT  ADMIN   HEALTH  ACTIVE  INACTIVE  PACKETS  REASON
+v6       tcp    source-ip  251    10.0.0.100:80 [2001:db8::1]:80,443 [2001:db8::2]:all
+  -> v4-a  10.0.1.1        100     active  up      0       0         0        -
+  -> v6-a  2001:db8:1::11  100     active  up      1       0         2        -
+`},
 		{name: "list without services", args: []string{"list"}, replies: map[string]fakeReply{
 			"org.caplance.Caplance1.Manager.ListBackends": {body: []any{[][]any{}}},
 			"org.caplance.Caplance1.Manager.ListServices": {body: []any{[][]any{}}},

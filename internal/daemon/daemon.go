@@ -484,7 +484,12 @@ func monotonicUsec() int64 {
 // says, and returns the nft filter kernel mode needs (nil in user space,
 // where the decapsulator does the filtering).
 func (r *running) startDecapsulation(rc *config.Receiver) (*nft.Tunnel, error) {
-	if rc.Mode != config.ModeUserspace {
+	v6, hasV6 := rc.FirstIPv6()
+	if hasV6 && rc.Mode == config.ModeAuto {
+		// The configuration refuses mode kernel with IPv6 addresses.
+		r.log.Info("decapsulating in user space: the kernel's fou takes IPv4 in IPv4 only", "ipv6", v6)
+	}
+	if rc.Mode != config.ModeUserspace && !hasV6 {
 		dev, err := r.host.SetupFOU(rc.EncapPort)
 		switch {
 		case err == nil:

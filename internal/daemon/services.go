@@ -61,7 +61,11 @@ func (r *running) applySet(set model.Set) error {
 		r.log.Info("VIP attached", "vip", a, "interface", iface)
 		// Tunnel health probes (caplance-healthd) get their answers from
 		// the VIP, a local address here, which the kernel drops as a
-		// martian unless the interface accepts local sources.
+		// martian unless the interface accepts local sources. IPv6 has no
+		// such check (and no accept_local): nothing to set for an IPv6 VIP.
+		if !a.Is4() {
+			continue
+		}
 		if err := r.host.SetSysctl("net.ipv4.conf."+iface+".accept_local", "1"); err != nil {
 			return undo(err)
 		}

@@ -327,7 +327,7 @@ func TestErrors(t *testing.T) {
 		{"AddBackend", []any{"bad name", "10.0.1.20", opts{}}, invalid, []string{`"bad name"`}, nil},
 		{"AddBackend", []any{"", "10.0.1.20", opts{}}, invalid, []string{"name"}, nil},
 		{"AddBackend", []any{"web9", "10.0.1", opts{}}, invalid, []string{`"10.0.1"`}, nil},
-		{"AddBackend", []any{"web9", "fd00::1", opts{}}, invalid, []string{"IPv6"}, nil},
+		{"AddBackend", []any{"web9", "fe80::1", opts{}}, invalid, []string{`"fe80::1"`, "link-local"}, nil},
 		{"AddBackend", []any{"web9", vip, opts{}}, invalid, []string{"VIP"}, nil},
 		{"AddBackend", []any{"web9", "10.0.1.20", opts{"weight": v(uint32(10001))}}, invalid, []string{"10001"}, nil},
 		{"AddBackend", []any{"web9", "10.0.1.20", opts{"check": v("bogus")}}, invalid, []string{"bogus"}, nil},

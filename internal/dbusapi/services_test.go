@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -162,6 +163,58 @@ func TestServices(t *testing.T) {
 	}
 }
 
+// TestDualStackService: a service may have VIPs and backends of both
+// families; IPv6 addresses are shown as the address alone (a{ss} keys,
+// rows, the backend's Address).
+func TestDualStackService(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	var path dbus.ObjectPath
+	o := opts{"vips": v([]string{"2001:db8::60", "10.0.0.60"}), "ports": v("80,443"), "protocols": v("tcp"), "runtime": v(true)}
+	if err := call(e.conn, "", "AddService", "web6", o).Store(&path); err != nil {
+		t.Fatalf("AddService web6: %v", err)
+	}
+	for _, b := range []struct{ name, addr string }{{"web6-a", "2001:db8:1::11"}, {"web6-b", "10.0.1.61"}} {
+		var bpath dbus.ObjectPath
+		if err := call(e.conn, "", "AddBackend", b.name, b.addr, opts{"service": v("web6")}).Store(&bpath); err != nil {
+			t.Fatalf("AddBackend %s %s: %v", b.name, b.addr, err)
+		}
+		if got := getAll(t, e.conn, bpath, dbusname.BackendIface)["Address"]; got != `"`+b.addr+`"` {
+			t.Errorf("%s: Address %s, want %q", b.name, got, b.addr)
+		}
+	}
+	if got, want := getAll(t, e.conn, path, dbusname.ServiceIface)["VIPs"], `{"10.0.0.60": "80,443", "2001:db8::60": "80,443"}`; got != want {
+		t.Errorf("service VIPs %s, want %s", got, want)
+	}
+	if got, want := getAll(t, e.conn, "", dbusname.ManagerIface)["VIPs"], `["10.0.0.60", "10.0.0.100", "2001:db8::60"]`; got != want {
+		t.Errorf("manager VIPs %s, want %s", got, want)
+	}
+	var rows []dbusapi.ServiceRow
+	if err := call(e.conn, "", "ListServices").Store(&rows); err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(rows, func(r dbusapi.ServiceRow) bool { return r.Name == "web6" })
+	if i < 0 {
+		t.Fatalf("ListServices has no web6: %v", rows)
+	}
+	if diff := cmp.Diff(map[string]string{"10.0.0.60": "80,443", "2001:db8::60": "80,443"}, rows[i].VIPs); diff != "" {
+		t.Errorf("ListServices web6 VIPs (-want +got):\n%s", diff)
+	}
+	var backends [][]any
+	if err := call(e.conn, "", "ListBackends").Store(&backends); err != nil {
+		t.Fatal(err)
+	}
+	var addrs []string
+	for _, b := range backends {
+		if b[1] == "web6" {
+			addrs = append(addrs, b[2].(string))
+		}
+	}
+	slices.Sort(addrs)
+	if diff := cmp.Diff([]string{"10.0.1.61", "2001:db8:1::11"}, addrs); diff != "" {
+		t.Errorf("ListBackends web6 addresses (-want +got):\n%s", diff)
+	}
+}
+
 // TestServiceCounters: changed service counters are announced as
 // invalidated, as a backend's are.
 func TestServiceCounters(t *testing.T) {
@@ -244,7 +297,10 @@ func TestServiceErrors(t *testing.T) {
 		{"AddService", []any{"dns2", opts{"vips": v("10.0.0.54")}}, invalid, []string{`"vips"`, "type as", "not s"}, nil},
 		{"AddService", []any{"dns2", with(dnsVIP, "table_size", int32(251))}, invalid, []string{`"table_size"`, "type u", "not i"}, nil},
 		{"AddService", []any{"dns2", with(dnsVIP, "runtime", "yes")}, invalid, []string{`"runtime"`, "type b"}, nil},
-		{"AddService", []any{"dns2", opts{"vips": v([]string{"10.0.0"})}}, invalid, []string{`adding service "dns2"`, "IPv4"}, nil},
+		{"AddService", []any{"dns2", opts{"vips": v([]string{"10.0.0"})}}, invalid, []string{`adding service "dns2"`, "not an IP address"}, nil},
+		{"AddService", []any{"dns2", opts{"vips": v([]string{"fe80::1"})}}, invalid, []string{`"fe80::1"`, "link-local"}, nil},
+		{"AddService", []any{"dns2", opts{"vips": v([]string{"::ffff:10.0.0.54"})}}, invalid, []string{"IPv4-mapped", "write the IPv4 form 10.0.0.54"}, nil},
+		{"AddBackend", []any{"web9", "ff02::1", opts{"service": v("dns")}}, invalid, []string{`"ff02::1"`, "multicast"}, nil},
 		{"AddService", []any{"dns2", with(dnsVIP, "ports", "0")}, invalid, []string{`adding service "dns2"`, "port"}, nil},
 		{"AddService", []any{"dns2", with(dnsVIP, "ports", "90-80")}, invalid, []string{`adding service "dns2"`, "90-80"}, nil},
 		{"AddService", []any{"dns2", with(dnsVIP, "protocols", "sctp")}, invalid, []string{"sctp", "tcp+udp"}, nil},

@@ -238,7 +238,7 @@ func TestLiveRegistration(t *testing.T) {
 			t.Fatal(err)
 		}
 		err := mgr.Call(dbusname.ManagerIface+".Reload", 0).Err
-		for _, want := range []string{`address "1.2.3.400": not an IPv4 address`, "weight 99999"} {
+		for _, want := range []string{`address "1.2.3.400": not an IP address`, "weight 99999"} {
 			if err == nil || !strings.Contains(err.Error(), want) {
 				t.Errorf("Reload of an invalid file: %v, want it to name %q", err, want)
 			}

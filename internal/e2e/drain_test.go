@@ -113,9 +113,15 @@ type httpConn struct {
 
 func dialHTTP(t *testing.T, tb *testbed.Testbed) *httpConn {
 	t.Helper()
+	return dialHTTPTo(t, tb, testbed.VIP)
+}
+
+// dialHTTPTo is dialHTTP to vip (either family).
+func dialHTTPTo(t *testing.T, tb *testbed.Testbed, vip netip.Addr) *httpConn {
+	t.Helper()
 	var nc net.Conn
 	err := tb.Client.Do(func() (err error) {
-		nc, err = net.DialTimeout("tcp4", netip.AddrPortFrom(testbed.VIP, testbed.HTTPPort).String(), 10*time.Second)
+		nc, err = net.DialTimeout("tcp", netip.AddrPortFrom(vip, testbed.HTTPPort).String(), 10*time.Second)
 		return err
 	})
 	if err != nil {

@@ -155,7 +155,7 @@ func TestCorruptStateFile(t *testing.T) {
 		{"unknown override field", `{"version": 1, "overrides": {"web1": {"weight": 1, "drain": true}}}`, `unknown field "drain"`},
 		{"wrong type", `{"version": 1, "backends": {}}`, "not a valid state file"},
 		{"negative weight", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.1.1", "weight": -1}]}`, "not a valid state file"},
-		{"bad address", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.0.300", "weight": 1}]}`, `backends[0] "a": address "10.0.0.300": not an IPv4 address`},
+		{"bad address", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.0.300", "weight": 1}]}`, `backends[0] "a": address "10.0.0.300": not an IP address`},
 		{"bad name", `{"version": 1, "backends": [{"name": "a/b", "service": "default", "address": "10.0.1.1", "weight": 1}]}`, `backends[0] "a/b": name: must be`},
 		{"no weight", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.1.1"}]}`, `backends[0] "a": weight: missing`},
 		{"weight too big", `{"version": 1, "backends": [{"name": "a", "service": "default", "address": "10.0.1.1", "weight": 10001}]}`, "weight 10001: must be between 0 and 10000"},
@@ -165,7 +165,7 @@ func TestCorruptStateFile(t *testing.T) {
 		{"bad override", `{"version": 1, "overrides": {"a b": {"weight": 20000}}}`, `overrides "a b": name: must be`},
 		// Long values are repeated as a short prefix (quote.Q).
 		{"long name and address", `{"version": 1, "backends": [{"name": "` + long + `", "service": "default", "address": "` + long + `", "weight": 1}]}`,
-			`backends[0] ` + echo + `: name: must be 1-64 characters of A-Z a-z 0-9 . _ -; backends[0] ` + echo + `: address ` + echo + `: not an IPv4 address`},
+			`backends[0] ` + echo + `: name: must be 1-64 characters of A-Z a-z 0-9 . _ -; backends[0] ` + echo + `: address ` + echo + `: not an IP address`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -72,14 +72,14 @@ func TestChanges(t *testing.T) {
 		file:    "(missing)",
 		applied: true,
 	}, {
-		name: "add weight 0, IPv4-mapped address",
+		name: "add weight 0, IPv6 address",
 		op: func(r *Registry) error {
-			_, err := r.Add("a.b_c-d", "::ffff:10.0.1.20", AddOptions{Weight: ptr[uint32](0)})
+			_, err := r.Add("a.b_c-d", "2001:db8:1::20", AddOptions{Weight: ptr[uint32](0)})
 			return err
 		},
-		want:    append([]Backend{be(3, "a.b_c-d", "10.0.1.20", 0, fromRuntime(true))}, base()...),
-		changes: []Change{{Kind: Added, New: be(3, "a.b_c-d", "10.0.1.20", 0, fromRuntime(true))}},
-		file:    file(`{"name":"a.b_c-d","service":"default","address":"10.0.1.20","weight":0}`, ""),
+		want:    append([]Backend{be(3, "a.b_c-d", "2001:db8:1::20", 0, fromRuntime(true))}, base()...),
+		changes: []Change{{Kind: Added, New: be(3, "a.b_c-d", "2001:db8:1::20", 0, fromRuntime(true))}},
+		file:    file(`{"name":"a.b_c-d","service":"default","address":"2001:db8:1::20","weight":0}`, ""),
 		applied: true,
 	}, {
 		name:    "remove a drained persistent run-time backend, with its override",
@@ -241,14 +241,14 @@ func TestRefused(t *testing.T) {
 		kind  error
 		frags []string
 	}{
-		{"malformed address", add("web9", "10.0.0.300", AddOptions{}), ErrInvalidArgument, []string{`address "10.0.0.300": not an IPv4 address`}},
-		{"IPv6 address", add("web9", "2001:db8::1", AddOptions{}), ErrInvalidArgument, []string{`address "2001:db8::1": IPv6 is not supported`}},
+		{"malformed address", add("web9", "10.0.0.300", AddOptions{}), ErrInvalidArgument, []string{`address "10.0.0.300": not an IP address`}},
+		{"link-local address", add("web9", "fe80::1", AddOptions{}), ErrInvalidArgument, []string{`address "fe80::1": link-local address`}},
 		{"empty address", add("web9", "", AddOptions{}), ErrInvalidArgument, []string{`adding backend "web9": address: missing`}},
 		{"loopback address", add("web9", "127.0.0.2", AddOptions{}), ErrInvalidArgument, []string{`address "127.0.0.2": loopback`}},
 		{"multicast address", add("web9", "224.0.0.1", AddOptions{}), ErrInvalidArgument, []string{`address "224.0.0.1": multicast`}},
 		{"VIP as address", add("web9", "10.0.0.100", AddOptions{}), ErrInvalidArgument, []string{"address 10.0.0.100: is a VIP"}},
 		{"name too long", add(long, "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{"adding backend " + echo + ": name: must be 1-64 characters"}},
-		{"address too long", add("web9", long, AddOptions{}), ErrInvalidArgument, []string{"address " + echo + ": not an IPv4 address"}},
+		{"address too long", add("web9", long, AddOptions{}), ErrInvalidArgument, []string{"address " + echo + ": not an IP address"}},
 		{"unknown long name", health(long), ErrNotFound, []string{"backend " + echo + ": no such backend"}},
 		{"name with slash", add("web/9", "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{`adding backend "web/9": name: must be 1-64 characters of A-Z a-z 0-9 . _ -`}},
 		{"empty name", add("", "10.0.1.19", AddOptions{}), ErrInvalidArgument, []string{`adding backend "": name: missing`}},

@@ -27,7 +27,8 @@ func TestSameBackendMessages(t *testing.T) {
 		{name: "a/b", address: "10.0.1.40", weight: 1},
 		{name: "web9", address: "10.0.1.300", weight: 1},
 		{name: "web9", address: "127.0.0.1", weight: 1},
-		{name: "web9", address: "2001:db8::1", weight: 1},
+		{name: "web9", address: "fe80::1", weight: 1},
+		{name: "web9", address: "::ffff:10.0.1.40", weight: 1},
 		{name: "web9", address: "10.0.0.100", weight: 1, vip: true},
 		{name: "web9", address: "10.0.1.11", weight: 1}, // web1's
 		{name: "web9", address: "10.0.1.40", weight: 10001, check: "nope"},

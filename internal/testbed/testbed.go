@@ -3,7 +3,8 @@
 // process of the built binary, started inside its host's namespace and
 // followed through a real sd_notify socket; every backend runs a receiver,
 // an HTTP server and a UDP echo server on the VIP that answer with the
-// backend's name. The end-to-end tests, `make demo` and the data-path
+// backend's name; a dual-stack lab (Options.IPv6) does the same for the
+// IPv6 VIPs. The end-to-end tests, `make demo` and the data-path
 // benchmark share it.
 //
 // It owns the lab it builds and the processes and files it starts; it must
@@ -22,6 +23,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -39,6 +41,24 @@ var (
 	ClientAddr = netip.MustParseAddr("198.18.0.10")
 	LBAddr     = netip.MustParseAddr("198.18.0.2")
 )
+
+// The lab's IPv6 addresses (Options.IPv6): the documentation prefix, inside
+// the lab only, each the twin of an IPv4 one (…::100 is VIP6 as .100 is
+// VIP). Every receiver of such a lab serves VIP6 and VIP6B too.
+var (
+	Subnet6     = netip.MustParsePrefix("2001:db8:18::/64")
+	VIP6        = netip.MustParseAddr("2001:db8:18::100")
+	VIP6B       = netip.MustParseAddr("2001:db8:18::101")
+	ClientAddr6 = netip.MustParseAddr("2001:db8:18::10")
+	LBAddr6     = netip.MustParseAddr("2001:db8:18::2")
+)
+
+// BackendAddr6 is the IPv6 address of backend i (0-based): …::11, …::12, …
+func BackendAddr6(i int) netip.Addr {
+	a := Subnet6.Addr().As16()
+	a[15] = byte(0x11 + i)
+	return netip.AddrFrom16(a)
+}
 
 // Service ports: HTTP on every VIP, UDP echo on EchoPort of VIP and on
 // DNSPort of VIP2 (a stand-in for a DNS service).
@@ -81,6 +101,10 @@ type Options struct {
 	BalancerBus string
 	// TCPClosingTimeout is the balancer's tcp_closing_timeout; 0: the default.
 	TCPClosingTimeout time.Duration
+	// IPv6 makes the lab dual-stack: every host gets its address in
+	// Subnet6 as well (no DAD), and the receivers serve VIP6 and VIP6B
+	// and accept tunnels from LBAddr6.
+	IPv6 bool
 }
 
 // Testbed is a running deployment.
@@ -96,8 +120,10 @@ type Testbed struct {
 
 // Backend is one backend host with its receiver and servers.
 type Backend struct {
-	Name     string
-	Addr     netip.Addr
+	Name string
+	Addr netip.Addr
+	// Addr6 is the backend's IPv6 address in a dual-stack lab.
+	Addr6    netip.Addr
 	Host     *netnstest.Host
 	Receiver *Daemon
 	http     *http.Server
@@ -119,7 +145,16 @@ func New(opts Options) (tb *Testbed, err error) {
 		}
 	}()
 	bits := Subnet.Bits()
-	clientAddrs := []netip.Prefix{netip.PrefixFrom(ClientAddr, bits)}
+	// addrs are a host's prefixes: its IPv4 address, and its IPv6 one in
+	// a dual-stack lab.
+	addrs := func(a4, a6 netip.Addr) []netip.Prefix {
+		out := []netip.Prefix{netip.PrefixFrom(a4, bits)}
+		if opts.IPv6 {
+			out = append(out, netip.PrefixFrom(a6, Subnet6.Bits()))
+		}
+		return out
+	}
+	clientAddrs := addrs(ClientAddr, ClientAddr6)
 	for _, a := range ClientAddrs {
 		clientAddrs = append(clientAddrs, netip.PrefixFrom(a, bits))
 	}
@@ -132,12 +167,15 @@ func New(opts Options) (tb *Testbed, err error) {
 	if err := tb.Client.Do(func() error { return DisableTxChecksum("eth0") }); err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	if tb.LB, err = lab.AddHost("lb", netip.PrefixFrom(LBAddr, bits)); err != nil {
+	if tb.LB, err = lab.AddHost("lb", addrs(LBAddr, LBAddr6)...); err != nil {
 		return nil, err
 	}
 	for i := range opts.Backends {
 		b := &Backend{Name: BackendName(i), Addr: BackendAddr(i)}
-		if b.Host, err = lab.AddHost(b.Name, netip.PrefixFrom(b.Addr, bits)); err != nil {
+		if opts.IPv6 {
+			b.Addr6 = BackendAddr6(i)
+		}
+		if b.Host, err = lab.AddHost(b.Name, addrs(b.Addr, b.Addr6)...); err != nil {
 			return nil, err
 		}
 		tb.Backends = append(tb.Backends, b)
@@ -149,7 +187,13 @@ func New(opts Options) (tb *Testbed, err error) {
 }
 
 func (tb *Testbed) startBackend(b *Backend) error {
-	cfg := fmt.Sprintf("[receiver]\nvips = [%q, %q, %q]\nbalancers = [%q]\nworkers = %d\n", VIP, VIP2, VIP3, LBAddr, tb.opts.Workers)
+	vips, balancers := []netip.Addr{VIP, VIP2, VIP3}, []netip.Addr{LBAddr}
+	echoes := []netip.AddrPort{netip.AddrPortFrom(VIP, EchoPort), netip.AddrPortFrom(VIP2, DNSPort)}
+	if tb.opts.IPv6 {
+		vips, balancers = append(vips, VIP6, VIP6B), append(balancers, LBAddr6)
+		echoes = append(echoes, netip.AddrPortFrom(VIP6, EchoPort), netip.AddrPortFrom(VIP6B, DNSPort))
+	}
+	cfg := fmt.Sprintf("[receiver]\nvips = %s\nbalancers = %s\nworkers = %d\n", tomlList(vips), tomlList(balancers), tb.opts.Workers)
 	d, err := tb.StartDaemon(b.Host, b.Name, cfg, "none")
 	if err != nil {
 		return err
@@ -160,8 +204,8 @@ func (tb *Testbed) startBackend(b *Backend) error {
 	}
 	// The VIPs are on lo now, so the echo servers can bind to them.
 	return b.Host.Do(func() error {
-		for _, at := range []netip.AddrPort{netip.AddrPortFrom(VIP, EchoPort), netip.AddrPortFrom(VIP2, DNSPort)} {
-			pc, err := net.ListenPacket("udp4", at.String())
+		for _, at := range echoes {
+			pc, err := net.ListenPacket("udp", at.String())
 			if err != nil {
 				return err
 			}
@@ -173,10 +217,11 @@ func (tb *Testbed) startBackend(b *Backend) error {
 }
 
 // StartHTTP starts the backend's HTTP server on port 80 of every address
-// (the VIP for clients, the backend's own for health checks).
+// of both families (the VIPs for clients, the backend's own for health
+// checks).
 func (b *Backend) StartHTTP() error {
 	return b.Host.Do(func() error {
-		ln, err := net.Listen("tcp4", fmt.Sprintf(":%d", HTTPPort))
+		ln, err := net.Listen("tcp", fmt.Sprintf(":%d", HTTPPort))
 		if err != nil {
 			return err
 		}
@@ -204,6 +249,15 @@ func nameHandler(name string) http.Handler {
 		n, _ := io.Copy(io.Discard, r.Body)
 		fmt.Fprintf(w, "%s %d\n", name, n)
 	})
+}
+
+// tomlList writes addrs as a TOML array of strings.
+func tomlList(addrs []netip.Addr) string {
+	quoted := make([]string, len(addrs))
+	for i, a := range addrs {
+		quoted[i] = strconv.Quote(a.String())
+	}
+	return "[" + strings.Join(quoted, ", ") + "]"
 }
 
 // echo answers each datagram with "<name> " followed by the datagram.
@@ -392,7 +446,7 @@ func (tb *Testbed) DialEcho() (*net.UDPConn, error) {
 func (tb *Testbed) DialUDP(to netip.AddrPort) (*net.UDPConn, error) {
 	var c *net.UDPConn
 	err := tb.Client.Do(func() (err error) {
-		c, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(to))
+		c, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(to))
 		return err
 	})
 	return c, err

@@ -109,13 +109,24 @@ func (h *Host) addAddress(link netlink.Link, addr netip.Addr) error {
 	}
 	a := &netlink.Addr{IPNet: prefixIPNet(p)}
 	if addr.Is6() {
+		// Deprecated from the start (preferred lifetime 0, valid
+		// forever): it still takes packets and answers neighbour
+		// solicitations, but the kernel never picks it as a source
+		// (RFC 6724 rule 3), where it would otherwise prefer it to the
+		// host's own address: the balancer's IPv6 tunnels must leave
+		// from an address the receivers know, and the host's own
+		// connections from one whose answers come back to the host.
 		a.Flags = unix.IFA_F_NODAD
+		a.ValidLft, a.PreferedLft = infiniteLifetime, 0
 	}
 	if err := netlink.AddrAdd(link, a); err != nil {
 		return h.forget(fmt.Errorf("add %s to %s: %w", p, name, err))
 	}
 	return nil
 }
+
+// infiniteLifetime is the IFA_CACHEINFO lifetime that never ends.
+const infiniteLifetime = 0xffffffff
 
 // familyOf is addr's netlink family.
 func familyOf(addr netip.Addr) int {

@@ -246,3 +246,32 @@ func neighState(s int) string {
 	}
 	return "other"
 }
+
+// An IPv6 VIP on the balancer's NIC is never the kernel's choice of source
+// address: the balancer's tunnels to IPv6 backends take the route's source,
+// which must be an address the receivers list as a balancer's, and the
+// host's own connections must not leave from an address whose answers the
+// balancer would take. Without a deprecated VIP (preferred lifetime 0)
+// the kernel prefers the VIP here.
+func TestIPv6VIPIsNeverASource(t *testing.T) {
+	inNetns(t)
+	link := addVeth(t, "eth0", "2001:db8::2/64")
+	if err := netlink.LinkSetUp(link); err != nil {
+		t.Fatal(err)
+	}
+	h := openHost(t, t.TempDir())
+	for _, a := range []string{"2001:db8::100", "2001:db8::101"} {
+		if _, err := h.AttachVIP(ip(a), "eth0"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, dst := range []string{"2001:db8::11", "2001:db8::1ff", "2001:db8::100:1"} {
+		routes, err := netlink.RouteGet(ip(dst).AsSlice())
+		if err != nil || len(routes) == 0 {
+			t.Fatalf("route to %s: %v %v", dst, routes, err)
+		}
+		if got := routes[0].Src.String(); got != "2001:db8::2" {
+			t.Errorf("source to %s is %s, want the host's 2001:db8::2", dst, got)
+		}
+	}
+}

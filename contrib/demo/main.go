@@ -3,7 +3,8 @@
 // caplanced as balancer (two services, HTTP on one VIP and UDP on another,
 // each over its own pool; its D-Bus API on a private bus) and receivers,
 // sends HTTP requests and UDP queries, adds a third service live with
-// caplancectl (source-ip hashing), sends more, prints which backend served
+// caplancectl (source-ip hashing) and an IPv6 one over IPv6 backends, sends
+// more, prints which backend served
 // each flow and the counters per service and backend, and removes every
 // namespace and process on exit, Ctrl-C or failure.
 package main
@@ -61,7 +62,7 @@ func run(caplanced, caplancectl string, requests int) error {
 	defer stopBus()
 
 	fmt.Println("Building the lab: client, balancer, 4 backends (receiver + HTTP server each)…")
-	tb, err := testbed.New(testbed.Options{Binary: caplanced, Prefix: "demo", Backends: 4, Dir: dir, BalancerBus: bus.Address})
+	tb, err := testbed.New(testbed.Options{Binary: caplanced, Prefix: "demo", Backends: 4, Dir: dir, BalancerBus: bus.Address, IPv6: true})
 	if err != nil {
 		return err
 	}
@@ -98,7 +99,6 @@ func run(caplanced, caplancectl string, requests int) error {
 		return err
 	}
 
-	start := time.Now()
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(w, "\nflow\tclient → service\tserved by")
 	flow := 0
@@ -171,7 +171,30 @@ func run(caplanced, caplancectl string, requests int) error {
 	}
 	w.Flush()
 
-	st, err := tb.Balancer.Stats(start)
+	w.Flush()
+
+	fmt.Println("\nAn IPv6 service, live: IPv6 clients over IPv6 backends (6-in-6 tunnels).")
+	if err := ctl("add-service", "web6", "--vip", testbed.VIP6.String(), "--port", "80", "--proto", "tcp"); err != nil {
+		return err
+	}
+	for _, be := range tb.Backends[2:] {
+		if err := ctl("add-backend", "--service", "web6", "web6-"+be.Name, be.Addr6.String()); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(w, "\nflow\tclient → service\tserved by")
+	for range requests / 2 {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err := get(testbed.VIP6); err != nil {
+			return err
+		}
+	}
+	w.Flush()
+
+	// Counters written after the last flow (stats.json is rewritten every second).
+	st, err := tb.Balancer.Stats(time.Now())
 	if err != nil {
 		return err
 	}

@@ -121,6 +121,34 @@ func TestIPv6(t *testing.T) {
 		}
 	})
 
+	t.Run("6-in-6: a drained backend keeps its connection and gets no new one", func(t *testing.T) {
+		// web6 has be1, be2 and be3 (after the add above).
+		long := dialHTTPTo(t, tb, testbed.VIP6)
+		drained := map[string]string{"be1": "web6-1", "be2": "web6-2", "be3": "web6-3"}[long.backend]
+		out, err := exec.Command(caplancectlBin, "--bus", bus.Address, "drain", drained).CombinedOutput()
+		if err != nil {
+			t.Fatalf("caplancectl drain %s: %v\n%s", drained, err, out)
+		}
+		client := tb.HTTPClient(false)
+		for i := range 60 {
+			name, err := testbed.GetFrom(client, testbed.VIP6, "/")
+			if err != nil {
+				t.Fatalf("new connection %d: %v", i, err)
+			}
+			if name == long.backend {
+				t.Fatalf("new connection %d went to %s, drained", i, name)
+			}
+		}
+		for i := range 5 {
+			if got := long.get(t); got != long.backend {
+				t.Fatalf("request %d on the drained backend's connection served by %s, not %s", i, got, long.backend)
+			}
+		}
+		if out, err := exec.Command(caplancectlBin, "--bus", bus.Address, "undrain", drained).CombinedOutput(); err != nil {
+			t.Fatalf("caplancectl undrain %s: %v\n%s", drained, err, out)
+		}
+	})
+
 	t.Run("4-in-6: IPv4 clients over IPv6 backends", func(t *testing.T) {
 		spread(t, testbed.VIP, 200, []string{"be1", "be2"})
 	})

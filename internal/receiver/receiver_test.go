@@ -387,18 +387,8 @@ func TestIPv6Outers(t *testing.T) {
 	var r *Receiver
 	echo := map[netip.Addr]*net.UDPConn{}
 	err = backend.Do(func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
+		if err := vipsOnLo(testVIP, testVIP6); err != nil {
 			return err
-		}
-		for _, vip := range []netip.Addr{testVIP, testVIP6} {
-			// Without nodad even lo's address is tentative for a moment
-			// (DAD is skipped on lo, but by a work item), and a bind to it
-			// fails; caplanced attaches IPv6 VIPs with nodad too.
-			a := &netlink.Addr{IPNet: netipx(netip.PrefixFrom(vip, vip.BitLen())), Flags: unix.IFA_F_NODAD}
-			if err := netlink.AddrAdd(lo, a); err != nil {
-				return err
-			}
 		}
 		cfg := testConfig(1)
 		cfg.VIPs = []netip.Addr{testVIP, testVIP6}
@@ -571,15 +561,8 @@ func TestDeliverAllocatesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = backend.Do(func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
+		if err := vipsOnLo(testVIP, testVIP6); err != nil {
 			return err
-		}
-		for _, vip := range []netip.Addr{testVIP, testVIP6} {
-			a := &netlink.Addr{IPNet: netipx(netip.PrefixFrom(vip, vip.BitLen())), Flags: unix.IFA_F_NODAD}
-			if err := netlink.AddrAdd(lo, a); err != nil {
-				return err
-			}
 		}
 		// The backend sends to itself, on lo: ::1 is the balancer. (Sent
 		// to its address on eth0, both datagrams of a round were lost now
@@ -656,4 +639,22 @@ func TestDeliverAllocatesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// vipsOnLo puts vips on lo as caplanced does, in the calling thread's
+// namespace. Without nodad even lo's IPv6 address is tentative for a moment
+// (DAD is skipped on lo, but by a work item), and a bind to it fails;
+// caplanced attaches IPv6 VIPs with nodad too.
+func vipsOnLo(vips ...netip.Addr) error {
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	for _, vip := range vips {
+		a := &netlink.Addr{IPNet: netipx(netip.PrefixFrom(vip, vip.BitLen())), Flags: unix.IFA_F_NODAD}
+		if err := netlink.AddrAdd(lo, a); err != nil {
+			return err
+		}
+	}
+	return nil
 }

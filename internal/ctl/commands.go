@@ -158,36 +158,40 @@ func setupShowService(*flag.FlagSet) func([]string) (action, error) {
 }
 
 func setupAddService(fs *flag.FlagSet) func([]string) (action, error) {
-	flags := defineServiceFlags(fs, true)
-	return func(args []string) (action, error) {
-		if err := wantArgs(args, "NAME"); err != nil {
-			return nil, err
-		}
-		opts, err := flags.options()
-		if err != nil {
-			return nil, err
-		}
+	return setupServiceCall(fs, "AddService", true, func(opts map[string]dbus.Variant) error {
 		if _, ok := opts["vips"]; !ok {
-			return nil, errors.New("missing --vip: a service needs at least one VIP")
+			return errors.New("missing --vip: a service needs at least one VIP")
 		}
-		return managerCall("AddService", args[0], opts), nil
-	}
+		return nil
+	})
 }
 
 func setupChangeService(fs *flag.FlagSet) func([]string) (action, error) {
-	flags := defineServiceFlags(fs, false)
+	return setupServiceCall(fs, "ChangeService", false, func(opts map[string]dbus.Variant) error {
+		if len(opts) == 0 {
+			return errors.New("nothing to change: give at least one of --vip, --port, --proto, --hash, --table-size, --check")
+		}
+		return nil
+	})
+}
+
+// setupServiceCall is add-service's and change-service's: NAME and the
+// service flags (adding: with their defaults and --runtime) become a call
+// of method, once check accepts the options given.
+func setupServiceCall(fs *flag.FlagSet, method string, adding bool, check func(map[string]dbus.Variant) error) func([]string) (action, error) {
+	flags := defineServiceFlags(fs, adding)
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "NAME"); err != nil {
 			return nil, err
 		}
 		opts, err := flags.options()
+		if err == nil {
+			err = check(opts)
+		}
 		if err != nil {
 			return nil, err
 		}
-		if len(opts) == 0 {
-			return nil, errors.New("nothing to change: give at least one of --vip, --port, --proto, --hash, --table-size, --check")
-		}
-		return managerCall("ChangeService", args[0], opts), nil
+		return managerCall(method, args[0], opts), nil
 	}
 }
 

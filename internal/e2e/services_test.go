@@ -310,6 +310,21 @@ func TestServices(t *testing.T) {
 		}
 	})
 
+	t.Run("a run-time service survives a restart of caplanced", func(t *testing.T) {
+		ctl("add-service", "kept", "--vip", testbed.VIP3.String(), "--port", "80", "--proto", "tcp")
+		ctl("add-backend", "--service", "kept", "kept-be4", tb.Backends[3].Addr.String())
+		if err := tb.Balancer.Stop(); err != nil {
+			t.Fatal(err)
+		}
+		if err := tb.Balancer.Restart(tb.LB, caplancedBin); err != nil {
+			t.Fatal(err)
+		}
+		if name, err := testbed.GetFrom(tb.HTTPClient(false), testbed.VIP3, "/"); err != nil || name != "be4" {
+			t.Errorf("the run-time service after a restart: served by %q, %v; want be4", name, err)
+		}
+		ctl("remove-service", "kept")
+	})
+
 	t.Run("caplancectl shows services with their backends", func(t *testing.T) {
 		out := ctl("list")
 		web, dns := strings.Index(out, "web"), strings.Index(out, "dns")

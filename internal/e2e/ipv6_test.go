@@ -89,7 +89,7 @@ func TestIPv6(t *testing.T) {
 	})
 
 	t.Run("6-in-6: spread, stickiness across a backend add, UDP", func(t *testing.T) {
-		spread(t, testbed.VIP6, 200, []string{"be1", "be2"})
+		spread(t, testbed.VIP6, spreadFlows, []string{"be1", "be2"})
 		c, err := tb.DialUDP(netip.AddrPortFrom(testbed.VIP6, testbed.EchoPort))
 		if err != nil {
 			t.Fatal(err)
@@ -150,11 +150,11 @@ func TestIPv6(t *testing.T) {
 	})
 
 	t.Run("4-in-6: IPv4 clients over IPv6 backends", func(t *testing.T) {
-		spread(t, testbed.VIP, 200, []string{"be1", "be2"})
+		spread(t, testbed.VIP, spreadFlows, []string{"be1", "be2"})
 	})
 
 	t.Run("6-in-4: IPv6 clients over IPv4 backends", func(t *testing.T) {
-		spread(t, testbed.VIP6B, 200, []string{"be2", "be3"})
+		spread(t, testbed.VIP6B, spreadFlows, []string{"be2", "be3"})
 		c, err := tb.DialUDP(netip.AddrPortFrom(testbed.VIP6B, testbed.DNSPort))
 		if err != nil {
 			t.Fatal(err)

@@ -131,16 +131,25 @@ type Receiver struct {
 	Workers int
 }
 
-// FirstIPv6 is the receiver's first IPv6 VIP or balancer address, if any:
-// kernel decapsulation (one fou port, IPv4 outers, IPv4 inners) cannot
-// serve it, so it needs user space.
-func (r *Receiver) FirstIPv6() (netip.Addr, bool) {
-	for _, a := range slices.Concat(r.VIPs, r.Balancers) {
-		if a.Is6() {
-			return a, true
+// KernelUnsupported says why the kernel cannot decapsulate for r, or is
+// nil when it can. The kernel's fou hands each receive port's payload to one
+// protocol, so the VIPs (the inner packets) must all be of one family; and it
+// decapsulates IPv4 in IPv4 (ipip) and either family in IPv6 (ip6tnl), but
+// IPv6 in IPv4 (sit) is left to user space.
+func (r *Receiver) KernelUnsupported() error {
+	if len(r.VIPs) == 0 {
+		return nil
+	}
+	first := r.VIPs[0]
+	if i := slices.IndexFunc(r.VIPs, func(a netip.Addr) bool { return a.Is6() != first.Is6() }); i >= 0 {
+		return fmt.Errorf("the kernel's fou gives a receive port one inner protocol, and the VIPs %s and %s are of both families", first, r.VIPs[i])
+	}
+	if first.Is6() {
+		if i := slices.IndexFunc(r.Balancers, netip.Addr.Is4); i >= 0 {
+			return fmt.Errorf("the kernel does not decapsulate IPv6 in IPv4 here (sit), and the IPv6 VIP %s would come from the IPv4 balancer %s", first, r.Balancers[i])
 		}
 	}
-	return netip.Addr{}, false
+	return nil
 }
 
 // Mode says who decapsulates on a receiver.

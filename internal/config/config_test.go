@@ -219,6 +219,22 @@ workers = 3
 			}},
 		},
 		{
+			name: "receiver in kernel mode: IPv6 in IPv6",
+			doc:  "[receiver]\nvips = [\"2001:db8::100\"]\nbalancers = [\"2001:db8:1::1\"]\nmode = \"kernel\"\n",
+			want: &Config{Receiver: &Receiver{
+				VIPs: []netip.Addr{addr("2001:db8::100")}, Balancers: []netip.Addr{addr("2001:db8:1::1")},
+				EncapPort: 5555, Mode: ModeKernel,
+			}},
+		},
+		{
+			name: "receiver in kernel mode: IPv4 in both families",
+			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"2001:db8:1::1\", \"10.0.1.1\"]\nmode = \"kernel\"\n",
+			want: &Config{Receiver: &Receiver{
+				VIPs: []netip.Addr{addr("10.0.0.100")}, Balancers: []netip.Addr{addr("2001:db8:1::1"), addr("10.0.1.1")},
+				EncapPort: 5555, Mode: ModeKernel,
+			}},
+		},
+		{
 			name: "environment overrides file",
 			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\nencap_port = 6000\n",
 			environ: []string{
@@ -435,9 +451,14 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 			},
 		},
 		{
-			name: "kernel mode with IPv6",
-			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"2001:db8:1::1\"]\nmode = \"kernel\"\n",
-			want: []string{`test.toml: line 4: receiver: mode kernel: the kernel's fou decapsulates IPv4 in IPv4 only, and 2001:db8:1::1 is IPv6: use auto or userspace`},
+			name: "kernel mode with VIPs of both families",
+			doc:  "[receiver]\nvips = [\"10.0.0.100\", \"2001:db8:f::100\"]\nbalancers = [\"2001:db8:1::1\"]\nmode = \"kernel\"\n",
+			want: []string{`test.toml: line 4: receiver: mode kernel: the kernel's fou gives a receive port one inner protocol, and the VIPs 10.0.0.100 and 2001:db8:f::100 are of both families: use auto or userspace`},
+		},
+		{
+			name: "kernel mode with IPv6 in IPv4",
+			doc:  "[receiver]\nvips = [\"2001:db8:f::100\"]\nbalancers = [\"2001:db8:1::1\", \"10.0.1.1\"]\nmode = \"kernel\"\n",
+			want: []string{`test.toml: line 4: receiver: mode kernel: the kernel does not decapsulate IPv6 in IPv4 here (sit), and the IPv6 VIP 2001:db8:f::100 would come from the IPv4 balancer 10.0.1.1: use auto or userspace`},
 		},
 		{
 			name: "backends without a balancer",

@@ -261,8 +261,8 @@ func validateReceiver(raw rawReceiver, p *problems) *Receiver {
 	default:
 		p.at([]string{"receiver", "mode"}, "receiver: mode %s: must be auto, kernel or userspace", quote.Q(raw.Mode))
 	}
-	if a, ok := r.FirstIPv6(); ok && r.Mode == ModeKernel {
-		p.at([]string{"receiver", "mode"}, "receiver: mode kernel: the kernel's fou decapsulates IPv4 in IPv4 only, and %s is IPv6: use auto or userspace", a)
+	if err := r.KernelUnsupported(); err != nil && r.Mode == ModeKernel {
+		p.at([]string{"receiver", "mode"}, "receiver: mode kernel: %v: use auto or userspace", err)
 	}
 	return r
 }

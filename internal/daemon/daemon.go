@@ -17,6 +17,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -484,17 +485,20 @@ func monotonicUsec() int64 {
 // says, and returns the nft filter kernel mode needs (nil in user space,
 // where the decapsulator does the filtering).
 func (r *running) startDecapsulation(rc *config.Receiver) (*nft.Tunnel, error) {
-	v6, hasV6 := rc.FirstIPv6()
-	if hasV6 && rc.Mode == config.ModeAuto {
-		// The configuration refuses mode kernel with IPv6 addresses.
-		r.log.Info("decapsulating in user space: the kernel's fou takes IPv4 in IPv4 only", "ipv6", v6)
+	unsupported := rc.KernelUnsupported()
+	if unsupported != nil && rc.Mode == config.ModeAuto {
+		// The configuration refuses mode kernel in this case.
+		r.log.Info("decapsulating in user space", "reason", unsupported)
 	}
-	if rc.Mode != config.ModeUserspace && !hasV6 {
-		dev, err := r.host.SetupFOU(rc.EncapPort)
+	if rc.Mode != config.ModeUserspace && unsupported == nil {
+		ports := kernelPorts(rc)
+		devices, err := r.host.SetupFOU(ports)
 		switch {
 		case err == nil:
-			r.log.Info("decapsulating in the kernel (fou)", "port", rc.EncapPort, "device", dev)
-			return &nft.Tunnel{Port: rc.EncapPort, Balancers: rc.Balancers, Device: dev, VIPs: rc.VIPs}, nil
+			for i, f := range ports {
+				r.log.Info("decapsulating in the kernel", "fou", f.String(), "device", devices[i])
+			}
+			return &nft.Tunnel{Port: rc.EncapPort, Balancers: rc.Balancers, Devices: devices, VIPs: rc.VIPs}, nil
 		case rc.Mode == config.ModeAuto && errors.Is(err, vip.ErrNoKernelFOU):
 			r.log.Info("the kernel has no foo-over-UDP: decapsulating in user space", "reason", err)
 		default:
@@ -509,6 +513,20 @@ func (r *running) startDecapsulation(rc *config.Receiver) (*nft.Tunnel, error) {
 	}
 	r.rcv, r.userMode = rcv, true
 	return nil, nil
+}
+
+// kernelPorts are the foo-over-UDP ports kernel decapsulation opens for
+// rc, which KernelUnsupported accepts: one per family of its balancers, each
+// carrying the family of its VIPs.
+func kernelPorts(rc *config.Receiver) []vip.FOU {
+	inner6 := rc.VIPs[0].Is6()
+	var ports []vip.FOU
+	for _, outer6 := range []bool{false, true} {
+		if slices.ContainsFunc(rc.Balancers, func(a netip.Addr) bool { return a.Is6() == outer6 }) {
+			ports = append(ports, vip.FOU{Port: rc.EncapPort, OuterIPv6: outer6, InnerIPv6: inner6})
+		}
+	}
+	return ports
 }
 
 // status is the STATUS= line: what runs, after why the last reload was

@@ -19,7 +19,7 @@ import (
 
 // hostState is what caplanced may change on a host.
 type hostState struct {
-	vipOn       string // interface holding the VIP, "" for none
+	vipOn       string // interface holding the VIP or VIP6, "" for none
 	nftTable    bool
 	arpIgnore   string
 	arpAnnounce string
@@ -30,12 +30,12 @@ type hostState struct {
 func readHostState(h testbedHost, runtimeDir string) (hostState, error) {
 	var st hostState
 	err := h.Do(func() error {
-		addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+		addrs, err := netlink.AddrList(nil, netlink.FAMILY_ALL)
 		if err != nil {
 			return err
 		}
 		for _, a := range addrs {
-			if a.IP.Equal(testbed.VIP.AsSlice()) {
+			if a.IP.Equal(testbed.VIP.AsSlice()) || a.IP.Equal(testbed.VIP6.AsSlice()) {
 				l, err := netlink.LinkByIndex(a.LinkIndex)
 				if err != nil {
 					return err
@@ -177,24 +177,35 @@ func TestLifecycle(t *testing.T) {
 }
 
 // This kernel has no foo-over-UDP: mode = "kernel" must fail with a clear
-// error and change nothing, while "auto" falls back to user space (every
-// testbed receiver runs in auto mode and says so in its status).
+// error and change nothing, for each family of tunnel, while "auto" falls
+// back to user space (every testbed receiver runs in auto mode and says so
+// in its status).
 func TestKernelModeWithoutFOU(t *testing.T) {
 	tb := newTestbed(t)
 	host, err := tb.Lab.AddHost("kern", netip.MustParsePrefix("198.18.0.50/24"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := fmt.Sprintf("[receiver]\nvips = [%q]\nbalancers = [%q]\nmode = \"kernel\"\n", testbed.VIP, testbed.LBAddr)
-	_, err = tb.StartDaemon(host, "kern", cfg, "none")
-	if err == nil || !strings.Contains(err.Error(), "receiver mode kernel: foo-over-UDP port 5555: kernel has no foo-over-UDP") {
-		t.Fatalf("mode kernel on a kernel without fou: got %v, want a clear error", err)
-	}
-	got, err := readHostState(host, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := (hostState{arpIgnore: "0", arpAnnounce: "0", acceptLocal: "0"}); got != want {
-		t.Errorf("a failed start left %+v, want %+v", got, want)
+	for _, tc := range []struct {
+		name, vip, balancers, want string
+	}{
+		{"IPv4 in IPv4", fmt.Sprintf("%q", testbed.VIP), fmt.Sprintf("%q", testbed.LBAddr), "foo-over-UDP port 5555 (IPv4 in IPv4)"},
+		{"IPv6 in IPv6", fmt.Sprintf("%q", testbed.VIP6), fmt.Sprintf("%q", testbed.LBAddr6), "foo-over-UDP port 5555 (IPv6 in IPv6)"},
+		{"IPv4 in both", fmt.Sprintf("%q", testbed.VIP), fmt.Sprintf("%q, %q", testbed.LBAddr, testbed.LBAddr6), "foo-over-UDP port 5555 (IPv4 in IPv4)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := fmt.Sprintf("[receiver]\nvips = [%s]\nbalancers = [%s]\nmode = \"kernel\"\n", tc.vip, tc.balancers)
+			_, err = tb.StartDaemon(host, "kern", cfg, "none")
+			if want := "receiver mode kernel: " + tc.want + ": kernel has no foo-over-UDP"; err == nil || !strings.Contains(err.Error(), want) {
+				t.Fatalf("mode kernel on a kernel without fou: got %v, want an error with %q", err, want)
+			}
+			got, err := readHostState(host, t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := (hostState{arpIgnore: "0", arpAnnounce: "0", acceptLocal: "0"}); got != want {
+				t.Errorf("a failed start left %+v, want %+v", got, want)
+			}
+		})
 	}
 }

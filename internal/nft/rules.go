@@ -71,29 +71,35 @@ type Forward struct {
 const MaxMarkedPorts = 4096
 
 // Tunnel filters a receiver's kernel foo-over-UDP decapsulation so that the
-// receiver is not an open relay.
+// receiver is not an open relay. Each family has rules and sets of its own,
+// present whether or not the family is in use, so that a family with no
+// balancer or no VIP is dropped rather than let through.
 type Tunnel struct {
-	// Port is the encapsulation UDP port. In an input hook, IPv4 UDP to Port
-	// from a source not in Balancers is dropped. IPv6 to Port passes: the
-	// FOU socket (`ip fou add port P ipproto 4`) is IPv4 only.
+	// Port is the encapsulation UDP port. In an input hook, UDP to Port
+	// from a source not in Balancers (of its family) is dropped.
 	Port uint16
-	// Balancers are the addresses encapsulated packets may come from.
+	// Balancers are the addresses encapsulated packets may come from,
+	// IPv4 or IPv6.
 	Balancers []netip.Addr
-	// Device is the decapsulating interface (the ipip device FOU feeds).
-	// In a prerouting hook — so that it also covers packets the kernel would
-	// forward, which an input hook never sees — every IPv4 packet arriving
-	// on Device whose destination is not in VIPs is dropped, and so is every
-	// one whose source no client can have, each counted by its rule: in
-	// 0.0.0.0/8, 127.0.0.0/8 or 224.0.0.0/4; a broadcast address by the
-	// routing table (255.255.255.255 and the subnets' broadcast addresses);
-	// in 240.0.0.0/4; an address of the host by the routing table ("fib
-	// saddr type local": the VIPs and every address of the host, followed
-	// by the kernel). Source = destination needs no rule of its own: the
-	// destination is a VIP, a local address. The kernel's own martian and
-	// rp_filter checks would drop most of these too, silently and
-	// depending on sysctls; the rules make the guarantee explicit, the
-	// same as the user-space receiver's, and counted.
-	Device string
+	// Devices are the decapsulating interfaces (the ipip or ip6tnl devices
+	// the fou ports feed). In a prerouting hook — so that it also covers
+	// packets the kernel would forward, which an input hook never sees —
+	// every packet arriving on one of them whose destination is not in
+	// VIPs is dropped, and so is every one whose source no client can
+	// have, each counted by its rule. IPv4: in 0.0.0.0/8, 127.0.0.0/8 or
+	// 224.0.0.0/4; a broadcast address by the routing table
+	// (255.255.255.255 and the subnets' broadcast addresses); in
+	// 240.0.0.0/4. IPv6: ::, in fe80::/10 (link-local) or ::ffff:0:0/96
+	// (IPv4-mapped); the kernel itself drops a loopback or multicast
+	// source before any hook (RFC 4291, ip6_rcv_core). Both: an address of the
+	// host by the routing table ("fib saddr type local": the VIPs and every
+	// address of the host, followed by the kernel). Source = destination
+	// needs no rule of its own: the destination is a VIP, a local address.
+	// The kernel's own martian and rp_filter checks would drop some of
+	// these too, silently and depending on sysctls; the rules make the
+	// guarantee explicit, the same as the user-space receiver's, and
+	// counted.
+	Devices []string
 	// VIPs are the receiver's VIPs, the only valid inner destinations.
 	VIPs []netip.Addr
 }
@@ -106,28 +112,36 @@ var ErrNoRules = errors.New("no rules: SilenceVIPs and Forward are empty and Tun
 // `nft list table inet caplance` explains itself) and used as the keys of
 // Counters.
 const (
-	RuleSilenceTCPReset          = "silence-tcp-rst"
-	RuleSilencePortUnreachable   = "silence-icmp-port-unreachable"
-	RuleSilenceEchoReply         = "silence-icmp-echo-reply"
-	RuleSilenceTCPReset6         = "silence-tcp-rst-ipv6"
-	RuleSilencePortUnreachable6  = "silence-icmpv6-port-unreachable"
-	RuleSilenceEchoReply6        = "silence-icmpv6-echo-reply"
-	RuleForwardTCP               = "forward-tcp"
-	RuleForwardUDP               = "forward-udp"
-	RuleForwardTCPPorts          = "forward-tcp-ports"
-	RuleForwardUDPPorts          = "forward-udp-ports"
-	RuleForwardTCP6              = "forward-tcp-ipv6"
-	RuleForwardUDP6              = "forward-udp-ipv6"
-	RuleForwardTCPPorts6         = "forward-tcp-ports-ipv6"
-	RuleForwardUDPPorts6         = "forward-udp-ports-ipv6"
-	RuleTunnelForeignSource      = "tunnel-foreign-source"
-	RuleTunnelForeignDestination = "tunnel-foreign-destination"
-	RuleTunnelSourceUnspecified  = "tunnel-source-unspecified"
-	RuleTunnelSourceLoopback     = "tunnel-source-loopback"
-	RuleTunnelSourceMulticast    = "tunnel-source-multicast"
-	RuleTunnelSourceBroadcast    = "tunnel-source-broadcast"
-	RuleTunnelSourceReserved     = "tunnel-source-reserved"
-	RuleTunnelSourceLocal        = "tunnel-source-local"
+	RuleSilenceTCPReset           = "silence-tcp-rst"
+	RuleSilencePortUnreachable    = "silence-icmp-port-unreachable"
+	RuleSilenceEchoReply          = "silence-icmp-echo-reply"
+	RuleSilenceTCPReset6          = "silence-tcp-rst-ipv6"
+	RuleSilencePortUnreachable6   = "silence-icmpv6-port-unreachable"
+	RuleSilenceEchoReply6         = "silence-icmpv6-echo-reply"
+	RuleForwardTCP                = "forward-tcp"
+	RuleForwardUDP                = "forward-udp"
+	RuleForwardTCPPorts           = "forward-tcp-ports"
+	RuleForwardUDPPorts           = "forward-udp-ports"
+	RuleForwardTCP6               = "forward-tcp-ipv6"
+	RuleForwardUDP6               = "forward-udp-ipv6"
+	RuleForwardTCPPorts6          = "forward-tcp-ports-ipv6"
+	RuleForwardUDPPorts6          = "forward-udp-ports-ipv6"
+	RuleTunnelForeignSource       = "tunnel-foreign-source"
+	RuleTunnelForeignDestination  = "tunnel-foreign-destination"
+	RuleTunnelSourceUnspecified   = "tunnel-source-unspecified"
+	RuleTunnelSourceLoopback      = "tunnel-source-loopback"
+	RuleTunnelSourceMulticast     = "tunnel-source-multicast"
+	RuleTunnelSourceBroadcast     = "tunnel-source-broadcast"
+	RuleTunnelSourceReserved      = "tunnel-source-reserved"
+	RuleTunnelSourceLocal         = "tunnel-source-local"
+	RuleTunnelForeignSource6      = "tunnel-foreign-source-ipv6"
+	RuleTunnelForeignDestination6 = "tunnel-foreign-destination-ipv6"
+	RuleTunnelSourceUnspecified6  = "tunnel-source-unspecified-ipv6"
+	RuleTunnelSourceLoopback6     = "tunnel-source-loopback-ipv6"
+	RuleTunnelSourceMulticast6    = "tunnel-source-multicast-ipv6"
+	RuleTunnelSourceLinkLocal     = "tunnel-source-link-local"
+	RuleTunnelSourceV4Mapped      = "tunnel-source-v4-mapped"
+	RuleTunnelSourceLocal6        = "tunnel-source-local-ipv6"
 )
 
 // Chain and set names inside the table; a chain is named for its hook.
@@ -147,6 +161,9 @@ const (
 	setForwardUDPPorts6 = "forward_udp_vip_ports6"
 	setBalancers        = "balancers"
 	setTunnelVIPs       = "tunnel_vips"
+	setBalancers6       = "balancers6"
+	setTunnelVIPs6      = "tunnel_vips6"
+	setTunnelDevices    = "tunnel_devices"
 )
 
 // Validate reports the first problem with r, naming the field. It does not
@@ -184,11 +201,13 @@ func (r Rules) Validate() error {
 		if err := validAddrs("Tunnel.Balancers", t.Balancers); err != nil {
 			return err
 		}
-		if t.Device == "" {
-			return errors.New("Tunnel.Device: empty")
+		if len(t.Devices) == 0 {
+			return errors.New("Tunnel.Devices: empty")
 		}
-		if len(t.Device) >= unix.IFNAMSIZ {
-			return fmt.Errorf("Tunnel.Device: %q is longer than %d bytes", t.Device, unix.IFNAMSIZ-1)
+		for i, d := range t.Devices {
+			if d == "" || len(d) >= unix.IFNAMSIZ {
+				return fmt.Errorf("Tunnel.Devices[%d]: %q is not an interface name (1 to %d bytes)", i, d, unix.IFNAMSIZ-1)
+			}
 		}
 		if len(t.VIPs) == 0 {
 			return errors.New("Tunnel.VIPs: empty: every decapsulated packet would be dropped")
@@ -202,25 +221,15 @@ func (r Rules) Validate() error {
 
 func validAddrs(field string, addrs []netip.Addr) error {
 	for i, a := range addrs {
-		if err := validAddr(fmt.Sprintf("%s[%d]", field, i), a); err != nil {
+		if err := validVIP(fmt.Sprintf("%s[%d]", field, i), a); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func validAddr(field string, a netip.Addr) error {
-	switch {
-	case !a.IsValid():
-		return fmt.Errorf("%s: invalid (zero) address", field)
-	case !a.Is4():
-		return fmt.Errorf("%s: %s is IPv6; only IPv4 is supported", field, a)
-	}
-	return nil
-}
-
-// validVIP checks a VIP the balancer silences or forwards: IPv4 or IPv6,
-// but as the packets carry it, so not IPv4-mapped and without a zone.
+// validVIP checks an address the table matches packets against: IPv4 or
+// IPv6, but as the packets carry it, so not IPv4-mapped and without a zone.
 func validVIP(field string, a netip.Addr) error {
 	switch {
 	case !a.IsValid():
@@ -248,6 +257,20 @@ type family struct {
 	// The names of the sets and rules of the family.
 	silenceSet, tcpSet, udpSet, tcpPortSet, udpPortSet              string
 	tcpReset, unreachable, echo, tcpAll, udpAll, tcpPorts, udpPorts string
+	// The tunnel's sets and rules of the family, and its spoofed-source
+	// rules, in the order the user-space receiver checks
+	// (encap.Decapsulator): the classes, then the kernel's address types
+	// for what only the host knows.
+	balancerSet, tunnelVIPSet, foreignSource, foreignDestination string
+	spoofed                                                      []spoofRule
+}
+
+// spoofRule drops decapsulated packets whose source is in prefix or, for
+// the zero prefix, of the routing type rtn.
+type spoofRule struct {
+	name   string
+	prefix netip.Prefix
+	rtn    uint32
 }
 
 var (
@@ -258,6 +281,16 @@ var (
 		tcpPortSet: setForwardTCPPorts, udpPortSet: setForwardUDPPorts,
 		tcpReset: RuleSilenceTCPReset, unreachable: RuleSilencePortUnreachable, echo: RuleSilenceEchoReply,
 		tcpAll: RuleForwardTCP, udpAll: RuleForwardUDP, tcpPorts: RuleForwardTCPPorts, udpPorts: RuleForwardUDPPorts,
+		balancerSet: setBalancers, tunnelVIPSet: setTunnelVIPs,
+		foreignSource: RuleTunnelForeignSource, foreignDestination: RuleTunnelForeignDestination,
+		spoofed: []spoofRule{
+			{name: RuleTunnelSourceUnspecified, prefix: netip.MustParsePrefix("0.0.0.0/8")},
+			{name: RuleTunnelSourceLoopback, prefix: netip.MustParsePrefix("127.0.0.0/8")},
+			{name: RuleTunnelSourceMulticast, prefix: netip.MustParsePrefix("224.0.0.0/4")},
+			{name: RuleTunnelSourceBroadcast, rtn: unix.RTN_BROADCAST},
+			{name: RuleTunnelSourceReserved, prefix: netip.MustParsePrefix("240.0.0.0/4")},
+			{name: RuleTunnelSourceLocal, rtn: unix.RTN_LOCAL},
+		},
 	}
 	ipv6 = family{
 		nfproto: unix.NFPROTO_IPV6, saddr: 8, daddr: 24, size: 16, keyType: nftables.TypeIP6Addr,
@@ -266,6 +299,14 @@ var (
 		tcpPortSet: setForwardTCPPorts6, udpPortSet: setForwardUDPPorts6,
 		tcpReset: RuleSilenceTCPReset6, unreachable: RuleSilencePortUnreachable6, echo: RuleSilenceEchoReply6,
 		tcpAll: RuleForwardTCP6, udpAll: RuleForwardUDP6, tcpPorts: RuleForwardTCPPorts6, udpPorts: RuleForwardUDPPorts6,
+		balancerSet: setBalancers6, tunnelVIPSet: setTunnelVIPs6,
+		foreignSource: RuleTunnelForeignSource6, foreignDestination: RuleTunnelForeignDestination6,
+		spoofed: []spoofRule{
+			{name: RuleTunnelSourceUnspecified6, prefix: netip.MustParsePrefix("::/128")},
+			{name: RuleTunnelSourceLinkLocal, prefix: netip.MustParsePrefix("fe80::/10")},
+			{name: RuleTunnelSourceV4Mapped, prefix: netip.MustParsePrefix("::ffff:0:0/96")},
+			{name: RuleTunnelSourceLocal6, rtn: unix.RTN_LOCAL},
+		},
 	}
 )
 
@@ -331,7 +372,7 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 	for _, f := range []family{ipv4, ipv6} {
 		var silence []netip.Addr
 		for _, a := range r.SilenceVIPs {
-			if familyOf(a) == f {
+			if familyOf(a).nfproto == f.nfproto {
 				silence = append(silence, a)
 			}
 		}
@@ -386,7 +427,7 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 				var somePorts []nftables.SetElement
 				for _, fw := range r.Forward {
 					switch {
-					case familyOf(fw.VIP) != f || fw.Protocols&proto.p == 0:
+					case familyOf(fw.VIP).nfproto != f.nfproto || fw.Protocols&proto.p == 0:
 					case fw.Ports == nil:
 						allPorts = append(allPorts, fw.VIP)
 					default:
@@ -425,66 +466,86 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 	}
 
 	if tun := r.Tunnel; tun != nil {
-		balancers, err := addAddrSet(setBalancers, ipv4, tun.Balancers)
-		if err != nil {
-			return err
+		var names []nftables.SetElement
+		for _, d := range tun.Devices {
+			names = append(names, nftables.SetElement{Key: ifname(d)})
 		}
-		vips, err := addAddrSet(setTunnelVIPs, ipv4, tun.VIPs)
+		devices, err := addSet(&nftables.Set{Name: setTunnelDevices, KeyType: nftables.TypeIFName}, names)
 		if err != nil {
 			return err
 		}
 		in := addChain(chainInput, nftables.ChainHookInput)
-		// udp dport PORT ip saddr != @balancers
-		addDrop(in, RuleTunnelForeignSource, l4proto(unix.IPPROTO_UDP),
-			[]expr.Any{
-				&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, tun.Port)},
-			},
-			ipv4.addrIn(ipv4.saddr, balancers, true))
 		pre := addChain(chainPrerouting, nftables.ChainHookPrerouting)
-		// iifname DEVICE ip daddr != @tunnel_vips
-		ifname := make([]byte, unix.IFNAMSIZ)
-		copy(ifname, tun.Device)
+		// iifname @tunnel_devices
 		fromTunnel := []expr.Any{
 			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname},
+			&expr.Lookup{SourceRegister: 1, SetName: devices.Name, SetID: devices.ID},
 		}
-		addDrop(pre, RuleTunnelForeignDestination, fromTunnel, ipv4.addrIn(ipv4.daddr, vips, true))
-		// iifname DEVICE ip saddr PREFIX, in the order the user-space
-		// receiver checks (encap.Decapsulator): the classes, then the
-		// kernel's address types for what only the host knows.
-		addDrop(pre, RuleTunnelSourceUnspecified, fromTunnel, ipSaddrIn(netip.MustParsePrefix("0.0.0.0/8")))
-		addDrop(pre, RuleTunnelSourceLoopback, fromTunnel, ipSaddrIn(netip.MustParsePrefix("127.0.0.0/8")))
-		addDrop(pre, RuleTunnelSourceMulticast, fromTunnel, ipSaddrIn(netip.MustParsePrefix("224.0.0.0/4")))
-		addDrop(pre, RuleTunnelSourceBroadcast, fromTunnel, ipSaddrType(unix.RTN_BROADCAST))
-		addDrop(pre, RuleTunnelSourceReserved, fromTunnel, ipSaddrIn(netip.MustParsePrefix("240.0.0.0/4")))
-		addDrop(pre, RuleTunnelSourceLocal, fromTunnel, ipSaddrType(unix.RTN_LOCAL))
+		for _, f := range []family{ipv4, ipv6} {
+			of := func(addrs []netip.Addr) []netip.Addr {
+				return slices.DeleteFunc(slices.Clone(addrs), func(a netip.Addr) bool { return familyOf(a).nfproto != f.nfproto })
+			}
+			balancers, err := addAddrSet(f.balancerSet, f, of(tun.Balancers))
+			if err != nil {
+				return err
+			}
+			vips := of(tun.VIPs)
+			vipSet, err := addAddrSet(f.tunnelVIPSet, f, vips)
+			if err != nil {
+				return err
+			}
+			// udp dport PORT ip saddr != @balancers
+			addDrop(in, f.foreignSource, l4proto(unix.IPPROTO_UDP),
+				[]expr.Any{
+					&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+					&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, tun.Port)},
+				},
+				f.addrIn(f.saddr, balancers, true))
+			// iifname @tunnel_devices ip daddr != @tunnel_vips
+			addDrop(pre, f.foreignDestination, fromTunnel, f.addrIn(f.daddr, vipSet, true))
+			if len(vips) == 0 {
+				continue // the rule above drops the whole family
+			}
+			for _, sp := range f.spoofed {
+				if sp.prefix.IsValid() {
+					addDrop(pre, sp.name, fromTunnel, f.saddrIn(sp.prefix))
+				} else {
+					addDrop(pre, sp.name, fromTunnel, f.saddrType(sp.rtn))
+				}
+			}
+		}
 	}
 	return nil
 }
 
-// ipSaddrIn matches IPv4 packets whose source is in the IPv4 prefix p, as
+// ifname is an interface name as nft keys it: IFNAMSIZ bytes, zero-padded.
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+// saddrIn matches the family's packets whose source is in the prefix p, as
 // nft compiles "ip saddr 127.0.0.0/8": the address masked, then compared.
-func ipSaddrIn(p netip.Prefix) []expr.Any {
-	mask := net.CIDRMask(p.Bits(), 32)
-	a := p.Addr().As4()
+func (f family) saddrIn(p netip.Prefix) []expr.Any {
+	bits := int(f.size) * 8
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: ipv4.saddr, Len: 4},
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a[:]},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: f.saddr, Len: f.size},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: f.size, Mask: net.CIDRMask(p.Bits(), bits), Xor: make([]byte, f.size)},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: p.Masked().Addr().AsSlice()},
 	}
 }
 
-// ipSaddrType matches IPv4 packets whose source address has the routing
-// type rtn (unix.RTN_LOCAL, RTN_BROADCAST) in the packet's namespace, as nft
-// compiles "fib saddr type local": the kernel answers from its local table,
-// so it follows the host's addresses by itself.
-func ipSaddrType(rtn uint32) []expr.Any {
+// saddrType matches the family's packets whose source address has the
+// routing type rtn (unix.RTN_LOCAL, RTN_BROADCAST) in the packet's
+// namespace, as nft compiles "fib saddr type local": the kernel answers
+// from its local table, so it follows the host's addresses by itself.
+func (f family) saddrType(rtn uint32) []expr.Any {
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{f.nfproto}},
 		&expr.Fib{Register: 1, FlagSADDR: true, ResultADDRTYPE: true},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.NativeEndian.AppendUint32(nil, rtn)},
 	}

@@ -14,7 +14,7 @@ import (
 func TestValidate(t *testing.T) {
 	v4 := []netip.Addr{netip.MustParseAddr("192.0.2.1")}
 	tunnel := func(edit func(*Tunnel)) Rules {
-		tun := &Tunnel{Port: 5555, Balancers: v4, Device: "caplance0", VIPs: v4}
+		tun := &Tunnel{Port: 5555, Balancers: v4, Devices: []string{"caplance0"}, VIPs: v4}
 		edit(tun)
 		return Rules{Tunnel: tun}
 	}
@@ -46,14 +46,18 @@ func TestValidate(t *testing.T) {
 		{"one VIP in two services", Rules{Forward: []Forward{{VIP: v4[0], Protocols: model.TCP}, {VIP: v4[0], Protocols: model.UDP, Ports: []model.PortRange{{First: 53, Last: 53}}}}}, ""},
 		{"port 0", tunnel(func(tun *Tunnel) { tun.Port = 0 }), "Tunnel.Port"},
 		{"no balancers", tunnel(func(tun *Tunnel) { tun.Balancers = nil }), "Tunnel.Balancers: empty"},
-		{"ipv6 balancer", tunnel(func(tun *Tunnel) { tun.Balancers = []netip.Addr{netip.MustParseAddr("fe80::1")} }),
-			"Tunnel.Balancers[0]: fe80::1 is IPv6"},
-		{"no device", tunnel(func(tun *Tunnel) { tun.Device = "" }), "Tunnel.Device: empty"},
-		{"long device", tunnel(func(tun *Tunnel) { tun.Device = "sixteen-chars-xx" }), "Tunnel.Device"},
-		{"15-byte device", tunnel(func(tun *Tunnel) { tun.Device = "fifteen-chars-x" }), ""},
+		{"ipv6 balancer", tunnel(func(tun *Tunnel) { tun.Balancers = []netip.Addr{netip.MustParseAddr("2001:db8::1")} }), ""},
+		{"4in6 balancer", tunnel(func(tun *Tunnel) { tun.Balancers = []netip.Addr{netip.MustParseAddr("::ffff:192.0.2.1")} }),
+			"Tunnel.Balancers[0]: ::ffff:192.0.2.1 is IPv4-mapped"},
+		{"no device", tunnel(func(tun *Tunnel) { tun.Devices = nil }), "Tunnel.Devices: empty"},
+		{"empty device", tunnel(func(tun *Tunnel) { tun.Devices = []string{"tunl0", ""} }), `Tunnel.Devices[1]: "" is not an interface name`},
+		{"long device", tunnel(func(tun *Tunnel) { tun.Devices = []string{"sixteen-chars-xx"} }), "Tunnel.Devices[0]"},
+		{"15-byte device", tunnel(func(tun *Tunnel) { tun.Devices = []string{"fifteen-chars-x"} }), ""},
+		{"two devices", tunnel(func(tun *Tunnel) { tun.Devices = []string{"tunl0", "caplance-ip6tnl"} }), ""},
 		{"no vips", tunnel(func(tun *Tunnel) { tun.VIPs = nil }), "Tunnel.VIPs: empty"},
-		{"ipv6 tunnel vip", tunnel(func(tun *Tunnel) { tun.VIPs = []netip.Addr{v4[0], netip.MustParseAddr("::1")} }),
-			"Tunnel.VIPs[1]: ::1 is IPv6"},
+		{"ipv6 tunnel vip", tunnel(func(tun *Tunnel) { tun.VIPs = []netip.Addr{netip.MustParseAddr("2001:db8::100")} }), ""},
+		{"tunnel vip with a zone", tunnel(func(tun *Tunnel) { tun.VIPs = []netip.Addr{v4[0], netip.MustParseAddr("fe80::1%eth0")} }),
+			"Tunnel.VIPs[1]: fe80::1%eth0 has a zone"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,6 +1,7 @@
 package nft_test
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -100,7 +101,7 @@ func view(t *testing.T, ns netns.NsHandle) (v tableView, ok bool) {
 }
 
 // element formats a set element's key as nft prints it: an address, or an
-// address and a port ("10.0.0.1 . 80").
+// address and a port ("10.0.0.1 . 80"), or an interface name.
 func element(t *testing.T, s *nftables.Set, key []byte) string {
 	t.Helper()
 	switch s.KeyType.Name {
@@ -111,6 +112,10 @@ func element(t *testing.T, s *nftables.Set, key []byte) string {
 	case nftables.TypeIP6Addr.Name:
 		if len(key) == 16 {
 			return netip.AddrFrom16([16]byte(key)).String()
+		}
+	case nftables.TypeIFName.Name:
+		if len(key) == unix.IFNAMSIZ {
+			return string(bytes.TrimRight(key, "\x00"))
 		}
 	case nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeInetService).Name:
 		if len(key) == 8 {
@@ -145,8 +150,8 @@ var (
 		},
 		Tunnel: &nft.Tunnel{
 			Port:      5555,
-			Balancers: addrs("10.99.0.2", "10.99.0.3"),
-			Device:    "caplance0",
+			Balancers: addrs("10.99.0.2", "2001:db8::2", "10.99.0.3"),
+			Devices:   []string{"caplance0", "caplance1"},
 			VIPs:      addrs("10.99.0.100"),
 		},
 	}
@@ -172,7 +177,7 @@ var (
 				Hook:     unix.NF_INET_LOCAL_IN,
 				Priority: 0,
 				Policy:   nftables.ChainPolicyAccept,
-				Rules:    []string{nft.RuleTunnelForeignSource},
+				Rules:    []string{nft.RuleTunnelForeignSource, nft.RuleTunnelForeignSource6},
 			},
 			"prerouting": {
 				Type:     nftables.ChainTypeFilter,
@@ -183,7 +188,7 @@ var (
 					nft.RuleForwardTCP6, nft.RuleForwardUDPPorts6,
 					nft.RuleTunnelForeignDestination, nft.RuleTunnelSourceUnspecified, nft.RuleTunnelSourceLoopback,
 					nft.RuleTunnelSourceMulticast, nft.RuleTunnelSourceBroadcast, nft.RuleTunnelSourceReserved,
-					nft.RuleTunnelSourceLocal},
+					nft.RuleTunnelSourceLocal, nft.RuleTunnelForeignDestination6},
 			},
 		},
 		Sets: map[string][]string{
@@ -197,6 +202,9 @@ var (
 			"forward_udp_vip_ports":  {"10.99.0.101 . 81"},
 			"balancers":              {"10.99.0.2", "10.99.0.3"},
 			"tunnel_vips":            {"10.99.0.100"},
+			"balancers6":             {"2001:db8::2"},
+			"tunnel_vips6":           {},
+			"tunnel_devices":         {"caplance0", "caplance1"},
 		},
 	}
 )
@@ -251,26 +259,28 @@ func TestStructure(t *testing.T) {
 		t.Fatalf("Counters: %v", err)
 	}
 	wantCtrs := map[string]nft.Counter{
-		nft.RuleSilenceTCPReset:          {},
-		nft.RuleSilencePortUnreachable:   {},
-		nft.RuleSilenceEchoReply:         {},
-		nft.RuleSilenceTCPReset6:         {},
-		nft.RuleSilencePortUnreachable6:  {},
-		nft.RuleSilenceEchoReply6:        {},
-		nft.RuleForwardTCP6:              {},
-		nft.RuleForwardUDPPorts6:         {},
-		nft.RuleForwardTCP:               {},
-		nft.RuleForwardUDP:               {},
-		nft.RuleForwardTCPPorts:          {},
-		nft.RuleForwardUDPPorts:          {},
-		nft.RuleTunnelForeignSource:      {},
-		nft.RuleTunnelForeignDestination: {},
-		nft.RuleTunnelSourceUnspecified:  {},
-		nft.RuleTunnelSourceLoopback:     {},
-		nft.RuleTunnelSourceMulticast:    {},
-		nft.RuleTunnelSourceBroadcast:    {},
-		nft.RuleTunnelSourceReserved:     {},
-		nft.RuleTunnelSourceLocal:        {},
+		nft.RuleSilenceTCPReset:           {},
+		nft.RuleSilencePortUnreachable:    {},
+		nft.RuleSilenceEchoReply:          {},
+		nft.RuleSilenceTCPReset6:          {},
+		nft.RuleSilencePortUnreachable6:   {},
+		nft.RuleSilenceEchoReply6:         {},
+		nft.RuleForwardTCP6:               {},
+		nft.RuleForwardUDPPorts6:          {},
+		nft.RuleForwardTCP:                {},
+		nft.RuleForwardUDP:                {},
+		nft.RuleForwardTCPPorts:           {},
+		nft.RuleForwardUDPPorts:           {},
+		nft.RuleTunnelForeignSource:       {},
+		nft.RuleTunnelForeignDestination:  {},
+		nft.RuleTunnelSourceUnspecified:   {},
+		nft.RuleTunnelSourceLoopback:      {},
+		nft.RuleTunnelSourceMulticast:     {},
+		nft.RuleTunnelSourceBroadcast:     {},
+		nft.RuleTunnelSourceReserved:      {},
+		nft.RuleTunnelSourceLocal:         {},
+		nft.RuleTunnelForeignSource6:      {},
+		nft.RuleTunnelForeignDestination6: {},
 	}
 	if diff := cmp.Diff(wantCtrs, ctrs); diff != "" {
 		t.Errorf("Counters (-want +got):\n%s", diff)

@@ -32,7 +32,7 @@ func TestTunnel(t *testing.T) {
 	t.Run("foreign source", func(t *testing.T) {
 		// Device is not a0 here, so only the source rule applies.
 		err := nft.Apply(int(l.a), nft.Rules{Tunnel: &nft.Tunnel{
-			Port: encap, Balancers: addrs(balancer), Device: "caplance0", VIPs: addrs(vip),
+			Port: encap, Balancers: addrs(balancer), Devices: []string{"caplance0"}, VIPs: addrs(vip),
 		}})
 		if err != nil {
 			t.Fatal(err)
@@ -52,7 +52,7 @@ func TestTunnel(t *testing.T) {
 	t.Run("foreign destination", func(t *testing.T) {
 		// a0 stands in for the decapsulating device.
 		err := nft.Apply(int(l.a), nft.Rules{Tunnel: &nft.Tunnel{
-			Port: encap, Balancers: addrs(balancer), Device: "a0", VIPs: addrs(vip),
+			Port: encap, Balancers: addrs(balancer), Devices: []string{"a0"}, VIPs: addrs(vip),
 		}})
 		if err != nil {
 			t.Fatal(err)
@@ -67,82 +67,132 @@ func TestTunnel(t *testing.T) {
 	})
 }
 
-// TestTunnelSpoofedSources sends, to a listener on the VIP, IPv4 datagrams
-// from sources no client can have, from B as raw frames (so that B's own
-// stack leaves the sources alone), with a0 standing in for the decapsulating
-// device. Each is dropped by the rule for its kind; a balancer's datagram,
-// sent last, arrives.
+// TestTunnelSpoofedSources sends, to a listener on the VIP, datagrams from
+// sources no client can have, from B as raw frames (so that B's own stack
+// leaves the sources alone), with a0 standing in for the decapsulating
+// device, for each family. Each is dropped by the rule for its kind, or by
+// the kernel before any hook (rule ""); a balancer's datagram, sent last,
+// arrives.
 func TestTunnelSpoofedSources(t *testing.T) {
 	requireRoot(t)
 	t.Parallel()
-	l := newLink(t, []string{addrA + "/24", vip + "/32"}, []string{balancer + "/24"})
-	err := nft.Apply(int(l.a), nft.Rules{Tunnel: &nft.Tunnel{
-		Port: encap, Balancers: addrs(balancer), Device: "a0", VIPs: addrs(vip),
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln := listenUDP(t, l.a, vip, 7)
-	spoofed := []struct{ src, rule string }{
-		{"0.0.0.0", nft.RuleTunnelSourceUnspecified},
-		{"0.1.2.3", nft.RuleTunnelSourceUnspecified},
-		{"127.0.0.1", nft.RuleTunnelSourceLoopback},
-		{"224.0.0.1", nft.RuleTunnelSourceMulticast},
-		{"239.1.2.3", nft.RuleTunnelSourceMulticast},
-		{"255.255.255.255", nft.RuleTunnelSourceBroadcast},
-		{"10.99.0.255", nft.RuleTunnelSourceBroadcast}, // a0's subnet
-		{"240.0.0.1", nft.RuleTunnelSourceReserved},
-		{vip, nft.RuleTunnelSourceLocal}, // source = destination
-		{addrA, nft.RuleTunnelSourceLocal},
-	}
-	want := map[string]nft.Counter{}
-	for _, s := range spoofed {
-		sendFrame(t, l, s.src, vip, 7)
-		c := want[s.rule]
-		c.Packets++
-		c.Bytes += 20 + 8 + uint64(len(framePayload))
-		want[s.rule] = c
-	}
-	sendFrame(t, l, balancer, vip, 7)
-	// The frames cross the veth in order: once the last one is in, every
-	// spoofed one has met the table.
-	expectUDP(t, ln, framePayload, balancer)
-	ctrs, err := nft.Counters(int(l.a))
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]nft.Counter{}
-	for rule := range want {
-		got[rule] = ctrs[rule]
-	}
-	if diff := cmp.Diff(want, got); diff != "" {
-		t.Errorf("counters (-want +got):\n%s", diff)
-	}
-	ln.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
-	if n, src, err := ln.ReadFromUDP(make([]byte, 64)); err == nil {
-		t.Errorf("%s: got %d bytes from %s after the balancer's datagram", ln.LocalAddr(), n, src)
+	const (
+		vip6      = "fd99:1::100"
+		addrA6    = "fd99:1::1"
+		balancer6 = "fd99:1::2"
+	)
+	for _, tc := range []struct {
+		name, vip, balancer string
+		spoofed             []struct{ src, rule string }
+	}{
+		{"IPv4", vip, balancer, []struct{ src, rule string }{
+			{"0.0.0.0", nft.RuleTunnelSourceUnspecified},
+			{"0.1.2.3", nft.RuleTunnelSourceUnspecified},
+			{"127.0.0.1", nft.RuleTunnelSourceLoopback},
+			{"224.0.0.1", nft.RuleTunnelSourceMulticast},
+			{"239.1.2.3", nft.RuleTunnelSourceMulticast},
+			{"255.255.255.255", nft.RuleTunnelSourceBroadcast},
+			{"10.99.0.255", nft.RuleTunnelSourceBroadcast}, // a0's subnet
+			{"240.0.0.1", nft.RuleTunnelSourceReserved},
+			{vip, nft.RuleTunnelSourceLocal}, // source = destination
+			{addrA, nft.RuleTunnelSourceLocal},
+		}},
+		{"IPv6", vip6, balancer6, []struct{ src, rule string }{
+			{"::", nft.RuleTunnelSourceUnspecified6},
+			{"::1", ""},
+			{"ff02::1", ""},
+			{"fe80::1", nft.RuleTunnelSourceLinkLocal},
+			{"::ffff:10.99.0.3", nft.RuleTunnelSourceV4Mapped},
+			{vip6, nft.RuleTunnelSourceLocal6}, // source = destination
+			{addrA6, nft.RuleTunnelSourceLocal6},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			l := newLink(t, []string{addrA + "/24", vip + "/32", addrA6 + "/64", vip6 + "/128"},
+				[]string{balancer + "/24", balancer6 + "/64"})
+			err := nft.Apply(int(l.a), nft.Rules{Tunnel: &nft.Tunnel{
+				Port: encap, Balancers: addrs(tc.balancer), Devices: []string{"a0"}, VIPs: addrs(tc.vip),
+			}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ln := listenUDP(t, l.a, tc.vip, 7)
+			want := map[string]nft.Counter{}
+			for _, s := range tc.spoofed {
+				pkt := sendFrame(t, l, s.src, tc.vip, 7)
+				if s.rule == "" {
+					continue
+				}
+				c := want[s.rule]
+				c.Packets++
+				c.Bytes += uint64(len(pkt))
+				want[s.rule] = c
+			}
+			sendFrame(t, l, tc.balancer, tc.vip, 7)
+			// The frames cross the veth in order: once the last one is in,
+			// every spoofed one has met the table.
+			expectUDP(t, ln, framePayload, tc.balancer)
+			ctrs, err := nft.Counters(int(l.a))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]nft.Counter{}
+			for rule := range want {
+				got[rule] = ctrs[rule]
+			}
+			if diff := cmp.Diff(want, got); diff != "" {
+				t.Errorf("counters (-want +got):\n%s", diff)
+			}
+			ln.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+			if n, src, err := ln.ReadFromUDP(make([]byte, 64)); err == nil {
+				t.Errorf("%s: got %d bytes from %s after the balancer's datagram", ln.LocalAddr(), n, src)
+			}
+		})
 	}
 }
 
 const framePayload = "spoofed?"
 
 // sendFrame sends a UDP datagram from src to dst:port out of b0 as a raw
-// IPv4 frame to a0's MAC address, its header exactly as written here.
-func sendFrame(t *testing.T, l link, src, dst string, port uint16) {
+// IPv4 or IPv6 frame to a0's MAC address, its header exactly as written
+// here, and returns the packet.
+func sendFrame(t *testing.T, l link, src, dst string, port uint16) []byte {
 	t.Helper()
-	pkt := make([]byte, 20+8+len(framePayload))
-	pkt[0] = 0x45
-	binary.BigEndian.PutUint16(pkt[2:4], uint16(len(pkt)))
-	pkt[8] = 64
-	pkt[9] = unix.IPPROTO_UDP
-	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
-	copy(pkt[12:16], s[:])
-	copy(pkt[16:20], d[:])
-	binary.BigEndian.PutUint16(pkt[10:12], inet.Checksum(pkt[:20]))
-	binary.BigEndian.PutUint16(pkt[20:22], 40000)
-	binary.BigEndian.PutUint16(pkt[22:24], port)
-	binary.BigEndian.PutUint16(pkt[24:26], uint16(8+len(framePayload)))
-	copy(pkt[28:], framePayload)
+	s, d := netip.MustParseAddr(src), netip.MustParseAddr(dst)
+	udp := make([]byte, 8+len(framePayload))
+	binary.BigEndian.PutUint16(udp[0:2], 40000)
+	binary.BigEndian.PutUint16(udp[2:4], port)
+	binary.BigEndian.PutUint16(udp[4:6], uint16(len(udp)))
+	copy(udp[8:], framePayload)
+	var pkt []byte
+	ethType := uint16(unix.ETH_P_IP)
+	if d.Is4() {
+		pkt = make([]byte, 20, 20+len(udp))
+		pkt[0] = 0x45
+		binary.BigEndian.PutUint16(pkt[2:4], uint16(20+len(udp)))
+		pkt[8] = 64
+		pkt[9] = unix.IPPROTO_UDP
+		s4, d4 := s.As4(), d.As4()
+		copy(pkt[12:16], s4[:])
+		copy(pkt[16:20], d4[:])
+		binary.BigEndian.PutUint16(pkt[10:12], inet.Checksum(pkt[:20]))
+	} else {
+		// IPv6 UDP needs its checksum: over the pseudo-header and the
+		// datagram.
+		ethType = unix.ETH_P_IPV6
+		pkt = make([]byte, 40, 40+len(udp))
+		pkt[0] = 0x60
+		binary.BigEndian.PutUint16(pkt[4:6], uint16(len(udp)))
+		pkt[6] = unix.IPPROTO_UDP
+		pkt[7] = 64
+		s16, d16 := s.As16(), d.As16()
+		copy(pkt[8:24], s16[:])
+		copy(pkt[24:40], d16[:])
+		sum := inet.Sum(pkt[8:40], uint32(len(udp))+unix.IPPROTO_UDP)
+		binary.BigEndian.PutUint16(udp[6:8], ^inet.Fold(inet.Sum(udp, sum)))
+	}
+	pkt = append(pkt, udp...)
 
 	a0 := mustInNetNS(t, l.a, func() (*net.Interface, error) { return net.InterfaceByName("a0") })
 	_, err := inNetNS(t, l.b, func() (any, error) {
@@ -150,26 +200,26 @@ func sendFrame(t *testing.T, l link, src, dst string, port uint16) {
 		if err != nil {
 			return nil, err
 		}
-		proto := int(htons(unix.ETH_P_IP))
-		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, proto)
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(ethType)))
 		if err != nil {
 			return nil, err
 		}
 		defer unix.Close(fd)
-		to := &unix.SockaddrLinklayer{Ifindex: b0.Index, Protocol: htons(unix.ETH_P_IP), Halen: 6}
+		to := &unix.SockaddrLinklayer{Ifindex: b0.Index, Protocol: htons(ethType), Halen: 6}
 		copy(to.Addr[:], a0.HardwareAddr)
 		return nil, unix.Sendto(fd, pkt, 0, to)
 	})
 	if err != nil {
 		t.Fatalf("send a frame from %s to %s:%d: %v", src, dst, port, err)
 	}
+	return pkt
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 func listenUDP(t *testing.T, ns netns.NsHandle, addr string, port int) *net.UDPConn {
 	t.Helper()
-	return mustInNetNS(t, ns, func() (*net.UDPConn, error) { return net.ListenUDP("udp4", udpAddr(addr, port)) })
+	return mustInNetNS(t, ns, func() (*net.UDPConn, error) { return net.ListenUDP("udp", udpAddr(addr, port)) })
 }
 
 // sendUDP sends payload from "from" (an ephemeral port) to to:port.

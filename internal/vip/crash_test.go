@@ -219,12 +219,14 @@ func TestUndoIdempotent(t *testing.T) {
 		{"kind": "link-up", "link": "tunl0"},
 		{"kind": "sysctl", "sysctl": "net.ipv4.conf.tunl0.rp_filter", "value": "1"},
 		{"kind": "fou", "port": 5555, "ipproto": 4},
+		{"kind": "link-created", "link": "caplance-ip6tnl", "type": "ip6tnl"},
+		{"kind": "fou", "port": 5555, "ipproto": 41, "family": "ipv6"},
 		{"kind": "address", "link": "eth0", "address": "10.0.0.100/32"},
 		{"kind": "address", "link": "eth9", "address": "10.0.0.100/32"}
 	]}`)
 	h := openHost(t, dir)
-	if n := len(h.Leftovers()); n != 7 {
-		t.Fatalf("%d leftovers, want 7", n)
+	if n := len(h.Leftovers()); n != 9 {
+		t.Fatalf("%d leftovers, want 9", n)
 	}
 	if err := h.Undo(); err != nil {
 		t.Fatalf("Undo: %v", err)
@@ -271,6 +273,8 @@ func TestCorruptJournal(t *testing.T) {
 			`change 1: sysctl change without "value"`},
 		{"fou without port", `{"version": 1, "changes": [{"kind": "fou", "ipproto": 4}]}`,
 			`change 1: fou change without "port" or "ipproto"`},
+		{"fou of another family", `{"version": 1, "changes": [{"kind": "fou", "port": 5555, "ipproto": 4, "family": "inet6"}]}`,
+			`change 1: fou change with family "inet6": want "ipv6" or none (IPv4)`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

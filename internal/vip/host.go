@@ -154,6 +154,12 @@ func (h *Host) rollback(mark int, err error) error {
 	return errors.Join(errs...)
 }
 
+// created reports whether link, of type linkType, is one h created (and has
+// not undone).
+func (h *Host) created(link, linkType string) bool {
+	return slices.Contains(h.changes, Change{Kind: KindLinkCreated, Link: link, LinkType: linkType})
+}
+
 // undo reverts one change; a change that is already gone counts as undone.
 func undo(c Change) error {
 	switch c.Kind {
@@ -166,7 +172,11 @@ func undo(c Change) error {
 	case KindLinkCreated:
 		return delLink(c.Link, c.LinkType)
 	case KindFOU:
-		return delFOU(c.Port)
+		af := unix.AF_INET
+		if c.Family == familyIPv6 {
+			af = unix.AF_INET6
+		}
+		return delFOU(af, c.Port)
 	}
 	return fmt.Errorf("unknown kind %q", string(c.Kind))
 }

@@ -35,8 +35,8 @@ const (
 	KindLinkUp Kind = "link-up"
 	// KindLinkCreated: Link, of type LinkType, was created; undo deletes it.
 	KindLinkCreated Kind = "link-created"
-	// KindFOU: a foo-over-UDP receive port (IPv4) for IPProto was added;
-	// undo deletes it.
+	// KindFOU: a foo-over-UDP receive port for IPProto was added, IPv4
+	// or, with Family "ipv6", IPv6; undo deletes it.
 	KindFOU Kind = "fou"
 )
 
@@ -50,7 +50,13 @@ type Change struct {
 	Value    string       `json:"value,omitempty"`
 	Port     uint16       `json:"port,omitempty"`
 	IPProto  uint8        `json:"ipproto,omitempty"`
+	// Family is the family of a fou port: "" (IPv4, as journals written
+	// before IPv6 ports say nothing) or familyIPv6.
+	Family string `json:"family,omitempty"`
 }
+
+// familyIPv6 is Change.Family of an IPv6 foo-over-UDP port.
+const familyIPv6 = "ipv6"
 
 // String describes the change for a log line, in terms of what undoing it
 // restores: "address 10.0.0.100/32 on eth0",
@@ -66,6 +72,9 @@ func (c Change) String() string {
 	case KindLinkCreated:
 		return fmt.Sprintf("%s link %s created", c.LinkType, c.Link)
 	case KindFOU:
+		if c.Family == familyIPv6 {
+			return fmt.Sprintf("foo-over-UDP port %d ipproto %d (IPv6)", c.Port, c.IPProto)
+		}
 		return fmt.Sprintf("foo-over-UDP port %d ipproto %d", c.Port, c.IPProto)
 	}
 	return fmt.Sprintf("unknown change %q", string(c.Kind))
@@ -99,6 +108,9 @@ func (c Change) validate() error {
 	case KindFOU:
 		if c.Port == 0 || c.IPProto == 0 {
 			return errors.New(`fou change without "port" or "ipproto"`)
+		}
+		if c.Family != "" && c.Family != familyIPv6 {
+			return fmt.Errorf(`fou change with family %q: want "ipv6" or none (IPv4)`, c.Family)
 		}
 	default:
 		return fmt.Errorf("unknown kind %q", string(c.Kind))

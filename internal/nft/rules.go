@@ -76,7 +76,10 @@ const MaxMarkedPorts = 4096
 // balancer or no VIP is dropped rather than let through.
 type Tunnel struct {
 	// Port is the encapsulation UDP port. In an input hook, UDP to Port
-	// from a source not in Balancers (of its family) is dropped.
+	// from a source not in Balancers (of its family) is dropped, and so is
+	// every packet that is itself a tunnel (IPv4 or IPv6 in IP, protocol 4
+	// or 41): the devices below decapsulate those too, from anyone, while
+	// what the fou ports hand them skips the input hook.
 	Port uint16
 	// Balancers are the addresses encapsulated packets may come from,
 	// IPv4 or IPv6.
@@ -134,6 +137,7 @@ const (
 	RuleTunnelSourceBroadcast     = "tunnel-source-broadcast"
 	RuleTunnelSourceReserved      = "tunnel-source-reserved"
 	RuleTunnelSourceLocal         = "tunnel-source-local"
+	RuleTunnelRaw                 = "tunnel-raw"
 	RuleTunnelForeignSource6      = "tunnel-foreign-source-ipv6"
 	RuleTunnelForeignDestination6 = "tunnel-foreign-destination-ipv6"
 	RuleTunnelSourceUnspecified6  = "tunnel-source-unspecified-ipv6"
@@ -164,6 +168,7 @@ const (
 	setBalancers6       = "balancers6"
 	setTunnelVIPs6      = "tunnel_vips6"
 	setTunnelDevices    = "tunnel_devices"
+	setTunnelProtos     = "tunnel_protos"
 )
 
 // Validate reports the first problem with r, naming the field. It does not
@@ -474,7 +479,17 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 		if err != nil {
 			return err
 		}
+		protos, err := addSet(&nftables.Set{Name: setTunnelProtos, KeyType: nftables.TypeInetProto},
+			[]nftables.SetElement{{Key: []byte{unix.IPPROTO_IPIP}}, {Key: []byte{unix.IPPROTO_IPV6}}})
+		if err != nil {
+			return err
+		}
 		in := addChain(chainInput, nftables.ChainHookInput)
+		// meta l4proto @tunnel_protos
+		addDrop(in, RuleTunnelRaw, []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Lookup{SourceRegister: 1, SetName: protos.Name, SetID: protos.ID},
+		})
 		pre := addChain(chainPrerouting, nftables.ChainHookPrerouting)
 		// iifname @tunnel_devices
 		fromTunnel := []expr.Any{

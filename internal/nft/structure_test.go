@@ -101,7 +101,8 @@ func view(t *testing.T, ns netns.NsHandle) (v tableView, ok bool) {
 }
 
 // element formats a set element's key as nft prints it: an address, or an
-// address and a port ("10.0.0.1 . 80"), or an interface name.
+// address and a port ("10.0.0.1 . 80"), an interface name or a protocol
+// number.
 func element(t *testing.T, s *nftables.Set, key []byte) string {
 	t.Helper()
 	switch s.KeyType.Name {
@@ -112,6 +113,10 @@ func element(t *testing.T, s *nftables.Set, key []byte) string {
 	case nftables.TypeIP6Addr.Name:
 		if len(key) == 16 {
 			return netip.AddrFrom16([16]byte(key)).String()
+		}
+	case nftables.TypeInetProto.Name:
+		if len(key) == 1 {
+			return fmt.Sprint(key[0])
 		}
 	case nftables.TypeIFName.Name:
 		if len(key) == unix.IFNAMSIZ {
@@ -177,7 +182,7 @@ var (
 				Hook:     unix.NF_INET_LOCAL_IN,
 				Priority: 0,
 				Policy:   nftables.ChainPolicyAccept,
-				Rules:    []string{nft.RuleTunnelForeignSource, nft.RuleTunnelForeignSource6},
+				Rules:    []string{nft.RuleTunnelRaw, nft.RuleTunnelForeignSource, nft.RuleTunnelForeignSource6},
 			},
 			"prerouting": {
 				Type:     nftables.ChainTypeFilter,
@@ -205,6 +210,7 @@ var (
 			"balancers6":             {"2001:db8::2"},
 			"tunnel_vips6":           {},
 			"tunnel_devices":         {"caplance0", "caplance1"},
+			"tunnel_protos":          {"4", "41"},
 		},
 	}
 )
@@ -280,6 +286,7 @@ func TestStructure(t *testing.T) {
 		nft.RuleTunnelSourceReserved:      {},
 		nft.RuleTunnelSourceLocal:         {},
 		nft.RuleTunnelForeignSource6:      {},
+		nft.RuleTunnelRaw:                 {},
 		nft.RuleTunnelForeignDestination6: {},
 	}
 	if diff := cmp.Diff(wantCtrs, ctrs); diff != "" {

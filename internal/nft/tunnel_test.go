@@ -27,7 +27,7 @@ const (
 func TestTunnel(t *testing.T) {
 	requireRoot(t)
 	t.Parallel()
-	l := newLink(t, []string{addrA + "/24", vip + "/32"}, []string{balancer + "/24", stranger + "/24"})
+	l := newLink(t, []string{addrA + "/24", vip + "/32", "fd99:2::1/64"}, []string{balancer + "/24", stranger + "/24", "fd99:2::2/64"})
 
 	t.Run("foreign source", func(t *testing.T) {
 		// Device is not a0 here, so only the source rule applies.
@@ -47,6 +47,48 @@ func TestTunnel(t *testing.T) {
 		expectUDP(t, encapLn, "balancer", balancer)
 		expectUDP(t, otherLn, "other port", stranger)
 		expectDropped(t, l.a, nft.RuleTunnelForeignSource, encapLn)
+	})
+
+	t.Run("raw tunnel packets", func(t *testing.T) {
+		// Sent from the balancer's address too: only fou may feed the
+		// tunnel devices, whoever sends.
+		err := nft.Apply(int(l.a), nft.Rules{Tunnel: &nft.Tunnel{
+			Port: encap, Balancers: addrs(balancer), Devices: []string{"caplance0"}, VIPs: addrs(vip),
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []struct {
+			af, proto int
+			to        string
+		}{{unix.AF_INET, unix.IPPROTO_IPIP, addrA}, {unix.AF_INET, unix.IPPROTO_IPV6, addrA}, {unix.AF_INET6, unix.IPPROTO_IPV6, "fd99:2::1"}} {
+			_, err := inNetNS(t, l.b, func() (any, error) {
+				fd, err := unix.Socket(s.af, unix.SOCK_RAW|unix.SOCK_CLOEXEC, s.proto)
+				if err != nil {
+					return nil, err
+				}
+				defer unix.Close(fd)
+				var to unix.Sockaddr = &unix.SockaddrInet6{Addr: netip.MustParseAddr(s.to).As16()}
+				if s.af == unix.AF_INET {
+					to = &unix.SockaddrInet4{Addr: netip.MustParseAddr(s.to).As4()}
+				}
+				return nil, unix.Sendto(fd, []byte("an inner packet, or not"), 0, to)
+			})
+			if err != nil {
+				t.Fatalf("send protocol %d to %s: %v", s.proto, s.to, err)
+			}
+		}
+		var got nft.Counter
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline) && got.Packets < 3; time.Sleep(5 * time.Millisecond) {
+			ctrs, err := nft.Counters(int(l.a))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = ctrs[nft.RuleTunnelRaw]
+		}
+		if got.Packets != 3 {
+			t.Errorf("counter %s = %d packets, want 3", nft.RuleTunnelRaw, got.Packets)
+		}
 	})
 
 	t.Run("foreign destination", func(t *testing.T) {

@@ -8,8 +8,9 @@
 //     net.ipv4.conf.all.arp_ignore and arp_announce (ReceiverSysctls); IPv6
 //     needs no sysctl, since Linux answers a neighbour solicitation only for
 //     an address of the interface it arrived on, never for one on lo;
-//   - in the receiver's kernel mode, a foo-over-UDP receive port, the ipip
-//     device it feeds, and rp_filter relaxed on that device (SetupFOU).
+//   - in the receiver's kernel mode, foo-over-UDP receive ports (one per
+//     outer family), the tunnel devices they feed (ipip, ip6tnl), and
+//     rp_filter relaxed on a device that receives IPv4 (SetupFOU).
 //
 // It must not touch anything else: nftables rules, sockets, packets, D-Bus
 // and systemd belong to other packages. It changes the network namespace of
@@ -40,7 +41,8 @@
 //	    {"kind":"sysctl","sysctl":"net.ipv4.conf.all.arp_ignore","value":"0"},
 //	    {"kind":"link-up","link":"tunl0"},
 //	    {"kind":"link-created","link":"caplance-ipip","type":"ipip"},
-//	    {"kind":"fou","port":5555,"ipproto":4}
+//	    {"kind":"fou","port":5555,"ipproto":4},
+//	    {"kind":"fou","port":5555,"ipproto":41,"family":"ipv6"}
 //	  ]
 //	}
 //
@@ -50,7 +52,8 @@
 //	sysctl        write value, the value before caplanced changed it, back
 //	link-up       set link down (caplanced brought it up)
 //	link-created  delete link, if it still has that type
-//	fou           delete the foo-over-UDP receive port (family IPv4)
+//	fou           delete the foo-over-UDP receive port (IPv4, or IPv6 with
+//	              family "ipv6")
 //
 // A journal that cannot be read is an error that names the file: caplanced
 // then refuses to start rather than guess. Undo what it lists by hand (ip
@@ -101,4 +104,19 @@
 // first and would take the packets of anyone else using tunl0 (Calico's IPIP
 // mode, for one). The device needs no address: the inner packets are for
 // VIPs on lo.
+//
+// # IPv6 outers: ip6tnl
+//
+// `ip fou add port P ipproto 41 -6` (IPv6 inside) or `ipproto 4 -6` (IPv4
+// inside) hands the payload of an IPv6 port to ip6_tunnel, which looks up an
+// ip6tnl device the same way (ip6_tnl_lookup: exact, remote, local, the
+// external device, then the fallback ip6tnl0), and drops the packet if that
+// device's mode is not "any" and not the packet's protocol. ip6tnl0 is mode
+// ip6ip6: SetupFOU brings it up for IPv6 inside, as tunl0 for IPv4. For
+// IPv4 inside it always creates caplance-ip6tnl, an external device of mode
+// ipip6; being looked up before ip6tnl0, it also makes the namespace drop
+// IPv6 in IPv6 that no configured tunnel claims, which is why it is not
+// created for IPv6 inside. A fou port hands its payload to one protocol, so
+// a receiver decapsulates one inner family per outer family in the kernel;
+// IPv6 in IPv4 (sit) is not set up (ErrNoKernelFOU): user space does it.
 package vip

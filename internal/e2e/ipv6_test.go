@@ -16,9 +16,11 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
+	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/dbustest"
+	"github.com/caplance/caplance/internal/encap"
 	"github.com/caplance/caplance/internal/testbed"
 )
 
@@ -307,6 +309,48 @@ func TestIPv6(t *testing.T) {
 		}
 	})
 
+	t.Run("an ICMPv6 error about a flow reaches that flow's backend", func(t *testing.T) {
+		// Every backend watches the Packet Too Big messages it gets.
+		ptbs := map[string]<-chan []byte{}
+		for _, be := range tb.Backends {
+			ptbs[be.Name] = listenPacketTooBig(t, be.Host)
+		}
+		long := dialHTTPTo(t, tb, testbed.VIP6)
+		client := netip.MustParseAddrPort(long.LocalAddr().String())
+		// What a router on the way back to the client sends (here the
+		// client itself): a Packet Too Big to the VIP about one of the
+		// backend's segments, VIP:80 -> client, quoted up to 1280 bytes.
+		segment := ipv6Packet(t, netip.AddrPortFrom(testbed.VIP6, testbed.HTTPPort), client,
+			&layers.TCP{ACK: true, PSH: true, Seq: 1, Ack: 1, Window: 512}, bytes.Repeat([]byte{'x'}, 1400))
+		ptb := encap.PacketTooBig(make([]byte, encap.PacketTooBigMaxLen), testbed.ClientAddr6, testbed.VIP6, segment, 1280)
+		if err := rawSend6(tb.Client, ptb); err != nil {
+			t.Fatal(err)
+		}
+		want := ptb[40:] // the ICMPv6 message, byte for byte
+		select {
+		case got := <-ptbs[long.backend]:
+			if !bytes.Equal(got, want) {
+				t.Errorf("%s, the flow's backend, got a Packet Too Big that is not the one sent:\n got %x\nwant %x", long.backend, got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("the Packet Too Big about %s's flow did not reach %s within 10s", long.backend, long.backend)
+		}
+		// The balancer sends each packet to one backend: a second after
+		// the flow's backend had it, no other has a copy.
+		time.Sleep(time.Second)
+		for _, be := range tb.Backends {
+			select {
+			case <-ptbs[be.Name]:
+				t.Errorf("%s got the Packet Too Big about %s's flow too", be.Name, long.backend)
+			default:
+			}
+		}
+		// The connection is unharmed.
+		if got := long.get(t); got != long.backend {
+			t.Errorf("the connection is served by %s after the error, by %s before", got, long.backend)
+		}
+	})
+
 	t.Run("the balancer host stays silent for IPv6 VIPs", func(t *testing.T) {
 		// TCP to a port no service takes: no RST (a refused dial), the
 		// SYN is dropped and the dial times out.
@@ -423,4 +467,51 @@ func ipv6Packet(t *testing.T, src, dst netip.AddrPort, l4 transport6, payload []
 		t.Fatalf("ipv6Packet: %v", err)
 	}
 	return buf.Bytes()
+}
+
+// listenPacketTooBig watches, in host's namespace until the test ends, the
+// ICMPv6 messages the host receives, and sends each Packet Too Big (type 2)
+// on the channel it returns, from its ICMPv6 header on.
+func listenPacketTooBig(t *testing.T, host testbedHost) <-chan []byte {
+	t.Helper()
+	var c net.PacketConn
+	if err := host.Do(func() (err error) {
+		c, err = net.ListenPacket("ip6:ipv6-icmp", "::")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	msgs := make(chan []byte, 100)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, 65536)
+		for {
+			n, _, err := c.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if n > 0 && buf[0] == 2 {
+				msgs <- bytes.Clone(buf[:n])
+			}
+		}
+	}()
+	t.Cleanup(func() { c.Close(); <-done })
+	return msgs
+}
+
+// rawSend6 sends a whole IPv6 packet, header included, from host
+// (IPV6_HDRINCL), as a router would forward it.
+func rawSend6(host testbedHost, pkt []byte) error {
+	return host.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_HDRINCL, 1); err != nil {
+			return err
+		}
+		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet6{Addr: [16]byte(pkt[24:40])})
+	})
 }

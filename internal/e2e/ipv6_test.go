@@ -315,39 +315,43 @@ func TestIPv6(t *testing.T) {
 		for _, be := range tb.Backends {
 			ptbs[be.Name] = listenPacketTooBig(t, be.Host)
 		}
-		long := dialHTTPTo(t, tb, testbed.VIP6)
-		client := netip.MustParseAddrPort(long.LocalAddr().String())
-		// What a router on the way back to the client sends (here the
-		// client itself): a Packet Too Big to the VIP about one of the
-		// backend's segments, VIP:80 -> client, quoted up to 1280 bytes.
-		segment := ipv6Packet(t, netip.AddrPortFrom(testbed.VIP6, testbed.HTTPPort), client,
-			&layers.TCP{ACK: true, PSH: true, Seq: 1, Ack: 1, Window: 512}, bytes.Repeat([]byte{'x'}, 1400))
-		ptb := encap.PacketTooBig(make([]byte, encap.PacketTooBigMaxLen), testbed.ClientAddr6, testbed.VIP6, segment, 1280)
-		if err := rawSend6(tb.Client, ptb); err != nil {
-			t.Fatal(err)
-		}
-		want := ptb[40:] // the ICMPv6 message, byte for byte
-		select {
-		case got := <-ptbs[long.backend]:
-			if !bytes.Equal(got, want) {
-				t.Errorf("%s, the flow's backend, got a Packet Too Big that is not the one sent:\n got %x\nwant %x", long.backend, got, want)
+		// web6 over IPv6 backends (6-in-6), mixed over IPv4 ones (6-in-4).
+		for _, vip := range []netip.Addr{testbed.VIP6, testbed.VIP6B} {
+			long := dialHTTPTo(t, tb, vip)
+			client := netip.MustParseAddrPort(long.LocalAddr().String())
+			// What a router on the way back to the client sends (here the
+			// client itself): a Packet Too Big to the VIP about one of the
+			// backend's segments, VIP:80 -> client, quoted up to 1280
+			// bytes.
+			segment := ipv6Packet(t, netip.AddrPortFrom(vip, testbed.HTTPPort), client,
+				&layers.TCP{ACK: true, PSH: true, Seq: 1, Ack: 1, Window: 512}, bytes.Repeat([]byte{'x'}, 1400))
+			ptb := encap.PacketTooBig(make([]byte, encap.PacketTooBigMaxLen), testbed.ClientAddr6, vip, segment, 1280)
+			if err := rawSend6(tb.Client, ptb); err != nil {
+				t.Fatal(err)
 			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("the Packet Too Big about %s's flow did not reach %s within 10s", long.backend, long.backend)
-		}
-		// The balancer sends each packet to one backend: a second after
-		// the flow's backend had it, no other has a copy.
-		time.Sleep(time.Second)
-		for _, be := range tb.Backends {
+			want := ptb[40:] // the ICMPv6 message, byte for byte
 			select {
-			case <-ptbs[be.Name]:
-				t.Errorf("%s got the Packet Too Big about %s's flow too", be.Name, long.backend)
-			default:
+			case got := <-ptbs[long.backend]:
+				if !bytes.Equal(got, want) {
+					t.Errorf("%s: %s, the flow's backend, got a Packet Too Big that is not the one sent:\n got %x\nwant %x", vip, long.backend, got, want)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatalf("%s: the Packet Too Big about %s's flow did not reach it within 10s", vip, long.backend)
 			}
-		}
-		// The connection is unharmed.
-		if got := long.get(t); got != long.backend {
-			t.Errorf("the connection is served by %s after the error, by %s before", got, long.backend)
+			// The balancer sends each packet to one backend: a second
+			// after the flow's backend had it, no other has a copy.
+			time.Sleep(time.Second)
+			for _, be := range tb.Backends {
+				select {
+				case <-ptbs[be.Name]:
+					t.Errorf("%s: %s got the Packet Too Big about %s's flow too", vip, be.Name, long.backend)
+				default:
+				}
+			}
+			// The connection is unharmed.
+			if got := long.get(t); got != long.backend {
+				t.Errorf("%s: the connection is served by %s after the error, by %s before", vip, got, long.backend)
+			}
 		}
 	})
 

@@ -16,7 +16,6 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
-	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/dbustest"
@@ -326,7 +325,7 @@ func TestIPv6(t *testing.T) {
 			segment := ipv6Packet(t, netip.AddrPortFrom(vip, testbed.HTTPPort), client,
 				&layers.TCP{ACK: true, PSH: true, Seq: 1, Ack: 1, Window: 512}, bytes.Repeat([]byte{'x'}, 1400))
 			ptb := encap.PacketTooBig(make([]byte, encap.PacketTooBigMaxLen), testbed.ClientAddr6, vip, segment, 1280)
-			if err := rawSend6(tb.Client, ptb); err != nil {
+			if err := tb.Client.SendIPv6(ptb); err != nil {
 				t.Fatal(err)
 			}
 			want := ptb[40:] // the ICMPv6 message, byte for byte
@@ -502,20 +501,4 @@ func listenPacketTooBig(t *testing.T, host testbedHost) <-chan []byte {
 	}()
 	t.Cleanup(func() { c.Close(); <-done })
 	return msgs
-}
-
-// rawSend6 sends a whole IPv6 packet, header included, from host
-// (IPV6_HDRINCL), as a router would forward it.
-func rawSend6(host testbedHost, pkt []byte) error {
-	return host.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_HDRINCL, 1); err != nil {
-			return err
-		}
-		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet6{Addr: [16]byte(pkt[24:40])})
-	})
 }

@@ -225,7 +225,7 @@ spoofed_inner() {
 	local log=$W/be1/udp.log kind want before after ok=0 n
 	: > $log
 	must systemd-run --quiet --unit=vmt-udp-be1 ip netns exec be1 perl $W/udp-echo.pl $VIP $log || return 1
-	wait_until 5 sh -c "ip netns exec be1 ss -u -l -n | grep -q '$VIP:7 '" || { echo "no echo server on $VIP:7"; return 1; }
+	wait_until 30 sh -c "ip netns exec be1 ss -u -l -n | grep -q '$VIP:7 '" || { echo "no echo server on $VIP:7"; return 1; }
 	# In user space, source = destination has a counter of its own; in the kernel it is a local
 	# source (the VIP is on lo).
 	local kinds="unspecified loopback multicast broadcast reserved local" want_local=2 want_dst=0

@@ -155,7 +155,12 @@ func delRoute(r Route) error {
 	if err != nil {
 		return err
 	}
-	err = netlink.RouteDel(r.netlinkRoute(lo.Attrs().Index))
+	nr := r.netlinkRoute(lo.Attrs().Index)
+	// Scope "nowhere" matches any, as ip route del has it: the same route
+	// may have been added with another scope (ip route add's default is
+	// universe).
+	nr.Scope = netlink.SCOPE_NOWHERE
+	err = netlink.RouteDel(nr)
 	if errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) {
 		return nil
 	}

@@ -146,10 +146,12 @@ func TestUndoRouteOfAnotherProtocol(t *testing.T) {
 	addForeignRoute(t, "10.0.0.100/32", 100, 12)
 	addForeignRoute(t, "2001:db8::100/128", 100, 12)
 	addForeignRoute(t, "10.0.0.101/32", 7, 252)
+	addForeignRoute(t, "10.0.0.102/32", 100, 252) // scope universe: still caplanced's
 	writeJournal(t, dir, `{"version": 1, "changes": [
 		{"kind":"route","link":"lo","address":"10.0.0.100/32","table":100,"protocol":252},
 		{"kind":"route","link":"lo","address":"2001:db8::100/128","table":100,"protocol":252},
-		{"kind":"route","link":"lo","address":"10.0.0.101/32","table":100,"protocol":252}
+		{"kind":"route","link":"lo","address":"10.0.0.101/32","table":100,"protocol":252},
+		{"kind":"route","link":"lo","address":"10.0.0.102/32","table":100,"protocol":252}
 	]}`)
 	h := openHost(t, dir)
 	if err := h.Undo(); err != nil {

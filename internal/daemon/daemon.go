@@ -359,6 +359,7 @@ func (r *running) startAPI(bus string) error {
 		st := r.ann.Status()
 		info.Routed, info.Maintenance, info.AnnouncedVIPs = true, st.Maintenance, addrStrings(st.Announced)
 		info.SetMaintenance = r.setMaintenance
+		info.RouteTable, info.RouteProtocol = r.cfg.Balancer.RouteTable, r.cfg.Balancer.RouteProtocol
 	}
 	if rc := r.cfg.Receiver; rc != nil {
 		info.Roles = append(info.Roles, "receiver")

@@ -120,6 +120,10 @@ type Info struct {
 	Maintenance    bool
 	AnnouncedVIPs  []string
 	SetMaintenance func(on bool) error
+	// RouteTable and RouteProtocol are the properties of the same names:
+	// where a routed balancer's routes go, 0 when not routed.
+	RouteTable    uint32
+	RouteProtocol uint8
 
 	// AdminGroup and HealthUser override the accounts of AUTHORIZATION
 	// (for a session bus or tests); "" means the default.

@@ -144,6 +144,8 @@ func newEnv(t *testing.T, o envOptions) *env {
 		// A routed balancer announcing its VIP: maintenance withdraws it.
 		Routed:        true,
 		AnnouncedVIPs: []string{vip},
+		RouteTable:    100,
+		RouteProtocol: 252,
 		SetMaintenance: func(on bool) error {
 			e.maintenance.Store(on)
 			announced := []string{vip}

@@ -318,6 +318,8 @@ func (s *Server) exportManager() error {
 			"Routed":        {Value: s.info.Routed, Emit: prop.EmitConst},
 			"Maintenance":   {Value: s.info.Maintenance, Emit: prop.EmitTrue},
 			"AnnouncedVIPs": {Value: nonNil(s.info.AnnouncedVIPs), Emit: prop.EmitTrue},
+			"RouteTable":    {Value: s.info.RouteTable, Emit: prop.EmitConst},
+			"RouteProtocol": {Value: s.info.RouteProtocol, Emit: prop.EmitConst},
 		},
 		// GetAll of an interface without properties is an empty dict.
 		dbusname.ObjectManagerIface: {}, PropertiesIface: {}, IntrospectableIface: {}, PeerIface: {},

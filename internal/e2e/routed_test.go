@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -140,10 +141,30 @@ func TestRoutedBalancer(t *testing.T) {
 		t.Fatalf("UDP through the routed VIP: %v", err)
 	}
 
+	ctl := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(caplancectlBin, append([]string{"--bus", bus.Address}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("caplancectl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	wantRoutesLine := func(want string) {
+		t.Helper()
+		if out := ctl("status"); !strings.Contains(out, "\nroutes: "+want+"\n") {
+			t.Errorf("caplancectl status does not say routes: %s:\n%s", want, out)
+		}
+	}
+	wantRoutesLine("announced 198.18.0.100 (table 100, protocol 252)")
+
 	// Maintenance withdraws without stopping, and survives a restart.
 	mgr := bus.Connect(t).Object(dbusname.BusName, dbusname.ManagerPath)
-	call(t, mgr, "SetMaintenance", true)
+	ctl("maintenance", "on")
 	waitRoutes(t, tb, "maintenance on")
+	if out := ctl("maintenance", "on"); out != "maintenance is already on\n" {
+		t.Errorf("caplancectl maintenance on, again: %q", out)
+	}
+	wantRoutesLine("withdrawn (maintenance)")
 	var announced []string
 	if err := mgr.Call("org.freedesktop.DBus.Properties.Get", 0, dbusname.ManagerIface, "AnnouncedVIPs").Store(&announced); err != nil || len(announced) != 0 {
 		t.Errorf("AnnouncedVIPs in maintenance = %v, %v; want none", announced, err)
@@ -156,7 +177,7 @@ func TestRoutedBalancer(t *testing.T) {
 	}
 	waitStatus(t, d, "routes: 0 announced (maintenance)")
 	waitRoutes(t, tb, "restarted in maintenance")
-	call(t, mgr, "SetMaintenance", false)
+	ctl("maintenance", "off")
 	waitRoutes(t, tb, "maintenance off", testbed.VIP)
 	if err := mgr.Call("org.freedesktop.DBus.Properties.Get", 0, dbusname.ManagerIface, "AnnouncedVIPs").Store(&announced); err != nil || !slices.Equal(announced, []string{testbed.VIP.String()}) {
 		t.Errorf("AnnouncedVIPs = %v, %v; want the VIP", announced, err)

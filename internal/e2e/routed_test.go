@@ -235,17 +235,31 @@ func TestRoutedBalancer(t *testing.T) {
 		t.Errorf("the log does not say the delay was ended early:\n%s", d.Log())
 	}
 
-	// kill -9 leaves the route; --cleanup removes it.
+	// kill -9 leaves the route; the next start deletes it (and announces
+	// again once ready), and so does --cleanup.
 	if err := d.Restart(tb.LB, caplancedBin); err != nil {
 		t.Fatal(err)
 	}
 	waitRoutes(t, tb, "announced after a restart", testbed.VIP)
-	if err := d.Kill(); err != nil {
+	killed := func() {
+		t.Helper()
+		if err := d.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		if ours, _ := tableRoutes(t, tb); !slices.Equal(ours, []netip.Addr{testbed.VIP}) {
+			t.Fatalf("after kill -9 the table has %v, want the VIP's route left", ours)
+		}
+	}
+	killed()
+	if err := d.Restart(tb.LB, caplancedBin); err != nil {
 		t.Fatal(err)
 	}
-	if ours, _ := tableRoutes(t, tb); !slices.Equal(ours, []netip.Addr{testbed.VIP}) {
-		t.Fatalf("after kill -9 the table has %v, want the VIP's route left", ours)
+	const undone = `change="route 198.18.0.100/32 dev lo table 100 proto 252"`
+	if !strings.Contains(d.Log(), undone) {
+		t.Errorf("the start after kill -9 did not undo the route left (%s):\n%s", undone, d.Log())
 	}
+	waitRoutes(t, tb, "announced after the start that cleaned up", testbed.VIP)
+	killed()
 	if out, code := runCaplanced(t, tb.LB, "--cleanup", "--runtime-dir", d.RuntimeDir); code != 0 {
 		t.Fatalf("--cleanup: exit code %d\n%s", code, out)
 	}

@@ -118,7 +118,7 @@ func (h *Host) DeleteRoute(r Route) error {
 // either family), whoever added them. It changes nothing.
 func Routes(table uint32, protocol uint8) ([]netip.Addr, error) {
 	filter := &netlink.Route{Table: int(table), Protocol: netlink.RouteProtocol(protocol)}
-	routes, err := netlink.RouteListFiltered(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
+	routes, err := listRoutes(netlink.FAMILY_ALL, filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_PROTOCOL)
 	if err != nil {
 		return nil, fmt.Errorf("list routes of table %d: %w", table, err)
 	}
@@ -131,10 +131,25 @@ func Routes(table uint32, protocol uint8) ([]netip.Addr, error) {
 	return out, nil
 }
 
+// dumpAttempts bounds the retries of a route dump that a concurrent change
+// interrupted (a routing daemon rewriting its routes, say).
+const dumpAttempts = 5
+
+// listRoutes is netlink.RouteListFiltered, dumped again when a concurrent
+// change interrupted the dump, whose result may then miss routes.
+func listRoutes(family int, filter *netlink.Route, mask uint64) ([]netlink.Route, error) {
+	for i := 1; ; i++ {
+		routes, err := netlink.RouteListFiltered(family, filter, mask)
+		if !errors.Is(err, netlink.ErrDumpInterrupted) || i == dumpAttempts {
+			return routes, err
+		}
+	}
+}
+
 // routeProtocol is the protocol of the route to r's VIP in r's table.
 func routeProtocol(r Route) (uint8, error) {
 	filter := &netlink.Route{Table: int(r.Table), Dst: prefixIPNet(r.prefix())}
-	routes, err := netlink.RouteListFiltered(familyOf(r.VIP.Unmap()), filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
+	routes, err := listRoutes(familyOf(r.VIP.Unmap()), filter, netlink.RT_FILTER_TABLE|netlink.RT_FILTER_DST)
 	if err != nil {
 		return 0, fmt.Errorf("list routes of table %d: %w", r.Table, err)
 	}

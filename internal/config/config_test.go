@@ -401,7 +401,7 @@ withdraw_delay = "6m"
 				`test.toml: line 2: balancer.routed: must be true or false, not a string`,
 				`test.toml: line 3: balancer: route_table 254: is the kernel's main table; give a table of caplanced's own (e.g. 100)`,
 				`test.toml: line 4: balancer: route_protocol 12: is BIRD's; give a protocol of caplanced's own (e.g. 252)`,
-				`test.toml: line 5: balancer: route_min_backends 0: must be between 1 and 4096`,
+				`test.toml: line 5: balancer: route_min_backends 0: must be from 1 to max_backends (4096): no service has more backends`,
 				`test.toml: line 6: balancer: withdraw_delay "6m": must be between 0s and 5m`,
 			},
 		},
@@ -418,10 +418,11 @@ withdraw_delay = "6m"
 		},
 		{
 			name: "route numbers past the top",
-			doc:  "[balancer]\nroute_table = 4294967296\nroute_protocol = 256\n",
+			doc:  "[balancer]\nroute_table = 4294967296\nroute_protocol = 256\nmax_backends = 3\nroute_min_backends = 4\n",
 			want: []string{
 				`test.toml: line 2: balancer: route_table 4294967296: must be between 1 and 4294967295`,
 				`test.toml: line 3: balancer: route_protocol 256: must be between 5 and 255 (not 12)`,
+				`test.toml: line 5: balancer: route_min_backends 4: must be from 1 to max_backends (3): no service has more backends`,
 			},
 		},
 		{

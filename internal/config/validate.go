@@ -90,7 +90,7 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 		Routed:           raw.Routed != nil && *raw.Routed,
 		RouteTable:       routeTable(raw.RouteTable, p),
 		RouteProtocol:    routeProtocol(raw.RouteProtocol, p),
-		RouteMinBackends: intIn(raw.RouteMinBackends, 1, 1, DefaultMaxBackends, "balancer: route_min_backends", p),
+		RouteMinBackends: 1,
 		WithdrawDelay:    withdrawDelay(raw.WithdrawDelay, p),
 	}
 	if raw.Interface != "" && !validInterfaceName(raw.Interface) {
@@ -109,6 +109,13 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 			p.at([]string{"balancer", "max_backends"}, "balancer: max_backends %d: must be from 1 to table_size (%d): every backend needs a slot", n, b.TableSize)
 		} else {
 			b.MaxBackends = n
+		}
+	}
+	if raw.RouteMinBackends != nil {
+		if n := *raw.RouteMinBackends; n < 1 || n > b.MaxBackends {
+			p.at([]string{"balancer", "route_min_backends"}, "balancer: route_min_backends %d: must be from 1 to max_backends (%d): no service has more backends", n, b.MaxBackends)
+		} else {
+			b.RouteMinBackends = n
 		}
 	}
 	return b

@@ -58,9 +58,9 @@ func (r *running) announceReady() {
 	_ = r.ann.SetReady()
 }
 
-// setMaintenance is D-Bus SetMaintenance: the flag is written (or
-// removed) first, so that the routes and the file never disagree after a
-// crash in the routes' favour.
+// setMaintenance is D-Bus SetMaintenance. The flag is written (or
+// removed) before the routes change, so that a crash in between leaves the
+// next start with the state the operator asked for.
 func (r *running) setMaintenance(on bool) error {
 	r.hostMu.Lock()
 	defer r.hostMu.Unlock()

@@ -27,8 +27,10 @@ import (
 
 // The data-path benchmark's load: benchFlows UDP flows (source ports
 // benchSrcPort…) to benchDstPort, datagrams of benchPayload bytes, sent in
-// sendmmsg batches of benchBatch; benchWarmup of traffic that is not
-// counted, benchMeasure that is, then benchDrain for what is in flight.
+// sendmmsg batches of benchBatch; warm-up traffic that is not counted
+// (until the sink has counted a warm-up packet, at most benchWarmupMax, then
+// benchWarmup more), benchMeasure that is, then benchDrain for what is in
+// flight.
 const (
 	benchFlows   = 256
 	benchPayload = 64
@@ -36,8 +38,15 @@ const (
 	benchSrcPort = 20000
 	benchDstPort = 9000
 	benchWarmup  = 300 * time.Millisecond
-	benchMeasure = 2 * time.Second
-	benchDrain   = 200 * time.Millisecond
+	// benchWarmupMax bounds the wait for the path's first delivery: the
+	// first packets wait for ARP or neighbour discovery, and a host sends
+	// neighbour solicitations for a forwarded packet from its IPv6
+	// link-local address, usable only when that address's duplicate
+	// address detection is over, a second or two after the lab is built
+	// (until then the kernel sends none, and retries a second later).
+	benchWarmupMax = 5 * time.Second
+	benchMeasure   = 2 * time.Second
+	benchDrain     = 200 * time.Millisecond
 	// benchMaxLag bounds how far a paced generator may fall behind its
 	// schedule (after a late wake-up) before it gives up catching up, so a
 	// hiccup costs rate rather than a long burst.
@@ -372,13 +381,13 @@ func (dp *dataplane) run(b *testing.B, f *benchFamily, dst netip.Addr, rate floa
 		b.Fatal(err)
 	}
 
-	var stop atomic.Bool
+	var stop, warmed atomic.Bool
 	sinkTID := make(chan int, 1)
 	sunk := make(chan sinkCounts, 1)
-	go func() { sunk <- benchSink(sinkFD, check, &stop, sinkTID) }()
+	go func() { sunk <- benchSink(sinkFD, check, &stop, &warmed, sinkTID) }()
 	probe := cpuProbe{sinkTID: <-sinkTID, lbPID: lbPID, ksoftirqd: dp.ksoftirqd}
 	runStart := probe.sample()
-	gen := benchGenerate(f.genFD, f.client, dst, rate, &probe)
+	gen := benchGenerate(f.genFD, f.client, dst, rate, &probe, &warmed)
 	time.Sleep(benchDrain)
 	stop.Store(true)
 	counts := <-sunk
@@ -468,11 +477,12 @@ type genResult struct {
 	err            error
 }
 
-// benchGenerate sends benchWarmup of warm-up packets then benchMeasure of
-// measured ones from src to dst on fd, an IPPROTO_RAW socket of their family
-// in the client (the header included), on a locked OS thread; it samples the
-// CPU around the measured phase.
-func benchGenerate(fd int, src, dst netip.Addr, rate float64, probe *cpuProbe) genResult {
+// benchGenerate sends warm-up packets until warmed is set (the sink counted
+// one) and for benchWarmup more, then benchMeasure of measured ones, from src
+// to dst on fd, an IPPROTO_RAW socket of their family in the client (the
+// header included), on a locked OS thread; it samples the CPU around the
+// measured phase.
+func benchGenerate(fd int, src, dst netip.Addr, rate float64, probe *cpuProbe, warmed *atomic.Bool) genResult {
 	done := make(chan genResult, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -517,7 +527,15 @@ func benchGenerate(fd int, src, dst netip.Addr, rate float64, probe *cpuProbe) g
 				sent += uint64(q.Flush(fd, onError))
 			}
 		}
-		g.warmSent = send(warm, benchWarmup)
+		for deadline := time.Now().Add(benchWarmupMax); !warmed.Load(); {
+			if time.Now().After(deadline) {
+				g.err = fmt.Errorf("no warm-up packet reached the sink within %v", benchWarmupMax)
+				done <- g
+				return
+			}
+			g.warmSent += send(warm, benchWarmup/10)
+		}
+		g.warmSent += send(warm, benchWarmup)
 		g.start = probe.sample()
 		t0 := time.Now()
 		g.sent = send(measured, benchMeasure)
@@ -594,9 +612,10 @@ type sinkCounts struct {
 }
 
 // benchSink counts the datagrams on fd, on a locked OS thread whose thread id
-// it sends on tid, until stop is set and the socket is empty. check returns
-// a well-formed datagram's phase, or 0.
-func benchSink(fd int, check func(b *rawio.Batch, i int) byte, stop *atomic.Bool, tid chan<- int) sinkCounts {
+// it sends on tid, until stop is set and the socket is empty; it sets warmed
+// when it has counted a warm-up datagram. check returns a well-formed
+// datagram's phase, or 0.
+func benchSink(fd int, check func(b *rawio.Batch, i int) byte, stop, warmed *atomic.Bool, tid chan<- int) sinkCounts {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	tid <- unix.Gettid()
@@ -615,6 +634,7 @@ func benchSink(fd int, check func(b *rawio.Batch, i int) byte, stop *atomic.Bool
 			switch check(batch, i) {
 			case phaseWarm:
 				c.warm++
+				warmed.Store(true)
 			case phaseMeasured:
 				c.measured++
 			default:

@@ -408,7 +408,7 @@ func (dp *dataplane) run(b *testing.B, f *benchFamily, dst netip.Addr, rate floa
 	if err != nil {
 		b.Fatal(err)
 	}
-	kernel := after.minus(before)
+	delta := after.minus(before)
 
 	r := &benchResult{
 		sent:      gen.sent,
@@ -430,7 +430,7 @@ func (dp *dataplane) run(b *testing.B, f *benchFamily, dst netip.Addr, rate floa
 	totalSent, totalSunk := gen.warmSent+gen.sent, counts.warm+counts.measured
 	losses := []string{
 		fmt.Sprintf("sent %d (send errors %d), sink got %d well-formed (malformed %d)", totalSent, gen.sendErrors, totalSunk, counts.malformed),
-		kernel.String(),
+		delta.String(),
 	}
 	if viaBalancer {
 		st, err := dp.balancer.Stats(time.Now())
@@ -449,7 +449,7 @@ func (dp *dataplane) run(b *testing.B, f *benchFamily, dst netip.Addr, rate floa
 		// The balancer host's IP input that caplanced did not read: its
 		// sockets' drops (for IPv6 no other counter shows them), and a few
 		// packets of neighbour discovery.
-		unread := int64(kernel.lbIn) - int64(received)
+		unread := int64(delta.lbIn) - int64(received)
 		losses = append(losses, fmt.Sprintf("caplanced received %d (IP input not read %d) forwarded %d", received, unread, forwarded))
 		for reason, n := range st.Balancer.Drops {
 			if d := n - prev.Drops[reason]; d > 0 {

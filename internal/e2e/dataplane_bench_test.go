@@ -78,6 +78,9 @@ type benchFamily struct {
 	// The names of the family's counters in snmpCounters.
 	inReceives, forwDatagrams, udpRcvbufErrors, udpInCsumErrors string
 	genFD, encapFD, routedFD                                    int
+	// run numbers the family's runs, so that a sink tells an earlier run's
+	// late datagrams from its own.
+	run byte
 }
 
 // benchFamilies are IPv4 and IPv6, in the order they run; the IPv6
@@ -102,12 +105,16 @@ func benchFamilies() []*benchFamily {
 }
 
 // benchMagic starts every payload; the next byte is the phase (warm-up or
-// measured) and the one after the flow's index.
+// measured), the one after the flow's index, then the run's number.
 var benchMagic = []byte("caplbnch")
 
 const (
 	phaseWarm     = 1
 	phaseMeasured = 2
+	// phaseStale is what the sink's checks say of a well-formed datagram
+	// of an earlier run: one that caplanced, behind, sent after that run's
+	// drain.
+	phaseStale = 3
 )
 
 // BenchmarkDataplane sends UDP load from the client through the balancer
@@ -390,13 +397,14 @@ func (dp *dataplane) run(b *testing.B, f *benchFamily, dst netip.Addr, rate floa
 		b.Fatal(err)
 	}
 
+	f.run++
 	var stop, warmed atomic.Bool
 	sinkTID := make(chan int, 1)
 	sunk := make(chan sinkCounts, 1)
 	go func() { sunk <- benchSink(sinkFD, check, &stop, &warmed, sinkTID) }()
 	probe := cpuProbe{sinkTID: <-sinkTID, lbPID: lbPID, ksoftirqd: dp.ksoftirqd}
 	runStart := probe.sample()
-	gen := benchGenerate(f.genFD, f.client, dst, rate, &probe, &warmed)
+	gen := benchGenerate(f.genFD, f.client, dst, f.run, rate, &probe, &warmed)
 	time.Sleep(benchDrain)
 	stop.Store(true)
 	counts := <-sunk
@@ -429,7 +437,7 @@ func (dp *dataplane) run(b *testing.B, f *benchFamily, dst netip.Addr, rate floa
 	r.split = cpu.split(gen.elapsed, counts.measured)
 	totalSent, totalSunk := gen.warmSent+gen.sent, counts.warm+counts.measured
 	losses := []string{
-		fmt.Sprintf("sent %d (send errors %d), sink got %d well-formed (malformed %d)", totalSent, gen.sendErrors, totalSunk, counts.malformed),
+		fmt.Sprintf("sent %d (send errors %d), sink got %d well-formed (malformed %d, of earlier runs %d)", totalSent, gen.sendErrors, totalSunk, counts.malformed, counts.stale),
 		delta.String(),
 	}
 	if viaBalancer {
@@ -493,17 +501,17 @@ type genResult struct {
 
 // benchGenerate sends warm-up packets until warmed is set (the sink counted
 // one) and for benchWarmup more, then benchMeasure of measured ones, from src
-// to dst on fd, an IPPROTO_RAW socket of their family in the client (the
-// header included), on a locked OS thread; it samples the CPU around the
-// measured phase.
-func benchGenerate(fd int, src, dst netip.Addr, rate float64, probe *cpuProbe, warmed *atomic.Bool) genResult {
+// to dst, marked with run, on fd, an IPPROTO_RAW socket of their family in
+// the client (the header included), on a locked OS thread; it samples the
+// CPU around the measured phase.
+func benchGenerate(fd int, src, dst netip.Addr, run byte, rate float64, probe *cpuProbe, warmed *atomic.Bool) genResult {
 	done := make(chan genResult, 1)
 	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
 		probe.genTID = unix.Gettid()
 		var g genResult
-		warm, measured := benchPackets(src, dst, phaseWarm), benchPackets(src, dst, phaseMeasured)
+		warm, measured := benchPackets(src, dst, phaseWarm, run), benchPackets(src, dst, phaseMeasured, run)
 		q := rawio.NewQueue(benchBatch)
 		add := func(p []byte) { q.Add(p, dst.As4(), 0) }
 		if dst.Is6() {
@@ -564,7 +572,7 @@ func benchGenerate(fd int, src, dst netip.Addr, rate float64, probe *cpuProbe, w
 // IPv6, with correct header and UDP checksums (the raw socket sends them as
 // they are; for IPv4 the kernel only fills in the IP ID and header
 // checksum; IPv6 has neither).
-func benchPackets(src, dst netip.Addr, phase byte) [][]byte {
+func benchPackets(src, dst netip.Addr, phase, run byte) [][]byte {
 	hl := ipHeaderLen(dst)
 	pkts := make([][]byte, benchFlows)
 	for f := range pkts {
@@ -592,6 +600,7 @@ func benchPackets(src, dst netip.Addr, phase byte) [][]byte {
 		copy(u[8:], benchMagic)
 		u[8+len(benchMagic)] = phase
 		u[9+len(benchMagic)] = byte(f)
+		u[10+len(benchMagic)] = run
 		binary.BigEndian.PutUint16(u[6:], ^inet.Fold(inet.Sum(u, benchPseudoHeader(p))))
 		pkts[f] = p
 	}
@@ -622,6 +631,7 @@ func benchPseudoHeader(p []byte) uint32 {
 // sinkCounts is what a sink counted.
 type sinkCounts struct {
 	warm, measured uint64 // well-formed datagrams of each phase
+	stale          uint64 // of earlier runs
 	malformed      uint64
 }
 
@@ -651,6 +661,8 @@ func benchSink(fd int, check func(b *rawio.Batch, i int) byte, stop, warmed *ato
 				warmed.Store(true)
 			case phaseMeasured:
 				c.measured++
+			case phaseStale:
+				c.stale++
 			default:
 				c.malformed++
 			}
@@ -672,7 +684,7 @@ func (f *benchFamily) checkRouted(b *rawio.Batch, i int) byte {
 	if b.Truncated(i) || b.Source(i).Addr() != f.client {
 		return 0
 	}
-	return checkPayload(b.Packet(i), b.Source(i).Port())
+	return checkPayload(b.Packet(i), b.Source(i).Port(), f.run)
 }
 
 // checkEncapsulated checks a datagram caplanced sent to the encap port: it
@@ -705,14 +717,18 @@ func (f *benchFamily) checkEncapsulated(b *rawio.Batch, i int) byte {
 		inet.Fold(inet.Sum(u, benchPseudoHeader(p))) != 0xffff {
 		return 0
 	}
-	return checkPayload(u[8:], binary.BigEndian.Uint16(u[0:]))
+	return checkPayload(u[8:], binary.BigEndian.Uint16(u[0:]), f.run)
 }
 
-// checkPayload checks the payload of a datagram from source port sport.
-func checkPayload(p []byte, sport uint16) byte {
+// checkPayload checks the payload of a datagram from source port sport,
+// sent in run run.
+func checkPayload(p []byte, sport uint16, run byte) byte {
 	m := len(benchMagic)
-	if len(p) != benchPayload || !bytes.Equal(p[:m], benchMagic) || int(sport)-benchSrcPort != int(p[m+1]) {
+	switch {
+	case len(p) != benchPayload || !bytes.Equal(p[:m], benchMagic) || int(sport)-benchSrcPort != int(p[m+1]):
 		return 0
+	case p[m+2] != run:
+		return phaseStale
 	}
 	return p[m]
 }

@@ -666,3 +666,70 @@ func TestIPv6(t *testing.T) {
 		t.Errorf("Add6+Flush+Recv+Source over IPv6: %v allocs per run, want 0", n)
 	}
 }
+
+// TestQueueAdd6From: a datagram queued with Add6From leaves with the given
+// source (IPV6_PKTINFO; IPV6_FREEBIND lets the test use one the host does
+// not have), and its slot, reused by Add6, carries no source any more.
+func TestQueueAdd6From(t *testing.T) {
+	recv, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.IPv6loopback})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { recv.Close() })
+	port := uint16(recv.LocalAddr().(*net.UDPAddr).Port)
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
+		t.Fatal(err)
+	}
+
+	q := rawio.NewQueue(2)
+	onError := func(i int, err error) { t.Errorf("onError(%d, %v)", i, err) }
+	src := netip.MustParseAddr("2001:db8::7")
+	loopback := netip.IPv6Loopback().As16()
+	q.Add6From(dgram(1, 10), src.As16(), loopback, port)
+	q.Add6(dgram(2, 20), loopback, port)
+	if n := q.Flush(fd, onError); n != 2 {
+		t.Errorf("Flush = %d, want 2", n)
+	}
+	q.Add6(dgram(3, 30), loopback, port) // slot 0 again
+	if n := q.Flush(fd, onError); n != 1 {
+		t.Errorf("Flush = %d, want 1", n)
+	}
+
+	type from struct {
+		Payload []byte
+		Source  netip.Addr
+	}
+	var got []from
+	buf := make([]byte, 2048)
+	for range 3 {
+		if err := recv.SetReadDeadline(time.Now().Add(2 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		n, a, err := recv.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, from{bytes.Clone(buf[:n]), a.Addr()})
+	}
+	want := []from{{dgram(1, 10), src}, {dgram(2, 20), netip.IPv6Loopback()}, {dgram(3, 30), netip.IPv6Loopback()}}
+	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
+		t.Errorf("received (-want +got):\n%s", diff)
+	}
+	msg := dgram(4, 40)
+	if n := testing.AllocsPerRun(100, func() {
+		q.Add6From(msg, src.As16(), loopback, port)
+		if n := q.Flush(fd, onError); n != 1 {
+			t.Fatalf("Flush = %d, want 1", n)
+		}
+		if _, _, err := recv.ReadFromUDPAddrPort(buf); err != nil {
+			t.Fatal(err)
+		}
+	}); n != 0 {
+		t.Errorf("Add6From+Flush: %v allocs per run, want 0", n)
+	}
+}

@@ -250,8 +250,10 @@ func Wait(fds []unix.PollFd, timeoutMs int) error {
 }
 
 // idlePoll is how long an idle Loop blocks in poll before it looks at its
-// stop flag again; it bounds how long stopping waits for an idle loop.
-const idlePoll = 100 * time.Millisecond
+// stop flag again; it bounds how long stopping waits for an idle loop. A
+// variable only so that tests can tell a wake-up by a datagram from the
+// timeout without timing it; Loop reads it once, when it starts.
+var idlePoll = 100 * time.Millisecond
 
 // Under load, a loop that finds its sockets empty sleeps briefly instead of
 // blocking in poll: the next read then finds a batch rather than one or two
@@ -277,6 +279,7 @@ func Loop(fds []unix.PollFd, batch *Batch, stop, alive *atomic.Bool, handle func
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	sleep := unix.NsecToTimespec(int64(busySleep))
+	idleMs := int(idlePoll / time.Millisecond)
 	empty := 0
 	for !stop.Load() {
 		alive.Store(true)
@@ -296,7 +299,7 @@ func Loop(fds []unix.PollFd, batch *Batch, stop, alive *atomic.Bool, handle func
 			empty++
 			_ = unix.Nanosleep(&sleep, nil)
 		default:
-			_ = Wait(fds, int(idlePoll/time.Millisecond))
+			_ = Wait(fds, idleMs)
 		}
 	}
 }

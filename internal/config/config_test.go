@@ -792,6 +792,24 @@ func TestReferenceConfigSetsEveryKey(t *testing.T) {
 	if b.Interface == "" || svc.VIPs[0].Ports == nil || svc.Protocols != model.TCP || svc.Hash == model.FiveTuple || svc.Check == "" || cfg.Backends[0].Check == "" {
 		t.Errorf("reference config leaves out interface, or a service's ports, protocols, hash or check, or a backend's check: %+v", cfg)
 	}
+	text, err := os.ReadFile("../../contrib/caplanced.reference.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every key of the services form, set (the single-pool form's
+	// top-level [[backend]] and vips are left to --check-config).
+	for _, section := range []any{rawBalancer{}, rawService{}, rawBackend{}, rawReceiver{}} {
+		typ := reflect.TypeOf(section)
+		for i := range typ.NumField() {
+			name := typ.Field(i).Tag.Get("toml")
+			if (name == "vips" || name == "ports") && typ == reflect.TypeOf(rawBalancer{}) || name == "backend" {
+				continue // the single-pool form's, and [[service.backend]] itself
+			}
+			if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` = `).Match(text) {
+				t.Errorf("the reference config does not set %s (%s)", name, typ.Name())
+			}
+		}
+	}
 }
 
 func TestLoadMissingFile(t *testing.T) {

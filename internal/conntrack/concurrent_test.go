@@ -11,14 +11,21 @@ import (
 )
 
 // TestConcurrent has 8 goroutines look up, insert and sweep overlapping flows
-// on the real clock for 200 ms (run it with -race), then checks that the
+// on a shared clock that every operation moves on (run it with -race), then
+// checks that the
 // table is whole: within capacity, every shard consistent, and every entry
 // found by Lookup with its backend.
 func TestConcurrent(t *testing.T) {
 	const (
 		workers  = 8
 		capacity = 4 * Shards
-		duration = 200 * time.Millisecond
+		// Each worker makes opsEach operations; the clock moves by tick at
+		// every operation of any worker, not with the wall clock, so that
+		// entries expire, shards fill and evict whatever the machine's
+		// load (a wall clock let a slow run expire every entry before its
+		// shard filled).
+		opsEach = 5000
+		tick    = time.Microsecond
 	)
 	// Timeouts a few milliseconds long, so entries expire during the run.
 	tbl, err := New(capacity, Timeouts{TCP: 8 * time.Millisecond, UDP: 4 * time.Millisecond, Other: 2 * time.Millisecond,
@@ -32,8 +39,8 @@ func TestConcurrent(t *testing.T) {
 	}
 	var down [8]atomic.Bool // backends 0..7
 	valid := func(id uint32) bool { return !down[id%8].Load() }
-	start := time.Now()
-	clock := func() int64 { return int64(time.Since(start)) }
+	var ops atomic.Int64
+	clock := func() int64 { return ops.Add(1) * int64(tick) }
 
 	var (
 		wg                    sync.WaitGroup
@@ -42,11 +49,8 @@ func TestConcurrent(t *testing.T) {
 	for w := range workers {
 		wg.Go(func() {
 			rng := rand.New(rand.NewPCG(uint64(w), 1))
-			for n := 0; ; n++ {
+			for range opsEach {
 				now := clock()
-				if now > int64(duration) {
-					return
-				}
 				k := keys[rng.IntN(len(keys))]
 				switch r := rng.IntN(1000); {
 				case r < 600:

@@ -48,12 +48,19 @@ func mustParse(t *testing.T, spec string) *checkspec.Spec {
 }
 
 // runProbe runs spec against target and checks the outcome and that the probe
-// kept to its timeout.
+// kept to its timeout. A spec without a timeout gets 10 s instead of the
+// default 1 s: a TLS handshake with the test server took longer than 1 s on
+// a loaded machine, and only the specs that test the timeout name one.
 func runProbe(t *testing.T, spec string, target checkspec.Target) outcome {
 	t.Helper()
 	s := mustParse(t, spec)
+	if !strings.Contains(spec, "timeout=") {
+		s.Timeout = 10 * time.Second
+	}
 	r := probe.Run(context.Background(), s, target)
-	if r.Latency < 0 || r.Latency > s.Timeout+200*time.Millisecond {
+	// Slack for a loaded machine: what this catches is a probe that ignores
+	// its timeout (the hanging servers never answer).
+	if r.Latency < 0 || r.Latency > s.Timeout+2*time.Second {
 		t.Errorf("%s: latency %v, timeout %v", spec, r.Latency, s.Timeout)
 	}
 	return outcome{r.Up, r.Detail}

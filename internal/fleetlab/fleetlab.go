@@ -1,0 +1,451 @@
+// Package fleetlab builds a fleet of Caplance balancers behind a router's
+// ECMP in a netnstest lab, with the real routing daemon (Debian's bird2): a
+// client, a router running BIRD (BGP with BFD to every balancer, the paths
+// merged into one multipath route, an L4 multipath hash), balancers each
+// running BIRD with the shipped contrib/bird/caplance.conf and a real
+// caplanced, and the testbed's backends with their receivers. It also
+// drives it: HTTP load with ab, long-lived connections, UDP flows through
+// the router or through one balancer directly. The fleet's end-to-end tests
+// and `make demo-fleet` share it.
+//
+// It owns the lab it builds (through package testbed) and the processes
+// and files it starts there, BIRD's included: every BIRD runs with its
+// configuration, control socket and pid file in the lab's directory and is
+// killed by Close. It must not touch the root network namespace, nor the
+// host's BIRD (/etc/bird, /run/bird).
+package fleetlab
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/caplance/caplance/internal/netnstest"
+	"github.com/caplance/caplance/internal/testbed"
+)
+
+// The fleet's addresses, in the testbed's subnet: the router at .1, the
+// balancers from .2 (lb1) up. The VIP is the testbed's.
+var RouterAddr = netip.MustParseAddr("198.18.0.1")
+
+// BalancerAddr is the address of balancer i (0-based; lb1 is 0).
+func BalancerAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 0, byte(2 + i)}) }
+
+// BalancerName is the name of balancer i (0-based): lb1, lb2, …
+func BalancerName(i int) string { return fmt.Sprintf("lb%d", i+1) }
+
+// BGP: the router in one private AS, every balancer in another (they
+// announce the same VIP with equal paths, so the router merges them).
+const (
+	RouterAS   = 65000
+	BalancerAS = 65001
+)
+
+// The kernel routing table and route protocol caplanced publishes routed
+// VIPs in: its defaults (route_table, route_protocol).
+const (
+	RouteTable    = 100
+	RouteProtocol = 252
+)
+
+// SnippetPath is the shipped BIRD snippet, relative to the module's root:
+// every balancer's BIRD includes it, so what ships is what the lab runs.
+const SnippetPath = "contrib/bird/caplance.conf"
+
+// Options shape a fleet.
+type Options struct {
+	// Caplanced is the caplanced binary to run.
+	Caplanced string
+	// Prefix names the lab's namespaces (see netnstest.New).
+	Prefix string
+	// Dir holds every configuration, socket and log.
+	Dir string
+	// Balancers is how many balancers New starts; MaxBalancers how many
+	// the lab may have (AddBalancer starts the others): the router has a
+	// BGP session for each and the receivers accept each one's tunnels.
+	Balancers, MaxBalancers int
+	// Backends is how many backends the testbed builds.
+	Backends int
+	// Workers is every caplanced's worker count; 0: caplanced's default.
+	Workers int
+	// WithdrawDelay is the balancers' withdraw_delay.
+	WithdrawDelay time.Duration
+	// Bus, when set, returns the D-Bus address the named balancer's
+	// caplanced serves its API on, a private bus per balancer; nil: none.
+	Bus func(balancer string) (string, error)
+}
+
+// Lab is a running fleet.
+type Lab struct {
+	*testbed.Testbed
+	Router     *netnstest.Host
+	RouterBird *Bird
+	// Balancers are the balancers started so far, lb1 first.
+	Balancers []*Balancer
+	opts      Options
+	snippet   string
+}
+
+// Balancer is one balancer host: its BIRD and its caplanced.
+type Balancer struct {
+	Name string
+	Addr netip.Addr
+	Host *netnstest.Host
+	Bird *Bird
+	// Caplanced is its caplanced, serving its API on Bus ("none": no bus).
+	Caplanced *testbed.Daemon
+	Bus       string
+	dir       string
+}
+
+// New builds the lab: the testbed's client and backends, the router with
+// its BIRD, and opts.Balancers balancers, and waits until the router routes
+// the VIP to every one of them.
+func New(opts Options) (l *Lab, err error) {
+	opts.MaxBalancers = max(opts.MaxBalancers, opts.Balancers)
+	snippet, err := findSnippet()
+	if err != nil {
+		return nil, err
+	}
+	var addrs []netip.Addr
+	for i := range opts.MaxBalancers {
+		addrs = append(addrs, BalancerAddr(i))
+	}
+	tb, err := testbed.New(testbed.Options{Binary: opts.Caplanced, Prefix: opts.Prefix, Backends: opts.Backends,
+		Workers: opts.Workers, Dir: opts.Dir, Balancers: addrs})
+	if err != nil {
+		return nil, err
+	}
+	l = &Lab{Testbed: tb, opts: opts, snippet: snippet}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, l.Close())
+			l = nil
+		}
+	}()
+	if err := l.startRouter(addrs); err != nil {
+		return nil, fmt.Errorf("router: %w", err)
+	}
+	if err := l.setUpClient(); err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	for range opts.Balancers {
+		if _, err := l.AddBalancer(); err != nil {
+			return nil, err
+		}
+	}
+	return l, l.WaitNextHops(l.Addrs(), convergeTimeout)
+}
+
+// convergeTimeout bounds how long BGP (and BFD) may take to bring a path
+// up or down: generous, for a busy machine.
+const convergeTimeout = 30 * time.Second
+
+// findSnippet finds SnippetPath from the working directory up to the
+// module's root (tests run in their package's directory, the demo in the
+// root).
+func findSnippet() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			p := filepath.Join(dir, SnippetPath)
+			if _, err := os.Stat(p); err != nil {
+				return "", fmt.Errorf("fleetlab: the shipped BIRD snippet: %w", err)
+			}
+			return p, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("fleetlab: no go.mod above the working directory, so no " + SnippetPath)
+		}
+		dir = parent
+	}
+}
+
+// startRouter builds the router: a Linux router with an L4 multipath hash
+// for both families, which sends no ICMP redirects (client and balancers
+// share its link: a redirect would make the client skip it).
+func (l *Lab) startRouter(balancers []netip.Addr) error {
+	r, err := l.Lab.AddHost("router", netip.PrefixFrom(RouterAddr, testbed.Subnet.Bits()))
+	if err != nil {
+		return err
+	}
+	l.Router = r
+	for _, s := range [][2]string{
+		{"net/ipv4/ip_forward", "1"},
+		{"net/ipv4/fib_multipath_hash_policy", "1"},
+		{"net/ipv4/conf/all/send_redirects", "0"},
+		{"net/ipv4/conf/eth0/send_redirects", "0"},
+		{"net/ipv6/conf/all/forwarding", "1"},
+		{"net/ipv6/fib_multipath_hash_policy", "1"},
+	} {
+		if err := r.SetSysctl(s[0], s[1]); err != nil {
+			return err
+		}
+	}
+	cfg, err := routerBirdConfig(balancers)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(l.opts.Dir, "router")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	l.RouterBird, err = startBird(r, dir, cfg)
+	return err
+}
+
+// setUpClient routes the VIP through the router, has the client ignore
+// redirects, and widens its port range for the load generator's many
+// short connections.
+func (l *Lab) setUpClient() error {
+	for _, s := range [][2]string{
+		{"net/ipv4/conf/all/accept_redirects", "0"},
+		{"net/ipv4/conf/eth0/accept_redirects", "0"},
+		{"net/ipv4/ip_local_port_range", "10000 65000"},
+		{"net/ipv4/tcp_tw_reuse", "1"},
+	} {
+		if err := l.Client.SetSysctl(s[0], s[1]); err != nil {
+			return err
+		}
+	}
+	return l.Via(nil)
+}
+
+// Via routes the client's traffic to the VIP through b directly, or
+// through the router for nil: the same flow can then be sent through each
+// balancer in turn.
+func (l *Lab) Via(b *Balancer) error {
+	gw := RouterAddr
+	if b != nil {
+		gw = b.Addr
+	}
+	return l.Client.Do(func() error {
+		eth0, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		return netlink.RouteReplace(&netlink.Route{LinkIndex: eth0.Attrs().Index,
+			Dst: prefixNet(netip.PrefixFrom(testbed.VIP, 32)), Gw: gw.AsSlice()})
+	})
+}
+
+// AddBalancer builds the next balancer host and starts its caplanced, then
+// its BIRD; it does not wait for the router to use it (WaitNextHops).
+func (l *Lab) AddBalancer() (*Balancer, error) {
+	i := len(l.Balancers)
+	if i >= l.opts.MaxBalancers {
+		return nil, fmt.Errorf("fleetlab: balancer %d: the lab has room for %d", i+1, l.opts.MaxBalancers)
+	}
+	b := &Balancer{Name: BalancerName(i), Addr: BalancerAddr(i), Bus: "none"}
+	b.dir = filepath.Join(l.opts.Dir, b.Name)
+	var err error
+	if l.opts.Bus != nil {
+		if b.Bus, err = l.opts.Bus(b.Name); err != nil {
+			return nil, fmt.Errorf("%s: bus: %w", b.Name, err)
+		}
+	}
+	if b.Host, err = l.Lab.AddHost(b.Name, netip.PrefixFrom(b.Addr, testbed.Subnet.Bits())); err != nil {
+		return nil, err
+	}
+	l.Balancers = append(l.Balancers, b)
+	if err := l.Start(b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Start starts b's caplanced and then, unless it runs, its BIRD: a
+// balancer that was killed comes back. caplanced goes first, so that it
+// removes what a killed run left in its route table before BIRD reads it.
+func (l *Lab) Start(b *Balancer) error {
+	var err error
+	if b.Caplanced == nil {
+		b.Caplanced, err = l.StartDaemon(b.Host, b.Name, l.caplancedConfig(), b.Bus)
+	} else {
+		err = b.Caplanced.Restart(b.Host, l.opts.Caplanced)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: %w", b.Name, err)
+	}
+	if err := announceStandIn(b); err != nil {
+		return fmt.Errorf("%s: %w", b.Name, err)
+	}
+	if b.Bird != nil && b.Bird.running() {
+		return nil
+	}
+	cfg, err := balancerBirdConfig(b.Addr, l.snippet)
+	if err != nil {
+		return err
+	}
+	if b.Bird, err = startBird(b.Host, b.dir, cfg); err != nil {
+		return fmt.Errorf("%s: %w", b.Name, err)
+	}
+	return nil
+}
+
+// caplancedConfig is every balancer's caplanced configuration: the same
+// backends (identical Maglev tables are what makes a fleet), the VIP
+// routed.
+func (l *Lab) caplancedConfig() string {
+	routed := "[balancer]\ninterface = \"eth0\"\n"
+	return strings.Replace(l.BalancerConfig(l.Backends), "[balancer]\n", routed, 1)
+}
+
+// announceStandIn stands in for caplanced's routed mode (routed = true),
+// which is being built in parallel: it adds the route caplanced will
+// publish for the VIP once ready. When routed mode is merged, this
+// function and its call in Start go, and caplancedConfig gains
+// "routed = true", route_table, route_protocol and withdraw_delay.
+func announceStandIn(b *Balancer) error {
+	return b.Host.Do(func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.RouteReplace(&netlink.Route{LinkIndex: lo.Attrs().Index, Table: RouteTable,
+			Protocol: RouteProtocol, Scope: netlink.SCOPE_LINK, Type: unix.RTN_UNICAST,
+			Dst: prefixNet(netip.PrefixFrom(testbed.VIP, 32))})
+	})
+}
+
+// Restart restarts b's caplanced the way `systemctl restart` does:
+// SIGTERM (caplanced withdraws its routes, forwards for withdraw_delay,
+// stops), then a new start. BIRD keeps running.
+func (l *Lab) Restart(b *Balancer) error {
+	if err := b.Caplanced.Stop(); err != nil {
+		return err
+	}
+	return l.Start(b)
+}
+
+// KillAll kills every process of b's namespace at once, as a power cut
+// would: caplanced and BIRD, with SIGKILL.
+func (b *Balancer) KillAll() error {
+	errs := make(chan error, 2)
+	go func() { errs <- b.Caplanced.Kill() }()
+	go func() { errs <- b.Bird.Kill() }()
+	return errors.Join(<-errs, <-errs)
+}
+
+func (b *Bird) running() bool {
+	select {
+	case <-b.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// Addrs returns the addresses of the balancers started so far.
+func (l *Lab) Addrs(except ...*Balancer) []netip.Addr {
+	var out []netip.Addr
+	for _, b := range l.Balancers {
+		if !slices.Contains(except, b) {
+			out = append(out, b.Addr)
+		}
+	}
+	return out
+}
+
+// NextHops returns the next hops of the router's route to the VIP in its
+// main table, sorted; none when it has no route.
+func (l *Lab) NextHops() ([]netip.Addr, error) {
+	var hops []netip.Addr
+	err := l.Router.Do(func() error {
+		routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4,
+			&netlink.Route{Dst: prefixNet(netip.PrefixFrom(testbed.VIP, 32))}, netlink.RT_FILTER_DST)
+		if err != nil {
+			return err
+		}
+		for _, r := range routes {
+			if r.Gw != nil {
+				hops = append(hops, addrOf(r.Gw))
+			}
+			for _, p := range r.MultiPath {
+				hops = append(hops, addrOf(p.Gw))
+			}
+		}
+		return nil
+	})
+	slices.SortFunc(hops, netip.Addr.Compare)
+	return hops, err
+}
+
+// WaitNextHops waits until the router's route to the VIP has exactly the
+// next hops want (no route for none), or timeout passes.
+func (l *Lab) WaitNextHops(want []netip.Addr, timeout time.Duration) error {
+	want = slices.SortedFunc(slices.Values(want), netip.Addr.Compare)
+	deadline := time.Now().Add(timeout)
+	for {
+		got, err := l.NextHops()
+		if err == nil && slices.Equal(got, want) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("fleetlab: the router's next hops to %v are %v (%v), want %v after %v; router's BIRD:\n%s",
+				testbed.VIP, got, err, want, timeout, l.routerState())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// routerState is what the router's BIRD says of its sessions and routes,
+// for error messages.
+func (l *Lab) routerState() string {
+	var out []string
+	for _, what := range [][]string{{"protocols"}, {"route"}} {
+		s, err := l.RouterBird.Show(what...)
+		out = append(out, cmp.Or(s, fmt.Sprint(err)))
+	}
+	return strings.Join(out, "\n")
+}
+
+// Close stops every daemon, kills every BIRD and removes the lab.
+func (l *Lab) Close() error {
+	var errs []error
+	for _, b := range l.Balancers {
+		if b.Caplanced != nil {
+			// SIGKILL: a SIGTERM would wait withdraw_delay, and the lab goes
+			// with everything caplanced changed.
+			errs = append(errs, ignoreDone(b.Caplanced.Signal(syscall.SIGKILL)))
+		}
+		if b.Bird != nil {
+			errs = append(errs, b.Bird.Kill())
+		}
+	}
+	if l.RouterBird != nil {
+		errs = append(errs, l.RouterBird.Kill())
+	}
+	return errors.Join(append(errs, l.Testbed.Close())...)
+}
+
+func ignoreDone(err error) error {
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	return err
+}
+
+func prefixNet(p netip.Prefix) *net.IPNet {
+	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+}
+
+func addrOf(ip net.IP) netip.Addr {
+	a, _ := netip.AddrFromSlice(ip)
+	return a.Unmap()
+}

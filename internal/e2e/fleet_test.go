@@ -135,40 +135,11 @@ func TestFleet(t *testing.T) {
 		stopTraffic(t, conns, load)
 	})
 
-	t.Run("DeadBalancer", func(t *testing.T) {
-		conns, err := lab.StartConns(30, 100*time.Millisecond)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conns.Stop() })
-		if err := conns.WaitExchanges(make([]int, 30), 3, converge); err != nil {
-			t.Fatal(err)
-		}
-		dead := lab.Balancers[2]
-		killed := time.Now()
-		if err := dead.KillAll(); err != nil {
-			t.Fatal(err)
-		}
-		if err := lab.WaitNextHops(lab.Addrs(dead), converge); err != nil {
-			t.Fatal(err)
-		}
-		rerouted := time.Since(killed)
-		if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
-			t.Error(err)
-		}
-		rep := conns.Stop()
-		t.Logf("%s killed: the router dropped it after %v; of %d long-lived connections %d stalled, the longest for %v; %d broke",
-			dead.Name, rerouted.Round(time.Millisecond), rep.Conns, rep.Stalled, rep.MaxGap.Round(time.Millisecond), len(rep.Broken))
-		for _, err := range rep.Broken {
-			t.Error(err)
-		}
-		if err := lab.Start(dead); err != nil {
-			t.Fatalf("bring %s back: %v", dead.Name, err)
-		}
-		if err := lab.WaitNextHops(lab.Addrs(), converge); err != nil {
-			t.Fatal(err)
-		}
-	})
+	// A dead balancer: every process of its namespace killed at once
+	// (its kernel still closes BIRD's BGP connection), then one whose power
+	// is cut (its link goes first, so only BFD tells the router).
+	t.Run("DeadBalancer", func(t *testing.T) { killBalancer(t, lab, lab.Balancers[2], false) })
+	t.Run("PowerCut", func(t *testing.T) { killBalancer(t, lab, lab.Balancers[0], true) })
 
 	t.Run("JoiningBalancer", func(t *testing.T) {
 		conns, load := startTraffic(t, lab)
@@ -209,6 +180,53 @@ func TestFleet(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+}
+
+// killBalancer kills every process of dead at once, after cutting its
+// link if cut, under long-lived connections: none may break. It logs the
+// failover time, then brings dead back.
+func killBalancer(t *testing.T, lab *fleetlab.Lab, dead *fleetlab.Balancer, cut bool) {
+	conns, err := lab.StartConns(30, 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conns.Stop() })
+	if err := conns.WaitExchanges(make([]int, 30), 3, converge); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	if cut {
+		if err := dead.SetLink(false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := dead.KillAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.WaitNextHops(lab.Addrs(dead), converge); err != nil {
+		t.Fatal(err)
+	}
+	rerouted := time.Since(killed)
+	if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
+		t.Error(err)
+	}
+	rep := conns.Stop()
+	t.Logf("%s dead: the router dropped it after %v; of %d long-lived connections %d stalled, the longest for %v; %d broke",
+		dead.Name, rerouted.Round(time.Millisecond), rep.Conns, rep.Stalled, rep.MaxGap.Round(time.Millisecond), len(rep.Broken))
+	for _, err := range rep.Broken {
+		t.Error(err)
+	}
+	if cut {
+		if err := dead.SetLink(true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := lab.Start(dead); err != nil {
+		t.Fatalf("bring %s back: %v", dead.Name, err)
+	}
+	if err := lab.WaitNextHops(lab.Addrs(), converge); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // startTraffic starts 30 long-lived connections, each sending a request

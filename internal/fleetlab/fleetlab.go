@@ -342,6 +342,22 @@ func (b *Balancer) KillAll() error {
 	return errors.Join(<-errs, <-errs)
 }
 
+// SetLink sets b's link (eth0) down or up: down, b neither sends nor
+// receives anything, as when its cable is pulled or its power cut, and the
+// router notices through BFD alone.
+func (b *Balancer) SetLink(up bool) error {
+	return b.Host.Do(func() error {
+		eth0, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		if up {
+			return netlink.LinkSetUp(eth0)
+		}
+		return netlink.LinkSetDown(eth0)
+	})
+}
+
 func (b *Bird) running() bool {
 	select {
 	case <-b.exited:

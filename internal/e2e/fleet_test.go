@@ -81,19 +81,30 @@ func TestFleet(t *testing.T) {
 			ports[i] = uint16(20000 + i)
 		}
 		before := received(t, lab)
-		viaRouter, err := lab.EchoFlows(ports)
+		flows, err := lab.TraceFlows(ports)
 		if err != nil {
 			t.Fatal(err)
 		}
 		after := received(t, lab)
+		// What each balancer counted is what crossed its link, and each
+		// carries a share: an even split gives a third, a sixth is far below
+		// any likely draw.
+		want := make([]uint64, len(lab.Balancers))
+		var viaRouter []string
+		for _, f := range flows {
+			want[slices.Index(lab.Balancers, f.Balancer)]++
+			viaRouter = append(viaRouter, f.Backend)
+		}
+		got := diffCounts(before, after)
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("packets each balancer received of %d flows through the router (-seen on its link +counted):\n%s", len(ports), diff)
+		}
 		for i, b := range lab.Balancers {
-			// An even split gives each a third; a sixth is far below any
-			// likely draw of a fair hash.
-			if n := after[i] - before[i]; n < uint64(len(ports)/6) {
-				t.Errorf("%s received %d of the %d flows through the router, want at least a sixth", b.Name, n, len(ports))
+			if got[i] < uint64(len(ports)/6) {
+				t.Errorf("%s received %d of the %d flows through the router, want at least a sixth", b.Name, got[i], len(ports))
 			}
 		}
-		t.Logf("packets received of %d flows through the router: %v", len(ports), diffCounts(before, after))
+		t.Logf("packets received of %d flows through the router: %v", len(ports), got)
 		if backends := distinct(viaRouter); len(backends) != len(lab.Backends) {
 			t.Errorf("the flows reached backends %v, want all %d", backends, len(lab.Backends))
 		}

@@ -1,12 +1,14 @@
 package fleetlab
 
 import (
-	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"strconv"
-	"strings"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/testbed"
 )
@@ -36,26 +38,103 @@ func (l *Lab) EchoFlows(ports []uint16) ([]string, error) {
 	return names, err
 }
 
-// RouterPick returns the balancer the router sends the client's UDP flow
-// from port to the VIP's echo port to, as the kernel's multipath hash
-// picks it (`ip route get … ipproto udp sport … dport …`).
-func (l *Lab) RouterPick(port uint16) (*Balancer, error) {
-	out, err := l.Router.Command(context.Background(), "ip", "-o", "route", "get", testbed.VIP.String(),
-		"from", testbed.ClientAddr.String(), "iif", "eth0", "ipproto", "udp",
-		"sport", strconv.Itoa(int(port)), "dport", strconv.Itoa(testbed.EchoPort)).CombinedOutput()
-	if err != nil {
-		return nil, fmt.Errorf("ip route get on the router: %w: %s", err, strings.TrimSpace(string(out)))
-	}
-	f := strings.Fields(string(out))
-	for i := range len(f) - 1 {
-		if f[i] != "via" {
-			continue
-		}
-		for _, b := range l.Balancers {
-			if b.Addr.String() == f[i+1] {
-				return b, nil
+// Flow is one UDP flow of TraceFlows: the client's source port, the
+// balancer that carried it and the backend that answered.
+type Flow struct {
+	Port     uint16
+	Balancer *Balancer
+	Backend  string
+}
+
+// TraceFlows is EchoFlows that also tells which balancer carried each
+// flow, as seen on the balancers' links: a packet socket on each one's
+// eth0 records the datagrams arriving for the VIP's echo port.
+//
+// The router's multipath hash cannot be computed instead (`ip route get
+// … sport … dport …`): a packet of a local socket carries that socket's
+// flow hash through the veths, and with fib_multipath_hash_policy=1 the
+// router's kernel uses it as it is, so in this lab a flow's path follows
+// its client socket's hash (TCP picks a new one after a retransmission
+// timeout), not its ports. A router fed from a wire hashes the 5-tuple.
+func (l *Lab) TraceFlows(ports []uint16) ([]Flow, error) {
+	fds := make([]int, len(l.Balancers))
+	defer func() {
+		for _, fd := range fds {
+			if fd > 0 {
+				unix.Close(fd)
 			}
 		}
+	}()
+	for i, b := range l.Balancers {
+		err := b.Host.Do(func() error {
+			fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP)))
+			if err != nil {
+				return err
+			}
+			fds[i] = fd
+			// Room for every datagram of the run, read only at its end.
+			return unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%s: packet socket: %w", b.Name, err)
+		}
 	}
-	return nil, fmt.Errorf("ip route get on the router: no balancer in %q", strings.TrimSpace(string(out)))
+	backends, err := l.EchoFlows(ports)
+	if err != nil {
+		return nil, err
+	}
+	// Every request crossed its balancer's link before its echo came back,
+	// and a packet socket queues a packet as it arrives: all are queued now.
+	carrier := map[uint16]*Balancer{}
+	for i, b := range l.Balancers {
+		seen, err := echoSources(fds[i])
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", b.Name, err)
+		}
+		for _, port := range seen {
+			if other := carrier[port]; other != nil {
+				return nil, fmt.Errorf("the flow from port %d crossed both %s and %s", port, other.Name, b.Name)
+			}
+			carrier[port] = b
+		}
+	}
+	flows := make([]Flow, len(ports))
+	for i, port := range ports {
+		flows[i] = Flow{Port: port, Balancer: carrier[port], Backend: backends[i]}
+		if carrier[port] == nil {
+			return nil, fmt.Errorf("the flow from port %d crossed no balancer's link", port)
+		}
+	}
+	return flows, nil
 }
+
+// echoSources reads what the packet socket fd has queued, without
+// waiting, and returns the source ports of the client's datagrams to the
+// VIP's echo port that arrived (not those the host sent).
+func echoSources(fd int) ([]uint16, error) {
+	var ports []uint16
+	buf := make([]byte, 65536)
+	for {
+		n, from, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+		if errors.Is(err, unix.EAGAIN) {
+			return ports, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		ll, ok := from.(*unix.SockaddrLinklayer)
+		if !ok || ll.Pkttype == unix.PACKET_OUTGOING || n < 28 {
+			continue
+		}
+		ip := buf[:n]
+		hl := int(ip[0]&0xf) * 4
+		if ip[9] != unix.IPPROTO_UDP || netip.AddrFrom4([4]byte(ip[16:20])) != testbed.VIP ||
+			netip.AddrFrom4([4]byte(ip[12:16])) != testbed.ClientAddr || n < hl+8 ||
+			binary.BigEndian.Uint16(ip[hl+2:]) != testbed.EchoPort {
+			continue
+		}
+		ports = append(ports, binary.BigEndian.Uint16(ip[hl:]))
+	}
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }

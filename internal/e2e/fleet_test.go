@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"sync"
 	"testing"
@@ -26,21 +27,23 @@ const converge = 30 * time.Second
 // with BFD, and proves what a fleet promises: the router spreads flows over
 // every balancer, a flow reaches the same backend whichever balancer it
 // crosses, rolling restarts, a dead balancer and a joining one break no
-// connection, and a balancer with nothing to serve leaves the router's
-// route. The subtests share one lab and run in order; each leaves every
-// started balancer up.
+// connection, maintenance withdraws a balancer without breaking any, and
+// a balancer with nothing to serve leaves the router's route. The subtests
+// share one lab and run in order; each leaves every started balancer up.
 func TestFleet(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("end-to-end tests need root (network namespaces)")
 	}
+	// Each balancer serves its D-Bus API on a private bus of its own.
+	const maxBalancers = 4
 	buses := map[string]*dbustest.Bus{}
+	for i := range maxBalancers {
+		buses[fleetlab.BalancerName(i)] = dbustest.Start(t)
+	}
 	lab, err := fleetlab.New(fleetlab.Options{
 		Caplanced: caplancedBin, Prefix: "fleet", Dir: t.TempDir(),
-		Balancers: 3, MaxBalancers: 4, Backends: 3, Workers: 1, WithdrawDelay: 2 * time.Second,
-		Bus: func(name string) (string, error) {
-			buses[name] = dbustest.Start(t)
-			return buses[name].Address, nil
-		},
+		Balancers: 3, MaxBalancers: maxBalancers, Backends: 3, Workers: 1, WithdrawDelay: 2 * time.Second,
+		Bus: func(name string) (string, error) { return buses[name].Address, nil },
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -163,6 +166,30 @@ func TestFleet(t *testing.T) {
 		}
 		if err := conns.WaitExchanges(seen, 3, converge); err != nil {
 			t.Error(err)
+		}
+		stopTraffic(t, conns, load)
+	})
+
+	t.Run("Maintenance", func(t *testing.T) {
+		conns, load := startTraffic(t, lab)
+		b := lab.Balancers[0]
+		maintenance := func(state string) {
+			t.Helper()
+			out, err := exec.Command(caplancectlBin, "--bus", buses[b.Name].Address, "maintenance", state).CombinedOutput()
+			if err != nil {
+				t.Fatalf("caplancectl maintenance %s on %s: %v\n%s", state, b.Name, err, out)
+			}
+		}
+		maintenance("on")
+		if err := lab.WaitNextHops(lab.Addrs(b), converge); err != nil {
+			t.Fatal(err)
+		}
+		if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
+			t.Error(err)
+		}
+		maintenance("off")
+		if err := lab.WaitNextHops(lab.Addrs(), converge); err != nil {
+			t.Fatal(err)
 		}
 		stopTraffic(t, conns, load)
 	})

@@ -299,8 +299,7 @@ func (l *Lab) Start(b *Balancer) error {
 }
 
 // caplancedConfig is every balancer's caplanced configuration: the same
-// backends (identical Maglev tables are what makes a fleet), the VIP
-// routed.
+// backends (identical Maglev tables are what makes a fleet).
 func (l *Lab) caplancedConfig() string {
 	routed := "[balancer]\ninterface = \"eth0\"\n"
 	return strings.Replace(l.BalancerConfig(l.Backends), "[balancer]\n", routed, 1)

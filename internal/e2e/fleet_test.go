@@ -133,7 +133,6 @@ func TestFleet(t *testing.T) {
 	t.Run("RollingRestart", func(t *testing.T) {
 		conns, load := startTraffic(t, lab)
 		for _, b := range lab.Balancers {
-			seen := conns.Exchanges()
 			if err := lab.Restart(b); err != nil {
 				t.Fatalf("restart %s: %v", b.Name, err)
 			}
@@ -142,7 +141,7 @@ func TestFleet(t *testing.T) {
 			if err := lab.WaitNextHops(lab.Addrs(), converge); err != nil {
 				t.Fatal(err)
 			}
-			if err := conns.WaitExchanges(seen, 3, converge); err != nil {
+			if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
 				t.Fatalf("after restarting %s: %v", b.Name, err)
 			}
 		}
@@ -157,14 +156,13 @@ func TestFleet(t *testing.T) {
 
 	t.Run("JoiningBalancer", func(t *testing.T) {
 		conns, load := startTraffic(t, lab)
-		seen := conns.Exchanges()
 		if _, err := lab.AddBalancer(); err != nil {
 			t.Fatal(err)
 		}
 		if err := lab.WaitNextHops(lab.Addrs(), converge); err != nil {
 			t.Fatal(err)
 		}
-		if err := conns.WaitExchanges(seen, 3, converge); err != nil {
+		if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
 			t.Error(err)
 		}
 		stopTraffic(t, conns, load)

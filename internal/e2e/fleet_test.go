@@ -156,7 +156,8 @@ func TestFleet(t *testing.T) {
 
 	t.Run("JoiningBalancer", func(t *testing.T) {
 		conns, load := startTraffic(t, lab)
-		if _, err := lab.AddBalancer(); err != nil {
+		joined, err := lab.AddBalancer()
+		if err != nil {
 			t.Fatal(err)
 		}
 		if err := lab.WaitNextHops(lab.Addrs(), converge); err != nil {
@@ -166,6 +167,9 @@ func TestFleet(t *testing.T) {
 			t.Error(err)
 		}
 		stopTraffic(t, conns, load)
+		if n := received(t, lab)[3]; n == 0 {
+			t.Errorf("%s joined but carried nothing", joined.Name)
+		}
 	})
 
 	t.Run("Maintenance", func(t *testing.T) {

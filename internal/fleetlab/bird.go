@@ -33,7 +33,7 @@ type Bird struct {
 }
 
 // startBird writes config into dir and starts BIRD on host, and returns
-// once its control socket answers.
+// once its control socket answers. On error no BIRD of it runs.
 func startBird(host *netnstest.Host, dir, config string) (*Bird, error) {
 	b := &Bird{
 		Socket:  filepath.Join(dir, "bird.ctl"),
@@ -43,7 +43,10 @@ func startBird(host *netnstest.Host, dir, config string) (*Bird, error) {
 	if err := os.WriteFile(b.Config, []byte(config), 0o644); err != nil {
 		return nil, err
 	}
-	return b, b.start(host)
+	if err := b.start(host); err != nil {
+		return nil, err
+	}
+	return b, nil
 }
 
 func (b *Bird) start(host *netnstest.Host) error {

@@ -112,7 +112,7 @@ type Balancer struct {
 // New builds the lab: the testbed's client and backends, the router with
 // its BIRD, and opts.Balancers balancers, and waits until the router routes
 // the VIP to every one of them.
-func New(opts Options) (l *Lab, err error) {
+func New(opts Options) (*Lab, error) {
 	opts.MaxBalancers = max(opts.MaxBalancers, opts.Balancers)
 	snippet, err := findSnippet()
 	if err != nil {
@@ -127,25 +127,27 @@ func New(opts Options) (l *Lab, err error) {
 	if err != nil {
 		return nil, err
 	}
-	l = &Lab{Testbed: tb, opts: opts, snippet: snippet}
-	defer func() {
-		if err != nil {
-			err = errors.Join(err, l.Close())
-			l = nil
-		}
-	}()
+	l := &Lab{Testbed: tb, opts: opts, snippet: snippet}
+	if err := l.build(addrs); err != nil {
+		return nil, errors.Join(err, l.Close())
+	}
+	return l, nil
+}
+
+// build starts the router and the first balancers on the testbed.
+func (l *Lab) build(addrs []netip.Addr) error {
 	if err := l.startRouter(addrs); err != nil {
-		return nil, fmt.Errorf("router: %w", err)
+		return fmt.Errorf("router: %w", err)
 	}
 	if err := l.setUpClient(); err != nil {
-		return nil, fmt.Errorf("client: %w", err)
+		return fmt.Errorf("client: %w", err)
 	}
-	for range opts.Balancers {
+	for range l.opts.Balancers {
 		if _, err := l.AddBalancer(); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return l, l.WaitNextHops(l.Addrs(), convergeTimeout)
+	return l.WaitNextHops(l.Addrs(), convergeTimeout)
 }
 
 // convergeTimeout bounds how long BGP (and BFD) may take to bring a path
@@ -205,8 +207,12 @@ func (l *Lab) startRouter(balancers []netip.Addr) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	l.RouterBird, err = startBird(r, dir, cfg)
-	return err
+	bird, err := startBird(r, dir, cfg)
+	if err != nil {
+		return err
+	}
+	l.RouterBird = bird
+	return nil
 }
 
 // setUpClient routes the VIP through the router, has the client ignore
@@ -273,13 +279,15 @@ func (l *Lab) AddBalancer() (*Balancer, error) {
 // balancer that was killed comes back. caplanced goes first, so that it
 // removes what a killed run left in its route table before BIRD reads it.
 func (l *Lab) Start(b *Balancer) error {
-	var err error
 	if b.Caplanced == nil {
-		b.Caplanced, err = l.StartDaemon(b.Host, b.Name, l.caplancedConfig(), b.Bus)
-	} else {
-		err = b.Caplanced.Restart(b.Host, l.opts.Caplanced)
-	}
-	if err != nil {
+		// Kept only once started: the lab's Close kills a process that
+		// started but never got ready.
+		d, err := l.StartDaemon(b.Host, b.Name, l.caplancedConfig(), b.Bus)
+		if err != nil {
+			return fmt.Errorf("%s: %w", b.Name, err)
+		}
+		b.Caplanced = d
+	} else if err := b.Caplanced.Restart(b.Host, l.opts.Caplanced); err != nil {
 		return fmt.Errorf("%s: %w", b.Name, err)
 	}
 	if err := announceStandIn(b); err != nil {
@@ -292,9 +300,11 @@ func (l *Lab) Start(b *Balancer) error {
 	if err != nil {
 		return err
 	}
-	if b.Bird, err = startBird(b.Host, b.dir, cfg); err != nil {
+	bird, err := startBird(b.Host, b.dir, cfg)
+	if err != nil {
 		return fmt.Errorf("%s: %w", b.Name, err)
 	}
+	b.Bird = bird
 	return nil
 }
 

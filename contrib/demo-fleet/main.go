@@ -95,7 +95,7 @@ func run(caplanced string, flows int) error {
 		if err := lab.Via(b); err != nil {
 			return err
 		}
-		if alone[i], err = lab.EchoFlows(ports); err != nil {
+		if alone[i], err = lab.EchoFlows(testbed.VIP, ports); err != nil {
 			return fmt.Errorf("through %s: %w", b.Name, err)
 		}
 	}
@@ -164,7 +164,7 @@ func run(caplanced string, flows int) error {
 
 // showRoute prints the router's route to the VIP: one next hop per balancer.
 func showRoute(lab *fleetlab.Lab) error {
-	hops, err := lab.NextHops()
+	hops, err := lab.NextHops(testbed.VIP)
 	if err != nil {
 		return err
 	}
@@ -199,7 +199,7 @@ func restart(lab *fleetlab.Lab, b *fleetlab.Balancer) ([]string, error) {
 	go func() {
 		defer close(watched)
 		for {
-			if hops, err := lab.NextHops(); err == nil {
+			if hops, err := lab.NextHops(testbed.VIP); err == nil {
 				s := names(lab, hops)
 				mu.Lock()
 				if len(seen) == 0 || seen[len(seen)-1] != s {
@@ -216,11 +216,11 @@ func restart(lab *fleetlab.Lab, b *fleetlab.Balancer) ([]string, error) {
 	}()
 	err := lab.Restart(b)
 	if err == nil {
-		err = lab.WaitNextHops(lab.Addrs(), 30*time.Second)
+		err = lab.WaitNextHops(testbed.VIP, lab.Addrs(), 30*time.Second)
 	}
 	close(done)
 	<-watched
-	if hops, herr := lab.NextHops(); herr == nil && seen[len(seen)-1] != names(lab, hops) {
+	if hops, herr := lab.NextHops(testbed.VIP); herr == nil && seen[len(seen)-1] != names(lab, hops) {
 		seen = append(seen, names(lab, hops))
 	}
 	return seen, err

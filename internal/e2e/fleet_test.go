@@ -16,6 +16,7 @@ import (
 	"github.com/caplance/caplance/internal/dbusname"
 	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/fleetlab"
+	"github.com/caplance/caplance/internal/testbed"
 )
 
 // converge bounds how long BGP and BFD may take to bring a path up or down
@@ -42,7 +43,7 @@ func TestFleet(t *testing.T) {
 	}
 	lab, err := fleetlab.New(fleetlab.Options{
 		Caplanced: caplancedBin, Prefix: "fleet", Dir: t.TempDir(),
-		Balancers: 3, MaxBalancers: maxBalancers, Backends: 3, Workers: 1, WithdrawDelay: 2 * time.Second,
+		Balancers: 3, MaxBalancers: maxBalancers, Backends: 3, Workers: 1, WithdrawDelay: 2 * time.Second, IPv6: true,
 		Bus: func(name string) (string, error) { return buses[name].Address, nil },
 	})
 	if err != nil {
@@ -72,7 +73,7 @@ func TestFleet(t *testing.T) {
 				t.Errorf("%s's BGP session with the router: %q, want Established", b.Name, own["uplink"])
 			}
 		}
-		hops, err := lab.NextHops()
+		hops, err := lab.NextHops(testbed.VIP)
 		if diff := cmp.Diff(lab.Addrs(), hops, cmpopts.EquateComparable(netip.Addr{})); err != nil || diff != "" {
 			t.Errorf("the router's next hops to the VIP (-want +got):\n%s%v", diff, err)
 		}
@@ -120,12 +121,59 @@ func TestFleet(t *testing.T) {
 			if err := lab.Via(b); err != nil {
 				t.Fatal(err)
 			}
-			direct, err := lab.EchoFlows(ports)
+			direct, err := lab.EchoFlows(testbed.VIP, ports)
 			if err != nil {
 				t.Fatalf("through %s: %v", b.Name, err)
 			}
 			if diff := cmp.Diff(viaRouter, direct); diff != "" {
 				t.Errorf("backends of the flows through the router and through %s alone (-router +%s):\n%s", b.Name, b.Name, diff)
+			}
+		}
+	})
+
+	// The same over IPv6: a session per balancer over IPv6 (the snippet's
+	// caplance_router6), the router's IPv6 multipath route, and IPv6 flows
+	// (6-in-6 to the backends) reaching one backend whatever the path.
+	t.Run("IPv6", func(t *testing.T) {
+		got, err := lab.RouterBird.Protocols()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range lab.Balancers {
+			if got[b.Name+"v6"] != "Established" {
+				t.Errorf("the router's IPv6 BGP session with %s: %q, want Established", b.Name, got[b.Name+"v6"])
+			}
+		}
+		hops, err := lab.NextHops(testbed.VIP6)
+		if diff := cmp.Diff(lab.Addrs6(), hops, cmpopts.EquateComparable(netip.Addr{})); err != nil || diff != "" {
+			t.Errorf("the router's next hops to %v (-want +got):\n%s%v", testbed.VIP6, diff, err)
+		}
+		ports := make([]uint16, 300)
+		for i := range ports {
+			ports[i] = uint16(22000 + i)
+		}
+		viaRouter, err := lab.EchoFlows(testbed.VIP6, ports)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if backends := distinct(viaRouter); len(backends) != len(lab.Backends) {
+			t.Errorf("the IPv6 flows reached backends %v, want all %d", backends, len(lab.Backends))
+		}
+		t.Cleanup(func() {
+			if err := lab.Via(nil); err != nil {
+				t.Error(err)
+			}
+		})
+		for _, b := range lab.Balancers {
+			if err := lab.Via(b); err != nil {
+				t.Fatal(err)
+			}
+			direct, err := lab.EchoFlows(testbed.VIP6, ports)
+			if err != nil {
+				t.Fatalf("through %s: %v", b.Name, err)
+			}
+			if diff := cmp.Diff(viaRouter, direct); diff != "" {
+				t.Errorf("backends of the IPv6 flows through the router and through %s alone (-router +%s):\n%s", b.Name, b.Name, diff)
 			}
 		}
 	})
@@ -138,7 +186,7 @@ func TestFleet(t *testing.T) {
 			}
 			// The next restart waits until this balancer is back in the
 			// router's route, as an operator's script would.
-			if err := lab.WaitNextHops(lab.Addrs(), converge); err != nil {
+			if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(), converge); err != nil {
 				t.Fatal(err)
 			}
 			if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
@@ -160,7 +208,7 @@ func TestFleet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := lab.WaitNextHops(lab.Addrs(), converge); err != nil {
+		if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(), converge); err != nil {
 			t.Fatal(err)
 		}
 		if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
@@ -183,14 +231,14 @@ func TestFleet(t *testing.T) {
 			}
 		}
 		maintenance("on")
-		if err := lab.WaitNextHops(lab.Addrs(b), converge); err != nil {
+		if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(b), converge); err != nil {
 			t.Fatal(err)
 		}
 		if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
 			t.Error(err)
 		}
 		maintenance("off")
-		if err := lab.WaitNextHops(lab.Addrs(), converge); err != nil {
+		if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(), converge); err != nil {
 			t.Fatal(err)
 		}
 		stopTraffic(t, conns, load)
@@ -202,12 +250,16 @@ func TestFleet(t *testing.T) {
 		for _, be := range lab.Backends {
 			call(t, mgr, "ReportHealth", be.Name, false, "test: down on "+sick.Name)
 		}
-		if err := lab.WaitNextHops(lab.Addrs(sick), converge); err != nil {
+		if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(sick), converge); err != nil {
 			t.Fatal(err)
+		}
+		// Its IPv6 service, web6, still has healthy backends: VIP6 stays.
+		if err := lab.WaitNextHops(testbed.VIP6, lab.Addrs6(), converge); err != nil {
+			t.Error(err)
 		}
 		// The others still serve every flow, and the sick one gets none.
 		before := received(t, lab)
-		if _, err := lab.EchoFlows([]uint16{21000, 21001, 21002, 21003, 21004, 21005, 21006, 21007}); err != nil {
+		if _, err := lab.EchoFlows(testbed.VIP, []uint16{21000, 21001, 21002, 21003, 21004, 21005, 21006, 21007}); err != nil {
 			t.Fatal(err)
 		}
 		if n := received(t, lab)[1] - before[1]; n != 0 {
@@ -216,7 +268,7 @@ func TestFleet(t *testing.T) {
 		for _, be := range lab.Backends {
 			call(t, mgr, "ReportHealth", be.Name, true, "test: up again")
 		}
-		if err := lab.WaitNextHops(lab.Addrs(), converge); err != nil {
+		if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(), converge); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -243,7 +295,7 @@ func killBalancer(t *testing.T, lab *fleetlab.Lab, dead *fleetlab.Balancer, cut 
 	if err := dead.KillAll(); err != nil {
 		t.Fatal(err)
 	}
-	if err := lab.WaitNextHops(lab.Addrs(dead), converge); err != nil {
+	if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(dead), converge); err != nil {
 		t.Fatal(err)
 	}
 	rerouted := time.Since(killed)
@@ -264,7 +316,7 @@ func killBalancer(t *testing.T, lab *fleetlab.Lab, dead *fleetlab.Balancer, cut 
 	if err := lab.Start(dead); err != nil {
 		t.Fatalf("bring %s back: %v", dead.Name, err)
 	}
-	if err := lab.WaitNextHops(lab.Addrs(), converge); err != nil {
+	if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(), converge); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -145,13 +145,13 @@ func (b *Bird) Kill() error {
 }
 
 // The router's configuration: BGP with BFD to every balancer the lab may
-// have (the sessions of those not started yet stay down), every learnt
-// path of the VIPs merged into one ECMP route of the kernel's main table.
-// Short retry and error-wait times let a balancer that comes back rejoin
-// within seconds.
-var routerConfig = template.Must(template.New("router").Funcs(template.FuncMap{
-	"inc": func(i int) int { return i + 1 },
-}).Parse(`# The lab's router: written by package fleetlab.
+// have (the sessions of those not started yet stay down; in a dual-stack
+// lab a second one over IPv6, lbNv6), every learnt path of the VIPs merged
+// into one ECMP route of the kernel's main table. Short retry and
+// error-wait times let a balancer that comes back rejoin within seconds.
+// Over IPv6 a neighbour sends a global and a link-local next hop: the
+// global one, the balancer's address, makes the route readable.
+var routerConfig = template.Must(template.New("router").Parse(`# The lab's router: written by package fleetlab.
 log stderr all;
 router id {{.Router}};
 
@@ -171,10 +171,18 @@ protocol kernel {
 		export all;
 	};
 }
-{{range $i, $b := .Balancers}}
-protocol bgp lb{{inc $i}} {
+{{if .IPv6}}
+protocol kernel {
+	merge paths on;
+	ipv6 {
+		import none;
+		export all;
+	};
+}
+{{end}}{{range .Balancers}}
+protocol bgp {{.Name}} {
 	local as {{$.RouterAS}};
-	neighbor {{$b}} as {{$.BalancerAS}};
+	neighbor {{.Addr}} as {{$.BalancerAS}};
 	bfd on;
 	connect retry time 1;
 	error wait time 1, 5;
@@ -183,10 +191,23 @@ protocol bgp lb{{inc $i}} {
 		export none;
 	};
 }
-{{end}}`))
+{{if $.IPv6}}
+protocol bgp {{.Name}}v6 {
+	local as {{$.RouterAS}};
+	neighbor {{.Addr6}} as {{$.BalancerAS}};
+	bfd on;
+	connect retry time 1;
+	error wait time 1, 5;
+	ipv6 {
+		import all;
+		export none;
+		next hop prefer global;
+	};
+}
+{{end}}{{end}}`))
 
 // The balancers' configuration: the shipped snippet, contrib/bird/caplance.conf,
-// and one session to the router from its template.
+// and a session to the router from its template, for each family.
 var balancerConfig = template.Must(template.New("balancer").Parse(`# Balancer {{.Addr}}: written by package fleetlab.
 log stderr all;
 router id {{.Addr}};
@@ -202,21 +223,36 @@ include "{{.Snippet}}";
 protocol bgp uplink from caplance_router4 {
 	neighbor {{.Router}} as {{.RouterAS}};
 }
-`))
+{{if .IPv6}}
+protocol bgp uplink6 from caplance_router6 {
+	neighbor {{.Router6}} as {{.RouterAS}};
+}
+{{end}}`))
 
-func routerBirdConfig(balancers []netip.Addr) (string, error) {
+// routerBirdConfig is the router's configuration for a lab of up to n
+// balancers.
+func routerBirdConfig(n int, ipv6 bool) (string, error) {
+	type neighbour struct {
+		Name        string
+		Addr, Addr6 netip.Addr
+	}
+	var balancers []neighbour
+	for i := range n {
+		balancers = append(balancers, neighbour{BalancerName(i), BalancerAddr(i), BalancerAddr6(i)})
+	}
 	var b strings.Builder
 	err := routerConfig.Execute(&b, map[string]any{
-		"Router": RouterAddr, "RouterAS": RouterAS, "BalancerAS": BalancerAS, "Balancers": balancers,
+		"Router": RouterAddr, "RouterAS": RouterAS, "BalancerAS": BalancerAS, "Balancers": balancers, "IPv6": ipv6,
 	})
 	return b.String(), err
 }
 
-func balancerBirdConfig(addr netip.Addr, snippet string) (string, error) {
+// balancerBirdConfig is the configuration of the balancer at addr.
+func balancerBirdConfig(addr netip.Addr, ipv6 bool, snippet string) (string, error) {
 	var b strings.Builder
 	err := balancerConfig.Execute(&b, map[string]any{
-		"Addr": addr, "Router": RouterAddr, "RouterAS": RouterAS, "BalancerAS": BalancerAS,
-		"Table": RouteTable, "Protocol": RouteProtocol, "Snippet": snippet,
+		"Addr": addr, "Router": RouterAddr, "Router6": RouterAddr6, "RouterAS": RouterAS, "BalancerAS": BalancerAS,
+		"Table": RouteTable, "Protocol": RouteProtocol, "Snippet": snippet, "IPv6": ipv6,
 	})
 	return b.String(), err
 }

@@ -35,12 +35,22 @@ import (
 	"github.com/caplance/caplance/internal/testbed"
 )
 
-// The fleet's addresses, in the testbed's subnet: the router at .1, the
-// balancers from .2 (lb1) up. The VIP is the testbed's.
-var RouterAddr = netip.MustParseAddr("198.18.0.1")
+// The fleet's addresses, in the testbed's subnets: the router at .1 (and
+// ::1), the balancers from .2 (and ::2, lb1) up. The VIPs are the testbed's.
+var (
+	RouterAddr  = netip.MustParseAddr("198.18.0.1")
+	RouterAddr6 = netip.MustParseAddr("2001:db8:18::1")
+)
 
 // BalancerAddr is the address of balancer i (0-based; lb1 is 0).
 func BalancerAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{198, 18, 0, byte(2 + i)}) }
+
+// BalancerAddr6 is the IPv6 address of balancer i in a dual-stack lab.
+func BalancerAddr6(i int) netip.Addr {
+	a := testbed.Subnet6.Addr().As16()
+	a[15] = byte(2 + i)
+	return netip.AddrFrom16(a)
+}
 
 // BalancerName is the name of balancer i (0-based): lb1, lb2, …
 func BalancerName(i int) string { return fmt.Sprintf("lb%d", i+1) }
@@ -81,6 +91,10 @@ type Options struct {
 	Workers int
 	// WithdrawDelay is the balancers' withdraw_delay.
 	WithdrawDelay time.Duration
+	// IPv6 makes the lab dual-stack: every host has its IPv6 address too,
+	// each balancer has a second BGP session, over IPv6, and serves
+	// testbed.VIP6 over the backends' IPv6 addresses as well.
+	IPv6 bool
 	// Bus, when set, returns the D-Bus address the named balancer's
 	// caplanced serves its API on, a private bus per balancer; nil: none.
 	Bus func(balancer string) (string, error)
@@ -101,8 +115,10 @@ type Lab struct {
 type Balancer struct {
 	Name string
 	Addr netip.Addr
-	Host *netnstest.Host
-	Bird *Bird
+	// Addr6 is its IPv6 address in a dual-stack lab.
+	Addr6 netip.Addr
+	Host  *netnstest.Host
+	Bird  *Bird
 	// Caplanced is its caplanced, serving its API on Bus ("none": no bus).
 	Caplanced *testbed.Daemon
 	Bus       string
@@ -121,22 +137,25 @@ func New(opts Options) (*Lab, error) {
 	var addrs []netip.Addr
 	for i := range opts.MaxBalancers {
 		addrs = append(addrs, BalancerAddr(i))
+		if opts.IPv6 {
+			addrs = append(addrs, BalancerAddr6(i))
+		}
 	}
 	tb, err := testbed.New(testbed.Options{Binary: opts.Caplanced, Prefix: opts.Prefix, Backends: opts.Backends,
-		Workers: opts.Workers, Dir: opts.Dir, Balancers: addrs})
+		Workers: opts.Workers, Dir: opts.Dir, Balancers: addrs, IPv6: opts.IPv6})
 	if err != nil {
 		return nil, err
 	}
 	l := &Lab{Testbed: tb, opts: opts, snippet: snippet}
-	if err := l.build(addrs); err != nil {
+	if err := l.build(); err != nil {
 		return nil, errors.Join(err, l.Close())
 	}
 	return l, nil
 }
 
 // build starts the router and the first balancers on the testbed.
-func (l *Lab) build(addrs []netip.Addr) error {
-	if err := l.startRouter(addrs); err != nil {
+func (l *Lab) build() error {
+	if err := l.startRouter(); err != nil {
 		return fmt.Errorf("router: %w", err)
 	}
 	if err := l.setUpClient(); err != nil {
@@ -147,7 +166,13 @@ func (l *Lab) build(addrs []netip.Addr) error {
 			return err
 		}
 	}
-	return l.WaitNextHops(l.Addrs(), convergeTimeout)
+	if err := l.WaitNextHops(testbed.VIP, l.Addrs(), convergeTimeout); err != nil {
+		return err
+	}
+	if l.opts.IPv6 {
+		return l.WaitNextHops(testbed.VIP6, l.Addrs6(), convergeTimeout)
+	}
+	return nil
 }
 
 // convergeTimeout bounds how long BGP (and BFD) may take to bring a path
@@ -181,8 +206,8 @@ func findSnippet() (string, error) {
 // startRouter builds the router: a Linux router with an L4 multipath hash
 // for both families, which sends no ICMP redirects (client and balancers
 // share its link: a redirect would make the client skip it).
-func (l *Lab) startRouter(balancers []netip.Addr) error {
-	r, err := l.Lab.AddHost("router", netip.PrefixFrom(RouterAddr, testbed.Subnet.Bits()))
+func (l *Lab) startRouter() error {
+	r, err := l.Lab.AddHost("router", l.prefixes(RouterAddr, RouterAddr6)...)
 	if err != nil {
 		return err
 	}
@@ -199,7 +224,7 @@ func (l *Lab) startRouter(balancers []netip.Addr) error {
 			return err
 		}
 	}
-	cfg, err := routerBirdConfig(balancers)
+	cfg, err := routerBirdConfig(l.opts.MaxBalancers, l.opts.IPv6)
 	if err != nil {
 		return err
 	}
@@ -222,6 +247,8 @@ func (l *Lab) setUpClient() error {
 	for _, s := range [][2]string{
 		{"net/ipv4/conf/all/accept_redirects", "0"},
 		{"net/ipv4/conf/eth0/accept_redirects", "0"},
+		{"net/ipv6/conf/all/accept_redirects", "0"},
+		{"net/ipv6/conf/eth0/accept_redirects", "0"},
 		{"net/ipv4/ip_local_port_range", "10000 65000"},
 		{"net/ipv4/tcp_tw_reuse", "1"},
 	} {
@@ -232,22 +259,43 @@ func (l *Lab) setUpClient() error {
 	return l.Via(nil)
 }
 
-// Via routes the client's traffic to the VIP through b directly, or
+// Via routes the client's traffic to the VIPs through b directly, or
 // through the router for nil: the same flow can then be sent through each
-// balancer in turn.
+// balancer in turn. (The client ignores ICMPv6 redirects: Linux has no
+// switch to keep the router from sending them.)
 func (l *Lab) Via(b *Balancer) error {
-	gw := RouterAddr
+	gw, gw6 := RouterAddr, RouterAddr6
 	if b != nil {
-		gw = b.Addr
+		gw, gw6 = b.Addr, b.Addr6
+	}
+	routes := map[netip.Addr]netip.Addr{testbed.VIP: gw}
+	if l.opts.IPv6 {
+		routes[testbed.VIP6] = gw6
 	}
 	return l.Client.Do(func() error {
 		eth0, err := netlink.LinkByName("eth0")
 		if err != nil {
 			return err
 		}
-		return netlink.RouteReplace(&netlink.Route{LinkIndex: eth0.Attrs().Index,
-			Dst: prefixNet(netip.PrefixFrom(testbed.VIP, 32)), Gw: gw.AsSlice()})
+		for vip, gw := range routes {
+			err := netlink.RouteReplace(&netlink.Route{LinkIndex: eth0.Attrs().Index,
+				Dst: prefixNet(netip.PrefixFrom(vip, vip.BitLen())), Gw: gw.AsSlice()})
+			if err != nil {
+				return fmt.Errorf("route to %v via %v: %w", vip, gw, err)
+			}
+		}
+		return nil
 	})
+}
+
+// prefixes are a host's addresses in the lab's subnets: a4, and a6 in a
+// dual-stack lab.
+func (l *Lab) prefixes(a4, a6 netip.Addr) []netip.Prefix {
+	out := []netip.Prefix{netip.PrefixFrom(a4, testbed.Subnet.Bits())}
+	if l.opts.IPv6 {
+		out = append(out, netip.PrefixFrom(a6, testbed.Subnet6.Bits()))
+	}
+	return out
 }
 
 // AddBalancer builds the next balancer host and starts its caplanced, then
@@ -258,6 +306,9 @@ func (l *Lab) AddBalancer() (*Balancer, error) {
 		return nil, fmt.Errorf("fleetlab: balancer %d: the lab has room for %d", i+1, l.opts.MaxBalancers)
 	}
 	b := &Balancer{Name: BalancerName(i), Addr: BalancerAddr(i), Bus: "none"}
+	if l.opts.IPv6 {
+		b.Addr6 = BalancerAddr6(i)
+	}
 	b.dir = filepath.Join(l.opts.Dir, b.Name)
 	var err error
 	if l.opts.Bus != nil {
@@ -265,7 +316,7 @@ func (l *Lab) AddBalancer() (*Balancer, error) {
 			return nil, fmt.Errorf("%s: bus: %w", b.Name, err)
 		}
 	}
-	if b.Host, err = l.Lab.AddHost(b.Name, netip.PrefixFrom(b.Addr, testbed.Subnet.Bits())); err != nil {
+	if b.Host, err = l.Lab.AddHost(b.Name, l.prefixes(b.Addr, b.Addr6)...); err != nil {
 		return nil, err
 	}
 	l.Balancers = append(l.Balancers, b)
@@ -296,7 +347,7 @@ func (l *Lab) Start(b *Balancer) error {
 	if b.Bird != nil && b.Bird.running() {
 		return nil
 	}
-	cfg, err := balancerBirdConfig(b.Addr, l.snippet)
+	cfg, err := balancerBirdConfig(b.Addr, l.opts.IPv6, l.snippet)
 	if err != nil {
 		return err
 	}
@@ -309,10 +360,24 @@ func (l *Lab) Start(b *Balancer) error {
 }
 
 // caplancedConfig is every balancer's caplanced configuration: the same
-// backends (identical Maglev tables are what makes a fleet).
+// backends (identical Maglev tables are what makes a fleet): service web
+// on testbed.VIP over every backend, and in a dual-stack lab web6 on
+// testbed.VIP6 over their IPv6 addresses (named be1-v6, …).
 func (l *Lab) caplancedConfig() string {
-	routed := "[balancer]\ninterface = \"eth0\"\n"
-	return strings.Replace(l.BalancerConfig(l.Backends), "[balancer]\n", routed, 1)
+	var b strings.Builder
+	fmt.Fprintf(&b, "[balancer]\ninterface = \"eth0\"\nworkers = %d\n", l.opts.Workers)
+	service := func(name string, vip netip.Addr, backend func(*testbed.Backend) (string, netip.Addr)) {
+		fmt.Fprintf(&b, "\n[[service]]\nname = %q\nvips = [%q]\n", name, vip)
+		for _, be := range l.Backends {
+			name, addr := backend(be)
+			fmt.Fprintf(&b, "\n[[service.backend]]\nname = %q\naddress = %q\n", name, addr)
+		}
+	}
+	service("web", testbed.VIP, func(be *testbed.Backend) (string, netip.Addr) { return be.Name, be.Addr })
+	if l.opts.IPv6 {
+		service("web6", testbed.VIP6, func(be *testbed.Backend) (string, netip.Addr) { return be.Name + "-v6", be.Addr6 })
+	}
+	return b.String()
 }
 
 // announceStandIn stands in for caplanced's routed mode (routed = true),
@@ -326,9 +391,16 @@ func announceStandIn(b *Balancer) error {
 		if err != nil {
 			return err
 		}
-		return netlink.RouteReplace(&netlink.Route{LinkIndex: lo.Attrs().Index, Table: RouteTable,
-			Protocol: RouteProtocol, Scope: netlink.SCOPE_LINK, Type: unix.RTN_UNICAST,
-			Dst: prefixNet(netip.PrefixFrom(testbed.VIP, 32))})
+		route := netlink.Route{LinkIndex: lo.Attrs().Index, Table: RouteTable, Protocol: RouteProtocol,
+			Type: unix.RTN_UNICAST, Scope: netlink.SCOPE_LINK, Dst: prefixNet(netip.PrefixFrom(testbed.VIP, 32))}
+		if err := netlink.RouteReplace(&route); err != nil {
+			return err
+		}
+		if !b.Addr6.IsValid() {
+			return nil
+		}
+		route.Scope, route.Dst = netlink.SCOPE_UNIVERSE, prefixNet(netip.PrefixFrom(testbed.VIP6, 128))
+		return netlink.RouteReplace(&route)
 	})
 }
 
@@ -378,22 +450,35 @@ func (b *Bird) running() bool {
 
 // Addrs returns the addresses of the balancers started so far.
 func (l *Lab) Addrs(except ...*Balancer) []netip.Addr {
+	return l.addrs(func(b *Balancer) netip.Addr { return b.Addr }, except)
+}
+
+// Addrs6 returns the IPv6 addresses of the balancers started so far.
+func (l *Lab) Addrs6(except ...*Balancer) []netip.Addr {
+	return l.addrs(func(b *Balancer) netip.Addr { return b.Addr6 }, except)
+}
+
+func (l *Lab) addrs(addr func(*Balancer) netip.Addr, except []*Balancer) []netip.Addr {
 	var out []netip.Addr
 	for _, b := range l.Balancers {
 		if !slices.Contains(except, b) {
-			out = append(out, b.Addr)
+			out = append(out, addr(b))
 		}
 	}
 	return out
 }
 
-// NextHops returns the next hops of the router's route to the VIP in its
-// main table, sorted; none when it has no route.
-func (l *Lab) NextHops() ([]netip.Addr, error) {
+// NextHops returns the next hops of the router's route to vip in its main
+// table, sorted; none when it has no route.
+func (l *Lab) NextHops(vip netip.Addr) ([]netip.Addr, error) {
+	family := netlink.FAMILY_V4
+	if vip.Is6() {
+		family = netlink.FAMILY_V6
+	}
 	var hops []netip.Addr
 	err := l.Router.Do(func() error {
-		routes, err := netlink.RouteListFiltered(netlink.FAMILY_V4,
-			&netlink.Route{Dst: prefixNet(netip.PrefixFrom(testbed.VIP, 32))}, netlink.RT_FILTER_DST)
+		routes, err := netlink.RouteListFiltered(family,
+			&netlink.Route{Dst: prefixNet(netip.PrefixFrom(vip, vip.BitLen()))}, netlink.RT_FILTER_DST)
 		if err != nil {
 			return err
 		}
@@ -411,19 +496,19 @@ func (l *Lab) NextHops() ([]netip.Addr, error) {
 	return hops, err
 }
 
-// WaitNextHops waits until the router's route to the VIP has exactly the
-// next hops want (no route for none), or timeout passes.
-func (l *Lab) WaitNextHops(want []netip.Addr, timeout time.Duration) error {
+// WaitNextHops waits until the router's route to vip has exactly the next
+// hops want (no route for none), or timeout passes.
+func (l *Lab) WaitNextHops(vip netip.Addr, want []netip.Addr, timeout time.Duration) error {
 	want = slices.SortedFunc(slices.Values(want), netip.Addr.Compare)
 	deadline := time.Now().Add(timeout)
 	for {
-		got, err := l.NextHops()
+		got, err := l.NextHops(vip)
 		if err == nil && slices.Equal(got, want) {
 			return nil
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("fleetlab: the router's next hops to %v are %v (%v), want %v after %v; router's BIRD:\n%s",
-				testbed.VIP, got, err, want, timeout, l.routerState())
+				vip, got, err, want, timeout, l.routerState())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -1,7 +1,6 @@
 package fleetlab
 
 import (
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -54,20 +53,28 @@ func TestBirdConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	router, err := routerBirdConfig([]netip.Addr{BalancerAddr(0), BalancerAddr(1), BalancerAddr(2)})
+	router, err := routerBirdConfig(3, true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	balancer, err := balancerBirdConfig(BalancerAddr(1), snippet)
+	balancer, err := balancerBirdConfig(BalancerAddr(1), true, snippet)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"protocol bgp lb1 {", "protocol bgp lb3 {", "neighbor 198.18.0.4 as 65001;", "merge paths on;"} {
+	for _, want := range []string{"protocol bgp lb1 {", "protocol bgp lb3 {", "neighbor 198.18.0.4 as 65001;",
+		"protocol bgp lb3v6 {", "neighbor 2001:db8:18::4 as 65001;", "merge paths on;"} {
 		if !strings.Contains(router, want) {
 			t.Errorf("the router's configuration lacks %q:\n%s", want, router)
 		}
 	}
-	for name, cfg := range map[string]string{"router": router, "balancer": balancer} {
+	router4, err := routerBirdConfig(3, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(router4, "v6") {
+		t.Errorf("an IPv4-only router's configuration has IPv6 sessions:\n%s", router4)
+	}
+	for name, cfg := range map[string]string{"router": router, "IPv4-only router": router4, "balancer": balancer} {
 		path := filepath.Join(t.TempDir(), "bird.conf")
 		if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 			t.Fatal(err)

@@ -13,16 +13,20 @@ import (
 	"github.com/caplance/caplance/internal/testbed"
 )
 
-// EchoFlows sends one datagram to the VIP's UDP echo port from each of the
-// client's ports (one flow each, from testbed.ClientAddr), through the
-// client's current route (see Via), and returns the backend that answered
-// each, in order.
-func (l *Lab) EchoFlows(ports []uint16) ([]string, error) {
-	to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(testbed.VIP, testbed.EchoPort))
+// EchoFlows sends one datagram to the UDP echo port of vip (testbed.VIP or
+// testbed.VIP6) from each of the client's ports (one flow each, from
+// testbed.ClientAddr or ClientAddr6), through the client's current route
+// (see Via), and returns the backend that answered each, in order.
+func (l *Lab) EchoFlows(vip netip.Addr, ports []uint16) ([]string, error) {
+	to := net.UDPAddrFromAddrPort(netip.AddrPortFrom(vip, testbed.EchoPort))
+	src := testbed.ClientAddr
+	if vip.Is6() {
+		src = testbed.ClientAddr6
+	}
 	names := make([]string, len(ports))
 	err := l.Client.Do(func() error {
 		for i, port := range ports {
-			from := net.UDPAddrFromAddrPort(netip.AddrPortFrom(testbed.ClientAddr, port))
+			from := net.UDPAddrFromAddrPort(netip.AddrPortFrom(src, port))
 			c, err := net.DialUDP("udp", from, to)
 			if err != nil {
 				return err
@@ -46,8 +50,8 @@ type Flow struct {
 	Backend  string
 }
 
-// TraceFlows is EchoFlows that also tells which balancer carried each
-// flow, as seen on the balancers' links: a packet socket on each one's
+// TraceFlows is EchoFlows to testbed.VIP that also tells which balancer
+// carried each flow, as seen on the balancers' links: a packet socket on each one's
 // eth0 records the datagrams arriving for the VIP's echo port.
 //
 // The router's multipath hash cannot be computed instead (`ip route get
@@ -79,7 +83,7 @@ func (l *Lab) TraceFlows(ports []uint16) ([]Flow, error) {
 			return nil, fmt.Errorf("%s: packet socket: %w", b.Name, err)
 		}
 	}
-	backends, err := l.EchoFlows(ports)
+	backends, err := l.EchoFlows(testbed.VIP, ports)
 	if err != nil {
 		return nil, err
 	}

@@ -186,7 +186,7 @@ func TestFleet(t *testing.T) {
 			}
 			// The next restart waits until this balancer is back in the
 			// router's route, as an operator's script would.
-			if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(), converge); err != nil {
+			if err := lab.WaitAll(converge); err != nil {
 				t.Fatal(err)
 			}
 			if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
@@ -208,7 +208,7 @@ func TestFleet(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(), converge); err != nil {
+		if err := lab.WaitAll(converge); err != nil {
 			t.Fatal(err)
 		}
 		if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
@@ -234,11 +234,14 @@ func TestFleet(t *testing.T) {
 		if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(b), converge); err != nil {
 			t.Fatal(err)
 		}
+		if err := lab.WaitNextHops(testbed.VIP6, lab.Addrs6(b), converge); err != nil {
+			t.Fatal(err)
+		}
 		if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
 			t.Error(err)
 		}
 		maintenance("off")
-		if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(), converge); err != nil {
+		if err := lab.WaitAll(converge); err != nil {
 			t.Fatal(err)
 		}
 		stopTraffic(t, conns, load)
@@ -268,7 +271,7 @@ func TestFleet(t *testing.T) {
 		for _, be := range lab.Backends {
 			call(t, mgr, "ReportHealth", be.Name, true, "test: up again")
 		}
-		if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(), converge); err != nil {
+		if err := lab.WaitAll(converge); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -316,7 +319,7 @@ func killBalancer(t *testing.T, lab *fleetlab.Lab, dead *fleetlab.Balancer, cut 
 	if err := lab.Start(dead); err != nil {
 		t.Fatalf("bring %s back: %v", dead.Name, err)
 	}
-	if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(), converge); err != nil {
+	if err := lab.WaitAll(converge); err != nil {
 		t.Fatal(err)
 	}
 }

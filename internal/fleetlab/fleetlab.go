@@ -166,11 +166,17 @@ func (l *Lab) build() error {
 			return err
 		}
 	}
-	if err := l.WaitNextHops(testbed.VIP, l.Addrs(), convergeTimeout); err != nil {
+	return l.WaitAll(convergeTimeout)
+}
+
+// WaitAll waits until the router routes every VIP (VIP6 too in a
+// dual-stack lab) to every balancer started so far, or timeout passes.
+func (l *Lab) WaitAll(timeout time.Duration) error {
+	if err := l.WaitNextHops(testbed.VIP, l.Addrs(), timeout); err != nil {
 		return err
 	}
 	if l.opts.IPv6 {
-		return l.WaitNextHops(testbed.VIP6, l.Addrs6(), convergeTimeout)
+		return l.WaitNextHops(testbed.VIP6, l.Addrs6(), timeout)
 	}
 	return nil
 }
@@ -317,6 +323,11 @@ func (l *Lab) AddBalancer() (*Balancer, error) {
 		}
 	}
 	if b.Host, err = l.Lab.AddHost(b.Name, l.prefixes(b.Addr, b.Addr6)...); err != nil {
+		return nil, err
+	}
+	// Linux removes a link's IPv6 addresses when it goes down, and a
+	// balancer's link may be cut (SetLink) and restored.
+	if err := b.Host.SetSysctl("net/ipv6/conf/eth0/keep_addr_on_down", "1"); err != nil {
 		return nil, err
 	}
 	l.Balancers = append(l.Balancers, b)

@@ -216,7 +216,7 @@ func restart(lab *fleetlab.Lab, b *fleetlab.Balancer) ([]string, error) {
 	}()
 	err := lab.Restart(b)
 	if err == nil {
-		err = lab.WaitAll(30*time.Second)
+		err = lab.WaitAll(30 * time.Second)
 	}
 	close(done)
 	<-watched

@@ -26,7 +26,7 @@ test: lint ## Lint, then run every test with the race detector (root tests need 
 bench: ## Run the micro-benchmarks (root for the hot path); each prints its ratio to a same-run baseline
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $$($(GO) list ./internal/... | grep -v /e2e)
 
-bench-dataplane: ## As root: UDP through caplanced vs kernel IP forwarding, same generator, same run
+bench-dataplane: ## As root: UDP through caplanced vs kernel IP forwarding, IPv4 and IPv6, same generator, same run
 	$(GO) test -run '^$$' -bench Dataplane -benchtime 1x -count 1 ./internal/e2e/
 
 fuzz: ## Run every fuzz target for FUZZTIME each

@@ -19,7 +19,7 @@ func main() {
 	fs := flag.NewFlagSet("caplanced", flag.ContinueOnError)
 	configPath := fs.String("config", config.DefaultPath, "configuration `file`")
 	checkConfig := fs.Bool("check-config", false, "validate the configuration (file and CAPLANCED_* environment), print ok (and a file of the single-pool form in the services form) or every error, and exit")
-	cleanup := fs.Bool("cleanup", false, "undo what a caplanced that did not stop cleanly left behind (VIPs, sysctls, nftables table) and exit")
+	cleanup := fs.Bool("cleanup", false, "undo what a caplanced that did not stop cleanly left behind (VIPs, sysctls, routes, nftables table) and exit")
 	runtimeDir := fs.String("runtime-dir", envOr("RUNTIME_DIRECTORY", "/run/caplance"), "`directory` for the host-change journal and stats.json")
 	stateDir := fs.String("state-dir", envOr("STATE_DIRECTORY", "/var/lib/caplance"), "`directory` for backends added at run time (backends.json)")
 	bus := fs.String("bus", "system", "where to serve the D-Bus API: system, session, none, or a bus `address`")

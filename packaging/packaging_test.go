@@ -103,6 +103,7 @@ func wantFiles(t *testing.T, packager string) map[string]entry {
 		"packaging/dbus/*.conf":       "/usr/share/dbus-1/system.d/",
 		"packaging/sysusers.d/*.conf": "/usr/lib/sysusers.d/",
 		"packaging/tmpfiles.d/*.conf": "/usr/lib/tmpfiles.d/",
+		"packaging/iproute2/*.conf":   "/etc/iproute2/rt_protos.d/",
 	}
 	for pattern, dir := range dirs {
 		for _, f := range glob(t, pattern) {
@@ -127,7 +128,7 @@ func wantFiles(t *testing.T, packager string) map[string]entry {
 	return want
 }
 
-var conffiles = []string{"/etc/caplance/caplance-healthd.toml", "/etc/caplance/caplanced.toml"}
+var conffiles = []string{"/etc/caplance/caplance-healthd.toml", "/etc/caplance/caplanced.toml", "/etc/iproute2/rt_protos.d/caplance.conf"}
 
 func TestPackages(t *testing.T) {
 	if testing.Short() {
@@ -211,6 +212,23 @@ func TestPackages(t *testing.T) {
 		slices.Sort(got)
 		if diff := cmp.Diff(conffiles, got); diff != "" {
 			t.Errorf("%%config files of the .rpm (-want +got):\n%s", diff)
+		}
+	})
+
+	// A routed balancer needs a routing daemon; nothing else does.
+	t.Run("deb/suggests", func(t *testing.T) {
+		if got := strings.TrimSpace(run(t, nil, "dpkg-deb", "--field", deb, "Suggests")); got != "bird2 | frr" {
+			t.Errorf("Suggests of the .deb = %q, want \"bird2 | frr\"", got)
+		}
+		if depends := run(t, nil, "dpkg-deb", "--field", deb, "Depends"); strings.Contains(depends, "bird") || strings.Contains(depends, "frr") {
+			t.Errorf("the .deb depends on a routing daemon: %s", depends)
+		}
+	})
+
+	t.Run("rpm/suggests", func(t *testing.T) {
+		got := lines(run(t, nil, "rpm", "-qp", "--suggests", rpm))
+		if diff := cmp.Diff([]string{"bird", "frr"}, got); diff != "" {
+			t.Errorf("suggests of the .rpm (-want +got):\n%s", diff)
 		}
 	})
 

@@ -59,6 +59,8 @@ _caplancectl_spec()
         flags='--service --help' vflags=' service ' args=('@list') ;;
     'reload')
         flags='--help' vflags='  ' args=() ;;
+    'maintenance')
+        flags='--help' vflags='  ' args=('on off') ;;
     'stats')
         flags='--json --help' vflags='  ' args=() ;;
     'watch')
@@ -152,7 +154,7 @@ _caplancectl()
     elif ((!endflags)) && [[ $cur == -* ]]; then
         mapfile -t COMPREPLY < <(compgen -W "$flags" -- "$cur")
     elif [[ -z $cmd ]]; then
-        mapfile -t COMPREPLY < <(compgen -W 'status services list-services show-service add-service change-service remove-service list show add-backend remove-backend set-weight drain undrain reload stats watch completion' -- "$cur")
+        mapfile -t COMPREPLY < <(compgen -W 'status services list-services show-service add-service change-service remove-service list show add-backend remove-backend set-weight drain undrain reload maintenance stats watch completion' -- "$cur")
     else
         case ${args[narg]-} in
         @*)

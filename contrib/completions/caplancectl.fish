@@ -115,6 +115,7 @@ complete -c caplancectl -n '__caplancectl_at "" 0' -a set-weight -d 'change a ba
 complete -c caplancectl -n '__caplancectl_at "" 0' -a drain -d 'send a backend no new flows'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a undrain -d 'send a drained backend new flows again'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a reload -d 'make caplanced re-read its configuration'
+complete -c caplancectl -n '__caplancectl_at "" 0' -a maintenance -d 'withdraw a routed balancer\'s routes without stopping it (on), or announce them again (off)'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a stats -d 'print the balancer\'s counters, global and per service'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a watch -d 'print service and backend changes as they happen, until interrupted'
 complete -c caplancectl -n '__caplancectl_at "" 0' -a completion -d 'print the shell completion script'
@@ -182,6 +183,9 @@ complete -c caplancectl -n '__caplancectl_at undrain' -l help -d 'print the usag
 complete -c caplancectl -n '__caplancectl_at undrain 0' -a '(__caplancectl_names list)' -d 'backend'
 
 complete -c caplancectl -n '__caplancectl_at reload' -l help -d 'print the usage and exit'
+
+complete -c caplancectl -n '__caplancectl_at maintenance' -l help -d 'print the usage and exit'
+complete -c caplancectl -n '__caplancectl_at maintenance 0' -a 'on off'
 
 complete -c caplancectl -n '__caplancectl_at stats' -l json -d 'print a JSON object instead of lines'
 complete -c caplancectl -n '__caplancectl_at stats' -l help -d 'print the usage and exit'

@@ -21,10 +21,12 @@ type target struct {
 	route route
 	outer encap.Outer
 	// v6 says the outer is IPv6: sent to dst6 on the IPv6 socket, not to
-	// dst on the IPv4 one.
+	// dst on the IPv4 one; src6 is the outer's source, given to the kernel
+	// with each packet (rawio.Queue.Add6From).
 	v6    bool
 	dst   [4]byte
 	dst6  [16]byte
+	src6  [16]byte
 	mtu   int
 	stats *backendStats
 }
@@ -85,7 +87,7 @@ func (b *Balancer) target(be model.Backend, prev *target, gen uint64) *target {
 	if a := be.Address.Unmap(); a.Is4() {
 		t.dst = a.As4()
 	} else {
-		t.v6, t.dst6 = true, a.As16()
+		t.v6, t.dst6, t.src6 = true, a.As16(), r.src.As16()
 	}
 	return t
 }

@@ -178,6 +178,14 @@ func (b *Balancer) openWorker(i int) (*worker, error) {
 		return nil, fmt.Errorf("balancer: raw IPv6 send socket: %w", err)
 	default:
 		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, socketBuffer)
+		// The outers' sources go with each packet (IPV6_PKTINFO), so that
+		// the kernel selects none per packet; IPV6_FREEBIND keeps one the
+		// host has just lost sendable, as the header's source always was.
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_FREEBIND, 1); err != nil {
+			unix.Close(fd)
+			w.close()
+			return nil, fmt.Errorf("balancer: raw IPv6 send socket: IPV6_FREEBIND: %w", err)
+		}
 		w.sendFD6 = fd
 	}
 	return w, nil

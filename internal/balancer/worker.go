@@ -181,7 +181,7 @@ func (w *worker) forward(n int) {
 		}
 		if t.v6 {
 			w.queued6[w.queue6.Len()] = sc
-			w.queue6.Add6(frame, t.dst6, 0)
+			w.queue6.Add6From(frame, t.src6, t.dst6, 0)
 			continue
 		}
 		w.queued[w.queue.Len()] = sc

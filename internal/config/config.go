@@ -61,6 +61,19 @@ const (
 	// MaxWeight bounds weights so that ratios stay meaningful for a table
 	// of a few hundred thousand slots.
 	MaxWeight = 10000
+	// DefaultRouteTable is the kernel routing table a routed balancer
+	// publishes its servable VIPs in; no ip rule points at it.
+	DefaultRouteTable = 100
+	// DefaultRouteProtocol is the rtnetlink protocol of caplanced's routes;
+	// the package names it "caplance" in /etc/iproute2/rt_protos.d.
+	DefaultRouteProtocol = 252
+	// DefaultWithdrawDelay is how long a routed balancer keeps forwarding
+	// after withdrawing its routes at stop: a few BGP/BFD convergence
+	// times.
+	DefaultWithdrawDelay = 5 * time.Second
+	// MaxWithdrawDelay bounds withdraw_delay; the unit's TimeoutStopSec
+	// must stay above it.
+	MaxWithdrawDelay = 5 * time.Minute
 )
 
 // DefaultService is the name of the one service of a file in the
@@ -105,6 +118,18 @@ type Balancer struct {
 	// TCPClosingTimeout is the idle timeout of a TCP flow the client has
 	// closed (FIN or RST).
 	TCPClosingTimeout time.Duration
+	// Routed says the VIPs live on lo and each servable VIP is published
+	// as a route in RouteTable, with RouteProtocol, for the host's routing
+	// daemon to announce. The other route keys are used only when Routed.
+	Routed        bool
+	RouteTable    uint32
+	RouteProtocol uint8
+	// RouteMinBackends is how many backends of a service must be able to
+	// take new flows for its VIPs to be announced.
+	RouteMinBackends int
+	// WithdrawDelay is how long caplanced keeps forwarding after
+	// withdrawing its routes at stop.
+	WithdrawDelay time.Duration
 }
 
 // Backend is one backend of a service: a [[service.backend]] or [[backend]]
@@ -183,6 +208,11 @@ type rawBalancer struct {
 	TCPTimeout        string           `toml:"tcp_timeout"`
 	UDPTimeout        string           `toml:"udp_timeout"`
 	TCPClosingTimeout string           `toml:"tcp_closing_timeout"`
+	Routed            *bool            `toml:"routed"`
+	RouteTable        *int             `toml:"route_table"`
+	RouteProtocol     *int             `toml:"route_protocol"`
+	RouteMinBackends  *int             `toml:"route_min_backends"`
+	WithdrawDelay     string           `toml:"withdraw_delay"`
 }
 
 type rawService struct {

@@ -25,7 +25,8 @@ var cmpConfig = cmp.Options{cmp.Comparer(func(a, b netip.Addr) bool { return a =
 
 // defaultBalancer is [balancer] with every key at its default.
 func defaultBalancer() *Balancer {
-	return &Balancer{EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second}
+	return &Balancer{EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second,
+		RouteTable: 100, RouteProtocol: 252, RouteMinBackends: 1, WithdrawDelay: 5 * time.Second}
 }
 
 // singlePool is the service "default" of a file in the single-pool form.
@@ -79,6 +80,11 @@ conntrack_size = 4096
 tcp_timeout = "1h"
 udp_timeout = "90s"
 tcp_closing_timeout = "2s"
+routed = true
+route_table = 1000
+route_protocol = 99
+route_min_backends = 3
+withdraw_delay = "1m30s"
 [balancer.ports]
 "10.0.0.101" = [443, 80, 81]
 [[backend]]
@@ -96,6 +102,7 @@ weight = 10000
 					Interface: "eth1", EncapPort: 6000, TableSize: 101, MaxBackends: 3,
 					Workers: 2, ConntrackSize: 4096, TCPTimeout: time.Hour, UDPTimeout: 90 * time.Second,
 					TCPClosingTimeout: 2 * time.Second,
+					Routed:            true, RouteTable: 1000, RouteProtocol: 99, RouteMinBackends: 3, WithdrawDelay: 90 * time.Second,
 				},
 				Services: singlePool(101, model.VIP{Addr: addr("10.0.0.100")}, model.VIP{Addr: addr("10.0.0.101"), Ports: ports([2]uint16{80, 81}, [2]uint16{443, 443})}),
 				Backends: []Backend{
@@ -250,6 +257,25 @@ workers = 3
 			},
 		},
 		{
+			name: "routed, every route key",
+			doc:  "[balancer]\nrouted = true\nroute_table = 4294967295\nroute_protocol = 5\nroute_min_backends = 2\nwithdraw_delay = \"0s\"\n",
+			want: &Config{Balancer: func() *Balancer {
+				b := defaultBalancer()
+				b.Routed, b.RouteTable, b.RouteProtocol, b.RouteMinBackends, b.WithdrawDelay = true, 4294967295, 5, 2, 0
+				return b
+			}()},
+		},
+		{
+			name:    "route keys without routed are kept (one file can flip routed); routed from the environment",
+			doc:     "[balancer]\nroute_table = 7\nwithdraw_delay = \"5m\"\n",
+			environ: []string{"CAPLANCED_BALANCER_ROUTED=true", "CAPLANCED_BALANCER_ROUTE_PROTOCOL=200"},
+			want: &Config{Balancer: func() *Balancer {
+				b := defaultBalancer()
+				b.Routed, b.RouteTable, b.RouteProtocol, b.WithdrawDelay = true, 7, 200, 5*time.Minute
+				return b
+			}()},
+		},
+		{
 			name:    "environment creates a section",
 			doc:     "",
 			environ: []string{"CAPLANCED_RECEIVER_VIPS=10.0.0.100", "CAPLANCED_RECEIVER_BALANCERS=10.0.1.1", "CAPLANCED_RECEIVER_MODE=kernel"},
@@ -360,6 +386,43 @@ address = "10.0.1.300"
 				`test.toml: line 10: backend "web1": address "10.0.1.300": not an IP address`,
 				`environment CAPLANCED_BALANCER_WORKERS: "many": not an integer`,
 				`environment CAPLANCED_RECEIVER_MODES: no such setting (see ENVIRONMENT VARIABLES in caplanced.toml(5))`,
+			},
+		},
+		{
+			name: "route keys",
+			doc: `[balancer]
+routed = "yes"
+route_table = 254
+route_protocol = 12
+route_min_backends = 0
+withdraw_delay = "6m"
+`,
+			want: []string{
+				`test.toml: line 2: balancer.routed: must be true or false, not a string`,
+				`test.toml: line 3: balancer: route_table 254: is the kernel's main table; give a table of caplanced's own (e.g. 100)`,
+				`test.toml: line 4: balancer: route_protocol 12: is BIRD's; give a protocol of caplanced's own (e.g. 252)`,
+				`test.toml: line 5: balancer: route_min_backends 0: must be from 1 to max_backends (4096): no service has more backends`,
+				`test.toml: line 6: balancer: withdraw_delay "6m": must be between 0s and 5m`,
+			},
+		},
+		{
+			name:    "route keys out of range",
+			doc:     "[balancer]\nroute_table = 0\nroute_protocol = 2\nwithdraw_delay = \"soon\"\n",
+			environ: []string{"CAPLANCED_BALANCER_ROUTED=maybe"},
+			want: []string{
+				`test.toml: line 2: balancer: route_table 0: must be between 1 and 4294967295`,
+				`test.toml: line 3: balancer: route_protocol 2: is the kernel's own (kernel); give a protocol of caplanced's own (e.g. 252)`,
+				`test.toml: line 4: balancer: withdraw_delay "soon": not a duration (write e.g. "5s" or "0s")`,
+				`environment CAPLANCED_BALANCER_ROUTED: "maybe": not a boolean (true or false)`,
+			},
+		},
+		{
+			name: "route numbers past the top",
+			doc:  "[balancer]\nroute_table = 4294967296\nroute_protocol = 256\nmax_backends = 3\nroute_min_backends = 4\n",
+			want: []string{
+				`test.toml: line 2: balancer: route_table 4294967296: must be between 1 and 4294967295`,
+				`test.toml: line 3: balancer: route_protocol 256: must be between 5 and 255 (not 12)`,
+				`test.toml: line 5: balancer: route_min_backends 4: must be from 1 to max_backends (3): no service has more backends`,
 			},
 		},
 		{
@@ -729,6 +792,24 @@ func TestReferenceConfigSetsEveryKey(t *testing.T) {
 	if b.Interface == "" || svc.VIPs[0].Ports == nil || svc.Protocols != model.TCP || svc.Hash == model.FiveTuple || svc.Check == "" || cfg.Backends[0].Check == "" {
 		t.Errorf("reference config leaves out interface, or a service's ports, protocols, hash or check, or a backend's check: %+v", cfg)
 	}
+	text, err := os.ReadFile("../../contrib/caplanced.reference.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every key of the services form, set (the single-pool form's
+	// top-level [[backend]] and vips are left to --check-config).
+	for _, section := range []any{rawBalancer{}, rawService{}, rawBackend{}, rawReceiver{}} {
+		typ := reflect.TypeOf(section)
+		for i := range typ.NumField() {
+			name := typ.Field(i).Tag.Get("toml")
+			if (name == "vips" || name == "ports") && typ == reflect.TypeOf(rawBalancer{}) || name == "backend" {
+				continue // the single-pool form's, and [[service.backend]] itself
+			}
+			if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` = `).Match(text) {
+				t.Errorf("the reference config does not set %s (%s)", name, typ.Name())
+			}
+		}
+	}
 }
 
 func TestLoadMissingFile(t *testing.T) {
@@ -744,11 +825,16 @@ func TestEnvNames(t *testing.T) {
 		"CAPLANCED_BALANCER_ENCAP_PORT",
 		"CAPLANCED_BALANCER_INTERFACE",
 		"CAPLANCED_BALANCER_MAX_BACKENDS",
+		"CAPLANCED_BALANCER_ROUTED",
+		"CAPLANCED_BALANCER_ROUTE_MIN_BACKENDS",
+		"CAPLANCED_BALANCER_ROUTE_PROTOCOL",
+		"CAPLANCED_BALANCER_ROUTE_TABLE",
 		"CAPLANCED_BALANCER_TABLE_SIZE",
 		"CAPLANCED_BALANCER_TCP_CLOSING_TIMEOUT",
 		"CAPLANCED_BALANCER_TCP_TIMEOUT",
 		"CAPLANCED_BALANCER_UDP_TIMEOUT",
 		"CAPLANCED_BALANCER_VIPS",
+		"CAPLANCED_BALANCER_WITHDRAW_DELAY",
 		"CAPLANCED_BALANCER_WORKERS",
 		"CAPLANCED_RECEIVER_BALANCERS",
 		"CAPLANCED_RECEIVER_ENCAP_PORT",

@@ -16,7 +16,7 @@ const EnvPrefix = "CAPLANCED_"
 
 // applyEnv applies CAPLANCED_<SECTION>_<KEY> overrides: the section and key
 // names of the file upper-cased, for every key of [balancer] and [receiver]
-// that holds a string, an integer or a list of those (lists are
+// that holds a string, an integer, a boolean or a list of strings (lists are
 // comma-separated). Setting a key of an absent section creates the section.
 // A CAPLANCED_ variable that names no such key is a problem, so a typo is
 // caught rather than silently ignored. set maps each key set (lookup) to
@@ -87,13 +87,13 @@ func addSettable(into map[string]envField, section string, v reflect.Value) {
 }
 
 // envSettable accepts the field types the raw sections use for scalars:
-// string, *int and []string.
+// string, *int, *bool and []string.
 func envSettable(t reflect.Type) bool {
 	switch t.Kind() {
 	case reflect.String:
 		return true
 	case reflect.Pointer:
-		return t.Elem().Kind() == reflect.Int
+		return t.Elem().Kind() == reflect.Int || t.Elem().Kind() == reflect.Bool
 	case reflect.Slice:
 		return t.Elem().Kind() == reflect.String
 	}
@@ -105,6 +105,14 @@ func setField(f reflect.Value, value string) error {
 	case reflect.String:
 		f.SetString(value)
 	case reflect.Pointer:
+		if f.Type().Elem().Kind() == reflect.Bool {
+			b, err := strconv.ParseBool(strings.TrimSpace(value))
+			if err != nil {
+				return fmt.Errorf("not a boolean (true or false)")
+			}
+			f.Set(reflect.ValueOf(&b))
+			return nil
+		}
 		n, err := strconv.Atoi(strings.TrimSpace(value))
 		if err != nil {
 			return fmt.Errorf("not an integer")

@@ -45,6 +45,11 @@ func ServicesForm(cfg *Config) string {
 		w.keyIf(b.TCPTimeout != DefaultTCPTimeout, "tcp_timeout", tomlString(formatDuration(b.TCPTimeout)))
 		w.keyIf(b.UDPTimeout != DefaultUDPTimeout, "udp_timeout", tomlString(formatDuration(b.UDPTimeout)))
 		w.keyIf(b.TCPClosingTimeout != DefaultTCPClosingTimeout, "tcp_closing_timeout", tomlString(formatDuration(b.TCPClosingTimeout)))
+		w.keyIf(b.Routed, "routed", "true")
+		w.keyIf(b.RouteTable != DefaultRouteTable, "route_table", strconv.FormatUint(uint64(b.RouteTable), 10))
+		w.keyIf(b.RouteProtocol != DefaultRouteProtocol, "route_protocol", strconv.Itoa(int(b.RouteProtocol)))
+		w.keyIf(b.RouteMinBackends != 1, "route_min_backends", strconv.Itoa(b.RouteMinBackends))
+		w.keyIf(b.WithdrawDelay != DefaultWithdrawDelay, "withdraw_delay", tomlString(formatDuration(b.WithdrawDelay)))
 		for _, svc := range cfg.Services {
 			writeService(&w, svc, b.TableSize, cfg.Backends)
 		}

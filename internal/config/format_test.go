@@ -91,6 +91,11 @@ conntrack_size = 4096
 tcp_timeout = "1h"
 udp_timeout = "90s"
 tcp_closing_timeout = "2s"
+routed = true
+route_table = 7
+route_protocol = 200
+route_min_backends = 2
+withdraw_delay = "0s"
 [balancer.ports]
 "10.0.0.100" = [443, 80, 81, 82]
 "10.0.0.102" = [82, 443, 81, 80]

@@ -3,6 +3,7 @@ package config
 import (
 	"fmt"
 	"maps"
+	"math"
 	"net/netip"
 	"regexp"
 	"slices"
@@ -86,6 +87,11 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 		UDPTimeout:    timeout(raw.UDPTimeout, DefaultUDPTimeout, "balancer: udp_timeout", p),
 		TCPClosingTimeout: timeout(raw.TCPClosingTimeout, DefaultTCPClosingTimeout,
 			"balancer: tcp_closing_timeout", p),
+		Routed:           raw.Routed != nil && *raw.Routed,
+		RouteTable:       routeTable(raw.RouteTable, p),
+		RouteProtocol:    routeProtocol(raw.RouteProtocol, p),
+		RouteMinBackends: 1,
+		WithdrawDelay:    withdrawDelay(raw.WithdrawDelay, p),
 	}
 	if raw.Interface != "" && !validInterfaceName(raw.Interface) {
 		p.at([]string{"balancer", "interface"}, "balancer: interface %s: not a valid interface name (1-15 characters, no '/', ':' or white space)", quote.Q(raw.Interface))
@@ -103,6 +109,13 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 			p.at([]string{"balancer", "max_backends"}, "balancer: max_backends %d: must be from 1 to table_size (%d): every backend needs a slot", n, b.TableSize)
 		} else {
 			b.MaxBackends = n
+		}
+	}
+	if raw.RouteMinBackends != nil {
+		if n := *raw.RouteMinBackends; n < 1 || n > b.MaxBackends {
+			p.at([]string{"balancer", "route_min_backends"}, "balancer: route_min_backends %d: must be from 1 to max_backends (%d): no service has more backends", n, b.MaxBackends)
+		} else {
+			b.RouteMinBackends = n
 		}
 	}
 	return b
@@ -371,6 +384,64 @@ func timeout(raw string, def time.Duration, place string, p *problems) time.Dura
 		return d
 	}
 	return def
+}
+
+// routeTable accepts a kernel routing table of caplanced's own: not 0
+// (unspecified) nor the tables the kernel itself uses.
+func routeTable(raw *int, p *problems) uint32 {
+	if raw == nil {
+		return DefaultRouteTable
+	}
+	key := []string{"balancer", "route_table"}
+	switch n := *raw; {
+	case n < 1 || n > math.MaxUint32:
+		p.at(key, "balancer: route_table %d: must be between 1 and %d", n, uint32(math.MaxUint32))
+	case n == 253 || n == 254 || n == 255:
+		p.at(key, "balancer: route_table %d: is the kernel's %s table; give a table of caplanced's own (e.g. %d)", n, map[int]string{253: "default", 254: "main", 255: "local"}[n], DefaultRouteTable)
+	default:
+		return uint32(n)
+	}
+	return DefaultRouteTable
+}
+
+// routeProtocol accepts an rtnetlink route protocol that is not one the
+// kernel (0-4) or BIRD (12) marks its own routes with, so that caplanced
+// never deletes a route it did not add.
+func routeProtocol(raw *int, p *problems) uint8 {
+	if raw == nil {
+		return DefaultRouteProtocol
+	}
+	key := []string{"balancer", "route_protocol"}
+	switch n := *raw; {
+	case n < 1 || n > 255:
+		p.at(key, "balancer: route_protocol %d: must be between 5 and 255 (not 12)", n)
+	case n <= 4:
+		p.at(key, "balancer: route_protocol %d: is the kernel's own (%s); give a protocol of caplanced's own (e.g. %d)", n, [...]string{"", "redirect", "kernel", "boot", "static"}[n], DefaultRouteProtocol)
+	case n == 12:
+		p.at(key, "balancer: route_protocol 12: is BIRD's; give a protocol of caplanced's own (e.g. %d)", DefaultRouteProtocol)
+	default:
+		return uint8(n)
+	}
+	return DefaultRouteProtocol
+}
+
+// withdrawDelay parses withdraw_delay: a Go duration from 0 to
+// MaxWithdrawDelay.
+func withdrawDelay(raw string, p *problems) time.Duration {
+	if raw == "" {
+		return DefaultWithdrawDelay
+	}
+	key := []string{"balancer", "withdraw_delay"}
+	d, err := time.ParseDuration(raw)
+	switch {
+	case err != nil:
+		p.at(key, "balancer: withdraw_delay %s: not a duration (write e.g. \"5s\" or \"0s\")", quote.Q(raw))
+	case d < 0 || d > MaxWithdrawDelay:
+		p.at(key, "balancer: withdraw_delay %s: must be between 0s and %s", quote.Q(raw), formatDuration(MaxWithdrawDelay))
+	default:
+		return d
+	}
+	return DefaultWithdrawDelay
 }
 
 func validInterfaceName(s string) bool {

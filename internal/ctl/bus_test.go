@@ -75,6 +75,11 @@ func (s *stubDaemon) Drain(name string) *dbus.Error {
 	return dbus.NewError(dbusname.ErrorPrefix+"NotFound", []any{fmt.Sprintf("backend %q: no such backend", name)})
 }
 
+func (s *stubDaemon) SetMaintenance(on bool) *dbus.Error {
+	s.record("SetMaintenance %v", on)
+	return nil
+}
+
 func (s *stubDaemon) SetWeight(name string, weight uint32) *dbus.Error {
 	s.record("SetWeight %s %d", name, weight)
 	return nil
@@ -184,6 +189,7 @@ func TestOverBus(t *testing.T) {
 		{args: []string{"status"}, wantStdout: "Version:    1.2.3\nAPIVersion: 2\n"},
 		{args: []string{"add-backend", "web2", "10.0.1.2", "--weight", "5", "--runtime"}},
 		{args: []string{"set-weight", "web2", "7"}},
+		{args: []string{"maintenance", "on"}},
 		{args: []string{"drain", "web9"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: backend \"web9\": no such backend\n"},
 		{args: []string{"reload"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: Unknown / invalid method 'Reload'\n"},
 	}
@@ -214,6 +220,12 @@ func TestOverBus(t *testing.T) {
 	if code != cli.ExitFailed || stderr.String() != wantDenied {
 		t.Errorf("set-weight as nobody: exit code %d, stderr %q; want %d, %q", code, stderr.String(), cli.ExitFailed, wantDenied)
 	}
+	var mstderr syncBuffer
+	code = nobody.Execute([]string{"maintenance", "off"}, &stdout, &mstderr)
+	wantDenied = "caplancectl: SetMaintenance: refused by the D-Bus policy (run as root or a member of caplance-admin)\n"
+	if code != cli.ExitFailed || mstderr.String() != wantDenied {
+		t.Errorf("maintenance off as nobody: exit code %d, stderr %q; want %d, %q", code, mstderr.String(), cli.ExitFailed, wantDenied)
+	}
 
 	want := []string{
 		"AddService dns a{sv}{check:s=udp://:53,hash:s=source-ip,ports:s=53,protocols:s=udp,runtime:b=true,table_size:u=251,vips:as=[10.0.0.53]}",
@@ -222,6 +234,7 @@ func TestOverBus(t *testing.T) {
 		"AddBackend dns1 10.0.2.1 a{sv}{service:s=dns}",
 		"AddBackend web2 10.0.1.2 a{sv}{runtime:b=true,weight:u=5}",
 		"SetWeight web2 7",
+		"SetMaintenance true",
 	}
 	if diff := cmp.Diff(want, stub.got); diff != "" {
 		t.Errorf("calls received (-want +got):\n%s", diff)

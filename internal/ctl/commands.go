@@ -35,6 +35,7 @@ var commands = []command{
 	{name: "drain", synopsis: "NAME [--service NAME]", summary: "send a backend no new flows", setup: nameMethod("Drain", backendName)},
 	{name: "undrain", synopsis: "NAME [--service NAME]", summary: "send a drained backend new flows again", setup: nameMethod("Undrain", backendName)},
 	{name: "reload", summary: "make caplanced re-read its configuration", setup: noFlags(managerCall("Reload"))},
+	{name: "maintenance", synopsis: "on|off", summary: "withdraw a routed balancer's routes without stopping it (on), or announce them again (off)", setup: setupMaintenance},
 	{name: "stats", synopsis: "[--json]", summary: "print the balancer's counters, global and per service", setup: setupStats},
 	{name: "watch", summary: "print service and backend changes as they happen, until interrupted", setup: noFlags(watchAction), endless: true},
 }
@@ -458,6 +459,35 @@ func statusAction(ctx context.Context, c Conn, out io.Writer) error {
 	}
 	_, err = io.WriteString(out, formatStatus(props, services, backends, healthd))
 	return err
+}
+
+func setupMaintenance(*flag.FlagSet) func([]string) (action, error) {
+	return func(args []string) (action, error) {
+		if err := wantArgs(args, "on|off"); err != nil {
+			return nil, err
+		}
+		var on bool
+		switch args[0] {
+		case "on":
+			on = true
+		case "off":
+		default:
+			return nil, fmt.Errorf("%s: want on or off", quote.Q(args[0]))
+		}
+		return func(ctx context.Context, c Conn, out io.Writer) error {
+			props, err := getAll(ctx, c, dbusname.ManagerPath, dbusname.ManagerIface)
+			if err != nil {
+				return err
+			}
+			routed, _ := props["Routed"].Value().(bool)
+			if cur, ok := props["Maintenance"].Value().(bool); ok && routed && cur == on {
+				_, err := fmt.Fprintf(out, "maintenance is already %s\n", args[0])
+				return err
+			}
+			// A balancer that is not routed refuses it, saying why.
+			return managerCall("SetMaintenance", on)(ctx, c, out)
+		}, nil
+	}
 }
 
 // managerCall is the action that calls a manager method whose reply is

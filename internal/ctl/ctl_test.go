@@ -53,6 +53,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"undrain", "a", "b"}, `undrain: unexpected argument "b"`},
 		{[]string{"undrain", "--now", "a"}, "undrain: flag provided but not defined: -now"},
 		{[]string{"reload", "now"}, `reload: unexpected argument "now"`},
+		{[]string{"maintenance"}, "maintenance: missing on|off"},
+		{[]string{"maintenance", "maybe"}, `maintenance: "maybe": want on or off`},
+		{[]string{"maintenance", "ON"}, `maintenance: "ON": want on or off`},
+		{[]string{"maintenance", "on", "now"}, `maintenance: unexpected argument "now"`},
 		{[]string{"reload", "--force"}, "reload: flag provided but not defined: -force"},
 		{[]string{"stats", "drops"}, `stats: unexpected argument "drops"`},
 		{[]string{"stats", "--yaml"}, "stats: flag provided but not defined: -yaml"},
@@ -176,6 +180,7 @@ func TestCommandHelp(t *testing.T) {
 // types of the arguments.
 func TestCalls(t *testing.T) {
 	const mgr = "org.caplance.Caplance1 /org/caplance/Caplance1 org.caplance.Caplance1.Manager."
+	const getAllManager = "org.caplance.Caplance1 /org/caplance/Caplance1 org.freedesktop.DBus.Properties.GetAll s(org.caplance.Caplance1.Manager)"
 	tests := []struct {
 		args []string
 		want []string
@@ -197,6 +202,9 @@ func TestCalls(t *testing.T) {
 		{[]string{"drain", "web1"}, []string{mgr + "Drain s(web1)"}},
 		{[]string{"undrain", "web1"}, []string{mgr + "Undrain s(web1)"}},
 		{[]string{"reload"}, []string{mgr + "Reload"}},
+		// The state first: a balancer already in it is not called.
+		{[]string{"maintenance", "on"}, []string{getAllManager, mgr + "SetMaintenance b(true)"}},
+		{[]string{"maintenance", "off"}, []string{getAllManager, mgr + "SetMaintenance b(false)"}},
 		{[]string{"--bus", "session", "reload"}, []string{mgr + "Reload"}},
 		{[]string{"add-backend", "web1", "10.0.1.1", "--service", "web"}, []string{mgr + "AddBackend s(web1) s(10.0.1.1) a{sv}{service:s=web}"}},
 		{[]string{"add-backend", "--service=dns.v2", "--weight", "3", "dns9", "10.0.2.9"}, []string{mgr + "AddBackend s(dns9) s(10.0.2.9) a{sv}{service:s=dns.v2,weight:u=3}"}},
@@ -236,18 +244,19 @@ func TestCalls(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			f := &fakeConn{replies: map[string]fakeReply{
-				"org.caplance.Caplance1.Manager.AddBackend":    {body: []any{dbusname.BackendPath("web", "web1")}},
-				"org.caplance.Caplance1.Manager.SetWeight":     {},
-				"org.caplance.Caplance1.Manager.Drain":         {},
-				"org.caplance.Caplance1.Manager.Undrain":       {},
-				"org.caplance.Caplance1.Manager.Reload":        {},
-				"org.caplance.Caplance1.Manager.RemoveBackend": {},
-				"org.caplance.Caplance1.Manager.AddService":    {body: []any{dbusname.ServicePath("web")}},
-				"org.caplance.Caplance1.Manager.ChangeService": {},
-				"org.caplance.Caplance1.Manager.RemoveService": {},
-				"org.caplance.Caplance1.Manager.ListServices":  {body: []any{serviceRows}},
-				"org.caplance.Caplance1.Manager.ListBackends":  {body: []any{backendRows}},
-				"org.freedesktop.DBus.Properties.GetAll":       {body: []any{web1Props}},
+				"org.caplance.Caplance1.Manager.AddBackend":     {body: []any{dbusname.BackendPath("web", "web1")}},
+				"org.caplance.Caplance1.Manager.SetWeight":      {},
+				"org.caplance.Caplance1.Manager.Drain":          {},
+				"org.caplance.Caplance1.Manager.Undrain":        {},
+				"org.caplance.Caplance1.Manager.Reload":         {},
+				"org.caplance.Caplance1.Manager.SetMaintenance": {},
+				"org.caplance.Caplance1.Manager.RemoveBackend":  {},
+				"org.caplance.Caplance1.Manager.AddService":     {body: []any{dbusname.ServicePath("web")}},
+				"org.caplance.Caplance1.Manager.ChangeService":  {},
+				"org.caplance.Caplance1.Manager.RemoveService":  {},
+				"org.caplance.Caplance1.Manager.ListServices":   {body: []any{serviceRows}},
+				"org.caplance.Caplance1.Manager.ListBackends":   {body: []any{backendRows}},
+				"org.freedesktop.DBus.Properties.GetAll":        {body: []any{web1Props}},
 			}}
 			code, _, stderr := run(t, f, tt.args...)
 			if code != cli.ExitOK || stderr != "" {

@@ -211,6 +211,10 @@ func propertyOrder(props map[string]dbus.Variant, order []string) []string {
 // and caplance-healthd's status ("" when it does not run).
 func formatStatus(props map[string]dbus.Variant, services, backends int, healthd string) string {
 	all := maps.Clone(props)
+	// The route properties make one line of their own, after the others.
+	for _, k := range routeProperties {
+		delete(all, k)
+	}
 	order := managerProperties
 	if backends >= 0 {
 		all["Services"] = dbus.MakeVariant(uint32(services))
@@ -218,10 +222,35 @@ func formatStatus(props map[string]dbus.Variant, services, backends int, healthd
 		order = append(slices.Clip(order), "Services", "Backends")
 	}
 	s := formatProperties(all, order)
+	if routed, _ := props["Routed"].Value().(bool); routed {
+		s += "routes: " + formatRoutes(props) + "\n"
+	}
 	if healthd != "" {
 		s += "caplance-healthd: " + healthd + "\n"
 	}
 	return s
+}
+
+// routeProperties are a routed balancer's, which status shows as its
+// "routes:" line.
+var routeProperties = []string{"Routed", "Maintenance", "AnnouncedVIPs", "RouteTable", "RouteProtocol"}
+
+// formatRoutes says what a routed balancer announces, and why not when
+// it announces nothing.
+func formatRoutes(props map[string]dbus.Variant) string {
+	announced, _ := props["AnnouncedVIPs"].Value().([]string)
+	maintenance, _ := props["Maintenance"].Value().(bool)
+	state, _ := props["State"].Value().(string)
+	switch {
+	case len(announced) > 0:
+		return fmt.Sprintf("announced %s (table %v, protocol %v)", strings.Join(announced, ", "),
+			props["RouteTable"].Value(), props["RouteProtocol"].Value())
+	case maintenance:
+		return "withdrawn (maintenance)"
+	case state == "stopping":
+		return "withdrawn (stopping)"
+	}
+	return "none servable"
 }
 
 // formatValue prints a property's value: lists joined with ", ", booleans

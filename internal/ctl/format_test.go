@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"maps"
 	"strings"
 	"testing"
 
@@ -47,6 +48,21 @@ Services:   2
 Backends:   3
 caplance-healthd: checking 2 backends
 `},
+		{name: "status of a routed balancer", args: []string{"status"},
+			replies: with("org.freedesktop.DBus.Properties.GetAll", fakeReply{body: []any{routedProps(false, "10.0.0.100", "2001:db8::100")}}),
+			want:    statusOf("routes: announced 10.0.0.100, 2001:db8::100 (table 100, protocol 252)")},
+		{name: "status of a routed balancer in maintenance", args: []string{"status"},
+			replies: with("org.freedesktop.DBus.Properties.GetAll", fakeReply{body: []any{routedProps(true)}}),
+			want:    statusOf("routes: withdrawn (maintenance)")},
+		{name: "status of a routed balancer with nothing servable", args: []string{"status"},
+			replies: with("org.freedesktop.DBus.Properties.GetAll", fakeReply{body: []any{routedProps(false)}}),
+			want:    statusOf("routes: none servable")},
+		{name: "maintenance on when on", args: []string{"maintenance", "on"},
+			replies: with("org.freedesktop.DBus.Properties.GetAll", fakeReply{body: []any{routedProps(true)}}),
+			want:    "maintenance is already on\n"},
+		{name: "maintenance off when off", args: []string{"maintenance", "off"},
+			replies: with("org.freedesktop.DBus.Properties.GetAll", fakeReply{body: []any{routedProps(false, "10.0.0.100")}}),
+			want:    "maintenance is already off\n"},
 		{name: "status of a receiver without healthd", args: []string{"status"},
 			replies: map[string]fakeReply{
 				"org.freedesktop.DBus.Properties.GetAll": {body: []any{map[string]dbus.Variant{
@@ -276,4 +292,31 @@ func TestUnexpectedReply(t *testing.T) {
 			t.Errorf("%s: exit code %d, stderr %q", method, code, stderr)
 		}
 	}
+}
+
+// routedProps are the manager's properties of a routed balancer.
+func routedProps(maintenance bool, announced ...string) map[string]dbus.Variant {
+	props := maps.Clone(managerProps)
+	props["Routed"] = variant(true)
+	props["Maintenance"] = variant(maintenance)
+	props["AnnouncedVIPs"] = variant(append([]string{}, announced...))
+	props["RouteTable"] = variant(uint32(100))
+	props["RouteProtocol"] = variant(uint8(252))
+	return props
+}
+
+// statusOf is status's output of the running fake with routes, a line.
+func statusOf(routes string) string {
+	return `Version:    1.2.3
+APIVersion: 2
+Roles:      balancer
+State:      running
+VIPs:       10.0.0.100, 10.0.0.101, 10.0.0.53
+EncapPort:  5555
+TableSize:  65537
+Services:   2
+Backends:   3
+` + routes + `
+caplance-healthd: checking 2 backends
+`
 }

@@ -19,6 +19,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -27,6 +28,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
+	"github.com/caplance/caplance/internal/announce"
 	"github.com/caplance/caplance/internal/balancer"
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/conntrack"
@@ -101,7 +103,15 @@ type running struct {
 	// one; STATUS= shows it.
 	reloadErr error
 	owner     *owner.Owner
-	host      *vip.Host
+	// hostMu serialises the uses of host once the daemon serves: applySet
+	// (the registry's goroutines), the Announcer's changes (maintenance
+	// from D-Bus, readiness and the stop from the main goroutine).
+	hostMu sync.Mutex
+	host   *vip.Host
+	// ann announces the VIPs of a routed balancer, nil when not routed;
+	// maintenancePath is its maintenance flag.
+	ann             *announce.Announcer
+	maintenancePath string
 	// nftOwned says the nft table exists, holding rules (setRules); tunnel
 	// is the receiver's part of it, nil for none.
 	nftOwned bool
@@ -171,6 +181,8 @@ func Run(opts Options) error {
 	status := r.status()
 	notify(log, "READY=1\nSTATUS="+status)
 	log.Info("ready", "status", status)
+	// Routes only once ready; they re-send STATUS= through routesChanged.
+	r.announceReady()
 	if interval := watchdog.Interval(log); interval > 0 {
 		log.Info("watchdog on", "ping_every", interval)
 		g.Go(func() error { r.startWatchdog(gctx, interval); return nil })
@@ -179,13 +191,24 @@ func Run(opts Options) error {
 		go watchdog.WedgeAfter(gctx, wedgeAfter, r.wedge)
 	}
 
-	if sig := r.serve(opts.ConfigPath, sigs, hups, gctx.Done()); sig != nil {
+	sig := r.serve(opts.ConfigPath, sigs, hups, gctx.Done())
+	if sig != nil {
 		log.Info("stopping", "signal", sig.String(), "timeout", opts.StopTimeout)
 	} else {
 		log.Error("stopping: a supervised goroutine failed", "timeout", opts.StopTimeout)
 	}
-	notify(log, "STOPPING=1\nSTATUS=stopping")
 	r.setState("stopping")
+	if r.ann != nil {
+		// Withdraw first, stop later: the routers move the flows away
+		// while this balancer still forwards them. A failed data path has
+		// nothing to keep forwarding.
+		delay := r.cfg.Balancer.WithdrawDelay
+		if sig == nil {
+			delay = 0
+		}
+		r.withdraw(delay, sigs, gctx.Done())
+	}
+	notify(log, "STOPPING=1\nSTATUS=stopping")
 
 	// The stop order: the goroutines first (the workers finish their
 	// batch), then the bus name, the sockets and the host changes.
@@ -332,6 +355,12 @@ func (r *running) startAPI(bus string) error {
 		info.Counters = r.apiCounters
 		info.ServiceCounters = r.apiServiceCounters
 	}
+	if r.ann != nil {
+		st := r.ann.Status()
+		info.Routed, info.Maintenance, info.AnnouncedVIPs = true, st.Maintenance, addrStrings(st.Announced)
+		info.SetMaintenance = r.setMaintenance
+		info.RouteTable, info.RouteProtocol = r.cfg.Balancer.RouteTable, r.cfg.Balancer.RouteProtocol
+	}
 	if rc := r.cfg.Receiver; rc != nil {
 		info.Roles = append(info.Roles, "receiver")
 		if info.EncapPort == 0 {
@@ -407,6 +436,12 @@ func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string,
 		return err
 	}
 	r.bal = bal
+	if b.Routed {
+		step("preparing routed VIPs (on lo, announced in table " + fmt.Sprint(b.RouteTable) + ")")
+		if err := r.startAnnouncer(b, stateDir); err != nil {
+			return err
+		}
+	}
 	step("attaching VIPs and building the Maglev tables")
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return fmt.Errorf("state directory: %w", err)
@@ -546,6 +581,9 @@ func (r *running) statusLine() string {
 	if r.cfg.Balancer != nil && r.reg != nil {
 		svcs := r.services()
 		parts = append(parts, fmt.Sprintf("balancing %d service(s) on %d VIP(s) over %d backend(s)", len(svcs), len(vipsOf(svcs)), len(r.reg.List())))
+	}
+	if r.ann != nil {
+		parts = append(parts, r.routesStatus())
 	}
 	if rc := r.cfg.Receiver; rc != nil {
 		mode := "kernel"

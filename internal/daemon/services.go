@@ -18,8 +18,13 @@ import (
 // the VIPs that are new and detaches those no service has any more, and
 // replaces the nft table (one transaction) when its rules change. The
 // order keeps the host's stack silent: the table silences a VIP before
-// the VIP is attached, and still silences it while it is detached.
+// the VIP is attached, and still silences it while it is detached. A
+// routed balancer attaches its VIPs to lo and announces the servable ones
+// (package announce) once the balancer serves the set, before it detaches
+// the VIPs that went.
 func (r *running) applySet(set model.Set) error {
+	r.hostMu.Lock()
+	defer r.hostMu.Unlock()
 	want := vipsOf(set.Services)
 	var added, removed []netip.Addr
 	for _, a := range want {
@@ -53,7 +58,7 @@ func (r *running) applySet(set model.Set) error {
 		return err
 	}
 	for _, a := range added {
-		iface, err := r.host.AttachVIP(a, r.iface)
+		iface, err := r.attach(a)
 		if err != nil {
 			return undo(err)
 		}
@@ -63,8 +68,13 @@ func (r *running) applySet(set model.Set) error {
 		// the VIP, a local address here, which the kernel drops as a
 		// martian unless the interface accepts local sources. IPv6 has no
 		// such check (and no accept_local): nothing to set for an IPv6 VIP.
+		// A routed VIP is on lo and the answers come in on any interface:
+		// conf.all, which the kernel ORs with each interface's.
 		if !a.Is4() {
 			continue
+		}
+		if r.ann != nil {
+			iface = "all"
 		}
 		if err := r.host.SetSysctl("net.ipv4.conf."+iface+".accept_local", "1"); err != nil {
 			return undo(err)
@@ -74,6 +84,9 @@ func (r *running) applySet(set model.Set) error {
 		return undo(err)
 	}
 	r.vips = want
+	if r.ann != nil {
+		r.ann.SetSet(set)
+	}
 	for _, a := range removed {
 		if err := r.host.DetachVIP(a); err != nil {
 			// The balancer no longer takes its traffic; the address goes
@@ -89,6 +102,15 @@ func (r *running) applySet(set model.Set) error {
 		}
 	}
 	return nil
+}
+
+// attach attaches a VIP: on lo for a routed balancer, else on the
+// balancer's interface. It returns the interface.
+func (r *running) attach(a netip.Addr) (string, error) {
+	if r.ann != nil {
+		return "lo", r.host.AttachLoopback(a)
+	}
+	return r.host.AttachVIP(a, r.iface)
 }
 
 // services are the registry's services, as the data path has them.

@@ -126,6 +126,7 @@ func TestManagerProperties(t *testing.T) {
 	want := map[string]string{
 		"APIVersion": "@u 2", "Version": `"1.2.3"`, "Roles": `["balancer"]`, "State": `"running"`,
 		"VIPs": `["10.0.0.100"]`, "EncapPort": "@q 5555", "TableSize": "@u 65537",
+		"Routed": "true", "Maintenance": "false", "AnnouncedVIPs": `["10.0.0.100"]`, "RouteTable": "@u 100", "RouteProtocol": "@y 0xfc",
 	}
 	if diff := cmp.Diff(want, get()); diff != "" {
 		t.Errorf("GetAll (-want +got):\n%s", diff)
@@ -412,4 +413,40 @@ func TestNameTaken(t *testing.T) {
 	}
 	// The first server still answers.
 	mustCall(t, e.conn, "", "Drain", "web2")
+}
+
+// TestSetMaintenance: SetMaintenance reaches the daemon's hook and the
+// properties follow with PropertiesChanged; a balancer that is not routed
+// refuses it with NotSupported, and arguments of the wrong type are refused
+// before anything changes.
+func TestSetMaintenance(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	sigs := subscribe(t, e.conn)
+	mustCall(t, e.conn, "", "SetMaintenance", true)
+	if !e.maintenance.Load() {
+		t.Error("SetMaintenance(true) did not reach the daemon")
+	}
+	mustCall(t, e.conn, "", "SetMaintenance", false)
+	const mgr = `/org/caplance/Caplance1 org.freedesktop.DBus.Properties.PropertiesChanged(org.caplance.Caplance1.Manager, `
+	want := []string{
+		mgr + `map[Maintenance:true], [])`,
+		mgr + `map[AnnouncedVIPs:@as []], [])`,
+		mgr + `map[Maintenance:false], [])`,
+		mgr + `map[AnnouncedVIPs:["10.0.0.100"]], [])`,
+	}
+	if diff := cmp.Diff(want, sigs.take(t, 4)); diff != "" {
+		t.Errorf("signals (-want +got):\n%s", diff)
+	}
+	before := e.snapshot(t)
+	err := call(e.conn, "", "SetMaintenance", "on").Err
+	checkError(t, "SetMaintenance(\"on\")", err, "org.freedesktop.DBus.Error.InvalidArgs")
+	e.unchanged(t, before, "SetMaintenance with a string")
+
+	plain := newEnv(t, envOptions{info: func(i *dbusapi.Info) { i.Routed, i.AnnouncedVIPs, i.SetMaintenance = false, nil, nil }})
+	err = call(plain.conn, "", "SetMaintenance", true).Err
+	checkError(t, "SetMaintenance when not routed", err, dbusapi.ErrorNotSupported, "maintenance withdraws routes; this balancer is not routed")
+	var routed bool
+	if err := call(plain.conn, "", "org.freedesktop.DBus.Properties.Get", dbusname.ManagerIface, "Routed").Store(&routed); err != nil || routed {
+		t.Errorf("Routed of a balancer that is not routed = %v, %v", routed, err)
+	}
 }

@@ -34,6 +34,8 @@ var authCalls = []authCall{
 	{"", "ReportHealth", []any{"web2", true, ""}, "health"},
 	{"", "RemoveBackend", []any{"web3"}, "admin"},
 	{"", "Reload", nil, "admin"},
+	{"", "SetMaintenance", []any{true}, "admin"},
+	{"", "SetMaintenance", []any{false}, "admin"},
 	{"", "ListServices", nil, ""},
 	{"", "ListBackends", nil, ""},
 	{"", "GetStats", nil, ""},

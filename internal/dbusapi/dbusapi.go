@@ -22,7 +22,7 @@
 // connecting process) and refuses with AccessDenied, before changing
 // anything, unless the caller is root or a member of the admin group
 // (AddService, ChangeService, RemoveService, AddBackend, RemoveBackend,
-// SetWeight, Drain, Undrain, Reload) or root or the health user
+// SetWeight, Drain, Undrain, Reload, SetMaintenance) or root or the health user
 // (ReportHealth). The bus policy (packaging/dbus/org.caplance.Caplance1.conf)
 // enforces the same rules first on the system bus; this check is what holds
 // on a bus without that policy. The group and user are resolved when Export
@@ -111,6 +111,19 @@ type Info struct {
 	// to the caller: one wrapping a registry sentinel gets that error's
 	// name, any other Failed.
 	Reload func() error
+
+	// Routed, Maintenance and AnnouncedVIPs are the initial properties of
+	// the same names (SetRoutes changes the last two). SetMaintenance
+	// withdraws (on) or restores the routes; SetMaintenance answers
+	// NotSupported without Routed.
+	Routed         bool
+	Maintenance    bool
+	AnnouncedVIPs  []string
+	SetMaintenance func(on bool) error
+	// RouteTable and RouteProtocol are the properties of the same names:
+	// where a routed balancer's routes go, 0 when not routed.
+	RouteTable    uint32
+	RouteProtocol uint8
 
 	// AdminGroup and HealthUser override the accounts of AUTHORIZATION
 	// (for a session bus or tests); "" means the default.
@@ -230,6 +243,22 @@ func (s *Server) shutdown() {
 
 // SetState sets the State property ("running", "reloading", "stopping").
 func (s *Server) SetState(state string) { s.setManagerProp("State", state) }
+
+// SetRoutes sets the Maintenance and AnnouncedVIPs properties of a routed
+// balancer.
+func (s *Server) SetRoutes(maintenance bool, announced []string) {
+	s.setManagerProp("Maintenance", maintenance)
+	s.setManagerProp("AnnouncedVIPs", nonNil(announced))
+}
+
+// nonNil is list, or an empty list for nil: a property's type must not
+// change.
+func nonNil(list []string) []string {
+	if list == nil {
+		return []string{}
+	}
+	return slices.Clone(list)
+}
 
 // SetConfig sets the properties a reload may change. vips counts only
 // without a registry: with one, VIPs follow its services.

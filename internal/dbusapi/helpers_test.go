@@ -86,6 +86,9 @@ type env struct {
 	reloadErr atomic.Pointer[error]
 	counters  atomic.Pointer[map[string]dbusapi.Counters]
 	svcCounts atomic.Pointer[map[string]dbusapi.ServiceCounters]
+	// maintenance is the routed balancer's flag, as SetMaintenance left
+	// it.
+	maintenance atomic.Bool
 }
 
 type envOptions struct {
@@ -138,6 +141,20 @@ func newEnv(t *testing.T, o envOptions) *env {
 			}
 			return nil
 		},
+		// A routed balancer announcing its VIP: maintenance withdraws it.
+		Routed:        true,
+		AnnouncedVIPs: []string{vip},
+		RouteTable:    100,
+		RouteProtocol: 252,
+		SetMaintenance: func(on bool) error {
+			e.maintenance.Store(on)
+			announced := []string{vip}
+			if on {
+				announced = nil
+			}
+			e.srv.SetRoutes(on, announced)
+			return nil
+		},
 	}
 	if o.noReg {
 		info.Roles = []string{"receiver"}
@@ -188,17 +205,18 @@ func mustCall(t *testing.T, conn *dbus.Conn, path dbus.ObjectPath, method string
 
 // snapshot is everything a refused call must leave alone.
 type snapshot struct {
-	Services  []registry.Service
-	List      []registry.Backend
-	StateFile string
-	Installed model.Set
-	Reloads   int64
-	Objects   string
+	Services    []registry.Service
+	List        []registry.Backend
+	StateFile   string
+	Installed   model.Set
+	Reloads     int64
+	Maintenance bool
+	Objects     string
 }
 
 func (e *env) snapshot(t *testing.T) snapshot {
 	t.Helper()
-	s := snapshot{Installed: e.dp.installed(), Reloads: e.reloads.Load(), Objects: managedObjects(t, e.conn)}
+	s := snapshot{Installed: e.dp.installed(), Reloads: e.reloads.Load(), Maintenance: e.maintenance.Load(), Objects: managedObjects(t, e.conn)}
 	if e.reg != nil {
 		s.Services = e.reg.Services()
 		s.List = e.reg.List()

@@ -55,19 +55,20 @@ type ServiceRow struct {
 // argNames names the arguments of every method of manager, in order, in
 // then out; introspection fails to build when one is missing.
 var argNames = map[string][]string{
-	"AddService":    {"name", "options", "path"},
-	"ChangeService": {"name", "options"},
-	"RemoveService": {"name"},
-	"ListServices":  {"services"},
-	"AddBackend":    {"name", "address", "options", "path"},
-	"RemoveBackend": {"name"},
-	"SetWeight":     {"name", "weight"},
-	"Drain":         {"name"},
-	"Undrain":       {"name"},
-	"ListBackends":  {"backends"},
-	"GetStats":      {"stats"},
-	"Reload":        {},
-	"ReportHealth":  {"name", "healthy", "detail"},
+	"AddService":     {"name", "options", "path"},
+	"ChangeService":  {"name", "options"},
+	"RemoveService":  {"name"},
+	"ListServices":   {"services"},
+	"AddBackend":     {"name", "address", "options", "path"},
+	"RemoveBackend":  {"name"},
+	"SetWeight":      {"name", "weight"},
+	"Drain":          {"name"},
+	"Undrain":        {"name"},
+	"ListBackends":   {"backends"},
+	"GetStats":       {"stats"},
+	"Reload":         {},
+	"ReportHealth":   {"name", "healthy", "detail"},
+	"SetMaintenance": {"on"},
 }
 
 func (m manager) AddService(msg dbus.Message, name string, options map[string]dbus.Variant) (dbus.ObjectPath, *dbus.Error) {
@@ -199,6 +200,19 @@ func (m manager) Reload(msg dbus.Message) *dbus.Error {
 	return dbusError(s.info.Reload())
 }
 
+// SetMaintenance withdraws every route of a routed balancer (on) or
+// announces its servable VIPs again (off), and persists the choice.
+func (m manager) SetMaintenance(msg dbus.Message, on bool) *dbus.Error {
+	s := m.s
+	if err := s.authorize(msg, "SetMaintenance", adminRight); err != nil {
+		return dbusError(err)
+	}
+	if !s.info.Routed || s.info.SetMaintenance == nil {
+		return dbusError(errorf(errNotSupported, "SetMaintenance: maintenance withdraws routes; this balancer is not routed (caplanced.toml(5): routed)"))
+	}
+	return dbusError(s.info.SetMaintenance(on))
+}
+
 func (m manager) ListBackends() ([]BackendRow, *dbus.Error) {
 	s := m.s
 	if s.reg == nil {
@@ -294,13 +308,18 @@ func (s *Server) exportManager() error {
 	}
 	props := prop.Map{
 		dbusname.ManagerIface: {
-			"APIVersion": {Value: APIVersion, Emit: prop.EmitConst},
-			"Version":    {Value: s.info.Version, Emit: prop.EmitConst},
-			"Roles":      {Value: slices.Clone(roles), Emit: prop.EmitConst},
-			"State":      {Value: s.info.State, Emit: prop.EmitTrue},
-			"VIPs":       {Value: vips, Emit: prop.EmitTrue},
-			"EncapPort":  {Value: s.info.EncapPort, Emit: prop.EmitTrue},
-			"TableSize":  {Value: s.info.TableSize, Emit: prop.EmitTrue},
+			"APIVersion":    {Value: APIVersion, Emit: prop.EmitConst},
+			"Version":       {Value: s.info.Version, Emit: prop.EmitConst},
+			"Roles":         {Value: slices.Clone(roles), Emit: prop.EmitConst},
+			"State":         {Value: s.info.State, Emit: prop.EmitTrue},
+			"VIPs":          {Value: vips, Emit: prop.EmitTrue},
+			"EncapPort":     {Value: s.info.EncapPort, Emit: prop.EmitTrue},
+			"TableSize":     {Value: s.info.TableSize, Emit: prop.EmitTrue},
+			"Routed":        {Value: s.info.Routed, Emit: prop.EmitConst},
+			"Maintenance":   {Value: s.info.Maintenance, Emit: prop.EmitTrue},
+			"AnnouncedVIPs": {Value: nonNil(s.info.AnnouncedVIPs), Emit: prop.EmitTrue},
+			"RouteTable":    {Value: s.info.RouteTable, Emit: prop.EmitConst},
+			"RouteProtocol": {Value: s.info.RouteProtocol, Emit: prop.EmitConst},
 		},
 		// GetAll of an interface without properties is an empty dict.
 		dbusname.ObjectManagerIface: {}, PropertiesIface: {}, IntrospectableIface: {}, PeerIface: {},

@@ -306,8 +306,9 @@ func TestStartsBeforeCaplanced(t *testing.T) {
 
 // TestInitialAndSharedProbes: initial=down is reported at once; two
 // checks of one target share one probe; tunnel checks are aimed at the
-// lowest VIP of their backend's service and the encap port, from the source
-// address towards the backend, and follow a change of the VIPs.
+// lowest VIP of their backend's service of the backend's family (of any
+// family when the service has none of it) and the encap port, from the
+// source address towards the backend, and follow a change of the VIPs.
 func TestInitialAndSharedProbes(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
@@ -315,18 +316,23 @@ func TestInitialAndSharedProbes(t *testing.T) {
 	// Never probed (the first probe waits up to an hour; and it could not
 	// bind the fake source address).
 	const never = "?interval=1h&jitter=1h"
-	dns := model.Service{Name: "dns", VIPs: []model.VIP{{Addr: netip.MustParseAddr("10.0.0.53")}}, Protocols: model.UDP, TableSize: 251}
+	// dns is dual-stack: its IPv6 backend's tunnel check goes 6-in-6.
+	dns := model.Service{Name: "dns", VIPs: []model.VIP{{Addr: netip.MustParseAddr("2001:db8::53")}, {Addr: netip.MustParseAddr("10.0.0.53")}}, Protocols: model.UDP, TableSize: 251}
 	backends := []config.Backend{
 		{Name: "a", Address: netip.MustParseAddr("10.0.1.11"), Weight: 100, Check: "tcp://" + l1.addr + "?initial=down&rise=3"},
 		{Name: "b", Address: netip.MustParseAddr("10.0.1.12"), Weight: 100, Check: "tcp://" + l1.addr},
 		{Name: "t", Address: netip.MustParseAddr("10.0.1.13"), Weight: 100, Check: "tunnel://:80" + never},
 		{Service: "dns", Name: "t-dns", Address: netip.MustParseAddr("10.0.1.13"), Weight: 100, Check: "tunnel://:53" + never},
+		{Service: "dns", Name: "t6-dns", Address: netip.MustParseAddr("2001:db8:1::13"), Weight: 100, Check: "tunnel://:53" + never},
 	}
 	e.startCaplancedServices([]model.Service{dns}, backends...)
 	var sources []netip.Addr
 	e.startHealthd(testConfig(), func(o *Options) {
 		o.Source = func(a netip.Addr) (netip.Addr, error) {
 			sources = append(sources, a) // on the loop's goroutine
+			if a.Is6() {
+				return netip.MustParseAddr("2001:db8:1::1"), nil
+			}
 			return netip.MustParseAddr("10.0.1.1"), nil
 		}
 	})
@@ -334,24 +340,29 @@ func TestInitialAndSharedProbes(t *testing.T) {
 	e.waitHealth("a", "up: "+l1.connected(3), 2*time.Second)
 	e.waitHealth("b", "up: "+l1.connected(2), 2*time.Second)
 
-	tunnelKeys := func() (string, string) {
-		var key, dnsKey string
+	tunnelKeys := func() (string, string, string) {
+		var key, dnsKey, dns6Key string
 		e.inLoop(func() {
-			if len(e.d.jobs) != 3 {
-				t.Errorf("%d jobs, want 3 (a and b share one)", len(e.d.jobs))
+			if len(e.d.jobs) != 4 {
+				t.Errorf("%d jobs, want 4 (a and b share one)", len(e.d.jobs))
 			}
-			key, dnsKey = e.d.backends["t"].key, e.d.backends["t-dns"].key
+			key, dnsKey, dns6Key = e.d.backends["t"].key, e.d.backends["t-dns"].key, e.d.backends["t6-dns"].key
 		})
-		return key, dnsKey
+		return key, dnsKey, dns6Key
 	}
-	key, dnsKey := tunnelKeys()
+	key, dnsKey, dns6Key := tunnelKeys()
 	for _, want := range []string{"vip=" + testVIP, "backend=10.0.1.13", "encap-port=5555", "source=10.0.1.1"} {
 		if !strings.Contains(key, want) {
 			t.Errorf("tunnel key %q does not contain %q", key, want)
 		}
 	}
 	if !strings.Contains(dnsKey, "vip=10.0.0.53") {
-		t.Errorf("the tunnel key of dns's backend %q is not aimed at dns's VIP", dnsKey)
+		t.Errorf("the tunnel key of dns's IPv4 backend %q is not aimed at dns's IPv4 VIP", dnsKey)
+	}
+	for _, want := range []string{"vip=2001:db8::53", "backend=2001:db8:1::13", "source=2001:db8:1::1"} {
+		if !strings.Contains(dns6Key, want) {
+			t.Errorf("the tunnel key of dns's IPv6 backend %q does not contain %q", dns6Key, want)
+		}
 	}
 	e.mu.Lock()
 	e.srv.SetConfig(nil, 6000, 65537)
@@ -362,17 +373,18 @@ func TestInitialAndSharedProbes(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitFor("the tunnel check to follow the VIPs", 2*time.Second, func() bool {
-		k, d := tunnelKeys()
+		k, d, d6 := tunnelKeys()
 		return strings.Contains(k, "vip=10.0.0.50") && strings.Contains(k, "encap-port=6000") &&
-			strings.Contains(d, "vip=10.0.0.53") && strings.Contains(d, "encap-port=6000")
+			strings.Contains(d, "vip=10.0.0.53") && strings.Contains(d, "encap-port=6000") &&
+			strings.Contains(d6, "vip=2001:db8::53") && strings.Contains(d6, "encap-port=6000")
 	})
 	e.inLoop(func() {
 		if len(sources) < 2 {
 			t.Errorf("Source called %d times, want once at the start and again after the change", len(sources))
 		}
 		for _, a := range sources {
-			if a != netip.MustParseAddr("10.0.1.13") {
-				t.Errorf("Source asked for %v, want the backend's address", a)
+			if a != netip.MustParseAddr("10.0.1.13") && a != netip.MustParseAddr("2001:db8:1::13") {
+				t.Errorf("Source asked for %v, want a tunnel-checked backend's address", a)
 			}
 		}
 	})

@@ -21,8 +21,10 @@
 //     believed only from caplanced's current unique name) and the re-sync
 //     (GetManagedObjects) when caplanced comes back or a read failed. It
 //     emits an upsert or remove for each backend whose Service, Address,
-//     Check or Source changed, the tunnel VIP of each service (its lowest
-//     VIP) and the encap port when they change, and resynced after a sync;
+//     Check or Source changed, the tunnel VIPs of each service (its lowest
+//     VIP of each family: a tunnel check aims at the one of its backend's
+//     family, else at the other) and the encap port when they change, and
+//     resynced after a sync;
 //     it knows nothing of probes. Backend names are unique across services,
 //     so checks and reports are kept by backend name: per (service,
 //     backend).

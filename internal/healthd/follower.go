@@ -42,8 +42,8 @@ type follower struct {
 	owner     string
 	synced    bool // the last sync with caplanced succeeded
 	encapPort uint16
-	// vips is the VIP of tunnel checks of each service: see serviceVIP.
-	vips     map[string]netip.Addr
+	// vips is what tunnel checks need of each service's VIPs.
+	vips     map[string]tunnelVIPs
 	backends map[string]mirrored
 }
 
@@ -62,10 +62,10 @@ type followerEvents interface {
 	upsert(name, service string, addr netip.Addr, spec, source string)
 	// remove: the backend name is gone.
 	remove(name string)
-	// setTunnel: the VIP of tunnel checks of a service (vips, by service
+	// setTunnel: the VIPs of tunnel checks of a service (vips, by service
 	// name; the follower's own map, not to be changed) or the encap port
 	// changed.
-	setTunnel(vips map[string]netip.Addr, port uint16)
+	setTunnel(vips map[string]tunnelVIPs, port uint16)
 	// resynced: every backend of caplanced is known again, after an
 	// upsert or remove for each one that changed.
 	resynced()
@@ -83,7 +83,7 @@ func follow(conn *dbus.Conn, log *slog.Logger, events followerEvents, retryIn ti
 		// fill (godbus delivers the overflow from goroutines).
 		signals:  make(chan *dbus.Signal, 4096),
 		retry:    time.NewTimer(time.Hour),
-		vips:     map[string]netip.Addr{},
+		vips:     map[string]tunnelVIPs{},
 		backends: map[string]mirrored{},
 	}
 	f.retry.Stop()
@@ -248,7 +248,7 @@ func (f *follower) onSignal(ctx context.Context, sig *dbus.Signal) {
 			name, ok := dbusname.ServiceName(sig.Path)
 			if _, known := f.vips[name]; ok && known {
 				if v, ok := changed["VIPs"]; ok {
-					f.setService(name, serviceVIP(v))
+					f.setService(name, newTunnelVIPs(v))
 				}
 			}
 		case iface == dbusname.BackendIface:
@@ -271,18 +271,46 @@ func (f *follower) onSignal(ctx context.Context, sig *dbus.Signal) {
 	}
 }
 
-// serviceVIP is the VIP of the tunnel checks of a service's backends that
-// do not name one: the lowest of the service's VIPs (its VIPs property, a
-// map from VIP to ports, has no order).
-func serviceVIP(v dbus.Variant) netip.Addr {
+// tunnelVIPs is what the tunnel checks of a service's backends that do not
+// name a VIP need of the service's VIPs: the lowest of each family (its
+// VIPs property, a map from VIP to ports, has no order); invalid when the
+// service has none of that family.
+type tunnelVIPs struct{ v4, v6 netip.Addr }
+
+// newTunnelVIPs reads a service's VIPs property.
+func newTunnelVIPs(v dbus.Variant) tunnelVIPs {
 	vips, _ := v.Value().(map[string]string)
-	var low netip.Addr
+	var t tunnelVIPs
 	for text := range vips {
-		if a, err := netip.ParseAddr(text); err == nil && (!low.IsValid() || a.Less(low)) {
-			low = a
+		a, err := netip.ParseAddr(text)
+		if err != nil {
+			continue
+		}
+		low := &t.v6
+		if a.Is4() {
+			low = &t.v4
+		}
+		if !low.IsValid() || a.Less(*low) {
+			*low = a
 		}
 	}
-	return low
+	return t
+}
+
+// forBackend is the VIP of the tunnel checks of the backend at addr: the
+// lowest VIP of the backend's own family, so that a dual-stack service's
+// IPv6 backends are probed 6-in-6 and its IPv4 ones 4-in-4, as its clients
+// of each family reach them; the lowest of the other family when the
+// service has none of the backend's (4-in-6, 6-in-4).
+func (t tunnelVIPs) forBackend(addr netip.Addr) netip.Addr {
+	own, other := t.v6, t.v4
+	if addr.Is4() {
+		own, other = t.v4, t.v6
+	}
+	if own.IsValid() {
+		return own
+	}
+	return other
 }
 
 // sync reads caplanced's encap port, services and backends, tells events
@@ -360,17 +388,17 @@ func (f *follower) setServiceFromProps(path dbus.ObjectPath, props map[string]db
 	if !ok {
 		return ""
 	}
-	f.setService(name, serviceVIP(props["VIPs"]))
+	f.setService(name, newTunnelVIPs(props["VIPs"]))
 	return name
 }
 
-// setService makes the tunnel VIP of service name vip, and tells events
-// if that changed it.
-func (f *follower) setService(name string, vip netip.Addr) {
-	if old, ok := f.vips[name]; ok && old == vip {
+// setService makes the tunnel VIPs of service name vips, and tells events
+// if that changed them.
+func (f *follower) setService(name string, vips tunnelVIPs) {
+	if old, ok := f.vips[name]; ok && old == vips {
 		return
 	}
-	f.vips[name] = vip
+	f.vips[name] = vips
 	f.events.setTunnel(f.vips, f.encapPort)
 }
 

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/godbus/dbus/v5"
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/caplance/caplance/internal/config"
@@ -32,8 +34,20 @@ func (r *recorder) upsert(name, service string, addr netip.Addr, spec, source st
 	r.add("upsert %s/%s %s %s %s", service, name, addr, spec, source)
 }
 func (r *recorder) remove(name string) { r.add("remove %s", name) }
-func (r *recorder) setTunnel(vips map[string]netip.Addr, port uint16) {
-	r.add("tunnel %v %d", vips, port)
+func (r *recorder) setTunnel(vips map[string]tunnelVIPs, port uint16) {
+	// Each service's VIPs as "v4,v6", either alone when the other is
+	// missing.
+	text := map[string]string{}
+	for name, v := range vips {
+		var valid []string
+		for _, a := range []netip.Addr{v.v4, v.v6} {
+			if a.IsValid() {
+				valid = append(valid, a.String())
+			}
+		}
+		text[name] = strings.Join(valid, ",")
+	}
+	r.add("tunnel %v %d", text, port)
 }
 func (r *recorder) resynced() { r.add("resynced") }
 
@@ -41,6 +55,44 @@ func (r *recorder) taken() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]string(nil), r.events...)
+}
+
+// TestTunnelVIP: a tunnel check without vip= aims at the lowest of its
+// service's VIPs of the backend's own family, so a dual-stack service's
+// IPv6 backends are probed 6-in-6 and its IPv4 ones 4-in-4, as its clients
+// of each family reach them; a service with VIPs of one family only aims
+// all its backends at the lowest of those.
+func TestTunnelVIP(t *testing.T) {
+	t.Parallel()
+	const v4, v6 = "10.0.1.11", "2001:db8:1::11"
+	dual := map[string]string{"10.0.0.54": "53", "2001:db8::54": "53", "10.0.0.53": "53", "2001:db8::53": "53"}
+	tests := []struct {
+		name    string
+		vips    map[string]string // the service's VIPs property
+		backend string
+		want    string // "" for none
+	}{
+		{"dual-stack, IPv4 backend", dual, v4, "10.0.0.53"},
+		{"dual-stack, IPv6 backend", dual, v6, "2001:db8::53"},
+		{"IPv4 VIPs, IPv4 backend", map[string]string{"10.0.0.54": "", "10.0.0.53": ""}, v4, "10.0.0.53"},
+		{"IPv4 VIPs, IPv6 backend (4-in-6)", map[string]string{"10.0.0.54": "", "10.0.0.53": ""}, v6, "10.0.0.53"},
+		{"IPv6 VIPs, IPv6 backend", map[string]string{"2001:db8::54": "", "2001:db8::53": ""}, v6, "2001:db8::53"},
+		{"IPv6 VIPs, IPv4 backend (6-in-4)", map[string]string{"2001:db8::54": "", "2001:db8::53": ""}, v4, "2001:db8::53"},
+		{"an unreadable VIP is skipped", map[string]string{"bogus": "", "2001:db8::53": ""}, v6, "2001:db8::53"},
+		{"no VIPs", map[string]string{}, v4, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := newTunnelVIPs(dbus.MakeVariant(tt.vips)).forBackend(netip.MustParseAddr(tt.backend))
+			want := netip.Addr{}
+			if tt.want != "" {
+				want = netip.MustParseAddr(tt.want)
+			}
+			if got != want {
+				t.Errorf("VIP for backend %s of a service with VIPs %v: %v, want %v", tt.backend, tt.vips, got, want)
+			}
+		})
+	}
 }
 
 // TestFollowerEvents runs the follower alone against the real caplanced
@@ -129,7 +181,7 @@ func TestFollowerEvents(t *testing.T) {
 	// A service: its VIPs aim its backends' tunnel checks; a change of its
 	// check reaches its backend without one of its own; removed, its
 	// backend goes first.
-	dns := model.Service{Name: "dns", VIPs: []model.VIP{{Addr: netip.MustParseAddr("10.0.0.54")}, {Addr: netip.MustParseAddr("10.0.0.53")}},
+	dns := model.Service{Name: "dns", VIPs: []model.VIP{{Addr: netip.MustParseAddr("10.0.0.54")}, {Addr: netip.MustParseAddr("2001:db8::53")}, {Addr: netip.MustParseAddr("10.0.0.53")}},
 		Protocols: model.UDP, TableSize: 251, Check: "tcp://:53"}
 	if _, err := e.registry().AddService(dns, true); err != nil {
 		t.Fatal(err)
@@ -147,7 +199,7 @@ func TestFollowerEvents(t *testing.T) {
 		t.Fatal(err)
 	}
 	want = append(want,
-		"tunnel map[default:"+testVIP+" dns:10.0.0.53] 5555",
+		"tunnel map[default:"+testVIP+" dns:10.0.0.53,2001:db8::53] 5555",
 		"upsert dns/dns1 10.0.1.11 tcp://:53 runtime",
 		"upsert dns/dns1 10.0.1.11 tcp://:5353 runtime",
 		"remove dns1",

@@ -80,7 +80,7 @@ type Daemon struct {
 	// Owned by Run's goroutine.
 	// vips (by service) and encapPort are the follower's, for tunnel
 	// checks.
-	vips      map[string]netip.Addr
+	vips      map[string]tunnelVIPs
 	encapPort uint16
 	backends  map[string]*backend
 	jobs      map[string]*jobEntry
@@ -423,7 +423,7 @@ func (d *Daemon) remove(name string) {
 func (d *Daemon) target(b *backend) checkspec.Target {
 	t := checkspec.Target{Name: b.name, Address: b.address}
 	if b.parsed.Kind() == checkspec.KindTunnel {
-		t.VIP, t.EncapPort = d.vips[b.service], d.encapPort
+		t.VIP, t.EncapPort = d.vips[b.service].forBackend(b.address), d.encapPort
 		src, err := d.opts.Source(b.address)
 		if err != nil {
 			d.log.Warn("no source address towards the backend: the probe asks the kernel itself", "backend", b.name, "err", err)
@@ -466,7 +466,7 @@ func (d *Daemon) detach(b *backend) {
 
 // setTunnel changes the VIPs (by service) and encap port of tunnel checks
 // and re-aims them.
-func (d *Daemon) setTunnel(vips map[string]netip.Addr, port uint16) {
+func (d *Daemon) setTunnel(vips map[string]tunnelVIPs, port uint16) {
 	d.vips, d.encapPort = vips, port
 	for _, name := range slices.Sorted(maps.Keys(d.backends)) {
 		b := d.backends[name]

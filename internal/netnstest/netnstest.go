@@ -254,6 +254,30 @@ func (h *Host) AddRoute(dst netip.Prefix, via netip.Addr) error {
 	return nil
 }
 
+// SendIPv6 sends the whole IPv6 packet pkt, its header as given (a raw
+// socket with IPV6_HDRINCL), to the destination the header names, as a
+// router forwarding it or caplanced would.
+func (h *Host) SendIPv6(pkt []byte) error {
+	if len(pkt) < 40 || pkt[0]>>4 != 6 {
+		return fmt.Errorf("netnstest: %s: send: not an IPv6 packet", h.name)
+	}
+	err := h.Do(func() error {
+		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_HDRINCL, 1); err != nil {
+			return err
+		}
+		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet6{Addr: [16]byte(pkt[24:40])})
+	})
+	if err != nil {
+		return fmt.Errorf("netnstest: %s: send an IPv6 packet: %w", h.name, err)
+	}
+	return nil
+}
+
 // SetSysctl writes value to /proc/sys/path inside the host's namespace, for
 // example SetSysctl("net/ipv4/ip_forward", "1"). Only paths under net/ are
 // accepted: the others are not per namespace, so writing one would change

@@ -10,6 +10,7 @@ import (
 	"slices"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
@@ -475,7 +476,9 @@ func build(c *nftables.Conn, t *nftables.Table, r Rules) error {
 		for _, d := range tun.Devices {
 			names = append(names, nftables.SetElement{Key: ifname(d)})
 		}
-		devices, err := addSet(&nftables.Set{Name: setTunnelDevices, KeyType: nftables.TypeIFName}, names)
+		// Host byte order, as nft declares strings: `nft list` then prints
+		// the names rather than "".
+		devices, err := addSet(&nftables.Set{Name: setTunnelDevices, KeyType: nftables.TypeIFName, KeyByteOrder: binaryutil.NativeEndian}, names)
 		if err != nil {
 			return err
 		}

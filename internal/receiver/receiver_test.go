@@ -447,7 +447,9 @@ func TestIPv6Outers(t *testing.T) {
 		if corrupt {
 			frame[len(frame)-1] ^= 0x40 // after the checksum was computed
 		}
-		sendRaw6(t, balancerHost, frame, testBackend6.Addr())
+		if err := balancerHost.SendIPv6(frame); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	// A datagram whose outer checksum no longer matches: the kernel drops it.
@@ -504,26 +506,6 @@ func TestIPv6Outers(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("arrivals at the VIPs (-want +got):\n%s", diff)
-	}
-}
-
-// sendRaw6 sends the whole IPv6 packet pkt to dst from host, on a raw
-// socket that takes the IPv6 header from the caller, as the balancer does.
-func sendRaw6(t *testing.T, host *netnstest.Host, pkt []byte, dst netip.Addr) {
-	t.Helper()
-	err := host.Do(func() error {
-		fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
-		if err != nil {
-			return err
-		}
-		defer unix.Close(fd)
-		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_HDRINCL, 1); err != nil {
-			return err
-		}
-		return unix.Sendto(fd, pkt, 0, &unix.SockaddrInet6{Addr: dst.As16()})
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
 

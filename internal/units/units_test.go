@@ -27,6 +27,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
+
+	"github.com/caplance/caplance/internal/config"
 )
 
 const (
@@ -314,4 +317,28 @@ func TestSysusersAndTmpfiles(t *testing.T) {
 	if !unitLines(t, "caplanced.service")["StateDirectoryMode=0750"] {
 		t.Error("caplanced.service: StateDirectoryMode= differs from the tmpfiles.d entry (0750)")
 	}
+}
+
+// TestStopTimeoutCoversWithdrawDelay: systemd must not kill a routed
+// caplanced in the middle of its stop: it withdraws its routes, forwards
+// for withdraw_delay, then cleans up within --stop-timeout (5 s by default).
+// caplanced.toml(5) tells operators who raise withdraw_delay to raise
+// TimeoutStopSec in a drop-in.
+func TestStopTimeoutCoversWithdrawDelay(t *testing.T) {
+	const stopTimeout = 5 * time.Second
+	for l := range unitLines(t, "caplanced.service") {
+		v, ok := strings.CutPrefix(l, "TimeoutStopSec=")
+		if !ok {
+			continue
+		}
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("%s: %v", l, err)
+		}
+		if need := config.DefaultWithdrawDelay + stopTimeout; d <= need {
+			t.Errorf("%s: want more than withdraw_delay (%s) + --stop-timeout (%s)", l, config.DefaultWithdrawDelay, stopTimeout)
+		}
+		return
+	}
+	t.Error("caplanced.service: no TimeoutStopSec=")
 }

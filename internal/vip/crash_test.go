@@ -56,15 +56,22 @@ func crashChild(dir, wantNS string) {
 	if err := h.ReceiverSysctls(); err != nil {
 		fail(err)
 	}
+	if err := h.AddRoute(crashRoute); err != nil {
+		fail(err)
+	}
 	fmt.Println("ready")
 	time.Sleep(time.Minute)
 	os.Exit(3)
 }
 
+// crashRoute is a routed balancer's announcement of the VIP.
+var crashRoute = vip.Route{VIP: ip("10.0.0.100"), Table: 100, Protocol: 252}
+
 var receiverChanges = []vip.Change{
 	{Kind: vip.KindAddress, Link: "lo", Address: pfx("10.0.0.100/32")},
 	{Kind: vip.KindSysctl, Sysctl: "net.ipv4.conf.all.arp_ignore", Value: "0"},
 	{Kind: vip.KindSysctl, Sysctl: "net.ipv4.conf.all.arp_announce", Value: "0"},
+	{Kind: vip.KindRoute, Link: "lo", Address: pfx("10.0.0.100/32"), Table: 100, Protocol: 252},
 }
 
 // TestCrash: changes made by a run that dies without Undo are the next
@@ -85,6 +92,9 @@ func TestCrash(t *testing.T) {
 			if err := h.ReceiverSysctls(); err != nil {
 				t.Fatal(err)
 			}
+			if err := h.AddRoute(crashRoute); err != nil {
+				t.Fatal(err)
+			}
 			// What the kernel does for a killed process: close its files.
 			h.Close()
 		}},
@@ -93,6 +103,8 @@ func TestCrash(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			ns := inNetns(t)
+			loUp(t)
+			addForeignRoute(t, "10.0.0.200/32", 100, 12)
 			setSysctl(t, "net.ipv4.conf.all.arp_ignore", "0")
 			setSysctl(t, "net.ipv4.conf.all.arp_announce", "0")
 			loBefore := addrsOf(t, "lo")
@@ -115,6 +127,7 @@ func TestCrash(t *testing.T) {
 				"address 10.0.0.100/32 on lo",
 				"sysctl net.ipv4.conf.all.arp_ignore=0",
 				"sysctl net.ipv4.conf.all.arp_announce=0",
+				"route 10.0.0.100/32 dev lo table 100 proto 252",
 			}
 			if diff := cmp.Diff(want, got); diff != "" {
 				t.Errorf("Leftovers as logged (-want +got):\n%s", diff)
@@ -130,6 +143,9 @@ func TestCrash(t *testing.T) {
 			}
 			if diff := cmp.Diff(loBefore, addrsOf(t, "lo")); diff != "" {
 				t.Errorf("lo's addresses after Undo (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff([]string{"10.0.0.200/32 dev lo proto bird scope universe"}, routesIn(t, 100)); diff != "" {
+				t.Errorf("table 100 after Undo: only BIRD's route stays (-want +got):\n%s", diff)
 			}
 			for _, s := range []string{"net.ipv4.conf.all.arp_ignore", "net.ipv4.conf.all.arp_announce"} {
 				if got := getSysctl(t, s); got != "0" {
@@ -262,7 +278,19 @@ func TestCorruptJournal(t *testing.T) {
 		{"version", `{"version": 2, "changes": []}`, "version 2, want 1"},
 		{"no version", `{"changes": []}`, "version 0, want 1"},
 		{"unknown field", `{"version": 1, "changes": [], "pid": 7}`, `json: unknown field "pid"`},
-		{"unknown kind", `{"version": 1, "changes": [{"kind": "route"}]}`, `change 1: unknown kind "route"`},
+		{"unknown kind", `{"version": 1, "changes": [{"kind": "tunnel"}]}`, `change 1: unknown kind "tunnel"`},
+		{"route without table", `{"version": 1, "changes": [{"kind": "route", "link": "lo", "address": "10.0.0.1/32", "protocol": 252}]}`,
+			`change 1: route 10.0.0.1/32 dev lo table 0 proto 252: table 0 is not one of caplanced's own`},
+		{"route in the main table", `{"version": 1, "changes": [{"kind": "route", "link": "lo", "address": "10.0.0.1/32", "table": 254, "protocol": 252}]}`,
+			`change 1: route 10.0.0.1/32 dev lo table 254 proto 252: table 254 is not one of caplanced's own`},
+		{"route of the kernel's protocol", `{"version": 1, "changes": [{"kind": "route", "link": "lo", "address": "10.0.0.1/32", "table": 100}]}`,
+			`change 1: route 10.0.0.1/32 dev lo table 100 proto 0: protocol 0 is the kernel's own`},
+		{"route to a subnet", `{"version": 1, "changes": [{"kind": "route", "link": "lo", "address": "10.0.0.0/24", "table": 100, "protocol": 252}]}`,
+			`change 1: route change with "address" 10.0.0.0/24: want a /32 or /128`},
+		{"route without address", `{"version": 1, "changes": [{"kind": "route", "link": "lo", "table": 100, "protocol": 252}]}`,
+			`change 1: route change with "address" invalid Prefix: want a /32 or /128`},
+		{"route on eth0", `{"version": 1, "changes": [{"kind": "route", "link": "eth0", "address": "10.0.0.1/32", "table": 100, "protocol": 252}]}`,
+			`change 1: route change with "link" "eth0": want "lo"`},
 		{"bad address", `{"version": 1, "changes": [{"kind": "address", "link": "lo", "address": "10.0.0.300/32"}]}`,
 			`netip.ParsePrefix("10.0.0.300/32"): ParseAddr("10.0.0.300"): IPv4 field has value >255`},
 		{"address without link", `{"version": 1, "changes": [{"kind": "address", "address": "10.0.0.1/32"}]}`,

@@ -10,7 +10,13 @@
 //     an address of the interface it arrived on, never for one on lo;
 //   - in the receiver's kernel mode, foo-over-UDP receive ports (one per
 //     outer family), the tunnel devices they feed (ipip, ip6tnl), and
-//     rp_filter relaxed on a device that receives IPv4 (SetupFOU).
+//     rp_filter relaxed on a device that receives IPv4 (SetupFOU);
+//   - as a routed balancer, each announced VIP as a route VIP/32 (/128) dev
+//     lo in caplanced's own routing table with caplanced's own route
+//     protocol (AddRoute, DeleteRoute), for the host's routing daemon to
+//     export; its VIPs then live on lo (AttachLoopback, ReceiverSysctls).
+//     It adds and deletes only routes of its protocol, and never a route of
+//     another.
 //
 // It must not touch anything else: nftables rules, sockets, packets, D-Bus
 // and systemd belong to other packages. It changes the network namespace of
@@ -42,7 +48,8 @@
 //	    {"kind":"link-up","link":"tunl0"},
 //	    {"kind":"link-created","link":"caplance-ipip","type":"ipip"},
 //	    {"kind":"fou","port":5555,"ipproto":4},
-//	    {"kind":"fou","port":5555,"ipproto":41,"family":"ipv6"}
+//	    {"kind":"fou","port":5555,"ipproto":41,"family":"ipv6"},
+//	    {"kind":"route","link":"lo","address":"10.0.0.100/32","table":100,"protocol":252}
 //	  ]
 //	}
 //
@@ -54,10 +61,14 @@
 //	link-created  delete link, if it still has that type
 //	fou           delete the foo-over-UDP receive port (IPv4, or IPv6 with
 //	              family "ipv6")
+//	route         delete the route to address dev link (lo) in table, if the
+//	              table still has it with that protocol (the kernel matches
+//	              the protocol, so another program's route stays)
 //
 // A journal that cannot be read is an error that names the file: caplanced
 // then refuses to start rather than guess. Undo what it lists by hand (ip
-// address del, sysctl -w, ip link, ip fou del) and remove the file.
+// address del, sysctl -w, ip link, ip fou del, ip route del) and remove the
+// file.
 //
 // The journal is guarded by an advisory lock on <dir>/host-changes.lock
 // (flock, held from Open to Close, released by the kernel when the process

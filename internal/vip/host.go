@@ -177,6 +177,8 @@ func undo(c Change) error {
 			af = unix.AF_INET6
 		}
 		return delFOU(af, c.Port)
+	case KindRoute:
+		return delRoute(c.route())
 	}
 	return fmt.Errorf("unknown kind %q", string(c.Kind))
 }

@@ -38,6 +38,10 @@ const (
 	// KindFOU: a foo-over-UDP receive port for IPProto was added, IPv4
 	// or, with Family "ipv6", IPv6; undo deletes it.
 	KindFOU Kind = "fou"
+	// KindRoute: a route to Address dev Link (lo) in Table with Protocol
+	// was added (a routed VIP's announcement); undo deletes exactly that
+	// route, if the table still has it with that protocol.
+	KindRoute Kind = "route"
 )
 
 // Change is one recorded host change: one entry of the journal.
@@ -53,6 +57,10 @@ type Change struct {
 	// Family is the family of a fou port: "" (IPv4, as journals written
 	// before IPv6 ports say nothing) or familyIPv6.
 	Family string `json:"family,omitempty"`
+	// Table and Protocol are a route's routing table and rtnetlink
+	// protocol.
+	Table    uint32 `json:"table,omitempty"`
+	Protocol uint8  `json:"protocol,omitempty"`
 }
 
 // familyIPv6 is Change.Family of an IPv6 foo-over-UDP port.
@@ -76,6 +84,8 @@ func (c Change) String() string {
 			return fmt.Sprintf("foo-over-UDP port %d ipproto %d (IPv6)", c.Port, c.IPProto)
 		}
 		return fmt.Sprintf("foo-over-UDP port %d ipproto %d", c.Port, c.IPProto)
+	case KindRoute:
+		return c.route().String()
 	}
 	return fmt.Sprintf("unknown change %q", string(c.Kind))
 }
@@ -112,10 +122,25 @@ func (c Change) validate() error {
 		if c.Family != "" && c.Family != familyIPv6 {
 			return fmt.Errorf(`fou change with family %q: want "ipv6" or none (IPv4)`, c.Family)
 		}
+	case KindRoute:
+		if !c.Address.IsValid() || !c.Address.IsSingleIP() {
+			return fmt.Errorf(`route change with "address" %s: want a /32 or /128`, c.Address)
+		}
+		if c.Link != "lo" {
+			return fmt.Errorf(`route change with "link" %q: want "lo"`, c.Link)
+		}
+		if err := c.route().check(); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("unknown kind %q", string(c.Kind))
 	}
 	return nil
+}
+
+// route is the Route a KindRoute change added.
+func (c Change) route() Route {
+	return Route{VIP: c.Address.Addr(), Table: c.Table, Protocol: c.Protocol}
 }
 
 type journalFile struct {

@@ -542,7 +542,8 @@ func TestChangeString(t *testing.T) {
 		{vip.Change{Kind: vip.KindLinkUp, Link: "tunl0"}, "link tunl0 set up"},
 		{vip.Change{Kind: vip.KindLinkCreated, Link: "caplance-ipip", LinkType: "ipip"}, "ipip link caplance-ipip created"},
 		{vip.Change{Kind: vip.KindFOU, Port: 5555, IPProto: 4}, "foo-over-UDP port 5555 ipproto 4"},
-		{vip.Change{Kind: "route"}, `unknown change "route"`},
+		{vip.Change{Kind: vip.KindRoute, Link: "lo", Address: pfx("2001:db8::100/128"), Table: 100, Protocol: 252}, "route 2001:db8::100/128 dev lo table 100 proto 252"},
+		{vip.Change{Kind: "tunnel"}, `unknown change "tunnel"`},
 	}
 	for _, tt := range tests {
 		if got := tt.c.String(); got != tt.want {

@@ -11,7 +11,7 @@ chroot "$R" passwd -d root >/dev/null # passwordless root on the serial console 
 # A small initrd (MODULES=list): about 3 s less boot under TCG.
 printf 'virtio_pci\nvirtio_blk\next4\n' > "$R/etc/initramfs-tools/modules"
 echo MODULES=list > "$R/etc/initramfs-tools/conf.d/zz-vmtest.conf"
-# Kernel modules a VM without hardware never loads. net/ (fou, ipip, bridge, nf_tables, 9p) and
+# Kernel modules a VM without hardware never loads. net/ (fou, ipip, ip6_tunnel, bridge, nf_tables, 9p) and
 # drivers/net/{veth,dummy}.ko stay.
 K=$(ls "$R/lib/modules")
 for d in sound drivers/gpu drivers/media drivers/infiniband drivers/usb drivers/iio drivers/staging \
@@ -19,7 +19,7 @@ for d in sound drivers/gpu drivers/media drivers/infiniband drivers/usb drivers/
 	drivers/isdn net/bluetooth net/wireless net/mac80211; do
 	rm -rf "$R/lib/modules/$K/kernel/$d"
 done
-for m in fou ipip veth bridge nf_tables 9pnet_virtio 9p; do
+for m in fou ipip ip6_tunnel veth bridge nf_tables 9pnet_virtio 9p; do
 	find "$R/lib/modules/$K" -name "$m.ko*" | grep -q . || { echo "customize: kernel module $m missing" >&2; exit 1; }
 done
 chroot "$R" depmod -a "$K"

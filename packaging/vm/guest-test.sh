@@ -9,6 +9,9 @@
 # it. The namespaces client (.10) and be1..be4 (.11-.14) hang off br0 by veth pairs. Each backend
 # runs caplanced as a receiver in kernel FOU mode (mode = "kernel", started directly with
 # `ip netns exec`, --bus=none) and busybox httpd, which answers with the backend's name.
+# Every host also has an IPv6 address in 2001:db8:18::/64 (br0 ::2, client ::10, be<i> ::1<i>), and
+# be5 and be6 are backends over IPv6 outers: be5 for the IPv6 VIP 2001:db8:18::100 (IPv6 in IPv6,
+# fou -6 ipproto 41), be6 for the IPv4 VIP 198.18.0.101 (IPv4 in IPv6, fou -6 ipproto 4).
 set -u
 export LC_ALL=C PATH=/usr/sbin:/usr/bin:/sbin:/bin
 S=${VMTEST_SHARE:-/mnt/test}
@@ -16,6 +19,10 @@ W=/tmp/vmt
 VIP=198.18.0.100
 LB=198.18.0.2
 CLIENT=198.18.0.10
+LB6=2001:db8:18::2
+CLIENT6=2001:db8:18::10
+VIP6=2001:db8:18::100
+VIP4B=198.18.0.101
 CONF=/etc/caplance/caplanced.toml
 mkdir -p $W
 # In systemd-nspawn (vm-test.sh nspawn) the kernel is the host's, which may have no fou: there the
@@ -26,6 +33,7 @@ systemd-detect-virt --container --quiet && MODE=userspace
 passed=0 failed=0 skipped=0
 log() { printf '%s %s\n' "$(date +%T)" "$*"; }
 be_addr() { echo "198.18.0.$((10 + $1))"; }
+be_addr6() { echo "2001:db8:18::1$1"; }
 
 # step NAME FUNC [ARGS]: runs FUNC with its output indented, then one PASS or FAIL line.
 step() {
@@ -77,18 +85,20 @@ usec() { systemd-analyze timespan "$1" | awk '$1 == "us:" || $1 == "μs:" { prin
 # ---- the lab -----------------------------------------------------------------------------------
 
 net_up() {
-	if [ $MODE = kernel ]; then must modprobe -a fou ipip veth bridge || return 1; fi
+	if [ $MODE = kernel ]; then must modprobe -a fou ipip ip6_tunnel veth bridge || return 1; fi
 	ip link add br0 type bridge &&
 		ip link set br0 type bridge stp_state 0 forward_delay 0 &&
 		ip addr add $LB/24 dev br0 &&
+		ip addr add $LB6/64 dev br0 nodad &&
 		ip link set br0 up || return 1
-	local ns addr i
-	for i in 0 1 2 3 4; do
-		if [ $i = 0 ]; then ns=client addr=$CLIENT; else ns=be$i addr=$(be_addr $i); fi
+	local ns addr addr6 i
+	for i in 0 1 2 3 4 5 6; do
+		if [ $i = 0 ]; then ns=client addr=$CLIENT addr6=$CLIENT6; else ns=be$i addr=$(be_addr $i) addr6=$(be_addr6 $i); fi
 		ip netns add $ns &&
 			ip link add v-$ns type veth peer name eth0 netns $ns &&
 			ip link set v-$ns master br0 up &&
 			ip -n $ns addr add $addr/24 dev eth0 &&
+			ip -n $ns addr add $addr6/64 dev eth0 nodad &&
 			ip -n $ns link set lo up &&
 			ip -n $ns link set eth0 up || return 1
 	done
@@ -104,27 +114,33 @@ net_up() {
 # The root namespace's sysctls caplanced may change, before it first runs.
 sysctls() { sysctl -a 2>/dev/null | grep -E '^net\.ipv4\.(conf\.|ip_forward)|^net\.ipv6\.conf\.' | sort; }
 
+# backend_up I VIP BALANCER: caplanced as a receiver of VIP from BALANCER in mode $MODE, and
+# busybox httpd, in namespace beI.
+backend_up() {
+	local i=$1 d=$W/be$1
+	mkdir -p $d/www $d/run $d/state
+	echo be$i > $d/www/index.html
+	cat > $d/caplanced.toml <<-EOF
+		[receiver]
+		vips = ["$2"]
+		balancers = ["$3"]
+		mode = "$MODE"
+	EOF
+	# Type=notify: systemd-run returns once caplanced has sent READY=1; `ip netns exec` execs
+	# caplanced in place, so the main PID is caplanced's.
+	must systemd-run --quiet --unit=vmt-rx-be$i -p Type=notify \
+		ip netns exec be$i "$CAPLANCED" --config $d/caplanced.toml --bus=none \
+		--runtime-dir $d/run --state-dir $d/state || return 1
+	must systemd-run --quiet --unit=vmt-http-be$i \
+		ip netns exec be$i busybox httpd -f -p 80 -h $d/www || return 1
+	echo "be$i: $(prop vmt-rx-be$i StatusText)"
+	prop vmt-rx-be$i StatusText | grep -q "decapsulation: $MODE" || { echo "be$i: not $MODE"; return 1; }
+}
+
 backends_up() {
-	local i d
+	local i
 	for i in 1 2 3 4; do
-		d=$W/be$i
-		mkdir -p $d/www $d/run $d/state
-		echo be$i > $d/www/index.html
-		cat > $d/caplanced.toml <<-EOF
-			[receiver]
-			vips = ["$VIP"]
-			balancers = ["$LB"]
-			mode = "$MODE"
-		EOF
-		# Type=notify: systemd-run returns once caplanced has sent READY=1; `ip netns exec` execs
-		# caplanced in place, so the main PID is caplanced's.
-		must systemd-run --quiet --unit=vmt-rx-be$i -p Type=notify \
-			ip netns exec be$i "$CAPLANCED" --config $d/caplanced.toml --bus=none \
-			--runtime-dir $d/run --state-dir $d/state || return 1
-		must systemd-run --quiet --unit=vmt-http-be$i \
-			ip netns exec be$i busybox httpd -f -p 80 -h $d/www || return 1
-		echo "be$i: $(prop vmt-rx-be$i StatusText)"
-		prop vmt-rx-be$i StatusText | grep -q "decapsulation: $MODE" || { echo "be$i: not $MODE"; return 1; }
+		backend_up $i $VIP $LB || return 1
 	done
 	if [ $MODE = kernel ]; then
 		echo "fou ports in be1:"
@@ -132,6 +148,25 @@ backends_up() {
 		ip netns exec be1 ip fou show | grep -q . || return 1
 	fi
 	wait_until 5 ip netns exec be1 busybox wget -q -O /dev/null http://127.0.0.1/ || { echo "httpd does not answer"; return 1; }
+}
+
+# be5 (IPv6 VIP) and be6 (IPv4 VIP) take their packets from the balancer's IPv6 address: in kernel
+# mode through an IPv6 fou port each, whose payload is IPv6 (ipproto 41, into ip6tnl0) on be5 and
+# IPv4 (ipproto 4, into caplance-ip6tnl, an external ip6tnl device) on be6.
+backends6_up() {
+	backend_up 5 $VIP6 $LB6 && backend_up 6 $VIP4B $LB6 || return 1
+	[ $MODE = kernel ] || return 0
+	local i want ok=0
+	for i in 5 6; do
+		echo "be$i: fou ports: $(ip netns exec be$i ip fou show | tr '\n' ' ')"
+		echo "be$i: tunnel devices: $(ip netns exec be$i nft list set inet caplance tunnel_devices | grep -o 'elements = .*')"
+		want=41 && [ $i = 6 ] && want=4
+		ip netns exec be$i ip fou show | grep -q "^port 5555 ipproto $want -6" || { echo "be$i: no IPv6 fou port 5555 with ipproto $want"; ok=1; }
+		ip netns exec be$i ip fou show | grep -qv -- "-6" && { echo "be$i: an IPv4 fou port too"; ok=1; }
+	done
+	ip netns exec be5 nft list set inet caplance tunnel_devices | grep -q '"ip6tnl0"' || ok=1
+	ip netns exec be6 nft list set inet caplance tunnel_devices | grep -q '"caplance-ip6tnl"' || ok=1
+	return $ok
 }
 
 # A UDP echo server on be1's VIP:7 that logs each datagram's source address.
@@ -190,7 +225,7 @@ spoofed_inner() {
 	local log=$W/be1/udp.log kind want before after ok=0 n
 	: > $log
 	must systemd-run --quiet --unit=vmt-udp-be1 ip netns exec be1 perl $W/udp-echo.pl $VIP $log || return 1
-	wait_until 5 sh -c "ip netns exec be1 ss -u -l -n | grep -q '$VIP:7 '" || { echo "no echo server on $VIP:7"; return 1; }
+	wait_until 30 sh -c "ip netns exec be1 ss -u -l -n | grep -q '$VIP:7 '" || { echo "no echo server on $VIP:7"; return 1; }
 	# In user space, source = destination has a counter of its own; in the kernel it is a local
 	# source (the VIP is on lo).
 	local kinds="unspecified loopback multicast broadcast reserved local" want_local=2 want_dst=0
@@ -239,6 +274,39 @@ http_spread() {
 	for be in "$@"; do
 		grep -qx "$be" $W/served || { echo "$be served none"; return 1; }
 	done
+}
+
+# curl_from_client URL: the body of URL fetched by the client.
+curl_from_client() { ip netns exec client curl -sS -g --max-time 5 "$1"; }
+
+# Two services added at run time over IPv6 backends: web6 (VIP6) to be5, IPv6 in IPv6, and web46
+# (VIP4B) to be6, IPv4 in IPv6. Each serves its client; in kernel mode an encapsulated datagram from
+# the client's IPv6 address (not a balancer) is dropped by be5's table and counted. Both services
+# are removed again, and their VIPs leave br0.
+ipv6_services() {
+	local ok=0 r before after
+	must caplancectl add-service web6 --vip $VIP6 --port 80 --proto tcp --check http://:80/ --runtime &&
+		must caplancectl add-backend be5 "$(be_addr6 5)" --service web6 &&
+		must caplancectl add-service web46 --vip $VIP4B --port 80 --proto tcp --check http://:80/ --runtime &&
+		must caplancectl add-backend be6 "$(be_addr6 6)" --service web46 || return 1
+	wait_until 30 sh -c "caplancectl list | awk '\$1 == \"->\" && (\$2 == \"be5\" || \$2 == \"be6\") && \$6 == \"up\" { n++ } END { exit n != 2 }'" ||
+		{ echo "be5 and be6 are not both up"; ok=1; }
+	caplancectl list
+	must ip -6 addr show dev br0 | grep -w "$VIP6" || ok=1
+	r=$(curl_from_client "http://[$VIP6]/") ; echo "http://[$VIP6]/ -> $r"; [ "$r" = be5 ] || ok=1
+	r=$(curl_from_client "http://$VIP4B/") ; echo "http://$VIP4B/ -> $r"; [ "$r" = be6 ] || ok=1
+	if [ $MODE = kernel ]; then
+		count() { ip netns exec be5 nft list table inet caplance | sed -n 's/.*counter packets \([0-9]*\) .*comment "tunnel-foreign-source-ipv6".*/\1/p'; }
+		before=$(count)
+		ip netns exec client perl -MSocket=:all -e 'socket(my $s, AF_INET6, SOCK_DGRAM, 0) or die $!;
+			send($s, "not a balancer", 0, pack_sockaddr_in6(5555, inet_pton(AF_INET6, $ARGV[0]))) or die $!' "$(be_addr6 5)" || ok=1
+		wait_until 5 sh -c "[ \"\$(ip netns exec be5 nft list table inet caplance | sed -n 's/.*counter packets \([0-9]*\) .*comment \"tunnel-foreign-source-ipv6\".*/\1/p')\" = $((before + 1)) ]" ||
+			{ echo "be5's tunnel-foreign-source-ipv6: $before -> $(count), want +1"; ok=1; }
+		echo "be5's tunnel-foreign-source-ipv6: $before -> $(count)"
+	fi
+	must caplancectl remove-service web6 && must caplancectl remove-service web46 || return 1
+	ip -o addr show dev br0 | grep -wE "$VIP6|$VIP4B" && { echo "a VIP of a removed service is still on br0"; ok=1; }
+	return $ok
 }
 
 # ---- the package ------------------------------------------------------------------------------
@@ -476,11 +544,12 @@ purge() {
 # ---- the run ----------------------------------------------------------------------------------
 
 log "guest: $(systemd-detect-virt), $(uname -r), systemd $(systemctl --version | head -n1 | cut -d' ' -f2), boot $(cat $S/boot-state 2>/dev/null)"
-step "network namespaces: client and be1..be4 on br0 (198.18.0.2)" net_up || finish
+step "network namespaces: client and be1..be6 on br0 (198.18.0.2, 2001:db8:18::2)" net_up || finish
 sysctls > $W/sysctls.before
 step "apt install ./caplance_*.deb (no network: dependencies from the image)" install_deb || finish
 step "backends: caplanced --bus=none, receiver mode $MODE$([ $MODE = kernel ] && echo ' (fou)') + httpd in be1..be4" backends_up || finish
 step "spoofed inner sources through the tunnel reach no listener on be1, counted by kind" spoofed_inner
+step "IPv6 outers: receivers in mode $MODE$([ $MODE = kernel ] && echo ' (fou -6)') in be5 (IPv6 VIP) and be6 (IPv4 VIP)" backends6_up
 if step "systemctl start caplanced caplance-healthd -> both active" start_services; then
 	step "systemctl status caplanced shows the STATUS line" status_line
 	step "the VIP on br0 and the nft table inet caplance" vip_attached
@@ -490,6 +559,7 @@ if step "systemctl start caplanced caplance-healthd -> both active" start_servic
 	step "HTTP through the VIP served by be1, be2 and the added be3" http_spread 40 be1 be2 be3
 	step "caplancectl add-backend as nobody: denied by the bus policy (exit 1, names caplance-admin)" add_backend_unprivileged
 	step "a member of caplance-admin may change backends (set-weight)" admin_group
+	step "run-time services over IPv6 backends: IPv6 in IPv6 (be5) and IPv4 in IPv6 (be6), then removed" ipv6_services
 	if step "watchdog: pings keep caplanced alive past WatchdogSec" watchdog_pings; then :; fi
 	if step "watchdog: kill -STOP the main PID -> restarted by the watchdog" watchdog_restart; then
 		step "after the restart: HTTP through the VIP, be3 kept (backends.json)" http_spread 40 be1 be2 be3

@@ -29,7 +29,6 @@ import (
 	"time"
 
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 
 	"github.com/caplance/caplance/internal/netnstest"
 	"github.com/caplance/caplance/internal/testbed"
@@ -352,9 +351,6 @@ func (l *Lab) Start(b *Balancer) error {
 	} else if err := b.Caplanced.Restart(b.Host, l.opts.Caplanced); err != nil {
 		return fmt.Errorf("%s: %w", b.Name, err)
 	}
-	if err := announceStandIn(b); err != nil {
-		return fmt.Errorf("%s: %w", b.Name, err)
-	}
 	if b.Bird != nil && b.Bird.running() {
 		return nil
 	}
@@ -370,13 +366,17 @@ func (l *Lab) Start(b *Balancer) error {
 	return nil
 }
 
-// caplancedConfig is every balancer's caplanced configuration: the same
-// backends (identical Maglev tables are what makes a fleet): service web
-// on testbed.VIP over every backend, and in a dual-stack lab web6 on
-// testbed.VIP6 over their IPv6 addresses (named be1-v6, …).
+// caplancedConfig is every balancer's caplanced configuration: routed
+// (its VIPs on lo, each servable one a route in RouteTable with
+// RouteProtocol for BIRD to announce), and the same backends (identical
+// Maglev tables are what makes a fleet): service web on testbed.VIP over
+// every backend, and in a dual-stack lab web6 on testbed.VIP6 over their
+// IPv6 addresses (named be1-v6, …).
 func (l *Lab) caplancedConfig() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[balancer]\ninterface = \"eth0\"\nworkers = %d\n", l.opts.Workers)
+	fmt.Fprintf(&b, "routed = true\nroute_table = %d\nroute_protocol = %d\nwithdraw_delay = %q\n",
+		RouteTable, RouteProtocol, l.opts.WithdrawDelay)
 	service := func(name string, vip netip.Addr, backend func(*testbed.Backend) (string, netip.Addr)) {
 		fmt.Fprintf(&b, "\n[[service]]\nname = %q\nvips = [%q]\n", name, vip)
 		for _, be := range l.Backends {
@@ -389,30 +389,6 @@ func (l *Lab) caplancedConfig() string {
 		service("web6", testbed.VIP6, func(be *testbed.Backend) (string, netip.Addr) { return be.Name + "-v6", be.Addr6 })
 	}
 	return b.String()
-}
-
-// announceStandIn stands in for caplanced's routed mode (routed = true),
-// which is being built in parallel: it adds the route caplanced will
-// publish for the VIP once ready. When routed mode is merged, this
-// function and its call in Start go, and caplancedConfig gains
-// "routed = true", route_table, route_protocol and withdraw_delay.
-func announceStandIn(b *Balancer) error {
-	return b.Host.Do(func() error {
-		lo, err := netlink.LinkByName("lo")
-		if err != nil {
-			return err
-		}
-		route := netlink.Route{LinkIndex: lo.Attrs().Index, Table: RouteTable, Protocol: RouteProtocol,
-			Type: unix.RTN_UNICAST, Scope: netlink.SCOPE_LINK, Dst: prefixNet(netip.PrefixFrom(testbed.VIP, 32))}
-		if err := netlink.RouteReplace(&route); err != nil {
-			return err
-		}
-		if !b.Addr6.IsValid() {
-			return nil
-		}
-		route.Scope, route.Dst = netlink.SCOPE_UNIVERSE, prefixNet(netip.PrefixFrom(testbed.VIP6, 128))
-		return netlink.RouteReplace(&route)
-	})
 }
 
 // Restart restarts b's caplanced the way `systemctl restart` does:

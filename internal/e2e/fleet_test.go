@@ -230,6 +230,7 @@ func TestFleet(t *testing.T) {
 				t.Fatalf("caplancectl maintenance %s on %s: %v\n%s", state, b.Name, err, out)
 			}
 		}
+		on := time.Now()
 		maintenance("on")
 		if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(b), converge); err != nil {
 			t.Fatal(err)
@@ -237,13 +238,17 @@ func TestFleet(t *testing.T) {
 		if err := lab.WaitNextHops(testbed.VIP6, lab.Addrs6(b), converge); err != nil {
 			t.Fatal(err)
 		}
+		withdrawn := time.Since(on)
 		if err := conns.WaitExchanges(conns.Exchanges(), 3, converge); err != nil {
 			t.Error(err)
 		}
+		off := time.Now()
 		maintenance("off")
 		if err := lab.WaitAll(converge); err != nil {
 			t.Fatal(err)
 		}
+		t.Logf("maintenance on at %s: out of the router's routes after %v; off at %s: back after %v",
+			on.Format("15:04:05.000"), withdrawn.Round(time.Millisecond), off.Format("15:04:05.000"), time.Since(off).Round(time.Millisecond))
 		stopTraffic(t, conns, load)
 	})
 
@@ -355,8 +360,8 @@ func stopTraffic(t *testing.T, conns *fleetlab.Conns, load *fleetlab.Load) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("ab: %d requests, %d failed; %d long-lived connections: %d answers, longest wait %v, %d broken",
-		res.Complete, res.Failed, rep.Conns, rep.Exchanges, rep.MaxGap.Round(time.Millisecond), len(rep.Broken))
+	t.Logf("ab: %d requests, %d failed; %d long-lived connections: %d answers, longest wait %v (%s), %d broken",
+		res.Complete, res.Failed, rep.Conns, rep.Exchanges, rep.MaxGap.Round(time.Millisecond), rep.Slowest, len(rep.Broken))
 	if res.Complete == 0 || res.Failed != 0 {
 		t.Errorf("ab: %d requests, %d failed, want some and none failed:\n%s", res.Complete, res.Failed, res.Output)
 	}

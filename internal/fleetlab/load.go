@@ -111,8 +111,10 @@ type Conns struct {
 type connState struct {
 	backend   string
 	exchanges int
+	local     string
 	last      time.Time
 	maxGap    time.Duration
+	maxGapEnd time.Time
 	err       error
 }
 
@@ -125,6 +127,8 @@ type ConnsReport struct {
 	// MaxGap is the longest time any connection waited between two
 	// answers: the interval, or the time it took to recover from a loss.
 	MaxGap time.Duration
+	// Slowest says which connection waited MaxGap, and when it ended.
+	Slowest string
 	// Stalled is how many connections once waited more than three
 	// intervals: those a failover caught.
 	Stalled int
@@ -143,7 +147,7 @@ func (l *Lab) StartConns(n int, interval time.Duration) (*Conns, error) {
 			cs.Stop()
 			return nil, fmt.Errorf("long-lived connection: %w", err)
 		}
-		st := &connState{last: time.Now()}
+		st := &connState{local: c.LocalAddr().String(), last: time.Now()}
 		cs.conns = append(cs.conns, st)
 		cs.wg.Add(1)
 		go func() {
@@ -175,7 +179,9 @@ func (cs *Conns) run(ctx context.Context, c net.Conn, st *connState, interval ti
 		case err == nil:
 			st.backend = name
 			st.exchanges++
-			st.maxGap = max(st.maxGap, now.Sub(st.last))
+			if gap := now.Sub(st.last); gap > st.maxGap {
+				st.maxGap, st.maxGapEnd = gap, now
+			}
 			st.last = now
 		}
 		failed := st.err != nil
@@ -257,7 +263,10 @@ func (cs *Conns) Stop() ConnsReport {
 	rep := ConnsReport{Conns: len(cs.conns)}
 	for i, st := range cs.conns {
 		rep.Exchanges += st.exchanges
-		rep.MaxGap = max(rep.MaxGap, st.maxGap)
+		if st.maxGap > rep.MaxGap {
+			rep.MaxGap = st.maxGap
+			rep.Slowest = fmt.Sprintf("connection %d (%s to %s) until %s", i, st.local, st.backend, st.maxGapEnd.Format("15:04:05.000"))
+		}
 		if st.maxGap > 3*cs.interval {
 			rep.Stalled++
 		}

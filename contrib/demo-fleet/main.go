@@ -5,9 +5,10 @@
 // fleetlab); shows the BGP sessions and the router's multipath route; sends
 // UDP flows through the router and through each balancer alone; restarts
 // the three balancers one after another under HTTP load and long-lived
-// connections; and prints which balancer and backend served each flow
-// before and after. It removes every namespace and process on exit, Ctrl-C
-// or failure.
+// connections; puts one balancer in maintenance with caplancectl; and
+// prints which balancer and backend served each flow before, during the
+// maintenance and after. It removes every namespace and process on exit,
+// Ctrl-C or failure.
 package main
 
 import (
@@ -16,7 +17,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -24,21 +27,23 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/caplance/caplance/internal/dbustest"
 	"github.com/caplance/caplance/internal/fleetlab"
 	"github.com/caplance/caplance/internal/testbed"
 )
 
 func main() {
 	caplanced := flag.String("caplanced", "bin/caplanced", "the caplanced `binary` to run")
+	caplancectl := flag.String("caplancectl", "bin/caplancectl", "the caplancectl `binary` to run")
 	flows := flag.Int("flows", 12, "how many UDP flows to follow")
 	flag.Parse()
-	if err := run(*caplanced, *flows); err != nil {
+	if err := run(*caplanced, *caplancectl, *flows); err != nil {
 		fmt.Fprintln(os.Stderr, "demo-fleet:", err)
 		os.Exit(1)
 	}
 }
 
-func run(caplanced string, flows int) error {
+func run(caplanced, caplancectl string, flows int) error {
 	if os.Geteuid() != 0 {
 		return fmt.Errorf("run as root: the demo creates network namespaces")
 	}
@@ -48,9 +53,35 @@ func run(caplanced string, flows int) error {
 	}
 	defer os.RemoveAll(dir)
 
+	// Each balancer's D-Bus API, on a private bus with the shipped policy.
+	policy, err := filepath.Abs(dbustest.PolicyDir) // make demo-fleet runs in the repository's root
+	if err != nil {
+		return err
+	}
+	buses := map[string]string{}
+	var stops []func()
+	bus := func(name string) (string, error) {
+		busDir := filepath.Join(dir, "bus-"+name)
+		if err := os.MkdirAll(busDir, 0o755); err != nil {
+			return "", err
+		}
+		b, stopBus, err := dbustest.Run(busDir, policy, false)
+		if err != nil {
+			return "", err
+		}
+		stops = append(stops, stopBus)
+		buses[name] = b.Address
+		return b.Address, nil
+	}
+	defer func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}()
+
 	fmt.Println("Building the lab: client, router (BIRD), 3 balancers (BIRD + caplanced), 3 backends…")
 	lab, err := fleetlab.New(fleetlab.Options{Caplanced: caplanced, Prefix: "dfleet", Dir: dir,
-		Balancers: 3, Backends: 3, WithdrawDelay: 2 * time.Second})
+		Balancers: 3, Backends: 3, WithdrawDelay: 2 * time.Second, Bus: bus})
 	if err != nil {
 		return err
 	}
@@ -143,18 +174,50 @@ func run(caplanced string, flows int) error {
 	if err != nil {
 		return err
 	}
+
+	out := lab.Balancers[1]
+	fmt.Printf("\nMaintenance: %s withdraws its routes and keeps running.\n", out.Name)
+	ctl := func(args ...string) error {
+		fmt.Printf("$ caplancectl %s\n", strings.Join(args, " "))
+		cmd := exec.Command(caplancectl, append([]string{"--bus", buses[out.Name]}, args...)...)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		return cmd.Run()
+	}
+	if err := ctl("maintenance", "on"); err != nil {
+		return err
+	}
+	if err := lab.WaitNextHops(testbed.VIP, lab.Addrs(out), 30*time.Second); err != nil {
+		return err
+	}
+	if err := showRoute(lab); err != nil {
+		return err
+	}
+	during, err := follow(lab, ports)
+	if err != nil {
+		return err
+	}
+	if err := ctl("maintenance", "off"); err != nil {
+		return err
+	}
+	if err := lab.WaitAll(30 * time.Second); err != nil {
+		return err
+	}
+	if err := showRoute(lab); err != nil {
+		return err
+	}
+
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(w, "\nclient port\tbefore\t")
 	for _, b := range lab.Balancers {
 		fmt.Fprintf(w, "%s alone\t", b.Name)
 	}
-	fmt.Fprintln(w, "after the rolling restart\t")
+	fmt.Fprintf(w, "after the rolling restart\t%s in maintenance\t\n", out.Name)
 	for i, port := range ports {
 		fmt.Fprintf(w, "%d\t%s\t", port, before[i])
 		for j := range lab.Balancers {
 			fmt.Fprintf(w, "%s\t", alone[j][i])
 		}
-		fmt.Fprintf(w, "%s\t\n", after[i])
+		fmt.Fprintf(w, "%s\t%s\t\n", after[i], during[i])
 	}
 	w.Flush()
 	fmt.Println("(balancer → backend: the balancer the flow crossed, seen on its link, and the backend that answered.")

@@ -13,7 +13,7 @@ MANPAGES   := $(patsubst man/%.md,build/man/%,$(wildcard man/*.md))
 BENCHTIME  ?= 1s
 FUZZTIME   ?= 30s
 
-.PHONY: all build test bench bench-dataplane fuzz lint demo completions man deb rpm vm-test security-doc clean help
+.PHONY: all build test bench bench-dataplane fuzz lint demo demo-fleet completions man deb rpm vm-test security-doc clean help
 
 all: build
 
@@ -45,6 +45,9 @@ lint: ## gofmt, go vet and staticcheck must be clean
 
 demo: build ## As root: two services over their own pools in namespaces, a live add-service, who served what
 	$(GO) run ./contrib/demo --caplanced bin/caplanced --caplancectl bin/caplancectl
+
+demo-fleet: build ## As root: three balancers behind a router's ECMP with BIRD, a rolling restart under load, maintenance, who served what
+	$(GO) run ./contrib/demo-fleet --caplanced bin/caplanced --caplancectl bin/caplancectl
 
 completions: ## Regenerate contrib/completions from caplancectl's command table (a test checks they are current)
 	$(GO) run ./caplancectl completion bash > contrib/completions/caplancectl.bash

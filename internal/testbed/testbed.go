@@ -105,12 +105,18 @@ type Options struct {
 	// Subnet6 as well (no DAD), and the receivers serve VIP6 and VIP6B
 	// and accept tunnels from LBAddr6.
 	IPv6 bool
+	// Balancers are the addresses the receivers accept tunnels from,
+	// when the caller builds the balancer hosts itself (a fleet of them,
+	// package fleetlab): the testbed then builds no host "lb" and LB
+	// stays nil. Empty: one balancer host at LBAddr (and LBAddr6).
+	Balancers []netip.Addr
 }
 
 // Testbed is a running deployment.
 type Testbed struct {
-	Lab      *netnstest.Lab
-	Client   *netnstest.Host
+	Lab    *netnstest.Lab
+	Client *netnstest.Host
+	// LB is the balancer host; nil when Options.Balancers is set.
 	LB       *netnstest.Host
 	Backends []*Backend
 	// Balancer is the balancer's caplanced, nil until StartBalancer.
@@ -167,8 +173,10 @@ func New(opts Options) (tb *Testbed, err error) {
 	if err := tb.Client.Do(func() error { return DisableTxChecksum("eth0") }); err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	if tb.LB, err = lab.AddHost("lb", addrs(LBAddr, LBAddr6)...); err != nil {
-		return nil, err
+	if len(opts.Balancers) == 0 {
+		if tb.LB, err = lab.AddHost("lb", addrs(LBAddr, LBAddr6)...); err != nil {
+			return nil, err
+		}
 	}
 	for i := range opts.Backends {
 		b := &Backend{Name: BackendName(i), Addr: BackendAddr(i)}
@@ -187,10 +195,16 @@ func New(opts Options) (tb *Testbed, err error) {
 }
 
 func (tb *Testbed) startBackend(b *Backend) error {
-	vips, balancers := []netip.Addr{VIP, VIP2, VIP3}, []netip.Addr{LBAddr}
+	vips, balancers := []netip.Addr{VIP, VIP2, VIP3}, tb.opts.Balancers
+	if len(balancers) == 0 {
+		balancers = []netip.Addr{LBAddr}
+		if tb.opts.IPv6 {
+			balancers = append(balancers, LBAddr6)
+		}
+	}
 	echoes := []netip.AddrPort{netip.AddrPortFrom(VIP, EchoPort), netip.AddrPortFrom(VIP2, DNSPort)}
 	if tb.opts.IPv6 {
-		vips, balancers = append(vips, VIP6, VIP6B), append(balancers, LBAddr6)
+		vips = append(vips, VIP6, VIP6B)
 		echoes = append(echoes, netip.AddrPortFrom(VIP6, EchoPort), netip.AddrPortFrom(VIP6B, DNSPort))
 	}
 	cfg := fmt.Sprintf("[receiver]\nvips = %s\nbalancers = %s\nworkers = %d\n", tomlList(vips), tomlList(balancers), tb.opts.Workers)

@@ -97,6 +97,8 @@ func wantFiles(t *testing.T, packager string) map[string]entry {
 		"/etc/caplance/caplance-healthd.toml":                   file,
 		"/usr/share/bash-completion/completions/caplancectl":    file,
 		"/usr/share/fish/vendor_completions.d/caplancectl.fish": file,
+		"/usr/share/doc/caplance/examples/bird/caplance.conf":   file,
+		"/usr/share/doc/caplance/examples/frr/frr.conf":         file,
 	}
 	dirs := map[string]string{
 		"packaging/systemd/*.service": "/usr/lib/systemd/system/",

@@ -112,23 +112,7 @@ func TestFleet(t *testing.T) {
 		if backends := distinct(viaRouter); len(backends) != len(lab.Backends) {
 			t.Errorf("the flows reached backends %v, want all %d", backends, len(lab.Backends))
 		}
-		t.Cleanup(func() {
-			if err := lab.Via(nil); err != nil {
-				t.Error(err)
-			}
-		})
-		for _, b := range lab.Balancers {
-			if err := lab.Via(b); err != nil {
-				t.Fatal(err)
-			}
-			direct, err := lab.EchoFlows(testbed.VIP, ports)
-			if err != nil {
-				t.Fatalf("through %s: %v", b.Name, err)
-			}
-			if diff := cmp.Diff(viaRouter, direct); diff != "" {
-				t.Errorf("backends of the flows through the router and through %s alone (-router +%s):\n%s", b.Name, b.Name, diff)
-			}
-		}
+		sameThroughEach(t, lab, testbed.VIP, ports, viaRouter)
 	})
 
 	// The same over IPv6: a session per balancer over IPv6 (the snippet's
@@ -159,23 +143,7 @@ func TestFleet(t *testing.T) {
 		if backends := distinct(viaRouter); len(backends) != len(lab.Backends) {
 			t.Errorf("the IPv6 flows reached backends %v, want all %d", backends, len(lab.Backends))
 		}
-		t.Cleanup(func() {
-			if err := lab.Via(nil); err != nil {
-				t.Error(err)
-			}
-		})
-		for _, b := range lab.Balancers {
-			if err := lab.Via(b); err != nil {
-				t.Fatal(err)
-			}
-			direct, err := lab.EchoFlows(testbed.VIP6, ports)
-			if err != nil {
-				t.Fatalf("through %s: %v", b.Name, err)
-			}
-			if diff := cmp.Diff(viaRouter, direct); diff != "" {
-				t.Errorf("backends of the IPv6 flows through the router and through %s alone (-router +%s):\n%s", b.Name, b.Name, diff)
-			}
-		}
+		sameThroughEach(t, lab, testbed.VIP6, ports, viaRouter)
 	})
 
 	t.Run("RollingRestart", func(t *testing.T) {
@@ -409,4 +377,28 @@ func distinct(names []string) []string {
 	out := slices.Clone(names)
 	slices.Sort(out)
 	return slices.Compact(out)
+}
+
+// sameThroughEach sends the flows from ports to vip through each balancer
+// alone (the client routes the VIP to it) and checks that each reaches the
+// backend it reached through the router, viaRouter.
+func sameThroughEach(t *testing.T, lab *fleetlab.Lab, vip netip.Addr, ports []uint16, viaRouter []string) {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := lab.Via(nil); err != nil {
+			t.Error(err)
+		}
+	})
+	for _, b := range lab.Balancers {
+		if err := lab.Via(b); err != nil {
+			t.Fatal(err)
+		}
+		direct, err := lab.EchoFlows(vip, ports)
+		if err != nil {
+			t.Fatalf("through %s: %v", b.Name, err)
+		}
+		if diff := cmp.Diff(viaRouter, direct); diff != "" {
+			t.Errorf("backends of the flows to %v through the router and through %s alone (-router +%s):\n%s", vip, b.Name, b.Name, diff)
+		}
+	}
 }

@@ -212,7 +212,7 @@ type state struct {
 	linkMAC [6]byte
 	linkUp  bool
 	dsts    map[netip.Addr]*dest
-	neigh   map[netip.Addr]neighbour  // entries on the interface
+	neigh   map[netip.Addr]neighbour // entries on the interface
 	asked   map[netip.Addr]time.Time // last Lookup-driven request per next hop
 }
 

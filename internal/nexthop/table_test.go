@@ -179,6 +179,56 @@ func TestMACChange(t *testing.T) {
 	newMAC := [6]byte{2, 0, 0, 0, 0x0b, 1}
 	waitLookup(t, tbl, b1v4, hop(newMAC, l.lbMAC, lbAddrs[0].Addr()))
 	waitLookup(t, tbl, b1v6, hop(newMAC, l.lbMAC, lbAddrs[1].Addr()))
+
+	// The balancer's own address comes from link events.
+	run(t, l.lb, "ip", "link", "set", "eth0", "address", "02:00:00:00:01:01")
+	lbMAC := [6]byte{2, 0, 0, 0, 1, 1}
+	waitLookup(t, tbl, b1v4, hop(newMAC, lbMAC, lbAddrs[0].Addr()))
+	waitLookup(t, tbl, b1v6, hop(newMAC, lbMAC, lbAddrs[1].Addr()))
+}
+
+// TestSilentMACChange: an entry the kernel learnt from the backend's own
+// packets (an ARP request, a neighbour solicitation) is stale, and frames the
+// data path sends itself never confirm it, so only the table's periodic probe
+// finds out that the address has changed: the probe of the old address fails
+// and Lookup's request resolves the new one.
+func TestSilentMACChange(t *testing.T) {
+	l := newLab(t)
+	for _, fam := range []string{"ipv4", "ipv6"} {
+		for s, v := range map[string]string{"delay_first_probe_time": "1", "retrans_time_ms": "200"} {
+			if err := l.lb.SetSysctl("net/"+fam+"/neigh/eth0/"+s, v); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	old := mac(t, l.b1, "eth0")
+	for _, a := range []netip.Addr{b1v4, b1v6} {
+		run(t, l.lb, "ip", "neigh", "replace", a.String(), "lladdr", net.HardwareAddr(old[:]).String(), "nud", "stale", "dev", "eth0")
+	}
+	var tbl *nexthop.Table
+	err := l.lb.Do(func() error {
+		eth0, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		tbl, err = nexthop.New(eth0.Attrs().Index, nexthop.Options{ResyncInterval: 500 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(t.Output(), nil))})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tbl.Close()
+	if err := tbl.SetDestinations([]netip.Addr{b1v4, b1v6}); err != nil {
+		t.Fatal(err)
+	}
+	waitLookup(t, tbl, b1v4, hop(old, l.lbMAC, lbAddrs[0].Addr()))
+	waitLookup(t, tbl, b1v6, hop(old, l.lbMAC, lbAddrs[1].Addr()))
+
+	// arp_notify and ndisc_notify are off (the default): nothing announces it.
+	run(t, l.b1, "ip", "link", "set", "eth0", "address", "02:00:00:00:0b:02")
+	newMAC := [6]byte{2, 0, 0, 0, 0x0b, 2}
+	waitLookup(t, tbl, b1v4, hop(newMAC, l.lbMAC, lbAddrs[0].Addr()))
+	waitLookup(t, tbl, b1v6, hop(newMAC, l.lbMAC, lbAddrs[1].Addr()))
 }
 
 // TestRouteToOtherInterface: a route moving a backend to another interface

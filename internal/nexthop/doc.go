@@ -57,7 +57,20 @@
 //     so a backend that traffic wants is resolved again after the kernel
 //     dropped or failed its entry, and one that nobody sends to is not probed;
 //   - at each periodic resync, for next hops whose entry is stale: frames sent
-//     by XDP never confirm a neighbour, so without this the kernel would
-//     keep a stale address forever; the probe re-confirms it (or fails it, and
-//     the raw path takes over) as the kernel's own traffic would.
+//     by XDP never confirm a neighbour, so an entry the kernel learnt from
+//     the backend's own packets (its ARP request, say) would stay stale, with
+//     an address nobody checks, forever; the probe re-confirms it (or fails
+//     it, and the raw path takes over until Lookup's request resolves the new
+//     address) as the kernel's own traffic would.
+//
+// # Limits
+//
+// With no packet waiting, the kernel sends an IPv6 neighbour solicitation
+// from the interface's link-local address: while that is tentative (duplicate
+// address detection, a second or two after the link comes up) or if there is
+// none (addr_gen_mode none), the request sends nothing, and the raw path's
+// packets, which the kernel routes itself, are what resolve the next hop.
+// For a multipath route the kernel's answer names one path per destination
+// (its hash of the addresses alone), so every frame to one backend uses one
+// next hop. The first route of the answer is used.
 package nexthop

@@ -232,6 +232,7 @@ func (t *Table) run(s *state) {
 	settle, retry := time.NewTimer(0), time.NewTimer(0)
 	<-settle.C
 	<-retry.C
+	settling := false // settle runs: a steady stream of route events must not postpone it forever
 	for {
 		var lost bool
 		select {
@@ -262,14 +263,16 @@ func (t *Table) run(s *state) {
 			}
 		case _, ok := <-sub.route:
 			lost = !ok
-			if ok {
+			if ok && !settling {
+				settling = true
 				settle.Reset(routeSettle)
 			}
 		case <-settle.C:
+			settling = false
 			s.rerouteAll()
 			s.publish()
 		case <-resync.C:
-			if sub == nil {
+			if sub.done == nil {
 				sub = t.subscribe()
 			}
 			s.fullResync()
@@ -284,8 +287,9 @@ func (t *Table) run(s *state) {
 	}
 }
 
-// subscribe opens the three event subscriptions, or returns nil (retried at
-// the next resync) when one fails.
+// subscribe opens the three event subscriptions, or returns an empty
+// subscription, whose nil channels never deliver, when one fails: the next
+// resync tries again.
 func (t *Table) subscribe() *subscription {
 	sub := &subscription{done: make(chan struct{})}
 	onErr := func(err error) {
@@ -319,13 +323,13 @@ func (t *Table) subscribe() *subscription {
 	}
 	t.log.Warn("nexthop: subscribe to netlink events; relying on the periodic resync", "err", err)
 	sub.close()
-	return nil
+	return &subscription{}
 }
 
 // close ends the subscriptions and drains their channels, so that the
 // library's goroutines, which block on sending, can return.
 func (sub *subscription) close() {
-	if sub == nil {
+	if sub.done == nil {
 		return
 	}
 	close(sub.done)

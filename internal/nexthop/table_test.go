@@ -360,3 +360,50 @@ func TestNotEthernet(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// BenchmarkLookup measures the hot path: a resolved destination among 1000.
+func BenchmarkLookup(b *testing.B) {
+	l := &lab{Lab: netnstest.NewForTest(b, "nhop")}
+	var err error
+	if l.lb, err = l.AddHost("lb", lbAddrs...); err != nil {
+		b.Fatal(err)
+	}
+	if l.b1, err = l.AddHost("b1", netip.PrefixFrom(b1v4, 24)); err != nil {
+		b.Fatal(err)
+	}
+	dsts := []netip.Addr{b1v4}
+	for i := range 999 {
+		dsts = append(dsts, netip.AddrFrom4([4]byte{10, 9, byte(i >> 8), byte(i)}))
+	}
+	var tbl *nexthop.Table
+	err = l.lb.Do(func() error {
+		eth0, err := netlink.LinkByName("eth0")
+		if err != nil {
+			return err
+		}
+		tbl, err = nexthop.New(eth0.Attrs().Index, nexthop.Options{ResyncInterval: time.Hour})
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer tbl.Close()
+	if err := tbl.SetDestinations(dsts); err != nil {
+		b.Fatal(err)
+	}
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := tbl.Lookup(b1v4); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("Lookup(%v) never resolved", b1v4)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, ok := tbl.Lookup(b1v4); !ok {
+			b.Fatal("Lookup not ok")
+		}
+	}
+}

@@ -67,6 +67,9 @@ type Table struct {
 	ns      netns.NsHandle
 	h       *netlink.Handle
 
+	// subscribe is (*Table).subscribeNetlink; tests replace it to lose events.
+	subscribe func() *subscription
+
 	snap atomic.Pointer[snapshot]
 	kick chan struct{} // Lookup wants an unresolved next hop resolved
 	reqs chan setRequest
@@ -101,6 +104,12 @@ type setRequest struct {
 // New starts a table for the interface ifindex in the network namespace of
 // the calling thread. The interface must have an Ethernet (6-byte) address.
 func New(ifindex int, opts Options) (*Table, error) {
+	return newTable(ifindex, opts, nil)
+}
+
+// newTable is New with the event subscription replaced when subscribe is not
+// nil.
+func newTable(ifindex int, opts Options, subscribe func() *subscription) (*Table, error) {
 	t := &Table{
 		ifindex: ifindex,
 		log:     opts.Logger,
@@ -112,6 +121,10 @@ func New(ifindex int, opts Options) (*Table, error) {
 	}
 	if t.log == nil {
 		t.log = slog.New(slog.DiscardHandler)
+	}
+	t.subscribe = subscribe
+	if t.subscribe == nil {
+		t.subscribe = t.subscribeNetlink
 	}
 	if t.resync <= 0 {
 		t.resync = DefaultResyncInterval
@@ -287,10 +300,10 @@ func (t *Table) run(s *state) {
 	}
 }
 
-// subscribe opens the three event subscriptions, or returns an empty
+// subscribeNetlink opens the three event subscriptions, or returns an empty
 // subscription, whose nil channels never deliver, when one fails: the next
 // resync tries again.
-func (t *Table) subscribe() *subscription {
+func (t *Table) subscribeNetlink() *subscription {
 	sub := &subscription{done: make(chan struct{})}
 	onErr := func(err error) {
 		select {

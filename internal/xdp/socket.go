@@ -147,6 +147,11 @@ func (s *Socket) setup(c SocketConfig) error {
 		Size: uint32(c.FrameSize),
 	}
 	if err := setsockopt(s.fd, unix.XDP_UMEM_REG, unsafe.Pointer(&reg), unsafe.Sizeof(reg)); err != nil {
+		if errors.Is(err, unix.ENOBUFS) {
+			// Without CAP_IPC_LOCK the kernel counts every UMEM of the user
+			// against its RLIMIT_MEMLOCK.
+			return fmt.Errorf("register the UMEM (%d bytes; raise the memory-lock limit, e.g. LimitMEMLOCK=): %w", len(s.umem), err)
+		}
 		return fmt.Errorf("register the UMEM: %w", err)
 	}
 	for _, opt := range []int{unix.XDP_UMEM_FILL_RING, unix.XDP_UMEM_COMPLETION_RING, unix.XDP_RX_RING, unix.XDP_TX_RING} {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -693,4 +694,93 @@ func (l *lab) lbToCl(t *testing.T) []byte {
 	udp := &layers.UDP{SrcPort: 9000, DstPort: 9001}
 	_ = udp.SetNetworkLayerForChecksum(ip)
 	return serialize(t, eth, ip, udp, gopacket.Payload("from lb's socket"))
+}
+
+// TestMain turns the test binary into privilegedHelper when XDP_HELPER=1,
+// rather than running the tests.
+func TestMain(m *testing.M) {
+	if os.Getenv("XDP_HELPER") == "1" {
+		if err := privilegedHelper(); err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+		fmt.Println("ok")
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// privilegedHelper does what caplanced will do, in the namespace and with the
+// capabilities it was started with: load, attach to eth0, open a socket and
+// register it. A failure that ErrUnsupported
+// marks is reported as "unsupported: …".
+func privilegedHelper() error {
+	err := func() error {
+		eth0, err := net.InterfaceByName("eth0")
+		if err != nil {
+			return err
+		}
+		p, err := Load(Options{MaxVIPs: 1, MaxQueues: 1})
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		if _, err := p.Attach(eth0.Index); err != nil {
+			return err
+		}
+		// XDP_FRAMES frames, for the memory-lock accounting.
+		frames, err := strconv.Atoi(os.Getenv("XDP_FRAMES"))
+		if err != nil {
+			return err
+		}
+		s, err := NewSocket(SocketConfig{Ifindex: eth0.Index, Frames: frames, RingSize: 256})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		return p.Register(0, s)
+	}()
+	if errors.Is(err, ErrUnsupported) {
+		return fmt.Errorf("unsupported: %w", err)
+	}
+	return err
+}
+
+// TestPrivileges runs privilegedHelper in lb's namespace with a limited
+// capability bounding set (root without the others, as caplanced's unit
+// grants them) and an 8 MiB memory-lock limit (systemd's default; lowering
+// it needs no privilege): which capabilities the data path needs, that their
+// absence is ErrUnsupported, and that without CAP_IPC_LOCK the UMEMs count
+// against RLIMIT_MEMLOCK (a 16 MiB UMEM, two workers' default, does not fit).
+func TestPrivileges(t *testing.T) {
+	nl := netnstest.NewForTest(t, "xdpcap")
+	lb, err := nl.AddHost("lb", netip.PrefixFrom(lbAddr4, 24))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const unitCaps = "+net_admin,+net_raw"
+	for _, tc := range []struct {
+		name   string
+		caps   string
+		frames int
+		want   string // the helper's last line, up to its first colon
+	}{
+		{"unit's capabilities and CAP_BPF", unitCaps + ",+bpf", 256, "ok"},
+		{"without CAP_BPF", unitCaps, 256, "unsupported"},
+		{"without CAP_NET_RAW", "+net_admin,+bpf", 256, "unsupported"},
+		{"16 MiB of UMEM", unitCaps + ",+bpf", 2 * DefaultFrames, "xdp"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cmd := lb.Command(t.Context(), "prlimit", "--memlock=8388608",
+				"setpriv", "--bounding-set=-all,"+tc.caps, "--inh-caps=-all", os.Args[0], "-test.run=^$")
+			cmd.Env = append(os.Environ(), "XDP_HELPER=1", fmt.Sprint("XDP_FRAMES=", tc.frames))
+			out, _ := cmd.CombinedOutput()
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			got, _, _ := strings.Cut(lines[len(lines)-1], ":")
+			if got != tc.want {
+				t.Errorf("helper said %q, want %q first", out, tc.want)
+			}
+			t.Logf("%s", out)
+		})
+	}
 }

@@ -239,6 +239,18 @@ func (l *lab) fragments(t *testing.T, frame []byte) [][]byte {
 	return out
 }
 
+// withDestOpts inserts an empty destination options header (PadN) between
+// the IPv6 header and the UDP datagram of a frame udpFrame built.
+func (l *lab) withDestOpts(t *testing.T, frame []byte) [][]byte {
+	t.Helper()
+	eth := &layers.Ethernet{SrcMAC: l.clMAC, DstMAC: l.lbMAC, EthernetType: layers.EthernetTypeIPv6}
+	ip := &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: layers.IPProtocolIPv6Destination,
+		SrcIP: frame[14+8 : 14+24], DstIP: frame[14+24 : 14+40]}
+	// Next header UDP, length 0 (8 bytes), PadN of 4 bytes.
+	opts := []byte{unix.IPPROTO_UDP, 0, 1, 4, 0, 0, 0, 0}
+	return [][]byte{serialize(t, eth, ip, gopacket.Payload(append(opts, frame[14+40:]...)))}
+}
+
 // send writes whole Ethernet frames on cl's eth0 from a packet socket.
 func (l *lab) send(t *testing.T, frames ...[]byte) {
 	t.Helper()
@@ -352,19 +364,21 @@ func TestOtherPacketsReachTheStack(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		src, dst netip.Addr
-		fragment bool
+		// reshape turns the frame of a whole datagram into what is sent.
+		reshape func(*testing.T, []byte) [][]byte
 	}{
-		{"non-VIP IPv4", clAddr4, lbAddr4, false},
-		{"non-VIP IPv6", clAddr6, lbAddr6, false},
-		{"IPv4 fragments to the VIP", clAddr4, vip4, true},
-		{"IPv6 fragments to the VIP", clAddr6, vip6, true},
+		{"non-VIP IPv4", clAddr4, lbAddr4, nil},
+		{"non-VIP IPv6", clAddr6, lbAddr6, nil},
+		{"IPv4 fragments to the VIP", clAddr4, vip4, l.fragments},
+		{"IPv6 fragments to the VIP", clAddr6, vip6, l.fragments},
+		{"IPv6 with destination options to the VIP", clAddr6, vip6, l.withDestOpts},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := l.listen(t, tc.dst, 6000)
 			payload := []byte(strings.Repeat("a datagram the stack must see, ", 3))
 			frame := l.udpFrame(t, tc.src, tc.dst, 6000, payload)
-			if tc.fragment {
-				l.send(t, l.fragments(t, frame)...)
+			if tc.reshape != nil {
+				l.send(t, tc.reshape(t, frame)...)
 			} else {
 				l.send(t, frame)
 			}

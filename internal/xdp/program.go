@@ -20,7 +20,8 @@ import (
 var ErrUnsupported = errors.New("XDP or AF_XDP not available")
 
 // unsupported marks err with ErrUnsupported when it says the kernel or the
-// process's privileges cannot do what was asked.
+// process's privileges cannot do what was asked (EACCES included: a verifier
+// that refuses the program is a kernel that cannot run it).
 func unsupported(err error) error {
 	for _, e := range []error{unix.EPERM, unix.EACCES, unix.ENOSYS, unix.EOPNOTSUPP, unix.EAFNOSUPPORT, ebpf.ErrNotSupported} {
 		if errors.Is(err, e) {

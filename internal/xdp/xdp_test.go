@@ -629,8 +629,8 @@ func (l *lab) xdpAttached(t *testing.T) bool {
 	return attached
 }
 
-// TestWorkerLoopAllocatesNothing runs receive, fill, transmit and complete on
-// real frames and counts allocations.
+// TestWorkerLoopAllocatesNothing runs wait, receive, fill, transmit, kick and
+// complete on real frames and counts allocations.
 func TestWorkerLoopAllocatesNothing(t *testing.T) {
 	l := newLab(t)
 	if err := l.prog.SetVIPs([]netip.Addr{vip4}); err != nil {
@@ -667,6 +667,10 @@ func TestWorkerLoopAllocatesNothing(t *testing.T) {
 	var received int
 	var failed error
 	allocs := testing.AllocsPerRun(runs, func() {
+		if _, err := s0.Wait(0); err != nil {
+			failed = err
+			return
+		}
 		for _, s := range l.socks {
 			n := s.Receive(descs)
 			for i := range n {
@@ -796,5 +800,85 @@ func TestPrivileges(t *testing.T) {
 			}
 			t.Logf("%s", out)
 		})
+	}
+}
+
+// TestGenericModeOnLoopback attaches to lb's lo, whose driver has no native
+// XDP, so Attach falls back to generic mode, and checks the path there: a
+// datagram to the VIP reaches the socket, one to another address the stack.
+func TestGenericModeOnLoopback(t *testing.T) {
+	nl := netnstest.NewForTest(t, "xdplo")
+	lb, err := nl.AddHost("lb", netip.PrefixFrom(lbAddr4, 24), netip.PrefixFrom(vip4, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var frame []byte
+	err = lb.Do(func() error {
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			return err
+		}
+		p, err := Load(Options{MaxVIPs: 1, MaxQueues: 1})
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		mode, err := p.Attach(lo.Index)
+		if err != nil {
+			return err
+		}
+		if mode != ModeGeneric {
+			return fmt.Errorf("attached to lo in %v mode, want generic", mode)
+		}
+		s, err := NewSocket(SocketConfig{Ifindex: lo.Index, RingSize: 64, Frames: 128})
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		if err := p.Register(0, s); err != nil {
+			return err
+		}
+		if err := p.SetVIPs([]netip.Addr{vip4}); err != nil {
+			return err
+		}
+		other, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(lbAddr4, 5353)))
+		if err != nil {
+			return err
+		}
+		defer other.Close()
+		c, err := net.ListenUDP("udp", nil)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		for _, dst := range []netip.Addr{vip4, lbAddr4} {
+			if _, err := c.WriteToUDPAddrPort([]byte("over lo"), netip.AddrPortFrom(dst, 5353)); err != nil {
+				return err
+			}
+		}
+		if err := other.SetReadDeadline(time.Now().Add(waitFor)); err != nil {
+			return err
+		}
+		if _, err := other.Read(make([]byte, 64)); err != nil {
+			return fmt.Errorf("the datagram to %v did not reach the stack: %w", lbAddr4, err)
+		}
+		descs := make([]Desc, 1)
+		for deadline := time.Now().Add(waitFor); s.Receive(descs) == 0; {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("no frame on the socket")
+			}
+			if _, err := s.Wait(10); err != nil {
+				return err
+			}
+		}
+		frame = bytes.Clone(s.Data(descs[0]))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// lo's Ethernet header is zeros but for the type.
+	if len(frame) < 14+20+8 || !bytes.Equal(frame[14+16:14+20], vip4.AsSlice()) || !bytes.HasSuffix(frame, []byte("over lo")) {
+		t.Errorf("frame on the socket %x, want a datagram to %v carrying %q", frame, vip4, "over lo")
 	}
 }

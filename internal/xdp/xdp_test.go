@@ -92,6 +92,22 @@ func newLab(t *testing.T) *lab {
 		}
 	}
 
+	// A link's queues start working only when the kernel's link watcher
+	// gets to it, some time after it is up: until a ping makes the round
+	// trip, a frame may be dropped on any of the four veth ends.
+	err = cl.Do(func() error {
+		deadline := time.Now().Add(waitFor)
+		for {
+			err := ping(lbAddr4, 100*time.Millisecond)
+			if err == nil || time.Now().After(deadline) {
+				return err
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("lab not ready: ping %v from cl: %v", lbAddr4, err)
+	}
+
 	queues := rxQueues(t, lb)
 	err = lb.Do(func() error {
 		var err error
@@ -387,14 +403,15 @@ func TestOtherPacketsReachTheStack(t *testing.T) {
 		})
 	}
 	for _, dst := range []netip.Addr{lbAddr4, lbAddr6} {
-		if err := l.cl.Do(func() error { return ping(dst) }); err != nil {
+		if err := l.cl.Do(func() error { return ping(dst, waitFor) }); err != nil {
 			t.Errorf("ping %v from cl: %v", dst, err)
 		}
 	}
 }
 
-// ping sends an ICMP echo request to dst and waits for the reply.
-func ping(dst netip.Addr) error {
+// ping sends an ICMP echo request to dst and waits up to timeout for the
+// reply.
+func ping(dst netip.Addr, timeout time.Duration) error {
 	network, typ, proto := "ip4:icmp", icmp.Type(ipv4.ICMPTypeEcho), 1
 	if dst.Is6() {
 		network, typ, proto = "ip6:ipv6-icmp", ipv6.ICMPTypeEchoRequest, 58
@@ -411,7 +428,7 @@ func ping(dst netip.Addr) error {
 	if _, err := c.WriteTo(req, &net.IPAddr{IP: dst.AsSlice()}); err != nil {
 		return err
 	}
-	if err := c.SetReadDeadline(time.Now().Add(waitFor)); err != nil {
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
 		return err
 	}
 	buf := make([]byte, 1500)

@@ -301,14 +301,14 @@ func (p *Program) SetVIPs(vips []netip.Addr) error {
 	return nil
 }
 
-// Register makes s the socket for receive queue queue, which must be the
-// queue s is bound to; it replaces the queue's previous socket.
-func (p *Program) Register(queue int, s *Socket) error {
-	if queue < 0 || queue >= p.maxQueues {
-		return fmt.Errorf("xdp: register a socket: queue %d outside 0 to %d", queue, p.maxQueues-1)
+// Register makes s the socket of the receive queue it is bound to,
+// replacing the queue's previous socket. Closing s removes it.
+func (p *Program) Register(s *Socket) error {
+	if s.queue >= p.maxQueues {
+		return fmt.Errorf("xdp: register a socket: queue %d outside 0 to %d", s.queue, p.maxQueues-1)
 	}
-	if err := p.xsks.Put(uint32(queue), uint32(s.fd)); err != nil {
-		return fmt.Errorf("xdp: register the socket of queue %d: %w", queue, err)
+	if err := p.xsks.Put(uint32(s.queue), uint32(s.fd)); err != nil {
+		return fmt.Errorf("xdp: register the socket of queue %d: %w", s.queue, err)
 	}
 	return nil
 }

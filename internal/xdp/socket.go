@@ -67,6 +67,7 @@ type Desc struct {
 // of its per-packet methods allocates.
 type Socket struct {
 	fd        int
+	queue     int
 	umem      []byte
 	frameSize uint64
 	frames    int
@@ -127,7 +128,7 @@ func NewSocket(c SocketConfig) (*Socket, error) {
 	if err != nil {
 		return nil, unsupported(fmt.Errorf("xdp: socket: %w", err))
 	}
-	s := &Socket{fd: fd, frameSize: uint64(c.FrameSize), frames: c.Frames}
+	s := &Socket{fd: fd, queue: c.Queue, frameSize: uint64(c.FrameSize), frames: c.Frames}
 	if err := s.setup(c); err != nil {
 		return nil, errors.Join(fmt.Errorf("xdp: socket on interface %d queue %d: %w", c.Ifindex, c.Queue, err), s.Close())
 	}
@@ -160,10 +161,8 @@ func (s *Socket) setup(c SocketConfig) error {
 		}
 	}
 	var off unix.XDPMmapOffsets
-	size := uint32(unsafe.Sizeof(off))
-	if _, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(s.fd), unix.SOL_XDP, unix.XDP_MMAP_OFFSETS,
-		uintptr(unsafe.Pointer(&off)), uintptr(unsafe.Pointer(&size)), 0); errno != 0 {
-		return fmt.Errorf("read the ring offsets: %w", errno)
+	if err := getsockopt(s.fd, unix.XDP_MMAP_OFFSETS, unsafe.Pointer(&off), unsafe.Sizeof(off)); err != nil {
+		return fmt.Errorf("read the ring offsets: %w", err)
 	}
 	n := uint32(c.RingSize)
 	if s.fill.ring, err = s.mmapRing(off.Fr, n, 8, unix.XDP_UMEM_PGOFF_FILL_RING); err != nil {
@@ -197,13 +196,21 @@ func (s *Socket) setup(c SocketConfig) error {
 		return unsupported(fmt.Errorf("bind: %w", err))
 	}
 	var opts uint32
-	size = uint32(unsafe.Sizeof(opts))
-	if _, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(s.fd), unix.SOL_XDP, unix.XDP_OPTIONS,
-		uintptr(unsafe.Pointer(&opts)), uintptr(unsafe.Pointer(&size)), 0); errno != 0 {
-		return fmt.Errorf("read the socket options: %w", errno)
+	if err := getsockopt(s.fd, unix.XDP_OPTIONS, unsafe.Pointer(&opts), unsafe.Sizeof(opts)); err != nil {
+		return fmt.Errorf("read the socket options: %w", err)
 	}
 	s.zeroCopy = opts&unix.XDP_OPTIONS_ZEROCOPY != 0
 	s.poll[0] = unix.PollFd{Fd: int32(s.fd), Events: unix.POLLIN}
+	return nil
+}
+
+// getsockopt and setsockopt are the SOL_XDP options whose values are
+// structs, which x/sys/unix has no helper for.
+func getsockopt(fd, opt int, val unsafe.Pointer, size uintptr) error {
+	n := uint32(size)
+	if _, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_XDP, uintptr(opt), uintptr(val), uintptr(unsafe.Pointer(&n)), 0); errno != 0 {
+		return errno
+	}
 	return nil
 }
 
@@ -250,6 +257,31 @@ func (s *Socket) Close() error {
 		return fmt.Errorf("xdp: close socket: %w", err)
 	}
 	return nil
+}
+
+// Stats are the kernel's counters of a socket (struct xdp_statistics).
+type Stats struct {
+	// RxDropped counts frames dropped for want of room: too long for a
+	// frame, or no frame in the fill ring (copy mode).
+	RxDropped uint64
+	// RxInvalid and TxInvalid count descriptors the kernel refused.
+	RxInvalid, TxInvalid uint64
+	// RxRingFull counts frames dropped because the RX ring was full.
+	RxRingFull uint64
+	// FillRingEmpty counts times the kernel found the fill ring empty.
+	FillRingEmpty uint64
+	// TxRingEmpty counts times the kernel found the TX ring empty.
+	TxRingEmpty uint64
+}
+
+// Stats reads the socket's counters from the kernel.
+func (s *Socket) Stats() (Stats, error) {
+	var st unix.XDPStatistics
+	if err := getsockopt(s.fd, unix.XDP_STATISTICS, unsafe.Pointer(&st), unsafe.Sizeof(st)); err != nil {
+		return Stats{}, fmt.Errorf("xdp: read the socket's statistics: %w", err)
+	}
+	return Stats{RxDropped: st.Rx_dropped, RxInvalid: st.Rx_invalid_descs, TxInvalid: st.Tx_invalid_descs,
+		RxRingFull: st.Rx_ring_full, FillRingEmpty: st.Rx_fill_ring_empty_descs, TxRingEmpty: st.Tx_ring_empty_descs}, nil
 }
 
 // ZeroCopy reports whether the driver runs the socket in zero-copy mode

@@ -124,7 +124,7 @@ func newLab(t *testing.T) *lab {
 				return err
 			}
 			l.socks = append(l.socks, s)
-			if err := l.prog.Register(q, s); err != nil {
+			if err := l.prog.Register(s); err != nil {
 				return err
 			}
 		}
@@ -773,7 +773,7 @@ func privilegedHelper() error {
 			return err
 		}
 		defer s.Close()
-		return p.Register(0, s)
+		return p.Register(s)
 	}()
 	if errors.Is(err, ErrUnsupported) {
 		return fmt.Errorf("unsupported: %w", err)
@@ -852,7 +852,7 @@ func TestGenericModeOnLoopback(t *testing.T) {
 			return err
 		}
 		defer s.Close()
-		if err := p.Register(0, s); err != nil {
+		if err := p.Register(s); err != nil {
 			return err
 		}
 		if err := p.SetVIPs([]netip.Addr{vip4}); err != nil {
@@ -898,4 +898,59 @@ func TestGenericModeOnLoopback(t *testing.T) {
 	if len(frame) < 14+20+8 || !bytes.Equal(frame[14+16:14+20], vip4.AsSlice()) || !bytes.HasSuffix(frame, []byte("over lo")) {
 		t.Errorf("frame on the socket %x, want a datagram to %v carrying %q", frame, vip4, "over lo")
 	}
+}
+
+// TestFullRingIsCounted sends frames to the VIP one at a time, more than the
+// fill and RX rings have room for, with no one receiving: every frame ends
+// up either in an RX ring or in the kernel's drop counters (Stats).
+func TestFullRingIsCounted(t *testing.T) {
+	l := newLab(t)
+	if err := l.prog.SetVIPs([]netip.Addr{vip4}); err != nil {
+		t.Fatal(err)
+	}
+	frame := l.udpFrame(t, clAddr4, vip4, 9100, []byte("one too many for the ring"))
+	const extra = 5
+	total := len(l.socks[0].rx.descs) + extra
+	var drops Stats // summed over the sockets
+	err := l.cl.Do(func() error {
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return err
+		}
+		defer unix.Close(fd)
+		for i := range total {
+			if err := unix.Sendto(fd, frame, 0, &unix.SockaddrLinklayer{Ifindex: l.clIndex, Halen: 6}); err != nil {
+				return err
+			}
+			// Wait for it before sending the next, so that no frame is lost
+			// on the way, where no counter of the socket would see it.
+			for deadline := time.Now().Add(waitFor); ; {
+				var seen uint64
+				drops = Stats{}
+				for _, s := range l.socks {
+					st, err := s.Stats()
+					if err != nil {
+						return err
+					}
+					seen += uint64(*s.rx.producer-*s.rx.consumer) + st.RxDropped + st.RxRingFull
+					drops.RxDropped += st.RxDropped
+					drops.RxRingFull += st.RxRingFull
+				}
+				if seen == uint64(i+1) {
+					break
+				}
+				if time.Now().After(deadline) {
+					return fmt.Errorf("frame %d: %d frames in the rings and counters, want %d", i, seen, i+1)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if drops.RxDropped+drops.RxRingFull != extra {
+		t.Errorf("drops counted %+v, want %d in RxDropped and RxRingFull", drops, extra)
+	}
+	t.Logf("drops counted: %+v", drops)
 }

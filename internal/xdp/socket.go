@@ -78,9 +78,10 @@ type Socket struct {
 	poll             [1]unix.PollFd
 }
 
-// ring is the shared part of the four rings: the kernel's producer and
-// consumer indexes and flags in the mmap'd memory, and a local copy of the
-// index this side advances.
+// ring is the shared part of the four rings: the producer and consumer
+// indexes and the flags word in the mmap'd memory. Each side writes one
+// index and reads the other's; the indexes run freely and wrap, mask picks
+// the slot.
 type ring struct {
 	mem      []byte
 	producer *uint32

@@ -954,3 +954,28 @@ func TestFullRingIsCounted(t *testing.T) {
 	}
 	t.Logf("drops counted: %+v", drops)
 }
+
+func TestNewSocketRejects(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		c    SocketConfig
+		want string
+	}{
+		{"frame size", SocketConfig{Ifindex: 1, FrameSize: 1500}, "frame size 1500: want 2048 or 4096"},
+		{"ring size", SocketConfig{Ifindex: 1, RingSize: 1000}, "ring size 1000: want a power of two up to 65536"},
+		{"frames below the ring size", SocketConfig{Ifindex: 1, RingSize: 256, Frames: 100}, "100 frames: want from the ring size (256)"},
+		{"interface", SocketConfig{}, "interface 0 queue 0: want a positive index"},
+		{"queue", SocketConfig{Ifindex: 1, Queue: -1}, "interface 1 queue -1: want a positive index and a queue from 0"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := NewSocket(tc.c)
+			if err == nil {
+				s.Close()
+				t.Fatalf("NewSocket(%+v) succeeded, want an error with %q", tc.c, tc.want)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("NewSocket(%+v) = %v, want an error with %q", tc.c, err, tc.want)
+			}
+		})
+	}
+}

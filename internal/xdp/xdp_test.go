@@ -979,3 +979,16 @@ func TestNewSocketRejects(t *testing.T) {
 		})
 	}
 }
+
+func TestLoadRejects(t *testing.T) {
+	for _, o := range []Options{{MaxQueues: 1}, {MaxVIPs: 1}, {MaxVIPs: -1, MaxQueues: 1}} {
+		p, err := Load(o)
+		if err == nil {
+			p.Close()
+			t.Fatalf("Load(%+v) succeeded, want an error", o)
+		}
+		if want := "must be at least 1"; !strings.Contains(err.Error(), want) {
+			t.Errorf("Load(%+v) = %v, want an error with %q", o, err, want)
+		}
+	}
+}

@@ -17,7 +17,9 @@
 // carry untagged traffic, a VLAN being its own interface), then IPv4 or
 // IPv6, and looks the destination address up in the VIP map, whose keys
 // are 16-byte IPv6 addresses with IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d),
-// so one map serves both families. A hit is redirected with
+// so one map serves both families; the value is the VIP's IP version, which
+// must be the packet's (an IPv6 packet to ::ffff:a.b.c.d is not for the IPv4
+// VIP a.b.c.d). A hit is redirected with
 // bpf_redirect_map to the XSKMAP entry of the frame's receive queue, and
 // falls back to XDP_PASS when no socket is bound to that queue. Everything
 // else passes to the stack untouched, in particular:

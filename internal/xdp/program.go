@@ -81,7 +81,7 @@ const (
 // for concurrent use.
 type Program struct {
 	prog *ebpf.Program
-	vips *ebpf.Map // [16]byte address → u8 (1)
+	vips *ebpf.Map // [16]byte address → u8 IP version (4 or 6)
 	xsks *ebpf.Map // u32 receive queue → AF_XDP socket
 
 	maxVIPs, maxQueues int
@@ -126,10 +126,13 @@ func Load(opts Options) (*Program, error) {
 }
 
 // instructions returns the program (see the package comment). R6 keeps the
-// context across the helper calls; R2 and R3 hold data and data_end while
-// parsing, and every packet read is preceded by a bounds check against
-// data_end that covers it, as the verifier demands. The lookup key is built
-// on the stack at R10-16.
+// context across the helper calls and R7 the packet's IP version; R2 and R3
+// hold data and data_end while parsing, and every packet read is preceded by
+// a bounds check against data_end that covers it, as the verifier demands.
+// The lookup key is built on the stack at R10-16. The map's value is the
+// VIP's IP version, which must be the packet's: an IPv6 packet to
+// ::ffff:a.b.c.d is not one to the IPv4 VIP a.b.c.d (the raw path's filters
+// do not take it either).
 func instructions(vipsFD, xsksFD int) asm.Instructions {
 	const (
 		ethLen  = 14
@@ -151,7 +154,8 @@ func instructions(vipsFD, xsksFD int) asm.Instructions {
 		asm.JEq.Imm(asm.R5, unix.ETH_P_IPV6, "ipv6"),
 		asm.Ja.Label("pass"),
 
-		asm.Mov.Reg(asm.R4, asm.R2).WithSymbol("ipv4"),
+		asm.Mov.Imm(asm.R7, 4).WithSymbol("ipv4"),
+		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, ethLen+ipv4Len),
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
 		// IHL below 5 is malformed: the stack (and the raw path) judge it.
@@ -172,7 +176,8 @@ func instructions(vipsFD, xsksFD int) asm.Instructions {
 		asm.StoreMem(asm.R10, key+12, asm.R5, asm.Word),
 		asm.Ja.Label("lookup"),
 
-		asm.Mov.Reg(asm.R4, asm.R2).WithSymbol("ipv6"),
+		asm.Mov.Imm(asm.R7, 6).WithSymbol("ipv6"),
+		asm.Mov.Reg(asm.R4, asm.R2),
 		asm.Add.Imm(asm.R4, ethLen+ipv6Len),
 		asm.JGT.Reg(asm.R4, asm.R3, "pass"),
 		// The first next header: any extension header flow.Parse walks
@@ -194,6 +199,8 @@ func instructions(vipsFD, xsksFD int) asm.Instructions {
 		asm.Add.Imm(asm.R2, key),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "pass"),
+		asm.LoadMem(asm.R1, asm.R0, 0, asm.Byte),
+		asm.JNE.Reg(asm.R1, asm.R7, "pass"),
 		// bpf_redirect_map(xsks, rx_queue_index, XDP_PASS): the low bits of
 		// the flags are the action when the queue has no socket.
 		asm.LoadMapPtr(asm.R1, xsksFD),
@@ -268,12 +275,12 @@ func (p *Program) Close() error {
 // nothing. A failure in the middle leaves a mix of the old and new sets;
 // calling SetVIPs again repairs it.
 func (p *Program) SetVIPs(vips []netip.Addr) error {
-	want := make(map[[16]byte]struct{}, len(vips))
+	want := make(map[[16]byte]uint8, len(vips))
 	for _, a := range vips {
 		if !a.IsValid() || a.Zone() != "" {
 			return fmt.Errorf("xdp: set VIPs: %q is not an unzoned IP address", a.String())
 		}
-		want[a.As16()] = struct{}{}
+		want[a.As16()] = version(a)
 	}
 	if len(want) > p.maxVIPs {
 		return fmt.Errorf("xdp: set VIPs: %d addresses, the map holds %d", len(want), p.maxVIPs)
@@ -293,12 +300,21 @@ func (p *Program) SetVIPs(vips []netip.Addr) error {
 		if _, ok := p.current[k]; ok {
 			continue
 		}
-		if err := p.vips.Put(k, uint8(1)); err != nil {
+		if err := p.vips.Put(k, want[k]); err != nil {
 			return fmt.Errorf("xdp: set VIPs: add %v: %w", netip.AddrFrom16(k).Unmap(), err)
 		}
 		p.current[k] = struct{}{}
 	}
 	return nil
+}
+
+// version is the IP version of a's family: an IPv4-mapped IPv6 address is
+// IPv4, the form the map keys every IPv4 address in.
+func version(a netip.Addr) uint8 {
+	if a.Unmap().Is4() {
+		return 4
+	}
+	return 6
 }
 
 // Register makes s the socket of the receive queue it is bound to,

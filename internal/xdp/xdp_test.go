@@ -8,11 +8,13 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
@@ -990,5 +992,104 @@ func TestLoadRejects(t *testing.T) {
 		if want := "must be at least 1"; !strings.Contains(err.Error(), want) {
 			t.Errorf("Load(%+v) = %v, want an error with %q", o, err, want)
 		}
+	}
+}
+
+// TestProgramVerdicts runs the program on frames with BPF_PROG_TEST_RUN
+// (no interface involved) with a socket registered for queue 0, the queue
+// a test run uses: XDP_REDIRECT for what goes to the socket, XDP_PASS for
+// the rest, including every frame too short for what it claims to be.
+func TestProgramVerdicts(t *testing.T) {
+	const redirect, pass = 4, 2
+	nl := netnstest.NewForTest(t, "xdprun")
+	lb, err := nl.AddHost("lb")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p *Program
+	var s *Socket
+	t.Cleanup(func() {
+		if s != nil {
+			s.Close()
+		}
+		if p != nil {
+			p.Close()
+		}
+	})
+	err = lb.Do(func() error {
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			return err
+		}
+		if p, err = Load(Options{MaxVIPs: 2, MaxQueues: 1}); err != nil {
+			return err
+		}
+		if s, err = NewSocket(SocketConfig{Ifindex: lo.Index, RingSize: 64, Frames: 64}); err != nil {
+			return err
+		}
+		return p.Register(s)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.SetVIPs([]netip.Addr{vip4, vip6}); err != nil {
+		t.Fatal(err)
+	}
+
+	l := &lab{clMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, lbMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}
+	udp4 := l.udpFrame(t, clAddr4, vip4, 53, []byte("a query, long enough to fragment"))
+	udp6 := l.udpFrame(t, clAddr6, vip6, 53, []byte("a query, long enough to fragment"))
+	// edit returns a copy of frame with fn applied.
+	edit := func(frame []byte, fn func([]byte)) []byte {
+		b := bytes.Clone(frame)
+		fn(b)
+		return b
+	}
+	frag4 := l.fragments(t, udp4)
+	frag6 := l.fragments(t, udp6)
+	tests := []struct {
+		name  string
+		frame []byte
+		want  uint32
+	}{
+		{"IPv4 to the VIP", udp4, redirect},
+		{"IPv4 to the VIP, DF", edit(udp4, func(b []byte) { b[14+6] = 0x40 }), redirect},
+		{"IPv4 to the VIP, IHL 6", edit(udp4, func(b []byte) { b[14] = 0x46 }), redirect},
+		{"IPv4 to another address", l.udpFrame(t, clAddr4, lbAddr4, 53, []byte("a query, long enough to fragment")), pass},
+		{"IPv4 first fragment", frag4[0], pass},
+		{"IPv4 last fragment", frag4[1], pass},
+		{"IPv4 IHL 4", edit(udp4, func(b []byte) { b[14] = 0x44 }), pass},
+		{"IPv4 header cut short", udp4[:14+19], pass},
+		{"IPv4 header whole, nothing after", udp4[:14+20], redirect},
+		{"IPv6 to the VIP", udp6, redirect},
+		{"IPv6 to another address", l.udpFrame(t, clAddr6, lbAddr6, 53, []byte("a query, long enough to fragment")), pass},
+		{"IPv6 to the IPv4 VIP, mapped", edit(udp6, func(b []byte) { copy(b[14+24:], netip.AddrFrom16(vip4.As16()).AsSlice()) }), pass},
+		{"IPv6 first fragment", frag6[0], pass},
+		{"IPv6 last fragment", frag6[1], pass},
+		{"IPv6 destination options", l.withDestOpts(t, udp6)[0], pass},
+		{"IPv6 hop-by-hop", edit(l.withDestOpts(t, udp6)[0], func(b []byte) { b[14+6] = 0 }), pass},
+		{"IPv6 header cut short", udp6[:14+39], pass},
+		{"IPv6 header whole, nothing after", udp6[:14+40], redirect},
+		{"VLAN-tagged IPv4 to the VIP", slices.Concat(udp4[:12], []byte{0x81, 0, 0, 7}, udp4[12:]), pass},
+		{"ARP", edit(udp4, func(b []byte) { b[12], b[13] = 0x08, 0x06 }), pass},
+		{"Ethernet header only", udp4[:14], pass},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := p.prog.Run(&ebpf.RunOptions{Data: tc.frame})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tc.want {
+				t.Errorf("verdict %d, want %d (2 pass, 4 redirect)", got, tc.want)
+			}
+		})
+	}
+	// Without a socket on the queue, a VIP's packet passes.
+	if err := p.Unregister(0); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := p.prog.Run(&ebpf.RunOptions{Data: udp4}); err != nil || got != pass {
+		t.Errorf("verdict for the VIP without a socket: %d, %v; want %d", got, err, pass)
 	}
 }

@@ -187,7 +187,7 @@ func linkOf(t *testing.T, h *netnstest.Host) (net.HardwareAddr, int) {
 
 // udpFrame builds an Ethernet frame from cl to lb carrying a UDP datagram
 // from src:40000 to dst:port.
-func (l *lab) udpFrame(t *testing.T, src, dst netip.Addr, port uint16, payload []byte) []byte {
+func (l *lab) udpFrame(t testing.TB, src, dst netip.Addr, port uint16, payload []byte) []byte {
 	t.Helper()
 	eth := &layers.Ethernet{SrcMAC: l.clMAC, DstMAC: l.lbMAC}
 	udp := &layers.UDP{SrcPort: 40000, DstPort: layers.UDPPort(port)}
@@ -206,7 +206,7 @@ func (l *lab) udpFrame(t *testing.T, src, dst netip.Addr, port uint16, payload [
 	return serialize(t, eth, ip, udp, gopacket.Payload(payload))
 }
 
-func serialize(t *testing.T, ls ...gopacket.SerializableLayer) []byte {
+func serialize(t testing.TB, ls ...gopacket.SerializableLayer) []byte {
 	t.Helper()
 	buf := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true}, ls...); err != nil {
@@ -995,20 +995,19 @@ func TestLoadRejects(t *testing.T) {
 	}
 }
 
-// TestProgramVerdicts runs the program on frames with BPF_PROG_TEST_RUN
-// (no interface involved) with a socket registered for queue 0, the queue
-// a test run uses: XDP_REDIRECT for what goes to the socket, XDP_PASS for
-// the rest, including every frame too short for what it claims to be.
-func TestProgramVerdicts(t *testing.T) {
-	const redirect, pass = 4, 2
-	nl := netnstest.NewForTest(t, "xdprun")
+// loadForTestRun loads the program with VIPs vip4 and vip6 and a socket on
+// lo's queue 0 in a namespace of its own, for BPF_PROG_TEST_RUN, which runs
+// as queue 0.
+func loadForTestRun(tb testing.TB) *Program {
+	tb.Helper()
+	nl := netnstest.NewForTest(tb, "xdprun")
 	lb, err := nl.AddHost("lb")
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	var p *Program
 	var s *Socket
-	t.Cleanup(func() {
+	tb.Cleanup(func() {
 		if s != nil {
 			s.Close()
 		}
@@ -1027,15 +1026,48 @@ func TestProgramVerdicts(t *testing.T) {
 		if s, err = NewSocket(SocketConfig{Ifindex: lo.Index, RingSize: 64, Frames: 64}); err != nil {
 			return err
 		}
-		return p.Register(s)
+		if err := p.Register(s); err != nil {
+			return err
+		}
+		return p.SetVIPs([]netip.Addr{vip4, vip6})
 	})
 	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
-	if err := p.SetVIPs([]netip.Addr{vip4, vip6}); err != nil {
-		t.Fatal(err)
-	}
+	return p
+}
 
+// BenchmarkProgram measures the program's cost per frame in the kernel
+// (BPF_PROG_TEST_RUN's own timing, so without the driver), for a frame to a
+// VIP of each family and one that passes.
+func BenchmarkProgram(b *testing.B) {
+	p := loadForTestRun(b)
+	l := &lab{clMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, lbMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}
+	for _, bc := range []struct {
+		name  string
+		frame []byte
+	}{
+		{"IPv4 VIP", l.udpFrame(b, clAddr4, vip4, 53, []byte("a query"))},
+		{"IPv6 VIP", l.udpFrame(b, clAddr6, vip6, 53, []byte("a query"))},
+		{"IPv4 other", l.udpFrame(b, clAddr4, lbAddr4, 53, []byte("a query"))},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			_, d, err := p.prog.Benchmark(bc.frame, b.N, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(d.Nanoseconds()), "kernel-ns/frame")
+		})
+	}
+}
+
+// TestProgramVerdicts runs the program on frames with BPF_PROG_TEST_RUN
+// (no interface involved) with a socket registered for queue 0, the queue
+// a test run uses: XDP_REDIRECT for what goes to the socket, XDP_PASS for
+// the rest, including every frame too short for what it claims to be.
+func TestProgramVerdicts(t *testing.T) {
+	const redirect, pass = 4, 2
+	p := loadForTestRun(t)
 	l := &lab{clMAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}, lbMAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}}
 	udp4 := l.udpFrame(t, clAddr4, vip4, 53, []byte("a query, long enough to fragment"))
 	udp6 := l.udpFrame(t, clAddr6, vip6, 53, []byte("a query, long enough to fragment"))

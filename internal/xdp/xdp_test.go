@@ -601,9 +601,8 @@ func TestTransmitPrependsAndReachesThePeer(t *testing.T) {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// TestDetachLeavesNothing checks that Detach, and closing everything without
-// it (as the kernel does for a process that dies), leave no XDP program on
-// the interface.
+// TestDetachLeavesNothing checks that Detach, and Close without it, leave no
+// XDP program on the interface.
 func TestDetachLeavesNothing(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -619,9 +618,6 @@ func TestDetachLeavesNothing(t *testing.T) {
 			}
 			if err := tc.close(l); err != nil {
 				t.Fatal(err)
-			}
-			if tc.name == "Close" {
-				l.prog = nil // closed already
 			}
 			if l.xdpAttached(t) {
 				t.Error("an XDP program is still on lb's eth0")
@@ -734,8 +730,15 @@ func (l *lab) lbToCl(t *testing.T) []byte {
 }
 
 // TestMain turns the test binary into privilegedHelper when XDP_HELPER=1,
-// rather than running the tests.
+// and into attachAndHang when XDP_HELPER=attach, rather than running the
+// tests.
 func TestMain(m *testing.M) {
+	if os.Getenv("XDP_HELPER") == "attach" {
+		if err := attachAndHang(); err != nil {
+			fmt.Println(err)
+			os.Exit(1)
+		}
+	}
 	if os.Getenv("XDP_HELPER") == "1" {
 		if err := privilegedHelper(); err != nil {
 			fmt.Println(err)
@@ -1123,5 +1126,63 @@ func TestProgramVerdicts(t *testing.T) {
 	}
 	if got, err := p.prog.Run(&ebpf.RunOptions{Data: udp4}); err != nil || got != pass {
 		t.Errorf("verdict for the VIP without a socket: %d, %v; want %d", got, err, pass)
+	}
+}
+
+// attachAndHang attaches the program to eth0, says "attached" and waits to
+// be killed.
+func attachAndHang() error {
+	eth0, err := net.InterfaceByName("eth0")
+	if err != nil {
+		return err
+	}
+	p, err := Load(Options{MaxVIPs: 1, MaxQueues: 1})
+	if err != nil {
+		return err
+	}
+	if _, err := p.Attach(eth0.Index); err != nil {
+		return err
+	}
+	fmt.Println("attached")
+	select {}
+}
+
+// TestKilledProcessLeavesNothing attaches from a process that is then
+// killed with SIGKILL: the kernel drops the bpf_link with the process's
+// descriptors, so no program stays on the interface (crash safety without
+// any cleanup).
+func TestKilledProcessLeavesNothing(t *testing.T) {
+	nl := netnstest.NewForTest(t, "xdpkil")
+	lb, err := nl.AddHost("lb", netip.PrefixFrom(lbAddr4, 24))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &lab{lb: lb}
+	cmd := lb.Command(t.Context(), os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "XDP_HELPER=attach")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lb.Start(cmd); err != nil {
+		t.Fatal(err)
+	}
+	line := make([]byte, 64)
+	n, err := out.Read(line)
+	if err != nil || string(line[:n]) != "attached\n" {
+		t.Fatalf("helper said %q, %v; want \"attached\"", line[:n], err)
+	}
+	if !l.xdpAttached(t) {
+		t.Fatal("no XDP program on lb's eth0 while the helper runs")
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait() // killed: the error says so
+	for deadline := time.Now().Add(waitFor); l.xdpAttached(t); {
+		if time.Now().After(deadline) {
+			t.Fatal("an XDP program is still on lb's eth0 after its process was killed")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -226,19 +226,17 @@ func (p *Program) Attach(ifindex int) (Mode, error) {
 	if p.link != nil {
 		return 0, fmt.Errorf("xdp: attach to interface %d: already attached", ifindex)
 	}
-	var errs []error
-	for _, m := range []struct {
-		mode  Mode
-		flags link.XDPAttachFlags
-	}{{ModeNative, link.XDPDriverMode}, {ModeGeneric, link.XDPGenericMode}} {
-		l, err := link.AttachXDP(link.XDPOptions{Program: p.prog, Interface: ifindex, Flags: m.flags})
-		if err == nil {
-			p.link = l
-			return m.mode, nil
-		}
-		errs = append(errs, fmt.Errorf("%s: %w", m.mode, err))
+	native, err := link.AttachXDP(link.XDPOptions{Program: p.prog, Interface: ifindex, Flags: link.XDPDriverMode})
+	if err == nil {
+		p.link = native
+		return ModeNative, nil
 	}
-	err := fmt.Errorf("xdp: attach to interface %d: %w", ifindex, errors.Join(errs...))
+	generic, gerr := link.AttachXDP(link.XDPOptions{Program: p.prog, Interface: ifindex, Flags: link.XDPGenericMode})
+	if gerr == nil {
+		p.link = generic
+		return ModeGeneric, nil
+	}
+	err = fmt.Errorf("xdp: attach to interface %d: native: %w; generic: %w", ifindex, err, gerr)
 	if errors.Is(err, unix.EBUSY) || errors.Is(err, unix.EEXIST) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EINVAL) {
 		// Someone else's program, a missing interface or a bad index:
 		// not a kernel without XDP.

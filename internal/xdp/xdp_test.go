@@ -1186,3 +1186,32 @@ func TestKilledProcessLeavesNothing(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestAttachLeavesOthersAlone checks that a second program cannot take the
+// interface from the first, and that this is not ErrUnsupported (the kernel
+// can do XDP; the interface is taken).
+func TestAttachLeavesOthersAlone(t *testing.T) {
+	l := newLab(t)
+	err := l.lb.Do(func() error {
+		p, err := Load(Options{MaxVIPs: 1, MaxQueues: 1})
+		if err != nil {
+			return err
+		}
+		defer p.Close()
+		mode, err := p.Attach(l.lbIndex)
+		if err == nil {
+			return fmt.Errorf("a second program attached in %v mode", mode)
+		}
+		if errors.Is(err, ErrUnsupported) {
+			return fmt.Errorf("attaching to a taken interface: %w; want an error that is not ErrUnsupported", err)
+		}
+		t.Logf("second Attach: %v", err)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l.xdpAttached(t) {
+		t.Error("the first program is gone")
+	}
+}

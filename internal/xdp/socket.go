@@ -10,11 +10,11 @@ import (
 )
 
 // AF_XDP sockets are written here on golang.org/x/sys/unix rather than with
-// a third-party library: asavie/xdp has seen no release for years, and its
-// fork atoonk/go-afxdp (pre-1.0, its API still settling) attaches an XDP
-// program of its own, where caplanced needs its VIP map and the fallback to
-// the stack; what remains is a few hundred lines of ring arithmetic the
-// kernel documents (Documentation/networking/af_xdp.rst).
+// a third-party library: asavie/xdp and its fork atoonk/go-afxdp (pre-1.0,
+// its API still settling) come with their own XDP program management, where
+// caplanced needs its VIP map and the fallback to the stack, and another
+// dependency on the data path; what remains is a few hundred lines of ring
+// arithmetic the kernel documents (Documentation/networking/af_xdp.rst).
 
 // Sizes. A socket's UMEM is Frames frames of FrameSize bytes, one per
 // packet (aligned mode). The kernel leaves XDP_PACKET_HEADROOM (256) bytes

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -97,7 +98,8 @@ func (l *Lab) addNamespace(name string) (*Host, error) {
 
 // AddHost creates a host: a namespace with lo up and eth0 up, carrying addrs,
 // whose veth peer, named after the host, is attached to the lab's bridge.
-// IPv6 addresses skip duplicate address detection, so they are usable at once.
+// IPv6 addresses skip duplicate address detection, so they are usable at once,
+// and it returns once both ends of the veth are operationally up.
 func (l *Lab) AddHost(name string, addrs ...netip.Prefix) (*Host, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -154,7 +156,36 @@ func (l *Lab) AddHost(name string, addrs ...netip.Prefix) (*Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netnstest: host %s: %w", name, err)
 	}
+	// A veth carries frames only once the kernel's link watcher has run
+	// for both ends (it activates their queues and sets the operational
+	// state): a hand-made frame sent before that is lost.
+	for _, end := range []struct {
+		host *Host
+		link string
+	}{{h, "eth0"}, {l.sw, name}} {
+		if err := end.host.Do(func() error { return waitOperUp(end.link) }); err != nil {
+			return nil, fmt.Errorf("netnstest: host %s: %w", name, err)
+		}
+	}
 	return h, nil
+}
+
+// waitOperUp waits until link's operational state is up.
+func waitOperUp(name string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		link, err := netlink.LinkByName(name)
+		if err != nil {
+			return err
+		}
+		if link.Attrs().OperState == netlink.OperUp {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s is still %v after 10s", name, link.Attrs().OperState)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Close kills every process in the lab's namespaces and deletes them, and so

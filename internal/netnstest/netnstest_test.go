@@ -229,6 +229,27 @@ func TestDo(t *testing.T) {
 	}
 }
 
+// TestLinkUpAfterAddHost: AddHost returns only once the host's eth0 is
+// operationally up, so a frame sent at once is not lost on a veth whose
+// queues the kernel has not activated yet.
+func TestLinkUpAfterAddHost(t *testing.T) {
+	t.Parallel()
+	lab := netnstest.NewForTest(t, "cplt")
+	for _, name := range []string{"a", "b", "c"} {
+		h, err := lab.AddHost(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err := h.Command(t.Context(), "ip", "-br", "link", "show", "dev", "eth0").CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: ip link: %v\n%s", name, err, out)
+		}
+		if f := strings.Fields(string(out)); len(f) < 2 || f[1] != "UP" {
+			t.Errorf("%s: eth0 right after AddHost: %q, want operstate UP", name, out)
+		}
+	}
+}
+
 func TestSetSysctlAndAddRoute(t *testing.T) {
 	t.Parallel()
 	lab := netnstest.NewForTest(t, "cplt")

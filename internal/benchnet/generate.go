@@ -39,16 +39,21 @@ type GenResult struct {
 // Generate sends l's warm-up frames on ring until warmed is set (the sink
 // counted one) and for t.Warmup more, then its measured frames for
 // t.Measure, paced at rate frames a second (0: as fast as it goes), from a
-// locked OS thread whose id it sets in probe.GenTID; it samples the CPU
-// around the measured phase.
+// locked OS thread on GenCPU whose id it sets in probe.GenTID; it samples
+// the CPU around the measured phase.
 func Generate(ring *Ring, l *Load, rate float64, t Timing, probe *CPUProbe, warmed *atomic.Bool) GenResult {
 	done := make(chan GenResult, 1)
 	go func() {
+		// Locked for good: the thread ends with the goroutine rather than
+		// going back to the runtime pinned to GenCPU.
 		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
 		probe.GenTID = unix.Gettid()
 		g := generator{ring: ring, rate: rate}
 		var r GenResult
+		if r.Err = pin(); r.Err != nil {
+			done <- r
+			return
+		}
 		for deadline := time.Now().Add(t.WarmupMax); !warmed.Load(); {
 			if time.Now().After(deadline) {
 				r.Err = fmt.Errorf("no warm-up packet reached the sink within %v", t.WarmupMax)

@@ -5,12 +5,18 @@ import "fmt"
 // MaxLossPct is the loss a rate may have and still count as lossless.
 const MaxLossPct = 0.01
 
-// Trial is one step of a search: it offers rate frames a second and returns
-// the percentage of them lost.
-type Trial func(rate float64) (lossPct float64, err error)
+// MinOfferedShare is the share of the rate asked for that a trial must
+// have offered to count: a paced generator falls a little behind after late
+// wake-ups, and one that fell further did not test the rate.
+const MinOfferedShare = 0.95
+
+// Trial is one step of a search: it tries to offer rate frames a second and
+// returns the rate it offered and the percentage of that lost.
+type Trial func(rate float64) (offered, lossPct float64, err error)
 
 // SearchLossless finds the highest rate up to max at which trial loses at
-// most MaxLossPct, RFC 2544 style: a trial at max, then a binary search
+// most MaxLossPct, having offered at least MinOfferedShare of it (else the
+// rate counts as not lossless: it was not shown to be), RFC 2544 style: a trial at max, then a binary search
 // between the highest lossless rate and the lowest lossy one tried so far,
 // steps trials in all at most, stopping early when the two are within 2%
 // of each other. It returns the highest lossless rate tried (0 if none
@@ -22,11 +28,11 @@ func SearchLossless(max float64, steps int, trial Trial) (float64, int, error) {
 	lossless, lossy := 0.0, max
 	rate := max
 	for n := 1; ; n++ {
-		loss, err := trial(rate)
+		offered, loss, err := trial(rate)
 		if err != nil {
 			return lossless, n, fmt.Errorf("trial at %.0f pps: %w", rate, err)
 		}
-		if loss <= MaxLossPct {
+		if loss <= MaxLossPct && offered >= MinOfferedShare*rate {
 			lossless = rate
 		} else {
 			lossy = rate

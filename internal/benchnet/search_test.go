@@ -24,12 +24,12 @@ func TestSearchLossless(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var tried []float64
-			rate, trials, err := SearchLossless(100_000, 7, func(rate float64) (float64, error) {
+			rate, trials, err := SearchLossless(100_000, 7, func(rate float64) (float64, float64, error) {
 				tried = append(tried, rate)
 				if rate <= tc.capacity {
-					return 0, nil
+					return rate, 0, nil
 				}
-				return 100 * (rate - tc.capacity) / rate, nil
+				return rate, 100 * (rate - tc.capacity) / rate, nil
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -45,12 +45,12 @@ func TestSearchLossless(t *testing.T) {
 // lossless and the lossy rate are within 2% of each other.
 func TestSearchLosslessStopsWithinTwoPercent(t *testing.T) {
 	var tried []float64
-	rate, _, err := SearchLossless(1000, 20, func(rate float64) (float64, error) {
+	rate, _, err := SearchLossless(1000, 20, func(rate float64) (float64, float64, error) {
 		tried = append(tried, rate)
 		if rate <= 700 {
-			return 0, nil
+			return rate, 0, nil
 		}
-		return 1, nil
+		return rate, 1, nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -65,13 +65,28 @@ func TestSearchLosslessStopsWithinTwoPercent(t *testing.T) {
 // error and the rate found so far.
 func TestSearchLosslessTrialError(t *testing.T) {
 	broken := errors.New("sink gone")
-	rate, trials, err := SearchLossless(1000, 7, func(rate float64) (float64, error) {
+	rate, trials, err := SearchLossless(1000, 7, func(rate float64) (float64, float64, error) {
 		if rate < 1000 {
-			return 0, broken
+			return 0, 0, broken
 		}
-		return 50, nil
+		return rate, 50, nil
 	})
 	if !errors.Is(err, broken) || rate != 0 || trials != 2 {
 		t.Errorf("rate %v trials %d err %v, want 0, 2, %v", rate, trials, err, broken)
+	}
+}
+
+// TestSearchLosslessGeneratorShort: a trial whose generator offered less
+// than MinOfferedShare of the rate did not show that rate lossless, even if
+// nothing it offered was lost.
+func TestSearchLosslessGeneratorShort(t *testing.T) {
+	rate, _, err := SearchLossless(100_000, 7, func(rate float64) (float64, float64, error) {
+		return min(rate, 60_000), 0, nil // a generator that tops out at 60k
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rate < 58_000 || rate > 63_000 {
+		t.Errorf("found %.0f, want about the generator's 60,000", rate)
 	}
 }

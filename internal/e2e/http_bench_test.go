@@ -107,10 +107,24 @@ type abResult struct {
 	mean, long float64 // milliseconds: mean time per request, longest
 }
 
-// runAB runs ab from the client against the VIP, a warm-up and then the
-// measured run, and reads its report and percentiles.
+// runAB checks that the VIP's requests reach every backend, then runs ab
+// from the client against the VIP, a warm-up and then the measured run, and
+// reads its report and percentiles.
 func runAB(b *testing.B, tb *testbed.Testbed) *abResult {
 	b.Helper()
+	// 60 new connections: each backend's chance of none is (2/3)^60.
+	served := map[string]bool{}
+	client := tb.HTTPClient(false)
+	for range 60 {
+		name, err := testbed.Get(client, "/")
+		if err != nil {
+			b.Fatal(err)
+		}
+		served[name] = true
+	}
+	if len(served) != len(tb.Backends) {
+		b.Fatalf("60 requests to the VIP reached %v, not all %d backends", served, len(tb.Backends))
+	}
 	url := "http://" + testbed.VIP.String() + "/"
 	ab := func(csv string, args ...string) string {
 		args = append(append([]string{"-q", "-r", "-c", strconv.Itoa(abClients)}, args...), "-e", csv, url)

@@ -90,3 +90,22 @@ func TestSearchLosslessGeneratorShort(t *testing.T) {
 		t.Errorf("found %.0f, want about the generator's 60,000", rate)
 	}
 }
+
+// TestSearchLosslessRetriesShortTrials: a rate whose generator fell short
+// once without loss is tried again, and counts if the retry reaches it.
+func TestSearchLosslessRetriesShortTrials(t *testing.T) {
+	var tried []float64
+	rate, trials, err := SearchLossless(1000, 7, func(rate float64) (float64, float64, error) {
+		tried = append(tried, rate)
+		if len(tried) == 1 {
+			return rate / 2, 0, nil // starved once
+		}
+		return rate, 0, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff([]float64{1000, 1000}, tried); diff != "" || rate != 1000 || trials != 1 {
+		t.Errorf("found %v after %d rates; tried (-want +got):\n%s", rate, trials, diff)
+	}
+}

@@ -378,7 +378,7 @@ type benchResult struct {
 	caplancedNsPerPkt float64 // 0 without caplanced
 	split             string  // where the machine's CPU went
 	losses            string  // where packets were lost, from counters
-	trials            int     // of a search: how many ran
+	trials            int     // of a search: how many rates it tried
 }
 
 // searchLossless searches f's highest lossless rate to dst, up to max, and
@@ -400,7 +400,7 @@ func (dp *dataplane) searchLossless(b *testing.B, f *benchFamily, dst netip.Addr
 	if best == nil {
 		b.Fatalf("no rate up to %.0f pps was lossless", max)
 	}
-	b.Logf("highest lossless rate %.0f pps after %d trials", rate, trials)
+	b.Logf("highest lossless rate %.0f pps, %d rates tried", rate, trials)
 	best.trials = trials
 	return best
 }
@@ -541,7 +541,7 @@ func (r *benchResult) report(b *testing.B, what string, kernel *benchResult) {
 // (nil for the kernel itself), both as ratios.
 func (r *benchResult) reportLossless(b *testing.B, what string, kernel *benchResult) {
 	b.ReportMetric(r.pps, "lossless-pps")
-	b.ReportMetric(float64(r.trials), "trials")
+	b.ReportMetric(float64(r.trials), "rates-tried")
 	b.ReportMetric(r.machineNsPerPkt, "machine-cpu-ns/pkt")
 	var ratio, own string
 	if kernel != nil && kernel.pps > 0 && kernel.machineNsPerPkt > 0 {

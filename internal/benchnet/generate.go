@@ -22,7 +22,8 @@ const (
 	batch = 32
 	// maxLag bounds how far a paced generator may fall behind its schedule
 	// (after a late wake-up) before it gives up catching up, so a hiccup
-	// costs rate rather than a long burst.
+	// costs rate rather than a long burst; at least two batches' intervals,
+	// so that at low rates one late wake-up is caught up.
 	maxLag = 5 * time.Millisecond
 )
 
@@ -98,7 +99,7 @@ func (g *generator) send(frames [][]byte, d time.Duration) uint64 {
 		if interval > 0 {
 			if wait := due.Sub(now); wait > 0 {
 				nap(wait)
-			} else if -wait > maxLag {
+			} else if -wait > max(maxLag, 2*interval) {
 				due = now
 			}
 			due = due.Add(interval)

@@ -8,28 +8,32 @@ import (
 )
 
 // TestSearchLossless runs the search against forwarders that lose nothing up
-// to a capacity and a share of what is above it.
+// to a capacity and a share of what is above it, and generators that offer
+// what they are asked or top out.
 func TestSearchLossless(t *testing.T) {
 	for _, tc := range []struct {
-		name     string
-		capacity float64
-		// want is the range the found rate must be in, and the trials.
+		name                string
+		capacity, generator float64
+		// The range the found rate must be in, and the trials.
 		lo, hi float64
 		trials int
 	}{
-		{"lossless at the maximum", 200_000, 100_000, 100_000, 1},
-		{"capacity half way", 50_000, 49_000, 50_000, 7},
-		{"capacity low", 10_000, 9_300, 10_000, 7},
-		{"nothing lossless", 100, 0, 0, 7},
+		{"lossless at the maximum", 200_000, 1e9, 100_000, 100_000, 1},
+		{"capacity half way", 50_000, 1e9, 49_000, 50_000, 7},
+		{"capacity low", 10_000, 1e9, 9_300, 10_000, 7},
+		{"nothing lossless", 100, 1e9, 0, 0, 7},
+		{"generator tops out below the capacity", 90_000, 60_000, 60_000, 60_000, 1},
+		{"generator tops out above the capacity", 50_000, 80_000, 49_000, 50_000, 7},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var tried []float64
 			rate, trials, err := SearchLossless(100_000, 7, func(rate float64) (float64, float64, error) {
 				tried = append(tried, rate)
-				if rate <= tc.capacity {
-					return rate, 0, nil
+				offered := min(rate, tc.generator)
+				if offered <= tc.capacity {
+					return offered, 0, nil
 				}
-				return rate, 100 * (rate - tc.capacity) / rate, nil
+				return offered, 100 * (offered - tc.capacity) / offered, nil
 			})
 			if err != nil {
 				t.Fatal(err)
@@ -61,6 +65,29 @@ func TestSearchLosslessStopsWithinTwoPercent(t *testing.T) {
 	}
 }
 
+// TestSearchLosslessStarvedTrial: a trial whose generator fell behind once
+// is tried again.
+func TestSearchLosslessStarvedTrial(t *testing.T) {
+	var tried []float64
+	rate, _, err := SearchLossless(1000, 7, func(rate float64) (float64, float64, error) {
+		tried = append(tried, rate)
+		switch {
+		case rate > 800:
+			return rate, 5, nil
+		case len(tried) == 2:
+			return rate / 2, 0, nil // starved: offered 250 of 500
+		}
+		return rate, 0, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []float64{1000, 500, 500, 750, 875, 812.5, 781.25, 796.875}
+	if diff := cmp.Diff(want, tried); diff != "" || rate != 796.875 {
+		t.Errorf("found %v; tried (-want +got):\n%s", rate, diff)
+	}
+}
+
 // TestSearchLosslessTrialError: a failed trial ends the search with its
 // error and the rate found so far.
 func TestSearchLosslessTrialError(t *testing.T) {
@@ -73,39 +100,5 @@ func TestSearchLosslessTrialError(t *testing.T) {
 	})
 	if !errors.Is(err, broken) || rate != 0 || trials != 2 {
 		t.Errorf("rate %v trials %d err %v, want 0, 2, %v", rate, trials, err, broken)
-	}
-}
-
-// TestSearchLosslessGeneratorShort: a trial whose generator offered less
-// than MinOfferedShare of the rate did not show that rate lossless, even if
-// nothing it offered was lost.
-func TestSearchLosslessGeneratorShort(t *testing.T) {
-	rate, _, err := SearchLossless(100_000, 7, func(rate float64) (float64, float64, error) {
-		return min(rate, 60_000), 0, nil // a generator that tops out at 60k
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rate < 58_000 || rate > 63_000 {
-		t.Errorf("found %.0f, want about the generator's 60,000", rate)
-	}
-}
-
-// TestSearchLosslessRetriesShortTrials: a rate whose generator fell short
-// once without loss is tried again, and counts if the retry reaches it.
-func TestSearchLosslessRetriesShortTrials(t *testing.T) {
-	var tried []float64
-	rate, trials, err := SearchLossless(1000, 7, func(rate float64) (float64, float64, error) {
-		tried = append(tried, rate)
-		if len(tried) == 1 {
-			return rate / 2, 0, nil // starved once
-		}
-		return rate, 0, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if diff := cmp.Diff([]float64{1000, 1000}, tried); diff != "" || rate != 1000 || trials != 1 {
-		t.Errorf("found %v after %d rates; tried (-want +got):\n%s", rate, trials, diff)
 	}
 }

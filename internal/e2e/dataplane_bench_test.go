@@ -36,8 +36,8 @@ var benchTiming = benchnet.Timing{Warmup: 300 * time.Millisecond, WarmupMax: 5 *
 // 0.01% threshold is a handful of packets; it catches a forwarder that
 // cannot keep up (its queues overflow within milliseconds), not stalls
 // rarer than a second, which on a shared machine are other jobs' anyway.
-// searchSteps trials at most per search keep `make bench-dataplane` within
-// a few minutes.
+// searchSteps rates at most per search (a few more trials if the generator
+// fell short) keep `make bench-dataplane` within about two minutes.
 var searchTiming = benchnet.Timing{Warmup: 200 * time.Millisecond, WarmupMax: 5 * time.Second, Measure: time.Second, Drain: 200 * time.Millisecond}
 
 const searchSteps = 7

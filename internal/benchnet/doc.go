@@ -8,7 +8,9 @@
 //
 // It owns none of the lab: the caller builds the namespaces, opens the ring
 // and the sinks inside them (netnstest.Host.Do) and starts whatever forwards
-// between them. The generator shares no code with caplanced's data path
+// between them. The one setting it changes is RPS on one link of the lab's
+// switch namespace (SteerReceive), never anything in the root namespace;
+// the generator's thread runs pinned to GenCPU. The generator shares no code with caplanced's data path
 // (package rawio), so tuning one does not move the other's baseline; the
 // sinks receive with rawio.Batch, the same for every path measured.
 package benchnet

@@ -3,8 +3,8 @@
 // that carry it, built with gopacket, a generator that sends them from an
 // AF_PACKET socket's TX ring (TPACKET_V2, qdisc bypassed), sinks that count
 // and check what arrives, the search for the highest lossless rate (RFC 2544
-// style), and the probes that say where the CPU went and where packets were
-// lost (/proc counters).
+// style), the probes that say where the CPU went and where packets were
+// lost (/proc counters), and a run's numbers as benchmark metrics.
 //
 // It owns none of the lab: the caller builds the namespaces, opens the ring
 // and the sinks inside them (netnstest.Host.Do) and starts whatever forwards

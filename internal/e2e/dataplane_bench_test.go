@@ -154,34 +154,34 @@ func BenchmarkDataplane(b *testing.B) {
 	}
 	dp := newDataplane(b)
 	for _, f := range dp.families {
-		var genMax, kernel *benchResult
+		var genMax, kernel *benchnet.Result
 		b.Run(f.prefix+"generator/max", func(b *testing.B) {
 			dp.stopBalancer(b)
 			genMax = dp.run(b, f, f.routed, dp.sinkMAC, 0, benchTiming)
-			genMax.report(b, "the generator alone, unpaced, to the sink", nil)
+			genMax.Report(b, "the generator alone, unpaced, to the sink", nil)
 		})
 		b.Run(f.prefix+"kernel-forwarding/max", func(b *testing.B) {
 			defer kernelForwarding.start(b, dp, f)()
 			kernel = dp.run(b, f, f.routed, dp.lbMAC, 0, benchTiming)
-			kernel.report(b, "kernel forwarding, unpaced", nil)
+			kernel.Report(b, "kernel forwarding, unpaced", nil)
 		})
 		b.Run(f.prefix+"caplanced/max", func(b *testing.B) {
 			dp.startBalancer(b, f, 0)
-			dp.run(b, f, f.vip, dp.lbMAC, 0, benchTiming).report(b, "caplanced, default workers, unpaced", kernel)
+			dp.run(b, f, f.vip, dp.lbMAC, 0, benchTiming).Report(b, "caplanced, default workers, unpaced", kernel)
 		})
 		b.Run(f.prefix+"caplanced/half-kernel-rate", func(b *testing.B) {
 			if kernel == nil {
 				b.Skip("paced at half of kernel-forwarding/max's rate, which did not run")
 			}
 			dp.startBalancer(b, f, 0)
-			rate := kernel.pps / 2
-			dp.run(b, f, f.vip, dp.lbMAC, rate, benchTiming).report(b, fmt.Sprintf("caplanced, default workers, paced at %.0f pps", rate), kernel)
+			rate := kernel.PPS / 2
+			dp.run(b, f, f.vip, dp.lbMAC, rate, benchTiming).Report(b, fmt.Sprintf("caplanced, default workers, paced at %.0f pps", rate), kernel)
 		})
 		b.Run(f.prefix+"caplanced-1-worker/max", func(b *testing.B) {
 			dp.startBalancer(b, f, 1)
-			dp.run(b, f, f.vip, dp.lbMAC, 0, benchTiming).report(b, "caplanced, 1 worker, unpaced", kernel)
+			dp.run(b, f, f.vip, dp.lbMAC, 0, benchTiming).Report(b, "caplanced, 1 worker, unpaced", kernel)
 		})
-		var kernelLossless *benchResult
+		var kernelLossless *benchnet.Result
 		for _, fw := range forwarders {
 			b.Run(f.prefix+fw.name+"/lossless", func(b *testing.B) {
 				if genMax == nil {
@@ -192,8 +192,8 @@ func BenchmarkDataplane(b *testing.B) {
 				if fw.viaBalancer {
 					dst = f.vip
 				}
-				r := dp.searchLossless(b, f, dst, genMax.offered)
-				r.reportLossless(b, fw.what, kernelLossless)
+				r := dp.searchLossless(b, f, dst, genMax.Offered)
+				r.ReportLossless(b, fw.what, kernelLossless)
 				if kernelLossless == nil {
 					kernelLossless = r
 				}
@@ -369,30 +369,18 @@ func (dp *dataplane) stopBalancer(b *testing.B) {
 	}
 }
 
-// benchResult is one run's numbers.
-type benchResult struct {
-	sent, delivered   uint64 // measured phase only
-	offered, pps      float64
-	lossPct           float64
-	machineNsPerPkt   float64
-	caplancedNsPerPkt float64 // 0 without caplanced
-	split             string  // where the machine's CPU went
-	losses            string  // where packets were lost, from counters
-	trials            int     // of a search: how many rates it tried
-}
-
 // searchLossless searches f's highest lossless rate to dst, up to max, and
 // returns the result of the trial at that rate (nil if there was none).
-func (dp *dataplane) searchLossless(b *testing.B, f *benchFamily, dst netip.Addr, max float64) *benchResult {
+func (dp *dataplane) searchLossless(b *testing.B, f *benchFamily, dst netip.Addr, max float64) *benchnet.Result {
 	b.Helper()
-	var best *benchResult
+	var best *benchnet.Result
 	rate, trials, err := benchnet.SearchLossless(max, searchSteps, func(rate float64) (float64, float64, error) {
 		r := dp.run(b, f, dst, dp.lbMAC, rate, searchTiming)
-		b.Logf("  trial at %.0f pps: offered %.0f, delivered %.0f, loss %.3f%%", rate, r.offered, r.pps, r.lossPct)
-		if r.lossPct <= benchnet.MaxLossPct && (best == nil || r.pps > best.pps) {
+		b.Logf("  trial at %.0f pps: offered %.0f, delivered %.0f, loss %.3f%%", rate, r.Offered, r.PPS, r.LossPct)
+		if r.LossPct <= benchnet.MaxLossPct && (best == nil || r.PPS > best.PPS) {
 			best = r
 		}
-		return r.offered, r.lossPct, nil
+		return r.Offered, r.LossPct, nil
 	})
 	if err != nil {
 		b.Fatal(err)
@@ -401,14 +389,14 @@ func (dp *dataplane) searchLossless(b *testing.B, f *benchFamily, dst netip.Addr
 		b.Fatalf("no rate up to %.0f pps was lossless", max)
 	}
 	b.Logf("highest lossless rate %.0f pps, %d rates tried", rate, trials)
-	best.trials = trials
+	best.RatesTried = trials
 	return best
 }
 
 // run sends f's load to dst (f.routed or f.vip) in frames to dstMAC, paced
 // at rate packets per second (0: as fast as the generator goes), and counts
 // what reaches the sink.
-func (dp *dataplane) run(b *testing.B, f *benchFamily, dst netip.Addr, dstMAC net.HardwareAddr, rate float64, t benchnet.Timing) *benchResult {
+func (dp *dataplane) run(b *testing.B, f *benchFamily, dst netip.Addr, dstMAC net.HardwareAddr, rate float64, t benchnet.Timing) *benchnet.Result {
 	b.Helper()
 	f.run++
 	load, err := benchnet.NewLoad(dp.clientMAC, dstMAC, f.client, dst, f.run)
@@ -462,23 +450,10 @@ func (dp *dataplane) run(b *testing.B, f *benchFamily, dst netip.Addr, dstMAC ne
 	}
 	delta := after.Minus(before)
 
-	r := &benchResult{
-		sent:      gen.Sent,
-		delivered: counts.Measured,
-		offered:   float64(gen.Sent) / gen.Elapsed.Seconds(),
-		pps:       float64(counts.Measured) / gen.Elapsed.Seconds(),
-	}
 	if counts.Measured > gen.Sent {
 		b.Errorf("the sink counted %d packets of the measured phase, %d were sent: duplicates", counts.Measured, gen.Sent)
 	}
-	if gen.Sent > 0 {
-		r.lossPct = 100 * (float64(gen.Sent) - float64(counts.Measured)) / float64(gen.Sent)
-	}
-	cpu := gen.End.Minus(gen.Start)
-	if counts.Measured > 0 {
-		r.machineNsPerPkt = float64(cpu.Busy) / float64(counts.Measured)
-	}
-	r.split = cpu.Split(gen.Elapsed, counts.Measured)
+	r := benchnet.NewResult(gen, counts)
 	losses := []string{
 		fmt.Sprintf("sent %d (ring: queued %d, refused %d), sink got %d well-formed (malformed %d, of earlier runs %d)",
 			gen.WarmSent+gen.Sent, dp.ring.Queued-queuedBefore, dp.ring.WrongFormat-wrongBefore,
@@ -497,7 +472,7 @@ func (dp *dataplane) run(b *testing.B, f *benchFamily, dst netip.Addr, dstMAC ne
 		dp.lbStats = *st.Balancer
 		received, forwarded := st.Balancer.Received-prev.Received, st.Balancer.Forwarded-prev.Forwarded
 		if forwarded > 0 {
-			r.caplancedNsPerPkt = float64(runEnd.LB-runStart.LB) / float64(forwarded)
+			r.CaplancedNsPerPkt = float64(runEnd.LB-runStart.LB) / float64(forwarded)
 		}
 		// The balancer host's IP input that caplanced did not read: its
 		// sockets' drops (for IPv6 no other counter shows them), and a few
@@ -510,53 +485,8 @@ func (dp *dataplane) run(b *testing.B, f *benchFamily, dst netip.Addr, dstMAC ne
 			}
 		}
 	}
-	r.losses = strings.Join(losses, "; ")
+	r.Losses = strings.Join(losses, "; ")
 	return r
-}
-
-// report reports r's metrics and logs a summary; kernel, when known, is the
-// kernel-forwarding result it is compared with.
-func (r *benchResult) report(b *testing.B, what string, kernel *benchResult) {
-	b.ReportMetric(r.pps, "pps")
-	b.ReportMetric(r.offered, "offered-pps")
-	b.ReportMetric(r.lossPct, "loss-%")
-	b.ReportMetric(r.machineNsPerPkt, "machine-cpu-ns/pkt")
-	var ratio, own string
-	if kernel != nil && kernel.pps > 0 {
-		b.ReportMetric(r.pps/kernel.pps, "x-kernel")
-		ratio = fmt.Sprintf(" = %.2f× kernel forwarding", r.pps/kernel.pps)
-	}
-	if r.caplancedNsPerPkt > 0 {
-		b.ReportMetric(r.caplancedNsPerPkt, "caplanced-cpu-ns/pkt")
-		own = fmt.Sprintf(", caplanced %.0f", r.caplancedNsPerPkt)
-	}
-	b.Logf("%s: offered %.0f pps, delivered %.0f pps%s, loss %.2f%%; CPU per packet: machine %.0f ns%s",
-		what, r.offered, r.pps, ratio, r.lossPct, r.machineNsPerPkt, own)
-	b.Logf("  cpu: %s", r.split)
-	b.Logf("  counters: %s", r.losses)
-}
-
-// reportLossless reports r, a search's best trial: its delivered rate as
-// the highest lossless rate, its CPU per packet, and, against kernel's
-// (nil for the kernel itself), both as ratios.
-func (r *benchResult) reportLossless(b *testing.B, what string, kernel *benchResult) {
-	b.ReportMetric(r.pps, "lossless-pps")
-	b.ReportMetric(float64(r.trials), "rates-tried")
-	b.ReportMetric(r.machineNsPerPkt, "machine-cpu-ns/pkt")
-	var ratio, own string
-	if kernel != nil && kernel.pps > 0 && kernel.machineNsPerPkt > 0 {
-		b.ReportMetric(r.pps/kernel.pps, "x-kernel")
-		b.ReportMetric(r.machineNsPerPkt/kernel.machineNsPerPkt, "x-kernel-cpu")
-		ratio = fmt.Sprintf(" = %.2f× kernel forwarding's; machine CPU %.2f× its", r.pps/kernel.pps, r.machineNsPerPkt/kernel.machineNsPerPkt)
-	}
-	if r.caplancedNsPerPkt > 0 {
-		b.ReportMetric(r.caplancedNsPerPkt, "caplanced-cpu-ns/pkt")
-		own = fmt.Sprintf(", caplanced %.0f", r.caplancedNsPerPkt)
-	}
-	b.Logf("%s: highest lossless rate %.0f pps (loss %.3f%%)%s; CPU per packet: machine %.0f ns%s",
-		what, r.pps, r.lossPct, ratio, r.machineNsPerPkt, own)
-	b.Logf("  cpu: %s", r.split)
-	b.Logf("  counters: %s", r.losses)
 }
 
 // counters reads f's drop counters (each host's /proc/net inside its

@@ -102,3 +102,25 @@ func TestSearchLosslessTrialError(t *testing.T) {
 		t.Errorf("rate %v trials %d err %v, want 0, 2, %v", rate, trials, err, broken)
 	}
 }
+
+// TestSearchLosslessGeneratorCeiling: a paced rate the generator keeps
+// falling short of (three trials) bounds the search, which ends at what the
+// generator offers.
+func TestSearchLosslessGeneratorCeiling(t *testing.T) {
+	var tried []float64
+	rate, trials, err := SearchLossless(100_000, 7, func(rate float64) (float64, float64, error) {
+		tried = append(tried, rate)
+		if rate == 100_000 {
+			return rate, 30, nil // the forwarder's capacity is 70k
+		}
+		return min(rate, 60_000), 0, nil // paced, the generator tops out at 60k
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []float64{100_000, 50_000, 75_000, 75_000, 75_000, 67_500, 67_500, 67_500,
+		63_750, 63_750, 63_750, 61_875, 61_875}
+	if diff := cmp.Diff(want, tried); diff != "" || rate != 60_000 || trials != 7 {
+		t.Errorf("found %.0f after %d rates; tried (-want +got):\n%s", rate, trials, diff)
+	}
+}

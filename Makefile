@@ -13,7 +13,7 @@ MANPAGES   := $(patsubst man/%.md,build/man/%,$(wildcard man/*.md))
 BENCHTIME  ?= 1s
 FUZZTIME   ?= 30s
 
-.PHONY: all build test bench bench-dataplane fuzz lint demo demo-fleet completions man deb rpm vm-test security-doc clean help
+.PHONY: all build test bench bench-dataplane bench-http fuzz lint demo demo-fleet completions man deb rpm vm-test security-doc clean help
 
 all: build
 
@@ -26,8 +26,11 @@ test: lint ## Lint, then run every test with the race detector (root tests need 
 bench: ## Run the micro-benchmarks (root for the hot path); each prints its ratio to a same-run baseline
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $$($(GO) list ./internal/... | grep -v /e2e)
 
-bench-dataplane: ## As root: UDP through caplanced vs kernel IP forwarding, IPv4 and IPv6, same generator, same run
+bench-dataplane: ## As root: UDP through caplanced vs kernel IP forwarding (max, highest lossless rate, CPU per packet), IPv4 and IPv6, same generator, same run
 	$(GO) test -run '^$$' -bench Dataplane -benchtime 1x -count 1 ./internal/e2e/
+
+bench-http: ## As root: HTTP through the VIP (ab -c 50), caplanced vs kernel forwarding, same run
+	$(GO) test -run '^$$' -bench HTTP -benchtime 1x -count 1 ./internal/e2e/
 
 fuzz: ## Run every fuzz target for FUZZTIME each
 	@set -e; for pkg in $$($(GO) list ./internal/...); do \

@@ -96,6 +96,11 @@ func (l *Lab) addNamespace(name string) (*Host, error) {
 	return &Host{lab: l, name: name}, nil
 }
 
+// Switch returns the namespace that holds the bridge; a host's link there
+// is named after the host. The data-path benchmark steers the bridge's
+// receive processing there (RPS); tests have no business in it.
+func (l *Lab) Switch() *Host { return l.sw }
+
 // AddHost creates a host: a namespace with lo up and eth0 up, carrying addrs,
 // whose veth peer, named after the host, is attached to the lab's bridge.
 // IPv6 addresses skip duplicate address detection, so they are usable at once,

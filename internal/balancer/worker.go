@@ -78,9 +78,14 @@ type worker struct {
 	icmpBudget int
 	icmpSecond int64
 
-	received  atomic.Uint64
-	forwarded atomic.Uint64
-	drops     [numDropReasons]atomic.Uint64
+	// xq is the worker's AF_XDP socket, nil in raw mode.
+	xq *xdpQueue
+
+	received    atomic.Uint64
+	xdpReceived atomic.Uint64
+	forwarded   atomic.Uint64
+	drops       [numDropReasons]atomic.Uint64
+	viaRaw      [numViaRawReasons]atomic.Uint64
 }
 
 var epoch = time.Now()
@@ -104,6 +109,7 @@ func newWorker(b *Balancer, i int) *worker {
 }
 
 func (w *worker) close() {
+	w.closeXDP()
 	for _, p := range w.fds {
 		unix.Close(int(p.Fd))
 	}
@@ -201,8 +207,12 @@ func (w *worker) process(s *snapshot, framed []byte, room int, now int64) ([]byt
 }
 
 // queueRaw queues an encapsulated frame of at most t.mtu bytes on the raw
-// send socket of its outer's family, for the next flush.
+// send socket of its outer's family, for the next flush; a full queue (an
+// AF_XDP batch is larger than the raw path's) is flushed first.
 func (w *worker) queueRaw(frame []byte, t *target, sc *serviceCounters) {
+	if w.queue.Len() == w.queue.Cap() || w.queue6.Len() == w.queue6.Cap() {
+		w.flush()
+	}
 	if t.v6 {
 		w.queued6[w.queue6.Len()] = sc
 		w.queue6.Add6From(frame, t.src6, t.dst6, 0)

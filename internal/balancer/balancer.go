@@ -1,15 +1,17 @@
 // Package balancer is the balancer's data path: it reads every packet sent to
-// the VIPs from raw IP sockets (IPv6 whole from packet sockets), keys it by
-// flow, classifies it by (VIP, protocol, destination port) to its service,
-// picks a backend of that service (connection tracking first, then the
-// service's own Maglev table, with the service's hash), encapsulates it in
-// place and sends it to the backend with sendmmsg on an IP_HDRINCL socket
-// of the outer's family.
+// the VIPs from raw IP sockets (IPv6 whole from packet sockets), or on the
+// xdp data plane first from AF_XDP sockets (xdp.go), keys it by flow,
+// classifies it by (VIP, protocol, destination port) to its service, picks a
+// backend of that service (connection tracking first, then the service's own
+// Maglev table, with the service's hash), encapsulates it in place and sends
+// it to the backend with sendmmsg on an IP_HDRINCL socket of the outer's
+// family, or from the AF_XDP socket with the next hop's Ethernet header.
 //
 // It owns the sockets and their BPF filters, the workers and their
 // counters (per backend and per service), the classification, the
-// snapshot of services and backends, and the cache of the kernel's routes
-// to the backends (routes.go). It must not attach addresses, change nft
+// snapshot of services and backends, the cache of the kernel's routes
+// to the backends (routes.go), and on the xdp data plane the XDP program's
+// attachment and VIP map, the AF_XDP sockets and the next hop table. It must not attach addresses, change nft
 // rules or sysctls (the daemon does that before it hands the balancer a VIP),
 // and it never logs per packet.
 package balancer

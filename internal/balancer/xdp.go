@@ -105,8 +105,13 @@ func rxQueues(name string) (ifindex, queues int, err error) {
 	case err != nil:
 		return 0, 0, fmt.Errorf("balancer: xdp: interface %.16q: read its queues (ETHTOOL_GCHANNELS): %w", name, err)
 	}
-	return link.Attrs().Index, max(int(ch.rxCount+ch.combinedCount), 1), nil
+	return link.Attrs().Index, min(max(int(ch.rxCount+ch.combinedCount), 1), maxXDPQueues), nil
 }
+
+// maxXDPQueues bounds the AF_XDP workers, as config.MaxWorkers bounds the
+// raw ones (the unit's LimitMEMLOCK covers that many UMEMs); the packets
+// of higher queues pass to the stack and the raw path.
+const maxXDPQueues = 64
 
 // openXDP loads and attaches the program on ifindex, opens and registers
 // a socket per worker (worker i on queue i) and starts the next hop table.

@@ -2,8 +2,10 @@ package daemon
 
 import (
 	"bytes"
+	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -71,4 +73,58 @@ func TestDataplaneChoice(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDataplaneUnsupported: without CAP_BPF (the unit's other capabilities
+// kept) loading the program fails with xdp.ErrUnsupported, which auto
+// reports as XDP not being available here, not as a failure. The test
+// binary runs dataplaneHelper (init) under setpriv in the lab host.
+func TestDataplaneUnsupported(t *testing.T) {
+	lab := netnstest.NewForTest(t, "dpu")
+	host, err := lab.AddHost("lb", netip.MustParsePrefix("10.8.0.2/24"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := host.Command(t.Context(), "setpriv", "--bounding-set=-all,+net_admin,+net_raw", "--inh-caps=-all",
+		os.Args[0])
+	cmd.Env = append(os.Environ(), "DATAPLANE_HELPER=1")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	for _, want := range []string{`level=INFO msg="AF_XDP is not available here: using raw sockets"`, "dataplane: raw"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("helper output does not say %q:\n%s", want, out)
+		}
+	}
+}
+
+// init runs dataplaneHelper instead of the tests in
+// TestDataplaneUnsupported's process.
+func init() {
+	if os.Getenv("DATAPLANE_HELPER") != "" {
+		if err := dataplaneHelper(); err != nil {
+			fmt.Println("error:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+}
+
+// dataplaneHelper opens a balancer on auto on eth0 and prints its data
+// plane, after the log.
+func dataplaneHelper() error {
+	r := &running{log: slog.New(slog.NewTextHandler(os.Stdout, nil))}
+	cfg := &config.Config{Balancer: &config.Balancer{EncapPort: 5555, Workers: 1, Interface: "eth0", Dataplane: config.DataplaneAuto}}
+	ct, err := conntrack.New(1024, conntrack.DefaultTimeouts)
+	if err != nil {
+		return err
+	}
+	bal, err := r.openBalancer(cfg, ct)
+	if err != nil {
+		return err
+	}
+	defer bal.Close()
+	fmt.Println("dataplane:", bal.Dataplane())
+	return nil
 }

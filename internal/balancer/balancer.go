@@ -140,8 +140,8 @@ func Open(cfg Config) (*Balancer, error) {
 			b.Close()
 			return nil, err
 		}
-		b.log.Info("AF_XDP data path", "interface", cfg.XDP.Interface, "attached", b.xdp.mode.String(),
-			"zero_copy", b.xdp.zeroCopy, "workers", len(b.workers), "why_workers", "one per receive queue")
+		b.log.Info("AF_XDP data path, one worker per receive queue", "interface", cfg.XDP.Interface,
+			"attached", b.xdp.mode.String(), "zero_copy", b.xdp.zeroCopy, "workers", len(b.workers))
 	}
 	for _, w := range b.workers {
 		if w.xq != nil {

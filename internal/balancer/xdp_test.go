@@ -8,6 +8,9 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -316,4 +319,66 @@ func TestXDPAllocatesNothing(t *testing.T) {
 	if st := l.b.Stats(); st.XDPReceived != 22*batchSize || st.Forwarded == 0 || st.ViaRaw["no_next_hop"] != 0 {
 		t.Errorf("not the measured path: %+v", st)
 	}
+}
+
+// TestXDPFollowsServices: the program takes the packets of the services'
+// VIPs only, as SetServices changes them: once no service has the VIP, its
+// packets pass to the stack (no AF_XDP socket reads them).
+func TestXDPFollowsServices(t *testing.T) {
+	l := newXDPLab(t)
+	l.serve(t, xlabBackend)
+	l.waitResolved(t, xlabBackend)
+	l.send(t, payloads(2, 10)...)
+	receive(t, l.sink, 2)
+	if err := l.lb.Do(func() error { return l.b.SetServices(model.Set{}) }); err != nil {
+		t.Fatal(err)
+	}
+	// The stack gets them: nothing listens on the port, which its UDP
+	// NoPorts counter says.
+	before := l.udpNoPorts(t)
+	l.send(t, payloads(2, 10)...)
+	for deadline := time.Now().Add(10 * time.Second); l.udpNoPorts(t)-before < 2; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("after 10s the balancer's stack counted %d datagrams to no port, want 2", l.udpNoPorts(t)-before)
+		}
+	}
+	if st := l.b.Stats(); st.XDPReceived != 2 || st.Received != 2 {
+		t.Errorf("after the VIP's service went: %d received by XDP, %d in all; want 2 and 2 (the first two)", st.XDPReceived, st.Received)
+	}
+}
+
+// udpNoPorts reads the UDP NoPorts counter of lb's stack
+// (/proc/thread-self/net/snmp: the namespace of the thread, not the
+// process's).
+func (l *xdpLab) udpNoPorts(t *testing.T) uint64 {
+	t.Helper()
+	var n uint64
+	err := l.lb.Do(func() error {
+		data, err := os.ReadFile("/proc/thread-self/net/snmp")
+		if err != nil {
+			return err
+		}
+		var names []string
+		for line := range strings.Lines(string(data)) {
+			fields := strings.Fields(line)
+			if len(fields) == 0 || fields[0] != "Udp:" {
+				continue
+			}
+			if names == nil {
+				names = fields
+				continue
+			}
+			i := slices.Index(names, "NoPorts")
+			if i < 0 || i >= len(fields) {
+				return errors.New("no NoPorts in the Udp line of /proc/net/snmp")
+			}
+			n, err = strconv.ParseUint(fields[i], 10, 64)
+			return err
+		}
+		return errors.New("no Udp lines in /proc/net/snmp")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

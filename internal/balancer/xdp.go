@@ -217,6 +217,8 @@ type xdpQueue struct {
 	// free holds the frames the worker owns and has not given to the fill
 	// ring; its capacity is every frame of the UMEM, so it never grows.
 	free []uint64
+	// inFlight counts the frames on the TX ring not yet completed.
+	inFlight int
 }
 
 func newXDPQueue(w *worker, sock *xdp.Socket) *xdpQueue {
@@ -231,12 +233,13 @@ func newXDPQueue(w *worker, sock *xdp.Socket) *xdpQueue {
 // FD is the socket's, for the loop's poll.
 func (q *xdpQueue) FD() int { return q.sock.FD() }
 
-// Handle takes the sent frames back, forwards what was received and gives
-// the free frames to the fill ring; it reports whether anything was
-// received.
+// Handle takes the sent frames back, forwards what was received, gives the
+// free frames to the fill ring and kicks the kernel again while frames wait
+// on the TX ring; it reports whether anything was received or sent.
 func (q *xdpQueue) Handle() bool {
 	n := q.sock.Complete(q.done[:])
 	q.free = append(q.free, q.done[:n]...)
+	q.inFlight -= n
 	got := q.sock.Receive(q.rx[:])
 	if got > 0 {
 		q.forward(got)
@@ -245,7 +248,14 @@ func (q *xdpQueue) Handle() bool {
 		k := q.sock.Fill(q.free)
 		q.free = q.free[:copy(q.free, q.free[k:])]
 	}
-	return got > 0
+	if got == 0 && q.inFlight > 0 {
+		// The kernel sends a bounded batch per kick (32 frames in copy
+		// mode, its TX budget) and leaves the rest on the ring: without
+		// another kick they would wait for the next received packet. An
+		// error leaves them there for the next round.
+		_ = q.sock.Kick()
+	}
+	return got > 0 || n > 0
 }
 
 // forward handles the n frames of the last Receive: each is encapsulated
@@ -272,6 +282,7 @@ func (q *xdpQueue) forward(n int) {
 		w.dropIn(q.txSvc[i], dropSendError)
 		q.free = append(q.free, q.tx[i].Addr)
 	}
+	q.inFlight += sent
 	w.forwarded.Add(uint64(sent))
 	w.flush()
 }

@@ -1,15 +1,17 @@
 // Package balancer is the balancer's data path: it reads every packet sent to
-// the VIPs from raw IP sockets (IPv6 whole from packet sockets), keys it by
-// flow, classifies it by (VIP, protocol, destination port) to its service,
-// picks a backend of that service (connection tracking first, then the
-// service's own Maglev table, with the service's hash), encapsulates it in
-// place and sends it to the backend with sendmmsg on an IP_HDRINCL socket
-// of the outer's family.
+// the VIPs from raw IP sockets (IPv6 whole from packet sockets), or on the
+// xdp data plane first from AF_XDP sockets (xdp.go), keys it by flow,
+// classifies it by (VIP, protocol, destination port) to its service, picks a
+// backend of that service (connection tracking first, then the service's own
+// Maglev table, with the service's hash), encapsulates it in place and sends
+// it to the backend with sendmmsg on an IP_HDRINCL socket of the outer's
+// family, or from the AF_XDP socket with the next hop's Ethernet header.
 //
 // It owns the sockets and their BPF filters, the workers and their
 // counters (per backend and per service), the classification, the
-// snapshot of services and backends, and the cache of the kernel's routes
-// to the backends (routes.go). It must not attach addresses, change nft
+// snapshot of services and backends, the cache of the kernel's routes
+// to the backends (routes.go), and on the xdp data plane the XDP program's
+// attachment and VIP map, the AF_XDP sockets and the next hop table. It must not attach addresses, change nft
 // rules or sysctls (the daemon does that before it hands the balancer a VIP),
 // and it never logs per packet.
 package balancer
@@ -43,6 +45,9 @@ type Config struct {
 	Workers   int
 	Conntrack *conntrack.Table
 	Logger    *slog.Logger
+	// XDP, when not nil, adds the AF_XDP data path (xdp.go); Open fails if
+	// it cannot be set up.
+	XDP *XDP
 }
 
 // Balancer forwards packets for the services' VIPs. Open it, SetServices,
@@ -53,7 +58,9 @@ type Balancer struct {
 	routes  *routeCache
 	workers []*worker
 	loops   rawio.Loops
-	snap    atomic.Pointer[snapshot]
+	// xdp is the AF_XDP path, nil in raw mode.
+	xdp  *xdpPath
+	snap atomic.Pointer[snapshot]
 
 	mu       sync.Mutex // serialises SetServices; guards the stats maps and last
 	stats    map[uint32]*backendStats
@@ -101,6 +108,13 @@ func Open(cfg Config) (*Balancer, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	ifindex := 0
+	if cfg.XDP != nil {
+		var err error
+		if ifindex, cfg.Workers, err = rxQueues(cfg.XDP.Interface); err != nil {
+			return nil, err
+		}
+	}
 	routes, err := newRouteCache(cfg.Logger)
 	if err != nil {
 		return nil, err
@@ -120,7 +134,21 @@ func Open(cfg Config) (*Balancer, error) {
 			return nil, err
 		}
 		b.workers = append(b.workers, w)
-		b.loops.Add(w.fds, w.batch, w.forward)
+	}
+	if cfg.XDP != nil {
+		if err := b.openXDP(cfg.XDP.Interface, ifindex); err != nil {
+			b.Close()
+			return nil, err
+		}
+		b.log.Info("AF_XDP data path, one worker per receive queue", "interface", cfg.XDP.Interface,
+			"attached", b.xdp.mode.String(), "zero_copy", b.xdp.zeroCopy, "workers", len(b.workers))
+	}
+	for _, w := range b.workers {
+		if w.xq != nil {
+			b.loops.AddWith(w.fds, w.batch, w.xq, w.forward)
+		} else {
+			b.loops.Add(w.fds, w.batch, w.forward)
+		}
 	}
 	return b, nil
 }
@@ -544,6 +572,9 @@ func (b *Balancer) Close() {
 	for _, w := range b.workers {
 		w.close()
 	}
+	if b.xdp != nil {
+		b.xdp.close()
+	}
 	b.routes.close()
 }
 
@@ -553,12 +584,19 @@ type Stats struct {
 	Services []ServiceStats
 	// Backends are in the order SetServices got them.
 	Backends []BackendStats
-	// Received counts packets read from the VIP sockets.
+	// Received counts packets read from the VIP sockets, AF_XDP ones
+	// included.
 	Received uint64
+	// XDPReceived counts the packets of Received read from the AF_XDP
+	// sockets.
+	XDPReceived uint64
 	// Forwarded counts packets (or whole fragmented datagrams) sent to a backend.
 	Forwarded uint64
 	// Drops counts dropped packets by reason (see DropReasons).
-	Drops              map[string]uint64
+	Drops map[string]uint64
+	// ViaRaw counts the packets the AF_XDP path handed to the raw path,
+	// by reason (see ViaRawReasons); empty in raw mode.
+	ViaRaw             map[string]uint64
 	ConntrackSize      int
 	ConntrackEvictions uint64
 }
@@ -596,12 +634,18 @@ type BackendStats struct {
 
 // Stats sums the per-worker counters.
 func (b *Balancer) Stats() Stats {
-	st := Stats{Drops: map[string]uint64{}}
+	st := Stats{Drops: map[string]uint64{}, ViaRaw: map[string]uint64{}}
 	for _, w := range b.workers {
 		st.Received += w.received.Load()
 		st.Forwarded += w.forwarded.Load()
 		for r := range w.drops {
 			st.Drops[dropReason(r).String()] += w.drops[r].Load()
+		}
+		st.XDPReceived += w.xdpReceived.Load()
+		if b.xdp != nil {
+			for r := range w.viaRaw {
+				st.ViaRaw[viaRawReason(r).String()] += w.viaRaw[r].Load()
+			}
 		}
 	}
 	flows := b.flowCounts()
@@ -663,6 +707,16 @@ func DropReasons() []string {
 	names := make([]string, numDropReasons)
 	for r := range names {
 		names[r] = dropReason(r).String()
+	}
+	return names
+}
+
+// ViaRawReasons lists every name of Stats.ViaRaw, for documentation and
+// tests.
+func ViaRawReasons() []string {
+	names := make([]string, numViaRawReasons)
+	for r := range names {
+		names[r] = viaRawReason(r).String()
 	}
 	return names
 }

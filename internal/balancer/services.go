@@ -133,8 +133,18 @@ func (b *Balancer) install(set model.Set) error {
 	if _, v6 := splitFamilies(s.vips); len(v6) > 0 && b.noIPv6 != nil {
 		return fmt.Errorf("balancer: IPv6 VIP %s: no IPv6 packets can be read (%w): a systemd unit must allow AF_PACKET in RestrictAddressFamilies", v6[0], b.noIPv6)
 	}
-	if old := b.snap.Load(); !slices.Equal(old.vips, s.vips) {
+	old := b.snap.Load()
+	if b.xdp != nil {
+		if err := b.xdp.follow(s); err != nil {
+			_ = b.xdp.follow(old) // best effort: the set that works
+			return err
+		}
+	}
+	if !slices.Equal(old.vips, s.vips) {
 		if err := b.filter(s.vips, old.vips); err != nil {
+			if b.xdp != nil {
+				_ = b.xdp.follow(old)
+			}
 			return err
 		}
 	}

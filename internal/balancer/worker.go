@@ -78,9 +78,14 @@ type worker struct {
 	icmpBudget int
 	icmpSecond int64
 
-	received  atomic.Uint64
-	forwarded atomic.Uint64
-	drops     [numDropReasons]atomic.Uint64
+	// xq is the worker's AF_XDP socket, nil in raw mode.
+	xq *xdpQueue
+
+	received    atomic.Uint64
+	xdpReceived atomic.Uint64
+	forwarded   atomic.Uint64
+	drops       [numDropReasons]atomic.Uint64
+	viaRaw      [numViaRawReasons]atomic.Uint64
 }
 
 var epoch = time.Now()
@@ -104,6 +109,7 @@ func newWorker(b *Balancer, i int) *worker {
 }
 
 func (w *worker) close() {
+	w.closeXDP()
 	for _, p := range w.fds {
 		unix.Close(int(p.Fd))
 	}
@@ -119,7 +125,6 @@ func (w *worker) close() {
 // forward handles the n packets of the last Recv and flushes them.
 func (w *worker) forward(n int) {
 	s := w.b.snap.Load()
-	ct := w.b.cfg.Conntrack
 	now := int64(time.Since(epoch))
 	w.received.Add(uint64(n))
 	for i := range n {
@@ -127,67 +132,94 @@ func (w *worker) forward(n int) {
 			w.drop(dropTruncated)
 			continue
 		}
-		pkt := w.batch.Packet(i)
-		key, flags, err := flow.Parse(pkt)
-		if err != nil {
-			w.drop(dropReason(err.(flow.Malformed))) // Parse's only error type
+		frame, t, sc := w.process(s, w.batch.Framed(i), encap.MaxHeaderLen, now)
+		if frame == nil {
 			continue
 		}
-		svc := s.classes.classify(&key)
-		if svc == nil {
-			w.drop(dropNoService)
-			continue
-		}
-		sc := &svc.stats.perWorker[w.index]
-		h := key.Hash()
-		var t *target
-		// A SYN without ACK opens a new connection, whatever the table
-		// remembers of an earlier one on the same ports (a client that
-		// reuses its port before the entry expires): it follows an entry
-		// only to a backend that takes new flows, so that a drained or
-		// weight-0 backend never gets a new connection.
-		valid := svc.valid
-		if flags&(flow.SYN|flow.ACK) == flow.SYN {
-			valid = svc.takesNew
-		}
-		if id, ok := ct.Lookup(key, flags, now, valid); ok {
-			t = svc.byID[id]
-		} else {
-			idx := svc.table.Lookup(svc.pick(&key, h))
-			if idx < 0 {
-				w.dropIn(sc, dropNoBackend)
-				continue
-			}
-			t = svc.byIndex[idx]
-			ct.Insert(key, t.ID, flags, now)
-			t.stats.perWorker[w.index].newFlows.Add(1)
-			sc.newFlows.Add(1)
-		}
-		refreshOptionsChecksum(pkt)
-		// The outer header's room: the end of the headroom.
-		frame := w.batch.Framed(i)[encap.MaxHeaderLen-t.outer.Len():]
-		if err := t.outer.Encapsulate(frame, h); err != nil {
-			w.dropIn(sc, dropEncapError)
-			continue
-		}
-		c := &t.stats.perWorker[w.index]
-		c.packets.Add(1)
-		c.bytes.Add(uint64(len(pkt)))
-		sc.packets.Add(1)
-		sc.bytes.Add(uint64(len(pkt)))
 		if len(frame) > t.mtu {
 			w.tooBig(frame, t, sc)
 			continue
 		}
-		if t.v6 {
-			w.queued6[w.queue6.Len()] = sc
-			w.queue6.Add6From(frame, t.src6, t.dst6, 0)
-			continue
-		}
-		w.queued[w.queue.Len()] = sc
-		w.queue.Add(frame, t.dst, 0)
+		w.queueRaw(frame, t, sc)
 	}
 	w.flush()
+}
+
+// process is the per-packet decision every data path shares. framed holds
+// room bytes of headroom, then the IP packet: process parses it, classifies
+// it to its service, picks its backend (connection tracking first, then the
+// service's Maglev table), encapsulates it in place at the end of the
+// headroom and counts it. It returns the encapsulated frame (the outer
+// header and the packet) with its target and service counters, or a nil
+// frame for a packet it dropped (counted). A frame longer than t.mtu is the
+// caller's to hand to tooBig.
+func (w *worker) process(s *snapshot, framed []byte, room int, now int64) ([]byte, *target, *serviceCounters) {
+	pkt := framed[room:]
+	key, flags, err := flow.Parse(pkt)
+	if err != nil {
+		w.drop(dropReason(err.(flow.Malformed))) // Parse's only error type
+		return nil, nil, nil
+	}
+	svc := s.classes.classify(&key)
+	if svc == nil {
+		w.drop(dropNoService)
+		return nil, nil, nil
+	}
+	sc := &svc.stats.perWorker[w.index]
+	h := key.Hash()
+	var t *target
+	// A SYN without ACK opens a new connection, whatever the table
+	// remembers of an earlier one on the same ports (a client that
+	// reuses its port before the entry expires): it follows an entry
+	// only to a backend that takes new flows, so that a drained or
+	// weight-0 backend never gets a new connection.
+	valid := svc.valid
+	if flags&(flow.SYN|flow.ACK) == flow.SYN {
+		valid = svc.takesNew
+	}
+	ct := w.b.cfg.Conntrack
+	if id, ok := ct.Lookup(key, flags, now, valid); ok {
+		t = svc.byID[id]
+	} else {
+		idx := svc.table.Lookup(svc.pick(&key, h))
+		if idx < 0 {
+			w.dropIn(sc, dropNoBackend)
+			return nil, nil, nil
+		}
+		t = svc.byIndex[idx]
+		ct.Insert(key, t.ID, flags, now)
+		t.stats.perWorker[w.index].newFlows.Add(1)
+		sc.newFlows.Add(1)
+	}
+	refreshOptionsChecksum(pkt)
+	// The outer header's room: the end of the headroom.
+	frame := framed[room-t.outer.Len():]
+	if err := t.outer.Encapsulate(frame, h); err != nil {
+		w.dropIn(sc, dropEncapError)
+		return nil, nil, nil
+	}
+	c := &t.stats.perWorker[w.index]
+	c.packets.Add(1)
+	c.bytes.Add(uint64(len(pkt)))
+	sc.packets.Add(1)
+	sc.bytes.Add(uint64(len(pkt)))
+	return frame, t, sc
+}
+
+// queueRaw queues an encapsulated frame of at most t.mtu bytes on the raw
+// send socket of its outer's family, for the next flush; a full queue (an
+// AF_XDP batch is larger than the raw path's) is flushed first.
+func (w *worker) queueRaw(frame []byte, t *target, sc *serviceCounters) {
+	if w.queue.Len() == w.queue.Cap() || w.queue6.Len() == w.queue6.Cap() {
+		w.flush()
+	}
+	if t.v6 {
+		w.queued6[w.queue6.Len()] = sc
+		w.queue6.Add6From(frame, t.src6, t.dst6, 0)
+		return
+	}
+	w.queued[w.queue.Len()] = sc
+	w.queue.Add(frame, t.dst, 0)
 }
 
 // refreshOptionsChecksum rewrites the header checksum of an IPv4 packet

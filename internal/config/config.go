@@ -111,6 +111,8 @@ type Balancer struct {
 	MaxBackends int
 	// Workers is the number of packet workers; 0 means one per CPU.
 	Workers int
+	// Dataplane says how packets reach the workers and leave them.
+	Dataplane Dataplane
 	// ConntrackSize is how many flows connection tracking remembers.
 	ConntrackSize int
 	// TCPTimeout and UDPTimeout are the idle timeouts of tracked flows.
@@ -187,6 +189,21 @@ const (
 	ModeUserspace Mode = "userspace"
 )
 
+// Dataplane says how the balancer's packets reach its workers and leave
+// them.
+type Dataplane string
+
+// Balancer data planes.
+const (
+	// DataplaneAuto is AF_XDP when it can be set up on the balancer's
+	// interface, else raw sockets.
+	DataplaneAuto Dataplane = "auto"
+	// DataplaneXDP is AF_XDP, or no start.
+	DataplaneXDP Dataplane = "xdp"
+	// DataplaneRaw is raw sockets only.
+	DataplaneRaw Dataplane = "raw"
+)
+
 // The raw structs mirror the file. Pointers tell "absent" (take the default)
 // from "given" (validate it).
 type rawConfig struct {
@@ -204,6 +221,7 @@ type rawBalancer struct {
 	TableSize         *int             `toml:"table_size"`
 	MaxBackends       *int             `toml:"max_backends"`
 	Workers           *int             `toml:"workers"`
+	Dataplane         string           `toml:"dataplane"`
 	ConntrackSize     *int             `toml:"conntrack_size"`
 	TCPTimeout        string           `toml:"tcp_timeout"`
 	UDPTimeout        string           `toml:"udp_timeout"`

@@ -25,7 +25,7 @@ var cmpConfig = cmp.Options{cmp.Comparer(func(a, b netip.Addr) bool { return a =
 
 // defaultBalancer is [balancer] with every key at its default.
 func defaultBalancer() *Balancer {
-	return &Balancer{EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second,
+	return &Balancer{EncapPort: 5555, TableSize: 65537, MaxBackends: 4096, Dataplane: DataplaneAuto, ConntrackSize: 1 << 20, TCPTimeout: 15 * time.Minute, UDPTimeout: 5 * time.Minute, TCPClosingTimeout: 10 * time.Second,
 		RouteTable: 100, RouteProtocol: 252, RouteMinBackends: 1, WithdrawDelay: 5 * time.Second}
 }
 
@@ -76,6 +76,7 @@ encap_port = 6000
 table_size = 101
 max_backends = 3
 workers = 2
+dataplane = "xdp"
 conntrack_size = 4096
 tcp_timeout = "1h"
 udp_timeout = "90s"
@@ -100,7 +101,7 @@ weight = 10000
 			want: &Config{
 				Balancer: &Balancer{
 					Interface: "eth1", EncapPort: 6000, TableSize: 101, MaxBackends: 3,
-					Workers: 2, ConntrackSize: 4096, TCPTimeout: time.Hour, UDPTimeout: 90 * time.Second,
+					Workers: 2, Dataplane: DataplaneXDP, ConntrackSize: 4096, TCPTimeout: time.Hour, UDPTimeout: 90 * time.Second,
 					TCPClosingTimeout: 2 * time.Second,
 					Routed:            true, RouteTable: 1000, RouteProtocol: 99, RouteMinBackends: 3, WithdrawDelay: 90 * time.Second,
 				},
@@ -502,6 +503,11 @@ name = "nameiswaytoolong-nameiswaytoolong-nameiswaytoolong-nameiswaytoolo"
 			},
 		},
 		{
+			name: "unknown dataplane",
+			doc:  "[balancer]\nvips = [\"10.0.0.100\"]\ndataplane = \"dpdk\"\n",
+			want: []string{`test.toml: line 3: balancer: dataplane "dpdk": must be auto, xdp or raw`},
+		},
+		{
 			name: "empty lists",
 			doc:  "[balancer]\nvips = []\n[balancer.ports]\n\"10.0.0.1\" = []\n[receiver]\nvips = []\nbalancers = []\nmode = \"fast\"\nencap_port = 65536\n",
 			want: []string{
@@ -822,6 +828,7 @@ func TestLoadMissingFile(t *testing.T) {
 func TestEnvNames(t *testing.T) {
 	want := []string{
 		"CAPLANCED_BALANCER_CONNTRACK_SIZE",
+		"CAPLANCED_BALANCER_DATAPLANE",
 		"CAPLANCED_BALANCER_ENCAP_PORT",
 		"CAPLANCED_BALANCER_INTERFACE",
 		"CAPLANCED_BALANCER_MAX_BACKENDS",

@@ -41,6 +41,7 @@ func ServicesForm(cfg *Config) string {
 		w.keyIf(b.TableSize != maglev.DefaultSize, "table_size", strconv.Itoa(b.TableSize))
 		w.keyIf(b.MaxBackends != min(DefaultMaxBackends, b.TableSize), "max_backends", strconv.Itoa(b.MaxBackends))
 		w.keyIf(b.Workers != 0, "workers", strconv.Itoa(b.Workers))
+		w.keyIf(b.Dataplane != DataplaneAuto, "dataplane", tomlString(string(b.Dataplane)))
 		w.keyIf(b.ConntrackSize != DefaultConntrackSize, "conntrack_size", strconv.Itoa(b.ConntrackSize))
 		w.keyIf(b.TCPTimeout != DefaultTCPTimeout, "tcp_timeout", tomlString(formatDuration(b.TCPTimeout)))
 		w.keyIf(b.UDPTimeout != DefaultUDPTimeout, "udp_timeout", tomlString(formatDuration(b.UDPTimeout)))

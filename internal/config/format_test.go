@@ -115,7 +115,7 @@ balancers = ["10.0.1.1", "10.0.1.2"]
 mode = "userspace"
 encap_port = 7000
 workers = 3
-`, environ: []string{"CAPLANCED_BALANCER_ENCAP_PORT=6000", "CAPLANCED_BALANCER_UDP_TIMEOUT=1h30m"}},
+`, environ: []string{"CAPLANCED_BALANCER_ENCAP_PORT=6000", "CAPLANCED_BALANCER_UDP_TIMEOUT=1h30m", "CAPLANCED_BALANCER_DATAPLANE=raw"}},
 		{name: "no backends", doc: "[balancer]\nvips = [\"10.0.0.100\"]\n"},
 	}
 	for _, tt := range tests {

@@ -82,6 +82,7 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 		EncapPort:     port(raw.EncapPort, DefaultEncapPort, "balancer: encap_port", p),
 		TableSize:     maglev.DefaultSize,
 		Workers:       intIn(raw.Workers, 0, 0, MaxWorkers, "balancer: workers", p),
+		Dataplane:     DataplaneAuto,
 		ConntrackSize: intIn(raw.ConntrackSize, DefaultConntrackSize, 1024, MaxConntrackSize, "balancer: conntrack_size", p),
 		TCPTimeout:    timeout(raw.TCPTimeout, DefaultTCPTimeout, "balancer: tcp_timeout", p),
 		UDPTimeout:    timeout(raw.UDPTimeout, DefaultUDPTimeout, "balancer: udp_timeout", p),
@@ -92,6 +93,13 @@ func validateBalancer(raw rawBalancer, p *problems) *Balancer {
 		RouteProtocol:    routeProtocol(raw.RouteProtocol, p),
 		RouteMinBackends: 1,
 		WithdrawDelay:    withdrawDelay(raw.WithdrawDelay, p),
+	}
+	switch Dataplane(raw.Dataplane) {
+	case "":
+	case DataplaneAuto, DataplaneXDP, DataplaneRaw:
+		b.Dataplane = Dataplane(raw.Dataplane)
+	default:
+		p.at([]string{"balancer", "dataplane"}, "balancer: dataplane %s: must be auto, xdp or raw", quote.Q(raw.Dataplane))
 	}
 	if raw.Interface != "" && !validInterfaceName(raw.Interface) {
 		p.at([]string{"balancer", "interface"}, "balancer: interface %s: not a valid interface name (1-15 characters, no '/', ':' or white space)", quote.Q(raw.Interface))

@@ -115,6 +115,7 @@ var (
 		"VIPs":       variant([]string{"10.0.0.100", "10.0.0.101", "10.0.0.53"}),
 		"EncapPort":  variant(uint16(5555)),
 		"TableSize":  variant(uint32(65537)),
+		"Dataplane":  variant("xdp (native)"),
 	}
 	backendRows = [][]any{
 		{"dns1", "dns", "10.0.2.1", uint32(1), "active", "unknown", "", uint64(0), uint64(0), uint64(5), uint64(300)},

@@ -50,7 +50,7 @@ type Service struct {
 // The properties status and show print first, in this order; any others
 // follow, sorted.
 var (
-	managerProperties = []string{"Version", "APIVersion", "Roles", "State", "VIPs", "EncapPort", "TableSize"}
+	managerProperties = []string{"Version", "APIVersion", "Roles", "State", "VIPs", "EncapPort", "TableSize", "Dataplane"}
 	serviceProperties = []string{"Name", "VIPs", "Protocols", "Hash", "TableSize", "Check", "Source", "Persistent",
 		"Packets", "Bytes", "NewFlows", "ActiveFlows", "InactiveFlows", "Drops"}
 	backendProperties = []string{"Name", "Service", "Address", "Weight", "AdminState", "Health", "HealthDetail",

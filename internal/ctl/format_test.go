@@ -44,6 +44,7 @@ State:      running
 VIPs:       10.0.0.100, 10.0.0.101, 10.0.0.53
 EncapPort:  5555
 TableSize:  65537
+Dataplane:  xdp (native)
 Services:   2
 Backends:   3
 caplance-healthd: checking 2 backends
@@ -314,6 +315,7 @@ State:      running
 VIPs:       10.0.0.100, 10.0.0.101, 10.0.0.53
 EncapPort:  5555
 TableSize:  65537
+Dataplane:  xdp (native)
 Services:   2
 Backends:   3
 ` + routes + `

@@ -42,6 +42,7 @@ import (
 	"github.com/caplance/caplance/internal/version"
 	"github.com/caplance/caplance/internal/vip"
 	"github.com/caplance/caplance/internal/watchdog"
+	"github.com/caplance/caplance/internal/xdp"
 )
 
 // Options are caplanced's command-line settings.
@@ -352,6 +353,7 @@ func (r *running) startAPI(bus string) error {
 	if b := r.cfg.Balancer; b != nil {
 		info.Roles = append(info.Roles, "balancer")
 		info.EncapPort, info.TableSize = b.EncapPort, uint32(b.TableSize)
+		info.Dataplane = r.bal.Dataplane()
 		info.Counters = r.apiCounters
 		info.ServiceCounters = r.apiServiceCounters
 	}
@@ -385,6 +387,12 @@ func (r *running) apiStats() map[string]uint64 {
 	out["conntrack_size"], out["conntrack_evictions"] = uint64(st.ConntrackSize), st.ConntrackEvictions
 	for reason, n := range st.Drops {
 		out["drop."+reason] = n
+	}
+	for reason, n := range st.ViaRaw {
+		out["xdp_via_raw."+reason] = n
+	}
+	if r.bal.Dataplane() != "raw" {
+		out["xdp_received"] = st.XDPReceived
 	}
 	for _, b := range st.Backends {
 		out["active_flows"] += b.ActiveFlows
@@ -423,7 +431,7 @@ func (r *running) setState(state string) {
 func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string, step func(string)) error {
 	b := cfg.Balancer
 	r.iface = b.Interface
-	step("opening raw sockets")
+	step("opening the data path")
 	ct, err := conntrack.New(b.ConntrackSize, conntrack.Timeouts{
 		TCP: b.TCPTimeout, UDP: b.UDPTimeout, Other: conntrack.DefaultTimeouts.Other,
 		TCPClosing: b.TCPClosingTimeout,
@@ -431,7 +439,7 @@ func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string,
 	if err != nil {
 		return fmt.Errorf("connection tracking: %w", err)
 	}
-	bal, err := balancer.Open(balancer.Config{EncapPort: b.EncapPort, Workers: b.Workers, Conntrack: ct, Logger: r.log})
+	bal, err := r.openBalancer(cfg, ct)
 	if err != nil {
 		return err
 	}
@@ -465,6 +473,69 @@ func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string,
 		}
 	})
 	return nil
+}
+
+// openBalancer opens the balancer on the data plane that dataplane asks
+// for: auto tries AF_XDP and falls back to raw sockets on any error,
+// saying why; xdp fails the start when AF_XDP cannot be set up; raw never
+// touches XDP.
+func (r *running) openBalancer(cfg *config.Config, ct *conntrack.Table) (*balancer.Balancer, error) {
+	b := cfg.Balancer
+	bc := balancer.Config{EncapPort: b.EncapPort, Workers: b.Workers, Conntrack: ct, Logger: r.log}
+	if b.Dataplane != config.DataplaneRaw {
+		iface, err := xdpInterface(cfg)
+		if err == nil {
+			bc.XDP = &balancer.XDP{Interface: iface}
+			var bal *balancer.Balancer
+			if bal, err = balancer.Open(bc); err == nil {
+				r.log.Info("data plane", "dataplane", bal.Dataplane(), "interface", iface)
+				return bal, nil
+			}
+		}
+		switch {
+		case b.Dataplane == config.DataplaneXDP:
+			return nil, fmt.Errorf("dataplane xdp: %w (dataplane auto would fall back to raw sockets)", err)
+		case errors.Is(err, xdp.ErrUnsupported):
+			r.log.Info("AF_XDP is not available here: using raw sockets", "reason", err)
+		default:
+			r.log.Warn("AF_XDP could not be set up: using raw sockets", "reason", err)
+		}
+		bc.XDP = nil
+	}
+	bal, err := balancer.Open(bc)
+	if err != nil {
+		return nil, err
+	}
+	r.log.Info("data plane", "dataplane", bal.Dataplane())
+	return bal, nil
+}
+
+// xdpInterface is where AF_XDP attaches: balancer.interface, else the one
+// interface the file's VIPs are attached to by subnet. A routed balancer's
+// VIPs are on lo, its packets come in anywhere: it must name the interface.
+func xdpInterface(cfg *config.Config) (string, error) {
+	b := cfg.Balancer
+	switch {
+	case b.Interface != "":
+		return b.Interface, nil
+	case b.Routed:
+		return "", errors.New("a routed balancer's packets may come in on any interface: set balancer.interface to the one AF_XDP takes them from")
+	}
+	iface := ""
+	for _, a := range vipsOf(cfg.Services) {
+		name, err := vip.InterfaceFor(a)
+		if err != nil {
+			return "", err
+		}
+		if iface != "" && name != iface {
+			return "", fmt.Errorf("the VIPs are on several interfaces (%s and %s): set balancer.interface to the one AF_XDP takes packets from", iface, name)
+		}
+		iface = name
+	}
+	if iface == "" {
+		return "", errors.New("no VIP in the configuration and no balancer.interface: set balancer.interface to the one AF_XDP takes packets from")
+	}
+	return iface, nil
 }
 
 // reload re-reads the configuration (SIGHUP) and applies new services and
@@ -580,7 +651,8 @@ func (r *running) statusLine() string {
 	var parts []string
 	if r.cfg.Balancer != nil && r.reg != nil {
 		svcs := r.services()
-		parts = append(parts, fmt.Sprintf("balancing %d service(s) on %d VIP(s) over %d backend(s)", len(svcs), len(vipsOf(svcs)), len(r.reg.List())))
+		parts = append(parts, fmt.Sprintf("balancing %d service(s) on %d VIP(s) over %d backend(s)", len(svcs), len(vipsOf(svcs)), len(r.reg.List())),
+			"dataplane "+r.bal.Dataplane())
 	}
 	if r.ann != nil {
 		parts = append(parts, r.routesStatus())

@@ -127,6 +127,7 @@ func TestManagerProperties(t *testing.T) {
 		"APIVersion": "@u 2", "Version": `"1.2.3"`, "Roles": `["balancer"]`, "State": `"running"`,
 		"VIPs": `["10.0.0.100"]`, "EncapPort": "@q 5555", "TableSize": "@u 65537",
 		"Routed": "true", "Maintenance": "false", "AnnouncedVIPs": `["10.0.0.100"]`, "RouteTable": "@u 100", "RouteProtocol": "@y 0xfc",
+		"Dataplane": `"xdp (native)"`,
 	}
 	if diff := cmp.Diff(want, get()); diff != "" {
 		t.Errorf("GetAll (-want +got):\n%s", diff)

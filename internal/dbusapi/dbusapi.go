@@ -96,6 +96,10 @@ type Info struct {
 	TableSize uint32
 	// State is the initial State property, "" for "running".
 	State string
+	// Dataplane is the property of the same name: how the balancer's
+	// packets flow ("xdp (native)", "raw", …), "" without the balancer
+	// role.
+	Dataplane string
 
 	// Stats returns GetStats' counters, but those of services: GetStats
 	// adds them from ServiceCounters, as "service.<name>.<counter>".

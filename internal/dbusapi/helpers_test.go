@@ -119,6 +119,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		VIPs:      []string{vip},
 		EncapPort: 5555,
 		TableSize: 65537,
+		Dataplane: "xdp (native)",
 		Stats: func() map[string]uint64 {
 			return map[string]uint64{"received": 10, "forwarded": 9, "drop.no_backend": 1}
 		},

@@ -320,6 +320,7 @@ func (s *Server) exportManager() error {
 			"AnnouncedVIPs": {Value: nonNil(s.info.AnnouncedVIPs), Emit: prop.EmitTrue},
 			"RouteTable":    {Value: s.info.RouteTable, Emit: prop.EmitConst},
 			"RouteProtocol": {Value: s.info.RouteProtocol, Emit: prop.EmitConst},
+			"Dataplane":     {Value: s.info.Dataplane, Emit: prop.EmitConst},
 		},
 		// GetAll of an interface without properties is an empty dict.
 		dbusname.ObjectManagerIface: {}, PropertiesIface: {}, IntrospectableIface: {}, PeerIface: {},

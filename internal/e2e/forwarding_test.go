@@ -20,12 +20,28 @@ import (
 	"github.com/caplance/caplance/internal/testbed"
 )
 
-// TestForwarding drives traffic through one deployment and checks what
-// reaches whom; the subtests share it and run in order.
+// TestForwarding drives traffic through one deployment per data plane and
+// checks what reaches whom; the subtests share it and run in order. The
+// lab's interfaces are veths, which take XDP natively (AF_XDP in copy
+// mode).
 func TestForwarding(t *testing.T) {
-	tb := newTestbed(t)
+	for _, dataplane := range []string{"raw", "xdp"} {
+		t.Run("dataplane "+dataplane, func(t *testing.T) { testForwarding(t, dataplane) })
+	}
+}
+
+func testForwarding(t *testing.T, dataplane string) {
+	tb := newTestbedOn(t, dataplane)
 	capt := startCapture(t, tb)
 	start := time.Now()
+
+	t.Run("the data plane is the one asked for", func(t *testing.T) {
+		want := map[string]string{"raw": "STATUS=balancing 1 service(s) on 1 VIP(s) over 3 backend(s); dataplane raw",
+			"xdp": "STATUS=balancing 1 service(s) on 1 VIP(s) over 3 backend(s); dataplane xdp (native)"}[dataplane]
+		if msgs := strings.Join(tb.Balancer.Messages(), "\n"); !strings.Contains(msgs, want) {
+			t.Errorf("the balancer never sent %q; sent %q", want, tb.Balancer.Messages())
+		}
+	})
 
 	t.Run("http through the VIP", func(t *testing.T) {
 		client := tb.HTTPClient(false)
@@ -33,6 +49,16 @@ func TestForwarding(t *testing.T) {
 			if _, err := testbed.Get(client, "/"); err != nil {
 				t.Fatalf("request %d: %v", i, err)
 			}
+		}
+	})
+
+	t.Run("the packets took the data plane asked for", func(t *testing.T) {
+		st, err := tb.Balancer.Stats(time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if xdp := st.Balancer.XDPReceived; (dataplane == "xdp") != (xdp > 0) {
+			t.Errorf("%d of %d packets read from AF_XDP sockets on dataplane %s", xdp, st.Balancer.Received, dataplane)
 		}
 	})
 

@@ -48,7 +48,14 @@ func run(m *testing.M) int {
 // newTestbed builds a testbed with three backends and a running balancer.
 func newTestbed(t *testing.T) *testbed.Testbed {
 	t.Helper()
-	tb := openTestbed(t, testbed.Options{Prefix: "e2e", Backends: 3, Workers: 2})
+	return newTestbedOn(t, "")
+}
+
+// newTestbedOn is newTestbed with the balancer's dataplane ("": the
+// default).
+func newTestbedOn(t *testing.T, dataplane string) *testbed.Testbed {
+	t.Helper()
+	tb := openTestbed(t, testbed.Options{Prefix: "e2e", Backends: 3, Workers: 2, Dataplane: dataplane})
 	if err := tb.StartBalancer(); err != nil {
 		t.Fatal(err)
 	}

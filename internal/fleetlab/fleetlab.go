@@ -97,6 +97,8 @@ type Options struct {
 	// Bus, when set, returns the D-Bus address the named balancer's
 	// caplanced serves its API on, a private bus per balancer; nil: none.
 	Bus func(balancer string) (string, error)
+	// Dataplane is every caplanced's dataplane; "": the default.
+	Dataplane string
 }
 
 // Lab is a running fleet.
@@ -375,6 +377,9 @@ func (l *Lab) Start(b *Balancer) error {
 func (l *Lab) caplancedConfig() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[balancer]\ninterface = \"eth0\"\nworkers = %d\n", l.opts.Workers)
+	if d := l.opts.Dataplane; d != "" {
+		fmt.Fprintf(&b, "dataplane = %q\n", d)
+	}
 	fmt.Fprintf(&b, "routed = true\nroute_table = %d\nroute_protocol = %d\nwithdraw_delay = %q\n",
 		RouteTable, RouteProtocol, l.opts.WithdrawDelay)
 	service := func(name string, vip netip.Addr, backend func(*testbed.Backend) (string, netip.Addr)) {

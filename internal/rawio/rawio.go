@@ -12,6 +12,7 @@ import (
 	"errors"
 	"net/netip"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -268,22 +269,37 @@ const (
 	busyRounds = 20
 )
 
+// A Source is work a Loop polls besides its datagram sockets: an AF_XDP
+// socket's rings, say.
+type Source interface {
+	// Handle handles what is ready and reports whether there was any.
+	Handle() bool
+	// FD is polled for input together with the sockets when the loop is
+	// idle.
+	FD() int
+}
+
 // Loop reads batches from fds into batch and calls handle with the number of
-// datagrams after each non-empty read, until stop is set; it sets alive on
-// every round so a watchdog can tell a wedged loop. It runs on a locked OS
+// datagrams after each non-empty read, and src's Handle on every round when
+// src is not nil, until stop is set; it sets alive on every round so a
+// watchdog can tell a wedged loop. It runs on a locked OS
 // thread and polls its own descriptors: measured ~24% cheaper per packet
 // here than parking goroutines on the Go netpoller. The descriptors must not
 // be in the runtime's epoll at all (no net.Conn), or every arriving packet
 // wakes an idle runtime thread for nothing.
-func Loop(fds []unix.PollFd, batch *Batch, stop, alive *atomic.Bool, handle func(n int)) {
+func Loop(fds []unix.PollFd, batch *Batch, src Source, stop, alive *atomic.Bool, handle func(n int)) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	sleep := unix.NsecToTimespec(int64(busySleep))
 	idleMs := int(idlePoll / time.Millisecond)
+	polled := fds
+	if src != nil {
+		polled = append(slices.Clone(fds), unix.PollFd{Fd: int32(src.FD()), Events: unix.POLLIN})
+	}
 	empty := 0
 	for !stop.Load() {
 		alive.Store(true)
-		busy := false
+		busy := src != nil && src.Handle()
 		for i := range fds {
 			n, err := batch.Recv(int(fds[i].Fd))
 			if err != nil || n == 0 {
@@ -299,7 +315,7 @@ func Loop(fds []unix.PollFd, batch *Batch, stop, alive *atomic.Bool, handle func
 			empty++
 			_ = unix.Nanosleep(&sleep, nil)
 		default:
-			_ = Wait(fds, idleMs)
+			_ = Wait(polled, idleMs)
 		}
 	}
 }
@@ -314,6 +330,7 @@ type Loops struct {
 type loopState struct {
 	fds    []unix.PollFd
 	batch  *Batch
+	src    Source
 	handle func(n int)
 	// halt ends the loop: Run sets it to stop, Wedge to hang.
 	halt, wedged, alive atomic.Bool
@@ -321,7 +338,12 @@ type loopState struct {
 
 // Add registers a loop reading fds into batch and handing batches to handle.
 func (l *Loops) Add(fds []unix.PollFd, batch *Batch, handle func(n int)) {
-	l.loops = append(l.loops, &loopState{fds: fds, batch: batch, handle: handle})
+	l.AddWith(fds, batch, nil, handle)
+}
+
+// AddWith is Add for a loop that handles src too.
+func (l *Loops) AddWith(fds []unix.PollFd, batch *Batch, src Source, handle func(n int)) {
+	l.loops = append(l.loops, &loopState{fds: fds, batch: batch, src: src, handle: handle})
 }
 
 // Run runs every loop until ctx is done, then halts them, each after the
@@ -331,7 +353,7 @@ func (l *Loops) Run(ctx context.Context) {
 	var wg sync.WaitGroup
 	for _, s := range l.loops {
 		wg.Go(func() {
-			Loop(s.fds, s.batch, &s.halt, &s.alive, s.handle)
+			Loop(s.fds, s.batch, s.src, &s.halt, &s.alive, s.handle)
 			if s.wedged.Load() {
 				<-ctx.Done()
 			}

@@ -421,7 +421,7 @@ func startLoop(t *testing.T, fds ...int) (calls chan loopCall, stop, alive *atom
 	}
 	go func() {
 		defer close(done)
-		rawio.Loop(pfds, batch, stop, alive, func(n int) {
+		rawio.Loop(pfds, batch, nil, stop, alive, func(n int) {
 			calls <- loopCall{N: n, Got: collect(batch, n)}
 		})
 	}()

@@ -101,6 +101,9 @@ type Options struct {
 	BalancerBus string
 	// TCPClosingTimeout is the balancer's tcp_closing_timeout; 0: the default.
 	TCPClosingTimeout time.Duration
+	// Dataplane is the balancer's dataplane ("auto", "xdp", "raw"); "":
+	// the default.
+	Dataplane string
 	// IPv6 makes the lab dual-stack: every host gets its address in
 	// Subnet6 as well (no DAD), and the receivers serve VIP6 and VIP6B
 	// and accept tunnels from LBAddr6.
@@ -293,6 +296,9 @@ func (tb *Testbed) BalancerConfig(backends []*Backend) string {
 	if d := tb.opts.TCPClosingTimeout; d != 0 {
 		fmt.Fprintf(&b, "tcp_closing_timeout = %q\n", d)
 	}
+	if d := tb.opts.Dataplane; d != "" {
+		fmt.Fprintf(&b, "dataplane = %q\n", d)
+	}
 	for _, be := range backends {
 		fmt.Fprintf(&b, "\n[[backend]]\nname = %q\naddress = %q\n", be.Name, be.Addr)
 	}
@@ -306,9 +312,13 @@ func (tb *Testbed) BalancerConfig(backends []*Backend) string {
 // host in two services.
 func (tb *Testbed) ServicesConfig() string {
 	be := tb.Backends
+	dataplane := ""
+	if d := tb.opts.Dataplane; d != "" {
+		dataplane = fmt.Sprintf("dataplane = %q\n", d)
+	}
 	return fmt.Sprintf(`[balancer]
 workers = %d
-
+%s
 [[service]]
 name = "web"
 vips = [%q]
@@ -336,7 +346,7 @@ address = %q
 [[service.backend]]
 name = "dns-%s"
 address = %q
-`, tb.opts.Workers, VIP, HTTPPort, be[0].Name, be[0].Addr, be[1].Name, be[1].Addr,
+`, tb.opts.Workers, dataplane, VIP, HTTPPort, be[0].Name, be[0].Addr, be[1].Name, be[1].Addr,
 		VIP2, DNSPort, be[1].Name, be[1].Addr, be[2].Name, be[2].Addr)
 }
 

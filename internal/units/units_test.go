@@ -40,9 +40,11 @@ const (
 )
 
 // maxExposure is the highest systemd-analyze security exposure each unit may
-// have (issue 6).
+// have (issue 6). caplanced's was 2.0 until the AF_XDP data path (issue 14)
+// needed bpf(2) (0.2: systemd rates an allowed @privileged call), CAP_BPF
+// (0.1) and AF_XDP (0.3: an "exotic" family to systemd): 2.3.
 var maxExposure = map[string]float64{
-	"caplanced.service":        2.0,
+	"caplanced.service":        2.3,
 	"caplance-healthd.service": 1.5,
 }
 
@@ -137,8 +139,10 @@ func TestUnitsMatchDaemons(t *testing.T) {
 			"ExecReload=/bin/kill -HUP $MAINPID", "ExecStopPost=/usr/sbin/caplanced --cleanup",
 			"Restart=on-failure", "User=caplance", "RuntimeDirectory=caplance",
 			"RuntimeDirectoryPreserve=yes", "StateDirectory=caplance",
-			"AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN", "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN",
+			"AmbientCapabilities=CAP_NET_RAW CAP_NET_ADMIN CAP_BPF", "CapabilityBoundingSet=CAP_NET_RAW CAP_NET_ADMIN CAP_BPF",
 			"ReadWritePaths=/proc/sys/net/ipv4/conf",
+			"RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6 AF_PACKET AF_XDP", "SystemCallFilter=bpf",
+			"LimitMEMLOCK=512M",
 		},
 		"caplance-healthd.service": {
 			"Type=notify", "NotifyAccess=main", "ExecStart=/usr/sbin/caplance-healthd",

@@ -136,6 +136,16 @@ func familyOf(addr netip.Addr) int {
 	return netlink.FAMILY_V6
 }
 
+// InterfaceFor names the interface AttachVIP attaches addr to when given
+// none: the one whose subnet contains it (linkForSubnet).
+func InterfaceFor(addr netip.Addr) (string, error) {
+	link, err := linkForSubnet(addr)
+	if err != nil {
+		return "", fmt.Errorf("VIP %v: %w", addr, err)
+	}
+	return link.Attrs().Name, nil
+}
+
 // linkForSubnet finds the one interface, not a loopback one, with an
 // address of addr's family (not link-local) whose prefix contains addr.
 func linkForSubnet(addr netip.Addr) (netlink.Link, error) {

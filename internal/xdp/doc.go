@@ -30,6 +30,10 @@
 //     the flow parser walks (hop-by-hop, routing, AH, destination options):
 //     the program does not walk the chain, so a Fragment header behind one
 //     of them cannot slip into the AF_XDP path; the raw path handles them;
+//   - ICMP and ICMPv6 right after the fixed header: the stack answers them
+//     as it does without XDP (neighbour discovery to an IPv6 VIP above all,
+//     which nothing else answers), and caplanced's raw path takes the ICMP
+//     errors that quote a flow to a VIP;
 //   - IPv4 headers with IHL < 5, and frames too short for their IP header.
 //
 // The program only reads the IPv4 header's fixed part (the destination is at

@@ -166,6 +166,10 @@ func instructions(vipsFD, xsksFD int) asm.Instructions {
 		asm.LoadMem(asm.R5, asm.R2, ethLen+6, asm.Half),
 		asm.HostTo(asm.BE, asm.R5, asm.Half),
 		asm.JSet.Imm(asm.R5, 0x3fff, "pass"),
+		// ICMP passes: the stack answers it as in raw mode, and the raw
+		// path takes the errors that quote a flow (rare, so cheap there).
+		asm.LoadMem(asm.R5, asm.R2, ethLen+9, asm.Byte),
+		asm.JEq.Imm(asm.R5, unix.IPPROTO_ICMP, "pass"),
 		// Key ::ffff:a.b.c.d; byte-wise stores keep it endian-neutral.
 		asm.StoreImm(asm.R10, key, 0, asm.Word),
 		asm.StoreImm(asm.R10, key+4, 0, asm.Word),
@@ -189,6 +193,10 @@ func instructions(vipsFD, xsksFD int) asm.Instructions {
 		asm.JEq.Imm(asm.R5, unix.IPPROTO_FRAGMENT, "pass"),
 		asm.JEq.Imm(asm.R5, unix.IPPROTO_AH, "pass"),
 		asm.JEq.Imm(asm.R5, unix.IPPROTO_DSTOPTS, "pass"),
+		// ICMPv6 passes as ICMP does; above all neighbour discovery to a
+		// VIP (unicast solicitations for unreachability detection), which
+		// only the stack answers.
+		asm.JEq.Imm(asm.R5, unix.IPPROTO_ICMPV6, "pass"),
 		asm.LoadMem(asm.R5, asm.R2, ethLen+24, asm.DWord),
 		asm.StoreMem(asm.R10, key, asm.R5, asm.DWord),
 		asm.LoadMem(asm.R5, asm.R2, ethLen+32, asm.DWord),

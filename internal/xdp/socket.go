@@ -287,6 +287,10 @@ func (s *Socket) Stats() (Stats, error) {
 		RxRingFull: st.Rx_ring_full, FillRingEmpty: st.Rx_fill_ring_empty_descs, TxRingEmpty: st.Tx_ring_empty_descs}, nil
 }
 
+// FD is the socket's descriptor, for a caller that polls it together with
+// others (Wait polls it alone).
+func (s *Socket) FD() int { return s.fd }
+
 // ZeroCopy reports whether the driver runs the socket in zero-copy mode
 // (frames DMA'd into the UMEM) rather than copy mode.
 func (s *Socket) ZeroCopy() bool { return s.zeroCopy }

@@ -1105,6 +1105,8 @@ func TestProgramVerdicts(t *testing.T) {
 		{"IPv6 hop-by-hop", edit(l.withDestOpts(t, udp6)[0], func(b []byte) { b[14+6] = 0 }), pass},
 		{"IPv6 header cut short", udp6[:14+39], pass},
 		{"IPv6 header whole, nothing after", udp6[:14+40], redirect},
+		{"ICMP to the VIP", edit(udp4, func(b []byte) { b[14+9] = 1 }), pass},
+		{"ICMPv6 to the VIP", edit(udp6, func(b []byte) { b[14+6] = 58 }), pass},
 		{"VLAN-tagged IPv4 to the VIP", slices.Concat(udp4[:12], []byte{0x81, 0, 0, 7}, udp4[12:]), pass},
 		{"ARP", edit(udp4, func(b []byte) { b[12], b[13] = 0x08, 0x06 }), pass},
 		{"Ethernet header only", udp4[:14], pass},

@@ -113,12 +113,17 @@ var (
 	}}
 	caplancedRaw = forwarder{name: "caplanced", what: "caplanced (raw sockets), default workers", viaBalancer: true,
 		start: func(b *testing.B, dp *dataplane, f *benchFamily) func() {
-			dp.startBalancer(b, f, 0)
+			dp.startBalancer(b, f, 0, "raw")
+			return func() {}
+		}}
+	caplancedXDP = forwarder{name: "caplanced-xdp", what: "caplanced (AF_XDP), a worker per receive queue", viaBalancer: true,
+		start: func(b *testing.B, dp *dataplane, f *benchFamily) func() {
+			dp.startBalancer(b, f, 0, "xdp")
 			return func() {}
 		}}
 	// forwarders are the paths the search for the highest lossless rate
 	// compares, the kernel's first.
-	forwarders = []forwarder{kernelForwarding, caplancedRaw}
+	forwarders = []forwarder{kernelForwarding, caplancedRaw, caplancedXDP}
 )
 
 // BenchmarkDataplane sends UDP load from the client through the balancer
@@ -144,7 +149,9 @@ var (
 //     where nothing should be lost;
 //   - caplanced-1-worker/max: one worker, which leaves the other CPU to the
 //     generator on a two-CPU machine;
-//   - kernel-forwarding/lossless, caplanced/lossless: the highest rate
+//   - caplanced-xdp/max: the AF_XDP data path (dataplane = "xdp"), unpaced;
+//     every caplanced sub-benchmark names its data plane, never auto;
+//   - kernel-forwarding/lossless, caplanced/lossless, caplanced-xdp/lossless: the highest rate
 //     with at most 0.01% loss (benchnet.SearchLossless, 1 s trials), the CPU
 //     per delivered packet at that rate, and each as a ratio to the
 //     kernel's.
@@ -166,20 +173,24 @@ func BenchmarkDataplane(b *testing.B) {
 			kernel.Report(b, "kernel forwarding, unpaced", nil)
 		})
 		b.Run(f.prefix+"caplanced/max", func(b *testing.B) {
-			dp.startBalancer(b, f, 0)
+			dp.startBalancer(b, f, 0, "raw")
 			dp.run(b, f, f.vip, dp.lbMAC, 0, benchTiming).Report(b, "caplanced, default workers, unpaced", kernel)
 		})
 		b.Run(f.prefix+"caplanced/half-kernel-rate", func(b *testing.B) {
 			if kernel == nil {
 				b.Skip("paced at half of kernel-forwarding/max's rate, which did not run")
 			}
-			dp.startBalancer(b, f, 0)
+			dp.startBalancer(b, f, 0, "raw")
 			rate := kernel.PPS / 2
 			dp.run(b, f, f.vip, dp.lbMAC, rate, benchTiming).Report(b, fmt.Sprintf("caplanced, default workers, paced at %.0f pps", rate), kernel)
 		})
 		b.Run(f.prefix+"caplanced-1-worker/max", func(b *testing.B) {
-			dp.startBalancer(b, f, 1)
+			dp.startBalancer(b, f, 1, "raw")
 			dp.run(b, f, f.vip, dp.lbMAC, 0, benchTiming).Report(b, "caplanced, 1 worker, unpaced", kernel)
+		})
+		b.Run(f.prefix+"caplanced-xdp/max", func(b *testing.B) {
+			dp.startBalancer(b, f, 0, "xdp")
+			dp.run(b, f, f.vip, dp.lbMAC, 0, benchTiming).Report(b, "caplanced, AF_XDP, unpaced", kernel)
 		})
 		var kernelLossless *benchnet.Result
 		for _, fw := range forwarders {
@@ -213,9 +224,11 @@ type dataplane struct {
 	// The frames' source (the client's) and their destinations.
 	clientMAC, lbMAC, sinkMAC net.HardwareAddr
 	balancer                  *testbed.Daemon
-	// The running balancer's VIP (its family's) and configured workers.
+	// The running balancer's VIP (its family's), configured workers and
+	// data plane.
 	balancerVIP netip.Addr
 	workers     int
+	dataplane   string
 	lbStats     balancer.Stats // the balancer's counters after the last run
 	ksoftirqd   []int          // PIDs of the kernel's softirq threads
 }
@@ -328,20 +341,22 @@ func (dp *dataplane) setUp() error {
 }
 
 // startBalancer makes caplanced run on the balancer host with workers
-// workers (0: its default), f's VIP and the sink's address of f as its one
-// backend, restarting it if it runs with another VIP or count.
-func (dp *dataplane) startBalancer(b *testing.B, f *benchFamily, workers int) {
+// workers (0: its default; xdp mode has one per receive queue), the data
+// plane dataplane ("raw" or "xdp": never auto, so that each sub-benchmark
+// measures the path it names), f's VIP and the sink's address of f as its
+// one backend, restarting it if it runs otherwise.
+func (dp *dataplane) startBalancer(b *testing.B, f *benchFamily, workers int, dataplane string) {
 	b.Helper()
-	if dp.balancer != nil && dp.workers == workers && dp.balancerVIP == f.vip {
+	if dp.balancer != nil && dp.workers == workers && dp.balancerVIP == f.vip && dp.dataplane == dataplane {
 		return
 	}
 	dp.stopBalancer(b)
-	cfg := fmt.Sprintf("[balancer]\nvips = [%q]\n", f.vip)
+	cfg := fmt.Sprintf("[balancer]\nvips = [%q]\ndataplane = %q\n", f.vip, dataplane)
 	if workers > 0 {
 		cfg += fmt.Sprintf("workers = %d\n", workers)
 	}
 	cfg += fmt.Sprintf("\n[[backend]]\nname = \"sink\"\naddress = %q\n", f.sink)
-	name := fmt.Sprintf("lb-w%d", workers)
+	name := fmt.Sprintf("lb-%s-w%d", dataplane, workers)
 	if f.vip.Is6() {
 		name += "-ipv6"
 	}
@@ -349,7 +364,7 @@ func (dp *dataplane) startBalancer(b *testing.B, f *benchFamily, workers int) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	dp.balancer, dp.balancerVIP, dp.workers = d, f.vip, workers
+	dp.balancer, dp.balancerVIP, dp.workers, dp.dataplane = d, f.vip, workers, dataplane
 	// The CPU figures read /proc/<pid>: make sure it is caplanced's.
 	if comm, err := os.ReadFile(fmt.Sprintf("/proc/%d/comm", d.PID())); err != nil || string(comm) != "caplanced\n" {
 		b.Fatalf("process %d is %q (%v), not caplanced", d.PID(), comm, err)

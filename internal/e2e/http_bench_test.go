@@ -30,7 +30,8 @@ const (
 // (user-space HTTP servers on the VIP, which the receivers put on lo), once
 // with the balancer host forwarding in the kernel (a multipath route for the
 // VIP over the three backends, hashed on the 5-tuple) and then through
-// caplanced (raw sockets; the backends' receivers decapsulate), in the same
+// caplanced, raw sockets and then AF_XDP (the backends' receivers
+// decapsulate), in the same
 // run and lab. It reports requests per second, latency p50 and p99, and
 // caplanced's rate as a fraction of the kernel's (x-kernel); it asserts
 // that every request succeeded, nothing about speed. Run it with
@@ -38,8 +39,8 @@ const (
 //
 //	go test -run '^$' -bench HTTP -benchtime 1x ./internal/e2e/
 //
-// Sub-benchmarks: kernel-forwarding, then caplanced; a new data path (xdp
-// mode) is one more after them.
+// Sub-benchmarks: kernel-forwarding, caplanced (dataplane raw), then
+// caplanced-xdp (dataplane xdp).
 func BenchmarkHTTP(b *testing.B) {
 	if os.Geteuid() != 0 {
 		b.Skip("the HTTP benchmark needs root (network namespaces)")
@@ -85,18 +86,24 @@ func BenchmarkHTTP(b *testing.B) {
 		kernel = runAB(b, tb)
 		kernel.report(b, "kernel forwarding", nil)
 	})
-	b.Run("caplanced", func(b *testing.B) {
-		if err := tb.StartBalancer(); err != nil {
-			b.Fatal(err)
-		}
-		defer func() {
-			if err := tb.Balancer.Stop(); err != nil {
-				b.Error(err)
+	for _, run := range []struct{ name, dataplane, what string }{
+		{"caplanced", "raw", "caplanced (raw sockets), default workers"},
+		{"caplanced-xdp", "xdp", "caplanced (AF_XDP), a worker per receive queue"},
+	} {
+		b.Run(run.name, func(b *testing.B) {
+			tb.SetDataplane(run.dataplane)
+			if err := tb.StartBalancer(); err != nil {
+				b.Fatal(err)
 			}
-			tb.Balancer = nil
-		}()
-		runAB(b, tb).report(b, "caplanced (raw sockets), default workers", kernel)
-	})
+			defer func() {
+				if err := tb.Balancer.Stop(); err != nil {
+					b.Error(err)
+				}
+				tb.Balancer = nil
+			}()
+			runAB(b, tb).report(b, run.what, kernel)
+		})
+	}
 }
 
 // abResult is what one ab run measured.

@@ -353,6 +353,10 @@ address = %q
 // StartBalancer starts the balancer's caplanced with every backend.
 func (tb *Testbed) StartBalancer() error { return tb.StartBalancerWith(tb.Backends) }
 
+// SetDataplane sets the data plane (Options.Dataplane) of the balancers
+// started from now on, for a benchmark that compares them in one lab.
+func (tb *Testbed) SetDataplane(dataplane string) { tb.opts.Dataplane = dataplane }
+
 // StartBalancerWith starts the balancer's caplanced with backends in its
 // configuration file.
 func (tb *Testbed) StartBalancerWith(backends []*Backend) error {

@@ -263,10 +263,26 @@ var idlePoll = 100 * time.Millisecond
 // forwarding rate by a fifth. After busyRounds empty rounds in a row the
 // loop blocks in poll, so an idle worker costs nothing and the first packet
 // after a pause is handled at once.
+//
+// Under light load the sleeps only add latency: a round that finds one
+// datagram means they arrive more slowly than the loop wakes up, and every
+// packet then waited up to busySleep (plus the thread's timer slack) for
+// nothing. So the loop sleeps only while its last busy round read at least
+// busyBatch datagrams, and otherwise blocks in poll at once (measured with
+// make bench-http: docs/benchmarks.md, "Raw mode: where the time goes").
 const (
 	busySleep  = 100 * time.Microsecond
 	busyRounds = 20
+	busyBatch  = 2
 )
+
+// sleepWhenEmpty decides what a Loop does after a round that read nothing:
+// sleep busySleep and look again (true), or block in poll (false). empty is
+// how many empty rounds came before this one since the last busy round,
+// last how many datagrams that busy round read (0 after poll found none).
+func sleepWhenEmpty(empty, last int) bool {
+	return empty < busyRounds && last >= busyBatch
+}
 
 // Loop reads batches from fds into batch and calls handle with the number of
 // datagrams after each non-empty read, until stop is set; it sets alive on
@@ -280,25 +296,26 @@ func Loop(fds []unix.PollFd, batch *Batch, stop, alive *atomic.Bool, handle func
 	defer runtime.UnlockOSThread()
 	sleep := unix.NsecToTimespec(int64(busySleep))
 	idleMs := int(idlePoll / time.Millisecond)
-	empty := 0
+	empty, last := 0, 0
 	for !stop.Load() {
 		alive.Store(true)
-		busy := false
+		got := 0
 		for i := range fds {
 			n, err := batch.Recv(int(fds[i].Fd))
 			if err != nil || n == 0 {
 				continue
 			}
-			busy = true
+			got += n
 			handle(n)
 		}
 		switch {
-		case busy:
-			empty = 0
-		case empty < busyRounds:
+		case got > 0:
+			empty, last = 0, got
+		case sleepWhenEmpty(empty, last):
 			empty++
 			_ = unix.Nanosleep(&sleep, nil)
 		default:
+			empty, last = 0, 0
 			_ = Wait(fds, idleMs)
 		}
 	}

@@ -12,3 +12,11 @@ func SetIdlePoll(t testing.TB, d time.Duration) {
 	idlePoll = d
 	t.Cleanup(func() { idlePoll = old })
 }
+
+// SleepWhenEmpty is sleepWhenEmpty, and BusyRounds and BusyBatch its limits.
+var SleepWhenEmpty = sleepWhenEmpty
+
+const (
+	BusyRounds = busyRounds
+	BusyBatch  = busyBatch
+)

@@ -402,6 +402,32 @@ func TestLoopIdle(t *testing.T) {
 	}
 }
 
+// TestSleepWhenEmpty checks the idle policy: after an empty round a Loop
+// sleeps only while its last busy round read a batch (it is under load) and
+// for at most BusyRounds empty rounds; a last round of one datagram, or none
+// (poll found nothing), blocks in poll at once.
+func TestSleepWhenEmpty(t *testing.T) {
+	tests := []struct {
+		name        string
+		empty, last int
+		want        bool
+	}{
+		{"first empty round after a batch", 0, rawio.BusyBatch, true},
+		{"first empty round after a full batch", 0, 32, true},
+		{"last sleep after a batch", rawio.BusyRounds - 1, rawio.BusyBatch, true},
+		{"too many empty rounds", rawio.BusyRounds, 32, false},
+		{"after a single datagram", 0, rawio.BusyBatch - 1, false},
+		{"after poll found nothing", 0, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := rawio.SleepWhenEmpty(tt.empty, tt.last); got != tt.want {
+				t.Errorf("SleepWhenEmpty(%d, %d) = %v, want %v", tt.empty, tt.last, got, tt.want)
+			}
+		})
+	}
+}
+
 // loopCall is one call of a Loop's handle.
 type loopCall struct {
 	N   int

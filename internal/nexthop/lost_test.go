@@ -1,7 +1,9 @@
 package nexthop
 
 import (
+	"errors"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -96,5 +98,41 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting until %s", what)
 		}
+	}
+}
+
+// TestCallersNetns: a caller in the process's own namespace (caplanced) gets
+// no namespace, so the table's sockets need no setns, which caplanced's
+// unit forbids; a caller in a lab namespace gets that one.
+func TestCallersNetns(t *testing.T) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // a thread of the process's namespace
+		defer runtime.UnlockOSThread()
+		ns, err := callersNetns()
+		if err != nil || ns.IsOpen() {
+			t.Errorf("in the process's namespace: callersNetns = %v, %v; want none", ns, err)
+		}
+	}()
+	<-done
+	lab := netnstest.NewForTest(t, "nhns")
+	h, err := lab.AddHost("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = h.Do(func() error {
+		ns, err := callersNetns()
+		if err != nil {
+			return err
+		}
+		defer ns.Close()
+		if !ns.IsOpen() {
+			return errors.New("in a lab namespace: callersNetns gave none")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }

@@ -64,8 +64,14 @@ type Table struct {
 	ifindex int
 	log     *slog.Logger
 	resync  time.Duration
-	ns      netns.NsHandle
-	h       *netlink.Handle
+	// ns is the namespace the table's netlink sockets are opened in:
+	// netns.None() when the caller's thread is in the process's own
+	// namespace (caplanced), so that no socket needs setns, which takes
+	// CAP_SYS_ADMIN and which caplanced's unit forbids (RestrictNamespaces);
+	// the caller's namespace otherwise (tests in a lab namespace, where a
+	// socket opened on another thread would land in the wrong one).
+	ns netns.NsHandle
+	h  *netlink.Handle
 
 	// subscribe is (*Table).subscribeNetlink; tests replace it to lose events.
 	subscribe func() *subscription
@@ -130,7 +136,7 @@ func newTable(ifindex int, opts Options, subscribe func() *subscription) (*Table
 		t.resync = DefaultResyncInterval
 	}
 	var err error
-	if t.ns, err = netns.Get(); err != nil {
+	if t.ns, err = callersNetns(); err != nil {
 		return nil, fmt.Errorf("nexthop: open the network namespace: %w", err)
 	}
 	if t.h, err = netlink.NewHandleAt(t.ns, unix.NETLINK_ROUTE); err != nil {
@@ -314,19 +320,19 @@ func (t *Table) subscribeNetlink() *subscription {
 	}
 	neigh := make(chan netlink.NeighUpdate, 64)
 	err := netlink.NeighSubscribeWithOptions(neigh, sub.done, netlink.NeighSubscribeOptions{
-		Namespace: &t.ns, ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer,
+		Namespace: t.nsOption(), ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer,
 	})
 	if err == nil {
 		sub.neigh = neigh
 		route := make(chan netlink.RouteUpdate, 64)
 		err = netlink.RouteSubscribeWithOptions(route, sub.done, netlink.RouteSubscribeOptions{
-			Namespace: &t.ns, ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer,
+			Namespace: t.nsOption(), ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer,
 		})
 		if err == nil {
 			sub.route = route
 			link := make(chan netlink.LinkUpdate, 16)
 			err = netlink.LinkSubscribeWithOptions(link, sub.done, netlink.LinkSubscribeOptions{
-				Namespace: &t.ns, ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer,
+				Namespace: t.nsOption(), ErrorCallback: onErr, ReceiveBufferSize: subscribeBuffer,
 			})
 			if err == nil {
 				sub.link = link
@@ -578,4 +584,51 @@ func (s *state) fullResync() {
 	}
 	s.rerouteAll()
 	s.publish()
+}
+
+// callersNetns returns the calling thread's network namespace, or
+// netns.None() when it is the one the process started in.
+func callersNetns() (netns.NsHandle, error) {
+	if startErr != nil {
+		return netns.None(), fmt.Errorf("the namespace the process started in: %w", startErr)
+	}
+	thread, err := netns.Get()
+	if err != nil {
+		return netns.None(), err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(thread), &st); err != nil {
+		thread.Close()
+		return netns.None(), err
+	}
+	if (nsID{st.Dev, st.Ino}) == startNetns {
+		thread.Close()
+		return netns.None(), nil
+	}
+	return thread, nil
+}
+
+// nsID identifies a namespace: the device and inode of its nsfs file.
+type nsID struct{ dev, ino uint64 }
+
+// startNetns is the network namespace the process started in, read while
+// the packages are initialised, on the main thread before anything can move
+// a thread (/proc/self/ns/net, the main thread's, would not do: a test that
+// ends a goroutine locked in a lab namespace on the main thread leaves it
+// there).
+var startNetns, startErr = func() (nsID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &st); err != nil {
+		return nsID{}, err
+	}
+	return nsID{st.Dev, st.Ino}, nil
+}()
+
+// nsOption is the Namespace of the table's subscriptions: nil (the
+// thread's own, which is the process's) or t.ns.
+func (t *Table) nsOption() *netns.NsHandle {
+	if !t.ns.IsOpen() {
+		return nil
+	}
+	return &t.ns
 }

@@ -107,9 +107,8 @@ func newXDPLab(t *testing.T) *xdpLab {
 	return l
 }
 
-// serve gives the balancer one UDP service on the VIP with backend addr
-// and runs it until the test ends.
-func (l *xdpLab) serve(t *testing.T, addr netip.Addr) {
+// install gives the balancer one UDP service on the VIP with backend addr.
+func (l *xdpLab) install(t *testing.T, addr netip.Addr) {
 	t.Helper()
 	set := model.Set{
 		Services: []model.Service{{Name: "web", VIPs: []model.VIP{{Addr: xlabVIP}}, Protocols: model.UDP, TableSize: 1009}},
@@ -118,6 +117,29 @@ func (l *xdpLab) serve(t *testing.T, addr netip.Addr) {
 	if err := l.lb.Do(func() error { return l.b.SetServices(set) }); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// rawSender opens a raw IPv4 socket on the client, which sends whole
+// packets without allocating; it is closed when the test ends.
+func (l *xdpLab) rawSender(t *testing.T) int {
+	t.Helper()
+	var sender int
+	err := l.cl.Do(func() (err error) {
+		sender, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(sender) })
+	return sender
+}
+
+// serve installs one UDP service on the VIP with backend addr and runs
+// the balancer until the test ends.
+func (l *xdpLab) serve(t *testing.T, addr netip.Addr) {
+	t.Helper()
+	l.install(t, addr)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error)
 	go func() { done <- l.b.Run(ctx) }()
@@ -272,24 +294,10 @@ func TestXDPFragments(t *testing.T) {
 // nothing per packet.
 func TestXDPAllocatesNothing(t *testing.T) {
 	l := newXDPLab(t)
-	set := model.Set{
-		Services: []model.Service{{Name: "web", VIPs: []model.VIP{{Addr: xlabVIP}}, Protocols: model.UDP, TableSize: 1009}},
-		Backends: []model.Backend{{ID: 1, Name: "be", Service: "web", Address: xlabBackend, Weight: 1}},
-	}
-	if err := l.lb.Do(func() error { return l.b.SetServices(set) }); err != nil {
-		t.Fatal(err)
-	}
+	l.install(t, xlabBackend)
 	l.waitResolved(t, xlabBackend)
 	// A raw socket on the client sends the batch without allocating.
-	var sender int
-	err := l.cl.Do(func() (err error) {
-		sender, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(sender) })
+	sender := l.rawSender(t)
 	out := rawio.NewQueue(batchSize)
 	var pkts [][]byte
 	for i := range batchSize {
@@ -389,23 +397,9 @@ func (l *xdpLab) udpNoPorts(t *testing.T) uint64 {
 // datagrams sent at once are in the RX ring together when it first looks.
 func TestXDPBurst(t *testing.T) {
 	l := newXDPLab(t)
-	set := model.Set{
-		Services: []model.Service{{Name: "web", VIPs: []model.VIP{{Addr: xlabVIP}}, Protocols: model.UDP, TableSize: 1009}},
-		Backends: []model.Backend{{ID: 1, Name: "be", Service: "web", Address: xlabBackend, Weight: 1}},
-	}
-	if err := l.lb.Do(func() error { return l.b.SetServices(set) }); err != nil {
-		t.Fatal(err)
-	}
+	l.install(t, xlabBackend)
 	l.waitResolved(t, xlabBackend)
-	var sender int
-	err := l.cl.Do(func() (err error) {
-		sender, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_RAW)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(sender) })
+	sender := l.rawSender(t)
 	const burst = 64
 	out := rawio.NewQueue(burst)
 	for i := range burst {

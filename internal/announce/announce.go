@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/vip"
@@ -126,6 +127,15 @@ func (a *Announcer) SetSet(set model.Set) {
 	a.mu.Unlock()
 	_ = a.reconcile(false)
 }
+
+// Reconcile puts the table right again without any change of set or state:
+// a route that someone deleted (`ip route flush table 100`), or one that
+// failed to be added (a netlink error at ready), is added back. The daemon
+// calls it every ReconcileInterval.
+func (a *Announcer) Reconcile() error { return a.reconcile(false) }
+
+// ReconcileInterval is how often the daemon calls Reconcile.
+const ReconcileInterval = 10 * time.Second
 
 // SetReady starts the announcements (after READY=1).
 func (a *Announcer) SetReady() error {

@@ -134,6 +134,27 @@ func TestReconcile(t *testing.T) {
 		if err := step("maintenance off", func() error { return a.SetMaintenance(false) }, "10.0.0.100/32 proto 252", "2001:db8::100/128 proto 252"); err != nil {
 			return err
 		}
+		// A route deleted by hand, as by `ip route flush table 100`, is
+		// back at the next Reconcile.
+		if err := step("a route deleted by hand, then Reconcile", func() error {
+			lo, err := netlink.LinkByName("lo")
+			if err != nil {
+				return err
+			}
+			dst, err := netlink.ParseIPNet("10.0.0.100/32")
+			if err != nil {
+				return err
+			}
+			if err := netlink.RouteDel(&netlink.Route{Dst: dst, LinkIndex: lo.Attrs().Index, Table: 100, Protocol: 252, Scope: netlink.SCOPE_NOWHERE}); err != nil {
+				return err
+			}
+			if got, err := table(); err != nil || slices.Contains(got, "10.0.0.100/32 proto 252") {
+				return fmt.Errorf("the route is still there after deleting it: %v, %v", got, err)
+			}
+			return a.Reconcile()
+		}, "10.0.0.100/32 proto 252", "2001:db8::100/128 proto 252"); err != nil {
+			return err
+		}
 		if err := step("withdraw", a.Withdraw); err != nil {
 			return err
 		}

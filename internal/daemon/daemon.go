@@ -247,8 +247,20 @@ func Run(opts Options) error {
 // SIGINT, or until failed is closed (a supervised goroutine ended with an
 // error). It returns the signal, nil when failed was closed.
 func (r *running) serve(configPath string, sigs, hups <-chan os.Signal, failed <-chan struct{}) os.Signal {
+	// A routed balancer puts its table right every so often: a route
+	// someone deleted, or one that failed to be added, comes back.
+	var reannounce <-chan time.Time
+	if r.ann != nil {
+		t := time.NewTicker(announce.ReconcileInterval)
+		defer t.Stop()
+		reannounce = t.C
+	}
 	for {
 		select {
+		case <-reannounce:
+			r.hostMu.Lock()
+			_ = r.ann.Reconcile() // logged by the Announcer
+			r.hostMu.Unlock()
 		case sig := <-sigs:
 			return sig
 		case <-failed:

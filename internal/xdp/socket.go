@@ -366,14 +366,29 @@ func (s *Socket) Transmit(descs []Desc) (int, error) {
 
 // Kick asks the kernel to send what the TX ring holds. Transmit calls it
 // when needed; a worker calls it again when Complete returns less than it
-// has in flight and the ring still asks for a wake-up.
+// has in flight and the ring still asks for a wake-up. In copy mode one
+// system call sends at most the kernel's TX budget (32 frames) and says
+// EAGAIN when more wait, so Kick calls again while the kernel takes
+// frames: a batch of DefaultBatch frames would otherwise leave half of it
+// on the ring each round, and under steady load the ring would fill up.
+// It stops when the ring is empty or a call took nothing (the device is
+// busy; the next kick retries).
 func (s *Socket) Kick() error {
-	_, _, errno := unix.Syscall6(unix.SYS_SENDTO, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
-	switch errno {
-	case 0, unix.EAGAIN, unix.EBUSY, unix.ENOBUFS:
-		return nil
+	for {
+		before := atomic.LoadUint32(s.tx.consumer)
+		_, _, errno := unix.Syscall6(unix.SYS_SENDTO, uintptr(s.fd), 0, 0, unix.MSG_DONTWAIT, 0, 0)
+		switch errno {
+		case unix.EAGAIN:
+			after := atomic.LoadUint32(s.tx.consumer)
+			if after == before || after == *s.tx.producer {
+				return nil
+			}
+		case 0, unix.EBUSY, unix.ENOBUFS:
+			return nil
+		default:
+			return fmt.Errorf("xdp: kick TX: %w", errno)
+		}
 	}
-	return fmt.Errorf("xdp: kick TX: %w", errno)
 }
 
 // Complete moves up to len(addrs) addresses of sent frames from the

@@ -1217,3 +1217,38 @@ func TestAttachLeavesOthersAlone(t *testing.T) {
 		t.Error("the first program is gone")
 	}
 }
+
+// TestTransmitSendsTheWholeBatch puts more frames on the TX ring than the
+// kernel sends in one system call in copy mode (32) with one Transmit and
+// kicks no more: every frame must complete, or a worker's batches would
+// pile up on the ring under steady load until it refused frames.
+func TestTransmitSendsTheWholeBatch(t *testing.T) {
+	l := newLab(t)
+	s := l.socks[0]
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP, SrcIP: lbAddr4.AsSlice(), DstIP: clAddr4.AsSlice()}
+	udp := &layers.UDP{SrcPort: 40000, DstPort: 9}
+	_ = udp.SetNetworkLayerForChecksum(ip)
+	frame := serialize(t,
+		&layers.Ethernet{SrcMAC: l.lbMAC, DstMAC: l.clMAC, EthernetType: layers.EthernetTypeIPv4},
+		ip, udp, gopacket.Payload("one of a batch"))
+	// The last frames are the caller's: NewSocket fills the ring with the first.
+	const n = 3 * DefaultBatch
+	descs := make([]Desc, n)
+	for i := range descs {
+		d := Desc{Addr: s.FrameAddr(s.Frames() - n + i), Len: uint32(len(frame))}
+		copy(s.Data(d), frame)
+		descs[i] = d
+	}
+	if sent, err := s.Transmit(descs); sent != n || err != nil {
+		t.Fatalf("Transmit = %d, %v; want %d, nil", sent, err, n)
+	}
+	addrs := make([]uint64, n)
+	completed := 0
+	for deadline := time.Now().Add(waitFor); completed < n && time.Now().Before(deadline); {
+		completed += s.Complete(addrs[completed:])
+		time.Sleep(time.Millisecond)
+	}
+	if completed != n {
+		t.Fatalf("%d of %d frames completed after one Transmit", completed, n)
+	}
+}

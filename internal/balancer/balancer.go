@@ -646,6 +646,12 @@ func (b *Balancer) Stats() Stats {
 			for r := range w.viaRaw {
 				st.ViaRaw[viaRawReason(r).String()] += w.viaRaw[r].Load()
 			}
+			// A socket whose counters cannot be read (or one closed by
+			// Close) counts nothing rather than failing every other counter.
+			if ks, err := w.xdpStats(); err == nil {
+				st.Drops[dropXDPRingFull.String()] += ks.RxRingFull
+				st.Drops[dropXDPNoFrame.String()] += ks.RxDropped
+			}
 		}
 	}
 	flows := b.flowCounts()

@@ -26,6 +26,11 @@ const (
 	dropTooBig
 	dropSendError
 	dropEncapError
+	// The kernel counts these two, for the AF_XDP sockets (Stats reads
+	// them): frames lost because a socket's RX ring was full, and because
+	// it had no free frame (an empty fill ring) or the frame was too long.
+	dropXDPRingFull
+	dropXDPNoFrame
 	numDropReasons
 )
 
@@ -33,7 +38,7 @@ func (r dropReason) String() string {
 	if r < dropReason(flow.NumMalformed) {
 		return "malformed_" + flow.Malformed(r).String()
 	}
-	return [...]string{"truncated", "no_service", "no_backend", "too_big", "send_error", "encap_error"}[r-dropTruncated]
+	return [...]string{"truncated", "no_service", "no_backend", "too_big", "send_error", "encap_error", "xdp_ring_full", "xdp_no_frame"}[r-dropTruncated]
 }
 
 // maxFragments bounds how many fragments one datagram may become: enough

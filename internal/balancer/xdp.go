@@ -249,10 +249,9 @@ func (q *xdpQueue) Handle() bool {
 		q.free = q.free[:copy(q.free, q.free[k:])]
 	}
 	if got == 0 && q.inFlight > 0 {
-		// The kernel sends a bounded batch per kick (32 frames in copy
-		// mode, its TX budget) and leaves the rest on the ring: without
-		// another kick they would wait for the next received packet. An
-		// error leaves them there for the next round.
+		// A kick stops early when the device is busy and leaves the rest
+		// on the ring: without another kick they would wait for the next
+		// received packet. An error leaves them there for the next round.
 		_ = q.sock.Kick()
 	}
 	return got > 0 || n > 0
@@ -343,6 +342,14 @@ func ipLength(pkt []byte) int {
 		}
 	}
 	return len(pkt)
+}
+
+// xdpStats reads the kernel's counters of the worker's socket.
+func (w *worker) xdpStats() (xdp.Stats, error) {
+	if w.xq == nil {
+		return xdp.Stats{}, errors.New("balancer: xdp: the socket is closed")
+	}
+	return w.xq.sock.Stats()
 }
 
 // closeXDP closes the worker's socket, if any.

@@ -22,6 +22,7 @@ import (
 	"github.com/caplance/caplance/internal/model"
 	"github.com/caplance/caplance/internal/netnstest"
 	"github.com/caplance/caplance/internal/rawio"
+	"github.com/caplance/caplance/internal/xdp"
 )
 
 // The XDP lab's addresses: a client, the balancer and a backend on one
@@ -427,4 +428,39 @@ func TestXDPBurst(t *testing.T) {
 	}()
 	defer func() { close(stop); <-done }()
 	receive(t, l.sink, burst)
+}
+
+// TestXDPKernelDropsAreCounted: what the kernel drops because a worker fell
+// behind (its socket had no free frame, or its RX ring was full) shows in
+// Stats' drops, where an operator looks, not only in the socket's own
+// counters. The worker is not run, so its socket fills up.
+func TestXDPKernelDropsAreCounted(t *testing.T) {
+	l := newXDPLab(t)
+	l.install(t, xlabBackend)
+	sender := l.rawSender(t)
+	// The fill ring holds DefaultRingSize frames: the rest has no room.
+	const excess = 256
+	const n = xdp.DefaultRingSize + excess
+	out := rawio.NewQueue(64)
+	p := clientUDP(40000, 64)
+	copy(p[12:16], xlabClient.AsSlice())
+	copy(p[16:20], xlabVIP.AsSlice())
+	for sent := 0; sent < n; {
+		for range min(64, n-sent) {
+			out.Add(p, xlabVIP.As4(), 0)
+		}
+		sent += out.Flush(sender, func(_ int, err error) { t.Fatal(err) })
+	}
+	var dropped uint64
+	for deadline := time.Now().Add(10 * time.Second); dropped == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		st := l.b.Stats()
+		dropped = st.Drops["xdp_no_frame"] + st.Drops["xdp_ring_full"]
+	}
+	if dropped == 0 || dropped > excess {
+		t.Errorf("xdp_no_frame + xdp_ring_full = %d after %d datagrams to a socket with room for %d; want 1 to %d", dropped, n, xdp.DefaultRingSize, excess)
+	}
+	if got := l.b.Stats().Received; got != 0 {
+		t.Errorf("received %d; the worker was not run", got)
+	}
 }

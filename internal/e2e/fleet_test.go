@@ -29,12 +29,19 @@ const converge = 30 * time.Second
 // every balancer, a flow reaches the same backend whichever balancer it
 // crosses, rolling restarts, a dead balancer and a joining one break no
 // connection, maintenance withdraws a balancer without breaking any, and
-// a balancer with nothing to serve leaves the router's route. The subtests
-// share one lab and run in order; each leaves every started balancer up.
+// a balancer with nothing to serve leaves the router's route. It does so
+// once per data plane; the subtests share one lab and run in order; each
+// leaves every started balancer up.
 func TestFleet(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("end-to-end tests need root (network namespaces)")
 	}
+	for _, dataplane := range []string{"raw", "xdp"} {
+		t.Run(dataplane, func(t *testing.T) { testFleet(t, dataplane) })
+	}
+}
+
+func testFleet(t *testing.T, dataplane string) {
 	// Each balancer serves its D-Bus API on a private bus of its own.
 	const maxBalancers = 4
 	buses := map[string]*dbustest.Bus{}
@@ -44,9 +51,7 @@ func TestFleet(t *testing.T) {
 	lab, err := fleetlab.New(fleetlab.Options{
 		Caplanced: caplancedBin, Prefix: "fleet", Dir: t.TempDir(),
 		Balancers: 3, MaxBalancers: maxBalancers, Backends: 3, Workers: 1, WithdrawDelay: 2 * time.Second, IPv6: true,
-		// Raw: TraceFlows sees which balancer a flow crossed with packet
-		// sockets, which frames AF_XDP takes never reach.
-		Dataplane: "raw",
+		Dataplane: dataplane,
 		Bus:       func(name string) (string, error) { return buses[name].Address, nil },
 	})
 	if err != nil {
@@ -93,7 +98,7 @@ func TestFleet(t *testing.T) {
 			t.Fatal(err)
 		}
 		after := received(t, lab)
-		// What each balancer counted is what crossed its link, and each
+		// What each balancer counted is what the backends got from it, and each
 		// carries a share: an even split gives a third, a sixth is far below
 		// any likely draw.
 		want := make([]uint64, len(lab.Balancers))
@@ -104,7 +109,7 @@ func TestFleet(t *testing.T) {
 		}
 		got := diffCounts(before, after)
 		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("packets each balancer received of %d flows through the router (-seen on its link +counted):\n%s", len(ports), diff)
+			t.Errorf("packets each balancer received of %d flows through the router (-the backends got from it +it counted):\n%s", len(ports), diff)
 		}
 		for i, b := range lab.Balancers {
 			if got[i] < uint64(len(ports)/6) {

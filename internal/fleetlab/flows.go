@@ -51,8 +51,11 @@ type Flow struct {
 }
 
 // TraceFlows is EchoFlows to testbed.VIP that also tells which balancer
-// carried each flow, as seen on the balancers' links: a packet socket on each one's
-// eth0 records the datagrams arriving for the VIP's echo port.
+// carried each flow, as the backends saw it: a packet socket on each
+// backend's eth0 records the tunnelled datagrams for the VIP's echo port,
+// whose outer source is the balancer that sent them. The backends see them
+// whatever the balancers' data plane: an AF_XDP balancer takes its frames
+// before a packet socket on its own links would.
 //
 // The router's multipath hash cannot be computed instead (`ip route get
 // … sport … dport …`): a packet of a local socket carries that socket's
@@ -61,7 +64,7 @@ type Flow struct {
 // its client socket's hash (TCP picks a new one after a retransmission
 // timeout), not its ports. A router fed from a wire hashes the 5-tuple.
 func (l *Lab) TraceFlows(ports []uint16) ([]Flow, error) {
-	fds := make([]int, len(l.Balancers))
+	fds := make([]int, len(l.Backends))
 	defer func() {
 		for _, fd := range fds {
 			if fd > 0 {
@@ -69,7 +72,7 @@ func (l *Lab) TraceFlows(ports []uint16) ([]Flow, error) {
 			}
 		}
 	}()
-	for i, b := range l.Balancers {
+	for i, b := range l.Backends {
 		err := b.Host.Do(func() error {
 			fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_IP)))
 			if err != nil {
@@ -87,16 +90,24 @@ func (l *Lab) TraceFlows(ports []uint16) ([]Flow, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Every request crossed its balancer's link before its echo came back,
-	// and a packet socket queues a packet as it arrives: all are queued now.
+	byAddr := map[netip.Addr]*Balancer{}
+	for _, b := range l.Balancers {
+		byAddr[b.Addr] = b
+	}
+	// Every request reached its backend before its echo came back, and a
+	// packet socket queues a packet as it arrives: all are queued now.
 	carrier := map[uint16]*Balancer{}
-	for i, b := range l.Balancers {
-		seen, err := echoSources(fds[i])
+	for i, be := range l.Backends {
+		seen, err := tunnelledEchoes(fds[i])
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", b.Name, err)
+			return nil, fmt.Errorf("%s: %w", be.Name, err)
 		}
-		for _, port := range seen {
-			if other := carrier[port]; other != nil {
+		for port, from := range seen {
+			b := byAddr[from]
+			if b == nil {
+				return nil, fmt.Errorf("the flow from port %d reached %s from %v, no balancer", port, be.Name, from)
+			}
+			if other := carrier[port]; other != nil && other != b {
 				return nil, fmt.Errorf("the flow from port %d crossed both %s and %s", port, other.Name, b.Name)
 			}
 			carrier[port] = b
@@ -106,39 +117,55 @@ func (l *Lab) TraceFlows(ports []uint16) ([]Flow, error) {
 	for i, port := range ports {
 		flows[i] = Flow{Port: port, Balancer: carrier[port], Backend: backends[i]}
 		if carrier[port] == nil {
-			return nil, fmt.Errorf("the flow from port %d crossed no balancer's link", port)
+			return nil, fmt.Errorf("the flow from port %d reached no backend through a tunnel", port)
 		}
 	}
 	return flows, nil
 }
 
-// echoSources reads what the packet socket fd has queued, without
-// waiting, and returns the source ports of the client's datagrams to the
-// VIP's echo port that arrived (not those the host sent).
-func echoSources(fd int) ([]uint16, error) {
-	var ports []uint16
+// tunnelledEchoes reads what the packet socket fd has queued, without
+// waiting, and returns, by the client's source port, the outer source of
+// each tunnelled datagram from the client to the VIP's echo port that
+// arrived: IPv4 in UDP in IPv4.
+func tunnelledEchoes(fd int) (map[uint16]netip.Addr, error) {
+	from := map[uint16]netip.Addr{}
 	buf := make([]byte, 65536)
 	for {
-		n, from, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
+		n, sa, err := unix.Recvfrom(fd, buf, unix.MSG_DONTWAIT)
 		if errors.Is(err, unix.EAGAIN) {
-			return ports, nil
+			return from, nil
 		}
 		if err != nil {
 			return nil, err
 		}
-		ll, ok := from.(*unix.SockaddrLinklayer)
-		if !ok || ll.Pkttype == unix.PACKET_OUTGOING || n < 28 {
+		ll, ok := sa.(*unix.SockaddrLinklayer)
+		if !ok || ll.Pkttype == unix.PACKET_OUTGOING {
 			continue
 		}
-		ip := buf[:n]
-		hl := int(ip[0]&0xf) * 4
-		if ip[9] != unix.IPPROTO_UDP || netip.AddrFrom4([4]byte(ip[16:20])) != testbed.VIP ||
-			netip.AddrFrom4([4]byte(ip[12:16])) != testbed.ClientAddr || n < hl+8 ||
-			binary.BigEndian.Uint16(ip[hl+2:]) != testbed.EchoPort {
+		outer := buf[:n]
+		ohl, ok := ipv4UDP(outer)
+		if !ok {
 			continue
 		}
-		ports = append(ports, binary.BigEndian.Uint16(ip[hl:]))
+		inner := outer[ohl+8:]
+		ihl, ok := ipv4UDP(inner)
+		if !ok || netip.AddrFrom4([4]byte(inner[16:20])) != testbed.VIP ||
+			netip.AddrFrom4([4]byte(inner[12:16])) != testbed.ClientAddr ||
+			binary.BigEndian.Uint16(inner[ihl+2:]) != testbed.EchoPort {
+			continue
+		}
+		from[binary.BigEndian.Uint16(inner[ihl:])] = netip.AddrFrom4([4]byte(outer[12:16]))
 	}
+}
+
+// ipv4UDP says whether pkt is an IPv4 UDP datagram with room for its UDP
+// header, and returns its IP header's length.
+func ipv4UDP(pkt []byte) (int, bool) {
+	if len(pkt) < 20 || pkt[0]>>4 != 4 || pkt[9] != unix.IPPROTO_UDP {
+		return 0, false
+	}
+	hl := int(pkt[0]&0xf) * 4
+	return hl, hl >= 20 && len(pkt) >= hl+8
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }

@@ -23,14 +23,21 @@ import (
 // backend, wait for its ActiveFlows to reach 0. Its clients' TCP
 // connections keep working after the drain; once they close, ActiveFlows
 // drops to 0 within the closing timeout (+ 1 s), not after tcp_timeout, and
-// the closed connections pass through InactiveFlows.
+// the closed connections pass through InactiveFlows. It does so once per
+// data plane.
 func TestDrainReachesZero(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("end-to-end tests need root (network namespaces)")
 	}
+	for _, dataplane := range []string{"raw", "xdp"} {
+		t.Run(dataplane, func(t *testing.T) { testDrainReachesZero(t, dataplane) })
+	}
+}
+
+func testDrainReachesZero(t *testing.T, dataplane string) {
 	const closing = time.Second
 	bus := dbustest.Start(t)
-	tb := openTestbed(t, testbed.Options{Prefix: "dr0", Backends: 2, Workers: 2, BalancerBus: bus.Address, TCPClosingTimeout: closing})
+	tb := openTestbed(t, testbed.Options{Prefix: "dr0", Backends: 2, Workers: 2, BalancerBus: bus.Address, TCPClosingTimeout: closing, Dataplane: dataplane})
 	if err := tb.StartBalancer(); err != nil {
 		t.Fatal(err)
 	}

@@ -29,9 +29,9 @@ import (
 // web4 (VIP, HTTP) over be1's and be2's IPv6 addresses (4-in-6); mixed
 // (VIP6B, HTTP and UDP DNSPort) over be2's and be3's IPv4 addresses
 // (6-in-4).
-func ipv6Config(tb *testbed.Testbed, web6 []*testbed.Backend) string {
+func ipv6Config(tb *testbed.Testbed, dataplane string, web6 []*testbed.Backend) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "[balancer]\nworkers = 2\n")
+	fmt.Fprintf(&b, "[balancer]\nworkers = 2\ndataplane = %q\n", dataplane)
 	service := func(name string, vip netip.Addr, ports string, backends []string) {
 		fmt.Fprintf(&b, "\n[[service]]\nname = %q\nvips = [%q]\nports = [%s]\n", name, vip, ports)
 		for i, a := range backends {
@@ -51,12 +51,18 @@ func ipv6Config(tb *testbed.Testbed, web6 []*testbed.Backend) string {
 
 // TestIPv6 runs a dual-stack lab: IPv6 clients to IPv6 VIPs over IPv6
 // backends (6-in-6) and over IPv4 ones (6-in-4), and IPv4 clients over IPv6
-// backends (4-in-6).
+// backends (4-in-6), once per data plane.
 func TestIPv6(t *testing.T) {
+	for _, dataplane := range []string{"raw", "xdp"} {
+		t.Run(dataplane, func(t *testing.T) { testIPv6(t, dataplane) })
+	}
+}
+
+func testIPv6(t *testing.T, dataplane string) {
 	bus := dbustest.Start(t)
 	tb := openTestbed(t, testbed.Options{Prefix: "v6", Backends: 3, Workers: 2, IPv6: true, BalancerBus: bus.Address})
 	be := tb.Backends
-	d, err := tb.StartDaemon(tb.LB, "lb", ipv6Config(tb, be[:2]), bus.Address)
+	d, err := tb.StartDaemon(tb.LB, "lb", ipv6Config(tb, dataplane, be[:2]), bus.Address)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,7 +112,7 @@ func TestIPv6(t *testing.T) {
 		}
 
 		long := dialHTTPTo(t, tb, testbed.VIP6)
-		if err := tb.Balancer.Reload(ipv6Config(tb, be)); err != nil {
+		if err := tb.Balancer.Reload(ipv6Config(tb, dataplane, be)); err != nil {
 			t.Fatal(err)
 		}
 		// The new backend takes new connections...

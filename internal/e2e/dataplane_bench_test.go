@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net"
 	"net/netip"
@@ -210,6 +211,50 @@ func BenchmarkDataplane(b *testing.B) {
 				}
 			})
 		}
+	}
+}
+
+// pacedRate is BenchmarkPacedForwarding's rate, in packets a second:
+// below every forwarder's highest lossless rate on the machines measured
+// so far, so that each does the same work.
+var pacedRate = flag.Float64("paced-rate", 50000, "BenchmarkPacedForwarding: packets a second")
+
+// pacedTiming is BenchmarkPacedForwarding's: 10 s measured, long enough
+// for a profiler (perf record -a) started a few seconds into a run.
+var pacedTiming = benchnet.Timing{Warmup: 300 * time.Millisecond, WarmupMax: 5 * time.Second, Measure: 10 * time.Second, Drain: 200 * time.Millisecond}
+
+// BenchmarkPacedForwarding sends the same IPv4 load, paced at -paced-rate
+// (default 50,000 pps), through each forwarder of BenchmarkDataplane in
+// turn (kernel forwarding, caplanced raw, caplanced xdp), 10 s each, and
+// reports the CPU per delivered packet of each at that same rate, with
+// caplanced's as ratios to the kernel's: the cost of the same work, where
+// BenchmarkDataplane's lossless figures compare each path at its own
+// limit. It is also the run to profile:
+//
+//	go test -run '^$' -bench PacedForwarding -benchtime 1x ./internal/e2e/ &
+//	sleep 8; perf record -a -g -- sleep 5   # the first forwarder's run
+func BenchmarkPacedForwarding(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("the data-path benchmark needs root (network namespaces)")
+	}
+	dp := newDataplane(b)
+	f := dp.families[0]
+	var kernel *benchnet.Result
+	for _, fw := range forwarders {
+		b.Run(fw.name, func(b *testing.B) {
+			defer fw.start(b, dp, f)()
+			dst := f.routed
+			if fw.viaBalancer {
+				dst = f.vip
+			}
+			r := dp.run(b, f, dst, dp.lbMAC, *pacedRate, pacedTiming)
+			r.Report(b, fmt.Sprintf("%s, paced at %.0f pps", fw.what, *pacedRate), kernel)
+			if kernel == nil {
+				kernel = r
+			} else if kernel.MachineNsPerPkt > 0 {
+				b.ReportMetric(r.MachineNsPerPkt/kernel.MachineNsPerPkt, "x-kernel-cpu")
+			}
+		})
 	}
 }
 

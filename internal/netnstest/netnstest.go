@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -72,10 +73,33 @@ func New(prefix string) (*Lab, error) {
 			return netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", Flags: net.FlagUp}})
 		})
 	}
+	if err == nil {
+		err = l.sw.switchOnly()
+	}
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("netnstest: lab %s: switch: %w", id, err), l.Close())
 	}
 	return l, nil
+}
+
+// bridgeNetfilter are the sysctls with which br_netfilter (built into
+// some kernels, this one's included, and then on in every new namespace)
+// hands each frame a bridge forwards to the IP stack's routing and
+// netfilter hooks.
+var bridgeNetfilter = []string{"net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables", "net/bridge/bridge-nf-call-arptables"}
+
+// switchOnly makes the switch namespace's bridge only switch, as a switch
+// does: with br_netfilter on, every frame crossing it was also routed and
+// filtered, half of a forwarder's CPU time in the data-path benchmark
+// (perf: br_nf_pre_routing). A kernel without br_netfilter has nothing to
+// turn off.
+func (h *Host) switchOnly() error {
+	for _, path := range bridgeNetfilter {
+		if err := h.SetSysctl(path, "0"); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	return nil
 }
 
 // addNamespace records the name before creating the namespace, so a run that

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -511,4 +512,33 @@ func deadRun() error {
 	}
 	fmt.Printf("%s %d\n", labID(h, "a"), sleep.Process.Pid)
 	select {}
+}
+
+// TestSwitchOnlySwitches: the lab's bridge hands no frame to the IP
+// stack's hooks (br_netfilter's sysctls are 0 in the switch namespace),
+// and the root namespace keeps its own settings.
+func TestSwitchOnlySwitches(t *testing.T) {
+	t.Parallel()
+	root := map[string][]byte{}
+	for _, name := range []string{"iptables", "ip6tables", "arptables"} {
+		path := "/proc/sys/net/bridge/bridge-nf-call-" + name
+		v, err := os.ReadFile(path)
+		if errors.Is(err, fs.ErrNotExist) {
+			t.Logf("%s: no br_netfilter in this kernel, nothing to turn off", path)
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		root[path] = v
+	}
+	lab := netnstest.NewForTest(t, "cplb")
+	for path, rootValue := range root {
+		if diff := cmp.Diff("0\n", output(t, lab.Switch().Command(t.Context(), "cat", path))); diff != "" {
+			t.Errorf("%s in the switch namespace (-want +got):\n%s", path, diff)
+		}
+		if got, _ := os.ReadFile(path); string(got) != string(rootValue) {
+			t.Errorf("root %s: got %q, want it unchanged %q", path, got, rootValue)
+		}
+	}
 }

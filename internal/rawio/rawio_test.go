@@ -373,6 +373,63 @@ func TestLoop(t *testing.T) {
 	}
 }
 
+// busySource is a Source that always has work, as an AF_XDP socket under
+// load, and counts its rounds.
+type busySource struct {
+	fd     int
+	rounds atomic.Int64
+}
+
+func (s *busySource) Handle() bool { s.rounds.Add(1); return true }
+func (s *busySource) FD() int      { return s.fd }
+
+// TestLoopWithBusySource: next to a Source that always has work, the Loop
+// still reads its sockets, each datagram once, those waiting before it
+// starts and those arriving while it runs.
+func TestLoopWithBusySource(t *testing.T) {
+	_, fdA, addrA := listen(t)
+	_, fdB, addrB := listen(t)
+	sA, fromA := socket(t, addrA.Port())
+	sB, fromB := socket(t, addrB.Port())
+	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(efd) })
+	src := &busySource{fd: efd}
+
+	send(t, sB, dgram(1, 10))
+	calls, _, _, _ := startLoopWith(t, src, fdA, fdB)
+	next := func() loopCall {
+		t.Helper()
+		select {
+		case c := <-calls:
+			return c
+		case <-time.After(5 * time.Second):
+			t.Fatal("handle not called within 5s")
+			return loopCall{}
+		}
+	}
+	if diff := cmp.Diff(loopCall{N: 1, Got: []received{{dgram(1, 10), fromB, false}}}, next(), equateAddrPort); diff != "" {
+		t.Errorf("the datagram waiting at the start (-want +got):\n%s", diff)
+	}
+	for deadline := time.Now().Add(5 * time.Second); src.rounds.Load() < 100; {
+		if time.Now().After(deadline) {
+			t.Fatalf("the source was handled %d times in 5s", src.rounds.Load())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	send(t, sA, dgram(2, 20))
+	if diff := cmp.Diff(loopCall{N: 1, Got: []received{{dgram(2, 20), fromA, false}}}, next(), equateAddrPort); diff != "" {
+		t.Errorf("a datagram arriving while the source is busy (-want +got):\n%s", diff)
+	}
+	select {
+	case c := <-calls:
+		t.Errorf("an extra handle call: %+v", c)
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
 // TestLoopIdle runs a Loop with nothing to read: every idle round sets
 // alive, and setting stop ends it by the end of its idle poll.
 func TestLoopIdle(t *testing.T) {
@@ -438,6 +495,12 @@ type loopCall struct {
 // done closes when it returns. It is stopped when the test ends.
 func startLoop(t *testing.T, fds ...int) (calls chan loopCall, stop, alive *atomic.Bool, done chan struct{}) {
 	t.Helper()
+	return startLoopWith(t, nil, fds...)
+}
+
+// startLoopWith is startLoop with a Source.
+func startLoopWith(t *testing.T, src rawio.Source, fds ...int) (calls chan loopCall, stop, alive *atomic.Bool, done chan struct{}) {
+	t.Helper()
 	calls = make(chan loopCall, 16)
 	batch := rawio.NewBatch(8, 0, 256)
 	stop, alive, done = new(atomic.Bool), new(atomic.Bool), make(chan struct{})
@@ -447,7 +510,7 @@ func startLoop(t *testing.T, fds ...int) (calls chan loopCall, stop, alive *atom
 	}
 	go func() {
 		defer close(done)
-		rawio.Loop(pfds, batch, nil, stop, alive, func(n int) {
+		rawio.Loop(pfds, batch, src, stop, alive, func(n int) {
 			calls <- loopCall{N: n, Got: collect(batch, n)}
 		})
 	}()

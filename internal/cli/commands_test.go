@@ -60,7 +60,12 @@ func TestCommands(t *testing.T) {
 		{name: "check missing config", cmd: []string{"caplanced", "--check-config", "--config", filepath.Join(work, "none.toml")},
 			wantCode: 1, wantStderr: "no such file or directory"},
 		{name: "caplanced stray argument", cmd: []string{"caplanced", "extra"}, wantCode: 2, wantStderr: `unexpected argument "extra"`},
-		{name: "caplanced bad flag", cmd: []string{"caplanced", "--bogus"}, wantCode: 2, wantStderr: "flag provided but not defined: -bogus"},
+		{name: "caplanced bad flag", cmd: []string{"caplanced", "--bogus"}, wantCode: 2, wantStderr: "caplanced: unknown flag: --bogus\n"},
+		{name: "caplanced typed flag error", cmd: []string{"caplanced", "--stop-timeout", "5"}, wantCode: 2,
+			wantStderr: `caplanced: --stop-timeout "5": not a duration: want a number with a unit, such as 5s, 1m30s or 500ms` + "\n"},
+		{name: "healthd bad flag", cmd: []string{"caplance-healthd", "--bogus"}, wantCode: 2, wantStderr: "caplance-healthd: unknown flag: --bogus\n"},
+		{name: "caplancectl bad flag", cmd: []string{"caplancectl", "--bogus", "status"}, wantCode: 2, wantStderr: "caplancectl: unknown flag: --bogus\n"},
+		{name: "caplancectl mistyped verb", cmd: []string{"caplancectl", "stauts"}, wantCode: 2, wantStderr: `caplancectl: unknown command "stauts" (did you mean stats or status?)` + "\n"},
 		{name: "caplancectl without command", cmd: []string{"caplancectl"}, wantCode: 2, wantStderr: "missing command"},
 		{name: "caplancectl unknown command", cmd: []string{"caplancectl", "frobnicate"}, wantCode: 2, wantStderr: `unknown command "frobnicate"`},
 	}

@@ -72,6 +72,9 @@ func (e *NotRunningError) Error() string {
 	return e.Msg + " (is caplanced running? systemctl start caplanced)"
 }
 
+// ExitCode is ExitNotRunning, for cli.Execute.
+func (e *NotRunningError) ExitCode() int { return ExitNotRunning }
+
 // callError turns the error of a call of method into what the user reads:
 // the D-Bus error's message, with a hint where one helps; the result still
 // tells its D-Bus name to errorName. It is the one place D-Bus errors

@@ -161,6 +161,19 @@ func TestOverBus(t *testing.T) {
 	}
 
 	stub := startStub(t, bus)
+	// TAB asks the real bus for the names, through the shipped policy.
+	for _, tt := range []struct {
+		words []string
+		want  []string
+	}{
+		{[]string{"drain", ""}, []string{"web-1"}},
+		{[]string{"list", "--service", ""}, []string{"web"}},
+		{[]string{"show-service", ""}, []string{"web"}},
+	} {
+		if got, _ := complete(t, &App{}, append([]string{"--bus", addr}, tt.words...)...); !cmp.Equal(tt.want, got) {
+			t.Errorf("caplancectl %q<TAB> over the bus: offered %q, want %q", tt.words, got, tt.want)
+		}
+	}
 	tests := []struct {
 		args       []string
 		wantCode   int

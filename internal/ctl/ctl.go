@@ -24,7 +24,6 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/caplance/caplance/internal/cli"
-	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/quote"
 )
 
@@ -115,15 +114,7 @@ func (a *App) dial() (Conn, error) {
 	if dial == nil {
 		dial = DialBus
 	}
-	conn, err := dial(a.bus)
-	if err != nil {
-		var nr *NotRunningError
-		if errors.As(err, &nr) {
-			return nil, err
-		}
-		return nil, &NotRunningError{Msg: fmt.Sprintf("cannot connect to the %s: %v", dbusconn.Label(a.bus), err)}
-	}
-	return conn, nil
+	return dial(a.bus)
 }
 
 // action is a parsed command, ready to talk to caplanced.

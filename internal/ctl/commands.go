@@ -480,11 +480,16 @@ func setupMaintenance(*pflag.FlagSet) func([]string) (action, error) {
 }
 
 // managerCall is the action that calls a manager method whose reply is
-// not shown.
+// not shown. caplanced's Unchanged (a backend already drained, undrained
+// or added as it is) is success: its message goes to stdout.
 func managerCall(method string, args ...any) action {
-	return func(ctx context.Context, c Conn, _ io.Writer) error {
+	return func(ctx context.Context, c Conn, out io.Writer) error {
 		_, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+"."+method, args...)
-		return callError(method, err)
+		err = callError(method, err)
+		if errorName(err) == dbusname.ErrorPrefix+"Unchanged" {
+			_, err = fmt.Fprintln(out, err.Error())
+		}
+		return err
 	}
 }
 

@@ -93,6 +93,27 @@ func TestErrors(t *testing.T) {
 	}
 }
 
+// caplanced's Unchanged is success: drain of a drained backend, undrain of
+// an active one, add-backend of one added as it is exit 0 and say so.
+func TestUnchanged(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"drain", "web2"}, `backend "web2": already drained`},
+		{[]string{"undrain", "web1"}, `backend "web1": already undrained (not drained)`},
+		{[]string{"add-backend", "web8", "10.0.1.18"}, `backend "web8": already added, with that service, address, weight and check`},
+	} {
+		app := &App{Dial: func(string) (Conn, error) {
+			return &failingConn{err: dbusError(dbusname.ErrorPrefix+"Unchanged", tt.msg)}, nil
+		}}
+		var stdout, stderr bytes.Buffer
+		if code := app.Execute(tt.args, &stdout, &stderr); code != cli.ExitOK || stdout.String() != tt.msg+"\n" || stderr.Len() > 0 {
+			t.Errorf("%v: exit code %d, stdout %q, stderr %q; want 0, %q, none", tt.args, code, stdout.String(), stderr.String(), tt.msg+"\n")
+		}
+	}
+}
+
 // A backend named with --service must be in it, and a service named must
 // exist: checked before anything changes, with the daemon's words.
 func TestNotFoundLocally(t *testing.T) {

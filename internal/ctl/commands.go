@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"time"
 
 	"github.com/godbus/dbus/v5"
 	"github.com/spf13/pflag"
@@ -388,26 +389,57 @@ func setupSetWeight(fs *pflag.FlagSet) func([]string) (action, error) {
 
 func setupStats(fs *pflag.FlagSet) func([]string) (action, error) {
 	asJSON := fs.Bool("json", false, "print a JSON object instead of lines")
+	rate := fs.Bool("rate", false, "print the counters per second over --interval instead of since caplanced started")
+	interval := fs.Duration("interval", time.Second, "how long --rate measures (`DURATION`, up to 20s)")
 	return func(args []string) (action, error) {
 		if err := wantArgs(args); err != nil {
 			return nil, err
 		}
+		if *interval <= 0 || *interval > maxRateInterval {
+			return nil, fmt.Errorf("--interval %v: want more than 0 and at most %v", *interval, maxRateInterval)
+		}
 		return func(ctx context.Context, c Conn, out io.Writer) error {
-			body, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+".GetStats")
+			stats, err := getStats(ctx, c)
 			if err != nil {
-				return callError("GetStats", err)
+				return err
 			}
-			stats := map[string]uint64{}
-			if err := dbus.Store(body, &stats); err != nil {
-				return fmt.Errorf("GetStats: unexpected reply: %w", err)
+			var over time.Duration
+			if *rate {
+				start := time.Now()
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(*interval):
+				}
+				later, err := getStats(ctx, c)
+				if err != nil {
+					return err
+				}
+				over = time.Since(start)
+				stats = statsRate(stats, later, over)
 			}
 			if *asJSON {
-				return writeJSON(out, stats)
+				return writeJSON(out, statsObject(stats, over))
 			}
-			_, err = io.WriteString(out, formatStats(stats))
+			_, err = io.WriteString(out, formatStats(stats, over))
 			return err
 		}, nil
 	}
+}
+
+// maxRateInterval keeps stats --rate well within callTimeout.
+const maxRateInterval = 20 * time.Second
+
+func getStats(ctx context.Context, c Conn) (map[string]uint64, error) {
+	body, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+".GetStats")
+	if err != nil {
+		return nil, callError("GetStats", err)
+	}
+	stats := map[string]uint64{}
+	if err := dbus.Store(body, &stats); err != nil {
+		return nil, fmt.Errorf("GetStats: unexpected reply: %w", err)
+	}
+	return stats, nil
 }
 
 func statusAction(ctx context.Context, c Conn, out io.Writer) error {

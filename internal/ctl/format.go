@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/godbus/dbus/v5"
 )
@@ -285,8 +287,10 @@ var serviceCounters = []string{"packets", "bytes", "new_flows", "active_flows", 
 
 // formatStats is stats' output: the global counters as "key value" lines,
 // sorted by key, then, when there are services, a blank line and a table
-// of their counters, a row per service sorted by name.
-func formatStats(stats map[string]uint64) string {
+// of their counters, a row per service sorted by name. With a rate (over
+// > 0) a first line says so, and each counter that is no gauge is named
+// "key/s".
+func formatStats(stats map[string]uint64, over time.Duration) string {
 	var keys []string
 	perService := map[string]map[string]uint64{}
 	var counters []string
@@ -306,8 +310,17 @@ func formatStats(stats map[string]uint64) string {
 	}
 	slices.Sort(keys)
 	var b strings.Builder
+	perSecond := func(key string) string {
+		if over > 0 && !isGauge(key) {
+			return key + "/s"
+		}
+		return key
+	}
+	if over > 0 {
+		fmt.Fprintf(&b, "per second over %v (%s are current)\n\n", over.Round(time.Millisecond), strings.Join(gauges, ", "))
+	}
 	for _, k := range keys {
-		fmt.Fprintf(&b, "%s %d\n", k, stats[k])
+		fmt.Fprintf(&b, "%s %d\n", perSecond(k), stats[k])
 	}
 	if len(perService) == 0 {
 		return b.String()
@@ -325,7 +338,7 @@ func formatStats(stats map[string]uint64) string {
 	})
 	header := []string{"SERVICE"}
 	for _, c := range counters {
-		header = append(header, strings.ToUpper(c))
+		header = append(header, strings.ToUpper(perSecond(c)))
 	}
 	rows := [][]string{header}
 	for _, name := range slices.Sorted(maps.Keys(perService)) {
@@ -344,6 +357,76 @@ func formatStats(stats map[string]uint64) string {
 	}
 	b.WriteString(strings.Join(tabulate(rows), "\n") + "\n")
 	return b.String()
+}
+
+// gauges are the GetStats counters (last part of the key) that say how
+// much there is now rather than how much there was since the start: a
+// rate shows them as they are.
+var gauges = []string{"active_flows", "inactive_flows", "conntrack_size"}
+
+func isGauge(key string) bool {
+	return slices.Contains(gauges, key[strings.LastIndexByte(key, '.')+1:])
+}
+
+// statsRate is later's counters per second since before, over the time
+// between the two; gauges are later's. A counter that went down (caplanced
+// restarted in between) counts from 0.
+func statsRate(before, later map[string]uint64, over time.Duration) map[string]uint64 {
+	out := make(map[string]uint64, len(later))
+	for k, v := range later {
+		if isGauge(k) {
+			out[k] = v
+			continue
+		}
+		prev := before[k]
+		if prev > v {
+			prev = 0
+		}
+		out[k] = uint64(math.Round(float64(v-prev) / over.Seconds()))
+	}
+	return out
+}
+
+// statsObject is stats --json: GetStats' flat keys in the shape of the
+// balancer's part of stats.json (caplanced(8)): "drop.R" in the object
+// "drops", "xdp_via_raw.R" in "xdp_via_raw", "service.NAME.C" in the
+// array "services" (by name), the others as they are. A rate adds
+// "interval_seconds".
+func statsObject(stats map[string]uint64, over time.Duration) map[string]any {
+	obj := map[string]any{}
+	services := map[string]map[string]any{}
+	for k, v := range stats {
+		if name, counter, ok := serviceCounter(k); ok {
+			if services[name] == nil {
+				services[name] = map[string]any{"name": name}
+			}
+			services[name][counter] = v
+			continue
+		}
+		group, key, ok := strings.Cut(k, ".")
+		if !ok {
+			obj[k] = v
+			continue
+		}
+		if group == "drop" {
+			group = "drops"
+		}
+		m, _ := obj[group].(map[string]uint64)
+		if m == nil {
+			m = map[string]uint64{}
+			obj[group] = m
+		}
+		m[key] = v
+	}
+	list := []map[string]any{}
+	for _, name := range slices.Sorted(maps.Keys(services)) {
+		list = append(list, services[name])
+	}
+	obj["services"] = list
+	if over > 0 {
+		obj["interval_seconds"] = over.Seconds()
+	}
+	return obj
 }
 
 // serviceCounter splits a GetStats key "service.NAME.COUNTER"; a service's

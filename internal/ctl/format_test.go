@@ -2,8 +2,10 @@ package ctl
 
 import (
 	"maps"
+	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caplance/caplance/internal/cli"
 	"github.com/caplance/caplance/internal/dbusname"
@@ -36,6 +38,7 @@ func TestOutput(t *testing.T) {
 		args    []string
 		replies map[string]fakeReply
 		want    string
+		wantRE  string // instead of want, where the output holds a measured time
 	}{
 		{name: "status", args: []string{"status"}, replies: running, want: `Version:    1.2.3
 APIVersion: 2
@@ -249,13 +252,36 @@ b        -        7      -       -
 			"service.a.drops": 3,
 		}}}), want: "SERVICE  DROPS\na        3\n"},
 		{name: "stats --json", args: []string{"stats", "--json"}, replies: with("org.caplance.Caplance1.Manager.GetStats", fakeReply{body: []any{map[string]uint64{
-			"received": 100, "forwarded": 90, "service.web.packets": 80,
+			"received": 100, "forwarded": 90, "service.web.packets": 80, "service.web.active_flows": 3, "drop.no_backend": 4, "xdp_via_raw.too_big": 2,
 		}}}), want: `{
+  "drops": {
+    "no_backend": 4
+  },
   "forwarded": 90,
   "received": 100,
-  "service.web.packets": 80
+  "services": [
+    {
+      "active_flows": 3,
+      "name": "web",
+      "packets": 80
+    }
+  ],
+  "xdp_via_raw": {
+    "too_big": 2
+  }
 }
 `},
+		{name: "stats --rate: nothing moved, gauges as they are", args: []string{"stats", "--rate", "--interval", "10ms"},
+			replies: with("org.caplance.Caplance1.Manager.GetStats", fakeReply{body: []any{map[string]uint64{
+				"received": 100, "conntrack_size": 4, "service.web.packets": 80, "service.web.active_flows": 3,
+			}}}), wantRE: `^per second over [0-9.]+m?s \(active_flows, inactive_flows, conntrack_size are current\)
+
+conntrack_size 4
+received/s 0
+
+SERVICE  PACKETS/S  ACTIVE_FLOWS
+web      0          3
+$`},
 		{name: "silent change", args: []string{"drain", "web1"}, replies: map[string]fakeReply{"org.caplance.Caplance1.Manager.Drain": {}}},
 	}
 	for _, tt := range tests {
@@ -264,10 +290,31 @@ b        -        7      -       -
 			if code != cli.ExitOK || stderr != "" {
 				t.Errorf("exit code %d, stderr %q", code, stderr)
 			}
-			if diff := cmp.Diff(tt.want, stdout); diff != "" {
+			if tt.wantRE != "" {
+				if !regexp.MustCompile(tt.wantRE).MatchString(stdout) {
+					t.Errorf("stdout %q does not match %q", stdout, tt.wantRE)
+				}
+			} else if diff := cmp.Diff(tt.want, stdout); diff != "" {
 				t.Errorf("stdout (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// statsRate: counters per second, gauges as they are, a counter that went
+// down (a restarted caplanced) counted from 0.
+func TestStatsRate(t *testing.T) {
+	before := map[string]uint64{"received": 100, "forwarded": 1000, "conntrack_size": 9, "service.web.bytes": 5000, "service.web.active_flows": 7}
+	later := map[string]uint64{"received": 300, "forwarded": 10, "conntrack_size": 4, "service.web.bytes": 9000, "service.web.active_flows": 2,
+		"drop.no_backend": 6}
+	want := map[string]uint64{"received": 100, "forwarded": 5, "conntrack_size": 4, "service.web.bytes": 2000, "service.web.active_flows": 2,
+		"drop.no_backend": 3}
+	if diff := cmp.Diff(want, statsRate(before, later, 2*time.Second)); diff != "" {
+		t.Errorf("statsRate over 2s (-want +got):\n%s", diff)
+	}
+	obj := statsObject(want, 2*time.Second)
+	if obj["interval_seconds"] != 2.0 {
+		t.Errorf("statsObject of a rate: interval_seconds %v, want 2", obj["interval_seconds"])
 	}
 }
 

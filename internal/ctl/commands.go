@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"time"
 
@@ -19,16 +20,16 @@ import (
 // commands is caplancectl's command table, in the order of --help and
 // caplancectl(8).
 var commands = []command{
-	{name: "status", summary: "show caplanced's state, roles, VIPs and how many services and backends", setup: noFlags(statusAction)},
+	{name: "status", synopsis: "[--json]", summary: "show caplanced's state, data plane, last reload, the backends of each service by health, and caplance-healthd's state", setup: setupStatus},
 	{name: "services", aliases: []string{"list-services"}, synopsis: "[--json]", summary: "list the services with their VIPs, ports and counters", setup: setupServices},
-	{name: "show-service", synopsis: "NAME", summary: "show every property of a service, and its backends", setup: setupShowService, nameArg: serviceName},
+	{name: "show-service", synopsis: "NAME [--json]", summary: "show every property of a service, and its backends", setup: setupShowService, nameArg: serviceName},
 	{name: "add-service", synopsis: "NAME --vip ADDRESS [--vip ADDRESS] [--port PORTS] [--proto PROTO] [--hash HASH] [--table-size N] [--check SPEC] [--runtime]",
 		summary: "add a service: the traffic of its VIPs and ports, and how it is spread", setup: setupAddService},
 	{name: "change-service", synopsis: "NAME [--vip ADDRESS] [--port PORTS] [--proto PROTO] [--hash HASH] [--table-size N] [--check SPEC]",
 		summary: "change what a service takes or how it spreads it", setup: setupChangeService, nameArg: serviceName},
 	{name: "remove-service", synopsis: "NAME", summary: "take a service out, with its run-time backends", setup: nameMethod("RemoveService", serviceName), nameArg: serviceName},
 	{name: "list", synopsis: "[--service NAME] [--json]", summary: "list the backends by service with their state and counters", setup: setupList},
-	{name: "show", synopsis: "NAME [--service NAME]", summary: "show every property of a backend", setup: setupShow, nameArg: backendName},
+	{name: "show", synopsis: "NAME [--service NAME] [--json]", summary: "show every property of a backend", setup: setupShow, nameArg: backendName},
 	{name: "add-backend", synopsis: "NAME ADDRESS [--service NAME] [--weight N] [--check SPEC] [--runtime]", summary: "add a backend and put it in rotation", setup: setupAdd},
 	{name: "remove-backend", synopsis: "NAME [--service NAME]", summary: "take a backend out", setup: nameMethod("RemoveBackend", backendName), nameArg: backendName},
 	{name: "set-weight", synopsis: "NAME WEIGHT [--service NAME]", summary: "change a backend's share of new flows", setup: setupSetWeight, nameArg: backendName},
@@ -37,7 +38,7 @@ var commands = []command{
 	{name: "reload", summary: "make caplanced re-read its configuration", setup: noFlags(managerCall("Reload"))},
 	{name: "maintenance", synopsis: "on|off", summary: "withdraw a routed balancer's routes without stopping it (on), or announce them again (off)", setup: setupMaintenance},
 	{name: "stats", synopsis: "[--json]", summary: "print the balancer's counters, global and per service", setup: setupStats},
-	{name: "watch", summary: "print service and backend changes as they happen, until interrupted", setup: noFlags(watchAction), endless: true},
+	{name: "watch", synopsis: "[--json]", summary: "print service and backend changes as they happen, each with the time, until interrupted", setup: setupWatch, endless: true},
 }
 
 // noFlags is the setup of a command without flags or arguments.
@@ -133,7 +134,8 @@ func setupServices(fs *pflag.FlagSet) func([]string) (action, error) {
 	}
 }
 
-func setupShowService(*pflag.FlagSet) func([]string) (action, error) {
+func setupShowService(fs *pflag.FlagSet) func([]string) (action, error) {
+	asJSON := fs.Bool("json", false, "print a JSON object instead of lines")
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "NAME"); err != nil {
 			return nil, err
@@ -152,6 +154,11 @@ func setupShowService(*pflag.FlagSet) func([]string) (action, error) {
 				return err
 			}
 			rows = slices.DeleteFunc(rows, func(b Backend) bool { return b.Service != name })
+			if *asJSON {
+				obj := jsonProperties(props)
+				obj["backends"] = rows
+				return writeJSON(out, obj)
+			}
 			_, err = io.WriteString(out, formatProperties(props, serviceProperties)+"\n"+formatBackends(rows))
 			return err
 		}, nil
@@ -316,6 +323,7 @@ func setupList(fs *pflag.FlagSet) func([]string) (action, error) {
 
 func setupShow(fs *pflag.FlagSet) func([]string) (action, error) {
 	service := backendServiceFlag(fs)
+	asJSON := fs.Bool("json", false, "print a JSON object instead of lines")
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "NAME"); err != nil {
 			return nil, err
@@ -333,6 +341,9 @@ func setupShow(fs *pflag.FlagSet) func([]string) (action, error) {
 			}
 			if err != nil {
 				return err
+			}
+			if *asJSON {
+				return writeJSON(out, jsonProperties(props))
 			}
 			_, err = io.WriteString(out, formatProperties(props, backendProperties))
 			return err
@@ -442,44 +453,116 @@ func getStats(ctx context.Context, c Conn) (map[string]uint64, error) {
 	return stats, nil
 }
 
-func statusAction(ctx context.Context, c Conn, out io.Writer) error {
-	props, err := getAll(ctx, c, dbusname.ManagerPath, dbusname.ManagerIface)
-	if err != nil {
-		return err
+func setupStatus(fs *pflag.FlagSet) func([]string) (action, error) {
+	asJSON := fs.Bool("json", false, "print a JSON object instead of lines")
+	return func(args []string) (action, error) {
+		if err := wantArgs(args); err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, c Conn, out io.Writer) error {
+			st, err := getStatus(ctx, c)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				return writeJSON(out, statusObject(st))
+			}
+			_, err = io.WriteString(out, formatStatus(st))
+			return err
+		}, nil
+	}
+}
+
+// status is what status shows.
+type status struct {
+	props map[string]dbus.Variant // the manager's
+	// services are the counts of each service's backends, nil without the
+	// balancer role.
+	services []serviceHealth
+	// healthd is caplance-healthd's own status line, "running" when it
+	// holds its name but does not answer, "" when it does not.
+	healthd string
+}
+
+// serviceHealth counts a service's backends by health and admin state.
+type serviceHealth struct {
+	Name     string `json:"name"`
+	Backends int    `json:"backends"`
+	Up       int    `json:"up"`
+	Down     int    `json:"down"`
+	Unknown  int    `json:"unknown"`
+	Drained  int    `json:"drained"`
+}
+
+func getStatus(ctx context.Context, c Conn) (status, error) {
+	var st status
+	var err error
+	if st.props, err = getAll(ctx, c, dbusname.ManagerPath, dbusname.ManagerIface); err != nil {
+		return st, err
 	}
 	// A caplanced without the balancer role has no services or backends.
-	services, backends := -1, -1
 	rows, err := listBackends(ctx, c)
 	switch {
 	case err == nil:
-		backends = len(rows)
 		svcs, err := listServices(ctx, c)
 		if err != nil {
-			return err
+			return st, err
 		}
-		services = len(svcs)
+		st.services = countBackends(svcs, rows)
 	case errorName(err) != dbusname.ErrorPrefix+"NotSupported":
-		return err
+		return st, err
 	}
 	running, err := nameHasOwner(ctx, c, dbusname.HealthBusName)
 	if err != nil {
-		return err
+		return st, err
 	}
-	healthd := ""
 	if running {
-		healthd = "running"
+		st.healthd = "running"
 		// Its own status line, when it answers (it may be starting).
 		body, err := c.Call(ctx, dbusname.HealthBusName, dbusname.HealthPath, propertiesIface+".Get",
 			dbusname.HealthManagerIface, "Status")
 		var v dbus.Variant
 		if err == nil && dbus.Store(body, &v) == nil {
 			if s, ok := v.Value().(string); ok && s != "" {
-				healthd = s
+				st.healthd = s
 			}
 		}
 	}
-	_, err = io.WriteString(out, formatStatus(props, services, backends, healthd))
-	return err
+	return st, nil
+}
+
+// countBackends counts each service's backends, by name; a backend of a
+// service missing from services (added between the two calls) counts
+// under its service's name.
+func countBackends(services []Service, backends []Backend) []serviceHealth {
+	by := map[string]*serviceHealth{}
+	for _, s := range services {
+		by[s.Name] = &serviceHealth{Name: s.Name}
+	}
+	for _, b := range backends {
+		h := by[b.Service]
+		if h == nil {
+			h = &serviceHealth{Name: b.Service}
+			by[b.Service] = h
+		}
+		h.Backends++
+		switch b.Health {
+		case "up":
+			h.Up++
+		case "down":
+			h.Down++
+		default:
+			h.Unknown++
+		}
+		if b.AdminState == "drained" {
+			h.Drained++
+		}
+	}
+	out := []serviceHealth{}
+	for _, name := range slices.Sorted(maps.Keys(by)) {
+		out = append(out, *by[name])
+	}
+	return out
 }
 
 func setupMaintenance(*pflag.FlagSet) func([]string) (action, error) {

@@ -292,13 +292,15 @@ func TestBusFlag(t *testing.T) {
 			got = b
 			return &fakeConn{t: t, replies: map[string]fakeReply{"org.caplance.Caplance1.Manager.Reload": {}}}, nil
 		}}
-		args := []string{"--bus", bus, "reload"}
-		if bus == "system" {
-			args = args[2:] // the default
-		}
-		var out, errb strings.Builder
-		if code := app.Execute(args, &out, &errb); code != 0 || got != bus {
-			t.Errorf("%v: exit code %d, dialled %q, want %q (stderr %q)", args, code, got, bus, errb.String())
+		// --bus anywhere: before the command, after it, as --bus=.
+		for _, args := range [][]string{{"--bus", bus, "reload"}, {"reload", "--bus", bus}, {"reload", "--bus=" + bus}} {
+			if bus == "system" {
+				args = []string{"reload"} // the default
+			}
+			var out, errb strings.Builder
+			if code := app.Execute(args, &out, &errb); code != 0 || got != bus {
+				t.Errorf("%v: exit code %d, dialled %q, want %q (stderr %q)", args, code, got, bus, errb.String())
+			}
 		}
 	}
 }

@@ -88,21 +88,12 @@ func Root(root *cobra.Command) *cobra.Command {
 	root.PersistentFlags().BoolP("help", "h", false, "print this help and exit")
 	if root.HasSubCommands() {
 		root.SuggestionsMinimumDistance = 2
-		root.InitDefaultHelpCmd()
-		for _, c := range root.Commands() {
-			if c.Name() == "help" {
-				c.Short = "print the help of a command"
-			}
-		}
+		root.SetHelpCommand(helpCommand(root))
 		root.Args = func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return nil
 			}
-			msg := fmt.Sprintf("unknown command %s", quote.Q(args[0]))
-			if s := cmd.SuggestionsFor(args[0]); len(s) > 0 {
-				msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, " or "))
-			}
-			return UsageError{Msg: msg}
+			return unknownCommand(cmd, args[0])
 		}
 		root.RunE = func(*cobra.Command, []string) error { return UsageError{Msg: "missing command"} }
 		for _, c := range root.Commands() {
@@ -113,6 +104,44 @@ func Root(root *cobra.Command) *cobra.Command {
 	}
 	root.DisableFlagsInUseLine = true
 	return root
+}
+
+// unknownCommand is the usage error of a mistyped command of root, with
+// the commands it may have meant.
+func unknownCommand(root *cobra.Command, name string) error {
+	msg := fmt.Sprintf("unknown command %s", quote.Q(name))
+	if s := root.SuggestionsFor(name); len(s) > 0 {
+		msg += fmt.Sprintf(" (did you mean %s?)", strings.Join(s, " or "))
+	}
+	return UsageError{Msg: msg}
+}
+
+// helpCommand is "help [COMMAND]": the command's --help, or root's; an
+// unknown command is a usage error, as it is without help.
+func helpCommand(root *cobra.Command) *cobra.Command {
+	return &cobra.Command{
+		Use:   "help [COMMAND]",
+		Short: "print the help of a command",
+		RunE: func(_ *cobra.Command, args []string) error {
+			target, rest, err := root.Find(args)
+			switch {
+			case err != nil:
+				return UsageError{Msg: "help: " + err.Error()}
+			case len(rest) > 0:
+				return unknownCommand(root, rest[0])
+			}
+			return target.Help()
+		},
+		ValidArgsFunction: func(_ *cobra.Command, args []string, _ string) ([]string, cobra.ShellCompDirective) {
+			var names []string
+			for _, c := range root.Commands() {
+				if len(args) == 0 && c.IsAvailableCommand() {
+					names = append(names, c.Name()+"\t"+c.Short)
+				}
+			}
+			return names, cobra.ShellCompDirectiveNoFileComp
+		},
+	}
 }
 
 // NoArgs is the Args of a command that takes no positional argument.

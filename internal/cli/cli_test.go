@@ -93,6 +93,8 @@ func TestExecuteSubcommands(t *testing.T) {
 		{args: []string{"help", "status"}, wantStdout: "Usage: prog status [--all]\n\nshow the status\n"},
 		{args: []string{"status", "--help"}, wantStdout: "Usage: prog status [--all]\n\nshow the status\n"},
 		{args: []string{"help"}, wantStdout: "Usage: prog COMMAND\n"},
+		{args: []string{"help", "stattus"}, wantCode: ExitUsage, wantStderr: "prog: unknown command \"stattus\" (did you mean status?)\nRun 'prog --help' for usage.\n"},
+		{args: []string{"help", "status", "extra"}, wantCode: ExitUsage, wantStderr: "prog: unknown command \"extra\"\nRun 'prog --help' for usage.\n"},
 		{args: []string{"status", "--al"}, wantCode: ExitUsage, wantStderr: "prog: status: unknown flag: --al\nRun 'prog --help' for usage.\n"},
 		{args: []string{"status", "--all=maybe"}, wantCode: ExitUsage, wantStderr: "prog: status: --all \"maybe\": want true or false\nRun 'prog --help' for usage.\n"},
 		{args: []string{"status", "-5"}, wantCode: ExitUsage,

@@ -178,6 +178,8 @@ func TestComplete(t *testing.T) {
 		{words: []string{"maintenance", ""}, want: []string{"on", "off"}},
 		{words: []string{"completion", ""}, want: []string{"bash", "zsh", "fish"}},
 		{words: []string{"frobnicate", ""}},
+		{words: []string{"help", ""}, want: slices.DeleteFunc(slices.Clone(allCommands), func(c string) bool { return c == "help" })},
+		{words: []string{"help", "drain", ""}},
 		{words: []string{"show-service", ""}, want: []string{"web", "dns"}, wantCalls: []string{"ListServices"}, wantBus: "system"},
 		{words: []string{"change-service", "w"}, want: []string{"web", "dns"}, wantCalls: []string{"ListServices"}, wantBus: "system"},
 		{words: []string{"remove-service", "--bus", "session", "d"}, want: []string{"web", "dns"}, wantCalls: []string{"ListServices"}, wantBus: "session"},

@@ -73,6 +73,21 @@ func TestCaplancectl(t *testing.T) {
 		})
 	}
 
+	t.Run("TAB completes backend and service names from caplanced, for anyone", func(t *testing.T) {
+		for _, tt := range []struct {
+			words []string
+			want  string
+		}{
+			{[]string{"drain", ""}, "be1\nbe2\n:4\n"},
+			{[]string{"list", "--service", ""}, "default\n:4\n"},
+		} {
+			code, stdout, _ := ctl(nobody, append([]string{"__complete"}, tt.words...)...)
+			if code != 0 || stdout != tt.want {
+				t.Errorf("caplancectl __complete %q: exit %d, %q; want %q", tt.words, code, stdout, tt.want)
+			}
+		}
+	})
+
 	t.Run("the health user reports health, an admin may not", func(t *testing.T) {
 		healthConn := bus.ConnectAs(t, dbustest.Health(t))
 		obj := healthConn.Object("org.caplance.Caplance1", "/org/caplance/Caplance1")

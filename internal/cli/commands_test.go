@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -127,6 +128,9 @@ address = "10.0.1.11"
 	}
 }
 
+// synopsisFlag is a flag and its value's name in a synopsis.
+var synopsisFlag = regexp.MustCompile(`--[a-z-]+( [A-Z]+)?`)
+
 func TestCommandsHelp(t *testing.T) {
 	bin := buildCommands(t)
 	for _, name := range []string{"caplanced", "caplancectl", "caplance-healthd"} {
@@ -134,6 +138,14 @@ func TestCommandsHelp(t *testing.T) {
 			code, stdout, _ := runBinary(t, bin, nil, name, "--help")
 			if code != 0 || !strings.HasPrefix(stdout, "Usage: "+name) || !strings.Contains(stdout, "See "+name+"(8).") {
 				t.Errorf("--help: exit %d, output:\n%s", code, stdout)
+			}
+			// Each flag of the synopsis is spelled the same in the list.
+			synopsis, flags, _ := strings.Cut(stdout, "\nFlags:\n")
+			synopsis, _, _ = strings.Cut(synopsis, "\n")
+			for _, f := range synopsisFlag.FindAllString(synopsis, -1) {
+				if !strings.Contains(flags, "  "+f+"  ") {
+					t.Errorf("the synopsis has %q, the flags' list does not:\n%s", f, stdout)
+				}
 			}
 		})
 	}

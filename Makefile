@@ -52,7 +52,7 @@ demo: build ## As root: two services over their own pools in namespaces, a live 
 demo-fleet: build ## As root: three balancers behind a router's ECMP with BIRD, a rolling restart under load, maintenance, who served what
 	$(GO) run ./contrib/demo-fleet --caplanced bin/caplanced --caplancectl bin/caplancectl
 
-completions: ## Regenerate contrib/completions from caplancectl's command table (a test checks they are current)
+completions: ## Regenerate contrib/completions (cobra's scripts, which ask caplancectl on each TAB; a test checks they are current)
 	$(GO) run ./caplancectl completion bash > contrib/completions/caplancectl.bash
 	$(GO) run ./caplancectl completion zsh > contrib/completions/_caplancectl
 	$(GO) run ./caplancectl completion fish > contrib/completions/caplancectl.fish

@@ -426,9 +426,10 @@ func TestCrossReferences(t *testing.T) {
 	}
 }
 
-// helpFlag is the line of a flag in "caplanced --help": "  -name" or
-// "  -name placeholder" (the flag package's PrintDefaults).
-var helpFlag = regexp.MustCompile(`^  -([a-z0-9][a-z0-9-]*)(?: (\S+))?$`)
+// helpFlag is the line of a flag in "caplanced --help": "      --name  usage"
+// or "      --name PLACEHOLDER  usage" (pflag's FlagUsages, -h with its
+// shorthand).
+var helpFlag = regexp.MustCompile(`^  (?:-[a-z], |    )--([a-z0-9][a-z0-9-]*)(?: ([A-Z]+))?  `)
 
 // TestCaplancedFlags builds caplanced, reads its flags from --help as users
 // see them, and checks that caplanced(8) describes each in OPTIONS (with an

@@ -581,55 +581,57 @@ func (b *Balancer) Close() {
 // Stats is a point-in-time copy of the counters.
 type Stats struct {
 	// Services are sorted by name.
-	Services []ServiceStats
+	Services []ServiceStats `json:"services"`
 	// Backends are in the order SetServices got them.
-	Backends []BackendStats
+	Backends []BackendStats `json:"backends"`
 	// Received counts packets read from the VIP sockets, AF_XDP ones
 	// included.
-	Received uint64
+	Received uint64 `json:"received"`
 	// XDPReceived counts the packets of Received read from the AF_XDP
 	// sockets.
-	XDPReceived uint64
+	XDPReceived uint64 `json:"xdp_received"`
 	// Forwarded counts packets (or whole fragmented datagrams) sent to a backend.
-	Forwarded uint64
+	Forwarded uint64 `json:"forwarded"`
 	// Drops counts dropped packets by reason (see DropReasons).
-	Drops map[string]uint64
+	Drops map[string]uint64 `json:"drops"`
 	// ViaRaw counts the packets the AF_XDP path handed to the raw path,
 	// by reason (see ViaRawReasons); empty in raw mode.
-	ViaRaw             map[string]uint64
-	ConntrackSize      int
-	ConntrackEvictions uint64
+	ViaRaw             map[string]uint64 `json:"xdp_via_raw"`
+	ConntrackSize      int               `json:"conntrack_size"`
+	ConntrackEvictions uint64            `json:"conntrack_evictions"`
 }
 
 // ServiceStats are one service's counters. They last as long as the
 // service: a SetServices that keeps it keeps them.
 type ServiceStats struct {
-	Name string
+	Name string `json:"name"`
 	// Packets and Bytes are what was sent to its backends, NewFlows the
 	// flows given a backend by its table.
-	Packets  uint64
-	Bytes    uint64
-	NewFlows uint64
+	Packets  uint64 `json:"packets"`
+	Bytes    uint64 `json:"bytes"`
+	NewFlows uint64 `json:"new_flows"`
 	// ActiveFlows and InactiveFlows sum its backends' (BackendStats).
-	ActiveFlows, InactiveFlows uint64
+	ActiveFlows   uint64 `json:"active_flows"`
+	InactiveFlows uint64 `json:"inactive_flows"`
 	// Drops counts the packets classified to the service and then dropped
 	// (no_backend, too_big, send_error, encap_error).
-	Drops uint64
+	Drops uint64 `json:"drops"`
 }
 
 // BackendStats are one backend's counters.
 type BackendStats struct {
-	Name string
+	Name string `json:"name"`
 	// Service is the name of its service.
-	Service  string
-	State    string
-	Packets  uint64
-	Bytes    uint64
-	NewFlows uint64
+	Service  string `json:"service"`
+	State    string `json:"state"`
+	Packets  uint64 `json:"packets"`
+	Bytes    uint64 `json:"bytes"`
+	NewFlows uint64 `json:"new_flows"`
 	// ActiveFlows is how many tracked flows point at the backend, except
 	// InactiveFlows: TCP connections the client has closed (FIN or RST),
 	// tracked for the short closing timeout only.
-	ActiveFlows, InactiveFlows uint64
+	ActiveFlows   uint64 `json:"active_flows"`
+	InactiveFlows uint64 `json:"inactive_flows"`
 }
 
 // Stats sums the per-worker counters.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -60,7 +61,12 @@ func TestCommands(t *testing.T) {
 		{name: "check missing config", cmd: []string{"caplanced", "--check-config", "--config", filepath.Join(work, "none.toml")},
 			wantCode: 1, wantStderr: "no such file or directory"},
 		{name: "caplanced stray argument", cmd: []string{"caplanced", "extra"}, wantCode: 2, wantStderr: `unexpected argument "extra"`},
-		{name: "caplanced bad flag", cmd: []string{"caplanced", "--bogus"}, wantCode: 2, wantStderr: "flag provided but not defined: -bogus"},
+		{name: "caplanced bad flag", cmd: []string{"caplanced", "--bogus"}, wantCode: 2, wantStderr: "caplanced: unknown flag: --bogus\n"},
+		{name: "caplanced typed flag error", cmd: []string{"caplanced", "--stop-timeout", "5"}, wantCode: 2,
+			wantStderr: `caplanced: --stop-timeout "5": not a duration: want a number with a unit, such as 5s, 1m30s or 500ms` + "\n"},
+		{name: "healthd bad flag", cmd: []string{"caplance-healthd", "--bogus"}, wantCode: 2, wantStderr: "caplance-healthd: unknown flag: --bogus\n"},
+		{name: "caplancectl bad flag", cmd: []string{"caplancectl", "--bogus", "status"}, wantCode: 2, wantStderr: "caplancectl: unknown flag: --bogus\n"},
+		{name: "caplancectl mistyped verb", cmd: []string{"caplancectl", "stauts"}, wantCode: 2, wantStderr: `caplancectl: unknown command "stauts" (did you mean stats or status?)` + "\n"},
 		{name: "caplancectl without command", cmd: []string{"caplancectl"}, wantCode: 2, wantStderr: "missing command"},
 		{name: "caplancectl unknown command", cmd: []string{"caplancectl", "frobnicate"}, wantCode: 2, wantStderr: `unknown command "frobnicate"`},
 	}
@@ -122,6 +128,9 @@ address = "10.0.1.11"
 	}
 }
 
+// synopsisFlag is a flag and its value's name in a synopsis.
+var synopsisFlag = regexp.MustCompile(`--[a-z-]+( [A-Z]+)?`)
+
 func TestCommandsHelp(t *testing.T) {
 	bin := buildCommands(t)
 	for _, name := range []string{"caplanced", "caplancectl", "caplance-healthd"} {
@@ -129,6 +138,14 @@ func TestCommandsHelp(t *testing.T) {
 			code, stdout, _ := runBinary(t, bin, nil, name, "--help")
 			if code != 0 || !strings.HasPrefix(stdout, "Usage: "+name) || !strings.Contains(stdout, "See "+name+"(8).") {
 				t.Errorf("--help: exit %d, output:\n%s", code, stdout)
+			}
+			// Each flag of the synopsis is spelled the same in the list.
+			synopsis, flags, _ := strings.Cut(stdout, "\nFlags:\n")
+			synopsis, _, _ = strings.Cut(synopsis, "\n")
+			for _, f := range synopsisFlag.FindAllString(synopsis, -1) {
+				if !strings.Contains(flags, "  "+f+"  ") {
+					t.Errorf("the synopsis has %q, the flags' list does not:\n%s", f, stdout)
+				}
 			}
 		})
 	}

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/godbus/dbus/v5"
 
+	"github.com/caplance/caplance/internal/cli"
 	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/dbusname"
+	"github.com/caplance/caplance/internal/quote"
 )
 
 // Names of the bus itself and of the standard interfaces.
@@ -31,12 +34,23 @@ type Conn interface {
 	Close() error
 }
 
-// DialBus connects to the bus of --bus (see package dbusconn). A failure is
-// a *NotRunningError.
+// DialBus connects to the bus of --bus (see package dbusconn). A --bus that
+// is no address is a usage error; a bus that is not there is an error of
+// its own, not a *NotRunningError: exit code 3 means the bus works and
+// caplanced is not on it.
 func DialBus(bus string) (Conn, error) {
+	if bus != "system" && bus != "session" {
+		if err := dbusconn.CheckAddress(bus); err != nil {
+			return nil, cli.UsageError{Msg: fmt.Sprintf("--bus %s: %v", quote.Q(bus), err)}
+		}
+	}
 	c, err := dbusconn.Dial(bus)
 	if err != nil {
-		return nil, &NotRunningError{Msg: err.Error()}
+		if dbusconn.NoBus(err) {
+			what, _ := strings.CutSuffix(dbusconn.Label(bus), " "+bus) // "system bus", "bus"
+			return nil, fmt.Errorf("no %s at %s (%w)", what, quote.Q(dbusconn.Address(bus)), errors.Unwrap(err))
+		}
+		return nil, err
 	}
 	return &busConn{c: c}, nil
 }
@@ -64,13 +78,16 @@ func (b *busConn) Subscribe(ctx context.Context, rules ...[]dbus.MatchOption) (<
 
 func (b *busConn) Close() error { return b.c.Close() }
 
-// NotRunningError means caplanced cannot be reached: its name has no owner
-// or the bus cannot be connected to. caplancectl exits with ExitNotRunning.
+// NotRunningError means the bus works but caplanced's name has no owner.
+// caplancectl exits with ExitNotRunning.
 type NotRunningError struct{ Msg string }
 
 func (e *NotRunningError) Error() string {
 	return e.Msg + " (is caplanced running? systemctl start caplanced)"
 }
+
+// ExitCode is ExitNotRunning, for cli.Execute.
+func (e *NotRunningError) ExitCode() int { return ExitNotRunning }
 
 // callError turns the error of a call of method into what the user reads:
 // the D-Bus error's message, with a hint where one helps; the result still

@@ -161,6 +161,19 @@ func TestOverBus(t *testing.T) {
 	}
 
 	stub := startStub(t, bus)
+	// TAB asks the real bus for the names, through the shipped policy.
+	for _, tt := range []struct {
+		words []string
+		want  []string
+	}{
+		{[]string{"drain", ""}, []string{"web-1"}},
+		{[]string{"list", "--service", ""}, []string{"web"}},
+		{[]string{"show-service", ""}, []string{"web"}},
+	} {
+		if got, _ := complete(t, &App{}, append([]string{"--bus", addr}, tt.words...)...); !cmp.Equal(tt.want, got) {
+			t.Errorf("caplancectl %q<TAB> over the bus: offered %q, want %q", tt.words, got, tt.want)
+		}
+	}
 	tests := []struct {
 		args       []string
 		wantCode   int
@@ -168,12 +181,14 @@ func TestOverBus(t *testing.T) {
 		wantStderr string
 	}{
 		{args: []string{"list"}, wantStdout: "SERVICE  PROTO  HASH       TABLE  VIPS\n" +
-			"  -> NAME   ADDRESS   WEIGHT  ADMIN   HEALTH  ACTIVE  INACTIVE  PACKETS  REASON\n" +
+			"  -> NAME   ADDRESS   WEIGHT  ADMIN   HEALTH  ACTIVE  INACTIVE  PACKETS  BYTES   REASON\n" +
 			"web      tcp    source-ip  251    10.0.0.100:80,443\n" +
-			"  -> web-1  10.0.1.1  100     active  up      12      3         3400     -\n"},
+			"  -> web-1  10.0.1.1  100     active  up      12      3         3400     567890  -\n"},
 		{args: []string{"list", "--service", "web", "--json"}, wantStdout: "[\n  {\n    \"name\": \"web-1\",\n    \"service\": \"web\",\n"},
-		{args: []string{"services"}, wantStdout: "NAME  PROTO  HASH       TABLE  BACKENDS  ACTIVE  PACKETS  SOURCE   CHECK  VIPS\n" +
-			"web   tcp    source-ip  251    1         12      3400     runtime  -      10.0.0.100:80,443\n"},
+		{args: []string{"services"}, wantStdout: "NAME  PROTO  HASH       TABLE  BACKENDS  ACTIVE  PACKETS  BYTES   SOURCE   CHECK  VIPS\n" +
+			"web   tcp    source-ip  251    1         12      3400     567890  runtime  -      10.0.0.100:80,443\n"},
+		{args: []string{"status", "--json"}, wantStdout: "{\n  \"api_version\": 2,\n"},
+		{args: []string{"show", "web-1", "--json"}, wantStdout: "{\n  \"active_flows\": 12,\n"},
 		{args: []string{"show-service", "web"}, wantStdout: "Name:          web\nVIPs:          10.0.0.100:80,443,8000-8099 10.0.0.101:80,443\n"},
 		{args: []string{"show-service", "dns"}, wantCode: cli.ExitFailed, wantStderr: "caplancectl: service \"dns\": no such service\n"},
 		{args: []string{"stats"}, wantStdout: "drop.no_backend 1\nreceived 7\n\nSERVICE  PACKETS  DROPS\nweb      6        1\n"},
@@ -308,6 +323,13 @@ func TestOverBus(t *testing.T) {
 		t.Fatal("watch did not end when its connection closed")
 	}
 	lines := strings.Split(strings.TrimSpace(wout.String()), "\n")
+	for i, l := range lines { // each after the time it arrived
+		at, rest, _ := strings.Cut(l, " ")
+		if _, err := time.Parse(time.RFC3339, at); err != nil || !strings.HasSuffix(at, "Z") {
+			t.Errorf("watch line %q does not start with an RFC 3339 UTC time", l)
+		}
+		lines[i] = rest
+	}
 	for len(lines) > 1 && lines[1] == lines[0] { // repeated probes
 		lines = lines[1:]
 	}

@@ -3,13 +3,14 @@ package ctl
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
-	"strings"
+	"time"
 
 	"github.com/godbus/dbus/v5"
+	"github.com/spf13/pflag"
 
 	"github.com/caplance/caplance/internal/config"
 	"github.com/caplance/caplance/internal/dbusname"
@@ -19,30 +20,30 @@ import (
 // commands is caplancectl's command table, in the order of --help and
 // caplancectl(8).
 var commands = []command{
-	{name: "status", summary: "show caplanced's state, roles, VIPs and how many services and backends", setup: noFlags(statusAction)},
+	{name: "status", synopsis: "[--json]", summary: "show caplanced's state, data plane, last reload, the backends of each service by health, and caplance-healthd's state", setup: setupStatus},
 	{name: "services", aliases: []string{"list-services"}, synopsis: "[--json]", summary: "list the services with their VIPs, ports and counters", setup: setupServices},
-	{name: "show-service", synopsis: "NAME", summary: "show every property of a service, and its backends", setup: setupShowService, nameArg: serviceName},
+	{name: "show-service", synopsis: "NAME [--json]", summary: "show every property of a service, and its backends", setup: setupShowService, nameArg: serviceName},
 	{name: "add-service", synopsis: "NAME --vip ADDRESS [--vip ADDRESS] [--port PORTS] [--proto PROTO] [--hash HASH] [--table-size N] [--check SPEC] [--runtime]",
-		summary: "add a service: the traffic of its VIPs and ports, and how it is spread", setup: setupAddService, nameArg: newName},
+		summary: "add a service: the traffic of its VIPs and ports, and how it is spread", setup: setupAddService},
 	{name: "change-service", synopsis: "NAME [--vip ADDRESS] [--port PORTS] [--proto PROTO] [--hash HASH] [--table-size N] [--check SPEC]",
 		summary: "change what a service takes or how it spreads it", setup: setupChangeService, nameArg: serviceName},
 	{name: "remove-service", synopsis: "NAME", summary: "take a service out, with its run-time backends", setup: nameMethod("RemoveService", serviceName), nameArg: serviceName},
 	{name: "list", synopsis: "[--service NAME] [--json]", summary: "list the backends by service with their state and counters", setup: setupList},
-	{name: "show", synopsis: "NAME [--service NAME]", summary: "show every property of a backend", setup: setupShow},
-	{name: "add-backend", synopsis: "NAME ADDRESS [--service NAME] [--weight N] [--check SPEC] [--runtime]", summary: "add a backend and put it in rotation", setup: setupAdd, nameArg: newName},
-	{name: "remove-backend", synopsis: "NAME [--service NAME]", summary: "take a backend out", setup: nameMethod("RemoveBackend", backendName)},
-	{name: "set-weight", synopsis: "NAME WEIGHT [--service NAME]", summary: "change a backend's share of new flows", setup: setupSetWeight},
-	{name: "drain", synopsis: "NAME [--service NAME]", summary: "send a backend no new flows", setup: nameMethod("Drain", backendName)},
-	{name: "undrain", synopsis: "NAME [--service NAME]", summary: "send a drained backend new flows again", setup: nameMethod("Undrain", backendName)},
+	{name: "show", synopsis: "NAME [--service NAME] [--json]", summary: "show every property of a backend", setup: setupShow, nameArg: backendName},
+	{name: "add-backend", synopsis: "NAME ADDRESS [--service NAME] [--weight N] [--check SPEC] [--runtime]", summary: "add a backend and put it in rotation", setup: setupAdd},
+	{name: "remove-backend", synopsis: "NAME [--service NAME]", summary: "take a backend out", setup: nameMethod("RemoveBackend", backendName), nameArg: backendName},
+	{name: "set-weight", synopsis: "NAME WEIGHT [--service NAME]", summary: "change a backend's share of new flows", setup: setupSetWeight, nameArg: backendName},
+	{name: "drain", synopsis: "NAME [--service NAME]", summary: "send a backend no new flows", setup: nameMethod("Drain", backendName), nameArg: backendName},
+	{name: "undrain", synopsis: "NAME [--service NAME]", summary: "send a drained backend new flows again", setup: nameMethod("Undrain", backendName), nameArg: backendName},
 	{name: "reload", summary: "make caplanced re-read its configuration", setup: noFlags(managerCall("Reload"))},
 	{name: "maintenance", synopsis: "on|off", summary: "withdraw a routed balancer's routes without stopping it (on), or announce them again (off)", setup: setupMaintenance},
 	{name: "stats", synopsis: "[--json]", summary: "print the balancer's counters, global and per service", setup: setupStats},
-	{name: "watch", summary: "print service and backend changes as they happen, until interrupted", setup: noFlags(watchAction), endless: true},
+	{name: "watch", synopsis: "[--json]", summary: "print service and backend changes as they happen, each with the time, until interrupted", setup: setupWatch, endless: true},
 }
 
 // noFlags is the setup of a command without flags or arguments.
 func noFlags(act action) setupFunc {
-	return func(*flag.FlagSet) func([]string) (action, error) {
+	return func(*pflag.FlagSet) func([]string) (action, error) {
 		return func(args []string) (action, error) {
 			if err := wantArgs(args); err != nil {
 				return nil, err
@@ -56,7 +57,7 @@ func noFlags(act action) setupFunc {
 // name as its only argument: a backend's, which --service may check, or a
 // service's.
 func nameMethod(method string, kind nameKind) setupFunc {
-	return func(fs *flag.FlagSet) func([]string) (action, error) {
+	return func(fs *pflag.FlagSet) func([]string) (action, error) {
 		var service *string
 		if kind == backendName {
 			service = backendServiceFlag(fs)
@@ -76,8 +77,8 @@ func nameMethod(method string, kind nameKind) setupFunc {
 
 // backendServiceFlag defines the --service of a command that names a
 // backend.
-func backendServiceFlag(fs *flag.FlagSet) *string {
-	return fs.String("service", "", "fail unless the backend is in `service` NAME")
+func backendServiceFlag(fs *pflag.FlagSet) *string {
+	return fs.String("service", "", "fail unless the backend is in service `NAME`")
 }
 
 // inService is act when service is "", else an action that runs act only
@@ -113,7 +114,7 @@ func findBackend(ctx context.Context, c Conn, service, name string) (Backend, er
 	return rows[i], nil
 }
 
-func setupServices(fs *flag.FlagSet) func([]string) (action, error) {
+func setupServices(fs *pflag.FlagSet) func([]string) (action, error) {
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	return func(args []string) (action, error) {
 		if err := wantArgs(args); err != nil {
@@ -133,7 +134,8 @@ func setupServices(fs *flag.FlagSet) func([]string) (action, error) {
 	}
 }
 
-func setupShowService(*flag.FlagSet) func([]string) (action, error) {
+func setupShowService(fs *pflag.FlagSet) func([]string) (action, error) {
+	asJSON := fs.Bool("json", false, "print a JSON object instead of lines")
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "NAME"); err != nil {
 			return nil, err
@@ -152,13 +154,18 @@ func setupShowService(*flag.FlagSet) func([]string) (action, error) {
 				return err
 			}
 			rows = slices.DeleteFunc(rows, func(b Backend) bool { return b.Service != name })
+			if *asJSON {
+				obj := jsonProperties(props)
+				obj["backends"] = rows
+				return writeJSON(out, obj)
+			}
 			_, err = io.WriteString(out, formatProperties(props, serviceProperties)+"\n"+formatBackends(rows))
 			return err
 		}, nil
 	}
 }
 
-func setupAddService(fs *flag.FlagSet) func([]string) (action, error) {
+func setupAddService(fs *pflag.FlagSet) func([]string) (action, error) {
 	return setupServiceCall(fs, "AddService", true, func(opts map[string]dbus.Variant) error {
 		if _, ok := opts["vips"]; !ok {
 			return errors.New("missing --vip: a service needs at least one VIP")
@@ -167,7 +174,7 @@ func setupAddService(fs *flag.FlagSet) func([]string) (action, error) {
 	})
 }
 
-func setupChangeService(fs *flag.FlagSet) func([]string) (action, error) {
+func setupChangeService(fs *pflag.FlagSet) func([]string) (action, error) {
 	return setupServiceCall(fs, "ChangeService", false, func(opts map[string]dbus.Variant) error {
 		if len(opts) == 0 {
 			return errors.New("nothing to change: give at least one of --vip, --port, --proto, --hash, --table-size, --check")
@@ -179,7 +186,7 @@ func setupChangeService(fs *flag.FlagSet) func([]string) (action, error) {
 // setupServiceCall is add-service's and change-service's: NAME and the
 // service flags (adding: with their defaults and --runtime) become a call
 // of method, once check accepts the options given.
-func setupServiceCall(fs *flag.FlagSet, method string, adding bool, check func(map[string]dbus.Variant) error) func([]string) (action, error) {
+func setupServiceCall(fs *pflag.FlagSet, method string, adding bool, check func(map[string]dbus.Variant) error) func([]string) (action, error) {
 	flags := defineServiceFlags(fs, adding)
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "NAME"); err != nil {
@@ -199,24 +206,24 @@ func setupServiceCall(fs *flag.FlagSet, method string, adding bool, check func(m
 // serviceFlags are the flags of add-service and change-service; each
 // given one is an option of AddService or ChangeService.
 type serviceFlags struct {
-	fs                                   *flag.FlagSet
-	vips                                 stringList
+	fs                                   *pflag.FlagSet
+	vips                                 *[]string // each --vip, commas kept
 	ports, protocols, hash, table, check *string
 	runtime                              *bool // nil for change-service
 }
 
-func defineServiceFlags(fs *flag.FlagSet, add bool) *serviceFlags {
+func defineServiceFlags(fs *pflag.FlagSet, add bool) *serviceFlags {
 	f := &serviceFlags{fs: fs}
-	vip, dflt := "replace the VIPs with `address` (repeat it for several)", func(string) string { return "" }
+	vip, dflt := "replace the VIPs with `ADDRESS` (repeat it for several)", func(string) string { return "" }
 	if add {
-		vip, dflt = "take traffic to `address` (repeat it for several)", func(d string) string { return " (default " + d + ")" }
+		vip, dflt = "take traffic to `ADDRESS` (repeat it for several)", func(d string) string { return " (default " + d + ")" }
 	}
-	fs.Var(&f.vips, "vip", vip)
-	f.ports = fs.String("port", "", "the destination `ports` taken on every VIP: 80,443,8000-8099 or all"+dflt("all"))
-	f.protocols = fs.String("proto", "", "the `protocols` taken: tcp, udp or tcp+udp"+dflt("tcp+udp"))
-	f.hash = fs.String("hash", "", "the `hash` that picks a flow's backend: 5-tuple, source-ip or source-ip-port"+dflt("5-tuple"))
-	f.table = fs.String("table-size", "", "the prime `size` of its Maglev table"+dflt("caplanced's table_size"))
-	f.check = fs.String("check", "", "the health check `spec` of its backends that have none of their own")
+	f.vips = fs.StringArray("vip", nil, vip)
+	f.ports = fs.String("port", "", "the destination `PORTS` taken on every VIP: 80,443,8000-8099 or all"+dflt("all"))
+	f.protocols = fs.String("proto", "", "the protocols (`PROTO`) taken: tcp, udp or tcp+udp"+dflt("tcp+udp"))
+	f.hash = fs.String("hash", "", "the hash (`HASH`) that picks a flow's backend: 5-tuple, source-ip or source-ip-port"+dflt("5-tuple"))
+	f.table = fs.String("table-size", "", "the prime size (`N`) of its Maglev table"+dflt("caplanced's table_size"))
+	f.check = fs.String("check", "", "the health check `SPEC` of its backends that have none of their own")
 	if add {
 		f.runtime = fs.Bool("runtime", false, "register until caplanced stops instead of persistently")
 	}
@@ -229,13 +236,13 @@ func defineServiceFlags(fs *flag.FlagSet, add bool) *serviceFlags {
 func (f *serviceFlags) options() (map[string]dbus.Variant, error) {
 	opts := map[string]dbus.Variant{}
 	var err error
-	f.fs.Visit(func(fl *flag.Flag) {
+	f.fs.Visit(func(fl *pflag.Flag) {
 		if err != nil {
 			return
 		}
 		switch fl.Name {
 		case "vip":
-			opts["vips"] = dbus.MakeVariant([]string(f.vips))
+			opts["vips"] = dbus.MakeVariant(*f.vips)
 		case "port":
 			err = checkServiceValue(fl.Name, *f.ports)
 			opts["ports"] = dbus.MakeVariant(*f.ports)
@@ -277,18 +284,8 @@ func checkServiceValue(flagName, value string) error {
 	return nil
 }
 
-// stringList is a flag that may be given several times, each value kept.
-type stringList []string
-
-func (l *stringList) String() string { return strings.Join(*l, ",") }
-
-func (l *stringList) Set(s string) error {
-	*l = append(*l, s)
-	return nil
-}
-
-func setupList(fs *flag.FlagSet) func([]string) (action, error) {
-	service := fs.String("service", "", "list only the backends of `service` NAME")
+func setupList(fs *pflag.FlagSet) func([]string) (action, error) {
+	service := fs.String("service", "", "list only the backends of service `NAME`")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	return func(args []string) (action, error) {
 		if err := wantArgs(args); err != nil {
@@ -324,8 +321,9 @@ func setupList(fs *flag.FlagSet) func([]string) (action, error) {
 	}
 }
 
-func setupShow(fs *flag.FlagSet) func([]string) (action, error) {
+func setupShow(fs *pflag.FlagSet) func([]string) (action, error) {
 	service := backendServiceFlag(fs)
+	asJSON := fs.Bool("json", false, "print a JSON object instead of lines")
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "NAME"); err != nil {
 			return nil, err
@@ -344,16 +342,19 @@ func setupShow(fs *flag.FlagSet) func([]string) (action, error) {
 			if err != nil {
 				return err
 			}
+			if *asJSON {
+				return writeJSON(out, jsonProperties(props))
+			}
 			_, err = io.WriteString(out, formatProperties(props, backendProperties))
 			return err
 		}, nil
 	}
 }
 
-func setupAdd(fs *flag.FlagSet) func([]string) (action, error) {
-	service := fs.String("service", "", "add it to `service` NAME (needed only when there are several)")
-	weight := fs.String("weight", "", "the backend's `weight` (caplanced's default when absent)")
-	check := fs.String("check", "", "the backend's health check `spec` (its service's when absent), see caplanced.toml(5)")
+func setupAdd(fs *pflag.FlagSet) func([]string) (action, error) {
+	service := fs.String("service", "", "add it to service `NAME` (needed only when there are several)")
+	weight := fs.String("weight", "", "the backend's weight (`N`) (caplanced's default when absent)")
+	check := fs.String("check", "", "the backend's health check `SPEC` (its service's when absent), see caplanced.toml(5)")
 	runtime := fs.Bool("runtime", false, "register until caplanced stops instead of persistently")
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "NAME", "ADDRESS"); err != nil {
@@ -362,7 +363,7 @@ func setupAdd(fs *flag.FlagSet) func([]string) (action, error) {
 		// Only the options given: the others are caplanced's defaults.
 		opts := map[string]dbus.Variant{}
 		var err error
-		fs.Visit(func(f *flag.Flag) {
+		fs.Visit(func(f *pflag.Flag) {
 			switch f.Name {
 			case "service":
 				opts["service"] = dbus.MakeVariant(*service)
@@ -383,7 +384,7 @@ func setupAdd(fs *flag.FlagSet) func([]string) (action, error) {
 	}
 }
 
-func setupSetWeight(fs *flag.FlagSet) func([]string) (action, error) {
+func setupSetWeight(fs *pflag.FlagSet) func([]string) (action, error) {
 	service := backendServiceFlag(fs)
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "NAME", "WEIGHT"); err != nil {
@@ -397,71 +398,174 @@ func setupSetWeight(fs *flag.FlagSet) func([]string) (action, error) {
 	}
 }
 
-func setupStats(fs *flag.FlagSet) func([]string) (action, error) {
+func setupStats(fs *pflag.FlagSet) func([]string) (action, error) {
+	asJSON := fs.Bool("json", false, "print a JSON object instead of lines")
+	rate := fs.Bool("rate", false, "print the counters per second over --interval instead of since caplanced started")
+	interval := fs.Duration("interval", time.Second, "how long --rate measures (`DURATION`, up to 20s)")
+	return func(args []string) (action, error) {
+		if err := wantArgs(args); err != nil {
+			return nil, err
+		}
+		if *interval <= 0 || *interval > maxRateInterval {
+			return nil, fmt.Errorf("--interval %v: want more than 0 and at most %v", *interval, maxRateInterval)
+		}
+		return func(ctx context.Context, c Conn, out io.Writer) error {
+			stats, err := getStats(ctx, c)
+			if err != nil {
+				return err
+			}
+			var over time.Duration
+			if *rate {
+				start := time.Now()
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(*interval):
+				}
+				later, err := getStats(ctx, c)
+				if err != nil {
+					return err
+				}
+				over = time.Since(start)
+				stats = statsRate(stats, later, over)
+			}
+			if *asJSON {
+				return writeJSON(out, statsObject(stats, over))
+			}
+			_, err = io.WriteString(out, formatStats(stats, over))
+			return err
+		}, nil
+	}
+}
+
+// maxRateInterval keeps stats --rate well within callTimeout.
+const maxRateInterval = 20 * time.Second
+
+func getStats(ctx context.Context, c Conn) (map[string]uint64, error) {
+	body, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+".GetStats")
+	if err != nil {
+		return nil, callError("GetStats", err)
+	}
+	stats := map[string]uint64{}
+	if err := dbus.Store(body, &stats); err != nil {
+		return nil, fmt.Errorf("GetStats: unexpected reply: %w", err)
+	}
+	return stats, nil
+}
+
+func setupStatus(fs *pflag.FlagSet) func([]string) (action, error) {
 	asJSON := fs.Bool("json", false, "print a JSON object instead of lines")
 	return func(args []string) (action, error) {
 		if err := wantArgs(args); err != nil {
 			return nil, err
 		}
 		return func(ctx context.Context, c Conn, out io.Writer) error {
-			body, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+".GetStats")
+			st, err := getStatus(ctx, c)
 			if err != nil {
-				return callError("GetStats", err)
-			}
-			stats := map[string]uint64{}
-			if err := dbus.Store(body, &stats); err != nil {
-				return fmt.Errorf("GetStats: unexpected reply: %w", err)
+				return err
 			}
 			if *asJSON {
-				return writeJSON(out, stats)
+				return writeJSON(out, statusObject(st))
 			}
-			_, err = io.WriteString(out, formatStats(stats))
+			_, err = io.WriteString(out, formatStatus(st))
 			return err
 		}, nil
 	}
 }
 
-func statusAction(ctx context.Context, c Conn, out io.Writer) error {
-	props, err := getAll(ctx, c, dbusname.ManagerPath, dbusname.ManagerIface)
-	if err != nil {
-		return err
+// status is what status shows.
+type status struct {
+	props map[string]dbus.Variant // the manager's
+	// services are the counts of each service's backends, nil without the
+	// balancer role.
+	services []serviceHealth
+	// healthd is caplance-healthd's own status line, "running" when it
+	// holds its name but does not answer, "" when it does not.
+	healthd string
+}
+
+// serviceHealth counts a service's backends by health and admin state.
+type serviceHealth struct {
+	Name     string `json:"name"`
+	Backends int    `json:"backends"`
+	Up       int    `json:"up"`
+	Down     int    `json:"down"`
+	Unknown  int    `json:"unknown"`
+	Drained  int    `json:"drained"`
+}
+
+func getStatus(ctx context.Context, c Conn) (status, error) {
+	var st status
+	var err error
+	if st.props, err = getAll(ctx, c, dbusname.ManagerPath, dbusname.ManagerIface); err != nil {
+		return st, err
 	}
 	// A caplanced without the balancer role has no services or backends.
-	services, backends := -1, -1
 	rows, err := listBackends(ctx, c)
 	switch {
 	case err == nil:
-		backends = len(rows)
 		svcs, err := listServices(ctx, c)
 		if err != nil {
-			return err
+			return st, err
 		}
-		services = len(svcs)
+		st.services = countBackends(svcs, rows)
 	case errorName(err) != dbusname.ErrorPrefix+"NotSupported":
-		return err
+		return st, err
 	}
 	running, err := nameHasOwner(ctx, c, dbusname.HealthBusName)
 	if err != nil {
-		return err
+		return st, err
 	}
-	healthd := ""
 	if running {
-		healthd = "running"
+		st.healthd = "running"
 		// Its own status line, when it answers (it may be starting).
 		body, err := c.Call(ctx, dbusname.HealthBusName, dbusname.HealthPath, propertiesIface+".Get",
 			dbusname.HealthManagerIface, "Status")
 		var v dbus.Variant
 		if err == nil && dbus.Store(body, &v) == nil {
 			if s, ok := v.Value().(string); ok && s != "" {
-				healthd = s
+				st.healthd = s
 			}
 		}
 	}
-	_, err = io.WriteString(out, formatStatus(props, services, backends, healthd))
-	return err
+	return st, nil
 }
 
-func setupMaintenance(*flag.FlagSet) func([]string) (action, error) {
+// countBackends counts each service's backends, by name; a backend of a
+// service missing from services (added between the two calls) counts
+// under its service's name.
+func countBackends(services []Service, backends []Backend) []serviceHealth {
+	by := map[string]*serviceHealth{}
+	for _, s := range services {
+		by[s.Name] = &serviceHealth{Name: s.Name}
+	}
+	for _, b := range backends {
+		h := by[b.Service]
+		if h == nil {
+			h = &serviceHealth{Name: b.Service}
+			by[b.Service] = h
+		}
+		h.Backends++
+		switch b.Health {
+		case "up":
+			h.Up++
+		case "down":
+			h.Down++
+		default:
+			h.Unknown++
+		}
+		if b.AdminState == "drained" {
+			h.Drained++
+		}
+	}
+	out := []serviceHealth{}
+	for _, name := range slices.Sorted(maps.Keys(by)) {
+		out = append(out, *by[name])
+	}
+	return out
+}
+
+func setupMaintenance(*pflag.FlagSet) func([]string) (action, error) {
 	return func(args []string) (action, error) {
 		if err := wantArgs(args, "on|off"); err != nil {
 			return nil, err
@@ -491,11 +595,16 @@ func setupMaintenance(*flag.FlagSet) func([]string) (action, error) {
 }
 
 // managerCall is the action that calls a manager method whose reply is
-// not shown.
+// not shown. caplanced's Unchanged (a backend already drained, undrained
+// or added as it is) is success: its message goes to stdout.
 func managerCall(method string, args ...any) action {
-	return func(ctx context.Context, c Conn, _ io.Writer) error {
+	return func(ctx context.Context, c Conn, out io.Writer) error {
 		_, err := c.Call(ctx, dbusname.BusName, dbusname.ManagerPath, dbusname.ManagerIface+"."+method, args...)
-		return callError(method, err)
+		err = callError(method, err)
+		if errorName(err) == dbusname.ErrorPrefix+"Unchanged" {
+			_, err = fmt.Fprintln(out, err.Error())
+		}
+		return err
 	}
 }
 

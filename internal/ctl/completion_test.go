@@ -7,11 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/cobra"
 
 	"github.com/caplance/caplance/internal/cli"
 )
@@ -52,8 +53,8 @@ func completionHelper(args []string) int {
 	return app.Execute(args, os.Stdout, os.Stderr)
 }
 
-// completionScript is what "caplancectl completion SHELL" prints.
-func completionScript(t *testing.T, shell string) string {
+// generatedScript is what "caplancectl completion SHELL" prints.
+func generatedScript(t *testing.T, shell string) string {
 	t.Helper()
 	code, stdout, stderr := run(t, nil, "completion", shell) // no bus: run fails the test if dialled
 	if code != cli.ExitOK || stderr != "" || stdout == "" {
@@ -66,13 +67,13 @@ func completionScript(t *testing.T, shell string) string {
 // what the generator makes of the current command table.
 func TestCompletionFiles(t *testing.T) {
 	if len(completionFiles) != len(shells) {
-		t.Errorf("completionFiles has %d shells, the generator %d", len(completionFiles), len(shells))
+		t.Errorf("completionFiles has %d shells, caplancectl %d", len(completionFiles), len(shells))
 	}
 	for _, shell := range shells {
 		t.Run(shell, func(t *testing.T) {
 			file := completionFiles[shell]
 			path := filepath.Join("..", "..", "contrib", "completions", file)
-			want := completionScript(t, shell)
+			want := generatedScript(t, shell)
 			if *update {
 				if err := os.WriteFile(path, []byte(want), 0o644); err != nil {
 					t.Fatal(err)
@@ -111,7 +112,7 @@ func TestCompletionSyntax(t *testing.T) {
 	check := map[string][]string{"bash": {"-n"}, "zsh": {"-n"}, "fish": {"--no-execute"}}
 	for _, shell := range shells {
 		t.Run(shell, func(t *testing.T) {
-			script := completionScript(t, shell) // generated whether or not the shell is here
+			script := generatedScript(t, shell) // generated whether or not the shell is here
 			bin, err := exec.LookPath(shell)
 			if err != nil {
 				t.Logf("%s is not installed: the syntax of its script is NOT checked (only its generation and currency are)", shell)
@@ -129,13 +130,108 @@ func TestCompletionSyntax(t *testing.T) {
 	}
 }
 
-// TestCompletionBash completes command lines with the bash script, whose
-// backend names come from the real "caplancectl list --json" (the test
-// binary as caplancectl, see completionHelper).
-func TestCompletionBash(t *testing.T) {
-	bash, err := exec.LookPath("bash")
+// complete is what "caplancectl __complete WORDS…" offers, the call each
+// shell's script makes on TAB (words: the line after the program name, the
+// last the word being completed), without descriptions, and the directive.
+func complete(t *testing.T, app *App, words ...string) (offered []string, directive string) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	if code := app.Execute(append([]string{cobra.ShellCompRequestCmd}, words...), &stdout, &stderr); code != cli.ExitOK {
+		t.Fatalf("__complete %q: exit code %d, stderr %q", words, code, stderr.String())
+	}
+	lines := strings.Split(strings.TrimSuffix(stdout.String(), "\n"), "\n")
+	for _, l := range lines[:len(lines)-1] {
+		name, _, _ := strings.Cut(l, "\t")
+		offered = append(offered, name)
+	}
+	return offered, lines[len(lines)-1]
+}
+
+// TestComplete checks what TAB offers, with a caplanced that has the
+// services and backends of serviceRows and backendRows, asked on each
+// TAB (the calls counted).
+func TestComplete(t *testing.T) {
+	var allCommands []string
+	for _, c := range commands {
+		allCommands = append(allCommands, c.name)
+	}
+	allCommands = append(allCommands, "completion", "help")
+	slices.Sort(allCommands)
+	const noFiles = ":4"
+	tests := []struct {
+		words     []string
+		want      []string
+		wantCalls []string
+		wantBus   string // dialled, if any call
+	}{
+		{words: []string{""}, want: allCommands},
+		{words: []string{"dr"}, want: []string{"drain"}},
+		{words: []string{"re"}, want: []string{"reload", "remove-backend", "remove-service"}},
+		{words: []string{"--bus", ""}, want: []string{"system", "session"}},
+		{words: []string{"--bus", "session", "st"}, want: []string{"stats", "status"}},
+		{words: []string{"add-service", "web", "--proto", ""}, want: []string{"tcp", "udp", "tcp+udp"}},
+		{words: []string{"add-service", "web", "--hash", "source"}, want: []string{"5-tuple", "source-ip", "source-ip-port"}}, // the shell filters
+		{words: []string{"add-service", ""}},                                                                                  // a new name: none offered
+		{words: []string{"add-service", "web", "--vip", ""}},
+		{words: []string{"add-backend", ""}},
+		{words: []string{"add-backend", "--weight", ""}},
+		{words: []string{"maintenance", ""}, want: []string{"on", "off"}},
+		{words: []string{"completion", ""}, want: []string{"bash", "zsh", "fish"}},
+		{words: []string{"frobnicate", ""}},
+		{words: []string{"help", ""}, want: slices.DeleteFunc(slices.Clone(allCommands), func(c string) bool { return c == "help" })},
+		{words: []string{"help", "drain", ""}},
+		{words: []string{"show-service", ""}, want: []string{"web", "dns"}, wantCalls: []string{"ListServices"}, wantBus: "system"},
+		{words: []string{"change-service", "w"}, want: []string{"web", "dns"}, wantCalls: []string{"ListServices"}, wantBus: "system"},
+		{words: []string{"remove-service", "--bus", "session", "d"}, want: []string{"web", "dns"}, wantCalls: []string{"ListServices"}, wantBus: "session"},
+		{words: []string{"drain", "--service", ""}, want: []string{"web", "dns"}, wantCalls: []string{"ListServices"}, wantBus: "system"},
+		{words: []string{"list", "--service", ""}, want: []string{"web", "dns"}, wantCalls: []string{"ListServices"}, wantBus: "system"},
+		{words: []string{"add-backend", "web9", "--service", ""}, want: []string{"web", "dns"}, wantCalls: []string{"ListServices"}, wantBus: "system"},
+		{words: []string{"drain", ""}, want: []string{"dns1", "web-1", "web2"}, wantCalls: []string{"ListBackends"}, wantBus: "system"},
+		{words: []string{"--bus=unix:path=/x", "undrain", ""}, want: []string{"dns1", "web-1", "web2"}, wantCalls: []string{"ListBackends"}, wantBus: "unix:path=/x"},
+		{words: []string{"show", ""}, want: []string{"dns1", "web-1", "web2"}, wantCalls: []string{"ListBackends"}, wantBus: "system"},
+		{words: []string{"remove-backend", ""}, want: []string{"dns1", "web-1", "web2"}, wantCalls: []string{"ListBackends"}, wantBus: "system"},
+		{words: []string{"set-weight", ""}, want: []string{"dns1", "web-1", "web2"}, wantCalls: []string{"ListBackends"}, wantBus: "system"},
+		{words: []string{"set-weight", "web2", ""}}, // the weight
+		{words: []string{"drain", "web2", ""}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.words, " ")+"<TAB>", func(t *testing.T) {
+			f := &fakeConn{t: t, replies: map[string]fakeReply{
+				"org.caplance.Caplance1.Manager.ListBackends": {body: []any{backendRows}},
+				"org.caplance.Caplance1.Manager.ListServices": {body: []any{serviceRows}},
+			}}
+			var bus string
+			app := &App{Dial: func(b string) (Conn, error) { bus = b; return f, nil }}
+			got, directive := complete(t, app, tt.words...)
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("offered (-want +got):\n%s", diff)
+			}
+			if directive != noFiles {
+				t.Errorf("directive %s, want %s (no file names)", directive, noFiles)
+			}
+			var calls []string
+			for _, c := range f.calls {
+				calls = append(calls, strings.TrimPrefix(c, "org.caplance.Caplance1 /org/caplance/Caplance1 org.caplance.Caplance1.Manager."))
+			}
+			if diff := cmp.Diff(tt.wantCalls, calls); diff != "" || bus != tt.wantBus {
+				t.Errorf("dialled %q, want %q; calls (-want +got):\n%s", bus, tt.wantBus, diff)
+			}
+		})
+	}
+	// caplanced not running: nothing, silently.
+	noBus := "unix:path=" + filepath.Join(t.TempDir(), "none")
+	if got, directive := complete(t, &App{}, "--bus", noBus, "drain", ""); got != nil || directive != noFiles {
+		t.Errorf("without caplanced: offered %q, directive %s; want none, %s", got, directive, noFiles)
+	}
+}
+
+// TestCompletionFish completes with the generated fish script, which
+// calls caplancectl back (the test binary as caplancectl, see
+// completionHelper) for the backend names.
+func TestCompletionFish(t *testing.T) {
+	fish, err := exec.LookPath("fish")
 	if err != nil {
-		t.Logf("bash is not installed: the bash script's completions are NOT checked")
+		t.Logf("fish is not installed: the script's round trip is NOT checked (__complete is, by TestComplete)")
 		return
 	}
 	self, err := os.Executable()
@@ -143,182 +239,42 @@ func TestCompletionBash(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	script := filepath.Join(dir, "caplancectl.bash")
-	if err := os.WriteFile(script, []byte(completionScript(t, "bash")), 0o644); err != nil {
+	script := filepath.Join(dir, "caplancectl.fish")
+	if err := os.WriteFile(script, []byte(generatedScript(t, "fish")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(dir, "bin")
-	wrapper := "#!/bin/sh\nprintf '%s\\n' \"$*\" >> \"$CALLS\"\nexec \"$SELF\" \"$@\"\n"
 	if err := os.Mkdir(bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(bin, "caplancectl"), []byte(wrapper), 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(bin, "caplancectl"), []byte("#!/bin/sh\nexec \"$SELF\" \"$@\"\n"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	noBus := filepath.Join(dir, "no-bus")
-	var allCommands []string
-	for _, c := range commands {
-		allCommands = append(append(allCommands, c.name), c.aliases...)
-	}
-
-	// words are COMP_WORDS as bash splits the line, the cursor at the end
-	// of the last; with the default COMP_WORDBREAKS "=" and ":" are words.
-	tests := []struct {
-		words     []string
-		want      []string
-		wantCalls []string // of caplancectl, by the script
+	for _, tt := range []struct {
+		line string
+		want []string
 	}{
-		{words: []string{"dr"}, want: []string{"drain"}},
-		{words: []string{""}, want: allCommands},
-		{words: []string{"re"}, want: []string{"remove-service", "remove-backend", "reload"}},
-		{words: []string{"--"}, want: []string{"--bus", "--help", "--version"}},
-		{words: []string{"--bus", ""}, want: []string{"system", "session"}},
-		{words: []string{"--bus", "="}, want: []string{"system", "session"}},
-		{words: []string{"--bus", "=", "se"}, want: []string{"session"}},
-		{words: []string{"--bus", "session", "--v"}, want: []string{"--version"}},
-		{words: []string{"--bus", "session", "st"}, want: []string{"status", "stats"}},
-		{words: []string{"set-weight", "--"}, want: []string{"--service", "--help"}},
-		{words: []string{"list", "--"}, want: []string{"--json", "--service", "--help"}},
-		{words: []string{"add-backend", "--"}, want: []string{"--check", "--runtime", "--service", "--weight", "--help"}},
-		{words: []string{"add-service", "--"}, want: []string{"--check", "--hash", "--port", "--proto", "--runtime", "--table-size", "--vip", "--help"}},
-		{words: []string{"change-service", "--"}, want: []string{"--check", "--hash", "--port", "--proto", "--table-size", "--vip", "--help"}},
-		{words: []string{"add-service", "web", "--proto", ""}, want: []string{"tcp", "udp", "tcp+udp"}},
-		{words: []string{"add-service", "web", "--hash", "source"}, want: []string{"source-ip", "source-ip-port"}},
-		{words: []string{"change-service", "--hash", "=", "5"}, want: []string{"5-tuple"}},
-		{words: []string{"add-service", ""}}, // a new name: none offered
-		{words: []string{"add-service", "web", "--vip", ""}},
-		{words: []string{"add-service", "web", "--port", ""}},
-		{words: []string{"show-service", ""}, want: []string{"web", "dns"}, wantCalls: []string{"services --json"}},
-		{words: []string{"change-service", "w"}, want: []string{"web"}, wantCalls: []string{"services --json"}},
-		{words: []string{"--bus", "session", "remove-service", "d"}, want: []string{"dns"}, wantCalls: []string{"--bus session services --json"}},
-		{words: []string{"drain", "--service", ""}, want: []string{"web", "dns"}, wantCalls: []string{"services --json"}},
-		{words: []string{"--bus", "=", "session", "list", "--service", "=", "d"}, want: []string{"dns"}, wantCalls: []string{"--bus=session services --json"}},
-		{words: []string{"add-backend", "web9", "--service", "w"}, want: []string{"web"}, wantCalls: []string{"services --json"}},
-		{words: []string{"list-services", "--"}, want: []string{"--json", "--help"}},
-		{words: []string{"add-backend", "web1", "--weight", "5", "10.0.1.1", "--r"}, want: []string{"--runtime"}},
-		{words: []string{"add-backend", ""}}, // a new name: none offered
-		{words: []string{"add-backend", "--weight", ""}},
-		{words: []string{"add-backend", "--check", "-"}}, // a value, not a flag
-		{words: []string{"completion", ""}, want: []string{"bash", "zsh", "fish"}},
-		{words: []string{"completion", "bash", ""}},
-		{words: []string{"frobnicate", ""}},
-		{words: []string{"drain", ""}, want: []string{"dns1", "web-1", "web2"}, wantCalls: []string{"list --json"}},
-		{words: []string{"show", "web-"}, want: []string{"web-1"}, wantCalls: []string{"list --json"}},
-		{words: []string{"remove-backend", "w"}, want: []string{"web-1", "web2"}, wantCalls: []string{"list --json"}},
-		{words: []string{"undrain", "--", "w"}, want: []string{"web-1", "web2"}, wantCalls: []string{"list --json"}},
-		{words: []string{"set-weight", "x"}, wantCalls: []string{"list --json"}},
-		{words: []string{"set-weight", "web2", ""}}, // the weight
-		{words: []string{"drain", "web2", ""}},
-		{words: []string{"--bus", "session", "set-weight", "w"}, want: []string{"web-1", "web2"},
-			wantCalls: []string{"--bus session list --json"}},
-		{words: []string{"--bus", "=", "session", "drain", ""}, want: []string{"dns1", "web-1", "web2"},
-			wantCalls: []string{"--bus=session list --json"}},
-		// caplanced not running: nothing, silently.
-		{words: []string{"--bus", "unix", ":", "path", "=", noBus, "drain", ""},
-			wantCalls: []string{"--bus unix:path=" + noBus + " list --json"}},
-	}
-	for _, tt := range tests {
-		words := append([]string{"caplancectl"}, tt.words...)
-		t.Run(strings.Join(words, " ")+"<TAB>", func(t *testing.T) {
-			calls := filepath.Join(t.TempDir(), "calls")
-			const prog = `source "$1" || exit
-complete -p caplancectl >/dev/null || exit
-COMP_WORDBREAKS=$2
-COMP_WORDS=("${@:3}")
-COMP_CWORD=$(($# - 3))
-_caplancectl caplancectl "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
-printf '%s\n' "${COMPREPLY[@]}"`
-			cmd := exec.Command(bash, append([]string{"--norc", "--noprofile", "-c", prog, "bash", script, "\"'><=;|&(: \t\n"}, words...)...)
-			cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "CALLS="+calls, "SELF="+self, helperEnv+"=1",
-				"GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0") // -race: no second's wait at exit
-			var stdout, stderr bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			if err := cmd.Run(); err != nil || stderr.Len() > 0 {
-				t.Fatalf("bash: %v, stderr:\n%s", err, stderr.String())
-			}
-			got := strings.Fields(stdout.String())
-			if len(got) == 0 {
-				got = nil
-			}
-			if diff := cmp.Diff(tt.want, got); diff != "" {
-				t.Errorf("COMPREPLY (-want +got):\n%s", diff)
-			}
-			raw, err := os.ReadFile(calls)
-			if err != nil && !os.IsNotExist(err) {
-				t.Fatal(err)
-			}
-			gotCalls := strings.Split(strings.TrimSuffix(string(raw), "\n"), "\n")
-			if len(raw) == 0 {
-				gotCalls = nil
-			}
-			if diff := cmp.Diff(tt.wantCalls, gotCalls); diff != "" {
-				t.Errorf("calls of caplancectl (-want +got):\n%s", diff)
-			}
-		})
-	}
-}
-
-// TestCompletionArgs checks the arguments read from the synopses against
-// the parser: each command takes exactly that many.
-func TestCompletionArgs(t *testing.T) {
-	for _, c := range commands {
-		args := argsOf(c)
-		var values []string
-		for _, a := range args {
-			if len(a.Words) > 0 {
-				values = append(values, a.Words[0])
-			} else {
-				values = append(values, "1")
+		{"caplancectl dra", []string{"drain"}},
+		{"caplancectl drain ", []string{"dns1", "web-1", "web2"}},
+		{"caplancectl drain web", []string{"web-1", "web2"}},
+		{"caplancectl list --service ", []string{"dns", "web"}},
+	} {
+		cmd := exec.Command(fish, "--no-config", "-c", "source $argv[1]; complete -C $argv[2]", script, tt.line)
+		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"), "SELF="+self, helperEnv+"=1", "HOME="+dir,
+			"GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0") // -race: no second's wait at exit
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("fish: %v\n%s", err, out)
+		}
+		var got []string
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if name, _, _ := strings.Cut(l, "\t"); name != "" {
+				got = append(got, name)
 			}
 		}
-		fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
-		take := c.setup(fs)
-		// add-service and change-service want flags too: only an error
-		// about the arguments counts.
-		if _, err := take(values); err != nil && argCountError.MatchString(err.Error()) {
-			t.Errorf("%s %v (from the synopsis %q): %v", c.name, values, c.synopsis, err)
-		}
-		if _, err := take(append(values, "1")); err == nil || !strings.Contains(err.Error(), "unexpected argument") {
-			t.Errorf("%s takes more arguments than its synopsis %q shows: %v", c.name, c.synopsis, err)
-		}
-	}
-	named := map[string][]string{}
-	for _, c := range completionSpecOf(commands).Commands {
-		if len(c.Args) > 0 && c.Args[0].Names != nil {
-			named[c.Args[0].Names.What] = append(named[c.Args[0].Names.What], c.Name)
-		}
-	}
-	want := map[string][]string{
-		"backend": {"show", "remove-backend", "set-weight", "drain", "undrain"},
-		"service": {"show-service", "change-service", "remove-service"},
-	}
-	if diff := cmp.Diff(want, named); diff != "" {
-		t.Errorf("commands completing an existing name, by what they name (-want +got):\n%s", diff)
-	}
-}
-
-// argCountError matches wantArgs' errors.
-var argCountError = regexp.MustCompile(`^missing [A-Z]|unexpected argument`)
-
-// Every flag with values to offer exists.
-func TestCompletionFlagValues(t *testing.T) {
-	spec := completionSpecOf(commands)
-	for name := range flagNames {
-		found := false
-		for _, f := range spec.FlagsWithWords() {
-			found = found || f.Name == name && f.Names != nil
-		}
-		if !found {
-			t.Errorf("flagNames has names for --%s, which no command has", name)
-		}
-	}
-	for name := range flagValues {
-		found := false
-		for _, f := range spec.FlagsWithWords() {
-			found = found || f.Name == name
-		}
-		if !found {
-			t.Errorf("flagValues has values for --%s, which no command has", name)
+		slices.Sort(got)
+		if diff := cmp.Diff(tt.want, got); diff != "" {
+			t.Errorf("%s<TAB> (-want +got):\n%s", tt.line, diff)
 		}
 	}
 }

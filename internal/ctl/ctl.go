@@ -1,4 +1,5 @@
-// Package ctl is caplancectl: it parses the command line, makes the D-Bus
+// Package ctl is caplancectl: its command line (on cobra, with the shell
+// completions cobra generates), the D-Bus
 // calls of caplanced.dbus(7) and formats the replies. It is a thin client:
 // names, addresses, weights and check specs are checked by caplanced, whose
 // error messages are what the user reads; ctl only parses numbers and, with
@@ -10,24 +11,25 @@ package ctl
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
 	"github.com/caplance/caplance/internal/cli"
-	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/quote"
 )
 
-// ExitNotRunning is caplancectl's exit code when caplanced cannot be
-// reached; cli's codes (0 ok, 1 failed, 2 usage) hold otherwise.
+// ExitNotRunning is caplancectl's exit code when the bus works but
+// caplanced is not on it; cli's codes (0 ok, 1 failed, 2 usage) hold
+// otherwise.
 const ExitNotRunning = 3
 
 // callTimeout bounds every command but watch.
@@ -39,50 +41,80 @@ type App struct {
 	Dial func(bus string) (Conn, error)
 
 	bus string
-	err error // what the last Run returned, for the exit code
 }
 
 // Execute runs caplancectl with args (without the program name) and
 // returns its exit code.
 func (a *App) Execute(args []string, stdout, stderr io.Writer) int {
-	a.err = nil
-	code := a.Command().Execute(args, stdout, stderr)
-	if code == cli.ExitFailed && errors.As(a.err, new(*NotRunningError)) {
-		return ExitNotRunning
-	}
-	return code
+	return cli.Execute(a.Command(), args, stdout, stderr)
 }
 
-// Command is caplancectl as a cli.Command; Execute maps its exit code.
-func (a *App) Command() cli.Command {
-	fs := flag.NewFlagSet("caplancectl", flag.ContinueOnError)
-	fs.StringVar(&a.bus, "bus", "system", "connect to `BUS`: system, session or a D-Bus address")
-	return cli.Command{
-		Name:        "caplancectl",
-		Synopsis:    "[--bus BUS] COMMAND [ARGS]",
-		Description: description(),
-		Flags:       fs,
-		Run: func(args []string, stdout io.Writer) error {
-			a.err = a.run(args, stdout)
-			return a.err
-		},
+// Command is caplancectl's cobra root: --bus, global so that it may come
+// anywhere on the line, and a subcommand per entry of commands.
+func (a *App) Command() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "caplancectl [--bus BUS] COMMAND [ARGS]",
+		Short: "Control the Caplance load balancer daemon (caplanced) over D-Bus.",
+		Long: "Control the Caplance load balancer daemon (caplanced) over D-Bus.\n\n" +
+			"Exit status: 0 ok, 1 refused or failed, 2 usage, 3 caplanced not running on a working bus.",
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
 	}
-}
-
-func description() string {
-	var b strings.Builder
-	b.WriteString("Control the Caplance load balancer daemon (caplanced) over D-Bus.\n\nCommands:\n")
+	root.PersistentFlags().StringVar(&a.bus, "bus", "system", "connect to `BUS`: system, session or a D-Bus address")
+	_ = root.RegisterFlagCompletionFunc("bus", cobra.FixedCompletions([]string{"system", "session"}, cobra.ShellCompDirectiveNoFileComp))
+	root.ValidArgsFunction = cobra.NoFileCompletions // after a word that is no command
 	for _, c := range commands {
-		use := strings.TrimSpace(strings.Join(append([]string{c.name}, c.aliases...), ", ") + " " + c.synopsis)
-		if len(use) > 23 { // two spaces at least before the summary
-			fmt.Fprintf(&b, "  %s\n  %-24s %s\n", use, "", c.summary)
-			continue
-		}
-		fmt.Fprintf(&b, "  %-24s %s\n", use, c.summary)
+		root.AddCommand(a.subcommand(c))
 	}
-	b.WriteString("\nRun 'caplancectl COMMAND --help' for a command's flags.\n" +
-		"Exit status: 0 ok, 1 refused or failed, 2 usage, 3 caplanced not running.")
-	return b.String()
+	root.AddCommand(completionCommand(root))
+	return cli.Root(root)
+}
+
+// subcommand is c as a cobra command.
+func (a *App) subcommand(c command) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     strings.TrimSpace(c.name + " " + c.synopsis),
+		Aliases: c.aliases,
+		Short:   c.summary,
+		// The arguments are take's to check, with errors that name them.
+		Args: cobra.ArbitraryArgs,
+	}
+	take := c.setup(cmd.Flags())
+	a.completeNames(cmd, c)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		act, err := take(args)
+		if err != nil {
+			return cli.UsageError{Msg: cmd.CalledAs() + ": " + err.Error()}
+		}
+		return a.do(act, c.endless, cmd.OutOrStdout())
+	}
+	return cmd
+}
+
+// do dials caplanced's bus and runs act.
+func (a *App) do(act action, endless bool, stdout io.Writer) error {
+	conn, err := a.dial()
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if !endless {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, callTimeout)
+		defer cancel()
+	}
+	return act(ctx, conn, stdout)
+}
+
+// dial connects to --bus with a.Dial.
+func (a *App) dial() (Conn, error) {
+	dial := a.Dial
+	if dial == nil {
+		dial = DialBus
+	}
+	return dial(a.bus)
 }
 
 // action is a parsed command, ready to talk to caplanced.
@@ -97,145 +129,23 @@ type command struct {
 	setup    setupFunc
 	// endless commands run until interrupted, without callTimeout.
 	endless bool
-	// local commands run without caplanced: their action gets no Conn.
-	local bool
 	// nameArg is what the command's NAME argument names, for the shell
 	// completions.
 	nameArg nameKind
 }
 
-// nameKind is what a command's NAME argument names.
+// nameKind is what a command's first argument names.
 type nameKind int
 
 const (
-	backendName nameKind = iota // an existing backend
+	noName      nameKind = iota // no name, or a new one: nothing to offer
+	backendName                 // an existing backend
 	serviceName                 // an existing service
-	newName                     // one still to be made: nothing to offer
 )
 
 // setupFunc defines a command's flags on fs and returns the function that
 // takes the positional arguments left after fs is parsed.
-type setupFunc func(fs *flag.FlagSet) func(args []string) (action, error)
-
-// lookup returns the command called name, or one of whose aliases name
-// is, under the name the user gave.
-func lookup(name string) (command, bool) {
-	for _, c := range commands {
-		if c.name == name {
-			return c, true
-		}
-		if slices.Contains(c.aliases, name) {
-			c.name = name
-			return c, true
-		}
-	}
-	return command{}, false
-}
-
-func (a *App) run(args []string, stdout io.Writer) error {
-	if len(args) == 0 {
-		return cli.UsageError{Msg: "missing command"}
-	}
-	c, ok := lookup(args[0])
-	if !ok {
-		return cli.UsageError{Msg: fmt.Sprintf("unknown command %q", args[0])}
-	}
-	act, err := c.parse(args[1:], stdout)
-	if err != nil || act == nil { // act is nil after --help
-		return err
-	}
-	if c.local {
-		return act(context.Background(), nil, stdout)
-	}
-
-	dial := a.Dial
-	if dial == nil {
-		dial = DialBus
-	}
-	conn, err := dial(a.bus)
-	if err != nil {
-		var nr *NotRunningError
-		if errors.As(err, &nr) {
-			return err
-		}
-		return &NotRunningError{Msg: fmt.Sprintf("cannot connect to the %s: %v", dbusconn.Label(a.bus), err)}
-	}
-	defer conn.Close()
-
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if !c.endless {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, callTimeout)
-		defer cancel()
-	}
-	return act(ctx, conn, stdout)
-}
-
-// parse parses the command's flags, which may come before, between and
-// after its positional arguments, and returns its action; a nil action
-// and nil error mean --help was answered on stdout.
-func (c command) parse(args []string, stdout io.Writer) (action, error) {
-	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	takeArgs := c.setup(fs)
-	pos, err := parseInterspersed(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		c.usage(fs, stdout)
-		return nil, nil
-	}
-	if err != nil {
-		return nil, cli.UsageError{Msg: c.name + ": " + err.Error()}
-	}
-	act, err := takeArgs(pos)
-	if err != nil {
-		return nil, cli.UsageError{Msg: c.name + ": " + err.Error()}
-	}
-	return act, nil
-}
-
-func (c command) usage(fs *flag.FlagSet, w io.Writer) {
-	fmt.Fprintf(w, "Usage: caplancectl %s\n\n%s\n", strings.TrimSpace(c.name+" "+c.synopsis), c.summary)
-	hasFlags := false
-	fs.VisitAll(func(*flag.Flag) { hasFlags = true })
-	if hasFlags {
-		fmt.Fprint(w, "\nFlags:\n")
-		fs.SetOutput(w)
-		fs.PrintDefaults()
-	}
-	fmt.Fprint(w, "\nSee caplancectl(8).\n")
-}
-
-// parseInterspersed parses fs from args, letting flags and positional
-// arguments mix ("add-backend web1 10.0.1.1 --weight 5"); everything after
-// "--" is positional, and so is an argument that looks like a negative
-// number, whose error is then a better one than "flag not defined".
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		// flag stops at a negative number: take it as an argument.
-		for len(args) > 0 && looksNegative(args[0]) {
-			pos = append(pos, args[0])
-			args = args[1:]
-		}
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		rest := fs.Args()
-		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
-			return append(pos, rest...), nil
-		}
-		if len(rest) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, rest[0])
-		args = rest[1:]
-	}
-}
-
-func looksNegative(s string) bool {
-	return len(s) > 1 && s[0] == '-' && '0' <= s[1] && s[1] <= '9'
-}
+type setupFunc func(fs *pflag.FlagSet) func(args []string) (action, error)
 
 // wantArgs checks that args are exactly the arguments called names.
 func wantArgs(args []string, names ...string) error {
@@ -261,4 +171,8 @@ func parseUint32(what, s string) (uint32, error) {
 		return 0, fmt.Errorf("%s %s: must not be negative", what, quote.Q(s))
 	}
 	return 0, fmt.Errorf("%s %s: not a number", what, quote.Q(s))
+}
+
+func looksNegative(s string) bool {
+	return len(s) > 1 && s[0] == '-' && '0' <= s[1] && s[1] <= '9'
 }

@@ -65,10 +65,10 @@ func TestErrors(t *testing.T) {
 			wantCode: ExitNotRunning, want: "caplancectl: caplanced is not running: Could not get owner of name 'org.caplance.Caplance1': no such name" + hint},
 		{name: "ServiceUnknown of show", args: []string{"show", "web1"}, err: dbusError("org.freedesktop.DBus.Error.ServiceUnknown", "The name is not activatable"),
 			wantCode: ExitNotRunning, want: "caplancectl: caplanced is not running: The name is not activatable" + hint},
-		{name: "no bus", args: []string{"list"}, dialErr: errors.New("dial unix /run/dbus/system_bus_socket: connect: no such file or directory"),
-			wantCode: ExitNotRunning, want: "caplancectl: cannot connect to the system bus: dial unix /run/dbus/system_bus_socket: connect: no such file or directory" + hint},
-		{name: "no such session bus", args: []string{"--bus", "session", "list"}, dialErr: errors.New("dbus: couldn't determine address of session bus"),
-			wantCode: ExitNotRunning, want: "caplancectl: cannot connect to the session bus: dbus: couldn't determine address of session bus" + hint},
+		// A bus that cannot be reached is no "caplanced not running" (see
+		// TestDialBusFailure for DialBus's messages).
+		{name: "no bus", args: []string{"list"}, dialErr: errors.New(`no system bus at "unix:path=/run/dbus/system_bus_socket" (dial unix /run/dbus/system_bus_socket: connect: no such file or directory)`),
+			wantCode: cli.ExitFailed, want: "caplancectl: no system bus at \"unix:path=/run/dbus/system_bus_socket\" (dial unix /run/dbus/system_bus_socket: connect: no such file or directory)\n"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -90,6 +90,27 @@ func TestErrors(t *testing.T) {
 				t.Errorf("stdout %q, want nothing", stdout.String())
 			}
 		})
+	}
+}
+
+// caplanced's Unchanged is success: drain of a drained backend, undrain of
+// an active one, add-backend of one added as it is exit 0 and say so.
+func TestUnchanged(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"drain", "web2"}, `backend "web2": already drained`},
+		{[]string{"undrain", "web1"}, `backend "web1": already undrained (not drained)`},
+		{[]string{"add-backend", "web8", "10.0.1.18"}, `backend "web8": already added, with that service, address, weight and check`},
+	} {
+		app := &App{Dial: func(string) (Conn, error) {
+			return &failingConn{err: dbusError(dbusname.ErrorPrefix+"Unchanged", tt.msg)}, nil
+		}}
+		var stdout, stderr bytes.Buffer
+		if code := app.Execute(tt.args, &stdout, &stderr); code != cli.ExitOK || stdout.String() != tt.msg+"\n" || stderr.Len() > 0 {
+			t.Errorf("%v: exit code %d, stdout %q, stderr %q; want 0, %q, none", tt.args, code, stdout.String(), stderr.String(), tt.msg+"\n")
+		}
 	}
 }
 
@@ -138,15 +159,37 @@ func TestNotFoundLocally(t *testing.T) {
 	}
 }
 
-// DialBus turns a bus that cannot be reached into a NotRunningError.
+// DialBus: a --bus that is no address is a usage error; a bus that is not
+// there says so and is no *NotRunningError (exit 3 is for a working bus
+// without caplanced, see TestOverBus).
 func TestDialBusFailure(t *testing.T) {
-	_, err := DialBus("unix:path=" + t.TempDir() + "/none")
-	var nr *NotRunningError
-	if !errors.As(err, &nr) {
-		t.Fatalf("DialBus of a missing socket: %v, want a *NotRunningError", err)
+	dir := t.TempDir()
+	tests := []struct {
+		bus, systemEnv string
+		wantUsage      bool
+		want           string
+	}{
+		{bus: "bogus", wantUsage: true, want: `--bus "bogus": not a D-Bus address: want system, session or an address such as unix:path=/run/dbus/system_bus_socket`},
+		{bus: "unix:/x", wantUsage: true, want: `--bus "unix:/x": not a D-Bus address: "/x" is not key=value: want system`},
+		{bus: "unix:foo=1", wantUsage: true, want: `--bus "unix:foo=1": not a D-Bus address: a unix address needs path= or abstract=`},
+		{bus: "unix:path=" + dir + "/none", want: `no bus at "unix:path=` + dir + `/none" (dial unix ` + dir + `/none: connect: no such file or directory)`},
+		{bus: "system", systemEnv: "unix:path=" + dir + "/sys", want: `no system bus at "unix:path=` + dir + `/sys" (dial unix ` + dir + `/sys: connect: no such file or directory)`},
 	}
-	t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", "unix:path="+t.TempDir()+"/none")
-	if _, err := DialBus("system"); !errors.As(err, &nr) {
-		t.Fatalf("DialBus(system) with DBUS_SYSTEM_BUS_ADDRESS of a missing socket: %v", err)
+	for _, tt := range tests {
+		t.Run(tt.bus, func(t *testing.T) {
+			if tt.systemEnv != "" {
+				t.Setenv("DBUS_SYSTEM_BUS_ADDRESS", tt.systemEnv)
+			}
+			_, err := DialBus(tt.bus)
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+				t.Fatalf("DialBus(%q): %v, want %q…", tt.bus, err, tt.want)
+			}
+			if got := errors.As(err, new(cli.UsageError)); got != tt.wantUsage {
+				t.Errorf("DialBus(%q): a usage error: %v, want %v", tt.bus, got, tt.wantUsage)
+			}
+			if errors.As(err, new(*NotRunningError)) {
+				t.Errorf("DialBus(%q): %v is a *NotRunningError (exit 3)", tt.bus, err)
+			}
+		})
 	}
 }

@@ -116,6 +116,9 @@ var (
 		"EncapPort":  variant(uint16(5555)),
 		"TableSize":  variant(uint32(65537)),
 		"Dataplane":  variant("xdp (native)"),
+		// 2026-12-07T17:30:00Z
+		"LastReload":      variant(uint64(1796664600)),
+		"LastReloadError": variant("caplanced.toml: line 3: unknown key \"colour\"\ncaplanced.toml: line 4: weight 10001: must be between 0 and 10000"),
 	}
 	backendRows = [][]any{
 		{"dns1", "dns", "10.0.2.1", uint32(1), "active", "unknown", "", uint64(0), uint64(0), uint64(5), uint64(300)},

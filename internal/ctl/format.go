@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net/netip"
 	"slices"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/godbus/dbus/v5"
 )
@@ -110,11 +112,11 @@ func formatList(services []Service, backends []Backend) string {
 
 // backendHeader and backendRow are the columns of a backend in list and
 // show-service.
-var backendHeader = []string{"NAME", "ADDRESS", "WEIGHT", "ADMIN", "HEALTH", "ACTIVE", "INACTIVE", "PACKETS", "REASON"}
+var backendHeader = []string{"NAME", "ADDRESS", "WEIGHT", "ADMIN", "HEALTH", "ACTIVE", "INACTIVE", "PACKETS", "BYTES", "REASON"}
 
 func backendRow(r Backend) []string {
 	return []string{r.Name, r.Address, fmt.Sprint(r.Weight), r.AdminState, r.Health,
-		fmt.Sprint(r.ActiveFlows), fmt.Sprint(r.InactiveFlows), fmt.Sprint(r.Packets), cmp.Or(r.HealthDetail, "-")}
+		fmt.Sprint(r.ActiveFlows), fmt.Sprint(r.InactiveFlows), fmt.Sprint(r.Packets), fmt.Sprint(r.Bytes), cmp.Or(r.HealthDetail, "-")}
 }
 
 // formatBackends is the table of show-service: the backends of one
@@ -133,10 +135,10 @@ func formatBackends(backends []Backend) string {
 func formatServices(services []Service) string {
 	services = slices.Clone(services)
 	slices.SortFunc(services, func(a, b Service) int { return cmp.Compare(a.Name, b.Name) })
-	rows := [][]string{{"NAME", "PROTO", "HASH", "TABLE", "BACKENDS", "ACTIVE", "PACKETS", "SOURCE", "CHECK", "VIPS"}}
+	rows := [][]string{{"NAME", "PROTO", "HASH", "TABLE", "BACKENDS", "ACTIVE", "PACKETS", "BYTES", "SOURCE", "CHECK", "VIPS"}}
 	for _, s := range services {
 		rows = append(rows, []string{s.Name, s.Protocols, s.Hash, fmt.Sprint(s.TableSize), fmt.Sprint(s.Backends),
-			fmt.Sprint(s.ActiveFlows), fmt.Sprint(s.Packets), s.Source, cmp.Or(s.Check, "-"), formatVIPs(s.VIPs)})
+			fmt.Sprint(s.ActiveFlows), fmt.Sprint(s.Packets), fmt.Sprint(s.Bytes), s.Source, cmp.Or(s.Check, "-"), formatVIPs(s.VIPs)})
 	}
 	return strings.Join(tabulate(rows), "\n") + "\n"
 }
@@ -206,30 +208,111 @@ func propertyOrder(props map[string]dbus.Variant, order []string) []string {
 	return append(keys, extra...)
 }
 
-// formatStatus is status's output: the manager's properties, the number
-// of services and of backends (none when < 0, without the balancer role)
-// and caplance-healthd's status ("" when it does not run).
-func formatStatus(props map[string]dbus.Variant, services, backends int, healthd string) string {
-	all := maps.Clone(props)
+// formatStatus is status's output: the manager's properties (LastReload
+// and LastReloadError as one line), the number of services and of
+// backends (on a balancer), the routes of a routed balancer,
+// caplance-healthd's status (when it runs) and a table of each service's
+// backends by health and admin state.
+func formatStatus(st status) string {
+	all := maps.Clone(st.props)
 	// The route properties make one line of their own, after the others.
-	for _, k := range routeProperties {
+	for _, k := range append(slices.Clip(routeProperties), "LastReload", "LastReloadError") {
 		delete(all, k)
 	}
 	order := managerProperties
-	if backends >= 0 {
-		all["Services"] = dbus.MakeVariant(uint32(services))
+	if _, ok := st.props["LastReload"]; ok {
+		all["LastReload"] = dbus.MakeVariant(formatReload(st.props))
+		order = append(slices.Clip(order), "LastReload")
+	}
+	if st.services != nil {
+		backends := 0
+		for _, s := range st.services {
+			backends += s.Backends
+		}
+		all["Services"] = dbus.MakeVariant(uint32(len(st.services)))
 		all["Backends"] = dbus.MakeVariant(uint32(backends))
 		order = append(slices.Clip(order), "Services", "Backends")
 	}
 	s := formatProperties(all, order)
-	if routed, _ := props["Routed"].Value().(bool); routed {
-		s += "routes: " + formatRoutes(props) + "\n"
+	if routed, _ := st.props["Routed"].Value().(bool); routed {
+		s += "routes: " + formatRoutes(st.props) + "\n"
 	}
-	if healthd != "" {
-		s += "caplance-healthd: " + healthd + "\n"
+	if st.healthd != "" {
+		s += "caplance-healthd: " + st.healthd + "\n"
+	}
+	if len(st.services) > 0 {
+		rows := [][]string{{"SERVICE", "BACKENDS", "UP", "DOWN", "UNKNOWN", "DRAINED"}}
+		for _, h := range st.services {
+			rows = append(rows, []string{h.Name, fmt.Sprint(h.Backends), fmt.Sprint(h.Up), fmt.Sprint(h.Down), fmt.Sprint(h.Unknown), fmt.Sprint(h.Drained)})
+		}
+		s += "\n" + strings.Join(tabulate(rows), "\n") + "\n"
 	}
 	return s
 }
+
+// formatReload is status's LastReload line: "none since the start", or the
+// time (RFC 3339, UTC) and "applied" or "refused: why".
+func formatReload(props map[string]dbus.Variant) string {
+	at, _ := props["LastReload"].Value().(uint64)
+	if at == 0 {
+		return "none since the start"
+	}
+	why, _ := props["LastReloadError"].Value().(string)
+	outcome := "applied"
+	if why != "" {
+		outcome = "refused: " + strings.ReplaceAll(why, "\n", "; ")
+	}
+	return formatTime(time.Unix(int64(at), 0)) + " " + outcome
+}
+
+// formatTime is how caplancectl writes a time: RFC 3339 in UTC, the same
+// in the tables, in watch's lines and in JSON.
+func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// statusObject is status --json: the manager's properties under their
+// snake_case names (last_reload as a time, null before the first), the
+// services' counts (null without the balancer role) and healthd's state.
+func statusObject(st status) map[string]any {
+	obj := jsonProperties(st.props)
+	if at, ok := st.props["LastReload"].Value().(uint64); ok {
+		obj["last_reload"] = nil
+		if at != 0 {
+			obj["last_reload"] = formatTime(time.Unix(int64(at), 0))
+		}
+	}
+	obj["services"] = st.services
+	obj["healthd"] = map[string]any{"running": st.healthd != "", "status": st.healthd}
+	return obj
+}
+
+// jsonProperties are D-Bus properties as a JSON object: each name in
+// snake_case (APIVersion api_version, AnnouncedVIPs announced_vips).
+func jsonProperties(props map[string]dbus.Variant) map[string]any {
+	obj := make(map[string]any, len(props))
+	for k, v := range props {
+		obj[snakeCase(k)] = v.Value()
+	}
+	return obj
+}
+
+// snakeCase turns a property's CamelCase name into snake_case, its
+// acronyms as one word.
+func snakeCase(name string) string {
+	name = acronyms.Replace(name)
+	var b strings.Builder
+	for i, r := range name {
+		if 'A' <= r && r <= 'Z' {
+			if i > 0 {
+				b.WriteByte('_')
+			}
+			r += 'a' - 'A'
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+var acronyms = strings.NewReplacer("API", "Api", "VIPs", "Vips", "VIP", "Vip", "XDP", "Xdp", "ID", "Id")
 
 // routeProperties are a routed balancer's, which status shows as its
 // "routes:" line.
@@ -285,8 +368,10 @@ var serviceCounters = []string{"packets", "bytes", "new_flows", "active_flows", 
 
 // formatStats is stats' output: the global counters as "key value" lines,
 // sorted by key, then, when there are services, a blank line and a table
-// of their counters, a row per service sorted by name.
-func formatStats(stats map[string]uint64) string {
+// of their counters, a row per service sorted by name. With a rate (over
+// > 0) a first line says so, and each counter that is no gauge is named
+// "key/s".
+func formatStats(stats map[string]uint64, over time.Duration) string {
 	var keys []string
 	perService := map[string]map[string]uint64{}
 	var counters []string
@@ -306,8 +391,17 @@ func formatStats(stats map[string]uint64) string {
 	}
 	slices.Sort(keys)
 	var b strings.Builder
+	perSecond := func(key string) string {
+		if over > 0 && !isGauge(key) {
+			return key + "/s"
+		}
+		return key
+	}
+	if over > 0 {
+		fmt.Fprintf(&b, "per second over %v (%s are current)\n\n", over.Round(time.Millisecond), strings.Join(gauges, ", "))
+	}
 	for _, k := range keys {
-		fmt.Fprintf(&b, "%s %d\n", k, stats[k])
+		fmt.Fprintf(&b, "%s %d\n", perSecond(k), stats[k])
 	}
 	if len(perService) == 0 {
 		return b.String()
@@ -325,7 +419,7 @@ func formatStats(stats map[string]uint64) string {
 	})
 	header := []string{"SERVICE"}
 	for _, c := range counters {
-		header = append(header, strings.ToUpper(c))
+		header = append(header, strings.ToUpper(perSecond(c)))
 	}
 	rows := [][]string{header}
 	for _, name := range slices.Sorted(maps.Keys(perService)) {
@@ -344,6 +438,76 @@ func formatStats(stats map[string]uint64) string {
 	}
 	b.WriteString(strings.Join(tabulate(rows), "\n") + "\n")
 	return b.String()
+}
+
+// gauges are the GetStats counters (last part of the key) that say how
+// much there is now rather than how much there was since the start: a
+// rate shows them as they are.
+var gauges = []string{"active_flows", "inactive_flows", "conntrack_size"}
+
+func isGauge(key string) bool {
+	return slices.Contains(gauges, key[strings.LastIndexByte(key, '.')+1:])
+}
+
+// statsRate is later's counters per second since before, over the time
+// between the two; gauges are later's. A counter that went down (caplanced
+// restarted in between) counts from 0.
+func statsRate(before, later map[string]uint64, over time.Duration) map[string]uint64 {
+	out := make(map[string]uint64, len(later))
+	for k, v := range later {
+		if isGauge(k) {
+			out[k] = v
+			continue
+		}
+		prev := before[k]
+		if prev > v {
+			prev = 0
+		}
+		out[k] = uint64(math.Round(float64(v-prev) / over.Seconds()))
+	}
+	return out
+}
+
+// statsObject is stats --json: GetStats' flat keys in the shape of the
+// balancer's part of stats.json (caplanced(8)): "drop.R" in the object
+// "drops", "xdp_via_raw.R" in "xdp_via_raw", "service.NAME.C" in the
+// array "services" (by name), the others as they are. A rate adds
+// "interval_seconds".
+func statsObject(stats map[string]uint64, over time.Duration) map[string]any {
+	obj := map[string]any{}
+	services := map[string]map[string]any{}
+	for k, v := range stats {
+		if name, counter, ok := serviceCounter(k); ok {
+			if services[name] == nil {
+				services[name] = map[string]any{"name": name}
+			}
+			services[name][counter] = v
+			continue
+		}
+		group, key, ok := strings.Cut(k, ".")
+		if !ok {
+			obj[k] = v
+			continue
+		}
+		if group == "drop" {
+			group = "drops"
+		}
+		m, _ := obj[group].(map[string]uint64)
+		if m == nil {
+			m = map[string]uint64{}
+			obj[group] = m
+		}
+		m[key] = v
+	}
+	list := []map[string]any{}
+	for _, name := range slices.Sorted(maps.Keys(services)) {
+		list = append(list, services[name])
+	}
+	obj["services"] = list
+	if over > 0 {
+		obj["interval_seconds"] = over.Seconds()
+	}
+	return obj
 }
 
 // serviceCounter splits a GetStats key "service.NAME.COUNTER"; a service's

@@ -1,13 +1,13 @@
 package ctl
 
 import (
-	"flag"
 	"os"
 	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/caplance/caplance/internal/cli"
+	"github.com/spf13/pflag"
 )
 
 // TestManPage fails when a command, a flag or an exit code exists in the
@@ -32,9 +32,9 @@ func TestManPage(t *testing.T) {
 		if !strings.Contains(commandsSection, "\n**"+c.name+"**") {
 			t.Errorf("COMMANDS does not describe %q", c.name)
 		}
-		fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+		fs := pflag.NewFlagSet(c.name, pflag.ContinueOnError)
 		c.setup(fs)
-		fs.VisitAll(func(f *flag.Flag) {
+		fs.VisitAll(func(f *pflag.Flag) {
 			entry := "**--" + f.Name + "**"
 			if !strings.Contains(options, "\n"+entry) {
 				t.Errorf("OPTIONS does not describe %s of %s", entry, c.name)
@@ -45,7 +45,7 @@ func TestManPage(t *testing.T) {
 		})
 	}
 	global := (&App{}).Command()
-	global.Flags.VisitAll(func(f *flag.Flag) {
+	global.PersistentFlags().VisitAll(func(f *pflag.Flag) {
 		if !strings.Contains(options, "\n**--"+f.Name+"**") {
 			t.Errorf("OPTIONS does not describe the global flag --%s", f.Name)
 		}

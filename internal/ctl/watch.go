@@ -2,14 +2,17 @@ package ctl
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/godbus/dbus/v5"
+	"github.com/spf13/pflag"
 
 	"github.com/caplance/caplance/internal/dbusname"
 )
@@ -33,25 +36,34 @@ func propertiesChangedRule(iface string) []dbus.MatchOption {
 		dbus.WithMatchInterface(propertiesIface), dbus.WithMatchMember("PropertiesChanged"), dbus.WithMatchArg(0, iface)}
 }
 
-func watchAction(ctx context.Context, c Conn, out io.Writer) error {
-	signals, err := c.Subscribe(ctx, watchRules...)
-	if err != nil {
-		return callError("AddMatch", err)
+func setupWatch(fs *pflag.FlagSet) func([]string) (action, error) {
+	asJSON := fs.Bool("json", false, "print a JSON object per line instead of text")
+	return func(args []string) (action, error) {
+		if err := wantArgs(args); err != nil {
+			return nil, err
+		}
+		return func(ctx context.Context, c Conn, out io.Writer) error {
+			signals, err := c.Subscribe(ctx, watchRules...)
+			if err != nil {
+				return callError("AddMatch", err)
+			}
+			// Subscribed first, so that nothing is missed between the two.
+			running, err := nameHasOwner(ctx, c, dbusname.BusName)
+			if err != nil {
+				return err
+			}
+			if !running {
+				return &NotRunningError{Msg: "caplanced is not running: " + dbusname.BusName + " has no owner"}
+			}
+			return watchLoop(ctx, signals, out, *asJSON, time.Now)
+		}, nil
 	}
-	// Subscribed first, so that nothing is missed between the two.
-	running, err := nameHasOwner(ctx, c, dbusname.BusName)
-	if err != nil {
-		return err
-	}
-	if !running {
-		return &NotRunningError{Msg: "caplanced is not running: " + dbusname.BusName + " has no owner"}
-	}
-	return watchLoop(ctx, signals, out)
 }
 
 // watchLoop prints one line per signal until ctx is done (nil) or the
-// connection closes.
-func watchLoop(ctx context.Context, signals <-chan *dbus.Signal, out io.Writer) error {
+// connection closes: the time it arrived (RFC 3339, UTC, from now) and the
+// event, as text or as a JSON object.
+func watchLoop(ctx context.Context, signals <-chan *dbus.Signal, out io.Writer, asJSON bool, now func() time.Time) error {
 	for {
 		select {
 		case <-ctx.Done():
@@ -60,68 +72,108 @@ func watchLoop(ctx context.Context, signals <-chan *dbus.Signal, out io.Writer) 
 			if !ok {
 				return errors.New("the connection to the bus was closed")
 			}
-			if line, ok := formatSignal(sig); ok {
-				if _, err := fmt.Fprintln(out, line); err != nil {
+			ev, ok := parseSignal(sig)
+			if !ok {
+				continue
+			}
+			ev.Time = formatTime(now())
+			line := ev.Time + " " + ev.line
+			if asJSON {
+				b, err := json.Marshal(ev)
+				if err != nil {
 					return err
 				}
+				line = string(b)
+			}
+			if _, err := fmt.Fprintln(out, line); err != nil {
+				return err
 			}
 		}
 	}
 }
 
-// formatSignal is watch's line for sig; ok is false for a signal watch
+// watchEvent is one line of watch: as JSON its fields, as text line.
+type watchEvent struct {
+	Time string `json:"time"`
+	// Event is backend_added, backend_removed, service_added,
+	// service_removed, backend_health_changed, backend_changed,
+	// service_changed, caplanced_started or caplanced_stopped.
+	Event  string          `json:"event"`
+	Name   string          `json:"name,omitempty"`
+	Path   dbus.ObjectPath `json:"path,omitempty"`
+	Health string          `json:"health,omitempty"` // up or down
+	Detail *string         `json:"detail,omitempty"`
+	// Changed are the changed properties by snake_case name, Invalidated
+	// the names of those changed without their value.
+	Changed     map[string]any `json:"changed,omitempty"`
+	Invalidated []string       `json:"invalidated,omitempty"`
+
+	line string // the text, without the time
+}
+
+// parseSignal is watch's event of sig; ok is false for a signal watch
 // does not show.
-func formatSignal(sig *dbus.Signal) (line string, ok bool) {
+func parseSignal(sig *dbus.Signal) (ev watchEvent, ok bool) {
 	switch sig.Name {
 	case dbusname.ManagerIface + ".BackendAdded", dbusname.ManagerIface + ".BackendRemoved",
 		dbusname.ManagerIface + ".ServiceAdded", dbusname.ManagerIface + ".ServiceRemoved":
 		var name string
 		var path dbus.ObjectPath
 		if dbus.Store(sig.Body, &name, &path) != nil {
-			return "", false
+			return ev, false
 		}
-		return fmt.Sprintf("%s %s %s", strings.TrimPrefix(sig.Name, dbusname.ManagerIface+"."), name, path), true
+		member := strings.TrimPrefix(sig.Name, dbusname.ManagerIface+".")
+		return watchEvent{Event: snakeCase(member), Name: name, Path: path,
+			line: fmt.Sprintf("%s %s %s", member, name, path)}, true
 	case dbusname.ManagerIface + ".BackendHealthChanged":
 		var name, detail string
 		var healthy bool
 		if dbus.Store(sig.Body, &name, &healthy, &detail) != nil {
-			return "", false
+			return ev, false
 		}
 		health := "down"
 		if healthy {
 			health = "up"
 		}
-		return fmt.Sprintf("BackendHealthChanged %s %s %q", name, health, detail), true
+		return watchEvent{Event: "backend_health_changed", Name: name, Health: health, Detail: &detail,
+			line: fmt.Sprintf("BackendHealthChanged %s %s %q", name, health, detail)}, true
 	case propertiesIface + ".PropertiesChanged":
 		var iface string
 		var changed map[string]dbus.Variant
 		var invalidated []string
 		if dbus.Store(sig.Body, &iface, &changed, &invalidated) != nil {
-			return "", false
+			return ev, false
 		}
+		ev := watchEvent{Changed: jsonProperties(changed)}
+		for _, k := range invalidated {
+			ev.Invalidated = append(ev.Invalidated, snakeCase(k))
+		}
+		slices.Sort(ev.Invalidated)
 		switch iface {
 		case dbusname.BackendIface:
 			// Backend names are unique across services: the name is enough.
 			if _, name, ok := dbusname.BackendName(sig.Path); ok {
-				return "PropertiesChanged " + name + formatChanged(changed, invalidated), true
+				ev.Event, ev.Name, ev.line = "backend_changed", name, "PropertiesChanged "+name+formatChanged(changed, invalidated)
+				return ev, true
 			}
 		case dbusname.ServiceIface:
 			if name, ok := dbusname.ServiceName(sig.Path); ok {
-				return "ServicePropertiesChanged " + name + formatChanged(changed, invalidated), true
+				ev.Event, ev.Name, ev.line = "service_changed", name, "ServicePropertiesChanged "+name+formatChanged(changed, invalidated)
+				return ev, true
 			}
 		}
-		return "", false
+		return ev, false
 	case busDaemonName + ".NameOwnerChanged":
 		var name, oldOwner, newOwner string
 		if dbus.Store(sig.Body, &name, &oldOwner, &newOwner) != nil || name != dbusname.BusName {
-			return "", false
+			return ev, false
 		}
 		if newOwner == "" {
-			return "caplanced stopped", true
+			return watchEvent{Event: "caplanced_stopped", line: "caplanced stopped"}, true
 		}
-		return "caplanced started", true
+		return watchEvent{Event: "caplanced_started", line: "caplanced started"}, true
 	}
-	return "", false
+	return ev, false
 }
 
 // formatChanged is " Key=value" for each changed property, sorted, and

@@ -3,6 +3,7 @@ package ctl
 import (
 	"bytes"
 	"context"
+	"regexp"
 	"testing"
 	"time"
 
@@ -11,6 +12,9 @@ import (
 	"github.com/godbus/dbus/v5"
 	"github.com/google/go-cmp/cmp"
 )
+
+// timeRE matches formatTime's times.
+const timeRE = `\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ`
 
 const (
 	web1Path = dbus.ObjectPath("/org/caplance/Caplance1/service/web/backend/web_2d1")
@@ -71,14 +75,42 @@ func TestFormatSignal(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ok := formatSignal(tt.sig)
+			ev, ok := parseSignal(tt.sig)
 			if ok != (tt.want != "") {
 				t.Errorf("shown = %v, want %v", ok, tt.want != "")
 			}
-			if diff := cmp.Diff(tt.want, got); diff != "" {
+			if diff := cmp.Diff(tt.want, ev.line); ok && diff != "" {
 				t.Errorf("line (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// watch --json: a JSON object per line, snake_case throughout, the time
+// first.
+func TestWatchJSON(t *testing.T) {
+	signals := make(chan *dbus.Signal, 8)
+	signals <- managerSignal("BackendAdded", "web-1", web1Path)
+	signals <- managerSignal("BackendHealthChanged", "web-1", false, "timeout")
+	signals <- propertiesChanged(web1Path, dbusname.BackendIface,
+		map[string]dbus.Variant{"AdminState": variant("drained"), "HealthDetail": variant("")}, []string{"ActiveFlows"})
+	signals <- propertiesChanged(webPath, dbusname.ServiceIface,
+		map[string]dbus.Variant{"VIPs": variant(map[string]string{"10.0.0.100": "80"})}, nil)
+	signals <- &dbus.Signal{Name: "org.freedesktop.DBus.NameOwnerChanged", Body: []any{dbusname.BusName, ":1.5", ""}}
+	close(signals)
+	var out bytes.Buffer
+	clock := func() time.Time { return time.Date(2026, 12, 7, 18, 30, 0, 0, time.FixedZone("CET", 3600)) }
+	if err := watchLoop(context.Background(), signals, &out, true, clock); err == nil {
+		t.Error("watchLoop after the connection closed: nil error")
+	}
+	want := `{"time":"2026-12-07T17:30:00Z","event":"backend_added","name":"web-1","path":"/org/caplance/Caplance1/service/web/backend/web_2d1"}
+{"time":"2026-12-07T17:30:00Z","event":"backend_health_changed","name":"web-1","health":"down","detail":"timeout"}
+{"time":"2026-12-07T17:30:00Z","event":"backend_changed","name":"web-1","changed":{"admin_state":"drained","health_detail":""},"invalidated":["active_flows"]}
+{"time":"2026-12-07T17:30:00Z","event":"service_changed","name":"web","changed":{"vips":{"10.0.0.100":"80"}}}
+{"time":"2026-12-07T17:30:00Z","event":"caplanced_stopped"}
+`
+	if diff := cmp.Diff(want, out.String()); diff != "" {
+		t.Errorf("watch --json (-want +got):\n%s", diff)
 	}
 }
 
@@ -93,9 +125,11 @@ func TestWatchCommand(t *testing.T) {
 	if code != cli.ExitFailed {
 		t.Errorf("exit code %d, want %d", code, cli.ExitFailed)
 	}
-	want := "BackendAdded web-1 /org/caplance/Caplance1/service/web/backend/web_2d1\nBackendHealthChanged web-1 up \"\"\n"
-	if diff := cmp.Diff(want, stdout); diff != "" {
-		t.Errorf("stdout (-want +got):\n%s", diff)
+	// Each line starts with the time it arrived.
+	want := regexp.MustCompile(`^` + timeRE + ` BackendAdded web-1 /org/caplance/Caplance1/service/web/backend/web_2d1\n` +
+		timeRE + ` BackendHealthChanged web-1 up ""\n$`)
+	if !want.MatchString(stdout) {
+		t.Errorf("stdout %q does not match %q", stdout, want)
 	}
 	if diff := cmp.Diff("caplancectl: the connection to the bus was closed\n", stderr); diff != "" {
 		t.Errorf("stderr (-want +got):\n%s", diff)
@@ -120,7 +154,8 @@ func TestWatchLoopStops(t *testing.T) {
 	done := make(chan error, 1)
 	signals := make(chan *dbus.Signal)
 	var out bytes.Buffer
-	go func() { done <- watchLoop(ctx, signals, &out) }()
+	clock := func() time.Time { return time.Date(2026, 12, 7, 17, 30, 5, 0, time.UTC) }
+	go func() { done <- watchLoop(ctx, signals, &out, false, clock) }()
 	signals <- managerSignal("BackendRemoved", "web-1", web1Path)
 	cancel()
 	select {
@@ -131,7 +166,7 @@ func TestWatchLoopStops(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("watchLoop did not return after cancel")
 	}
-	if diff := cmp.Diff("BackendRemoved web-1 /org/caplance/Caplance1/service/web/backend/web_2d1\n", out.String()); diff != "" {
+	if diff := cmp.Diff("2026-12-07T17:30:05Z BackendRemoved web-1 /org/caplance/Caplance1/service/web/backend/web_2d1\n", out.String()); diff != "" {
 		t.Errorf("output (-want +got):\n%s", diff)
 	}
 }

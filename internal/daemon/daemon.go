@@ -568,6 +568,9 @@ func (r *running) reload(path string) error {
 		err = r.applyReload(cfg)
 	}
 	r.reloadErr = err
+	if r.api != nil {
+		r.api.SetLastReload(time.Now(), err)
+	}
 	if err != nil {
 		r.log.Error("reload refused; the running configuration stays", "err", err)
 		return fmt.Errorf("reload refused, the running configuration stays: %w", err)

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/godbus/dbus/v5"
 	"github.com/google/go-cmp/cmp"
@@ -109,6 +110,43 @@ func TestRoot(t *testing.T) {
 	mustCall(t, conn, path, "org.freedesktop.DBus.Peer.Ping")
 }
 
+// A refused reload stays visible in LastReload and LastReloadError, with a
+// PropertiesChanged each, until the next reload is applied.
+func TestLastReload(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	sigs := subscribe(t, e.conn)
+	get := func() (string, string) {
+		var at, msg dbus.Variant
+		if err := call(e.conn, "", "org.freedesktop.DBus.Properties.Get", dbusname.ManagerIface, "LastReload").Store(&at); err != nil {
+			t.Fatal(err)
+		}
+		if err := call(e.conn, "", "org.freedesktop.DBus.Properties.Get", dbusname.ManagerIface, "LastReloadError").Store(&msg); err != nil {
+			t.Fatal(err)
+		}
+		return at.String(), msg.String()
+	}
+	if at, msg := get(); at != "@t 0" || msg != `""` {
+		t.Errorf("before any reload: LastReload %s, LastReloadError %s; want @t 0, \"\"", at, msg)
+	}
+	e.srv.SetLastReload(time.Unix(1765000000, 0), errors.New("line 3: unknown key"))
+	if at, msg := get(); at != "@t 1765000000" || msg != `"line 3: unknown key"` {
+		t.Errorf("after a refused reload: LastReload %s, LastReloadError %s", at, msg)
+	}
+	e.srv.SetLastReload(time.Unix(1765000060, 0), nil)
+	if at, msg := get(); at != "@t 1765000060" || msg != `""` {
+		t.Errorf("after an applied reload: LastReload %s, LastReloadError %s", at, msg)
+	}
+	want := []string{
+		"/org/caplance/Caplance1 org.freedesktop.DBus.Properties.PropertiesChanged(org.caplance.Caplance1.Manager, map[LastReload:@t 1765000000], [])",
+		`/org/caplance/Caplance1 org.freedesktop.DBus.Properties.PropertiesChanged(org.caplance.Caplance1.Manager, map[LastReloadError:"line 3: unknown key"], [])`,
+		"/org/caplance/Caplance1 org.freedesktop.DBus.Properties.PropertiesChanged(org.caplance.Caplance1.Manager, map[LastReload:@t 1765000060], [])",
+		`/org/caplance/Caplance1 org.freedesktop.DBus.Properties.PropertiesChanged(org.caplance.Caplance1.Manager, map[LastReloadError:""], [])`,
+	}
+	if diff := cmp.Diff(want, sigs.take(t, len(want))); diff != "" {
+		t.Errorf("signals (-want +got):\n%s", diff)
+	}
+}
+
 func TestManagerProperties(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	sigs := subscribe(t, e.conn)
@@ -127,7 +165,7 @@ func TestManagerProperties(t *testing.T) {
 		"APIVersion": "@u 2", "Version": `"1.2.3"`, "Roles": `["balancer"]`, "State": `"running"`,
 		"VIPs": `["10.0.0.100"]`, "EncapPort": "@q 5555", "TableSize": "@u 65537",
 		"Routed": "true", "Maintenance": "false", "AnnouncedVIPs": `["10.0.0.100"]`, "RouteTable": "@u 100", "RouteProtocol": "@y 0xfc",
-		"Dataplane": `"xdp (native)"`,
+		"Dataplane": `"xdp (native)"`, "LastReload": "@t 0", "LastReloadError": `""`,
 	}
 	if diff := cmp.Diff(want, get()); diff != "" {
 		t.Errorf("GetAll (-want +got):\n%s", diff)
@@ -346,9 +384,9 @@ func TestErrors(t *testing.T) {
 		{"SetWeight", []any{"web9", uint32(1)}, missing, []string{`"web9"`}, nil},
 		{"SetWeight", []any{"web2", uint32(10001)}, invalid, []string{"10001"}, nil},
 		{"Drain", []any{"web9"}, missing, []string{`"web9"`}, nil},
-		{"Drain", []any{"web2"}, invalid, []string{"already drained"}, nil},
+		{"Drain", []any{"web2"}, dbusapi.ErrorUnchanged, []string{"already drained"}, nil},
 		{"Undrain", []any{"web9"}, missing, []string{`"web9"`}, nil},
-		{"Undrain", []any{"web1"}, invalid, []string{"not drained"}, nil},
+		{"Undrain", []any{"web1"}, dbusapi.ErrorUnchanged, []string{"not drained"}, nil},
 		{"ReportHealth", []any{"web9", true, ""}, missing, []string{`"web9"`}, nil},
 		{"AddBackend", []any{"web9", "10.0.1.20", opts{}}, failed, []string{"data path", "disk full"}, func() { e.dp.setFail(errors.New("disk full")) }},
 		{"SetWeight", []any{"web2", uint32(1)}, failed, []string{"disk full"}, nil},

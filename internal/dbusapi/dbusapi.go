@@ -248,6 +248,18 @@ func (s *Server) shutdown() {
 // SetState sets the State property ("running", "reloading", "stopping").
 func (s *Server) SetState(state string) { s.setManagerProp("State", state) }
 
+// SetLastReload sets LastReload (when the last reload, by SIGHUP or Reload,
+// ended, in Unix seconds) and LastReloadError (why it was refused, "" when
+// it was applied), so that a client sees a refused reload after the fact.
+func (s *Server) SetLastReload(at time.Time, err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	s.setManagerProp("LastReload", uint64(at.Unix()))
+	s.setManagerProp("LastReloadError", msg)
+}
+
 // SetRoutes sets the Maintenance and AnnouncedVIPs properties of a routed
 // balancer.
 func (s *Server) SetRoutes(maintenance bool, announced []string) {

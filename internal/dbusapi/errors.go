@@ -18,6 +18,7 @@ const (
 	ErrorAccessDenied    = dbusname.ErrorPrefix + "AccessDenied"
 	ErrorNotSupported    = dbusname.ErrorPrefix + "NotSupported"
 	ErrorFailed          = dbusname.ErrorPrefix + "Failed"
+	ErrorUnchanged       = dbusname.ErrorPrefix + "Unchanged"
 )
 
 // The kinds of refusal of this package; the others are the registry's.
@@ -55,6 +56,7 @@ var errorNames = []struct {
 	{registry.ErrInvalidArgument, ErrorInvalidArgument},
 	{registry.ErrNotFound, ErrorNotFound},
 	{registry.ErrAlreadyExists, ErrorAlreadyExists},
+	{registry.ErrUnchanged, ErrorUnchanged},
 	{registry.ErrFailed, ErrorFailed},
 }
 

@@ -321,6 +321,9 @@ func (s *Server) exportManager() error {
 			"RouteTable":    {Value: s.info.RouteTable, Emit: prop.EmitConst},
 			"RouteProtocol": {Value: s.info.RouteProtocol, Emit: prop.EmitConst},
 			"Dataplane":     {Value: s.info.Dataplane, Emit: prop.EmitConst},
+			// 0 and "" until the first reload: see SetLastReload.
+			"LastReload":      {Value: uint64(0), Emit: prop.EmitTrue},
+			"LastReloadError": {Value: "", Emit: prop.EmitTrue},
 		},
 		// GetAll of an interface without properties is an empty dict.
 		dbusname.ObjectManagerIface: {}, PropertiesIface: {}, IntrospectableIface: {}, PeerIface: {},

@@ -45,8 +45,11 @@ func TestCaplancectl(t *testing.T) {
 		{"nobody may not reload", nobody, []string{"reload"}, 1, "caplance-admin"},
 		{"admin adds", admin, []string{"add-backend", "be3", "198.18.0.13", "--weight", "50"}, 0, ""},
 		{"admin drains", admin, []string{"drain", "be3"}, 0, ""},
-		{"draining twice is refused", admin, []string{"drain", "be3"}, 1, `backend "be3": already drained`},
+		{"draining twice changes nothing and says so", admin, []string{"drain", "be3"}, 0, `backend "be3": already drained`},
+		{"adding again as it is changes nothing and says so", admin, []string{"add-backend", "be3", "198.18.0.13", "--weight", "50"}, 0, `backend "be3": already added`},
+		{"adding again with another weight is refused", admin, []string{"add-backend", "be3", "198.18.0.13", "--weight", "60"}, 1, `"be3": it exists already with weight 50, not 60`},
 		{"admin undrains", admin, []string{"undrain", "be3"}, 0, ""},
+		{"undraining twice changes nothing and says so", admin, []string{"undrain", "be3"}, 0, `backend "be3": already undrained`},
 		{"admin sets a weight", admin, []string{"set-weight", "be3", "70"}, 0, ""},
 		{"weight out of range", admin, []string{"set-weight", "be3", "10001"}, 1, "between 0 and 10000"},
 		{"unknown backend", root, []string{"show", "be9"}, 1, "no such backend"},
@@ -69,6 +72,21 @@ func TestCaplancectl(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("TAB completes backend and service names from caplanced, for anyone", func(t *testing.T) {
+		for _, tt := range []struct {
+			words []string
+			want  string
+		}{
+			{[]string{"drain", ""}, "be1\nbe2\n:4\n"},
+			{[]string{"list", "--service", ""}, "default\n:4\n"},
+		} {
+			code, stdout, _ := ctl(nobody, append([]string{"__complete"}, tt.words...)...)
+			if code != 0 || stdout != tt.want {
+				t.Errorf("caplancectl __complete %q: exit %d, %q; want %q", tt.words, code, stdout, tt.want)
+			}
+		}
+	})
 
 	t.Run("the health user reports health, an admin may not", func(t *testing.T) {
 		healthConn := bus.ConnectAs(t, dbustest.Health(t))

@@ -5,6 +5,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -248,6 +249,11 @@ func TestLiveRegistration(t *testing.T) {
 		}
 		if _, err := testbed.Get(tb.HTTPClient(false), "/"); err != nil {
 			t.Errorf("traffic after a refused reload: %v", err)
+		}
+		// The refusal stays visible: LastReload/LastReloadError, in status.
+		out, err := exec.Command(caplancectlBin, "--bus", bus.Address, "status").CombinedOutput()
+		if err != nil || !regexp.MustCompile(`\nLastReload: +\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ refused: .*weight 99999`).Match(out) {
+			t.Errorf("caplancectl status after a refused reload: %v\n%s", err, out)
 		}
 	})
 }

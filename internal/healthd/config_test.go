@@ -2,7 +2,6 @@ package healthd
 
 import (
 	"bytes"
-	"flag"
 	"github.com/BurntSushi/toml"
 	"os"
 	"path/filepath"
@@ -12,8 +11,10 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/spf13/pflag"
 
 	"github.com/caplance/caplance/internal/checkspec"
+	"github.com/caplance/caplance/internal/cli"
 )
 
 func TestParseConfig(t *testing.T) {
@@ -262,7 +263,7 @@ func TestManPageDocumentsEveryFlag(t *testing.T) {
 	_, options, _ := strings.Cut(page, "\n# OPTIONS\n")
 	options, _, _ = strings.Cut(options, "\n# ")
 	cmd := Command()
-	cmd.Flags.VisitAll(func(f *flag.Flag) {
+	cmd.Flags().VisitAll(func(f *pflag.Flag) {
 		if !strings.Contains(options, "\n**--"+f.Name+"**") {
 			t.Errorf("OPTIONS does not describe --%s", f.Name)
 		}
@@ -351,7 +352,7 @@ func TestCommand(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			code := Command().Execute(tt.args, &stdout, &stderr)
+			code := cli.Execute(Command(), tt.args, &stdout, &stderr)
 			if code != tt.code {
 				t.Errorf("exit %d, want %d (stderr %q)", code, tt.code, stderr.String())
 			}

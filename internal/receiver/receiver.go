@@ -263,10 +263,10 @@ func (r *Receiver) Close() {
 
 // Stats is a point-in-time copy of the counters.
 type Stats struct {
-	Received  uint64
-	Delivered uint64
+	Received  uint64 `json:"received"`
+	Delivered uint64 `json:"delivered"`
 	// Drops by reason: the encap.Reject names and "inject_error".
-	Drops map[string]uint64
+	Drops map[string]uint64 `json:"drops"`
 }
 
 // Stats sums the per-worker counters.

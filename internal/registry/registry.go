@@ -204,6 +204,10 @@ var (
 	// ErrAlreadyExists: a backend of that name or address, or a service of
 	// that name, exists already.
 	ErrAlreadyExists = errors.New("already exists")
+	// ErrUnchanged: the backend is already as asked (drained, not drained,
+	// added with the same service, address, weight, check and persistence):
+	// nothing changed, and a client that wanted that state has it.
+	ErrUnchanged = errors.New("unchanged")
 	// ErrFailed: the change was valid but could not be made (the data path
 	// refused it, or the state file could not be written); nothing changed.
 	// It wraps the cause as well.
@@ -976,7 +980,10 @@ func (r *Registry) Get(name string) (Backend, bool) {
 }
 
 // Add registers a run-time backend and puts it in rotation. Without
-// opts.Runtime it is written to the state file and restored at start.
+// opts.Runtime it is written to the state file and restored at start. A
+// run-time backend added again as it is (same service, address, weight as
+// added, check and persistence) is ErrUnchanged; one that differs, or a
+// backend of the configuration file, is ErrAlreadyExists.
 func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 	place := fmt.Sprintf("adding backend %s", quote.Q(name))
 	spec := config.BackendSpec{Service: opts.Service, Name: name, Address: address, Check: opts.Check}
@@ -991,6 +998,13 @@ func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 		}
 		// Every problem at once, as the configuration file reports them.
 		got, problems := config.CheckBackend(spec, next.vips())
+		if reg, fromConfig, ok := next.lookup(name); ok && !fromConfig && len(problems) == 0 {
+			asked := registration{service: svc, address: got.Address, weight: got.Weight, check: opts.Check, persistent: !opts.Runtime}
+			if reg == asked {
+				return errorf(ErrUnchanged, "backend %s: already added, with that service, address, weight and check", quote.Q(name))
+			}
+			return errorf(ErrAlreadyExists, "%s: it exists already with %s (remove it first)", place, differences(reg, asked))
+		}
 		if _, _, ok := next.lookup(name); ok {
 			problems = append(problems, config.NameTaken())
 		}
@@ -1011,6 +1025,30 @@ func (r *Registry) Add(name, address string, opts AddOptions) (Backend, error) {
 	}
 	b, _ := s.get(name)
 	return b, nil
+}
+
+// differences names what differs between a backend's registration and
+// another: "weight 50, not 60; check none, not \"tcp://…\"".
+func differences(have, asked registration) string {
+	var d []string
+	show := func(what string, have, asked any) {
+		if have != asked {
+			d = append(d, fmt.Sprintf("%s %v, not %v", what, have, asked))
+		}
+	}
+	show("service", quote.Q(have.service), quote.Q(asked.service))
+	show("address", have.address, asked.address)
+	show("weight", have.weight, asked.weight)
+	show("check", quote.Q(have.check), quote.Q(asked.check))
+	show("persistence", persistence(have.persistent), persistence(asked.persistent))
+	return strings.Join(d, "; ")
+}
+
+func persistence(persistent bool) string {
+	if persistent {
+		return "persistent"
+	}
+	return "run-time only"
 }
 
 // poolSize is how many backends service svc has.
@@ -1113,13 +1151,13 @@ func setOverride(s *state, name string, o override) {
 }
 
 // Drain stops new flows to a backend; its established flows continue.
-// Draining a drained backend is refused with ErrInvalidArgument.
+// Draining a drained backend changes nothing: ErrUnchanged.
 func (r *Registry) Drain(name string) error {
 	return r.setDrained(name, true)
 }
 
 // Undrain puts a drained backend back in rotation. Undraining one that is
-// not drained is refused with ErrInvalidArgument.
+// not drained changes nothing: ErrUnchanged.
 func (r *Registry) Undrain(name string) error {
 	return r.setDrained(name, false)
 }
@@ -1136,9 +1174,9 @@ func (r *Registry) setDrained(name string, drained bool) error {
 		o := next.overrides[name]
 		switch {
 		case drained && o.drained:
-			return errorf(ErrInvalidArgument, "backend %q: already drained", name)
+			return errorf(ErrUnchanged, "backend %s: already drained", quote.Q(name))
 		case !drained && !o.drained:
-			return errorf(ErrInvalidArgument, "backend %q: not drained", name)
+			return errorf(ErrUnchanged, "backend %s: already undrained (not drained)", quote.Q(name))
 		}
 		o.drained = drained
 		setOverride(next, name, o)

@@ -72,7 +72,7 @@ func TestStorm(t *testing.T) {
 				case 5:
 					_, err = f.r.ReportHealth(name, rng.IntN(2) == 0, "")
 				}
-				if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrAlreadyExists) && !errors.Is(err, ErrInvalidArgument) {
+				if err != nil && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrAlreadyExists) && !errors.Is(err, ErrInvalidArgument) && !errors.Is(err, ErrUnchanged) {
 					t.Errorf("%v", err)
 				}
 			}

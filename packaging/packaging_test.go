@@ -43,7 +43,7 @@ func requireTools(t *testing.T) {
 		}
 	}
 	if len(missing) > 0 {
-		t.Fatalf("tools missing (.ci/setup installs them all):\n%s", strings.Join(missing, "\n"))
+		t.Fatalf("tools missing (.ci/setup --test installs them all):\n%s", strings.Join(missing, "\n"))
 	}
 }
 

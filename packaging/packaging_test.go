@@ -106,6 +106,7 @@ func wantFiles(t *testing.T, packager string) map[string]entry {
 		"/usr/share/doc/caplance/examples/caplanced.receiver.toml":         file,
 		"/usr/share/doc/caplance/examples/caplanced.services.toml":         file,
 		"/usr/share/doc/caplance/examples/caplance-healthd.reference.toml": file,
+		"/usr/share/doc/caplance/examples/dbus/private-bus.conf":           file,
 		"/usr/share/doc/caplance/examples/frr/frr.conf":                    file,
 	}
 	dirs := map[string]string{

@@ -455,10 +455,18 @@ func TestShippedConfig(t *testing.T) {
 	if err != nil {
 		got = strings.Split(err.Error(), "\n")
 	}
+	// line is the line of the placeholder's value.
+	line := func(placeholder string) int {
+		i := bytes.Index(data, []byte(`"`+placeholder+`"`))
+		if i < 0 {
+			t.Fatalf("%s has no %q", path, placeholder)
+		}
+		return 1 + bytes.Count(data[:i], []byte("\n"))
+	}
 	want := []string{
-		`caplanced.toml: line 23: service "web": vips: "EDIT-ME-VIP": not an IP address`,
-		`caplanced.toml: line 32: service "web": backend "backend1": address "EDIT-ME-BACKEND1": not an IP address`,
-		`caplanced.toml: line 36: service "web": backend "backend2": address "EDIT-ME-BACKEND2": not an IP address`,
+		fmt.Sprintf(`caplanced.toml: line %d: service "web": vips: "EDIT-ME-VIP": not an IP address`, line("EDIT-ME-VIP")),
+		fmt.Sprintf(`caplanced.toml: line %d: service "web": backend "backend1": address "EDIT-ME-BACKEND1": not an IP address`, line("EDIT-ME-BACKEND1")),
+		fmt.Sprintf(`caplanced.toml: line %d: service "web": backend "backend2": address "EDIT-ME-BACKEND2": not an IP address`, line("EDIT-ME-BACKEND2")),
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("%s as shipped: errors (-want +got):\n%s", path, diff)

@@ -1,6 +1,7 @@
 // Package packaging holds no code, only the test of the .deb and .rpm that
 // build.sh makes with nfpm: what each package holds and with which modes, the
-// conffiles, the maintainer scripts, and what lintian and rpmlint say.
+// conffiles and what the shipped ones say, the maintainer scripts, and what
+// lintian and rpmlint say.
 package packaging
 
 import (
@@ -16,6 +17,9 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/healthd"
 )
 
 // tools the test runs, and how to get each.
@@ -39,7 +43,7 @@ func requireTools(t *testing.T) {
 		}
 	}
 	if len(missing) > 0 {
-		t.Fatalf("tools missing (.ci/setup installs them all):\n%s", strings.Join(missing, "\n"))
+		t.Fatalf("tools missing (.ci/setup --test installs them all):\n%s", strings.Join(missing, "\n"))
 	}
 }
 
@@ -90,15 +94,20 @@ func wantFiles(t *testing.T, packager string) map[string]entry {
 	exe := entry{"-rwxr-xr-x", "root/root"}
 	file := entry{"-rw-r--r--", "root/root"}
 	want := map[string]entry{
-		"/usr/sbin/caplanced":                                   exe,
-		"/usr/sbin/caplance-healthd":                            exe,
-		"/usr/bin/caplancectl":                                  exe,
-		"/etc/caplance/caplanced.toml":                          file,
-		"/etc/caplance/caplance-healthd.toml":                   file,
-		"/usr/share/bash-completion/completions/caplancectl":    file,
-		"/usr/share/fish/vendor_completions.d/caplancectl.fish": file,
-		"/usr/share/doc/caplance/examples/bird/caplance.conf":   file,
-		"/usr/share/doc/caplance/examples/frr/frr.conf":         file,
+		"/usr/sbin/caplanced":                                              exe,
+		"/usr/sbin/caplance-healthd":                                       exe,
+		"/usr/bin/caplancectl":                                             exe,
+		"/etc/caplance/caplanced.toml":                                     file,
+		"/etc/caplance/caplance-healthd.toml":                              file,
+		"/usr/share/bash-completion/completions/caplancectl":               file,
+		"/usr/share/fish/vendor_completions.d/caplancectl.fish":            file,
+		"/usr/share/doc/caplance/examples/bird/caplance.conf":              file,
+		"/usr/share/doc/caplance/examples/caplanced.reference.toml":        file,
+		"/usr/share/doc/caplance/examples/caplanced.receiver.toml":         file,
+		"/usr/share/doc/caplance/examples/caplanced.services.toml":         file,
+		"/usr/share/doc/caplance/examples/caplance-healthd.reference.toml": file,
+		"/usr/share/doc/caplance/examples/dbus/private-bus.conf":           file,
+		"/usr/share/doc/caplance/examples/frr/frr.conf":                    file,
 	}
 	dirs := map[string]string{
 		"packaging/systemd/*.service": "/usr/lib/systemd/system/",
@@ -414,4 +423,99 @@ func lines(s string) []string {
 		}
 	}
 	return out
+}
+
+// shippedSource returns the repository file nfpm.yaml installs as dst.
+func shippedSource(t *testing.T, dst string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("nfpm", "nfpm.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^\s*- src: (\S+)\n\s*dst: ` + regexp.QuoteMeta(dst) + `\n`).FindSubmatch(data)
+	if m == nil {
+		t.Fatalf("nfpm.yaml installs nothing as %s", dst)
+	}
+	return filepath.Join(top, string(m[1]))
+}
+
+// TestShippedConfig checks the /etc/caplance/caplanced.toml the packages
+// install. As shipped it is refused, each error naming a placeholder on its
+// line, so that a started caplanced never puts example addresses on a real
+// interface; once the placeholders are addresses (either family) it is a
+// balancer, and it names no interface.
+func TestShippedConfig(t *testing.T) {
+	path := shippedSource(t, "/etc/caplance/caplanced.toml")
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = config.Parse("caplanced.toml", data, nil)
+	var got []string
+	if err != nil {
+		got = strings.Split(err.Error(), "\n")
+	}
+	// line is the line of the placeholder's value.
+	line := func(placeholder string) int {
+		i := bytes.Index(data, []byte(`"`+placeholder+`"`))
+		if i < 0 {
+			t.Fatalf("%s has no %q", path, placeholder)
+		}
+		return 1 + bytes.Count(data[:i], []byte("\n"))
+	}
+	want := []string{
+		fmt.Sprintf(`caplanced.toml: line %d: service "web": vips: "EDIT-ME-VIP": not an IP address`, line("EDIT-ME-VIP")),
+		fmt.Sprintf(`caplanced.toml: line %d: service "web": backend "backend1": address "EDIT-ME-BACKEND1": not an IP address`, line("EDIT-ME-BACKEND1")),
+		fmt.Sprintf(`caplanced.toml: line %d: service "web": backend "backend2": address "EDIT-ME-BACKEND2": not an IP address`, line("EDIT-ME-BACKEND2")),
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("%s as shipped: errors (-want +got):\n%s", path, diff)
+	}
+
+	for _, addrs := range [][3]string{
+		{"192.0.2.100", "198.51.100.11", "198.51.100.12"},
+		{"2001:db8::100", "2001:db8:1::11", "2001:db8:1::12"},
+	} {
+		edited := strings.NewReplacer(`"EDIT-ME-VIP"`, `"`+addrs[0]+`"`,
+			`"EDIT-ME-BACKEND1"`, `"`+addrs[1]+`"`, `"EDIT-ME-BACKEND2"`, `"`+addrs[2]+`"`).Replace(string(data))
+		cfg, err := config.Parse("caplanced.toml", []byte(edited), nil)
+		if err != nil {
+			t.Errorf("%s with the addresses %v: %v", path, addrs, err)
+			continue
+		}
+		if cfg.Balancer == nil || cfg.Receiver != nil || cfg.SinglePool {
+			t.Errorf("with %v: not a balancer alone in the services form: %+v", addrs, cfg)
+			continue
+		}
+		if cfg.Balancer.Interface != "" {
+			t.Errorf("with %v: interface = %q, want none (the VIP's subnet picks it)", addrs, cfg.Balancer.Interface)
+		}
+		var gotAddrs []string
+		for _, svc := range cfg.Services {
+			for _, vip := range svc.VIPs {
+				gotAddrs = append(gotAddrs, svc.Name+" "+vip.Addr.String())
+			}
+		}
+		for _, b := range cfg.Backends {
+			gotAddrs = append(gotAddrs, b.Service+" "+b.Name+" "+b.Address.String())
+		}
+		wantAddrs := []string{"web " + addrs[0], "web backend1 " + addrs[1], "web backend2 " + addrs[2]}
+		if diff := cmp.Diff(wantAddrs, gotAddrs); diff != "" {
+			t.Errorf("with %v: services and backends (-want +got):\n%s", addrs, diff)
+		}
+	}
+}
+
+// TestShippedHealthdConfig checks the /etc/caplance/caplance-healthd.toml
+// the packages install: the defaults, so that a later release's defaults
+// reach a host whose file nobody edited.
+func TestShippedHealthdConfig(t *testing.T) {
+	path := shippedSource(t, "/etc/caplance/caplance-healthd.toml")
+	cfg, err := healthd.LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(healthd.DefaultConfig(), cfg); diff != "" {
+		t.Errorf("%s is not the defaults (-want +got):\n%s", path, diff)
+	}
 }

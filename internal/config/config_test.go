@@ -768,7 +768,7 @@ func TestShippedConfigs(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(files) < 3 {
-		t.Fatalf("found %v, want the minimal, receiver and reference configs", files)
+		t.Fatalf("found %v, want the receiver, reference and services configs", files)
 	}
 	for _, f := range files {
 		t.Run(filepath.Base(f), func(t *testing.T) {

@@ -144,15 +144,7 @@ func Start(t testing.TB, opts ...Option) *Bus {
 	}
 	EnsureAccounts(t)
 
-	dir := t.TempDir()
-	// Other users must reach the socket: t.TempDir() and its parent are
-	// created 0700.
-	for _, d := range []string{dir, filepath.Dir(dir)} {
-		if err := os.Chmod(d, 0o755); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b, stop, err := Run(dir, o.policy, o.permissive)
+	b, stop, err := Run(SocketDir(t), o.policy, o.permissive)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,6 +216,19 @@ func Run(dir, policy string, permissive bool) (*Bus, func(), error) {
 		return nil, nil, fmt.Errorf("dbustest: dbus-daemon exited: %v; stderr:\n%s", cmd.ProcessState, b.stderr.String())
 	}
 	return b, stop, nil
+}
+
+// SocketDir returns a new temporary directory for t in which every account
+// can reach a bus socket: t.TempDir() and its parent are created 0700.
+func SocketDir(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
 }
 
 // Connect connects to the bus as the test process and closes the

@@ -327,6 +327,21 @@ install_deb() {
 	echo "after install: caplanced $(systemctl is-active caplanced), caplance-healthd $(systemctl is-active caplance-healthd), enabled: $(systemctl is-enabled caplanced 2>&1)"
 }
 
+# The configuration as the package installs it: refused, each EDIT-ME placeholder named with its
+# line, so that starting caplanced before editing it attaches nothing.
+shipped_config() {
+	local out
+	echo "\$ caplanced --check-config --config $CONF (must fail)"
+	if out=$(caplanced --check-config --config $CONF 2>&1); then
+		echo "$out"
+		echo "   -> the shipped configuration was accepted"
+		return 1
+	fi
+	echo "$out"
+	[ "$(grep -c 'line [0-9]*: .*"EDIT-ME-[A-Z0-9]*": not an IP address' <<< "$out")" = 3 ] ||
+		{ echo "   -> want the three EDIT-ME placeholders, each with its line"; return 1; }
+}
+
 write_config() { # BACKEND... (numbers)
 	local i
 	{
@@ -547,6 +562,7 @@ log "guest: $(systemd-detect-virt), $(uname -r), systemd $(systemctl --version |
 step "network namespaces: client and be1..be6 on br0 (198.18.0.2, 2001:db8:18::2)" net_up || finish
 sysctls > $W/sysctls.before
 step "apt install ./caplance_*.deb (no network: dependencies from the image)" install_deb || finish
+step "the shipped caplanced.toml is refused, naming its three EDIT-ME placeholders" shipped_config
 step "backends: caplanced --bus=none, receiver mode $MODE$([ $MODE = kernel ] && echo ' (fou)') + httpd in be1..be4" backends_up || finish
 step "spoofed inner sources through the tunnel reach no listener on be1, counted by kind" spoofed_inner
 step "IPv6 outers: receivers in mode $MODE$([ $MODE = kernel ] && echo ' (fou -6)') in be5 (IPv6 VIP) and be6 (IPv4 VIP)" backends6_up

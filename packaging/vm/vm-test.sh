@@ -186,7 +186,7 @@ run | nspawn)
 	[ $# -gt 0 ] || die "usage: vm-test.sh $cmd CAPLANCE.deb"
 	[ "$(id -u)" = 0 ] || die "run as root (mmdebstrap --mode=root)"
 	for tool in qemu-system-x86_64 qemu-img mmdebstrap mkfs.ext4 $( [ "$cmd" = nspawn ] && echo systemd-nspawn); do
-		command -v "$tool" >/dev/null || die "$tool missing: run '$0 deps' (or .ci/setup)"
+		command -v "$tool" >/dev/null || die "$tool missing: run '$0 deps' (or .ci/setup --vm)"
 	done
 	t0=$(now)
 	img=$(image)

@@ -90,18 +90,21 @@ func wantFiles(t *testing.T, packager string) map[string]entry {
 	exe := entry{"-rwxr-xr-x", "root/root"}
 	file := entry{"-rw-r--r--", "root/root"}
 	want := map[string]entry{
-		"/usr/sbin/caplanced":                                   exe,
-		"/usr/sbin/caplance-healthd":                            exe,
-		"/usr/bin/caplancectl":                                  exe,
-		"/etc/caplance/caplanced.toml":                          file,
-		"/etc/caplance/caplance-healthd.toml":                   file,
-		"/usr/share/bash-completion/completions/caplancectl":    file,
-		"/usr/share/fish/vendor_completions.d/caplancectl.fish": file,
-		"/usr/share/doc/caplance/examples/bird/caplance.conf":   file,
-		"/usr/share/doc/caplance/examples/frr/frr.conf":         file,
+		"/usr/sbin/caplanced":                                            exe,
+		"/usr/sbin/caplance-healthd":                                     exe,
+		"/usr/bin/caplancectl":                                           exe,
+		"/etc/caplance/caplanced.toml":                                   file,
+		"/etc/caplance/caplance-healthd.toml":                            file,
+		"/usr/share/bash-completion/completions/caplancectl":             file,
+		"/usr/share/fish/vendor_completions.d/caplancectl.fish":          file,
+		"/usr/share/doc/caplance/examples/bird/caplance.conf":            file,
+		"/usr/share/doc/caplance/examples/frr/frr.conf":                  file,
+		"/usr/share/doc/caplance/examples/prometheus/caplance.rules.yml": file,
+		"/usr/share/doc/caplance/examples/grafana/caplance.json":         file,
 	}
 	dirs := map[string]string{
 		"packaging/systemd/*.service": "/usr/lib/systemd/system/",
+		"packaging/systemd/*.socket":  "/usr/lib/systemd/system/",
 		"packaging/dbus/*.conf":       "/usr/share/dbus-1/system.d/",
 		"packaging/sysusers.d/*.conf": "/usr/lib/sysusers.d/",
 		"packaging/tmpfiles.d/*.conf": "/usr/lib/tmpfiles.d/",

@@ -1,17 +1,14 @@
 package metrics
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"maps"
 	"net/http"
-	"os/exec"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/caplance/caplance/internal/balancer"
+	"github.com/caplance/caplance/internal/metricstest"
 	"github.com/caplance/caplance/internal/receiver"
 	"github.com/caplance/caplance/internal/registry"
 )
@@ -71,41 +69,6 @@ func get(t *testing.T, url, accept string) (body, contentType string) {
 	return string(data), resp.Header.Get("Content-Type")
 }
 
-// CheckScrape fails the test when promtool is missing (CI installs it:
-// .ci/setup) or finds anything to say about a scrape in the text format.
-func CheckScrape(t *testing.T, scrape string) {
-	t.Helper()
-	path, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Fatalf("promtool (Debian package prometheus, installed by .ci/setup): %v", err)
-	}
-	cmd := exec.Command(path, "check", "metrics")
-	cmd.Stdin = strings.NewReader(scrape)
-	out, err := cmd.CombinedOutput()
-	if err != nil || len(bytes.TrimSpace(out)) > 0 {
-		t.Errorf("promtool check metrics: %v\n%s", err, out)
-	}
-}
-
-// samples maps each sample of a text-format scrape ("name{labels}") to
-// its value.
-func samples(t *testing.T, scrape string) map[string]float64 {
-	t.Helper()
-	out := map[string]float64{}
-	for _, line := range strings.Split(scrape, "\n") {
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		i := strings.LastIndexByte(line, ' ')
-		v, err := strconv.ParseFloat(line[i+1:], 64)
-		if err != nil {
-			t.Fatalf("sample %q: %v", line, err)
-		}
-		out[line[:i]] = v
-	}
-	return out
-}
-
 func TestCaplanced(t *testing.T) {
 	c := NewCaplanced()
 	c.TableBuilt("web", 2*time.Millisecond)
@@ -134,7 +97,7 @@ func TestCaplanced(t *testing.T) {
 	}
 	url := endpoint(t, reg)
 	text, _ := get(t, url, "")
-	CheckScrape(t, text)
+	metricstest.Check(t, text)
 
 	want := map[string]float64{
 		`caplance_received_packets_total`:                                            20,
@@ -174,7 +137,7 @@ func TestCaplanced(t *testing.T) {
 		`caplance_receiver_delivered_packets_total`:                                  4,
 		`caplance_receiver_dropped_packets_total{reason="inject_error"}`:             1,
 	}
-	got := samples(t, text)
+	got := metricstest.Samples(t, text)
 	picked := map[string]float64{}
 	for k := range want {
 		if v, ok := got[k]; ok {
@@ -222,8 +185,8 @@ func TestHealthd(t *testing.T) {
 		t.Fatal(err)
 	}
 	text, _ := get(t, endpoint(t, reg), "")
-	CheckScrape(t, text)
-	got := samples(t, text)
+	metricstest.Check(t, text)
+	got := metricstest.Samples(t, text)
 	want := map[string]float64{
 		`caplance_healthd_probes_total{backend="web1",result="up",service="web"}`:     2,
 		`caplance_healthd_probes_total{backend="web1",result="down",service="web"}`:   1,

@@ -528,7 +528,8 @@ metrics_socket() {
 	grep -E '^caplance_(backend_new_flows_total|backend_weight|dataplane_info|config_reloads_total)' $W/scrape
 	flows=$(metric_sum caplance_backend_new_flows_total)
 	backends=$(grep -c '^caplance_backend_weight{' $W/scrape)
-	listed=$(caplancectl list | grep -c -- '->')
+	# backend lines of caplancectl list: "  -> NAME ADDRESS …", the second line is their header
+	listed=$(caplancectl list | awk '$1 == "->" && $2 != "NAME" { n++ } END { print n + 0 }')
 	echo "new flows since the restart: $flows (want $n); backends: $backends (caplancectl list: $listed)"
 	[ "$flows" = $n ] && [ "$backends" = "$listed" ] && [ "$backends" -ge 4 ]
 }

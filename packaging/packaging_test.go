@@ -108,9 +108,12 @@ func wantFiles(t *testing.T, packager string) map[string]entry {
 		"/usr/share/doc/caplance/examples/caplance-healthd.reference.toml": file,
 		"/usr/share/doc/caplance/examples/dbus/private-bus.conf":           file,
 		"/usr/share/doc/caplance/examples/frr/frr.conf":                    file,
+		"/usr/share/doc/caplance/examples/prometheus/caplance.rules.yml":   file,
+		"/usr/share/doc/caplance/examples/grafana/caplance.json":           file,
 	}
 	dirs := map[string]string{
 		"packaging/systemd/*.service": "/usr/lib/systemd/system/",
+		"packaging/systemd/*.socket":  "/usr/lib/systemd/system/",
 		"packaging/dbus/*.conf":       "/usr/share/dbus-1/system.d/",
 		"packaging/sysusers.d/*.conf": "/usr/lib/sysusers.d/",
 		"packaging/tmpfiles.d/*.conf": "/usr/lib/tmpfiles.d/",

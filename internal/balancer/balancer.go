@@ -48,6 +48,10 @@ type Config struct {
 	// XDP, when not nil, adds the AF_XDP data path (xdp.go); Open fails if
 	// it cannot be set up.
 	XDP *XDP
+	// TableBuilt, when not nil, is told of each build of a service's
+	// Maglev table and how long it took (for the metrics); it is called
+	// by SetServices, never by a worker.
+	TableBuilt func(service string, took time.Duration)
 }
 
 // Balancer forwards packets for the services' VIPs. Open it, SetServices,

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/caplance/caplance/internal/flow"
 	"github.com/caplance/caplance/internal/maglev"
@@ -343,8 +344,12 @@ func (b *Balancer) buildService(d model.Service, backends []model.Backend, prev 
 		table = prev.table
 	} else {
 		var err error
+		start := time.Now()
 		if table, err = maglev.New(mb, d.TableSize); err != nil {
 			return nil, fmt.Errorf("balancer: service %s: %w", d.Name, err)
+		}
+		if b.cfg.TableBuilt != nil {
+			b.cfg.TableBuilt(d.Name, time.Since(start))
 		}
 	}
 	stats := b.svcStats[d.Name]

@@ -92,9 +92,18 @@ type Config struct {
 	// file.
 	Backends []Backend
 	Receiver *Receiver
+	// Metrics is the [metrics] section; zero when absent.
+	Metrics Metrics
 	// SinglePool says the file is in the single-pool form (balancer.vips,
 	// [balancer.ports], [[backend]]); see ServicesForm.
 	SinglePool bool
+}
+
+// Metrics is the [metrics] section: where the Prometheus metrics are
+// served when systemd passes no socket (caplanced-metrics.socket).
+type Metrics struct {
+	// Listen is a TCP address, IP:PORT; "" serves no metrics.
+	Listen string
 }
 
 // Balancer is the [balancer] section: what the balancer's services share.
@@ -211,6 +220,11 @@ type rawConfig struct {
 	Services []rawService `toml:"service"`
 	Backends []rawBackend `toml:"backend"`
 	Receiver *rawReceiver `toml:"receiver"`
+	Metrics  *rawMetrics  `toml:"metrics"`
+}
+
+type rawMetrics struct {
+	Listen string `toml:"listen"`
 }
 
 type rawBalancer struct {

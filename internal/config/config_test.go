@@ -277,6 +277,15 @@ workers = 3
 			}()},
 		},
 		{
+			name:    "metrics.listen from the file, overridden by the environment",
+			doc:     "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[metrics]\nlisten = \"127.0.0.1:9469\"\n",
+			environ: []string{"CAPLANCED_METRICS_LISTEN=[::1]:9000"},
+			want: &Config{
+				Receiver: &Receiver{EncapPort: DefaultEncapPort, Mode: ModeAuto, VIPs: []netip.Addr{addr("10.0.0.100")}, Balancers: []netip.Addr{addr("10.0.1.1")}},
+				Metrics:  Metrics{Listen: "[::1]:9000"},
+			},
+		},
+		{
 			name:    "environment creates a section",
 			doc:     "",
 			environ: []string{"CAPLANCED_RECEIVER_VIPS=10.0.0.100", "CAPLANCED_RECEIVER_BALANCERS=10.0.1.1", "CAPLANCED_RECEIVER_MODE=kernel"},
@@ -739,6 +748,23 @@ vips = ["192.0.2.2"]
 			want:    []string{`test.toml: line 4: balancer: max_backends 102: must be from 1 to table_size (101): every backend needs a slot`},
 		},
 		{
+			name:    "bad metrics.listen, in the file and in the environment",
+			doc:     "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[metrics]\nlisten = \"localhost:9469\"\n",
+			environ: []string{},
+			want:    []string{`test.toml: line 5: metrics: listen "localhost:9469": "localhost" is not an IP address (names are not accepted)`},
+		},
+		{
+			name: "metrics.listen without a port",
+			doc:  "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n[metrics]\nlisten = \"127.0.0.1\"\n",
+			want: []string{`test.toml: line 5: metrics: listen "127.0.0.1": want IP:PORT, such as 127.0.0.1:9469 or [::1]:9469`},
+		},
+		{
+			name:    "metrics.listen port out of range from the environment",
+			doc:     "[receiver]\nvips = [\"10.0.0.100\"]\nbalancers = [\"10.0.1.1\"]\n",
+			environ: []string{"CAPLANCED_METRICS_LISTEN=127.0.0.1:0"},
+			want:    []string{`environment CAPLANCED_METRICS_LISTEN: metrics: listen "127.0.0.1:0": port "0": want a number from 1 to 65535`},
+		},
+		{
 			name: "more backends than max_backends",
 			doc: "[balancer]\nvips = [\"10.0.0.100\"]\nmax_backends = 1\n" +
 				"[[backend]]\nname = \"a\"\naddress = \"10.0.1.2\"\n[[backend]]\nname = \"b\"\naddress = \"10.0.1.3\"\n",
@@ -843,6 +869,7 @@ func TestEnvNames(t *testing.T) {
 		"CAPLANCED_BALANCER_VIPS",
 		"CAPLANCED_BALANCER_WITHDRAW_DELAY",
 		"CAPLANCED_BALANCER_WORKERS",
+		"CAPLANCED_METRICS_LISTEN",
 		"CAPLANCED_RECEIVER_BALANCERS",
 		"CAPLANCED_RECEIVER_ENCAP_PORT",
 		"CAPLANCED_RECEIVER_MODE",
@@ -940,7 +967,7 @@ func TestManPageDocumentsEveryKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	var names []string
-	for _, section := range []any{rawConfig{}, rawBalancer{}, rawService{}, rawBackend{}, rawReceiver{}} {
+	for _, section := range []any{rawConfig{}, rawBalancer{}, rawService{}, rawBackend{}, rawReceiver{}, rawMetrics{}} {
 		typ := reflect.TypeOf(section)
 		for i := range typ.NumField() {
 			names = append(names, typ.Field(i).Tag.Get("toml"))

@@ -15,7 +15,7 @@ import (
 const EnvPrefix = "CAPLANCED_"
 
 // applyEnv applies CAPLANCED_<SECTION>_<KEY> overrides: the section and key
-// names of the file upper-cased, for every key of [balancer] and [receiver]
+// names of the file upper-cased, for every key of [balancer], [receiver] and [metrics]
 // that holds a string, an integer, a boolean or a list of strings (lists are
 // comma-separated). Setting a key of an absent section creates the section.
 // A CAPLANCED_ variable that names no such key is a problem, so a typo is
@@ -33,8 +33,13 @@ func applyEnv(raw *rawConfig, environ []string) (set map[string]string, probs pr
 		raw.Receiver = &rawReceiver{}
 		defer dropIfEmpty(&raw.Receiver)
 	}
+	if raw.Metrics == nil {
+		raw.Metrics = &rawMetrics{}
+		defer dropIfEmpty(&raw.Metrics)
+	}
 	addSettable(settable, "balancer", reflect.ValueOf(raw.Balancer).Elem())
 	addSettable(settable, "receiver", reflect.ValueOf(raw.Receiver).Elem())
+	addSettable(settable, "metrics", reflect.ValueOf(raw.Metrics).Elem())
 
 	set = map[string]string{}
 	for _, kv := range slices.Sorted(slices.Values(environ)) {
@@ -67,6 +72,7 @@ func EnvNames() []string {
 	settable := map[string]envField{}
 	addSettable(settable, "balancer", reflect.ValueOf(&rawBalancer{}).Elem())
 	addSettable(settable, "receiver", reflect.ValueOf(&rawReceiver{}).Elem())
+	addSettable(settable, "metrics", reflect.ValueOf(&rawMetrics{}).Elem())
 	var names []string
 	for k := range settable {
 		names = append(names, EnvPrefix+k)

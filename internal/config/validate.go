@@ -1,12 +1,15 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"math"
+	"net"
 	"net/netip"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -57,6 +60,13 @@ func validate(raw rawConfig) (*Config, problems) {
 	}
 	if raw.Receiver != nil {
 		cfg.Receiver = validateReceiver(*raw.Receiver, &p)
+	}
+	if raw.Metrics != nil && raw.Metrics.Listen != "" {
+		if err := CheckListen(raw.Metrics.Listen); err != nil {
+			p.at([]string{"metrics", "listen"}, "metrics: listen %s: %v", quote.Q(raw.Metrics.Listen), err)
+		} else {
+			cfg.Metrics.Listen = raw.Metrics.Listen
+		}
 	}
 	return cfg, p
 }
@@ -461,4 +471,25 @@ func validInterfaceName(s string) bool {
 func CheckSpec(spec string) error {
 	_, err := checkspec.Parse(spec)
 	return err
+}
+
+// CheckListen checks a TCP address to listen on, for metrics.listen here
+// and in caplance-healthd.toml: an IP address (IPv6 in brackets) or
+// nothing (every address), a colon and a port from 1 to 65535. Names are
+// refused: which address a name stands for may change under a listener.
+func CheckListen(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return errors.New("want IP:PORT, such as 127.0.0.1:9469 or [::1]:9469")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("port %s: want a number from 1 to 65535", quote.Q(port))
+	}
+	if host == "" {
+		return nil
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return fmt.Errorf("%s is not an IP address (names are not accepted)", quote.Q(host))
+	}
+	return nil
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/signal"
@@ -25,6 +26,7 @@ import (
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/godbus/dbus/v5"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/sys/unix"
 
@@ -35,6 +37,7 @@ import (
 	"github.com/caplance/caplance/internal/dbusapi"
 	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/dbusname"
+	"github.com/caplance/caplance/internal/metrics"
 	"github.com/caplance/caplance/internal/nft"
 	"github.com/caplance/caplance/internal/owner"
 	"github.com/caplance/caplance/internal/receiver"
@@ -127,6 +130,12 @@ type running struct {
 	bal      *balancer.Balancer
 	rcv      *receiver.Receiver
 	userMode bool
+	// metrics counts the table builds and reloads; metricsLn is where
+	// they are served with the data path's counters (nil: nowhere), and
+	// metricsReg what is served.
+	metrics    *metrics.Caplanced
+	metricsLn  net.Listener
+	metricsReg *prometheus.Registry
 }
 
 // Run starts the configured roles, reports READY=1, serves until SIGTERM or
@@ -151,7 +160,7 @@ func Run(opts Options) error {
 		}
 	}
 	r := &running{log: log, cfg: opts.Config, reloads: make(chan chan error), loopChecks: make(chan chan struct{}),
-		backendsChanged: make(chan struct{}, 1)}
+		backendsChanged: make(chan struct{}, 1), metrics: metrics.NewCaplanced()}
 	if err := r.start(opts); err != nil {
 		r.stop()
 		return err
@@ -178,6 +187,9 @@ func Run(opts Options) error {
 		})
 	}
 	g.Go(func() error { r.writeStatsEvery(gctx, opts.RuntimeDir); return nil })
+	if r.metricsLn != nil {
+		g.Go(func() error { return metrics.Serve(gctx, r.metricsLn, r.metricsReg, log) })
+	}
 
 	status := r.status()
 	notify(log, "READY=1\nSTATUS="+status)
@@ -335,6 +347,9 @@ func (r *running) start(opts Options) error {
 			return err
 		}
 	}
+	if err := r.startMetrics(cfg.Metrics.Listen, step); err != nil {
+		return err
+	}
 	if opts.Bus != "none" {
 		step("taking the bus name " + dbusname.BusName)
 		if err := r.startAPI(opts.Bus); err != nil {
@@ -342,6 +357,31 @@ func (r *running) start(opts Options) error {
 		}
 	}
 	return nil
+}
+
+// startMetrics opens the metrics endpoint, when there is one: the socket
+// systemd passes (caplanced-metrics.socket), else metrics.listen. Run
+// serves it once ready.
+func (r *running) startMetrics(listen string, step func(string)) error {
+	ln, err := metrics.Listen(listen, "metrics.listen")
+	if err != nil || ln == nil {
+		return err
+	}
+	r.metricsLn = ln
+	step("opening the metrics endpoint on " + ln.Addr().String())
+	src := metrics.Source{}
+	if r.bal != nil {
+		src.Balancer, src.Dataplane = r.bal.Stats, r.bal.Dataplane()
+		src.ConntrackCapacity = r.cfg.Balancer.ConntrackSize
+	}
+	if r.reg != nil {
+		src.Backends = r.reg.List
+	}
+	if r.rcv != nil {
+		src.Receiver = r.rcv.Stats
+	}
+	r.metricsReg, err = r.metrics.Registry(src)
+	return err
 }
 
 // startAPI serves the D-Bus API; the objects are exported before the name
@@ -493,7 +533,8 @@ func (r *running) startBalancer(cfg *config.Config, stateDir, runtimeDir string,
 // touches XDP.
 func (r *running) openBalancer(cfg *config.Config, ct *conntrack.Table) (*balancer.Balancer, error) {
 	b := cfg.Balancer
-	bc := balancer.Config{EncapPort: b.EncapPort, Workers: b.Workers, Conntrack: ct, Logger: r.log}
+	bc := balancer.Config{EncapPort: b.EncapPort, Workers: b.Workers, Conntrack: ct, Logger: r.log,
+		TableBuilt: r.metrics.TableBuilt}
 	if b.Dataplane != config.DataplaneRaw {
 		iface, err := xdpInterface(cfg)
 		if err == nil {
@@ -571,6 +612,7 @@ func (r *running) reload(path string) error {
 	if r.api != nil {
 		r.api.SetLastReload(time.Now(), err)
 	}
+	r.metrics.Reloaded(err)
 	if err != nil {
 		r.log.Error("reload refused; the running configuration stays", "err", err)
 		return fmt.Errorf("reload refused, the running configuration stays: %w", err)
@@ -685,6 +727,9 @@ func (r *running) statusLine() string {
 // stop closes the sockets and undoes every host change, newest first. It is
 // safe on a partly started daemon.
 func (r *running) stop() {
+	if r.metricsLn != nil {
+		_ = r.metricsLn.Close() // already closed when it was served
+	}
 	if r.api != nil {
 		r.api.Close()
 	}

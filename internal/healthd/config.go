@@ -43,6 +43,9 @@ type Config struct {
 	// RetryMin and RetryMax bound the backoff between tries of reports
 	// that failed; ReportTimeout bounds one ReportHealth call.
 	RetryMin, RetryMax, ReportTimeout time.Duration
+	// MetricsListen is metrics.listen: where the metrics are served when
+	// systemd passes no socket; "" for nowhere.
+	MetricsListen string
 }
 
 // Defaults are check tunables; a zero field (and a false HasInitial or
@@ -74,6 +77,11 @@ type rawConfig struct {
 	ExecDir             *string      `toml:"exec_dir"`
 	Defaults            *rawDefaults `toml:"defaults"`
 	Report              *rawReport   `toml:"report"`
+	Metrics             *rawMetrics  `toml:"metrics"`
+}
+
+type rawMetrics struct {
+	Listen string `toml:"listen"`
 }
 
 type rawDefaults struct {
@@ -126,6 +134,13 @@ func ParseConfig(name string, data []byte) (*Config, error) {
 			add("bus %q: want system, session or a D-Bus address such as unix:path=/run/dbus/system_bus_socket", raw.Bus)
 		}
 		cfg.Bus = raw.Bus
+	}
+	if m := raw.Metrics; m != nil && m.Listen != "" {
+		if err := config.CheckListen(m.Listen); err != nil {
+			add("metrics.listen %q: %v", short(m.Listen), err)
+		} else {
+			cfg.MetricsListen = m.Listen
+		}
 	}
 	if n := raw.MaxConcurrentProbes; n != nil {
 		if *n < 1 || *n > MaxMaxConcurrentProbes {

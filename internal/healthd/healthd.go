@@ -19,6 +19,7 @@ import (
 	"github.com/caplance/caplance/internal/checkspec"
 	"github.com/caplance/caplance/internal/dbusconn"
 	"github.com/caplance/caplance/internal/dbusname"
+	"github.com/caplance/caplance/internal/metrics"
 	"github.com/caplance/caplance/internal/probe"
 	"github.com/caplance/caplance/internal/version"
 	"github.com/caplance/caplance/internal/watchdog"
@@ -76,6 +77,9 @@ type Daemon struct {
 	reporter *reporter
 	health   *health1
 	jobCtx   context.Context
+	// metrics counts probes (never nil; served only when an endpoint is
+	// configured or passed by systemd).
+	metrics *metrics.Healthd
 
 	// Owned by Run's goroutine.
 	// vips (by service) and encapPort are the follower's, for tunnel
@@ -144,6 +148,7 @@ func New(opts Options) *Daemon {
 		calls:    make(chan func()),
 		backends: map[string]*backend{},
 		jobs:     map[string]*jobEntry{},
+		metrics:  metrics.NewHealthd(),
 	}
 }
 
@@ -210,6 +215,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// owns org.caplance.Health1, the bus policy that lets only caplanced's
 	// user send it signals does not apply, and any local user could send
 	// it InterfacesAdded with an exec check.
+	stopMetrics, err := d.serveMetrics()
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	health, release, err := serveHealth1(conn)
 	if err != nil {
 		return err
@@ -247,6 +257,31 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Warn("probes did not end within the stop timeout", "timeout", d.opts.StopTimeout)
 	}
 	return loopErr
+}
+
+// serveMetrics serves the metrics on the socket systemd passes
+// (caplance-healthd-metrics.socket), else on metrics.listen, else nowhere;
+// stop ends it. A failure of the server once it runs is logged: the
+// checks go on without it.
+func (d *Daemon) serveMetrics() (stop func(), err error) {
+	ln, err := metrics.Listen(d.cfg.MetricsListen, "metrics.listen")
+	if err != nil || ln == nil {
+		return func() {}, err
+	}
+	reg, err := d.metrics.Registry()
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var g errgroup.Group
+	g.Go(func() error {
+		if err := metrics.Serve(ctx, ln, reg, d.log); err != nil {
+			d.log.Error("metrics endpoint failed", "err", err)
+		}
+		return nil
+	})
+	return func() { cancel(); _ = g.Wait() }, nil
 }
 
 // serveHealth1 exports org.caplance.Health1's objects and takes its name;
@@ -355,6 +390,9 @@ func (b *backend) current() (report, bool) {
 func (d *Daemon) upsert(name, service string, addr netip.Addr, spec, source string) {
 	if b, ok := d.backends[name]; ok {
 		d.detach(b)
+		if b.service != service {
+			d.metrics.Forget(b.service, name)
+		}
 	}
 	b := &backend{name: name, service: service, address: addr, spec: spec, source: source}
 	d.backends[name] = b
@@ -413,6 +451,7 @@ func (d *Daemon) remove(name string) {
 		return
 	}
 	d.detach(b)
+	d.metrics.Forget(b.service, name)
 	delete(d.backends, name)
 	d.health.removeCheck(name)
 	d.reporter.forget(name)
@@ -485,6 +524,7 @@ func (d *Daemon) onResult(r probeResult) {
 	}
 	for _, name := range slices.Sorted(maps.Keys(e.names)) {
 		b := d.backends[name]
+		d.metrics.Probed(b.service, name, r.result.Up, r.result.Latency)
 		tr, moved := b.machine.Observe(r.result.Up, r.result.Detail)
 		b.info.State = b.machine.State().String()
 		b.info.Detail = r.result.Detail

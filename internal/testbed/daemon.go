@@ -63,6 +63,11 @@ func (tb *Testbed) StartDaemon(host *netnstest.Host, name, cfg, bus string) (*Da
 // StartHealthd starts caplance-healthd (binary) on host with an empty
 // configuration, on bus, and waits for READY=1.
 func (tb *Testbed) StartHealthd(host *netnstest.Host, binary, bus string) (*Daemon, error) {
+	return tb.StartHealthdWith(host, binary, bus, "")
+}
+
+// StartHealthdWith is StartHealthd with cfg as the configuration file.
+func (tb *Testbed) StartHealthdWith(host *netnstest.Host, binary, bus, cfg string) (*Daemon, error) {
 	dir, err := tb.dir("healthd")
 	if err != nil {
 		return nil, err
@@ -73,7 +78,7 @@ func (tb *Testbed) StartHealthd(host *netnstest.Host, binary, bus string) (*Daem
 		LogPath:    filepath.Join(dir, "caplance-healthd.log"),
 		exited:     make(chan struct{}),
 	}
-	if err := os.WriteFile(d.ConfigPath, nil, 0o644); err != nil {
+	if err := os.WriteFile(d.ConfigPath, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
 	d.args = []string{"--config", d.ConfigPath, "--bus", bus}

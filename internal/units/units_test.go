@@ -19,6 +19,7 @@ import (
 	"bufio"
 	"bytes"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,6 +31,7 @@ import (
 	"time"
 
 	"github.com/caplance/caplance/internal/config"
+	"github.com/caplance/caplance/internal/metrics"
 )
 
 const (
@@ -63,11 +65,27 @@ func tool(t *testing.T, name string) string {
 	return p
 }
 
+// units are every unit shipped: the services and their sockets.
 func units(t *testing.T) []string {
 	t.Helper()
-	paths, err := filepath.Glob(filepath.Join(unitDir, "*.service"))
-	if err != nil || len(paths) == 0 {
-		t.Fatalf("no units in %s: %v", unitDir, err)
+	return unitsLike(t, "*.service", "*.socket")
+}
+
+// services are the service units, which systemd-analyze security rates.
+func services(t *testing.T) []string {
+	t.Helper()
+	return unitsLike(t, "*.service")
+}
+
+func unitsLike(t *testing.T, patterns ...string) []string {
+	t.Helper()
+	var paths []string
+	for _, pattern := range patterns {
+		found, err := filepath.Glob(filepath.Join(unitDir, pattern))
+		if err != nil || len(found) == 0 {
+			t.Fatalf("no %s units in %s: %v", pattern, unitDir, err)
+		}
+		paths = append(paths, found...)
 	}
 	var names []string
 	for _, p := range paths {
@@ -172,6 +190,42 @@ func TestUnitsMatchDaemons(t *testing.T) {
 	}
 }
 
+// The metrics sockets: loopback only, named as the daemons look for them,
+// and tied to their daemon's lifecycle (caplanced(8), METRICS).
+func TestMetricsSockets(t *testing.T) {
+	for name, daemon := range map[string]string{
+		"caplanced-metrics.socket":        "caplanced.service",
+		"caplance-healthd-metrics.socket": "caplance-healthd.service",
+	} {
+		lines := unitLines(t, name)
+		for _, w := range []string{
+			"FileDescriptorName=" + metrics.FDName, "Service=" + daemon, "PartOf=" + daemon, "WantedBy=" + daemon,
+			"IPAddressDeny=any", "IPAddressAllow=localhost", "BindIPv6Only=ipv6-only",
+		} {
+			if !lines[w] {
+				t.Errorf("%s: no line %q", name, w)
+			}
+		}
+		loopback := false
+		for l := range lines {
+			if addr, ok := strings.CutPrefix(l, "ListenStream="); ok {
+				ap, err := netip.ParseAddrPort(addr)
+				loopback = err == nil && ap.Addr().IsLoopback()
+			}
+		}
+		if !loopback {
+			t.Errorf("%s: ListenStream= is not a loopback address and port", name)
+		}
+		// The daemon must not pull the socket in itself (Sockets= implies
+		// Wants=): shipped disabled means off until enabled.
+		for l := range unitLines(t, daemon) {
+			if strings.HasPrefix(l, "Sockets=") {
+				t.Errorf("%s: %s starts the socket even when it is not enabled", daemon, l)
+			}
+		}
+	}
+}
+
 func unitLines(t *testing.T, name string) map[string]bool {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(unitDir, name))
@@ -216,7 +270,7 @@ func exposure(t *testing.T, name string) (float64, []string) {
 }
 
 func TestSecurityExposure(t *testing.T) {
-	for _, name := range units(t) {
+	for _, name := range services(t) {
 		limit, ok := maxExposure[name]
 		if !ok {
 			t.Errorf("%s: no exposure limit in maxExposure", name)
@@ -255,7 +309,7 @@ func TestSecurityDocIsCurrent(t *testing.T) {
 	for _, m := range docFigureRE.FindAllStringSubmatch(string(doc), -1) {
 		figures[m[1]] = m[2]
 	}
-	for _, name := range units(t) {
+	for _, name := range services(t) {
 		v, _ := exposure(t, name)
 		if got, want := figures[name], fmt.Sprintf("%.1f", v); got != want {
 			t.Errorf("docs/security.md: %s exposure %q, systemd-analyze says %s: run make security-doc", name, got, want)

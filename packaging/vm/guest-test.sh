@@ -520,6 +520,43 @@ reload_restore() {
 	! prop caplanced StatusText | grep -q bogus_key
 }
 
+# metric_sum NAME: the sum of every sample of NAME in a scrape of caplanced-metrics.socket.
+metric_sum() {
+	curl -sS --max-time 5 http://127.0.0.1:9469/metrics |
+		awk -v n="$1" '$1 == n || index($1, n "{") == 1 { s += $NF; found = 1 } END { if (!found) exit 1; printf "%d\n", s }'
+}
+
+# The metrics socket, shipped disabled: enabled, caplanced takes it at its restart; a scrape
+# through it counts exactly the flows the client opened through the VIP since.
+metrics_socket() {
+	local n=20 k flows backends listed
+	echo "caplanced-metrics.socket: $(systemctl is-enabled caplanced-metrics.socket 2>&1), $(systemctl is-active caplanced-metrics.socket)"
+	[ "$(systemctl is-enabled caplanced-metrics.socket 2>&1)" = disabled ] || { echo "the package enabled the socket"; return 1; }
+	curl -sS --max-time 5 http://127.0.0.1:9469/metrics > /dev/null 2>&1 && { echo "something serves 9469 before the socket is enabled"; return 1; }
+	must systemctl enable caplanced-metrics.socket && must systemctl restart caplanced || return 1
+	must systemctl is-active caplanced-metrics.socket caplanced || return 1
+	echo "caplanced TriggeredBy: $(prop caplanced TriggeredBy)"
+	for k in $(seq $n); do
+		ip netns exec client curl -sS --max-time 5 -o /dev/null http://$VIP/ || { echo "request $k failed"; return 1; }
+	done
+	curl -sS --max-time 5 -D - -o $W/scrape http://127.0.0.1:9469/metrics | grep -i '^content-type'
+	grep -E '^caplance_(backend_new_flows_total|backend_weight|dataplane_info|config_reloads_total)' $W/scrape
+	flows=$(metric_sum caplance_backend_new_flows_total)
+	backends=$(grep -c '^caplance_backend_weight{' $W/scrape)
+	# backend lines of caplancectl list: "  -> NAME ADDRESS …", the second line is their header
+	listed=$(caplancectl list | awk '$1 == "->" && $2 != "NAME" { n++ } END { print n + 0 }')
+	echo "new flows since the restart: $flows (want $n); backends: $backends (caplancectl list: $listed)"
+	[ "$flows" = $n ] && [ "$backends" = "$listed" ] && [ "$backends" -ge 4 ]
+}
+
+# PartOf=caplanced.service: the socket went with caplanced, so a scrape cannot start it again.
+metrics_socket_stopped() {
+	echo "caplanced $(systemctl is-active caplanced), caplanced-metrics.socket $(systemctl is-active caplanced-metrics.socket)"
+	[ "$(systemctl is-active caplanced-metrics.socket)" = inactive ] || return 1
+	curl -sS --max-time 5 http://127.0.0.1:9469/metrics > /dev/null 2>&1 && { echo "9469 still answers"; return 1; }
+	[ "$(systemctl is-active caplanced)" = inactive ]
+}
+
 stop_clean() {
 	must systemctl stop caplanced || return 1
 	echo "caplanced $(systemctl is-active caplanced), caplance-healthd $(systemctl is-active caplance-healthd)"
@@ -592,7 +629,9 @@ if step "systemctl start caplanced caplance-healthd -> both active" start_servic
 	step "bad config: the error in journalctl -u caplanced" bad_reload_journal
 	step "bad config: the error in the STATUS line" bad_reload_status
 	step "systemctl reload with the good config again clears the error" reload_restore
+	step "metrics: enable caplanced-metrics.socket, restart caplanced, curl a scrape counting the flows" metrics_socket
 	step "systemctl stop caplanced: no VIP, no nft table, sysctls restored" stop_clean
+	step "metrics: the socket stopped with caplanced (PartOf), nothing answers on 9469" metrics_socket_stopped
 else
 	skip "the service steps" "caplanced did not start"
 fi

@@ -830,7 +830,7 @@ func TestReferenceConfigSetsEveryKey(t *testing.T) {
 	}
 	// Every key of the services form, set (the single-pool form's
 	// top-level [[backend]] and vips are left to --check-config).
-	for _, section := range []any{rawBalancer{}, rawService{}, rawBackend{}, rawReceiver{}} {
+	for _, section := range []any{rawBalancer{}, rawService{}, rawBackend{}, rawReceiver{}, rawMetrics{}} {
 		typ := reflect.TypeOf(section)
 		for i := range typ.NumField() {
 			name := typ.Field(i).Tag.Get("toml")

@@ -197,12 +197,6 @@ func TestShippedConfigs(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, key := range configKeys() {
-		// The metrics endpoint is off by default; the reference file
-		// gets its commented key with the shipped configurations' rework
-		// (issue 15, point 4), caplance-healthd.toml(5) documents it.
-		if key == "metrics.listen" {
-			continue
-		}
 		if !md.IsDefined(strings.Split(key, ".")...) {
 			t.Errorf("the reference configuration does not set %q", key)
 		}

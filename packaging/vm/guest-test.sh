@@ -549,6 +549,29 @@ metrics_socket() {
 	[ "$flows" = $n ] && [ "$backends" = "$listed" ] && [ "$backends" -ge 4 ]
 }
 
+# caplance-healthd's metrics socket, shipped disabled too: enabled, caplance-healthd takes it at
+# its restart, and a scrape through it shows passing probes for every backend caplancectl list
+# shows up (the first probes follow the restart by up to a check's interval and jitter).
+healthd_metrics_socket() {
+	local up backends listed
+	[ "$(systemctl is-enabled caplance-healthd-metrics.socket 2>&1)" = disabled ] || { echo "the package enabled the socket"; return 1; }
+	must systemctl enable caplance-healthd-metrics.socket && must systemctl restart caplance-healthd || return 1
+	must systemctl is-active caplance-healthd-metrics.socket caplance-healthd || return 1
+	echo "caplance-healthd TriggeredBy: $(prop caplance-healthd TriggeredBy)"
+	for _ in $(seq 30); do
+		sleep 1
+		curl -sS --max-time 5 http://127.0.0.1:9470/metrics > $W/healthd-scrape 2>/dev/null || continue
+		up=$(awk '/^caplance_healthd_probes_total\{.*result="up"/ { s += $NF } END { printf "%d\n", s }' $W/healthd-scrape)
+		backends=$(grep -c '^caplance_healthd_probes_total{.*result="up"' $W/healthd-scrape)
+		# "  -> NAME ADDRESS WEIGHT ADMIN HEALTH …"; the first such line is the header
+		listed=$(caplancectl list | awk '$1 == "->" && $2 != "NAME" && $6 == "up" { n++ } END { print n + 0 }')
+		[ "$backends" -ge 1 ] && [ "$backends" = "$listed" ] && break
+	done
+	grep '^caplance_healthd_probes_total{' $W/healthd-scrape
+	echo "probes passed: $up, for $backends backends (caplancectl list shows $listed up)"
+	[ "$up" -gt 0 ] && [ "$backends" -ge 1 ] && [ "$backends" = "$listed" ]
+}
+
 # PartOf=caplanced.service: the socket went with caplanced, so a scrape cannot start it again.
 metrics_socket_stopped() {
 	echo "caplanced $(systemctl is-active caplanced), caplanced-metrics.socket $(systemctl is-active caplanced-metrics.socket)"
@@ -630,6 +653,7 @@ if step "systemctl start caplanced caplance-healthd -> both active" start_servic
 	step "bad config: the error in the STATUS line" bad_reload_status
 	step "systemctl reload with the good config again clears the error" reload_restore
 	step "metrics: enable caplanced-metrics.socket, restart caplanced, curl a scrape counting the flows" metrics_socket
+	step "metrics: enable caplance-healthd-metrics.socket, restart caplance-healthd, curl a scrape of its probes" healthd_metrics_socket
 	step "systemctl stop caplanced: no VIP, no nft table, sysctls restored" stop_clean
 	step "metrics: the socket stopped with caplanced (PartOf), nothing answers on 9469" metrics_socket_stopped
 else

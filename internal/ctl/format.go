@@ -211,7 +211,7 @@ func propertyOrder(props map[string]dbus.Variant, order []string) []string {
 // formatStatus is status's output: the manager's properties (LastReload
 // and LastReloadError as one line), the number of services and of
 // backends (on a balancer), the routes of a routed balancer,
-// caplance-healthd's status (when it runs) and a table of each service's
+// caplance-healthd's status ("not running" when it is not on the bus) and a table of each service's
 // backends by health and admin state.
 func formatStatus(st status) string {
 	all := maps.Clone(st.props)
@@ -237,9 +237,11 @@ func formatStatus(st status) string {
 	if routed, _ := st.props["Routed"].Value().(bool); routed {
 		s += "routes: " + formatRoutes(st.props) + "\n"
 	}
-	if st.healthd != "" {
-		s += "caplance-healthd: " + st.healthd + "\n"
+	healthd := st.healthd
+	if healthd == "" {
+		healthd = "not running"
 	}
+	s += "caplance-healthd: " + healthd + "\n"
 	if len(st.services) > 0 {
 		rows := [][]string{{"SERVICE", "BACKENDS", "UP", "DOWN", "UNKNOWN", "DRAINED"}}
 		for _, h := range st.services {

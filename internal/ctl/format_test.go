@@ -148,6 +148,7 @@ VIPs:      -
 EncapPort: 5555
 TableSize: 0
 Future:    x
+caplance-healthd: not running
 `},
 		{name: "list", args: []string{"list"}, replies: running, want: `SERVICE  PROTO  HASH       TABLE  VIPS
   -> NAME   ADDRESS   WEIGHT  ADMIN    HEALTH   ACTIVE  INACTIVE  PACKETS  BYTES   REASON

@@ -116,7 +116,7 @@ var (
 	descForwarded = prometheus.NewDesc("caplance_forwarded_packets_total",
 		"Packets (or whole fragmented datagrams) the balancer sent to a backend.", nil, nil)
 	descDropped = prometheus.NewDesc("caplance_dropped_packets_total",
-		"Packets the balancer dropped, by reason (the drop reasons of caplanced(8) STATISTICS).", []string{"reason"}, nil)
+		"Packets the balancer dropped, by reason (the drop reasons of caplanced(8), stats.json under FILES).", []string{"reason"}, nil)
 	descViaRaw = prometheus.NewDesc("caplance_xdp_via_raw_packets_total",
 		"Packets the AF_XDP path handed to the raw-socket path, by reason (xdp data plane only).", []string{"reason"}, nil)
 	descConntrackEntries = prometheus.NewDesc("caplance_conntrack_entries",

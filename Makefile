@@ -26,8 +26,8 @@ test: lint ## Lint, then run every test with the race detector (root tests need 
 bench: ## Run the micro-benchmarks (root for the hot path); each prints its ratio to a same-run baseline
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) $$($(GO) list ./internal/... | grep -v /e2e)
 
-bench-dataplane: ## As root: UDP through caplanced (raw, xdp) vs kernel IP forwarding (max, highest lossless rate, CPU per packet; IPv4 and IPv6), then CPU per packet at one paced rate, same generator, same lab
-	$(GO) test -run '^$$' -bench 'Dataplane|PacedForwarding' -benchtime 1x -count 1 ./internal/e2e/
+bench-dataplane: ## As root: UDP through caplanced (raw, xdp) vs kernel IP forwarding (max, highest lossless rate, CPU per packet; IPv4 and IPv6), then CPU per packet at one paced rate and idle CPU, same generator
+	$(GO) test -run '^$$' -bench 'Dataplane|PacedForwarding|IdleCPU' -benchtime 1x -count 1 ./internal/e2e/
 
 bench-http: ## As root: HTTP through the VIP (ab -c 50), caplanced vs kernel forwarding, same run
 	$(GO) test -run '^$$' -bench HTTP -benchtime 1x -count 1 ./internal/e2e/

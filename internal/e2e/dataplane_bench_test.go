@@ -258,6 +258,36 @@ func BenchmarkPacedForwarding(b *testing.B) {
 	}
 }
 
+// idleTime is how long BenchmarkIdleCPU watches an idle caplanced.
+const idleTime = 10 * time.Second
+
+// BenchmarkIdleCPU starts caplanced (one IPv4 VIP, one backend, default
+// workers) on each data plane, raw and xdp, sends it nothing, and reports
+// the CPU its threads used over 10 s (idle-cpu-%, of one CPU) and how
+// often they were scheduled in (wakeups/s): what the workers' wake-up
+// policy costs when there is no traffic.
+func BenchmarkIdleCPU(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("the data-path benchmark needs root (network namespaces)")
+	}
+	dp := newDataplane(b)
+	for _, dataplane := range []string{"raw", "xdp"} {
+		b.Run(dataplane, func(b *testing.B) {
+			dp.startBalancer(b, dp.families[0], 0, dataplane)
+			time.Sleep(2 * time.Second) // past the start's own work
+			probe := benchnet.CPUProbe{LBPID: dp.balancer.PID()}
+			before := probe.Sample()
+			time.Sleep(idleTime)
+			used := probe.Sample().Minus(before)
+			pct := 100 * used.LB.Seconds() / idleTime.Seconds()
+			wakeups := float64(used.LBRuns) / idleTime.Seconds()
+			b.ReportMetric(pct, "idle-cpu-%")
+			b.ReportMetric(wakeups, "wakeups/s")
+			b.Logf("caplanced (%s), idle for %v: %.2f%% of a CPU, %.0f wake-ups a second", dataplane, idleTime, pct, wakeups)
+		})
+	}
+}
+
 // dataplane is the benchmark's lab: the testbed's client and balancer host
 // (dual-stack), a sink host with counting sockets, and the generator's TX
 // ring on the client's eth0.
